@@ -1,0 +1,1 @@
+//! Rust client of sessiond (filled in by the binary-protocol work).

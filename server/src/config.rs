@@ -1,0 +1,191 @@
+//! The command line: subcommands, flags and their environment variables.
+//! The only place that reads the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::service::ServiceConfig;
+use crate::store::{StoreConfig, WhenFull};
+
+/// sessiond: a session store that lets web backends be stateless.
+#[derive(Debug, Parser)]
+#[command(name = "sessiond", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a session store node.
+    Serve(ServeArgs),
+}
+
+/// What a full store does with a write that does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WhenFullPolicy {
+    /// Answer 507 and keep every existing session.
+    Reject,
+    /// Evict least recently used sessions until the write fits.
+    EvictLru,
+}
+
+/// `sessiond serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP/JSON API (port 0 picks a free port).
+    #[arg(long, env = "SESSIOND_HTTP", default_value = "127.0.0.1:7700")]
+    pub http: SocketAddr,
+
+    /// Bearer token every /v1 request must carry (health endpoints stay open).
+    #[arg(long, env = "SESSIOND_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Memory sessions may use in all: keys, data and per-entry overhead
+    /// (human units: 512MiB, 2GiB).
+    #[arg(long, env = "SESSIOND_MAX_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_memory: u64,
+
+    /// What to do when a write does not fit in --max-memory.
+    #[arg(long, env = "SESSIOND_WHEN_FULL", value_enum, default_value_t = WhenFullPolicy::Reject)]
+    pub when_full: WhenFullPolicy,
+
+    /// Largest session data (JSON text) a client may store.
+    #[arg(long, env = "SESSIOND_MAX_SESSION_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_session_bytes: u64,
+
+    /// Idle TTL of sessions created without one (30m, 1h, 90s).
+    #[arg(long, env = "SESSIOND_DEFAULT_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Largest idle TTL a client may ask for.
+    #[arg(long, env = "SESSIOND_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Absolute lifetime cap from creation, however often a session is used
+    /// (unset: sessions live as long as they are used).
+    #[arg(long, env = "SESSIOND_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    pub max_lifetime: Option<Duration>,
+
+    /// Number of independently locked shards of the keyspace.
+    #[arg(long, env = "SESSIOND_SHARDS", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub shards: u16,
+
+    /// How often the sweeper frees expired sessions.
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Sessions the sweeper examines per shard and pass (bounds its work).
+    #[arg(long, env = "SESSIOND_SWEEP_BATCH", default_value_t = 256)]
+    pub sweep_batch: usize,
+
+    /// Check the configuration, print it and exit without serving.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A TTL flag is out of range.
+    #[error("{0}")]
+    Ttl(String),
+}
+
+/// Everything a store node needs, checked.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// Bearer token for /v1.
+    pub auth_token: Option<String>,
+    /// Store settings.
+    pub store: StoreConfig,
+    /// API policies.
+    pub service: ServiceConfig,
+    /// Sweeper period.
+    pub sweep_interval: Duration,
+    /// Sweeper work bound per shard and pass.
+    pub sweep_batch: usize,
+}
+
+impl ServeArgs {
+    /// Checks the flags and turns them into a node configuration.
+    pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
+        let default_ttl_secs = self.default_ttl.as_secs();
+        let max_ttl_secs = self.max_ttl.as_secs();
+        if max_ttl_secs == 0 {
+            return Err(ConfigError::Ttl("--max-ttl must be at least 1s".into()));
+        }
+        if default_ttl_secs == 0 || default_ttl_secs > max_ttl_secs {
+            return Err(ConfigError::Ttl(format!(
+                "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
+            )));
+        }
+        Ok(NodeConfig {
+            http: self.http,
+            auth_token: self.auth_token.clone().filter(|token| !token.is_empty()),
+            store: StoreConfig {
+                shards: usize::from(self.shards),
+                max_memory: Some(self.max_memory),
+                when_full: match self.when_full {
+                    WhenFullPolicy::Reject => WhenFull::Reject,
+                    WhenFullPolicy::EvictLru => WhenFull::EvictLru,
+                },
+                max_lifetime_ms: self.max_lifetime.map(|cap| cap.as_millis() as u64),
+            },
+            service: ServiceConfig {
+                default_ttl_secs,
+                max_ttl_secs,
+                max_session_bytes: usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX),
+            },
+            sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
+            sweep_batch: self.sweep_batch.max(1),
+        })
+    }
+}
+
+/// Parses a byte size with optional human units (`512MiB`, `1GB`, `4096`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|err| format!("not a byte size like 512MiB: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_accept_human_units() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn defaults_make_a_valid_config() {
+        let cli = Cli::try_parse_from(["sessiond", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        let config = args.node_config().unwrap();
+        assert_eq!(config.service.default_ttl_secs, 1800);
+        assert_eq!(config.store.max_memory, Some(1 << 30));
+        assert_eq!(config.service.max_session_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn default_ttl_above_max_ttl_is_refused() {
+        let cli =
+            Cli::try_parse_from(["sessiond", "serve", "--default-ttl", "2h", "--max-ttl", "1h"])
+                .unwrap();
+        let Command::Serve(args) = cli.command;
+        assert!(args.node_config().is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! Bearer-token authentication of `/v1`, compared in constant time.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use sessiond_proto::ErrorCode;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Lets the request through when no token is configured or when it carries
+/// `Authorization: Bearer <token>` with the right token.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.auth_token.as_deref() else {
+        return Ok(next.run(request).await);
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "this server needs an Authorization: Bearer <token> header",
+            )
+        })?;
+    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the bearer token is wrong",
+        ))
+    }
+}

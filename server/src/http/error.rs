@@ -1,0 +1,62 @@
+//! The HTTP face of every error: a status and `{"error": {"code", "message"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sessiond_proto::ErrorCode;
+use sessiond_proto::http::{ErrorBody, ErrorDetail};
+
+use crate::service::ServiceError;
+
+/// An error answer of the HTTP API.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+    current_version: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with `code` and a human `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            current_version: None,
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        Self {
+            code: err.code(),
+            message: err.to_string(),
+            current_version: err.current_version(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                current_version: self.current_version,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(version) = self.current_version {
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+                headers.insert(header::ETAG, etag);
+            }
+        }
+        if self.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,142 @@
+//! Reading requests: ids, JSON bodies with their content types, `If-Match`.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+use sessiond_proto::{ErrorCode, SessionId};
+
+use super::error::ApiError;
+
+/// The session id of the route, parsed before any lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct IdParam(pub SessionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection: PathRejection| {
+                ApiError::new(ErrorCode::InvalidId, rejection.body_text())
+            })?;
+        text.parse().map(IdParam).map_err(|err| {
+            ApiError::new(ErrorCode::InvalidId, format!("malformed session id: {err}"))
+        })
+    }
+}
+
+/// The media type a body must have.
+#[derive(Debug, Clone, Copy)]
+pub enum MediaType {
+    /// `application/json`
+    Json,
+    /// `application/merge-patch+json` (RFC 7386)
+    MergePatch,
+}
+
+impl MediaType {
+    fn essence(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::MergePatch => "application/merge-patch+json",
+        }
+    }
+}
+
+/// Reads and parses a JSON body of at most `limit` bytes. An empty body is
+/// `T::default()` when `empty` is given, an error otherwise.
+pub async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    media: MediaType,
+    limit: usize,
+    empty: Option<fn() -> T>,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over the {limit}-byte limit"),
+        )
+    })?;
+    if bytes.is_empty() {
+        if let Some(default) = empty {
+            return Ok(default());
+        }
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the request body is empty; a JSON body is required",
+        ));
+    }
+    check_media_type(headers, media)?;
+    serde_json::from_slice(&bytes).map_err(|err| {
+        ApiError::new(ErrorCode::InvalidJson, format!("malformed JSON body: {err}"))
+    })
+}
+
+fn check_media_type(headers: &HeaderMap, media: MediaType) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let essence = given.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(media.essence()) {
+        Ok(())
+    } else {
+        let shown = if given.is_empty() { "none" } else { given };
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type must be {}, got {shown}", media.essence()),
+        ))
+    }
+}
+
+/// The version an `If-Match` header demands: `"3"` (or `3`) is version 3,
+/// `*` or no header is any version.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            "If-Match must be one session version as a strong ETag, like \"3\"",
+        )
+    };
+    let text = value.to_str().map_err(|_| malformed())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let unquoted = text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or(text);
+    unquoted.parse().map(Some).map_err(|_| malformed())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_if_match(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(if_match(&HeaderMap::new()).ok(), Some(None));
+        assert_eq!(if_match(&with_if_match("\"7\"")).ok(), Some(Some(7)));
+        assert_eq!(if_match(&with_if_match("7")).ok(), Some(Some(7)));
+        assert_eq!(if_match(&with_if_match("*")).ok(), Some(None));
+        assert!(if_match(&with_if_match("W/\"7\"")).is_err());
+        assert!(if_match(&with_if_match("\"seven\"")).is_err());
+        assert!(if_match(&with_if_match("\"1\", \"2\"")).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! HTTP/JSON API v1: the axum router, its error mapping, auth and metrics.
+
+mod auth;
+mod error;
+mod extract;
+mod observability;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sessiond_proto::ErrorCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::health::Readiness;
+use crate::service::SessionService;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The session operations.
+    pub service: SessionService,
+    /// The bearer token `/v1` requires, if any.
+    pub auth_token: Option<Arc<str>>,
+    /// Renders `/metrics`; `None` when no recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Answers `/readyz`.
+    pub readiness: Readiness,
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/sessions", post(sessions::create))
+        .route(
+            "/sessions/{id}",
+            get(sessions::get)
+                .put(sessions::put)
+                .patch(sessions::patch)
+                .delete(sessions::delete),
+        )
+        .route("/sessions/{id}/touch", post(sessions::touch))
+        .route("/sessions/{id}/rotate", post(sessions::rotate))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(observability::healthz))
+        .route("/readyz", get(observability::readyz))
+        .route("/metrics", get(observability::render_metrics))
+        .route_layer(from_fn(observability::track))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` fires, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownRoute,
+        "no such route; the API lives under /v1/sessions",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not accept this method",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(ErrorCode::Internal, "internal error; the server logged it").into_response()
+}

@@ -1,0 +1,72 @@
+//! Health endpoints and Prometheus metrics of the HTTP listener.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sessiond_proto::ErrorCode;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Counts every routed request by route, method and status, and records
+/// its latency.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("sessiond_http_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "sessiond_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => status
+    )
+    .increment(1);
+    response
+}
+
+/// `GET /healthz`: the process is alive and serving.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 when this node should get traffic, 503 with the reason
+/// otherwise (shutting down, Redis unreachable).
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state
+        .readiness
+        .check()
+        .map(|()| "ready\n")
+        .map_err(|reason| ApiError::new(ErrorCode::Unavailable, reason))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn render_metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = state.metrics.as_ref() else {
+        return ApiError::new(ErrorCode::UnknownRoute, "metrics are not enabled").into_response();
+    };
+    let stats = state.service.stats();
+    metrics::gauge!("sessiond_sessions").set(stats.sessions as f64);
+    metrics::gauge!("sessiond_memory_used_bytes").set(stats.bytes_used as f64);
+    if let Some(limit) = stats.bytes_limit {
+        metrics::gauge!("sessiond_memory_limit_bytes").set(limit as f64);
+    }
+    metrics::counter!("sessiond_expirations_total").absolute(stats.expirations);
+    metrics::counter!("sessiond_evictions_total").absolute(stats.evictions);
+    metrics::counter!("sessiond_rejections_total").absolute(stats.rejections);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,93 @@
+//! A store node: builds the store and service from its configuration,
+//! binds the listeners, runs the background tasks and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::NodeConfig;
+use crate::health::Readiness;
+use crate::http::{self, AppState};
+use crate::service::SessionService;
+use crate::store::{Store, SystemClock};
+use crate::sweeper;
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listener could not bind its address.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("{what} listener failed: {source}")]
+    Serve {
+        /// Which listener.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%local, "{what} listening");
+    Ok(listener)
+}
+
+/// Runs a store node until `shutdown` fires, then drains in-flight requests
+/// and stops the background tasks.
+pub async fn run(
+    config: NodeConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let store = Arc::new(Store::new(config.store.clone(), Arc::new(SystemClock)));
+    let service = SessionService::new(store.clone(), config.service.clone());
+    let readiness = Readiness::default();
+    let http_listener = bind("HTTP API", config.http).await?;
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(sweeper::run(
+        store,
+        config.sweep_interval,
+        config.sweep_batch,
+        shutdown.clone(),
+    ));
+    tasks.spawn({
+        let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            readiness.start_draining();
+            tracing::info!("shutting down: finishing in-flight requests");
+        }
+    });
+    tasks.close();
+
+    let state = AppState {
+        service,
+        auth_token: config.auth_token.as_deref().map(Arc::from),
+        metrics,
+        readiness,
+    };
+    let served = http::serve(http_listener, state, shutdown.clone()).await;
+    shutdown.cancel();
+    tasks.wait().await;
+    served.map_err(|source| NodeError::Serve {
+        what: "HTTP API",
+        source,
+    })
+}

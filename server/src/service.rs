@@ -1,0 +1,319 @@
+//! The service layer: every session operation written once, with the API's
+//! policies (TTL bounds, size limit, JSON validity), called by both the HTTP
+//! and the binary-protocol front ends.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use sessiond_proto::{ErrorCode, SessionId};
+
+use crate::store::{Session, Store, StoreError, StoreStats};
+
+/// Session data known to be valid JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonData(Bytes);
+
+impl JsonData {
+    /// Checks that `bytes` is one JSON value.
+    pub fn parse(bytes: Bytes) -> Result<Self, ServiceError> {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
+        Ok(Self(bytes))
+    }
+
+    /// Data that serde already parsed as one JSON value.
+    pub fn from_raw(raw: Box<RawValue>) -> Self {
+        let text: Box<str> = raw.into();
+        Self(Bytes::from(text.into_boxed_bytes()))
+    }
+
+    /// The empty object, `{}`.
+    pub fn empty_object() -> Self {
+        Self(Bytes::from_static(b"{}"))
+    }
+
+    /// The JSON text.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+/// Policies the API applies on top of the store.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// TTL of sessions created without one, in seconds.
+    pub default_ttl_secs: u64,
+    /// Largest TTL a client may ask for, in seconds.
+    pub max_ttl_secs: u64,
+    /// Largest session data, in bytes of JSON text.
+    pub max_session_bytes: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_secs: 1800,
+            max_ttl_secs: 86_400,
+            max_session_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why an operation failed, typed for every front end to map once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// No live session has this id.
+    #[error("no live session has this id (it never existed, was deleted or expired)")]
+    NotFound,
+    /// A conditional write expected another version.
+    #[error("the session is at version {current}, not the expected {expected}")]
+    VersionMismatch {
+        /// What the caller expected.
+        expected: u64,
+        /// The version now.
+        current: u64,
+    },
+    /// The session data is over `--max-session-bytes`.
+    #[error("session data of {size} bytes is over the {max}-byte limit (--max-session-bytes)")]
+    TooLarge {
+        /// The data's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The requested TTL is out of bounds.
+    #[error("ttl_secs must be between 1 and {max} (--max-ttl), got {got}")]
+    InvalidTtl {
+        /// What the client asked for.
+        got: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// The session data is not JSON.
+    #[error("session data is not valid JSON: {0}")]
+    InvalidData(String),
+    /// A merge patch could not be applied.
+    #[error("the merge patch is not valid JSON: {0}")]
+    InvalidPatch(String),
+    /// The store is full and its policy is to reject.
+    #[error("{0}")]
+    StoreFull(String),
+}
+
+impl ServiceError {
+    /// The wire code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound => ErrorCode::NotFound,
+            Self::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            Self::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::InvalidTtl { .. } => ErrorCode::InvalidTtl,
+            Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
+            Self::StoreFull(_) => ErrorCode::StoreFull,
+        }
+    }
+
+    /// The session's current version, for version conflicts.
+    pub fn current_version(&self) -> Option<u64> {
+        match self {
+            Self::VersionMismatch { current, .. } => Some(*current),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::VersionMismatch { expected, current } => {
+                Self::VersionMismatch { expected, current }
+            }
+            full @ StoreError::Full { .. } => Self::StoreFull(full.to_string()),
+        }
+    }
+}
+
+/// The session operations of a node.
+#[derive(Debug, Clone)]
+pub struct SessionService {
+    store: Arc<Store>,
+    config: ServiceConfig,
+}
+
+impl SessionService {
+    /// A service over `store` with the given policies.
+    pub fn new(store: Arc<Store>, config: ServiceConfig) -> Self {
+        Self { store, config }
+    }
+
+    /// The policies in force.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    fn ttl_ms(&self, ttl_secs: Option<u64>) -> Result<Option<u64>, ServiceError> {
+        match ttl_secs {
+            None => Ok(None),
+            Some(secs) if secs == 0 || secs > self.config.max_ttl_secs => {
+                Err(ServiceError::InvalidTtl {
+                    got: secs,
+                    max: self.config.max_ttl_secs,
+                })
+            }
+            Some(secs) => Ok(Some(secs * 1000)),
+        }
+    }
+
+    fn checked_size(&self, data: JsonData) -> Result<Bytes, ServiceError> {
+        let bytes = data.into_bytes();
+        if bytes.len() > self.config.max_session_bytes {
+            return Err(ServiceError::TooLarge {
+                size: bytes.len(),
+                max: self.config.max_session_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Creates a session.
+    pub async fn create(
+        &self,
+        data: JsonData,
+        ttl_secs: Option<u64>,
+    ) -> Result<Session, ServiceError> {
+        let ttl_ms = self
+            .ttl_ms(ttl_secs)?
+            .unwrap_or(self.config.default_ttl_secs * 1000);
+        let data = self.checked_size(data)?;
+        Ok(self.store.create(data, ttl_ms)?)
+    }
+
+    /// Reads a session, refreshing its expiry.
+    pub async fn get(&self, id: &SessionId) -> Result<Session, ServiceError> {
+        Ok(self.store.get(id)?)
+    }
+
+    /// Replaces a session's data, optionally only if at `expected` version.
+    pub async fn put(
+        &self,
+        id: &SessionId,
+        data: JsonData,
+        ttl_secs: Option<u64>,
+        expected: Option<u64>,
+    ) -> Result<Session, ServiceError> {
+        let ttl_ms = self.ttl_ms(ttl_secs)?;
+        let data = self.checked_size(data)?;
+        Ok(self.store.put(id, data, ttl_ms, expected)?)
+    }
+
+    /// Applies an RFC 7386 JSON merge patch atomically.
+    pub async fn patch(
+        &self,
+        id: &SessionId,
+        patch: &serde_json::Value,
+        expected: Option<u64>,
+    ) -> Result<Session, ServiceError> {
+        self.store.update(id, expected, None, |current| {
+            let patched = merge_patch(current, patch)?;
+            self.checked_size(patched)
+        })
+    }
+
+    /// Deletes a session; deleting a missing one is not an error.
+    pub async fn delete(&self, id: &SessionId) -> Result<(), ServiceError> {
+        self.store.delete(id);
+        Ok(())
+    }
+
+    /// Extends a session's expiry, optionally with a new idle TTL.
+    pub async fn touch(
+        &self,
+        id: &SessionId,
+        ttl_secs: Option<u64>,
+    ) -> Result<Session, ServiceError> {
+        let ttl_ms = self.ttl_ms(ttl_secs)?;
+        Ok(self.store.touch(id, ttl_ms)?)
+    }
+
+    /// Moves a session to a new id; the old one stops working at once.
+    pub async fn rotate(&self, id: &SessionId) -> Result<Session, ServiceError> {
+        Ok(self.store.rotate(id)?)
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+}
+
+/// `current` with `patch` merged into it (RFC 7386).
+fn merge_patch(current: &[u8], patch: &serde_json::Value) -> Result<JsonData, ServiceError> {
+    let mut document: serde_json::Value = serde_json::from_slice(current)
+        .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
+    json_patch::merge(&mut document, patch);
+    let text = serde_json::to_vec(&document)
+        .map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
+    Ok(JsonData(Bytes::from(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreConfig, SystemClock};
+
+    fn service(config: ServiceConfig) -> SessionService {
+        let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
+        SessionService::new(Arc::new(store), config)
+    }
+
+    #[tokio::test]
+    async fn merge_patch_follows_rfc_7386() {
+        let service = service(ServiceConfig::default());
+        let data = JsonData::parse(Bytes::from_static(br#"{"a":1,"b":{"c":2,"d":3}}"#)).unwrap();
+        let id = service.create(data, None).await.unwrap().id;
+        let patch = serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]});
+        let patched = service.patch(&id, &patch, Some(1)).await.unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&patched.data).unwrap();
+        assert_eq!(value, serde_json::json!({"b": {"c": 5, "d": 3}, "e": [1]}));
+        assert_eq!(patched.version, 2);
+    }
+
+    #[tokio::test]
+    async fn ttl_and_size_bounds_are_enforced() {
+        let service = service(ServiceConfig {
+            default_ttl_secs: 60,
+            max_ttl_secs: 100,
+            max_session_bytes: 8,
+        });
+        let small = || JsonData::empty_object();
+        assert_eq!(
+            service.create(small(), Some(0)).await,
+            Err(ServiceError::InvalidTtl { got: 0, max: 100 })
+        );
+        assert_eq!(
+            service.create(small(), Some(101)).await,
+            Err(ServiceError::InvalidTtl { got: 101, max: 100 })
+        );
+        let created = service.create(small(), None).await.unwrap();
+        assert_eq!(created.ttl_ms, 60_000);
+        let big = JsonData::parse(Bytes::from_static(b"\"123456789\"")).unwrap();
+        assert_eq!(
+            service.create(big, None).await,
+            Err(ServiceError::TooLarge { size: 11, max: 8 })
+        );
+        let grow = serde_json::json!({"key": "value"});
+        assert!(matches!(
+            service.patch(&created.id, &grow, None).await,
+            Err(ServiceError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_json_data_is_refused() {
+        assert!(JsonData::parse(Bytes::from_static(b"{nope")).is_err());
+        assert!(JsonData::parse(Bytes::from_static(b"1 2")).is_err());
+        assert!(JsonData::parse(Bytes::from_static(b"[1,2]")).is_ok());
+    }
+}

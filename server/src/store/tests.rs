@@ -1,0 +1,295 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+const SECOND: u64 = 1000;
+
+fn store_with(config: StoreConfig) -> (Store, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    (Store::new(config, clock.clone()), clock)
+}
+
+fn store() -> (Store, Arc<ManualClock>) {
+    store_with(StoreConfig::default())
+}
+
+fn json(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+#[test]
+fn create_then_get_returns_the_same_session() {
+    let (store, _) = store();
+    let created = store.create(json(r#"{"user":1}"#), 60 * SECOND).unwrap();
+    assert_eq!(created.version, 1);
+    assert_eq!(created.expires_at_ms, created.created_at_ms + 60 * SECOND);
+    let read = store.get(&created.id).unwrap();
+    assert_eq!(read, created);
+    assert_eq!(store.stats().sessions, 1);
+}
+
+#[test]
+fn unknown_id_is_not_found() {
+    let (store, _) = store();
+    assert_eq!(store.get(&SessionId::random()), Err(StoreError::NotFound));
+    assert_eq!(
+        store.put(&SessionId::random(), json("{}"), None, None),
+        Err(StoreError::NotFound)
+    );
+}
+
+#[test]
+fn every_write_increments_the_version() {
+    let (store, _) = store();
+    let id = store.create(json("{}"), 60 * SECOND).unwrap().id;
+    for expected_next in 2..=10 {
+        let session = store.put(&id, json("[]"), None, None).unwrap();
+        assert_eq!(session.version, expected_next);
+    }
+    let touched = store.touch(&id, None).unwrap();
+    assert_eq!(touched.version, 10, "touch is not a write");
+}
+
+#[test]
+fn conditional_write_checks_the_version() {
+    let (store, _) = store();
+    let id = store.create(json("0"), 60 * SECOND).unwrap().id;
+    assert_eq!(store.put(&id, json("1"), None, Some(1)).unwrap().version, 2);
+    assert_eq!(
+        store.put(&id, json("2"), None, Some(1)),
+        Err(StoreError::VersionMismatch {
+            expected: 1,
+            current: 2
+        })
+    );
+    assert_eq!(store.get(&id).unwrap().data, json("1"));
+}
+
+#[test]
+fn sessions_expire_after_their_idle_ttl() {
+    let (store, clock) = store();
+    let id = store.create(json("{}"), 10 * SECOND).unwrap().id;
+    clock.advance(Duration::from_millis(9_999));
+    assert!(store.peek(&id).is_some());
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(store.get(&id), Err(StoreError::NotFound));
+    assert_eq!(store.stats().sessions, 0, "an expired session is freed when found");
+    assert_eq!(store.stats().expirations, 1);
+}
+
+#[test]
+fn reads_slide_the_expiry() {
+    let (store, clock) = store();
+    let id = store.create(json("{}"), 10 * SECOND).unwrap().id;
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(8));
+        store.get(&id).unwrap();
+    }
+    // 80 s after creation, alive because every read pushed the expiry.
+    clock.advance(Duration::from_secs(9));
+    assert!(store.peek(&id).is_some());
+    clock.advance(Duration::from_secs(1));
+    assert!(store.peek(&id).is_none());
+}
+
+#[test]
+fn writes_and_touches_slide_the_expiry_and_touch_can_change_the_ttl() {
+    let (store, clock) = store();
+    let id = store.create(json("{}"), 10 * SECOND).unwrap().id;
+    clock.advance(Duration::from_secs(8));
+    let written = store.put(&id, json("1"), None, None).unwrap();
+    assert_eq!(written.expires_at_ms, clock.now_ms() + 10 * SECOND);
+    let touched = store.touch(&id, Some(100 * SECOND)).unwrap();
+    assert_eq!(touched.ttl_ms, 100 * SECOND);
+    assert_eq!(touched.expires_at_ms, clock.now_ms() + 100 * SECOND);
+    clock.advance(Duration::from_secs(99));
+    assert!(store.get(&id).is_ok());
+}
+
+#[test]
+fn absolute_lifetime_caps_the_sliding_expiry() {
+    let (store, clock) = store_with(StoreConfig {
+        max_lifetime_ms: Some(30 * SECOND),
+        ..StoreConfig::default()
+    });
+    let created = store.create(json("{}"), 10 * SECOND).unwrap();
+    for _ in 0..5 {
+        clock.advance(Duration::from_secs(5));
+        let read = store.get(&created.id).unwrap();
+        assert!(read.expires_at_ms <= created.created_at_ms + 30 * SECOND);
+    }
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(store.get(&created.id), Err(StoreError::NotFound));
+}
+
+#[test]
+fn sweeper_frees_expired_sessions_without_reads() {
+    let (store, clock) = store_with(StoreConfig {
+        shards: 4,
+        ..StoreConfig::default()
+    });
+    for _ in 0..1000 {
+        store.create(json(r#""short""#), SECOND).unwrap();
+    }
+    let keeper = store.create(json(r#""long""#), 3600 * SECOND).unwrap().id;
+    let used_before = store.stats().bytes_used;
+    clock.advance(Duration::from_secs(2));
+    // Bounded work: 4 shards x 10 sessions examined per pass (the keeper
+    // may be one of them).
+    let first_pass = store.sweep(10);
+    assert!((39..=40).contains(&first_pass), "freed {first_pass}");
+    let mut passes = 1;
+    while store.stats().sessions > 1 {
+        store.sweep(10);
+        passes += 1;
+        assert!(passes < 200, "sweeper made no progress");
+    }
+    let stats = store.stats();
+    assert_eq!(stats.expirations, 1000);
+    assert_eq!(stats.bytes_used, charge_of(r#""long""#.len()));
+    assert!(stats.bytes_used < used_before);
+    assert!(store.get(&keeper).is_ok());
+}
+
+#[test]
+fn delete_is_idempotent() {
+    let (store, _) = store();
+    let id = store.create(json("{}"), 60 * SECOND).unwrap().id;
+    assert!(store.delete(&id));
+    assert!(!store.delete(&id));
+    assert_eq!(store.stats().sessions, 0);
+    assert_eq!(store.stats().bytes_used, 0);
+}
+
+#[test]
+fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
+    let (store, _) = store();
+    let old = store.create(json(r#"{"cart":[1]}"#), 60 * SECOND).unwrap();
+    store.put(&old.id, json(r#"{"cart":[1,2]}"#), None, None).unwrap();
+    let rotated = store.rotate(&old.id).unwrap();
+    assert_ne!(rotated.id, old.id);
+    assert_eq!(rotated.data, json(r#"{"cart":[1,2]}"#));
+    assert_eq!(rotated.version, 2, "rotation keeps the version");
+    assert_eq!(rotated.created_at_ms, old.created_at_ms);
+    assert_eq!(store.get(&old.id), Err(StoreError::NotFound));
+    assert_eq!(store.get(&rotated.id).unwrap().data, rotated.data);
+    assert_eq!(store.stats().sessions, 1);
+    assert_eq!(store.rotate(&old.id), Err(StoreError::NotFound));
+}
+
+fn bounded(sessions: u64, data_len: usize, when_full: WhenFull) -> (Store, Arc<ManualClock>) {
+    store_with(StoreConfig {
+        shards: 8,
+        max_memory: Some(sessions * charge_of(data_len)),
+        when_full,
+        max_lifetime_ms: None,
+    })
+}
+
+#[test]
+fn full_store_rejects_writes_and_keeps_every_session() {
+    let data = json(&format!("\"{}\"", "x".repeat(98)));
+    let (store, _) = bounded(10, data.len(), WhenFull::Reject);
+    let ids: Vec<_> = (0..10)
+        .map(|_| store.create(data.clone(), 60 * SECOND).unwrap().id)
+        .collect();
+    assert!(matches!(
+        store.create(data.clone(), 60 * SECOND),
+        Err(StoreError::Full { .. })
+    ));
+    // Growing an existing session does not fit either.
+    let bigger = json(&format!("\"{}\"", "x".repeat(99)));
+    assert!(matches!(
+        store.put(&ids[0], bigger, None, None),
+        Err(StoreError::Full { .. })
+    ));
+    // Same-size rewrites still fit.
+    assert!(store.put(&ids[0], data.clone(), None, None).is_ok());
+    for id in &ids {
+        assert!(store.get(id).is_ok());
+    }
+    let stats = store.stats();
+    assert_eq!(stats.rejections, 2);
+    assert_eq!(stats.evictions, 0);
+    assert!(stats.bytes_used <= stats.bytes_limit.unwrap());
+}
+
+#[test]
+fn full_store_evicts_least_recently_used_sessions() {
+    let data = json(&format!("\"{}\"", "y".repeat(98)));
+    let (store, clock) = bounded(100, data.len(), WhenFull::EvictLru);
+    let old: Vec<_> = (0..50)
+        .map(|_| store.create(data.clone(), 600 * SECOND).unwrap().id)
+        .collect();
+    clock.advance(Duration::from_secs(1));
+    let recent: Vec<_> = (0..50)
+        .map(|_| store.create(data.clone(), 600 * SECOND).unwrap().id)
+        .collect();
+    clock.advance(Duration::from_secs(1));
+    for id in &recent {
+        store.get(id).unwrap();
+    }
+    let newest: Vec<_> = (0..10)
+        .map(|_| store.create(data.clone(), 600 * SECOND).unwrap().id)
+        .collect();
+    let stats = store.stats();
+    assert_eq!(stats.evictions, 10);
+    assert_eq!(stats.sessions, 100);
+    assert!(stats.bytes_used <= stats.bytes_limit.unwrap());
+    let old_alive = old.iter().filter(|id| store.peek(id).is_some()).count();
+    assert_eq!(old_alive, 40, "the evicted sessions are the least recently used");
+    assert!(recent.iter().chain(&newest).all(|id| store.peek(id).is_some()));
+}
+
+#[test]
+fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
+    let (store, _) = bounded(2, 10, WhenFull::EvictLru);
+    store.create(json("1"), 60 * SECOND).unwrap();
+    let huge = json(&format!("\"{}\"", "z".repeat(4096)));
+    assert!(matches!(store.create(huge, 60 * SECOND), Err(StoreError::Full { .. })));
+    assert_eq!(store.stats().sessions, 1, "nothing was evicted in vain");
+}
+
+#[test]
+fn update_applies_a_function_atomically_under_contention() {
+    let (store, _) = store();
+    let store = Arc::new(store);
+    let id = store.create(json("0"), 60 * SECOND).unwrap().id;
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    store
+                        .update::<StoreError>(&id, None, None, |data| {
+                            let n: u64 = std::str::from_utf8(data).unwrap().parse().unwrap();
+                            Ok(Bytes::from((n + 1).to_string()))
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let session = store.get(&id).unwrap();
+    assert_eq!(session.data, json("8000"));
+    assert_eq!(session.version, 8001);
+}
+
+#[test]
+fn memory_accounting_follows_sizes_exactly() {
+    let (store, _) = store();
+    let id = store.create(json("1"), 60 * SECOND).unwrap().id;
+    assert_eq!(store.stats().bytes_used, charge_of(1));
+    store.put(&id, json("12345"), None, None).unwrap();
+    assert_eq!(store.stats().bytes_used, charge_of(5));
+    store.put(&id, json("12"), None, None).unwrap();
+    assert_eq!(store.stats().bytes_used, charge_of(2));
+    let rotated = store.rotate(&id).unwrap();
+    assert_eq!(store.stats().bytes_used, charge_of(2));
+    store.delete(&rotated.id);
+    assert_eq!(store.stats().bytes_used, 0);
+}
