@@ -1,0 +1,218 @@
+//! Spawning the project's binaries as real processes.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to say it is listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of a binary of this workspace, built (once per test process)
+/// with the same profile as the tests, so a test never runs a stale binary.
+///
+/// `target` is `package:bin`, e.g. `sessiond:sessiond`, or
+/// `package:example:name[:features]` for an example.
+pub fn binary(target: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let parts: Vec<&str> = target.split(':').collect();
+    let (package, kind, name, features) = match parts.as_slice() {
+        [package, bin] => (*package, "--bin", *bin, None),
+        [package, "example", name] => (*package, "--example", *name, None),
+        [package, "example", name, features] => (*package, "--example", *name, Some(*features)),
+        _ => panic!("binary target must be package:bin or package:example:name[:features]"),
+    };
+    let profile_dir = profile_dir();
+    if !built.iter().any(|done| done == target) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", package, kind, name]);
+        if profile_dir.ends_with("release") {
+            command.arg("--release");
+        }
+        if let Some(features) = features {
+            command.args(["--features", features]);
+        }
+        let status = command.status().expect("cannot run cargo to build the binary");
+        assert!(status.success(), "building {target} failed");
+        built.push(target.to_owned());
+    }
+    let path = if kind == "--example" {
+        profile_dir.join("examples").join(name)
+    } else {
+        profile_dir.join(name)
+    };
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// `target/debug` or `target/release`: where this test executable lives.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .expect("test binary is not inside target/<profile>/deps")
+}
+
+/// A running `sessiond serve` process.
+pub struct Sessiond {
+    child: Child,
+    args: Vec<String>,
+    /// Address of the HTTP API.
+    pub http: SocketAddr,
+    /// Address of the binary protocol, when it listens.
+    pub tcp: Option<SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sessiond {
+    /// Starts `sessiond serve` on ephemeral loopback ports with extra `args`.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_at("127.0.0.1:0", "127.0.0.1:0", args)
+    }
+
+    /// Starts `sessiond serve` on the given addresses (to restart a node
+    /// where it was).
+    pub fn start_at(http: &str, tcp: &str, args: &[&str]) -> Self {
+        let mut all: Vec<String> = vec!["serve".into(), "--http".into(), http.into()];
+        if tcp_supported() {
+            all.extend(["--tcp".into(), tcp.into()]);
+        }
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        Self::spawn(all)
+    }
+
+    fn spawn(args: Vec<String>) -> Self {
+        let mut child = Command::new(binary("sessiond:sessiond"))
+            .args(&args)
+            .env("SESSIOND_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start sessiond");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let expected = if tcp_supported() { 2 } else { 1 };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut http, mut tcp) = (None, None);
+        while http.is_none() || (expected == 2 && tcp.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((kind, addr)) if kind == "HTTP API" => http = Some(addr),
+                Ok((_, addr)) => tcp = Some(addr),
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                    panic!("sessiond {args:?} did not start listening:\n{log}");
+                }
+            }
+        }
+        Self {
+            child,
+            args,
+            http: http.expect("http address"),
+            tcp,
+            log,
+        }
+    }
+
+    /// `http://addr` of the HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log lines the process wrote so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Kills the process with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
+    /// Starts the same node again on the same addresses after a kill.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut args = self.args.clone();
+        let http = self.http.to_string();
+        let tcp = self.tcp.map(|addr| addr.to_string());
+        for (flag, value) in [("--http", Some(http)), ("--tcp", tcp)] {
+            if let (Some(position), Some(value)) =
+                (args.iter().position(|arg| arg == flag), value)
+            {
+                args[position + 1] = value;
+            }
+        }
+        let replacement = Self::spawn(args);
+        let old = std::mem::replace(self, replacement);
+        drop(old);
+    }
+}
+
+impl Drop for Sessiond {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with the `kill` command (no unsafe code needed).
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
+}
+
+/// Whether this build of sessiond has the binary protocol listener.
+fn tcp_supported() -> bool {
+    false
+}
+
+/// Parses `... <what> listening local=<addr>` log lines.
+fn listening_addr(line: &str) -> Option<(String, SocketAddr)> {
+    let (before, after) = line.split_once(" listening local=")?;
+    let what = before.rsplit(": ").next()?.to_owned();
+    let addr = after.split_whitespace().next()?.parse().ok()?;
+    Some((what, addr))
+}
