@@ -102,6 +102,28 @@ impl FromStr for SessionId {
     }
 }
 
+/// Text in human-readable formats (JSON), 16 raw bytes in binary ones.
+impl serde::Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; ID_BYTES]>::deserialize(deserializer).map(Self)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,18 @@
 //! - [`ErrorCode`]: the machine-readable error codes shared by the HTTP API and
 //!   the binary protocol.
 //! - [`http`]: the JSON bodies of HTTP API v1.
+//! - [`wire`] and [`codec`]: the binary protocol's messages and its frames.
+//! - [`ring`]: rendezvous hashing of sessions onto nodes.
 //!
 //! This crate holds no I/O and no server logic; both the server and the client
 //! depend on it and on nothing of each other.
 
+pub mod codec;
 pub mod error;
 pub mod http;
 pub mod id;
+pub mod ring;
+pub mod wire;
 
 pub use error::ErrorCode;
 pub use id::{ParseIdError, SessionId};

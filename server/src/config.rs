@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
+
 use crate::service::ServiceConfig;
 use crate::store::{StoreConfig, WhenFull};
+use crate::tcp::TcpLimits;
 
 /// sessiond: a session store that lets web backends be stateless.
 #[derive(Debug, Parser)]
@@ -41,7 +44,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_HTTP", default_value = "127.0.0.1:7700")]
     pub http: SocketAddr,
 
-    /// Bearer token every /v1 request must carry (health endpoints stay open).
+    /// Address of the binary protocol (port 0 picks a free port).
+    #[arg(long, env = "SESSIOND_TCP", default_value = "127.0.0.1:7701")]
+    pub tcp: SocketAddr,
+
+    /// Bearer token every /v1 request and every binary-protocol Hello must
+    /// carry (health endpoints stay open).
     #[arg(long, env = "SESSIOND_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
@@ -84,6 +92,27 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_SWEEP_BATCH", default_value_t = 256)]
     pub sweep_batch: usize,
 
+    /// Largest binary-protocol frame (default: --max-session-bytes + 64KiB).
+    #[arg(long, env = "SESSIOND_MAX_FRAME_BYTES", value_parser = parse_bytes)]
+    pub max_frame_bytes: Option<u64>,
+
+    /// Binary-protocol connections served at once; more get an error frame.
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Requests one binary-protocol connection may have in flight; past it
+    /// the server reads no more from that connection until it answers.
+    #[arg(long, env = "SESSIOND_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// A binary-protocol connection without requests for this long is closed.
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time a new binary-protocol connection has to send its Hello.
+    #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Check the configuration, print it and exit without serving.
     #[arg(long)]
     pub check_config: bool,
@@ -95,6 +124,9 @@ pub enum ConfigError {
     /// A TTL flag is out of range.
     #[error("{0}")]
     Ttl(String),
+    /// A size limit is out of range.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// Everything a store node needs, checked.
@@ -102,6 +134,10 @@ pub enum ConfigError {
 pub struct NodeConfig {
     /// HTTP API address.
     pub http: SocketAddr,
+    /// Binary protocol address.
+    pub tcp: SocketAddr,
+    /// Binary protocol limits.
+    pub tcp_limits: TcpLimits,
     /// Bearer token for /v1.
     pub auth_token: Option<String>,
     /// Store settings.
@@ -127,8 +163,27 @@ impl ServeArgs {
                 "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
             )));
         }
+        let max_session_bytes = usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX);
+        let max_frame_bytes = self
+            .max_frame_bytes
+            .map_or(max_session_bytes.saturating_add(64 << 10), |bytes| {
+                usize::try_from(bytes).unwrap_or(usize::MAX)
+            });
+        if max_frame_bytes > MAX_FRAME_BYTES_CAP {
+            return Err(ConfigError::Limit(format!(
+                "--max-frame-bytes (or --max-session-bytes + 64KiB) must be at most {MAX_FRAME_BYTES_CAP} bytes"
+            )));
+        }
         Ok(NodeConfig {
             http: self.http,
+            tcp: self.tcp,
+            tcp_limits: TcpLimits {
+                max_frame_bytes,
+                max_connections: self.max_connections.max(1),
+                max_in_flight: self.max_in_flight.max(1),
+                idle_timeout: self.idle_timeout.max(Duration::from_millis(10)),
+                handshake_timeout: self.handshake_timeout.max(Duration::from_millis(10)),
+            },
             auth_token: self.auth_token.clone().filter(|token| !token.is_empty()),
             store: StoreConfig {
                 shards: usize::from(self.shards),
@@ -142,7 +197,7 @@ impl ServeArgs {
             service: ServiceConfig {
                 default_ttl_secs,
                 max_ttl_secs,
-                max_session_bytes: usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX),
+                max_session_bytes,
             },
             sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
             sweep_batch: self.sweep_batch.max(1),

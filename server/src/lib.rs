@@ -11,3 +11,4 @@ pub mod node;
 pub mod service;
 pub mod store;
 pub mod sweeper;
+pub mod tcp;

@@ -15,6 +15,7 @@ use crate::http::{self, AppState};
 use crate::service::SessionService;
 use crate::store::{Store, SystemClock};
 use crate::sweeper;
+use crate::tcp::{self, TcpContext};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +60,23 @@ pub async fn run(
     let service = SessionService::new(store.clone(), config.service.clone());
     let readiness = Readiness::default();
     let http_listener = bind("HTTP API", config.http).await?;
+    let tcp_listener = bind("binary protocol", config.tcp).await?;
+    let auth_token: Option<Arc<str>> = config.auth_token.as_deref().map(Arc::from);
 
     let tasks = TaskTracker::new();
     tasks.spawn(sweeper::run(
         store,
         config.sweep_interval,
         config.sweep_batch,
+        shutdown.clone(),
+    ));
+    tasks.spawn(tcp::serve(
+        tcp_listener,
+        Arc::new(TcpContext {
+            service: service.clone(),
+            auth_token: auth_token.clone(),
+            limits: config.tcp_limits.clone(),
+        }),
         shutdown.clone(),
     ));
     tasks.spawn({
@@ -79,7 +91,7 @@ pub async fn run(
 
     let state = AppState {
         service,
-        auth_token: config.auth_token.as_deref().map(Arc::from),
+        auth_token,
         metrics,
         readiness,
     };

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use sessiond_proto::{ErrorCode, SessionId};
+use sessiond_proto::wire::Placement;
+use sessiond_proto::{ErrorCode, SessionId, ring};
 
 use crate::store::{Session, Store, StoreError, StoreStats};
 
@@ -177,17 +178,19 @@ impl SessionService {
         Ok(bytes)
     }
 
-    /// Creates a session.
+    /// Creates a session; with a `placement`, its id is one the client's
+    /// ring maps to this node.
     pub async fn create(
         &self,
         data: JsonData,
         ttl_secs: Option<u64>,
+        placement: Option<&Placement>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self
             .ttl_ms(ttl_secs)?
             .unwrap_or(self.config.default_ttl_secs * 1000);
         let data = self.checked_size(data)?;
-        Ok(self.store.create(data, ttl_ms)?)
+        Ok(self.store.create(fresh_id(placement), data, ttl_ms)?)
     }
 
     /// Reads a session, refreshing its expiry.
@@ -237,15 +240,38 @@ impl SessionService {
         Ok(self.store.touch(id, ttl_ms)?)
     }
 
-    /// Moves a session to a new id; the old one stops working at once.
-    pub async fn rotate(&self, id: &SessionId) -> Result<Session, ServiceError> {
-        Ok(self.store.rotate(id)?)
+    /// Moves a session to a new id (placed like [`create`](Self::create)
+    /// places ids); the old one stops working at once.
+    pub async fn rotate(
+        &self,
+        id: &SessionId,
+        placement: Option<&Placement>,
+    ) -> Result<Session, ServiceError> {
+        Ok(self.store.rotate(id, fresh_id(placement))?)
     }
 
     /// The store's counters.
     pub fn stats(&self) -> StoreStats {
         self.store.stats()
     }
+}
+
+/// Most ids drawn for one placed id before settling for an unplaced one;
+/// a ring of n nodes needs n draws on average.
+const MAX_PLACEMENT_DRAWS: usize = 4096;
+
+/// A new id from the OS RNG. With a placement, ids are drawn until one
+/// falls in this node's rendezvous share: each id is still 128 random bits,
+/// and the ids of all nodes together are uniform over the whole id space.
+pub fn fresh_id(placement: Option<&Placement>) -> SessionId {
+    let Some(placement) = placement.filter(|p| (p.owner as usize) < p.ring.len()) else {
+        return SessionId::random();
+    };
+    let mine = Some(placement.owner as usize);
+    (0..MAX_PLACEMENT_DRAWS)
+        .map(|_| SessionId::random())
+        .find(|id| ring::owner(&placement.ring, id) == mine)
+        .unwrap_or_else(SessionId::random)
 }
 
 /// `current` with `patch` merged into it (RFC 7386).
@@ -272,7 +298,7 @@ mod tests {
     async fn merge_patch_follows_rfc_7386() {
         let service = service(ServiceConfig::default());
         let data = JsonData::parse(Bytes::from_static(br#"{"a":1,"b":{"c":2,"d":3}}"#)).unwrap();
-        let id = service.create(data, None).await.unwrap().id;
+        let id = service.create(data, None, None).await.unwrap().id;
         let patch = serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]});
         let patched = service.patch(&id, &patch, Some(1)).await.unwrap();
         let value: serde_json::Value = serde_json::from_slice(&patched.data).unwrap();
@@ -289,18 +315,18 @@ mod tests {
         });
         let small = || JsonData::empty_object();
         assert_eq!(
-            service.create(small(), Some(0)).await,
+            service.create(small(), Some(0), None).await,
             Err(ServiceError::InvalidTtl { got: 0, max: 100 })
         );
         assert_eq!(
-            service.create(small(), Some(101)).await,
+            service.create(small(), Some(101), None).await,
             Err(ServiceError::InvalidTtl { got: 101, max: 100 })
         );
-        let created = service.create(small(), None).await.unwrap();
+        let created = service.create(small(), None, None).await.unwrap();
         assert_eq!(created.ttl_ms, 60_000);
         let big = JsonData::parse(Bytes::from_static(b"\"123456789\"")).unwrap();
         assert_eq!(
-            service.create(big, None).await,
+            service.create(big, None, None).await,
             Err(ServiceError::TooLarge { size: 11, max: 8 })
         );
         let grow = serde_json::json!({"key": "value"});
@@ -308,6 +334,17 @@ mod tests {
             service.patch(&created.id, &grow, None).await,
             Err(ServiceError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn placed_ids_belong_to_the_placed_node() {
+        let placement = Placement {
+            ring: vec![ring::node_seed("a"), ring::node_seed("b"), ring::node_seed("c")],
+            owner: 2,
+        };
+        for _ in 0..200 {
+            assert_eq!(ring::owner(&placement.ring, &fresh_id(Some(&placement))), Some(2));
+        }
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub struct Sessiond {
     args: Vec<String>,
     /// Address of the HTTP API.
     pub http: SocketAddr,
-    /// Address of the binary protocol, when it listens.
-    pub tcp: Option<SocketAddr>,
+    /// Address of the binary protocol.
+    pub tcp: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -81,10 +81,9 @@ impl Sessiond {
     /// Starts `sessiond serve` on the given addresses (to restart a node
     /// where it was).
     pub fn start_at(http: &str, tcp: &str, args: &[&str]) -> Self {
-        let mut all: Vec<String> = vec!["serve".into(), "--http".into(), http.into()];
-        if tcp_supported() {
-            all.extend(["--tcp".into(), tcp.into()]);
-        }
+        let mut all: Vec<String> = ["serve", "--http", http, "--tcp", tcp]
+            .map(String::from)
+            .to_vec();
         all.extend(args.iter().map(|arg| (*arg).to_owned()));
         Self::spawn(all)
     }
@@ -112,10 +111,9 @@ impl Sessiond {
                 }
             });
         }
-        let expected = if tcp_supported() { 2 } else { 1 };
         let deadline = Instant::now() + START_TIMEOUT;
         let (mut http, mut tcp) = (None, None);
-        while http.is_none() || (expected == 2 && tcp.is_none()) {
+        while http.is_none() || tcp.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((kind, addr)) if kind == "HTTP API" => http = Some(addr),
@@ -131,7 +129,7 @@ impl Sessiond {
             child,
             args,
             http: http.expect("http address"),
-            tcp,
+            tcp: tcp.expect("tcp address"),
             log,
         }
     }
@@ -176,11 +174,9 @@ impl Sessiond {
         self.kill();
         let mut args = self.args.clone();
         let http = self.http.to_string();
-        let tcp = self.tcp.map(|addr| addr.to_string());
-        for (flag, value) in [("--http", Some(http)), ("--tcp", tcp)] {
-            if let (Some(position), Some(value)) =
-                (args.iter().position(|arg| arg == flag), value)
-            {
+        let tcp = self.tcp.to_string();
+        for (flag, value) in [("--http", http), ("--tcp", tcp)] {
+            if let Some(position) = args.iter().position(|arg| arg == flag) {
                 args[position + 1] = value;
             }
         }
@@ -202,11 +198,6 @@ pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
         .status();
-}
-
-/// Whether this build of sessiond has the binary protocol listener.
-fn tcp_supported() -> bool {
-    false
 }
 
 /// Parses `... <what> listening local=<addr>` log lines.

@@ -38,7 +38,7 @@ pub async fn create(
     let data = request
         .data
         .map_or_else(JsonData::empty_object, JsonData::from_raw);
-    let session = state.service.create(data, request.ttl_secs).await?;
+    let session = state.service.create(data, request.ttl_secs, None).await?;
     Ok(created(&session))
 }
 
@@ -116,7 +116,7 @@ pub async fn rotate(
     State(state): State<AppState>,
     IdParam(id): IdParam,
 ) -> Result<Response, ApiError> {
-    let session = state.service.rotate(&id).await?;
+    let session = state.service.rotate(&id, None).await?;
     Ok(created(&session))
 }
 

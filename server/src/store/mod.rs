@@ -206,12 +206,12 @@ impl Store {
         }
     }
 
-    /// Creates a session with a fresh id, version 1.
-    pub fn create(&self, data: Bytes, ttl_ms: u64) -> Result<Session, StoreError> {
+    /// Creates a session under the fresh id `id`, version 1.
+    pub fn create(&self, id: SessionId, data: Bytes, ttl_ms: u64) -> Result<Session, StoreError> {
         self.reserve(charge_of(data.len()), None)?;
         let now = self.now_ms();
         let session = Session {
-            id: SessionId::random(),
+            id,
             data,
             version: 1,
             created_at_ms: now,
@@ -343,11 +343,10 @@ impl Store {
         }
     }
 
-    /// Moves a session to a fresh id; the old id is gone at once. Data,
-    /// version and creation time are kept (so `--max-lifetime` still counts
-    /// from the first login), the expiry is refreshed.
-    pub fn rotate(&self, id: &SessionId) -> Result<Session, StoreError> {
-        let new_id = SessionId::random();
+    /// Moves a session to the fresh id `new_id`; the old id is gone at
+    /// once. Data, version and creation time are kept (so `--max-lifetime`
+    /// still counts from the first login), the expiry is refreshed.
+    pub fn rotate(&self, id: &SessionId, new_id: SessionId) -> Result<Session, StoreError> {
         let now = self.now_ms();
         let (from, to) = (self.shard_index(id), self.shard_index(&new_id));
         let moved = |mut slot: Slot| {

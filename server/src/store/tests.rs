@@ -21,7 +21,7 @@ fn json(text: &str) -> Bytes {
 #[test]
 fn create_then_get_returns_the_same_session() {
     let (store, _) = store();
-    let created = store.create(json(r#"{"user":1}"#), 60 * SECOND).unwrap();
+    let created = store.create(SessionId::random(), json(r#"{"user":1}"#), 60 * SECOND).unwrap();
     assert_eq!(created.version, 1);
     assert_eq!(created.expires_at_ms, created.created_at_ms + 60 * SECOND);
     let read = store.get(&created.id).unwrap();
@@ -42,7 +42,7 @@ fn unknown_id_is_not_found() {
 #[test]
 fn every_write_increments_the_version() {
     let (store, _) = store();
-    let id = store.create(json("{}"), 60 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("{}"), 60 * SECOND).unwrap().id;
     for expected_next in 2..=10 {
         let session = store.put(&id, json("[]"), None, None).unwrap();
         assert_eq!(session.version, expected_next);
@@ -54,7 +54,7 @@ fn every_write_increments_the_version() {
 #[test]
 fn conditional_write_checks_the_version() {
     let (store, _) = store();
-    let id = store.create(json("0"), 60 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("0"), 60 * SECOND).unwrap().id;
     assert_eq!(store.put(&id, json("1"), None, Some(1)).unwrap().version, 2);
     assert_eq!(
         store.put(&id, json("2"), None, Some(1)),
@@ -69,7 +69,7 @@ fn conditional_write_checks_the_version() {
 #[test]
 fn sessions_expire_after_their_idle_ttl() {
     let (store, clock) = store();
-    let id = store.create(json("{}"), 10 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap().id;
     clock.advance(Duration::from_millis(9_999));
     assert!(store.peek(&id).is_some());
     clock.advance(Duration::from_millis(1));
@@ -81,7 +81,7 @@ fn sessions_expire_after_their_idle_ttl() {
 #[test]
 fn reads_slide_the_expiry() {
     let (store, clock) = store();
-    let id = store.create(json("{}"), 10 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap().id;
     for _ in 0..10 {
         clock.advance(Duration::from_secs(8));
         store.get(&id).unwrap();
@@ -96,7 +96,7 @@ fn reads_slide_the_expiry() {
 #[test]
 fn writes_and_touches_slide_the_expiry_and_touch_can_change_the_ttl() {
     let (store, clock) = store();
-    let id = store.create(json("{}"), 10 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap().id;
     clock.advance(Duration::from_secs(8));
     let written = store.put(&id, json("1"), None, None).unwrap();
     assert_eq!(written.expires_at_ms, clock.now_ms() + 10 * SECOND);
@@ -113,7 +113,7 @@ fn absolute_lifetime_caps_the_sliding_expiry() {
         max_lifetime_ms: Some(30 * SECOND),
         ..StoreConfig::default()
     });
-    let created = store.create(json("{}"), 10 * SECOND).unwrap();
+    let created = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap();
     for _ in 0..5 {
         clock.advance(Duration::from_secs(5));
         let read = store.get(&created.id).unwrap();
@@ -130,9 +130,9 @@ fn sweeper_frees_expired_sessions_without_reads() {
         ..StoreConfig::default()
     });
     for _ in 0..1000 {
-        store.create(json(r#""short""#), SECOND).unwrap();
+        store.create(SessionId::random(), json(r#""short""#), SECOND).unwrap();
     }
-    let keeper = store.create(json(r#""long""#), 3600 * SECOND).unwrap().id;
+    let keeper = store.create(SessionId::random(), json(r#""long""#), 3600 * SECOND).unwrap().id;
     let used_before = store.stats().bytes_used;
     clock.advance(Duration::from_secs(2));
     // Bounded work: 4 shards x 10 sessions examined per pass (the keeper
@@ -155,7 +155,7 @@ fn sweeper_frees_expired_sessions_without_reads() {
 #[test]
 fn delete_is_idempotent() {
     let (store, _) = store();
-    let id = store.create(json("{}"), 60 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("{}"), 60 * SECOND).unwrap().id;
     assert!(store.delete(&id));
     assert!(!store.delete(&id));
     assert_eq!(store.stats().sessions, 0);
@@ -165,9 +165,9 @@ fn delete_is_idempotent() {
 #[test]
 fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
     let (store, _) = store();
-    let old = store.create(json(r#"{"cart":[1]}"#), 60 * SECOND).unwrap();
+    let old = store.create(SessionId::random(), json(r#"{"cart":[1]}"#), 60 * SECOND).unwrap();
     store.put(&old.id, json(r#"{"cart":[1,2]}"#), None, None).unwrap();
-    let rotated = store.rotate(&old.id).unwrap();
+    let rotated = store.rotate(&old.id, SessionId::random()).unwrap();
     assert_ne!(rotated.id, old.id);
     assert_eq!(rotated.data, json(r#"{"cart":[1,2]}"#));
     assert_eq!(rotated.version, 2, "rotation keeps the version");
@@ -175,7 +175,7 @@ fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
     assert_eq!(store.get(&old.id), Err(StoreError::NotFound));
     assert_eq!(store.get(&rotated.id).unwrap().data, rotated.data);
     assert_eq!(store.stats().sessions, 1);
-    assert_eq!(store.rotate(&old.id), Err(StoreError::NotFound));
+    assert_eq!(store.rotate(&old.id, SessionId::random()), Err(StoreError::NotFound));
 }
 
 fn bounded(sessions: u64, data_len: usize, when_full: WhenFull) -> (Store, Arc<ManualClock>) {
@@ -192,10 +192,10 @@ fn full_store_rejects_writes_and_keeps_every_session() {
     let data = json(&format!("\"{}\"", "x".repeat(98)));
     let (store, _) = bounded(10, data.len(), WhenFull::Reject);
     let ids: Vec<_> = (0..10)
-        .map(|_| store.create(data.clone(), 60 * SECOND).unwrap().id)
+        .map(|_| store.create(SessionId::random(), data.clone(), 60 * SECOND).unwrap().id)
         .collect();
     assert!(matches!(
-        store.create(data.clone(), 60 * SECOND),
+        store.create(SessionId::random(), data.clone(), 60 * SECOND),
         Err(StoreError::Full { .. })
     ));
     // Growing an existing session does not fit either.
@@ -220,18 +220,18 @@ fn full_store_evicts_least_recently_used_sessions() {
     let data = json(&format!("\"{}\"", "y".repeat(98)));
     let (store, clock) = bounded(100, data.len(), WhenFull::EvictLru);
     let old: Vec<_> = (0..50)
-        .map(|_| store.create(data.clone(), 600 * SECOND).unwrap().id)
+        .map(|_| store.create(SessionId::random(), data.clone(), 600 * SECOND).unwrap().id)
         .collect();
     clock.advance(Duration::from_secs(1));
     let recent: Vec<_> = (0..50)
-        .map(|_| store.create(data.clone(), 600 * SECOND).unwrap().id)
+        .map(|_| store.create(SessionId::random(), data.clone(), 600 * SECOND).unwrap().id)
         .collect();
     clock.advance(Duration::from_secs(1));
     for id in &recent {
         store.get(id).unwrap();
     }
     let newest: Vec<_> = (0..10)
-        .map(|_| store.create(data.clone(), 600 * SECOND).unwrap().id)
+        .map(|_| store.create(SessionId::random(), data.clone(), 600 * SECOND).unwrap().id)
         .collect();
     let stats = store.stats();
     assert_eq!(stats.evictions, 10);
@@ -245,9 +245,9 @@ fn full_store_evicts_least_recently_used_sessions() {
 #[test]
 fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
     let (store, _) = bounded(2, 10, WhenFull::EvictLru);
-    store.create(json("1"), 60 * SECOND).unwrap();
+    store.create(SessionId::random(), json("1"), 60 * SECOND).unwrap();
     let huge = json(&format!("\"{}\"", "z".repeat(4096)));
-    assert!(matches!(store.create(huge, 60 * SECOND), Err(StoreError::Full { .. })));
+    assert!(matches!(store.create(SessionId::random(), huge, 60 * SECOND), Err(StoreError::Full { .. })));
     assert_eq!(store.stats().sessions, 1, "nothing was evicted in vain");
 }
 
@@ -255,7 +255,7 @@ fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
 fn update_applies_a_function_atomically_under_contention() {
     let (store, _) = store();
     let store = Arc::new(store);
-    let id = store.create(json("0"), 60 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("0"), 60 * SECOND).unwrap().id;
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
@@ -282,13 +282,13 @@ fn update_applies_a_function_atomically_under_contention() {
 #[test]
 fn memory_accounting_follows_sizes_exactly() {
     let (store, _) = store();
-    let id = store.create(json("1"), 60 * SECOND).unwrap().id;
+    let id = store.create(SessionId::random(), json("1"), 60 * SECOND).unwrap().id;
     assert_eq!(store.stats().bytes_used, charge_of(1));
     store.put(&id, json("12345"), None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(5));
     store.put(&id, json("12"), None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(2));
-    let rotated = store.rotate(&id).unwrap();
+    let rotated = store.rotate(&id, SessionId::random()).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(2));
     store.delete(&rotated.id);
     assert_eq!(store.stats().bytes_used, 0);

@@ -1,0 +1,239 @@
+//! Messages of the binary protocol. Each travels in one frame (see
+//! [`crate::codec`]). A connection starts with the client's [`Hello`] and
+//! the server's [`Welcome`]; after that the client sends [`Request`]s, each
+//! with a request id the matching [`Response`] carries back, so requests can
+//! be pipelined and answered out of order.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, SessionId};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest frame either side accepts, in bytes: room for a 1 MiB
+/// session plus its envelope.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = (1 << 20) + 4096;
+
+/// Hard ceiling on the largest frame, whatever the configuration says.
+pub const MAX_FRAME_BYTES_CAP: usize = 64 << 20;
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// The handshake; must be the first frame, and only the first.
+    Hello(Hello),
+    /// An operation.
+    Request(Request),
+}
+
+/// Frames a server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The handshake was accepted.
+    Welcome(Welcome),
+    /// The answer to one request.
+    Response(Response),
+    /// A connection-level error; the server closes the connection after it.
+    Fatal(WireError),
+}
+
+/// The client's handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks ([`PROTOCOL_VERSION`]).
+    pub protocol: u32,
+    /// The bearer token, when the server needs one.
+    pub auth_token: Option<String>,
+    /// Where sessions created or rotated on this connection must live, for
+    /// clients that spread sessions over several nodes.
+    pub placement: Option<Placement>,
+}
+
+/// A client's node ring and this node's place in it: the server issues new
+/// ids that rendezvous hashing maps to this node (see [`crate::ring`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The seed of every node of the ring, in the client's order.
+    pub ring: Vec<u64>,
+    /// The index of the node this connection talks to.
+    pub owner: u32,
+}
+
+/// The server's handshake answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the server speaks.
+    pub protocol: u32,
+    /// The server's software version.
+    pub server_version: String,
+    /// The largest frame the server accepts.
+    pub max_frame_bytes: u64,
+}
+
+/// One operation with the id its response will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client, echoed in the response.
+    pub id: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations, the same as HTTP API v1's. Session data is JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a session (`POST /v1/sessions`).
+    Create {
+        /// JSON text.
+        data: Bytes,
+        /// Idle TTL; the server's default when `None`.
+        ttl_secs: Option<u64>,
+    },
+    /// Read a session, refreshing its expiry.
+    Get {
+        /// The session.
+        id: SessionId,
+    },
+    /// Replace a session's data.
+    Put {
+        /// The session.
+        id: SessionId,
+        /// JSON text.
+        data: Bytes,
+        /// A new idle TTL.
+        ttl_secs: Option<u64>,
+        /// Only write if the session is at this version.
+        expected_version: Option<u64>,
+    },
+    /// Apply an RFC 7386 JSON merge patch.
+    Patch {
+        /// The session.
+        id: SessionId,
+        /// JSON text of the merge patch.
+        patch: Bytes,
+        /// Only write if the session is at this version.
+        expected_version: Option<u64>,
+    },
+    /// Delete a session (idempotent).
+    Delete {
+        /// The session.
+        id: SessionId,
+    },
+    /// Extend a session's expiry without writing it.
+    Touch {
+        /// The session.
+        id: SessionId,
+        /// A new idle TTL.
+        ttl_secs: Option<u64>,
+    },
+    /// Move a session to a new id; the old id dies at once.
+    Rotate {
+        /// The session.
+        id: SessionId,
+    },
+    /// Liveness check.
+    Ping,
+    /// The node's counters.
+    Stats,
+}
+
+impl Op {
+    /// The operation's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "create",
+            Self::Get { .. } => "get",
+            Self::Put { .. } => "put",
+            Self::Patch { .. } => "patch",
+            Self::Delete { .. } => "delete",
+            Self::Touch { .. } => "touch",
+            Self::Rotate { .. } => "rotate",
+            Self::Ping => "ping",
+            Self::Stats => "stats",
+        }
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// What a request produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The session after the operation.
+    Session(SessionRecord),
+    /// The session is gone (or was never there).
+    Deleted,
+    /// The answer to [`Op::Ping`].
+    Pong,
+    /// The answer to [`Op::Stats`].
+    Stats(NodeStats),
+    /// The operation failed.
+    Error(WireError),
+}
+
+/// A session as the binary protocol carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The session id.
+    pub id: SessionId,
+    /// 1 on create, +1 on every write.
+    pub version: u64,
+    /// JSON text.
+    pub data: Bytes,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Last write, ms since the Unix epoch.
+    pub updated_at_ms: u64,
+    /// Expiry unless used again, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// Idle TTL in seconds.
+    pub ttl_secs: u64,
+}
+
+/// A node's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Sessions held.
+    pub sessions: u64,
+    /// Bytes charged against the memory bound.
+    pub bytes_used: u64,
+    /// The memory bound.
+    pub bytes_limit: Option<u64>,
+    /// Sessions freed because they expired.
+    pub expirations: u64,
+    /// Sessions evicted to make room.
+    pub evictions: u64,
+    /// Writes refused because the store was full.
+    pub rejections: u64,
+}
+
+/// An error as the binary protocol carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+    /// The session's current version, on `version_mismatch`.
+    pub current_version: Option<u64>,
+}
+
+impl WireError {
+    /// An error without a version.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            current_version: None,
+        }
+    }
+}

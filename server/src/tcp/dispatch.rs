@@ -1,0 +1,75 @@
+//! One binary-protocol operation, carried out through the service layer.
+
+use sessiond_proto::wire::{NodeStats, Op, Outcome, Placement, SessionRecord, WireError};
+
+use crate::service::{JsonData, ServiceError, SessionService};
+use crate::store::{Session, StoreStats};
+
+/// Runs `op` and turns its result into the outcome the client gets.
+pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placement>) -> Outcome {
+    let result = match op {
+        Op::Create { data, ttl_secs } => match JsonData::parse(data) {
+            Ok(data) => service.create(data, ttl_secs, placement).await.map(session),
+            Err(err) => Err(err),
+        },
+        Op::Get { id } => service.get(&id).await.map(session),
+        Op::Put {
+            id,
+            data,
+            ttl_secs,
+            expected_version,
+        } => match JsonData::parse(data) {
+            Ok(data) => service
+                .put(&id, data, ttl_secs, expected_version)
+                .await
+                .map(session),
+            Err(err) => Err(err),
+        },
+        Op::Patch {
+            id,
+            patch,
+            expected_version,
+        } => match serde_json::from_slice(&patch) {
+            Ok(patch) => service
+                .patch(&id, &patch, expected_version)
+                .await
+                .map(session),
+            Err(err) => Err(ServiceError::InvalidPatch(err.to_string())),
+        },
+        Op::Delete { id } => service.delete(&id).await.map(|()| Outcome::Deleted),
+        Op::Touch { id, ttl_secs } => service.touch(&id, ttl_secs).await.map(session),
+        Op::Rotate { id } => service.rotate(&id, placement).await.map(session),
+        Op::Ping => Ok(Outcome::Pong),
+        Op::Stats => Ok(Outcome::Stats(node_stats(service.stats()))),
+    };
+    result.unwrap_or_else(|err| {
+        Outcome::Error(WireError {
+            code: err.code(),
+            message: err.to_string(),
+            current_version: err.current_version(),
+        })
+    })
+}
+
+fn session(session: Session) -> Outcome {
+    Outcome::Session(SessionRecord {
+        id: session.id,
+        version: session.version,
+        data: session.data,
+        created_at_ms: session.created_at_ms,
+        updated_at_ms: session.updated_at_ms,
+        expires_at_ms: session.expires_at_ms,
+        ttl_secs: session.ttl_ms / 1000,
+    })
+}
+
+fn node_stats(stats: StoreStats) -> NodeStats {
+    NodeStats {
+        sessions: stats.sessions,
+        bytes_used: stats.bytes_used,
+        bytes_limit: stats.bytes_limit,
+        expirations: stats.expirations,
+        evictions: stats.evictions,
+        rejections: stats.rejections,
+    }
+}

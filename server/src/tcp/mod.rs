@@ -1,0 +1,102 @@
+//! The binary-protocol listener: one task per connection, a cap on
+//! connections, and the same service layer as the HTTP API.
+
+mod connection;
+mod dispatch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use sessiond_proto::ErrorCode;
+use sessiond_proto::codec::FrameCodec;
+use sessiond_proto::wire::{ClientFrame, ServerFrame, WireError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::FramedWrite;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::service::SessionService;
+
+/// Limits that keep one client from exhausting the node.
+#[derive(Debug, Clone)]
+pub struct TcpLimits {
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+    /// Connections served at once; more are refused with an error frame.
+    pub max_connections: usize,
+    /// Requests of one connection in flight at once; past it the server
+    /// stops reading that connection until answers go out.
+    pub max_in_flight: usize,
+    /// Time a connection may stay without requests (and a write may block).
+    pub idle_timeout: Duration,
+    /// Time a new connection has to send its Hello.
+    pub handshake_timeout: Duration,
+}
+
+/// What connections share.
+#[derive(Debug)]
+pub struct TcpContext {
+    /// The session operations.
+    pub service: SessionService,
+    /// The token clients must present in Hello, if any.
+    pub auth_token: Option<Arc<str>>,
+    /// Connection limits.
+    pub limits: TcpLimits,
+}
+
+/// Accepts connections until `shutdown` fires, then waits for open
+/// connections to finish the requests they already sent.
+pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, shutdown: CancellationToken) {
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => connections.spawn(async move {
+                connection::run(stream, peer, &ctx, shutdown).await;
+                drop(slot);
+            }),
+            Err(_) => connections.spawn(refuse(stream, ctx)),
+        };
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Tells a client over the connection cap why it is being closed.
+async fn refuse(stream: TcpStream, ctx: Arc<TcpContext>) {
+    metrics::counter!("sessiond_tcp_refused_connections_total").increment(1);
+    let mut writer = FramedWrite::new(
+        stream,
+        FrameCodec::<ClientFrame, ServerFrame>::new(ctx.limits.max_frame_bytes),
+    );
+    let error = WireError::new(
+        ErrorCode::Overloaded,
+        format!(
+            "the node serves at most {} connections (--max-connections)",
+            ctx.limits.max_connections
+        ),
+    );
+    let _ = tokio::time::timeout(
+        ctx.limits.handshake_timeout,
+        writer.send(ServerFrame::Fatal(error)),
+    )
+    .await;
+}
