@@ -1,1 +1,41 @@
-//! Rust client of sessiond (filled in by the binary-protocol work).
+//! Rust client of [sessiond](https://example.invalid/sessiond): session
+//! storage for stateless web backends.
+//!
+//! - One multiplexed, pipelined connection per node over sessiond's binary
+//!   protocol; any number of tasks share it.
+//! - Sessions spread over several nodes by rendezvous hashing, with
+//!   failover to the next node and background probing of down nodes.
+//! - Typed data through serde, typed errors ([`Error`]), conditional writes
+//!   and a retrying read-modify-write ([`Client::update`]).
+//! - With the `tower-sessions` feature, a [`SessiondStore`] for axum apps.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sessiond_client::Error> {
+//! use sessiond_client::Client;
+//! let client = Client::builder().nodes(["127.0.0.1:7701"]).build().await?;
+//! let cart = vec!["apple".to_string()];
+//! let created = client.create(&cart, None).await?;
+//! client.update(&created.id, |cart: &mut Vec<String>| cart.push("pear".into())).await?;
+//! let session = client.get::<Vec<String>>(&created.id).await?;
+//! assert_eq!(session.data, ["apple", "pear"]);
+//! client.delete(&created.id).await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod connection;
+mod error;
+mod node;
+mod session;
+#[cfg(feature = "tower-sessions")]
+mod store;
+
+pub use client::{Client, ClientBuilder};
+pub use error::Error;
+pub use session::{Session, SessionInfo};
+pub use sessiond_proto::SessionId;
+pub use sessiond_proto::wire::NodeStats;
+#[cfg(feature = "tower-sessions")]
+pub use store::SessiondStore;

@@ -1,0 +1,169 @@
+//! A stateless shop: an axum app that keeps each visitor's cart and visit
+//! counter in sessiond through tower-sessions, and holds no state of its
+//! own. Run several copies behind `sessiond balance` and kill any of them:
+//! nobody loses their cart.
+//!
+//! ```text
+//! cargo run -p sessiond-client --features tower-sessions --example cart -- \
+//!     --listen 127.0.0.1:3000 --sessiond 127.0.0.1:7701 --name app-1
+//! curl -c jar -b jar localhost:3000/            # visits: 1, 2, 3...
+//! curl -c jar -b jar -X POST localhost:3000/cart/apple
+//! curl -c jar -b jar -X POST localhost:3000/login/alice   # new session id
+//! ```
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::extract::{Path, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::json;
+use sessiond_client::{Client, SessiondStore};
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+/// The cart app's flags.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where the app listens.
+    #[arg(long, env = "APP_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// sessiond nodes (binary protocol), comma separated.
+    #[arg(long, env = "APP_SESSIOND", default_value = "127.0.0.1:7701", value_delimiter = ',')]
+    sessiond: Vec<String>,
+    /// sessiond's auth token, if it has one.
+    #[arg(long, env = "SESSIOND_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// This instance's name, reported in every response.
+    #[arg(long, env = "APP_NAME", default_value = "app")]
+    name: String,
+    /// Mark the session cookie Secure (serve over HTTPS).
+    #[arg(long, env = "APP_SECURE_COOKIE")]
+    secure_cookie: bool,
+    /// Idle minutes before a session expires.
+    #[arg(long, env = "APP_SESSION_MINUTES", default_value_t = 30)]
+    session_minutes: i64,
+}
+
+/// What handlers share: only this instance's name.
+#[derive(Clone)]
+struct Instance(std::sync::Arc<str>);
+
+const VISITS: &str = "visits";
+const CART: &str = "cart";
+const USER: &str = "user";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let mut builder = Client::builder().nodes(args.sessiond.clone());
+    if let Some(token) = &args.auth_token {
+        builder = builder.auth_token(token.clone());
+    }
+    let client = builder.build().await.context("cannot reach sessiond")?;
+    let sessions = SessionManagerLayer::new(SessiondStore::new(client))
+        .with_name("sid")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(args.secure_cookie)
+        .with_expiry(Expiry::OnInactivity(time::Duration::minutes(
+            args.session_minutes,
+        )));
+    let app = Router::new()
+        .route("/", get(visit))
+        .route("/cart/{item}", post(add_to_cart))
+        .route("/login/{user}", post(login))
+        .route("/logout", post(logout))
+        .layer(sessions)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(Instance(args.name.as_str().into()));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(local = %listener.local_addr()?, name = %args.name, "cart app listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Turns a session-store failure into a 503 the user can retry.
+fn unavailable(err: impl std::fmt::Display) -> Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        format!("session store unavailable: {err}\n"),
+    )
+        .into_response()
+}
+
+fn served_by(instance: &Instance, body: serde_json::Value) -> Response {
+    let mut response = Json(body).into_response();
+    if let Ok(name) = HeaderValue::from_str(&instance.0) {
+        response.headers_mut().insert("x-served-by", name);
+    }
+    response
+}
+
+/// `GET /`: counts the visit and shows the session.
+async fn visit(State(instance): State<Instance>, session: Session) -> Response {
+    let visits: u64 = match session.get(VISITS).await {
+        Ok(visits) => visits.unwrap_or(0) + 1,
+        Err(err) => return unavailable(err),
+    };
+    if let Err(err) = session.insert(VISITS, visits).await {
+        return unavailable(err);
+    }
+    let cart: Vec<String> = session.get(CART).await.ok().flatten().unwrap_or_default();
+    let user: Option<String> = session.get(USER).await.ok().flatten();
+    served_by(
+        &instance,
+        json!({"instance": &*instance.0, "visits": visits, "cart": cart, "user": user}),
+    )
+}
+
+/// `POST /cart/{item}`: adds an item to the cart.
+async fn add_to_cart(
+    State(instance): State<Instance>,
+    Path(item): Path<String>,
+    session: Session,
+) -> Response {
+    let mut cart: Vec<String> = match session.get(CART).await {
+        Ok(cart) => cart.unwrap_or_default(),
+        Err(err) => return unavailable(err),
+    };
+    cart.push(item);
+    if let Err(err) = session.insert(CART, &cart).await {
+        return unavailable(err);
+    }
+    served_by(&instance, json!({"instance": &*instance.0, "cart": cart}))
+}
+
+/// `POST /login/{user}`: a new session id for the same data (no session
+/// fixation), then remembers the user.
+async fn login(
+    State(instance): State<Instance>,
+    Path(user): Path<String>,
+    session: Session,
+) -> Response {
+    if let Err(err) = session.cycle_id().await {
+        return unavailable(err);
+    }
+    if let Err(err) = session.insert(USER, &user).await {
+        return unavailable(err);
+    }
+    served_by(&instance, json!({"instance": &*instance.0, "user": user}))
+}
+
+/// `POST /logout`: forgets the session.
+async fn logout(State(instance): State<Instance>, session: Session) -> Response {
+    if let Err(err) = session.flush().await {
+        return unavailable(err);
+    }
+    served_by(&instance, json!({"instance": &*instance.0, "user": null}))
+}

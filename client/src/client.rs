@@ -1,0 +1,408 @@
+//! The client: nodes on a rendezvous ring, typed operations, failover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sessiond_proto::wire::{DEFAULT_MAX_FRAME_BYTES, NodeStats, Op, Outcome, Placement, SessionRecord};
+use sessiond_proto::{SessionId, ring};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::connection::{CallError, ConnectOptions};
+use crate::node::Node;
+use crate::{Error, Session, SessionInfo};
+
+/// Configures and builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    nodes: Vec<String>,
+    auth_token: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    update_retries: u32,
+    max_frame_bytes: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            auth_token: None,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            update_retries: 64,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The store nodes' binary-protocol addresses (`host:port`). Every
+    /// client of one deployment must list the same nodes so they agree on
+    /// which node owns which session; the order does not matter.
+    pub fn nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.nodes = nodes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The token the servers were started with (`--auth-token`).
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth_token = Some(token.into());
+        self
+    }
+
+    /// How long one call waits for its answer (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How often [`Client::update`] retries after a version conflict
+    /// (default 64).
+    pub fn update_retries(mut self, retries: u32) -> Self {
+        self.update_retries = retries;
+        self
+    }
+
+    /// The largest frame the client reads (default: room for 1 MiB sessions).
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Connects to every node. Succeeds when at least one node answers;
+    /// the others are probed in the background until they do. Fails at once
+    /// on a wrong token or protocol version.
+    pub async fn build(self) -> Result<Client, Error> {
+        let mut names = self.nodes.clone();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Err(Error::Config("no nodes given".into()));
+        }
+        let seeds: Vec<u64> = names.iter().map(|name| ring::node_seed(name)).collect();
+        let options = Arc::new(ConnectOptions {
+            auth_token: self.auth_token.clone(),
+            connect_timeout: self.connect_timeout,
+            max_frame_bytes: self.max_frame_bytes,
+        });
+        let stop_probes = CancellationToken::new();
+        let nodes: Vec<Arc<Node>> = names
+            .into_iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let placement = Placement {
+                    ring: seeds.clone(),
+                    owner: index as u32,
+                };
+                Arc::new(Node::new(name, placement, options.clone(), stop_probes.clone()))
+            })
+            .collect();
+        let attempts =
+            futures_util::future::join_all(nodes.iter().map(|node| node.connection())).await;
+        let mut last_error = None;
+        for attempt in attempts {
+            match attempt {
+                Ok(_) => last_error = None,
+                Err(err @ (Error::Unauthorized(_) | Error::Protocol(_))) => return Err(err),
+                Err(err) => last_error = last_error.or(Some(err)),
+            }
+        }
+        if !nodes.iter().any(|node| node.is_up()) {
+            return Err(last_error.unwrap_or_else(|| Error::Unavailable("no node answered".into())));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nodes,
+                seeds,
+                timeout: self.timeout,
+                update_retries: self.update_retries,
+                _stop_probes: stop_probes.drop_guard(),
+            }),
+        })
+    }
+}
+
+/// A sessiond client: cheap to clone, safe to share between tasks.
+///
+/// Each session is owned by one node, chosen by rendezvous hashing of its
+/// id over the node list; calls go to the owner and fail over to the next
+/// node in the session's order when the owner is down. New sessions are
+/// spread evenly, each created on the node that will own it.
+///
+/// Without Redis replication on the servers, a node's sessions live only
+/// in its memory: when it dies they are gone, and failover only keeps new
+/// sessions and other nodes' sessions working. With `--redis`, every node
+/// can serve every session and failover loses nothing.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: Vec<Arc<Node>>,
+    seeds: Vec<u64>,
+    timeout: Duration,
+    update_retries: u32,
+    _stop_probes: DropGuard,
+}
+
+/// Whether an operation may be sent again after its answer was lost.
+fn is_idempotent(op: &Op) -> bool {
+    !matches!(op, Op::Create { .. } | Op::Rotate { .. })
+}
+
+impl Client {
+    /// A builder; at least [`nodes`](ClientBuilder::nodes) must be set.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The node addresses, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        self.inner.nodes.iter().map(|node| node.address.clone()).collect()
+    }
+
+    /// The address of the node that owns `id`.
+    pub fn owner_of(&self, id: &SessionId) -> &str {
+        let owner = ring::owner(&self.inner.seeds, id).unwrap_or(0);
+        &self.inner.nodes[owner].address
+    }
+
+    /// Sends `op` to the nodes in `order`, skipping down nodes and failing
+    /// over when a node cannot answer.
+    async fn call(&self, order: Vec<usize>, op: Op) -> Result<Outcome, Error> {
+        let idempotent = is_idempotent(&op);
+        let mut last_error = None;
+        for index in order {
+            let node = &self.inner.nodes[index];
+            let connection = match node.connection().await {
+                Ok(connection) => connection,
+                Err(err) => {
+                    last_error = Some(err);
+                    continue;
+                }
+            };
+            match connection.call(op.clone(), self.inner.timeout).await {
+                Ok(Outcome::Error(error)) => match Error::from(error) {
+                    // The node refused without acting (e.g. its Redis is down).
+                    err @ Error::Unavailable(_) => last_error = Some(err),
+                    err => return Err(err),
+                },
+                Ok(outcome) => return Ok(outcome),
+                Err(CallError::NotSent(err @ Error::TooLarge(_))) => return Err(err),
+                Err(CallError::NotSent(err)) => {
+                    node.mark_down();
+                    last_error = Some(err);
+                }
+                Err(CallError::Lost(err)) => {
+                    node.mark_down();
+                    if !idempotent {
+                        return Err(err);
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Unavailable("no node is up".into())))
+    }
+
+    async fn call_for(&self, id: &SessionId, op: Op) -> Result<Outcome, Error> {
+        self.call(ring::preference(&self.inner.seeds, id), op).await
+    }
+
+    async fn session_call(&self, id: &SessionId, op: Op) -> Result<SessionRecord, Error> {
+        expect_session(self.call_for(id, op).await?)
+    }
+
+    /// Creates a session holding `data`, with an idle `ttl` (the server's
+    /// default when `None`).
+    pub async fn create<T: Serialize + ?Sized>(
+        &self,
+        data: &T,
+        ttl: Option<Duration>,
+    ) -> Result<SessionInfo, Error> {
+        let op = Op::Create {
+            data: Bytes::from(serde_json::to_vec(data)?),
+            ttl_secs: ttl.map(ttl_secs),
+        };
+        // Spread new sessions: a random key picks the first node to try.
+        let order = ring::preference(&self.inner.seeds, &SessionId::from_u128(fastrand::u128(..)));
+        let record = expect_session(self.call(order, op).await?)?;
+        Ok(SessionInfo::from(&record))
+    }
+
+    /// Reads a session (refreshing its expiry) and decodes its data as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, id: &SessionId) -> Result<Session<T>, Error> {
+        let record = self.session_call(id, Op::Get { id: *id }).await?;
+        decode(&record)
+    }
+
+    /// Replaces a session's data. With `expected_version`, only if the
+    /// session is still at that version ([`Error::Conflict`] otherwise).
+    pub async fn put<T: Serialize + ?Sized>(
+        &self,
+        id: &SessionId,
+        data: &T,
+        expected_version: Option<u64>,
+    ) -> Result<SessionInfo, Error> {
+        self.put_with_ttl(id, data, None, expected_version).await
+    }
+
+    /// [`put`](Self::put) that also sets a new idle TTL.
+    pub async fn put_with_ttl<T: Serialize + ?Sized>(
+        &self,
+        id: &SessionId,
+        data: &T,
+        ttl: Option<Duration>,
+        expected_version: Option<u64>,
+    ) -> Result<SessionInfo, Error> {
+        let op = Op::Put {
+            id: *id,
+            data: Bytes::from(serde_json::to_vec(data)?),
+            ttl_secs: ttl.map(ttl_secs),
+            expected_version,
+        };
+        Ok(SessionInfo::from(&self.session_call(id, op).await?))
+    }
+
+    /// Applies an RFC 7386 JSON merge patch atomically on the server.
+    pub async fn patch(
+        &self,
+        id: &SessionId,
+        patch: &serde_json::Value,
+        expected_version: Option<u64>,
+    ) -> Result<SessionInfo, Error> {
+        let op = Op::Patch {
+            id: *id,
+            patch: Bytes::from(serde_json::to_vec(patch)?),
+            expected_version,
+        };
+        Ok(SessionInfo::from(&self.session_call(id, op).await?))
+    }
+
+    /// Read-modify-write: reads the session, lets `change` modify the data,
+    /// and writes it back if nobody wrote in between; on a conflict it reads
+    /// again and retries (with a short jittered backoff), up to the
+    /// builder's `update_retries`. Returns the session as written.
+    pub async fn update<T, F>(&self, id: &SessionId, mut change: F) -> Result<Session<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T),
+    {
+        let retries = self.inner.update_retries;
+        for attempt in 0..=retries {
+            let mut session: Session<T> = self.get(id).await?;
+            change(&mut session.data);
+            match self.put(id, &session.data, Some(session.version())).await {
+                Ok(info) => {
+                    return Ok(Session {
+                        info,
+                        data: session.data,
+                    });
+                }
+                Err(Error::Conflict { .. }) => {
+                    let ceiling = 1u64 << attempt.min(6);
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=ceiling * 500)))
+                        .await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(Error::TooManyConflicts {
+            attempts: retries + 1,
+        })
+    }
+
+    /// Deletes a session; deleting a missing one succeeds.
+    pub async fn delete(&self, id: &SessionId) -> Result<(), Error> {
+        match self.call_for(id, Op::Delete { id: *id }).await? {
+            Outcome::Deleted => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Extends a session's expiry, optionally with a new idle TTL, without
+    /// writing it (the version stays).
+    pub async fn touch(&self, id: &SessionId, ttl: Option<Duration>) -> Result<SessionInfo, Error> {
+        let op = Op::Touch {
+            id: *id,
+            ttl_secs: ttl.map(ttl_secs),
+        };
+        Ok(SessionInfo::from(&self.session_call(id, op).await?))
+    }
+
+    /// Moves a session to a new id (after a login, against session
+    /// fixation); the old id stops working at once. The version is kept.
+    pub async fn rotate(&self, id: &SessionId) -> Result<SessionInfo, Error> {
+        Ok(SessionInfo::from(
+            &self.session_call(id, Op::Rotate { id: *id }).await?,
+        ))
+    }
+
+    /// Pings every node; returns each node's address and whether it answered.
+    pub async fn ping_all(&self) -> Vec<(String, Result<(), Error>)> {
+        let pings = (0..self.inner.nodes.len()).map(|index| async move {
+            let result = match self.call(vec![index], Op::Ping).await {
+                Ok(Outcome::Pong) => Ok(()),
+                Ok(other) => Err(unexpected(&other)),
+                Err(err) => Err(err),
+            };
+            (self.inner.nodes[index].address.clone(), result)
+        });
+        futures_util::future::join_all(pings).await
+    }
+
+    /// The counters of the node at `address` (one of [`nodes`](Self::nodes)).
+    pub async fn stats(&self, address: &str) -> Result<NodeStats, Error> {
+        let index = self
+            .inner
+            .nodes
+            .iter()
+            .position(|node| node.address == address)
+            .ok_or_else(|| Error::Config(format!("{address} is not one of the client's nodes")))?;
+        match self.call(vec![index], Op::Stats).await? {
+            Outcome::Stats(stats) => Ok(stats),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Seconds for the wire, rounded up so a sub-second TTL is not zero.
+fn ttl_secs(ttl: Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
+}
+
+fn expect_session(outcome: Outcome) -> Result<SessionRecord, Error> {
+    match outcome {
+        Outcome::Session(record) => Ok(record),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn decode<T: DeserializeOwned>(record: &SessionRecord) -> Result<Session<T>, Error> {
+    Ok(Session {
+        info: SessionInfo::from(record),
+        data: serde_json::from_slice(&record.data)?,
+    })
+}
+
+fn unexpected(outcome: &Outcome) -> Error {
+    match outcome {
+        Outcome::Error(error) => Error::from(error.clone()),
+        other => Error::Protocol(format!("unexpected answer {other:?}")),
+    }
+}

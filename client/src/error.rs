@@ -1,0 +1,94 @@
+//! The client's errors: one variant per thing a caller may want to handle.
+
+use sessiond_proto::ErrorCode;
+use sessiond_proto::wire::WireError;
+
+/// Everything a sessiond call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No live session has this id (never existed, deleted or expired).
+    #[error("session not found")]
+    NotFound,
+    /// A conditional write lost: the session is at another version.
+    #[error("version conflict: the session is at version {current_version}")]
+    Conflict {
+        /// The session's version now.
+        current_version: u64,
+    },
+    /// The session data (or a frame) is over the server's size limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The server refused the auth token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The server's memory bound is reached and it rejects writes.
+    #[error("store full: {0}")]
+    StoreFull(String),
+    /// No node could take the request (down, unreachable, overloaded, or its
+    /// own dependency such as Redis is down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request got no answer within the client's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The server rejected the request as malformed (bad TTL, bad JSON).
+    #[error("invalid request ({code}): {message}")]
+    Invalid {
+        /// The server's code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+    },
+    /// `update()` kept losing to concurrent writers.
+    #[error("update gave up after {attempts} version conflicts")]
+    TooManyConflicts {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The session data could not be turned into or from `T`.
+    #[error("session data does not match the type: {0}")]
+    Serde(#[from] serde_json::Error),
+    /// The server broke the protocol or answered with an unexpected message.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The client was configured wrongly.
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether another node (or a later attempt) may succeed where this failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(error: WireError) -> Self {
+        let WireError {
+            code,
+            message,
+            current_version,
+        } = error;
+        match code {
+            ErrorCode::NotFound => Self::NotFound,
+            ErrorCode::VersionMismatch => Self::Conflict {
+                current_version: current_version.unwrap_or(0),
+            },
+            ErrorCode::PayloadTooLarge => Self::TooLarge(message),
+            ErrorCode::Unauthorized => Self::Unauthorized(message),
+            ErrorCode::StoreFull => Self::StoreFull(message),
+            ErrorCode::Unavailable | ErrorCode::Overloaded => Self::Unavailable(message),
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidId
+            | ErrorCode::InvalidTtl
+            | ErrorCode::InvalidRequest => Self::Invalid { code, message },
+            ErrorCode::UnknownRoute
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::ProtocolError
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::Internal => Self::Protocol(format!("{code}: {message}")),
+        }
+    }
+}

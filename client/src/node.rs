@@ -1,0 +1,125 @@
+//! One store node as the client sees it: its connection, whether it is up,
+//! and the background probe that brings it back after a failure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sessiond_proto::wire::Placement;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::connection::{ConnectOptions, Connection};
+
+/// First wait between probes of a down node; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A node of the client's ring.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// The address the client was given.
+    pub address: String,
+    placement: Placement,
+    options: Arc<ConnectOptions>,
+    current: Mutex<Option<Arc<Connection>>>,
+    connecting: tokio::sync::Mutex<()>,
+    up: AtomicBool,
+    stop_probes: CancellationToken,
+}
+
+impl Node {
+    pub fn new(
+        address: String,
+        placement: Placement,
+        options: Arc<ConnectOptions>,
+        stop_probes: CancellationToken,
+    ) -> Self {
+        Self {
+            address,
+            placement,
+            options,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            up: AtomicBool::new(true),
+            stop_probes,
+        }
+    }
+
+    /// Whether the node is believed up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn live(&self) -> Option<Arc<Connection>> {
+        self.current
+            .lock()
+            .as_ref()
+            .filter(|connection| !connection.is_closed())
+            .cloned()
+    }
+
+    /// The node's connection, opening one if needed. A node known to be down
+    /// fails at once (its probe reconnects in the background).
+    pub async fn connection(self: &Arc<Self>) -> Result<Arc<Connection>, Error> {
+        if let Some(connection) = self.live() {
+            return Ok(connection);
+        }
+        if !self.is_up() {
+            return Err(Error::Unavailable(format!(
+                "node {} is down (probing in the background)",
+                self.address
+            )));
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(connection) = self.live() {
+            return Ok(connection);
+        }
+        match self.open().await {
+            Ok(connection) => Ok(connection),
+            Err(err) => {
+                self.mark_down();
+                Err(err)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<Connection>, Error> {
+        let connection =
+            Arc::new(Connection::open(&self.address, self.placement.clone(), &self.options).await?);
+        *self.current.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Takes the node out of rotation and starts probing it.
+    pub fn mark_down(self: &Arc<Self>) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(node = %self.address, "node marked down");
+            *self.current.lock() = None;
+            tokio::spawn(self.clone().probe());
+        }
+    }
+
+    /// Reconnects with exponential backoff until the node answers again.
+    async fn probe(self: Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            tokio::select! {
+                () = self.stop_probes.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            match self.open().await {
+                Ok(_) => {
+                    self.up.store(true, Ordering::Release);
+                    tracing::info!(node = %self.address, "node is back");
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(node = %self.address, %err, "probe failed");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
