@@ -32,7 +32,12 @@ struct Args {
     #[arg(long, env = "APP_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     /// sessiond nodes (binary protocol), comma separated.
-    #[arg(long, env = "APP_SESSIOND", default_value = "127.0.0.1:7701", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "APP_SESSIOND",
+        default_value = "127.0.0.1:7701",
+        value_delimiter = ','
+    )]
     sessiond: Vec<String>,
     /// sessiond's auth token, if it has one.
     #[arg(long, env = "SESSIOND_AUTH_TOKEN", hide_env_values = true)]
@@ -58,7 +63,9 @@ const USER: &str = "user";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let mut builder = Client::builder().nodes(args.sessiond.clone());
     if let Some(token) = &args.auth_token {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sessiond_proto::wire::{DEFAULT_MAX_FRAME_BYTES, NodeStats, Op, Outcome, Placement, SessionRecord};
+use sessiond_proto::wire::{
+    DEFAULT_MAX_FRAME_BYTES, NodeStats, Op, Outcome, Placement, SessionRecord,
+};
 use sessiond_proto::{SessionId, ring};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -107,7 +109,12 @@ impl ClientBuilder {
                     ring: seeds.clone(),
                     owner: index as u32,
                 };
-                Arc::new(Node::new(name, placement, options.clone(), stop_probes.clone()))
+                Arc::new(Node::new(
+                    name,
+                    placement,
+                    options.clone(),
+                    stop_probes.clone(),
+                ))
             })
             .collect();
         let attempts =
@@ -173,7 +180,11 @@ impl Client {
 
     /// The node addresses, sorted.
     pub fn nodes(&self) -> Vec<String> {
-        self.inner.nodes.iter().map(|node| node.address.clone()).collect()
+        self.inner
+            .nodes
+            .iter()
+            .map(|node| node.address.clone())
+            .collect()
     }
 
     /// The address of the node that owns `id`.

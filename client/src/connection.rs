@@ -87,11 +87,11 @@ impl Connection {
             match reader.next().await {
                 Some(Ok(ServerFrame::Welcome(welcome))) => Ok(welcome.max_frame_bytes),
                 Some(Ok(ServerFrame::Fatal(error))) => Err(Error::from(error)),
-                Some(Ok(other)) => Err(Error::Protocol(format!(
-                    "expected Welcome, got {other:?}"
-                ))),
+                Some(Ok(other)) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
                 Some(Err(err)) => Err(Error::Unavailable(err.to_string())),
-                None => Err(Error::Unavailable(format!("{address} closed the connection"))),
+                None => Err(Error::Unavailable(format!(
+                    "{address} closed the connection"
+                ))),
             }
         };
         let server_max_frame = tokio::time::timeout(options.connect_timeout, welcome)

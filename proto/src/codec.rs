@@ -103,13 +103,13 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
-        if let Some(announced) = Self::announced(src) {
-            if announced > self.max_frame_bytes {
-                return Err(CodecError::TooLarge {
-                    announced,
-                    max: self.max_frame_bytes,
-                });
-            }
+        if let Some(announced) = Self::announced(src)
+            && announced > self.max_frame_bytes
+        {
+            return Err(CodecError::TooLarge {
+                announced,
+                max: self.max_frame_bytes,
+            });
         }
         match self.frames.decode(src)? {
             Some(frame) => decode(&frame).map(Some),

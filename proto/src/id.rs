@@ -134,7 +134,10 @@ mod tests {
             let id = SessionId::random();
             let text = id.to_string();
             assert_eq!(text.len(), ID_TEXT_LEN);
-            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
             assert_eq!(text.parse::<SessionId>(), Ok(id));
         }
     }

@@ -67,11 +67,13 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             proptest::option::of(".{0,40}"),
             proptest::option::of(placement)
         )
-            .prop_map(|(protocol, auth_token, placement)| ClientFrame::Hello(Hello {
-                protocol,
-                auth_token,
-                placement
-            })),
+            .prop_map(
+                |(protocol, auth_token, placement)| ClientFrame::Hello(Hello {
+                    protocol,
+                    auth_token,
+                    placement
+                })
+            ),
         (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
     ]
 }
@@ -87,13 +89,8 @@ fn wire_error() -> impl Strategy<Value = WireError> {
 }
 
 fn outcome() -> impl Strategy<Value = Outcome> {
-    let record = (
-        session_id(),
-        any::<u64>(),
-        data(),
-        any::<[u64; 4]>(),
-    )
-        .prop_map(|(id, version, data, [a, b, c, d])| {
+    let record = (session_id(), any::<u64>(), data(), any::<[u64; 4]>()).prop_map(
+        |(id, version, data, [a, b, c, d])| {
             Outcome::Session(SessionRecord {
                 id,
                 version,
@@ -103,7 +100,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
                 expires_at_ms: c,
                 ttl_secs: d,
             })
-        });
+        },
+    );
     let stats = any::<[u64; 6]>().prop_map(|[a, b, c, d, e, f]| {
         Outcome::Stats(NodeStats {
             sessions: a,
@@ -132,10 +130,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 max_frame_bytes
             })
         ),
-        (any::<u64>(), outcome()).prop_map(|(id, outcome)| ServerFrame::Response(Response {
-            id,
-            outcome
-        })),
+        (any::<u64>(), outcome())
+            .prop_map(|(id, outcome)| ServerFrame::Response(Response { id, outcome })),
         wire_error().prop_map(ServerFrame::Fatal),
     ]
 }
@@ -222,7 +218,10 @@ fn an_oversized_length_prefix_is_rejected_before_reading_the_body() {
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    assert!(buffer.capacity() < 4096, "the decoder reserved room for the announced frame");
+    assert!(
+        buffer.capacity() < 4096,
+        "the decoder reserved room for the announced frame"
+    );
 }
 
 #[test]
@@ -248,7 +247,11 @@ fn a_huge_inner_length_does_not_allocate_it() {
 
 #[test]
 fn trailing_bytes_after_a_message_are_malformed() {
-    let mut bytes = codec::encode(&ClientFrame::Request(Request { id: 7, op: Op::Ping })).unwrap();
+    let mut bytes = codec::encode(&ClientFrame::Request(Request {
+        id: 7,
+        op: Op::Ping,
+    }))
+    .unwrap();
     bytes.push(0);
     assert!(matches!(
         codec::decode::<ClientFrame>(&bytes),

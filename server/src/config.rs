@@ -237,9 +237,15 @@ mod tests {
 
     #[test]
     fn default_ttl_above_max_ttl_is_refused() {
-        let cli =
-            Cli::try_parse_from(["sessiond", "serve", "--default-ttl", "2h", "--max-ttl", "1h"])
-                .unwrap();
+        let cli = Cli::try_parse_from([
+            "sessiond",
+            "serve",
+            "--default-ttl",
+            "2h",
+            "--max-ttl",
+            "1h",
+        ])
+        .unwrap();
         let Command::Serve(args) = cli.command;
         assert!(args.node_config().is_err());
     }

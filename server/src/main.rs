@@ -12,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Latency buckets (seconds) of every `*_duration_seconds` histogram.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
 ];
 
 #[tokio::main]
@@ -43,10 +43,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_duration_seconds".into()),
-            LATENCY_BUCKETS,
-        )
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), LATENCY_BUCKETS)
         .context("invalid latency buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")

@@ -16,17 +16,19 @@ use crate::store::{Session, Store, StoreError, StoreStats};
 pub struct JsonData(Bytes);
 
 impl JsonData {
-    /// Checks that `bytes` is one JSON value.
+    /// Checks that `bytes` is one JSON value that every later operation can
+    /// parse again: nesting within serde_json's depth limit and no lone
+    /// surrogate escapes (both of which a merge patch would choke on).
     pub fn parse(bytes: Bytes) -> Result<Self, ServiceError> {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        serde_json::from_slice::<serde_json::Value>(&bytes)
             .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
         Ok(Self(bytes))
     }
 
-    /// Data that serde already parsed as one JSON value.
-    pub fn from_raw(raw: Box<RawValue>) -> Self {
+    /// Data from a request body's `data` field, checked like [`parse`](Self::parse).
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, ServiceError> {
         let text: Box<str> = raw.into();
-        Self(Bytes::from(text.into_boxed_bytes()))
+        Self::parse(Bytes::from(text.into_boxed_bytes()))
     }
 
     /// The empty object, `{}`.
@@ -279,8 +281,8 @@ fn merge_patch(current: &[u8], patch: &serde_json::Value) -> Result<JsonData, Se
     let mut document: serde_json::Value = serde_json::from_slice(current)
         .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
     json_patch::merge(&mut document, patch);
-    let text = serde_json::to_vec(&document)
-        .map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
+    let text =
+        serde_json::to_vec(&document).map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
     Ok(JsonData(Bytes::from(text)))
 }
 
@@ -339,11 +341,18 @@ mod tests {
     #[test]
     fn placed_ids_belong_to_the_placed_node() {
         let placement = Placement {
-            ring: vec![ring::node_seed("a"), ring::node_seed("b"), ring::node_seed("c")],
+            ring: vec![
+                ring::node_seed("a"),
+                ring::node_seed("b"),
+                ring::node_seed("c"),
+            ],
             owner: 2,
         };
         for _ in 0..200 {
-            assert_eq!(ring::owner(&placement.ring, &fresh_id(Some(&placement))), Some(2));
+            assert_eq!(
+                ring::owner(&placement.ring, &fresh_id(Some(&placement))),
+                Some(2)
+            );
         }
     }
 
@@ -352,5 +361,8 @@ mod tests {
         assert!(JsonData::parse(Bytes::from_static(b"{nope")).is_err());
         assert!(JsonData::parse(Bytes::from_static(b"1 2")).is_err());
         assert!(JsonData::parse(Bytes::from_static(b"[1,2]")).is_ok());
+        assert!(JsonData::parse(Bytes::from_static(br#""\ud800""#)).is_err());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(JsonData::parse(Bytes::from(deep)).is_err());
     }
 }

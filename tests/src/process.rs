@@ -19,7 +19,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn binary(target: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-    let mut built = built.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut built = built
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let parts: Vec<&str> = target.split(':').collect();
     let (package, kind, name, features) = match parts.as_slice() {
         [package, bin] => (*package, "--bin", *bin, None),
@@ -38,7 +40,9 @@ pub fn binary(target: &str) -> PathBuf {
         if let Some(features) = features {
             command.args(["--features", features]);
         }
-        let status = command.status().expect("cannot run cargo to build the binary");
+        let status = command
+            .status()
+            .expect("cannot run cargo to build the binary");
         assert!(status.success(), "building {target} failed");
         built.push(target.to_owned());
     }

@@ -49,10 +49,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        if let Some(version) = self.current_version {
-            if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
-                headers.insert(header::ETAG, etag);
-            }
+        if let Some(version) = self.current_version
+            && let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\""))
+        {
+            headers.insert(header::ETAG, etag);
         }
         if self.code == ErrorCode::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

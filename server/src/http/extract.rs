@@ -72,8 +72,18 @@ pub async fn json_body<T: DeserializeOwned>(
         ));
     }
     check_media_type(headers, media)?;
+    // Request envelopes are objects; serde would also take an array for a struct.
+    if matches!(media, MediaType::Json) && bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the request body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|err| {
-        ApiError::new(ErrorCode::InvalidJson, format!("malformed JSON body: {err}"))
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("malformed JSON body: {err}"),
+        )
     })
 }
 

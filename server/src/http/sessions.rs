@@ -35,9 +35,10 @@ pub async fn create(
         Some(CreateRequest::default),
     )
     .await?;
-    let data = request
-        .data
-        .map_or_else(JsonData::empty_object, JsonData::from_raw);
+    let data = match request.data {
+        Some(raw) => JsonData::from_raw(raw)?,
+        None => JsonData::empty_object(),
+    };
     let session = state.service.create(data, request.ttl_secs, None).await?;
     Ok(created(&session))
 }
@@ -61,7 +62,7 @@ pub async fn put(
     let expected = if_match(&headers)?;
     let request: PutRequest =
         json_body(&headers, body, MediaType::Json, body_limit(&state), None).await?;
-    let data = JsonData::from_raw(request.data);
+    let data = JsonData::from_raw(request.data)?;
     let session = state
         .service
         .put(&id, data, request.ttl_secs, expected)
@@ -77,8 +78,14 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let expected = if_match(&headers)?;
-    let patch: serde_json::Value =
-        json_body(&headers, body, MediaType::MergePatch, body_limit(&state), None).await?;
+    let patch: serde_json::Value = json_body(
+        &headers,
+        body,
+        MediaType::MergePatch,
+        body_limit(&state),
+        None,
+    )
+    .await?;
     let session = state.service.patch(&id, &patch, expected).await?;
     Ok(session_response(StatusCode::OK, &session))
 }

@@ -433,7 +433,12 @@ impl Store {
     }
 
     /// Removes and returns the live slot of `id`, without releasing its bytes.
-    fn take_live(&self, shard: &mut Shard, id: &SessionId, now_ms: u64) -> Result<Slot, StoreError> {
+    fn take_live(
+        &self,
+        shard: &mut Shard,
+        id: &SessionId,
+        now_ms: u64,
+    ) -> Result<Slot, StoreError> {
         let slot = shard.map.swap_remove(id).ok_or(StoreError::NotFound)?;
         if slot.is_expired(now_ms) {
             self.forget(&slot, Removal::Expired);

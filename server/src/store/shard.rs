@@ -48,7 +48,11 @@ impl Shard {
             .filter_map(|index| self.map.get_index(index))
             .find(|(id, _)| Some(**id) != protect)
             .map(|(id, slot)| {
-                let priority = if slot.is_expired(now_ms) { 0 } else { slot.last_access_ms };
+                let priority = if slot.is_expired(now_ms) {
+                    0
+                } else {
+                    slot.last_access_ms
+                };
                 (*id, priority)
             })
     }

@@ -21,7 +21,9 @@ fn json(text: &str) -> Bytes {
 #[test]
 fn create_then_get_returns_the_same_session() {
     let (store, _) = store();
-    let created = store.create(SessionId::random(), json(r#"{"user":1}"#), 60 * SECOND).unwrap();
+    let created = store
+        .create(SessionId::random(), json(r#"{"user":1}"#), 60 * SECOND)
+        .unwrap();
     assert_eq!(created.version, 1);
     assert_eq!(created.expires_at_ms, created.created_at_ms + 60 * SECOND);
     let read = store.get(&created.id).unwrap();
@@ -42,7 +44,10 @@ fn unknown_id_is_not_found() {
 #[test]
 fn every_write_increments_the_version() {
     let (store, _) = store();
-    let id = store.create(SessionId::random(), json("{}"), 60 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("{}"), 60 * SECOND)
+        .unwrap()
+        .id;
     for expected_next in 2..=10 {
         let session = store.put(&id, json("[]"), None, None).unwrap();
         assert_eq!(session.version, expected_next);
@@ -54,7 +59,10 @@ fn every_write_increments_the_version() {
 #[test]
 fn conditional_write_checks_the_version() {
     let (store, _) = store();
-    let id = store.create(SessionId::random(), json("0"), 60 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("0"), 60 * SECOND)
+        .unwrap()
+        .id;
     assert_eq!(store.put(&id, json("1"), None, Some(1)).unwrap().version, 2);
     assert_eq!(
         store.put(&id, json("2"), None, Some(1)),
@@ -69,19 +77,29 @@ fn conditional_write_checks_the_version() {
 #[test]
 fn sessions_expire_after_their_idle_ttl() {
     let (store, clock) = store();
-    let id = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .unwrap()
+        .id;
     clock.advance(Duration::from_millis(9_999));
     assert!(store.peek(&id).is_some());
     clock.advance(Duration::from_millis(1));
     assert_eq!(store.get(&id), Err(StoreError::NotFound));
-    assert_eq!(store.stats().sessions, 0, "an expired session is freed when found");
+    assert_eq!(
+        store.stats().sessions,
+        0,
+        "an expired session is freed when found"
+    );
     assert_eq!(store.stats().expirations, 1);
 }
 
 #[test]
 fn reads_slide_the_expiry() {
     let (store, clock) = store();
-    let id = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .unwrap()
+        .id;
     for _ in 0..10 {
         clock.advance(Duration::from_secs(8));
         store.get(&id).unwrap();
@@ -96,7 +114,10 @@ fn reads_slide_the_expiry() {
 #[test]
 fn writes_and_touches_slide_the_expiry_and_touch_can_change_the_ttl() {
     let (store, clock) = store();
-    let id = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .unwrap()
+        .id;
     clock.advance(Duration::from_secs(8));
     let written = store.put(&id, json("1"), None, None).unwrap();
     assert_eq!(written.expires_at_ms, clock.now_ms() + 10 * SECOND);
@@ -113,7 +134,9 @@ fn absolute_lifetime_caps_the_sliding_expiry() {
         max_lifetime_ms: Some(30 * SECOND),
         ..StoreConfig::default()
     });
-    let created = store.create(SessionId::random(), json("{}"), 10 * SECOND).unwrap();
+    let created = store
+        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .unwrap();
     for _ in 0..5 {
         clock.advance(Duration::from_secs(5));
         let read = store.get(&created.id).unwrap();
@@ -130,9 +153,14 @@ fn sweeper_frees_expired_sessions_without_reads() {
         ..StoreConfig::default()
     });
     for _ in 0..1000 {
-        store.create(SessionId::random(), json(r#""short""#), SECOND).unwrap();
+        store
+            .create(SessionId::random(), json(r#""short""#), SECOND)
+            .unwrap();
     }
-    let keeper = store.create(SessionId::random(), json(r#""long""#), 3600 * SECOND).unwrap().id;
+    let keeper = store
+        .create(SessionId::random(), json(r#""long""#), 3600 * SECOND)
+        .unwrap()
+        .id;
     let used_before = store.stats().bytes_used;
     clock.advance(Duration::from_secs(2));
     // Bounded work: 4 shards x 10 sessions examined per pass (the keeper
@@ -155,7 +183,10 @@ fn sweeper_frees_expired_sessions_without_reads() {
 #[test]
 fn delete_is_idempotent() {
     let (store, _) = store();
-    let id = store.create(SessionId::random(), json("{}"), 60 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("{}"), 60 * SECOND)
+        .unwrap()
+        .id;
     assert!(store.delete(&id));
     assert!(!store.delete(&id));
     assert_eq!(store.stats().sessions, 0);
@@ -165,8 +196,12 @@ fn delete_is_idempotent() {
 #[test]
 fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
     let (store, _) = store();
-    let old = store.create(SessionId::random(), json(r#"{"cart":[1]}"#), 60 * SECOND).unwrap();
-    store.put(&old.id, json(r#"{"cart":[1,2]}"#), None, None).unwrap();
+    let old = store
+        .create(SessionId::random(), json(r#"{"cart":[1]}"#), 60 * SECOND)
+        .unwrap();
+    store
+        .put(&old.id, json(r#"{"cart":[1,2]}"#), None, None)
+        .unwrap();
     let rotated = store.rotate(&old.id, SessionId::random()).unwrap();
     assert_ne!(rotated.id, old.id);
     assert_eq!(rotated.data, json(r#"{"cart":[1,2]}"#));
@@ -175,7 +210,10 @@ fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
     assert_eq!(store.get(&old.id), Err(StoreError::NotFound));
     assert_eq!(store.get(&rotated.id).unwrap().data, rotated.data);
     assert_eq!(store.stats().sessions, 1);
-    assert_eq!(store.rotate(&old.id, SessionId::random()), Err(StoreError::NotFound));
+    assert_eq!(
+        store.rotate(&old.id, SessionId::random()),
+        Err(StoreError::NotFound)
+    );
 }
 
 fn bounded(sessions: u64, data_len: usize, when_full: WhenFull) -> (Store, Arc<ManualClock>) {
@@ -192,7 +230,12 @@ fn full_store_rejects_writes_and_keeps_every_session() {
     let data = json(&format!("\"{}\"", "x".repeat(98)));
     let (store, _) = bounded(10, data.len(), WhenFull::Reject);
     let ids: Vec<_> = (0..10)
-        .map(|_| store.create(SessionId::random(), data.clone(), 60 * SECOND).unwrap().id)
+        .map(|_| {
+            store
+                .create(SessionId::random(), data.clone(), 60 * SECOND)
+                .unwrap()
+                .id
+        })
         .collect();
     assert!(matches!(
         store.create(SessionId::random(), data.clone(), 60 * SECOND),
@@ -220,34 +263,62 @@ fn full_store_evicts_least_recently_used_sessions() {
     let data = json(&format!("\"{}\"", "y".repeat(98)));
     let (store, clock) = bounded(100, data.len(), WhenFull::EvictLru);
     let old: Vec<_> = (0..50)
-        .map(|_| store.create(SessionId::random(), data.clone(), 600 * SECOND).unwrap().id)
+        .map(|_| {
+            store
+                .create(SessionId::random(), data.clone(), 600 * SECOND)
+                .unwrap()
+                .id
+        })
         .collect();
     clock.advance(Duration::from_secs(1));
     let recent: Vec<_> = (0..50)
-        .map(|_| store.create(SessionId::random(), data.clone(), 600 * SECOND).unwrap().id)
+        .map(|_| {
+            store
+                .create(SessionId::random(), data.clone(), 600 * SECOND)
+                .unwrap()
+                .id
+        })
         .collect();
     clock.advance(Duration::from_secs(1));
     for id in &recent {
         store.get(id).unwrap();
     }
     let newest: Vec<_> = (0..10)
-        .map(|_| store.create(SessionId::random(), data.clone(), 600 * SECOND).unwrap().id)
+        .map(|_| {
+            store
+                .create(SessionId::random(), data.clone(), 600 * SECOND)
+                .unwrap()
+                .id
+        })
         .collect();
     let stats = store.stats();
     assert_eq!(stats.evictions, 10);
     assert_eq!(stats.sessions, 100);
     assert!(stats.bytes_used <= stats.bytes_limit.unwrap());
     let old_alive = old.iter().filter(|id| store.peek(id).is_some()).count();
-    assert_eq!(old_alive, 40, "the evicted sessions are the least recently used");
-    assert!(recent.iter().chain(&newest).all(|id| store.peek(id).is_some()));
+    assert_eq!(
+        old_alive, 40,
+        "the evicted sessions are the least recently used"
+    );
+    assert!(
+        recent
+            .iter()
+            .chain(&newest)
+            .all(|id| store.peek(id).is_some())
+    );
 }
 
 #[test]
 fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
     let (store, _) = bounded(2, 10, WhenFull::EvictLru);
-    store.create(SessionId::random(), json("1"), 60 * SECOND).unwrap();
+    store
+        .create(SessionId::random(), json("1"), 60 * SECOND)
+        .unwrap();
     let huge = json(&format!("\"{}\"", "z".repeat(4096)));
-    assert!(matches!(store.create(SessionId::random(), huge, 60 * SECOND), Err(StoreError::Full { .. })));
+    assert!(matches!(
+        store.create(SessionId::random(), huge, 60 * SECOND),
+        Err(StoreError::Full { .. })
+    ));
     assert_eq!(store.stats().sessions, 1, "nothing was evicted in vain");
 }
 
@@ -255,7 +326,10 @@ fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
 fn update_applies_a_function_atomically_under_contention() {
     let (store, _) = store();
     let store = Arc::new(store);
-    let id = store.create(SessionId::random(), json("0"), 60 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("0"), 60 * SECOND)
+        .unwrap()
+        .id;
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
@@ -282,7 +356,10 @@ fn update_applies_a_function_atomically_under_contention() {
 #[test]
 fn memory_accounting_follows_sizes_exactly() {
     let (store, _) = store();
-    let id = store.create(SessionId::random(), json("1"), 60 * SECOND).unwrap().id;
+    let id = store
+        .create(SessionId::random(), json("1"), 60 * SECOND)
+        .unwrap()
+        .id;
     assert_eq!(store.stats().bytes_used, charge_of(1));
     store.put(&id, json("12345"), None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(5));

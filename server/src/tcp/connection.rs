@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use sessiond_proto::ErrorCode;
 use sessiond_proto::codec::{CodecError, FrameCodec};
 use sessiond_proto::wire::{
     ClientFrame, Hello, Outcome, PROTOCOL_VERSION, Placement, Response, ServerFrame, Welcome,
     WireError,
 };
-use sessiond_proto::ErrorCode;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -31,7 +31,12 @@ const MAX_RING_NODES: usize = 1024;
 
 /// Serves one connection until the client leaves, breaks the protocol,
 /// idles out, or the server shuts down.
-pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: &TcpContext, shutdown: CancellationToken) {
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &TcpContext,
+    shutdown: CancellationToken,
+) {
     let (read, write) = stream.into_split();
     let max_frame = ctx.limits.max_frame_bytes;
     let mut reader = FramedRead::new(read, Codec::new(max_frame));
@@ -53,7 +58,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: &TcpContext, shutdown
         return;
     }
     metrics::gauge!("sessiond_tcp_connections").increment(1.0);
-    if let Err(error) = serve_requests(&mut reader, &mut writer, ctx, hello.placement, &shutdown).await {
+    if let Err(error) =
+        serve_requests(&mut reader, &mut writer, ctx, hello.placement, &shutdown).await
+    {
         tracing::debug!(%peer, code = %error.code, "closing connection: {}", error.message);
         metrics::counter!("sessiond_tcp_protocol_errors_total", "code" => error.code.as_str())
             .increment(1);
@@ -80,7 +87,12 @@ async fn handshake(reader: &mut Reader, ctx: &TcpContext) -> Result<Hello, WireE
             ));
         }
         Some(Err(err)) => return Err(codec_error(err)),
-        None => return Err(WireError::new(ErrorCode::ProtocolError, "closed before Hello")),
+        None => {
+            return Err(WireError::new(
+                ErrorCode::ProtocolError,
+                "closed before Hello",
+            ));
+        }
     };
     if hello.protocol != PROTOCOL_VERSION {
         return Err(WireError::new(
@@ -183,8 +195,7 @@ async fn answer(
     };
     metrics::histogram!("sessiond_tcp_request_duration_seconds", "op" => name)
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("sessiond_tcp_requests_total", "op" => name, "outcome" => label)
-        .increment(1);
+    metrics::counter!("sessiond_tcp_requests_total", "op" => name, "outcome" => label).increment(1);
     Response {
         id: request_id,
         outcome,
