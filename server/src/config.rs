@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
+use crate::replication::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
 use crate::service::ServiceConfig;
 use crate::store::{StoreConfig, WhenFull};
 use crate::tcp::TcpLimits;
@@ -35,6 +36,24 @@ pub enum WhenFullPolicy {
     Reject,
     /// Evict least recently used sessions until the write fits.
     EvictLru,
+}
+
+/// When a replicated write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisModeArg {
+    /// After Redis acknowledged it: nothing acknowledged is lost.
+    Sync,
+    /// From memory; writes still queued when the node is killed are lost.
+    Async,
+}
+
+/// What reads may return with Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// The memory copy, kept coherent by invalidations.
+    Cached,
+    /// The version in Redis, checked on every read.
+    Strong,
 }
 
 /// `sessiond serve`.
@@ -113,6 +132,34 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Replicate to this Redis server (`redis://[user:password@]host:port[/db]`):
+    /// writes reach Redis, misses read through, nodes share sessions.
+    #[arg(long, env = "SESSIOND_REDIS", conflicts_with = "redis_cluster")]
+    pub redis: Option<String>,
+
+    /// Replicate to this Redis Cluster, given by some of its nodes' URLs
+    /// (comma separated).
+    #[arg(long, env = "SESSIOND_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+
+    /// When a write is acknowledged: `sync` after Redis has it, `async`
+    /// from memory with Redis following from a bounded queue.
+    #[arg(long, env = "SESSIOND_REDIS_MODE", value_enum, default_value_t = RedisModeArg::Sync)]
+    pub redis_mode: RedisModeArg,
+
+    /// Prefix of every Redis key (and of the invalidation channel).
+    #[arg(long, env = "SESSIOND_REDIS_PREFIX", default_value = "sessiond:")]
+    pub redis_prefix: String,
+
+    /// What reads return with Redis: `cached` (memory, kept coherent by
+    /// invalidations) or `strong` (checked against Redis on every read).
+    #[arg(long, env = "SESSIOND_CONSISTENCY", value_enum, default_value_t = ConsistencyArg::Cached)]
+    pub consistency: ConsistencyArg,
+
+    /// Writes the async replication queue holds before refusing more (503).
+    #[arg(long, env = "SESSIOND_REDIS_QUEUE", default_value_t = 100_000)]
+    pub redis_queue: usize,
+
     /// Check the configuration, print it and exit without serving.
     #[arg(long)]
     pub check_config: bool,
@@ -148,6 +195,8 @@ pub struct NodeConfig {
     pub sweep_interval: Duration,
     /// Sweeper work bound per shard and pass.
     pub sweep_batch: usize,
+    /// Redis replication, if any.
+    pub redis: Option<RedisConfig>,
 }
 
 impl ServeArgs {
@@ -201,6 +250,28 @@ impl ServeArgs {
             },
             sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
             sweep_batch: self.sweep_batch.max(1),
+            redis: self.redis_config(),
+        })
+    }
+
+    fn redis_config(&self) -> Option<RedisConfig> {
+        let target = match (&self.redis, self.redis_cluster.is_empty()) {
+            (Some(url), _) => RedisTarget::Single(url.clone()),
+            (None, false) => RedisTarget::Cluster(self.redis_cluster.clone()),
+            (None, true) => return None,
+        };
+        Some(RedisConfig {
+            target,
+            mode: match self.redis_mode {
+                RedisModeArg::Sync => ReplicationMode::Sync,
+                RedisModeArg::Async => ReplicationMode::Async,
+            },
+            consistency: match self.consistency {
+                ConsistencyArg::Cached => Consistency::Cached,
+                ConsistencyArg::Strong => Consistency::Strong,
+            },
+            prefix: self.redis_prefix.clone(),
+            queue_capacity: self.redis_queue.max(1),
         })
     }
 }

@@ -3,22 +3,42 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Readiness of a node: not ready once it starts draining for shutdown.
+use crate::replication::RedisLink;
+
+/// Readiness of a node: not ready while draining for shutdown, nor while
+/// its Redis (when it replicates to one) is unreachable.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     draining: Arc<AtomicBool>,
+    redis: Option<Arc<RedisLink>>,
 }
 
 impl Readiness {
+    /// Readiness that also requires `link` to be up.
+    pub fn with_redis(link: Arc<RedisLink>) -> Self {
+        Self {
+            draining: Arc::default(),
+            redis: Some(link),
+        }
+    }
+
     /// Marks the node as shutting down; `/readyz` answers 503 from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether Redis answers (`None` without Redis).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|link| link.is_up())
     }
 
     /// `Ok` when ready, otherwise the reason in a sentence.
     pub fn check(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("the node is shutting down".to_owned());
+        }
+        if let Some(link) = &self.redis {
+            link.status()?;
         }
         Ok(())
     }

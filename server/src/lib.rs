@@ -8,6 +8,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod node;
+pub mod replication;
 pub mod service;
 pub mod store;
 pub mod sweeper;

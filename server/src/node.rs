@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::NodeConfig;
 use crate::health::Readiness;
 use crate::http::{self, AppState};
+use crate::replication::{ReplicationError, Replicator};
 use crate::service::SessionService;
 use crate::store::{Store, SystemClock};
 use crate::sweeper;
@@ -30,6 +31,9 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The Redis settings are unusable.
+    #[error(transparent)]
+    Redis(ReplicationError),
     /// Serving failed.
     #[error("{what} listener failed: {source}")]
     Serve {
@@ -57,20 +61,41 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let store = Arc::new(Store::new(config.store.clone(), Arc::new(SystemClock)));
-    let service = SessionService::new(store.clone(), config.service.clone());
-    let readiness = Readiness::default();
     let http_listener = bind("HTTP API", config.http).await?;
     let tcp_listener = bind("binary protocol", config.tcp).await?;
     let auth_token: Option<Arc<str>> = config.auth_token.as_deref().map(Arc::from);
 
     let tasks = TaskTracker::new();
+    let drained = CancellationToken::new();
+    let (service, readiness) = match config.redis.clone() {
+        Some(redis) => {
+            tracing::info!(target = ?redis.target, mode = ?redis.mode, consistency = ?redis.consistency, "replicating to Redis");
+            let replicator = Replicator::start(
+                redis,
+                store.clone(),
+                config.store.max_lifetime_ms,
+                &tasks,
+                &shutdown,
+                &drained,
+            )
+            .map_err(NodeError::Redis)?;
+            let readiness = Readiness::with_redis(replicator.link().clone());
+            let service =
+                SessionService::replicated(store.clone(), replicator, config.service.clone());
+            (service, readiness)
+        }
+        None => (
+            SessionService::new(store.clone(), config.service.clone()),
+            Readiness::default(),
+        ),
+    };
     tasks.spawn(sweeper::run(
         store,
         config.sweep_interval,
         config.sweep_batch,
         shutdown.clone(),
     ));
-    tasks.spawn(tcp::serve(
+    let tcp_done = tokio::spawn(tcp::serve(
         tcp_listener,
         Arc::new(TcpContext {
             service: service.clone(),
@@ -97,6 +122,13 @@ pub async fn run(
     };
     let served = http::serve(http_listener, state, shutdown.clone()).await;
     shutdown.cancel();
+    // The binary-protocol connections finish in-flight requests before the
+    // TCP task ends; then no write can come and the replication queue is
+    // flushed.
+    if let Err(err) = tcp_done.await {
+        tracing::error!(%err, "the binary-protocol listener failed");
+    }
+    drained.cancel();
     tasks.wait().await;
     served.map_err(|source| NodeError::Serve {
         what: "HTTP API",

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use sessiond_proto::wire::Placement;
 use sessiond_proto::{ErrorCode, SessionId, ring};
 
+use crate::replication::Replicator;
 use crate::store::{Session, Store, StoreError, StoreStats};
 
 /// Session data known to be valid JSON text.
@@ -102,6 +103,9 @@ pub enum ServiceError {
     /// The store is full and its policy is to reject.
     #[error("{0}")]
     StoreFull(String),
+    /// A dependency (Redis) cannot take the operation now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ServiceError {
@@ -114,6 +118,7 @@ impl ServiceError {
             Self::InvalidTtl { .. } => ErrorCode::InvalidTtl,
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull(_) => ErrorCode::StoreFull,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 
@@ -138,17 +143,36 @@ impl From<StoreError> for ServiceError {
     }
 }
 
-/// The session operations of a node.
+/// The session operations of a node: on its memory alone, or replicated
+/// to Redis.
 #[derive(Debug, Clone)]
 pub struct SessionService {
     store: Arc<Store>,
+    replicator: Option<Arc<Replicator>>,
     config: ServiceConfig,
 }
 
 impl SessionService {
-    /// A service over `store` with the given policies.
+    /// A memory-only service over `store` with the given policies.
     pub fn new(store: Arc<Store>, config: ServiceConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            replicator: None,
+            config,
+        }
+    }
+
+    /// A service whose writes and misses go through `replicator`.
+    pub fn replicated(
+        store: Arc<Store>,
+        replicator: Arc<Replicator>,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            store,
+            replicator: Some(replicator),
+            config,
+        }
     }
 
     /// The policies in force.
@@ -192,12 +216,19 @@ impl SessionService {
             .ttl_ms(ttl_secs)?
             .unwrap_or(self.config.default_ttl_secs * 1000);
         let data = self.checked_size(data)?;
-        Ok(self.store.create(fresh_id(placement), data, ttl_ms)?)
+        let id = fresh_id(placement);
+        match &self.replicator {
+            Some(replicator) => replicator.create(id, data, ttl_ms).await,
+            None => Ok(self.store.create(id, data, ttl_ms)?),
+        }
     }
 
     /// Reads a session, refreshing its expiry.
     pub async fn get(&self, id: &SessionId) -> Result<Session, ServiceError> {
-        Ok(self.store.get(id)?)
+        match &self.replicator {
+            Some(replicator) => replicator.get(id).await,
+            None => Ok(self.store.get(id)?),
+        }
     }
 
     /// Replaces a session's data, optionally only if at `expected` version.
@@ -210,7 +241,10 @@ impl SessionService {
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
         let data = self.checked_size(data)?;
-        Ok(self.store.put(id, data, ttl_ms, expected)?)
+        match &self.replicator {
+            Some(replicator) => replicator.put(id, data, ttl_ms, expected).await,
+            None => Ok(self.store.put(id, data, ttl_ms, expected)?),
+        }
     }
 
     /// Applies an RFC 7386 JSON merge patch atomically.
@@ -220,16 +254,22 @@ impl SessionService {
         patch: &serde_json::Value,
         expected: Option<u64>,
     ) -> Result<Session, ServiceError> {
-        self.store.update(id, expected, None, |current| {
-            let patched = merge_patch(current, patch)?;
-            self.checked_size(patched)
-        })
+        let compute = |current: &Bytes| self.checked_size(merge_patch(current, patch)?);
+        match &self.replicator {
+            Some(replicator) => replicator.update(id, expected, compute).await,
+            None => self.store.update(id, expected, None, compute),
+        }
     }
 
     /// Deletes a session; deleting a missing one is not an error.
     pub async fn delete(&self, id: &SessionId) -> Result<(), ServiceError> {
-        self.store.delete(id);
-        Ok(())
+        match &self.replicator {
+            Some(replicator) => replicator.delete(id).await,
+            None => {
+                self.store.delete(id);
+                Ok(())
+            }
+        }
     }
 
     /// Extends a session's expiry, optionally with a new idle TTL.
@@ -239,7 +279,10 @@ impl SessionService {
         ttl_secs: Option<u64>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
-        Ok(self.store.touch(id, ttl_ms)?)
+        match &self.replicator {
+            Some(replicator) => replicator.touch(id, ttl_ms).await,
+            None => Ok(self.store.touch(id, ttl_ms)?),
+        }
     }
 
     /// Moves a session to a new id (placed like [`create`](Self::create)
@@ -249,7 +292,11 @@ impl SessionService {
         id: &SessionId,
         placement: Option<&Placement>,
     ) -> Result<Session, ServiceError> {
-        Ok(self.store.rotate(id, fresh_id(placement))?)
+        let new_id = fresh_id(placement);
+        match &self.replicator {
+            Some(replicator) => replicator.rotate(id, new_id).await,
+            None => Ok(self.store.rotate(id, new_id)?),
+        }
     }
 
     /// The store's counters.

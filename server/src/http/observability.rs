@@ -63,6 +63,9 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
     metrics::counter!("sessiond_expirations_total").absolute(stats.expirations);
     metrics::counter!("sessiond_evictions_total").absolute(stats.evictions);
     metrics::counter!("sessiond_rejections_total").absolute(stats.rejections);
+    if let Some(up) = state.readiness.redis_up() {
+        metrics::gauge!("sessiond_redis_up").set(if up { 1.0 } else { 0.0 });
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

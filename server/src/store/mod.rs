@@ -198,7 +198,10 @@ impl Store {
         &self.shards[self.shard_index(id)]
     }
 
-    fn expiry(&self, now_ms: u64, ttl_ms: u64, created_at_ms: u64) -> u64 {
+    /// When a session created at `created_at_ms` with idle TTL `ttl_ms`
+    /// expires if it is used at `now_ms` (the sliding expiry, capped by the
+    /// absolute lifetime).
+    pub fn expiry(&self, now_ms: u64, ttl_ms: u64, created_at_ms: u64) -> u64 {
         let idle = now_ms.saturating_add(ttl_ms);
         match self.config.max_lifetime_ms {
             Some(cap) => idle.min(created_at_ms.saturating_add(cap)),
@@ -223,6 +226,42 @@ impl Store {
         Ok(session)
     }
 
+    /// Holds a copy of a session that Redis or another node has (same id,
+    /// version and times), replacing this store's older copy. For a cache:
+    /// fails with [`StoreError::Full`] when there is no room.
+    pub fn insert_copy(&self, session: Session) -> Result<(), StoreError> {
+        self.reserve(charge_of(session.data.len()), Some(session.id))?;
+        let now = self.now_ms();
+        let id = session.id;
+        let slot = Slot {
+            session,
+            last_access_ms: now,
+        };
+        let previous = self.shard(&id).lock().map.insert(id, slot);
+        match previous {
+            Some(old) => self.budget.release(charge(&old)),
+            None => {
+                self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every session: a cache that can no longer be trusted. Returns
+    /// how many were dropped.
+    pub fn clear(&self) -> u64 {
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let slots = std::mem::take(&mut shard.lock().map);
+            for slot in slots.values() {
+                self.budget.release(charge(slot));
+            }
+            dropped += slots.len() as u64;
+        }
+        self.counters.sessions.fetch_sub(dropped, Ordering::Relaxed);
+        dropped
+    }
+
     fn admit(&self, session: Session, now_ms: u64) {
         let id = session.id;
         let slot = Slot {
@@ -235,13 +274,20 @@ impl Store {
 
     /// Reads a session and refreshes its sliding expiry.
     pub fn get(&self, id: &SessionId) -> Result<Session, StoreError> {
+        self.get_refreshing(id).map(|(session, _)| session)
+    }
+
+    /// Reads a session and refreshes its sliding expiry; also returns the
+    /// expiry it had before this read.
+    pub fn get_refreshing(&self, id: &SessionId) -> Result<(Session, u64), StoreError> {
         let now = self.now_ms();
         let mut shard = self.shard(id).lock();
         let slot = self.live_slot(&mut shard, id, now)?;
+        let previous = slot.session.expires_at_ms;
         slot.session.expires_at_ms =
             self.expiry(now, slot.session.ttl_ms, slot.session.created_at_ms);
         slot.last_access_ms = now;
-        Ok(slot.session.clone())
+        Ok((slot.session.clone(), previous))
     }
 
     /// Reads a session without touching its expiry or recency.

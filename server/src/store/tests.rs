@@ -370,3 +370,25 @@ fn memory_accounting_follows_sizes_exactly() {
     store.delete(&rotated.id);
     assert_eq!(store.stats().bytes_used, 0);
 }
+
+#[test]
+fn copies_replace_older_copies_and_clear_empties_the_store() {
+    let (store, _) = store();
+    let mut session = store
+        .create(SessionId::random(), json("1"), 60 * SECOND)
+        .unwrap();
+    session.version = 7;
+    session.data = json("12345");
+    store.insert_copy(session.clone()).unwrap();
+    assert_eq!(store.get(&session.id).unwrap().version, 7);
+    assert_eq!(store.stats().sessions, 1);
+    assert_eq!(store.stats().bytes_used, charge_of(5));
+    let other = Session {
+        id: SessionId::random(),
+        ..session
+    };
+    store.insert_copy(other).unwrap();
+    assert_eq!(store.clear(), 2);
+    assert_eq!(store.stats().sessions, 0);
+    assert_eq!(store.stats().bytes_used, 0);
+}

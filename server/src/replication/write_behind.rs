@@ -1,0 +1,218 @@
+//! Write-behind (`--redis-mode async`): writes are acknowledged from
+//! memory and shipped to Redis from a bounded queue by one worker, in order,
+//! many per round trip. A full queue refuses writes (503) rather than
+//! growing; the queue is flushed on graceful shutdown. What a SIGKILL
+//! loses: the writes still queued.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sessiond_proto::SessionId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::invalidation::Invalidations;
+use super::link::RedisLink;
+use super::scripts::{Scripts, session_args};
+use super::{ReplicationError, key};
+use crate::store::Session;
+
+/// Most writes sent in one round of the worker.
+const BATCH: usize = 256;
+/// How long the worker keeps retrying on shutdown before giving up.
+const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One replicated change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The session as it now is.
+    Upsert(Session),
+    /// The session is gone.
+    Delete(SessionId),
+}
+
+#[derive(Debug)]
+struct Queued {
+    change: Change,
+    enqueued: Instant,
+}
+
+/// The sending side of the queue.
+#[derive(Debug)]
+pub struct WriteBehind {
+    sender: mpsc::Sender<Queued>,
+    capacity: usize,
+    depth: Arc<AtomicU64>,
+}
+
+/// A reserved place in the queue: take it before applying a write to
+/// memory, so a full queue refuses the write instead of losing it.
+pub struct Slot<'a> {
+    permit: mpsc::Permit<'a, Queued>,
+    depth: &'a AtomicU64,
+}
+
+impl Slot<'_> {
+    /// Queues the change.
+    pub fn send(self, change: Change) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.permit.send(Queued {
+            change,
+            enqueued: Instant::now(),
+        });
+    }
+}
+
+impl WriteBehind {
+    /// A queue of `capacity` writes and its worker's receiving end.
+    pub fn new(capacity: usize) -> (Self, Worker) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let depth = Arc::new(AtomicU64::new(0));
+        let writer = Self {
+            sender,
+            capacity,
+            depth: depth.clone(),
+        };
+        (writer, Worker { receiver, depth })
+    }
+
+    /// A place in the queue, or [`ReplicationError::QueueFull`].
+    pub fn reserve(&self) -> Result<Slot<'_>, ReplicationError> {
+        let permit = self
+            .sender
+            .try_reserve()
+            .map_err(|_| ReplicationError::QueueFull(self.capacity))?;
+        Ok(Slot {
+            permit,
+            depth: &self.depth,
+        })
+    }
+}
+
+/// The worker that drains the queue into Redis.
+#[derive(Debug)]
+pub struct Worker {
+    receiver: mpsc::Receiver<Queued>,
+    depth: Arc<AtomicU64>,
+}
+
+impl Worker {
+    /// Ships queued changes; once `drained` fires (no more writes can come)
+    /// it flushes what is left, bounded by a deadline, and returns.
+    pub async fn run(
+        mut self,
+        link: Arc<RedisLink>,
+        scripts: Arc<Scripts>,
+        invalidations: Arc<Invalidations>,
+        prefix: String,
+        drained: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            if batch.is_empty() {
+                let received = tokio::select! {
+                    received = self.receiver.recv_many(&mut batch, BATCH) => received,
+                    () = drained.cancelled(), if !self.receiver.is_closed() => {
+                        self.receiver.close();
+                        continue;
+                    }
+                };
+                if received == 0 {
+                    break;
+                }
+            }
+            metrics::gauge!("sessiond_redis_replication_lag_seconds")
+                .set(batch[0].enqueued.elapsed().as_secs_f64());
+            match ship(&batch, &link, &scripts, &invalidations, &prefix).await {
+                Ok(()) => {
+                    self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                    metrics::counter!("sessiond_redis_replicated_total")
+                        .increment(batch.len() as u64);
+                    batch.clear();
+                }
+                Err(err) => {
+                    if self.receiver.is_closed() {
+                        let since = *closing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > SHUTDOWN_FLUSH_DEADLINE {
+                            let lost = self.depth.load(Ordering::Relaxed);
+                            tracing::error!(lost, %err, "Redis unreachable at shutdown; queued writes lost");
+                            return;
+                        }
+                    }
+                    tracing::debug!(%err, "write-behind batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            metrics::gauge!("sessiond_redis_queue_depth")
+                .set(self.depth.load(Ordering::Relaxed) as f64);
+        }
+        metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
+    }
+}
+
+impl Change {
+    fn id(&self) -> SessionId {
+        match self {
+            Self::Upsert(session) => session.id,
+            Self::Delete(id) => *id,
+        }
+    }
+}
+
+/// The last change of each session in `batch`: a change carries the
+/// session's whole state, so it supersedes the earlier ones, and sending
+/// one per session lets the batch go out concurrently and be retried whole.
+fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
+    let mut last = std::collections::HashMap::with_capacity(batch.len());
+    for (index, queued) in batch.iter().enumerate() {
+        last.insert(queued.change.id(), index);
+    }
+    batch
+        .iter()
+        .enumerate()
+        .filter(|(index, queued)| last.get(&queued.change.id()) == Some(index))
+        .map(|(_, queued)| &queued.change)
+        .collect()
+}
+
+/// Sends one batch; the multiplexed connection pipelines the scripts.
+async fn ship(
+    batch: &[Queued],
+    link: &RedisLink,
+    scripts: &Scripts,
+    invalidations: &Invalidations,
+    prefix: &str,
+) -> Result<(), ReplicationError> {
+    let conn = link.conn()?;
+    let sends = latest_per_session(batch).into_iter().map(|change| {
+        let mut conn = conn.clone();
+        async move {
+            match change {
+                Change::Upsert(session) => {
+                    let key = key(prefix, &session.id);
+                    let mut invocation = session_args(&scripts.store_any, &key, session);
+                    invocation
+                        .arg(&invalidations.channel)
+                        .arg(invalidations.message(&session.id));
+                    invocation.invoke_async::<i64>(&mut conn).await
+                }
+                Change::Delete(id) => {
+                    scripts
+                        .delete
+                        .key(key(prefix, id))
+                        .arg(&invalidations.channel)
+                        .arg(invalidations.message(id))
+                        .arg("")
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                }
+            }
+        }
+    });
+    for result in futures_util::future::join_all(sends).await {
+        link.observe(result)?;
+    }
+    Ok(())
+}
