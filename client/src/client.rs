@@ -6,9 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sessiond_proto::wire::{
-    DEFAULT_MAX_FRAME_BYTES, NodeStats, Op, Outcome, Placement, SessionRecord,
-};
+use sessiond_proto::wire::{MAX_FRAME_BYTES_CAP, NodeStats, Op, Outcome, Placement, SessionRecord};
 use sessiond_proto::{SessionId, ring};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -35,7 +33,7 @@ impl Default for ClientBuilder {
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             update_retries: 64,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: MAX_FRAME_BYTES_CAP,
         }
     }
 }
@@ -78,7 +76,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The largest frame the client reads (default: room for 1 MiB sessions).
+    /// The largest frame the client reads (default: the protocol's 64 MiB
+    /// ceiling; what it sends is bounded by the server's limit).
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
         self.max_frame_bytes = bytes;
         self
@@ -101,6 +100,8 @@ impl ClientBuilder {
             max_frame_bytes: self.max_frame_bytes,
         });
         let stop_probes = CancellationToken::new();
+        // Dropped on every early return below: no probe outlives a failed build.
+        let stop_probes_guard = stop_probes.clone().drop_guard();
         let nodes: Vec<Arc<Node>> = names
             .into_iter()
             .enumerate()
@@ -136,7 +137,7 @@ impl ClientBuilder {
                 seeds,
                 timeout: self.timeout,
                 update_retries: self.update_retries,
-                _stop_probes: stop_probes.drop_guard(),
+                _stop_probes: stop_probes_guard,
             }),
         })
     }
@@ -231,8 +232,24 @@ impl Client {
         Err(last_error.unwrap_or_else(|| Error::Unavailable("no node is up".into())))
     }
 
+    /// Sends an operation on `id` to its owner, failing over to the next
+    /// nodes of its order only when nodes share sessions (Redis): without
+    /// it another node would wrongly answer "not found".
     async fn call_for(&self, id: &SessionId, op: Op) -> Result<Outcome, Error> {
-        self.call(ring::preference(&self.inner.seeds, id), op).await
+        let mut order = ring::preference(&self.inner.seeds, id);
+        if !self.shares_sessions() {
+            order.truncate(1);
+        }
+        self.call(order, op).await
+    }
+
+    /// Whether the nodes said they share sessions (any node that answered).
+    fn shares_sessions(&self) -> bool {
+        self.inner
+            .nodes
+            .iter()
+            .find_map(|node| node.shares_sessions())
+            .unwrap_or(false)
     }
 
     async fn session_call(&self, id: &SessionId, op: Op) -> Result<SessionRecord, Error> {

@@ -43,6 +43,7 @@ pub(crate) enum CallError {
 pub(crate) struct ConnectOptions {
     pub auth_token: Option<String>,
     pub connect_timeout: Duration,
+    /// The largest frame the client reads.
     pub max_frame_bytes: usize,
 }
 
@@ -54,7 +55,10 @@ pub(crate) struct Connection {
     queue: mpsc::Sender<Request>,
     pending: Pending,
     next_id: AtomicU64,
+    /// The largest frame the server accepts (from its Welcome).
     max_frame_bytes: usize,
+    /// Whether the server's sessions are shared by every node (Redis).
+    pub shared_sessions: bool,
     closed: CancellationToken,
     _stop_tasks: DropGuard,
 }
@@ -85,7 +89,7 @@ impl Connection {
                 .await
                 .map_err(|err| Error::Unavailable(err.to_string()))?;
             match reader.next().await {
-                Some(Ok(ServerFrame::Welcome(welcome))) => Ok(welcome.max_frame_bytes),
+                Some(Ok(ServerFrame::Welcome(welcome))) => Ok(welcome),
                 Some(Ok(ServerFrame::Fatal(error))) => Err(Error::from(error)),
                 Some(Ok(other)) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
                 Some(Err(err)) => Err(Error::Unavailable(err.to_string())),
@@ -94,7 +98,7 @@ impl Connection {
                 ))),
             }
         };
-        let server_max_frame = tokio::time::timeout(options.connect_timeout, welcome)
+        let welcome = tokio::time::timeout(options.connect_timeout, welcome)
             .await
             .map_err(|_| Error::Unavailable(format!("no handshake answer from {address}")))??;
 
@@ -107,9 +111,8 @@ impl Connection {
             queue,
             pending,
             next_id: AtomicU64::new(1),
-            max_frame_bytes: usize::try_from(server_max_frame)
-                .unwrap_or(usize::MAX)
-                .min(options.max_frame_bytes),
+            max_frame_bytes: usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX),
+            shared_sessions: welcome.shared_sessions,
             _stop_tasks: closed.clone().drop_guard(),
             closed,
         })

@@ -47,6 +47,15 @@ impl Node {
         }
     }
 
+    /// Whether the node said every node serves every session (`None`
+    /// until it has been reached).
+    pub fn shares_sessions(&self) -> Option<bool> {
+        self.current
+            .lock()
+            .as_ref()
+            .map(|connection| connection.shared_sessions)
+    }
+
     /// Whether the node is believed up.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)

@@ -8,10 +8,10 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::wire::MAX_FRAME_BYTES_CAP;
 
@@ -64,9 +64,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 }
 
 /// A tokio codec that reads frames of `In` and writes frames of `Out`.
+///
+/// Stateless: a frame stays in the buffer, prefix included, until all of it
+/// has arrived, so a frame split over any number of reads is reassembled.
 #[derive(Debug)]
 pub struct FrameCodec<In, Out> {
-    frames: LengthDelimitedCodec,
     max_frame_bytes: usize,
     _types: PhantomData<fn(Out) -> In>,
 }
@@ -75,13 +77,8 @@ impl<In, Out> FrameCodec<In, Out> {
     /// A codec accepting frames up to `max_frame_bytes` (capped at
     /// [`MAX_FRAME_BYTES_CAP`]).
     pub fn new(max_frame_bytes: usize) -> Self {
-        let max_frame_bytes = max_frame_bytes.clamp(64, MAX_FRAME_BYTES_CAP);
         Self {
-            frames: LengthDelimitedCodec::builder()
-                .length_field_length(LENGTH_PREFIX_BYTES)
-                .max_frame_length(max_frame_bytes)
-                .new_codec(),
-            max_frame_bytes,
+            max_frame_bytes: max_frame_bytes.clamp(64, MAX_FRAME_BYTES_CAP),
             _types: PhantomData,
         }
     }
@@ -90,12 +87,6 @@ impl<In, Out> FrameCodec<In, Out> {
     pub fn max_frame_bytes(&self) -> usize {
         self.max_frame_bytes
     }
-
-    /// The length a frame announces, if its prefix is there yet.
-    fn announced(src: &BytesMut) -> Option<usize> {
-        let prefix: [u8; LENGTH_PREFIX_BYTES] = src.get(..LENGTH_PREFIX_BYTES)?.try_into().ok()?;
-        Some(u32::from_be_bytes(prefix) as usize)
-    }
 }
 
 impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
@@ -103,18 +94,25 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
-        if let Some(announced) = Self::announced(src)
-            && announced > self.max_frame_bytes
-        {
+        let Some(prefix) = src.get(..LENGTH_PREFIX_BYTES) else {
+            return Ok(None);
+        };
+        let mut length = [0u8; LENGTH_PREFIX_BYTES];
+        length.copy_from_slice(prefix);
+        let announced = u32::from_be_bytes(length) as usize;
+        if announced > self.max_frame_bytes {
             return Err(CodecError::TooLarge {
                 announced,
                 max: self.max_frame_bytes,
             });
         }
-        match self.frames.decode(src)? {
-            Some(frame) => decode(&frame).map(Some),
-            None => Ok(None),
+        let total = LENGTH_PREFIX_BYTES + announced;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
         }
+        let frame = src.split_to(total);
+        decode(&frame[LENGTH_PREFIX_BYTES..]).map(Some)
     }
 }
 
@@ -129,7 +127,9 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
                 max: self.max_frame_bytes,
             });
         }
-        self.frames.encode(Bytes::from(payload), dst)?;
+        dst.reserve(LENGTH_PREFIX_BYTES + payload.len());
+        dst.put_u32(payload.len() as u32);
+        dst.extend_from_slice(&payload);
         Ok(())
     }
 }

@@ -12,10 +12,6 @@ use crate::{ErrorCode, SessionId};
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Default largest frame either side accepts, in bytes: room for a 1 MiB
-/// session plus its envelope.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = (1 << 20) + 4096;
-
 /// Hard ceiling on the largest frame, whatever the configuration says.
 pub const MAX_FRAME_BYTES_CAP: usize = 64 << 20;
 
@@ -70,6 +66,10 @@ pub struct Welcome {
     pub server_version: String,
     /// The largest frame the server accepts.
     pub max_frame_bytes: u64,
+    /// Whether every node of this deployment can serve every session (the
+    /// server replicates to Redis), so a client may fail over to another
+    /// node for a session whose owner is down.
+    pub shared_sessions: bool,
 }
 
 /// One operation with the id its response will carry.

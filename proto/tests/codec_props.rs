@@ -123,12 +123,15 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
-        (any::<u32>(), ".{0,20}", any::<u64>()).prop_map(
-            |(protocol, server_version, max_frame_bytes)| ServerFrame::Welcome(Welcome {
-                protocol,
-                server_version,
-                max_frame_bytes
-            })
+        (any::<u32>(), ".{0,20}", any::<u64>(), any::<bool>()).prop_map(
+            |(protocol, server_version, max_frame_bytes, shared_sessions)| {
+                ServerFrame::Welcome(Welcome {
+                    protocol,
+                    server_version,
+                    max_frame_bytes,
+                    shared_sessions,
+                })
+            }
         ),
         (any::<u64>(), outcome())
             .prop_map(|(id, outcome)| ServerFrame::Response(Response { id, outcome })),
@@ -179,6 +182,29 @@ proptest! {
             .collect::<Result<_, _>>()
             .unwrap();
         prop_assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn frames_split_over_many_reads_are_reassembled(
+        frames in proptest::collection::vec(client_frame(), 1..6),
+        chunk in 1usize..40,
+    ) {
+        let mut encoder = FrameCodec::<ServerFrame, ClientFrame>::new(1 << 20);
+        let mut wire = BytesMut::new();
+        for frame in &frames {
+            encoder.encode(frame.clone(), &mut wire).unwrap();
+        }
+        let mut decoder = FrameCodec::<ClientFrame, ServerFrame>::new(1 << 20);
+        let mut buffer = BytesMut::new();
+        let mut decoded = Vec::new();
+        for piece in wire.chunks(chunk) {
+            buffer.extend_from_slice(piece);
+            while let Some(frame) = decoder.decode(&mut buffer).unwrap() {
+                decoded.push(frame);
+            }
+        }
+        prop_assert_eq!(decoded, frames);
+        prop_assert!(buffer.is_empty());
     }
 
     #[test]

@@ -175,6 +175,11 @@ impl SessionService {
         }
     }
 
+    /// Whether sessions live in Redis, shared by every node.
+    pub fn is_replicated(&self) -> bool {
+        self.replicator.is_some()
+    }
+
     /// The policies in force.
     pub fn config(&self) -> &ServiceConfig {
         &self.config

@@ -1,6 +1,11 @@
 //! Harness of the end-to-end tests: builds and starts the real `sessiond`
 //! binary on ephemeral loopback ports, and stops whatever it started.
 
+pub mod client;
 pub mod process;
+pub mod raw;
+pub mod redis;
 
+pub use client::{build, builder_for, client_for};
 pub use process::{Sessiond, binary};
+pub use redis::{RedisCluster, RedisServer};

@@ -53,6 +53,7 @@ pub async fn run(
         protocol: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         max_frame_bytes: max_frame as u64,
+        shared_sessions: ctx.service.is_replicated(),
     });
     if send(&mut writer, ctx, welcome).await.is_err() {
         return;

@@ -1,0 +1,264 @@
+//! End-to-end test of the `cart` example (axum + tower-sessions through
+//! `SessiondStore`): the real example binary in front of a real `sessiond`
+//! node, driven by an HTTP client with a cookie jar. Covers visit counting,
+//! the cart, the session cookie's attributes, session fixation protection
+//! on login, and that the app keeps no state of its own.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{COOKIE, SET_COOKIE};
+use serde_json::{Value, json};
+use sessiond_e2e::{Sessiond, binary, client_for};
+
+/// Bound of any single HTTP exchange.
+const STEP: Duration = Duration::from_secs(30);
+
+/// A running cart app; killed (SIGKILL) and reaped when dropped.
+struct CartApp {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl CartApp {
+    /// Starts the example on a free port in front of `sessiond` and waits
+    /// (at most 30 s) until its `/healthz` answers.
+    async fn start(sessiond: &Sessiond, name: &str) -> Self {
+        let path =
+            tokio::task::spawn_blocking(|| binary("sessiond-client:example:cart:tower-sessions"))
+                .await
+                .expect("building the cart example panicked");
+        let listen = free_port();
+        let mut child = Command::new(path)
+            .args(["--listen", &listen.to_string()])
+            .args(["--sessiond", &sessiond.tcp.to_string()])
+            .args(["--name", name])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the cart example");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let app = Self {
+            child,
+            url: format!("http://{listen}"),
+            log,
+        };
+        app.wait_healthy().await;
+        app
+    }
+
+    async fn wait_healthy(&self) {
+        let http = plain_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = http.get(format!("{}/healthz", self.url)).send().await;
+            if answer.is_ok_and(|answer| answer.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cart app did not get healthy:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for CartApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address nobody listens on right now.
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .expect("HTTP client")
+}
+
+fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .cookie_store(true)
+        .build()
+        .expect("HTTP client with a cookie jar")
+}
+
+/// An answer, read whole.
+struct Answer {
+    status: u16,
+    served_by: Option<String>,
+    set_cookies: Vec<String>,
+    body: Value,
+}
+
+impl Answer {
+    /// The `sid` value this answer sets, if it sets one.
+    fn sid(&self) -> Option<String> {
+        self.set_cookies.iter().find_map(|cookie| {
+            let pair = cookie.split(';').next()?.trim();
+            pair.strip_prefix("sid=").map(str::to_owned)
+        })
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let response = tokio::time::timeout(STEP, request.send())
+        .await
+        .expect("the app did not answer in time")
+        .expect("the request failed");
+    let status = response.status().as_u16();
+    let served_by = response
+        .headers()
+        .get("x-served-by")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let set_cookies = response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let text = response.text().await.expect("the body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        served_by,
+        set_cookies,
+        body,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cart_app_keeps_its_sessions_in_sessiond() {
+    let node = Sessiond::start(&[]);
+    let app = CartApp::start(&node, "app-x").await;
+    let browser = cookie_client();
+    let home = format!("{}/", app.url);
+
+    // Three visits: the counter lives in the session.
+    let first = send(browser.get(&home)).await;
+    assert_eq!(first.status, 200, "{}", app.log());
+    assert_eq!(first.served_by.as_deref(), Some("app-x"));
+    assert_eq!(
+        first.body,
+        json!({"instance": "app-x", "visits": 1, "cart": [], "user": null})
+    );
+    let sid_cookie = first
+        .set_cookies
+        .iter()
+        .find(|cookie| cookie.starts_with("sid="))
+        .unwrap_or_else(|| panic!("no sid cookie in {:?}", first.set_cookies));
+    let attributes: Vec<String> = sid_cookie
+        .split(';')
+        .skip(1)
+        .map(|attribute| attribute.trim().to_ascii_lowercase())
+        .collect();
+    assert!(attributes.iter().any(|a| a == "httponly"), "{sid_cookie}");
+    assert!(
+        attributes.iter().any(|a| a == "samesite=lax"),
+        "{sid_cookie}"
+    );
+    assert!(!attributes.iter().any(|a| a == "secure"), "{sid_cookie}");
+    let first_sid = first.sid().expect("a sid value");
+    assert!(!first_sid.is_empty());
+
+    for visits in 2..=3 {
+        let answer = send(browser.get(&home)).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.served_by.as_deref(), Some("app-x"));
+        assert_eq!(answer.body["visits"], json!(visits));
+    }
+
+    // The cart.
+    let apple = send(browser.post(format!("{}/cart/apple", app.url))).await;
+    assert_eq!(apple.status, 200);
+    assert_eq!(apple.body["cart"], json!(["apple"]));
+    let pear = send(browser.post(format!("{}/cart/pear", app.url))).await;
+    assert_eq!(pear.body["cart"], json!(["apple", "pear"]));
+    let seen = send(browser.get(&home)).await;
+    assert_eq!(seen.body["cart"], json!(["apple", "pear"]));
+    assert_eq!(seen.body["visits"], json!(4));
+
+    // Login moves the session to a new id (no session fixation).
+    let login = send(browser.post(format!("{}/login/alice", app.url))).await;
+    assert_eq!(login.status, 200);
+    assert_eq!(login.body["user"], json!("alice"));
+    let new_sid = login.sid().expect("login sets a new sid cookie");
+    assert_ne!(new_sid, first_sid, "login must change the session id");
+
+    // Whoever kept the old id gets a brand-new, empty session.
+    let stranger = plain_client();
+    let stale = send(
+        stranger
+            .get(&home)
+            .header(COOKIE, format!("sid={first_sid}")),
+    )
+    .await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(
+        stale.body,
+        json!({"instance": "app-x", "visits": 1, "cart": [], "user": null})
+    );
+    let stale_sid = stale.sid().expect("a fresh session gets a cookie");
+    assert_ne!(stale_sid, first_sid);
+    assert_ne!(stale_sid, new_sid);
+
+    // The new id still has everything, plus the user.
+    let after = send(browser.get(&home)).await;
+    assert_eq!(
+        after.body,
+        json!({"instance": "app-x", "visits": 5, "cart": ["apple", "pear"], "user": "alice"})
+    );
+
+    // sessiond holds exactly the logged-in session and the stranger's.
+    let client = client_for(&[&node]).await;
+    let stats = client.stats(&node.tcp.to_string()).await.unwrap();
+    assert_eq!(
+        stats.sessions, 2,
+        "the old session must be deleted on login"
+    );
+
+    // The app is stateless: kill it, start another instance, same cart.
+    drop(app);
+    let other = CartApp::start(&node, "app-y").await;
+    let elsewhere = send(browser.get(format!("{}/", other.url))).await;
+    assert_eq!(elsewhere.served_by.as_deref(), Some("app-y"));
+    assert_eq!(
+        elsewhere.body,
+        json!({"instance": "app-y", "visits": 6, "cart": ["apple", "pear"], "user": "alice"})
+    );
+}

@@ -1,0 +1,544 @@
+//! End-to-end tests of the binary protocol's defences: a raw socket sends
+//! what no well-behaved client would (garbage, huge length prefixes,
+//! requests before the handshake, a wrong protocol version, truncated
+//! frames, silence, too many connections) and the real `sessiond` must
+//! answer with the right `Fatal` frame, close, and keep serving everyone
+//! else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sessiond_e2e::raw::{frame, read_message};
+use sessiond_e2e::{Sessiond, client_for};
+use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
+use sessiond_proto::wire::{
+    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WireError,
+};
+use sessiond_proto::{ErrorCode, SessionId, ring};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Bound of every read from the server.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn hello() -> ClientFrame {
+    ClientFrame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        auth_token: None,
+        placement: None,
+    })
+}
+
+fn request(id: u64, op: Op) -> ClientFrame {
+    ClientFrame::Request(Request { id, op })
+}
+
+async fn connect(address: SocketAddr) -> TcpStream {
+    tokio::time::timeout(READ_TIMEOUT, TcpStream::connect(address))
+        .await
+        .expect("connect timed out")
+        .expect("cannot connect")
+}
+
+/// What the server did next on a connection.
+#[derive(Debug)]
+enum Next {
+    /// It sent a frame.
+    Frame(ServerFrame),
+    /// It closed the connection (EOF or reset).
+    Closed,
+}
+
+/// Reads one frame, or notices the close; panics after [`READ_TIMEOUT`].
+async fn next(stream: &mut TcpStream) -> Next {
+    match read_message::<ServerFrame, _>(stream, READ_TIMEOUT).await {
+        Some(frame) => Next::Frame(frame),
+        None => Next::Closed,
+    }
+}
+
+/// Expects a `Fatal` frame, then the close; returns the error.
+async fn expect_fatal(stream: &mut TcpStream) -> WireError {
+    let error = match next(stream).await {
+        Next::Frame(ServerFrame::Fatal(error)) => error,
+        other => panic!("expected a Fatal frame, got {other:?}"),
+    };
+    assert!(
+        matches!(next(stream).await, Next::Closed),
+        "the server must close after Fatal"
+    );
+    error
+}
+
+/// Connects and completes the handshake.
+async fn handshaken(address: SocketAddr) -> TcpStream {
+    let mut stream = connect(address).await;
+    stream.write_all(&frame(&hello())).await.unwrap();
+    match next(&mut stream).await {
+        Next::Frame(ServerFrame::Welcome(welcome)) => {
+            assert_eq!(welcome.protocol, PROTOCOL_VERSION);
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    stream
+}
+
+/// Sends one request and returns its outcome.
+async fn call(stream: &mut TcpStream, id: u64, op: Op) -> Outcome {
+    stream.write_all(&frame(&request(id, op))).await.unwrap();
+    match next(stream).await {
+        Next::Frame(ServerFrame::Response(response)) => {
+            assert_eq!(response.id, id, "the response carries the request's id");
+            response.outcome
+        }
+        other => panic!("expected a Response, got {other:?}"),
+    }
+}
+
+/// The node still serves a normal client: create, then read back.
+async fn still_serves(node: &Sessiond) {
+    let client = client_for(&[node]).await;
+    let data = serde_json::json!({"still": "up"});
+    let session = tokio::time::timeout(READ_TIMEOUT, async {
+        let created = client.create(&data, None).await?;
+        client.get::<serde_json::Value>(&created.id).await
+    })
+    .await
+    .expect("the node did not answer in time")
+    .expect("the node no longer serves clients");
+    assert_eq!(session.data, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_a_protocol_error() {
+    let node = Sessiond::start(&[]);
+
+    // A well-formed length prefix around bytes that are no message.
+    let mut stream = connect(node.tcp).await;
+    let mut garbage = vec![0, 0, 0, 8];
+    garbage.extend_from_slice(&[0xff; 8]);
+    stream.write_all(&garbage).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+
+    // An empty frame.
+    let mut stream = connect(node.tcp).await;
+    stream.write_all(&[0, 0, 0, 0]).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+
+    // A valid message with bytes left over inside its frame.
+    let mut stream = connect(node.tcp).await;
+    let mut payload = encode(&hello()).unwrap();
+    payload.extend_from_slice(b"trailing");
+    let mut framed = (payload.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&payload);
+    stream.write_all(&framed).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+
+    // Garbage after a good handshake.
+    let mut stream = handshaken(node.tcp).await;
+    stream.write_all(&garbage).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+
+    // Text from the wrong protocol: its first four bytes read as a length
+    // ("GET " is 1.2 GB), so the server refuses it as too large.
+    let mut stream = connect(node.tcp).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: sessiond\r\n\r\n")
+        .await
+        .unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert!(
+        matches!(
+            error.code,
+            ErrorCode::PayloadTooLarge | ErrorCode::ProtocolError
+        ),
+        "{error:?}"
+    );
+
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_length_prefix_is_refused_before_reading_it() {
+    let node = Sessiond::start(&[]);
+
+    let mut stream = connect(node.tcp).await;
+    stream.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error:?}");
+
+    // The same after the handshake, with a prefix just over the limit
+    // (the default frame limit is --max-session-bytes 1 MiB + 64 KiB).
+    let mut stream = handshaken(node.tcp).await;
+    let over = (1u32 << 20) + (64 << 10) + 1;
+    stream.write_all(&over.to_be_bytes()).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error:?}");
+
+    // Many at once do not make the server allocate 4 GiB each.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = connect(node.tcp).await;
+        stream.write_all(&[0xff, 0xff, 0xff, 0xfe]).await.unwrap();
+        streams.push(stream);
+    }
+    for stream in &mut streams {
+        let error = expect_fatal(stream).await;
+        assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error:?}");
+    }
+
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_before_hello_is_a_protocol_error() {
+    let node = Sessiond::start(&[]);
+    let mut stream = connect(node.tcp).await;
+    stream
+        .write_all(&frame(&request(1, Op::Ping)))
+        .await
+        .unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+    assert!(error.message.contains("Hello"), "{error:?}");
+
+    // And a second Hello after the handshake.
+    let mut stream = handshaken(node.tcp).await;
+    assert_eq!(call(&mut stream, 1, Op::Ping).await, Outcome::Pong);
+    stream.write_all(&frame(&hello())).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_protocol_version_is_refused() {
+    let node = Sessiond::start(&[]);
+    for protocol in [0, 2, 99, u32::MAX] {
+        let mut stream = connect(node.tcp).await;
+        let hello = ClientFrame::Hello(Hello {
+            protocol,
+            auth_token: None,
+            placement: None,
+        });
+        stream.write_all(&frame(&hello)).await.unwrap();
+        let error = expect_fatal(&mut stream).await;
+        assert_eq!(
+            error.code,
+            ErrorCode::UnsupportedVersion,
+            "{protocol}: {error:?}"
+        );
+    }
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_placement_or_token_is_refused_in_the_handshake() {
+    let node = Sessiond::start(&["--auth-token", "tok"]);
+    let placements = [
+        Placement {
+            ring: vec![],
+            owner: 0,
+        },
+        Placement {
+            ring: vec![1, 2],
+            owner: 2,
+        },
+        Placement {
+            ring: vec![7; 1025],
+            owner: 0,
+        },
+    ];
+    for placement in placements {
+        let mut stream = connect(node.tcp).await;
+        let hello = ClientFrame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            auth_token: Some("tok".into()),
+            placement: Some(placement.clone()),
+        });
+        stream.write_all(&frame(&hello)).await.unwrap();
+        let error = expect_fatal(&mut stream).await;
+        assert_eq!(
+            error.code,
+            ErrorCode::ProtocolError,
+            "{placement:?}: {error:?}"
+        );
+    }
+    for token in [None, Some("to"), Some("tok ")] {
+        let mut stream = connect(node.tcp).await;
+        let hello = ClientFrame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            auth_token: token.map(str::to_owned),
+            placement: None,
+        });
+        stream.write_all(&frame(&hello)).await.unwrap();
+        let error = expect_fatal(&mut stream).await;
+        assert_eq!(error.code, ErrorCode::Unauthorized, "{token:?}: {error:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frames_do_not_hurt_the_server() {
+    let node = Sessiond::start(&[]);
+
+    // Before the handshake: half a Hello, then the client goes away.
+    let mut stream = connect(node.tcp).await;
+    let hello = frame(&hello());
+    stream.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    drop(stream);
+
+    // After the handshake: a request whose frame announces more than comes.
+    let mut stream = handshaken(node.tcp).await;
+    let create = frame(&request(
+        1,
+        Op::Create {
+            data: Bytes::from_static(b"{\"a\":1}"),
+            ttl_secs: None,
+        },
+    ));
+    stream.write_all(&create[..create.len() - 3]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    // The server gives up on the frame: it may say why, then it closes.
+    // (ProtocolError is the right code; today the codec bug shown by
+    // `a_frame_split_across_reads_is_reassembled` makes it PayloadTooLarge.)
+    match next(&mut stream).await {
+        Next::Closed => {}
+        Next::Frame(ServerFrame::Fatal(error)) => {
+            assert!(
+                matches!(
+                    error.code,
+                    ErrorCode::ProtocolError | ErrorCode::PayloadTooLarge
+                ),
+                "{error:?}"
+            );
+            assert!(matches!(next(&mut stream).await, Next::Closed));
+        }
+        Next::Frame(other) => panic!("a truncated request was answered: {other:?}"),
+    }
+
+    // Just a length prefix, then a reset.
+    let mut stream = handshaken(node.tcp).await;
+    stream.write_all(&[0, 0, 1, 0]).await.unwrap();
+    drop(stream);
+
+    still_serves(&node).await;
+    let mut stream = handshaken(node.tcp).await;
+    match call(&mut stream, 9, Op::Stats).await {
+        Outcome::Stats(stats) => {
+            assert_eq!(stats.sessions, 1, "the truncated create must not have run")
+        }
+        other => panic!("expected stats, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let node = Sessiond::start(&["--handshake-timeout", "300ms"]);
+    let mut stream = connect(node.tcp).await;
+    // READ_TIMEOUT (10 s) bounds the wait; the server should act after 0.3 s.
+    match next(&mut stream).await {
+        Next::Closed => {}
+        Next::Frame(ServerFrame::Fatal(error)) => {
+            assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+            assert!(matches!(next(&mut stream).await, Next::Closed));
+        }
+        Next::Frame(other) => panic!("unexpected frame {other:?}"),
+    }
+    // A prompt client is not affected.
+    let mut stream = handshaken(node.tcp).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(&mut stream, 1, Op::Ping).await, Outcome::Pong);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_refused_as_overloaded() {
+    let node = Sessiond::start(&["--max-connections", "2"]);
+    let mut first = handshaken(node.tcp).await;
+    let mut second = handshaken(node.tcp).await;
+
+    let mut third = connect(node.tcp).await;
+    let error = expect_fatal(&mut third).await;
+    assert_eq!(error.code, ErrorCode::Overloaded, "{error:?}");
+
+    // The two accepted connections still work.
+    assert_eq!(call(&mut first, 1, Op::Ping).await, Outcome::Pong);
+    assert_eq!(call(&mut second, 1, Op::Ping).await, Outcome::Pong);
+
+    // Closing one frees its slot (bounded retry: the server notices the
+    // close asynchronously).
+    drop(first);
+    let mut admitted = None;
+    for _ in 0..100 {
+        let mut stream = connect(node.tcp).await;
+        stream.write_all(&frame(&hello())).await.unwrap();
+        match next(&mut stream).await {
+            Next::Frame(ServerFrame::Welcome(_)) => {
+                admitted = Some(stream);
+                break;
+            }
+            Next::Frame(ServerFrame::Fatal(error)) => {
+                assert_eq!(error.code, ErrorCode::Overloaded, "{error:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut admitted = admitted.expect("a freed slot was never reused");
+    assert_eq!(call(&mut admitted, 2, Op::Ping).await, Outcome::Pong);
+
+    // Full again: the client library sees an overloaded node as unavailable.
+    let err = tokio::time::timeout(
+        READ_TIMEOUT,
+        sessiond_client::Client::builder()
+            .nodes([node.tcp.to_string()])
+            .build(),
+    )
+    .await
+    .expect("build() did not finish in time")
+    .unwrap_err();
+    assert!(
+        matches!(err, sessiond_client::Error::Unavailable(_)),
+        "{err:?}"
+    );
+    assert_eq!(call(&mut second, 3, Op::Ping).await, Outcome::Pong);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_raw_requests_are_all_answered_by_id() {
+    let node = Sessiond::start(&[]);
+    let mut stream = handshaken(node.tcp).await;
+    const REQUESTS: u64 = 40;
+    let mut batch = Vec::new();
+    for id in 1..=REQUESTS {
+        let data = Bytes::from(format!("{{\"n\":{id}}}"));
+        batch.extend(frame(&request(
+            id,
+            Op::Create {
+                data,
+                ttl_secs: None,
+            },
+        )));
+    }
+    stream.write_all(&batch).await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    while (seen.len() as u64) < REQUESTS {
+        match next(&mut stream).await {
+            Next::Frame(ServerFrame::Response(response)) => match response.outcome {
+                Outcome::Session(record) => {
+                    let expected = format!("{{\"n\":{}}}", response.id);
+                    assert_eq!(record.data, expected.as_bytes(), "id {}", response.id);
+                    assert_eq!(record.version, 1);
+                    assert!(
+                        seen.insert(response.id, record.id).is_none(),
+                        "answered twice"
+                    );
+                }
+                other => panic!("request {} failed: {other:?}", response.id),
+            },
+            other => panic!("expected responses, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        (1..=REQUESTS).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placed_connections_get_ids_their_node_owns() {
+    let node = Sessiond::start(&[]);
+    let ring = vec![
+        ring::node_seed("a:1"),
+        ring::node_seed("b:1"),
+        ring::node_seed("c:1"),
+    ];
+    for owner in 0..3u32 {
+        let mut stream = connect(node.tcp).await;
+        let hello = ClientFrame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            auth_token: None,
+            placement: Some(Placement {
+                ring: ring.clone(),
+                owner,
+            }),
+        });
+        stream.write_all(&frame(&hello)).await.unwrap();
+        assert!(matches!(
+            next(&mut stream).await,
+            Next::Frame(ServerFrame::Welcome(_))
+        ));
+        let mut last: Option<SessionId> = None;
+        for id in 0..20 {
+            let op = match last {
+                // Every other id comes from a rotation, placed the same way.
+                Some(previous) if id % 2 == 1 => Op::Rotate { id: previous },
+                _ => Op::Create {
+                    data: Bytes::from_static(b"{}"),
+                    ttl_secs: None,
+                },
+            };
+            match call(&mut stream, id, op).await {
+                Outcome::Session(record) => {
+                    assert_eq!(ring::owner(&ring, &record.id), Some(owner as usize));
+                    last = Some(record.id);
+                }
+                other => panic!("expected a session, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_split_across_reads_is_reassembled() {
+    let node = Sessiond::start(&[]);
+    let mut stream = handshaken(node.tcp).await;
+    stream.set_nodelay(true).unwrap();
+    let data = Bytes::from_static(b"{\"split\":true}");
+    let create = frame(&request(
+        1,
+        Op::Create {
+            data: data.clone(),
+            ttl_secs: None,
+        },
+    ));
+    // The length prefix alone, a pause so the server reads it alone, then
+    // the payload: an ordinary TCP segmentation.
+    stream
+        .write_all(&create[..LENGTH_PREFIX_BYTES])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(&create[LENGTH_PREFIX_BYTES..])
+        .await
+        .unwrap();
+    match next(&mut stream).await {
+        Next::Frame(ServerFrame::Response(response)) => {
+            assert_eq!(response.id, 1);
+            match response.outcome {
+                Outcome::Session(record) => assert_eq!(record.data, data),
+                other => panic!("the create failed: {other:?}"),
+            }
+        }
+        other => panic!("expected the create's response, got {other:?}"),
+    }
+
+    // A frame cut short by the client's close is a protocol error, not a
+    // frame "too large": it announced 20-odd bytes.
+    let mut stream = handshaken(node.tcp).await;
+    stream.write_all(&create[..create.len() - 3]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    match next(&mut stream).await {
+        Next::Closed => {}
+        Next::Frame(ServerFrame::Fatal(error)) => {
+            assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+        }
+        Next::Frame(other) => panic!("a truncated request was answered: {other:?}"),
+    }
+}
