@@ -1,1 +1,3 @@
-//! Shared code of the benchmarks.
+//! Shared code of sessiond's benchmarks: the load tool's engine.
+
+pub mod load;
