@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
+use crate::balance::{BalanceConfig, UpstreamUrl};
 use crate::replication::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
 use crate::service::ServiceConfig;
 use crate::store::{StoreConfig, WhenFull};
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a session store node.
     Serve(ServeArgs),
+    /// Run the round-robin front balancer in front of app servers.
+    Balance(BalanceArgs),
 }
 
 /// What a full store does with a write that does not fit.
@@ -165,6 +168,111 @@ pub struct ServeArgs {
     pub check_config: bool,
 }
 
+/// `sessiond balance`.
+#[derive(Debug, Clone, Args)]
+pub struct BalanceArgs {
+    /// Address the balancer listens on.
+    #[arg(long, env = "SESSIOND_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// An app server (`http://host:port`); repeat for each, or give them
+    /// comma separated.
+    #[arg(long = "upstream", env = "SESSIOND_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+
+    /// A file with more upstreams, one URL per line (`#` starts a comment).
+    #[arg(long, env = "SESSIOND_UPSTREAMS_FILE")]
+    pub upstreams_file: Option<std::path::PathBuf>,
+
+    /// Address of the admin listener: /metrics, /stats.json and the HTML
+    /// status page at /.
+    #[arg(long, env = "SESSIOND_ADMIN", default_value = "127.0.0.1:8081")]
+    pub admin: SocketAddr,
+
+    /// Path the active health check requests on every upstream.
+    #[arg(long, env = "SESSIOND_HEALTH_PATH", default_value = "/healthz")]
+    pub health_path: String,
+
+    /// How often each upstream is health-checked.
+    #[arg(long, env = "SESSIOND_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// Consecutive good checks that bring a down upstream back.
+    #[arg(long, env = "SESSIOND_HEALTH_RISE", default_value_t = 2)]
+    pub rise: u32,
+
+    /// Consecutive failed checks that take an upstream out.
+    #[arg(long, env = "SESSIOND_HEALTH_FALL", default_value_t = 2)]
+    pub fall: u32,
+
+    /// Time to open a connection to an upstream.
+    #[arg(long, env = "SESSIOND_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Time an upstream has to send its response headers (then 504).
+    #[arg(long, env = "SESSIOND_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub response_timeout: Duration,
+
+    /// Idle keep-alive connections (both sides) are closed after this.
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Largest request body passed to an upstream (then 413).
+    #[arg(long, env = "SESSIOND_MAX_BODY_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_body_bytes: u64,
+
+    /// Check the configuration, print it and exit without serving.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl BalanceArgs {
+    /// Checks the flags (and reads the upstreams file) into a balancer
+    /// configuration.
+    pub fn balance_config(&self) -> Result<BalanceConfig, ConfigError> {
+        let mut urls = self.upstreams.clone();
+        if let Some(path) = &self.upstreams_file {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                ConfigError::Upstream(format!("cannot read {}: {err}", path.display()))
+            })?;
+            urls.extend(
+                text.lines()
+                    .map(|line| line.split('#').next().unwrap_or("").trim())
+                    .filter(|line| !line.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let upstreams = urls
+            .iter()
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| UpstreamUrl::parse(url.trim()).map_err(ConfigError::Upstream))
+            .collect::<Result<Vec<_>, _>>()?;
+        if upstreams.is_empty() {
+            return Err(ConfigError::Upstream(
+                "no upstreams: give --upstream http://host:port (or --upstreams-file)".into(),
+            ));
+        }
+        if !self.health_path.starts_with('/') {
+            return Err(ConfigError::Upstream(
+                "--health-path must start with /".into(),
+            ));
+        }
+        Ok(BalanceConfig {
+            listen: self.listen,
+            admin: self.admin,
+            upstreams,
+            health_path: self.health_path.clone(),
+            health_interval: self.health_interval.max(Duration::from_millis(10)),
+            rise: self.rise.max(1),
+            fall: self.fall.max(1),
+            connect_timeout: self.connect_timeout.max(Duration::from_millis(1)),
+            response_timeout: self.response_timeout.max(Duration::from_millis(1)),
+            idle_timeout: self.idle_timeout.max(Duration::from_millis(1)),
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+}
+
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -174,6 +282,9 @@ pub enum ConfigError {
     /// A size limit is out of range.
     #[error("{0}")]
     Limit(String),
+    /// An upstream is missing or malformed.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 /// Everything a store node needs, checked.
@@ -299,11 +410,36 @@ mod tests {
     #[test]
     fn defaults_make_a_valid_config() {
         let cli = Cli::try_parse_from(["sessiond", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
         let config = args.node_config().unwrap();
         assert_eq!(config.service.default_ttl_secs, 1800);
         assert_eq!(config.store.max_memory, Some(1 << 30));
         assert_eq!(config.service.max_session_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn balance_needs_http_upstreams() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Balance(args) = cli.command else {
+                panic!("expected balance");
+            };
+            args.balance_config()
+        };
+        assert!(parse(&["sessiond", "balance"]).is_err());
+        assert!(parse(&["sessiond", "balance", "--upstream", "https://a:1"]).is_err());
+        let config = parse(&[
+            "sessiond",
+            "balance",
+            "--upstream",
+            "http://a:1,http://b:2",
+            "--upstream",
+            "http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(config.upstreams.len(), 3);
     }
 
     #[test]
@@ -317,7 +453,9 @@ mod tests {
             "1h",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
         assert!(args.node_config().is_err());
     }
 }

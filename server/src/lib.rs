@@ -4,6 +4,7 @@
 //! [`node`] from the [`store`] (sharded in-memory map), the [`service`] layer
 //! (every operation once) and the [`http`] front end.
 
+pub mod balance;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -37,6 +37,15 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = shutdown_on_signal();
             sessiond::node::run(config, Some(install_metrics()?), shutdown).await?;
         }
+        Command::Balance(args) => {
+            let config = args.balance_config()?;
+            if args.check_config {
+                println!("configuration ok: {config:#?}");
+                return Ok(());
+            }
+            let shutdown = shutdown_on_signal();
+            sessiond::balance::run(config, Some(install_metrics()?), shutdown).await?;
+        }
     }
     Ok(())
 }

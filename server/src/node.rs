@@ -44,7 +44,8 @@ pub enum NodeError {
     },
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+/// Binds a listener and logs the address it got.
+pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Bind { what, addr, source })?;

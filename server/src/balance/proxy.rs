@@ -1,0 +1,383 @@
+//! The proxy: forwards each request to the next upstream in rotation,
+//! retries where it is safe, and maps upstream failures to 502/503/504.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, Response, StatusCode, Uri, Version, request};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::pool::Pool;
+use super::replay::Replayable;
+use super::upstream::UpstreamUrl;
+use super::{BoxError, ProxyBody};
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Timeouts and limits of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Time to connect to an upstream.
+    pub connect_timeout: Duration,
+    /// Time an upstream has to send response headers.
+    pub response_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+}
+
+/// The proxy and its upstream connection pool.
+#[derive(Debug)]
+pub struct Proxy {
+    pool: Arc<Pool>,
+    client: Client<HttpConnector, ProxyBody>,
+    limits: ProxyLimits,
+}
+
+/// How a proxied request ended without an upstream response.
+struct Failure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Proxy {
+    /// A proxy over `pool`.
+    pub fn new(pool: Arc<Pool>, limits: ProxyLimits) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(limits.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(limits.idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Self {
+            pool,
+            client,
+            limits,
+        }
+    }
+
+    /// The upstream HTTP client (shared with the health checker).
+    pub fn client(&self) -> &Client<HttpConnector, ProxyBody> {
+        &self.client
+    }
+
+    /// Proxies one client request.
+    pub async fn handle(
+        &self,
+        peer: SocketAddr,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.limits.max_body_bytes) {
+            return Ok(failure_response(Failure {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                message: format!(
+                    "the request body is over the {}-byte limit",
+                    self.limits.max_body_bytes
+                ),
+            }));
+        }
+        let client_upgrade =
+            is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        let empty = body.is_end_stream();
+        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
+        let body = Replayable::new(Limited::new(body, limit).boxed(), empty);
+        match self.forward(&parts, peer, &body).await {
+            Ok(mut response) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_upgrade) = client_upgrade
+                {
+                    tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+                } else {
+                    strip_hop_by_hop(response.headers_mut());
+                }
+                Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
+            }
+            Err(failure) => Ok(failure_response(failure)),
+        }
+    }
+
+    /// Tries upstreams in rotation until one answers or retrying is unsafe.
+    async fn forward(
+        &self,
+        parts: &request::Parts,
+        peer: SocketAddr,
+        body: &Replayable,
+    ) -> Result<Response<Incoming>, Failure> {
+        let idempotent = parts.method.is_idempotent();
+        let mut tried = Vec::with_capacity(2);
+        let mut replayed = false;
+        let mut last_failure = None;
+        loop {
+            let Some(index) = self.pool.pick(&tried) else {
+                return Err(last_failure.unwrap_or_else(|| Failure {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "no_upstream",
+                    message: "no healthy upstream: every app server is down".into(),
+                }));
+            };
+            tried.push(index);
+            let upstream = self.pool.get(index);
+            let Some(attempt_body) = body.attempt() else {
+                return Err(last_failure.unwrap_or_else(|| bad_gateway("request body lost".into())));
+            };
+            let outgoing = upstream_request(parts, &upstream.url, peer, attempt_body);
+            let _in_flight = upstream.start();
+            let started = Instant::now();
+            let result =
+                tokio::time::timeout(self.limits.response_timeout, self.client.request(outgoing))
+                    .await;
+            match result {
+                Ok(Ok(response)) => {
+                    upstream.record_response(response.status().as_u16(), started.elapsed());
+                    return Ok(response);
+                }
+                Err(_) => {
+                    let message = format!(
+                        "{} sent no response headers within {:?}",
+                        upstream.url, self.limits.response_timeout
+                    );
+                    upstream.record_failure(&message);
+                    return Err(Failure {
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        code: "upstream_timeout",
+                        message,
+                    });
+                }
+                Ok(Err(err)) => {
+                    if body_over_limit(&err) {
+                        return Err(Failure {
+                            status: StatusCode::PAYLOAD_TOO_LARGE,
+                            code: "payload_too_large",
+                            message: format!(
+                                "the request body is over the {}-byte limit",
+                                self.limits.max_body_bytes
+                            ),
+                        });
+                    }
+                    let message = format!("{}: {}", upstream.url, describe(&err));
+                    upstream.record_failure(&message);
+                    upstream.eject(&message);
+                    last_failure = Some(bad_gateway(message));
+                    // Nothing reached the upstream: safe to send anywhere.
+                    // An idempotent request that died mid-way: once more.
+                    if err.is_connect() || (idempotent && !replayed) {
+                        replayed |= !err.is_connect();
+                        continue;
+                    }
+                    return Err(last_failure.unwrap_or_else(|| bad_gateway(String::new())));
+                }
+            }
+        }
+    }
+}
+
+fn bad_gateway(message: String) -> Failure {
+    Failure {
+        status: StatusCode::BAD_GATEWAY,
+        code: "bad_gateway",
+        message,
+    }
+}
+
+/// The error and its causes in one line.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn body_over_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The request as the upstream gets it: same method, path, query, Host and
+/// headers, minus hop-by-hop headers, plus `X-Forwarded-*`.
+fn upstream_request(
+    parts: &request::Parts,
+    upstream: &UpstreamUrl,
+    peer: SocketAddr,
+    body: ProxyBody,
+) -> Request<ProxyBody> {
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(upstream.authority.clone())
+        .path_and_query(path)
+        .build()
+        .unwrap_or_default();
+    let mut headers = parts.headers.clone();
+    let upgrade = is_upgrade(&headers)
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(header::HOST, host);
+    }
+    let mut outgoing = Request::new(body);
+    *outgoing.method_mut() = parts.method.clone();
+    *outgoing.uri_mut() = uri;
+    *outgoing.version_mut() = Version::HTTP_11;
+    *outgoing.headers_mut() = headers;
+    outgoing
+}
+
+/// Splices an upgraded client connection to the upgraded upstream one.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((client, upstream)) => {
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(%err, "upgraded connection ended");
+                }
+            }
+            Err(err) => tracing::debug!(%err, "upgrade failed"),
+        }
+    });
+}
+
+fn failure_response(failure: Failure) -> Response<ProxyBody> {
+    let body = serde_json::json!({"error": {"code": failure.code, "message": failure.message}});
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = failure.status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_headers_are_added_and_host_is_kept() {
+        let request = Request::builder()
+            .uri("/cart?x=1")
+            .header(header::HOST, "shop.example")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
+        let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
+        let empty = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed();
+        let outgoing = upstream_request(&parts, &upstream, peer, empty);
+        assert_eq!(outgoing.uri(), "http://127.0.0.1:3000/cart?x=1");
+        let headers = outgoing.headers();
+        assert_eq!(headers[header::HOST], "shop.example");
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "shop.example");
+    }
+}

@@ -1,0 +1,89 @@
+//! A request body that can still be sent to another upstream as long as no
+//! upstream has started reading it (a connect failure), so such a request
+//! is retried without buffering the body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+
+use super::{BoxError, ProxyBody};
+
+/// The client's request body, waiting for the attempt that reads it.
+pub struct Replayable {
+    slot: Arc<Mutex<Option<ProxyBody>>>,
+    empty: bool,
+}
+
+impl Replayable {
+    /// Holds `body`; `empty` bodies can be replayed any number of times.
+    pub fn new(body: ProxyBody, empty: bool) -> Self {
+        Self {
+            slot: Arc::new(Mutex::new(Some(body))),
+            empty,
+        }
+    }
+
+    /// A body for the next attempt, or `None` when an earlier attempt has
+    /// started sending it (it cannot be sent twice).
+    pub fn attempt(&self) -> Option<ProxyBody> {
+        if self.empty {
+            return Some(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+        }
+        self.slot.lock().as_ref()?;
+        Some(
+            TakeOnPoll {
+                slot: self.slot.clone(),
+                body: None,
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// Takes the shared body out of its slot on the first read.
+struct TakeOnPoll {
+    slot: Arc<Mutex<Option<ProxyBody>>>,
+    body: Option<ProxyBody>,
+}
+
+impl Body for TakeOnPoll {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.body.is_none() {
+            this.body = this.slot.lock().take();
+        }
+        match this.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(Some(Err(
+                "the request body was already sent elsewhere".into()
+            ))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => self
+                .slot
+                .lock()
+                .as_ref()
+                .map(Body::size_hint)
+                .unwrap_or_default(),
+        }
+    }
+}
