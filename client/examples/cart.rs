@@ -49,8 +49,12 @@ struct Args {
     #[arg(long, env = "APP_SECURE_COOKIE")]
     secure_cookie: bool,
     /// Idle minutes before a session expires.
-    #[arg(long, env = "APP_SESSION_MINUTES", default_value_t = 30)]
+    #[arg(long, env = "APP_SESSION_MINUTES", default_value_t = 30,
+          value_parser = clap::value_parser!(i64).range(1..))]
     session_minutes: i64,
+    /// Check the flags, print them and exit without serving.
+    #[arg(long)]
+    check_config: bool,
 }
 
 /// What handlers share: only this instance's name.
@@ -67,6 +71,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.check_config {
+        println!(
+            "configuration ok: listen {}, sessiond {:?}, name {}, secure cookie {}, {} min sessions",
+            args.listen, args.sessiond, args.name, args.secure_cookie, args.session_minutes
+        );
+        return Ok(());
+    }
     let mut builder = Client::builder().nodes(args.sessiond.clone());
     if let Some(token) = &args.auth_token {
         builder = builder.auth_token(token.clone());

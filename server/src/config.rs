@@ -287,6 +287,23 @@ pub enum ConfigError {
     Upstream(String),
 }
 
+/// A secret that `Debug` (and so `--check-config` and logs) never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 /// Everything a store node needs, checked.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -296,8 +313,8 @@ pub struct NodeConfig {
     pub tcp: SocketAddr,
     /// Binary protocol limits.
     pub tcp_limits: TcpLimits,
-    /// Bearer token for /v1.
-    pub auth_token: Option<String>,
+    /// Bearer token for /v1 and the binary handshake.
+    pub auth_token: Option<Secret>,
     /// Store settings.
     pub store: StoreConfig,
     /// API policies.
@@ -344,7 +361,11 @@ impl ServeArgs {
                 idle_timeout: self.idle_timeout.max(Duration::from_millis(10)),
                 handshake_timeout: self.handshake_timeout.max(Duration::from_millis(10)),
             },
-            auth_token: self.auth_token.clone().filter(|token| !token.is_empty()),
+            auth_token: self
+                .auth_token
+                .clone()
+                .filter(|token| !token.is_empty())
+                .map(Secret),
             store: StoreConfig {
                 shards: usize::from(self.shards),
                 max_memory: Some(self.max_memory),

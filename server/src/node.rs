@@ -64,7 +64,7 @@ pub async fn run(
     let store = Arc::new(Store::new(config.store.clone(), Arc::new(SystemClock)));
     let http_listener = bind("HTTP API", config.http).await?;
     let tcp_listener = bind("binary protocol", config.tcp).await?;
-    let auth_token: Option<Arc<str>> = config.auth_token.as_deref().map(Arc::from);
+    let auth_token: Option<Arc<str>> = config.auth_token.as_ref().map(|token| Arc::from(token.expose()));
 
     let tasks = TaskTracker::new();
     let drained = CancellationToken::new();
