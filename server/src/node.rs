@@ -54,6 +54,31 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, N
     Ok(listener)
 }
 
+/// The next connection of `listener`, or `None` once `shutdown` fires.
+/// Accept errors (out of file descriptors and the like) are logged and
+/// retried after a short pause: the listener keeps serving.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Runs a store node until `shutdown` fires, then drains in-flight requests
 /// and stops the background tasks.
 pub async fn run(
@@ -64,7 +89,10 @@ pub async fn run(
     let store = Arc::new(Store::new(config.store.clone(), Arc::new(SystemClock)));
     let http_listener = bind("HTTP API", config.http).await?;
     let tcp_listener = bind("binary protocol", config.tcp).await?;
-    let auth_token: Option<Arc<str>> = config.auth_token.as_ref().map(|token| Arc::from(token.expose()));
+    let auth_token: Option<Arc<str>> = config
+        .auth_token
+        .as_ref()
+        .map(|token| Arc::from(token.expose()));
 
     let tasks = TaskTracker::new();
     let drained = CancellationToken::new();

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use upstream::UpstreamUrl;
 
-use crate::node::{NodeError, bind};
+use crate::node::{NodeError, accept, bind};
 use health::HealthCheck;
 use pool::Pool;
 use proxy::{Proxy, ProxyLimits};
@@ -149,19 +149,7 @@ async fn serve(
         .header_read_timeout(idle_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let proxy = proxy.clone();
         let service = service_fn(move |request| {
             let proxy = proxy.clone();

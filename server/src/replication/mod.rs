@@ -253,16 +253,7 @@ impl Replicator {
             slot.send(Change::Upsert(session.clone()));
             return Ok(session);
         }
-        let now = self.now();
-        let session = Session {
-            id,
-            data,
-            version: 1,
-            created_at_ms: now,
-            updated_at_ms: now,
-            ttl_ms,
-            expires_at_ms: self.store.expiry(now, ttl_ms, now),
-        };
+        let session = self.store.new_session(id, data, ttl_ms);
         let epoch = self.invalidations.epoch();
         let mut conn = self.link.conn()?;
         let key = self.key(&id);

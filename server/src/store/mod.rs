@@ -209,11 +209,10 @@ impl Store {
         }
     }
 
-    /// Creates a session under the fresh id `id`, version 1.
-    pub fn create(&self, id: SessionId, data: Bytes, ttl_ms: u64) -> Result<Session, StoreError> {
-        self.reserve(charge_of(data.len()), None)?;
+    /// A new session (version 1, created now) without storing it.
+    pub fn new_session(&self, id: SessionId, data: Bytes, ttl_ms: u64) -> Session {
         let now = self.now_ms();
-        let session = Session {
+        Session {
             id,
             data,
             version: 1,
@@ -221,8 +220,14 @@ impl Store {
             updated_at_ms: now,
             ttl_ms,
             expires_at_ms: self.expiry(now, ttl_ms, now),
-        };
-        self.admit(session.clone(), now);
+        }
+    }
+
+    /// Creates a session under the fresh id `id`, version 1.
+    pub fn create(&self, id: SessionId, data: Bytes, ttl_ms: u64) -> Result<Session, StoreError> {
+        self.reserve(charge_of(data.len()), None)?;
+        let session = self.new_session(id, data, ttl_ms);
+        self.admit(session.clone(), session.created_at_ms);
         Ok(session)
     }
 

@@ -17,6 +17,7 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::node::accept;
 use crate::service::SessionService;
 
 /// Limits that keep one client from exhausting the node.
@@ -51,21 +52,7 @@ pub struct TcpContext {
 pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         match slots.clone().try_acquire_owned() {
