@@ -15,7 +15,7 @@ pub const ID_TEXT_LEN: usize = 22;
 /// A session id. Only the server creates new ones ([`SessionId::random`]);
 /// everyone else parses them ([`str::parse`]) and must expect
 /// [`ParseIdError`] for anything that is not exactly a canonical id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SessionId([u8; ID_BYTES]);
 
 /// Why a string is not a session id.
@@ -68,6 +68,14 @@ impl SessionId {
         let mut head = [0u8; 8];
         head.copy_from_slice(&self.0[..8]);
         u64::from_le_bytes(head)
+    }
+}
+
+/// Hashes the 16 id bytes as one write (no length prefix), so a hasher can
+/// take its bits straight from the id, which is already random.
+impl std::hash::Hash for SessionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
     }
 }
 

@@ -101,7 +101,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_MAX_LIFETIME", value_parser = humantime::parse_duration)]
     pub max_lifetime: Option<Duration>,
 
-    /// Number of independently locked shards of the keyspace.
+    /// Number of independently locked shards of the keyspace (rounded up to
+    /// a power of two).
     #[arg(long, env = "SESSIOND_SHARDS", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub shards: u16,

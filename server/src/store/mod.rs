@@ -65,7 +65,7 @@ pub enum WhenFull {
 /// Store settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Number of independently locked shards.
+    /// Number of independently locked shards (rounded up to a power of two).
     pub shards: usize,
     /// Bytes sessions may use in all (`None`: unbounded).
     pub max_memory: Option<u64>,
@@ -143,9 +143,25 @@ enum Removal {
     Evicted,
 }
 
+/// A shard lock on its own cache lines, so neighbouring shards' locks do
+/// not contend through false sharing.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct PaddedShard(Mutex<Shard>);
+
+impl std::ops::Deref for PaddedShard {
+    type Target = Mutex<Shard>;
+
+    fn deref(&self) -> &Mutex<Shard> {
+        &self.0
+    }
+}
+
 /// The sharded session store.
 pub struct Store {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[PaddedShard]>,
+    /// `shards.len() - 1`; the shard count is a power of two.
+    shard_mask: u64,
     budget: MemoryBudget,
     clock: Arc<dyn Clock>,
     config: StoreConfig,
@@ -173,11 +189,11 @@ fn charge(slot: &Slot) -> u64 {
 impl Store {
     /// An empty store.
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
-        let shards = (0..config.shards.max(1))
-            .map(|_| Mutex::new(Shard::default()))
-            .collect();
+        let count = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let shards = (0..count).map(|_| PaddedShard::default()).collect();
         Self {
             shards,
+            shard_mask: count as u64 - 1,
             budget: MemoryBudget::new(config.max_memory),
             clock,
             config,
@@ -191,7 +207,7 @@ impl Store {
     }
 
     fn shard_index(&self, id: &SessionId) -> usize {
-        (id.spread() % self.shards.len() as u64) as usize
+        (id.spread() & self.shard_mask) as usize
     }
 
     fn shard(&self, id: &SessionId) -> &Mutex<Shard> {
@@ -347,7 +363,9 @@ impl Store {
                 self.make_room(needed, Some(*id))?;
                 continue;
             }
-            self.budget.release(old.saturating_sub(new));
+            if old > new {
+                self.budget.release(old - new);
+            }
             let session = &mut slot.session;
             session.data = data;
             session.version += 1;

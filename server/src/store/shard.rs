@@ -1,5 +1,7 @@
 //! One independently locked slice of the keyspace.
 
+use std::hash::{BuildHasherDefault, Hasher};
+
 use indexmap::IndexMap;
 use sessiond_proto::SessionId;
 
@@ -18,6 +20,31 @@ impl Slot {
     }
 }
 
+/// Hashes a session id by taking 8 of its bytes: ids are 128 bits from the
+/// OS CSPRNG and only server-made ids are ever inserted, so they need no
+/// keyed hash (clients cannot choose colliding keys). The shard is picked
+/// from the other 8 bytes ([`SessionId::spread`]), so the two stay
+/// independent.
+#[derive(Debug, Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.rchunks(8).take(1) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The map of one shard.
+pub(super) type SessionMap = IndexMap<SessionId, Slot, BuildHasherDefault<IdHasher>>;
+
 /// What a sweep pass freed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Swept {
@@ -30,7 +57,7 @@ pub(super) struct Swept {
 /// eviction sampler both need.
 #[derive(Debug, Default)]
 pub(super) struct Shard {
-    pub map: IndexMap<SessionId, Slot>,
+    pub map: SessionMap,
     sweep_cursor: usize,
 }
 
