@@ -198,6 +198,10 @@ pub struct BalanceArgs {
     #[arg(long, env = "SESSIOND_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
 
+    /// How long one health check may take before it counts as failed.
+    #[arg(long, env = "SESSIOND_HEALTH_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_timeout: Duration,
+
     /// Consecutive good checks that bring a down upstream back.
     #[arg(long, env = "SESSIOND_HEALTH_RISE", default_value_t = 2)]
     pub rise: u32,
@@ -264,6 +268,7 @@ impl BalanceArgs {
             upstreams,
             health_path: self.health_path.clone(),
             health_interval: self.health_interval.max(Duration::from_millis(10)),
+            health_timeout: self.health_timeout.max(Duration::from_millis(1)),
             rise: self.rise.max(1),
             fall: self.fall.max(1),
             connect_timeout: self.connect_timeout.max(Duration::from_millis(1)),

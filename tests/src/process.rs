@@ -204,10 +204,112 @@ pub fn signal(pid: u32, name: &str) {
         .status();
 }
 
-/// Parses `... <what> listening local=<addr>` log lines.
+/// Parses `... <what> listening local=<addr>` log lines (ANSI colours, if
+/// any, removed first).
 fn listening_addr(line: &str) -> Option<(String, SocketAddr)> {
+    let line = strip_ansi(line);
     let (before, after) = line.split_once(" listening local=")?;
     let what = before.rsplit(": ").next()?.to_owned();
     let addr = after.split_whitespace().next()?.parse().ok()?;
     Some((what, addr))
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// A child process whose stderr lines are collected, started by
+/// [`spawn_listening`].
+pub(crate) struct Listening {
+    /// The process.
+    pub child: Child,
+    /// The address of each `<what> listening local=<addr>` line asked for,
+    /// in the order asked.
+    pub addrs: Vec<SocketAddr>,
+    /// Every stderr line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Spawns `command` (stderr piped and collected) and waits (at most
+/// [`START_TIMEOUT`]) until it has logged `<what> listening local=<addr>`
+/// for every `what` in `wanted`; panics with its log if it exits or times
+/// out first.
+pub(crate) fn spawn_listening(mut command: Command, wanted: &[&str]) -> Listening {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {description}: {err}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut found: Vec<Option<SocketAddr>> = vec![None; wanted.len()];
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((what, addr)) => {
+                if let Some(index) = wanted.iter().position(|wanted| *wanted == what) {
+                    found[index] = Some(addr);
+                }
+            }
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // Let the reader thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                let log = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+                panic!("{description} did not start listening ({err}):\n{log}");
+            }
+        }
+    }
+    Listening {
+        child,
+        addrs: found.into_iter().flatten().collect(),
+        log,
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (at most 15 s) for it to exit; returns
+/// its exit code, or `None` (after a SIGKILL) if it did not exit in time or
+/// died of a signal.
+pub(crate) fn terminate_child(child: &mut Child) -> Option<i32> {
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }

@@ -4,100 +4,14 @@
 //! the cart, the session cookie's attributes, session fixation protection
 //! on login, and that the app keeps no state of its own.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
-use sessiond_e2e::{Sessiond, binary, client_for};
+use sessiond_e2e::{CartApp, Sessiond, client_for};
 
 /// Bound of any single HTTP exchange.
 const STEP: Duration = Duration::from_secs(30);
-
-/// A running cart app; killed (SIGKILL) and reaped when dropped.
-struct CartApp {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl CartApp {
-    /// Starts the example on a free port in front of `sessiond` and waits
-    /// (at most 30 s) until its `/healthz` answers.
-    async fn start(sessiond: &Sessiond, name: &str) -> Self {
-        let path =
-            tokio::task::spawn_blocking(|| binary("sessiond-client:example:cart:tower-sessions"))
-                .await
-                .expect("building the cart example panicked");
-        let listen = free_port();
-        let mut child = Command::new(path)
-            .args(["--listen", &listen.to_string()])
-            .args(["--sessiond", &sessiond.tcp.to_string()])
-            .args(["--name", name])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the cart example");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                }
-            });
-        }
-        let app = Self {
-            child,
-            url: format!("http://{listen}"),
-            log,
-        };
-        app.wait_healthy().await;
-        app
-    }
-
-    async fn wait_healthy(&self) {
-        let http = plain_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let answer = http.get(format!("{}/healthz", self.url)).send().await;
-            if answer.is_ok_and(|answer| answer.status() == 200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cart app did not get healthy:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-}
-
-impl Drop for CartApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback address nobody listens on right now.
-fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address")
-}
 
 fn plain_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -165,7 +79,7 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cart_app_keeps_its_sessions_in_sessiond() {
     let node = Sessiond::start(&[]);
-    let app = CartApp::start(&node, "app-x").await;
+    let app = CartApp::start(&[&node], "app-x").await;
     let browser = cookie_client();
     let home = format!("{}/", app.url);
 
@@ -254,7 +168,7 @@ async fn the_cart_app_keeps_its_sessions_in_sessiond() {
 
     // The app is stateless: kill it, start another instance, same cart.
     drop(app);
-    let other = CartApp::start(&node, "app-y").await;
+    let other = CartApp::start(&[&node], "app-y").await;
     let elsewhere = send(browser.get(format!("{}/", other.url))).await;
     assert_eq!(elsewhere.served_by.as_deref(), Some("app-y"));
     assert_eq!(

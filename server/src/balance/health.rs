@@ -22,6 +22,8 @@ pub struct HealthCheck {
     pub path: String,
     /// Time between checks.
     pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
     /// Good checks in a row that bring an upstream back.
     pub rise: u32,
     /// Bad checks in a row that take it out.
@@ -57,9 +59,7 @@ async fn probe(
         .map_err(|err| format!("bad health check URI: {err}"))?;
     let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
     *request.uri_mut() = uri;
-    let timeout = check
-        .interval
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let timeout = check.timeout;
     let response = tokio::time::timeout(timeout, client.request(request))
         .await
         .map_err(|_| format!("health check timed out after {timeout:?}"))?

@@ -56,6 +56,8 @@ pub struct BalanceConfig {
     pub health_path: String,
     /// Active health check period.
     pub health_interval: Duration,
+    /// Time one health check may take.
+    pub health_timeout: Duration,
     /// Good checks that bring an upstream back.
     pub rise: u32,
     /// Bad checks that take it out.
@@ -100,6 +102,7 @@ pub async fn run(
     let check = HealthCheck {
         path: config.health_path.clone(),
         interval: config.health_interval,
+        timeout: config.health_timeout,
         rise: config.rise,
         fall: config.fall,
     };

@@ -27,13 +27,20 @@ impl Pool {
         &self.upstreams
     }
 
-    /// The next upstream in rotation that is up and not in `tried`.
+    /// The next upstream in rotation among those up and not in `tried`:
+    /// the turn counter picks among the candidates, so when one upstream is
+    /// down the others share its load evenly.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let count = self.upstreams.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count)
-            .map(|step| (start + step) % count)
-            .find(|index| self.upstreams[*index].is_up() && !tried.contains(index))
+        let candidates = || {
+            (0..self.upstreams.len())
+                .filter(|index| self.upstreams[*index].is_up() && !tried.contains(index))
+        };
+        let count = candidates().count();
+        if count == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        candidates().nth(turn % count)
     }
 
     /// The upstream at `index`.
@@ -65,8 +72,9 @@ mod tests {
         let picks: Vec<_> = (0..6).filter_map(|_| pool.pick(&[])).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         pool.get(1).eject("down");
-        let picks: Vec<_> = (0..4).filter_map(|_| pool.pick(&[])).collect();
-        assert!(picks.iter().all(|&index| index != 1));
+        let picks: Vec<_> = (0..6).filter_map(|_| pool.pick(&[])).collect();
+        assert_eq!(picks.iter().filter(|&&index| index == 0).count(), 3);
+        assert_eq!(picks.iter().filter(|&&index| index == 2).count(), 3);
         assert_eq!(pool.pick(&[0, 2]), None);
     }
 }

@@ -32,6 +32,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Largest over-limit body read and dropped so the client sees its 413.
+const DRAIN_MAX_BYTES: u64 = 256 << 20;
+/// Longest time spent reading an over-limit body before answering 413.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Timeouts and limits of the proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyLimits {
@@ -93,15 +98,19 @@ impl Proxy {
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.limits.max_body_bytes) {
-            return Ok(failure_response(Failure {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "payload_too_large",
-                message: format!(
-                    "the request body is over the {}-byte limit",
-                    self.limits.max_body_bytes
-                ),
-            }));
+        if let Some(length) = declared.filter(|&length| length > self.limits.max_body_bytes) {
+            // Keep reading (and dropping) what the client sends while the
+            // answer goes out, bounded, so the client sees the 413 instead
+            // of a connection reset under its upload.
+            if length <= DRAIN_MAX_BYTES {
+                let drain = request.into_body().collect();
+                tokio::spawn(tokio::time::timeout(DRAIN_TIMEOUT, drain));
+            }
+            let mut response = failure_response(self.too_large());
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
         }
         let client_upgrade =
             is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
@@ -121,6 +130,17 @@ impl Proxy {
                 Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
             }
             Err(failure) => Ok(failure_response(failure)),
+        }
+    }
+
+    fn too_large(&self) -> Failure {
+        Failure {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: format!(
+                "the request body is over the {}-byte limit (--max-body-bytes)",
+                self.limits.max_body_bytes
+            ),
         }
     }
 
@@ -145,21 +165,28 @@ impl Proxy {
             };
             tried.push(index);
             let upstream = self.pool.get(index);
-            let Some(attempt_body) = body.attempt() else {
+            let Some((attempt_body, sent)) = body.attempt() else {
                 return Err(last_failure.unwrap_or_else(|| bad_gateway("request body lost".into())));
             };
             let outgoing = upstream_request(parts, &upstream.url, peer, attempt_body);
             let _in_flight = upstream.start();
             let started = Instant::now();
-            let result =
-                tokio::time::timeout(self.limits.response_timeout, self.client.request(outgoing))
-                    .await;
+            // The response timeout runs from the moment the body is sent
+            // whole: a slow upload is not the upstream's fault.
+            let response_deadline = async {
+                sent.wait().await;
+                tokio::time::sleep(self.limits.response_timeout).await;
+            };
+            let result = tokio::select! {
+                result = self.client.request(outgoing) => Ok(result),
+                () = response_deadline => Err(()),
+            };
             match result {
                 Ok(Ok(response)) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
                     return Ok(response);
                 }
-                Err(_) => {
+                Err(()) => {
                     let message = format!(
                         "{} sent no response headers within {:?}",
                         upstream.url, self.limits.response_timeout
@@ -173,19 +200,22 @@ impl Proxy {
                 }
                 Ok(Err(err)) => {
                     if body_over_limit(&err) {
-                        return Err(Failure {
-                            status: StatusCode::PAYLOAD_TOO_LARGE,
-                            code: "payload_too_large",
-                            message: format!(
-                                "the request body is over the {}-byte limit",
-                                self.limits.max_body_bytes
-                            ),
-                        });
+                        return Err(self.too_large());
                     }
                     let message = format!("{}: {}", upstream.url, describe(&err));
                     upstream.record_failure(&message);
                     upstream.eject(&message);
-                    last_failure = Some(bad_gateway(message));
+                    last_failure = Some(if err.is_connect() {
+                        Failure {
+                            status: StatusCode::SERVICE_UNAVAILABLE,
+                            code: "no_upstream",
+                            message: format!(
+                                "no upstream accepted the connection; last: {message}"
+                            ),
+                        }
+                    } else {
+                        bad_gateway(message)
+                    });
                     // Nothing reached the upstream: safe to send anywhere.
                     // An idempotent request that died mid-way: once more.
                     if err.is_connect() || (idempotent && !replayed) {
@@ -279,10 +309,14 @@ fn upstream_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+    let mut forwarded_for: Vec<String> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    forwarded_for.push(peer.ip().to_string());
+    let forwarded_for = forwarded_for.join(", ");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
