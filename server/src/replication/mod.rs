@@ -34,6 +34,8 @@ use write_behind::{Change, WriteBehind};
 /// How many times an optimistic read-modify-write against Redis retries
 /// after another writer got in between.
 const MAX_OPTIMISTIC_ATTEMPTS: usize = 16;
+/// Locks that order a node's own cache fills and writes of one session.
+const STRIPES: usize = 256;
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,11 @@ pub struct Replicator {
     write_behind: Option<WriteBehind>,
     config: RedisConfig,
     max_lifetime_ms: Option<u64>,
+    /// A cache fill and a write of the same session on this node never
+    /// overlap, so a fill can never put back a copy older than a write (or
+    /// a delete, or a rotation) this node has just acknowledged. Other
+    /// nodes' writes are ordered by the invalidation epoch instead.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl Replicator {
@@ -156,7 +163,14 @@ impl Replicator {
             write_behind,
             config,
             max_lifetime_ms,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
+    }
+
+    /// The lock that orders this node's fills and writes of `id`.
+    async fn lock(&self, id: &SessionId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = (id.as_u128() >> 64) as usize % STRIPES;
+        self.stripes[stripe].lock().await
     }
 
     /// The link, for readiness checks.
@@ -211,9 +225,15 @@ impl Replicator {
         }
     }
 
-    /// Read-through: the session from Redis, its expiry slid (a read is a
-    /// use), cached.
+    /// Read-through under the session's lock.
     async fn load(&self, id: &SessionId) -> Result<Session, ServiceError> {
+        let _ordered = self.lock(id).await;
+        self.load_locked(id).await
+    }
+
+    /// Read-through: the session from Redis, its expiry slid (a read is a
+    /// use), cached. The caller holds the session's lock.
+    async fn load_locked(&self, id: &SessionId) -> Result<Session, ServiceError> {
         let epoch = self.invalidations.epoch();
         let Some(mut session) = self.read_redis(id).await? else {
             self.store.delete(id);
@@ -228,12 +248,46 @@ impl Replicator {
         Ok(session)
     }
 
-    /// Makes sure memory holds `id` (async mode, where memory leads).
+    /// Makes sure memory holds `id` (async mode, where memory leads and the
+    /// write that follows supersedes what was loaded). The caller holds the
+    /// session's lock.
     async fn ensure_local(&self, id: &SessionId) -> Result<(), ServiceError> {
         if self.store.peek(id).is_none() {
-            self.load(id).await?;
+            let Some(session) = self.read_redis(id).await? else {
+                return Err(ServiceError::NotFound);
+            };
+            self.store.insert_copy(session)?;
         }
         Ok(())
+    }
+
+    /// Async mode: applies `write` to this node's memory copy (read through
+    /// from Redis first when memory lacks it) and queues the result for
+    /// Redis. A place in the queue is taken first, so a full queue refuses
+    /// the write before anything changes.
+    async fn write_behind(
+        &self,
+        queue: &WriteBehind,
+        id: &SessionId,
+        write: impl Fn() -> Result<Session, ServiceError>,
+    ) -> Result<Session, ServiceError> {
+        let slot = queue.reserve()?;
+        let _ordered = self.lock(id).await;
+        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+            self.ensure_local(id).await?;
+            match write() {
+                // Another node's invalidation dropped the copy in between.
+                Err(ServiceError::NotFound) => continue,
+                Ok(session) => {
+                    slot.send(Change::Upsert(session.clone()));
+                    return Ok(session);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(ServiceError::Unavailable(
+            "the session kept changing on other nodes; try again".into(),
+        ))
     }
 
     fn queue(&self) -> Option<&WriteBehind> {
@@ -269,12 +323,25 @@ impl Replicator {
         Ok(session)
     }
 
+    /// Whether this node's memory copy may be served: in async mode memory
+    /// leads (it holds writes Redis may not have yet); in cached mode while
+    /// invalidations arrive, or while Redis is down (nobody can write).
+    fn trust_memory(&self) -> bool {
+        self.write_behind.is_some()
+            || (self.config.consistency == Consistency::Cached
+                && (self.invalidations.is_live() || !self.link.is_up()))
+    }
+
+    /// The memory copy, if it may be served (without sliding its expiry).
+    fn cached(&self, id: &SessionId) -> Option<Session> {
+        self.trust_memory().then(|| self.store.peek(id)).flatten()
+    }
+
     /// Reads a session.
     pub async fn get(&self, id: &SessionId) -> Result<Session, ServiceError> {
-        let trust_memory = self.write_behind.is_some()
-            || (self.config.consistency == Consistency::Cached
-                && (self.invalidations.is_live() || !self.link.is_up()));
-        if trust_memory && let Ok((session, redis_expiry)) = self.store.get_refreshing(id) {
+        if self.trust_memory()
+            && let Ok((session, redis_expiry)) = self.store.get_refreshing(id)
+        {
             if self.link.is_up() {
                 self.slide(id, redis_expiry, session.expires_at_ms).await;
             } else {
@@ -362,12 +429,13 @@ impl Replicator {
         expected: Option<u64>,
     ) -> Result<Session, ServiceError> {
         if let Some(queue) = self.queue() {
-            let slot = queue.reserve()?;
-            self.ensure_local(id).await?;
-            let session = self.store.put(id, data, ttl_ms, expected)?;
-            slot.send(Change::Upsert(session.clone()));
-            return Ok(session);
+            return self
+                .write_behind(queue, id, || {
+                    Ok(self.store.put(id, data.clone(), ttl_ms, expected)?)
+                })
+                .await;
         }
+        let _ordered = self.lock(id).await;
         let epoch = self.invalidations.epoch();
         let outcome = self.write(id, expected, Some(&data), ttl_ms).await?;
         self.written(id, outcome, Some(data), expected.unwrap_or(0), epoch)
@@ -382,19 +450,23 @@ impl Replicator {
         compute: impl Fn(&Bytes) -> Result<Bytes, ServiceError>,
     ) -> Result<Session, ServiceError> {
         if let Some(queue) = self.queue() {
-            let slot = queue.reserve()?;
-            self.ensure_local(id).await?;
-            let session = self.store.update(id, expected, None, compute)?;
-            slot.send(Change::Upsert(session.clone()));
-            return Ok(session);
+            return self
+                .write_behind(queue, id, || {
+                    self.store.update(id, expected, None, &compute)
+                })
+                .await;
         }
-        let mut current = self.get(id).await?;
+        let _ordered = self.lock(id).await;
+        let mut current = match self.cached(id) {
+            Some(session) => session,
+            None => self.load_locked(id).await?,
+        };
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
             if let Some(expected) = expected
                 && expected != current.version
             {
                 // The cached copy may lag: decide on what Redis holds.
-                current = self.load(id).await?;
+                current = self.load_locked(id).await?;
                 if expected != current.version {
                     return Err(ServiceError::VersionMismatch {
                         expected,
@@ -409,7 +481,7 @@ impl Replicator {
                 .await?;
             match self.written(id, outcome, Some(data), current.version, epoch) {
                 Err(ServiceError::VersionMismatch { .. }) if expected.is_none() => {
-                    current = self.load(id).await?;
+                    current = self.load_locked(id).await?;
                 }
                 result => return result,
             }
@@ -426,12 +498,11 @@ impl Replicator {
         ttl_ms: Option<u64>,
     ) -> Result<Session, ServiceError> {
         if let Some(queue) = self.queue() {
-            let slot = queue.reserve()?;
-            self.ensure_local(id).await?;
-            let session = self.store.touch(id, ttl_ms)?;
-            slot.send(Change::Upsert(session.clone()));
-            return Ok(session);
+            return self
+                .write_behind(queue, id, || Ok(self.store.touch(id, ttl_ms)?))
+                .await;
         }
+        let _ordered = self.lock(id).await;
         let epoch = self.invalidations.epoch();
         let outcome = self.write(id, None, None, ttl_ms).await?;
         self.written(id, outcome, None, 0, epoch)
@@ -445,6 +516,7 @@ impl Replicator {
             slot.send(Change::Delete(*id));
             return Ok(());
         }
+        let _ordered = self.lock(id).await;
         self.delete_in_redis(id, None).await?;
         self.store.delete(id);
         Ok(())
@@ -474,13 +546,14 @@ impl Replicator {
     /// a write that lands in between makes it start over, none is lost.
     pub async fn rotate(&self, id: &SessionId, new_id: SessionId) -> Result<Session, ServiceError> {
         if let Some(queue) = self.queue() {
-            let (upsert, delete) = (queue.reserve()?, queue.reserve()?);
-            self.ensure_local(id).await?;
-            let session = self.store.rotate(id, new_id)?;
-            upsert.send(Change::Upsert(session.clone()));
+            let delete = queue.reserve()?;
+            let session = self
+                .write_behind(queue, id, || Ok(self.store.rotate(id, new_id)?))
+                .await?;
             delete.send(Change::Delete(*id));
             return Ok(session);
         }
+        let _ordered = self.lock(id).await;
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
             let Some(current) = self.read_redis(id).await? else {
                 self.store.delete(id);

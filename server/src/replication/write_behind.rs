@@ -110,6 +110,8 @@ impl Worker {
     ) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut closing_since: Option<Instant> = None;
+        metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
+        metrics::gauge!("sessiond_redis_replication_lag_seconds").set(0.0);
         loop {
             if batch.is_empty() {
                 let received = tokio::select! {

@@ -1,0 +1,654 @@
+//! End-to-end tests of Redis replication under faults: a store node
+//! SIGKILLed and restarted, a node SIGKILLed under client load, Redis
+//! SIGKILLed and restarted (AOF) in sync mode, and the async mode's
+//! write-behind queue with Redis away (full queue, backlog flushed on
+//! graceful shutdown).
+
+mod redis_support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis_support::*;
+use serde_json::{Value, json};
+use sessiond_client::{Client, Error, SessionId, SessionInfo};
+use sessiond_e2e::RedisServer;
+
+/// Varied session data: objects, arrays, strings, numbers, nesting.
+fn varied_data(n: u64) -> Value {
+    match n % 5 {
+        0 => json!(format!("plain string {n} with \"quotes\" and ünïcödé")),
+        1 => json!([n, n * 2, { "deep": [true, null] }]),
+        2 => json!(n as f64 + 0.5),
+        3 => json!({ "user": n, "cart": { "items": vec![n; (n % 7) as usize] } }),
+        _ => json!({ "n": n, "empty": {}, "list": [] }),
+    }
+}
+
+/// Every session (data, version, created_at, ttl, expiry) survives a
+/// SIGKILL and restart of the node that wrote them; checked over HTTP and
+/// through the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_serves_every_session_unchanged() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut node = node_on(&http, &redis.url(), &[]).await;
+    let client = client_of(&[&node], Duration::from_secs(2)).await;
+
+    // id -> (version, data) as last acknowledged.
+    let mut expected: HashMap<SessionId, (u64, Value)> = HashMap::new();
+    for n in 0..50u64 {
+        let ttl = Duration::from_secs(60 + (n * 97) % 3600);
+        let created = bounded("create", client.create(&varied_data(n), Some(ttl)))
+            .await
+            .unwrap_or_else(|err| panic!("create {n}: {err}"));
+        assert_eq!((created.version, created.ttl), (1, ttl));
+        let mut version = created.version;
+        let mut data = varied_data(n);
+        for rewrite in 0..(n % 4) {
+            data = json!({ "n": n, "rewrite": rewrite, "payload": varied_data(n + rewrite) });
+            let written = bounded("put", client.put(&created.id, &data, Some(version)))
+                .await
+                .unwrap_or_else(|err| panic!("rewrite {n}/{rewrite}: {err}"));
+            assert_eq!(written.version, version + 1);
+            version = written.version;
+        }
+        expected.insert(created.id, (version, data));
+    }
+
+    let mut before_http: HashMap<SessionId, HttpSession> = HashMap::new();
+    let mut before_client: HashMap<SessionId, SessionInfo> = HashMap::new();
+    for (id, (version, data)) in &expected {
+        let reply = get(&http, &node, &id.to_string()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let session = reply.session();
+        assert_eq!((session.version, &session.data), (*version, data));
+        before_http.insert(*id, session);
+        let read = bounded("client get", client.get::<Value>(id))
+            .await
+            .unwrap();
+        before_client.insert(*id, read.info);
+    }
+
+    node.kill();
+    tokio::task::block_in_place(|| node.restart());
+    wait_ready(&http, &node).await;
+
+    for (id, before) in &before_http {
+        let reply = get(&http, &node, &id.to_string()).await;
+        assert_eq!(reply.status, 200, "{id} after the restart: {}", reply.text);
+        let after = reply.session();
+        assert_eq!(after.version, before.version, "{id}: version");
+        assert_eq!(after.data, before.data, "{id}: data");
+        assert_eq!(after.created_at, before.created_at, "{id}: created_at");
+        assert_eq!(after.updated_at, before.updated_at, "{id}: updated_at");
+        assert_eq!(after.ttl_secs, before.ttl_secs, "{id}: ttl_secs");
+        assert!(
+            rfc3339_ms(&after.expires_at) >= rfc3339_ms(&before.expires_at),
+            "{id}: expires_at went back from {} to {}",
+            before.expires_at,
+            after.expires_at
+        );
+    }
+
+    // The same client reconnects to the restarted node on its own.
+    let (any, _) = expected.iter().next().expect("sessions");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(err) = bounded("client get", client.get::<Value>(any)).await {
+        assert!(
+            Instant::now() < deadline,
+            "the client did not reconnect: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, (version, data)) in &expected {
+        let before = &before_client[id];
+        let read = bounded("client get", client.get::<Value>(id))
+            .await
+            .unwrap_or_else(|err| panic!("{id} through the client: {err}"));
+        assert_eq!((read.version(), &read.data), (*version, data), "{id}");
+        assert_eq!(read.info.created_at, before.created_at, "{id}: created_at");
+        assert_eq!(read.info.updated_at, before.updated_at, "{id}: updated_at");
+        assert_eq!(read.info.ttl, before.ttl, "{id}: ttl");
+        assert!(
+            read.info.expires_at >= before.expires_at,
+            "{id}: expiry went back"
+        );
+    }
+}
+
+/// Outcome counters of the failover test, split at the kill.
+#[derive(Debug, Default)]
+struct Tally {
+    ok_before: AtomicU64,
+    failed_before: AtomicU64,
+    ok_after: AtomicU64,
+    failed_after: AtomicU64,
+}
+
+/// What one writer acknowledged for one session: (version, data, counter).
+type Acknowledged = Option<(u64, Value, u64)>;
+
+/// One writer: puts increasing counters into its sessions until `stop`,
+/// recording the last acknowledged write of each.
+async fn write_until_stopped(
+    client: Client,
+    task: usize,
+    sessions: Vec<SessionId>,
+    stop: Arc<AtomicBool>,
+    killed: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    errors: Arc<Errors>,
+) -> Vec<(SessionId, Acknowledged, u64)> {
+    let mut last: Vec<(SessionId, Acknowledged, u64)> =
+        sessions.iter().map(|id| (*id, None, 0)).collect();
+    let mut counter = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        counter += 1;
+        for (slot, (id, acknowledged, attempted)) in last.iter_mut().enumerate() {
+            let data = json!({ "task": task, "slot": slot, "counter": counter });
+            *attempted = counter;
+            let result =
+                tokio::time::timeout(Duration::from_secs(10), client.put(id, &data, None)).await;
+            let after_kill = killed.load(Ordering::Acquire);
+            let (ok, failed) = if after_kill {
+                (&tally.ok_after, &tally.failed_after)
+            } else {
+                (&tally.ok_before, &tally.failed_before)
+            };
+            match result {
+                Ok(Ok(info)) => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    *acknowledged = Some((info.version, data, counter));
+                }
+                Ok(Err(err)) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    errors.note(&err.to_string());
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    errors.note("no answer within 10 s");
+                }
+            }
+        }
+    }
+    last
+}
+
+/// Error messages (digits masked) and how often each occurred.
+#[derive(Debug, Default)]
+struct Errors(std::sync::Mutex<BTreeMap<String, u64>>);
+
+impl Errors {
+    /// Counts an error described by `text`.
+    fn note(&self, text: &str) {
+        let masked: String = text
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(masked)
+            .or_default() += 1;
+    }
+
+    /// The counts so far.
+    fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Two nodes, one Redis (sync mode), a client writing through both under
+/// load; one node is SIGKILLed mid-run. Every acknowledged write is in Redis
+/// afterwards, read through the surviving node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_node_under_load_loses_no_acknowledged_write() {
+    const TASKS: usize = 8;
+    const SESSIONS_PER_TASK: usize = 4;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let mut victim = node_on(&http, &redis.url(), &[]).await;
+    let survivor = node_on(&http, &redis.url(), &[]).await;
+    let client = client_of(&[&victim, &survivor], Duration::from_millis(500)).await;
+
+    let mut owned = Vec::new();
+    for task in 0..TASKS {
+        let mut ids = Vec::new();
+        for slot in 0..SESSIONS_PER_TASK {
+            let data = json!({ "task": task, "slot": slot, "counter": 0 });
+            let info = bounded("create", client.create(&data, None))
+                .await
+                .unwrap_or_else(|err| panic!("create {task}/{slot}: {err}"));
+            ids.push(info.id);
+        }
+        owned.push(ids);
+    }
+    let on_victim = owned
+        .iter()
+        .flatten()
+        .filter(|id| client.owner_of(id) == victim.tcp.to_string())
+        .count();
+    assert!(
+        on_victim > 0,
+        "no session is owned by the node to be killed"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let errors = Arc::new(Errors::default());
+    let mut writers = tokio::task::JoinSet::new();
+    for (task, ids) in owned.into_iter().enumerate() {
+        writers.spawn(write_until_stopped(
+            client.clone(),
+            task,
+            ids,
+            stop.clone(),
+            killed.clone(),
+            tally.clone(),
+            errors.clone(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Flagged first, so every error the kill causes counts as after it.
+    killed.store(true, Ordering::Release);
+    tokio::task::block_in_place(|| victim.kill());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Release);
+    let results = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut results = Vec::new();
+        while let Some(joined) = writers.join_next().await {
+            results.extend(joined.expect("a writer panicked"));
+        }
+        results
+    })
+    .await
+    .expect("the writers did not stop within 60 s");
+
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let (ok_before, failed_before) = (load(&tally.ok_before), load(&tally.failed_before));
+    let (ok_after, failed_after) = (load(&tally.ok_after), load(&tally.failed_after));
+    let rate = |failed: u64, ok: u64| 100.0 * failed as f64 / (failed + ok).max(1) as f64;
+    eprintln!(
+        "failover: before the kill {ok_before} ok / {failed_before} failed ({:.2}%), \
+         after the kill {ok_after} ok / {failed_after} failed ({:.2}%); \
+         {on_victim} of {} sessions were owned by the killed node",
+        rate(failed_before, ok_before),
+        rate(failed_after, ok_after),
+        TASKS * SESSIONS_PER_TASK
+    );
+    eprintln!("failover: errors by kind: {:?}", errors.snapshot());
+    assert!(
+        ok_before > 0 && ok_after > 0,
+        "the load did not run on both sides of the kill"
+    );
+
+    let reader = client_of(&[&survivor], Duration::from_secs(2)).await;
+    let mut regressions = 0;
+    for (id, acknowledged, attempted) in &results {
+        let reply = get(&http, &survivor, &id.to_string()).await;
+        assert_eq!(reply.status, 200, "{id}: {}", reply.text);
+        let stored = reply.session();
+        let through_client = bounded("client get", reader.get::<Value>(id))
+            .await
+            .unwrap();
+        assert_eq!(
+            through_client.version(),
+            stored.version,
+            "{id}: HTTP and client disagree"
+        );
+        let counter = stored.data["counter"].as_u64().expect("a counter");
+        assert!(
+            counter <= *attempted,
+            "{id}: counter {counter} was never written"
+        );
+        let Some((version, data, acked_counter)) = acknowledged else {
+            continue;
+        };
+        assert!(
+            stored.version >= *version,
+            "{id}: version {} is below the acknowledged {version}: an acknowledged write was lost",
+            stored.version
+        );
+        if stored.version == *version {
+            assert_eq!(
+                &stored.data, data,
+                "{id}: the acknowledged version holds other data"
+            );
+        }
+        if counter < *acked_counter {
+            regressions += 1;
+        }
+    }
+    eprintln!(
+        "failover: {regressions} sessions hold an older counter than their last acknowledged one \
+         (an unacknowledged retry applied after it)"
+    );
+}
+
+/// Redis SIGKILLed under a node: readiness turns 503, writes and strong
+/// reads answer 503 `unavailable` naming Redis, cached reads keep working;
+/// Redis restarted (AOF): the node is ready again on its own, every
+/// acknowledged session is intact and writes work. Never a 500, never a
+/// crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_answers_503_and_recovers_on_its_own() {
+    let mut redis = RedisServer::start_with_aof();
+    let http = http();
+    let cached = node_on(&http, &redis.url(), &[]).await;
+    let strong = node_on(&http, &redis.url(), &["--consistency", "strong"]).await;
+    let mut seen: Vec<(&'static str, u16)> = Vec::new();
+    let cached_client = client_of(&[&cached], Duration::from_secs(5)).await;
+    let strong_client = client_of(&[&strong], Duration::from_secs(5)).await;
+
+    let expected = write_sessions(&http, &cached, 20).await;
+    for id in expected.keys() {
+        assert_eq!(get(&http, &cached, id).await.status, 200);
+    }
+    let (id, (version, data)) = expected
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+
+    tokio::task::block_in_place(|| redis.kill());
+    for node in [&cached, &strong] {
+        let reply = wait_for_status(&http, node, "/readyz", 503, Duration::from_secs(10)).await;
+        assert_eq!(reply.error_code(), "unavailable", "{}", reply.text);
+        assert!(reply.error_message().contains("Redis"), "{}", reply.text);
+    }
+    let unavailable = |what: &str, reply: &Reply| {
+        assert_eq!(reply.status, 503, "{what}: {}", reply.text);
+        assert_eq!(reply.error_code(), "unavailable", "{what}: {}", reply.text);
+        assert!(
+            reply.error_message().to_lowercase().contains("redis"),
+            "{what}: the message does not mention Redis: {}",
+            reply.text
+        );
+    };
+    for (name, node) in [("cached", &cached), ("strong", &strong)] {
+        let reply = put(&http, node, &id, &json!({ "lost": true }), Some(version)).await;
+        seen.push(("PUT", reply.status));
+        unavailable(&format!("PUT on the {name} node"), &reply);
+        let reply = create(&http, node, &json!({ "new": true }), None).await;
+        seen.push(("POST", reply.status));
+        unavailable(&format!("POST on the {name} node"), &reply);
+        let reply = send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await;
+        seen.push(("DELETE", reply.status));
+        unavailable(&format!("DELETE on the {name} node"), &reply);
+        assert_eq!(get_path(&http, node, "/healthz").await.status, 200);
+    }
+    let reply = get(&http, &cached, &id).await;
+    seen.push(("GET cached", reply.status));
+    assert_eq!(
+        reply.status, 200,
+        "a cached read during the outage: {}",
+        reply.text
+    );
+    let session = reply.session();
+    assert_eq!((session.version, &session.data), (version, &data));
+    let reply = get(&http, &strong, &id).await;
+    seen.push(("GET strong", reply.status));
+    unavailable("GET on the strong node", &reply);
+    // The binary protocol tells the client the same, as typed errors.
+    let sid: SessionId = id.parse().expect("a session id");
+    match bounded(
+        "client put",
+        cached_client.put(&sid, &json!({ "lost": true }), None),
+    )
+    .await
+    {
+        Err(Error::Unavailable(message)) => {
+            assert!(message.contains("Redis"), "client error: {message}")
+        }
+        other => panic!("a client write during the outage: {other:?}"),
+    }
+    let read = bounded("client get", cached_client.get::<Value>(&sid)).await;
+    let read = read.expect("a cached read through the client during the outage");
+    assert_eq!((read.version(), &read.data), (version, &data));
+    match bounded("client get", strong_client.get::<Value>(&sid)).await {
+        Err(Error::Unavailable(message)) => {
+            assert!(message.contains("Redis"), "client error: {message}")
+        }
+        other => panic!("a strong read through the client during the outage: {other:?}"),
+    }
+
+    tokio::task::block_in_place(|| redis.restart());
+    for node in [&cached, &strong] {
+        wait_for_status(&http, node, "/readyz", 200, Duration::from_secs(15)).await;
+    }
+    for (id, (version, data)) in &expected {
+        for (name, node) in [("cached", &cached), ("strong", &strong)] {
+            let reply = get(&http, node, id).await;
+            seen.push(("GET after", reply.status));
+            assert_eq!(reply.status, 200, "{id} on the {name} node: {}", reply.text);
+            let session = reply.session();
+            assert_eq!(
+                (session.version, &session.data),
+                (*version, data),
+                "{id} on {name}"
+            );
+        }
+    }
+    for (id, (version, _)) in &expected {
+        let reply = put(
+            &http,
+            &cached,
+            id,
+            &json!({ "after": "outage" }),
+            Some(*version),
+        )
+        .await;
+        seen.push(("PUT after", reply.status));
+        assert_eq!(reply.status, 200, "write after the outage: {}", reply.text);
+        assert_eq!(reply.session().version, version + 1);
+        let reply = get(&http, &strong, id).await;
+        assert_eq!(
+            reply.session().version,
+            version + 1,
+            "the strong node sees the write"
+        );
+    }
+    let reply = create(&http, &strong, &json!({ "after": "outage" }), None).await;
+    seen.push(("POST after", reply.status));
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    for node in [&cached, &strong] {
+        assert_eq!(get_path(&http, node, "/healthz").await.status, 200);
+        let metrics = get_path(&http, node, "/metrics").await;
+        assert_eq!(metrics.status, 200);
+        assert!(
+            metrics.text.contains("status=\"503\""),
+            "the outage's 503s are not counted:\n{}",
+            metrics.text
+        );
+        assert!(
+            !metrics.text.contains("status=\"500\""),
+            "the node answered 500 at some point:\n{}",
+            metrics.text
+        );
+    }
+    assert!(
+        seen.iter()
+            .all(|(_, status)| *status != 500 && *status != 0),
+        "a 500 or a dropped connection: {seen:?}"
+    );
+}
+
+/// Sync mode with AOF: everything acknowledged survives a SIGKILL of Redis,
+/// read back through a node that never cached any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_sync_writes_survive_a_redis_sigkill_with_aof() {
+    let mut redis = RedisServer::start_with_aof();
+    let http = http();
+    let writer = node_on(&http, &redis.url(), &[]).await;
+    let mut expected = write_sessions(&http, &writer, 120).await;
+    let deleted: Vec<String> = expected.keys().take(10).cloned().collect();
+    for id in &deleted {
+        let reply = send(http.delete(format!("{}/v1/sessions/{id}", writer.url()))).await;
+        assert_eq!(reply.status, 204, "{}", reply.text);
+        expected.remove(id);
+    }
+
+    tokio::task::block_in_place(|| {
+        redis.kill();
+        redis.restart();
+    });
+    let fresh = node_on(&http, &redis.url(), &[]).await;
+    for (id, (version, data)) in &expected {
+        let reply = get(&http, &fresh, id).await;
+        assert_eq!(
+            reply.status, 200,
+            "{id} after the Redis restart: {}",
+            reply.text
+        );
+        let session = reply.session();
+        assert_eq!((session.version, &session.data), (*version, data), "{id}");
+    }
+    for id in &deleted {
+        assert_eq!(
+            get(&http, &fresh, id).await.status,
+            404,
+            "deleted {id} came back"
+        );
+    }
+    let mut conn = redis_conn(&redis.url()).await;
+    let keys: u64 = redis_query(&mut conn, &mut redis::cmd("DBSIZE")).await;
+    assert_eq!(
+        keys,
+        expected.len() as u64,
+        "keys in Redis after the restart"
+    );
+}
+
+/// Async mode with a queue of 2 and Redis away: writes are acknowledged
+/// until the queue is full, then refused with 503 `unavailable` naming the
+/// queue; the node stays up, and once Redis is back the queue drains and the
+/// writes acknowledged during the outage are in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_full_queue_refuses_writes_with_503() {
+    let mut redis = RedisServer::start_with_aof();
+    let http = http();
+    let node = node_on(
+        &http,
+        &redis.url(),
+        &["--redis-mode", "async", "--redis-queue", "2"],
+    )
+    .await;
+    let first = create(&http, &node, &json!({ "before": "outage" }), None).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+
+    tokio::task::block_in_place(|| redis.kill());
+    let mut acknowledged: Vec<(String, Value)> = Vec::new();
+    let mut refused = None;
+    for n in 0..50 {
+        let data = json!({ "during": "outage", "n": n });
+        let reply = create(&http, &node, &data, None).await;
+        match reply.status {
+            201 => acknowledged.push((reply.session().id, data)),
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!(
+                "write {n} during the outage answered {other}: {}",
+                reply.text
+            ),
+        }
+    }
+    let refused = refused.expect("50 writes with Redis down and a queue of 2 were all accepted");
+    assert_eq!(refused.error_code(), "unavailable", "{}", refused.text);
+    assert!(
+        refused.error_message().contains("queue"),
+        "the refusal does not mention the queue: {}",
+        refused.text
+    );
+    eprintln!(
+        "async queue of 2: {} writes acknowledged with Redis down before a 503",
+        acknowledged.len()
+    );
+    assert!(!acknowledged.is_empty(), "no write was queued at all");
+    assert_eq!(get_path(&http, &node, "/healthz").await.status, 200);
+    for (id, data) in &acknowledged {
+        let reply = get(&http, &node, id).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(&reply.session().data, data);
+    }
+
+    tokio::task::block_in_place(|| redis.restart());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = create(&http, &node, &json!({ "after": "outage" }), None).await;
+        if reply.status == 201 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain: {}",
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = node_on(&http, &redis.url(), &[]).await;
+    let mut everything = acknowledged.clone();
+    everything.push((first.session().id, json!({ "before": "outage" })));
+    for (id, data) in &everything {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reply = loop {
+            let reply = get(&http, &fresh, id).await;
+            if reply.status != 404 || Instant::now() > deadline {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            reply.status, 200,
+            "{id} never reached Redis: {}",
+            reply.text
+        );
+        assert_eq!(&reply.session().data, data);
+    }
+}
+
+/// Async mode: writes acknowledged while Redis is down wait in the queue;
+/// a SIGTERM then keeps the node flushing until Redis is back, and nothing
+/// acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
+    let mut redis = RedisServer::start_with_aof();
+    let http = http();
+    let mut node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let mut expected = write_sessions(&http, &node, 10).await;
+    tokio::task::block_in_place(|| redis.kill());
+    expected.extend(write_sessions(&http, &node, 30).await);
+
+    let terminated = tokio::task::spawn_blocking(move || {
+        let code = node.terminate();
+        (code, node.log())
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    let (code, log) = tokio::time::timeout(Duration::from_secs(30), terminated)
+        .await
+        .expect("terminate() did not return")
+        .expect("the terminating thread panicked");
+    assert_eq!(code, Some(0), "unclean exit; log:\n{}", log.join("\n"));
+
+    let fresh = node_on(&http, &redis.url(), &[]).await;
+    for (id, (version, data)) in &expected {
+        let reply = get(&http, &fresh, id).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{id} lost; node log:\n{}",
+            log.join("\n")
+        );
+        let session = reply.session();
+        assert_eq!((session.version, &session.data), (*version, data), "{id}");
+    }
+}

@@ -1,0 +1,320 @@
+//! What the Redis replication tests share: bounded steps, an HTTP client
+//! with typed answers, waiting for `/readyz`, a direct Redis connection and
+//! nodes started against a Redis server.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sessiond_client::Client;
+use sessiond_e2e::{Sessiond, build, builder_for};
+
+/// Bound of any single step (an HTTP exchange, a Redis command, a call).
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// Runs `future`, panicking with `what` if it takes longer than [`STEP`].
+pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(STEP, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: no result within {STEP:?}"),
+    }
+}
+
+/// An HTTP client that ignores proxies and gives up after [`STEP`].
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .expect("cannot build the HTTP client")
+}
+
+/// A session as the HTTP API returns it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HttpSession {
+    /// Its id.
+    pub id: String,
+    /// Its version.
+    pub version: u64,
+    /// Its data.
+    pub data: Value,
+    /// RFC 3339, milliseconds, UTC.
+    pub created_at: String,
+    /// RFC 3339, milliseconds, UTC.
+    pub updated_at: String,
+    /// RFC 3339, milliseconds, UTC.
+    pub expires_at: String,
+    /// Idle TTL in seconds.
+    pub ttl_secs: u64,
+}
+
+/// An HTTP answer read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The body as text.
+    pub text: String,
+}
+
+impl Reply {
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    /// The body as a session, panicking (with the answer) if it is not one.
+    pub fn session(&self) -> HttpSession {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|err| panic!("not a session ({err}): {} {}", self.status, self.text))
+    }
+
+    /// `error.code` of an error body ("" if there is none).
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// `error.message` of an error body ("" if there is none).
+    pub fn error_message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Sends `request` (bounded) and reads the whole answer; a transport error
+/// becomes status 0 with the error as text.
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let exchange = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok::<_, reqwest::Error>(Reply { status, text })
+    };
+    match bounded("HTTP exchange", exchange).await {
+        Ok(reply) => reply,
+        Err(err) => Reply {
+            status: 0,
+            text: err.to_string(),
+        },
+    }
+}
+
+/// `POST /v1/sessions` with `data` and an optional TTL.
+pub async fn create(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    data: &Value,
+    ttl: Option<u64>,
+) -> Reply {
+    let mut body = serde_json::json!({ "data": data });
+    if let Some(ttl) = ttl {
+        body["ttl_secs"] = ttl.into();
+    }
+    send(http.post(format!("{}/v1/sessions", node.url())).json(&body)).await
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn get(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
+    send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await
+}
+
+/// `PUT /v1/sessions/{id}` with `data`, conditional on `if_match`.
+pub async fn put(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    id: &str,
+    data: &Value,
+    if_match: Option<u64>,
+) -> Reply {
+    let mut request = http
+        .put(format!("{}/v1/sessions/{id}", node.url()))
+        .json(&serde_json::json!({ "data": data }));
+    if let Some(version) = if_match {
+        request = request.header("if-match", format!("\"{version}\""));
+    }
+    send(request).await
+}
+
+/// `GET <node><path>` (health endpoints, metrics).
+pub async fn get_path(http: &reqwest::Client, node: &Sessiond, path: &str) -> Reply {
+    send(http.get(format!("{}{path}", node.url()))).await
+}
+
+/// Polls `GET <path>` every 50 ms until it answers `status`, at most
+/// `within`; returns the last answer and panics if it never did.
+pub async fn wait_for_status(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    path: &str,
+    status: u16,
+    within: Duration,
+) -> Reply {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = get_path(http, node, path).await;
+        if reply.status == status {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not answer {status} within {within:?}; last answer: {} {}",
+            reply.status,
+            reply.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until the node's Redis link is up (`/readyz` 200).
+pub async fn wait_ready(http: &reqwest::Client, node: &Sessiond) {
+    wait_for_status(http, node, "/readyz", 200, Duration::from_secs(15)).await;
+}
+
+/// Waits (bounded) until the node has logged a line containing `text`.
+pub async fn wait_for_log(node: &Sessiond, text: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !node.log().iter().any(|line| line.contains(text)) {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not log {text:?} within {within:?}; its log:\n{}",
+            node.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node replicating to `redis_url` (`--redis`), with more flags, once
+/// its Redis link is up and it has subscribed to invalidations.
+pub async fn node_on(http: &reqwest::Client, redis_url: &str, extra: &[&str]) -> Sessiond {
+    let mut args = vec!["--redis", redis_url];
+    args.extend_from_slice(extra);
+    ready_node(http, &args).await
+}
+
+/// `sessiond serve` with `args` (which name a Redis), once its Redis link
+/// is up and it has subscribed to invalidations.
+pub async fn ready_node(http: &reqwest::Client, args: &[&str]) -> Sessiond {
+    let node = Sessiond::start(args);
+    wait_ready(http, &node).await;
+    wait_for_log(
+        &node,
+        "subscribed to invalidations",
+        Duration::from_secs(15),
+    )
+    .await;
+    node
+}
+
+/// A client of `nodes` with the given per-call timeout.
+pub async fn client_of(nodes: &[&Sessiond], timeout: Duration) -> Client {
+    build(builder_for(nodes).timeout(timeout).connect_timeout(timeout)).await
+}
+
+/// A plain (non-cluster) connection to the Redis server at `url`.
+pub async fn redis_conn(url: &str) -> MultiplexedConnection {
+    let client = redis::Client::open(url).expect("bad Redis URL");
+    bounded(
+        "connect to Redis",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("cannot connect to Redis")
+}
+
+/// Runs one Redis command (bounded), panicking on an error.
+pub async fn redis_query<T: redis::FromRedisValue>(
+    conn: &mut MultiplexedConnection,
+    command: &mut redis::Cmd,
+) -> T {
+    bounded("Redis command", command.query_async::<T>(conn))
+        .await
+        .unwrap_or_else(|err| panic!("Redis command failed: {err}"))
+}
+
+/// Milliseconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+pub fn rfc3339_ms(original: &str) -> u64 {
+    fn fail(text: &str) -> ! {
+        panic!("not an RFC 3339 UTC time: {text:?}")
+    }
+    let number = |part: &str| -> i64 { part.parse().unwrap_or_else(|_| fail(original)) };
+    let text = original.strip_suffix('Z').unwrap_or_else(|| fail(original));
+    let (date, time) = text.split_once('T').unwrap_or_else(|| fail(original));
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let date: Vec<i64> = date.split('-').map(number).collect();
+    let hms: Vec<i64> = hms.split(':').map(number).collect();
+    let [year, month, day] = date[..] else {
+        fail(original)
+    };
+    let [hour, minute, second] = hms[..] else {
+        fail(original)
+    };
+    let millis = number(&format!("{fraction:0<3}")[..3]);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    u64::try_from(secs * 1000 + millis).unwrap_or_else(|_| fail(original))
+}
+
+/// Milliseconds since the Unix epoch of a `SystemTime`.
+pub fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serializes the tests of one test binary that load the machine heavily or
+/// measure something load distorts (stale reads, failover errors): hold the
+/// guard for the whole test.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+        std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+    tokio::time::timeout(Duration::from_secs(180), LOCK.lock())
+        .await
+        .expect("the other heavy tests did not finish within 180 s")
+}
+
+/// What a test expects of a session it wrote: version and data.
+pub type Expected = HashMap<String, (u64, Value)>;
+
+/// Creates `count` sessions through `node` over HTTP and rewrites every
+/// third one a few times (conditionally); returns what each must hold.
+pub async fn write_sessions(http: &reqwest::Client, node: &Sessiond, count: u64) -> Expected {
+    let mut expected = Expected::new();
+    for n in 0..count {
+        let data =
+            json!({ "n": n, "user": format!("user-{n}"), "tags": vec!["x"; (n % 4) as usize] });
+        let reply = create(http, node, &data, Some(600 + n)).await;
+        assert_eq!(reply.status, 201, "create {n}: {}", reply.text);
+        let session = reply.session();
+        assert_eq!(session.version, 1);
+        let mut version = 1;
+        let mut data = data;
+        if n % 3 == 0 {
+            for rewrite in 1..=(n % 4 + 1) {
+                data = json!({ "n": n, "rewrite": rewrite });
+                let reply = put(http, node, &session.id, &data, Some(version)).await;
+                assert_eq!(reply.status, 200, "rewrite {n}/{rewrite}: {}", reply.text);
+                version += 1;
+                assert_eq!(reply.session().version, version);
+            }
+        }
+        expected.insert(session.id, (version, data));
+    }
+    expected
+}
