@@ -2,13 +2,12 @@
 //! helpers that read its admin listener.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::process::{binary, spawn_listening, terminate_child};
+use crate::process::{Process, binary, spawn_listening};
 
 /// Bound of one request to the admin listener.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -16,12 +15,11 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A running `sessiond balance` process; killed (SIGKILL) and reaped when
 /// dropped.
 pub struct Balancer {
-    child: Child,
+    process: Process,
     /// Where clients connect.
     pub listen: SocketAddr,
     /// The admin listener (`/`, `/stats.json`, `/metrics`, `/healthz`).
     pub admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
     http: reqwest::Client,
 }
 
@@ -42,12 +40,11 @@ impl Balancer {
             .env("SESSIOND_LOG", "info")
             .env_remove("SESSIOND_UPSTREAMS")
             .env_remove("SESSIOND_UPSTREAMS_FILE");
-        let started = spawn_listening(command, &["balancer", "admin"]);
+        let (process, addrs) = spawn_listening(command, &["balancer", "admin"]);
         Self {
-            child: started.child,
-            listen: started.addrs[0],
-            admin: started.addrs[1],
-            log: started.log,
+            process,
+            listen: addrs[0],
+            admin: addrs[1],
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(ADMIN_TIMEOUT)
@@ -64,32 +61,6 @@ impl Balancer {
     /// `http://<admin>`.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The log lines the process wrote so far, one per line.
-    pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-
-    /// Kills the process with SIGKILL and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits (at most 15 s) for the process to exit;
-    /// returns its exit code (`None`: killed after the wait, or by a signal).
-    /// Blocks the calling thread.
-    pub fn terminate(&mut self) -> Option<i32> {
-        terminate_child(&mut self.child)
     }
 
     /// `GET /stats.json` of the admin listener, parsed.
@@ -149,8 +120,16 @@ impl Balancer {
     }
 }
 
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::Deref for Balancer {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Balancer {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 }

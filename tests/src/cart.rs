@@ -2,12 +2,11 @@
 //! as a real process in front of harness-started store nodes.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::Sessiond;
-use crate::process::{binary, spawn_listening};
+use crate::process::{Process, binary, spawn_listening};
 
 /// How long a started app may take until its `/healthz` answers.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -17,12 +16,11 @@ pub const CART_BINARY: &str = "sessiond-client:example:cart:tower-sessions";
 
 /// A running cart app; killed (SIGKILL) and reaped when dropped.
 pub struct CartApp {
-    child: Child,
+    process: Process,
     /// Where it listens.
     pub addr: SocketAddr,
     /// `http://<addr>`.
     pub url: String,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl CartApp {
@@ -47,11 +45,11 @@ impl CartApp {
         let started = tokio::task::spawn_blocking(move || spawn_listening(command, &["cart app"]))
             .await
             .expect("starting the cart example panicked");
+        let (process, addrs) = started;
         let app = Self {
-            child: started.child,
-            addr: started.addrs[0],
-            url: format!("http://{}", started.addrs[0]),
-            log: started.log,
+            process,
+            addr: addrs[0],
+            url: format!("http://{}", addrs[0]),
         };
         app.wait_healthy().await;
         app
@@ -77,29 +75,18 @@ impl CartApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
+impl std::ops::Deref for CartApp {
+    type Target = Process;
 
-    /// Its stderr so far, newline separated.
-    pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-
-    /// Kills it with SIGKILL (a crash) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 
-impl Drop for CartApp {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::DerefMut for CartApp {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 }

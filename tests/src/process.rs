@@ -65,15 +65,14 @@ fn profile_dir() -> PathBuf {
         .expect("test binary is not inside target/<profile>/deps")
 }
 
-/// A running `sessiond serve` process.
+/// A running `sessiond serve` process; killed when dropped.
 pub struct Sessiond {
-    child: Child,
+    process: Process,
     args: Vec<String>,
     /// Address of the HTTP API.
     pub http: SocketAddr,
     /// Address of the binary protocol.
     pub tcp: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sessiond {
@@ -93,48 +92,14 @@ impl Sessiond {
     }
 
     fn spawn(args: Vec<String>) -> Self {
-        let mut child = Command::new(binary("sessiond:sessiond"))
-            .args(&args)
-            .env("SESSIOND_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start sessiond");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = listening_addr(&line) {
-                        let _ = tx.send(addr);
-                    }
-                    log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
-        let (mut http, mut tcp) = (None, None);
-        while http.is_none() || tcp.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((kind, addr)) if kind == "HTTP API" => http = Some(addr),
-                Ok((_, addr)) => tcp = Some(addr),
-                Err(_) => {
-                    let _ = child.kill();
-                    let log = log.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
-                    panic!("sessiond {args:?} did not start listening:\n{log}");
-                }
-            }
-        }
+        let mut command = Command::new(binary("sessiond:sessiond"));
+        command.args(&args).env("SESSIOND_LOG", "info");
+        let (process, addrs) = spawn_listening(command, &["HTTP API", "binary protocol"]);
         Self {
-            child,
+            process,
             args,
-            http: http.expect("http address"),
-            tcp: tcp.expect("tcp address"),
-            log,
+            http: addrs[0],
+            tcp: addrs[1],
         }
     }
 
@@ -143,39 +108,9 @@ impl Sessiond {
         format!("http://{}", self.http)
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The log lines the process wrote so far.
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Kills the process with SIGKILL (a crash) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits (bounded) for a clean exit; returns its exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
-        signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        None
-    }
-
     /// Starts the same node again on the same addresses after a kill.
     pub fn restart(&mut self) {
-        self.kill();
+        self.process.kill();
         let mut args = self.args.clone();
         let http = self.http.to_string();
         let tcp = self.tcp.to_string();
@@ -184,16 +119,21 @@ impl Sessiond {
                 args[position + 1] = value;
             }
         }
-        let replacement = Self::spawn(args);
-        let old = std::mem::replace(self, replacement);
-        drop(old);
+        *self = Self::spawn(args);
     }
 }
 
-impl Drop for Sessiond {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Sessiond {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Sessiond {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 }
 
@@ -233,22 +173,62 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// A child process whose stderr lines are collected, started by
-/// [`spawn_listening`].
-pub(crate) struct Listening {
-    /// The process.
-    pub child: Child,
-    /// The address of each `<what> listening local=<addr>` line asked for,
-    /// in the order asked.
-    pub addrs: Vec<SocketAddr>,
-    /// Every stderr line so far.
-    pub log: Arc<Mutex<Vec<String>>>,
+/// [`spawn_listening`]; killed (SIGKILL) and reaped when dropped.
+pub struct Process {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its stderr lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Its stderr so far, newline separated.
+    pub fn log(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Kills it with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (at most 15 s) for it to exit; returns its
+    /// exit code, or `None` (after a SIGKILL) if it did not exit in time or
+    /// died of a signal. Blocks the calling thread.
+    pub fn terminate(&mut self) -> Option<i32> {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Spawns `command` (stderr piped and collected) and waits (at most
 /// [`START_TIMEOUT`]) until it has logged `<what> listening local=<addr>`
-/// for every `what` in `wanted`; panics with its log if it exits or times
-/// out first.
-pub(crate) fn spawn_listening(mut command: Command, wanted: &[&str]) -> Listening {
+/// for every `what` in `wanted`; returns it with those addresses, in the
+/// order asked. Panics with its log if it exits or times out first.
+pub(crate) fn spawn_listening(mut command: Command, wanted: &[&str]) -> (Process, Vec<SocketAddr>) {
     let description = format!("{command:?}");
     let mut child = command
         .stdin(Stdio::null())
@@ -290,26 +270,8 @@ pub(crate) fn spawn_listening(mut command: Command, wanted: &[&str]) -> Listenin
             }
         }
     }
-    Listening {
-        child,
-        addrs: found.into_iter().flatten().collect(),
-        log,
-    }
-}
-
-/// Sends SIGTERM to `child` and waits (at most 15 s) for it to exit; returns
-/// its exit code, or `None` (after a SIGKILL) if it did not exit in time or
-/// died of a signal.
-pub(crate) fn terminate_child(child: &mut Child) -> Option<i32> {
-    signal(child.id(), "TERM");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    (
+        Process { child, log },
+        found.into_iter().flatten().collect(),
+    )
 }

@@ -637,17 +637,12 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
         .await
         .expect("terminate() did not return")
         .expect("the terminating thread panicked");
-    assert_eq!(code, Some(0), "unclean exit; log:\n{}", log.join("\n"));
+    assert_eq!(code, Some(0), "unclean exit; log:\n{}", log);
 
     let fresh = node_on(&http, &redis.url(), &[]).await;
     for (id, (version, data)) in &expected {
         let reply = get(&http, &fresh, id).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{id} lost; node log:\n{}",
-            log.join("\n")
-        );
+        assert_eq!(reply.status, 200, "{id} lost; node log:\n{}", log);
         let session = reply.session();
         assert_eq!((session.version, &session.data), (*version, data), "{id}");
     }

@@ -92,7 +92,7 @@ impl Stack {
             logs.push_str(&format!("app-{}:\n{}\n", index + 1, app.log()));
         }
         for (index, store) in self.stores.iter().enumerate() {
-            logs.push_str(&format!("store {index}:\n{}\n", store.log().join("\n")));
+            logs.push_str(&format!("store {index}:\n{}\n", store.log()));
         }
         logs
     }

@@ -183,11 +183,11 @@ pub async fn wait_ready(http: &reqwest::Client, node: &Sessiond) {
 /// Waits (bounded) until the node has logged a line containing `text`.
 pub async fn wait_for_log(node: &Sessiond, text: &str, within: Duration) {
     let deadline = Instant::now() + within;
-    while !node.log().iter().any(|line| line.contains(text)) {
+    while !node.log().contains(text) {
         assert!(
             Instant::now() < deadline,
             "the node did not log {text:?} within {within:?}; its log:\n{}",
-            node.log().join("\n")
+            node.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
