@@ -120,16 +120,25 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     type Error = CodecError;
 
     fn encode(&mut self, message: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let payload = encode(&message)?;
-        if payload.len() > self.max_frame_bytes {
+        // Encode straight into the output buffer behind a placeholder
+        // length, then fill the length in: no intermediate copy.
+        let start = dst.len();
+        dst.put_u32(0);
+        let written = bincode::serde::encode_into_std_write(&message, &mut dst.writer(), config())
+            .map_err(|err| CodecError::Encode(err.to_string()));
+        let payload = dst.len() - start - LENGTH_PREFIX_BYTES;
+        if let Err(err) = written {
+            dst.truncate(start);
+            return Err(err);
+        }
+        if payload > self.max_frame_bytes {
+            dst.truncate(start);
             return Err(CodecError::TooLarge {
-                announced: payload.len(),
+                announced: payload,
                 max: self.max_frame_bytes,
             });
         }
-        dst.reserve(LENGTH_PREFIX_BYTES + payload.len());
-        dst.put_u32(payload.len() as u32);
-        dst.extend_from_slice(&payload);
+        dst[start..start + LENGTH_PREFIX_BYTES].copy_from_slice(&(payload as u32).to_be_bytes());
         Ok(())
     }
 }

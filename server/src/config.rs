@@ -226,6 +226,10 @@ pub struct BalanceArgs {
     #[arg(long, env = "SESSIOND_MAX_BODY_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub max_body_bytes: u64,
 
+    /// Event-loop threads serving clients (default: one per CPU).
+    #[arg(long, env = "SESSIOND_WORKERS")]
+    pub workers: Option<usize>,
+
     /// Check the configuration, print it and exit without serving.
     #[arg(long)]
     pub check_config: bool,
@@ -275,6 +279,9 @@ impl BalanceArgs {
             response_timeout: self.response_timeout.max(Duration::from_millis(1)),
             idle_timeout: self.idle_timeout.max(Duration::from_millis(1)),
             max_body_bytes: self.max_body_bytes,
+            workers: self
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         })
     }
 }

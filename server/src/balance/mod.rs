@@ -70,6 +70,8 @@ pub struct BalanceConfig {
     pub idle_timeout: Duration,
     /// Request body limit.
     pub max_body_bytes: u64,
+    /// Event-loop threads serving clients.
+    pub workers: usize,
 }
 
 /// Runs the balancer until `shutdown`, then stops accepting, lets in-flight
@@ -86,18 +88,15 @@ pub async fn run(
         .map(|url| Arc::new(Upstream::new(url)))
         .collect();
     let pool = Arc::new(Pool::new(upstreams));
-    let proxy = Arc::new(Proxy::new(
-        pool.clone(),
-        ProxyLimits {
-            connect_timeout: config.connect_timeout,
-            response_timeout: config.response_timeout,
-            idle_timeout: config.idle_timeout,
-            max_body_bytes: config.max_body_bytes,
-        },
-    ));
+    let limits = ProxyLimits {
+        connect_timeout: config.connect_timeout,
+        response_timeout: config.response_timeout,
+        idle_timeout: config.idle_timeout,
+        max_body_bytes: config.max_body_bytes,
+    };
     let listener = bind("balancer", config.listen).await?;
     let admin_listener = bind("admin", config.admin).await?;
-    tracing::info!(upstreams = ?config.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(), "balancing round-robin");
+    tracing::info!(upstreams = ?config.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(), workers = config.workers, "balancing round-robin");
 
     let check = HealthCheck {
         path: config.health_path.clone(),
@@ -106,11 +105,12 @@ pub async fn run(
         rise: config.rise,
         fall: config.fall,
     };
+    let health_client = proxy::upstream_client(&limits);
     let background = tokio_util::task::TaskTracker::new();
     for upstream in pool.upstreams() {
         background.spawn(health::run(
             upstream.clone(),
-            proxy.client().clone(),
+            health_client.clone(),
             check.clone(),
             shutdown.clone(),
         ));
@@ -132,10 +132,70 @@ pub async fn run(
     });
     background.close();
 
-    serve(listener, proxy, config.idle_timeout, shutdown.clone()).await;
+    let workers = start_workers(listener, &pool, &limits, &config, &shutdown)?;
+    // Wait for the workers off the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
     shutdown.cancel();
     background.wait().await;
     Ok(())
+}
+
+/// Starts `config.workers` event loops, each a single-threaded runtime on
+/// its own thread accepting from the shared listener with its own upstream
+/// connection pool (like nginx's worker processes): a request and its
+/// upstream exchange stay on one thread, with no cross-thread wake-ups.
+fn start_workers(
+    listener: TcpListener,
+    pool: &Arc<Pool>,
+    limits: &ProxyLimits,
+    config: &BalanceConfig,
+    shutdown: &CancellationToken,
+) -> Result<Vec<std::thread::JoinHandle<()>>, NodeError> {
+    let serve_error = |source| NodeError::Serve {
+        what: "balancer",
+        source,
+    };
+    let listener = listener.into_std().map_err(serve_error)?;
+    (0..config.workers.max(1))
+        .map(|index| {
+            let listener = listener.try_clone().map_err(serve_error)?;
+            let (pool, limits, shutdown) = (pool.clone(), limits.clone(), shutdown.clone());
+            let idle_timeout = config.idle_timeout;
+            std::thread::Builder::new()
+                .name(format!("balance-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            tracing::error!(%err, "cannot start a balancer worker");
+                            shutdown.cancel();
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                let proxy = Arc::new(Proxy::new(pool, limits));
+                                serve(listener, proxy, idle_timeout, shutdown).await;
+                            }
+                            Err(err) => {
+                                tracing::error!(%err, "balancer worker cannot listen");
+                                shutdown.cancel();
+                            }
+                        }
+                    });
+                })
+                .map_err(serve_error)
+        })
+        .collect()
 }
 
 /// Accepts client connections until `shutdown`, then drains them.

@@ -65,27 +65,26 @@ struct Failure {
     message: String,
 }
 
+/// An HTTP/1.1 client with a keep-alive connection pool per upstream.
+pub fn upstream_client(limits: &ProxyLimits) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(limits.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(limits.idle_timeout)
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
 impl Proxy {
-    /// A proxy over `pool`.
+    /// A proxy over `pool`, with its own upstream connection pool.
     pub fn new(pool: Arc<Pool>, limits: ProxyLimits) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(limits.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(limits.idle_timeout)
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Self {
             pool,
-            client,
+            client: upstream_client(&limits),
             limits,
         }
-    }
-
-    /// The upstream HTTP client (shared with the health checker).
-    pub fn client(&self) -> &Client<HttpConnector, ProxyBody> {
-        &self.client
     }
 
     /// Proxies one client request.
