@@ -69,6 +69,7 @@ fn profile_dir() -> PathBuf {
 pub struct Sessiond {
     process: Process,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     /// Address of the HTTP API.
     pub http: SocketAddr,
     /// Address of the binary protocol.
@@ -84,20 +85,33 @@ impl Sessiond {
     /// Starts `sessiond serve` on the given addresses (to restart a node
     /// where it was).
     pub fn start_at(http: &str, tcp: &str, args: &[&str]) -> Self {
+        Self::start_with_env(http, tcp, args, &[])
+    }
+
+    /// [`start_at`](Self::start_at) with extra environment variables.
+    pub fn start_with_env(http: &str, tcp: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut all: Vec<String> = ["serve", "--http", http, "--tcp", tcp]
             .map(String::from)
             .to_vec();
         all.extend(args.iter().map(|arg| (*arg).to_owned()));
-        Self::spawn(all)
+        let env = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        Self::spawn(all, env)
     }
 
-    fn spawn(args: Vec<String>) -> Self {
+    fn spawn(args: Vec<String>, env: Vec<(String, String)>) -> Self {
         let mut command = Command::new(binary("sessiond:sessiond"));
-        command.args(&args).env("SESSIOND_LOG", "info");
+        command
+            .args(&args)
+            .env("SESSIOND_LOG", "info")
+            .envs(env.iter().map(|(name, value)| (name, value)));
         let (process, addrs) = spawn_listening(command, &["HTTP API", "binary protocol"]);
         Self {
             process,
             args,
+            env,
             http: addrs[0],
             tcp: addrs[1],
         }
@@ -119,7 +133,7 @@ impl Sessiond {
                 args[position + 1] = value;
             }
         }
-        *self = Self::spawn(args);
+        *self = Self::spawn(args, std::mem::take(&mut self.env));
     }
 }
 

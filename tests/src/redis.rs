@@ -78,6 +78,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -107,7 +108,117 @@ impl RedisServer {
         )
     }
 
+    /// A server that only speaks TLS, with a self-signed certificate for
+    /// 127.0.0.1 made by `openssl`; [`url`](Self::url) is `rediss://...`
+    /// and [`tls_ca`](Self::tls_ca) the certificate a client must trust.
+    pub fn start_with_tls() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let (ca, ca_key, cert, key) = (
+            path("ca.pem"),
+            path("ca.key"),
+            path("cert.pem"),
+            path("key.pem"),
+        );
+        let (csr, ext) = (path("server.csr"), path("server.ext"));
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext file");
+        // A CA, and a server certificate for 127.0.0.1 signed by it.
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sessiond test CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ]);
+        let port = free_port(false);
+        let mut server = Self::spawn_unchecked(
+            port,
+            dir,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        );
+        server.tls = true;
+        server.wait_for_log("Ready to accept connections");
+        server
+    }
+
+    fn wait_for_log(&mut self, text: &str) {
+        let log = self.dir.path().join("redis.log");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&log).is_ok_and(|content| content.contains(text)) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let content = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("redis-server exited with {status}:\n{content}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server never logged {text:?}");
+    }
+
     fn spawn(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut server = Self::spawn_unchecked(port, dir, extra);
+        let log = server.dir.path().join("redis.log");
+        wait_for_ping(server.port, &mut server.child, &log);
+        server
+    }
+
+    fn spawn_unchecked(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let mut args: Vec<String> = [
             "--port",
             &port.to_string(),
@@ -125,20 +236,27 @@ impl RedisServer {
         .collect();
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let child = start_process(&args);
-        let mut server = Self {
+        Self {
             child,
             port,
             dir,
             args,
-        };
-        let log = server.dir.path().join("redis.log");
-        wait_for_ping(server.port, &mut server.child, &log);
-        server
+            tls: false,
+        }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// The CA certificate (PEM) that signed a TLS server's certificate.
+    pub fn tls_ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("rediss://127.0.0.1:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     /// Kills the server with SIGKILL.
@@ -155,6 +273,17 @@ impl RedisServer {
         let log = self.dir.path().join("redis.log");
         wait_for_ping(self.port, &mut self.child, &log);
     }
+}
+
+/// Runs `openssl` with `args`, which must succeed.
+fn openssl(args: &[&str]) {
+    let made = Command::new("openssl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is needed for the TLS test (apt-get install openssl)");
+    assert!(made.success(), "openssl {args:?} failed");
 }
 
 fn start_process(args: &[String]) -> Child {

@@ -82,12 +82,16 @@ impl Invalidations {
         shutdown: CancellationToken,
     ) {
         let mut attempt = 0usize;
+        let mut last_error = String::new();
         while !shutdown.is_cancelled() {
             let url = &urls[attempt % urls.len()];
             attempt += 1;
-            match self.subscribe(url, &store, &shutdown).await {
-                Ok(()) => {}
-                Err(err) => tracing::debug!(%url, %err, "invalidation subscription failed"),
+            if let Err(err) = self.subscribe(url, &store, &shutdown).await {
+                let err = err.to_string();
+                if err != last_error {
+                    tracing::warn!(%url, %err, "invalidation subscription failed; retrying");
+                    last_error = err;
+                }
             }
             if self.live.swap(false, Ordering::AcqRel) {
                 tracing::warn!(

@@ -93,6 +93,9 @@ fn config_error(err: redis::RedisError) -> ReplicationError {
 impl RedisLink {
     /// Checks the target's URLs; connects later, in the background.
     pub fn new(target: RedisTarget) -> Result<Arc<Self>, ReplicationError> {
+        // `rediss://` URLs need a TLS crypto provider; installing it twice
+        // (another link of the same process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (cluster, conn) = match &target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(config_error)?;
@@ -163,9 +166,17 @@ impl RedisLink {
         }
     }
 
+    /// Marks Redis unreachable; logs when it was up or the reason changed
+    /// (a wrong URL or certificate shows in the log at once, an outage
+    /// once, not on every retry).
     fn mark_down(&self, why: &str) {
-        *self.last_error.lock() = why.to_owned();
-        if self.up.swap(false, Ordering::AcqRel) {
+        let changed = {
+            let mut last = self.last_error.lock();
+            let changed = *last != why;
+            *last = why.to_owned();
+            changed
+        };
+        if self.up.swap(false, Ordering::AcqRel) || changed {
             tracing::warn!(error = why, "Redis is unreachable");
         }
     }
