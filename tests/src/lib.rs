@@ -7,6 +7,7 @@ pub mod client;
 pub mod process;
 pub mod raw;
 pub mod redis;
+pub mod redis_support;
 pub mod upstream;
 
 pub use client::{build, builder_for, client_for};

@@ -2,14 +2,12 @@
 //! sessions spread over the masters, each master's keys are sessions any
 //! node can read by id, and two nodes on one cluster share them.
 
-mod redis_support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis_support::*;
 use serde_json::{Value, json};
 use sessiond_e2e::RedisCluster;
+use sessiond_e2e::redis_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {

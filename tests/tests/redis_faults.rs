@@ -4,17 +4,15 @@
 //! write-behind queue with Redis away (full queue, backlog flushed on
 //! graceful shutdown).
 
-mod redis_support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis_support::*;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::RedisServer;
+use sessiond_e2e::redis_support::*;
 
 /// Varied session data: objects, arrays, strings, numbers, nesting.
 fn varied_data(n: u64) -> Value {

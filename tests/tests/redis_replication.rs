@@ -5,17 +5,15 @@
 //! graceful shutdown leaves every acknowledged write in Redis, the key layout
 //! is the documented one, and sliding expiry reaches Redis.
 
-mod redis_support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis_support::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sessiond_client::SessionId;
+use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, build, builder_for};
 
 /// The shared counter of the concurrent-update test.

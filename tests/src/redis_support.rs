@@ -2,17 +2,15 @@
 //! with typed answers, waiting for `/readyz`, a direct Redis connection and
 //! nodes started against a Redis server.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::{Sessiond, build, builder_for};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sessiond_client::Client;
-use sessiond_e2e::{Sessiond, build, builder_for};
 
 /// Bound of any single step (an HTTP exchange, a Redis command, a call).
 pub const STEP: Duration = Duration::from_secs(20);
