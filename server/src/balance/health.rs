@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio_util::sync::CancellationToken;
 
-use super::ProxyBody;
+use super::UpstreamBody;
 use super::upstream::Upstream;
 
 /// What the checker needs.
@@ -33,7 +33,7 @@ pub struct HealthCheck {
 /// Checks `upstream` until `shutdown`.
 pub async fn run(
     upstream: Arc<Upstream>,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpConnector, UpstreamBody>,
     check: HealthCheck,
     shutdown: CancellationToken,
 ) {
@@ -51,13 +51,13 @@ pub async fn run(
 
 async fn probe(
     upstream: &Upstream,
-    client: &Client<HttpConnector, ProxyBody>,
+    client: &Client<HttpConnector, UpstreamBody>,
     check: &HealthCheck,
 ) -> Result<(), String> {
     let uri: Uri = format!("{}{}", upstream.url, check.path)
         .parse()
         .map_err(|err| format!("bad health check URI: {err}"))?;
-    let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
+    let mut request = Request::new(UpstreamBody::Empty);
     *request.uri_mut() = uri;
     let timeout = check.timeout;
     let response = tokio::time::timeout(timeout, client.request(request))

@@ -37,8 +37,10 @@ use upstream::Upstream;
 
 /// Errors of bodies passed through.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Bodies passed through (streamed, never buffered whole).
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+/// What the balancer answers: the upstream's body streamed through, or a
+/// small body of its own (its error answers).
+pub type ClientBody = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<Bytes>>;
+pub use replay::UpstreamBody;
 
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Request, Response, StatusCode, Uri, Version, request};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Incoming};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::pool::Pool;
 use super::replay::Replayable;
 use super::upstream::UpstreamUrl;
-use super::{BoxError, ProxyBody};
+use super::{ClientBody, UpstreamBody};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -54,7 +54,7 @@ pub struct ProxyLimits {
 #[derive(Debug)]
 pub struct Proxy {
     pool: Arc<Pool>,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpConnector, UpstreamBody>,
     limits: ProxyLimits,
 }
 
@@ -66,7 +66,7 @@ struct Failure {
 }
 
 /// An HTTP/1.1 client with a keep-alive connection pool per upstream.
-pub fn upstream_client(limits: &ProxyLimits) -> Client<HttpConnector, ProxyBody> {
+pub fn upstream_client(limits: &ProxyLimits) -> Client<HttpConnector, UpstreamBody> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(limits.connect_timeout));
     connector.set_nodelay(true);
@@ -92,7 +92,7 @@ impl Proxy {
         &self,
         peer: SocketAddr,
         mut request: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ) -> Result<Response<ClientBody>, Infallible> {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -114,9 +114,8 @@ impl Proxy {
         let client_upgrade =
             is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
-        let empty = body.is_end_stream();
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = Replayable::new(Limited::new(body, limit).boxed(), empty);
+        let body = Replayable::new(body, limit);
         match self.forward(&parts, peer, &body).await {
             Ok(mut response) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -126,7 +125,7 @@ impl Proxy {
                 } else {
                     strip_hop_by_hop(response.headers_mut());
                 }
-                Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
+                Ok(response.map(Either::Left))
             }
             Err(failure) => Ok(failure_response(failure)),
         }
@@ -290,8 +289,8 @@ fn upstream_request(
     parts: &request::Parts,
     upstream: &UpstreamUrl,
     peer: SocketAddr,
-    body: ProxyBody,
-) -> Request<ProxyBody> {
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
     let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
     let uri = Uri::builder()
         .scheme("http")
@@ -353,13 +352,9 @@ fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade
     });
 }
 
-fn failure_response(failure: Failure) -> Response<ProxyBody> {
+fn failure_response(failure: Failure) -> Response<ClientBody> {
     let body = serde_json::json!({"error": {"code": failure.code, "message": failure.message}});
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = failure.status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -402,10 +397,7 @@ mod tests {
         let (parts, ()) = request.into_parts();
         let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-        let empty = http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed();
-        let outgoing = upstream_request(&parts, &upstream, peer, empty);
+        let outgoing = upstream_request(&parts, &upstream, peer, UpstreamBody::Empty);
         assert_eq!(outgoing.uri(), "http://127.0.0.1:3000/cart?x=1");
         let headers = outgoing.headers();
         assert_eq!(headers[header::HOST], "shop.example");

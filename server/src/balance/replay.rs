@@ -1,25 +1,28 @@
-//! A request body that can still be sent to another upstream as long as no
-//! upstream has started reading it (a connect failure), so such a request
-//! is retried without buffering the body. Each attempt also reports when
-//! its body has been sent whole, which is when the wait for the response
-//! headers starts.
+//! The request body sent upstream. A client's body can still go to another
+//! upstream as long as no upstream has started reading it (a connect
+//! failure), so such a request is retried without buffering the body. Each
+//! attempt also reports when its body has been sent whole, which is when
+//! the wait for the response headers starts.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
+use http_body_util::Limited;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::{BoxError, ProxyBody};
+use super::BoxError;
+
+/// The client's body, capped at the request-body limit.
+type Upload = Limited<Incoming>;
 
 /// The client's request body, waiting for the attempt that reads it.
 pub struct Replayable {
-    slot: Arc<Mutex<Option<ProxyBody>>>,
-    empty: bool,
+    /// `None` for a request without a body: every attempt sends nothing.
+    slot: Option<Arc<Mutex<Option<Upload>>>>,
 }
 
 /// Resolves once an attempt's body has been sent whole (or dropped).
@@ -36,38 +39,69 @@ impl Sent {
 }
 
 impl Replayable {
-    /// Holds `body`; `empty` bodies can be replayed any number of times.
-    pub fn new(body: ProxyBody, empty: bool) -> Self {
-        Self {
-            slot: Arc::new(Mutex::new(Some(body))),
-            empty,
-        }
+    /// Holds `body`, to be read by one attempt, at most `limit` bytes.
+    pub fn new(body: Incoming, limit: usize) -> Self {
+        let slot =
+            (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(Limited::new(body, limit)))));
+        Self { slot }
     }
 
     /// A body for the next attempt, or `None` when an earlier attempt has
     /// started sending it (it cannot be sent twice).
-    pub fn attempt(&self) -> Option<(ProxyBody, Sent)> {
-        if self.empty {
-            let body = http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed();
-            return Some((body, Sent(None)));
-        }
-        self.slot.lock().as_ref()?;
+    pub fn attempt(&self) -> Option<(UpstreamBody, Sent)> {
+        let Some(slot) = &self.slot else {
+            return Some((UpstreamBody::Empty, Sent(None)));
+        };
+        slot.lock().as_ref()?;
         let (sent, receiver) = watch::channel(false);
         let body = TakeOnPoll {
-            slot: self.slot.clone(),
+            slot: slot.clone(),
             body: None,
             sent,
         };
-        Some((body.boxed(), Sent(Some(receiver))))
+        Some((UpstreamBody::Streamed(body), Sent(Some(receiver))))
+    }
+}
+
+/// What the balancer sends upstream: nothing, or a client's body streamed
+/// through (never buffered whole).
+pub enum UpstreamBody {
+    /// No body (a health check, or a request without one).
+    Empty,
+    /// The client's body, taken on first read.
+    Streamed(TakeOnPoll),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Streamed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Streamed(body) => body.size_hint(),
+        }
     }
 }
 
 /// Takes the shared body out of its slot on the first read.
-struct TakeOnPoll {
-    slot: Arc<Mutex<Option<ProxyBody>>>,
-    body: Option<ProxyBody>,
+pub struct TakeOnPoll {
+    slot: Arc<Mutex<Option<Upload>>>,
+    body: Option<Upload>,
     sent: watch::Sender<bool>,
 }
 
