@@ -202,7 +202,7 @@ pub struct SessionRecord {
 /// A node's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeStats {
-    /// Sessions held.
+    /// Sessions held (expired ones not yet swept included).
     pub sessions: u64,
     /// Bytes charged against the memory bound.
     pub bytes_used: u64,

@@ -110,22 +110,9 @@ pub enum StoreError {
     },
 }
 
-/// Counters and gauges of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StoreStats {
-    /// Sessions held (expired ones not yet swept included).
-    pub sessions: u64,
-    /// Bytes charged against the memory bound.
-    pub bytes_used: u64,
-    /// The memory bound, if any.
-    pub bytes_limit: Option<u64>,
-    /// Sessions freed because they expired.
-    pub expirations: u64,
-    /// Sessions evicted to make room.
-    pub evictions: u64,
-    /// Writes refused because the store was full.
-    pub rejections: u64,
-}
+/// Counters and gauges of the store: the same figures the binary
+/// protocol's `Stats` answer carries.
+pub use sessiond_proto::wire::NodeStats as StoreStats;
 
 #[derive(Debug, Default)]
 struct Counters {

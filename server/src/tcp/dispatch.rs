@@ -1,9 +1,9 @@
 //! One binary-protocol operation, carried out through the service layer.
 
-use sessiond_proto::wire::{NodeStats, Op, Outcome, Placement, SessionRecord, WireError};
+use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError};
 
 use crate::service::{JsonData, ServiceError, SessionService};
-use crate::store::{Session, StoreStats};
+use crate::store::Session;
 
 /// Runs `op` and turns its result into the outcome the client gets.
 pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placement>) -> Outcome {
@@ -40,7 +40,7 @@ pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placem
         Op::Touch { id, ttl_secs } => service.touch(&id, ttl_secs).await.map(session),
         Op::Rotate { id } => service.rotate(&id, placement).await.map(session),
         Op::Ping => Ok(Outcome::Pong),
-        Op::Stats => Ok(Outcome::Stats(node_stats(service.stats()))),
+        Op::Stats => Ok(Outcome::Stats(service.stats())),
     };
     result.unwrap_or_else(|err| {
         Outcome::Error(WireError {
@@ -61,15 +61,4 @@ fn session(session: Session) -> Outcome {
         expires_at_ms: session.expires_at_ms,
         ttl_secs: session.ttl_ms / 1000,
     })
-}
-
-fn node_stats(stats: StoreStats) -> NodeStats {
-    NodeStats {
-        sessions: stats.sessions,
-        bytes_used: stats.bytes_used,
-        bytes_limit: stats.bytes_limit,
-        expirations: stats.expirations,
-        evictions: stats.evictions,
-        rejections: stats.rejections,
-    }
 }
