@@ -45,11 +45,7 @@ impl Balancer {
             process,
             listen: addrs[0],
             admin: addrs[1],
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(ADMIN_TIMEOUT)
-                .build()
-                .expect("HTTP client"),
+            http: crate::http_client(ADMIN_TIMEOUT),
         }
     }
 

@@ -56,11 +56,7 @@ impl CartApp {
     }
 
     async fn wait_healthy(&self) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("HTTP client");
+        let http = crate::http_client(Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + HEALTHY_TIMEOUT;
         loop {
             let answer = http.get(format!("{}/healthz", self.url)).send().await;

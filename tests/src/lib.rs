@@ -17,3 +17,13 @@ pub use redis::{RedisCluster, RedisServer};
 pub use balance::Balancer;
 pub use cart::CartApp;
 pub use upstream::TestUpstream;
+
+/// An HTTP client for the tests: no proxies, every request bounded by
+/// `timeout`.
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("cannot build the HTTP client")
+}

@@ -25,11 +25,7 @@ pub async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
 
 /// An HTTP client that ignores proxies and gives up after [`STEP`].
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("cannot build the HTTP client")
+    crate::http_client(STEP)
 }
 
 /// A session as the HTTP API returns it.

@@ -32,11 +32,7 @@ const FAST_HEALTH: [&str; 6] = ["--health-interval", "100ms", "--rise", "2", "--
 const STEADY_HEALTH: [&str; 6] = ["--health-interval", "1s", "--rise", "2", "--fall", "2"];
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("HTTP client")
+    sessiond_e2e::http_client(STEP)
 }
 
 /// Three upstreams named a, b and c.

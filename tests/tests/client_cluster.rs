@@ -36,11 +36,7 @@ async fn client_of(nodes: &[Sessiond]) -> Client {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("cannot build the HTTP client")
+    sessiond_e2e::http_client(STEP)
 }
 
 /// HTTP status of `GET /v1/sessions/{id}` on `node`.

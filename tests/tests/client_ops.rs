@@ -48,11 +48,7 @@ struct Counter {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("cannot build the HTTP client")
+    sessiond_e2e::http_client(STEP)
 }
 
 fn session_url(node: &Sessiond, id: &SessionId) -> String {

@@ -251,6 +251,17 @@ mod support {
         answer.text
     }
 
+    /// Asserts that the node holds exactly `sessions` sessions
+    /// (`sessiond_sessions`), explaining a mismatch with `why`.
+    pub async fn assert_sessions_held(url: &str, sessions: f64, why: &str) {
+        let text = metrics(url).await;
+        assert_eq!(
+            metric(&text, "sessiond_sessions", &[]),
+            Some(sessions),
+            "{why}"
+        );
+    }
+
     /// A Prometheus sample: metric name, labels (key, value), value.
     type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
 
@@ -438,12 +449,7 @@ async fn create_refuses_a_zero_ttl_and_a_ttl_above_max_ttl_as_invalid_ttl() {
     let at_the_limit = create(&url, &json!({"data": {}, "ttl_secs": 3600})).await;
     at_the_limit.assert_session(201);
     assert_eq!(at_the_limit.body["ttl_secs"], json!(3600));
-    let text = metrics(&url).await;
-    assert_eq!(
-        metric(&text, "sessiond_sessions", &[]),
-        Some(1.0),
-        "refusals store nothing"
-    );
+    assert_sessions_held(&url, 1.0, "refusals store nothing").await;
 }
 
 #[tokio::test]
@@ -470,8 +476,7 @@ async fn create_refuses_unknown_fields_and_malformed_json_as_invalid_json() {
         .await;
         answer.assert_error(400, "invalid_json");
     }
-    let text = metrics(&url).await;
-    assert_eq!(metric(&text, "sessiond_sessions", &[]), Some(0.0));
+    assert_sessions_held(&url, 0.0, "sessions held").await;
 }
 
 #[tokio::test]
@@ -748,8 +753,7 @@ async fn put_patch_touch_and_rotate_of_an_unknown_id_are_not_found_and_create_no
         .await
         .assert_error(404, "not_found");
     get(&url, &id).await.assert_error(404, "not_found");
-    let text = metrics(&url).await;
-    assert_eq!(metric(&text, "sessiond_sessions", &[]), Some(0.0));
+    assert_sessions_held(&url, 0.0, "sessions held").await;
 }
 
 #[tokio::test]
@@ -872,8 +876,7 @@ async fn delete_answers_204_twice_and_the_session_is_gone() {
     let never = call(client().delete(session(&url, &unknown_id(), ""))).await;
     assert_eq!(never.status, 204);
     assert_eq!(get(&url, &other).await.status, 200, "other sessions stay");
-    let text = metrics(&url).await;
-    assert_eq!(metric(&text, "sessiond_sessions", &[]), Some(1.0));
+    assert_sessions_held(&url, 1.0, "sessions held").await;
 }
 
 // ---------------------------------------------------------------- touch, rotate
@@ -949,8 +952,7 @@ async fn rotate_moves_the_session_to_a_new_id_and_the_old_id_stops_working() {
     let read = get(&url, &new).await;
     read.assert_session(200);
     assert_eq!(read.body["data"], json!({"user": 7, "role": "admin"}));
-    let text = metrics(&url).await;
-    assert_eq!(metric(&text, "sessiond_sessions", &[]), Some(1.0));
+    assert_sessions_held(&url, 1.0, "sessions held").await;
 }
 
 // ---------------------------------------------------------------- size limits
@@ -1209,12 +1211,7 @@ async fn a_bearer_token_guards_v1_but_not_health_or_metrics() {
         let answer = call(client.get(format!("{url}{open}"))).await;
         assert_eq!(answer.status, 200, "{open} needs no token: {}", answer.text);
     }
-    let text = metrics(&url).await;
-    assert_eq!(
-        metric(&text, "sessiond_sessions", &[]),
-        Some(1.0),
-        "401s store nothing"
-    );
+    assert_sessions_held(&url, 1.0, "401s store nothing").await;
 }
 
 // ---------------------------------------------------------------- routing, health, metrics

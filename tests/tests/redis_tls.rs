@@ -26,11 +26,7 @@ async fn ready(http: &reqwest::Client, node: &Sessiond) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_replicated_over_tls_survive_a_node_restart() {
     let redis = tokio::task::block_in_place(RedisServer::start_with_tls);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("HTTP client");
+    let http = sessiond_e2e::http_client(Duration::from_secs(10));
     let ca = redis.tls_ca().to_string_lossy().into_owned();
     let mut node = Sessiond::start_with_env(
         "127.0.0.1:0",
