@@ -286,16 +286,7 @@ async fn touch_changes_the_ttl_but_not_the_version() {
     let too_long = bounded(client.touch(&id, Some(Duration::from_secs(7200))))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            too_long,
-            Error::Invalid {
-                code: ErrorCode::InvalidTtl,
-                ..
-            }
-        ),
-        "{too_long:?}"
-    );
+    assert_invalid_ttl(&too_long);
     assert_eq!(
         bounded(client.get::<Cart>(&id)).await.unwrap().info.ttl,
         Duration::from_secs(300),
@@ -528,29 +519,11 @@ async fn ttl_over_max_ttl_is_invalid() {
     let over = Some(Duration::from_secs(3601));
 
     let err = bounded(client.create(&json!({}), over)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Invalid {
-                code: ErrorCode::InvalidTtl,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_ttl(&err);
     let err = bounded(client.create(&json!({}), Some(Duration::ZERO)))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Invalid {
-                code: ErrorCode::InvalidTtl,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_ttl(&err);
 
     let at_max = bounded(client.create(&json!({}), Some(Duration::from_secs(3600))))
         .await
@@ -559,16 +532,7 @@ async fn ttl_over_max_ttl_is_invalid() {
     let err = bounded(client.put_with_ttl(&at_max.id, &json!({"a": 1}), over, None))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Invalid {
-                code: ErrorCode::InvalidTtl,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_invalid_ttl(&err);
     let read = bounded(client.get::<Value>(&at_max.id)).await.unwrap();
     assert_eq!((read.version(), read.data), (1, json!({})));
 
@@ -934,4 +898,18 @@ async fn client_reassembles_a_response_split_across_reads() {
     drop(client);
     assert_eq!(answer.unwrap(), stats);
     bounded(server).await.unwrap();
+}
+
+/// Asserts that `err` is the server's "invalid TTL" refusal.
+fn assert_invalid_ttl(err: &Error) {
+    assert!(
+        matches!(
+            err,
+            Error::Invalid {
+                code: ErrorCode::InvalidTtl,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

@@ -251,6 +251,13 @@ mod support {
         answer.text
     }
 
+    /// Asserts that session `id` reads back with `data` at `version`.
+    pub async fn assert_stored(url: &str, id: &str, data: Value, version: u64) {
+        let read = get(url, id).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        assert_eq!((read.version(), &read.body["data"]), (version, &data));
+    }
+
     /// Asserts that the node holds exactly `sessions` sessions
     /// (`sessiond_sessions`), explaining a mismatch with `why`.
     pub async fn assert_sessions_held(url: &str, sessions: f64, why: &str) {
@@ -706,9 +713,7 @@ async fn put_with_a_stale_if_match_is_version_mismatch_and_changes_nothing() {
     any.assert_session(200);
     assert_eq!(any.version(), 4);
 
-    let read = get(&url, &id).await;
-    assert_eq!(read.body["data"], json!({"step": 3}));
-    assert_eq!(read.version(), 4);
+    assert_stored(&url, &id, json!({"step": 3}), 4).await;
 }
 
 #[tokio::test]
@@ -721,9 +726,7 @@ async fn put_with_a_malformed_if_match_is_invalid_request() {
             .await
             .assert_error(400, "invalid_request");
     }
-    let read = get(&url, &id).await;
-    assert_eq!(read.version(), 1);
-    assert_eq!(read.body["data"], json!({"kept": true}));
+    assert_stored(&url, &id, json!({"kept": true}), 1).await;
 }
 
 #[tokio::test]
@@ -781,9 +784,7 @@ async fn put_without_a_data_field_is_invalid_json() {
     )
     .await
     .assert_error(415, "unsupported_media_type");
-    let read = get(&url, &id).await;
-    assert_eq!(read.version(), 1);
-    assert_eq!(read.body["data"], json!({"kept": true}));
+    assert_stored(&url, &id, json!({"kept": true}), 1).await;
 }
 
 // ---------------------------------------------------------------- patch
@@ -839,9 +840,7 @@ async fn merge_patch_honours_if_match() {
     patch(&url, &id, MERGE_PATCH, &json!({"n": 98}), Some("W/\"2\""))
         .await
         .assert_error(400, "invalid_request");
-    let read = get(&url, &id).await;
-    assert_eq!(read.body["data"], json!({"n": 1}));
-    assert_eq!(read.version(), 2);
+    assert_stored(&url, &id, json!({"n": 1}), 2).await;
 }
 
 #[tokio::test]
@@ -854,9 +853,7 @@ async fn patch_with_application_json_is_unsupported_media_type() {
             .await
             .assert_error(415, "unsupported_media_type");
     }
-    let read = get(&url, &id).await;
-    assert_eq!(read.body["data"], json!({"n": 0}));
-    assert_eq!(read.version(), 1);
+    assert_stored(&url, &id, json!({"n": 0}), 1).await;
 }
 
 // ---------------------------------------------------------------- delete
@@ -981,9 +978,7 @@ async fn data_over_max_session_bytes_is_payload_too_large() {
     )
     .await
     .assert_error(413, "payload_too_large");
-    let read = get(&url, &id).await;
-    assert_eq!(read.version(), 1);
-    assert_eq!(read.body["data"], kept);
+    assert_stored(&url, &id, kept, 1).await;
 }
 
 #[tokio::test]
