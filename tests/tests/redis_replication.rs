@@ -227,8 +227,9 @@ async fn async_mode_graceful_shutdown_leaves_every_acknowledged_write_in_redis()
     }
 }
 
-/// The documented layout: hash `<prefix><id>` with v, d, c, u, t and the
-/// session's expiry as the key's expiry.
+/// The documented layout: hash `<prefix><id>` with v, d, c, u, t, the write
+/// log (w, h), the nodes that may cache it (o) and the session's expiry as
+/// the key's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_stored_as_documented_hashes_under_the_prefix() {
     let redis = RedisServer::start();
@@ -254,10 +255,17 @@ async fn sessions_are_stored_as_documented_hashes_under_the_prefix() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["c", "d", "t", "u", "v"],
+        ["c", "d", "h", "o", "t", "u", "v", "w"],
         "fields of {key}: {fields:?}"
     );
     assert_eq!(fields["v"], "1");
+    // Created without an Idempotency-Key: one untagged write, nothing fell
+    // out of the log, and only the creating node caches it.
+    assert_eq!((fields["w"].as_str(), fields["h"].as_str()), ("0", "0"));
+    assert!(
+        u64::from_str_radix(&fields["o"], 16).is_ok(),
+        "one node id in o: {fields:?}"
+    );
     assert_eq!(
         fields["d"], r#"{"user":"ann","cart":[1,2,3]}"#,
         "the data as sent"
