@@ -199,6 +199,16 @@ impl Client {
             .collect()
     }
 
+    /// Each node's address and whether the client has it in rotation (a
+    /// node out of rotation is being probed in the background).
+    pub fn nodes_up(&self) -> Vec<(String, bool)> {
+        self.inner
+            .nodes
+            .iter()
+            .map(|node| (node.address.clone(), node.is_up()))
+            .collect()
+    }
+
     /// The address of the node that owns `id`.
     pub fn owner_of(&self, id: &SessionId) -> &str {
         let owner = ring::owner(&self.inner.seeds, id).unwrap_or(0);
@@ -265,7 +275,7 @@ impl Client {
                         }
                         // The node could not tell whether an earlier
                         // attempt (or its own Redis command) landed.
-                        ErrorCode::Indeterminate => {
+                        ErrorCode::Indeterminate if tag.is_some() => {
                             maybe_applied_since.get_or_insert(sent_at);
                             last_error = Some(Error::from(error));
                         }

@@ -107,9 +107,11 @@ pub enum ServiceError {
     /// A dependency (Redis) cannot take the operation now.
     #[error("{0}")]
     Unavailable(String),
-    /// A re-sent write whose first attempt may or may not have landed.
-    #[error("{}", StoreError::Indeterminate)]
-    Indeterminate,
+    /// The write may or may not have been applied, and this node cannot
+    /// tell (a re-sent write the log no longer covers, or a Redis command
+    /// whose answer was lost).
+    #[error("{0}")]
+    Indeterminate(String),
 }
 
 impl ServiceError {
@@ -123,7 +125,7 @@ impl ServiceError {
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull(_) => ErrorCode::StoreFull,
             Self::Unavailable(_) => ErrorCode::Unavailable,
-            Self::Indeterminate => ErrorCode::Indeterminate,
+            Self::Indeterminate(_) => ErrorCode::Indeterminate,
         }
     }
 
@@ -143,7 +145,7 @@ impl From<StoreError> for ServiceError {
             StoreError::VersionMismatch { expected, current } => {
                 Self::VersionMismatch { expected, current }
             }
-            StoreError::Indeterminate => Self::Indeterminate,
+            StoreError::Indeterminate => Self::Indeterminate(StoreError::Indeterminate.to_string()),
             full @ StoreError::Full { .. } => Self::StoreFull(full.to_string()),
         }
     }

@@ -30,7 +30,12 @@ use crate::store::Store;
 
 /// How long a writer waits for the other cachers' acks before it answers
 /// anyway (a node that does not ack within it is dead or cut off).
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(250);
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(100);
+/// A subscribed node refreshes its heartbeat key this often...
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// ...and the key lives this long: a writer does not wait for acks from a
+/// node without one (it died, or lost Redis and trusts no copy).
+const HEARTBEAT_TTL: Duration = Duration::from_millis(600);
 
 /// First byte of an invalidation: `I`, writer (8), session (16), nonce (8).
 const INVALIDATION: u8 = b'I';
@@ -53,6 +58,9 @@ pub struct Invalidations {
     pub channel: String,
     /// This node's id, so it ignores its own messages.
     pub node_id: u64,
+    /// Prefix of the nodes' heartbeat keys.
+    heartbeats: String,
+    link: Arc<RedisLink>,
     live: AtomicBool,
     received: AtomicU64,
     waiters: Mutex<HashMap<u64, Arc<Waiter>>>,
@@ -69,8 +77,13 @@ pub struct Announcement<'a> {
 }
 
 impl Announcement<'_> {
-    /// Waits until every node of `others` acked, at most [`ACK_TIMEOUT`].
+    /// Waits until every live node of `others` acked, at most
+    /// [`ACK_TIMEOUT`]; nodes without a heartbeat are not waited for.
     pub async fn acked_by(self, others: &[u64]) {
+        if others.is_empty() {
+            return;
+        }
+        let others = self.invalidations.alive(others).await;
         if others.is_empty() {
             return;
         }
@@ -89,7 +102,7 @@ impl Announcement<'_> {
         };
         if tokio::time::timeout(ACK_TIMEOUT, wait).await.is_err() {
             metrics::counter!("sessiond_invalidation_ack_timeouts_total").increment(1);
-            tracing::debug!(?others, "some cachers did not ack an invalidation in time");
+            tracing::warn!(?others, "some cachers did not ack an invalidation in time");
         }
     }
 }
@@ -101,14 +114,61 @@ impl Drop for Announcement<'_> {
 }
 
 impl Invalidations {
-    /// Invalidations on `channel` for the node `node_id`.
-    pub fn new(channel: String, node_id: u64) -> Self {
+    /// Invalidations of the sessions under `prefix` for the node
+    /// `node_id`, acked and announced through `link`.
+    pub fn new(prefix: &str, node_id: u64, link: Arc<RedisLink>) -> Self {
         Self {
-            channel,
+            channel: format!("{prefix}invalidations"),
             node_id,
+            heartbeats: format!("{prefix}node:"),
+            link,
             live: AtomicBool::new(false),
             received: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn heartbeat_key(&self, node: u64) -> String {
+        format!("{}{node:x}", self.heartbeats)
+    }
+
+    /// The nodes of `nodes` whose heartbeat key exists (all of them when
+    /// Redis cannot say).
+    async fn alive(&self, nodes: &[u64]) -> Vec<u64> {
+        let Ok(conn) = self.link.conn() else {
+            return nodes.to_vec();
+        };
+        let checks = nodes.iter().map(|&node| {
+            let mut conn = conn.clone();
+            async move {
+                let exists = redis::cmd("EXISTS")
+                    .arg(self.heartbeat_key(node))
+                    .query_async::<i64>(&mut conn)
+                    .await;
+                (node, !matches!(exists, Ok(0)))
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(|(node, alive)| alive.then_some(node))
+            .collect()
+    }
+
+    /// Refreshes this node's heartbeat key (while subscribed).
+    async fn beat(self: Arc<Self>) {
+        let Ok(mut conn) = self.link.conn() else {
+            return;
+        };
+        let beat = redis::cmd("SET")
+            .arg(self.heartbeat_key(self.node_id))
+            .arg(1)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .query_async::<()>(&mut conn)
+            .await;
+        if let Err(err) = beat {
+            tracing::debug!(%err, "could not refresh the node's heartbeat");
         }
     }
 
@@ -197,13 +257,12 @@ impl Invalidations {
     }
 
     /// Subscribes (to one of `urls`, in turn) and applies invalidations to
-    /// `store` until `shutdown`, resubscribing after any failure. Acks go
-    /// out through `link`.
+    /// `store` until `shutdown`, resubscribing after any failure. While
+    /// subscribed, the node's heartbeat key is kept alive.
     pub async fn run(
         self: Arc<Self>,
         urls: Vec<String>,
         store: Arc<Store>,
-        link: Arc<RedisLink>,
         shutdown: CancellationToken,
     ) {
         let mut attempt = 0usize;
@@ -211,7 +270,7 @@ impl Invalidations {
         while !shutdown.is_cancelled() {
             let url = &urls[attempt % urls.len()];
             attempt += 1;
-            if let Err(err) = self.subscribe(url, &store, &link, &shutdown).await {
+            if let Err(err) = self.clone().subscribe(url, &store, &shutdown).await {
                 let err = err.to_string();
                 if err != last_error {
                     tracing::warn!(%url, %err, "invalidation subscription failed; retrying");
@@ -231,10 +290,9 @@ impl Invalidations {
     }
 
     async fn subscribe(
-        &self,
+        self: Arc<Self>,
         url: &str,
         store: &Store,
-        link: &Arc<RedisLink>,
         shutdown: &CancellationToken,
     ) -> redis::RedisResult<()> {
         let client = redis::Client::open(url)?;
@@ -251,13 +309,17 @@ impl Invalidations {
         self.live.store(true, Ordering::Release);
         tracing::info!(dropped, channel = %self.channel, "subscribed to invalidations");
         let mut messages = pubsub.on_message();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = heartbeat.tick() => {
+                    tokio::spawn(self.clone().beat());
+                }
                 message = messages.next() => match message {
                     Some(message) => {
                         if let Some(ack) = self.apply(message.get_payload_bytes(), store) {
-                            tokio::spawn(publish(link.clone(), self.channel.clone(), ack));
+                            tokio::spawn(publish(self.link.clone(), self.channel.clone(), ack));
                         }
                     }
                     None => return Ok(()),
@@ -290,8 +352,13 @@ mod tests {
     #[tokio::test]
     async fn an_invalidation_drops_the_copy_and_is_acked_to_its_writer() {
         let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
-        let writer = Invalidations::new("c".into(), 1);
-        let cacher = Invalidations::new("c".into(), 2);
+        // No Redis behind the link: every node counts as alive.
+        let link = RedisLink::new(super::super::RedisTarget::Single(
+            "redis://127.0.0.1:1".into(),
+        ))
+        .expect("a link");
+        let writer = Invalidations::new("p:", 1, link.clone());
+        let cacher = Invalidations::new("p:", 2, link);
         let id = SessionId::random();
         store
             .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None)

@@ -161,6 +161,10 @@ impl RedisLink {
                 if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
                     self.mark_down(&err.to_string());
                 }
+                if err.is_timeout() || err.is_connection_dropped() {
+                    // The command may have run in Redis all the same.
+                    return Err(ReplicationError::Uncertain(err.to_string()));
+                }
                 Err(ReplicationError::Unavailable(err.to_string()))
             }
         }

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::claims::CLAIM_TTL;
 use crate::service::ServiceError;
-use crate::store::{CLOCK_SKEW_MS, Session, Store, Verdict};
+use crate::store::{CLOCK_SKEW_MS, Session, Store, StoreError, Verdict};
 use invalidation::Invalidations;
 pub use link::{RedisLink, RedisTarget};
 use refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
@@ -79,6 +79,10 @@ pub enum ReplicationError {
     /// Redis did not answer or refused.
     #[error("Redis is unreachable: {0}")]
     Unavailable(String),
+    /// Redis got the command but its answer was lost (timed out, or the
+    /// connection dropped): it may or may not have run.
+    #[error("Redis did not answer: {0}")]
+    Uncertain(String),
     /// The write-behind queue is full.
     #[error("the Redis replication queue is full ({0} writes waiting); try again")]
     QueueFull(usize),
@@ -90,6 +94,18 @@ pub enum ReplicationError {
 impl From<ReplicationError> for ServiceError {
     fn from(err: ReplicationError) -> Self {
         Self::Unavailable(err.to_string())
+    }
+}
+
+/// The error of a tagged write's Redis command: when the command may have
+/// run, the write's outcome is unknown to this node (the client then asks
+/// another node, which judges it against the session's write log).
+fn write_error(err: ReplicationError) -> ServiceError {
+    match err {
+        ReplicationError::Uncertain(why) => ServiceError::Indeterminate(format!(
+            "Redis did not answer ({why}), so this node cannot tell whether the write was applied"
+        )),
+        other => other.into(),
     }
 }
 
@@ -140,18 +156,14 @@ impl Replicator {
         let link = RedisLink::new(config.target.clone())?;
         let scripts = Arc::new(Scripts::default());
         let node_id = fastrand::u64(1..);
-        let invalidations = Arc::new(Invalidations::new(
-            format!("{}invalidations", config.prefix),
-            node_id,
-        ));
+        let invalidations = Arc::new(Invalidations::new(&config.prefix, node_id, link.clone()));
         let refresher = Arc::new(ExpiryRefresher::new(config.prefix.clone(), link.clone()));
         tasks.spawn(link.clone().watch(shutdown.clone()));
-        tasks.spawn(invalidations.clone().run(
-            link.pubsub_urls(),
-            store.clone(),
-            link.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(
+            invalidations
+                .clone()
+                .run(link.pubsub_urls(), store.clone(), shutdown.clone()),
+        );
         tasks.spawn(refresher.clone().run(shutdown.clone()));
         let write_behind = match config.mode {
             ReplicationMode::Sync => None,
@@ -331,7 +343,7 @@ impl Replicator {
             .arg(CLAIM_TTL.as_millis() as u64)
             .query_async::<Option<String>>(&mut conn)
             .await;
-        match self.link.observe(claimed)? {
+        match self.link.observe(claimed).map_err(write_error)? {
             None => Ok((fresh, false)),
             Some(text) => match text.parse() {
                 Ok(earlier) => Ok((earlier, true)),
@@ -368,7 +380,12 @@ impl Replicator {
         let result = session_args(&self.scripts.store_new, &key, &session, &self.cacher)
             .invoke_async::<i64>(&mut conn)
             .await;
-        if self.link.observe(result)? == 0 {
+        let stored = match self.link.observe(result) {
+            Ok(stored) => stored,
+            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) => return Err(err.into()),
+        };
+        if stored == 0 {
             if again {
                 // The first attempt made it: answer what it made.
                 return self.load(&id).await;
@@ -435,7 +452,11 @@ impl Replicator {
             .arg(&self.cacher)
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
-        let outcome = self.link.observe(result)?;
+        let outcome = match self.link.observe(result) {
+            Ok(outcome) => outcome,
+            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) => return Err(err.into()),
+        };
         if let WriteOutcome::Done { others, .. } = &outcome {
             announcement.acked_by(others).await;
         }
@@ -460,7 +481,7 @@ impl Replicator {
                 self.store.delete(id);
                 Err(ServiceError::VersionMismatch { expected, current })
             }
-            WriteOutcome::Indeterminate => Err(ServiceError::Indeterminate),
+            WriteOutcome::Indeterminate => Err(StoreError::Indeterminate.into()),
             WriteOutcome::Replayed { version } => {
                 let current = self.load_locked(id).await?;
                 Ok(Session { version, ..current })
@@ -553,7 +574,7 @@ impl Replicator {
             {
                 Verdict::Apply => {}
                 Verdict::Replay { version } => return Ok(Session { version, ..current }),
-                Verdict::Indeterminate => return Err(ServiceError::Indeterminate),
+                Verdict::Indeterminate => return Err(StoreError::Indeterminate.into()),
             }
             if let Some(expected) = expected
                 && expected != current.version
@@ -709,8 +730,9 @@ impl Replicator {
             let copied = session_args(&self.scripts.store_any, &key, &moved, &self.cacher)
                 .invoke_async::<i64>(&mut conn)
                 .await;
-            self.link.observe(copied)?;
-            if self.delete_in_redis(id, Some(current.version)).await? {
+            self.link.observe(copied).map_err(write_error)?;
+            let deleted = self.delete_in_redis(id, Some(current.version)).await;
+            if deleted.map_err(write_error)? {
                 self.store.delete(id);
                 self.cache(&moved, epoch);
                 return Ok(moved);
