@@ -44,7 +44,7 @@ async fn browse(base: String, visitor: usize, stop: Arc<AtomicBool>) -> Seen {
     let mut step = 0u64;
     while !stop.load(Ordering::Relaxed) {
         step += 1;
-        let adds = step % 5 == 0;
+        let adds = step.is_multiple_of(5);
         let item = format!("item-{step}");
         let request_id = format!("visitor-{visitor}-step-{step}");
         let mut answer = None;
