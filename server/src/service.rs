@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
 use sessiond_proto::{ErrorCode, SessionId, ring};
 
-use crate::claims::{Claim, Claims};
+use crate::claims::Claims;
 use crate::replication::Replicator;
 use crate::store::{Session, Store, StoreError, StoreStats};
 
@@ -239,7 +239,7 @@ impl SessionService {
         match &self.replicator {
             Some(replicator) => replicator.create(id, data, ttl_ms, tag).await,
             None => {
-                let id = tag.map_or(id, |tag| self.claims.claim(tag, id).id());
+                let id = tag.map_or(id, |tag| self.claims.claim(tag, id));
                 Ok(self.store.create(id, data, ttl_ms, tag)?)
             }
         }
@@ -331,14 +331,15 @@ impl SessionService {
         if let Some(replicator) = &self.replicator {
             return replicator.rotate(id, new_id, tag).await;
         }
-        match tag.map(|tag| self.claims.claim(tag, new_id)) {
-            None | Some(Claim::Fresh(_)) => Ok(self.store.rotate(id, new_id)?),
-            // The first attempt may have moved it already: finish the move
-            // or answer where it went.
-            Some(Claim::Again(moved_to)) => match self.store.rotate(id, moved_to) {
-                Err(StoreError::NotFound) => Ok(self.store.get(&moved_to)?),
-                result => Ok(result?),
-            },
+        let Some(tag) = tag else {
+            return Ok(self.store.rotate(id, new_id)?);
+        };
+        let moved_to = self.claims.claim(tag, new_id);
+        match self.store.rotate(id, moved_to) {
+            // Another attempt of this rotation may have moved it already
+            // (the new id is claimed by this write alone).
+            Err(StoreError::NotFound) => Ok(self.store.get(&moved_to)?),
+            result => Ok(result?),
         }
     }
 

@@ -98,6 +98,71 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
     assert_eq!(outcomes.len(), ROUNDS);
 }
 
+/// Session keys in Redis (not claims or heartbeats).
+async fn session_keys(redis: &RedisServer) -> Vec<String> {
+    let mut conn = redis_conn(&redis.url()).await;
+    let keys: Vec<String> =
+        sessiond_e2e::redis_support::redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:*"))
+            .await;
+    keys.into_iter()
+        .filter(|key| !key.starts_with("sessiond:op:") && !key.starts_with("sessiond:node:"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
+    const ROUNDS: usize = 20;
+    let redis = RedisServer::start_with_debug();
+    let nodes = nodes_on(&redis, 3).await;
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    let client = client_of(&refs, Duration::from_millis(400)).await;
+    let mut stall = redis_conn(&redis.url()).await;
+    let mut live = Vec::new();
+    for round in 0..ROUNDS {
+        let rotating = client
+            .create(&json!({"round": round}), None)
+            .await
+            .expect("create")
+            .id;
+        let mut command = redis::cmd("DEBUG");
+        command.arg("SLEEP").arg("0.6");
+        let sleep = command.exec_async(&mut stall);
+        let data = json!({"made": round});
+        let writes = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(client.create(&data, None), client.rotate(&rotating))
+        };
+        let (_, (created, rotated)) =
+            bounded("a stalled round", async { tokio::join!(sleep, writes) }).await;
+        let created = created.unwrap_or_else(|err| panic!("round {round}: create: {err}"));
+        let rotated = rotated.unwrap_or_else(|err| panic!("round {round}: rotate: {err}"));
+        let made: Value = client
+            .get(&created.id)
+            .await
+            .expect("the created session")
+            .data;
+        assert_eq!(made, data, "round {round}");
+        assert!(
+            matches!(client.get::<Value>(&rotating).await, Err(Error::NotFound)),
+            "round {round}: the rotated-away id still answers"
+        );
+        let moved: Value = client
+            .get(&rotated.id)
+            .await
+            .expect("the rotated session")
+            .data;
+        assert_eq!(moved, json!({"round": round}), "round {round}");
+        live.push(created.id.to_string());
+        live.push(rotated.id.to_string());
+    }
+    // Exactly one session per create and per rotation: no orphan copies.
+    let mut keys = session_keys(&redis).await;
+    keys.sort();
+    let mut expected: Vec<String> = live.iter().map(|id| format!("sessiond:{id}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "sessions in Redis");
+}
+
 /// One run: 16 tasks × 100 `update()`s, each task on its own counter, with
 /// the node at `victim` SIGKILLed once 500 updates are done; returns the
 /// `(Ok, Indeterminate)` counts and each counter's final value.
