@@ -20,7 +20,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::process::signal;
-use sessiond_e2e::redis_support::{bounded, client_of, http, node_on, redis_conn, send};
+use sessiond_e2e::redis_support::{
+    bounded, client_of, http, node_on, redis_conn, send, session_keys,
+};
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
 
 /// The shape every counter session has.
@@ -98,17 +100,6 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
     assert_eq!(outcomes.len(), ROUNDS);
 }
 
-/// Session keys in Redis (not claims or heartbeats).
-async fn session_keys(redis: &RedisServer) -> Vec<String> {
-    let mut conn = redis_conn(&redis.url()).await;
-    let keys: Vec<String> =
-        sessiond_e2e::redis_support::redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:*"))
-            .await;
-    keys.into_iter()
-        .filter(|key| !key.starts_with("sessiond:op:") && !key.starts_with("sessiond:node:"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
     const ROUNDS: usize = 20;
@@ -156,7 +147,7 @@ async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
         live.push(rotated.id.to_string());
     }
     // Exactly one session per create and per rotation: no orphan copies.
-    let mut keys = session_keys(&redis).await;
+    let mut keys = session_keys(&redis.url(), "sessiond:").await;
     keys.sort();
     let mut expected: Vec<String> = live.iter().map(|id| format!("sessiond:{id}")).collect();
     expected.sort();

@@ -224,7 +224,7 @@ async fn a_request_before_hello_is_a_protocol_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_protocol_version_is_refused() {
     let node = Sessiond::start(&[]);
-    for protocol in [0, 2, 99, u32::MAX] {
+    for protocol in [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99, u32::MAX] {
         let mut stream = connect(node.tcp).await;
         let hello = ClientFrame::Hello(Hello {
             protocol,

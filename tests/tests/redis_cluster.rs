@@ -33,14 +33,7 @@ async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
     let mut total = 0;
     let mut per_master = Vec::new();
     for node in &cluster.nodes {
-        let mut conn = redis_conn(&node.url()).await;
-        // Session keys only: tagged creates also leave short-lived claims
-        // (`sessiond:op:<tag>`).
-        let keys: Vec<String> = redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:*")).await;
-        let size = keys
-            .iter()
-            .filter(|key| !key.starts_with("sessiond:op:"))
-            .count() as u64;
+        let size = session_keys(&node.url(), "sessiond:").await.len() as u64;
         per_master.push(size);
         total += size;
     }
@@ -52,12 +45,7 @@ async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
     assert_eq!(total, SESSIONS, "keys in the whole cluster");
 
     let second = ready_node(&http, &["--redis-cluster", &urls]).await;
-    let mut conn = redis_conn(&cluster.nodes[1].url()).await;
-    let keys: Vec<String> = redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:*")).await;
-    let keys: Vec<String> = keys
-        .into_iter()
-        .filter(|key| !key.starts_with("sessiond:op:"))
-        .collect();
+    let keys = session_keys(&cluster.nodes[1].url(), "sessiond:").await;
     assert_eq!(keys.len() as u64, per_master[1], "the same keys twice");
     for key in &keys {
         let id = key.strip_prefix("sessiond:").expect("the key prefix");

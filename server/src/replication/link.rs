@@ -161,7 +161,8 @@ impl RedisLink {
                 if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
                     self.mark_down(&err.to_string());
                 }
-                if err.is_timeout() || err.is_connection_dropped() {
+                if (err.is_timeout() || err.is_connection_dropped()) && !err.is_connection_refusal()
+                {
                     // The command may have run in Redis all the same.
                     return Err(ReplicationError::Uncertain(err.to_string()));
                 }
