@@ -41,6 +41,8 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// A bug in sessiond; the message says more.
     Internal,
+    /// The request body did not arrive in time (HTTP only).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -64,6 +66,7 @@ impl ErrorCode {
             Self::ProtocolError => "protocol_error",
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -79,6 +82,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::NotFound | Self::UnknownRoute => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::VersionMismatch => 412,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -106,6 +110,7 @@ mod tests {
             ErrorCode::VersionMismatch,
             ErrorCode::StoreFull,
             ErrorCode::UnsupportedMediaType,
+            ErrorCode::RequestTimeout,
         ] {
             let json = serde_json::to_string(&code).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod descriptors;
 pub mod health;
 pub mod http;
 pub mod node;

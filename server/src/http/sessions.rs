@@ -10,15 +10,18 @@ use sessiond_proto::http::{CreateRequest, PutRequest, TouchRequest};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{IdParam, MediaType, if_match, json_body};
+use super::extract::{BodyLimit, IdParam, MediaType, if_match, json_body};
 use crate::service::JsonData;
 use crate::store::Session;
 
 /// Room for the JSON envelope around the session data in a request body.
 const ENVELOPE_BYTES: usize = 4096;
 
-fn body_limit(state: &AppState) -> usize {
-    state.service.config().max_session_bytes + ENVELOPE_BYTES
+fn body_limit(state: &AppState) -> BodyLimit {
+    BodyLimit {
+        bytes: state.service.config().max_session_bytes + ENVELOPE_BYTES,
+        timeout: state.body_timeout,
+    }
 }
 
 /// `POST /v1/sessions`
@@ -110,7 +113,10 @@ pub async fn touch(
         &headers,
         body,
         MediaType::Json,
-        ENVELOPE_BYTES,
+        BodyLimit {
+            bytes: ENVELOPE_BYTES,
+            timeout: state.body_timeout,
+        },
         Some(TouchRequest::default),
     )
     .await?;
