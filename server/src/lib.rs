@@ -9,6 +9,7 @@ pub mod config;
 pub mod descriptors;
 pub mod health;
 pub mod http;
+pub mod merge;
 pub mod node;
 pub mod replication;
 pub mod service;

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use sessiond_proto::wire::Placement;
 use sessiond_proto::{ErrorCode, SessionId, ring};
 
+use crate::merge::MergeError;
 use crate::replication::Replicator;
 use crate::store::{Session, Store, StoreError, StoreStats};
 
@@ -256,7 +257,7 @@ impl SessionService {
     pub async fn patch(
         &self,
         id: &SessionId,
-        patch: &serde_json::Value,
+        patch: &RawValue,
         expected: Option<u64>,
     ) -> Result<Session, ServiceError> {
         let compute = |current: &Bytes| self.checked_size(merge_patch(current, patch)?);
@@ -328,14 +329,14 @@ pub fn fresh_id(placement: Option<&Placement>) -> SessionId {
         .unwrap_or_else(SessionId::random)
 }
 
-/// `current` with `patch` merged into it (RFC 7386).
-fn merge_patch(current: &[u8], patch: &serde_json::Value) -> Result<JsonData, ServiceError> {
-    let mut document: serde_json::Value = serde_json::from_slice(current)
-        .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
-    json_patch::merge(&mut document, patch);
-    let text =
-        serde_json::to_vec(&document).map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
-    Ok(JsonData(Bytes::from(text)))
+/// `current` with `patch` merged into it (RFC 7386); untouched members
+/// keep their exact text (see [`crate::merge`]).
+fn merge_patch(current: &[u8], patch: &RawValue) -> Result<JsonData, ServiceError> {
+    let text = crate::merge::merge_patch(current, patch).map_err(|err| match err {
+        MergeError::Target(message) => ServiceError::InvalidData(message),
+        MergeError::Patch(message) => ServiceError::InvalidPatch(message),
+    })?;
+    JsonData::parse(Bytes::from(text))
 }
 
 #[cfg(test)]
@@ -353,7 +354,7 @@ mod tests {
         let service = service(ServiceConfig::default());
         let data = JsonData::parse(Bytes::from_static(br#"{"a":1,"b":{"c":2,"d":3}}"#)).unwrap();
         let id = service.create(data, None, None).await.unwrap().id;
-        let patch = serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]});
+        let patch = RawValue::from_string(r#"{"a":null,"b":{"c":5},"e":[1]}"#.into()).unwrap();
         let patched = service.patch(&id, &patch, Some(1)).await.unwrap();
         let value: serde_json::Value = serde_json::from_slice(&patched.data).unwrap();
         assert_eq!(value, serde_json::json!({"b": {"c": 5, "d": 3}, "e": [1]}));
@@ -383,7 +384,7 @@ mod tests {
             service.create(big, None, None).await,
             Err(ServiceError::TooLarge { size: 11, max: 8 })
         );
-        let grow = serde_json::json!({"key": "value"});
+        let grow = RawValue::from_string(r#"{"key":"value"}"#.into()).unwrap();
         assert!(matches!(
             service.patch(&created.id, &grow, None).await,
             Err(ServiceError::TooLarge { .. })

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
 use sessiond_proto::http::{CreateRequest, PutRequest, TouchRequest};
 
 use super::AppState;
@@ -81,7 +82,7 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let expected = if_match(&headers)?;
-    let patch: serde_json::Value = json_body(
+    let patch: Box<RawValue> = json_body(
         &headers,
         body,
         MediaType::MergePatch,

@@ -1,5 +1,6 @@
 //! One binary-protocol operation, carried out through the service layer.
 
+use serde_json::value::RawValue;
 use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError};
 
 use crate::service::{JsonData, ServiceError, SessionService};
@@ -29,9 +30,9 @@ pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placem
             id,
             patch,
             expected_version,
-        } => match serde_json::from_slice(&patch) {
+        } => match serde_json::from_slice::<&RawValue>(&patch) {
             Ok(patch) => service
-                .patch(&id, &patch, expected_version)
+                .patch(&id, patch, expected_version)
                 .await
                 .map(session),
             Err(err) => Err(ServiceError::InvalidPatch(err.to_string())),
