@@ -58,7 +58,10 @@ impl Caps {
             return self;
         }
         let half = room / 2;
-        let http = self.http.min(half.max(room.saturating_sub(self.tcp))).max(1);
+        let http = self
+            .http
+            .min(half.max(room.saturating_sub(self.tcp)))
+            .max(1);
         let tcp = self.tcp.min(room.saturating_sub(http)).max(1);
         Self { http, tcp }
     }
@@ -70,20 +73,32 @@ mod tests {
 
     #[test]
     fn caps_that_fit_are_kept() {
-        let asked = Caps { http: 1024, tcp: 10_000 };
+        let asked = Caps {
+            http: 1024,
+            tcp: 10_000,
+        };
         assert_eq!(asked.fit(None), asked);
         assert_eq!(asked.fit(Some(1 << 20)), asked);
     }
 
     #[test]
     fn caps_share_a_small_limit() {
-        let asked = Caps { http: 1024, tcp: 10_000 };
+        let asked = Caps {
+            http: 1024,
+            tcp: 10_000,
+        };
         // 256 - 64 fixed - 16 reserve = 176, half each.
         assert_eq!(asked.fit(Some(256)), Caps { http: 88, tcp: 88 });
         // A small ask on one side leaves the rest to the other.
-        let small_http = Caps { http: 10, tcp: 10_000 };
+        let small_http = Caps {
+            http: 10,
+            tcp: 10_000,
+        };
         assert_eq!(small_http.fit(Some(256)), Caps { http: 10, tcp: 166 });
-        let small_tcp = Caps { http: 1024, tcp: 10 };
+        let small_tcp = Caps {
+            http: 1024,
+            tcp: 10,
+        };
         assert_eq!(small_tcp.fit(Some(256)), Caps { http: 166, tcp: 10 });
         let tiny = Caps { http: 5, tcp: 5 }.fit(Some(8));
         assert_eq!(tiny, Caps { http: 1, tcp: 1 });

@@ -40,7 +40,9 @@ fn merge_value(target: Option<&str>, patch: &str) -> Result<String, MergeError> 
         return Ok(patch.to_owned());
     };
     let mut members = match target {
-        Some(text) => object(text).map_err(MergeError::Target)?.unwrap_or_default(),
+        Some(text) => object(text)
+            .map_err(MergeError::Target)?
+            .unwrap_or_default(),
         None => Members::new(),
     };
     for (key, value) in patch {
@@ -121,7 +123,11 @@ mod tests {
             (r#"{"a":"foo"}"#, r#""bar""#, r#""bar""#),
             (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
             (r#"[1,2]"#, r#"{"a":"b","c":null}"#, r#"{"a":"b"}"#),
-            (r#"{}"#, r#"{"a":{"bb":{"ccc":null}}}"#, r#"{"a":{"bb":{}}}"#),
+            (
+                r#"{}"#,
+                r#"{"a":{"bb":{"ccc":null}}}"#,
+                r#"{"a":{"bb":{}}}"#,
+            ),
         ];
         for (target, patch, expected) in cases {
             assert_eq!(merged(target, patch), expected, "{target} + {patch}");

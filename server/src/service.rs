@@ -107,6 +107,12 @@ pub enum ServiceError {
     /// A dependency (Redis) cannot take the operation now.
     #[error("{0}")]
     Unavailable(String),
+    /// No id in this node's share of the connection's placement ring.
+    #[error("no id among {draws} drawn falls in this node's share of the placement ring")]
+    Unplaceable {
+        /// How many ids were drawn.
+        draws: usize,
+    },
 }
 
 impl ServiceError {
@@ -120,6 +126,7 @@ impl ServiceError {
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull(_) => ErrorCode::StoreFull,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unplaceable { .. } => ErrorCode::InvalidRequest,
         }
     }
 
@@ -222,7 +229,7 @@ impl SessionService {
             .ttl_ms(ttl_secs)?
             .unwrap_or(self.config.default_ttl_secs * 1000);
         let data = self.checked_size(data)?;
-        let id = fresh_id(placement);
+        let id = fresh_id(placement)?;
         match &self.replicator {
             Some(replicator) => replicator.create(id, data, ttl_ms).await,
             None => Ok(self.store.create(id, data, ttl_ms)?),
@@ -298,7 +305,7 @@ impl SessionService {
         id: &SessionId,
         placement: Option<&Placement>,
     ) -> Result<Session, ServiceError> {
-        let new_id = fresh_id(placement);
+        let new_id = fresh_id(placement)?;
         match &self.replicator {
             Some(replicator) => replicator.rotate(id, new_id).await,
             None => Ok(self.store.rotate(id, new_id)?),
@@ -311,22 +318,25 @@ impl SessionService {
     }
 }
 
-/// Most ids drawn for one placed id before settling for an unplaced one;
-/// a ring of n nodes needs n draws on average.
-const MAX_PLACEMENT_DRAWS: usize = 4096;
+/// Most ids drawn for one placed id, per node of the ring: a ring of n
+/// distinct nodes needs n draws on average, so n * 32 draws all miss with
+/// probability e^-32.
+const PLACEMENT_DRAWS_PER_NODE: usize = 32;
 
 /// A new id from the OS RNG. With a placement, ids are drawn until one
 /// falls in this node's rendezvous share: each id is still 128 random bits,
 /// and the ids of all nodes together are uniform over the whole id space.
-pub fn fresh_id(placement: Option<&Placement>) -> SessionId {
-    let Some(placement) = placement.filter(|p| (p.owner as usize) < p.ring.len()) else {
-        return SessionId::random();
+/// A ring where this node's share is (nearly) empty fails after a bounded
+/// number of draws instead of issuing an unplaced id.
+pub fn fresh_id(placement: Option<&Placement>) -> Result<SessionId, ServiceError> {
+    let Some(placement) = placement else {
+        return Ok(SessionId::random());
     };
-    let mine = Some(placement.owner as usize);
-    (0..MAX_PLACEMENT_DRAWS)
+    let draws = PLACEMENT_DRAWS_PER_NODE * placement.ring.len();
+    (0..draws)
         .map(|_| SessionId::random())
-        .find(|id| ring::owner(&placement.ring, id) == mine)
-        .unwrap_or_else(SessionId::random)
+        .find(|id| ring::owns(&placement.ring, placement.owner as usize, id))
+        .ok_or(ServiceError::Unplaceable { draws })
 }
 
 /// `current` with `patch` merged into it (RFC 7386); untouched members
@@ -402,11 +412,22 @@ mod tests {
             owner: 2,
         };
         for _ in 0..200 {
-            assert_eq!(
-                ring::owner(&placement.ring, &fresh_id(Some(&placement))),
-                Some(2)
-            );
+            let id = fresh_id(Some(&placement)).unwrap();
+            assert_eq!(ring::owner(&placement.ring, &id), Some(2));
         }
+    }
+
+    #[test]
+    fn an_empty_share_fails_after_bounded_draws() {
+        // Identical seeds: ties go to the first, so node 1 owns nothing.
+        let placement = Placement {
+            ring: vec![7; 4],
+            owner: 1,
+        };
+        assert_eq!(
+            fresh_id(Some(&placement)),
+            Err(ServiceError::Unplaceable { draws: 128 })
+        );
     }
 
     #[test]

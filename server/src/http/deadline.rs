@@ -184,7 +184,10 @@ mod tests {
 
         deadline.request_started();
         let busy = tokio::time::timeout(Duration::from_secs(3600), deadline.expired()).await;
-        assert!(busy.is_err(), "a busy connection has no connection deadline");
+        assert!(
+            busy.is_err(),
+            "a busy connection has no connection deadline"
+        );
 
         deadline.response_ready();
         let idle_from = Instant::now();
