@@ -20,6 +20,10 @@ use super::deadline::{Deadline, Watched};
 use super::error::ApiError;
 use super::{HttpLimits, RESERVE_HEAD_TIMEOUT};
 
+/// Largest read buffer of a connection (hyper's default is about 400 KiB):
+/// bodies stream through it to the handler.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// Routes a connection in the health reserve may ask for.
 const OPERATIONAL_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
@@ -72,6 +76,7 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .max_header_size(limits.max_head_bytes)
+        .max_buf_size(limits.max_head_bytes.max(READ_BUFFER_BYTES))
         .header_read_timeout(None)
         .keep_alive(slot == Slot::General);
     let io = TokioIo::new(Watched::new(stream, deadline.clone()));
