@@ -161,7 +161,7 @@ pub struct ServeArgs {
 
     /// Largest HTTP request head (request line and headers); past it 431
     /// and the connection is closed.
-    #[arg(long, env = "SESSIOND_HTTP_MAX_HEAD_BYTES", default_value = "16KiB", value_parser = parse_bytes)]
+    #[arg(long, env = "SESSIOND_HTTP_MAX_HEAD_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
     pub http_max_head_bytes: u64,
 
     /// Replicate to this Redis server (`redis://[user:password@]host:port[/db]`):
@@ -503,7 +503,7 @@ mod tests {
         assert_eq!(config.http_limits.header_timeout, Duration::from_secs(10));
         assert_eq!(config.http_limits.body_timeout, Duration::from_secs(30));
         assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(75));
-        assert_eq!(config.http_limits.max_head_bytes, 16 << 10);
+        assert_eq!(config.http_limits.max_head_bytes, 64 << 10);
     }
 
     #[test]

@@ -221,7 +221,15 @@ async fn long_heads_get_431_and_half_sent_heads_are_freed_at_the_timeout() {
         .buffer_unordered(50)
         .collect()
         .await;
-    let held = sample(&metrics(&node).await, "sessiond_http_connections").unwrap_or(0.0);
+    // The node holds them (once its accept loop has caught up).
+    let mut held = 0.0;
+    for _ in 0..50 {
+        held = sample(&metrics(&node).await, "sessiond_http_connections").unwrap_or(0.0);
+        if held >= 200.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         held >= 200.0,
         "the node should hold the 200 heads for now: {held}"
@@ -386,8 +394,15 @@ async fn a_burst_of_connects_fits_in_the_listen_backlog() {
         .collect()
         .await;
     drop(resume);
+    // The kernel caps every backlog at net.core.somaxconn (4096 on current
+    // kernels, 128 on old ones).
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(4096);
+    let expected = 390.min(somaxconn);
     assert!(
-        connected.len() >= 390,
+        connected.len() >= expected,
         "only {} of 400 connects completed while the node was busy (backlog too small)",
         connected.len()
     );

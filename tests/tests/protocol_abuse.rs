@@ -629,7 +629,7 @@ async fn placed_creates_on_a_large_ring_leave_health_checks_responsive() {
     let (slowest, owned) = tokio::join!(health, answers);
     assert_eq!(owned, 200);
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_secs(2),
         "/healthz took {slowest:?} during placed creates"
     );
 }
