@@ -8,9 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
+use crate::backend::redis::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
 use crate::balance::{BalanceConfig, UpstreamUrl};
 use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
-use crate::replication::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
+use crate::node::NodeConfig;
+use crate::secret::Secret;
 use crate::service::ServiceConfig;
 use crate::store::{StoreConfig, WhenFull};
 use crate::tcp::TcpLimits;
@@ -328,48 +330,6 @@ pub enum ConfigError {
     Upstream(String),
 }
 
-/// A secret that `Debug` (and so `--check-config` and logs) never shows.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-/// Everything a store node needs, checked.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// HTTP API address.
-    pub http: SocketAddr,
-    /// Binary protocol address.
-    pub tcp: SocketAddr,
-    /// Binary protocol limits.
-    pub tcp_limits: TcpLimits,
-    /// HTTP listener limits.
-    pub http_limits: HttpLimits,
-    /// Bearer token for /v1 and the binary handshake.
-    pub auth_token: Option<Secret>,
-    /// Store settings.
-    pub store: StoreConfig,
-    /// API policies.
-    pub service: ServiceConfig,
-    /// Sweeper period.
-    pub sweep_interval: Duration,
-    /// Sweeper work bound per shard and pass.
-    pub sweep_batch: usize,
-    /// Redis replication, if any.
-    pub redis: Option<RedisConfig>,
-}
-
 impl ServeArgs {
     /// Checks the flags and turns them into a node configuration.
     pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
@@ -409,7 +369,7 @@ impl ServeArgs {
                 .auth_token
                 .clone()
                 .filter(|token| !token.is_empty())
-                .map(Secret),
+                .map(Secret::new),
             store: StoreConfig {
                 shards: usize::from(self.shards),
                 max_memory: Some(self.max_memory),

@@ -4,8 +4,6 @@
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-use crate::http::RESERVE_CONNECTIONS;
-
 /// Descriptors kept for everything but client connections: standard
 /// streams, listeners, the runtime's poller and wakers, Redis connections.
 pub const FIXED_DESCRIPTORS: u64 = 64;
@@ -45,14 +43,14 @@ pub struct Caps {
 
 impl Caps {
     /// The caps asked for, lowered to fit in `limit` descriptors (with
-    /// [`FIXED_DESCRIPTORS`] and the HTTP health reserve set aside): each
-    /// listener keeps at least half of what is left, so a flood on one
-    /// leaves the other (and health checks) room.
-    pub fn fit(self, limit: Option<u64>) -> Self {
+    /// [`FIXED_DESCRIPTORS`] and `reserve` more, the HTTP health reserve,
+    /// set aside): each listener keeps at least half of what is left, so a
+    /// flood on one leaves the other (and health checks) room.
+    pub fn fit(self, limit: Option<u64>, reserve: usize) -> Self {
         let Some(limit) = limit else {
             return self;
         };
-        let set_aside = FIXED_DESCRIPTORS + RESERVE_CONNECTIONS as u64;
+        let set_aside = FIXED_DESCRIPTORS + reserve as u64;
         let room = usize::try_from(limit.saturating_sub(set_aside)).unwrap_or(usize::MAX);
         if self.http.saturating_add(self.tcp) <= room {
             return self;
@@ -77,8 +75,8 @@ mod tests {
             http: 1024,
             tcp: 10_000,
         };
-        assert_eq!(asked.fit(None), asked);
-        assert_eq!(asked.fit(Some(1 << 20)), asked);
+        assert_eq!(asked.fit(None, 16), asked);
+        assert_eq!(asked.fit(Some(1 << 20), 16), asked);
     }
 
     #[test]
@@ -88,19 +86,19 @@ mod tests {
             tcp: 10_000,
         };
         // 256 - 64 fixed - 16 reserve = 176, half each.
-        assert_eq!(asked.fit(Some(256)), Caps { http: 88, tcp: 88 });
+        assert_eq!(asked.fit(Some(256), 16), Caps { http: 88, tcp: 88 });
         // A small ask on one side leaves the rest to the other.
         let small_http = Caps {
             http: 10,
             tcp: 10_000,
         };
-        assert_eq!(small_http.fit(Some(256)), Caps { http: 10, tcp: 166 });
+        assert_eq!(small_http.fit(Some(256), 16), Caps { http: 10, tcp: 166 });
         let small_tcp = Caps {
             http: 1024,
             tcp: 10,
         };
-        assert_eq!(small_tcp.fit(Some(256)), Caps { http: 166, tcp: 10 });
-        let tiny = Caps { http: 5, tcp: 5 }.fit(Some(8));
+        assert_eq!(small_tcp.fit(Some(256), 16), Caps { http: 166, tcp: 10 });
+        let tiny = Caps { http: 5, tcp: 5 }.fit(Some(8), 16);
         assert_eq!(tiny, Caps { http: 1, tcp: 1 });
     }
 }

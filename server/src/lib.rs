@@ -1,19 +1,26 @@
 //! sessiond: a session store service that lets web backends be stateless.
 //!
-//! The binary's subcommands live in [`config`]; a store node is assembled in
-//! [`node`] from the [`store`] (sharded in-memory map), the [`service`] layer
-//! (every operation once) and the [`http`] front end.
+//! Layers, top to bottom (a module only uses the ones below it):
+//! - [`config`]: the command line and environment, turned into each
+//!   subsystem's own configuration;
+//! - [`node`] assembles a store node; [`balance`] is the front balancer;
+//! - [`http`] and [`tcp`]: the front ends (HTTP/JSON API, binary protocol);
+//! - [`service`]: every session operation once, with the API's policies;
+//! - [`backend`]: where sessions live (memory, Redis sync, Redis
+//!   write-behind), behind one trait;
+//! - [`store`]: the sharded in-memory map;
+//! - [`net`], [`descriptors`], [`readiness`], [`secret`]: what listeners
+//!   and nodes share.
 
+pub mod backend;
 pub mod balance;
-pub mod claims;
 pub mod config;
 pub mod descriptors;
-pub mod health;
 pub mod http;
-pub mod merge;
+pub mod net;
 pub mod node;
-pub mod replication;
+pub mod readiness;
+pub mod secret;
 pub mod service;
 pub mod store;
-pub mod sweeper;
 pub mod tcp;

@@ -219,7 +219,7 @@ async fn a_node_killed_under_updates_applies_each_update_once() {
     let redis = RedisServer::start();
     let mut nodes = nodes_on(&redis, 3).await;
     let refs: Vec<&Sessiond> = nodes.iter().collect();
-    let client = client_of(&refs, Duration::from_millis(500)).await;
+    let client = client_of(&refs, Duration::from_secs(1)).await;
     let http = http();
     for run in 0..RUNS {
         let results = updates_through_a_kill(&client, &mut nodes, run % 3).await;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use upstream::UpstreamUrl;
 
-use crate::node::{NodeError, accept, bind};
+use crate::net::{NetError, accept, bind};
 use health::HealthCheck;
 use pool::Pool;
 use proxy::{Proxy, ProxyLimits};
@@ -82,7 +82,7 @@ pub async fn run(
     config: BalanceConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
-) -> Result<(), NodeError> {
+) -> Result<(), NetError> {
     let upstreams: Vec<Arc<Upstream>> = config
         .upstreams
         .iter()
@@ -157,8 +157,8 @@ fn start_workers(
     limits: &ProxyLimits,
     config: &BalanceConfig,
     shutdown: &CancellationToken,
-) -> Result<Vec<std::thread::JoinHandle<()>>, NodeError> {
-    let serve_error = |source| NodeError::Serve {
+) -> Result<Vec<std::thread::JoinHandle<()>>, NetError> {
+    let serve_error = |source| NetError::Serve {
         what: "balancer",
         source,
     };

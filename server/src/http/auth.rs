@@ -7,8 +7,8 @@ use axum::response::Response;
 use sessiond_proto::ErrorCode;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 
 /// Lets the request through when no token is configured or when it carries
 /// `Authorization: Bearer <token>` with the right token.

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 
 use super::deadline::{Deadline, Watched};
 use super::error::ApiError;
-use super::{HttpLimits, RESERVE_HEAD_TIMEOUT};
+use super::limits::{HttpLimits, RESERVE_HEAD_TIMEOUT};
 
 /// Largest read buffer of a connection (hyper's default is about 400 KiB):
 /// bodies stream through it to the handler.

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Slot};
-use super::{HttpLimits, RESERVE_CONNECTIONS};
-use crate::node::accept;
+use super::limits::{HttpLimits, RESERVE_CONNECTIONS};
+use crate::net::accept;
 
 /// Accepts connections until `shutdown` fires, then waits for open
 /// connections to finish the requests they already sent.

@@ -5,18 +5,16 @@ mod connection;
 mod deadline;
 mod error;
 mod extract;
+mod limits;
 mod listener;
 mod observability;
 mod sessions;
-
-use std::sync::Arc;
-use std::time::Duration;
+mod state;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use metrics_exporter_prometheus::PrometheusHandle;
 use sessiond_proto::ErrorCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,56 +22,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
-
-use crate::health::Readiness;
-use crate::service::SessionService;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// The session operations.
-    pub service: SessionService,
-    /// The bearer token `/v1` requires, if any.
-    pub auth_token: Option<Arc<str>>,
-    /// Renders `/metrics`; `None` when no recorder is installed.
-    pub metrics: Option<PrometheusHandle>,
-    /// Answers `/readyz`.
-    pub readiness: Readiness,
-    /// Time a request body has to arrive once its head is in.
-    pub body_timeout: Duration,
-}
-
-/// Limits that keep HTTP clients from holding a node's memory and
-/// descriptors.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    /// Connections served at once (past it, [`RESERVE_CONNECTIONS`] more for
-    /// health checks, then new connections are closed at once).
-    pub max_connections: usize,
-    /// Time to send a whole request head (from the connection's start, or
-    /// from the first byte of the next request on a kept-alive connection).
-    pub header_timeout: Duration,
-    /// Time to send a whole request body once its head is in.
-    pub body_timeout: Duration,
-    /// Time a kept-alive connection may wait for its next request.
-    pub idle_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes.
-    pub max_head_bytes: usize,
-}
-
-/// Connections accepted past `--max-http-connections` for `/healthz`,
-/// `/readyz` and `/metrics` only.
-pub const RESERVE_CONNECTIONS: usize = 16;
-
-/// Head timeout of a reserve connection (at most `--http-header-timeout`):
-/// a health checker sends its request at once.
-pub const RESERVE_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Smallest `--http-max-head-bytes`.
-pub const MIN_HEAD_BYTES: usize = 1 << 10;
-
-/// Largest `--http-max-head-bytes`.
-pub const MAX_HEAD_BYTES: usize = 1 << 20;
+pub use limits::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES, RESERVE_CONNECTIONS};
+pub use state::AppState;
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {

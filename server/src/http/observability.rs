@@ -8,8 +8,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sessiond_proto::ErrorCode;
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 
 /// Methods that get their own label value; any other is `other`.
 const KNOWN_METHODS: &[Method] = &[

@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use sessiond_proto::http::{CreateRequest, PutRequest, TouchRequest};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{BodyLimit, IdParam, MediaType, idempotency_key, if_match, json_body};
+use super::state::AppState;
 use crate::service::JsonData;
 use crate::store::Session;
 

@@ -7,6 +7,7 @@
 
 mod budget;
 mod clock;
+mod session;
 mod shard;
 mod write_log;
 
@@ -20,6 +21,7 @@ use sessiond_proto::wire::WriteTag;
 
 pub use budget::MemoryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use session::Session;
 use shard::{Shard, Slot};
 pub use write_log::{CLOCK_SKEW_MS, Verdict, WRITE_LOG_LEN, WriteLog};
 
@@ -34,27 +36,6 @@ pub const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<SessionId>()
 const EVICTION_SAMPLES: usize = 16;
 /// How often a write retries after making room before it gives up.
 const MAX_ROOM_ATTEMPTS: usize = 8;
-
-/// A session as the store hands it out: a snapshot, cheap to clone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// The session's id.
-    pub id: SessionId,
-    /// The session's data (JSON text).
-    pub data: Bytes,
-    /// 1 on create, +1 on every write.
-    pub version: u64,
-    /// Creation time (ms since the Unix epoch).
-    pub created_at_ms: u64,
-    /// Time of the last write (ms since the Unix epoch).
-    pub updated_at_ms: u64,
-    /// Idle TTL: every use pushes the expiry to now + this.
-    pub ttl_ms: u64,
-    /// When the session expires unless used (ms since the Unix epoch).
-    pub expires_at_ms: u64,
-    /// The tags of the writes that produced the latest versions.
-    pub writes: WriteLog,
-}
 
 /// What the store does when a write does not fit in `max_memory`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

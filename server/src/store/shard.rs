@@ -5,7 +5,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use indexmap::IndexMap;
 use sessiond_proto::SessionId;
 
-use super::Session;
+use super::session::Session;
 
 /// A session as held in a shard, with what eviction needs to know.
 #[derive(Debug)]

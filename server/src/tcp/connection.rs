@@ -21,7 +21,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::{TcpContext, dispatch};
+use super::context::TcpContext;
+use super::dispatch;
 
 type Codec = FrameCodec<ClientFrame, ServerFrame>;
 type Reader = FramedRead<OwnedReadHalf, Codec>;
@@ -54,7 +55,7 @@ pub async fn run(
         protocol: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         max_frame_bytes: max_frame as u64,
-        shared_sessions: ctx.service.is_replicated(),
+        shared_sessions: ctx.service.shares_sessions(),
         max_ttl_secs: ctx.service.config().max_ttl_secs,
     });
     if send(&mut writer, ctx, welcome).await.is_err() {

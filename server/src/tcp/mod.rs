@@ -2,10 +2,12 @@
 //! connections, and the same service layer as the HTTP API.
 
 mod connection;
+mod context;
 mod dispatch;
 
+pub use context::{TcpContext, TcpLimits};
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::SinkExt;
 use sessiond_proto::ErrorCode;
@@ -17,35 +19,7 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::node::accept;
-use crate::service::SessionService;
-
-/// Limits that keep one client from exhausting the node.
-#[derive(Debug, Clone)]
-pub struct TcpLimits {
-    /// Largest frame accepted.
-    pub max_frame_bytes: usize,
-    /// Connections served at once; more are refused with an error frame.
-    pub max_connections: usize,
-    /// Requests of one connection in flight at once; past it the server
-    /// stops reading that connection until answers go out.
-    pub max_in_flight: usize,
-    /// Time a connection may stay without requests (and a write may block).
-    pub idle_timeout: Duration,
-    /// Time a new connection has to send its Hello.
-    pub handshake_timeout: Duration,
-}
-
-/// What connections share.
-#[derive(Debug)]
-pub struct TcpContext {
-    /// The session operations.
-    pub service: SessionService,
-    /// The token clients must present in Hello, if any.
-    pub auth_token: Option<Arc<str>>,
-    /// Connection limits.
-    pub limits: TcpLimits,
-}
+use crate::net::accept;
 
 /// Accepts connections until `shutdown` fires, then waits for open
 /// connections to finish the requests they already sent.

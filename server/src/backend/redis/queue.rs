@@ -1,5 +1,5 @@
-//! Write-behind (`--redis-mode async`): writes are acknowledged from
-//! memory and shipped to Redis from a bounded queue by one worker, in order,
+//! The write-behind queue (`--redis-mode async`): writes acknowledged from
+//! memory are shipped to Redis from a bounded queue by one worker, in order,
 //! many per round trip. A full queue refuses writes (503) rather than
 //! growing; the queue is flushed on graceful shutdown. What a SIGKILL
 //! loses: the writes still queued.
@@ -12,10 +12,11 @@ use sessiond_proto::SessionId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::error::ReplicationError;
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
-use super::scripts::{Deleted, Scripts, session_args};
-use super::{ReplicationError, key};
+use super::scripts::{Deleted, Scripts, key, session_args};
+use crate::backend::api::{BackendError, Unavailable};
 use crate::store::Session;
 
 /// Most writes sent in one round of the worker.
@@ -77,12 +78,14 @@ impl WriteBehind {
         (writer, Worker { receiver, depth })
     }
 
-    /// A place in the queue, or [`ReplicationError::QueueFull`].
-    pub fn reserve(&self) -> Result<Slot<'_>, ReplicationError> {
+    /// A place in the queue, or [`Unavailable::QueueFull`].
+    pub fn reserve(&self) -> Result<Slot<'_>, BackendError> {
         let permit = self
             .sender
             .try_reserve()
-            .map_err(|_| ReplicationError::QueueFull(self.capacity))?;
+            .map_err(|_| Unavailable::QueueFull {
+                capacity: self.capacity,
+            })?;
         Ok(Slot {
             permit,
             depth: &self.depth,

@@ -30,12 +30,12 @@ use crate::store::Store;
 
 /// How long a writer waits for the other cachers' acks before it answers
 /// anyway (a node that does not ack within it is dead or cut off).
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(100);
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(250);
 /// A subscribed node refreshes its heartbeat key this often...
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 /// ...and the key lives this long: a writer does not wait for acks from a
 /// node without one (it died, or lost Redis and trusts no copy).
-const HEARTBEAT_TTL: Duration = Duration::from_millis(600);
+const HEARTBEAT_TTL: Duration = Duration::from_millis(1500);
 
 /// First byte of an invalidation: `I`, writer (8), session (16), nonce (8).
 const INVALIDATION: u8 = b'I';
@@ -308,6 +308,9 @@ impl Invalidations {
                 redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
             })??;
         pubsub.subscribe(&self.channel).await?;
+        // Writers wait for this node's acks only while its heartbeat is
+        // alive: beat before any copy can be cached.
+        self.clone().beat().await;
         // Copies cached before now may have missed invalidations.
         let dropped = store.clear();
         self.received.fetch_add(1, Ordering::AcqRel);

@@ -9,10 +9,11 @@ use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
 use sessiond_proto::{ErrorCode, SessionId, ring};
 
-use crate::claims::Claims;
-use crate::merge::MergeError;
-use crate::replication::Replicator;
-use crate::store::{Session, Store, StoreError, StoreStats};
+use crate::backend::{AnyBackend, Backend, BackendError, Failed, Indeterminate, Unavailable};
+use crate::store::{Session, StoreStats};
+use merge::MergeError;
+
+mod merge;
 
 /// Session data known to be valid JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,16 +104,22 @@ pub enum ServiceError {
     #[error("the merge patch is not valid JSON: {0}")]
     InvalidPatch(String),
     /// The store is full and its policy is to reject.
-    #[error("{0}")]
-    StoreFull(String),
-    /// A dependency (Redis) cannot take the operation now.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("the store is full: {needed} more bytes do not fit in the {limit}-byte memory bound")]
+    StoreFull {
+        /// Bytes the write needed.
+        needed: u64,
+        /// The memory bound.
+        limit: u64,
+    },
+    /// The operation cannot be taken now (Redis down, queue full, too much
+    /// contention); nothing was changed.
+    #[error(transparent)]
+    Unavailable(Unavailable),
     /// The write may or may not have been applied, and this node cannot
     /// tell (a re-sent write the log no longer covers, or a Redis command
     /// whose answer was lost).
-    #[error("{0}")]
-    Indeterminate(String),
+    #[error(transparent)]
+    Indeterminate(Indeterminate),
     /// No id in this node's share of the connection's placement ring.
     #[error("no id among {draws} drawn falls in this node's share of the placement ring")]
     Unplaceable {
@@ -130,7 +137,7 @@ impl ServiceError {
             Self::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::InvalidTtl { .. } => ErrorCode::InvalidTtl,
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
-            Self::StoreFull(_) => ErrorCode::StoreFull,
+            Self::StoreFull { .. } => ErrorCode::StoreFull,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Indeterminate(_) => ErrorCode::Indeterminate,
             Self::Unplaceable { .. } => ErrorCode::InvalidRequest,
@@ -146,57 +153,48 @@ impl ServiceError {
     }
 }
 
-impl From<StoreError> for ServiceError {
-    fn from(err: StoreError) -> Self {
+impl From<BackendError> for ServiceError {
+    fn from(err: BackendError) -> Self {
         match err {
-            StoreError::NotFound => Self::NotFound,
-            StoreError::VersionMismatch { expected, current } => {
+            BackendError::NotFound => Self::NotFound,
+            BackendError::VersionMismatch { expected, current } => {
                 Self::VersionMismatch { expected, current }
             }
-            StoreError::Indeterminate => Self::Indeterminate(StoreError::Indeterminate.to_string()),
-            full @ StoreError::Full { .. } => Self::StoreFull(full.to_string()),
+            BackendError::StoreFull { needed, limit } => Self::StoreFull { needed, limit },
+            BackendError::Unavailable(why) => Self::Unavailable(why),
+            BackendError::Indeterminate(why) => Self::Indeterminate(why),
         }
     }
 }
 
-/// The session operations of a node: on its memory alone, or replicated
-/// to Redis.
+impl From<Failed<ServiceError>> for ServiceError {
+    fn from(failed: Failed<ServiceError>) -> Self {
+        match failed {
+            Failed::Backend(err) => err.into(),
+            Failed::Compute(err) => err,
+        }
+    }
+}
+
+/// The session operations of a node: the API's policies over one backend.
 #[derive(Debug, Clone)]
 pub struct SessionService {
-    store: Arc<Store>,
-    replicator: Option<Arc<Replicator>>,
-    claims: Claims,
+    backend: Arc<AnyBackend>,
     config: ServiceConfig,
 }
 
 impl SessionService {
-    /// A memory-only service over `store` with the given policies.
-    pub fn new(store: Arc<Store>, config: ServiceConfig) -> Self {
+    /// A service with the given policies over `backend`.
+    pub fn new(backend: AnyBackend, config: ServiceConfig) -> Self {
         Self {
-            store,
-            replicator: None,
-            claims: Claims::default(),
+            backend: Arc::new(backend),
             config,
         }
     }
 
-    /// A service whose writes and misses go through `replicator`.
-    pub fn replicated(
-        store: Arc<Store>,
-        replicator: Arc<Replicator>,
-        config: ServiceConfig,
-    ) -> Self {
-        Self {
-            store,
-            replicator: Some(replicator),
-            claims: Claims::default(),
-            config,
-        }
-    }
-
-    /// Whether sessions live in Redis, shared by every node.
-    pub fn is_replicated(&self) -> bool {
-        self.replicator.is_some()
+    /// Whether every node serves every session (they live in Redis).
+    pub fn shares_sessions(&self) -> bool {
+        self.backend.shares_sessions()
     }
 
     /// The policies in force.
@@ -244,21 +242,12 @@ impl SessionService {
         let data = self.checked_size(data)?;
         let id = fresh_id(placement)?;
         let tag = write.map(|write| write.id);
-        match &self.replicator {
-            Some(replicator) => replicator.create(id, data, ttl_ms, tag).await,
-            None => {
-                let id = tag.map_or(id, |tag| self.claims.claim(tag, id));
-                Ok(self.store.create(id, data, ttl_ms, tag)?)
-            }
-        }
+        Ok(self.backend.create(id, data, ttl_ms, tag).await?)
     }
 
     /// Reads a session, refreshing its expiry.
     pub async fn get(&self, id: &SessionId) -> Result<Session, ServiceError> {
-        match &self.replicator {
-            Some(replicator) => replicator.get(id).await,
-            None => Ok(self.store.get(id)?),
-        }
+        Ok(self.backend.get(id).await?)
     }
 
     /// Replaces a session's data, optionally only if at `expected` version.
@@ -273,10 +262,7 @@ impl SessionService {
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
         let data = self.checked_size(data)?;
-        match &self.replicator {
-            Some(replicator) => replicator.put(id, data, ttl_ms, expected, write).await,
-            None => Ok(self.store.put(id, data, ttl_ms, expected, write)?),
-        }
+        Ok(self.backend.put(id, data, ttl_ms, expected, write).await?)
     }
 
     /// Applies an RFC 7386 JSON merge patch atomically, optionally with a
@@ -291,25 +277,15 @@ impl SessionService {
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
         let compute = |current: &Bytes| self.checked_size(merge_patch(current, patch)?);
-        match &self.replicator {
-            Some(replicator) => {
-                replicator
-                    .update(id, expected, ttl_ms, write, compute)
-                    .await
-            }
-            None => self.store.update(id, expected, ttl_ms, write, compute),
-        }
+        Ok(self
+            .backend
+            .update(id, expected, ttl_ms, write, compute)
+            .await?)
     }
 
     /// Deletes a session; deleting a missing one is not an error.
     pub async fn delete(&self, id: &SessionId) -> Result<(), ServiceError> {
-        match &self.replicator {
-            Some(replicator) => replicator.delete(id).await,
-            None => {
-                self.store.delete(id);
-                Ok(())
-            }
-        }
+        Ok(self.backend.delete(id).await?)
     }
 
     /// Extends a session's expiry, optionally with a new idle TTL.
@@ -319,10 +295,7 @@ impl SessionService {
         ttl_secs: Option<u64>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
-        match &self.replicator {
-            Some(replicator) => replicator.touch(id, ttl_ms).await,
-            None => Ok(self.store.touch(id, ttl_ms)?),
-        }
+        Ok(self.backend.touch(id, ttl_ms).await?)
     }
 
     /// Moves a session to a new id (placed like [`create`](Self::create)
@@ -336,24 +309,12 @@ impl SessionService {
     ) -> Result<Session, ServiceError> {
         let new_id = fresh_id(placement)?;
         let tag = write.map(|write| write.id);
-        if let Some(replicator) = &self.replicator {
-            return replicator.rotate(id, new_id, tag).await;
-        }
-        let Some(tag) = tag else {
-            return Ok(self.store.rotate(id, new_id)?);
-        };
-        let moved_to = self.claims.claim(tag, new_id);
-        match self.store.rotate(id, moved_to) {
-            // Another attempt of this rotation may have moved it already
-            // (the new id is claimed by this write alone).
-            Err(StoreError::NotFound) => Ok(self.store.get(&moved_to)?),
-            result => Ok(result?),
-        }
+        Ok(self.backend.rotate(id, new_id, tag).await?)
     }
 
-    /// The store's counters.
+    /// The counters of this node's memory.
     pub fn stats(&self) -> StoreStats {
-        self.store.stats()
+        self.backend.stats()
     }
 }
 
@@ -381,7 +342,7 @@ pub fn fresh_id(placement: Option<&Placement>) -> Result<SessionId, ServiceError
 /// `current` with `patch` merged into it (RFC 7386); untouched members
 /// keep their exact text (see [`crate::merge`]).
 fn merge_patch(current: &[u8], patch: &RawValue) -> Result<JsonData, ServiceError> {
-    let text = crate::merge::merge_patch(current, patch).map_err(|err| match err {
+    let text = merge::merge_patch(current, patch).map_err(|err| match err {
         MergeError::Target(message) => ServiceError::InvalidData(message),
         MergeError::Patch(message) => ServiceError::InvalidPatch(message),
     })?;
@@ -391,11 +352,11 @@ fn merge_patch(current: &[u8], patch: &RawValue) -> Result<JsonData, ServiceErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{StoreConfig, SystemClock};
+    use crate::store::{Store, StoreConfig, SystemClock};
 
     fn service(config: ServiceConfig) -> SessionService {
         let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
-        SessionService::new(Arc::new(store), config)
+        SessionService::new(AnyBackend::memory(Arc::new(store)), config)
     }
 
     #[tokio::test]

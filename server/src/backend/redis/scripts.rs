@@ -16,6 +16,11 @@ use sessiond_proto::SessionId;
 
 use crate::store::{Session, WRITE_LOG_LEN, WriteLog};
 
+/// A session's key in Redis.
+pub fn key(prefix: &str, id: &SessionId) -> String {
+    format!("{prefix}{id}")
+}
+
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy.
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h]`.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::replication::RedisLink;
+use crate::backend::redis::RedisLink;
 
 /// Readiness of a node: not ready while draining for shutdown, nor while
 /// its Redis (when it replicates to one) is unreachable.

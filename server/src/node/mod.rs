@@ -1,98 +1,61 @@
 //! A store node: builds the store and service from its configuration,
 //! binds the listeners, runs the background tasks and shuts down cleanly.
 
+mod sweeper;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::NodeConfig;
+use crate::backend::AnyBackend;
+use crate::backend::redis::{RedisConfig, ReplicationError};
 use crate::descriptors::{self, Caps};
-use crate::health::Readiness;
-use crate::http::{self, AppState};
-use crate::replication::{ReplicationError, Replicator};
-use crate::service::SessionService;
-use crate::store::{Store, SystemClock};
-use crate::sweeper;
-use crate::tcp::{self, TcpContext};
+use crate::http::{self, AppState, HttpLimits, RESERVE_CONNECTIONS};
+use crate::net::{NetError, bind};
+use crate::readiness::Readiness;
+use crate::secret::Secret;
+use crate::service::{ServiceConfig, SessionService};
+use crate::store::{Store, StoreConfig, SystemClock};
+use crate::tcp::{self, TcpContext, TcpLimits};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// A listener could not bind its address.
-    #[error("cannot listen for {what} on {addr}: {source}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// A listener could not run.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The Redis settings are unusable.
     #[error(transparent)]
     Redis(ReplicationError),
-    /// Serving failed.
-    #[error("{what} listener failed: {source}")]
-    Serve {
-        /// Which listener.
-        what: &'static str,
-        /// The OS error.
-        source: std::io::Error,
-    },
 }
 
-/// Listen backlog of every listener: connections the kernel completes
-/// while the accept loop is busy (the kernel caps it at
-/// `net.core.somaxconn`). Past it, a client's SYN is dropped and its connect
-/// stalls for a one-second retransmission.
-pub const LISTEN_BACKLOG: u32 = 1024;
-
-/// Binds a listener (address reuse on, a [`LISTEN_BACKLOG`] backlog) and
-/// logs the address it got.
-pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    let listen = || {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }?;
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(LISTEN_BACKLOG)
-    };
-    let listener = listen().map_err(|source| NodeError::Bind { what, addr, source })?;
-    let local = listener.local_addr().unwrap_or(addr);
-    tracing::info!(%local, "{what} listening");
-    Ok(listener)
-}
-
-/// The next connection of `listener`, or `None` once `shutdown` fires.
-/// Accept errors (out of file descriptors and the like) are logged and
-/// retried after a short pause: the listener keeps serving.
-pub async fn accept(
-    listener: &TcpListener,
-    shutdown: &CancellationToken,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return None,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return Some((stream, peer));
-            }
-            Err(err) => {
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+/// Everything a store node needs, checked.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// HTTP listener limits.
+    pub http_limits: HttpLimits,
+    /// Binary protocol address.
+    pub tcp: SocketAddr,
+    /// Binary protocol limits.
+    pub tcp_limits: TcpLimits,
+    /// Bearer token for /v1 and the binary handshake.
+    pub auth_token: Option<Secret>,
+    /// Store settings.
+    pub store: StoreConfig,
+    /// API policies.
+    pub service: ServiceConfig,
+    /// Sweeper period.
+    pub sweep_interval: Duration,
+    /// Sweeper work bound per shard and pass.
+    pub sweep_batch: usize,
+    /// Redis replication, if any.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Lowers the connection caps of both listeners to what `limit`
@@ -102,7 +65,7 @@ fn fit_connection_caps(config: &mut NodeConfig, limit: Option<u64>) {
         http: config.http_limits.max_connections,
         tcp: config.tcp_limits.max_connections,
     };
-    let fitted = asked.fit(limit);
+    let fitted = asked.fit(limit, RESERVE_CONNECTIONS);
     if fitted != asked {
         tracing::warn!(
             ?limit,
@@ -135,10 +98,10 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     let drained = CancellationToken::new();
-    let (service, readiness) = match config.redis.clone() {
+    let (backend, readiness) = match config.redis.clone() {
         Some(redis) => {
             tracing::info!(target = ?redis.target, mode = ?redis.mode, consistency = ?redis.consistency, "replicating to Redis");
-            let replicator = Replicator::start(
+            let (backend, link) = AnyBackend::redis(
                 redis,
                 store.clone(),
                 config.store.max_lifetime_ms,
@@ -147,16 +110,11 @@ pub async fn run(
                 &drained,
             )
             .map_err(NodeError::Redis)?;
-            let readiness = Readiness::with_redis(replicator.link().clone());
-            let service =
-                SessionService::replicated(store.clone(), replicator, config.service.clone());
-            (service, readiness)
+            (backend, Readiness::with_redis(link))
         }
-        None => (
-            SessionService::new(store.clone(), config.service.clone()),
-            Readiness::default(),
-        ),
+        None => (AnyBackend::memory(store.clone()), Readiness::default()),
     };
+    let service = SessionService::new(backend, config.service.clone());
     tasks.spawn(sweeper::run(
         store,
         config.sweep_interval,

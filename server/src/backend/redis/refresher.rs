@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 use sessiond_proto::SessionId;
 use tokio_util::sync::CancellationToken;
 
+use super::error::ReplicationError;
 use super::link::RedisLink;
-use super::{ReplicationError, key};
+use super::scripts::key;
 
 /// How often coalesced expiry refreshes are flushed to Redis.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);

@@ -1,0 +1,198 @@
+//! The seam between the service layer and where sessions live: the
+//! operations every storage mode offers, and their typed errors.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use sessiond_proto::SessionId;
+use sessiond_proto::wire::WriteTag;
+
+use crate::store::{Session, StoreError, StoreStats};
+
+/// Where sessions live: this node's memory, Redis with memory as a cache
+/// (sync), or memory with Redis following from a queue (write-behind).
+///
+/// The service layer holds the policies (TTL bounds, size limits, JSON
+/// validity, ids) and calls one backend; a backend keeps each operation
+/// atomic, applies a tagged write at most once (see `store::WriteLog`) and
+/// keeps its own copies coherent.
+pub trait Backend: Send + Sync {
+    /// Whether every node serves every session (they live in Redis), so a
+    /// client may fail over to another node.
+    fn shares_sessions(&self) -> bool;
+
+    /// Creates a session under the fresh id `id` (or, for a create tagged
+    /// `tag` sent again, under the id its first attempt took).
+    fn create(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+    ) -> impl Future<Output = Result<Session, BackendError>> + Send;
+
+    /// Reads a session, refreshing its sliding expiry.
+    fn get(&self, id: &SessionId) -> impl Future<Output = Result<Session, BackendError>> + Send;
+
+    /// Replaces a session's data (only at version `expected`, if given),
+    /// optionally with a new idle TTL.
+    fn put(
+        &self,
+        id: &SessionId,
+        data: Bytes,
+        ttl_ms: Option<u64>,
+        expected: Option<u64>,
+        write: Option<WriteTag>,
+    ) -> impl Future<Output = Result<Session, BackendError>> + Send;
+
+    /// Computes a session's new data from its current data and writes it,
+    /// atomically against every other writer. `compute` may run more than
+    /// once; its error ends the update as [`Failed::Compute`].
+    fn update<E, F>(
+        &self,
+        id: &SessionId,
+        expected: Option<u64>,
+        ttl_ms: Option<u64>,
+        write: Option<WriteTag>,
+        compute: F,
+    ) -> impl Future<Output = Result<Session, Failed<E>>> + Send
+    where
+        E: Send,
+        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync;
+
+    /// Extends a session's expiry, optionally with a new idle TTL, without
+    /// writing it.
+    fn touch(
+        &self,
+        id: &SessionId,
+        ttl_ms: Option<u64>,
+    ) -> impl Future<Output = Result<Session, BackendError>> + Send;
+
+    /// Deletes a session; deleting a missing one is not an error.
+    fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Moves a session to the fresh id `new_id` (or, for a rotation tagged
+    /// `tag` sent again, to the id its first attempt took); the old id is
+    /// gone at once.
+    fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        tag: Option<u64>,
+    ) -> impl Future<Output = Result<Session, BackendError>> + Send;
+
+    /// The counters of this node's memory.
+    fn stats(&self) -> StoreStats;
+}
+
+/// Why a backend operation did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// No live session has this id.
+    #[error("no live session has this id (it never existed, was deleted or expired)")]
+    NotFound,
+    /// A conditional write expected another version.
+    #[error("the session is at version {current}, not the expected {expected}")]
+    VersionMismatch {
+        /// What the caller expected.
+        expected: u64,
+        /// The version now.
+        current: u64,
+    },
+    /// The write does not fit in the memory bound and the policy is to
+    /// reject.
+    #[error("the store is full: {needed} more bytes do not fit in the {limit}-byte memory bound")]
+    StoreFull {
+        /// Bytes the write needed.
+        needed: u64,
+        /// The memory bound.
+        limit: u64,
+    },
+    /// The operation cannot be taken now; nothing was changed.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The write may or may not have been applied, and this node cannot
+    /// tell.
+    #[error(transparent)]
+    Indeterminate(#[from] Indeterminate),
+}
+
+/// Why an operation cannot be taken now (nothing was changed; try again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// Redis refused the connection or the command failed before it ran.
+    #[error("Redis is unreachable: {reason}")]
+    RedisDown {
+        /// What Redis (or the connection to it) said.
+        reason: String,
+    },
+    /// The write-behind queue is full.
+    #[error("the Redis replication queue is full ({capacity} writes waiting); try again")]
+    QueueFull {
+        /// The queue's capacity (`--redis-queue`).
+        capacity: usize,
+    },
+    /// Other writers changed the session under every attempt.
+    #[error("the session changed under every attempt to {operation} it; try again")]
+    Contention {
+        /// What was being done.
+        operation: &'static str,
+    },
+    /// A fresh id was already taken (astronomically unlikely).
+    #[error("a fresh session id is already taken in Redis; try again")]
+    IdTaken,
+}
+
+/// Why nobody can tell whether a write was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Indeterminate {
+    /// A re-sent write that the session's write log no longer covers.
+    #[error(
+        "this write was sent again after its answer was lost, and the session has changed \
+         too much since to tell whether the first attempt was applied; read it to find out"
+    )]
+    Resent,
+    /// The write's Redis command got no answer (it may have run).
+    #[error(
+        "Redis did not answer ({reason}), so this node cannot tell whether the write was applied"
+    )]
+    RedisNoAnswer {
+        /// What the connection to Redis said.
+        reason: String,
+    },
+}
+
+/// How an update ended without a session: the backend's reason, or the
+/// caller's `compute` refusing the current data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed<E> {
+    /// The backend could not do it.
+    Backend(BackendError),
+    /// `compute` failed.
+    Compute(E),
+}
+
+impl<E> From<BackendError> for Failed<E> {
+    fn from(err: BackendError) -> Self {
+        Self::Backend(err)
+    }
+}
+
+impl<E> From<StoreError> for Failed<E> {
+    fn from(err: StoreError) -> Self {
+        Self::Backend(err.into())
+    }
+}
+
+impl From<StoreError> for BackendError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::VersionMismatch { expected, current } => {
+                Self::VersionMismatch { expected, current }
+            }
+            StoreError::Indeterminate => Self::Indeterminate(Indeterminate::Resent),
+            StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Sessions in this node's memory only: a node's death loses its sessions.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sessiond_proto::SessionId;
+use sessiond_proto::wire::WriteTag;
+
+use super::api::{Backend, BackendError, Failed};
+use super::claims::Claims;
+use crate::store::{Session, Store, StoreError, StoreStats};
+
+/// The memory-only backend: the store, and the claims that let a tagged
+/// create or rotation sent again find the id its first attempt took.
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    store: Arc<Store>,
+    claims: Claims,
+}
+
+impl MemoryBackend {
+    /// A backend over `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            claims: Claims::default(),
+        }
+    }
+
+    /// The id a tagged write is to use: `fresh`, or the one an attempt of
+    /// the same write claimed first.
+    fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> SessionId {
+        tag.map_or(fresh, |tag| self.claims.claim(tag, fresh))
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+
+    async fn create(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+    ) -> Result<Session, BackendError> {
+        let id = self.claimed(tag, id);
+        Ok(self.store.create(id, data, ttl_ms, tag)?)
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
+        Ok(self.store.get(id)?)
+    }
+
+    async fn put(
+        &self,
+        id: &SessionId,
+        data: Bytes,
+        ttl_ms: Option<u64>,
+        expected: Option<u64>,
+        write: Option<WriteTag>,
+    ) -> Result<Session, BackendError> {
+        Ok(self.store.put(id, data, ttl_ms, expected, write)?)
+    }
+
+    async fn update<E, F>(
+        &self,
+        id: &SessionId,
+        expected: Option<u64>,
+        ttl_ms: Option<u64>,
+        write: Option<WriteTag>,
+        compute: F,
+    ) -> Result<Session, Failed<E>>
+    where
+        E: Send,
+        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+    {
+        self.store.update(id, expected, ttl_ms, write, |data| {
+            compute(data).map_err(Failed::Compute)
+        })
+    }
+
+    async fn touch(&self, id: &SessionId, ttl_ms: Option<u64>) -> Result<Session, BackendError> {
+        Ok(self.store.touch(id, ttl_ms)?)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
+        self.store.delete(id);
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        tag: Option<u64>,
+    ) -> Result<Session, BackendError> {
+        let moved_to = self.claimed(tag, new_id);
+        match self.store.rotate(id, moved_to) {
+            // Another attempt of this rotation may have moved it already
+            // (the new id is claimed by this write alone).
+            Err(StoreError::NotFound) if tag.is_some() => Ok(self.store.get(&moved_to)?),
+            result => Ok(result?),
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+}

@@ -1,0 +1,262 @@
+//! What both Redis backends share: the link, the scripts, the
+//! invalidations, the expiry refresher and the locks that order this
+//! node's cache fills and writes of one session.
+
+use std::sync::Arc;
+
+use sessiond_proto::SessionId;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::error::{ReplicationError, write_error};
+use super::invalidation::Invalidations;
+use super::link::{RedisLink, RedisTarget};
+use super::refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
+use super::scripts::{Scripts, StoredSession, hex, key};
+use crate::backend::api::{BackendError, Unavailable};
+use crate::backend::claims::CLAIM_TTL;
+use crate::store::{Session, Store};
+
+/// How many times an optimistic read-modify-write against Redis retries
+/// after another writer got in between.
+pub const MAX_OPTIMISTIC_ATTEMPTS: usize = 16;
+/// Locks that order a node's own cache fills and writes of one session.
+const STRIPES: usize = 256;
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// After Redis acknowledged it.
+    Sync,
+    /// From memory; Redis follows from a bounded queue.
+    Async,
+}
+
+/// What a read may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// The cached copy, kept coherent by acked invalidations.
+    Cached,
+    /// Always the version in Redis (one Redis round trip per read).
+    Strong,
+}
+
+/// Replication settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Where Redis is.
+    pub target: RedisTarget,
+    /// When writes are acknowledged.
+    pub mode: ReplicationMode,
+    /// What reads may return.
+    pub consistency: Consistency,
+    /// Prefix of every key (and of the invalidation channel).
+    pub prefix: String,
+    /// Writes the async queue holds before refusing more.
+    pub queue_capacity: usize,
+}
+
+/// The key that records which id the tagged create or rotation `tag` took,
+/// so the same write sent to any node completes or replays that one.
+fn claim_key(prefix: &str, tag: u64) -> String {
+    format!("{prefix}op:{tag:x}")
+}
+
+/// What both Redis backends share.
+#[derive(Debug)]
+pub struct Redis {
+    pub(super) store: Arc<Store>,
+    pub(super) link: Arc<RedisLink>,
+    pub(super) scripts: Arc<Scripts>,
+    pub(super) invalidations: Arc<Invalidations>,
+    pub(super) refresher: Arc<ExpiryRefresher>,
+    pub(super) config: RedisConfig,
+    /// This node's id as the scripts record it among a session's cachers
+    /// (empty in strong mode, where nothing is cached).
+    pub(super) cacher: String,
+    pub(super) max_lifetime_ms: Option<u64>,
+    /// A cache fill and a write of the same session on this node never
+    /// overlap, so a fill can never put back a copy older than a write (or
+    /// a delete, or a rotation) this node has just acknowledged. Other
+    /// nodes' writes are ordered by the invalidation epoch instead.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Redis {
+    /// Connects (in the background) and starts the link's health check,
+    /// the invalidation subscription and the expiry refresher on `tasks`,
+    /// until `shutdown`.
+    pub fn connect(
+        config: RedisConfig,
+        store: Arc<Store>,
+        max_lifetime_ms: Option<u64>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Self>, ReplicationError> {
+        let link = RedisLink::new(config.target.clone())?;
+        let scripts = Arc::new(Scripts::default());
+        let node_id = fastrand::u64(1..);
+        let invalidations = Arc::new(Invalidations::new(&config.prefix, node_id, link.clone()));
+        let refresher = Arc::new(ExpiryRefresher::new(config.prefix.clone(), link.clone()));
+        tasks.spawn(link.clone().watch(shutdown.clone()));
+        tasks.spawn(
+            invalidations
+                .clone()
+                .run(link.pubsub_urls(), store.clone(), shutdown.clone()),
+        );
+        tasks.spawn(refresher.clone().run(shutdown.clone()));
+        let cacher = match config.consistency {
+            Consistency::Cached => hex(node_id),
+            Consistency::Strong => String::new(),
+        };
+        Ok(Arc::new(Self {
+            store,
+            link,
+            scripts,
+            invalidations,
+            refresher,
+            config,
+            cacher,
+            max_lifetime_ms,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }))
+    }
+
+    /// The link, for readiness checks.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
+
+    /// The lock that orders this node's fills and writes of `id`.
+    pub(super) async fn lock(&self, id: &SessionId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = (id.as_u128() >> 64) as usize % STRIPES;
+        self.stripes[stripe].lock().await
+    }
+
+    pub(super) fn key(&self, id: &SessionId) -> String {
+        key(&self.config.prefix, id)
+    }
+
+    pub(super) fn now(&self) -> u64 {
+        self.store.now_ms()
+    }
+
+    /// The session in Redis, if it is there and live; this node is recorded
+    /// among its cachers (it may keep the copy).
+    pub(super) async fn read_redis(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<Session>, ReplicationError> {
+        let mut conn = self.link.conn()?;
+        let result = self
+            .scripts
+            .read
+            .key(self.key(id))
+            .arg(&self.cacher)
+            .invoke_async::<Option<StoredSession>>(&mut conn)
+            .await;
+        let now = self.now();
+        Ok(self
+            .link
+            .observe(result)?
+            .and_then(|stored| stored.into_session(*id))
+            .filter(|session| session.expires_at_ms > now))
+    }
+
+    /// Keeps a copy in memory unless an invalidation arrived since `epoch`
+    /// (the copy could then be older than what Redis holds). In strong mode
+    /// nothing is kept: every read goes to Redis.
+    pub(super) fn cache(&self, session: &Session, epoch: u64) {
+        if !self.cacher.is_empty()
+            && self.invalidations.epoch() == epoch
+            && self.store.insert_copy(session.clone()).is_ok()
+        {
+            return;
+        }
+        self.store.delete(&session.id);
+    }
+
+    /// Pushes a session's new expiry to Redis: now when the key would expire
+    /// soon, otherwise with the next coalesced flush.
+    pub(super) async fn slide(&self, id: &SessionId, redis_expiry_ms: u64, new_expiry_ms: u64) {
+        if redis_expiry_ms.saturating_sub(self.now()) < SYNC_MARGIN_MS {
+            if let Err(err) = self.refresher.refresh_now(id, new_expiry_ms).await {
+                tracing::debug!(%err, "expiry refresh failed; queued for the next flush");
+                self.refresher.note(*id, new_expiry_ms);
+            }
+        } else {
+            self.refresher.note(*id, new_expiry_ms);
+        }
+    }
+
+    /// Read-through under the session's lock.
+    pub(super) async fn load(&self, id: &SessionId) -> Result<Session, BackendError> {
+        let _ordered = self.lock(id).await;
+        self.load_locked(id).await
+    }
+
+    /// Read-through: the session from Redis, its expiry slid (a read is a
+    /// use), cached. The caller holds the session's lock.
+    pub(super) async fn load_locked(&self, id: &SessionId) -> Result<Session, BackendError> {
+        let epoch = self.invalidations.epoch();
+        let Some(mut session) = self.read_redis(id).await? else {
+            self.store.delete(id);
+            return Err(BackendError::NotFound);
+        };
+        let redis_expiry = session.expires_at_ms;
+        session.expires_at_ms =
+            self.store
+                .expiry(self.now(), session.ttl_ms, session.created_at_ms);
+        self.slide(id, redis_expiry, session.expires_at_ms).await;
+        self.cache(&session, epoch);
+        Ok(session)
+    }
+
+    /// The id the tagged create or rotation `tag` is to use: `fresh`, or
+    /// the one another attempt of the same write claimed first.
+    pub(super) async fn claim(
+        &self,
+        tag: u64,
+        fresh: SessionId,
+    ) -> Result<SessionId, BackendError> {
+        let mut conn = self.link.conn()?;
+        let claimed = redis::cmd("SET")
+            .arg(claim_key(&self.config.prefix, tag))
+            .arg(fresh.to_string())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(CLAIM_TTL.as_millis() as u64)
+            .query_async::<Option<String>>(&mut conn)
+            .await;
+        match self.link.observe(claimed).map_err(write_error)? {
+            None => Ok(fresh),
+            Some(text) => text.parse().map_err(|_| {
+                Unavailable::RedisDown {
+                    reason: format!("the claim of write {tag:x} holds no session id"),
+                }
+                .into()
+            }),
+        }
+    }
+
+    /// Whether this node's memory copy may be served: in cached mode while
+    /// invalidations arrive, or while Redis is down (nobody can write).
+    pub(super) fn trust_memory(&self) -> bool {
+        self.config.consistency == Consistency::Cached
+            && (self.invalidations.is_live() || !self.link.is_up())
+    }
+
+    /// Reads a session from memory when it may be served, sliding its
+    /// expiry in memory and (coalesced) in Redis; `None` when Redis must
+    /// be asked.
+    pub(super) async fn get_from_memory(&self, id: &SessionId) -> Option<Session> {
+        let (session, redis_expiry) = self.store.get_refreshing(id).ok()?;
+        if self.link.is_up() {
+            self.slide(id, redis_expiry, session.expires_at_ms).await;
+        } else {
+            self.refresher.note(*id, session.expires_at_ms);
+        }
+        Some(session)
+    }
+}

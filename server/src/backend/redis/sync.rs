@@ -1,0 +1,389 @@
+//! `--redis-mode sync`: every write is acknowledged after Redis has it
+//! (one Lua script per write, version-checked and write-logged atomically);
+//! memory is a cache of what Redis holds.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sessiond_proto::SessionId;
+use sessiond_proto::wire::WriteTag;
+
+use super::error::{ReplicationError, write_error};
+use super::scripts::{Deleted, WriteOutcome, hex, session_args};
+use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
+use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
+use crate::store::{CLOCK_SKEW_MS, Session, StoreStats, Verdict};
+
+/// The write-through, read-through Redis backend.
+#[derive(Debug, Clone)]
+pub struct SyncBackend {
+    redis: Arc<Redis>,
+}
+
+/// What the WRITE script is to do.
+struct Write<'a> {
+    /// The version the session must be at.
+    expected: Option<u64>,
+    /// New data; `None` for a touch.
+    data: Option<&'a Bytes>,
+    /// A new idle TTL.
+    ttl_ms: Option<u64>,
+    /// The write's identity.
+    tag: Option<WriteTag>,
+}
+
+impl SyncBackend {
+    /// A backend over the shared Redis side.
+    pub fn new(redis: Arc<Redis>) -> Self {
+        Self { redis }
+    }
+
+    /// The memory copy, if it may be served (without sliding its expiry).
+    fn cached(&self, id: &SessionId) -> Option<Session> {
+        let redis = &self.redis;
+        redis.trust_memory().then(|| redis.store.peek(id)).flatten()
+    }
+
+    /// Runs the WRITE script (`data: None` is a touch) and waits until the
+    /// other nodes that may hold a copy dropped it.
+    async fn write(&self, id: &SessionId, write: Write<'_>) -> Result<WriteOutcome, BackendError> {
+        let redis = &self.redis;
+        let mut conn = redis.link.conn()?;
+        let optional = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
+        let announcement = redis.invalidations.announce(id);
+        let tag = write.tag.filter(|tag| tag.id != 0);
+        let result = redis
+            .scripts
+            .write
+            .key(redis.key(id))
+            .arg(optional(write.expected))
+            .arg(write.data.map_or(&b""[..], |data| data.as_ref()))
+            .arg(redis.now())
+            .arg(optional(write.ttl_ms))
+            .arg(optional(redis.max_lifetime_ms))
+            .arg(&redis.invalidations.channel)
+            .arg(&announcement.message)
+            .arg(if write.data.is_some() { "w" } else { "t" })
+            .arg(tag.map(|tag| hex(tag.id)).unwrap_or_default())
+            .arg(optional(tag.and_then(|tag| tag.resent_after_ms)))
+            .arg(CLOCK_SKEW_MS)
+            .arg(&redis.cacher)
+            .invoke_async::<WriteOutcome>(&mut conn)
+            .await;
+        let outcome = match redis.link.observe(result) {
+            Ok(outcome) => outcome,
+            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) => return Err(err.into()),
+        };
+        if let WriteOutcome::Done { others, .. } = &outcome {
+            announcement.acked_by(others).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Turns a WRITE outcome into the session it produced, caching it.
+    async fn written(
+        &self,
+        id: &SessionId,
+        outcome: WriteOutcome,
+        data: Option<Bytes>,
+        expected: u64,
+        epoch: u64,
+    ) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        match outcome {
+            WriteOutcome::Missing => {
+                redis.store.delete(id);
+                Err(BackendError::NotFound)
+            }
+            WriteOutcome::Mismatch { current } => {
+                redis.store.delete(id);
+                Err(BackendError::VersionMismatch { expected, current })
+            }
+            WriteOutcome::Indeterminate => Err(Indeterminate::Resent.into()),
+            WriteOutcome::Replayed { version } => {
+                let current = redis.load_locked(id).await?;
+                Ok(Session { version, ..current })
+            }
+            WriteOutcome::Done {
+                version,
+                created_at_ms,
+                updated_at_ms,
+                ttl_ms,
+                expires_at_ms,
+                writes,
+                others: _,
+                data: touched,
+            } => {
+                let session = Session {
+                    id: *id,
+                    data: data.or(touched).unwrap_or_default(),
+                    version,
+                    created_at_ms,
+                    updated_at_ms,
+                    ttl_ms,
+                    expires_at_ms,
+                    writes,
+                };
+                redis.cache(&session, epoch);
+                Ok(session)
+            }
+        }
+    }
+
+    /// DELETE script (only at version `only_at`, if given): whether the key
+    /// was deleted. Waits until the other nodes that may hold a copy
+    /// dropped it.
+    async fn delete_in_redis(
+        &self,
+        id: &SessionId,
+        only_at: Option<u64>,
+    ) -> Result<bool, ReplicationError> {
+        let redis = &self.redis;
+        let mut conn = redis.link.conn()?;
+        let announcement = redis.invalidations.announce(id);
+        let result = redis
+            .scripts
+            .delete
+            .key(redis.key(id))
+            .arg(&redis.invalidations.channel)
+            .arg(&announcement.message)
+            .arg(only_at.map(|v| v.to_string()).unwrap_or_default())
+            .arg(hex(redis.invalidations.node_id))
+            .invoke_async::<Deleted>(&mut conn)
+            .await;
+        let deleted = redis.link.observe(result)?;
+        announcement.acked_by(&deleted.others).await;
+        Ok(deleted.deleted)
+    }
+}
+
+impl Backend for SyncBackend {
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    async fn create(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+    ) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        let id = match tag {
+            Some(tag) => redis.claim(tag, id).await?,
+            None => id,
+        };
+        let session = redis.store.new_session(id, data, ttl_ms, tag);
+        let epoch = redis.invalidations.epoch();
+        let mut conn = redis.link.conn()?;
+        let key = redis.key(&id);
+        let result = session_args(&redis.scripts.store_new, &key, &session, &redis.cacher)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        let stored = match redis.link.observe(result) {
+            Ok(stored) => stored,
+            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) => return Err(err.into()),
+        };
+        if stored == 0 {
+            if tag.is_some() {
+                // Another attempt of the same create made it (the id is
+                // claimed by this write alone): answer what it made.
+                return redis.load(&id).await;
+            }
+            return Err(Unavailable::IdTaken.into());
+        }
+        redis.cache(&session, epoch);
+        Ok(session)
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        if redis.trust_memory()
+            && let Some(session) = redis.get_from_memory(id).await
+        {
+            return Ok(session);
+        }
+        redis.load(id).await
+    }
+
+    async fn put(
+        &self,
+        id: &SessionId,
+        data: Bytes,
+        ttl_ms: Option<u64>,
+        expected: Option<u64>,
+        write: Option<WriteTag>,
+    ) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        let _ordered = redis.lock(id).await;
+        let epoch = redis.invalidations.epoch();
+        let outcome = self
+            .write(
+                id,
+                Write {
+                    expected,
+                    data: Some(&data),
+                    ttl_ms,
+                    tag: write,
+                },
+            )
+            .await?;
+        self.written(id, outcome, Some(data), expected.unwrap_or(0), epoch)
+            .await
+    }
+
+    /// A tagged write sent again is judged on the session as Redis holds
+    /// it, never on a cached copy, and applied at most once.
+    async fn update<E, F>(
+        &self,
+        id: &SessionId,
+        expected: Option<u64>,
+        ttl_ms: Option<u64>,
+        write: Option<WriteTag>,
+        compute: F,
+    ) -> Result<Session, Failed<E>>
+    where
+        E: Send,
+        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+    {
+        let redis = &self.redis;
+        let _ordered = redis.lock(id).await;
+        let resent = write.is_some_and(|write| write.resent_after_ms.is_some());
+        let (mut current, mut fresh) = match self.cached(id).filter(|_| !resent) {
+            Some(session) => (session, false),
+            None => (redis.load_locked(id).await?, true),
+        };
+        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+            match current
+                .writes
+                .judge(current.version, write, expected, redis.now())
+            {
+                Verdict::Apply => {}
+                Verdict::Replay { version } => return Ok(Session { version, ..current }),
+                Verdict::Indeterminate => {
+                    return Err(BackendError::from(Indeterminate::Resent).into());
+                }
+            }
+            if let Some(expected) = expected
+                && expected != current.version
+            {
+                if fresh {
+                    return Err(BackendError::VersionMismatch {
+                        expected,
+                        current: current.version,
+                    }
+                    .into());
+                }
+                // The cached copy may lag: decide on what Redis holds.
+                (current, fresh) = (redis.load_locked(id).await?, true);
+                continue;
+            }
+            let data = compute(&current.data).map_err(Failed::Compute)?;
+            let epoch = redis.invalidations.epoch();
+            let attempt = Write {
+                expected: Some(current.version),
+                data: Some(&data),
+                ttl_ms,
+                tag: write,
+            };
+            let outcome = self.write(id, attempt).await?;
+            match self
+                .written(id, outcome, Some(data), current.version, epoch)
+                .await
+            {
+                // Another writer got in between: start again from Redis
+                // (where a conditional write is judged again, and fails
+                // if its expected version is gone).
+                Err(BackendError::VersionMismatch { .. }) => {
+                    (current, fresh) = (redis.load_locked(id).await?, true);
+                }
+                result => return Ok(result?),
+            }
+        }
+        Err(BackendError::from(Unavailable::Contention { operation: "patch" }).into())
+    }
+
+    async fn touch(&self, id: &SessionId, ttl_ms: Option<u64>) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        let _ordered = redis.lock(id).await;
+        let epoch = redis.invalidations.epoch();
+        let touch = Write {
+            expected: None,
+            data: None,
+            ttl_ms,
+            tag: None,
+        };
+        let outcome = self.write(id, touch).await?;
+        self.written(id, outcome, None, 0, epoch).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
+        let redis = &self.redis;
+        let _ordered = redis.lock(id).await;
+        self.delete_in_redis(id, None).await?;
+        redis.store.delete(id);
+        Ok(())
+    }
+
+    /// In Redis the two keys may live on different cluster nodes, so the
+    /// move is copy-then-delete-if-unchanged: a write that lands in between
+    /// makes it copy again, none is lost.
+    async fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        tag: Option<u64>,
+    ) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        let new_id = match tag {
+            Some(tag) => redis.claim(tag, new_id).await?,
+            None => new_id,
+        };
+        let _ordered = redis.lock(id).await;
+        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+            let Some(current) = redis.read_redis(id).await? else {
+                redis.store.delete(id);
+                if tag.is_some() {
+                    // Another attempt of this rotation may have finished
+                    // the move (the new id is claimed by this write alone).
+                    return redis.load(&new_id).await;
+                }
+                return Err(BackendError::NotFound);
+            };
+            let moved = Session {
+                id: new_id,
+                expires_at_ms: redis.store.expiry(
+                    redis.now(),
+                    current.ttl_ms,
+                    current.created_at_ms,
+                ),
+                ..current.clone()
+            };
+            let epoch = redis.invalidations.epoch();
+            let mut conn = redis.link.conn()?;
+            let key = redis.key(&new_id);
+            let copied = session_args(&redis.scripts.store_any, &key, &moved, &redis.cacher)
+                .invoke_async::<i64>(&mut conn)
+                .await;
+            redis.link.observe(copied).map_err(write_error)?;
+            let deleted = self.delete_in_redis(id, Some(current.version)).await;
+            if deleted.map_err(write_error)? {
+                redis.store.delete(id);
+                redis.cache(&moved, epoch);
+                return Ok(moved);
+            }
+        }
+        self.delete_in_redis(&new_id, None).await?;
+        Err(Unavailable::Contention {
+            operation: "rotate",
+        }
+        .into())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.redis.store.stats()
+    }
+}

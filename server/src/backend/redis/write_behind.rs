@@ -1,0 +1,183 @@
+//! `--redis-mode async`: memory leads. A write is applied to this node's
+//! copy (read through from Redis when memory lacks it), acknowledged, and
+//! shipped to Redis from a bounded queue; a SIGKILL loses what is still
+//! queued. Conditional writes are checked on this node's copy only (route a
+//! session to its owner node, as the Rust client does).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sessiond_proto::SessionId;
+use sessiond_proto::wire::WriteTag;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::queue::{Change, WriteBehind};
+use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
+use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
+use crate::store::{Session, StoreStats};
+
+/// The write-behind Redis backend.
+#[derive(Debug)]
+pub struct WriteBehindBackend {
+    redis: Arc<Redis>,
+    queue: WriteBehind,
+}
+
+impl WriteBehindBackend {
+    /// A backend over the shared Redis side whose queue holds `capacity`
+    /// writes; its worker runs on `tasks` and flushes what is left once
+    /// `drained` fires (after the listeners have finished).
+    pub fn start(
+        redis: Arc<Redis>,
+        capacity: usize,
+        tasks: &TaskTracker,
+        drained: &CancellationToken,
+    ) -> Self {
+        let (queue, worker) = WriteBehind::new(capacity);
+        tasks.spawn(worker.run(
+            redis.link.clone(),
+            redis.scripts.clone(),
+            redis.invalidations.clone(),
+            redis.config.prefix.clone(),
+            drained.clone(),
+        ));
+        Self { redis, queue }
+    }
+
+    /// Makes sure memory holds `id` (the write that follows supersedes
+    /// what was loaded). The caller holds the session's lock.
+    async fn ensure_local(&self, id: &SessionId) -> Result<(), BackendError> {
+        let redis = &self.redis;
+        if redis.store.peek(id).is_none() {
+            let Some(session) = redis.read_redis(id).await? else {
+                return Err(BackendError::NotFound);
+            };
+            redis.store.insert_copy(session)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `write` to this node's memory copy and queues the result
+    /// for Redis. A place in the queue is taken first, so a full queue
+    /// refuses the write before anything changes.
+    async fn apply<E>(
+        &self,
+        id: &SessionId,
+        write: impl Fn() -> Result<Session, Failed<E>>,
+    ) -> Result<Session, Failed<E>> {
+        let slot = self.queue.reserve()?;
+        let _ordered = self.redis.lock(id).await;
+        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+            self.ensure_local(id).await?;
+            match write() {
+                // Another node's invalidation dropped the copy in between.
+                Err(Failed::Backend(BackendError::NotFound)) => continue,
+                Ok(session) => {
+                    slot.send(Change::Upsert(session.clone()));
+                    return Ok(session);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(BackendError::from(Unavailable::Contention { operation: "write" }).into())
+    }
+}
+
+/// The backend's error of an operation whose closure cannot fail itself.
+fn backend_only(result: Result<Session, Failed<Infallible>>) -> Result<Session, BackendError> {
+    result.map_err(|failed| match failed {
+        Failed::Backend(err) => err,
+        Failed::Compute(never) => match never {},
+    })
+}
+
+impl Backend for WriteBehindBackend {
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    async fn create(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+    ) -> Result<Session, BackendError> {
+        let slot = self.queue.reserve()?;
+        let session = self.redis.store.create(id, data, ttl_ms, tag)?;
+        slot.send(Change::Upsert(session.clone()));
+        Ok(session)
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
+        match self.redis.get_from_memory(id).await {
+            Some(session) => Ok(session),
+            None => self.redis.load(id).await,
+        }
+    }
+
+    async fn put(
+        &self,
+        id: &SessionId,
+        data: Bytes,
+        ttl_ms: Option<u64>,
+        expected: Option<u64>,
+        write: Option<WriteTag>,
+    ) -> Result<Session, BackendError> {
+        let store = &self.redis.store;
+        let put = || Ok(store.put(id, data.clone(), ttl_ms, expected, write)?);
+        backend_only(self.apply(id, put).await)
+    }
+
+    async fn update<E, F>(
+        &self,
+        id: &SessionId,
+        expected: Option<u64>,
+        ttl_ms: Option<u64>,
+        write: Option<WriteTag>,
+        compute: F,
+    ) -> Result<Session, Failed<E>>
+    where
+        E: Send,
+        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+    {
+        let store = &self.redis.store;
+        self.apply(id, || {
+            store.update(id, expected, ttl_ms, write, |data| {
+                compute(data).map_err(Failed::Compute)
+            })
+        })
+        .await
+    }
+
+    async fn touch(&self, id: &SessionId, ttl_ms: Option<u64>) -> Result<Session, BackendError> {
+        let store = &self.redis.store;
+        backend_only(self.apply(id, || Ok(store.touch(id, ttl_ms)?)).await)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
+        let slot = self.queue.reserve()?;
+        self.redis.store.delete(id);
+        slot.send(Change::Delete(*id));
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        _tag: Option<u64>,
+    ) -> Result<Session, BackendError> {
+        let delete = self.queue.reserve()?;
+        let store = &self.redis.store;
+        let session = backend_only(self.apply(id, || Ok(store.rotate(id, new_id)?)).await)?;
+        delete.send(Change::Delete(*id));
+        Ok(session)
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.redis.store.stats()
+    }
+}
