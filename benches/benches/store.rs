@@ -89,6 +89,7 @@ impl Fixture {
                     Bytes::copy_from_slice(&data),
                     TTL_MS,
                     None,
+                    None,
                 )
                 .expect("an unbounded store takes every session");
             let key = session.id.to_string();

@@ -10,7 +10,7 @@ use sessiond_proto::ErrorCode;
 use sessiond_proto::wire::{
     MAX_FRAME_BYTES_CAP, NodeStats, Op, Outcome, Placement, RESEND_WINDOW, SessionRecord, WriteTag,
 };
-use sessiond_proto::{SessionId, ring};
+use sessiond_proto::{SessionId, UserName, ring};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::connection::{CallError, ConnectOptions};
@@ -361,9 +361,33 @@ impl Client {
         data: &T,
         ttl: Option<Duration>,
     ) -> Result<SessionInfo, Error> {
+        self.create_session(data, ttl, None).await
+    }
+
+    /// [`create`](Self::create) for a session that belongs to `user` (1 to
+    /// 256 bytes): it shows in [`list_user_sessions`](Self::list_user_sessions),
+    /// and the server's `--max-sessions-per-user` applies in the same step
+    /// ([`Error::TooManySessions`] when the server rejects past it).
+    pub async fn create_for_user<T: Serialize + ?Sized>(
+        &self,
+        data: &T,
+        ttl: Option<Duration>,
+        user: &str,
+    ) -> Result<SessionInfo, Error> {
+        self.create_session(data, ttl, Some(checked_user(user)?))
+            .await
+    }
+
+    async fn create_session<T: Serialize + ?Sized>(
+        &self,
+        data: &T,
+        ttl: Option<Duration>,
+        user: Option<String>,
+    ) -> Result<SessionInfo, Error> {
         let op = Op::Create {
             data: Bytes::from(serde_json::to_vec(data)?),
             ttl_secs: ttl.map(ttl_secs),
+            user,
         };
         // Spread new sessions: a random key picks the first node to try.
         let mut order =
@@ -457,12 +481,7 @@ impl Client {
             let mut session: Session<T> = self.get(id).await?;
             change(&mut session.data);
             match self.put(id, &session.data, Some(session.version())).await {
-                Ok(info) => {
-                    return Ok(Session {
-                        info,
-                        data: session.data,
-                    });
-                }
+                Ok(info) => return Ok(Session { info, ..session }),
                 Err(Error::Conflict { .. }) => {
                     let ceiling = 1u64 << attempt.min(6);
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=ceiling * 500)))
@@ -495,11 +514,79 @@ impl Client {
     }
 
     /// Moves a session to a new id (after a login, against session
-    /// fixation); the old id stops working at once. The version is kept.
+    /// fixation); the old id stops working at once. The version and the
+    /// session's user are kept.
     pub async fn rotate(&self, id: &SessionId) -> Result<SessionInfo, Error> {
-        Ok(SessionInfo::from(
-            &self.session_call(id, Op::Rotate { id: *id }).await?,
-        ))
+        let op = Op::Rotate {
+            id: *id,
+            user: None,
+        };
+        Ok(SessionInfo::from(&self.session_call(id, op).await?))
+    }
+
+    /// A login: moves a session to a new id and binds it to `user` in the
+    /// same step (the old id stops working at once; the server's
+    /// `--max-sessions-per-user` applies).
+    pub async fn rotate_for_user(&self, id: &SessionId, user: &str) -> Result<SessionInfo, Error> {
+        let op = Op::Rotate {
+            id: *id,
+            user: Some(checked_user(user)?),
+        };
+        Ok(SessionInfo::from(&self.session_call(id, op).await?))
+    }
+
+    /// The nodes that know `user`'s sessions: with Redis, any one (in an
+    /// order picked by the user's name, with failover); without it, each
+    /// node knows its own.
+    fn user_orders(&self, user: &str) -> Vec<Vec<usize>> {
+        if self.shares_sessions() {
+            let key = SessionId::from_u128(u128::from(ring::node_seed(user)));
+            vec![ring::preference(&self.inner.seeds, &key)]
+        } else {
+            (0..self.inner.nodes.len())
+                .map(|index| vec![index])
+                .collect()
+        }
+    }
+
+    /// The live sessions of `user`, oldest first (without their data).
+    pub async fn list_user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>, Error> {
+        let user = checked_user(user)?;
+        let mut sessions = Vec::new();
+        for order in self.user_orders(&user) {
+            let op = Op::ListUser { user: user.clone() };
+            match self.call(order, op).await? {
+                Outcome::UserSessions(records) => {
+                    sessions.extend(records.iter().map(SessionInfo::from));
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        sessions.sort_by_key(|session| (session.created_at, session.id));
+        Ok(sessions)
+    }
+
+    /// Deletes every session of `user` but `except` ("sign out everywhere"
+    /// or, with the current session as `except`, "sign out other
+    /// devices"); returns how many were deleted.
+    pub async fn revoke_user_sessions(
+        &self,
+        user: &str,
+        except: Option<&SessionId>,
+    ) -> Result<u64, Error> {
+        let user = checked_user(user)?;
+        let mut revoked = 0;
+        for order in self.user_orders(&user) {
+            let op = Op::RevokeUser {
+                user: user.clone(),
+                except: except.copied(),
+            };
+            match self.call(order, op).await? {
+                Outcome::Revoked(count) => revoked += count,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(revoked)
     }
 
     /// Pings every node; returns each node's address and whether it answered.
@@ -546,7 +633,18 @@ fn decode<T: DeserializeOwned>(record: &SessionRecord) -> Result<Session<T>, Err
     Ok(Session {
         info: SessionInfo::from(record),
         data: serde_json::from_slice(&record.data)?,
+        user: record.user.clone(),
     })
+}
+
+/// `user`, checked before it is sent.
+fn checked_user(user: &str) -> Result<String, Error> {
+    UserName::parse(user)
+        .map(|user| user.to_string())
+        .map_err(|err| Error::Invalid {
+            code: ErrorCode::InvalidUser,
+            message: err.to_string(),
+        })
 }
 
 fn unexpected(outcome: &Outcome) -> Error {

@@ -47,6 +47,10 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// The user is at the server's `--max-sessions-per-user` and the server
+    /// rejects more.
+    #[error("too many sessions for this user: {0}")]
+    TooManySessions(String),
     /// `update()` kept losing to concurrent writers.
     #[error("update gave up after {attempts} version conflicts")]
     TooManyConflicts {
@@ -91,10 +95,12 @@ impl From<WireError> for Error {
             ErrorCode::StoreFull => Self::StoreFull(message),
             ErrorCode::Unavailable | ErrorCode::Overloaded => Self::Unavailable(message),
             ErrorCode::Indeterminate => Self::Indeterminate(message),
+            ErrorCode::TooManySessions => Self::TooManySessions(message),
             ErrorCode::InvalidJson
             | ErrorCode::InvalidId
             | ErrorCode::InvalidTtl
-            | ErrorCode::InvalidRequest => Self::Invalid { code, message },
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidUser => Self::Invalid { code, message },
             ErrorCode::UnknownRoute
             | ErrorCode::MethodNotAllowed
             | ErrorCode::UnsupportedMediaType

@@ -29,6 +29,8 @@ pub struct Session<T> {
     pub info: SessionInfo,
     /// The data.
     pub data: T,
+    /// The user the session belongs to, if any.
+    pub user: Option<String>,
 }
 
 impl<T> Session<T> {

@@ -48,6 +48,10 @@ pub enum ErrorCode {
     Indeterminate,
     /// The request body did not arrive in time (HTTP only).
     RequestTimeout,
+    /// A user name is empty, over 256 bytes, or has control characters.
+    InvalidUser,
+    /// The user is at `--max-sessions-per-user` and the policy is to reject.
+    TooManySessions,
 }
 
 impl ErrorCode {
@@ -73,6 +77,8 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::Indeterminate => "indeterminate",
             Self::RequestTimeout => "request_timeout",
+            Self::InvalidUser => "invalid_user",
+            Self::TooManySessions => "too_many_sessions",
         }
     }
 
@@ -84,13 +90,14 @@ impl ErrorCode {
             | Self::InvalidTtl
             | Self::InvalidRequest
             | Self::ProtocolError
-            | Self::UnsupportedVersion => 400,
+            | Self::UnsupportedVersion
+            | Self::InvalidUser => 400,
             Self::Unauthorized => 401,
             Self::NotFound | Self::UnknownRoute => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::VersionMismatch => 412,
-            Self::Indeterminate => 409,
+            Self::Indeterminate | Self::TooManySessions => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::Unavailable | Self::Overloaded => 503,

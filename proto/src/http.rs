@@ -15,6 +15,50 @@ pub struct CreateRequest {
     /// Idle TTL in seconds; the server's default when absent.
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// The user the session belongs to (1 to 256 bytes), if any.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/sessions/{id}/rotate` (the body is optional).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Bind the session to this user in the same step (a login); without
+    /// it the session keeps its user.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `GET /v1/users/{user}/sessions`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct UserSessionsBody {
+    /// The user.
+    pub user: String,
+    /// The user's live sessions, oldest first.
+    pub sessions: Vec<SessionSummary>,
+}
+
+/// A session in a user's listing (without its data).
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SessionSummary {
+    /// The session id.
+    pub id: String,
+    /// Its version.
+    pub version: u64,
+    /// When it was created (RFC 3339, UTC).
+    pub created_at: String,
+    /// When its data was last written (RFC 3339, UTC).
+    pub updated_at: String,
+    /// When it expires unless used again (RFC 3339, UTC).
+    pub expires_at: String,
+}
+
+/// `DELETE /v1/users/{user}/sessions`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RevokedBody {
+    /// How many sessions were deleted.
+    pub revoked: u64,
 }
 
 /// `PUT /v1/sessions/{id}`.
@@ -54,6 +98,8 @@ pub struct SessionBody {
     pub expires_at: String,
     /// The idle TTL: each use pushes `expires_at` to now + this.
     pub ttl_secs: u64,
+    /// The user the session belongs to (`null` when none).
+    pub user: Option<String>,
 }
 
 /// The body of every error answer: `{"error": {...}}`.

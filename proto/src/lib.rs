@@ -6,6 +6,7 @@
 //! - [`http`]: the JSON bodies of HTTP API v1.
 //! - [`wire`] and [`codec`]: the binary protocol's messages and its frames.
 //! - [`ring`]: rendezvous hashing of sessions onto nodes.
+//! - [`UserName`]: who a session belongs to.
 //!
 //! This crate holds no I/O and no server logic; both the server and the client
 //! depend on it and on nothing of each other.
@@ -15,7 +16,9 @@ pub mod error;
 pub mod http;
 pub mod id;
 pub mod ring;
+pub mod user;
 pub mod wire;
 
 pub use error::ErrorCode;
 pub use id::{ParseIdError, SessionId};
+pub use user::{InvalidUser, UserName};

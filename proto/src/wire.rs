@@ -117,6 +117,8 @@ pub enum Op {
         data: Bytes,
         /// Idle TTL; the server's default when `None`.
         ttl_secs: Option<u64>,
+        /// The user the session belongs to (1 to 256 bytes).
+        user: Option<String>,
     },
     /// Read a session, refreshing its expiry.
     Get {
@@ -161,6 +163,21 @@ pub enum Op {
     Rotate {
         /// The session.
         id: SessionId,
+        /// Bind the session to this user in the same step (a login); the
+        /// session keeps its user when `None`.
+        user: Option<String>,
+    },
+    /// The live sessions of a user, oldest first.
+    ListUser {
+        /// The user.
+        user: String,
+    },
+    /// Deletes every session of a user, but `except`.
+    RevokeUser {
+        /// The user.
+        user: String,
+        /// A session to keep ("sign out other devices").
+        except: Option<SessionId>,
     },
     /// Liveness check.
     Ping,
@@ -188,6 +205,8 @@ impl Op {
             Self::Delete { .. } => "delete",
             Self::Touch { .. } => "touch",
             Self::Rotate { .. } => "rotate",
+            Self::ListUser { .. } => "list_user",
+            Self::RevokeUser { .. } => "revoke_user",
             Self::Ping => "ping",
             Self::Stats => "stats",
         }
@@ -214,6 +233,11 @@ pub enum Outcome {
     Pong,
     /// The answer to [`Op::Stats`].
     Stats(NodeStats),
+    /// The answer to [`Op::ListUser`]: the user's live sessions, oldest
+    /// first (their data left out).
+    UserSessions(Vec<SessionRecord>),
+    /// The answer to [`Op::RevokeUser`]: how many sessions were deleted.
+    Revoked(u64),
     /// The operation failed.
     Error(WireError),
 }
@@ -235,6 +259,8 @@ pub struct SessionRecord {
     pub expires_at_ms: u64,
     /// Idle TTL in seconds.
     pub ttl_secs: u64,
+    /// The user the session belongs to.
+    pub user: Option<String>,
 }
 
 /// A node's counters.
@@ -252,6 +278,10 @@ pub struct NodeStats {
     pub evictions: u64,
     /// Writes refused because the store was full.
     pub rejections: u64,
+    /// Users with sessions in this node's user index (memory only).
+    pub user_index_users: u64,
+    /// Sessions in this node's user index (memory only).
+    pub user_index_entries: u64,
 }
 
 /// An error as the binary protocol carries it.

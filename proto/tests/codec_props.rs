@@ -36,7 +36,13 @@ fn op() -> impl Strategy<Value = Op> {
     let ttl = proptest::option::of(any::<u64>());
     let version = proptest::option::of(any::<u64>());
     prop_oneof![
-        (data(), ttl.clone()).prop_map(|(data, ttl_secs)| Op::Create { data, ttl_secs }),
+        (data(), ttl.clone(), proptest::option::of(user())).prop_map(|(data, ttl_secs, user)| {
+            Op::Create {
+                data,
+                ttl_secs,
+                user,
+            }
+        }),
         session_id().prop_map(|id| Op::Get { id }),
         (session_id(), data(), ttl.clone(), version.clone()).prop_map(
             |(id, data, ttl_secs, expected_version)| Op::Put {
@@ -56,7 +62,10 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         session_id().prop_map(|id| Op::Delete { id }),
         (session_id(), ttl).prop_map(|(id, ttl_secs)| Op::Touch { id, ttl_secs }),
-        session_id().prop_map(|id| Op::Rotate { id }),
+        (session_id(), proptest::option::of(user())).prop_map(|(id, user)| Op::Rotate { id, user }),
+        user().prop_map(|user| Op::ListUser { user }),
+        (user(), proptest::option::of(session_id()))
+            .prop_map(|(user, except)| Op::RevokeUser { user, except }),
         Just(Op::Ping),
         Just(Op::Stats),
     ]
@@ -100,21 +109,32 @@ fn wire_error() -> impl Strategy<Value = WireError> {
     )
 }
 
+fn user() -> impl Strategy<Value = String> {
+    ".{1,40}"
+}
+
+fn session_record() -> impl Strategy<Value = SessionRecord> {
+    (
+        session_id(),
+        any::<u64>(),
+        data(),
+        any::<[u64; 4]>(),
+        proptest::option::of(user()),
+    )
+        .prop_map(|(id, version, data, [a, b, c, d], user)| SessionRecord {
+            id,
+            version,
+            data,
+            created_at_ms: a,
+            updated_at_ms: b,
+            expires_at_ms: c,
+            ttl_secs: d,
+            user,
+        })
+}
+
 fn outcome() -> impl Strategy<Value = Outcome> {
-    let record = (session_id(), any::<u64>(), data(), any::<[u64; 4]>()).prop_map(
-        |(id, version, data, [a, b, c, d])| {
-            Outcome::Session(SessionRecord {
-                id,
-                version,
-                data,
-                created_at_ms: a,
-                updated_at_ms: b,
-                expires_at_ms: c,
-                ttl_secs: d,
-            })
-        },
-    );
-    let stats = any::<[u64; 6]>().prop_map(|[a, b, c, d, e, f]| {
+    let stats = any::<[u64; 8]>().prop_map(|[a, b, c, d, e, f, g, h]| {
         Outcome::Stats(NodeStats {
             sessions: a,
             bytes_used: b,
@@ -122,10 +142,14 @@ fn outcome() -> impl Strategy<Value = Outcome> {
             expirations: d,
             evictions: e,
             rejections: f,
+            user_index_users: g,
+            user_index_entries: h,
         })
     });
     prop_oneof![
-        record,
+        session_record().prop_map(Outcome::Session),
+        proptest::collection::vec(session_record(), 0..4).prop_map(Outcome::UserSessions),
+        any::<u64>().prop_map(Outcome::Revoked),
         Just(Outcome::Deleted),
         Just(Outcome::Pong),
         stats,
@@ -278,13 +302,14 @@ fn a_huge_inner_length_does_not_allocate_it() {
         op: Op::Create {
             data: Bytes::new(),
             ttl_secs: None,
+            user: None,
         },
         write: None,
     }))
     .unwrap();
-    // The empty data's length (varint 0) sits right before the ttl's and
-    // the write tag's None tags.
-    let len_at = payload.len() - 3;
+    // The empty data's length (varint 0) sits right before the None tags of
+    // the ttl, the user and the write tag.
+    let len_at = payload.len() - 4;
     assert_eq!(payload[len_at], 0);
     payload.splice(len_at..=len_at, [0xff, 0, 0, 0, 0, 0, 0, 0, 0x40]);
     assert!(matches!(

@@ -14,7 +14,7 @@ use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
 use crate::node::NodeConfig;
 use crate::secret::Secret;
 use crate::service::ServiceConfig;
-use crate::store::{StoreConfig, WhenFull};
+use crate::store::{StoreConfig, UserLimit, WhenFull, WhenUserFull};
 use crate::tcp::TcpLimits;
 
 /// sessiond: a session store that lets web backends be stateless.
@@ -42,6 +42,15 @@ pub enum WhenFullPolicy {
     Reject,
     /// Evict least recently used sessions until the write fits.
     EvictLru,
+}
+
+/// What creating or binding one more session does to a user at the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WhenUserFullPolicy {
+    /// Remove the user's least recently used session in the same step.
+    EvictOldest,
+    /// Answer 409 `too_many_sessions` and change nothing.
+    Reject,
 }
 
 /// When a replicated write is acknowledged.
@@ -98,6 +107,14 @@ pub struct ServeArgs {
     /// Largest idle TTL a client may ask for.
     #[arg(long, env = "SESSIOND_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
+
+    /// Most live sessions one user may have (0: no cap).
+    #[arg(long, env = "SESSIOND_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: usize,
+
+    /// What a create or login past --max-sessions-per-user does.
+    #[arg(long, env = "SESSIOND_WHEN_USER_FULL", value_enum, default_value_t = WhenUserFullPolicy::EvictOldest)]
+    pub when_user_full: WhenUserFullPolicy,
 
     /// Absolute lifetime cap from creation, however often a session is used
     /// (unset: sessions live as long as they are used).
@@ -380,6 +397,13 @@ impl ServeArgs {
                 max_lifetime_ms: self.max_lifetime.map(|cap| cap.as_millis() as u64),
             },
             service: ServiceConfig {
+                user_limit: UserLimit {
+                    max_sessions: self.max_sessions_per_user,
+                    when_full: match self.when_user_full {
+                        WhenUserFullPolicy::EvictOldest => WhenUserFull::EvictOldest,
+                        WhenUserFullPolicy::Reject => WhenUserFull::Reject,
+                    },
+                },
                 default_ttl_secs,
                 max_ttl_secs,
                 max_session_bytes,

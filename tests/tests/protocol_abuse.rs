@@ -305,6 +305,7 @@ async fn truncated_frames_do_not_hurt_the_server() {
         Op::Create {
             data: Bytes::from_static(b"{\"a\":1}"),
             ttl_secs: None,
+            user: None,
         },
     ));
     stream.write_all(&create[..create.len() - 3]).await.unwrap();
@@ -427,6 +428,7 @@ async fn pipelined_raw_requests_are_all_answered_by_id() {
             Op::Create {
                 data,
                 ttl_secs: None,
+                user: None,
             },
         )));
     }
@@ -482,10 +484,14 @@ async fn placed_connections_get_ids_their_node_owns() {
         for id in 0..20 {
             let op = match last {
                 // Every other id comes from a rotation, placed the same way.
-                Some(previous) if id % 2 == 1 => Op::Rotate { id: previous },
+                Some(previous) if id % 2 == 1 => Op::Rotate {
+                    id: previous,
+                    user: None,
+                },
                 _ => Op::Create {
                     data: Bytes::from_static(b"{}"),
                     ttl_secs: None,
+                    user: None,
                 },
             };
             match call(&mut stream, id, op).await {
@@ -510,6 +516,7 @@ async fn a_frame_split_across_reads_is_reassembled() {
         Op::Create {
             data: data.clone(),
             ttl_secs: None,
+            user: None,
         },
     ));
     // The length prefix alone, a pause so the server reads it alone, then
@@ -598,6 +605,7 @@ async fn placed_creates_on_a_large_ring_leave_health_checks_responsive() {
             Op::Create {
                 data: Bytes::from_static(b"{}"),
                 ttl_secs: None,
+                user: None,
             },
         )));
     }

@@ -172,8 +172,8 @@ async fn cached_reads_across_nodes_are_never_older_than_an_acknowledged_write() 
 }
 
 /// The documented layout: hash `<prefix><id>` with v, d, c, u, t, the write
-/// log (w, h), the nodes that may cache it (o) and the session's expiry as
-/// the key's expiry.
+/// log (w, h), the nodes that may cache it (o), its user (p) and the
+/// session's expiry as the key's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_stored_as_documented_hashes_under_the_prefix() {
     let redis = RedisServer::start();
@@ -199,13 +199,14 @@ async fn sessions_are_stored_as_documented_hashes_under_the_prefix() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["c", "d", "h", "o", "t", "u", "v", "w"],
+        ["c", "d", "h", "o", "p", "t", "u", "v", "w"],
         "fields of {key}: {fields:?}"
     );
     assert_eq!(fields["v"], "1");
     // Created without an Idempotency-Key: one untagged write, nothing fell
     // out of the log, and only the creating node caches it.
     assert_eq!((fields["w"].as_str(), fields["h"].as_str()), ("0", "0"));
+    assert_eq!(fields["p"], "", "no user");
     assert!(
         u64::from_str_radix(&fields["o"], 16).is_ok(),
         "one node id in o: {fields:?}"

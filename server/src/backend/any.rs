@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sessiond_proto::SessionId;
 use sessiond_proto::wire::WriteTag;
+use sessiond_proto::{SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,7 +15,7 @@ use super::redis::{
     Redis, RedisConfig, RedisLink, ReplicationError, ReplicationMode, SyncBackend,
     WriteBehindBackend,
 };
-use crate::store::{Session, Store, StoreStats};
+use crate::store::{Owner, Session, Store, StoreStats};
 
 /// One of the storage modes.
 #[derive(Debug)]
@@ -81,8 +81,9 @@ impl Backend for AnyBackend {
         data: Bytes,
         ttl_ms: u64,
         tag: Option<u64>,
+        owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        dispatch!(self, backend => backend.create(id, data, ttl_ms, tag).await)
+        dispatch!(self, backend => backend.create(id, data, ttl_ms, tag, owner).await)
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
@@ -128,8 +129,21 @@ impl Backend for AnyBackend {
         id: &SessionId,
         new_id: SessionId,
         tag: Option<u64>,
+        rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        dispatch!(self, backend => backend.rotate(id, new_id, tag).await)
+        dispatch!(self, backend => backend.rotate(id, new_id, tag, rebind).await)
+    }
+
+    async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
+        dispatch!(self, backend => backend.user_sessions(user).await)
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, BackendError> {
+        dispatch!(self, backend => backend.revoke_user(user, except).await)
     }
 
     fn stats(&self) -> StoreStats {

@@ -4,10 +4,10 @@
 use std::future::Future;
 
 use bytes::Bytes;
-use sessiond_proto::SessionId;
 use sessiond_proto::wire::WriteTag;
+use sessiond_proto::{SessionId, UserName};
 
-use crate::store::{Session, StoreError, StoreStats};
+use crate::store::{Owner, Session, StoreError, StoreStats};
 
 /// Where sessions live: this node's memory, Redis with memory as a cache
 /// (sync), or memory with Redis following from a queue (write-behind).
@@ -22,13 +22,15 @@ pub trait Backend: Send + Sync {
     fn shares_sessions(&self) -> bool;
 
     /// Creates a session under the fresh id `id` (or, for a create tagged
-    /// `tag` sent again, under the id its first attempt took).
+    /// `tag` sent again, under the id its first attempt took), belonging to
+    /// `owner`'s user if given (whose cap applies in the same step).
     fn create(
         &self,
         id: SessionId,
         data: Bytes,
         ttl_ms: u64,
         tag: Option<u64>,
+        owner: Option<Owner>,
     ) -> impl Future<Output = Result<Session, BackendError>> + Send;
 
     /// Reads a session, refreshing its sliding expiry.
@@ -73,13 +75,28 @@ pub trait Backend: Send + Sync {
 
     /// Moves a session to the fresh id `new_id` (or, for a rotation tagged
     /// `tag` sent again, to the id its first attempt took); the old id is
-    /// gone at once.
+    /// gone at once. With `rebind`, the session belongs to that owner's
+    /// user from now on (a login; the cap applies in the same step).
     fn rotate(
         &self,
         id: &SessionId,
         new_id: SessionId,
         tag: Option<u64>,
+        rebind: Option<Owner>,
     ) -> impl Future<Output = Result<Session, BackendError>> + Send;
+
+    /// The live sessions of `user`, oldest first.
+    fn user_sessions(
+        &self,
+        user: &UserName,
+    ) -> impl Future<Output = Result<Vec<Session>, BackendError>> + Send;
+
+    /// Deletes every live session of `user` but `except`; returns how many.
+    fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> impl Future<Output = Result<u64, BackendError>> + Send;
 
     /// The counters of this node's memory.
     fn stats(&self) -> StoreStats;
@@ -107,6 +124,12 @@ pub enum BackendError {
         needed: u64,
         /// The memory bound.
         limit: u64,
+    },
+    /// The user is at the cap and the policy is to reject.
+    #[error("the user already has {max} sessions (--max-sessions-per-user)")]
+    TooManySessions {
+        /// The cap.
+        max: usize,
     },
     /// The operation cannot be taken now; nothing was changed.
     #[error(transparent)]
@@ -193,6 +216,10 @@ impl From<StoreError> for BackendError {
             }
             StoreError::Indeterminate => Self::Indeterminate(Indeterminate::Resent),
             StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
+            StoreError::TooManySessions { max } => Self::TooManySessions { max },
+            StoreError::Contention => Self::Unavailable(Unavailable::Contention {
+                operation: "change the user's sessions",
+            }),
         }
     }
 }

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sessiond_proto::SessionId;
 use sessiond_proto::wire::WriteTag;
+use sessiond_proto::{SessionId, UserName};
 
 use super::api::{Backend, BackendError, Failed};
 use super::claims::Claims;
-use crate::store::{Session, Store, StoreError, StoreStats};
+use crate::store::{Owner, Session, Store, StoreError, StoreStats};
 
 /// The memory-only backend: the store, and the claims that let a tagged
 /// create or rotation sent again find the id its first attempt took.
@@ -45,9 +45,10 @@ impl Backend for MemoryBackend {
         data: Bytes,
         ttl_ms: u64,
         tag: Option<u64>,
+        owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
         let id = self.claimed(tag, id);
-        Ok(self.store.create(id, data, ttl_ms, tag)?)
+        Ok(self.store.create(id, data, ttl_ms, tag, owner.as_ref())?)
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
@@ -96,14 +97,27 @@ impl Backend for MemoryBackend {
         id: &SessionId,
         new_id: SessionId,
         tag: Option<u64>,
+        rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
         let moved_to = self.claimed(tag, new_id);
-        match self.store.rotate(id, moved_to) {
+        match self.store.rotate(id, moved_to, rebind.as_ref()) {
             // Another attempt of this rotation may have moved it already
             // (the new id is claimed by this write alone).
             Err(StoreError::NotFound) if tag.is_some() => Ok(self.store.get(&moved_to)?),
             result => Ok(result?),
         }
+    }
+
+    async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
+        Ok(self.store.user_sessions(user))
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, BackendError> {
+        Ok(self.store.revoke_user(user, except)?.len() as u64)
     }
 
     fn stats(&self) -> StoreStats {

@@ -10,6 +10,7 @@ mod listener;
 mod observability;
 mod sessions;
 mod state;
+mod users;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -38,6 +39,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sessions/{id}/touch", post(sessions::touch))
         .route("/sessions/{id}/rotate", post(sessions::rotate))
+        .route(
+            "/users/{user}/sessions",
+            get(users::list).delete(users::revoke),
+        )
         .route_layer(from_fn_with_state(state.clone(), auth::require_token))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

@@ -7,12 +7,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
-use sessiond_proto::http::{CreateRequest, PutRequest, TouchRequest};
+use sessiond_proto::UserName;
+use sessiond_proto::http::{CreateRequest, PutRequest, RotateRequest, TouchRequest};
 
 use super::error::ApiError;
 use super::extract::{BodyLimit, IdParam, MediaType, idempotency_key, if_match, json_body};
 use super::state::AppState;
-use crate::service::JsonData;
+use crate::service::{JsonData, ServiceError};
 use crate::store::Session;
 
 /// Room for the JSON envelope around the session data in a request body.
@@ -43,9 +44,16 @@ pub async fn create(
         Some(raw) => JsonData::from_raw(raw)?,
         None => JsonData::empty_object(),
     };
+    let user = user_name(request.user)?;
     let session = state
         .service
-        .create(data, request.ttl_secs, None, idempotency_key(&headers)?)
+        .create(
+            data,
+            request.ttl_secs,
+            None,
+            idempotency_key(&headers)?,
+            user,
+        )
         .await?;
     Ok(created(&session))
 }
@@ -137,17 +145,38 @@ pub async fn touch(
     Ok(session_response(StatusCode::OK, &session))
 }
 
-/// `POST /v1/sessions/{id}/rotate`
+/// `POST /v1/sessions/{id}/rotate`, with an optional body `{"user": ...}`
+/// that binds the session to a user in the same step (a login).
 pub async fn rotate(
     State(state): State<AppState>,
     IdParam(id): IdParam,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let request: RotateRequest = json_body(
+        &headers,
+        body,
+        MediaType::Json,
+        BodyLimit {
+            bytes: ENVELOPE_BYTES,
+            timeout: state.body_timeout,
+        },
+        Some(RotateRequest::default),
+    )
+    .await?;
+    let user = user_name(request.user)?;
     let session = state
         .service
-        .rotate(&id, None, idempotency_key(&headers)?)
+        .rotate(&id, None, idempotency_key(&headers)?, user)
         .await?;
     Ok(created(&session))
+}
+
+/// A user name from a request body, checked.
+fn user_name(user: Option<String>) -> Result<Option<UserName>, ApiError> {
+    user.map(|user| UserName::parse(&user))
+        .transpose()
+        .map_err(|err| ApiError::from(ServiceError::InvalidUser(err)))
 }
 
 fn created(session: &Session) -> Response {
@@ -175,13 +204,15 @@ fn session_response(status: StatusCode, session: &Session) -> Response {
 /// already known to be valid JSON, is copied once and never re-parsed.
 fn session_json(session: &Session) -> Vec<u8> {
     let head = format!(
-        r#"{{"id":"{}","version":{},"created_at":"{}","updated_at":"{}","expires_at":"{}","ttl_secs":{},"data":"#,
+        r#"{{"id":"{}","version":{},"created_at":"{}","updated_at":"{}","expires_at":"{}","ttl_secs":{},"user":{},"data":"#,
         session.id,
         session.version,
         rfc3339(session.created_at_ms),
         rfc3339(session.updated_at_ms),
         rfc3339(session.expires_at_ms),
         session.ttl_ms / 1000,
+        serde_json::to_string(&session.user.as_ref().map(UserName::as_str))
+            .unwrap_or_else(|_| "null".to_owned()),
     );
     let mut json = Vec::with_capacity(head.len() + session.data.len() + 1);
     json.extend_from_slice(head.as_bytes());
@@ -190,6 +221,7 @@ fn session_json(session: &Session) -> Vec<u8> {
     json
 }
 
-fn rfc3339(unix_ms: u64) -> String {
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }

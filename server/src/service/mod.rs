@@ -7,10 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
-use sessiond_proto::{ErrorCode, SessionId, ring};
+use sessiond_proto::{ErrorCode, InvalidUser, SessionId, UserName, ring};
 
 use crate::backend::{AnyBackend, Backend, BackendError, Failed, Indeterminate, Unavailable};
-use crate::store::{Session, StoreStats};
+use crate::store::{Owner, Session, StoreStats, UserLimit};
 use merge::MergeError;
 
 mod merge;
@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub max_ttl_secs: u64,
     /// Largest session data, in bytes of JSON text.
     pub max_session_bytes: usize,
+    /// The cap on one user's sessions.
+    pub user_limit: UserLimit,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +65,7 @@ impl Default for ServiceConfig {
             default_ttl_secs: 1800,
             max_ttl_secs: 86_400,
             max_session_bytes: 1 << 20,
+            user_limit: UserLimit::default(),
         }
     }
 }
@@ -100,6 +103,15 @@ pub enum ServiceError {
     /// The session data is not JSON.
     #[error("session data is not valid JSON: {0}")]
     InvalidData(String),
+    /// A user name is malformed.
+    #[error("invalid user name: {0}")]
+    InvalidUser(InvalidUser),
+    /// The user is at the cap and the policy is to reject.
+    #[error("the user already has {max} sessions (--max-sessions-per-user); sign one out first")]
+    TooManySessions {
+        /// The cap.
+        max: usize,
+    },
     /// A merge patch could not be applied.
     #[error("the merge patch is not valid JSON: {0}")]
     InvalidPatch(String),
@@ -138,6 +150,8 @@ impl ServiceError {
             Self::InvalidTtl { .. } => ErrorCode::InvalidTtl,
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull { .. } => ErrorCode::StoreFull,
+            Self::InvalidUser(_) => ErrorCode::InvalidUser,
+            Self::TooManySessions { .. } => ErrorCode::TooManySessions,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Indeterminate(_) => ErrorCode::Indeterminate,
             Self::Unplaceable { .. } => ErrorCode::InvalidRequest,
@@ -161,6 +175,7 @@ impl From<BackendError> for ServiceError {
                 Self::VersionMismatch { expected, current }
             }
             BackendError::StoreFull { needed, limit } => Self::StoreFull { needed, limit },
+            BackendError::TooManySessions { max } => Self::TooManySessions { max },
             BackendError::Unavailable(why) => Self::Unavailable(why),
             BackendError::Indeterminate(why) => Self::Indeterminate(why),
         }
@@ -226,15 +241,25 @@ impl SessionService {
         Ok(bytes)
     }
 
-    /// Creates a session; with a `placement`, its id is one the client's
-    /// ring maps to this node. A tagged create sent again gets the session
-    /// its first attempt made, never a second one.
+    /// The owner a session of `user` gets: the user and the cap.
+    fn owner(&self, user: Option<UserName>) -> Option<Owner> {
+        user.map(|user| Owner {
+            user,
+            limit: self.config.user_limit,
+        })
+    }
+
+    /// Creates a session, belonging to `user` if given (the cap applies in
+    /// the same step); with a `placement`, its id is one the client's ring
+    /// maps to this node. A tagged create sent again gets the session its
+    /// first attempt made, never a second one.
     pub async fn create(
         &self,
         data: JsonData,
         ttl_secs: Option<u64>,
         placement: Option<&Placement>,
         write: Option<WriteTag>,
+        user: Option<UserName>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self
             .ttl_ms(ttl_secs)?
@@ -242,7 +267,8 @@ impl SessionService {
         let data = self.checked_size(data)?;
         let id = fresh_id(placement)?;
         let tag = write.map(|write| write.id);
-        Ok(self.backend.create(id, data, ttl_ms, tag).await?)
+        let owner = self.owner(user);
+        Ok(self.backend.create(id, data, ttl_ms, tag, owner).await?)
     }
 
     /// Reads a session, refreshing its expiry.
@@ -299,17 +325,37 @@ impl SessionService {
     }
 
     /// Moves a session to a new id (placed like [`create`](Self::create)
-    /// places ids); the old one stops working at once. A tagged rotation
-    /// sent again answers the id its first attempt moved the session to.
+    /// places ids); the old one stops working at once. With `user`, the
+    /// session belongs to that user from now on, in the same step (a
+    /// login; the cap applies). A tagged rotation sent again answers the id
+    /// its first attempt moved the session to.
     pub async fn rotate(
         &self,
         id: &SessionId,
         placement: Option<&Placement>,
         write: Option<WriteTag>,
+        user: Option<UserName>,
     ) -> Result<Session, ServiceError> {
         let new_id = fresh_id(placement)?;
         let tag = write.map(|write| write.id);
-        Ok(self.backend.rotate(id, new_id, tag).await?)
+        let rebind = self.owner(user);
+        Ok(self.backend.rotate(id, new_id, tag, rebind).await?)
+    }
+
+    /// The live sessions of `user`, oldest first.
+    pub async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, ServiceError> {
+        Ok(self.backend.user_sessions(user).await?)
+    }
+
+    /// Deletes every session of `user` but `except`; returns how many.
+    pub async fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, ServiceError> {
+        let revoked = self.backend.revoke_user(user, except).await?;
+        metrics::counter!("sessiond_user_revocations_total").increment(revoked);
+        Ok(revoked)
     }
 
     /// The counters of this node's memory.
@@ -363,7 +409,11 @@ mod tests {
     async fn merge_patch_follows_rfc_7386() {
         let service = service(ServiceConfig::default());
         let data = JsonData::parse(Bytes::from_static(br#"{"a":1,"b":{"c":2,"d":3}}"#)).unwrap();
-        let id = service.create(data, None, None, None).await.unwrap().id;
+        let id = service
+            .create(data, None, None, None, None)
+            .await
+            .unwrap()
+            .id;
         let patch = RawValue::from_string(r#"{"a":null,"b":{"c":5},"e":[1]}"#.into()).unwrap();
         let patched = service
             .patch(&id, &patch, None, Some(1), None)
@@ -380,21 +430,25 @@ mod tests {
             default_ttl_secs: 60,
             max_ttl_secs: 100,
             max_session_bytes: 8,
+            user_limit: Default::default(),
         });
         let small = || JsonData::empty_object();
         assert_eq!(
-            service.create(small(), Some(0), None, None).await,
+            service.create(small(), Some(0), None, None, None).await,
             Err(ServiceError::InvalidTtl { got: 0, max: 100 })
         );
         assert_eq!(
-            service.create(small(), Some(101), None, None).await,
+            service.create(small(), Some(101), None, None, None).await,
             Err(ServiceError::InvalidTtl { got: 101, max: 100 })
         );
-        let created = service.create(small(), None, None, None).await.unwrap();
+        let created = service
+            .create(small(), None, None, None, None)
+            .await
+            .unwrap();
         assert_eq!(created.ttl_ms, 60_000);
         let big = JsonData::parse(Bytes::from_static(b"\"123456789\"")).unwrap();
         assert_eq!(
-            service.create(big, None, None, None).await,
+            service.create(big, None, None, None, None).await,
             Err(ServiceError::TooLarge { size: 11, max: 8 })
         );
         let grow = RawValue::from_string(r#"{"key":"value"}"#.into()).unwrap();

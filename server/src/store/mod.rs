@@ -9,20 +9,23 @@ mod budget;
 mod clock;
 mod session;
 mod shard;
+mod user_index;
 mod write_log;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use sessiond_proto::SessionId;
+use parking_lot::{Mutex, MutexGuard};
 use sessiond_proto::wire::WriteTag;
+use sessiond_proto::{SessionId, UserName};
 
 pub use budget::MemoryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use session::Session;
 use shard::{Shard, Slot};
+use user_index::{INDEX_ENTRY_BYTES, UserIndex};
 pub use write_log::{CLOCK_SKEW_MS, Verdict, WRITE_LOG_LEN, WriteLog};
 
 /// Bytes charged per session on top of its data: the id, the session's
@@ -46,6 +49,35 @@ pub enum WhenFull {
     /// Evict least recently used sessions (sampled, like Redis's
     /// `allkeys-lru`) until the write fits.
     EvictLru,
+}
+
+/// What creating or binding one more session does to a user already at
+/// the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenUserFull {
+    /// Remove the user's least recently used session in the same step.
+    #[default]
+    EvictOldest,
+    /// Refuse, and change nothing.
+    Reject,
+}
+
+/// The cap on one user's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserLimit {
+    /// Most live sessions per user (0: no cap).
+    pub max_sessions: usize,
+    /// What happens past it.
+    pub when_full: WhenUserFull,
+}
+
+/// Who a new or rebound session belongs to, and the cap on that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The user.
+    pub user: UserName,
+    /// The cap on the user's sessions.
+    pub limit: UserLimit,
 }
 
 /// Store settings.
@@ -86,6 +118,15 @@ pub enum StoreError {
         /// The session's version now.
         current: u64,
     },
+    /// The user is at the cap and the policy is to reject.
+    #[error("the user already has {max} sessions (--max-sessions-per-user)")]
+    TooManySessions {
+        /// The cap.
+        max: usize,
+    },
+    /// The user's sessions kept changing under every attempt.
+    #[error("the user's sessions changed under every attempt; try again")]
+    Contention,
     /// A re-sent write whose first attempt may or may not have been applied.
     #[error(
         "this write was sent again after its answer was lost, and the session has changed \
@@ -145,6 +186,7 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     config: StoreConfig,
     counters: Counters,
+    users: UserIndex,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,8 +203,42 @@ pub fn charge_of(data_len: usize) -> u64 {
     ENTRY_OVERHEAD + data_len as u64
 }
 
+/// What belonging to `user` adds to a session's charge: its place in the
+/// user index and the user's name.
+fn owner_charge(user: Option<&UserName>) -> u64 {
+    user.map_or(0, |user| INDEX_ENTRY_BYTES + user.as_str().len() as u64)
+}
+
 fn charge(slot: &Slot) -> u64 {
-    charge_of(slot.session.data.len())
+    charge_of(slot.session.data.len()) + owner_charge(slot.session.user.as_ref())
+}
+
+/// How many times a user-index step retries after the user's sessions
+/// changed between reading the index and locking their shards.
+const MAX_INDEX_ATTEMPTS: usize = 32;
+
+/// What [`Store::admit`] did.
+enum Admitted {
+    /// Stored the new session.
+    Stored(Session),
+    /// A live session already had the id; this is it.
+    Existing(Session),
+}
+
+/// Session shards locked together, in ascending order (so two groups
+/// never deadlock), for a step that spans several sessions.
+struct Locked<'a> {
+    guards: Vec<(usize, MutexGuard<'a, Shard>)>,
+}
+
+impl Locked<'_> {
+    /// The locked shard `index`, if it is in the group.
+    fn shard(&mut self, index: usize) -> Option<&mut Shard> {
+        self.guards
+            .iter_mut()
+            .find(|(locked, _)| *locked == index)
+            .map(|(_, guard)| &mut **guard)
+    }
 }
 
 impl Store {
@@ -177,6 +253,7 @@ impl Store {
             clock,
             config,
             counters: Counters::default(),
+            users: UserIndex::default(),
         }
     }
 
@@ -191,6 +268,17 @@ impl Store {
 
     fn shard(&self, id: &SessionId) -> &Mutex<Shard> {
         &self.shards[self.shard_index(id)]
+    }
+
+    /// Locks the shards of `ids` together.
+    fn lock_group<'a>(&self, ids: impl IntoIterator<Item = &'a SessionId>) -> Locked<'_> {
+        let indices: BTreeSet<usize> = ids.into_iter().map(|id| self.shard_index(id)).collect();
+        Locked {
+            guards: indices
+                .into_iter()
+                .map(|index| (index, self.shards[index].lock()))
+                .collect(),
+        }
     }
 
     /// When a session created at `created_at_ms` with idle TTL `ttl_ms`
@@ -212,6 +300,7 @@ impl Store {
         data: Bytes,
         ttl_ms: u64,
         tag: Option<u64>,
+        user: Option<UserName>,
     ) -> Session {
         let now = self.now_ms();
         Session {
@@ -223,46 +312,131 @@ impl Store {
             ttl_ms,
             expires_at_ms: self.expiry(now, ttl_ms, now),
             writes: WriteLog::created(tag),
+            user,
         }
     }
 
     /// Creates a session under the fresh id `id`, version 1, by the write
-    /// `tag`. If a live session already has the id (a create completed
-    /// twice), that session is returned and nothing changes.
+    /// `tag`, belonging to `owner`'s user if given (whose cap is applied in
+    /// the same step). If a live session already has the id (a create
+    /// completed twice), that session is returned and nothing changes.
     pub fn create(
         &self,
         id: SessionId,
         data: Bytes,
         ttl_ms: u64,
         tag: Option<u64>,
+        owner: Option<&Owner>,
     ) -> Result<Session, StoreError> {
-        let charge = charge_of(data.len());
+        let user = owner.map(|owner| owner.user.clone());
+        let charge = charge_of(data.len()) + owner_charge(user.as_ref());
         self.reserve(charge, None)?;
-        let session = self.new_session(id, data, ttl_ms, tag);
-        let now = session.created_at_ms;
-        let mut shard = self.shard(&id).lock();
-        if let Ok(existing) = self.live_slot(&mut shard, &id, now) {
-            let existing = existing.session.clone();
-            drop(shard);
-            self.budget.release(charge);
-            return Ok(existing);
+        let session = self.new_session(id, data, ttl_ms, tag, user);
+        match self.admit(session, owner) {
+            Ok(Admitted::Stored(session)) => Ok(session),
+            Ok(Admitted::Existing(session)) => {
+                self.budget.release(charge);
+                Ok(session)
+            }
+            Err(err) => {
+                self.budget.release(charge);
+                Err(err)
+            }
         }
-        shard.map.insert(
-            id,
-            Slot {
+    }
+
+    /// Stores a new session (in the same step as its owner's cap), unless a
+    /// live one has its id.
+    fn admit(&self, session: Session, owner: Option<&Owner>) -> Result<Admitted, StoreError> {
+        let id = session.id;
+        let now = session.created_at_ms;
+        // Without a cap there is nothing to count: only the new session's
+        // shard is locked.
+        let capped = owner.filter(|owner| owner.limit.max_sessions > 0);
+        for _ in 0..MAX_INDEX_ATTEMPTS {
+            let owned = capped
+                .map(|owner| self.users.ids(&owner.user))
+                .unwrap_or_default();
+            let mut locked = self.lock_group(owned.iter().chain([&id]));
+            if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
+                continue;
+            }
+            let Some(shard) = locked.shard(self.shard_index(&id)) else {
+                continue;
+            };
+            if let Ok(existing) = self.live_slot(shard, &id, now) {
+                return Ok(Admitted::Existing(existing.session.clone()));
+            }
+            if let Some(owner) = capped {
+                self.make_way(&mut locked, owner, &owned, None, now)?;
+            }
+            if let Some(owner) = owner {
+                self.users.add(&owner.user, id);
+            }
+            let slot = Slot {
                 session: session.clone(),
                 last_access_ms: now,
-            },
-        );
-        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
-        Ok(session)
+            };
+            if let Some(shard) = locked.shard(self.shard_index(&id)) {
+                shard.map.insert(id, slot);
+            }
+            self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+            return Ok(Admitted::Stored(session));
+        }
+        Err(StoreError::Contention)
+    }
+
+    /// Makes room for one more session of `owner`'s user among `owned`
+    /// (the user's indexed sessions, all in `locked`): drops the expired
+    /// ones, then applies the cap (`keep`, a session moving to this user
+    /// anyway, is not counted).
+    fn make_way(
+        &self,
+        locked: &mut Locked<'_>,
+        owner: &Owner,
+        owned: &[SessionId],
+        keep: Option<SessionId>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let mut live = Vec::new();
+        for id in owned.iter().filter(|id| Some(**id) != keep) {
+            let Some(shard) = locked.shard(self.shard_index(id)) else {
+                continue;
+            };
+            match shard.map.get(id) {
+                Some(slot) if slot.is_expired(now) => {
+                    if let Some(slot) = shard.map.swap_remove(id) {
+                        self.forget(&slot, Removal::Expired);
+                    }
+                }
+                Some(slot) => live.push((slot.last_access_ms, *id)),
+                None => self.users.remove(&owner.user, id),
+            }
+        }
+        let max = owner.limit.max_sessions;
+        if max == 0 || live.len() < max {
+            return Ok(());
+        }
+        if owner.limit.when_full == WhenUserFull::Reject {
+            return Err(StoreError::TooManySessions { max });
+        }
+        live.sort_unstable();
+        for (_, id) in &live[..=live.len() - max] {
+            if let Some(shard) = locked.shard(self.shard_index(id))
+                && let Some(slot) = shard.map.swap_remove(id)
+            {
+                self.forget(&slot, Removal::Evicted);
+            }
+        }
+        Ok(())
     }
 
     /// Holds a copy of a session that Redis or another node has (same id,
     /// version and times), replacing this store's older copy. For a cache:
     /// fails with [`StoreError::Full`] when there is no room.
     pub fn insert_copy(&self, session: Session) -> Result<(), StoreError> {
-        self.reserve(charge_of(session.data.len()), Some(session.id))?;
+        let bytes = charge_of(session.data.len()) + owner_charge(session.user.as_ref());
+        self.reserve(bytes, Some(session.id))?;
         let now = self.now_ms();
         let id = session.id;
         let slot = Slot {
@@ -290,6 +464,7 @@ impl Store {
             }
             dropped += slots.len() as u64;
         }
+        self.users.clear();
         self.counters.sessions.fetch_sub(dropped, Ordering::Relaxed);
         dropped
     }
@@ -376,7 +551,8 @@ impl Store {
                 .into());
             }
             let data = compute(&slot.session.data)?;
-            let (old, new) = (charge(slot), charge_of(data.len()));
+            let owner = owner_charge(slot.session.user.as_ref());
+            let (old, new) = (charge(slot), charge_of(data.len()) + owner);
             if new > old && !self.budget.try_reserve(new - old) {
                 drop(shard);
                 needed = new - old;
@@ -421,8 +597,8 @@ impl Store {
     /// Removes a session; returns whether a live one was there.
     pub fn delete(&self, id: &SessionId) -> bool {
         let now = self.now_ms();
-        let removed = self.shard(id).lock().map.swap_remove(id);
-        match removed {
+        let mut shard = self.shard(id).lock();
+        match shard.map.swap_remove(id) {
             Some(slot) if slot.is_expired(now) => {
                 self.forget(&slot, Removal::Expired);
                 false
@@ -437,41 +613,130 @@ impl Store {
 
     /// Moves a session to the fresh id `new_id`; the old id is gone at
     /// once. Data, version and creation time are kept (so `--max-lifetime`
-    /// still counts from the first login), the expiry is refreshed.
-    pub fn rotate(&self, id: &SessionId, new_id: SessionId) -> Result<Session, StoreError> {
+    /// still counts from the first login), the expiry is refreshed. With
+    /// `rebind`, the session belongs to that owner's user from now on (a
+    /// login), whose cap is applied in the same step; otherwise it keeps
+    /// its user.
+    pub fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        rebind: Option<&Owner>,
+    ) -> Result<Session, StoreError> {
         let now = self.now_ms();
-        let (from, to) = (self.shard_index(id), self.shard_index(&new_id));
-        let moved = |mut slot: Slot| {
+        for _ in 0..MAX_INDEX_ATTEMPTS {
+            let capped = rebind.filter(|owner| owner.limit.max_sessions > 0);
+            let owned = capped
+                .map(|owner| self.users.ids(&owner.user))
+                .unwrap_or_default();
+            let mut locked = self.lock_group(owned.iter().chain([id, &new_id]));
+            if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
+                continue;
+            }
+            let Some(source) = locked.shard(self.shard_index(id)) else {
+                continue;
+            };
+            let mut slot = self.take_live(source, id, now)?;
+            if let Some(owner) = rebind {
+                let keep = (slot.session.user.as_ref() == Some(&owner.user)).then_some(*id);
+                let rebound = self
+                    .make_way(&mut locked, owner, &owned, keep, now)
+                    .and_then(|()| self.recharge(&slot, Some(&owner.user)));
+                if let Err(err) = rebound {
+                    if let Some(source) = locked.shard(self.shard_index(id)) {
+                        source.map.insert(*id, slot);
+                    }
+                    return Err(err);
+                }
+                if let Some(old_user) = &slot.session.user {
+                    self.users.remove(old_user, id);
+                }
+                slot.session.user = Some(owner.user.clone());
+                self.users.add(&owner.user, new_id);
+            } else if let Some(user) = &slot.session.user {
+                self.users.remove(user, id);
+                self.users.add(user, new_id);
+            }
             slot.session.id = new_id;
             slot.session.expires_at_ms =
                 self.expiry(now, slot.session.ttl_ms, slot.session.created_at_ms);
             slot.last_access_ms = now;
-            slot
-        };
-        let session = if from == to {
-            let mut shard = self.shards[from].lock();
-            let slot = moved(self.take_live(&mut shard, id, now)?);
             let session = slot.session.clone();
-            shard.map.insert(new_id, slot);
-            session
-        } else {
-            // Both shards are locked, lower index first, so the move is
-            // atomic and cannot deadlock with another two-shard move.
-            let (mut low, mut high) = (
-                self.shards[from.min(to)].lock(),
-                self.shards[from.max(to)].lock(),
-            );
-            let (source, target) = if from < to {
-                (&mut low, &mut high)
-            } else {
-                (&mut high, &mut low)
-            };
-            let slot = moved(self.take_live(source, id, now)?);
-            let session = slot.session.clone();
-            target.map.insert(new_id, slot);
-            session
-        };
-        Ok(session)
+            if let Some(target) = locked.shard(self.shard_index(&new_id)) {
+                target.map.insert(new_id, slot);
+            }
+            return Ok(session);
+        }
+        Err(StoreError::Contention)
+    }
+
+    /// Adjusts the budget for `slot` belonging to `user` from now on (only
+    /// what fits without making room: the caller holds shard locks).
+    fn recharge(&self, slot: &Slot, user: Option<&UserName>) -> Result<(), StoreError> {
+        let old = charge(slot);
+        let new = charge_of(slot.session.data.len()) + owner_charge(user);
+        if new > old && !self.budget.try_reserve(new - old) {
+            return Err(self.full(new - old));
+        }
+        if old > new {
+            self.budget.release(old - new);
+        }
+        Ok(())
+    }
+
+    /// The live sessions of `user`, oldest first.
+    pub fn user_sessions(&self, user: &UserName) -> Vec<Session> {
+        let now = self.now_ms();
+        for _ in 0..MAX_INDEX_ATTEMPTS {
+            let owned = self.users.ids(user);
+            let mut locked = self.lock_group(&owned);
+            if self.users.ids(user) != owned {
+                continue;
+            }
+            let mut sessions: Vec<Session> = owned
+                .iter()
+                .filter_map(|id| {
+                    let slot = locked.shard(self.shard_index(id))?.map.get(id)?;
+                    (!slot.is_expired(now)).then(|| slot.session.clone())
+                })
+                .collect();
+            sessions.sort_by_key(|session| (session.created_at_ms, session.id));
+            return sessions;
+        }
+        Vec::new()
+    }
+
+    /// Deletes every live session of `user` but `except`, in one step;
+    /// returns the ids deleted.
+    pub fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let now = self.now_ms();
+        for _ in 0..MAX_INDEX_ATTEMPTS {
+            let owned = self.users.ids(user);
+            let mut locked = self.lock_group(&owned);
+            if self.users.ids(user) != owned {
+                continue;
+            }
+            let mut revoked = Vec::new();
+            for id in owned.iter().filter(|id| Some(**id) != except) {
+                let Some(shard) = locked.shard(self.shard_index(id)) else {
+                    continue;
+                };
+                if let Some(slot) = shard.map.swap_remove(id) {
+                    if slot.is_expired(now) {
+                        self.forget(&slot, Removal::Expired);
+                    } else {
+                        self.forget(&slot, Removal::Deleted);
+                        revoked.push(*id);
+                    }
+                }
+            }
+            return Ok(revoked);
+        }
+        Err(StoreError::Contention)
     }
 
     /// Frees expired sessions, examining at most `per_shard` sessions in
@@ -480,7 +745,12 @@ impl Store {
         let now = self.now_ms();
         let mut freed = 0;
         for shard in self.shards.iter() {
-            let swept = shard.lock().sweep(now, per_shard, charge);
+            let swept = shard.lock().sweep(now, per_shard, |slot| {
+                if let Some(user) = &slot.session.user {
+                    self.users.remove(user, &slot.session.id);
+                }
+                charge(slot)
+            });
             if swept.sessions > 0 {
                 self.budget.release(swept.bytes);
                 self.counters
@@ -504,6 +774,8 @@ impl Store {
             expirations: self.counters.expirations.load(Ordering::Relaxed),
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             rejections: self.counters.rejections.load(Ordering::Relaxed),
+            user_index_users: self.users.users(),
+            user_index_entries: self.users.entries(),
         }
     }
 
@@ -539,7 +811,12 @@ impl Store {
         Ok(slot)
     }
 
+    /// Accounts for a session that left its shard (the caller still holds
+    /// the shard's lock): its bytes, the counters, and its user's index.
     fn forget(&self, slot: &Slot, why: Removal) {
+        if let Some(user) = &slot.session.user {
+            self.users.remove(user, &slot.session.id);
+        }
         self.budget.release(charge(slot));
         self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
         let counter = match why {
@@ -603,7 +880,8 @@ impl Store {
         let Some((index, id, _)) = oldest else {
             return false;
         };
-        if let Some(slot) = self.shards[index].lock().map.swap_remove(&id) {
+        let mut shard = self.shards[index].lock();
+        if let Some(slot) = shard.map.swap_remove(&id) {
             let why = if slot.is_expired(now) {
                 Removal::Expired
             } else {

@@ -1,7 +1,7 @@
 //! A session as the store hands it out.
 
 use bytes::Bytes;
-use sessiond_proto::SessionId;
+use sessiond_proto::{SessionId, UserName};
 
 use super::write_log::WriteLog;
 
@@ -24,4 +24,6 @@ pub struct Session {
     pub expires_at_ms: u64,
     /// The tags of the writes that produced the latest versions.
     pub writes: WriteLog,
+    /// The user the session belongs to.
+    pub user: Option<UserName>,
 }

@@ -27,6 +27,7 @@ fn create_then_get_returns_the_same_session() {
             json(r#"{"user":1}"#),
             60 * SECOND,
             None,
+            None,
         )
         .unwrap();
     assert_eq!(created.version, 1);
@@ -50,7 +51,7 @@ fn unknown_id_is_not_found() {
 fn every_write_increments_the_version() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND, None)
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
         .unwrap()
         .id;
     for expected_next in 2..=10 {
@@ -65,7 +66,7 @@ fn every_write_increments_the_version() {
 fn conditional_write_checks_the_version() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("0"), 60 * SECOND, None)
+        .create(SessionId::random(), json("0"), 60 * SECOND, None, None)
         .unwrap()
         .id;
     assert_eq!(
@@ -89,7 +90,7 @@ fn conditional_write_checks_the_version() {
 fn sessions_expire_after_their_idle_ttl() {
     let (store, clock) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
         .unwrap()
         .id;
     clock.advance(Duration::from_millis(9_999));
@@ -108,7 +109,7 @@ fn sessions_expire_after_their_idle_ttl() {
 fn reads_slide_the_expiry() {
     let (store, clock) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
         .unwrap()
         .id;
     for _ in 0..10 {
@@ -126,7 +127,7 @@ fn reads_slide_the_expiry() {
 fn writes_and_touches_slide_the_expiry_and_touch_can_change_the_ttl() {
     let (store, clock) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
         .unwrap()
         .id;
     clock.advance(Duration::from_secs(8));
@@ -146,7 +147,7 @@ fn absolute_lifetime_caps_the_sliding_expiry() {
         ..StoreConfig::default()
     });
     let created = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
         .unwrap();
     for _ in 0..5 {
         clock.advance(Duration::from_secs(5));
@@ -165,11 +166,17 @@ fn sweeper_frees_expired_sessions_without_reads() {
     });
     for _ in 0..1000 {
         store
-            .create(SessionId::random(), json(r#""short""#), SECOND, None)
+            .create(SessionId::random(), json(r#""short""#), SECOND, None, None)
             .unwrap();
     }
     let keeper = store
-        .create(SessionId::random(), json(r#""long""#), 3600 * SECOND, None)
+        .create(
+            SessionId::random(),
+            json(r#""long""#),
+            3600 * SECOND,
+            None,
+            None,
+        )
         .unwrap()
         .id;
     let used_before = store.stats().bytes_used;
@@ -195,7 +202,7 @@ fn sweeper_frees_expired_sessions_without_reads() {
 fn delete_is_idempotent() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND, None)
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
         .unwrap()
         .id;
     assert!(store.delete(&id));
@@ -213,12 +220,13 @@ fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
             json(r#"{"cart":[1]}"#),
             60 * SECOND,
             None,
+            None,
         )
         .unwrap();
     store
         .put(&old.id, json(r#"{"cart":[1,2]}"#), None, None, None)
         .unwrap();
-    let rotated = store.rotate(&old.id, SessionId::random()).unwrap();
+    let rotated = store.rotate(&old.id, SessionId::random(), None).unwrap();
     assert_ne!(rotated.id, old.id);
     assert_eq!(rotated.data, json(r#"{"cart":[1,2]}"#));
     assert_eq!(rotated.version, 2, "rotation keeps the version");
@@ -227,7 +235,7 @@ fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
     assert_eq!(store.get(&rotated.id).unwrap().data, rotated.data);
     assert_eq!(store.stats().sessions, 1);
     assert_eq!(
-        store.rotate(&old.id, SessionId::random()),
+        store.rotate(&old.id, SessionId::random(), None),
         Err(StoreError::NotFound)
     );
 }
@@ -248,13 +256,13 @@ fn full_store_rejects_writes_and_keeps_every_session() {
     let ids: Vec<_> = (0..10)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 60 * SECOND, None)
+                .create(SessionId::random(), data.clone(), 60 * SECOND, None, None)
                 .unwrap()
                 .id
         })
         .collect();
     assert!(matches!(
-        store.create(SessionId::random(), data.clone(), 60 * SECOND, None),
+        store.create(SessionId::random(), data.clone(), 60 * SECOND, None, None),
         Err(StoreError::Full { .. })
     ));
     // Growing an existing session does not fit either.
@@ -281,7 +289,7 @@ fn full_store_evicts_least_recently_used_sessions() {
     let old: Vec<_> = (0..50)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 600 * SECOND, None)
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None, None)
                 .unwrap()
                 .id
         })
@@ -290,7 +298,7 @@ fn full_store_evicts_least_recently_used_sessions() {
     let recent: Vec<_> = (0..50)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 600 * SECOND, None)
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None, None)
                 .unwrap()
                 .id
         })
@@ -302,7 +310,7 @@ fn full_store_evicts_least_recently_used_sessions() {
     let newest: Vec<_> = (0..10)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 600 * SECOND, None)
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None, None)
                 .unwrap()
                 .id
         })
@@ -328,11 +336,11 @@ fn full_store_evicts_least_recently_used_sessions() {
 fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
     let (store, _) = bounded(2, 10, WhenFull::EvictLru);
     store
-        .create(SessionId::random(), json("1"), 60 * SECOND, None)
+        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
         .unwrap();
     let huge = json(&format!("\"{}\"", "z".repeat(4096)));
     assert!(matches!(
-        store.create(SessionId::random(), huge, 60 * SECOND, None),
+        store.create(SessionId::random(), huge, 60 * SECOND, None, None),
         Err(StoreError::Full { .. })
     ));
     assert_eq!(store.stats().sessions, 1, "nothing was evicted in vain");
@@ -343,7 +351,7 @@ fn update_applies_a_function_atomically_under_contention() {
     let (store, _) = store();
     let store = Arc::new(store);
     let id = store
-        .create(SessionId::random(), json("0"), 60 * SECOND, None)
+        .create(SessionId::random(), json("0"), 60 * SECOND, None, None)
         .unwrap()
         .id;
     let threads: Vec<_> = (0..8)
@@ -373,7 +381,7 @@ fn update_applies_a_function_atomically_under_contention() {
 fn memory_accounting_follows_sizes_exactly() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("1"), 60 * SECOND, None)
+        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
         .unwrap()
         .id;
     assert_eq!(store.stats().bytes_used, charge_of(1));
@@ -381,7 +389,7 @@ fn memory_accounting_follows_sizes_exactly() {
     assert_eq!(store.stats().bytes_used, charge_of(5));
     store.put(&id, json("12"), None, None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(2));
-    let rotated = store.rotate(&id, SessionId::random()).unwrap();
+    let rotated = store.rotate(&id, SessionId::random(), None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(2));
     store.delete(&rotated.id);
     assert_eq!(store.stats().bytes_used, 0);
@@ -391,7 +399,7 @@ fn memory_accounting_follows_sizes_exactly() {
 fn copies_replace_older_copies_and_clear_empties_the_store() {
     let (store, _) = store();
     let mut session = store
-        .create(SessionId::random(), json("1"), 60 * SECOND, None)
+        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
         .unwrap();
     session.version = 7;
     session.data = json("12345");
@@ -406,5 +414,180 @@ fn copies_replace_older_copies_and_clear_empties_the_store() {
     store.insert_copy(other).unwrap();
     assert_eq!(store.clear(), 2);
     assert_eq!(store.stats().sessions, 0);
+    assert_eq!(store.stats().bytes_used, 0);
+}
+
+fn owner(user: &str, max_sessions: usize, when_full: WhenUserFull) -> Owner {
+    Owner {
+        user: UserName::parse(user).unwrap(),
+        limit: UserLimit {
+            max_sessions,
+            when_full,
+        },
+    }
+}
+
+fn login(store: &Store, owner: &Owner, ttl_ms: u64) -> Result<Session, StoreError> {
+    store.create(SessionId::random(), json("{}"), ttl_ms, None, Some(owner))
+}
+
+fn listed(store: &Store, owner: &Owner) -> Vec<SessionId> {
+    store
+        .user_sessions(&owner.user)
+        .into_iter()
+        .map(|session| session.id)
+        .collect()
+}
+
+#[test]
+fn a_users_sessions_are_listed_oldest_first_and_only_while_live() {
+    let (store, clock) = store();
+    let alice = owner("alice", 0, WhenUserFull::EvictOldest);
+    let mut ids = Vec::new();
+    for ttl in [60, 2, 60, 2, 60] {
+        ids.push(login(&store, &alice, ttl * SECOND).unwrap().id);
+        clock.advance(Duration::from_millis(1));
+    }
+    let rotated = store.rotate(&ids[2], SessionId::random(), None).unwrap();
+    assert_eq!(
+        rotated.user,
+        Some(alice.user.clone()),
+        "rotation keeps the user"
+    );
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(listed(&store, &alice), [ids[0], rotated.id, ids[4]]);
+    assert_eq!(
+        store.stats().user_index_entries,
+        5,
+        "expired ones wait for the sweeper"
+    );
+    store.sweep(1024);
+    assert_eq!(store.stats().user_index_entries, 3);
+    store.delete(&ids[0]);
+    assert_eq!(listed(&store, &alice), [rotated.id, ids[4]]);
+    let bob = owner("bob", 0, WhenUserFull::EvictOldest);
+    assert!(listed(&store, &bob).is_empty());
+}
+
+#[test]
+fn revoking_keeps_only_the_excepted_session() {
+    let (store, _) = store();
+    let alice = owner("alice", 0, WhenUserFull::EvictOldest);
+    let bob = owner("bob", 0, WhenUserFull::EvictOldest);
+    let ids: Vec<SessionId> = (0..4)
+        .map(|_| login(&store, &alice, 60 * SECOND).unwrap().id)
+        .collect();
+    let bobs = login(&store, &bob, 60 * SECOND).unwrap().id;
+    let revoked = store.revoke_user(&alice.user, Some(ids[1])).unwrap();
+    assert_eq!(revoked.len(), 3);
+    assert_eq!(listed(&store, &alice), [ids[1]]);
+    for id in [ids[0], ids[2], ids[3]] {
+        assert_eq!(store.get(&id), Err(StoreError::NotFound));
+    }
+    assert!(store.get(&bobs).is_ok(), "another user's session stays");
+    assert_eq!(store.revoke_user(&alice.user, None).unwrap(), [ids[1]]);
+    assert_eq!(store.stats().user_index_users, 1);
+}
+
+#[test]
+fn the_cap_evicts_the_least_recently_used_or_rejects() {
+    let (store, clock) = store();
+    let capped = owner("carol", 3, WhenUserFull::EvictOldest);
+    let ids: Vec<SessionId> = (0..3)
+        .map(|_| {
+            clock.advance(Duration::from_millis(10));
+            login(&store, &capped, 60 * SECOND).unwrap().id
+        })
+        .collect();
+    // The first one is used again: the second is now the least recent.
+    clock.advance(Duration::from_millis(10));
+    store.get(&ids[0]).unwrap();
+    let fourth = login(&store, &capped, 60 * SECOND).unwrap().id;
+    assert_eq!(listed(&store, &capped), [ids[0], ids[2], fourth]);
+    assert_eq!(store.get(&ids[1]), Err(StoreError::NotFound));
+    assert_eq!(store.stats().evictions, 1);
+
+    let strict = owner("carol", 3, WhenUserFull::Reject);
+    let before = store.stats();
+    assert_eq!(
+        login(&store, &strict, 60 * SECOND),
+        Err(StoreError::TooManySessions { max: 3 })
+    );
+    assert_eq!(listed(&store, &strict), [ids[0], ids[2], fourth]);
+    assert_eq!(
+        store.stats().bytes_used,
+        before.bytes_used,
+        "nothing changed"
+    );
+}
+
+#[test]
+fn a_login_binds_the_session_to_its_user_in_the_same_step() {
+    let (store, _) = store();
+    let anonymous = store
+        .create(
+            SessionId::random(),
+            json(r#"{"cart":[1]}"#),
+            60 * SECOND,
+            None,
+            None,
+        )
+        .unwrap();
+    let dave = owner("dave", 1, WhenUserFull::EvictOldest);
+    let earlier = login(&store, &dave, 60 * SECOND).unwrap().id;
+    let logged_in = store
+        .rotate(&anonymous.id, SessionId::random(), Some(&dave))
+        .unwrap();
+    assert_eq!(logged_in.user, Some(dave.user.clone()));
+    assert_eq!(logged_in.data, anonymous.data);
+    assert_eq!(
+        listed(&store, &dave),
+        [logged_in.id],
+        "the cap of 1 evicted the earlier one"
+    );
+    assert_eq!(store.get(&earlier), Err(StoreError::NotFound));
+    assert_eq!(store.get(&anonymous.id), Err(StoreError::NotFound));
+    // Logging in again as another user moves it between users.
+    let erin = owner("erin", 0, WhenUserFull::EvictOldest);
+    let again = store
+        .rotate(&logged_in.id, SessionId::random(), Some(&erin))
+        .unwrap();
+    assert!(listed(&store, &dave).is_empty());
+    assert_eq!(listed(&store, &erin), [again.id]);
+}
+
+#[test]
+fn the_index_and_its_memory_return_to_baseline_after_churn() {
+    let (store, clock) = store();
+    let baseline = store.stats();
+    let frank = owner("frank", 0, WhenUserFull::EvictOldest);
+    for round in 0..100_000u64 {
+        login(&store, &frank, SECOND).unwrap();
+        if round % 1000 == 999 {
+            clock.advance(Duration::from_secs(2));
+            store.sweep(usize::MAX);
+        }
+    }
+    clock.advance(Duration::from_secs(2));
+    store.sweep(usize::MAX);
+    let after = store.stats();
+    assert_eq!((after.user_index_users, after.user_index_entries), (0, 0));
+    assert_eq!(
+        (after.sessions, after.bytes_used),
+        (baseline.sessions, baseline.bytes_used)
+    );
+    assert!(listed(&store, &frank).is_empty());
+}
+
+#[test]
+fn a_users_sessions_are_charged_to_the_memory_bound() {
+    let (store, _) = store();
+    let grace = owner("grace", 0, WhenUserFull::EvictOldest);
+    let session = login(&store, &grace, 60 * SECOND).unwrap();
+    assert_eq!(
+        store.stats().bytes_used,
+        charge_of(2) + user_index::INDEX_ENTRY_BYTES + "grace".len() as u64
+    );
+    store.delete(&session.id);
     assert_eq!(store.stats().bytes_used, 0);
 }

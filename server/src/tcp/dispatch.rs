@@ -1,6 +1,7 @@
 //! One binary-protocol operation, carried out through the service layer.
 
 use serde_json::value::RawValue;
+use sessiond_proto::UserName;
 use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError, WriteTag};
 
 use crate::service::{JsonData, ServiceError, SessionService};
@@ -14,56 +15,108 @@ pub async fn execute(
     write: Option<WriteTag>,
     placement: Option<&Placement>,
 ) -> Outcome {
-    let result = match op {
-        Op::Create { data, ttl_secs } => match JsonData::parse(data) {
-            Ok(data) => service
-                .create(data, ttl_secs, placement, write)
-                .await
-                .map(session),
-            Err(err) => Err(err),
-        },
-        Op::Get { id } => service.get(&id).await.map(session),
+    run(service, op, write, placement)
+        .await
+        .unwrap_or_else(|err| {
+            Outcome::Error(WireError {
+                code: err.code(),
+                message: err.to_string(),
+                current_version: err.current_version(),
+            })
+        })
+}
+
+async fn run(
+    service: &SessionService,
+    op: Op,
+    write: Option<WriteTag>,
+    placement: Option<&Placement>,
+) -> Result<Outcome, ServiceError> {
+    Ok(match op {
+        Op::Create {
+            data,
+            ttl_secs,
+            user,
+        } => {
+            let (data, user) = (JsonData::parse(data)?, user_name(user)?);
+            session(
+                service
+                    .create(data, ttl_secs, placement, write, user)
+                    .await?,
+            )
+        }
+        Op::Get { id } => session(service.get(&id).await?),
         Op::Put {
             id,
             data,
             ttl_secs,
             expected_version,
-        } => match JsonData::parse(data) {
-            Ok(data) => service
-                .put(&id, data, ttl_secs, expected_version, write)
-                .await
-                .map(session),
-            Err(err) => Err(err),
-        },
+        } => {
+            let data = JsonData::parse(data)?;
+            session(
+                service
+                    .put(&id, data, ttl_secs, expected_version, write)
+                    .await?,
+            )
+        }
         Op::Patch {
             id,
             patch,
             ttl_secs,
             expected_version,
-        } => match serde_json::from_slice::<&RawValue>(&patch) {
-            Ok(patch) => service
-                .patch(&id, patch, ttl_secs, expected_version, write)
-                .await
-                .map(session),
-            Err(err) => Err(ServiceError::InvalidPatch(err.to_string())),
-        },
-        Op::Delete { id } => service.delete(&id).await.map(|()| Outcome::Deleted),
-        Op::Touch { id, ttl_secs } => service.touch(&id, ttl_secs).await.map(session),
-        Op::Rotate { id } => service.rotate(&id, placement, write).await.map(session),
-        Op::Ping => Ok(Outcome::Pong),
-        Op::Stats => Ok(Outcome::Stats(service.stats())),
-    };
-    result.unwrap_or_else(|err| {
-        Outcome::Error(WireError {
-            code: err.code(),
-            message: err.to_string(),
-            current_version: err.current_version(),
-        })
+        } => {
+            let patch = serde_json::from_slice::<&RawValue>(&patch)
+                .map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
+            session(
+                service
+                    .patch(&id, patch, ttl_secs, expected_version, write)
+                    .await?,
+            )
+        }
+        Op::Delete { id } => {
+            service.delete(&id).await?;
+            Outcome::Deleted
+        }
+        Op::Touch { id, ttl_secs } => session(service.touch(&id, ttl_secs).await?),
+        Op::Rotate { id, user } => {
+            let user = user_name(user)?;
+            session(service.rotate(&id, placement, write, user).await?)
+        }
+        Op::ListUser { user } => {
+            let user = UserName::parse(&user).map_err(ServiceError::InvalidUser)?;
+            let sessions = service.user_sessions(&user).await?;
+            Outcome::UserSessions(sessions.into_iter().map(summary).collect())
+        }
+        Op::RevokeUser { user, except } => {
+            let user = UserName::parse(&user).map_err(ServiceError::InvalidUser)?;
+            Outcome::Revoked(service.revoke_user(&user, except).await?)
+        }
+        Op::Ping => Outcome::Pong,
+        Op::Stats => Outcome::Stats(service.stats()),
     })
 }
 
+/// A user name from the wire, checked.
+fn user_name(user: Option<String>) -> Result<Option<UserName>, ServiceError> {
+    user.map(|user| UserName::parse(&user))
+        .transpose()
+        .map_err(ServiceError::InvalidUser)
+}
+
+/// A session in a user's listing: its record without its data.
+fn summary(session: Session) -> SessionRecord {
+    SessionRecord {
+        data: bytes::Bytes::new(),
+        ..record(session)
+    }
+}
+
 fn session(session: Session) -> Outcome {
-    Outcome::Session(SessionRecord {
+    Outcome::Session(record(session))
+}
+
+fn record(session: Session) -> SessionRecord {
+    SessionRecord {
         id: session.id,
         version: session.version,
         data: session.data,
@@ -71,5 +124,6 @@ fn session(session: Session) -> Outcome {
         updated_at_ms: session.updated_at_ms,
         expires_at_ms: session.expires_at_ms,
         ttl_secs: session.ttl_ms / 1000,
-    })
+        user: session.user.map(|user| user.to_string()),
+    }
 }

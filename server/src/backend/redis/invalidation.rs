@@ -369,7 +369,7 @@ mod tests {
         let cacher = Invalidations::new("p:", 2, link);
         let id = SessionId::random();
         store
-            .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None)
+            .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None, None)
             .unwrap();
         let announcement = writer.announce(&id);
         let ack = cacher.apply(&announcement.message, &store).expect("an ack");

@@ -20,6 +20,7 @@ mod refresher;
 mod scripts;
 mod shared;
 mod sync;
+mod users;
 mod write_behind;
 
 pub use error::ReplicationError;

@@ -5,14 +5,14 @@
 //! `v` (version), `d` (data, the JSON text), `c` (created, ms), `u`
 //! (updated, ms), `t` (idle TTL, ms), `w` (the write log: the hex tags of
 //! the writes that produced the latest versions, newest first, see
-//! `store::WriteLog`), `h` (the log's horizon, ms) and `o` (the hex ids of
-//! the nodes that may hold a cached copy); the key's PEXPIREAT is the
-//! session's expiry. Small hashes are stored compactly by Redis (listpack),
+//! `store::WriteLog`), `h` (the log's horizon, ms), `o` (the hex ids of
+//! the nodes that may hold a cached copy) and `p` (the user it belongs to,
+//! empty for none); the key's PEXPIREAT is the session's expiry. Small hashes are stored compactly by Redis (listpack),
 //! and the fields stay readable by the scripts that check versions.
 
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};
-use sessiond_proto::SessionId;
+use sessiond_proto::{SessionId, UserName};
 
 use crate::store::{Session, WRITE_LOG_LEN, WriteLog};
 
@@ -23,9 +23,9 @@ pub fn key(prefix: &str, id: &SessionId) -> String {
 
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy.
-/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h]`.
+/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p]`.
 const READ: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o')
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p')
 if not r[1] then return false end
 if ARGV[1] ~= '' then
   local o = r[8] or ''
@@ -38,28 +38,29 @@ if ARGV[1] ~= '' then
     redis.call('HSET', KEYS[1], 'o', table.concat(kept, ','))
   end
 end
-return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0'}
+return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
+  r[9] or ''}
 ";
 
 /// Stores a whole session if its key is free: 1, or 0 when taken.
-/// ARGV: v, d, c, u, t, expires_at, w, h, o.
+/// ARGV: v, d, c, u, t, expires_at, w, h, o, p.
 const STORE_NEW: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
-  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9])
+  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 return 1
 ";
 
 /// Stores a whole session unconditionally: the copy a rotation makes under
-/// the new id (ARGV: v, d, c, u, t, expires_at, w, h, o), or, with a
-/// channel and message in ARGV[10] and ARGV[11], a write-behind write that
+/// the new id (ARGV: v, d, c, u, t, expires_at, w, h, o, p), or, with a
+/// channel and message in ARGV[11] and ARGV[12], a write-behind write that
 /// is announced to every node.
 const STORE_ANY: &str = r"
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
-  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9])
+  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-if ARGV[10] then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+if ARGV[11] then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
 return 1
 ";
 
@@ -74,9 +75,10 @@ return 1
 /// 12 writer node.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
 /// applied, at version v), {-4} (re-sent, cannot tell), or {v, c, u, t,
-/// expires_at, w, h, other cachers}, with the data appended for a touch.
+/// expires_at, w, h, other cachers, user}, with the data appended for a
+/// touch.
 const WRITE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o', 'p')
 if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 local log = cur[5] or ''
@@ -132,26 +134,26 @@ end
 redis.call('HSET', KEYS[1], 'o', ARGV[12])
 redis.call('PEXPIREAT', KEYS[1], exp)
 if #others > 0 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
-local answer = {v, created, updated, ttl, exp, log, horizon, table.concat(others, ',')}
-if ARGV[8] == 't' then answer[9] = redis.call('HGET', KEYS[1], 'd') end
+local answer = {v, created, updated, ttl, exp, log, horizon, table.concat(others, ','), cur[8] or ''}
+if ARGV[8] == 't' then answer[10] = redis.call('HGET', KEYS[1], 'd') end
 return answer
 ";
 
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
-/// is ''). Returns {1, other cachers} when deleted, {0, ''} when not there
-/// (or at another version).
+/// is ''). Returns {1, other cachers, user} when deleted, {0, '', ''} when
+/// not there (or at another version).
 const DELETE: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'o')
-if not r[1] then return {0, ''} end
-if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, ''} end
+local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
+if not r[1] then return {0, '', ''} end
+if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
 redis.call('DEL', KEYS[1])
 local others = {}
 for node in string.gmatch(r[2] or '', '[^,]+') do
   if node ~= ARGV[4] then others[#others + 1] = node end
 end
 if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return {1, table.concat(others, ',')}
+return {1, table.concat(others, ','), r[3] or ''}
 ";
 
 /// The scripts, loaded once (Redis caches them by SHA).
@@ -239,6 +241,8 @@ pub enum WriteOutcome {
         writes: WriteLog,
         /// Other nodes that may have held a cached copy.
         others: Vec<u64>,
+        /// The user the session belongs to.
+        user: Option<UserName>,
         /// The session's data, for a touch.
         data: Option<Bytes>,
     },
@@ -247,7 +251,7 @@ pub enum WriteOutcome {
 impl FromRedisValue for WriteOutcome {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
         let mut fields: Vec<Value> = FromRedisValue::from_redis_value(value)?;
-        let data = if fields.len() == 9 {
+        let data = if fields.len() == 10 {
             fields.pop().map(Vec::<u8>::from_redis_value).transpose()?
         } else {
             None
@@ -269,6 +273,7 @@ impl FromRedisValue for WriteOutcome {
                 let tags = String::from_redis_value(fields.next())?;
                 let horizon_ms = fields.unsigned()?;
                 let others = String::from_redis_value(fields.next())?;
+                let user = String::from_redis_value(fields.next())?;
                 Self::Done {
                     version: version.max(0) as u64,
                     created_at_ms,
@@ -277,6 +282,7 @@ impl FromRedisValue for WriteOutcome {
                     expires_at_ms,
                     writes: write_log(&tags, horizon_ms),
                     others: node_ids(&others),
+                    user: user_name(&user),
                     data: data.map(Bytes::from),
                 }
             }
@@ -308,13 +314,21 @@ pub struct StoredSession {
     /// PEXPIRETIME: the key's expiry (negative when it has none).
     pub expires_at_ms: i64,
     pub writes: WriteLog,
+    pub user: Option<UserName>,
 }
 
 impl FromRedisValue for StoredSession {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (version, data, created_at_ms, updated_at_ms, ttl_ms, expires_at_ms, tags, horizon) =
-            FromRedisValue::from_redis_value(value)?;
-        let tags: String = tags;
+        let fields: Vec<Value> = FromRedisValue::from_redis_value(value)?;
+        let mut fields = Fields(fields.into_iter());
+        let version = fields.unsigned()?;
+        let data = Vec::<u8>::from_redis_value(fields.next())?;
+        let (created_at_ms, updated_at_ms) = (fields.unsigned()?, fields.unsigned()?);
+        let ttl_ms = fields.unsigned()?;
+        let expires_at_ms = i64::from_redis_value(fields.next())?;
+        let tags = String::from_redis_value(fields.next())?;
+        let horizon = fields.unsigned()?;
+        let user = String::from_redis_value(fields.next())?;
         Ok(Self {
             version,
             data,
@@ -323,6 +337,7 @@ impl FromRedisValue for StoredSession {
             ttl_ms,
             expires_at_ms,
             writes: write_log(&tags, horizon),
+            user: user_name(&user),
         })
     }
 }
@@ -339,32 +354,44 @@ impl StoredSession {
             ttl_ms: self.ttl_ms,
             expires_at_ms: u64::try_from(self.expires_at_ms).ok()?,
             writes: self.writes,
+            user: self.user,
         })
     }
 }
 
-/// What [`DELETE`] answered: whether it deleted, and which other nodes
-/// may have held a cached copy.
+/// What [`DELETE`] answered: whether it deleted, which other nodes may
+/// have held a cached copy, and whose session it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deleted {
     /// Whether the key was deleted.
     pub deleted: bool,
     /// Other nodes that may have held a cached copy.
     pub others: Vec<u64>,
+    /// The user the session belonged to.
+    pub user: Option<UserName>,
 }
 
 impl FromRedisValue for Deleted {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (deleted, others): (i64, String) = FromRedisValue::from_redis_value(value)?;
+        let (deleted, others, user): (i64, String, String) =
+            FromRedisValue::from_redis_value(value)?;
         Ok(Self {
             deleted: deleted == 1,
             others: node_ids(&others),
+            user: user_name(&user),
         })
     }
 }
 
+/// A stored user name (empty: none; anything unparsable: none).
+fn user_name(text: &str) -> Option<UserName> {
+    (!text.is_empty())
+        .then(|| UserName::parse(text).ok())
+        .flatten()
+}
+
 /// The arguments that store a whole session: v, d, c, u, t, expires_at,
-/// w, h, and `cacher`, the node recorded as holding a copy.
+/// w, h, `cacher` (the node recorded as holding a copy) and p.
 pub fn session_args<'a>(
     script: &'a Script,
     key: &str,
@@ -381,6 +408,7 @@ pub fn session_args<'a>(
         .arg(session.expires_at_ms)
         .arg(log_tags(&session.writes, session.version))
         .arg(session.writes.horizon_ms())
-        .arg(cacher);
+        .arg(cacher)
+        .arg(session.user.as_ref().map_or("", UserName::as_str));
     invocation
 }

@@ -12,7 +12,7 @@ use super::error::{ReplicationError, write_error};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
-use super::scripts::{Scripts, StoredSession, hex, key};
+use super::scripts::{Deleted, Scripts, StoredSession, hex, key};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
 use crate::store::{Session, Store};
@@ -141,18 +141,19 @@ impl Redis {
         self.store.now_ms()
     }
 
-    /// The session in Redis, if it is there and live; this node is recorded
-    /// among its cachers (it may keep the copy).
+    /// The session in Redis, if it is there and live; with `cache`, this
+    /// node is recorded among its cachers (it may keep the copy).
     pub(super) async fn read_redis(
         &self,
         id: &SessionId,
+        cache: bool,
     ) -> Result<Option<Session>, ReplicationError> {
         let mut conn = self.link.conn()?;
         let result = self
             .scripts
             .read
             .key(self.key(id))
-            .arg(&self.cacher)
+            .arg(if cache { self.cacher.as_str() } else { "" })
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         let now = self.now();
@@ -199,7 +200,7 @@ impl Redis {
     /// use), cached. The caller holds the session's lock.
     pub(super) async fn load_locked(&self, id: &SessionId) -> Result<Session, BackendError> {
         let epoch = self.invalidations.epoch();
-        let Some(mut session) = self.read_redis(id).await? else {
+        let Some(mut session) = self.read_redis(id, true).await? else {
             self.store.delete(id);
             return Err(BackendError::NotFound);
         };
@@ -258,5 +259,34 @@ impl Redis {
             self.refresher.note(*id, session.expires_at_ms);
         }
         Some(session)
+    }
+
+    /// DELETE script (only at version `only_at`, if given): whether the key
+    /// was deleted. Waits until the other nodes that may hold a copy
+    /// dropped it, and takes the id out of its user's index.
+    pub(super) async fn delete_in_redis(
+        &self,
+        id: &SessionId,
+        only_at: Option<u64>,
+    ) -> Result<bool, ReplicationError> {
+        let redis = self;
+        let mut conn = redis.link.conn()?;
+        let announcement = redis.invalidations.announce(id);
+        let result = redis
+            .scripts
+            .delete
+            .key(redis.key(id))
+            .arg(&redis.invalidations.channel)
+            .arg(&announcement.message)
+            .arg(only_at.map(|v| v.to_string()).unwrap_or_default())
+            .arg(hex(redis.invalidations.node_id))
+            .invoke_async::<Deleted>(&mut conn)
+            .await;
+        let deleted = redis.link.observe(result)?;
+        announcement.acked_by(&deleted.others).await;
+        if let Some(user) = &deleted.user {
+            redis.index_remove(user, id).await;
+        }
+        Ok(deleted.deleted)
     }
 }

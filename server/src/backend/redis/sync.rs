@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sessiond_proto::SessionId;
 use sessiond_proto::wire::WriteTag;
+use sessiond_proto::{SessionId, UserName};
 
-use super::error::{ReplicationError, write_error};
-use super::scripts::{Deleted, WriteOutcome, hex, session_args};
+use super::error::write_error;
+use super::scripts::{WriteOutcome, hex, session_args};
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
-use crate::store::{CLOCK_SKEW_MS, Session, StoreStats, Verdict};
+use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
 
 /// The write-through, read-through Redis backend.
 #[derive(Debug, Clone)]
@@ -113,6 +113,7 @@ impl SyncBackend {
                 expires_at_ms,
                 writes,
                 others: _,
+                user,
                 data: touched,
             } => {
                 let session = Session {
@@ -124,58 +125,20 @@ impl SyncBackend {
                     ttl_ms,
                     expires_at_ms,
                     writes,
+                    user,
                 };
                 redis.cache(&session, epoch);
                 Ok(session)
             }
         }
     }
-
-    /// DELETE script (only at version `only_at`, if given): whether the key
-    /// was deleted. Waits until the other nodes that may hold a copy
-    /// dropped it.
-    async fn delete_in_redis(
-        &self,
-        id: &SessionId,
-        only_at: Option<u64>,
-    ) -> Result<bool, ReplicationError> {
-        let redis = &self.redis;
-        let mut conn = redis.link.conn()?;
-        let announcement = redis.invalidations.announce(id);
-        let result = redis
-            .scripts
-            .delete
-            .key(redis.key(id))
-            .arg(&redis.invalidations.channel)
-            .arg(&announcement.message)
-            .arg(only_at.map(|v| v.to_string()).unwrap_or_default())
-            .arg(hex(redis.invalidations.node_id))
-            .invoke_async::<Deleted>(&mut conn)
-            .await;
-        let deleted = redis.link.observe(result)?;
-        announcement.acked_by(&deleted.others).await;
-        Ok(deleted.deleted)
-    }
 }
 
-impl Backend for SyncBackend {
-    fn shares_sessions(&self) -> bool {
-        true
-    }
-
-    async fn create(
-        &self,
-        id: SessionId,
-        data: Bytes,
-        ttl_ms: u64,
-        tag: Option<u64>,
-    ) -> Result<Session, BackendError> {
+impl SyncBackend {
+    /// Writes a new session to Redis (if its key is free) and caches it.
+    async fn store_new(&self, session: Session, tag: Option<u64>) -> Result<Session, BackendError> {
         let redis = &self.redis;
-        let id = match tag {
-            Some(tag) => redis.claim(tag, id).await?,
-            None => id,
-        };
-        let session = redis.store.new_session(id, data, ttl_ms, tag);
+        let id = session.id;
         let epoch = redis.invalidations.epoch();
         let mut conn = redis.link.conn()?;
         let key = redis.key(&id);
@@ -197,6 +160,91 @@ impl Backend for SyncBackend {
         }
         redis.cache(&session, epoch);
         Ok(session)
+    }
+
+    /// Moves a session to `new_id` (belonging to `rebind` from now on, if
+    /// given): copy, then delete the old key if it did not change.
+    async fn move_session(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        tag: Option<u64>,
+        rebind: Option<UserName>,
+    ) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        let _ordered = redis.lock(id).await;
+        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+            let Some(current) = redis.read_redis(id, true).await? else {
+                redis.store.delete(id);
+                if tag.is_some() {
+                    // Another attempt of this rotation may have finished
+                    // the move (the new id is claimed by this write alone).
+                    return redis.load(&new_id).await;
+                }
+                return Err(BackendError::NotFound);
+            };
+            let moved = Session {
+                id: new_id,
+                expires_at_ms: redis.store.expiry(
+                    redis.now(),
+                    current.ttl_ms,
+                    current.created_at_ms,
+                ),
+                user: rebind.clone().or_else(|| current.user.clone()),
+                ..current.clone()
+            };
+            let epoch = redis.invalidations.epoch();
+            let mut conn = redis.link.conn()?;
+            let key = redis.key(&new_id);
+            let copied = session_args(&redis.scripts.store_any, &key, &moved, &redis.cacher)
+                .invoke_async::<i64>(&mut conn)
+                .await;
+            redis.link.observe(copied).map_err(write_error)?;
+            let deleted = redis.delete_in_redis(id, Some(current.version)).await;
+            if deleted.map_err(write_error)? {
+                redis.store.delete(id);
+                redis.cache(&moved, epoch);
+                return Ok(moved);
+            }
+        }
+        redis.delete_in_redis(&new_id, None).await?;
+        Err(Unavailable::Contention {
+            operation: "rotate",
+        }
+        .into())
+    }
+}
+
+impl Backend for SyncBackend {
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    async fn create(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+        owner: Option<Owner>,
+    ) -> Result<Session, BackendError> {
+        let redis = &self.redis;
+        let id = match tag {
+            Some(tag) => redis.claim(tag, id).await?,
+            None => id,
+        };
+        let user = owner.as_ref().map(|owner| owner.user.clone());
+        let session = redis.store.new_session(id, data, ttl_ms, tag, user);
+        let Some(owner) = owner else {
+            return self.store_new(session, tag).await;
+        };
+        redis
+            .locked_user(&owner.user, async {
+                redis.make_way(&owner, None).await?;
+                redis.index_add(&owner.user, &id).await?;
+                self.store_new(session, tag).await
+            })
+            .await
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
@@ -323,64 +371,60 @@ impl Backend for SyncBackend {
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let redis = &self.redis;
         let _ordered = redis.lock(id).await;
-        self.delete_in_redis(id, None).await?;
+        redis.delete_in_redis(id, None).await?;
         redis.store.delete(id);
         Ok(())
     }
 
     /// In Redis the two keys may live on different cluster nodes, so the
     /// move is copy-then-delete-if-unchanged: a write that lands in between
-    /// makes it copy again, none is lost.
+    /// makes it copy again, none is lost. A session with a user (or bound
+    /// to one now) moves under the user's lock, its new id indexed first.
     async fn rotate(
         &self,
         id: &SessionId,
         new_id: SessionId,
         tag: Option<u64>,
+        rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let new_id = match tag {
             Some(tag) => redis.claim(tag, new_id).await?,
             None => new_id,
         };
-        let _ordered = redis.lock(id).await;
-        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
-            let Some(current) = redis.read_redis(id).await? else {
-                redis.store.delete(id);
-                if tag.is_some() {
-                    // Another attempt of this rotation may have finished
-                    // the move (the new id is claimed by this write alone).
-                    return redis.load(&new_id).await;
+        let user = match &rebind {
+            Some(owner) => Some(owner.user.clone()),
+            None => redis
+                .read_redis(id, false)
+                .await?
+                .and_then(|session| session.user),
+        };
+        let Some(user) = user else {
+            return self.move_session(id, new_id, tag, None).await;
+        };
+        redis
+            .locked_user(&user, async {
+                if let Some(owner) = &rebind {
+                    redis.make_way(owner, Some(*id)).await?;
                 }
-                return Err(BackendError::NotFound);
-            };
-            let moved = Session {
-                id: new_id,
-                expires_at_ms: redis.store.expiry(
-                    redis.now(),
-                    current.ttl_ms,
-                    current.created_at_ms,
-                ),
-                ..current.clone()
-            };
-            let epoch = redis.invalidations.epoch();
-            let mut conn = redis.link.conn()?;
-            let key = redis.key(&new_id);
-            let copied = session_args(&redis.scripts.store_any, &key, &moved, &redis.cacher)
-                .invoke_async::<i64>(&mut conn)
-                .await;
-            redis.link.observe(copied).map_err(write_error)?;
-            let deleted = self.delete_in_redis(id, Some(current.version)).await;
-            if deleted.map_err(write_error)? {
-                redis.store.delete(id);
-                redis.cache(&moved, epoch);
-                return Ok(moved);
-            }
-        }
-        self.delete_in_redis(&new_id, None).await?;
-        Err(Unavailable::Contention {
-            operation: "rotate",
-        }
-        .into())
+                redis.index_add(&user, &new_id).await?;
+                let rebound = rebind.as_ref().map(|owner| owner.user.clone());
+                self.move_session(id, new_id, tag, rebound).await
+            })
+            .await
+    }
+
+    async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
+        self.redis.user_sessions(user).await
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, BackendError> {
+        let redis = &self.redis;
+        redis.locked_user(user, redis.revoke(user, except)).await
     }
 
     fn stats(&self) -> StoreStats {

@@ -2,27 +2,33 @@
 //! copy (read through from Redis when memory lacks it), acknowledged, and
 //! shipped to Redis from a bounded queue; a SIGKILL loses what is still
 //! queued. Conditional writes are checked on this node's copy only (route a
-//! session to its owner node, as the Rust client does).
+//! session to its owner node, as the Rust client does). What touches the
+//! user index (a create or login for a user, a rotation of a user's
+//! session, listings and revocations) goes to Redis synchronously, as in
+//! sync mode, so it holds across nodes the same way.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sessiond_proto::SessionId;
 use sessiond_proto::wire::WriteTag;
+use sessiond_proto::{SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::queue::{Change, WriteBehind};
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
+use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
-use crate::store::{Session, StoreStats};
+use crate::store::{Owner, Session, StoreStats};
 
 /// The write-behind Redis backend.
 #[derive(Debug)]
 pub struct WriteBehindBackend {
     redis: Arc<Redis>,
     queue: WriteBehind,
+    /// What goes to Redis synchronously.
+    sync: SyncBackend,
 }
 
 impl WriteBehindBackend {
@@ -43,7 +49,8 @@ impl WriteBehindBackend {
             redis.config.prefix.clone(),
             drained.clone(),
         ));
-        Self { redis, queue }
+        let sync = SyncBackend::new(redis.clone());
+        Self { redis, queue, sync }
     }
 
     /// Makes sure memory holds `id` (the write that follows supersedes
@@ -51,7 +58,7 @@ impl WriteBehindBackend {
     async fn ensure_local(&self, id: &SessionId) -> Result<(), BackendError> {
         let redis = &self.redis;
         if redis.store.peek(id).is_none() {
-            let Some(session) = redis.read_redis(id).await? else {
+            let Some(session) = redis.read_redis(id, true).await? else {
                 return Err(BackendError::NotFound);
             };
             redis.store.insert_copy(session)?;
@@ -104,9 +111,13 @@ impl Backend for WriteBehindBackend {
         data: Bytes,
         ttl_ms: u64,
         tag: Option<u64>,
+        owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
+        if owner.is_some() {
+            return self.sync.create(id, data, ttl_ms, tag, owner).await;
+        }
         let slot = self.queue.reserve()?;
-        let session = self.redis.store.create(id, data, ttl_ms, tag)?;
+        let session = self.redis.store.create(id, data, ttl_ms, tag, None)?;
         slot.send(Change::Upsert(session.clone()));
         Ok(session)
     }
@@ -168,13 +179,30 @@ impl Backend for WriteBehindBackend {
         &self,
         id: &SessionId,
         new_id: SessionId,
-        _tag: Option<u64>,
+        tag: Option<u64>,
+        rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        let delete = self.queue.reserve()?;
         let store = &self.redis.store;
-        let session = backend_only(self.apply(id, || Ok(store.rotate(id, new_id)?)).await)?;
+        let owned = store.peek(id).is_some_and(|session| session.user.is_some());
+        if rebind.is_some() || owned {
+            return self.sync.rotate(id, new_id, tag, rebind).await;
+        }
+        let delete = self.queue.reserve()?;
+        let session = backend_only(self.apply(id, || Ok(store.rotate(id, new_id, None)?)).await)?;
         delete.send(Change::Delete(*id));
         Ok(session)
+    }
+
+    async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
+        self.sync.user_sessions(user).await
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, BackendError> {
+        self.sync.revoke_user(user, except).await
     }
 
     fn stats(&self) -> StoreStats {

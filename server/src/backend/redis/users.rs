@@ -1,0 +1,242 @@
+//! The user index in Redis: one sorted set per user, `<prefix>user:<user>`,
+//! of session ids scored by the time they were added.
+//!
+//! The index is kept a superset of the user's live sessions: an id is
+//! added *before* its session key is written (create, login, rotation) and
+//! removed only *after* its key is gone (delete, revocation). A listing
+//! reads each indexed session's key and returns only the live ones that
+//! still name the user; ids whose key is gone (expired in Redis, or whose
+//! node died between the two steps) are removed as they are read, once
+//! they are older than a short grace (a key may still be on its way).
+//! Every change of a user's sessions that the index must see takes the
+//! user's lock in Redis (`<prefix>ulock:<user>`, expiring), so logins,
+//! rotations and revocations of one user are serialised on every node and
+//! the cap (`--max-sessions-per-user`) holds exactly. The two keys may live
+//! on different Redis Cluster nodes: nothing here needs them in one slot.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sessiond_proto::{SessionId, UserName};
+
+use super::error::{ReplicationError, write_error};
+use super::shared::Redis;
+use crate::backend::api::{BackendError, Unavailable};
+use crate::store::{Owner, Session, WhenUserFull};
+
+/// How long a user's lock lives if its holder dies.
+const LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long a change waits for a user's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// An indexed id without a session key is kept this long (its key may be
+/// on its way), then pruned.
+const GRACE_MS: u64 = 10_000;
+/// Oldest index entries checked (and pruned if dead) each time one is added.
+const PRUNE_ON_ADD: isize = 4;
+
+/// Releases a lock only if it is still ours.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+impl Redis {
+    fn index_key(&self, user: &UserName) -> String {
+        format!("{}user:{user}", self.config.prefix)
+    }
+
+    /// Runs `change` holding `user`'s lock.
+    pub(super) async fn locked_user<T>(
+        &self,
+        user: &UserName,
+        change: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let key = format!("{}ulock:{user}", self.config.prefix);
+        let token = format!("{:x}", fastrand::u64(..));
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            let mut conn = self.link.conn()?;
+            let taken = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(LOCK_TTL.as_millis() as u64)
+                .query_async::<Option<String>>(&mut conn)
+                .await;
+            if self.link.observe(taken)?.is_some() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Unavailable::Contention {
+                    operation: "change the user's sessions",
+                }
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(2..10))).await;
+        }
+        let result = change.await;
+        let mut conn = self.link.conn()?;
+        let released = redis::Script::new(UNLOCK)
+            .key(&key)
+            .arg(&token)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        if let Err(err) = self.link.observe(released) {
+            tracing::debug!(%err, "could not release a user's lock; it expires on its own");
+        }
+        result
+    }
+
+    /// Adds `id` to `user`'s index (before its key is written), and prunes
+    /// the oldest entries whose sessions are gone.
+    pub(super) async fn index_add(
+        &self,
+        user: &UserName,
+        id: &SessionId,
+    ) -> Result<(), BackendError> {
+        let mut conn = self.link.conn()?;
+        let added = redis::cmd("ZADD")
+            .arg(self.index_key(user))
+            .arg(self.now())
+            .arg(id.to_string())
+            .query_async::<i64>(&mut conn)
+            .await;
+        self.link.observe(added).map_err(write_error)?;
+        let oldest = redis::cmd("ZRANGE")
+            .arg(self.index_key(user))
+            .arg(0)
+            .arg(PRUNE_ON_ADD - 1)
+            .arg("WITHSCORES")
+            .query_async::<Vec<(String, u64)>>(&mut conn)
+            .await;
+        self.verified(user, self.link.observe(oldest)?).await?;
+        Ok(())
+    }
+
+    /// Removes `id` from `user`'s index (after its key is gone).
+    pub(super) async fn index_remove(&self, user: &UserName, id: &SessionId) {
+        let removed = match self.link.conn() {
+            Ok(mut conn) => {
+                let removed = redis::cmd("ZREM")
+                    .arg(self.index_key(user))
+                    .arg(id.to_string())
+                    .query_async::<i64>(&mut conn)
+                    .await;
+                self.link.observe(removed).map(drop)
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = removed {
+            tracing::debug!(%err, "could not remove an id from a user index; listings prune it");
+        }
+    }
+
+    /// The live sessions among `entries` (id, time added) that belong to
+    /// `user`; the dead ones past the grace are pruned from the index.
+    async fn verified(
+        &self,
+        user: &UserName,
+        entries: Vec<(String, u64)>,
+    ) -> Result<Vec<Session>, ReplicationError> {
+        let now = self.now();
+        let mut live = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        for (text, added) in entries {
+            let Ok(id) = text.parse::<SessionId>() else {
+                dead.push(text);
+                continue;
+            };
+            match self.read_redis(&id, false).await? {
+                Some(session) if session.user.as_ref() == Some(user) => live.push(session),
+                _ if added + GRACE_MS < now => dead.push(text),
+                _ => {}
+            }
+        }
+        if !dead.is_empty() {
+            let mut conn = self.link.conn()?;
+            let pruned = redis::cmd("ZREM")
+                .arg(self.index_key(user))
+                .arg(&dead)
+                .query_async::<i64>(&mut conn)
+                .await;
+            self.link.observe(pruned)?;
+        }
+        live.sort_by_key(|session| (session.created_at_ms, session.id));
+        Ok(live)
+    }
+
+    /// The live sessions of `user`, oldest first.
+    pub(super) async fn user_sessions(
+        &self,
+        user: &UserName,
+    ) -> Result<Vec<Session>, BackendError> {
+        let mut conn = self.link.conn()?;
+        let entries = redis::cmd("ZRANGE")
+            .arg(self.index_key(user))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async::<Vec<(String, u64)>>(&mut conn)
+            .await;
+        let entries = self.link.observe(entries)?;
+        Ok(self.verified(user, entries).await?)
+    }
+
+    /// Makes room for one more session of `owner`'s user (the caller holds
+    /// the user's lock): applies the cap, `keep` (a session moving to this
+    /// user anyway) not counted; evicts by least recent use.
+    pub(super) async fn make_way(
+        &self,
+        owner: &Owner,
+        keep: Option<SessionId>,
+    ) -> Result<(), BackendError> {
+        let max = owner.limit.max_sessions;
+        if max == 0 {
+            return Ok(());
+        }
+        let mut live: Vec<Session> = self
+            .user_sessions(&owner.user)
+            .await?
+            .into_iter()
+            .filter(|session| Some(session.id) != keep)
+            .collect();
+        if live.len() < max {
+            return Ok(());
+        }
+        if owner.limit.when_full == WhenUserFull::Reject {
+            return Err(BackendError::TooManySessions { max });
+        }
+        // Last use: the expiry the last read or write set, less the TTL.
+        live.sort_by_key(|session| session.expires_at_ms.saturating_sub(session.ttl_ms));
+        for victim in &live[..=live.len() - max] {
+            self.delete_in_redis(&victim.id, None)
+                .await
+                .map_err(write_error)?;
+            self.store.delete(&victim.id);
+        }
+        Ok(())
+    }
+
+    /// Deletes every live session of `user` but `except` (the caller holds
+    /// the user's lock); returns how many.
+    pub(super) async fn revoke(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, BackendError> {
+        let mut revoked = 0;
+        for session in self.user_sessions(user).await? {
+            if Some(session.id) == except {
+                continue;
+            }
+            let deleted = self
+                .delete_in_redis(&session.id, None)
+                .await
+                .map_err(write_error)?;
+            self.store.delete(&session.id);
+            revoked += u64::from(deleted);
+        }
+        Ok(revoked)
+    }
+}
