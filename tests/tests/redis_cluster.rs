@@ -1,13 +1,16 @@
-//! End-to-end test of replication to a real 3-master Redis Cluster: the
-//! sessions spread over the masters, each master's keys are sessions any
-//! node can read by id, and two nodes on one cluster share them.
+//! End-to-end tests of replication to a real Redis Cluster: the sessions
+//! spread over the masters, each master's keys are sessions any node can
+//! read by id, and two nodes on one cluster share them; losing a master
+//! fails only its slots, and the node recovers by itself when the master
+//! (or its promoted replica) is back.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sessiond_e2e::RedisCluster;
+use sessiond_e2e::redis::key_slot;
 use sessiond_e2e::redis_support::*;
+use sessiond_e2e::{ClusterOptions, RedisCluster, Sessiond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
@@ -87,4 +90,276 @@ async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
         (session.version, session.data),
         (2, json!({ "rewritten": true }))
     );
+}
+
+/// The master the master-loss tests kill (its slots are 10923..=16383).
+const LOST: usize = 2;
+
+/// A session a test wrote: what it must hold and which master (0, 1, 2, as
+/// the cluster was started) serves its slot.
+#[derive(Debug, Clone)]
+struct Tracked {
+    id: String,
+    version: u64,
+    data: Value,
+    master: usize,
+}
+
+/// What a round of requests answered: correct answers, 503s naming Redis,
+/// and every other answer described (wrong data, 500s, other statuses).
+#[derive(Debug, Default)]
+struct Tally {
+    ok: usize,
+    unavailable: usize,
+    wrong: Vec<String>,
+}
+
+impl Tally {
+    /// Counts `reply` to a request about `session`: `ok` when it holds the
+    /// session's data at its version, `unavailable` for a 503 naming Redis
+    /// when `may_fail`, anything else is wrong.
+    fn count(&mut self, what: &str, session: &Tracked, reply: &Reply, may_fail: bool) {
+        if reply.status == 200 || reply.status == 201 {
+            let got = reply.session();
+            if (got.version, &got.data) == (session.version, &session.data) {
+                self.ok += 1;
+                return;
+            }
+            self.wrong.push(format!(
+                "{what} {}: version {} data {} instead of {} {}",
+                session.id, got.version, got.data, session.version, session.data
+            ));
+        } else if may_fail && names_redis(reply) {
+            self.unavailable += 1;
+        } else {
+            self.wrong.push(format!(
+                "{what} {} (master {}): {} {}",
+                session.id, session.master, reply.status, reply.text
+            ));
+        }
+    }
+}
+
+/// The last lines of a node's log, for a failure message.
+fn log_tail(node: &Sessiond) -> String {
+    let lines = node.log_lines();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A 503 whose JSON error says Redis could not be reached.
+fn names_redis(reply: &Reply) -> bool {
+    reply.status == 503
+        && reply.error_code() == "unavailable"
+        && reply.error_message().contains("Redis")
+}
+
+/// The master serving a session's key.
+fn master_of(id: &str) -> usize {
+    RedisCluster::master_of_slot(key_slot(&format!("sessiond:{id}")))
+}
+
+/// Creates `count` sessions through `node` (every create must succeed).
+async fn create_sessions(http: &reqwest::Client, node: &Sessiond, count: u64) -> Vec<Tracked> {
+    let mut sessions = Vec::new();
+    for n in 0..count {
+        let data = json!({ "n": n });
+        let reply = create(http, node, &data, Some(600)).await;
+        assert_eq!(reply.status, 201, "create {n}: {}", reply.text);
+        let id = reply.session().id;
+        sessions.push(Tracked {
+            master: master_of(&id),
+            id,
+            version: 1,
+            data,
+        });
+    }
+    sessions
+}
+
+/// GETs every session once; those of `lost` may answer 503 naming Redis.
+async fn read_all(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    sessions: &[Tracked],
+    lost: Option<usize>,
+) -> Tally {
+    let mut tally = Tally::default();
+    for session in sessions {
+        let reply = get(http, node, &session.id).await;
+        tally.count("GET", session, &reply, Some(session.master) == lost);
+    }
+    tally
+}
+
+/// Rewrites every session once (conditionally on its version); those of
+/// `lost` must answer 503 naming Redis, the others must be written.
+async fn write_all(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    sessions: &mut [Tracked],
+    lost: Option<usize>,
+    round: u64,
+) -> Tally {
+    let mut tally = Tally::default();
+    // A few wrong answers say enough (and bound the time a broken node
+    // takes to answer every write).
+    for session in sessions.iter_mut() {
+        if tally.wrong.len() >= 5 {
+            break;
+        }
+        let data = json!({ "id": session.id, "round": round });
+        let reply = put(http, node, &session.id, &data, Some(session.version)).await;
+        if Some(session.master) == lost {
+            if names_redis(&reply) {
+                tally.unavailable += 1;
+            } else {
+                tally.wrong.push(format!(
+                    "PUT {} (lost master): {} {}",
+                    session.id, reply.status, reply.text
+                ));
+            }
+            continue;
+        }
+        let written = Tracked {
+            version: session.version + 1,
+            data,
+            ..session.clone()
+        };
+        tally.count("PUT", &written, &reply, false);
+        if reply.status == 200 {
+            *session = written;
+        }
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_fails_only_its_slots_and_the_node_recovers_when_it_returns() {
+    const SESSIONS: u64 = 300;
+    const CREATES: u64 = 30;
+    let _heavy = exclusive().await;
+    let mut cluster = tokio::task::block_in_place(|| {
+        RedisCluster::start_with(ClusterOptions {
+            aof: true,
+            require_full_coverage: false,
+            ..ClusterOptions::default()
+        })
+    });
+    let http = http();
+    let node = ready_node(&http, &["--redis-cluster", &cluster.urls()]).await;
+    let mut sessions = create_sessions(&http, &node, SESSIONS).await;
+    let first = read_all(&http, &node, &sessions, None).await;
+    assert_eq!(
+        (first.ok, first.wrong.len()),
+        (sessions.len(), 0),
+        "{:?}",
+        first.wrong
+    );
+    let on_lost = sessions.iter().filter(|s| s.master == LOST).count();
+    eprintln!("{on_lost} of {SESSIONS} sessions live on the master about to die");
+    assert!(on_lost >= 50, "uneven spread: {on_lost} on one master");
+
+    tokio::task::block_in_place(|| cluster.nodes[LOST].kill());
+    // Reads for 6 s (bounded in count too): the live masters' sessions are
+    // served, the lost master's are served from memory or answer 503.
+    let mut reads = Tally::default();
+    let until = Instant::now() + Duration::from_secs(6);
+    for session in sessions.iter().cycle().take(200_000) {
+        if Instant::now() >= until {
+            break;
+        }
+        let reply = get(&http, &node, &session.id).await;
+        reads.count("GET", session, &reply, session.master == LOST);
+    }
+    eprintln!(
+        "during the outage: {} reads answered, {} 503, {} wrong",
+        reads.ok,
+        reads.unavailable,
+        reads.wrong.len()
+    );
+    assert_eq!(
+        reads.wrong,
+        Vec::<String>::new(),
+        "reads while a master is down"
+    );
+    assert!(reads.ok > 0);
+
+    // Writes: every live session is written, every lost one answers 503.
+    let writes = write_all(&http, &node, &mut sessions, Some(LOST), 1).await;
+    assert!(
+        writes.wrong.is_empty(),
+        "writes while a master is down: {:#?}\nthe node's log:\n{}",
+        writes.wrong,
+        log_tail(&node)
+    );
+    assert_eq!(
+        (writes.ok, writes.unavailable),
+        (sessions.len() - on_lost, on_lost),
+        "writes while a master is down"
+    );
+    // Creates land in live slots.
+    let mut created = Vec::new();
+    for n in 0..CREATES {
+        let data = json!({ "created": n });
+        let reply = create(&http, &node, &data, Some(600)).await;
+        assert_eq!(
+            reply.status, 201,
+            "create {n} while a master is down: {}",
+            reply.text
+        );
+        let id = reply.session().id;
+        assert_ne!(master_of(&id), LOST, "a create landed on the lost master");
+        created.push(Tracked {
+            master: master_of(&id),
+            id,
+            version: 1,
+            data,
+        });
+    }
+    wait_for_status(&http, &node, "/readyz", 200, Duration::from_secs(1)).await;
+
+    // The master comes back with its AOF: within 10 s every session is
+    // served and writable again, with nothing lost.
+    let restarted = Instant::now();
+    tokio::task::block_in_place(|| cluster.nodes[LOST].restart());
+    let deadline = restarted + Duration::from_secs(10);
+    loop {
+        let tally = read_all(&http, &node, &sessions, None).await;
+        if tally.ok == sessions.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every session was served 10 s after the master came back: {} of {} served; \
+             {:?}\nthe node's log:\n{}",
+            tally.ok,
+            sessions.len(),
+            tally.wrong.first(),
+            log_tail(&node)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "every session served {:?} after the master was restarted",
+        restarted.elapsed()
+    );
+    let writes = write_all(&http, &node, &mut sessions, None, 2).await;
+    assert_eq!(
+        writes.wrong,
+        Vec::<String>::new(),
+        "writes after the master came back"
+    );
+    assert_eq!(writes.ok, sessions.len());
+    sessions.extend(created);
+    let last = read_all(&http, &node, &sessions, None).await;
+    assert_eq!((last.ok, last.wrong), (sessions.len(), Vec::new()));
+    for n in 0..CREATES {
+        let reply = create(&http, &node, &json!({ "after": n }), Some(600)).await;
+        assert_eq!(
+            reply.status, 201,
+            "create {n} after the master came back: {}",
+            reply.text
+        );
+    }
+    wait_for_status(&http, &node, "/readyz", 200, Duration::from_secs(1)).await;
 }
