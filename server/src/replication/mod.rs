@@ -36,6 +36,9 @@ use write_behind::{Change, WriteBehind};
 const MAX_OPTIMISTIC_ATTEMPTS: usize = 16;
 /// Locks that order a node's own cache fills and writes of one session.
 const STRIPES: usize = 256;
+/// Most ids drawn for a new session while its first draws land on a
+/// Redis Cluster master that is down.
+const MAX_ID_DRAWS: usize = 32;
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +185,16 @@ impl Replicator {
         key(&self.config.prefix, id)
     }
 
+    /// `id`, or while its Redis Cluster master is down a freshly drawn id
+    /// whose master is up (a new session can live anywhere).
+    fn usable_id(&self, id: SessionId) -> SessionId {
+        std::iter::once(id)
+            .chain(std::iter::repeat_with(SessionId::random))
+            .take(MAX_ID_DRAWS)
+            .find(|id| self.link.serves(&self.key(id)))
+            .unwrap_or(id)
+    }
+
     fn now(&self) -> u64 {
         self.store.now_ms()
     }
@@ -301,6 +314,7 @@ impl Replicator {
         data: Bytes,
         ttl_ms: u64,
     ) -> Result<Session, ServiceError> {
+        let id = self.usable_id(id);
         if let Some(queue) = self.queue() {
             let slot = queue.reserve()?;
             let session = self.store.create(id, data, ttl_ms)?;
@@ -545,6 +559,7 @@ impl Replicator {
     /// different cluster nodes, so the move is copy-then-delete-if-unchanged:
     /// a write that lands in between makes it start over, none is lost.
     pub async fn rotate(&self, id: &SessionId, new_id: SessionId) -> Result<Session, ServiceError> {
+        let new_id = self.usable_id(new_id);
         if let Some(queue) = self.queue() {
             let delete = queue.reserve()?;
             let session = self
