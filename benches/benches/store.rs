@@ -84,7 +84,12 @@ impl Fixture {
             // Each session gets its own buffer, as sessions written by
             // separate requests would.
             let session = store
-                .create(SessionId::random(), Bytes::copy_from_slice(&data), TTL_MS)
+                .create(
+                    SessionId::random(),
+                    Bytes::copy_from_slice(&data),
+                    TTL_MS,
+                    None,
+                )
                 .expect("an unbounded store takes every session");
             let key = session.id.to_string();
             map.insert(key.clone(), data.clone());
@@ -224,7 +229,7 @@ fn put_1kib(c: &mut Criterion) {
                     let data = &datas[thread];
                     black_box(
                         fx.store
-                            .put(id, data.clone(), None, None)
+                            .put(id, data.clone(), None, None, None)
                             .expect("the session is live and fits"),
                     );
                 })

@@ -10,12 +10,18 @@
 //! curl -c jar -b jar -X POST localhost:3000/cart/apple
 //! curl -c jar -b jar -X POST localhost:3000/login/alice   # new session id
 //! ```
+//!
+//! A visit and a cart item count once per request, however often the
+//! request is retried: `sessiond balance` replays a GET whose app died
+//! mid-way, and gives every request an `X-Request-Id` that stays the same on
+//! a retry (a client retrying a failed POST sends the same id again). The
+//! session remembers the last request id that counted.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use axum::extract::{Path, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -64,6 +70,26 @@ struct Instance(std::sync::Arc<str>);
 const VISITS: &str = "visits";
 const CART: &str = "cart";
 const USER: &str = "user";
+/// The last request that counted a visit, and the count it gave.
+const LAST_VISIT: &str = "last_visit";
+/// The last request that added a cart item.
+const LAST_ADD: &str = "last_add";
+
+/// A request that changed the session, remembered so a retry of it does
+/// not change it again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Counted {
+    request: String,
+    visits: u64,
+}
+
+/// The request's `X-Request-Id`, if it has one.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -142,15 +168,33 @@ fn served_by(instance: &Instance, body: serde_json::Value) -> Response {
     response
 }
 
-/// `GET /`: counts the visit and shows the session.
-async fn visit(State(instance): State<Instance>, session: Session) -> Response {
-    let visits: u64 = match session.get(VISITS).await {
-        Ok(visits) => visits.unwrap_or(0) + 1,
+/// `GET /`: counts the visit (once per request id) and shows the session.
+async fn visit(State(instance): State<Instance>, headers: HeaderMap, session: Session) -> Response {
+    let request = request_id(&headers);
+    let last: Option<Counted> = match session.get(LAST_VISIT).await {
+        Ok(last) => last,
         Err(err) => return unavailable(err),
     };
-    if let Err(err) = session.insert(VISITS, visits).await {
-        return unavailable(err);
-    }
+    let visits = match (last, &request) {
+        // A retry of a visit already counted: show what it counted.
+        (Some(last), Some(request)) if &last.request == request => last.visits,
+        _ => {
+            let visits = match session.get::<u64>(VISITS).await {
+                Ok(visits) => visits.unwrap_or(0) + 1,
+                Err(err) => return unavailable(err),
+            };
+            if let Err(err) = session.insert(VISITS, visits).await {
+                return unavailable(err);
+            }
+            if let Some(request) = request {
+                let counted = Counted { request, visits };
+                if let Err(err) = session.insert(LAST_VISIT, counted).await {
+                    return unavailable(err);
+                }
+            }
+            visits
+        }
+    };
     let cart: Vec<String> = session.get(CART).await.ok().flatten().unwrap_or_default();
     let user: Option<String> = session.get(USER).await.ok().flatten();
     served_by(
@@ -159,19 +203,29 @@ async fn visit(State(instance): State<Instance>, session: Session) -> Response {
     )
 }
 
-/// `POST /cart/{item}`: adds an item to the cart.
+/// `POST /cart/{item}`: adds an item to the cart (once per request id).
 async fn add_to_cart(
     State(instance): State<Instance>,
     Path(item): Path<String>,
+    headers: HeaderMap,
     session: Session,
 ) -> Response {
     let mut cart: Vec<String> = match session.get(CART).await {
         Ok(cart) => cart.unwrap_or_default(),
         Err(err) => return unavailable(err),
     };
-    cart.push(item);
-    if let Err(err) = session.insert(CART, &cart).await {
-        return unavailable(err);
+    let request = request_id(&headers);
+    let last: Option<String> = session.get(LAST_ADD).await.ok().flatten();
+    if request.is_none() || last != request {
+        cart.push(item);
+        if let Err(err) = session.insert(CART, &cart).await {
+            return unavailable(err);
+        }
+        if let Some(request) = request
+            && let Err(err) = session.insert(LAST_ADD, request).await
+        {
+            return unavailable(err);
+        }
     }
     served_by(&instance, json!({"instance": &*instance.0, "cart": cart}))
 }

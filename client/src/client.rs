@@ -1,12 +1,15 @@
 //! The client: nodes on a rendezvous ring, typed operations, failover.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sessiond_proto::wire::{MAX_FRAME_BYTES_CAP, NodeStats, Op, Outcome, Placement, SessionRecord};
+use sessiond_proto::ErrorCode;
+use sessiond_proto::wire::{
+    MAX_FRAME_BYTES_CAP, NodeStats, Op, Outcome, Placement, RESEND_WINDOW, SessionRecord, WriteTag,
+};
 use sessiond_proto::{SessionId, ring};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -23,6 +26,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     update_retries: u32,
     max_frame_bytes: usize,
+    fall: u32,
 }
 
 impl Default for ClientBuilder {
@@ -34,6 +38,7 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_secs(1),
             update_retries: 64,
             max_frame_bytes: MAX_FRAME_BYTES_CAP,
+            fall: 3,
         }
     }
 }
@@ -76,6 +81,16 @@ impl ClientBuilder {
         self
     }
 
+    /// How many calls in a row to a node must time out before the client
+    /// takes the node out of rotation for every caller (default 3). A
+    /// refused or broken connection takes it out at once; a node out of
+    /// rotation is probed in the background (after 50 ms, doubling up to
+    /// 2 s) and comes back when it answers.
+    pub fn fall(mut self, timeouts: u32) -> Self {
+        self.fall = timeouts.max(1);
+        self
+    }
+
     /// The largest frame the client reads (default: the protocol's 64 MiB
     /// ceiling; what it sends is bounded by the server's limit).
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
@@ -114,6 +129,7 @@ impl ClientBuilder {
                     name,
                     placement,
                     options.clone(),
+                    self.fall,
                     stop_probes.clone(),
                 ))
             })
@@ -168,11 +184,6 @@ struct Inner {
     _stop_probes: DropGuard,
 }
 
-/// Whether an operation may be sent again after its answer was lost.
-fn is_idempotent(op: &Op) -> bool {
-    !matches!(op, Op::Create { .. } | Op::Rotate { .. })
-}
-
 impl Client {
     /// A builder; at least [`nodes`](ClientBuilder::nodes) must be set.
     pub fn builder() -> ClientBuilder {
@@ -188,17 +199,47 @@ impl Client {
             .collect()
     }
 
+    /// Each node's address and whether the client has it in rotation (a
+    /// node out of rotation is being probed in the background).
+    pub fn nodes_up(&self) -> Vec<(String, bool)> {
+        self.inner
+            .nodes
+            .iter()
+            .map(|node| (node.address.clone(), node.is_up()))
+            .collect()
+    }
+
     /// The address of the node that owns `id`.
     pub fn owner_of(&self, id: &SessionId) -> &str {
         let owner = ring::owner(&self.inner.seeds, id).unwrap_or(0);
         &self.inner.nodes[owner].address
     }
 
+    /// The largest idle TTL the servers accept (`--max-ttl`), as the first
+    /// reachable node reported it.
+    pub fn max_ttl(&self) -> Option<Duration> {
+        self.inner
+            .nodes
+            .iter()
+            .find_map(|node| node.max_ttl_secs())
+            .map(Duration::from_secs)
+    }
+
     /// Sends `op` to the nodes in `order`, skipping down nodes and failing
     /// over when a node cannot answer.
+    ///
+    /// A write (create, put, patch, rotate) carries one random tag for all
+    /// its attempts. Once an attempt may have been applied (its answer was
+    /// lost, or the node could not tell), every later attempt says so, and
+    /// the node judges it against the session's write log: it answers the
+    /// write's true outcome, applies it if it had not been, or says it
+    /// cannot tell. If no node can tell, the call ends with
+    /// [`Error::Indeterminate`]: a write is never applied twice.
     async fn call(&self, order: Vec<usize>, op: Op) -> Result<Outcome, Error> {
-        let idempotent = is_idempotent(&op);
+        let tag = op.is_tagged_write().then(|| fastrand::u64(1..));
+        let mut maybe_applied_since: Option<Instant> = None;
         let mut last_error = None;
+        let mut last_node = None;
         for index in order {
             let node = &self.inner.nodes[index];
             let connection = match node.connection().await {
@@ -208,37 +249,94 @@ impl Client {
                     continue;
                 }
             };
-            match connection.call(op.clone(), self.inner.timeout).await {
-                Ok(Outcome::Error(error)) => match Error::from(error) {
-                    // The node refused without acting (e.g. its Redis is down).
-                    err @ Error::Unavailable(_) => last_error = Some(err),
-                    err => return Err(err),
-                },
-                Ok(outcome) => return Ok(outcome),
+            if let Some(since) = maybe_applied_since {
+                if since.elapsed() > RESEND_WINDOW {
+                    break;
+                }
+                if let Some(last) = last_node.filter(|&last| last != index) {
+                    self.warn_of_orphan(&op, last);
+                }
+            }
+            last_node = Some(index);
+            let write = tag.map(|id| WriteTag {
+                id,
+                resent_after_ms: maybe_applied_since
+                    .map(|since| since.elapsed().as_millis() as u64),
+            });
+            let sent_at = Instant::now();
+            match connection.call(op.clone(), write, self.inner.timeout).await {
+                Ok(Outcome::Error(error)) => {
+                    node.answered();
+                    match error.code {
+                        // The node refused without acting (e.g. its Redis
+                        // is down): another node may take it.
+                        ErrorCode::Unavailable | ErrorCode::Overloaded => {
+                            last_error = Some(Error::from(error));
+                        }
+                        // The node could not tell whether an earlier
+                        // attempt (or its own Redis command) landed.
+                        ErrorCode::Indeterminate if tag.is_some() => {
+                            maybe_applied_since.get_or_insert(sent_at);
+                            last_error = Some(Error::from(error));
+                        }
+                        _ => return Err(Error::from(error)),
+                    }
+                }
+                Ok(outcome) => {
+                    node.answered();
+                    return Ok(outcome);
+                }
                 Err(CallError::NotSent(err @ Error::TooLarge(_))) => return Err(err),
                 Err(CallError::NotSent(err)) => {
                     node.mark_down();
                     last_error = Some(err);
                 }
                 Err(CallError::Lost(err)) => {
-                    node.mark_down();
-                    if !idempotent {
-                        return Err(err);
+                    match err {
+                        Error::Timeout(_) => node.timed_out(),
+                        _ => node.mark_down(),
+                    }
+                    if tag.is_some() {
+                        maybe_applied_since.get_or_insert(sent_at);
                     }
                     last_error = Some(err);
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| Error::Unavailable("no node is up".into())))
+        let last_error = last_error.unwrap_or_else(|| Error::Unavailable("no node is up".into()));
+        if maybe_applied_since.is_some() {
+            return Err(Error::Indeterminate(format!(
+                "no node could tell whether the {} was applied (last error: {last_error})",
+                op.name()
+            )));
+        }
+        Err(last_error)
+    }
+
+    /// A create whose answer was lost, made on another node instead: without
+    /// shared sessions the first node cannot be asked whether it made one.
+    fn warn_of_orphan(&self, op: &Op, first: usize) {
+        if matches!(op, Op::Create { .. }) && !self.shares_sessions() {
+            tracing::warn!(
+                node = %self.inner.nodes[first].address,
+                "a create got no answer and is made on another node instead; \
+                 that node may hold an orphan session until its TTL ends"
+            );
+        }
     }
 
     /// Sends an operation on `id` to its owner, failing over to the next
     /// nodes of its order only when nodes share sessions (Redis): without
     /// it another node would wrongly answer "not found".
+    /// A write whose answer was lost is sent to the owner once more, where
+    /// it is judged against the session's write log.
     async fn call_for(&self, id: &SessionId, op: Op) -> Result<Outcome, Error> {
         let mut order = ring::preference(&self.inner.seeds, id);
         if !self.shares_sessions() {
             order.truncate(1);
+            if op.is_tagged_write() {
+                order.push(order[0]);
+            }
         }
         self.call(order, op).await
     }
@@ -268,7 +366,13 @@ impl Client {
             ttl_secs: ttl.map(ttl_secs),
         };
         // Spread new sessions: a random key picks the first node to try.
-        let order = ring::preference(&self.inner.seeds, &SessionId::from_u128(fastrand::u128(..)));
+        let mut order =
+            ring::preference(&self.inner.seeds, &SessionId::from_u128(fastrand::u128(..)));
+        if !self.shares_sessions() {
+            // Nodes without Redis cannot see each other's creates: a create
+            // whose answer was lost goes to the same node again first.
+            order.insert(1, order[0]);
+        }
         let record = expect_session(self.call(order, op).await?)?;
         Ok(SessionInfo::from(&record))
     }
@@ -314,9 +418,21 @@ impl Client {
         patch: &serde_json::Value,
         expected_version: Option<u64>,
     ) -> Result<SessionInfo, Error> {
+        self.patch_with_ttl(id, patch, None, expected_version).await
+    }
+
+    /// [`patch`](Self::patch) that also sets a new idle TTL.
+    pub async fn patch_with_ttl(
+        &self,
+        id: &SessionId,
+        patch: &serde_json::Value,
+        ttl: Option<Duration>,
+        expected_version: Option<u64>,
+    ) -> Result<SessionInfo, Error> {
         let op = Op::Patch {
             id: *id,
             patch: Bytes::from(serde_json::to_vec(patch)?),
+            ttl_secs: ttl.map(ttl_secs),
             expected_version,
         };
         Ok(SessionInfo::from(&self.session_call(id, op).await?))
@@ -326,6 +442,11 @@ impl Client {
     /// and writes it back if nobody wrote in between; on a conflict it reads
     /// again and retries (with a short jittered backoff), up to the
     /// builder's `update_retries`. Returns the session as written.
+    ///
+    /// The change is applied at most once: a write whose answer was lost is
+    /// re-sent with its identity and judged by the server, and if no node
+    /// can tell whether it landed the call ends with
+    /// [`Error::Indeterminate`] instead of applying `change` again.
     pub async fn update<T, F>(&self, id: &SessionId, mut change: F) -> Result<Session<T>, Error>
     where
         T: Serialize + DeserializeOwned,

@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use sessiond_proto::codec::FrameCodec;
 use sessiond_proto::wire::{
-    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame,
+    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WriteTag,
 };
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -59,6 +59,8 @@ pub(crate) struct Connection {
     max_frame_bytes: usize,
     /// Whether the server's sessions are shared by every node (Redis).
     pub shared_sessions: bool,
+    /// The largest idle TTL the server accepts, in seconds.
+    pub max_ttl_secs: u64,
     closed: CancellationToken,
     _stop_tasks: DropGuard,
 }
@@ -113,6 +115,7 @@ impl Connection {
             next_id: AtomicU64::new(1),
             max_frame_bytes: usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX),
             shared_sessions: welcome.shared_sessions,
+            max_ttl_secs: welcome.max_ttl_secs,
             _stop_tasks: closed.clone().drop_guard(),
             closed,
         })
@@ -123,8 +126,14 @@ impl Connection {
         self.closed.is_cancelled()
     }
 
-    /// Sends `op` and waits at most `timeout` for its outcome.
-    pub async fn call(&self, op: Op, timeout: Duration) -> Result<Outcome, CallError> {
+    /// Sends `op` (a write identified by `write`) and waits at most
+    /// `timeout` for its outcome.
+    pub async fn call(
+        &self,
+        op: Op,
+        write: Option<WriteTag>,
+        timeout: Duration,
+    ) -> Result<Outcome, CallError> {
         let payload = match &op {
             Op::Create { data, .. } | Op::Put { data, .. } => data.len(),
             Op::Patch { patch, .. } => patch.len(),
@@ -145,7 +154,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
         let forget = || self.pending.lock().remove(&id);
-        if self.queue.send(Request { id, op }).await.is_err() {
+        if self.queue.send(Request { id, op, write }).await.is_err() {
             forget();
             return Err(CallError::NotSent(Error::Unavailable(
                 "connection closed".into(),

@@ -31,6 +31,14 @@ pub enum Error {
     /// The request got no answer within the client's timeout.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A write's answer was lost and no node could tell whether it was
+    /// applied: it may or may not have been. Read the session to find out;
+    /// sending the write again blindly could apply it twice. (Only writes
+    /// end this way: the client re-sends a write whose answer was lost, with
+    /// the same identity, to the nodes that can judge it, and answers its
+    /// true outcome whenever one of them can tell.)
+    #[error("the write may or may not have been applied: {0}")]
+    Indeterminate(String),
     /// The server rejected the request as malformed (bad TTL, bad JSON).
     #[error("invalid request ({code}): {message}")]
     Invalid {
@@ -57,7 +65,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether another node (or a later attempt) may succeed where this failed.
+    /// Whether the same call may simply be made again: it was not applied
+    /// (`Unavailable`), or it is a read that got no answer (`Timeout`; a
+    /// write that gets no answer ends as [`Error::Indeterminate`], which is
+    /// not retryable blindly).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Timeout(_))
     }
@@ -79,6 +90,7 @@ impl From<WireError> for Error {
             ErrorCode::Unauthorized => Self::Unauthorized(message),
             ErrorCode::StoreFull => Self::StoreFull(message),
             ErrorCode::Unavailable | ErrorCode::Overloaded => Self::Unavailable(message),
+            ErrorCode::Indeterminate => Self::Indeterminate(message),
             ErrorCode::InvalidJson
             | ErrorCode::InvalidId
             | ErrorCode::InvalidTtl

@@ -2,7 +2,7 @@
 //! and the background probe that brings it back after a failure.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -26,6 +26,10 @@ pub(crate) struct Node {
     current: Mutex<Option<Arc<Connection>>>,
     connecting: tokio::sync::Mutex<()>,
     up: AtomicBool,
+    /// Calls in a row that got no answer in time.
+    timeouts: AtomicU32,
+    /// Timeouts in a row that take the node out of rotation.
+    fall: u32,
     stop_probes: CancellationToken,
 }
 
@@ -34,6 +38,7 @@ impl Node {
         address: String,
         placement: Placement,
         options: Arc<ConnectOptions>,
+        fall: u32,
         stop_probes: CancellationToken,
     ) -> Self {
         Self {
@@ -43,7 +48,30 @@ impl Node {
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             up: AtomicBool::new(true),
+            timeouts: AtomicU32::new(0),
+            fall: fall.max(1),
             stop_probes,
+        }
+    }
+
+    /// The largest idle TTL the node accepts, once it has been reached.
+    pub fn max_ttl_secs(&self) -> Option<u64> {
+        self.current
+            .lock()
+            .as_ref()
+            .map(|connection| connection.max_ttl_secs)
+    }
+
+    /// The node answered: its run of timeouts ends.
+    pub fn answered(&self) {
+        self.timeouts.store(0, Ordering::Relaxed);
+    }
+
+    /// A call got no answer in time. One slow answer does not take the node
+    /// out of rotation for every caller: only `fall` timeouts in a row do.
+    pub fn timed_out(self: &Arc<Self>) {
+        if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= self.fall {
+            self.mark_down();
         }
     }
 
@@ -103,6 +131,7 @@ impl Node {
 
     /// Takes the node out of rotation and starts probing it.
     pub fn mark_down(self: &Arc<Self>) {
+        self.timeouts.store(0, Ordering::Relaxed);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(node = %self.address, "node marked down");
             *self.current.lock() = None;

@@ -1,9 +1,12 @@
 //! A tower-sessions [`SessionStore`] backed by sessiond: add one layer and
 //! an axum app keeps its sessions in sessiond instead of its own memory.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 use sessiond_proto::SessionId;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
@@ -12,18 +15,35 @@ use tower_sessions_core::session_store::{self, SessionStore};
 use crate::{Client, Error};
 
 /// Session data as tower-sessions keeps it.
-type Data = std::collections::HashMap<String, serde_json::Value>;
+type Data = std::collections::HashMap<String, Value>;
 
-/// tower-sessions storage in sessiond.
+/// The key under which a loaded record carries what it was loaded as, so
+/// that `save` can send only what the request changed. Apps never see it
+/// unless they ask for it by name.
+const LOADED: &str = "__sessiond_loaded";
+
+/// tower-sessions storage in sessiond (tower-sessions 0.15).
 ///
-/// Ids are issued by sessiond (never by the app): `create` asks the server
-/// for a new session and writes its id into the record, so tower-sessions'
-/// `cycle_id` after a login also gets a fresh server-issued id. A session
-/// id of 128 bits maps one to one onto tower-sessions' `Id(i128)`.
-///
-/// `save` writes the whole record (last writer wins, as with every
-/// tower-sessions store); for counters that concurrent requests of one user
-/// update, use [`Client::update`], which retries on version conflicts.
+/// - **Ids** are issued by sessiond (never by the app): `create` asks the
+///   server for a new session and writes its id into the record, so
+///   tower-sessions' `cycle_id` after a login also gets a fresh
+///   server-issued id. The cookie's text is the sessiond id's text, so an
+///   operator can take a cookie and `curl /v1/sessions/<cookie>`.
+/// - **Saves send only what changed.** A request's `save` sends a merge
+///   patch of the top-level keys it changed since it loaded the session
+///   (removed keys as `null`), applied atomically on the server. Two
+///   requests of one user that change different keys at once both land;
+///   two that change the same key: the later save wins for that key (use
+///   [`Client::update`] for a value that must not lose increments). A key
+///   set to JSON `null` is removed. After `Session::clear`, the save
+///   replaces the whole data.
+/// - **A save never brings a session back.** If the session was deleted
+///   (logout elsewhere) or rotated away after this request loaded it, the
+///   save changes nothing and the cookie is dead.
+/// - **Expiry**: the session's idle TTL follows tower-sessions' expiry,
+///   capped at the server's `--max-ttl` (tower-sessions defaults to two
+///   weeks, sessiond to 24 h), with a warning logged once when the cap
+///   applies.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), sessiond_client::Error> {
@@ -37,29 +57,78 @@ type Data = std::collections::HashMap<String, serde_json::Value>;
 #[derive(Debug, Clone)]
 pub struct SessiondStore {
     client: Client,
+    warned_ttl_cap: Arc<AtomicBool>,
 }
 
 impl SessiondStore {
     /// A store that keeps sessions through `client`.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            warned_ttl_cap: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The idle TTL that makes a session expire at `expiry` (at least 1 s),
+    /// capped at the server's largest TTL.
+    fn ttl_until(&self, expiry: OffsetDateTime) -> Duration {
+        let left = Duration::try_from(expiry - OffsetDateTime::now_utc())
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        match self.client.max_ttl() {
+            Some(max) if left > max => {
+                if !self.warned_ttl_cap.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        asked = ?left,
+                        max = ?max,
+                        "the session expiry is beyond the server's --max-ttl; sessions expire \
+                         after the server's maximum idle TTL instead"
+                    );
+                }
+                max
+            }
+            _ => left,
+        }
     }
 }
 
+/// The sessiond id of a tower-sessions id: the same 16 bytes, so both
+/// print as the same text.
 fn session_id(id: &Id) -> SessionId {
-    SessionId::from_u128(id.0 as u128)
+    SessionId::from_bytes(id.0.to_le_bytes())
 }
 
-/// The idle TTL that makes a session expire at `expiry` (at least 1 s).
-fn ttl_until(expiry: OffsetDateTime) -> Duration {
-    let left = expiry - OffsetDateTime::now_utc();
-    Duration::try_from(left)
-        .unwrap_or_default()
-        .max(Duration::from_secs(1))
+/// The tower-sessions id of a sessiond id.
+fn record_id(id: &SessionId) -> Id {
+    Id(i128::from_le_bytes(*id.as_bytes()))
 }
 
 fn backend(err: Error) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
+}
+
+/// The app's data of a record, without what the store added.
+fn app_data(record: &Record) -> Map<String, Value> {
+    record
+        .data
+        .iter()
+        .filter(|(key, _)| key.as_str() != LOADED)
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// The merge patch from `loaded` to `now`: changed and new keys with their
+/// values, removed keys as `null`.
+fn changes(loaded: &Map<String, Value>, now: &Map<String, Value>) -> Map<String, Value> {
+    let mut patch: Map<String, Value> = now
+        .iter()
+        .filter(|(key, value)| loaded.get(*key) != Some(*value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    for key in loaded.keys().filter(|key| !now.contains_key(*key)) {
+        patch.insert(key.clone(), Value::Null);
+    }
+    patch
 }
 
 #[async_trait]
@@ -67,33 +136,61 @@ impl SessionStore for SessiondStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
         let info = self
             .client
-            .create(&record.data, Some(ttl_until(record.expiry_date)))
+            .create(&app_data(record), Some(self.ttl_until(record.expiry_date)))
             .await
             .map_err(backend)?;
-        record.id = Id(info.id.as_u128() as i128);
+        record.id = record_id(&info.id);
         Ok(())
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.client
-            .put_with_ttl(
-                &session_id(&record.id),
-                &record.data,
-                Some(ttl_until(record.expiry_date)),
-                None,
-            )
-            .await
-            .map(drop)
-            .map_err(backend)
+        let id = session_id(&record.id);
+        let ttl = Some(self.ttl_until(record.expiry_date));
+        let now = app_data(record);
+        let loaded = record
+            .data
+            .get(LOADED)
+            .and_then(|loaded| loaded.as_object());
+        let written = match loaded {
+            // Loaded in this request: send only what it changed.
+            Some(loaded) => {
+                let patch = changes(loaded, &now);
+                if patch.is_empty() {
+                    self.client.touch(&id, ttl).await.map(drop)
+                } else {
+                    let patch = Value::Object(patch);
+                    self.client
+                        .patch_with_ttl(&id, &patch, ttl, None)
+                        .await
+                        .map(drop)
+                }
+            }
+            // Cleared in this request: the data is replaced whole.
+            None => self
+                .client
+                .put_with_ttl(&id, &now, ttl, None)
+                .await
+                .map(drop),
+        };
+        match written {
+            // Deleted or rotated away since it was loaded: it stays gone.
+            Err(Error::NotFound) => Ok(()),
+            other => other.map_err(backend),
+        }
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         match self.client.get::<Data>(&session_id(id)).await {
-            Ok(session) => Ok(Some(Record {
-                id: *id,
-                data: session.data,
-                expiry_date: OffsetDateTime::from(session.info.expires_at),
-            })),
+            Ok(session) => {
+                let mut data = session.data;
+                let snapshot = data.clone().into_iter().collect::<Map<_, _>>();
+                data.insert(LOADED.to_owned(), Value::Object(snapshot));
+                Ok(Some(Record {
+                    id: *id,
+                    data,
+                    expiry_date: OffsetDateTime::from(session.info.expires_at),
+                }))
+            }
             Err(Error::NotFound) => Ok(None),
             Err(err) => Err(backend(err)),
         }
@@ -101,5 +198,34 @@ impl SessionStore for SessiondStore {
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         self.client.delete(&session_id(id)).await.map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn cookie_text_is_the_session_id_text() {
+        for _ in 0..100 {
+            let id = SessionId::random();
+            let record = record_id(&id);
+            assert_eq!(record.to_string(), id.to_string());
+            assert_eq!(session_id(&record), id);
+        }
+    }
+
+    #[test]
+    fn changes_are_changed_new_and_removed_keys() {
+        let as_map = |value: Value| value.as_object().cloned().unwrap_or_default();
+        let loaded = as_map(json!({"a": 1, "b": [1], "c": "x"}));
+        let now = as_map(json!({"a": 1, "b": [1, 2], "d": true}));
+        assert_eq!(
+            Value::Object(changes(&loaded, &now)),
+            json!({"b": [1, 2], "c": null, "d": true})
+        );
+        assert!(changes(&loaded, &loaded).is_empty());
     }
 }

@@ -41,6 +41,11 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// A bug in sessiond; the message says more.
     Internal,
+    /// A write was sent again after its answer was lost, and no node can
+    /// tell whether the first attempt was applied: it may or may not have
+    /// been. The caller must read the session to find out; re-sending
+    /// blindly could apply it twice.
+    Indeterminate,
 }
 
 impl ErrorCode {
@@ -64,6 +69,7 @@ impl ErrorCode {
             Self::ProtocolError => "protocol_error",
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal",
+            Self::Indeterminate => "indeterminate",
         }
     }
 
@@ -80,6 +86,7 @@ impl ErrorCode {
             Self::NotFound | Self::UnknownRoute => 404,
             Self::MethodNotAllowed => 405,
             Self::VersionMismatch => 412,
+            Self::Indeterminate => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::Unavailable | Self::Overloaded => 503,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ErrorCode, SessionId};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Hard ceiling on the largest frame, whatever the configuration says.
 pub const MAX_FRAME_BYTES_CAP: usize = 64 << 20;
@@ -70,6 +70,8 @@ pub struct Welcome {
     /// server replicates to Redis), so a client may fail over to another
     /// node for a session whose owner is down.
     pub shared_sessions: bool,
+    /// The largest idle TTL the server accepts (`--max-ttl`), in seconds.
+    pub max_ttl_secs: u64,
 }
 
 /// One operation with the id its response will carry.
@@ -79,6 +81,31 @@ pub struct Request {
     pub id: u64,
     /// What to do.
     pub op: Op,
+    /// The identity of a write, so that a write sent again after its
+    /// answer was lost is applied at most once (see [`WriteTag`]).
+    pub write: Option<WriteTag>,
+}
+
+/// How long after a write's first attempt a client may still send it again
+/// (nodes remember the ids that tagged creates and rotations took for at
+/// least twice as long).
+pub const RESEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The identity of one logical write (create, put, patch, rotate).
+///
+/// The node that applies a write records its tag with the session, in the
+/// same atomic step as the write. The same write sent again (to the same or
+/// another node, after its answer was lost) carries the same tag: if the
+/// tag is recorded, the node answers what the write produced instead of
+/// applying it a second time; if the node cannot tell whether the first
+/// attempt landed, it answers [`ErrorCode::Indeterminate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteTag {
+    /// Random and non-zero, chosen once per logical write.
+    pub id: u64,
+    /// `None` on the first attempt; on a re-send, milliseconds since the
+    /// first attempt was sent (how far back the node must be able to see).
+    pub resent_after_ms: Option<u64>,
 }
 
 /// The operations, the same as HTTP API v1's. Session data is JSON text.
@@ -113,6 +140,8 @@ pub enum Op {
         id: SessionId,
         /// JSON text of the merge patch.
         patch: Bytes,
+        /// A new idle TTL.
+        ttl_secs: Option<u64>,
         /// Only write if the session is at this version.
         expected_version: Option<u64>,
     },
@@ -140,6 +169,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the operation changes a session in a way that must not be
+    /// applied twice, so it carries a [`WriteTag`].
+    pub fn is_tagged_write(&self) -> bool {
+        matches!(
+            self,
+            Self::Create { .. } | Self::Put { .. } | Self::Patch { .. } | Self::Rotate { .. }
+        )
+    }
+
     /// The operation's name, for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

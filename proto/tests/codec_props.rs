@@ -28,6 +28,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Unavailable),
         Just(ErrorCode::ProtocolError),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::Indeterminate),
     ]
 }
 
@@ -45,17 +46,27 @@ fn op() -> impl Strategy<Value = Op> {
                 expected_version
             }
         ),
-        (session_id(), data(), version).prop_map(|(id, patch, expected_version)| Op::Patch {
-            id,
-            patch,
-            expected_version
-        }),
+        (session_id(), data(), ttl.clone(), version).prop_map(
+            |(id, patch, ttl_secs, expected_version)| Op::Patch {
+                id,
+                patch,
+                ttl_secs,
+                expected_version
+            }
+        ),
         session_id().prop_map(|id| Op::Delete { id }),
         (session_id(), ttl).prop_map(|(id, ttl_secs)| Op::Touch { id, ttl_secs }),
         session_id().prop_map(|id| Op::Rotate { id }),
         Just(Op::Ping),
         Just(Op::Stats),
     ]
+}
+
+fn write_tag() -> impl Strategy<Value = WriteTag> {
+    (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(id, resent_after_ms)| WriteTag {
+        id,
+        resent_after_ms,
+    })
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
@@ -74,7 +85,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     placement
                 })
             ),
-        (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
+        (any::<u64>(), op(), proptest::option::of(write_tag()))
+            .prop_map(|(id, op, write)| ClientFrame::Request(Request { id, op, write })),
     ]
 }
 
@@ -123,16 +135,24 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
-        (any::<u32>(), ".{0,20}", any::<u64>(), any::<bool>()).prop_map(
-            |(protocol, server_version, max_frame_bytes, shared_sessions)| {
-                ServerFrame::Welcome(Welcome {
-                    protocol,
-                    server_version,
-                    max_frame_bytes,
-                    shared_sessions,
-                })
-            }
-        ),
+        (
+            any::<u32>(),
+            ".{0,20}",
+            any::<u64>(),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(protocol, server_version, max_frame_bytes, shared_sessions, max_ttl_secs)| {
+                    ServerFrame::Welcome(Welcome {
+                        protocol,
+                        server_version,
+                        max_frame_bytes,
+                        shared_sessions,
+                        max_ttl_secs,
+                    })
+                }
+            ),
         (any::<u64>(), outcome())
             .prop_map(|(id, outcome)| ServerFrame::Response(Response { id, outcome })),
         wire_error().prop_map(ServerFrame::Fatal),
@@ -259,10 +279,12 @@ fn a_huge_inner_length_does_not_allocate_it() {
             data: Bytes::new(),
             ttl_secs: None,
         },
+        write: None,
     }))
     .unwrap();
-    // The empty data's length (varint 0) sits right before the ttl's None tag.
-    let len_at = payload.len() - 2;
+    // The empty data's length (varint 0) sits right before the ttl's and
+    // the write tag's None tags.
+    let len_at = payload.len() - 3;
     assert_eq!(payload[len_at], 0);
     payload.splice(len_at..=len_at, [0xff, 0, 0, 0, 0, 0, 0, 0, 0x40]);
     assert!(matches!(
@@ -276,6 +298,7 @@ fn trailing_bytes_after_a_message_are_malformed() {
     let mut bytes = codec::encode(&ClientFrame::Request(Request {
         id: 7,
         op: Op::Ping,
+        write: None,
     }))
     .unwrap();
     bytes.push(0);

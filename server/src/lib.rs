@@ -5,6 +5,7 @@
 //! (every operation once) and the [`http`] front end.
 
 pub mod balance;
+pub mod claims;
 pub mod config;
 pub mod health;
 pub mod http;

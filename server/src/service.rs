@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use sessiond_proto::wire::Placement;
+use sessiond_proto::wire::{Placement, WriteTag};
 use sessiond_proto::{ErrorCode, SessionId, ring};
 
+use crate::claims::{Claim, Claims};
 use crate::replication::Replicator;
 use crate::store::{Session, Store, StoreError, StoreStats};
 
@@ -106,6 +107,11 @@ pub enum ServiceError {
     /// A dependency (Redis) cannot take the operation now.
     #[error("{0}")]
     Unavailable(String),
+    /// The write may or may not have been applied, and this node cannot
+    /// tell (a re-sent write the log no longer covers, or a Redis command
+    /// whose answer was lost).
+    #[error("{0}")]
+    Indeterminate(String),
 }
 
 impl ServiceError {
@@ -119,6 +125,7 @@ impl ServiceError {
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull(_) => ErrorCode::StoreFull,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Indeterminate(_) => ErrorCode::Indeterminate,
         }
     }
 
@@ -138,6 +145,7 @@ impl From<StoreError> for ServiceError {
             StoreError::VersionMismatch { expected, current } => {
                 Self::VersionMismatch { expected, current }
             }
+            StoreError::Indeterminate => Self::Indeterminate(StoreError::Indeterminate.to_string()),
             full @ StoreError::Full { .. } => Self::StoreFull(full.to_string()),
         }
     }
@@ -149,6 +157,7 @@ impl From<StoreError> for ServiceError {
 pub struct SessionService {
     store: Arc<Store>,
     replicator: Option<Arc<Replicator>>,
+    claims: Claims,
     config: ServiceConfig,
 }
 
@@ -158,6 +167,7 @@ impl SessionService {
         Self {
             store,
             replicator: None,
+            claims: Claims::default(),
             config,
         }
     }
@@ -171,6 +181,7 @@ impl SessionService {
         Self {
             store,
             replicator: Some(replicator),
+            claims: Claims::default(),
             config,
         }
     }
@@ -210,21 +221,27 @@ impl SessionService {
     }
 
     /// Creates a session; with a `placement`, its id is one the client's
-    /// ring maps to this node.
+    /// ring maps to this node. A tagged create sent again gets the session
+    /// its first attempt made, never a second one.
     pub async fn create(
         &self,
         data: JsonData,
         ttl_secs: Option<u64>,
         placement: Option<&Placement>,
+        write: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self
             .ttl_ms(ttl_secs)?
             .unwrap_or(self.config.default_ttl_secs * 1000);
         let data = self.checked_size(data)?;
         let id = fresh_id(placement);
+        let tag = write.map(|write| write.id);
         match &self.replicator {
-            Some(replicator) => replicator.create(id, data, ttl_ms).await,
-            None => Ok(self.store.create(id, data, ttl_ms)?),
+            Some(replicator) => replicator.create(id, data, ttl_ms, tag).await,
+            None => {
+                let id = tag.map_or(id, |tag| self.claims.claim(tag, id).id());
+                Ok(self.store.create(id, data, ttl_ms, tag)?)
+            }
         }
     }
 
@@ -237,32 +254,42 @@ impl SessionService {
     }
 
     /// Replaces a session's data, optionally only if at `expected` version.
+    /// A tagged write sent again is applied at most once.
     pub async fn put(
         &self,
         id: &SessionId,
         data: JsonData,
         ttl_secs: Option<u64>,
         expected: Option<u64>,
+        write: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
         let data = self.checked_size(data)?;
         match &self.replicator {
-            Some(replicator) => replicator.put(id, data, ttl_ms, expected).await,
-            None => Ok(self.store.put(id, data, ttl_ms, expected)?),
+            Some(replicator) => replicator.put(id, data, ttl_ms, expected, write).await,
+            None => Ok(self.store.put(id, data, ttl_ms, expected, write)?),
         }
     }
 
-    /// Applies an RFC 7386 JSON merge patch atomically.
+    /// Applies an RFC 7386 JSON merge patch atomically, optionally with a
+    /// new idle TTL. A tagged patch sent again is applied at most once.
     pub async fn patch(
         &self,
         id: &SessionId,
         patch: &serde_json::Value,
+        ttl_secs: Option<u64>,
         expected: Option<u64>,
+        write: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
+        let ttl_ms = self.ttl_ms(ttl_secs)?;
         let compute = |current: &Bytes| self.checked_size(merge_patch(current, patch)?);
         match &self.replicator {
-            Some(replicator) => replicator.update(id, expected, compute).await,
-            None => self.store.update(id, expected, None, compute),
+            Some(replicator) => {
+                replicator
+                    .update(id, expected, ttl_ms, write, compute)
+                    .await
+            }
+            None => self.store.update(id, expected, ttl_ms, write, compute),
         }
     }
 
@@ -291,16 +318,27 @@ impl SessionService {
     }
 
     /// Moves a session to a new id (placed like [`create`](Self::create)
-    /// places ids); the old one stops working at once.
+    /// places ids); the old one stops working at once. A tagged rotation
+    /// sent again answers the id its first attempt moved the session to.
     pub async fn rotate(
         &self,
         id: &SessionId,
         placement: Option<&Placement>,
+        write: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
         let new_id = fresh_id(placement);
-        match &self.replicator {
-            Some(replicator) => replicator.rotate(id, new_id).await,
-            None => Ok(self.store.rotate(id, new_id)?),
+        let tag = write.map(|write| write.id);
+        if let Some(replicator) = &self.replicator {
+            return replicator.rotate(id, new_id, tag).await;
+        }
+        match tag.map(|tag| self.claims.claim(tag, new_id)) {
+            None | Some(Claim::Fresh(_)) => Ok(self.store.rotate(id, new_id)?),
+            // The first attempt may have moved it already: finish the move
+            // or answer where it went.
+            Some(Claim::Again(moved_to)) => match self.store.rotate(id, moved_to) {
+                Err(StoreError::NotFound) => Ok(self.store.get(&moved_to)?),
+                result => Ok(result?),
+            },
         }
     }
 
@@ -352,9 +390,12 @@ mod tests {
     async fn merge_patch_follows_rfc_7386() {
         let service = service(ServiceConfig::default());
         let data = JsonData::parse(Bytes::from_static(br#"{"a":1,"b":{"c":2,"d":3}}"#)).unwrap();
-        let id = service.create(data, None, None).await.unwrap().id;
+        let id = service.create(data, None, None, None).await.unwrap().id;
         let patch = serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]});
-        let patched = service.patch(&id, &patch, Some(1)).await.unwrap();
+        let patched = service
+            .patch(&id, &patch, None, Some(1), None)
+            .await
+            .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&patched.data).unwrap();
         assert_eq!(value, serde_json::json!({"b": {"c": 5, "d": 3}, "e": [1]}));
         assert_eq!(patched.version, 2);
@@ -369,23 +410,23 @@ mod tests {
         });
         let small = || JsonData::empty_object();
         assert_eq!(
-            service.create(small(), Some(0), None).await,
+            service.create(small(), Some(0), None, None).await,
             Err(ServiceError::InvalidTtl { got: 0, max: 100 })
         );
         assert_eq!(
-            service.create(small(), Some(101), None).await,
+            service.create(small(), Some(101), None, None).await,
             Err(ServiceError::InvalidTtl { got: 101, max: 100 })
         );
-        let created = service.create(small(), None, None).await.unwrap();
+        let created = service.create(small(), None, None, None).await.unwrap();
         assert_eq!(created.ttl_ms, 60_000);
         let big = JsonData::parse(Bytes::from_static(b"\"123456789\"")).unwrap();
         assert_eq!(
-            service.create(big, None, None).await,
+            service.create(big, None, None, None).await,
             Err(ServiceError::TooLarge { size: 11, max: 8 })
         );
         let grow = serde_json::json!({"key": "value"});
         assert!(matches!(
-            service.patch(&created.id, &grow, None).await,
+            service.patch(&created.id, &grow, None, None, None).await,
             Err(ServiceError::TooLarge { .. })
         ));
     }

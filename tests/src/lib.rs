@@ -8,6 +8,7 @@ pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod redis_support;
+pub mod stack;
 pub mod upstream;
 
 pub use client::{build, builder_for, client_for};

@@ -91,6 +91,23 @@ impl RedisServer {
         )
     }
 
+    /// A server without persistence that accepts `DEBUG SLEEP` from
+    /// loopback, to stall it on purpose.
+    pub fn start_with_debug() -> Self {
+        Self::spawn(
+            free_port(false),
+            tempfile::tempdir().expect("tempdir"),
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ],
+        )
+    }
+
     /// A server with AOF on and fsync on every write, so a restart (even
     /// after SIGKILL) keeps every acknowledged write.
     pub fn start_with_aof() -> Self {

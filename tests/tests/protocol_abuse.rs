@@ -31,7 +31,11 @@ fn hello() -> ClientFrame {
 }
 
 fn request(id: u64, op: Op) -> ClientFrame {
-    ClientFrame::Request(Request { id, op })
+    ClientFrame::Request(Request {
+        id,
+        op,
+        write: None,
+    })
 }
 
 async fn connect(address: SocketAddr) -> TcpStream {

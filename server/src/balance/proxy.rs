@@ -113,7 +113,8 @@ impl Proxy {
         }
         let client_upgrade =
             is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        ensure_request_id(&mut parts.headers);
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
         let body = Replayable::new(body, limit);
         match self.forward(&parts, peer, &body).await {
@@ -224,6 +225,21 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// The header that names one client request, the same on every attempt.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Gives the request an `X-Request-Id` unless the client sent one. A retry
+/// carries the same id, so an app can recognise a request it has already
+/// handled (the `cart` example counts a visit once however often it is
+/// retried).
+fn ensure_request_id(headers: &mut HeaderMap) {
+    if !headers.contains_key(REQUEST_ID)
+        && let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+    {
+        headers.insert(REQUEST_ID, id);
     }
 }
 
@@ -384,6 +400,20 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_request_id_is_added_unless_the_client_sent_one() {
+        let mut headers = HeaderMap::new();
+        ensure_request_id(&mut headers);
+        let made = headers[REQUEST_ID].to_str().unwrap_or_default().to_owned();
+        assert_eq!(made.len(), 32);
+        ensure_request_id(&mut headers);
+        assert_eq!(headers[REQUEST_ID], made.as_str());
+        let mut given = HeaderMap::new();
+        given.insert(REQUEST_ID, HeaderValue::from_static("client-7"));
+        ensure_request_id(&mut given);
+        assert_eq!(given[REQUEST_ID], "client-7");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
+use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{ErrorCode, SessionId};
 
 use super::error::ApiError;
@@ -127,6 +128,42 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     unquoted.parse().map(Some).map_err(|_| malformed())
 }
 
+/// The header that makes a retried HTTP write apply at most once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The write identity an `Idempotency-Key` header gives (none without one):
+/// the same key always gives the same tag, on every node.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<WriteTag>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.iter().all(u8::is_ascii_graphic)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ),
+        ));
+    }
+    Ok(Some(WriteTag {
+        id: fnv1a(key).max(1),
+        resent_after_ms: None,
+    }))
+}
+
+/// 64-bit FNV-1a: a hash that is the same in every build and on every node.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
@@ -148,5 +185,21 @@ mod tests {
         assert!(if_match(&with_if_match("W/\"7\"")).is_err());
         assert!(if_match(&with_if_match("\"seven\"")).is_err());
         assert!(if_match(&with_if_match("\"1\", \"2\"")).is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_map_to_stable_tags() {
+        let with_key = |key: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static(key));
+            idempotency_key(&headers).ok().flatten().map(|tag| tag.id)
+        };
+        assert_eq!(with_key("order-1"), with_key("order-1"));
+        assert_ne!(with_key("order-1"), with_key("order-2"));
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(idempotency_key(&HeaderMap::new()).ok(), Some(None));
+        let mut spaced = HeaderMap::new();
+        spaced.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("has space"));
+        assert!(idempotency_key(&spaced).is_err());
     }
 }

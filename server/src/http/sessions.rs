@@ -10,7 +10,7 @@ use sessiond_proto::http::{CreateRequest, PutRequest, TouchRequest};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{IdParam, MediaType, if_match, json_body};
+use super::extract::{IdParam, MediaType, idempotency_key, if_match, json_body};
 use crate::service::JsonData;
 use crate::store::Session;
 
@@ -39,7 +39,10 @@ pub async fn create(
         Some(raw) => JsonData::from_raw(raw)?,
         None => JsonData::empty_object(),
     };
-    let session = state.service.create(data, request.ttl_secs, None).await?;
+    let session = state
+        .service
+        .create(data, request.ttl_secs, None, idempotency_key(&headers)?)
+        .await?;
     Ok(created(&session))
 }
 
@@ -65,7 +68,13 @@ pub async fn put(
     let data = JsonData::from_raw(request.data)?;
     let session = state
         .service
-        .put(&id, data, request.ttl_secs, expected)
+        .put(
+            &id,
+            data,
+            request.ttl_secs,
+            expected,
+            idempotency_key(&headers)?,
+        )
         .await?;
     Ok(session_response(StatusCode::OK, &session))
 }
@@ -86,7 +95,10 @@ pub async fn patch(
         None,
     )
     .await?;
-    let session = state.service.patch(&id, &patch, expected).await?;
+    let session = state
+        .service
+        .patch(&id, &patch, None, expected, idempotency_key(&headers)?)
+        .await?;
     Ok(session_response(StatusCode::OK, &session))
 }
 
@@ -122,8 +134,12 @@ pub async fn touch(
 pub async fn rotate(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = state.service.rotate(&id, None).await?;
+    let session = state
+        .service
+        .rotate(&id, None, idempotency_key(&headers)?)
+        .await?;
     Ok(created(&session))
 }
 

@@ -1,22 +1,55 @@
-//! Cross-node cache coherence: every write a node makes in Redis publishes
-//! `node id + session id` on one channel (from inside the write's Lua
-//! script); every node subscribes and drops its copy of sessions other
-//! nodes changed. While the subscription is down the cache is not trusted,
-//! and it is cleared when the subscription comes back, so no copy that
-//! missed an invalidation is ever served.
+//! Cross-node cache coherence.
+//!
+//! Redis records, in each session's hash, which nodes may hold a cached
+//! copy (field `o`: a node adds itself when it reads the session through,
+//! a write leaves only the writer). A write that finds other nodes there
+//! publishes an invalidation from inside its Lua script, and the writer
+//! does not acknowledge the write until each of those nodes has dropped
+//! its copy and said so (an ack on the same channel), or a short timeout
+//! passed (the node is gone or cut off; a node whose subscription is down
+//! serves no cached copy). So a read never returns a version older than
+//! one a write already acknowledged, whichever nodes the clients use.
+//!
+//! While the subscription is down the cache is not trusted, and it is
+//! cleared when the subscription comes back, so no copy that missed an
+//! invalidation is ever served.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use sessiond_proto::SessionId;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::link::RedisLink;
 use crate::store::Store;
 
-/// Bytes of an invalidation message: node id (8) + session id (16).
-const MESSAGE_BYTES: usize = 24;
+/// How long a writer waits for the other cachers' acks before it answers
+/// anyway (a node that does not ack within it is dead or cut off).
+pub const ACK_TIMEOUT: Duration = Duration::from_millis(100);
+/// A subscribed node refreshes its heartbeat key this often...
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// ...and the key lives this long: a writer does not wait for acks from a
+/// node without one (it died, or lost Redis and trusts no copy).
+const HEARTBEAT_TTL: Duration = Duration::from_millis(600);
+
+/// First byte of an invalidation: `I`, writer (8), session (16), nonce (8).
+const INVALIDATION: u8 = b'I';
+const INVALIDATION_BYTES: usize = 33;
+/// First byte of an ack: `A`, to (8), from (8), nonce (8).
+const ACK: u8 = b'A';
+const ACK_BYTES: usize = 25;
+
+/// A writer waiting for acks of one invalidation.
+#[derive(Debug, Default)]
+struct Waiter {
+    acked: Mutex<HashSet<u64>>,
+    notify: Notify,
+}
 
 /// This node's view of invalidations.
 #[derive(Debug)]
@@ -25,26 +58,147 @@ pub struct Invalidations {
     pub channel: String,
     /// This node's id, so it ignores its own messages.
     pub node_id: u64,
+    /// Prefix of the nodes' heartbeat keys.
+    heartbeats: String,
+    link: Arc<RedisLink>,
     live: AtomicBool,
     received: AtomicU64,
+    waiters: Mutex<HashMap<u64, Arc<Waiter>>>,
+}
+
+/// One announced change: the message the write script publishes, and the
+/// registration that collects the acks to it.
+pub struct Announcement<'a> {
+    invalidations: &'a Invalidations,
+    nonce: u64,
+    waiter: Arc<Waiter>,
+    /// The message to publish.
+    pub message: Vec<u8>,
+}
+
+impl Announcement<'_> {
+    /// Waits until every live node of `others` acked, at most
+    /// [`ACK_TIMEOUT`]; nodes without a heartbeat are not waited for.
+    pub async fn acked_by(self, others: &[u64]) {
+        if others.is_empty() {
+            return;
+        }
+        let others = self.invalidations.alive(others).await;
+        if others.is_empty() {
+            return;
+        }
+        let all_acked = || {
+            let acked = self.waiter.acked.lock();
+            others.iter().all(|node| acked.contains(node))
+        };
+        let wait = async {
+            loop {
+                let notified = self.waiter.notify.notified();
+                if all_acked() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(ACK_TIMEOUT, wait).await.is_err() {
+            metrics::counter!("sessiond_invalidation_ack_timeouts_total").increment(1);
+            tracing::warn!(?others, "some cachers did not ack an invalidation in time");
+        }
+    }
+}
+
+impl Drop for Announcement<'_> {
+    fn drop(&mut self) {
+        self.invalidations.waiters.lock().remove(&self.nonce);
+    }
 }
 
 impl Invalidations {
-    /// Invalidations on `channel` for the node `node_id`.
-    pub fn new(channel: String, node_id: u64) -> Self {
+    /// Invalidations of the sessions under `prefix` for the node
+    /// `node_id`, acked and announced through `link`.
+    pub fn new(prefix: &str, node_id: u64, link: Arc<RedisLink>) -> Self {
         Self {
-            channel,
+            channel: format!("{prefix}invalidations"),
             node_id,
+            heartbeats: format!("{prefix}node:"),
+            link,
             live: AtomicBool::new(false),
             received: AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The message announcing a change of `id` by this node.
-    pub fn message(&self, id: &SessionId) -> Vec<u8> {
-        let mut message = Vec::with_capacity(MESSAGE_BYTES);
+    fn heartbeat_key(&self, node: u64) -> String {
+        format!("{}{node:x}", self.heartbeats)
+    }
+
+    /// The nodes of `nodes` whose heartbeat key exists (all of them when
+    /// Redis cannot say).
+    async fn alive(&self, nodes: &[u64]) -> Vec<u64> {
+        let Ok(conn) = self.link.conn() else {
+            return nodes.to_vec();
+        };
+        let checks = nodes.iter().map(|&node| {
+            let mut conn = conn.clone();
+            async move {
+                let exists = redis::cmd("EXISTS")
+                    .arg(self.heartbeat_key(node))
+                    .query_async::<i64>(&mut conn)
+                    .await;
+                (node, !matches!(exists, Ok(0)))
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(|(node, alive)| alive.then_some(node))
+            .collect()
+    }
+
+    /// Refreshes this node's heartbeat key (while subscribed).
+    async fn beat(self: Arc<Self>) {
+        let Ok(mut conn) = self.link.conn() else {
+            return;
+        };
+        let beat = redis::cmd("SET")
+            .arg(self.heartbeat_key(self.node_id))
+            .arg(1)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .query_async::<()>(&mut conn)
+            .await;
+        if let Err(err) = beat {
+            tracing::debug!(%err, "could not refresh the node's heartbeat");
+        }
+    }
+
+    /// The message announcing a change of `id` by this node, registered to
+    /// collect acks. Register before the write runs: an ack can arrive
+    /// before the write's own answer.
+    pub fn announce(&self, id: &SessionId) -> Announcement<'_> {
+        let nonce = fastrand::u64(1..);
+        let waiter = Arc::new(Waiter::default());
+        self.waiters.lock().insert(nonce, waiter.clone());
+        let mut message = Vec::with_capacity(INVALIDATION_BYTES);
+        message.push(INVALIDATION);
         message.extend_from_slice(&self.node_id.to_be_bytes());
         message.extend_from_slice(id.as_bytes());
+        message.extend_from_slice(&nonce.to_be_bytes());
+        Announcement {
+            invalidations: self,
+            nonce,
+            waiter,
+            message,
+        }
+    }
+
+    /// A message announcing a change of `id` that nobody acks (write-behind).
+    pub fn broadcast(&self, id: &SessionId) -> Vec<u8> {
+        let mut message = Vec::with_capacity(INVALIDATION_BYTES);
+        message.push(INVALIDATION);
+        message.extend_from_slice(&self.node_id.to_be_bytes());
+        message.extend_from_slice(id.as_bytes());
+        message.extend_from_slice(&0u64.to_be_bytes());
         message
     }
 
@@ -60,21 +214,51 @@ impl Invalidations {
         self.received.load(Ordering::Acquire)
     }
 
-    fn apply(&self, payload: &[u8], store: &Store) {
-        let Some((node, id)) = payload.split_at_checked(8) else {
-            return;
+    /// Applies one message; returns the ack to publish, if one is due.
+    fn apply(&self, payload: &[u8], store: &Store) -> Option<Vec<u8>> {
+        let word = |at: usize| {
+            payload
+                .get(at..at + 8)
+                .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                .map(u64::from_be_bytes)
         };
-        let (Ok(node), Ok(id)) = (<[u8; 8]>::try_from(node), <[u8; 16]>::try_from(id)) else {
-            return;
-        };
-        if u64::from_be_bytes(node) != self.node_id {
-            self.received.fetch_add(1, Ordering::AcqRel);
-            store.delete(&SessionId::from_bytes(id));
+        match (payload.first(), payload.len()) {
+            (Some(&INVALIDATION), INVALIDATION_BYTES) => {
+                let writer = word(1)?;
+                if writer == self.node_id {
+                    return None;
+                }
+                let id = <[u8; 16]>::try_from(payload.get(9..25)?).ok()?;
+                self.received.fetch_add(1, Ordering::AcqRel);
+                store.delete(&SessionId::from_bytes(id));
+                let nonce = word(25)?;
+                (nonce != 0).then(|| {
+                    let mut ack = Vec::with_capacity(ACK_BYTES);
+                    ack.push(ACK);
+                    ack.extend_from_slice(&writer.to_be_bytes());
+                    ack.extend_from_slice(&self.node_id.to_be_bytes());
+                    ack.extend_from_slice(&nonce.to_be_bytes());
+                    ack
+                })
+            }
+            (Some(&ACK), ACK_BYTES) => {
+                if word(1)? == self.node_id {
+                    let (from, nonce) = (word(9)?, word(17)?);
+                    let waiter = self.waiters.lock().get(&nonce).cloned();
+                    if let Some(waiter) = waiter {
+                        waiter.acked.lock().insert(from);
+                        waiter.notify.notify_waiters();
+                    }
+                }
+                None
+            }
+            _ => None,
         }
     }
 
     /// Subscribes (to one of `urls`, in turn) and applies invalidations to
-    /// `store` until `shutdown`, resubscribing after any failure.
+    /// `store` until `shutdown`, resubscribing after any failure. While
+    /// subscribed, the node's heartbeat key is kept alive.
     pub async fn run(
         self: Arc<Self>,
         urls: Vec<String>,
@@ -86,7 +270,7 @@ impl Invalidations {
         while !shutdown.is_cancelled() {
             let url = &urls[attempt % urls.len()];
             attempt += 1;
-            if let Err(err) = self.subscribe(url, &store, &shutdown).await {
+            if let Err(err) = self.clone().subscribe(url, &store, &shutdown).await {
                 let err = err.to_string();
                 if err != last_error {
                     tracing::warn!(%url, %err, "invalidation subscription failed; retrying");
@@ -106,7 +290,7 @@ impl Invalidations {
     }
 
     async fn subscribe(
-        &self,
+        self: Arc<Self>,
         url: &str,
         store: &Store,
         shutdown: &CancellationToken,
@@ -125,14 +309,69 @@ impl Invalidations {
         self.live.store(true, Ordering::Release);
         tracing::info!(dropped, channel = %self.channel, "subscribed to invalidations");
         let mut messages = pubsub.on_message();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = heartbeat.tick() => {
+                    tokio::spawn(self.clone().beat());
+                }
                 message = messages.next() => match message {
-                    Some(message) => self.apply(message.get_payload_bytes(), store),
+                    Some(message) => {
+                        if let Some(ack) = self.apply(message.get_payload_bytes(), store) {
+                            tokio::spawn(publish(self.link.clone(), self.channel.clone(), ack));
+                        }
+                    }
                     None => return Ok(()),
                 },
             }
         }
+    }
+}
+
+/// Publishes an ack; a lost ack only makes the writer wait its timeout.
+async fn publish(link: Arc<RedisLink>, channel: String, message: Vec<u8>) {
+    let Ok(mut conn) = link.conn() else {
+        return;
+    };
+    let sent = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async::<i64>(&mut conn)
+        .await;
+    if let Err(err) = sent {
+        tracing::debug!(%err, "could not publish an invalidation ack");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreConfig, SystemClock};
+
+    #[tokio::test]
+    async fn an_invalidation_drops_the_copy_and_is_acked_to_its_writer() {
+        let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
+        // No Redis behind the link: every node counts as alive.
+        let link = RedisLink::new(super::super::RedisTarget::Single(
+            "redis://127.0.0.1:1".into(),
+        ))
+        .expect("a link");
+        let writer = Invalidations::new("p:", 1, link.clone());
+        let cacher = Invalidations::new("p:", 2, link);
+        let id = SessionId::random();
+        store
+            .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None)
+            .unwrap();
+        let announcement = writer.announce(&id);
+        let ack = cacher.apply(&announcement.message, &store).expect("an ack");
+        assert!(store.peek(&id).is_none(), "the copy is dropped");
+        assert_eq!(cacher.epoch(), 1);
+        // The writer ignores its own invalidation and takes the ack.
+        assert_eq!(writer.apply(&announcement.message, &store), None);
+        assert_eq!(writer.apply(&ack, &store), None);
+        tokio::time::timeout(Duration::from_millis(100), announcement.acked_by(&[2]))
+            .await
+            .expect("acked without waiting for the timeout");
     }
 }

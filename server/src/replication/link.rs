@@ -183,6 +183,12 @@ impl RedisLink {
                         self.note_error(&err.to_string());
                     }
                 }
+                if (err.is_timeout() || err.is_connection_dropped()) && !err.is_connection_refusal()
+                {
+                    // The command may have run in Redis all the same (not
+                    // when no connection could be made).
+                    return Err(ReplicationError::Uncertain(err.to_string()));
+                }
                 Err(ReplicationError::Unavailable(err.to_string()))
             }
         }

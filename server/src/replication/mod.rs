@@ -20,15 +20,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sessiond_proto::SessionId;
+use sessiond_proto::wire::WriteTag;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::claims::CLAIM_TTL;
 use crate::service::ServiceError;
-use crate::store::{Session, Store};
+use crate::store::{CLOCK_SKEW_MS, Session, Store, StoreError, Verdict};
 use invalidation::Invalidations;
 pub use link::{RedisLink, RedisTarget};
 use refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
-use scripts::{Scripts, StoredSession, WriteOutcome, session_args};
+use scripts::{Deleted, Scripts, StoredSession, WriteOutcome, hex, session_args};
 use write_behind::{Change, WriteBehind};
 
 /// How many times an optimistic read-modify-write against Redis retries
@@ -80,6 +82,10 @@ pub enum ReplicationError {
     /// Redis did not answer or refused.
     #[error("Redis is unreachable: {0}")]
     Unavailable(String),
+    /// Redis got the command but its answer was lost (timed out, or the
+    /// connection dropped): it may or may not have run.
+    #[error("Redis did not answer: {0}")]
+    Uncertain(String),
     /// The write-behind queue is full.
     #[error("the Redis replication queue is full ({0} writes waiting); try again")]
     QueueFull(usize),
@@ -94,9 +100,27 @@ impl From<ReplicationError> for ServiceError {
     }
 }
 
+/// The error of a tagged write's Redis command: when the command may have
+/// run, the write's outcome is unknown to this node (the client then asks
+/// another node, which judges it against the session's write log).
+fn write_error(err: ReplicationError) -> ServiceError {
+    match err {
+        ReplicationError::Uncertain(why) => ServiceError::Indeterminate(format!(
+            "Redis did not answer ({why}), so this node cannot tell whether the write was applied"
+        )),
+        other => other.into(),
+    }
+}
+
 /// A session's key in Redis.
 pub fn key(prefix: &str, id: &SessionId) -> String {
     format!("{prefix}{id}")
+}
+
+/// The key that records which id the tagged create or rotation `tag` took,
+/// so the same write sent to any node completes or replays that one.
+fn claim_key(prefix: &str, tag: u64) -> String {
+    format!("{prefix}op:{tag:x}")
 }
 
 /// The replicated session operations of a node.
@@ -109,6 +133,9 @@ pub struct Replicator {
     refresher: Arc<ExpiryRefresher>,
     write_behind: Option<WriteBehind>,
     config: RedisConfig,
+    /// This node's id as the scripts record it among a session's cachers
+    /// (empty in strong mode, where nothing is cached).
+    cacher: String,
     max_lifetime_ms: Option<u64>,
     /// A cache fill and a write of the same session on this node never
     /// overlap, so a fill can never put back a copy older than a write (or
@@ -131,10 +158,8 @@ impl Replicator {
     ) -> Result<Arc<Self>, ReplicationError> {
         let link = RedisLink::new(config.target.clone())?;
         let scripts = Arc::new(Scripts::default());
-        let invalidations = Arc::new(Invalidations::new(
-            format!("{}invalidations", config.prefix),
-            fastrand::u64(..),
-        ));
+        let node_id = fastrand::u64(1..);
+        let invalidations = Arc::new(Invalidations::new(&config.prefix, node_id, link.clone()));
         let refresher = Arc::new(ExpiryRefresher::new(config.prefix.clone(), link.clone()));
         tasks.spawn(link.clone().watch(shutdown.clone()));
         tasks.spawn(
@@ -157,6 +182,10 @@ impl Replicator {
                 Some(queue)
             }
         };
+        let cacher = match config.consistency {
+            Consistency::Cached => hex(node_id),
+            Consistency::Strong => String::new(),
+        };
         Ok(Arc::new(Self {
             store,
             link,
@@ -165,6 +194,7 @@ impl Replicator {
             refresher,
             write_behind,
             config,
+            cacher,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
@@ -199,13 +229,15 @@ impl Replicator {
         self.store.now_ms()
     }
 
-    /// The session in Redis, if it is there and live.
+    /// The session in Redis, if it is there and live; this node is recorded
+    /// among its cachers (it may keep the copy).
     async fn read_redis(&self, id: &SessionId) -> Result<Option<Session>, ReplicationError> {
         let mut conn = self.link.conn()?;
         let result = self
             .scripts
             .read
             .key(self.key(id))
+            .arg(&self.cacher)
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         let now = self.now();
@@ -217,9 +249,13 @@ impl Replicator {
     }
 
     /// Keeps a copy in memory unless an invalidation arrived since `epoch`
-    /// (the copy could then be older than what Redis holds).
+    /// (the copy could then be older than what Redis holds). In strong mode
+    /// nothing is kept: every read goes to Redis.
     fn cache(&self, session: &Session, epoch: u64) {
-        if self.invalidations.epoch() == epoch && self.store.insert_copy(session.clone()).is_ok() {
+        if !self.cacher.is_empty()
+            && self.invalidations.epoch() == epoch
+            && self.store.insert_copy(session.clone()).is_ok()
+        {
             return;
         }
         self.store.delete(&session.id);
@@ -307,28 +343,67 @@ impl Replicator {
         self.write_behind.as_ref()
     }
 
-    /// Creates a session under `id`.
+    /// The id the tagged create or rotation `tag` is to use: `fresh`, or
+    /// the one an earlier attempt of the same write took (`true`).
+    async fn claim(&self, tag: u64, fresh: SessionId) -> Result<(SessionId, bool), ServiceError> {
+        let mut conn = self.link.conn()?;
+        let claimed = redis::cmd("SET")
+            .arg(claim_key(&self.config.prefix, tag))
+            .arg(fresh.to_string())
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(CLAIM_TTL.as_millis() as u64)
+            .query_async::<Option<String>>(&mut conn)
+            .await;
+        match self.link.observe(claimed).map_err(write_error)? {
+            None => Ok((fresh, false)),
+            Some(text) => match text.parse() {
+                Ok(earlier) => Ok((earlier, true)),
+                Err(_) => Err(ServiceError::Unavailable(format!(
+                    "the claim of write {tag:x} in Redis holds no session id"
+                ))),
+            },
+        }
+    }
+
+    /// Creates a session under `id` (or, for a tagged create sent again,
+    /// under the id its first attempt claimed).
     pub async fn create(
         &self,
         id: SessionId,
         data: Bytes,
         ttl_ms: u64,
+        tag: Option<u64>,
     ) -> Result<Session, ServiceError> {
         let id = self.usable_id(id);
         if let Some(queue) = self.queue() {
             let slot = queue.reserve()?;
-            let session = self.store.create(id, data, ttl_ms)?;
+            let session = self.store.create(id, data, ttl_ms, tag)?;
             slot.send(Change::Upsert(session.clone()));
             return Ok(session);
         }
-        let session = self.store.new_session(id, data, ttl_ms);
+        let (id, again) = match tag {
+            Some(tag) => self.claim(tag, id).await?,
+            None => (id, false),
+        };
+        let session = self.store.new_session(id, data, ttl_ms, tag);
         let epoch = self.invalidations.epoch();
         let mut conn = self.link.conn()?;
         let key = self.key(&id);
-        let result = session_args(&self.scripts.store_new, &key, &session)
+        let result = session_args(&self.scripts.store_new, &key, &session, &self.cacher)
             .invoke_async::<i64>(&mut conn)
             .await;
-        if self.link.observe(result)? == 0 {
+        let stored = match self.link.observe(result) {
+            Ok(stored) => stored,
+            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) => return Err(err.into()),
+        };
+        if stored == 0 {
+            if again {
+                // The first attempt made it: answer what it made.
+                return self.load(&id).await;
+            }
             return Err(ServiceError::Unavailable(
                 "a fresh session id is already taken in Redis; try again".into(),
             ));
@@ -366,35 +441,44 @@ impl Replicator {
         self.load(id).await
     }
 
-    /// Runs the WRITE script.
-    async fn write(
-        &self,
-        id: &SessionId,
-        expected: Option<u64>,
-        data: Option<&Bytes>,
-        ttl_ms: Option<u64>,
-    ) -> Result<WriteOutcome, ReplicationError> {
+    /// Runs the WRITE script (`data: None` is a touch) and waits until the
+    /// other nodes that may hold a copy dropped it.
+    async fn write(&self, id: &SessionId, write: Write<'_>) -> Result<WriteOutcome, ServiceError> {
         let mut conn = self.link.conn()?;
         let optional = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
+        let announcement = self.invalidations.announce(id);
+        let tag = write.tag.filter(|tag| tag.id != 0);
         let result = self
             .scripts
             .write
             .key(self.key(id))
-            .arg(optional(expected))
-            .arg(data.map_or(&b""[..], |data| data.as_ref()))
+            .arg(optional(write.expected))
+            .arg(write.data.map_or(&b""[..], |data| data.as_ref()))
             .arg(self.now())
-            .arg(optional(ttl_ms))
+            .arg(optional(write.ttl_ms))
             .arg(optional(self.max_lifetime_ms))
             .arg(&self.invalidations.channel)
-            .arg(self.invalidations.message(id))
-            .arg(if data.is_some() { "w" } else { "t" })
+            .arg(&announcement.message)
+            .arg(if write.data.is_some() { "w" } else { "t" })
+            .arg(tag.map(|tag| hex(tag.id)).unwrap_or_default())
+            .arg(optional(tag.and_then(|tag| tag.resent_after_ms)))
+            .arg(CLOCK_SKEW_MS)
+            .arg(&self.cacher)
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
-        self.link.observe(result)
+        let outcome = match self.link.observe(result) {
+            Ok(outcome) => outcome,
+            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) => return Err(err.into()),
+        };
+        if let WriteOutcome::Done { others, .. } = &outcome {
+            announcement.acked_by(others).await;
+        }
+        Ok(outcome)
     }
 
     /// Turns a WRITE outcome into the session it produced, caching it.
-    fn written(
+    async fn written(
         &self,
         id: &SessionId,
         outcome: WriteOutcome,
@@ -411,12 +495,19 @@ impl Replicator {
                 self.store.delete(id);
                 Err(ServiceError::VersionMismatch { expected, current })
             }
+            WriteOutcome::Indeterminate => Err(StoreError::Indeterminate.into()),
+            WriteOutcome::Replayed { version } => {
+                let current = self.load_locked(id).await?;
+                Ok(Session { version, ..current })
+            }
             WriteOutcome::Done {
                 version,
                 created_at_ms,
                 updated_at_ms,
                 ttl_ms,
                 expires_at_ms,
+                writes,
+                others: _,
                 data: touched,
             } => {
                 let session = Session {
@@ -427,6 +518,7 @@ impl Replicator {
                     updated_at_ms,
                     ttl_ms,
                     expires_at_ms,
+                    writes,
                 };
                 self.cache(&session, epoch);
                 Ok(session)
@@ -441,61 +533,94 @@ impl Replicator {
         data: Bytes,
         ttl_ms: Option<u64>,
         expected: Option<u64>,
+        tag: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
         if let Some(queue) = self.queue() {
             return self
                 .write_behind(queue, id, || {
-                    Ok(self.store.put(id, data.clone(), ttl_ms, expected)?)
+                    Ok(self.store.put(id, data.clone(), ttl_ms, expected, tag)?)
                 })
                 .await;
         }
         let _ordered = self.lock(id).await;
         let epoch = self.invalidations.epoch();
-        let outcome = self.write(id, expected, Some(&data), ttl_ms).await?;
+        let write = Write {
+            expected,
+            data: Some(&data),
+            ttl_ms,
+            tag,
+        };
+        let outcome = self.write(id, write).await?;
         self.written(id, outcome, Some(data), expected.unwrap_or(0), epoch)
+            .await
     }
 
     /// Computes a session's new data from its current data and writes it,
-    /// atomically against concurrent writers on any node.
+    /// atomically against concurrent writers on any node. A tagged write
+    /// sent again is judged on the session as Redis holds it, and applied
+    /// at most once.
     pub async fn update(
         &self,
         id: &SessionId,
         expected: Option<u64>,
+        ttl_ms: Option<u64>,
+        tag: Option<WriteTag>,
         compute: impl Fn(&Bytes) -> Result<Bytes, ServiceError>,
     ) -> Result<Session, ServiceError> {
         if let Some(queue) = self.queue() {
             return self
                 .write_behind(queue, id, || {
-                    self.store.update(id, expected, None, &compute)
+                    self.store.update(id, expected, ttl_ms, tag, &compute)
                 })
                 .await;
         }
         let _ordered = self.lock(id).await;
-        let mut current = match self.cached(id) {
-            Some(session) => session,
-            None => self.load_locked(id).await?,
+        let resent = tag.is_some_and(|tag| tag.resent_after_ms.is_some());
+        // A re-sent write is judged on what Redis holds, never on a copy.
+        let (mut current, mut fresh) = match self.cached(id).filter(|_| !resent) {
+            Some(session) => (session, false),
+            None => (self.load_locked(id).await?, true),
         };
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+            match current
+                .writes
+                .judge(current.version, tag, expected, self.now())
+            {
+                Verdict::Apply => {}
+                Verdict::Replay { version } => return Ok(Session { version, ..current }),
+                Verdict::Indeterminate => return Err(StoreError::Indeterminate.into()),
+            }
             if let Some(expected) = expected
                 && expected != current.version
             {
-                // The cached copy may lag: decide on what Redis holds.
-                current = self.load_locked(id).await?;
-                if expected != current.version {
+                if fresh {
                     return Err(ServiceError::VersionMismatch {
                         expected,
                         current: current.version,
                     });
                 }
+                // The cached copy may lag: decide on what Redis holds.
+                (current, fresh) = (self.load_locked(id).await?, true);
+                continue;
             }
             let data = compute(&current.data)?;
             let epoch = self.invalidations.epoch();
-            let outcome = self
-                .write(id, Some(current.version), Some(&data), None)
-                .await?;
-            match self.written(id, outcome, Some(data), current.version, epoch) {
-                Err(ServiceError::VersionMismatch { .. }) if expected.is_none() => {
-                    current = self.load_locked(id).await?;
+            let write = Write {
+                expected: Some(current.version),
+                data: Some(&data),
+                ttl_ms,
+                tag,
+            };
+            let outcome = self.write(id, write).await?;
+            match self
+                .written(id, outcome, Some(data), current.version, epoch)
+                .await
+            {
+                // Another writer got in between: start again from Redis
+                // (where a conditional write is judged again, and fails
+                // if its expected version is gone).
+                Err(ServiceError::VersionMismatch { .. }) => {
+                    (current, fresh) = (self.load_locked(id).await?, true);
                 }
                 result => return result,
             }
@@ -518,8 +643,14 @@ impl Replicator {
         }
         let _ordered = self.lock(id).await;
         let epoch = self.invalidations.epoch();
-        let outcome = self.write(id, None, None, ttl_ms).await?;
-        self.written(id, outcome, None, 0, epoch)
+        let write = Write {
+            expected: None,
+            data: None,
+            ttl_ms,
+            tag: None,
+        };
+        let outcome = self.write(id, write).await?;
+        self.written(id, outcome, None, 0, epoch).await
     }
 
     /// Deletes a session everywhere.
@@ -536,29 +667,48 @@ impl Replicator {
         Ok(())
     }
 
-    /// DELETE script: `true` when the key was deleted.
+    /// DELETE script (only at version `only_at`, if given): whether the key
+    /// was deleted. Waits until the other nodes that may hold a copy
+    /// dropped it.
     async fn delete_in_redis(
         &self,
         id: &SessionId,
         only_at: Option<u64>,
     ) -> Result<bool, ReplicationError> {
         let mut conn = self.link.conn()?;
+        let announcement = self.invalidations.announce(id);
         let result = self
             .scripts
             .delete
             .key(self.key(id))
             .arg(&self.invalidations.channel)
-            .arg(self.invalidations.message(id))
+            .arg(&announcement.message)
             .arg(only_at.map(|v| v.to_string()).unwrap_or_default())
-            .invoke_async::<i64>(&mut conn)
+            .arg(self.own_id())
+            .invoke_async::<Deleted>(&mut conn)
             .await;
-        Ok(self.link.observe(result)? == 1)
+        let deleted = self.link.observe(result)?;
+        announcement.acked_by(&deleted.others).await;
+        Ok(deleted.deleted)
     }
 
-    /// Moves a session to `new_id`. In Redis the two keys may live on
-    /// different cluster nodes, so the move is copy-then-delete-if-unchanged:
-    /// a write that lands in between makes it start over, none is lost.
-    pub async fn rotate(&self, id: &SessionId, new_id: SessionId) -> Result<Session, ServiceError> {
+    /// This node's id as the scripts record it (also in strong mode, where
+    /// it caches nothing but must still not wait for itself).
+    fn own_id(&self) -> String {
+        hex(self.invalidations.node_id)
+    }
+
+    /// Moves a session to `new_id` (or, for a tagged rotation sent again,
+    /// to the id its first attempt claimed). In Redis the two keys may live
+    /// on different cluster nodes, so the move is copy-then-delete-if-
+    /// unchanged: a write that lands in between makes it copy again, none
+    /// is lost.
+    pub async fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        tag: Option<u64>,
+    ) -> Result<Session, ServiceError> {
         let new_id = self.usable_id(new_id);
         if let Some(queue) = self.queue() {
             let delete = queue.reserve()?;
@@ -568,10 +718,18 @@ impl Replicator {
             delete.send(Change::Delete(*id));
             return Ok(session);
         }
+        let (new_id, again) = match tag {
+            Some(tag) => self.claim(tag, new_id).await?,
+            None => (new_id, false),
+        };
         let _ordered = self.lock(id).await;
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
             let Some(current) = self.read_redis(id).await? else {
                 self.store.delete(id);
+                if again {
+                    // An earlier attempt of this rotation finished the move.
+                    return self.load(&new_id).await;
+                }
                 return Err(ServiceError::NotFound);
             };
             let moved = Session {
@@ -584,19 +742,32 @@ impl Replicator {
             let epoch = self.invalidations.epoch();
             let mut conn = self.link.conn()?;
             let key = self.key(&new_id);
-            let stored = session_args(&self.scripts.store_new, &key, &moved)
+            let copied = session_args(&self.scripts.store_any, &key, &moved, &self.cacher)
                 .invoke_async::<i64>(&mut conn)
                 .await;
-            self.link.observe(stored)?;
-            if self.delete_in_redis(id, Some(current.version)).await? {
+            self.link.observe(copied).map_err(write_error)?;
+            let deleted = self.delete_in_redis(id, Some(current.version)).await;
+            if deleted.map_err(write_error)? {
                 self.store.delete(id);
                 self.cache(&moved, epoch);
                 return Ok(moved);
             }
-            self.delete_in_redis(&new_id, None).await?;
         }
+        self.delete_in_redis(&new_id, None).await?;
         Err(ServiceError::Unavailable(
             "the session changed under every attempt to rotate it; try again".into(),
         ))
     }
+}
+
+/// What the WRITE script is to do.
+struct Write<'a> {
+    /// The version the session must be at.
+    expected: Option<u64>,
+    /// New data; `None` for a touch.
+    data: Option<&'a Bytes>,
+    /// A new idle TTL.
+    ttl_ms: Option<u64>,
+    /// The write's identity.
+    tag: Option<WriteTag>,
 }

@@ -3,7 +3,10 @@
 //!
 //! Layout: one Redis hash per session at `<prefix><id>` with the fields
 //! `v` (version), `d` (data, the JSON text), `c` (created, ms), `u`
-//! (updated, ms) and `t` (idle TTL, ms); the key's PEXPIREAT is the
+//! (updated, ms), `t` (idle TTL, ms), `w` (the write log: the hex tags of
+//! the writes that produced the latest versions, newest first, see
+//! `store::WriteLog`), `h` (the log's horizon, ms) and `o` (the hex ids of
+//! the nodes that may hold a cached copy); the key's PEXPIREAT is the
 //! session's expiry. Small hashes are stored compactly by Redis (listpack),
 //! and the fields stay readable by the scripts that check versions.
 
@@ -11,45 +14,88 @@ use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};
 use sessiond_proto::SessionId;
 
-use crate::store::Session;
+use crate::store::{Session, WRITE_LOG_LEN, WriteLog};
 
-/// Reads a session with its expiry: nil, or `[v, d, c, u, t, pexpiretime]`.
+/// Reads a session with its expiry, and (unless ARGV[1] is '') records
+/// the node ARGV[1] as holding a cached copy.
+/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h]`.
 const READ: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't')
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o')
 if not r[1] then return false end
-return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1])}
+if ARGV[1] ~= '' then
+  local o = r[8] or ''
+  if not string.find(',' .. o .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+    local kept = {ARGV[1]}
+    for n in string.gmatch(o, '[^,]+') do
+      if #kept >= 8 then break end
+      kept[#kept + 1] = n
+    end
+    redis.call('HSET', KEYS[1], 'o', table.concat(kept, ','))
+  end
+end
+return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0'}
 ";
 
 /// Stores a whole session if its key is free: 1, or 0 when taken.
-/// ARGV: v, d, c, u, t, expires_at.
+/// ARGV: v, d, c, u, t, expires_at, w, h, o.
 const STORE_NEW: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
+  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 return 1
 ";
 
-/// Stores a whole session unconditionally (write-behind) and announces it.
-/// ARGV: v, d, c, u, t, expires_at, channel, message.
+/// Stores a whole session unconditionally: the copy a rotation makes under
+/// the new id (ARGV: v, d, c, u, t, expires_at, w, h, o), or, with a
+/// channel and message in ARGV[10] and ARGV[11], a write-behind write that
+/// is announced to every node.
 const STORE_ANY: &str = r"
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
+  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[7], ARGV[8])
+if ARGV[10] then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
 return 1
 ";
 
 /// Writes data (mode 'w') or only refreshes the expiry and TTL (mode 't'),
-/// checking the expected version atomically, then announces the change.
-/// ARGV: expected ('' = any), data, now, ttl ('' = keep), max lifetime
-/// ('' = none), channel, message, mode.
-/// Returns {-1} (missing), {-2, v} (version mismatch) or {v, c, u, t,
-/// expires_at}, with the data appended for a touch.
+/// checking the expected version atomically; judges a tagged write against
+/// the write log first (the same rules as `store::WriteLog::judge`); makes
+/// the writer the only node recorded with a cached copy, and announces the
+/// change when other nodes may hold one.
+/// ARGV: 1 expected ('' = any), 2 data, 3 now, 4 ttl ('' = keep), 5 max
+/// lifetime ('' = none), 6 channel, 7 message, 8 mode, 9 tag ('' = none),
+/// 10 resent after ms ('' = first attempt), 11 allowed clock skew ms,
+/// 12 writer node.
+/// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
+/// applied, at version v), {-4} (re-sent, cannot tell), or {v, c, u, t,
+/// expires_at, w, h, other cachers}, with the data appended for a touch.
 const WRITE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o')
 if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
-if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= v then return {-2, v} end
+local log = cur[5] or ''
+local horizon = tonumber(cur[6] or '0')
 local now = tonumber(ARGV[3])
+if ARGV[9] ~= '' then
+  local age = 0
+  for tag in string.gmatch(log, '[^,]+') do
+    if age >= v then break end
+    if tag == ARGV[9] then return {-3, v - age} end
+    age = age + 1
+  end
+  if ARGV[10] ~= '' then
+    local covered
+    if ARGV[1] ~= '' then
+      local e = tonumber(ARGV[1])
+      covered = v <= e or v - e - 1 < LOG_LEN
+    else
+      covered = horizon < now - tonumber(ARGV[10]) - tonumber(ARGV[11])
+    end
+    if not covered then return {-4} end
+  end
+end
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= v then return {-2, v} end
 local created = tonumber(cur[2])
 local ttl = tonumber(cur[3])
 if ARGV[4] ~= '' then ttl = tonumber(ARGV[4]) end
@@ -63,23 +109,44 @@ local updated = tonumber(cur[4])
 if ARGV[8] == 'w' then
   v = v + 1
   updated = now
-  redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2], 'u', now, 't', ttl)
+  local entries = {ARGV[9] ~= '' and ARGV[9] or '0'}
+  for tag in string.gmatch(log, '[^,]+') do
+    if #entries >= LOG_LEN then break end
+    entries[#entries + 1] = tag
+  end
+  log = table.concat(entries, ',')
+  if v > LOG_LEN then horizon = now end
+  redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2], 'u', now, 't', ttl, 'w', log, 'h', horizon)
 else
   redis.call('HSET', KEYS[1], 't', ttl)
 end
+local others = {}
+for node in string.gmatch(cur[7] or '', '[^,]+') do
+  if node ~= ARGV[12] then others[#others + 1] = node end
+end
+redis.call('HSET', KEYS[1], 'o', ARGV[12])
 redis.call('PEXPIREAT', KEYS[1], exp)
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-if ARGV[8] == 'w' then return {v, created, updated, ttl, exp} end
-return {v, created, updated, ttl, exp, redis.call('HGET', KEYS[1], 'd')}
+if #others > 0 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+local answer = {v, created, updated, ttl, exp, log, horizon, table.concat(others, ',')}
+if ARGV[8] == 't' then answer[9] = redis.call('HGET', KEYS[1], 'd') end
+return answer
 ";
 
-/// Deletes a session (only at version ARGV[3] unless it is '') and
-/// announces it: 1 deleted, 0 not there (or at another version).
+/// Deletes a session (only at version ARGV[3] unless it is ''), announcing
+/// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
+/// is ''). Returns {1, other cachers} when deleted, {0, ''} when not there
+/// (or at another version).
 const DELETE: &str = r"
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'v') ~= ARGV[3] then return 0 end
-local n = redis.call('DEL', KEYS[1])
-if n == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return n
+local r = redis.call('HMGET', KEYS[1], 'v', 'o')
+if not r[1] then return {0, ''} end
+if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, ''} end
+redis.call('DEL', KEYS[1])
+local others = {}
+for node in string.gmatch(r[2] or '', '[^,]+') do
+  if node ~= ARGV[4] then others[#others + 1] = node end
+end
+if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return {1, table.concat(others, ',')}
 ";
 
 /// The scripts, loaded once (Redis caches them by SHA).
@@ -94,14 +161,44 @@ pub struct Scripts {
 
 impl Default for Scripts {
     fn default() -> Self {
+        let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         Self {
             read: Script::new(READ),
             store_new: Script::new(STORE_NEW),
             store_any: Script::new(STORE_ANY),
-            write: Script::new(WRITE),
+            write: Script::new(&write),
             delete: Script::new(DELETE),
         }
     }
+}
+
+/// A tag or node id as the scripts store it.
+pub fn hex(value: u64) -> String {
+    format!("{value:x}")
+}
+
+/// Node ids from their stored text (`a,b,c`).
+fn node_ids(text: &str) -> Vec<u64> {
+    text.split(',')
+        .filter_map(|node| u64::from_str_radix(node, 16).ok())
+        .collect()
+}
+
+/// A write log from its stored fields.
+fn write_log(tags: &str, horizon_ms: u64) -> WriteLog {
+    let mut parsed = [0; WRITE_LOG_LEN];
+    for (slot, tag) in parsed.iter_mut().zip(tags.split(',')) {
+        *slot = u64::from_str_radix(tag, 16).unwrap_or(0);
+    }
+    WriteLog::from_parts(parsed, horizon_ms)
+}
+
+/// The stored text of the tags of a session at `version` (only the
+/// versions the log covers).
+fn log_tags(log: &WriteLog, version: u64) -> String {
+    let known = (version as usize).min(WRITE_LOG_LEN);
+    let tags: Vec<String> = log.tags()[..known].iter().map(|&tag| hex(tag)).collect();
+    tags.join(",")
 }
 
 /// What [`WRITE`] answered.
@@ -114,6 +211,13 @@ pub enum WriteOutcome {
         /// The version in Redis.
         current: u64,
     },
+    /// The same tagged write was applied before, producing `version`.
+    Replayed {
+        /// The version it produced.
+        version: u64,
+    },
+    /// A re-sent write whose first attempt may or may not have landed.
+    Indeterminate,
     /// Written.
     Done {
         /// New (or, for a touch, unchanged) version.
@@ -126,6 +230,10 @@ pub enum WriteOutcome {
         ttl_ms: u64,
         /// New expiry.
         expires_at_ms: u64,
+        /// The write log after the write.
+        writes: WriteLog,
+        /// Other nodes that may have held a cached copy.
+        others: Vec<u64>,
         /// The session's data, for a touch.
         data: Option<Bytes>,
     },
@@ -134,30 +242,53 @@ pub enum WriteOutcome {
 impl FromRedisValue for WriteOutcome {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
         let mut fields: Vec<Value> = FromRedisValue::from_redis_value(value)?;
-        let data = if fields.len() == 6 {
+        let data = if fields.len() == 9 {
             fields.pop().map(Vec::<u8>::from_redis_value).transpose()?
         } else {
             None
         };
-        let numbers: Vec<i64> = fields
-            .into_iter()
-            .map(i64::from_redis_value)
-            .collect::<Result<_, _>>()?;
-        let unsigned = |index: usize| numbers.get(index).map_or(0, |&n| n.max(0) as u64);
-        Ok(match numbers.first() {
-            Some(-1) => Self::Missing,
-            Some(-2) => Self::Mismatch {
-                current: unsigned(1),
+        let mut fields = Fields(fields.into_iter());
+        let first = i64::from_redis_value(fields.next())?;
+        Ok(match first {
+            -1 => Self::Missing,
+            -2 => Self::Mismatch {
+                current: fields.unsigned()?,
             },
-            _ => Self::Done {
-                version: unsigned(0),
-                created_at_ms: unsigned(1),
-                updated_at_ms: unsigned(2),
-                ttl_ms: unsigned(3),
-                expires_at_ms: unsigned(4),
-                data: data.map(Bytes::from),
+            -3 => Self::Replayed {
+                version: fields.unsigned()?,
             },
+            -4 => Self::Indeterminate,
+            version => {
+                let (created_at_ms, updated_at_ms) = (fields.unsigned()?, fields.unsigned()?);
+                let (ttl_ms, expires_at_ms) = (fields.unsigned()?, fields.unsigned()?);
+                let tags = String::from_redis_value(fields.next())?;
+                let horizon_ms = fields.unsigned()?;
+                let others = String::from_redis_value(fields.next())?;
+                Self::Done {
+                    version: version.max(0) as u64,
+                    created_at_ms,
+                    updated_at_ms,
+                    ttl_ms,
+                    expires_at_ms,
+                    writes: write_log(&tags, horizon_ms),
+                    others: node_ids(&others),
+                    data: data.map(Bytes::from),
+                }
+            }
         })
+    }
+}
+
+/// The fields of a script's answer, in order (missing ones are nil).
+struct Fields(std::vec::IntoIter<Value>);
+
+impl Fields {
+    fn next(&mut self) -> Value {
+        self.0.next().unwrap_or(Value::Nil)
+    }
+
+    fn unsigned(&mut self) -> Result<u64, ParsingError> {
+        Ok(i64::from_redis_value(self.next())?.max(0) as u64)
     }
 }
 
@@ -171,12 +302,14 @@ pub struct StoredSession {
     pub ttl_ms: u64,
     /// PEXPIRETIME: the key's expiry (negative when it has none).
     pub expires_at_ms: i64,
+    pub writes: WriteLog,
 }
 
 impl FromRedisValue for StoredSession {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (version, data, created_at_ms, updated_at_ms, ttl_ms, expires_at_ms) =
+        let (version, data, created_at_ms, updated_at_ms, ttl_ms, expires_at_ms, tags, horizon) =
             FromRedisValue::from_redis_value(value)?;
+        let tags: String = tags;
         Ok(Self {
             version,
             data,
@@ -184,6 +317,7 @@ impl FromRedisValue for StoredSession {
             updated_at_ms,
             ttl_ms,
             expires_at_ms,
+            writes: write_log(&tags, horizon),
         })
     }
 }
@@ -199,15 +333,38 @@ impl StoredSession {
             updated_at_ms: self.updated_at_ms,
             ttl_ms: self.ttl_ms,
             expires_at_ms: u64::try_from(self.expires_at_ms).ok()?,
+            writes: self.writes,
         })
     }
 }
 
-/// The arguments that store a whole session: v, d, c, u, t, expires_at.
+/// What [`DELETE`] answered: whether it deleted, and which other nodes
+/// may have held a cached copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// Whether the key was deleted.
+    pub deleted: bool,
+    /// Other nodes that may have held a cached copy.
+    pub others: Vec<u64>,
+}
+
+impl FromRedisValue for Deleted {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let (deleted, others): (i64, String) = FromRedisValue::from_redis_value(value)?;
+        Ok(Self {
+            deleted: deleted == 1,
+            others: node_ids(&others),
+        })
+    }
+}
+
+/// The arguments that store a whole session: v, d, c, u, t, expires_at,
+/// w, h, and `cacher`, the node recorded as holding a copy.
 pub fn session_args<'a>(
     script: &'a Script,
     key: &str,
     session: &Session,
+    cacher: &str,
 ) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.key(key);
     invocation
@@ -216,6 +373,9 @@ pub fn session_args<'a>(
         .arg(session.created_at_ms)
         .arg(session.updated_at_ms)
         .arg(session.ttl_ms)
-        .arg(session.expires_at_ms);
+        .arg(session.expires_at_ms)
+        .arg(log_tags(&session.writes, session.version))
+        .arg(session.writes.horizon_ms())
+        .arg(cacher);
     invocation
 }

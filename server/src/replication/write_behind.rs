@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
-use super::scripts::{Scripts, session_args};
+use super::scripts::{Deleted, Scripts, session_args};
 use super::{ReplicationError, key};
 use crate::store::Session;
 
@@ -194,22 +194,22 @@ async fn ship(
             match change {
                 Change::Upsert(session) => {
                     let key = key(prefix, &session.id);
-                    let mut invocation = session_args(&scripts.store_any, &key, session);
+                    let mut invocation = session_args(&scripts.store_any, &key, session, "");
                     invocation
                         .arg(&invalidations.channel)
-                        .arg(invalidations.message(&session.id));
+                        .arg(invalidations.broadcast(&session.id));
                     invocation.invoke_async::<i64>(&mut conn).await
                 }
-                Change::Delete(id) => {
-                    scripts
-                        .delete
-                        .key(key(prefix, id))
-                        .arg(&invalidations.channel)
-                        .arg(invalidations.message(id))
-                        .arg("")
-                        .invoke_async::<i64>(&mut conn)
-                        .await
-                }
+                Change::Delete(id) => scripts
+                    .delete
+                    .key(key(prefix, id))
+                    .arg(&invalidations.channel)
+                    .arg(invalidations.broadcast(id))
+                    .arg("")
+                    .arg("")
+                    .invoke_async::<Deleted>(&mut conn)
+                    .await
+                    .map(|deleted| i64::from(deleted.deleted)),
             }
         }
     });

@@ -8,6 +8,7 @@
 mod budget;
 mod clock;
 mod shard;
+mod write_log;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use sessiond_proto::SessionId;
+use sessiond_proto::wire::WriteTag;
 
 pub use budget::MemoryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
 use shard::{Shard, Slot};
+pub use write_log::{CLOCK_SKEW_MS, Verdict, WRITE_LOG_LEN, WriteLog};
 
 /// Bytes charged per session on top of its data: the id, the session's
 /// fields, the map's index and the data buffer's header.
@@ -49,6 +52,8 @@ pub struct Session {
     pub ttl_ms: u64,
     /// When the session expires unless used (ms since the Unix epoch).
     pub expires_at_ms: u64,
+    /// The tags of the writes that produced the latest versions.
+    pub writes: WriteLog,
 }
 
 /// What the store does when a write does not fit in `max_memory`.
@@ -100,6 +105,12 @@ pub enum StoreError {
         /// The session's version now.
         current: u64,
     },
+    /// A re-sent write whose first attempt may or may not have been applied.
+    #[error(
+        "this write was sent again after its answer was lost, and the session has changed \
+         too much since to tell whether the first attempt was applied; read it to find out"
+    )]
+    Indeterminate,
     /// The write does not fit in the memory bound.
     #[error("the store is full: {needed} more bytes do not fit in the {limit}-byte memory bound")]
     Full {
@@ -212,8 +223,15 @@ impl Store {
         }
     }
 
-    /// A new session (version 1, created now) without storing it.
-    pub fn new_session(&self, id: SessionId, data: Bytes, ttl_ms: u64) -> Session {
+    /// A new session (version 1, created now by the write `tag`) without
+    /// storing it.
+    pub fn new_session(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+    ) -> Session {
         let now = self.now_ms();
         Session {
             id,
@@ -223,14 +241,39 @@ impl Store {
             updated_at_ms: now,
             ttl_ms,
             expires_at_ms: self.expiry(now, ttl_ms, now),
+            writes: WriteLog::created(tag),
         }
     }
 
-    /// Creates a session under the fresh id `id`, version 1.
-    pub fn create(&self, id: SessionId, data: Bytes, ttl_ms: u64) -> Result<Session, StoreError> {
-        self.reserve(charge_of(data.len()), None)?;
-        let session = self.new_session(id, data, ttl_ms);
-        self.admit(session.clone(), session.created_at_ms);
+    /// Creates a session under the fresh id `id`, version 1, by the write
+    /// `tag`. If a live session already has the id (a create completed
+    /// twice), that session is returned and nothing changes.
+    pub fn create(
+        &self,
+        id: SessionId,
+        data: Bytes,
+        ttl_ms: u64,
+        tag: Option<u64>,
+    ) -> Result<Session, StoreError> {
+        let charge = charge_of(data.len());
+        self.reserve(charge, None)?;
+        let session = self.new_session(id, data, ttl_ms, tag);
+        let now = session.created_at_ms;
+        let mut shard = self.shard(&id).lock();
+        if let Ok(existing) = self.live_slot(&mut shard, &id, now) {
+            let existing = existing.session.clone();
+            drop(shard);
+            self.budget.release(charge);
+            return Ok(existing);
+        }
+        shard.map.insert(
+            id,
+            Slot {
+                session: session.clone(),
+                last_access_ms: now,
+            },
+        );
+        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
         Ok(session)
     }
 
@@ -270,16 +313,6 @@ impl Store {
         dropped
     }
 
-    fn admit(&self, session: Session, now_ms: u64) {
-        let id = session.id;
-        let slot = Slot {
-            session,
-            last_access_ms: now_ms,
-        };
-        self.shard(&id).lock().map.insert(id, slot);
-        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Reads a session and refreshes its sliding expiry.
     pub fn get(&self, id: &SessionId) -> Result<Session, StoreError> {
         self.get_refreshing(id).map(|(session, _)| session)
@@ -310,24 +343,29 @@ impl Store {
     }
 
     /// Replaces a session's data. `expected`: the version the caller read
-    /// (a compare-and-set); `ttl_ms`: a new idle TTL.
+    /// (a compare-and-set); `ttl_ms`: a new idle TTL; `write`: the write's
+    /// identity (see [`WriteLog`]).
     pub fn put(
         &self,
         id: &SessionId,
         data: Bytes,
         ttl_ms: Option<u64>,
         expected: Option<u64>,
+        write: Option<WriteTag>,
     ) -> Result<Session, StoreError> {
-        self.update(id, expected, ttl_ms, |_| Ok(data.clone()))
+        self.update(id, expected, ttl_ms, write, |_| Ok(data.clone()))
     }
 
     /// Atomically computes a session's new data from its current data.
     /// `compute` may run more than once if the write has to wait for room.
+    /// A write whose tag the session's log already holds is not applied
+    /// again: the answer is the session with the version it produced.
     pub fn update<E: From<StoreError>>(
         &self,
         id: &SessionId,
         expected: Option<u64>,
         ttl_ms: Option<u64>,
+        write: Option<WriteTag>,
         mut compute: impl FnMut(&Bytes) -> Result<Bytes, E>,
     ) -> Result<Session, E> {
         let mut needed = 0;
@@ -335,6 +373,20 @@ impl Store {
             let now = self.now_ms();
             let mut shard = self.shard(id).lock();
             let slot = self.live_slot(&mut shard, id, now)?;
+            match slot
+                .session
+                .writes
+                .judge(slot.session.version, write, expected, now)
+            {
+                Verdict::Apply => {}
+                Verdict::Replay { version } => {
+                    return Ok(Session {
+                        version,
+                        ..slot.session.clone()
+                    });
+                }
+                Verdict::Indeterminate => return Err(StoreError::Indeterminate.into()),
+            }
             if let Some(expected) = expected.filter(|&v| v != slot.session.version) {
                 return Err(StoreError::VersionMismatch {
                     expected,
@@ -356,6 +408,9 @@ impl Store {
             let session = &mut slot.session;
             session.data = data;
             session.version += 1;
+            session
+                .writes
+                .record(write.map(|write| write.id), session.version, now);
             session.updated_at_ms = now;
             if let Some(ttl) = ttl_ms {
                 session.ttl_ms = ttl;

@@ -22,7 +22,12 @@ fn json(text: &str) -> Bytes {
 fn create_then_get_returns_the_same_session() {
     let (store, _) = store();
     let created = store
-        .create(SessionId::random(), json(r#"{"user":1}"#), 60 * SECOND)
+        .create(
+            SessionId::random(),
+            json(r#"{"user":1}"#),
+            60 * SECOND,
+            None,
+        )
         .unwrap();
     assert_eq!(created.version, 1);
     assert_eq!(created.expires_at_ms, created.created_at_ms + 60 * SECOND);
@@ -36,7 +41,7 @@ fn unknown_id_is_not_found() {
     let (store, _) = store();
     assert_eq!(store.get(&SessionId::random()), Err(StoreError::NotFound));
     assert_eq!(
-        store.put(&SessionId::random(), json("{}"), None, None),
+        store.put(&SessionId::random(), json("{}"), None, None, None),
         Err(StoreError::NotFound)
     );
 }
@@ -45,11 +50,11 @@ fn unknown_id_is_not_found() {
 fn every_write_increments_the_version() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND)
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None)
         .unwrap()
         .id;
     for expected_next in 2..=10 {
-        let session = store.put(&id, json("[]"), None, None).unwrap();
+        let session = store.put(&id, json("[]"), None, None, None).unwrap();
         assert_eq!(session.version, expected_next);
     }
     let touched = store.touch(&id, None).unwrap();
@@ -60,12 +65,18 @@ fn every_write_increments_the_version() {
 fn conditional_write_checks_the_version() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("0"), 60 * SECOND)
+        .create(SessionId::random(), json("0"), 60 * SECOND, None)
         .unwrap()
         .id;
-    assert_eq!(store.put(&id, json("1"), None, Some(1)).unwrap().version, 2);
     assert_eq!(
-        store.put(&id, json("2"), None, Some(1)),
+        store
+            .put(&id, json("1"), None, Some(1), None)
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(
+        store.put(&id, json("2"), None, Some(1), None),
         Err(StoreError::VersionMismatch {
             expected: 1,
             current: 2
@@ -78,7 +89,7 @@ fn conditional_write_checks_the_version() {
 fn sessions_expire_after_their_idle_ttl() {
     let (store, clock) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
         .unwrap()
         .id;
     clock.advance(Duration::from_millis(9_999));
@@ -97,7 +108,7 @@ fn sessions_expire_after_their_idle_ttl() {
 fn reads_slide_the_expiry() {
     let (store, clock) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
         .unwrap()
         .id;
     for _ in 0..10 {
@@ -115,11 +126,11 @@ fn reads_slide_the_expiry() {
 fn writes_and_touches_slide_the_expiry_and_touch_can_change_the_ttl() {
     let (store, clock) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
         .unwrap()
         .id;
     clock.advance(Duration::from_secs(8));
-    let written = store.put(&id, json("1"), None, None).unwrap();
+    let written = store.put(&id, json("1"), None, None, None).unwrap();
     assert_eq!(written.expires_at_ms, clock.now_ms() + 10 * SECOND);
     let touched = store.touch(&id, Some(100 * SECOND)).unwrap();
     assert_eq!(touched.ttl_ms, 100 * SECOND);
@@ -135,7 +146,7 @@ fn absolute_lifetime_caps_the_sliding_expiry() {
         ..StoreConfig::default()
     });
     let created = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND)
+        .create(SessionId::random(), json("{}"), 10 * SECOND, None)
         .unwrap();
     for _ in 0..5 {
         clock.advance(Duration::from_secs(5));
@@ -154,11 +165,11 @@ fn sweeper_frees_expired_sessions_without_reads() {
     });
     for _ in 0..1000 {
         store
-            .create(SessionId::random(), json(r#""short""#), SECOND)
+            .create(SessionId::random(), json(r#""short""#), SECOND, None)
             .unwrap();
     }
     let keeper = store
-        .create(SessionId::random(), json(r#""long""#), 3600 * SECOND)
+        .create(SessionId::random(), json(r#""long""#), 3600 * SECOND, None)
         .unwrap()
         .id;
     let used_before = store.stats().bytes_used;
@@ -184,7 +195,7 @@ fn sweeper_frees_expired_sessions_without_reads() {
 fn delete_is_idempotent() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND)
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None)
         .unwrap()
         .id;
     assert!(store.delete(&id));
@@ -197,10 +208,15 @@ fn delete_is_idempotent() {
 fn rotate_moves_data_to_a_new_id_and_kills_the_old_one() {
     let (store, _) = store();
     let old = store
-        .create(SessionId::random(), json(r#"{"cart":[1]}"#), 60 * SECOND)
+        .create(
+            SessionId::random(),
+            json(r#"{"cart":[1]}"#),
+            60 * SECOND,
+            None,
+        )
         .unwrap();
     store
-        .put(&old.id, json(r#"{"cart":[1,2]}"#), None, None)
+        .put(&old.id, json(r#"{"cart":[1,2]}"#), None, None, None)
         .unwrap();
     let rotated = store.rotate(&old.id, SessionId::random()).unwrap();
     assert_ne!(rotated.id, old.id);
@@ -232,23 +248,23 @@ fn full_store_rejects_writes_and_keeps_every_session() {
     let ids: Vec<_> = (0..10)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 60 * SECOND)
+                .create(SessionId::random(), data.clone(), 60 * SECOND, None)
                 .unwrap()
                 .id
         })
         .collect();
     assert!(matches!(
-        store.create(SessionId::random(), data.clone(), 60 * SECOND),
+        store.create(SessionId::random(), data.clone(), 60 * SECOND, None),
         Err(StoreError::Full { .. })
     ));
     // Growing an existing session does not fit either.
     let bigger = json(&format!("\"{}\"", "x".repeat(99)));
     assert!(matches!(
-        store.put(&ids[0], bigger, None, None),
+        store.put(&ids[0], bigger, None, None, None),
         Err(StoreError::Full { .. })
     ));
     // Same-size rewrites still fit.
-    assert!(store.put(&ids[0], data.clone(), None, None).is_ok());
+    assert!(store.put(&ids[0], data.clone(), None, None, None).is_ok());
     for id in &ids {
         assert!(store.get(id).is_ok());
     }
@@ -265,7 +281,7 @@ fn full_store_evicts_least_recently_used_sessions() {
     let old: Vec<_> = (0..50)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 600 * SECOND)
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None)
                 .unwrap()
                 .id
         })
@@ -274,7 +290,7 @@ fn full_store_evicts_least_recently_used_sessions() {
     let recent: Vec<_> = (0..50)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 600 * SECOND)
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None)
                 .unwrap()
                 .id
         })
@@ -286,7 +302,7 @@ fn full_store_evicts_least_recently_used_sessions() {
     let newest: Vec<_> = (0..10)
         .map(|_| {
             store
-                .create(SessionId::random(), data.clone(), 600 * SECOND)
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None)
                 .unwrap()
                 .id
         })
@@ -312,11 +328,11 @@ fn full_store_evicts_least_recently_used_sessions() {
 fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
     let (store, _) = bounded(2, 10, WhenFull::EvictLru);
     store
-        .create(SessionId::random(), json("1"), 60 * SECOND)
+        .create(SessionId::random(), json("1"), 60 * SECOND, None)
         .unwrap();
     let huge = json(&format!("\"{}\"", "z".repeat(4096)));
     assert!(matches!(
-        store.create(SessionId::random(), huge, 60 * SECOND),
+        store.create(SessionId::random(), huge, 60 * SECOND, None),
         Err(StoreError::Full { .. })
     ));
     assert_eq!(store.stats().sessions, 1, "nothing was evicted in vain");
@@ -327,7 +343,7 @@ fn update_applies_a_function_atomically_under_contention() {
     let (store, _) = store();
     let store = Arc::new(store);
     let id = store
-        .create(SessionId::random(), json("0"), 60 * SECOND)
+        .create(SessionId::random(), json("0"), 60 * SECOND, None)
         .unwrap()
         .id;
     let threads: Vec<_> = (0..8)
@@ -336,7 +352,7 @@ fn update_applies_a_function_atomically_under_contention() {
             std::thread::spawn(move || {
                 for _ in 0..1000 {
                     store
-                        .update::<StoreError>(&id, None, None, |data| {
+                        .update::<StoreError>(&id, None, None, None, |data| {
                             let n: u64 = std::str::from_utf8(data).unwrap().parse().unwrap();
                             Ok(Bytes::from((n + 1).to_string()))
                         })
@@ -357,13 +373,13 @@ fn update_applies_a_function_atomically_under_contention() {
 fn memory_accounting_follows_sizes_exactly() {
     let (store, _) = store();
     let id = store
-        .create(SessionId::random(), json("1"), 60 * SECOND)
+        .create(SessionId::random(), json("1"), 60 * SECOND, None)
         .unwrap()
         .id;
     assert_eq!(store.stats().bytes_used, charge_of(1));
-    store.put(&id, json("12345"), None, None).unwrap();
+    store.put(&id, json("12345"), None, None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(5));
-    store.put(&id, json("12"), None, None).unwrap();
+    store.put(&id, json("12"), None, None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(2));
     let rotated = store.rotate(&id, SessionId::random()).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(2));
@@ -375,7 +391,7 @@ fn memory_accounting_follows_sizes_exactly() {
 fn copies_replace_older_copies_and_clear_empties_the_store() {
     let (store, _) = store();
     let mut session = store
-        .create(SessionId::random(), json("1"), 60 * SECOND)
+        .create(SessionId::random(), json("1"), 60 * SECOND, None)
         .unwrap();
     session.version = 7;
     session.data = json("12345");

@@ -11,8 +11,8 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use sessiond_proto::ErrorCode;
 use sessiond_proto::codec::{CodecError, FrameCodec};
 use sessiond_proto::wire::{
-    ClientFrame, Hello, Outcome, PROTOCOL_VERSION, Placement, Response, ServerFrame, Welcome,
-    WireError,
+    ClientFrame, Hello, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
+    Welcome, WireError,
 };
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
@@ -54,6 +54,7 @@ pub async fn run(
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         max_frame_bytes: max_frame as u64,
         shared_sessions: ctx.service.is_replicated(),
+        max_ttl_secs: ctx.service.config().max_ttl_secs,
     });
     if send(&mut writer, ctx, welcome).await.is_err() {
         return;
@@ -160,7 +161,7 @@ async fn serve_requests(
                 match frame {
                     Some(Ok(ClientFrame::Request(request))) => {
                         idle.as_mut().reset(tokio::time::Instant::now() + ctx.limits.idle_timeout);
-                        in_flight.push(answer(ctx, request.id, request.op, placement.as_ref()));
+                        in_flight.push(answer(ctx, request, placement.as_ref()));
                     }
                     Some(Ok(ClientFrame::Hello(_))) => {
                         return Err(WireError::new(ErrorCode::ProtocolError, "Hello may only be sent once"));
@@ -181,15 +182,15 @@ async fn serve_requests(
     Ok(())
 }
 
-async fn answer(
-    ctx: &TcpContext,
-    request_id: u64,
-    op: sessiond_proto::wire::Op,
-    placement: Option<&Placement>,
-) -> Response {
+async fn answer(ctx: &TcpContext, request: Request, placement: Option<&Placement>) -> Response {
     let started = Instant::now();
+    let Request {
+        id: request_id,
+        op,
+        write,
+    } = request;
     let name = op.name();
-    let outcome = dispatch::execute(&ctx.service, op, placement).await;
+    let outcome = dispatch::execute(&ctx.service, op, write, placement).await;
     let label = match &outcome {
         Outcome::Error(error) => error.code.as_str(),
         _ => "ok",

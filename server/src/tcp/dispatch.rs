@@ -1,15 +1,24 @@
 //! One binary-protocol operation, carried out through the service layer.
 
-use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError};
+use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError, WriteTag};
 
 use crate::service::{JsonData, ServiceError, SessionService};
 use crate::store::Session;
 
-/// Runs `op` and turns its result into the outcome the client gets.
-pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placement>) -> Outcome {
+/// Runs `op` (a write identified by `write`) and turns its result into the
+/// outcome the client gets.
+pub async fn execute(
+    service: &SessionService,
+    op: Op,
+    write: Option<WriteTag>,
+    placement: Option<&Placement>,
+) -> Outcome {
     let result = match op {
         Op::Create { data, ttl_secs } => match JsonData::parse(data) {
-            Ok(data) => service.create(data, ttl_secs, placement).await.map(session),
+            Ok(data) => service
+                .create(data, ttl_secs, placement, write)
+                .await
+                .map(session),
             Err(err) => Err(err),
         },
         Op::Get { id } => service.get(&id).await.map(session),
@@ -20,7 +29,7 @@ pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placem
             expected_version,
         } => match JsonData::parse(data) {
             Ok(data) => service
-                .put(&id, data, ttl_secs, expected_version)
+                .put(&id, data, ttl_secs, expected_version, write)
                 .await
                 .map(session),
             Err(err) => Err(err),
@@ -28,17 +37,18 @@ pub async fn execute(service: &SessionService, op: Op, placement: Option<&Placem
         Op::Patch {
             id,
             patch,
+            ttl_secs,
             expected_version,
         } => match serde_json::from_slice(&patch) {
             Ok(patch) => service
-                .patch(&id, &patch, expected_version)
+                .patch(&id, &patch, ttl_secs, expected_version, write)
                 .await
                 .map(session),
             Err(err) => Err(ServiceError::InvalidPatch(err.to_string())),
         },
         Op::Delete { id } => service.delete(&id).await.map(|()| Outcome::Deleted),
         Op::Touch { id, ttl_secs } => service.touch(&id, ttl_secs).await.map(session),
-        Op::Rotate { id } => service.rotate(&id, placement).await.map(session),
+        Op::Rotate { id } => service.rotate(&id, placement, write).await.map(session),
         Op::Ping => Ok(Outcome::Pong),
         Op::Stats => Ok(Outcome::Stats(service.stats())),
     };

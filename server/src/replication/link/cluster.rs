@@ -171,8 +171,9 @@ impl Masters {
         }
         if let Some(state) = failing.get_mut(&master) {
             if now < state.retry_at {
+                // Not a kind that says "maybe sent": it was not sent.
                 return Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
+                    std::io::ErrorKind::HostUnreachable,
                     format!(
                         "the Redis Cluster master {master} serving slot {slot} is unreachable \
                          (tried again within {MAX_BACKOFF:?})"

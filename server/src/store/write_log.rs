@@ -1,0 +1,227 @@
+//! Which writes produced a session's latest versions, so that a write sent
+//! again after its answer was lost is applied at most once.
+//!
+//! Every write that raises a session's version records its tag (0 for a
+//! write without one) in the same atomic step. The log keeps the tags of
+//! the [`WRITE_LOG_LEN`] latest versions, newest first, and the time a tag
+//! last fell out of it (the horizon). A re-sent write is then judged:
+//! - its tag is in the log: it was applied, at the version the log says;
+//! - a conditional write (expected version `e`) could only have produced
+//!   version `e + 1`: if the session is still at `e` it was not applied, if
+//!   `e + 1` is in the log under another tag it was not applied (a true
+//!   conflict), and if `e + 1` fell out of the log nobody can tell;
+//! - an unconditional write was not applied if no tag fell out of the log
+//!   since its first attempt was sent (less the allowed clock skew between
+//!   nodes), otherwise nobody can tell.
+//!
+//! The Redis scripts keep the same log in the session's hash (fields `w`
+//! and `h`, see `replication::scripts`) and judge by the same rules.
+
+use sessiond_proto::wire::WriteTag;
+
+/// How many of a session's latest versions the log remembers by tag.
+pub const WRITE_LOG_LEN: usize = 4;
+
+/// Clock difference between nodes that the horizon check allows for.
+pub const CLOCK_SKEW_MS: u64 = 1_000;
+
+/// The tags of a session's latest writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteLog {
+    /// `tags[i]` produced version `v - i`, where `v` is the session's
+    /// version (0: a write without a tag).
+    tags: [u64; WRITE_LOG_LEN],
+    /// When a tag last fell out of the log (ms since the Unix epoch; 0:
+    /// none ever has).
+    horizon_ms: u64,
+}
+
+/// What to do with a write, given the session's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not applied before: apply it (the version check still decides).
+    Apply,
+    /// Already applied; it produced this version.
+    Replay {
+        /// The version the first application produced.
+        version: u64,
+    },
+    /// Re-sent, and the log no longer reaches back far enough to tell
+    /// whether the first attempt was applied.
+    Indeterminate,
+}
+
+impl WriteLog {
+    /// A log from its parts (as the Redis hash stores them).
+    pub fn from_parts(tags: [u64; WRITE_LOG_LEN], horizon_ms: u64) -> Self {
+        Self { tags, horizon_ms }
+    }
+
+    /// The tags, newest first.
+    pub fn tags(&self) -> &[u64; WRITE_LOG_LEN] {
+        &self.tags
+    }
+
+    /// When a tag last fell out of the log (0: never).
+    pub fn horizon_ms(&self) -> u64 {
+        self.horizon_ms
+    }
+
+    /// The log of a session created by the write `tag` (version 1).
+    pub fn created(tag: Option<u64>) -> Self {
+        let mut log = Self::default();
+        log.tags[0] = tag.unwrap_or(0);
+        log
+    }
+
+    /// Records that the write `tag` produced `new_version` at `now_ms`.
+    pub fn record(&mut self, tag: Option<u64>, new_version: u64, now_ms: u64) {
+        if new_version > WRITE_LOG_LEN as u64 {
+            self.horizon_ms = now_ms;
+        }
+        self.tags.rotate_right(1);
+        self.tags[0] = tag.unwrap_or(0);
+    }
+
+    /// The version the write `tag` produced, if the log still has it.
+    /// `version` is the session's current version.
+    pub fn find(&self, tag: u64, version: u64) -> Option<u64> {
+        let known = (version as usize).min(WRITE_LOG_LEN);
+        self.tags[..known]
+            .iter()
+            .position(|&recorded| recorded == tag)
+            .map(|age| version - age as u64)
+    }
+
+    /// Judges `write` against a session at `version` whose log this is.
+    /// `expected` is the caller's expected version, if the write is
+    /// conditional.
+    pub fn judge(
+        &self,
+        version: u64,
+        write: Option<WriteTag>,
+        expected: Option<u64>,
+        now_ms: u64,
+    ) -> Verdict {
+        let Some(write) = write.filter(|write| write.id != 0) else {
+            return Verdict::Apply;
+        };
+        if let Some(produced) = self.find(write.id, version) {
+            return Verdict::Replay { version: produced };
+        }
+        let Some(after_ms) = write.resent_after_ms else {
+            return Verdict::Apply;
+        };
+        let covered = match expected {
+            // It could only have produced `expected + 1`.
+            Some(expected) => version <= expected || version - expected - 1 < WRITE_LOG_LEN as u64,
+            None => {
+                let first_sent = now_ms.saturating_sub(after_ms.saturating_add(CLOCK_SKEW_MS));
+                self.horizon_ms < first_sent
+            }
+        };
+        if covered {
+            Verdict::Apply
+        } else {
+            Verdict::Indeterminate
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(id: u64) -> Option<WriteTag> {
+        Some(WriteTag {
+            id,
+            resent_after_ms: None,
+        })
+    }
+
+    fn resent(id: u64, after_ms: u64) -> Option<WriteTag> {
+        Some(WriteTag {
+            id,
+            resent_after_ms: Some(after_ms),
+        })
+    }
+
+    /// A log after a create tagged 1 and writes tagged 2..=last at 1 s steps.
+    fn log_through(last: u64) -> WriteLog {
+        let mut log = WriteLog::created(Some(1));
+        for tag in 2..=last {
+            log.record(Some(tag), tag, tag * 1000);
+        }
+        log
+    }
+
+    #[test]
+    fn a_recorded_tag_replays_the_version_it_produced() {
+        let log = log_through(3);
+        assert_eq!(
+            log.judge(3, first(3), None, 5_000),
+            Verdict::Replay { version: 3 }
+        );
+        assert_eq!(
+            log.judge(3, resent(2, 10), Some(1), 5_000),
+            Verdict::Replay { version: 2 }
+        );
+        assert_eq!(
+            log.judge(3, resent(1, 10), None, 5_000),
+            Verdict::Replay { version: 1 }
+        );
+        assert_eq!(log.judge(3, first(9), None, 5_000), Verdict::Apply);
+    }
+
+    #[test]
+    fn tags_fall_out_after_the_log_length_and_move_the_horizon() {
+        let log = log_through(6);
+        assert_eq!(log.find(2, 6), None);
+        assert_eq!(log.find(3, 6), Some(3));
+        assert_eq!(log.horizon_ms(), 6_000);
+        assert_eq!(log_through(4).horizon_ms(), 0);
+    }
+
+    #[test]
+    fn a_conditional_resend_is_judged_by_the_version_it_could_produce() {
+        let log = log_through(6);
+        // Still at the expected version: not applied.
+        assert_eq!(log.judge(6, resent(99, 10), Some(6), 7_000), Verdict::Apply);
+        // Version 4 (= 3 + 1) is in the log under another tag: a true conflict.
+        assert_eq!(log.judge(6, resent(99, 10), Some(3), 7_000), Verdict::Apply);
+        // Version 2 fell out of the log: nobody can tell.
+        assert_eq!(
+            log.judge(6, resent(99, 10), Some(1), 7_000),
+            Verdict::Indeterminate
+        );
+        // A first attempt is never indeterminate.
+        assert_eq!(log.judge(6, first(99), Some(1), 7_000), Verdict::Apply);
+    }
+
+    #[test]
+    fn an_unconditional_resend_is_judged_by_the_horizon() {
+        let log = log_through(6);
+        // First sent long after the last tag fell out (6 s): not applied.
+        assert_eq!(log.judge(6, resent(99, 500), None, 10_000), Verdict::Apply);
+        // First sent before it (allowing for clock skew): unknown.
+        assert_eq!(
+            log.judge(6, resent(99, 3_500), None, 10_000),
+            Verdict::Indeterminate
+        );
+        // A session that never dropped a tag covers every resend.
+        assert_eq!(
+            log_through(3).judge(3, resent(99, 60_000), None, 70_000),
+            Verdict::Apply
+        );
+    }
+
+    #[test]
+    fn untagged_writes_take_a_place_in_the_log() {
+        let mut log = WriteLog::created(None);
+        log.record(Some(7), 2, 1);
+        log.record(None, 3, 2);
+        assert_eq!(log.find(7, 3), Some(2));
+        assert_eq!(log.find(0, 3), Some(3));
+        assert_eq!(log.judge(3, resent(0, 1), None, 5), Verdict::Apply);
+    }
+}

@@ -1,0 +1,337 @@
+//! Every write is applied at most once and its caller learns the true
+//! outcome, through lost answers, stalls and node deaths: the real binary,
+//! real `redis-server`s, the real client.
+//!
+//! - Redis stalled (`DEBUG SLEEP`) while a conditional put and an
+//!   `update()` are in flight: the client's first attempts time out, the
+//!   re-sent writes are judged by the session's write log, and each write
+//!   lands once.
+//! - A node SIGKILLed under 16 × 100 `update()`s: the counters end exactly
+//!   at the number of `Ok`s, run after run.
+//! - A memory-only node stopped (SIGSTOP) past the client's timeout: the
+//!   re-sent write to the same node is answered from the log.
+//! - HTTP `Idempotency-Key`: a repeated create, put or rotate replays.
+//! - One timeout does not take a node out of rotation; `fall` in a row do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessiond_client::{Client, Error, SessionId};
+use sessiond_e2e::process::signal;
+use sessiond_e2e::redis_support::{bounded, client_of, http, node_on, redis_conn, send};
+use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
+
+/// The shape every counter session has.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+async fn nodes_on(redis: &RedisServer, count: usize) -> Vec<Sessiond> {
+    let http = http();
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        nodes.push(node_on(&http, &redis.url(), &[]).await);
+    }
+    nodes
+}
+
+/// `n` of a counter session, read over `client`.
+async fn counter(client: &Client, id: &SessionId) -> (u64, u64) {
+    let session = bounded("read the counter", client.get::<Counter>(id))
+        .await
+        .unwrap_or_else(|err| panic!("read {id}: {err}"));
+    (session.data.n, session.version())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
+    const ROUNDS: usize = 50;
+    let redis = RedisServer::start_with_debug();
+    let nodes = nodes_on(&redis, 3).await;
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    let client = client_of(&refs, Duration::from_millis(400)).await;
+    let mut stall = redis_conn(&redis.url()).await;
+    let mut outcomes = Vec::new();
+    for round in 0..ROUNDS {
+        let put_target = client.create(&json!({"n": 0}), None).await.expect("create");
+        let update_target = client.create(&json!({"n": 0}), None).await.expect("create");
+        // Redis sleeps 0.6 s: the first attempts time out (0.4 s) and are
+        // sent again to the next node, which waits for Redis too.
+        let mut command = redis::cmd("DEBUG");
+        command.arg("SLEEP").arg("0.6");
+        let sleep = command.exec_async(&mut stall);
+        let one = json!({"n": 1});
+        let writes = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(
+                client.put(&put_target.id, &one, Some(1)),
+                client.update(&update_target.id, |counter: &mut Counter| counter.n += 1),
+            )
+        };
+        let (slept, (put, update)) =
+            bounded("a stalled round", async { tokio::join!(sleep, writes) }).await;
+        // The stalled connection may give up on its own answer: no matter.
+        let _ = slept;
+        let put = put.unwrap_or_else(|err| panic!("round {round}: put: {err}"));
+        let update = update.unwrap_or_else(|err| panic!("round {round}: update: {err}"));
+        assert_eq!(put.version, 2, "round {round}: the put's own version");
+        assert_eq!(
+            (update.data.n, update.version()),
+            (1, 2),
+            "round {round}: update"
+        );
+        assert_eq!(
+            counter(&client, &put_target.id).await,
+            (1, 2),
+            "round {round}"
+        );
+        assert_eq!(
+            counter(&client, &update_target.id).await,
+            (1, 2),
+            "round {round}: one update() call, one increment"
+        );
+        outcomes.push((put.version, update.version()));
+    }
+    assert_eq!(outcomes.len(), ROUNDS);
+}
+
+/// One run: 16 tasks × 100 `update()`s, each task on its own counter, with
+/// the node at `victim` SIGKILLed once 500 updates are done; returns the
+/// `(Ok, Indeterminate)` counts and each counter's final value.
+async fn updates_through_a_kill(
+    client: &Client,
+    nodes: &mut [Sessiond],
+    victim: usize,
+) -> Vec<(u64, u64, u64)> {
+    const TASKS: usize = 16;
+    const UPDATES: usize = 100;
+    let mut ids = Vec::new();
+    for _ in 0..TASKS {
+        ids.push(
+            client
+                .create(&json!({"n": 0}), None)
+                .await
+                .expect("create")
+                .id,
+        );
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let (client, done) = (client.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut indeterminate) = (0, 0);
+                for _ in 0..UPDATES {
+                    match client.update(&id, |c: &mut Counter| c.n += 1).await {
+                        Ok(_) => ok += 1,
+                        Err(Error::Indeterminate(why)) => {
+                            eprintln!("update of {id}: indeterminate: {why}");
+                            indeterminate += 1;
+                        }
+                        Err(err) => panic!("update of {id}: {err}"),
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                (ok, indeterminate)
+            })
+        })
+        .collect();
+    bounded("500 updates before the kill", async {
+        while done.load(Ordering::Relaxed) < 500 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    nodes[victim].kill();
+    let mut results = Vec::new();
+    for (task, id) in tasks.into_iter().zip(&ids) {
+        let (ok, indeterminate) = bounded("the updates", task).await.expect("task");
+        let (n, _) = counter(client, id).await;
+        results.push((ok, indeterminate, n));
+    }
+    nodes[victim].restart();
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_updates_applies_each_update_once() {
+    const RUNS: usize = 20;
+    let redis = RedisServer::start();
+    let mut nodes = nodes_on(&redis, 3).await;
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    let client = client_of(&refs, Duration::from_millis(500)).await;
+    let http = http();
+    for run in 0..RUNS {
+        let results = updates_through_a_kill(&client, &mut nodes, run % 3).await;
+        for (task, &(ok, indeterminate, n)) in results.iter().enumerate() {
+            let logs: Vec<String> = nodes.iter().map(|node| node.log()).collect();
+            assert_eq!(
+                (n, indeterminate),
+                (ok, 0),
+                "run {run}, task {task}: the counter must end at the number of Ok updates\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        let total: u64 = results.iter().map(|&(ok, _, _)| ok).sum();
+        eprintln!("run {run}: {total} of 1600 updates Ok, every counter exact");
+        sessiond_e2e::redis_support::wait_ready(&http, &nodes[run % 3]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_resent_to_a_stopped_memory_node_is_applied_once() {
+    const ROUNDS: u64 = 10;
+    let node = Sessiond::start(&[]);
+    let client = build(
+        builder_for(&[&node])
+            .timeout(Duration::from_millis(300))
+            .fall(5),
+    )
+    .await;
+    let id = client
+        .create(&json!({"n": 0}), None)
+        .await
+        .expect("create")
+        .id;
+    for round in 1..=ROUNDS {
+        // The node stops for 0.45 s: the first attempt times out (0.3 s),
+        // the second, sent to the same node, is answered once it resumes.
+        let pid = node.pid();
+        let pause = async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            signal(pid, "STOP");
+            tokio::time::sleep(Duration::from_millis(450)).await;
+            signal(pid, "CONT");
+        };
+        let (_, updated) = bounded("a stopped round", async {
+            tokio::join!(
+                pause,
+                client.update(&id, |c: &mut Counter| {
+                    c.n += 1;
+                    std::thread::sleep(Duration::from_millis(40));
+                })
+            )
+        })
+        .await;
+        let updated = updated.unwrap_or_else(|err| panic!("round {round}: {err}"));
+        assert_eq!(updated.data.n, round, "round {round}");
+        assert_eq!(
+            counter(&client, &id).await,
+            (round, round + 1),
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_timeout_keeps_a_node_in_rotation_and_fall_timeouts_take_it_out() {
+    let redis = RedisServer::start();
+    let nodes = nodes_on(&redis, 2).await;
+    let client = build(
+        builder_for(&[&nodes[0], &nodes[1]])
+            .timeout(Duration::from_millis(200))
+            .fall(3),
+    )
+    .await;
+    let stopped = &nodes[0];
+    let address = stopped.tcp.to_string();
+    let mut owned = Vec::new();
+    while owned.len() < 3 {
+        let id = client.create(&json!({}), None).await.expect("create").id;
+        if client.owner_of(&id) == address {
+            owned.push(id);
+        }
+    }
+    let is_up = |client: &Client| {
+        client
+            .nodes_up()
+            .into_iter()
+            .find(|(node, _)| *node == address)
+            .map(|(_, up)| up)
+    };
+    signal(stopped.pid(), "STOP");
+    // Each read times out on the stopped owner and is answered by the
+    // other node from Redis.
+    for (count, id) in owned.iter().enumerate() {
+        bounded("read", client.get::<Value>(id))
+            .await
+            .expect("answered by the other node");
+        let expected_up = count + 1 < 3;
+        assert_eq!(
+            is_up(&client),
+            Some(expected_up),
+            "after {} timeouts",
+            count + 1
+        );
+    }
+    signal(stopped.pid(), "CONT");
+}
+
+/// HTTP: a write repeated with the same `Idempotency-Key` is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_write_repeated_with_its_idempotency_key_is_applied_once() {
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = nodes_on(&redis, 2).await;
+    let create = |node: &Sessiond, key: &'static str| {
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(r#"{"data":{"n":0}}"#)
+    };
+    // The same create sent to both nodes: one session.
+    let first = send(create(&nodes[0], "create-1")).await;
+    let again = send(create(&nodes[1], "create-1")).await;
+    assert_eq!((first.status, again.status), (201, 201), "{}", again.text);
+    assert_eq!(first.session().id, again.session().id);
+    let other = send(create(&nodes[0], "create-2")).await;
+    assert_ne!(other.session().id, first.session().id);
+
+    let id = first.session().id;
+    let put = |node: &Sessiond, key: &'static str, n: u64| {
+        http.put(format!("{}/v1/sessions/{id}", node.url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(json!({"data": {"n": n}}).to_string())
+    };
+    let written = send(put(&nodes[0], "put-1", 1)).await;
+    let replayed = send(put(&nodes[1], "put-1", 1)).await;
+    assert_eq!(
+        (written.status, replayed.status),
+        (200, 200),
+        "{}",
+        replayed.text
+    );
+    assert_eq!(
+        (written.session().version, replayed.session().version),
+        (2, 2)
+    );
+    let next = send(put(&nodes[1], "put-2", 2)).await;
+    assert_eq!(next.session().version, 3);
+
+    let rotate = |node: &Sessiond, key: &'static str| {
+        http.post(format!("{}/v1/sessions/{id}/rotate", node.url()))
+            .header("idempotency-key", key)
+    };
+    let rotated = send(rotate(&nodes[0], "rotate-1")).await;
+    let again = send(rotate(&nodes[1], "rotate-1")).await;
+    assert_eq!((rotated.status, again.status), (201, 201), "{}", again.text);
+    assert_eq!(rotated.session().id, again.session().id);
+    assert_eq!(again.session().version, 3);
+
+    let bad = send(
+        http.post(format!("{}/v1/sessions", nodes[0].url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "")
+            .body("{}"),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "invalid_request")
+    );
+}

@@ -1,0 +1,140 @@
+//! The whole stack under faults, as users see it: 32 browsers with their own
+//! cookie jars drive the balancer (visits and cart additions) while an app
+//! is SIGKILLed, a store node is SIGKILLed and restarted, and then the other
+//! store node is SIGKILLed. Ten runs; in every run every browser's visit
+//! counter goes 1, 2, 3... with no value repeated or skipped, and its cart
+//! holds exactly the items it added, in order.
+//!
+//! A browser retries a request that failed (a 5xx, or no answer) with the
+//! same `X-Request-Id`, the way a careful client retries; the cart app
+//! counts a request once per id, and sessiond applies each write once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessiond_e2e::stack::{Stack, browser, send};
+
+const RUNS: usize = 10;
+const VISITORS: usize = 32;
+/// Attempts of one request before a browser gives up.
+const ATTEMPTS: usize = 40;
+
+/// What one browser saw in a run.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Requests answered 200.
+    answered: u64,
+    /// Attempts that failed and were retried.
+    retried: u64,
+    /// (step, expected, shown): a visit counter that repeated or skipped.
+    wrong_visits: Vec<(u64, u64, u64)>,
+    /// (step, expected, shown): a cart that lost, doubled or reordered items.
+    wrong_carts: Vec<(u64, Value, Value)>,
+    /// A request that never succeeded.
+    gave_up: Option<String>,
+}
+
+/// One browser: visits, and every fifth step adds an item, until `stop`.
+async fn browse(base: String, visitor: usize, stop: Arc<AtomicBool>) -> Seen {
+    let browser = browser();
+    let mut seen = Seen::default();
+    let (mut visits, mut cart) = (0u64, Vec::new());
+    let mut step = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        step += 1;
+        let adds = step.is_multiple_of(5);
+        let item = format!("item-{step}");
+        let request_id = format!("visitor-{visitor}-step-{step}");
+        let mut answer = None;
+        for _ in 0..ATTEMPTS {
+            let request = if adds {
+                browser.post(format!("{base}/cart/{item}"))
+            } else {
+                browser.get(format!("{base}/"))
+            };
+            match send(request.header("x-request-id", &request_id)).await {
+                Ok(reply) if reply.status == 200 => {
+                    answer = Some(reply.body);
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    seen.retried += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        let Some(body) = answer else {
+            seen.gave_up = Some(format!("step {step}: no answer after {ATTEMPTS} attempts"));
+            return seen;
+        };
+        seen.answered += 1;
+        if adds {
+            cart.push(item);
+            if body["cart"] != json!(cart) {
+                seen.wrong_carts
+                    .push((step, json!(cart), body["cart"].clone()));
+            }
+        } else {
+            visits += 1;
+            let shown = body["visits"].as_u64().unwrap_or(0);
+            if shown != visits {
+                seen.wrong_visits.push((step, visits, shown));
+                visits = shown;
+            }
+        }
+    }
+    seen
+}
+
+/// One run: start the stack, browse, kill and restart, check.
+async fn run_once(run: usize) {
+    let mut stack = Stack::start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let browsers: Vec<_> = (0..VISITORS)
+        .map(|visitor| tokio::spawn(browse(stack.url(""), visitor, stop.clone())))
+        .collect();
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    pause(700).await;
+    stack.apps[1].kill();
+    pause(700).await;
+    stack.stores[0].kill();
+    pause(700).await;
+    stack.stores[0].restart();
+    pause(1000).await;
+    stack.stores[1].kill();
+    pause(1000).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut totals = (0, 0);
+    for (visitor, browser) in browsers.into_iter().enumerate() {
+        let seen = tokio::time::timeout(Duration::from_secs(120), browser)
+            .await
+            .expect("a browser did not stop in time")
+            .expect("a browser panicked");
+        let context = || format!("run {run}, visitor {visitor}: {seen:?}\n{}", stack.logs());
+        assert_eq!(seen.gave_up, None, "{}", context());
+        assert_eq!(
+            seen.wrong_visits,
+            [],
+            "repeated or skipped visits: {}",
+            context()
+        );
+        assert_eq!(seen.wrong_carts, [], "lost cart items: {}", context());
+        assert!(seen.answered > 0, "{}", context());
+        totals.0 += seen.answered;
+        totals.1 += seen.retried;
+    }
+    eprintln!(
+        "run {run}: {VISITORS} browsers, {} requests answered, {} attempts retried, \
+         0 repeated or skipped visits, 0 lost cart items",
+        totals.0, totals.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_see_every_visit_once_while_apps_and_store_nodes_die() {
+    for run in 0..RUNS {
+        run_once(run).await;
+    }
+}

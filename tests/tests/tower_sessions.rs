@@ -1,0 +1,199 @@
+//! The tower-sessions integration as an app uses it: axum routers with the
+//! README's one layer, `SessionManagerLayer::new(SessiondStore::new(client))`,
+//! in this process, against real `sessiond` nodes.
+//!
+//! - The README setup works against a server with default flags (the two
+//!   weeks tower-sessions asks for are capped at the server's `--max-ttl`),
+//!   and the cookie's text is the session id an operator can look up.
+//! - Two app instances serving 100 concurrent requests of one user, each
+//!   setting its own key: every key lands (saves send only what changed).
+//! - A slow request that loaded the session before a logout on another
+//!   instance saves after it: the session stays gone.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sessiond_client::{Client, SessionId, SessiondStore};
+use sessiond_e2e::redis_support::{bounded, get as http_get, http, node_on};
+use sessiond_e2e::{RedisServer, Sessiond, client_for};
+use tower::ServiceExt;
+use tower_sessions::{Session, SessionManagerLayer};
+
+/// The README's adoption: one layer.
+fn app(client: Client) -> Router {
+    Router::new()
+        .route("/set/{key}", get(set))
+        .route("/get/{key}", get(read))
+        .route("/slow/{key}", get(slow_set))
+        .route("/logout", post(logout))
+        .layer(SessionManagerLayer::new(SessiondStore::new(client)))
+}
+
+async fn set(Path(key): Path<String>, session: Session) -> StatusCode {
+    // Load first and yield, so concurrent requests overlap.
+    let _ = session.get::<Value>("seen").await;
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(5..40))).await;
+    match session.insert(&key, true).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn read(Path(key): Path<String>, session: Session) -> String {
+    let value: Option<Value> = session.get(&key).await.ok().flatten();
+    value.unwrap_or(Value::Null).to_string()
+}
+
+async fn slow_set(Path(key): Path<String>, session: Session) -> StatusCode {
+    let _ = session.get::<Value>("seen").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    match session.insert(&key, true).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn logout(session: Session) -> StatusCode {
+    match session.flush().await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A request through `app`: its status, the `id` cookie it sets, its body.
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> (u16, Option<String>, String) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, format!("id={cookie}"));
+    }
+    let request = request.body(Body::empty()).expect("request");
+    let response = bounded("the app", app.clone().oneshot(request))
+        .await
+        .expect("infallible");
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|text| {
+            text.split(';')
+                .next()?
+                .trim()
+                .strip_prefix("id=")
+                .map(str::to_owned)
+        });
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, cookie, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_setup_works_against_a_default_server() {
+    let node = Sessiond::start(&[]);
+    let app = app(client_for(&[&node]).await);
+    let (status, cookie, _) = call(&app, "GET", "/set/a", None).await;
+    assert_eq!(status, 200);
+    let cookie = cookie.expect("a session cookie");
+    // The cookie's text is the session id, as the HTTP API knows it.
+    let id: SessionId = cookie.parse().expect("the cookie is a session id");
+    let http = http();
+    let stored = http_get(&http, &node, &id.to_string()).await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    let session = stored.session();
+    assert_eq!(session.data, json!({"a": true}));
+    // tower-sessions' two weeks, capped at the server's --max-ttl (24 h).
+    assert_eq!(stored.json()["ttl_secs"], 86_400);
+    let (status, _, body) = call(&app, "GET", "/get/a", Some(&cookie)).await;
+    assert_eq!((status, body.as_str()), (200, "true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_user_on_two_apps_keep_every_key() {
+    const REQUESTS: usize = 100;
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = [
+        node_on(&http, &redis.url(), &[]).await,
+        node_on(&http, &redis.url(), &[]).await,
+    ];
+    let apps = [
+        app(client_for(&[&nodes[0], &nodes[1]]).await),
+        app(client_for(&[&nodes[0], &nodes[1]]).await),
+    ];
+    let (status, cookie, _) = call(&apps[0], "GET", "/set/first", None).await;
+    assert_eq!(status, 200);
+    let cookie = cookie.expect("a session cookie");
+    let requests = (0..REQUESTS).map(|n| {
+        let (app, cookie) = (apps[n % 2].clone(), cookie.clone());
+        tokio::spawn(async move {
+            call(&app, "GET", &format!("/set/k{n}"), Some(&cookie))
+                .await
+                .0
+        })
+    });
+    for (n, request) in requests.collect::<Vec<_>>().into_iter().enumerate() {
+        assert_eq!(
+            bounded("a request", request).await.expect("task"),
+            200,
+            "request {n}"
+        );
+    }
+    let stored = http_get(&http, &nodes[0], &cookie).await.session();
+    let data = stored.data.as_object().expect("an object").clone();
+    let missing: Vec<usize> = (0..REQUESTS)
+        .filter(|n| data.get(&format!("k{n}")) != Some(&json!(true)))
+        .collect();
+    assert_eq!(
+        missing,
+        Vec::<usize>::new(),
+        "keys lost to concurrent saves"
+    );
+    assert_eq!(data.len(), REQUESTS + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_after_a_logout_elsewhere_does_not_bring_the_session_back() {
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = [
+        node_on(&http, &redis.url(), &[]).await,
+        node_on(&http, &redis.url(), &[]).await,
+    ];
+    let apps = [
+        app(client_for(&[&nodes[0], &nodes[1]]).await),
+        app(client_for(&[&nodes[0], &nodes[1]]).await),
+    ];
+    let (_, cookie, _) = call(&apps[0], "GET", "/set/a", None).await;
+    let cookie = cookie.expect("a session cookie");
+    let slow = {
+        let (app, cookie) = (apps[0].clone(), cookie.clone());
+        tokio::spawn(async move { call(&app, "GET", "/slow/late", Some(&cookie)).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _, _) = call(&apps[1], "POST", "/logout", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert_eq!(bounded("the slow request", slow).await.expect("task"), 200);
+    for node in &nodes {
+        let stored = http_get(&http, node, &cookie).await;
+        assert_eq!(
+            stored.status, 404,
+            "the logged-out session came back: {}",
+            stored.text
+        );
+    }
+    // The old cookie is dead: the app sees an empty session.
+    let (_, _, body) = call(&apps[0], "GET", "/get/a", Some(&cookie)).await;
+    assert_eq!(body, "null");
+}
