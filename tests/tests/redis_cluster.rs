@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sessiond_e2e::redis::key_slot;
+use sessiond_e2e::redis::{is_master, key_slot};
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{ClusterOptions, RedisCluster, Sessiond};
 
@@ -403,4 +403,173 @@ async fn a_dead_master_fails_only_its_slots_and_the_node_recovers_when_it_return
         );
     }
     wait_for_status(&http, &node, "/readyz", 200, Duration::from_secs(1)).await;
+}
+
+/// A conditional write's outcome as a writer that must not lose any
+/// acknowledged write sees it.
+#[derive(Debug, Default)]
+struct Writes {
+    acknowledged: usize,
+    unavailable: usize,
+    indeterminate: usize,
+    wrong: Vec<String>,
+}
+
+/// Writes `session` once more (conditionally on its version). An answer
+/// that leaves it unknown whether the write ran is settled first by reading
+/// the session back (it holds the old or the attempted state).
+async fn write_once(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    session: &mut Tracked,
+    attempted: &mut Option<Tracked>,
+    writes: &mut Writes,
+) {
+    if let Some(maybe) = attempted.take() {
+        let reply = get(http, node, &session.id).await;
+        if reply.status != 200 {
+            *attempted = Some(maybe);
+            return;
+        }
+        let got = reply.session();
+        if (got.version, &got.data) == (maybe.version, &maybe.data) {
+            *session = maybe;
+        } else if (got.version, &got.data) != (session.version, &session.data) {
+            writes.wrong.push(format!(
+                "{}: {} {} after an indeterminate write",
+                session.id, got.version, got.data
+            ));
+            return;
+        }
+    }
+    let written = Tracked {
+        version: session.version + 1,
+        data: json!({ "id": session.id, "version": session.version + 1 }),
+        ..session.clone()
+    };
+    let reply = put(
+        http,
+        node,
+        &session.id,
+        &written.data,
+        Some(session.version),
+    )
+    .await;
+    if reply.status == 200 {
+        let mut tally = Tally::default();
+        tally.count("PUT", &written, &reply, false);
+        writes.wrong.extend(tally.wrong);
+        writes.acknowledged += 1;
+        *session = written;
+    } else if names_redis(&reply) {
+        writes.unavailable += 1;
+    } else if reply.status == 409 && reply.error_code() == "indeterminate" {
+        writes.indeterminate += 1;
+        *attempted = Some(written);
+    } else {
+        writes.wrong.push(format!(
+            "PUT {}: {} {}",
+            session.id, reply.status, reply.text
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_serves_every_session_and_no_acknowledged_write_is_lost() {
+    const SESSIONS: u64 = 150;
+    let _heavy = exclusive().await;
+    let mut cluster = tokio::task::block_in_place(|| {
+        RedisCluster::start_with(ClusterOptions {
+            replicas_per_master: 1,
+            aof: true,
+            ..ClusterOptions::default()
+        })
+    });
+    let urls = cluster.urls();
+    let http = http();
+    let node = ready_node(&http, &["--redis-cluster", &urls]).await;
+    let mut sessions = create_sessions(&http, &node, SESSIONS).await;
+    let mut attempted: Vec<Option<Tracked>> = vec![None; sessions.len()];
+    let mut writes = Writes::default();
+    for (session, attempted) in sessions.iter_mut().zip(&mut attempted) {
+        write_once(&http, &node, session, attempted, &mut writes).await;
+    }
+    assert_eq!(
+        (writes.acknowledged, writes.wrong.len()),
+        (sessions.len(), 0),
+        "{:?}",
+        writes.wrong
+    );
+
+    // SIGKILL a master while writing; keep writing until its replica has
+    // taken over and every session has been written since.
+    let replica = cluster.nodes[LOST + 3].port;
+    tokio::task::block_in_place(|| cluster.nodes[LOST].kill());
+    let killed = Instant::now();
+    let mut promoted: Option<Instant> = None;
+    let mut written_since: Vec<bool> = vec![false; sessions.len()];
+    let mut writes = Writes::default();
+    while written_since.iter().any(|done| !done) {
+        for (index, session) in sessions.iter_mut().enumerate() {
+            let before = session.version;
+            write_once(&http, &node, session, &mut attempted[index], &mut writes).await;
+            if promoted.is_some() && session.version > before {
+                written_since[index] = true;
+            }
+        }
+        if promoted.is_none() && tokio::task::block_in_place(|| is_master(replica)) {
+            promoted = Some(Instant::now());
+            eprintln!(
+                "the replica was promoted {:?} after the kill",
+                killed.elapsed()
+            );
+        }
+        assert!(
+            writes.wrong.is_empty(),
+            "{:#?}\n{}",
+            writes.wrong,
+            log_tail(&node)
+        );
+        let limit = promoted.map_or(killed + Duration::from_secs(30), |at| {
+            at + Duration::from_secs(10)
+        });
+        assert!(
+            Instant::now() < limit,
+            "{} sessions not written {}; {writes:?}\nthe node's log:\n{}",
+            written_since.iter().filter(|done| !**done).count(),
+            if promoted.is_some() {
+                "within 10 s of the promotion"
+            } else {
+                "(no promotion within 30 s)"
+            },
+            log_tail(&node)
+        );
+    }
+    let promoted = promoted.expect("promoted");
+    eprintln!(
+        "every session written again {:?} after the promotion; writes during the failover: {writes:?}",
+        promoted.elapsed()
+    );
+
+    // Nothing acknowledged is lost: a node started now (nothing cached)
+    // reads every session as last acknowledged (or as an indeterminate
+    // write left it, settled above).
+    for (session, attempted) in sessions.iter_mut().zip(&mut attempted) {
+        let mut settle = Writes::default();
+        if attempted.is_some() {
+            write_once(&http, &node, session, attempted, &mut settle).await;
+            assert!(settle.wrong.is_empty() && attempted.is_none(), "{settle:?}");
+        }
+    }
+    let fresh = ready_node(
+        &http,
+        &["--redis-cluster", &urls, "--consistency", "strong"],
+    )
+    .await;
+    let reads = read_all(&http, &fresh, &sessions, None).await;
+    assert_eq!(
+        (reads.ok, reads.wrong),
+        (sessions.len(), Vec::<String>::new()),
+        "read back through a new node"
+    );
 }
