@@ -5,6 +5,8 @@
 //! (or its promoted replica) is back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -474,6 +476,63 @@ async fn write_once(
     }
 }
 
+/// What concurrent readers saw: answers with consistent data, 503s naming
+/// Redis, and anything else.
+#[derive(Debug, Default)]
+struct ReadLoad {
+    ok: usize,
+    unavailable: usize,
+    wrong: Vec<String>,
+}
+
+/// `readers` tasks GETting the sessions `ids` from `url` round robin until
+/// `stop` is set (at most 120 s and 1,000,000 reads each). A session's data
+/// names its own version (`{"version": v}`, or is the first data at
+/// version 1), so every answer can be checked while writes go on.
+fn spawn_readers(
+    readers: usize,
+    url: String,
+    ids: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<ReadLoad>> {
+    (0..readers)
+        .map(|reader| {
+            let (url, ids, stop) = (url.clone(), ids.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = http();
+                let until = Instant::now() + Duration::from_secs(120);
+                let mut load = ReadLoad::default();
+                for id in ids.iter().cycle().skip(reader * 7).take(1_000_000) {
+                    if stop.load(Ordering::Relaxed) || Instant::now() >= until {
+                        break;
+                    }
+                    let reply = send(http.get(format!("{url}/v1/sessions/{id}"))).await;
+                    if names_redis(&reply) {
+                        load.unavailable += 1;
+                        continue;
+                    }
+                    let consistent = reply.status == 200 && {
+                        let session = reply.session();
+                        session
+                            .data
+                            .get("version")
+                            .map_or(session.version == 1, |v| {
+                                v.as_u64() == Some(session.version)
+                            })
+                    };
+                    if consistent {
+                        load.ok += 1;
+                    } else {
+                        load.wrong
+                            .push(format!("GET {id}: {} {}", reply.status, reply.text));
+                    }
+                }
+                load
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_replica_serves_every_session_and_no_acknowledged_write_is_lost() {
     const SESSIONS: u64 = 150;
@@ -501,8 +560,12 @@ async fn a_promoted_replica_serves_every_session_and_no_acknowledged_write_is_lo
         writes.wrong
     );
 
-    // SIGKILL a master while writing; keep writing until its replica has
-    // taken over and every session has been written since.
+    // SIGKILL a master while writing (and while 8 clients read); keep
+    // writing until its replica has taken over and every session has been
+    // written since.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids = sessions.iter().map(|s| s.id.clone()).collect();
+    let readers = spawn_readers(8, node.url(), ids, stop.clone());
     let replica = cluster.nodes[LOST + 3].port;
     tokio::task::block_in_place(|| cluster.nodes[LOST].kill());
     let killed = Instant::now();
@@ -516,40 +579,58 @@ async fn a_promoted_replica_serves_every_session_and_no_acknowledged_write_is_lo
             if promoted.is_some() && session.version > before {
                 written_since[index] = true;
             }
-        }
-        if promoted.is_none() && tokio::task::block_in_place(|| is_master(replica)) {
-            promoted = Some(Instant::now());
-            eprintln!(
-                "the replica was promoted {:?} after the kill",
-                killed.elapsed()
+            if promoted.is_none()
+                && index % 10 == 0
+                && tokio::task::block_in_place(|| is_master(replica))
+            {
+                promoted = Some(Instant::now());
+                eprintln!(
+                    "the replica was promoted {:?} after the kill",
+                    killed.elapsed()
+                );
+            }
+            assert!(
+                writes.wrong.is_empty(),
+                "{:#?}\n{}",
+                writes.wrong,
+                log_tail(&node)
+            );
+            let limit = promoted.map_or(killed + Duration::from_secs(30), |at| {
+                at + Duration::from_secs(10)
+            });
+            assert!(
+                Instant::now() < limit,
+                "{} sessions not written {}; {writes:?}\nthe node's log:\n{}",
+                written_since.iter().filter(|done| !**done).count(),
+                if promoted.is_some() {
+                    "within 10 s of the promotion"
+                } else {
+                    "(no promotion within 30 s)"
+                },
+                log_tail(&node)
             );
         }
-        assert!(
-            writes.wrong.is_empty(),
-            "{:#?}\n{}",
-            writes.wrong,
-            log_tail(&node)
-        );
-        let limit = promoted.map_or(killed + Duration::from_secs(30), |at| {
-            at + Duration::from_secs(10)
-        });
-        assert!(
-            Instant::now() < limit,
-            "{} sessions not written {}; {writes:?}\nthe node's log:\n{}",
-            written_since.iter().filter(|done| !**done).count(),
-            if promoted.is_some() {
-                "within 10 s of the promotion"
-            } else {
-                "(no promotion within 30 s)"
-            },
-            log_tail(&node)
-        );
     }
     let promoted = promoted.expect("promoted");
     eprintln!(
         "every session written again {:?} after the promotion; writes during the failover: {writes:?}",
         promoted.elapsed()
     );
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = ReadLoad::default();
+    for reader in readers {
+        let load = bounded("a reader", reader)
+            .await
+            .expect("a reader panicked");
+        reads.ok += load.ok;
+        reads.unavailable += load.unavailable;
+        reads.wrong.extend(load.wrong);
+    }
+    eprintln!(
+        "concurrent reads: {} answered, {} 503",
+        reads.ok, reads.unavailable
+    );
+    assert_eq!(reads.wrong, Vec::<String>::new(), "concurrent reads");
 
     // Nothing acknowledged is lost: a node started now (nothing cached)
     // reads every session as last acknowledged (or as an indeterminate
