@@ -39,7 +39,12 @@ pub enum RedisTarget {
     /// One server (`redis://` or `rediss://` URL, credentials in the URL).
     Single(String),
     /// A Redis Cluster, given by some of its nodes' URLs.
-    Cluster(Vec<String>),
+    Cluster {
+        /// Some nodes' URLs.
+        urls: Vec<String>,
+        /// Commands in flight on the connection at most (more wait).
+        max_in_flight: usize,
+    },
 }
 
 /// A Redis connection of either kind; cheap to clone.
@@ -121,7 +126,7 @@ impl RedisLink {
                     .map_err(config_error)?;
                 (None, Some(RedisConn::Single(manager)))
             }
-            RedisTarget::Cluster(urls) => {
+            RedisTarget::Cluster { urls, .. } => {
                 let client = ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
@@ -239,7 +244,7 @@ impl RedisLink {
     pub fn pubsub_urls(&self) -> Vec<String> {
         match &self.target {
             RedisTarget::Single(url) => vec![url.clone()],
-            RedisTarget::Cluster(urls) => urls.clone(),
+            RedisTarget::Cluster { urls, .. } => urls.clone(),
         }
     }
 
@@ -304,9 +309,14 @@ impl RedisLink {
                 self.read_slot_map(&fresh).await;
                 *slot_map_read = Some(std::time::Instant::now());
                 self.masters.reset();
+                let max_in_flight = match &self.target {
+                    RedisTarget::Cluster { max_in_flight, .. } => *max_in_flight,
+                    RedisTarget::Single(_) => 1,
+                };
                 *self.conn.write() = Some(RedisConn::Cluster(ClusterConn::new(
                     fresh,
                     self.masters.clone(),
+                    max_in_flight,
                 )));
                 if let Some(why) = failure {
                     tracing::warn!(

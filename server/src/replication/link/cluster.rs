@@ -23,8 +23,6 @@ use redis::{
 };
 use tokio::sync::Semaphore;
 
-/// Commands one cluster connection carries at once; more wait their turn.
-pub const MAX_IN_FLIGHT: usize = 24;
 /// First wait before a failing master is tried again; it doubles per
 /// failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -267,12 +265,14 @@ pub struct ClusterConn {
 }
 
 impl ClusterConn {
-    /// Wraps `inner`, with a fresh bound, sharing `masters`.
-    pub fn new(inner: ClusterConnection, masters: Arc<Masters>) -> Self {
+    /// Wraps `inner`, sharing `masters`, with at most `max_in_flight`
+    /// commands in flight (a bound of its own: a replaced connection's
+    /// stuck commands do not hold up the new one).
+    pub fn new(inner: ClusterConnection, masters: Arc<Masters>, max_in_flight: usize) -> Self {
         Self {
             inner,
             masters,
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
         }
     }
 }
