@@ -87,7 +87,7 @@ impl ConnectionLike for RedisConn {
 /// The node's link to Redis.
 pub struct RedisLink {
     target: RedisTarget,
-    cluster: Option<ClusterClient>,
+    cluster: Option<ClusterSetup>,
     conn: RwLock<Option<RedisConn>>,
     up: AtomicBool,
     last_error: Mutex<String>,
@@ -102,6 +102,12 @@ impl std::fmt::Debug for RedisLink {
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
+}
+
+/// How a cluster link makes its connections.
+struct ClusterSetup {
+    client: ClusterClient,
+    max_in_flight: usize,
 }
 
 fn config_error(err: redis::RedisError) -> ReplicationError {
@@ -126,14 +132,21 @@ impl RedisLink {
                     .map_err(config_error)?;
                 (None, Some(RedisConn::Single(manager)))
             }
-            RedisTarget::Cluster { urls, .. } => {
+            RedisTarget::Cluster {
+                urls,
+                max_in_flight,
+            } => {
                 let client = ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
                     .retries(2)
                     .build()
                     .map_err(config_error)?;
-                (Some(client), None)
+                let setup = ClusterSetup {
+                    client,
+                    max_in_flight: *max_in_flight,
+                };
+                (Some(setup), None)
             }
         };
         Ok(Arc::new(Self {
@@ -184,8 +197,8 @@ impl RedisLink {
                 if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
                     if self.cluster.is_none() {
                         self.mark_down(&err.to_string());
-                    } else {
-                        self.note_error(&err.to_string());
+                    } else if self.note_error(&err.to_string()) {
+                        tracing::warn!(error = %err, "a Redis Cluster command failed");
                     }
                 }
                 if (err.is_timeout() || err.is_connection_dropped()) && !err.is_connection_refusal()
@@ -206,9 +219,6 @@ impl RedisLink {
         let changed = *last != why;
         if changed {
             *last = why.to_owned();
-            if self.cluster.is_some() {
-                tracing::warn!(error = why, "a Redis Cluster command failed");
-            }
         }
         changed
     }
@@ -253,7 +263,7 @@ impl RedisLink {
         let mut slot_map_read: Option<std::time::Instant> = None;
         loop {
             match &self.cluster {
-                Some(client) => self.check_cluster(client, &mut slot_map_read).await,
+                Some(setup) => self.check_cluster(setup, &mut slot_map_read).await,
                 None => self.check_single().await,
             }
             tokio::select! {
@@ -283,7 +293,7 @@ impl RedisLink {
     /// the cluster is unreachable.
     async fn check_cluster(
         &self,
-        client: &ClusterClient,
+        setup: &ClusterSetup,
         slot_map_read: &mut Option<std::time::Instant>,
     ) {
         let current = match self.conn.read().clone() {
@@ -304,19 +314,15 @@ impl RedisLink {
             },
             None => None,
         };
-        match fresh_cluster_connection(client).await {
+        match fresh_cluster_connection(&setup.client).await {
             Ok(fresh) => {
                 self.read_slot_map(&fresh).await;
                 *slot_map_read = Some(std::time::Instant::now());
                 self.masters.reset();
-                let max_in_flight = match &self.target {
-                    RedisTarget::Cluster { max_in_flight, .. } => *max_in_flight,
-                    RedisTarget::Single(_) => 1,
-                };
                 *self.conn.write() = Some(RedisConn::Cluster(ClusterConn::new(
                     fresh,
                     self.masters.clone(),
-                    max_in_flight,
+                    setup.max_in_flight,
                 )));
                 if let Some(why) = failure {
                     tracing::warn!(
