@@ -100,6 +100,7 @@ impl From<WireError> for Error {
             | ErrorCode::UnsupportedMediaType
             | ErrorCode::ProtocolError
             | ErrorCode::UnsupportedVersion
+            | ErrorCode::RequestTimeout
             | ErrorCode::Internal => Self::Protocol(format!("{code}: {message}")),
         }
     }

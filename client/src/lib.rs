@@ -9,6 +9,22 @@
 //!   and a retrying read-modify-write ([`Client::update`]).
 //! - With the `tower-sessions` feature, a [`SessiondStore`] for axum apps.
 //!
+//! # Write guarantees
+//!
+//! Every create, put, patch and rotate is applied **at most once**, and the
+//! call returns its true outcome. Each write carries a random identity; a
+//! write whose answer was lost (a timeout, a dropped connection, a node
+//! killed mid-request) is sent again with the same identity, and the node
+//! answers from the session's write log whether it was applied (and at
+//! which version), applies it if it was not, or says it cannot tell. In the
+//! last case the call ends with [`Error::Indeterminate`]: the write may or
+//! may not have landed; read the session before acting again. A write never
+//! ends with [`Error::Timeout`], and [`Error::is_retryable`] is false for
+//! `Indeterminate`. [`Client::update`] never applies its change twice.
+//!
+//! One slow answer does not take a node out of rotation for every caller:
+//! [`ClientBuilder::fall`] timeouts in a row do (default 3).
+//!
 //! # Quick start
 //!
 //! ```no_run

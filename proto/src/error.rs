@@ -46,6 +46,8 @@ pub enum ErrorCode {
     /// been. The caller must read the session to find out; re-sending
     /// blindly could apply it twice.
     Indeterminate,
+    /// The request body did not arrive in time (HTTP only).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -70,6 +72,7 @@ impl ErrorCode {
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal",
             Self::Indeterminate => "indeterminate",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -85,6 +88,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::NotFound | Self::UnknownRoute => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::VersionMismatch => 412,
             Self::Indeterminate => 409,
             Self::PayloadTooLarge => 413,
@@ -113,6 +117,7 @@ mod tests {
             ErrorCode::VersionMismatch,
             ErrorCode::StoreFull,
             ErrorCode::UnsupportedMediaType,
+            ErrorCode::RequestTimeout,
         ] {
             let json = serde_json::to_string(&code).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -31,33 +31,11 @@ impl Default for Claims {
     }
 }
 
-/// The id a tagged write is to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The tag is new: the write uses the fresh id it offered.
-    Fresh(SessionId),
-    /// The same write came before and took this id.
-    Again(SessionId),
-}
-
-impl Claim {
-    /// The id, fresh or claimed before.
-    pub fn id(self) -> SessionId {
-        match self {
-            Self::Fresh(id) | Self::Again(id) => id,
-        }
-    }
-}
-
 impl Claims {
-    /// Claims `fresh` for the write `tag`, unless it already claimed an id.
-    pub fn claim(&self, tag: u64, fresh: SessionId) -> Claim {
-        let entry = self.ids.entry(tag).or_insert(fresh);
-        if entry.is_fresh() {
-            Claim::Fresh(fresh)
-        } else {
-            Claim::Again(entry.into_value())
-        }
+    /// The id the write `tag` is to use: `fresh`, unless an attempt of the
+    /// same write claimed one before.
+    pub fn claim(&self, tag: u64, fresh: SessionId) -> SessionId {
+        self.ids.entry(tag).or_insert(fresh).into_value()
     }
 }
 
@@ -69,8 +47,8 @@ mod tests {
     fn a_tag_keeps_the_first_id_it_claimed() {
         let claims = Claims::default();
         let (a, b) = (SessionId::random(), SessionId::random());
-        assert_eq!(claims.claim(7, a), Claim::Fresh(a));
-        assert_eq!(claims.claim(7, b), Claim::Again(a));
-        assert_eq!(claims.claim(8, b), Claim::Fresh(b));
+        assert_eq!(claims.claim(7, a), a);
+        assert_eq!(claims.claim(7, b), a);
+        assert_eq!(claims.claim(8, b), b);
     }
 }

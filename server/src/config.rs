@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
 use crate::balance::{BalanceConfig, UpstreamUrl};
+use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
 use crate::replication::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
 use crate::service::ServiceConfig;
 use crate::store::{StoreConfig, WhenFull};
@@ -135,6 +136,33 @@ pub struct ServeArgs {
     /// Time a new binary-protocol connection has to send its Hello.
     #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// HTTP connections served at once; past it a few more are accepted for
+    /// /healthz, /readyz and /metrics only, and the rest are closed at once.
+    #[arg(long, env = "SESSIOND_MAX_HTTP_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_http_connections: u32,
+
+    /// Time an HTTP client has to send a whole request head: from the
+    /// connection's start, or from the first byte of a kept-alive
+    /// connection's next request.
+    #[arg(long, env = "SESSIOND_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Time an HTTP client has to send a whole request body once its head
+    /// is in (then 408).
+    #[arg(long, env = "SESSIOND_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// A kept-alive HTTP connection without a new request for this long is
+    /// closed.
+    #[arg(long, env = "SESSIOND_HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Largest HTTP request head (request line and headers); past it 431
+    /// and the connection is closed.
+    #[arg(long, env = "SESSIOND_HTTP_MAX_HEAD_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
+    pub http_max_head_bytes: u64,
 
     /// Replicate to this Redis server (`redis://[user:password@]host:port[/db]`):
     /// writes reach Redis, misses read through, nodes share sessions.
@@ -337,6 +365,8 @@ pub struct NodeConfig {
     pub tcp: SocketAddr,
     /// Binary protocol limits.
     pub tcp_limits: TcpLimits,
+    /// HTTP listener limits.
+    pub http_limits: HttpLimits,
     /// Bearer token for /v1 and the binary handshake.
     pub auth_token: Option<Secret>,
     /// Store settings.
@@ -385,6 +415,7 @@ impl ServeArgs {
                 idle_timeout: self.idle_timeout.max(Duration::from_millis(10)),
                 handshake_timeout: self.handshake_timeout.max(Duration::from_millis(10)),
             },
+            http_limits: self.http_limits()?,
             auth_token: self
                 .auth_token
                 .clone()
@@ -407,6 +438,23 @@ impl ServeArgs {
             sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
             sweep_batch: self.sweep_batch.max(1),
             redis: self.redis_config(),
+        })
+    }
+
+    fn http_limits(&self) -> Result<HttpLimits, ConfigError> {
+        let max_head_bytes = usize::try_from(self.http_max_head_bytes).unwrap_or(usize::MAX);
+        if !(MIN_HEAD_BYTES..=MAX_HEAD_BYTES).contains(&max_head_bytes) {
+            return Err(ConfigError::Limit(format!(
+                "--http-max-head-bytes must be between {MIN_HEAD_BYTES} and {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        let least = Duration::from_millis(10);
+        Ok(HttpLimits {
+            max_connections: self.max_http_connections as usize,
+            header_timeout: self.http_header_timeout.max(least),
+            body_timeout: self.http_body_timeout.max(least),
+            idle_timeout: self.http_idle_timeout.max(least),
+            max_head_bytes,
         })
     }
 
@@ -465,6 +513,11 @@ mod tests {
         assert_eq!(config.service.default_ttl_secs, 1800);
         assert_eq!(config.store.max_memory, Some(1 << 30));
         assert_eq!(config.service.max_session_bytes, 1 << 20);
+        assert_eq!(config.http_limits.max_connections, 1024);
+        assert_eq!(config.http_limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http_limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(75));
+        assert_eq!(config.http_limits.max_head_bytes, 64 << 10);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 pub mod balance;
 pub mod claims;
 pub mod config;
+pub mod descriptors;
 pub mod health;
 pub mod http;
+pub mod merge;
 pub mod node;
 pub mod replication;
 pub mod service;

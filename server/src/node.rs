@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::NodeConfig;
+use crate::descriptors::{self, Caps};
 use crate::health::Readiness;
 use crate::http::{self, AppState};
 use crate::replication::{ReplicationError, Replicator};
@@ -44,11 +45,26 @@ pub enum NodeError {
     },
 }
 
-/// Binds a listener and logs the address it got.
+/// Listen backlog of every listener: connections the kernel completes
+/// while the accept loop is busy (the kernel caps it at
+/// `net.core.somaxconn`). Past it, a client's SYN is dropped and its connect
+/// stalls for a one-second retransmission.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listener (address reuse on, a [`LISTEN_BACKLOG`] backlog) and
+/// logs the address it got.
 pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| NodeError::Bind { what, addr, source })?;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let listener = listen().map_err(|source| NodeError::Bind { what, addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(%local, "{what} listening");
     Ok(listener)
@@ -79,6 +95,27 @@ pub async fn accept(
     }
 }
 
+/// Lowers the connection caps of both listeners to what `limit`
+/// descriptors allow, and says so.
+fn fit_connection_caps(config: &mut NodeConfig, limit: Option<u64>) {
+    let asked = Caps {
+        http: config.http_limits.max_connections,
+        tcp: config.tcp_limits.max_connections,
+    };
+    let fitted = asked.fit(limit);
+    if fitted != asked {
+        tracing::warn!(
+            ?limit,
+            max_http_connections = fitted.http,
+            max_connections = fitted.tcp,
+            "the descriptor limit is too low for --max-http-connections and --max-connections; \
+             serving fewer connections (raise the hard RLIMIT_NOFILE to serve more)"
+        );
+    }
+    config.http_limits.max_connections = fitted.http;
+    config.tcp_limits.max_connections = fitted.tcp;
+}
+
 /// Runs a store node until `shutdown` fires, then drains in-flight requests
 /// and stops the background tasks.
 pub async fn run(
@@ -86,6 +123,8 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
+    let mut config = config;
+    fit_connection_caps(&mut config, descriptors::raise_limit());
     let store = Arc::new(Store::new(config.store.clone(), Arc::new(SystemClock)));
     let http_listener = bind("HTTP API", config.http).await?;
     let tcp_listener = bind("binary protocol", config.tcp).await?;
@@ -148,8 +187,9 @@ pub async fn run(
         auth_token,
         metrics,
         readiness,
+        body_timeout: config.http_limits.body_timeout,
     };
-    let served = http::serve(http_listener, state, shutdown.clone()).await;
+    http::serve(http_listener, state, config.http_limits, shutdown.clone()).await;
     shutdown.cancel();
     // The binary-protocol connections finish in-flight requests before the
     // TCP task ends; then no write can come and the replication queue is
@@ -159,8 +199,5 @@ pub async fn run(
     }
     drained.cancel();
     tasks.wait().await;
-    served.map_err(|source| NodeError::Serve {
-        what: "HTTP API",
-        source,
-    })
+    Ok(())
 }

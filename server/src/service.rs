@@ -9,7 +9,8 @@ use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
 use sessiond_proto::{ErrorCode, SessionId, ring};
 
-use crate::claims::{Claim, Claims};
+use crate::claims::Claims;
+use crate::merge::MergeError;
 use crate::replication::Replicator;
 use crate::store::{Session, Store, StoreError, StoreStats};
 
@@ -112,6 +113,12 @@ pub enum ServiceError {
     /// whose answer was lost).
     #[error("{0}")]
     Indeterminate(String),
+    /// No id in this node's share of the connection's placement ring.
+    #[error("no id among {draws} drawn falls in this node's share of the placement ring")]
+    Unplaceable {
+        /// How many ids were drawn.
+        draws: usize,
+    },
 }
 
 impl ServiceError {
@@ -126,6 +133,7 @@ impl ServiceError {
             Self::StoreFull(_) => ErrorCode::StoreFull,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Indeterminate(_) => ErrorCode::Indeterminate,
+            Self::Unplaceable { .. } => ErrorCode::InvalidRequest,
         }
     }
 
@@ -234,12 +242,12 @@ impl SessionService {
             .ttl_ms(ttl_secs)?
             .unwrap_or(self.config.default_ttl_secs * 1000);
         let data = self.checked_size(data)?;
-        let id = fresh_id(placement);
+        let id = fresh_id(placement)?;
         let tag = write.map(|write| write.id);
         match &self.replicator {
             Some(replicator) => replicator.create(id, data, ttl_ms, tag).await,
             None => {
-                let id = tag.map_or(id, |tag| self.claims.claim(tag, id).id());
+                let id = tag.map_or(id, |tag| self.claims.claim(tag, id));
                 Ok(self.store.create(id, data, ttl_ms, tag)?)
             }
         }
@@ -276,7 +284,7 @@ impl SessionService {
     pub async fn patch(
         &self,
         id: &SessionId,
-        patch: &serde_json::Value,
+        patch: &RawValue,
         ttl_secs: Option<u64>,
         expected: Option<u64>,
         write: Option<WriteTag>,
@@ -326,19 +334,20 @@ impl SessionService {
         placement: Option<&Placement>,
         write: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
-        let new_id = fresh_id(placement);
+        let new_id = fresh_id(placement)?;
         let tag = write.map(|write| write.id);
         if let Some(replicator) = &self.replicator {
             return replicator.rotate(id, new_id, tag).await;
         }
-        match tag.map(|tag| self.claims.claim(tag, new_id)) {
-            None | Some(Claim::Fresh(_)) => Ok(self.store.rotate(id, new_id)?),
-            // The first attempt may have moved it already: finish the move
-            // or answer where it went.
-            Some(Claim::Again(moved_to)) => match self.store.rotate(id, moved_to) {
-                Err(StoreError::NotFound) => Ok(self.store.get(&moved_to)?),
-                result => Ok(result?),
-            },
+        let Some(tag) = tag else {
+            return Ok(self.store.rotate(id, new_id)?);
+        };
+        let moved_to = self.claims.claim(tag, new_id);
+        match self.store.rotate(id, moved_to) {
+            // Another attempt of this rotation may have moved it already
+            // (the new id is claimed by this write alone).
+            Err(StoreError::NotFound) => Ok(self.store.get(&moved_to)?),
+            result => Ok(result?),
         }
     }
 
@@ -348,32 +357,35 @@ impl SessionService {
     }
 }
 
-/// Most ids drawn for one placed id before settling for an unplaced one;
-/// a ring of n nodes needs n draws on average.
-const MAX_PLACEMENT_DRAWS: usize = 4096;
+/// Most ids drawn for one placed id, per node of the ring: a ring of n
+/// distinct nodes needs n draws on average, so n * 32 draws all miss with
+/// probability e^-32.
+const PLACEMENT_DRAWS_PER_NODE: usize = 32;
 
 /// A new id from the OS RNG. With a placement, ids are drawn until one
 /// falls in this node's rendezvous share: each id is still 128 random bits,
 /// and the ids of all nodes together are uniform over the whole id space.
-pub fn fresh_id(placement: Option<&Placement>) -> SessionId {
-    let Some(placement) = placement.filter(|p| (p.owner as usize) < p.ring.len()) else {
-        return SessionId::random();
+/// A ring where this node's share is (nearly) empty fails after a bounded
+/// number of draws instead of issuing an unplaced id.
+pub fn fresh_id(placement: Option<&Placement>) -> Result<SessionId, ServiceError> {
+    let Some(placement) = placement else {
+        return Ok(SessionId::random());
     };
-    let mine = Some(placement.owner as usize);
-    (0..MAX_PLACEMENT_DRAWS)
+    let draws = PLACEMENT_DRAWS_PER_NODE * placement.ring.len();
+    (0..draws)
         .map(|_| SessionId::random())
-        .find(|id| ring::owner(&placement.ring, id) == mine)
-        .unwrap_or_else(SessionId::random)
+        .find(|id| ring::owns(&placement.ring, placement.owner as usize, id))
+        .ok_or(ServiceError::Unplaceable { draws })
 }
 
-/// `current` with `patch` merged into it (RFC 7386).
-fn merge_patch(current: &[u8], patch: &serde_json::Value) -> Result<JsonData, ServiceError> {
-    let mut document: serde_json::Value = serde_json::from_slice(current)
-        .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
-    json_patch::merge(&mut document, patch);
-    let text =
-        serde_json::to_vec(&document).map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
-    Ok(JsonData(Bytes::from(text)))
+/// `current` with `patch` merged into it (RFC 7386); untouched members
+/// keep their exact text (see [`crate::merge`]).
+fn merge_patch(current: &[u8], patch: &RawValue) -> Result<JsonData, ServiceError> {
+    let text = crate::merge::merge_patch(current, patch).map_err(|err| match err {
+        MergeError::Target(message) => ServiceError::InvalidData(message),
+        MergeError::Patch(message) => ServiceError::InvalidPatch(message),
+    })?;
+    JsonData::parse(Bytes::from(text))
 }
 
 #[cfg(test)]
@@ -391,7 +403,7 @@ mod tests {
         let service = service(ServiceConfig::default());
         let data = JsonData::parse(Bytes::from_static(br#"{"a":1,"b":{"c":2,"d":3}}"#)).unwrap();
         let id = service.create(data, None, None, None).await.unwrap().id;
-        let patch = serde_json::json!({"a": null, "b": {"c": 5}, "e": [1]});
+        let patch = RawValue::from_string(r#"{"a":null,"b":{"c":5},"e":[1]}"#.into()).unwrap();
         let patched = service
             .patch(&id, &patch, None, Some(1), None)
             .await
@@ -424,7 +436,7 @@ mod tests {
             service.create(big, None, None, None).await,
             Err(ServiceError::TooLarge { size: 11, max: 8 })
         );
-        let grow = serde_json::json!({"key": "value"});
+        let grow = RawValue::from_string(r#"{"key":"value"}"#.into()).unwrap();
         assert!(matches!(
             service.patch(&created.id, &grow, None, None, None).await,
             Err(ServiceError::TooLarge { .. })
@@ -442,11 +454,22 @@ mod tests {
             owner: 2,
         };
         for _ in 0..200 {
-            assert_eq!(
-                ring::owner(&placement.ring, &fresh_id(Some(&placement))),
-                Some(2)
-            );
+            let id = fresh_id(Some(&placement)).unwrap();
+            assert_eq!(ring::owner(&placement.ring, &id), Some(2));
         }
+    }
+
+    #[test]
+    fn an_empty_share_fails_after_bounded_draws() {
+        // Identical seeds: ties go to the first, so node 1 owns nothing.
+        let placement = Placement {
+            ring: vec![7; 4],
+            owner: 1,
+        };
+        assert_eq!(
+            fresh_id(Some(&placement)),
+            Err(ServiceError::Unplaceable { draws: 128 })
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cart;
 pub mod client;
 pub mod process;
 pub mod raw;
+pub mod raw_http;
 pub mod redis;
 pub mod redis_support;
 pub mod stack;

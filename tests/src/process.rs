@@ -70,6 +70,7 @@ pub struct Sessiond {
     process: Process,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    nofile: Option<(u64, u64)>,
     /// Address of the HTTP API.
     pub http: SocketAddr,
     /// Address of the binary protocol.
@@ -98,11 +99,32 @@ impl Sessiond {
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
-        Self::spawn(all, env)
+        Self::spawn(all, env, None)
     }
 
-    fn spawn(args: Vec<String>, env: Vec<(String, String)>) -> Self {
-        let mut command = Command::new(binary("sessiond:sessiond"));
+    /// [`start`](Self::start) with the node's descriptor limit
+    /// (`RLIMIT_NOFILE`) set to `soft` and `hard` by `prlimit(1)`: the limit
+    /// of that process only, never of the machine or of the tests.
+    pub fn start_with_nofile(soft: u64, hard: u64, args: &[&str]) -> Self {
+        let mut all: Vec<String> = ["serve", "--http", "127.0.0.1:0", "--tcp", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec();
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        Self::spawn(all, Vec::new(), Some((soft, hard)))
+    }
+
+    fn spawn(args: Vec<String>, env: Vec<(String, String)>, nofile: Option<(u64, u64)>) -> Self {
+        let mut command = match nofile {
+            Some((soft, hard)) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(binary("sessiond:sessiond"));
+                command
+            }
+            None => Command::new(binary("sessiond:sessiond")),
+        };
         command
             .args(&args)
             .env("SESSIOND_LOG", "info")
@@ -112,6 +134,7 @@ impl Sessiond {
             process,
             args,
             env,
+            nofile,
             http: addrs[0],
             tcp: addrs[1],
         }
@@ -133,7 +156,7 @@ impl Sessiond {
                 args[position + 1] = value;
             }
         }
-        *self = Self::spawn(args, std::mem::take(&mut self.env));
+        *self = Self::spawn(args, std::mem::take(&mut self.env), self.nofile);
     }
 }
 

@@ -225,6 +225,19 @@ pub async fn redis_conn(url: &str) -> MultiplexedConnection {
     .expect("cannot connect to Redis")
 }
 
+/// The session keys under `prefix` on the Redis server at `url`: without
+/// the claims of tagged creates and rotations (`<prefix>op:`) and the
+/// nodes' heartbeats (`<prefix>node:`).
+pub async fn session_keys(url: &str, prefix: &str) -> Vec<String> {
+    let mut conn = redis_conn(url).await;
+    let keys: Vec<String> =
+        redis_query(&mut conn, redis::cmd("KEYS").arg(format!("{prefix}*"))).await;
+    let (claims, heartbeats) = (format!("{prefix}op:"), format!("{prefix}node:"));
+    keys.into_iter()
+        .filter(|key| !key.starts_with(&claims) && !key.starts_with(&heartbeats))
+        .collect()
+}
+
 /// Runs one Redis command (bounded), panicking on an error.
 pub async fn redis_query<T: redis::FromRedisValue>(
     conn: &mut MultiplexedConnection,

@@ -173,6 +173,15 @@ fn the_services_are_wired_together() {
         .map(|port| port.as_str().expect("a port string"))
         .collect();
     assert!(ports.contains(&"8080:8080"), "{ports:?}");
+    // The admin listener has no authentication: published on the host's
+    // loopback only, never on every interface.
+    assert!(ports.contains(&"127.0.0.1:8081:8081"), "{ports:?}");
+    assert!(
+        ports
+            .iter()
+            .all(|port| !port.ends_with(":8081") || port.starts_with("127.0.0.1:")),
+        "the admin port must be published on loopback only: {ports:?}"
+    );
     assert_eq!(flag(&balancer, "--listen"), "0.0.0.0:8080");
     assert_eq!(flag(&balancer, "--admin"), "0.0.0.0:8081");
     assert_eq!(flag(&balancer, "--health-path"), "/healthz");

@@ -20,7 +20,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::process::signal;
-use sessiond_e2e::redis_support::{bounded, client_of, http, node_on, redis_conn, send};
+use sessiond_e2e::redis_support::{
+    bounded, client_of, http, node_on, redis_conn, send, session_keys,
+};
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
 
 /// The shape every counter session has.
@@ -96,6 +98,60 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
         outcomes.push((put.version, update.version()));
     }
     assert_eq!(outcomes.len(), ROUNDS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
+    const ROUNDS: usize = 20;
+    let redis = RedisServer::start_with_debug();
+    let nodes = nodes_on(&redis, 3).await;
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    let client = client_of(&refs, Duration::from_millis(400)).await;
+    let mut stall = redis_conn(&redis.url()).await;
+    let mut live = Vec::new();
+    for round in 0..ROUNDS {
+        let rotating = client
+            .create(&json!({"round": round}), None)
+            .await
+            .expect("create")
+            .id;
+        let mut command = redis::cmd("DEBUG");
+        command.arg("SLEEP").arg("0.6");
+        let sleep = command.exec_async(&mut stall);
+        let data = json!({"made": round});
+        let writes = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(client.create(&data, None), client.rotate(&rotating))
+        };
+        let (_, (created, rotated)) =
+            bounded("a stalled round", async { tokio::join!(sleep, writes) }).await;
+        let created = created.unwrap_or_else(|err| panic!("round {round}: create: {err}"));
+        let rotated = rotated.unwrap_or_else(|err| panic!("round {round}: rotate: {err}"));
+        let made: Value = client
+            .get(&created.id)
+            .await
+            .expect("the created session")
+            .data;
+        assert_eq!(made, data, "round {round}");
+        assert!(
+            matches!(client.get::<Value>(&rotating).await, Err(Error::NotFound)),
+            "round {round}: the rotated-away id still answers"
+        );
+        let moved: Value = client
+            .get(&rotated.id)
+            .await
+            .expect("the rotated session")
+            .data;
+        assert_eq!(moved, json!({"round": round}), "round {round}");
+        live.push(created.id.to_string());
+        live.push(rotated.id.to_string());
+    }
+    // Exactly one session per create and per rotation: no orphan copies.
+    let mut keys = session_keys(&redis.url(), "sessiond:").await;
+    keys.sort();
+    let mut expected: Vec<String> = live.iter().map(|id| format!("sessiond:{id}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "sessions in Redis");
 }
 
 /// One run: 16 tasks × 100 `update()`s, each task on its own counter, with

@@ -13,7 +13,8 @@ use sessiond_e2e::raw::{frame, read_message};
 use sessiond_e2e::{Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
 use sessiond_proto::wire::{
-    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WireError,
+    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
+    WireError,
 };
 use sessiond_proto::{ErrorCode, SessionId, ring};
 use tokio::io::AsyncWriteExt;
@@ -224,7 +225,7 @@ async fn a_request_before_hello_is_a_protocol_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_protocol_version_is_refused() {
     let node = Sessiond::start(&[]);
-    for protocol in [0, 2, 99, u32::MAX] {
+    for protocol in [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99, u32::MAX] {
         let mut stream = connect(node.tcp).await;
         let hello = ClientFrame::Hello(Hello {
             protocol,
@@ -545,4 +546,94 @@ async fn a_frame_split_across_reads_is_reassembled() {
         }
         Next::Frame(other) => panic!("a truncated request was answered: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_of_identical_seeds_is_refused() {
+    let node = Sessiond::start(&[]);
+    // Ties go to the first copy, so node 5 of this ring owns no id at all:
+    // every create would draw ids for nothing.
+    let mut stream = connect(node.tcp).await;
+    let hello = ClientFrame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        auth_token: None,
+        placement: Some(Placement {
+            ring: vec![ring::node_seed("same:7701"); 1024],
+            owner: 5,
+        }),
+    });
+    stream.write_all(&frame(&hello)).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+    assert!(error.message.contains("more than once"), "{error:?}");
+    still_serves(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placed_creates_on_a_large_ring_leave_health_checks_responsive() {
+    let node = Sessiond::start(&[]);
+    let ring: Vec<u64> = (0..1024)
+        .map(|index| ring::node_seed(&format!("10.0.{}.{}:7701", index / 256, index % 256)))
+        .collect();
+    let owner = 1023u32;
+    let mut stream = connect(node.tcp).await;
+    let hello = ClientFrame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        auth_token: None,
+        placement: Some(Placement {
+            ring: ring.clone(),
+            owner,
+        }),
+    });
+    stream.write_all(&frame(&hello)).await.unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        Next::Frame(ServerFrame::Welcome(_))
+    ));
+    // 200 pipelined creates, each drawing ~1,024 ids for this node's share.
+    let mut pipeline = Vec::new();
+    for id in 0..200 {
+        pipeline.extend(frame(&request(
+            id,
+            Op::Create {
+                data: Bytes::from_static(b"{}"),
+                ttl_secs: None,
+            },
+        )));
+    }
+    stream.write_all(&pipeline).await.unwrap();
+    let http = sessiond_e2e::http_client(Duration::from_secs(5));
+    let health = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let started = std::time::Instant::now();
+            let answer = http.get(format!("{}/healthz", node.url())).send().await;
+            assert_eq!(answer.expect("/healthz").status(), 200);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        slowest
+    };
+    let answers = async {
+        let mut owned = 0;
+        for _ in 0..200 {
+            match next(&mut stream).await {
+                Next::Frame(ServerFrame::Response(Response {
+                    outcome: Outcome::Session(record),
+                    ..
+                })) => {
+                    assert_eq!(ring::owner(&ring, &record.id), Some(owner as usize));
+                    owned += 1;
+                }
+                other => panic!("expected a session, got {other:?}"),
+            }
+        }
+        owned
+    };
+    let (slowest, owned) = tokio::join!(health, answers);
+    assert_eq!(owned, 200);
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/healthz took {slowest:?} during placed creates"
+    );
 }

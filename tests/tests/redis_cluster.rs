@@ -14,14 +14,6 @@ use sessiond_e2e::redis::{is_master, key_slot};
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{ClusterOptions, RedisCluster, Sessiond};
 
-/// Whether a key is a session's (`sessiond:<id>`), not a node's heartbeat
-/// (`sessiond:node:<id>`) or a tagged write's short-lived claim
-/// (`sessiond:op:<tag>`).
-fn is_session_key(key: &str) -> bool {
-    key.strip_prefix("sessiond:")
-        .is_some_and(|rest| !rest.contains(':'))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
     const SESSIONS: u64 = 300;
@@ -46,9 +38,7 @@ async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
     let mut total = 0;
     let mut per_master = Vec::new();
     for node in &cluster.nodes {
-        let mut conn = redis_conn(&node.url()).await;
-        let keys: Vec<String> = redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:*")).await;
-        let size = keys.iter().filter(|key| is_session_key(key)).count() as u64;
+        let size = session_keys(&node.url(), "sessiond:").await.len() as u64;
         per_master.push(size);
         total += size;
     }
@@ -60,9 +50,7 @@ async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
     assert_eq!(total, SESSIONS, "keys in the whole cluster");
 
     let second = ready_node(&http, &["--redis-cluster", &urls]).await;
-    let mut conn = redis_conn(&cluster.nodes[1].url()).await;
-    let keys: Vec<String> = redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:*")).await;
-    let keys: Vec<String> = keys.into_iter().filter(|key| is_session_key(key)).collect();
+    let keys = session_keys(&cluster.nodes[1].url(), "sessiond:").await;
     assert_eq!(keys.len() as u64, per_master[1], "the same keys twice");
     for key in &keys {
         let id = key.strip_prefix("sessiond:").expect("the key prefix");

@@ -514,12 +514,11 @@ async fn acknowledged_sync_writes_survive_a_redis_sigkill_with_aof() {
             "deleted {id} came back"
         );
     }
-    let mut conn = redis_conn(&redis.url()).await;
-    let keys: u64 = redis_query(&mut conn, &mut redis::cmd("DBSIZE")).await;
+    let keys = session_keys(&redis.url(), "sessiond:").await;
     assert_eq!(
-        keys,
-        expected.len() as u64,
-        "keys in Redis after the restart"
+        keys.len(),
+        expected.len(),
+        "session keys in Redis after the restart"
     );
 }
 

@@ -1,5 +1,7 @@
 //! Reading requests: ids, JSON bodies with their content types, `If-Match`.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path};
@@ -48,21 +50,47 @@ impl MediaType {
     }
 }
 
-/// Reads and parses a JSON body of at most `limit` bytes. An empty body is
-/// `T::default()` when `empty` is given, an error otherwise.
+/// How much of a request body a handler reads, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    /// Largest body, in bytes.
+    pub bytes: usize,
+    /// Time the whole body has to arrive (`--http-body-timeout`).
+    pub timeout: Duration,
+}
+
+/// Reads and parses a JSON body within `limit`. An empty body is
+/// `T::default()` when `empty` is given, an error otherwise. A declared
+/// `Content-Length` over the limit is refused before any of the body is read.
 pub async fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     media: MediaType,
-    limit: usize,
+    limit: BodyLimit,
     empty: Option<fn() -> T>,
 ) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
-            format!("the request body is over the {limit}-byte limit"),
+            format!("the request body is over the {}-byte limit", limit.bytes),
         )
-    })?;
+    };
+    if declared_length(headers).is_some_and(|length| length > limit.bytes as u64) {
+        return Err(too_large());
+    }
+    let bytes = tokio::time::timeout(limit.timeout, axum::body::to_bytes(body, limit.bytes))
+        .await
+        .map_err(|_| {
+            metrics::counter!("sessiond_http_timeouts_total", "phase" => "body").increment(1);
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {:?} (--http-body-timeout)",
+                    limit.timeout
+                ),
+            )
+        })?
+        .map_err(|_| too_large())?;
     if bytes.is_empty() {
         if let Some(default) = empty {
             return Ok(default());
@@ -86,6 +114,17 @@ pub async fn json_body<T: DeserializeOwned>(
             format!("malformed JSON body: {err}"),
         )
     })
+}
+
+/// The `Content-Length` the client declared, if it is a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn check_media_type(headers: &HeaderMap, media: MediaType) -> Result<(), ApiError> {

@@ -1,12 +1,16 @@
 //! HTTP/JSON API v1: the axum router, its error mapping, auth and metrics.
 
 mod auth;
+mod connection;
+mod deadline;
 mod error;
 mod extract;
+mod listener;
 mod observability;
 mod sessions;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -35,7 +39,41 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Answers `/readyz`.
     pub readiness: Readiness,
+    /// Time a request body has to arrive once its head is in.
+    pub body_timeout: Duration,
 }
+
+/// Limits that keep HTTP clients from holding a node's memory and
+/// descriptors.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Connections served at once (past it, [`RESERVE_CONNECTIONS`] more for
+    /// health checks, then new connections are closed at once).
+    pub max_connections: usize,
+    /// Time to send a whole request head (from the connection's start, or
+    /// from the first byte of the next request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Time to send a whole request body once its head is in.
+    pub body_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_head_bytes: usize,
+}
+
+/// Connections accepted past `--max-http-connections` for `/healthz`,
+/// `/readyz` and `/metrics` only.
+pub const RESERVE_CONNECTIONS: usize = 16;
+
+/// Head timeout of a reserve connection (at most `--http-header-timeout`):
+/// a health checker sends its request at once.
+pub const RESERVE_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Smallest `--http-max-head-bytes`.
+pub const MIN_HEAD_BYTES: usize = 1 << 10;
+
+/// Largest `--http-max-head-bytes`.
+pub const MAX_HEAD_BYTES: usize = 1 << 20;
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
@@ -68,16 +106,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` fires, then lets in-flight
-/// requests finish.
+/// Serves the API on `listener` within `limits` until `shutdown` fires,
+/// then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: HttpLimits,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+) {
+    listener::serve(listener, router(state), limits, shutdown).await;
 }
 
 async fn unknown_route() -> ApiError {

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sessiond_proto::ErrorCode;
@@ -11,15 +11,28 @@ use sessiond_proto::ErrorCode;
 use super::AppState;
 use super::error::ApiError;
 
+/// Methods that get their own label value; any other is `other`.
+const KNOWN_METHODS: &[Method] = &[
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
 /// Counts every routed request by route, method and status, and records
-/// its latency.
+/// its latency. Every label comes from a closed set (route templates,
+/// [`KNOWN_METHODS`] or `other`, statuses the server sends), so no client
+/// can add series.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::histogram!("sessiond_http_request_duration_seconds", "route" => route.clone())
@@ -32,6 +45,13 @@ pub async fn track(request: Request, next: Next) -> Response {
     )
     .increment(1);
     response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
 }
 
 /// `GET /healthz`: the process is alive and serving.

@@ -6,19 +6,23 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
 use sessiond_proto::http::{CreateRequest, PutRequest, TouchRequest};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{IdParam, MediaType, idempotency_key, if_match, json_body};
+use super::extract::{BodyLimit, IdParam, MediaType, idempotency_key, if_match, json_body};
 use crate::service::JsonData;
 use crate::store::Session;
 
 /// Room for the JSON envelope around the session data in a request body.
 const ENVELOPE_BYTES: usize = 4096;
 
-fn body_limit(state: &AppState) -> usize {
-    state.service.config().max_session_bytes + ENVELOPE_BYTES
+fn body_limit(state: &AppState) -> BodyLimit {
+    BodyLimit {
+        bytes: state.service.config().max_session_bytes + ENVELOPE_BYTES,
+        timeout: state.body_timeout,
+    }
 }
 
 /// `POST /v1/sessions`
@@ -87,7 +91,7 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let expected = if_match(&headers)?;
-    let patch: serde_json::Value = json_body(
+    let patch: Box<RawValue> = json_body(
         &headers,
         body,
         MediaType::MergePatch,
@@ -122,7 +126,10 @@ pub async fn touch(
         &headers,
         body,
         MediaType::Json,
-        ENVELOPE_BYTES,
+        BodyLimit {
+            bytes: ENVELOPE_BYTES,
+            timeout: state.body_timeout,
+        },
         Some(TouchRequest::default),
     )
     .await?;

@@ -84,6 +84,11 @@ impl Announcement<'_> {
             return;
         }
         let others = self.invalidations.alive(others).await;
+        self.wait_for(&others).await;
+    }
+
+    /// Waits until every node of `others` acked, at most [`ACK_TIMEOUT`].
+    async fn wait_for(&self, others: &[u64]) {
         if others.is_empty() {
             return;
         }
@@ -370,7 +375,7 @@ mod tests {
         // The writer ignores its own invalidation and takes the ack.
         assert_eq!(writer.apply(&announcement.message, &store), None);
         assert_eq!(writer.apply(&ack, &store), None);
-        tokio::time::timeout(Duration::from_millis(100), announcement.acked_by(&[2]))
+        tokio::time::timeout(Duration::from_millis(50), announcement.wait_for(&[2]))
             .await
             .expect("acked without waiting for the timeout");
     }

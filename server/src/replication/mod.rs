@@ -344,8 +344,8 @@ impl Replicator {
     }
 
     /// The id the tagged create or rotation `tag` is to use: `fresh`, or
-    /// the one an earlier attempt of the same write took (`true`).
-    async fn claim(&self, tag: u64, fresh: SessionId) -> Result<(SessionId, bool), ServiceError> {
+    /// the one another attempt of the same write claimed first.
+    async fn claim(&self, tag: u64, fresh: SessionId) -> Result<SessionId, ServiceError> {
         let mut conn = self.link.conn()?;
         let claimed = redis::cmd("SET")
             .arg(claim_key(&self.config.prefix, tag))
@@ -357,9 +357,9 @@ impl Replicator {
             .query_async::<Option<String>>(&mut conn)
             .await;
         match self.link.observe(claimed).map_err(write_error)? {
-            None => Ok((fresh, false)),
+            None => Ok(fresh),
             Some(text) => match text.parse() {
-                Ok(earlier) => Ok((earlier, true)),
+                Ok(earlier) => Ok(earlier),
                 Err(_) => Err(ServiceError::Unavailable(format!(
                     "the claim of write {tag:x} in Redis holds no session id"
                 ))),
@@ -383,9 +383,9 @@ impl Replicator {
             slot.send(Change::Upsert(session.clone()));
             return Ok(session);
         }
-        let (id, again) = match tag {
+        let id = match tag {
             Some(tag) => self.claim(tag, id).await?,
-            None => (id, false),
+            None => id,
         };
         let session = self.store.new_session(id, data, ttl_ms, tag);
         let epoch = self.invalidations.epoch();
@@ -400,8 +400,9 @@ impl Replicator {
             Err(err) => return Err(err.into()),
         };
         if stored == 0 {
-            if again {
-                // The first attempt made it: answer what it made.
+            if tag.is_some() {
+                // Another attempt of the same create made it (the id is
+                // claimed by this write alone): answer what it made.
                 return self.load(&id).await;
             }
             return Err(ServiceError::Unavailable(
@@ -718,16 +719,17 @@ impl Replicator {
             delete.send(Change::Delete(*id));
             return Ok(session);
         }
-        let (new_id, again) = match tag {
+        let new_id = match tag {
             Some(tag) => self.claim(tag, new_id).await?,
-            None => (new_id, false),
+            None => new_id,
         };
         let _ordered = self.lock(id).await;
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
             let Some(current) = self.read_redis(id).await? else {
                 self.store.delete(id);
-                if again {
-                    // An earlier attempt of this rotation finished the move.
+                if tag.is_some() {
+                    // Another attempt of this rotation may have finished
+                    // the move (the new id is claimed by this write alone).
                     return self.load(&new_id).await;
                 }
                 return Err(ServiceError::NotFound);

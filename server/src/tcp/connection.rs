@@ -2,6 +2,7 @@
 //! answered as they complete, with a cap on requests in flight, an idle
 //! timeout and a write timeout.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Instant;
@@ -122,6 +123,9 @@ async fn handshake(reader: &mut Reader, ctx: &TcpContext) -> Result<Hello, WireE
     Ok(hello)
 }
 
+/// A placement ring the server can draw ids for: 1 to [`MAX_RING_NODES`]
+/// nodes, each listed once (a repeated seed leaves every copy but the first
+/// an empty share), and an owner among them.
 fn check_placement(placement: &Placement) -> Result<(), WireError> {
     let nodes = placement.ring.len();
     if nodes == 0 || nodes > MAX_RING_NODES || placement.owner as usize >= nodes {
@@ -131,6 +135,15 @@ fn check_placement(placement: &Placement) -> Result<(), WireError> {
                 "placement must list 1 to {MAX_RING_NODES} nodes and an owner among them \
                  (got {nodes} nodes, owner {})",
                 placement.owner
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(nodes);
+    if let Some(seed) = placement.ring.iter().find(|seed| !seen.insert(**seed)) {
+        return Err(WireError::new(
+            ErrorCode::ProtocolError,
+            format!(
+                "placement lists node seed {seed:#018x} more than once; each node must appear once"
             ),
         ));
     }

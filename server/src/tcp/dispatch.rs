@@ -1,5 +1,6 @@
 //! One binary-protocol operation, carried out through the service layer.
 
+use serde_json::value::RawValue;
 use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError, WriteTag};
 
 use crate::service::{JsonData, ServiceError, SessionService};
@@ -39,9 +40,9 @@ pub async fn execute(
             patch,
             ttl_secs,
             expected_version,
-        } => match serde_json::from_slice(&patch) {
+        } => match serde_json::from_slice::<&RawValue>(&patch) {
             Ok(patch) => service
-                .patch(&id, &patch, ttl_secs, expected_version, write)
+                .patch(&id, patch, ttl_secs, expected_version, write)
                 .await
                 .map(session),
             Err(err) => Err(ServiceError::InvalidPatch(err.to_string())),
