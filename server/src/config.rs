@@ -193,6 +193,17 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
 
+    /// Redis Cluster commands a node keeps in flight at once (more wait in
+    /// the node). The `redis` crate's cluster client can deadlock when a
+    /// master dies under many concurrent commands (the node then replaces
+    /// the connection within about 2 s); this bound makes that rare.
+    #[arg(
+        long,
+        env = "SESSIOND_REDIS_CLUSTER_MAX_IN_FLIGHT",
+        default_value_t = 24
+    )]
+    pub redis_cluster_max_in_flight: usize,
+
     /// When a write is acknowledged: `sync` after Redis has it, `async`
     /// from memory with Redis following from a bounded queue.
     #[arg(long, env = "SESSIOND_REDIS_MODE", value_enum, default_value_t = RedisModeArg::Sync)]
@@ -434,7 +445,10 @@ impl ServeArgs {
     fn redis_config(&self) -> Option<RedisConfig> {
         let target = match (&self.redis, self.redis_cluster.is_empty()) {
             (Some(url), _) => RedisTarget::Single(url.clone()),
-            (None, false) => RedisTarget::Cluster(self.redis_cluster.clone()),
+            (None, false) => RedisTarget::Cluster {
+                urls: self.redis_cluster.clone(),
+                max_in_flight: self.redis_cluster_max_in_flight.max(1),
+            },
             (None, true) => return None,
         };
         Some(RedisConfig {

@@ -14,7 +14,7 @@ pub mod upstream;
 
 pub use client::{build, builder_for, client_for};
 pub use process::{Sessiond, binary};
-pub use redis::{RedisCluster, RedisServer};
+pub use redis::{ClusterOptions, RedisCluster, RedisServer};
 
 pub use balance::Balancer;
 pub use cart::CartApp;

@@ -319,9 +319,42 @@ impl Drop for RedisServer {
     }
 }
 
-/// A local Redis Cluster of three masters (no replicas).
+/// How [`RedisCluster::start_with`] builds a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// Replicas of each of the three masters (0 or more).
+    pub replicas_per_master: usize,
+    /// AOF on with fsync on every write, so a node restarted (even after
+    /// SIGKILL) keeps every write it acknowledged.
+    pub aof: bool,
+    /// `cluster-require-full-coverage`: with `false` the live masters keep
+    /// serving their slots while another master's slots are uncovered.
+    pub require_full_coverage: bool,
+}
+
+impl Default for ClusterOptions {
+    /// Three masters, no replicas, no persistence, Redis's default
+    /// coverage rule.
+    fn default() -> Self {
+        Self {
+            replicas_per_master: 0,
+            aof: false,
+            require_full_coverage: true,
+        }
+    }
+}
+
+/// Node timeout of the test clusters: how long a master may be silent
+/// before the others mark it failed (and a replica takes over).
+pub const CLUSTER_NODE_TIMEOUT_MS: u64 = 2_000;
+
+/// Slot ranges of the three masters.
+const MASTER_SLOTS: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+/// A local Redis Cluster of three masters, optionally with replicas.
 pub struct RedisCluster {
-    /// The masters.
+    /// The masters as started (`nodes[0..3]`), then their replicas in the
+    /// same order (`nodes[3..6]` replicate masters 0, 1, 2, and so on).
     pub nodes: Vec<RedisServer>,
 }
 
@@ -329,34 +362,52 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them into a cluster
     /// with all 16384 slots spread over them.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_with(ClusterOptions::default())
+    }
+
+    /// Starts a cluster built as `options` say and waits until every node
+    /// reports `cluster_state:ok` (and every replica is in sync).
+    pub fn start_with(options: ClusterOptions) -> Self {
+        let count = 3 * (1 + options.replicas_per_master);
+        let coverage = if options.require_full_coverage {
+            "yes"
+        } else {
+            "no"
+        };
+        let persistence: &[&str] = if options.aof {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
+        let timeout = CLUSTER_NODE_TIMEOUT_MS.to_string();
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
-                let dir = tempfile::tempdir().expect("tempdir");
+                let mut args = vec![
+                    "--save",
+                    "",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &timeout,
+                    "--cluster-require-full-coverage",
+                    coverage,
+                ];
+                args.extend_from_slice(persistence);
                 RedisServer::spawn(
                     free_port(true),
-                    dir,
-                    &[
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
+                    tempfile::tempdir().expect("tempdir"),
+                    &args,
                 )
             })
             .collect();
-        // Slots 0..16383 split in three ranges, then every node meets the first.
-        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
-        for (node, (first, last)) in nodes.iter().zip(ranges) {
+        for (node, (first, last)) in nodes.iter().zip(MASTER_SLOTS) {
             let reply = raw_command(node.port, &format!("CLUSTER ADDSLOTSRANGE {first} {last}"))
                 .expect("CLUSTER ADDSLOTSRANGE");
             assert!(reply.starts_with("+OK"), "ADDSLOTSRANGE: {reply}");
         }
+        // Every node meets the first.
         for node in &nodes[1..] {
             let reply = raw_command(
                 node.port,
@@ -366,32 +417,95 @@ impl RedisCluster {
             assert!(reply.starts_with("+OK"), "MEET: {reply}");
         }
         let cluster = Self { nodes };
-        cluster.wait_until_ok();
+        cluster.wait_for_state(count, Duration::from_secs(30));
+        for (index, replica) in cluster.nodes.iter().enumerate().skip(3) {
+            let master = node_id(cluster.nodes[index % 3].port);
+            cluster.until(
+                Duration::from_secs(30),
+                "the replica knows its master",
+                || {
+                    raw_command(replica.port, &format!("CLUSTER REPLICATE {master}"))
+                        .is_ok_and(|reply| reply.starts_with("+OK"))
+                },
+            );
+        }
+        for replica in &cluster.nodes[3..] {
+            cluster.until(Duration::from_secs(30), "the replica is in sync", || {
+                raw_command(replica.port, "INFO replication")
+                    .is_ok_and(|info| info.contains("master_link_status:up"))
+            });
+        }
+        cluster.wait_for_state(count, Duration::from_secs(30));
         cluster
     }
 
-    fn wait_until_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let all_ok = self.nodes.iter().all(|node| {
-                raw_command(node.port, "CLUSTER INFO").is_ok_and(|info| {
-                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
-                })
-            });
-            if all_ok {
-                return;
-            }
+    /// Polls `done` every 100 ms, panicking with `what` after `within`.
+    fn until(&self, within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the Redis Cluster did not reach cluster_state:ok");
+    }
+
+    fn wait_for_state(&self, count: usize, within: Duration) {
+        let known = format!("cluster_known_nodes:{count}");
+        self.until(within, "the Redis Cluster reaches cluster_state:ok", || {
+            self.nodes.iter().all(|node| {
+                raw_command(node.port, "CLUSTER INFO")
+                    .is_ok_and(|info| info.contains("cluster_state:ok") && info.contains(&known))
+            })
+        });
     }
 
     /// The masters' URLs, comma separated (for `--redis-cluster`).
     pub fn urls(&self) -> String {
-        self.nodes
+        self.nodes[..3]
             .iter()
             .map(RedisServer::url)
             .collect::<Vec<_>>()
             .join(",")
     }
+
+    /// Which of the three masters (0, 1, 2) serves `slot` as started.
+    pub fn master_of_slot(slot: u16) -> usize {
+        MASTER_SLOTS
+            .iter()
+            .position(|&(first, last)| (first..=last).contains(&slot))
+            .expect("a slot is below 16384")
+    }
+}
+
+/// A cluster node's id (`CLUSTER MYID`).
+pub fn node_id(port: u16) -> String {
+    let reply = raw_command(port, "CLUSTER MYID").expect("CLUSTER MYID");
+    // A bulk string: `$40\r\n<id>\r\n`.
+    reply
+        .lines()
+        .nth(1)
+        .map(str::trim)
+        .filter(|id| id.len() == 40)
+        .unwrap_or_else(|| panic!("CLUSTER MYID answered {reply:?}"))
+        .to_owned()
+}
+
+/// Whether the node on `port` reports itself a master (`ROLE`, whose
+/// first element is `master` or `slave`).
+pub fn is_master(port: u16) -> bool {
+    raw_command(port, "ROLE").is_ok_and(|reply| reply.lines().nth(2) == Some("master"))
+}
+
+/// The cluster slot of `key` (CRC16/XMODEM of the key modulo 16384; the
+/// tests' keys have no `{hash tag}`).
+pub fn key_slot(key: &str) -> u16 {
+    let crc = key.bytes().fold(0u16, |crc, byte| {
+        (0..8).fold(crc ^ (u16::from(byte) << 8), |crc, _| {
+            if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            }
+        })
+    });
+    crc % 16_384
 }

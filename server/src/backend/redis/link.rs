@@ -1,6 +1,7 @@
 //! The connection to Redis, one server or a cluster: connects in the
 //! background (a node starts and serves while Redis is away), reconnects on
-//! its own, and tracks whether Redis answers.
+//! its own, and tracks whether Redis answers. A cluster connection that
+//! stops answering while a fresh one answers is replaced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,9 @@ use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
+use cluster::{ClusterConn, Masters, on_any_node};
+
+mod cluster;
 
 /// How long connecting to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -21,6 +25,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the link checks that Redis answers.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a health check's PING may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long making a new cluster connection (connecting to the seeds,
+/// reading the slot map, connecting to the masters) may take.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the slot map used to fail fast is read from the cluster.
+const SLOT_MAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +39,12 @@ pub enum RedisTarget {
     /// One server (`redis://` or `rediss://` URL, credentials in the URL).
     Single(String),
     /// A Redis Cluster, given by some of its nodes' URLs.
-    Cluster(Vec<String>),
+    Cluster {
+        /// Some nodes' URLs.
+        urls: Vec<String>,
+        /// Commands in flight on the connection at most (more wait).
+        max_in_flight: usize,
+    },
 }
 
 /// A Redis connection of either kind; cheap to clone.
@@ -37,7 +53,7 @@ pub enum RedisConn {
     /// To one server.
     Single(ConnectionManager),
     /// To a cluster (routes every key to its master).
-    Cluster(ClusterConnection),
+    Cluster(ClusterConn),
 }
 
 impl ConnectionLike for RedisConn {
@@ -71,10 +87,12 @@ impl ConnectionLike for RedisConn {
 /// The node's link to Redis.
 pub struct RedisLink {
     target: RedisTarget,
-    cluster: Option<ClusterClient>,
+    cluster: Option<ClusterSetup>,
     conn: RwLock<Option<RedisConn>>,
     up: AtomicBool,
     last_error: Mutex<String>,
+    /// Cluster only: slot map and failing masters.
+    masters: Arc<Masters>,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -84,6 +102,12 @@ impl std::fmt::Debug for RedisLink {
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
+}
+
+/// How a cluster link makes its connections.
+struct ClusterSetup {
+    client: ClusterClient,
+    max_in_flight: usize,
 }
 
 fn config_error(err: redis::RedisError) -> ReplicationError {
@@ -108,14 +132,21 @@ impl RedisLink {
                     .map_err(config_error)?;
                 (None, Some(RedisConn::Single(manager)))
             }
-            RedisTarget::Cluster(urls) => {
+            RedisTarget::Cluster {
+                urls,
+                max_in_flight,
+            } => {
                 let client = ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
                     .retries(2)
                     .build()
                     .map_err(config_error)?;
-                (Some(client), None)
+                let setup = ClusterSetup {
+                    client,
+                    max_in_flight: *max_in_flight,
+                };
+                (Some(setup), None)
             }
         };
         Ok(Arc::new(Self {
@@ -124,6 +155,7 @@ impl RedisLink {
             conn: RwLock::new(conn),
             up: AtomicBool::new(false),
             last_error: Mutex::new("not connected yet".to_owned()),
+            masters: Arc::default(),
         }))
     }
 
@@ -150,20 +182,29 @@ impl RedisLink {
     }
 
     /// Notes what a command's result says about Redis's health, and turns
-    /// its error into ours.
+    /// its error into ours. With a cluster, one command's failure says
+    /// something about one master only: the health check decides whether
+    /// the cluster is reachable.
     pub fn observe<T>(&self, result: RedisResult<T>) -> Result<T, ReplicationError> {
         match result {
             Ok(value) => {
-                self.up.store(true, Ordering::Release);
+                if self.cluster.is_none() {
+                    self.up.store(true, Ordering::Release);
+                }
                 Ok(value)
             }
             Err(err) => {
                 if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
-                    self.mark_down(&err.to_string());
+                    if self.cluster.is_none() {
+                        self.mark_down(&err.to_string());
+                    } else if self.note_error(&err.to_string()) {
+                        tracing::warn!(error = %err, "a Redis Cluster command failed");
+                    }
                 }
                 if (err.is_timeout() || err.is_connection_dropped()) && !err.is_connection_refusal()
                 {
-                    // The command may have run in Redis all the same.
+                    // The command may have run in Redis all the same (not
+                    // when no connection could be made).
                     return Err(ReplicationError::Uncertain(err.to_string()));
                 }
                 Err(ReplicationError::Unavailable(err.to_string()))
@@ -171,19 +212,41 @@ impl RedisLink {
         }
     }
 
+    /// Records `why` as the last error; `true` when it differs from the
+    /// one before.
+    fn note_error(&self, why: &str) -> bool {
+        let mut last = self.last_error.lock();
+        let changed = *last != why;
+        if changed {
+            *last = why.to_owned();
+        }
+        changed
+    }
+
     /// Marks Redis unreachable; logs when it was up or the reason changed
     /// (a wrong URL or certificate shows in the log at once, an outage
     /// once, not on every retry).
     fn mark_down(&self, why: &str) {
-        let changed = {
-            let mut last = self.last_error.lock();
-            let changed = *last != why;
-            *last = why.to_owned();
-            changed
-        };
+        let changed = self.note_error(why);
         if self.up.swap(false, Ordering::AcqRel) || changed {
             tracing::warn!(error = why, "Redis is unreachable");
         }
+    }
+
+    /// Marks Redis reachable; logs when it was not.
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(target = ?self.target, "Redis is reachable");
+        }
+    }
+
+    /// Whether new data should go under `key`: `false` when it lives on a
+    /// cluster master that failed lately.
+    pub fn serves(&self, key: &str) -> bool {
+        self.cluster.is_none()
+            || !self
+                .masters
+                .failed_lately(cluster::key_slot(key.as_bytes()))
     }
 
     /// URLs of servers to subscribe to for invalidations (any cluster node
@@ -191,14 +254,18 @@ impl RedisLink {
     pub fn pubsub_urls(&self) -> Vec<String> {
         match &self.target {
             RedisTarget::Single(url) => vec![url.clone()],
-            RedisTarget::Cluster(urls) => urls.clone(),
+            RedisTarget::Cluster { urls, .. } => urls.clone(),
         }
     }
 
     /// Keeps the link connected and its health current until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut slot_map_read: Option<std::time::Instant> = None;
         loop {
-            self.check().await;
+            match &self.cluster {
+                Some(setup) => self.check_cluster(setup, &mut slot_map_read).await,
+                None => self.check_single().await,
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(HEALTH_INTERVAL) => {}
@@ -206,28 +273,109 @@ impl RedisLink {
         }
     }
 
-    async fn check(&self) {
-        if self.conn.read().is_none()
-            && let Some(cluster) = &self.cluster
-        {
-            match cluster.get_async_connection().await {
-                Ok(conn) => *self.conn.write() = Some(RedisConn::Cluster(conn)),
-                Err(err) => return self.mark_down(&err.to_string()),
-            }
-        }
+    async fn check_single(&self) {
         let Ok(mut conn) = self.conn() else {
             return;
         };
         let ping = redis::cmd("PING");
         let pong = ping.query_async::<String>(&mut conn);
         match tokio::time::timeout(RESPONSE_TIMEOUT, pong).await {
-            Ok(Ok(_)) => {
-                if !self.up.swap(true, Ordering::AcqRel) {
-                    tracing::info!(target = ?self.target, "Redis is reachable");
-                }
-            }
+            Ok(Ok(_)) => self.mark_up(),
             Ok(Err(err)) => self.mark_down(&err.to_string()),
             Err(_) => self.mark_down("PING timed out"),
         }
     }
+
+    /// The cluster is up while some node answers a PING through the
+    /// connection. When none does, a fresh connection decides: if it
+    /// answers, the old one was wedged (the `redis` crate's cluster client
+    /// can get stuck for good in a slot refresh) and is replaced; if not,
+    /// the cluster is unreachable.
+    async fn check_cluster(
+        &self,
+        setup: &ClusterSetup,
+        slot_map_read: &mut Option<std::time::Instant>,
+    ) {
+        let current = match self.conn.read().clone() {
+            Some(RedisConn::Cluster(conn)) => Some(conn.inner),
+            _ => None,
+        };
+        let failure = match &current {
+            Some(conn) => match ping(conn).await {
+                Ok(()) => {
+                    self.mark_up();
+                    if slot_map_read.is_none_or(|at| at.elapsed() >= SLOT_MAP_INTERVAL) {
+                        self.read_slot_map(conn).await;
+                        *slot_map_read = Some(std::time::Instant::now());
+                    }
+                    return;
+                }
+                Err(why) => Some(why),
+            },
+            None => None,
+        };
+        match fresh_cluster_connection(&setup.client).await {
+            Ok(fresh) => {
+                self.read_slot_map(&fresh).await;
+                *slot_map_read = Some(std::time::Instant::now());
+                self.masters.reset();
+                *self.conn.write() = Some(RedisConn::Cluster(ClusterConn::new(
+                    fresh,
+                    self.masters.clone(),
+                    setup.max_in_flight,
+                )));
+                if let Some(why) = failure {
+                    tracing::warn!(
+                        error = why,
+                        "replaced a Redis Cluster connection that stopped answering \
+                         (a new connection answers)"
+                    );
+                }
+                self.mark_up();
+            }
+            Err(err) => self.mark_down(&failure.unwrap_or(err)),
+        }
+    }
+
+    /// Reads the slot map (which master serves which slot) through `conn`.
+    async fn read_slot_map(&self, conn: &ClusterConnection) {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        if let Ok(Ok(reply)) = tokio::time::timeout(PING_TIMEOUT, on_any_node(conn, cmd)).await {
+            self.masters.update(&reply);
+            let failing = self.masters.failing();
+            if !failing.is_empty() {
+                tracing::debug!(?failing, "Redis Cluster masters failing");
+            }
+        }
+    }
+}
+
+/// PINGs one node of the cluster through `conn`, bounded in time.
+async fn ping(conn: &ClusterConnection) -> Result<(), String> {
+    match tokio::time::timeout(PING_TIMEOUT, on_any_node(conn, redis::cmd("PING"))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "PING through the cluster connection: no answer within {PING_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// A new cluster connection that has answered a PING, bounded in time.
+async fn fresh_cluster_connection(client: &ClusterClient) -> Result<ClusterConnection, String> {
+    let connect = async {
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|err| err.to_string())?;
+        ping(&conn).await.map(|()| conn)
+    };
+    tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "connecting to the cluster took over {CLUSTER_CONNECT_TIMEOUT:?}"
+            ))
+        })
 }

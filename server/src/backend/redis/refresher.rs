@@ -3,11 +3,17 @@
 //! `PEXPIREAT ... GT` per session per flush). A read close to the key's
 //! current expiry refreshes Redis before it answers, so a session used
 //! within its TTL never expires in Redis.
+//!
+//! A flush sends at most [`MAX_CONCURRENT`] refreshes at once, and the
+//! refreshes that failed (their Redis master is down) wait for a backoff
+//! that grows while they keep failing, so a failing Redis is never
+//! flooded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use sessiond_proto::SessionId;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +27,19 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A read of a session whose Redis expiry is closer than this refreshes
 /// Redis before answering.
 pub const SYNC_MARGIN_MS: u64 = 2_000;
+/// Refreshes one flush has in flight at most.
+pub const MAX_CONCURRENT: usize = 8;
+/// Longest wait before failed refreshes are tried again (the wait starts
+/// at one flush interval and doubles per failed attempt).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Refreshes that failed, and when they are tried again.
+#[derive(Debug)]
+struct Failed {
+    refreshes: HashMap<SessionId, u64>,
+    attempts: u32,
+    due: Instant,
+}
 
 /// Expiry refreshes waiting to be sent.
 #[derive(Debug)]
@@ -28,6 +47,7 @@ pub struct ExpiryRefresher {
     prefix: String,
     link: Arc<RedisLink>,
     pending: Mutex<HashMap<SessionId, u64>>,
+    failed: Mutex<Failed>,
 }
 
 impl ExpiryRefresher {
@@ -37,6 +57,11 @@ impl ExpiryRefresher {
             prefix,
             link,
             pending: Mutex::new(HashMap::new()),
+            failed: Mutex::new(Failed {
+                refreshes: HashMap::new(),
+                attempts: 0,
+                due: Instant::now(),
+            }),
         }
     }
 
@@ -76,25 +101,45 @@ impl ExpiryRefresher {
     }
 
     async fn flush(&self) {
-        let batch = std::mem::take(&mut *self.pending.lock());
+        let mut batch = std::mem::take(&mut *self.pending.lock());
+        {
+            let mut failed = self.failed.lock();
+            if Instant::now() >= failed.due {
+                // Newer notes win.
+                for (id, expires_at) in std::mem::take(&mut failed.refreshes) {
+                    batch.entry(id).or_insert(expires_at);
+                }
+            }
+        }
         if batch.is_empty() {
             return;
         }
-        let refreshes = batch
-            .iter()
-            .map(|(id, expires_at)| self.refresh_now(id, *expires_at));
-        let failed = futures_util::future::join_all(refreshes)
-            .await
-            .into_iter()
-            .filter(Result::is_err)
-            .count();
-        if failed > 0 {
-            // Put them back for the next flush; newer notes win.
-            let mut pending = self.pending.lock();
-            for (id, expires_at) in batch {
-                pending.entry(id).or_insert(expires_at);
+        let failures: Vec<(SessionId, u64)> = futures_util::stream::iter(batch)
+            .map(|(id, expires_at)| async move {
+                let result = self.refresh_now(&id, expires_at).await;
+                result.is_err().then_some((id, expires_at))
+            })
+            .buffer_unordered(MAX_CONCURRENT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut failed = self.failed.lock();
+        if failures.is_empty() {
+            if failed.refreshes.is_empty() {
+                failed.attempts = 0;
             }
-            tracing::debug!(failed, "expiry refreshes failed; retrying next flush");
+            return;
+        }
+        failed.attempts = failed.attempts.saturating_add(1);
+        let delay = FLUSH_INTERVAL.saturating_mul(1 << failed.attempts.min(8));
+        failed.due = Instant::now() + delay.min(MAX_RETRY_DELAY);
+        tracing::debug!(
+            failed = failures.len(),
+            retry_in = ?delay.min(MAX_RETRY_DELAY),
+            "expiry refreshes failed; retrying later"
+        );
+        for (id, expires_at) in failures {
+            failed.refreshes.entry(id).or_insert(expires_at);
         }
     }
 }

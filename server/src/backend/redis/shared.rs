@@ -22,6 +22,9 @@ use crate::store::{Session, Store};
 pub const MAX_OPTIMISTIC_ATTEMPTS: usize = 16;
 /// Locks that order a node's own cache fills and writes of one session.
 const STRIPES: usize = 256;
+/// Most ids drawn for a new session while its first draws land on a
+/// Redis Cluster master that is down.
+const MAX_ID_DRAWS: usize = 32;
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +138,16 @@ impl Redis {
 
     pub(super) fn key(&self, id: &SessionId) -> String {
         key(&self.config.prefix, id)
+    }
+
+    /// `id`, or while its Redis Cluster master is down a freshly drawn id
+    /// whose master is up (a new session can live anywhere).
+    pub(super) fn usable_id(&self, id: SessionId) -> SessionId {
+        std::iter::once(id)
+            .chain(std::iter::repeat_with(SessionId::random))
+            .take(MAX_ID_DRAWS)
+            .find(|id| self.link.serves(&self.key(id)))
+            .unwrap_or(id)
     }
 
     pub(super) fn now(&self) -> u64 {

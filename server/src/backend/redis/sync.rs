@@ -70,9 +70,11 @@ impl SyncBackend {
             .arg(&redis.cacher)
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
+        // A data write whose command got no answer may have run: the
+        // caller learns that (a touch is simply retried).
         let outcome = match redis.link.observe(result) {
             Ok(outcome) => outcome,
-            Err(err) if tag.is_some() => return Err(write_error(err)),
+            Err(err) if write.data.is_some() => return Err(write_error(err)),
             Err(err) => return Err(err.into()),
         };
         if let WriteOutcome::Done { others, .. } = &outcome {
@@ -145,11 +147,7 @@ impl SyncBackend {
         let result = session_args(&redis.scripts.store_new, &key, &session, &redis.cacher)
             .invoke_async::<i64>(&mut conn)
             .await;
-        let stored = match redis.link.observe(result) {
-            Ok(stored) => stored,
-            Err(err) if tag.is_some() => return Err(write_error(err)),
-            Err(err) => return Err(err.into()),
-        };
+        let stored = redis.link.observe(result).map_err(write_error)?;
         if stored == 0 {
             if tag.is_some() {
                 // Another attempt of the same create made it (the id is
@@ -229,6 +227,7 @@ impl Backend for SyncBackend {
         owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
+        let id = redis.usable_id(id);
         let id = match tag {
             Some(tag) => redis.claim(tag, id).await?,
             None => id,
@@ -388,6 +387,7 @@ impl Backend for SyncBackend {
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
+        let new_id = redis.usable_id(new_id);
         let new_id = match tag {
             Some(tag) => redis.claim(tag, new_id).await?,
             None => new_id,

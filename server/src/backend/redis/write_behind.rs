@@ -117,6 +117,7 @@ impl Backend for WriteBehindBackend {
             return self.sync.create(id, data, ttl_ms, tag, owner).await;
         }
         let slot = self.queue.reserve()?;
+        let id = self.redis.usable_id(id);
         let session = self.redis.store.create(id, data, ttl_ms, tag, None)?;
         slot.send(Change::Upsert(session.clone()));
         Ok(session)
@@ -188,6 +189,7 @@ impl Backend for WriteBehindBackend {
             return self.sync.rotate(id, new_id, tag, rebind).await;
         }
         let delete = self.queue.reserve()?;
+        let new_id = self.redis.usable_id(new_id);
         let session = backend_only(self.apply(id, || Ok(store.rotate(id, new_id, None)?)).await)?;
         delete.send(Change::Delete(*id));
         Ok(session)
