@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::process::signal;
 use sessiond_e2e::redis_support::{
-    bounded, client_of, http, node_on, redis_conn, send, session_keys,
+    bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
 };
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
 
@@ -50,6 +50,7 @@ async fn counter(client: &Client, id: &SessionId) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
+    let _alone = exclusive().await;
     const ROUNDS: usize = 50;
     let redis = RedisServer::start_with_debug();
     let nodes = nodes_on(&redis, 3).await;
@@ -102,6 +103,7 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
+    let _alone = exclusive().await;
     const ROUNDS: usize = 20;
     let redis = RedisServer::start_with_debug();
     let nodes = nodes_on(&redis, 3).await;
@@ -215,6 +217,7 @@ async fn updates_through_a_kill(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_updates_applies_each_update_once() {
+    let _alone = exclusive().await;
     const RUNS: usize = 20;
     let redis = RedisServer::start();
     let mut nodes = nodes_on(&redis, 3).await;
@@ -240,6 +243,7 @@ async fn a_node_killed_under_updates_applies_each_update_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_resent_to_a_stopped_memory_node_is_applied_once() {
+    let _alone = exclusive().await;
     const ROUNDS: u64 = 10;
     let node = Sessiond::start(&[]);
     let client = build(
@@ -285,6 +289,7 @@ async fn a_write_resent_to_a_stopped_memory_node_is_applied_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_timeout_keeps_a_node_in_rotation_and_fall_timeouts_take_it_out() {
+    let _alone = exclusive().await;
     let redis = RedisServer::start();
     let nodes = nodes_on(&redis, 2).await;
     let client = build(

@@ -36,6 +36,10 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 /// ...and the key lives this long: a writer does not wait for acks from a
 /// node without one (it died, or lost Redis and trusts no copy).
 const HEARTBEAT_TTL: Duration = Duration::from_millis(1500);
+/// A node trusts its cached copies only while its heartbeat was refreshed
+/// this recently (well before the key can expire, after which writers stop
+/// waiting for its acks).
+const HEARTBEAT_TRUST: Duration = Duration::from_millis(1000);
 
 /// First byte of an invalidation: `I`, writer (8), session (16), nonce (8).
 const INVALIDATION: u8 = b'I';
@@ -64,6 +68,8 @@ pub struct Invalidations {
     live: AtomicBool,
     received: AtomicU64,
     waiters: Mutex<HashMap<u64, Arc<Waiter>>>,
+    /// When the heartbeat was last refreshed.
+    beaten: Mutex<Option<std::time::Instant>>,
 }
 
 /// One announced change: the message the write script publishes, and the
@@ -130,6 +136,7 @@ impl Invalidations {
             live: AtomicBool::new(false),
             received: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
+            beaten: Mutex::new(None),
         }
     }
 
@@ -165,6 +172,7 @@ impl Invalidations {
         let Ok(mut conn) = self.link.conn() else {
             return;
         };
+        let started = std::time::Instant::now();
         let beat = redis::cmd("SET")
             .arg(self.heartbeat_key(self.node_id))
             .arg(1)
@@ -172,8 +180,9 @@ impl Invalidations {
             .arg(HEARTBEAT_TTL.as_millis() as u64)
             .query_async::<()>(&mut conn)
             .await;
-        if let Err(err) = beat {
-            tracing::debug!(%err, "could not refresh the node's heartbeat");
+        match beat {
+            Ok(()) => *self.beaten.lock() = Some(started),
+            Err(err) => tracing::debug!(%err, "could not refresh the node's heartbeat"),
         }
     }
 
@@ -208,8 +217,15 @@ impl Invalidations {
     }
 
     /// Whether the subscription is up, so cached copies can be trusted.
+    /// (Writers wait for this node's acks only while its heartbeat key
+    /// lives, so copies are trusted only while it was refreshed lately:
+    /// a heartbeat whose Redis Cluster master is down ends the trust.)
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
+            && self
+                .beaten
+                .lock()
+                .is_some_and(|at| at.elapsed() < HEARTBEAT_TRUST)
     }
 
     /// A counter that moves whenever another node's change arrives (or the
