@@ -63,9 +63,10 @@ struct Args {
     check_config: bool,
 }
 
-/// What handlers share: only this instance's name.
+/// What handlers share: this instance's name, and the sessiond client
+/// (for "sign out everywhere").
 #[derive(Clone)]
-struct Instance(std::sync::Arc<str>);
+struct Instance(std::sync::Arc<str>, Client);
 
 const VISITS: &str = "visits";
 const CART: &str = "cart";
@@ -109,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.auth_token(token.clone());
     }
     let client = builder.build().await.context("cannot reach sessiond")?;
-    let sessions = SessionManagerLayer::new(SessiondStore::new(client))
+    let sessions = SessionManagerLayer::new(SessiondStore::new(client.clone()))
         .with_name("sid")
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
@@ -122,9 +123,10 @@ async fn main() -> anyhow::Result<()> {
         .route("/cart/{item}", post(add_to_cart))
         .route("/login/{user}", post(login))
         .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
         .layer(sessions)
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Instance(args.name.as_str().into()));
+        .with_state(Instance(args.name.as_str().into(), client));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -231,7 +233,8 @@ async fn add_to_cart(
 }
 
 /// `POST /login/{user}`: a new session id for the same data (no session
-/// fixation), then remembers the user.
+/// fixation) that belongs to the user (listed and revoked with the user's
+/// other sessions), and the user remembered in the session.
 async fn login(
     State(instance): State<Instance>,
     Path(user): Path<String>,
@@ -240,10 +243,36 @@ async fn login(
     if let Err(err) = session.cycle_id().await {
         return unavailable(err);
     }
+    if let Err(err) = SessiondStore::bind_user(&session, &user).await {
+        return unavailable(err);
+    }
     if let Err(err) = session.insert(USER, &user).await {
         return unavailable(err);
     }
     served_by(&instance, json!({"instance": &*instance.0, "user": user}))
+}
+
+/// `POST /logout-everywhere`: signs the user out of every other device
+/// (every other session of the user is deleted; this one stays).
+async fn logout_everywhere(State(instance): State<Instance>, session: Session) -> Response {
+    let user: Option<String> = match session.get(USER).await {
+        Ok(user) => user,
+        Err(err) => return unavailable(err),
+    };
+    let (Some(user), Some(id)) = (user, session.id()) else {
+        let body = json!({"instance": &*instance.0, "error": "not logged in"});
+        let mut response = served_by(&instance, body);
+        *response.status_mut() = axum::http::StatusCode::FORBIDDEN;
+        return response;
+    };
+    let current = SessiondStore::session_id(&id);
+    match instance.1.revoke_user_sessions(&user, Some(&current)).await {
+        Ok(revoked) => served_by(
+            &instance,
+            json!({"instance": &*instance.0, "user": user, "revoked": revoked}),
+        ),
+        Err(err) => unavailable(err),
+    }
 }
 
 /// `POST /logout`: forgets the session.

@@ -21,6 +21,9 @@ type Data = std::collections::HashMap<String, Value>;
 /// that `save` can send only what the request changed. Apps never see it
 /// unless they ask for it by name.
 const LOADED: &str = "__sessiond_loaded";
+/// The key under which a login names the user the next created session
+/// belongs to ([`SessiondStore::bind_user`]).
+const BIND_USER: &str = "__sessiond_user";
 
 /// tower-sessions storage in sessiond (tower-sessions 0.15).
 ///
@@ -40,6 +43,12 @@ const LOADED: &str = "__sessiond_loaded";
 /// - **A save never brings a session back.** If the session was deleted
 ///   (logout elsewhere) or rotated away after this request loaded it, the
 ///   save changes nothing and the cookie is dead.
+/// - **Users**: at a login, call `session.cycle_id()` (a new id, against
+///   session fixation) and then [`SessiondStore::bind_user`]: the session
+///   is created under its new id belonging to the user, so it shows in
+///   [`Client::list_user_sessions`] and [`Client::revoke_user_sessions`]
+///   ("sign out everywhere") reaches it, and the server's
+///   `--max-sessions-per-user` applies.
 /// - **Expiry**: the session's idle TTL follows tower-sessions' expiry,
 ///   capped at the server's `--max-ttl` (tower-sessions defaults to two
 ///   weeks, sessiond to 24 h), with a warning logged once when the cap
@@ -67,6 +76,22 @@ impl SessiondStore {
             client,
             warned_ttl_cap: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Binds the session to `user` when it is next created: call it after
+    /// `session.cycle_id()` at a login (the record is then created anew,
+    /// under a fresh id, belonging to the user).
+    pub async fn bind_user(
+        session: &tower_sessions_core::Session,
+        user: &str,
+    ) -> Result<(), tower_sessions_core::session::Error> {
+        session.insert(BIND_USER, user).await
+    }
+
+    /// The sessiond id of a tower-sessions session id (the same 16 bytes:
+    /// both print as the same text).
+    pub fn session_id(id: &Id) -> SessionId {
+        session_id(id)
     }
 
     /// The idle TTL that makes a session expire at `expiry` (at least 1 s),
@@ -112,7 +137,7 @@ fn app_data(record: &Record) -> Map<String, Value> {
     record
         .data
         .iter()
-        .filter(|(key, _)| key.as_str() != LOADED)
+        .filter(|(key, _)| key.as_str() != LOADED && key.as_str() != BIND_USER)
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect()
 }
@@ -134,11 +159,13 @@ fn changes(loaded: &Map<String, Value>, now: &Map<String, Value>) -> Map<String,
 #[async_trait]
 impl SessionStore for SessiondStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        let info = self
-            .client
-            .create(&app_data(record), Some(self.ttl_until(record.expiry_date)))
-            .await
-            .map_err(backend)?;
+        let ttl = Some(self.ttl_until(record.expiry_date));
+        let data = app_data(record);
+        let created = match record.data.get(BIND_USER).and_then(Value::as_str) {
+            Some(user) => self.client.create_for_user(&data, ttl, user).await,
+            None => self.client.create(&data, ttl).await,
+        };
+        let info = created.map_err(backend)?;
         record.id = record_id(&info.id);
         Ok(())
     }

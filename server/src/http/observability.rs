@@ -83,6 +83,9 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
     metrics::counter!("sessiond_expirations_total").absolute(stats.expirations);
     metrics::counter!("sessiond_evictions_total").absolute(stats.evictions);
     metrics::counter!("sessiond_rejections_total").absolute(stats.rejections);
+    metrics::gauge!("sessiond_user_index_users").set(stats.user_index_users as f64);
+    metrics::gauge!("sessiond_user_index_entries").set(stats.user_index_entries as f64);
+    metrics::counter!("sessiond_user_revocations_total").increment(0);
     if let Some(up) = state.readiness.redis_up() {
         metrics::gauge!("sessiond_redis_up").set(if up { 1.0 } else { 0.0 });
     }

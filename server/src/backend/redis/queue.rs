@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ReplicationError;
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
-use super::scripts::{Deleted, Scripts, key, session_args};
+use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::Session;
 
@@ -197,8 +197,10 @@ async fn ship(
             match change {
                 Change::Upsert(session) => {
                     let key = key(prefix, &session.id);
-                    let mut invocation = session_args(&scripts.store_any, &key, session, "");
+                    let cacher = hex(invalidations.node_id);
+                    let mut invocation = session_args(&scripts.store_any, &key, session, &cacher);
                     invocation
+                        .key(tombstone(&key))
                         .arg(&invalidations.channel)
                         .arg(invalidations.broadcast(&session.id));
                     invocation.invoke_async::<i64>(&mut conn).await
@@ -206,6 +208,7 @@ async fn ship(
                 Change::Delete(id) => scripts
                     .delete
                     .key(key(prefix, id))
+                    .key(tombstone(&key(prefix, id)))
                     .arg(&invalidations.channel)
                     .arg(invalidations.broadcast(id))
                     .arg("")

@@ -21,6 +21,17 @@ pub fn key(prefix: &str, id: &SessionId) -> String {
     format!("{prefix}{id}")
 }
 
+/// The key that marks a deleted session for a while, so a write-behind
+/// write of it that was still queued somewhere cannot bring it back (in
+/// the session key's own hash slot, for Redis Cluster).
+pub fn tombstone(key: &str) -> String {
+    format!("{{{key}}}:gone")
+}
+
+/// How long a deleted session's tombstone lives: far longer than a
+/// write-behind queue holds a write.
+const TOMBSTONE_MS: u64 = 120_000;
+
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy.
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p]`.
@@ -55,8 +66,10 @@ return 1
 /// Stores a whole session unconditionally: the copy a rotation makes under
 /// the new id (ARGV: v, d, c, u, t, expires_at, w, h, o, p), or, with a
 /// channel and message in ARGV[11] and ARGV[12], a write-behind write that
-/// is announced to every node.
+/// is announced to every node; with a tombstone key as KEYS[2], nothing is
+/// stored (0) when the session was deleted lately.
 const STORE_ANY: &str = r"
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
@@ -142,12 +155,13 @@ return answer
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
 /// is ''). Returns {1, other cachers, user} when deleted, {0, '', ''} when
-/// not there (or at another version).
+/// not there (or at another version). Leaves a tombstone (KEYS[2]).
 const DELETE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
 if not r[1] then return {0, '', ''} end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], 1, 'PX', TOMBSTONE_MS)
 local others = {}
 for node in string.gmatch(r[2] or '', '[^,]+') do
   if node ~= ARGV[4] then others[#others + 1] = node end
@@ -174,7 +188,7 @@ impl Default for Scripts {
             store_new: Script::new(STORE_NEW),
             store_any: Script::new(STORE_ANY),
             write: Script::new(&write),
-            delete: Script::new(DELETE),
+            delete: Script::new(&DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string())),
         }
     }
 }

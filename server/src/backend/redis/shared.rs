@@ -12,7 +12,7 @@ use super::error::{ReplicationError, write_error};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
-use super::scripts::{Deleted, Scripts, StoredSession, hex, key};
+use super::scripts::{Deleted, Scripts, StoredSession, hex, key, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
 use crate::store::{Session, Store};
@@ -289,6 +289,7 @@ impl Redis {
             .scripts
             .delete
             .key(redis.key(id))
+            .key(tombstone(&redis.key(id)))
             .arg(&redis.invalidations.channel)
             .arg(&announcement.message)
             .arg(only_at.map(|v| v.to_string()).unwrap_or_default())

@@ -208,7 +208,19 @@ impl Redis {
             return Err(BackendError::TooManySessions { max });
         }
         // Last use: the expiry the last read or write set, less the TTL.
-        live.sort_by_key(|session| session.expires_at_ms.saturating_sub(session.ttl_ms));
+        // Reads on a node reach Redis's expiry within a refresh flush; this
+        // node's own copy may know a later use.
+        let last_use = |session: &Session| {
+            let local = self
+                .store
+                .peek(&session.id)
+                .map_or(0, |copy| copy.expires_at_ms);
+            session
+                .expires_at_ms
+                .max(local)
+                .saturating_sub(session.ttl_ms)
+        };
+        live.sort_by_key(last_use);
         for victim in &live[..=live.len() - max] {
             self.delete_in_redis(&victim.id, None)
                 .await

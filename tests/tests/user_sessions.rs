@@ -1,0 +1,433 @@
+//! Sessions that know their user, through the real binary and real Redis:
+//! listing a user's live sessions (never an expired, deleted, evicted or
+//! rotated-away one), "sign out other devices", the per-user cap, logins
+//! racing on two nodes, churn, Redis Cluster and write-behind mode.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, node_on, send};
+use sessiond_e2e::{RedisCluster, RedisServer, Sessiond};
+
+/// `POST /v1/sessions` for `user` with a TTL.
+async fn login(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> Reply {
+    send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .json(&json!({"data": {"who": user}, "ttl_secs": ttl_secs, "user": user})),
+    )
+    .await
+}
+
+async fn logged_in(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> String {
+    let reply = login(http, node, user, ttl_secs).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.json()["user"], json!(user));
+    reply.session().id
+}
+
+/// The ids `GET /v1/users/{user}/sessions` lists on `node`, in order.
+async fn listed(http: &reqwest::Client, node: &Sessiond, user: &str) -> Vec<String> {
+    let path = format!("{}/v1/users/{}/sessions", node.url(), encode(user));
+    let reply = send(http.get(path)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["user"], json!(user));
+    body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|session| session["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Percent-encodes a user name for a URL path.
+fn encode(user: &str) -> String {
+    user.bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+async fn status_of(http: &reqwest::Client, node: &Sessiond, id: &str) -> u16 {
+    send(http.get(format!("{}/v1/sessions/{id}", node.url())))
+        .await
+        .status
+}
+
+async fn rotate(http: &reqwest::Client, node: &Sessiond, id: &str, user: Option<&str>) -> Reply {
+    let request = http.post(format!("{}/v1/sessions/{id}/rotate", node.url()));
+    let request = match user {
+        Some(user) => request.json(&json!({ "user": user })),
+        None => request,
+    };
+    send(request).await
+}
+
+async fn revoke(http: &reqwest::Client, node: &Sessiond, user: &str, except: Option<&str>) -> u64 {
+    let mut path = format!("{}/v1/users/{}/sessions", node.url(), encode(user));
+    if let Some(except) = except {
+        path.push_str(&format!("?except={except}"));
+    }
+    let reply = send(http.delete(path)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["revoked"].as_u64().expect("revoked")
+}
+
+/// Five logins, two of them short-lived, one rotated: after the short ones
+/// expire, every node lists exactly the three live ids (the rotated one
+/// under its new id), oldest first.
+async fn lists_only_live_sessions(nodes: &[&Sessiond]) {
+    let http = http();
+    let user = "alice@example.com";
+    let mut ids = Vec::new();
+    for ttl in [60, 2, 60, 2, 60] {
+        ids.push(logged_in(&http, nodes[0], user, ttl).await);
+    }
+    let rotated = rotate(&http, nodes[0], &ids[2], None).await;
+    assert_eq!(rotated.status, 201, "{}", rotated.text);
+    assert_eq!(
+        rotated.json()["user"],
+        json!(user),
+        "rotation keeps the user"
+    );
+    let rotated = rotated.session().id;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for node in nodes {
+        assert_eq!(
+            listed(&http, node, user).await,
+            [ids[0].clone(), rotated.clone(), ids[4].clone()]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_holds_only_live_sessions_in_memory() {
+    let node = Sessiond::start(&[]);
+    lists_only_live_sessions(&[&node]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_holds_only_live_sessions_on_every_node_with_redis() {
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = [
+        node_on(&http, &redis.url(), &[]).await,
+        node_on(&http, &redis.url(), &[]).await,
+    ];
+    lists_only_live_sessions(&[&nodes[0], &nodes[1]]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_other_devices_kills_them_on_every_node_at_once() {
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = [
+        node_on(&http, &redis.url(), &[]).await,
+        node_on(&http, &redis.url(), &[]).await,
+    ];
+    let user = "bob";
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(logged_in(&http, &nodes[n % 2], user, 600).await);
+    }
+    // Both nodes cache every session (each reads each once).
+    for id in &ids {
+        for node in &nodes {
+            assert_eq!(status_of(&http, node, id).await, 200);
+        }
+    }
+    assert_eq!(revoke(&http, &nodes[1], user, Some(&ids[2])).await, 4);
+    for (n, id) in ids.iter().enumerate() {
+        for node in &nodes {
+            let expected = if n == 2 { 200 } else { 404 };
+            assert_eq!(status_of(&http, node, id).await, expected, "session {n}");
+        }
+    }
+    assert_eq!(listed(&http, &nodes[0], user).await, [ids[2].clone()]);
+}
+
+/// A node with `args`, on `redis` if given.
+async fn start_node(
+    http: &reqwest::Client,
+    redis: Option<&RedisServer>,
+    args: &[&str],
+) -> Sessiond {
+    match redis {
+        Some(redis) => node_on(http, &redis.url(), args).await,
+        None => Sessiond::start(args),
+    }
+}
+
+/// Cap 3: a fourth login evicts the least recently used session; with
+/// reject, a fourth login is 409 and nothing changes.
+async fn the_cap_holds(redis: Option<&RedisServer>) {
+    let http = http();
+    let start = |args: &'static [&'static str]| start_node(&http, redis, args);
+    let evicting = start(&["--max-sessions-per-user", "3"]).await;
+    let user = "carol";
+    let ids = [
+        logged_in(&http, &evicting, user, 600).await,
+        logged_in(&http, &evicting, user, 600).await,
+        logged_in(&http, &evicting, user, 600).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        status_of(&http, &evicting, &ids[0]).await,
+        200,
+        "used again"
+    );
+    let fourth = logged_in(&http, &evicting, user, 600).await;
+    assert_eq!(
+        status_of(&http, &evicting, &ids[1]).await,
+        404,
+        "least recently used"
+    );
+    let now: BTreeSet<String> = listed(&http, &evicting, user).await.into_iter().collect();
+    let expected: BTreeSet<String> = [ids[0].clone(), ids[2].clone(), fourth].into();
+    assert_eq!(now, expected);
+    drop(evicting);
+
+    let rejecting = start(&["--max-sessions-per-user", "3", "--when-user-full", "reject"]).await;
+    let user = "dave";
+    for _ in 0..3 {
+        logged_in(&http, &rejecting, user, 600).await;
+    }
+    let before = listed(&http, &rejecting, user).await;
+    let refused = login(&http, &rejecting, user, 600).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (409, "too_many_sessions"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(
+        listed(&http, &rejecting, user).await,
+        before,
+        "nothing changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_evicts_the_oldest_or_rejects_in_memory() {
+    the_cap_holds(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_evicts_the_oldest_or_rejects_with_redis() {
+    let redis = RedisServer::start();
+    the_cap_holds(Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_logins_on_two_nodes_leave_exactly_the_cap() {
+    let redis = RedisServer::start();
+    let http = http();
+    let args = ["--max-sessions-per-user", "3"];
+    let nodes = [
+        node_on(&http, &redis.url(), &args).await,
+        node_on(&http, &redis.url(), &args).await,
+    ];
+    let user = "erin";
+    let logins = (0..32).map(|n| {
+        let (http, url) = (http.clone(), nodes[n % 2].url());
+        tokio::spawn(async move {
+            // Half log in fresh, half bind an anonymous session.
+            let anonymous = send(http.post(format!("{url}/v1/sessions")).json(&json!({})))
+                .await
+                .session()
+                .id;
+            let reply = if n % 4 < 2 {
+                send(
+                    http.post(format!("{url}/v1/sessions"))
+                        .json(&json!({"user": "erin", "ttl_secs": 600})),
+                )
+                .await
+            } else {
+                send(
+                    http.post(format!("{url}/v1/sessions/{anonymous}/rotate"))
+                        .json(&json!({"user": "erin"})),
+                )
+                .await
+            };
+            assert_eq!(reply.status, 201, "login {n}: {}", reply.text);
+            reply.session().id
+        })
+    });
+    let mut ids = Vec::new();
+    for login in logins.collect::<Vec<_>>() {
+        ids.push(bounded("a login", login).await.expect("a login task"));
+    }
+    let mut live = Vec::new();
+    for id in &ids {
+        if status_of(&http, &nodes[0], id).await == 200 {
+            live.push(id.clone());
+        }
+    }
+    assert_eq!(live.len(), 3, "live sessions of the user");
+    for node in &nodes {
+        let listing: BTreeSet<String> = listed(&http, node, user).await.into_iter().collect();
+        assert_eq!(listing, live.iter().cloned().collect::<BTreeSet<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_leaves_the_index_and_memory_as_they_were() {
+    const SESSIONS: usize = 2_000;
+    let node = Sessiond::start(&["--sweep-interval", "50ms"]);
+    let http = http();
+    let client = client_of(&[&node], Duration::from_secs(10)).await;
+    let stats = |client: sessiond_client::Client, address: String| async move {
+        bounded("stats", client.stats(&address))
+            .await
+            .expect("stats")
+    };
+    let address = node.tcp.to_string();
+    let before = stats(client.clone(), address.clone()).await;
+    let creates = (0..SESSIONS).map(|n| {
+        let client = client.clone();
+        async move {
+            client
+                .create_for_user(&json!({"n": n}), Some(Duration::from_secs(1)), "frank")
+                .await
+        }
+    });
+    for created in futures_util::future::join_all(creates).await {
+        created.expect("a create");
+    }
+    let during = stats(client.clone(), address.clone()).await;
+    assert_eq!(during.user_index_entries, SESSIONS as u64);
+    let mut after = during;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = stats(client.clone(), address.clone()).await;
+        if after.sessions == before.sessions {
+            break;
+        }
+    }
+    assert_eq!(
+        (after.user_index_users, after.user_index_entries),
+        (0, 0),
+        "{after:?}"
+    );
+    assert_eq!(after.bytes_used, before.bytes_used, "{after:?}");
+    assert!(listed(&http, &node, "frank").await.is_empty());
+    let metrics = send(http.get(format!("{}/metrics", node.url()))).await.text;
+    assert!(
+        metrics.contains("sessiond_user_index_entries 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_user_names_are_invalid_user() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    let long = "x".repeat(257);
+    for user in ["", long.as_str(), "tab\tname"] {
+        let reply = login(&http, &node, user, 60).await;
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (400, "invalid_user"),
+            "{user:?}: {}",
+            reply.text
+        );
+    }
+    let path = format!("{}/v1/users/{}/sessions", node.url(), encode("a\u{7}b"));
+    let reply = send(http.get(path)).await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (400, "invalid_user")
+    );
+    // A name with spaces and non-ASCII letters round-trips percent-encoded.
+    let id = logged_in(&http, &node, "Zoë Smith", 60).await;
+    assert_eq!(listed(&http, &node, "Zoë Smith").await, [id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_listing_never_returns_a_dead_session_under_churn() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let http = http();
+    let node =
+        sessiond_e2e::redis_support::ready_node(&http, &["--redis-cluster", &cluster.urls()]).await;
+    let user = "grace";
+    let churn = {
+        let (http, url) = (http.clone(), node.url());
+        tokio::spawn(async move {
+            let mut dead = Vec::new();
+            for round in 0..60 {
+                let id = send(
+                    http.post(format!("{url}/v1/sessions"))
+                        .json(&json!({"user": "grace", "ttl_secs": 600})),
+                )
+                .await
+                .session()
+                .id;
+                if round % 2 == 0 {
+                    let rotated = send(http.post(format!("{url}/v1/sessions/{id}/rotate")))
+                        .await
+                        .session()
+                        .id;
+                    dead.push(id);
+                    send(http.delete(format!("{url}/v1/sessions/{rotated}"))).await;
+                    dead.push(rotated);
+                }
+            }
+            dead
+        })
+    };
+    let mut listings = 0;
+    let mut seen = BTreeSet::new();
+    while !churn.is_finished() {
+        for id in listed(&http, &node, user).await {
+            seen.insert(id);
+        }
+        listings += 1;
+    }
+    let dead: BTreeSet<String> = churn.await.expect("the churn").into_iter().collect();
+    let final_listing: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    assert!(
+        final_listing.is_disjoint(&dead),
+        "a dead session listed at the end"
+    );
+    assert_eq!(final_listing.len(), 30, "the live sessions");
+    for id in &final_listing {
+        assert_eq!(status_of(&http, &node, id).await, 200);
+    }
+    eprintln!("{listings} listings during the churn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_nodes_list_and_revoke_through_redis() {
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = [
+        node_on(&http, &redis.url(), &["--redis-mode", "async"]).await,
+        node_on(&http, &redis.url(), &["--redis-mode", "async"]).await,
+    ];
+    let user = "heidi";
+    let a = logged_in(&http, &nodes[0], user, 600).await;
+    let b = logged_in(&http, &nodes[1], user, 600).await;
+    // Writes to a user's session stay write-behind; the index does not.
+    let write = send(
+        http.put(format!("{}/v1/sessions/{a}", nodes[0].url()))
+            .json(&json!({"data": {"cart": [1]}})),
+    )
+    .await;
+    assert_eq!(write.status, 200, "{}", write.text);
+    for node in &nodes {
+        let listing: BTreeSet<String> = listed(&http, node, user).await.into_iter().collect();
+        assert_eq!(listing, [a.clone(), b.clone()].into());
+    }
+    assert_eq!(revoke(&http, &nodes[1], user, None).await, 2);
+    for node in &nodes {
+        for id in [&a, &b] {
+            assert_eq!(status_of(&http, node, id).await, 404);
+        }
+        assert!(listed(&http, node, user).await.is_empty());
+    }
+}
