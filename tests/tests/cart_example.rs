@@ -176,3 +176,46 @@ async fn the_cart_app_keeps_its_sessions_in_sessiond() {
         json!({"instance": "app-y", "visits": 6, "cart": ["apple", "pear"], "user": "alice"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_binds_the_user_and_signing_out_everywhere_ends_the_other_devices() {
+    let node = Sessiond::start(&[]);
+    let app = CartApp::start(&[&node], "app-u").await;
+    let (laptop, phone) = (cookie_client(), cookie_client());
+    let http = plain_client();
+    for device in [&laptop, &phone] {
+        assert_eq!(send(device.get(format!("{}/", app.url))).await.status, 200);
+        let login = send(device.post(format!("{}/login/ivan", app.url))).await;
+        assert_eq!(login.status, 200, "{}", app.log());
+        assert_eq!(
+            send(device.get(format!("{}/", app.url))).await.body["user"],
+            "ivan"
+        );
+    }
+    let listing = |http: reqwest::Client| {
+        let url = format!("{}/v1/users/ivan/sessions", node.url());
+        async move {
+            let answer = send(http.get(url)).await;
+            assert_eq!(answer.status, 200);
+            answer.body["sessions"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(listing(http.clone()).await, 2, "both devices are signed in");
+
+    let out = send(laptop.post(format!("{}/logout-everywhere", app.url))).await;
+    assert_eq!(out.status, 200, "{}", app.log());
+    assert_eq!(out.body["revoked"], 1);
+    assert_eq!(listing(http.clone()).await, 1, "only the laptop is left");
+    let laptop_home = send(laptop.get(format!("{}/", app.url))).await;
+    assert_eq!(
+        laptop_home.body["user"], "ivan",
+        "the laptop stays signed in"
+    );
+    let phone_home = send(phone.get(format!("{}/", app.url))).await;
+    assert_eq!(
+        phone_home.body["user"],
+        Value::Null,
+        "the phone is signed out"
+    );
+    assert_eq!(phone_home.body["visits"], 1, "with a fresh session");
+}
