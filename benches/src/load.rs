@@ -37,6 +37,17 @@ impl FromStr for Target {
     }
 }
 
+/// What each operation of the load is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A read or a write of an existing session.
+    Rw,
+    /// A new session.
+    Create,
+    /// A new id for one of the worker's sessions.
+    Rotate,
+}
+
 /// The shape of the load.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -52,6 +63,10 @@ pub struct Workload {
     pub value_size: usize,
     /// Keys created up front.
     pub keys: usize,
+    /// What each operation is.
+    pub scenario: Scenario,
+    /// Sessions belong to one of this many users (0: none).
+    pub users: usize,
     /// sessiond auth token.
     pub auth_token: Option<String>,
 }
@@ -91,6 +106,51 @@ pub fn json_value(size: usize) -> Box<RawValue> {
 enum Conn {
     Sessiond(Client, Arc<Vec<SessionId>>),
     Redis(redis::aio::MultiplexedConnection),
+}
+
+/// The user a session made by worker-wide operation `n` belongs to.
+fn user_of(n: usize, users: usize) -> Option<String> {
+    (users > 0).then(|| format!("user-{}", n % users))
+}
+
+/// Creates a session of `value` (for a user when `user` is given).
+async fn create(
+    client: &Client,
+    value: &RawValue,
+    user: Option<&str>,
+) -> anyhow::Result<SessionId> {
+    let ttl = Some(Duration::from_secs(3600));
+    Ok(match user {
+        Some(user) => client.create_for_user(value, ttl, user).await?.id,
+        None => client.create(value, ttl).await?.id,
+    })
+}
+
+/// The create and rotate scenarios' worker, with its own sessions.
+struct Own {
+    client: Client,
+    ids: Vec<SessionId>,
+    next: usize,
+    scenario: Scenario,
+    value: Arc<RawValue>,
+    users: usize,
+}
+
+impl Worker for Own {
+    async fn step(&mut self) -> anyhow::Result<()> {
+        self.next += 1;
+        let user = user_of(self.next, self.users);
+        match self.scenario {
+            Scenario::Create => {
+                create(&self.client, &self.value, user.as_deref()).await?;
+            }
+            Scenario::Rotate | Scenario::Rw => {
+                let slot = self.next % self.ids.len();
+                self.ids[slot] = self.client.rotate(&self.ids[slot]).await?.id;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Conn {
@@ -145,18 +205,17 @@ pub async fn run(
             };
             let seeder = connect().await.context("cannot connect to sessiond")?;
             let mut ids = Vec::with_capacity(workload.keys);
-            for _ in 0..workload.keys {
-                ids.push(
-                    seeder
-                        .create(&*value, Some(Duration::from_secs(3600)))
-                        .await?
-                        .id,
-                );
+            for n in 0..workload.keys {
+                let user = user_of(n, workload.users);
+                ids.push(create(&seeder, &value, user.as_deref()).await?);
             }
             let ids = Arc::new(ids);
             for _ in 0..workload.connections {
                 conns.push(Conn::Sessiond(connect().await?, ids.clone()));
             }
+        }
+        Target::Redis(_) if workload.scenario != Scenario::Rw || workload.users > 0 => {
+            anyhow::bail!("--scenario create/rotate and --users drive sessiond only")
         }
         Target::Redis(url) => {
             let client = redis::Client::open(url.as_str()).context("bad Redis URL")?;
@@ -174,52 +233,122 @@ pub async fn run(
         }
     }
 
+    if workload.scenario != Scenario::Rw {
+        return run_own(conns, workload, &value, ops).await;
+    }
+    let workers = conns
+        .into_iter()
+        .map(|conn| Mixed {
+            conn,
+            value: value.clone(),
+            keys: workload.keys,
+            get_ratio: workload.get_ratio,
+        })
+        .collect();
+    drive(workers, workload, ops).await
+}
+
+/// One closed-loop worker of a load.
+trait Worker: Send + 'static {
+    /// One operation.
+    fn step(&mut self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The `rw` scenario's worker: a read or a write of a random key.
+struct Mixed {
+    conn: Conn,
+    value: Arc<RawValue>,
+    keys: usize,
+    get_ratio: f64,
+}
+
+impl Worker for Mixed {
+    async fn step(&mut self) -> anyhow::Result<()> {
+        let key = fastrand::usize(..self.keys);
+        if fastrand::f64() < self.get_ratio {
+            self.conn.get(key).await
+        } else {
+            self.conn.put(key, &self.value).await
+        }
+    }
+}
+
+/// Runs `workers` over the workload's warm-up and measured window; `ops`
+/// counts completed operations as they happen.
+async fn drive<W: Worker>(
+    workers: Vec<W>,
+    workload: &Workload,
+    ops: Arc<AtomicU64>,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let measure_from = started + workload.warmup;
     let stop_at = measure_from + workload.duration;
-    let workers = conns.into_iter().map(|mut conn| {
-        let (value, ops) = (value.clone(), ops.clone());
-        let (keys, get_ratio) = (workload.keys, workload.get_ratio);
+    let tasks = workers.into_iter().map(|mut worker| {
+        let ops = ops.clone();
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                 .unwrap_or_else(|_| unreachable!("valid histogram bounds"));
             let (mut done, mut errors) = (0u64, 0u64);
             loop {
-                let key = fastrand::usize(..keys);
                 let begin = Instant::now();
                 if begin >= stop_at {
                     break;
                 }
-                let result = if fastrand::f64() < get_ratio {
-                    conn.get(key).await
-                } else {
-                    conn.put(key, &value).await
-                };
+                let result = worker.step().await;
                 ops.fetch_add(1, Ordering::Relaxed);
                 if begin >= measure_from {
                     done += 1;
-                    if result.is_err() {
-                        errors += 1;
-                    }
-                    let micros = begin.elapsed().as_micros() as u64;
-                    let _ = latency.record(micros.max(1));
+                    errors += u64::from(result.is_err());
+                    let _ = latency.record((begin.elapsed().as_micros() as u64).max(1));
                 }
             }
             (done, errors, latency)
         })
     });
-    let results = futures_util::future::join_all(workers).await;
     let mut report = Report {
         ops: 0,
         errors: 0,
         elapsed: workload.duration,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     };
-    for result in results {
+    for result in futures_util::future::join_all(tasks).await {
         let (done, errors, latency) = result?;
         report.ops += done;
         report.errors += errors;
         report.latency_us.add(latency)?;
     }
     Ok(report)
+}
+
+/// The create and rotate scenarios: each worker works on its own share of
+/// the sessions made up front.
+async fn run_own(
+    conns: Vec<Conn>,
+    workload: &Workload,
+    value: &Arc<RawValue>,
+    ops: Arc<AtomicU64>,
+) -> anyhow::Result<Report> {
+    let per_worker = (workload.keys / workload.connections.max(1)).max(1);
+    let mut owns = Vec::with_capacity(conns.len());
+    for (worker, conn) in conns.into_iter().enumerate() {
+        let Conn::Sessiond(client, ids) = conn else {
+            anyhow::bail!("--scenario create/rotate drive sessiond only");
+        };
+        let share = ids
+            .iter()
+            .skip(worker * per_worker)
+            .take(per_worker)
+            .copied()
+            .collect::<Vec<_>>();
+        anyhow::ensure!(!share.is_empty(), "--keys must be at least --connections");
+        owns.push(Own {
+            client,
+            ids: share,
+            next: worker * per_worker,
+            scenario: workload.scenario,
+            value: value.clone(),
+            users: workload.users,
+        });
+    }
+    drive(owns, workload, ops).await
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use sessiond_benches::load::{Report, Target, Workload, run};
+use sessiond_benches::load::{Report, Scenario, Target, Workload, run};
 
 /// Load generator for sessiond and Redis.
 #[derive(Debug, Parser)]
@@ -44,6 +44,15 @@ struct Args {
     /// Sessions (keys) created before the run and picked at random.
     #[arg(long, default_value_t = 10_000)]
     keys: usize,
+    /// What each operation is: `rw` (a read or a write, by --get-ratio),
+    /// `create` (a new session) or `rotate` (a new id for a session),
+    /// the last two for sessiond only.
+    #[arg(long, value_enum, default_value_t = Scenario::Rw)]
+    scenario: Scenario,
+    /// Sessions belong to one of this many users (0: to none), so creates
+    /// and rotations go through the user index (sessiond only).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
     /// sessiond's auth token, if it has one.
     #[arg(long, env = "SESSIOND_AUTH_TOKEN")]
     auth_token: Option<String>,
@@ -71,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
         get_ratio: args.get_ratio,
         value_size: args.value_size,
         keys: args.keys,
+        scenario: args.scenario,
+        users: args.users,
         auth_token: args.auth_token.clone(),
     };
     let done = Arc::new(AtomicBool::new(false));
