@@ -1,8 +1,7 @@
 //! Size and memory limits of a real node: `--max-session-bytes` on data and
-//! on whole bodies, `--max-memory` with both `--when-full` policies, and
-//! the sweeper giving expired sessions' memory back.
-
-use std::time::Duration;
+//! on whole bodies, `--max-memory` with both `--when-full` policies. (The
+//! sweeper giving expired sessions' memory back is checked on a manual
+//! clock, in the server crate's `rules` tests.)
 
 use serde_json::{Value, json};
 use sessiond_e2e::Sessiond;
@@ -151,57 +150,4 @@ async fn a_full_store_that_evicts_keeps_accepting_and_counts_evictions() {
         200,
         "the newest session was evicted"
     );
-}
-
-#[tokio::test]
-async fn expired_sessions_give_their_memory_back() {
-    let server = Sessiond::start(&["--max-memory", "4KiB"]);
-    let url = server.url();
-    let api = Api::remote(&url);
-    let mut created = 0;
-    let mut full = false;
-    for n in 0..200 {
-        let answer = api
-            .create(&json!({ "data": padded(n), "ttl_secs": 1 }))
-            .await;
-        if answer.status == 507 {
-            answer.assert_error(507, "store_full");
-            full = true;
-            break;
-        }
-        answer.assert_session(201);
-        created += 1;
-    }
-    assert!(full && created > 0, "4 KiB never filled up");
-    // Nobody reads them: the node's sweeper alone must free them (bounded
-    // wait on the real clock: the sweeper is a task of the running node).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut metrics = scrape(&url).await;
-    for _ in 0..50 {
-        if metrics.value("sessiond_sessions", &[]) == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        metrics = scrape(&url).await;
-    }
-    assert_eq!(
-        metrics.value("sessiond_sessions", &[]),
-        Some(0.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        metrics.value("sessiond_memory_used_bytes", &[]),
-        Some(0.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        metrics.value("sessiond_expirations_total", &[]),
-        Some(created as f64),
-        "{metrics}"
-    );
-    for n in 0..created {
-        api.create(&json!({ "data": padded(n) }))
-            .await
-            .assert_session(201);
-    }
 }

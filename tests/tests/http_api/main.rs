@@ -4,7 +4,7 @@
 //! show lives here: the README's walkthrough over the wire, auth, limits,
 //! garbage on the wire, health, metrics and shutdown. The API's rules
 //! (bodies, codes, versions, expiry) are checked against the router in
-//! process, on a manual clock, in the server crate (`server/tests/router`).
+//! process, on a manual clock, in the server crate (`server/tests/rules`).
 
 mod auth;
 mod errors;

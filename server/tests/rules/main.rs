@@ -1,12 +1,15 @@
-//! Rules of HTTP API v1 checked against `sessiond::http::router` in
-//! process: the real router, extractors, service, memory backend and store,
-//! with time from a [`ManualClock`] the tests move, so that expiry rules
-//! take no sleeps. What only the real binary can show (sockets, auth on the
-//! wire, limits, metrics, shutdown) is in the `tests` crate.
+//! Rules of HTTP API v1 checked in process, with time from a
+//! [`ManualClock`] the tests move, so that expiry rules take no sleeps:
+//! against `sessiond::http::router` (the real router, extractors, service,
+//! memory backend and store), and against a whole `node::run` where a
+//! background task is part of the rule (sweeping). What only the real
+//! binary can show (auth on the wire, limits, garbage, metrics, shutdown)
+//! is in the `tests` crate.
 
 mod expiry;
 mod requests;
 mod sessions;
+mod sweeping;
 
 use std::future::Future;
 use std::ops::Deref;
