@@ -1,9 +1,10 @@
 //! Handlers of `/v1/sessions`.
 //!
-//! Extractors run in argument order, so a request is checked in the order
-//! the API documents: the id, then `If-Match`, then the body. A write's
+//! Extractors run in argument order, so a request is checked in a fixed
+//! order: the id, then `If-Match`, then the body. A write's
 //! `Idempotency-Key` is taken as a `Result` and checked after the body (and
-//! the data in it), as it always was.
+//! the data in it), so that a request with several faults keeps getting the
+//! code it always got.
 
 use axum::extract::State;
 use axum::http::StatusCode;
