@@ -81,15 +81,15 @@ pub struct TouchRequest {
     pub ttl_secs: Option<u64>,
 }
 
-/// A session as the HTTP API shows it.
+/// A session as the HTTP API shows it. The server fills `data` with the
+/// stored JSON text borrowed as a `&RawValue`; clients read it into the
+/// default `Box<RawValue>` (or any type of their own).
 #[derive(Debug, Deserialize, Serialize)]
-pub struct SessionBody {
+pub struct SessionBody<D = Box<RawValue>> {
     /// The session id.
     pub id: String,
     /// 1 on create, +1 on every write.
     pub version: u64,
-    /// The session's data.
-    pub data: Box<RawValue>,
     /// When the session was created (RFC 3339, UTC).
     pub created_at: String,
     /// When the session's data was last written (RFC 3339, UTC).
@@ -100,6 +100,8 @@ pub struct SessionBody {
     pub ttl_secs: u64,
     /// The user the session belongs to (`null` when none).
     pub user: Option<String>,
+    /// The session's data (last, so that the metadata reads first).
+    pub data: D,
 }
 
 /// The body of every error answer: `{"error": {...}}`.

@@ -35,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let shutdown = shutdown_on_signal();
-            sessiond::node::run(config, Some(install_metrics()?), shutdown).await?;
+            let clock = std::sync::Arc::new(sessiond::store::SystemClock);
+            sessiond::node::run(config, clock, Some(install_metrics()?), shutdown).await?;
         }
         Command::Balance(args) => {
             let config = args.balance_config()?;

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sessiond_client::Client;
 
+pub use crate::time::rfc3339_ms;
+
 /// Bound of any single step (an HTTP exchange, a Redis command, a call).
 pub const STEP: Duration = Duration::from_secs(20);
 
@@ -246,43 +248,6 @@ pub async fn redis_query<T: redis::FromRedisValue>(
     bounded("Redis command", command.query_async::<T>(conn))
         .await
         .unwrap_or_else(|err| panic!("Redis command failed: {err}"))
-}
-
-/// Milliseconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
-pub fn rfc3339_ms(original: &str) -> u64 {
-    fn fail(text: &str) -> ! {
-        panic!("not an RFC 3339 UTC time: {text:?}")
-    }
-    let number = |part: &str| -> i64 { part.parse().unwrap_or_else(|_| fail(original)) };
-    let text = original.strip_suffix('Z').unwrap_or_else(|| fail(original));
-    let (date, time) = text.split_once('T').unwrap_or_else(|| fail(original));
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let date: Vec<i64> = date.split('-').map(number).collect();
-    let hms: Vec<i64> = hms.split(':').map(number).collect();
-    let [year, month, day] = date[..] else {
-        fail(original)
-    };
-    let [hour, minute, second] = hms[..] else {
-        fail(original)
-    };
-    let millis = number(&format!("{fraction:0<3}")[..3]);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
-    u64::try_from(secs * 1000 + millis).unwrap_or_else(|_| fail(original))
-}
-
-/// Milliseconds since the Unix epoch of a `SystemTime`.
-pub fn unix_ms(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Serializes the tests of one test binary that load the machine heavily or

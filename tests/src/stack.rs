@@ -104,9 +104,7 @@ impl Stack {
 
 /// A browser: an HTTP client with a cookie jar.
 pub fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
+    crate::http_client_builder(STEP)
         .cookie_store(true)
         .build()
         .expect("HTTP client with a cookie jar")

@@ -8,23 +8,17 @@ use std::time::Duration;
 
 use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
-use sessiond_e2e::{CartApp, Sessiond, client_for};
+use sessiond_e2e::{CartApp, Sessiond, client_for, http_client, http_client_builder};
 
 /// Bound of any single HTTP exchange.
 const STEP: Duration = Duration::from_secs(30);
 
 fn plain_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("HTTP client")
+    http_client(STEP)
 }
 
 fn cookie_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
+    http_client_builder(STEP)
         .cookie_store(true)
         .build()
         .expect("HTTP client with a cookie jar")

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::{Sessiond, build, builder_for, client_for};
 use sessiond_proto::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
@@ -763,21 +764,12 @@ async fn a_thousand_concurrent_requests_over_one_connection() {
     assert_eq!(stats.sessions, TASKS as u64);
 
     // All of it went over a single connection.
-    let metrics = bounded(async {
-        http()
-            .get(format!("{}/metrics", node.url()))
-            .send()
-            .await?
-            .text()
-            .await
-    })
-    .await
-    .unwrap();
-    let connections: Vec<&str> = metrics
-        .lines()
-        .filter(|line| line.starts_with("sessiond_tcp_connections "))
-        .collect();
-    assert_eq!(connections, ["sessiond_tcp_connections 1"], "{metrics}");
+    let metrics = scrape(&node.url()).await;
+    assert_eq!(
+        metrics.value("sessiond_tcp_connections", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

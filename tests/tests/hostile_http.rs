@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::process::signal;
 use sessiond_e2e::raw_http::{Received, connect, read_response, read_until_close, send};
 use sessiond_e2e::{Sessiond, client_for, http_client};
@@ -29,25 +30,6 @@ fn assert_closed(what: &str, received: &Received, within: Duration) {
         closed_after <= within,
         "{what} was closed only after {closed_after:?}"
     );
-}
-
-/// The `/metrics` text.
-async fn metrics(node: &Sessiond) -> String {
-    let response = http_client(Duration::from_secs(10))
-        .get(format!("{}/metrics", node.url()))
-        .send()
-        .await
-        .expect("/metrics");
-    assert_eq!(response.status(), 200);
-    response.text().await.expect("/metrics body")
-}
-
-/// Value of the series `name` (without labels) in Prometheus text.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (series, value) = line.split_once(' ')?;
-        (series == name).then(|| value.trim().parse().ok())?
-    })
 }
 
 /// `GET /healthz` answers 200 within `within`, asked every 200 ms by a new
@@ -120,15 +102,15 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     let node = Sessiond::start(&["--http-header-timeout", "1s", "--http-idle-timeout", "3s"]);
     let request = b"GET /healthz HTTP/1.1\r\nHost: sessiond\r\n\r\n";
     let mut stream = send(node.http, request).await;
-    let first = read_response(&mut stream, b"ok\n", CLOSE_WAIT).await;
-    assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    let first = read_response(&mut stream, CLOSE_WAIT).await;
+    assert_eq!((first.status, first.body.as_slice()), (200, &b"ok\n"[..]));
 
     // Idle for longer than the header timeout but within the idle timeout:
     // the connection is still there for the next request.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream.write_all(request).await.expect("send again");
-    let second = read_response(&mut stream, b"ok\n", CLOSE_WAIT).await;
-    assert!(second.starts_with(b"HTTP/1.1 200"), "{second:?}");
+    let second = read_response(&mut stream, CLOSE_WAIT).await;
+    assert_eq!((second.status, second.body.as_slice()), (200, &b"ok\n"[..]));
 
     // Then idle for good.
     assert_closed(
@@ -224,7 +206,10 @@ async fn long_heads_get_431_and_half_sent_heads_are_freed_at_the_timeout() {
     // The node holds them (once its accept loop has caught up).
     let mut held = 0.0;
     for _ in 0..50 {
-        held = sample(&metrics(&node).await, "sessiond_http_connections").unwrap_or(0.0);
+        held = scrape(&node.url())
+            .await
+            .value("sessiond_http_connections", &[])
+            .unwrap_or(0.0);
         if held >= 200.0 {
             break;
         }
@@ -242,13 +227,17 @@ async fn long_heads_get_431_and_half_sent_heads_are_freed_at_the_timeout() {
     for received in &closes {
         assert_closed("a half-sent head", received, Duration::from_secs(8));
     }
-    let after = sample(&metrics(&node).await, "sessiond_http_connections").unwrap_or(0.0);
+    let metrics = scrape(&node.url()).await;
+    let after = metrics
+        .value("sessiond_http_connections", &[])
+        .unwrap_or(0.0);
     assert!(
         after <= 2.0,
         "connections still held after the timeout: {after}"
     );
-    let metrics = metrics(&node).await;
-    let timeouts = sample(&metrics, "sessiond_http_timeouts_total{phase=\"head\"}").unwrap_or(0.0);
+    let timeouts = metrics
+        .value("sessiond_http_timeouts_total", &[("phase", "head")])
+        .unwrap_or(0.0);
     assert!(timeouts >= 200.0, "{metrics}");
 }
 
@@ -410,14 +399,6 @@ async fn a_burst_of_connects_fits_in_the_listen_backlog() {
     assert!(healthz_answers(&node, Duration::from_secs(10)).await);
 }
 
-/// Number of series (sample lines) in Prometheus text.
-fn series_count(metrics: &str) -> usize {
-    metrics
-        .lines()
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_methods_and_paths_add_no_metric_series() {
     let node = Sessiond::start(&["--auth-token", "secret"]);
@@ -438,8 +419,8 @@ async fn odd_methods_and_paths_add_no_metric_series() {
     for index in 0..3 {
         odd(index).send().await.expect("warm-up request");
     }
-    metrics(&node).await;
-    let before = metrics(&node).await;
+    scrape(&node.url()).await;
+    let before = scrape(&node.url()).await;
     let answers: Vec<u16> = futures_util::stream::iter(3..2003)
         .map(|index| async move {
             odd(index)
@@ -457,11 +438,16 @@ async fn odd_methods_and_paths_add_no_metric_series() {
             .iter()
             .all(|status| [401, 404, 405].contains(status))
     );
-    let after = metrics(&node).await;
+    let after = scrape(&node.url()).await;
     assert_eq!(
-        series_count(&after),
-        series_count(&before),
+        after.series(),
+        before.series(),
         "2,000 odd requests added series:\n{after}"
     );
-    assert!(after.contains("method=\"other\""), "{after}");
+    assert!(
+        after
+            .label_values("sessiond_http_requests_total", "method")
+            .contains(&"other"),
+        "{after}"
+    );
 }

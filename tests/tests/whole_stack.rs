@@ -140,11 +140,7 @@ async fn login_through_the_balancer_rotates_the_session_id() {
 
     // Someone holding the old id (set by hand, no jar) gets a fresh session,
     // on whichever app.
-    let stranger = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(STEP)
-        .build()
-        .expect("HTTP client");
+    let stranger = sessiond_e2e::http_client(STEP);
     let stale = send(
         stranger
             .get(stack.url("/"))

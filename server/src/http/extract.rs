@@ -1,13 +1,10 @@
-//! Reading requests: ids, JSON bodies with their content types, `If-Match`.
+//! Extractors of a request's path and headers: the session id, `If-Match`
+//! and `Idempotency-Key`, each refused with the API's own error.
 
-use std::time::Duration;
-
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use serde::de::DeserializeOwned;
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{ErrorCode, SessionId};
 
@@ -32,121 +29,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
     }
 }
 
-/// The media type a body must have.
-#[derive(Debug, Clone, Copy)]
-pub enum MediaType {
-    /// `application/json`
-    Json,
-    /// `application/merge-patch+json` (RFC 7386)
-    MergePatch,
-}
-
-impl MediaType {
-    fn essence(self) -> &'static str {
-        match self {
-            Self::Json => "application/json",
-            Self::MergePatch => "application/merge-patch+json",
-        }
-    }
-}
-
-/// How much of a request body a handler reads, and for how long.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit {
-    /// Largest body, in bytes.
-    pub bytes: usize,
-    /// Time the whole body has to arrive (`--http-body-timeout`).
-    pub timeout: Duration,
-}
-
-/// Reads and parses a JSON body within `limit`. An empty body is
-/// `T::default()` when `empty` is given, an error otherwise. A declared
-/// `Content-Length` over the limit is refused before any of the body is read.
-pub async fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    media: MediaType,
-    limit: BodyLimit,
-    empty: Option<fn() -> T>,
-) -> Result<T, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is over the {}-byte limit", limit.bytes),
-        )
-    };
-    if declared_length(headers).is_some_and(|length| length > limit.bytes as u64) {
-        return Err(too_large());
-    }
-    let bytes = tokio::time::timeout(limit.timeout, axum::body::to_bytes(body, limit.bytes))
-        .await
-        .map_err(|_| {
-            metrics::counter!("sessiond_http_timeouts_total", "phase" => "body").increment(1);
-            ApiError::new(
-                ErrorCode::RequestTimeout,
-                format!(
-                    "the request body did not arrive within {:?} (--http-body-timeout)",
-                    limit.timeout
-                ),
-            )
-        })?
-        .map_err(|_| too_large())?;
-    if bytes.is_empty() {
-        if let Some(default) = empty {
-            return Ok(default());
-        }
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "the request body is empty; a JSON body is required",
-        ));
-    }
-    check_media_type(headers, media)?;
-    // Request envelopes are objects; serde would also take an array for a struct.
-    if matches!(media, MediaType::Json) && bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "the request body must be a JSON object",
-        ));
-    }
-    serde_json::from_slice(&bytes).map_err(|err| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("malformed JSON body: {err}"),
-        )
-    })
-}
-
-/// The `Content-Length` the client declared, if it is a number.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn check_media_type(headers: &HeaderMap, media: MediaType) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
-    let essence = given.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case(media.essence()) {
-        Ok(())
-    } else {
-        let shown = if given.is_empty() { "none" } else { given };
-        Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            format!("Content-Type must be {}, got {shown}", media.essence()),
-        ))
-    }
-}
-
 /// The version an `If-Match` header demands: `"3"` (or `3`) is version 3,
-/// `*` or no header is any version.
-pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+/// `*` or no header is any version (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IfMatch(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if_match(&parts.headers).map(IfMatch)
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -168,13 +64,24 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 /// The header that makes a retried HTTP write apply at most once.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// The write identity an `Idempotency-Key` header gives (none without one):
-/// the same key always gives the same tag, on every node.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<WriteTag>, ApiError> {
+/// The write identity an `Idempotency-Key` header gives (`None` without
+/// one): the same key always gives the same tag, on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyKey(pub Option<WriteTag>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        idempotency_key(&parts.headers).map(IdempotencyKey)
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<WriteTag>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };

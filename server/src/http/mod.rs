@@ -1,6 +1,7 @@
 //! HTTP/JSON API v1: the axum router, its error mapping, auth and metrics.
 
 mod auth;
+mod body;
 mod connection;
 mod deadline;
 mod error;
@@ -8,6 +9,7 @@ mod extract;
 mod limits;
 mod listener;
 mod observability;
+mod response;
 mod sessions;
 mod state;
 mod users;

@@ -1,45 +1,29 @@
 //! Handlers of `/v1/sessions`.
+//!
+//! Extractors run in argument order, so a request is checked in a fixed
+//! order: the id, then `If-Match`, then the body. A write's
+//! `Idempotency-Key` is taken as a `Result` and checked after the body (and
+//! the data in it), so that a request with several faults keeps getting the
+//! code it always got.
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::value::RawValue;
+use axum::http::StatusCode;
 use sessiond_proto::UserName;
 use sessiond_proto::http::{CreateRequest, PutRequest, RotateRequest, TouchRequest};
 
+use super::body::{JsonBody, MergePatch};
 use super::error::ApiError;
-use super::extract::{BodyLimit, IdParam, MediaType, idempotency_key, if_match, json_body};
+use super::extract::{IdParam, IdempotencyKey, IfMatch};
+use super::response::SessionResponse;
 use super::state::AppState;
 use crate::service::{JsonData, ServiceError};
-use crate::store::Session;
-
-/// Room for the JSON envelope around the session data in a request body.
-const ENVELOPE_BYTES: usize = 4096;
-
-fn body_limit(state: &AppState) -> BodyLimit {
-    BodyLimit {
-        bytes: state.service.config().max_session_bytes + ENVELOPE_BYTES,
-        timeout: state.body_timeout,
-    }
-}
 
 /// `POST /v1/sessions`
 pub async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let request: CreateRequest = json_body(
-        &headers,
-        body,
-        MediaType::Json,
-        body_limit(&state),
-        Some(CreateRequest::default),
-    )
-    .await?;
+    key: Result<IdempotencyKey, ApiError>,
+    JsonBody(request): JsonBody<CreateRequest>,
+) -> Result<SessionResponse, ApiError> {
     let data = match request.data {
         Some(raw) => JsonData::from_raw(raw)?,
         None => JsonData::empty_object(),
@@ -47,71 +31,48 @@ pub async fn create(
     let user = user_name(request.user)?;
     let session = state
         .service
-        .create(
-            data,
-            request.ttl_secs,
-            None,
-            idempotency_key(&headers)?,
-            user,
-        )
+        .create(data, request.ttl_secs, None, key?.0, user)
         .await?;
-    Ok(created(&session))
+    Ok(SessionResponse::created(session))
 }
 
 /// `GET /v1/sessions/{id}`
 pub async fn get(
     State(state): State<AppState>,
     IdParam(id): IdParam,
-) -> Result<Response, ApiError> {
-    let session = state.service.get(&id).await?;
-    Ok(session_response(StatusCode::OK, &session))
+) -> Result<SessionResponse, ApiError> {
+    Ok(SessionResponse::ok(state.service.get(&id).await?))
 }
 
 /// `PUT /v1/sessions/{id}`
 pub async fn put(
     State(state): State<AppState>,
     IdParam(id): IdParam,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let expected = if_match(&headers)?;
-    let request: PutRequest =
-        json_body(&headers, body, MediaType::Json, body_limit(&state), None).await?;
+    IfMatch(expected): IfMatch,
+    key: Result<IdempotencyKey, ApiError>,
+    JsonBody(request): JsonBody<PutRequest>,
+) -> Result<SessionResponse, ApiError> {
     let data = JsonData::from_raw(request.data)?;
     let session = state
         .service
-        .put(
-            &id,
-            data,
-            request.ttl_secs,
-            expected,
-            idempotency_key(&headers)?,
-        )
+        .put(&id, data, request.ttl_secs, expected, key?.0)
         .await?;
-    Ok(session_response(StatusCode::OK, &session))
+    Ok(SessionResponse::ok(session))
 }
 
 /// `PATCH /v1/sessions/{id}` with an RFC 7386 merge patch.
 pub async fn patch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let expected = if_match(&headers)?;
-    let patch: Box<RawValue> = json_body(
-        &headers,
-        body,
-        MediaType::MergePatch,
-        body_limit(&state),
-        None,
-    )
-    .await?;
+    IfMatch(expected): IfMatch,
+    key: Result<IdempotencyKey, ApiError>,
+    MergePatch(patch): MergePatch,
+) -> Result<SessionResponse, ApiError> {
     let session = state
         .service
-        .patch(&id, &patch, None, expected, idempotency_key(&headers)?)
+        .patch(&id, &patch, None, expected, key?.0)
         .await?;
-    Ok(session_response(StatusCode::OK, &session))
+    Ok(SessionResponse::ok(session))
 }
 
 /// `DELETE /v1/sessions/{id}`
@@ -127,22 +88,10 @@ pub async fn delete(
 pub async fn touch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let request: TouchRequest = json_body(
-        &headers,
-        body,
-        MediaType::Json,
-        BodyLimit {
-            bytes: ENVELOPE_BYTES,
-            timeout: state.body_timeout,
-        },
-        Some(TouchRequest::default),
-    )
-    .await?;
+    JsonBody(request): JsonBody<TouchRequest>,
+) -> Result<SessionResponse, ApiError> {
     let session = state.service.touch(&id, request.ttl_secs).await?;
-    Ok(session_response(StatusCode::OK, &session))
+    Ok(SessionResponse::ok(session))
 }
 
 /// `POST /v1/sessions/{id}/rotate`, with an optional body `{"user": ...}`
@@ -150,26 +99,12 @@ pub async fn touch(
 pub async fn rotate(
     State(state): State<AppState>,
     IdParam(id): IdParam,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let request: RotateRequest = json_body(
-        &headers,
-        body,
-        MediaType::Json,
-        BodyLimit {
-            bytes: ENVELOPE_BYTES,
-            timeout: state.body_timeout,
-        },
-        Some(RotateRequest::default),
-    )
-    .await?;
+    key: Result<IdempotencyKey, ApiError>,
+    JsonBody(request): JsonBody<RotateRequest>,
+) -> Result<SessionResponse, ApiError> {
     let user = user_name(request.user)?;
-    let session = state
-        .service
-        .rotate(&id, None, idempotency_key(&headers)?, user)
-        .await?;
-    Ok(created(&session))
+    let session = state.service.rotate(&id, None, key?.0, user).await?;
+    Ok(SessionResponse::created(session))
 }
 
 /// A user name from a request body, checked.
@@ -177,51 +112,4 @@ fn user_name(user: Option<String>) -> Result<Option<UserName>, ApiError> {
     user.map(|user| UserName::parse(&user))
         .transpose()
         .map_err(|err| ApiError::from(ServiceError::InvalidUser(err)))
-}
-
-fn created(session: &Session) -> Response {
-    let mut response = session_response(StatusCode::CREATED, session);
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{}", session.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
-fn session_response(status: StatusCode, session: &Session) -> Response {
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        session_json(session),
-    )
-        .into_response();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", session.version)) {
-        response.headers_mut().insert(header::ETAG, etag);
-    }
-    response
-}
-
-/// The session as `SessionBody` JSON. Written by hand so the stored data,
-/// already known to be valid JSON, is copied once and never re-parsed.
-fn session_json(session: &Session) -> Vec<u8> {
-    let head = format!(
-        r#"{{"id":"{}","version":{},"created_at":"{}","updated_at":"{}","expires_at":"{}","ttl_secs":{},"user":{},"data":"#,
-        session.id,
-        session.version,
-        rfc3339(session.created_at_ms),
-        rfc3339(session.updated_at_ms),
-        rfc3339(session.expires_at_ms),
-        session.ttl_ms / 1000,
-        serde_json::to_string(&session.user.as_ref().map(UserName::as_str))
-            .unwrap_or_else(|_| "null".to_owned()),
-    );
-    let mut json = Vec::with_capacity(head.len() + session.data.len() + 1);
-    json.extend_from_slice(head.as_bytes());
-    json.extend_from_slice(&session.data);
-    json.push(b'}');
-    json
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(unix_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }

@@ -10,7 +10,7 @@ use sessiond_proto::http::{RevokedBody, SessionSummary, UserSessionsBody};
 use sessiond_proto::{ErrorCode, SessionId, UserName};
 
 use super::error::ApiError;
-use super::sessions::rfc3339;
+use super::response::rfc3339;
 use super::state::AppState;
 use crate::service::ServiceError;
 

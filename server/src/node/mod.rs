@@ -19,7 +19,7 @@ use crate::net::{NetError, bind};
 use crate::readiness::Readiness;
 use crate::secret::Secret;
 use crate::service::{ServiceConfig, SessionService};
-use crate::store::{Store, StoreConfig, SystemClock};
+use crate::store::{Clock, Store, StoreConfig};
 use crate::tcp::{self, TcpContext, TcpLimits};
 
 /// Why a node could not run.
@@ -79,16 +79,18 @@ fn fit_connection_caps(config: &mut NodeConfig, limit: Option<u64>) {
     config.tcp_limits.max_connections = fitted.tcp;
 }
 
-/// Runs a store node until `shutdown` fires, then drains in-flight requests
-/// and stops the background tasks.
+/// Runs a store node whose sessions live by `clock` (the system's wall
+/// clock outside tests) until `shutdown` fires, then drains in-flight
+/// requests and stops the background tasks.
 pub async fn run(
     config: NodeConfig,
+    clock: Arc<dyn Clock>,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let mut config = config;
     fit_connection_caps(&mut config, descriptors::raise_limit());
-    let store = Arc::new(Store::new(config.store.clone(), Arc::new(SystemClock)));
+    let store = Arc::new(Store::new(config.store.clone(), clock));
     let http_listener = bind("HTTP API", config.http).await?;
     let tcp_listener = bind("binary protocol", config.tcp).await?;
     let auth_token: Option<Arc<str>> = config

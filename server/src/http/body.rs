@@ -1,0 +1,189 @@
+//! Extractors of JSON request bodies: [`JsonBody`] for the API's request
+//! envelopes and [`MergePatch`] for RFC 7386 patches. Both refuse a declared
+//! `Content-Length` over the limit before reading any of the body, give up
+//! on a body that does not arrive within `--http-body-timeout`, and check
+//! the media type.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use sessiond_proto::ErrorCode;
+use sessiond_proto::http::{CreateRequest, PutRequest, RotateRequest, TouchRequest};
+
+use super::error::ApiError;
+use super::state::AppState;
+
+/// Room for the JSON envelope around the session data in a request body.
+const ENVELOPE_BYTES: usize = 4096;
+
+/// A request envelope of the API: a JSON object, with or without session
+/// data, for which an empty body may mean the defaults.
+pub trait Envelope: DeserializeOwned + Send {
+    /// Whether the envelope carries session data, and so may be as large as
+    /// `--max-session-bytes` (plus the envelope) rather than the envelope
+    /// alone.
+    const CARRIES_DATA: bool;
+
+    /// What an empty body means; `None` when a body is required.
+    fn when_empty() -> Option<Self>;
+}
+
+impl Envelope for CreateRequest {
+    const CARRIES_DATA: bool = true;
+
+    fn when_empty() -> Option<Self> {
+        Some(Self::default())
+    }
+}
+
+impl Envelope for PutRequest {
+    const CARRIES_DATA: bool = true;
+
+    fn when_empty() -> Option<Self> {
+        None
+    }
+}
+
+impl Envelope for RotateRequest {
+    const CARRIES_DATA: bool = false;
+
+    fn when_empty() -> Option<Self> {
+        Some(Self::default())
+    }
+}
+
+impl Envelope for TouchRequest {
+    const CARRIES_DATA: bool = false;
+
+    fn when_empty() -> Option<Self> {
+        Some(Self::default())
+    }
+}
+
+/// An `application/json` body that must be a JSON object, parsed as `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: Envelope> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (headers, bytes) = read(request, state, T::CARRIES_DATA).await?;
+        if bytes.is_empty() {
+            return T::when_empty().map(JsonBody).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidJson,
+                    "the request body is empty; a JSON body is required",
+                )
+            });
+        }
+        check_media_type(&headers, "application/json")?;
+        // Request envelopes are objects; serde would also take an array for a struct.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                "the request body must be a JSON object",
+            ));
+        }
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+/// An `application/merge-patch+json` body (RFC 7386): any JSON value, kept
+/// as text.
+#[derive(Debug)]
+pub struct MergePatch(pub Box<RawValue>);
+
+impl FromRequest<AppState> for MergePatch {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (headers, bytes) = read(request, state, true).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                "the request body is empty; a JSON body is required",
+            ));
+        }
+        check_media_type(&headers, "application/merge-patch+json")?;
+        parse(&bytes).map(MergePatch)
+    }
+}
+
+/// The request's headers and whole body, read within the body limit and
+/// `--http-body-timeout`. A declared `Content-Length` over the limit is
+/// refused before any of the body is read.
+async fn read(
+    request: Request,
+    state: &AppState,
+    carries_data: bool,
+) -> Result<(HeaderMap, Bytes), ApiError> {
+    let limit = if carries_data {
+        state.service.config().max_session_bytes + ENVELOPE_BYTES
+    } else {
+        ENVELOPE_BYTES
+    };
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is over the {limit}-byte limit"),
+        )
+    };
+    let (parts, body) = request.into_parts();
+    if declared_length(&parts.headers).is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = state.body_timeout;
+    let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            metrics::counter!("sessiond_http_timeouts_total", "phase" => "body").increment(1);
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!("the request body did not arrive within {timeout:?} (--http-body-timeout)"),
+            )
+        })?
+        .map_err(|_| too_large())?;
+    Ok((parts.headers, bytes))
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|err| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("malformed JSON body: {err}"),
+        )
+    })
+}
+
+/// The `Content-Length` the client declared, if it is a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Accepts a `Content-Type` whose essence is `essence` (any case, any
+/// parameters).
+fn check_media_type(headers: &HeaderMap, essence: &str) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let given_essence = given.split(';').next().unwrap_or("").trim();
+    if given_essence.eq_ignore_ascii_case(essence) {
+        Ok(())
+    } else {
+        let shown = if given.is_empty() { "none" } else { given };
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type must be {essence}, got {shown}"),
+        ))
+    }
+}

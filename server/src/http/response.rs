@@ -1,0 +1,94 @@
+//! The answer of the session routes: the session as
+//! [`SessionBody`] JSON, its version as the `ETag`, and on creation its
+//! `Location`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
+use sessiond_proto::ErrorCode;
+use sessiond_proto::http::SessionBody;
+
+use super::error::ApiError;
+use crate::store::Session;
+
+/// A session answered with its `ETag`.
+#[derive(Debug)]
+pub struct SessionResponse {
+    status: StatusCode,
+    session: Session,
+}
+
+impl SessionResponse {
+    /// `200 OK` with the session.
+    pub fn ok(session: Session) -> Self {
+        Self {
+            status: StatusCode::OK,
+            session,
+        }
+    }
+
+    /// `201 Created` with the session and its `Location`.
+    pub fn created(session: Session) -> Self {
+        Self {
+            status: StatusCode::CREATED,
+            session,
+        }
+    }
+}
+
+impl IntoResponse for SessionResponse {
+    fn into_response(self) -> Response {
+        let session = &self.session;
+        let json = match body_json(session) {
+            Ok(json) => json,
+            Err(err) => {
+                tracing::error!(id = %session.id, %err, "stored session data is not JSON");
+                return ApiError::new(ErrorCode::Internal, "internal error; the server logged it")
+                    .into_response();
+            }
+        };
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", session.version)) {
+            headers.insert(header::ETAG, etag);
+        }
+        if self.status == StatusCode::CREATED
+            && let Ok(location) = HeaderValue::from_str(&format!("/v1/sessions/{}", session.id))
+        {
+            headers.insert(header::LOCATION, location);
+        }
+        response
+    }
+}
+
+/// The session as `SessionBody` JSON. The stored data, JSON text already,
+/// is borrowed as a `&RawValue` (checked, not copied or rebuilt) and
+/// copied once, into the answer.
+fn body_json(session: &Session) -> Result<Vec<u8>, serde_json::Error> {
+    let data: &RawValue = serde_json::from_slice(&session.data)?;
+    let body = SessionBody {
+        id: session.id.to_string(),
+        version: session.version,
+        created_at: rfc3339(session.created_at_ms),
+        updated_at: rfc3339(session.updated_at_ms),
+        expires_at: rfc3339(session.expires_at_ms),
+        ttl_secs: session.ttl_ms / 1000,
+        user: session.user.as_ref().map(ToString::to_string),
+        data,
+    };
+    let mut json = Vec::with_capacity(session.data.len() + 192);
+    serde_json::to_writer(&mut json, &body)?;
+    Ok(json)
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}

@@ -1,0 +1,126 @@
+//! Garbage on the wire: bodies, paths and headers no API client sends,
+//! heads over the cap and bytes that are not HTTP. Each gets a 4xx, none a
+//! 5xx, and the node keeps serving.
+
+use reqwest::header::HeaderValue;
+use serde_json::json;
+use sessiond_e2e::Sessiond;
+use sessiond_e2e::api::{Api, MERGE_PATCH, session_path};
+use sessiond_e2e::http::{EXCHANGE_TIMEOUT, call, http_client};
+use sessiond_e2e::metrics::scrape;
+use sessiond_e2e::raw_http::exchange;
+
+#[tokio::test]
+async fn garbage_requests_get_4xx_and_the_server_keeps_serving() {
+    let server = Sessiond::start(&[]);
+    let url = server.url();
+    let api = Api::remote(&url);
+    let client = http_client(EXCHANGE_TIMEOUT);
+    let (id, _) = api.create_session(json!({"a": 1})).await;
+    let sessions = format!("{url}/v1/sessions");
+    let session = |suffix: &str| format!("{url}{}", session_path(&id, suffix));
+    let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let huge = "x".repeat(64 * 1024);
+    let invalid_utf8 = HeaderValue::from_bytes(b"\"\xff\xfe\"").expect("obs-text header");
+
+    let requests = [
+        client
+            .post(&sessions)
+            .header("content-type", "application/json")
+            .body(binary.clone()),
+        client
+            .put(session(""))
+            .header("content-type", "application/json")
+            .body(binary.clone()),
+        client
+            .patch(session(""))
+            .header("content-type", MERGE_PATCH)
+            .body(binary.clone()),
+        client
+            .post(session("/touch"))
+            .header("content-type", "application/json")
+            .body(binary.clone()),
+        client.post(&sessions).body(binary),
+        client
+            .patch(session(""))
+            .header("content-type", MERGE_PATCH)
+            .body(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))),
+        client.get(format!(
+            "{url}/v1/sessions/%FF%FE%FD%FC%FB%FA%F9%F8%F7%F6%F5"
+        )),
+        client.get(format!(
+            "{url}/v1/sessions/%00%00%00%00%00%00%00%00%00%00%00"
+        )),
+        client.get(format!("{url}{}", session_path(&"A".repeat(16 * 1024), ""))),
+        client
+            .put(session(""))
+            .header("if-match", "x".repeat(16 * 1024))
+            .json(&json!({"data": {}})),
+        client
+            .put(session(""))
+            .header("if-match", invalid_utf8)
+            .json(&json!({"data": {}})),
+        client
+            .post(&sessions)
+            .header("content-type", "x".repeat(16 * 1024))
+            .body("{}"),
+        client.get(format!("{url}/{}", "y".repeat(16 * 1024))),
+    ];
+    for (n, request) in requests.into_iter().enumerate() {
+        let answer = call(request).await;
+        assert!(
+            (400..500).contains(&answer.status),
+            "garbage request {n} got {}: {}",
+            answer.status,
+            answer.text
+        );
+        assert!(
+            !answer.error_code().is_empty(),
+            "garbage request {n}: no error code in {}",
+            answer.text
+        );
+    }
+
+    // Heads over --http-max-head-bytes (64 KiB): hyper answers 431 before
+    // any handler runs (with no body) and closes the connection.
+    let over_head_limit = [
+        client
+            .put(session(""))
+            .header("if-match", huge.as_str())
+            .json(&json!({"data": {}})),
+        client
+            .post(&sessions)
+            .header("content-type", huge.as_str())
+            .body("{}"),
+    ];
+    for request in over_head_limit {
+        assert_eq!(call(request).await.status, 431);
+    }
+
+    // Bytes no HTTP client would send: the HTTP layer refuses them with 400.
+    let raw: [&[u8]; 3] = [
+        b"GET /v1/sessions/\xff\xfe\xfd HTTP/1.1\r\nHost: sessiond\r\n\r\n",
+        b"\x00\x01\x02GARBAGE\xff\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: sessiond\r\nBad Header\xff\r\n\r\n",
+    ];
+    for bytes in raw {
+        let status = exchange(server.http, bytes).await.status;
+        assert!((400..500).contains(&status), "raw garbage got {status}");
+    }
+
+    assert_eq!(call(client.get(format!("{url}/healthz"))).await.status, 200);
+    let read = api.get(&id).await;
+    read.assert_session(200);
+    assert_eq!(
+        read.body["data"],
+        json!({"a": 1}),
+        "garbage changed nothing"
+    );
+    let metrics = scrape(&url).await;
+    let statuses = metrics.label_values("sessiond_http_requests_total", "status");
+    assert!(statuses.contains(&"400"), "{metrics}");
+    assert!(
+        statuses.iter().all(|status| !status.starts_with('5')),
+        "a 5xx was answered: {statuses:?}"
+    );
+}
