@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, node_on, send};
 use sessiond_e2e::{RedisServer, Sessiond};
 
@@ -129,6 +130,30 @@ async fn every_change_once_in_order(nodes: &[&Sessiond]) {
         .filter_map(|event| event["cursor"].as_str())
         .collect();
     assert_eq!(cursors.len(), first.len() + rest.len(), "no event twice");
+    // Each node counts the events it logged: together, each event once.
+    let mut counted = BTreeMap::new();
+    for node in nodes {
+        let metrics = scrape(&node.url()).await;
+        for kind in ["created", "rotated", "deleted", "expired"] {
+            *counted.entry(kind).or_insert(0.0) += metrics
+                .value("sessiond_events_total", &[("kind", kind)])
+                .unwrap_or_default();
+        }
+        assert!(
+            metrics.value("sessiond_events_retained", &[]) >= Some(1.0),
+            "{}",
+            metrics.text()
+        );
+    }
+    assert_eq!(
+        counted,
+        BTreeMap::from([
+            ("created", 53.0),
+            ("rotated", 1.0),
+            ("deleted", 51.0),
+            ("expired", 1.0)
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +279,9 @@ async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
             .expect("bytes");
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
+    let consumers =
+        |metrics: sessiond_e2e::metrics::Metrics| metrics.value("sessiond_event_consumers", &[]);
+    assert_eq!(consumers(scrape(&node.url()).await), Some(1.0));
     drop(body);
     let last_id = text
         .lines()
@@ -292,6 +320,13 @@ async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
         (Some("created"), Some(second.as_str()))
     );
     assert!(!text.contains(&first), "the first event came again: {text}");
+    drop(body);
+    // The server notices the consumers that left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumers(scrape(&node.url()).await) != Some(0.0) {
+        assert!(Instant::now() < deadline, "consumers still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

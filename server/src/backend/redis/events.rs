@@ -142,6 +142,13 @@ impl StreamShape {
     }
 }
 
+/// Counts an event this node appended to the log.
+pub(super) fn count_logged(events: Option<&RedisEvents>, kind: EventKind) {
+    if events.is_some() {
+        metrics::counter!("sessiond_events_total", "kind" => kind.as_str()).increment(1);
+    }
+}
+
 impl Redis {
     /// Up to `limit` events after `after`, waiting up to `wait` for one.
     pub(super) async fn read_events(
@@ -252,13 +259,13 @@ impl Redis {
                 .arg(REAP_BATCH)
                 .arg(events.config.retention)
                 .arg(events.config.max_age_ms)
-                .invoke_async::<u64>(&mut conn)
+                .invoke_async::<(u64, u64)>(&mut conn)
                 .await;
             match self.link.observe(reaped) {
-                Ok(0) => {}
-                Ok(reaped) => {
-                    metrics::counter!("sessiond_events_total", "kind" => "expired")
+                Ok((reaped, retained)) => {
+                    metrics::counter!("sessiond_events_total", "kind" => EventKind::Expired.as_str())
                         .increment(reaped);
+                    metrics::gauge!("sessiond_events_retained").set(retained as f64);
                 }
                 Err(err) => tracing::debug!(%err, "reaping the expiry index failed"),
             }

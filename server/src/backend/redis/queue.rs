@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
-use super::events::RedisEvents;
+use super::events::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
 use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
@@ -253,7 +253,11 @@ async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError
                         .arg("1")
                         .arg(EventKind::Created.as_str())
                         .arg(retention);
-                    invocation.invoke_async::<i64>(&mut conn).await
+                    let stored = invocation.invoke_async::<i64>(&mut conn).await;
+                    if matches!(stored, Ok(2)) {
+                        count_logged(events, EventKind::Created);
+                    }
+                    stored
                 }
                 Change::Delete(id) => {
                     let key = key(prefix, id);
@@ -273,7 +277,12 @@ async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError
                         .arg("")
                         .invoke_async::<Deleted>(&mut conn)
                         .await
-                        .map(|deleted| i64::from(deleted.deleted))
+                        .map(|deleted| {
+                            if deleted.deleted {
+                                count_logged(events, EventKind::Deleted);
+                            }
+                            i64::from(deleted.deleted)
+                        })
                 }
             }
         }

@@ -97,7 +97,7 @@ return 1
 /// to announce the write to every node ('' for none); 13 '1' to store
 /// nothing (0) when the session was deleted lately (its tombstone is
 /// there); 14 the event to append if the key is new ('' for none);
-/// 15 retention.
+/// 15 retention. Returns 2 when it appended the event, else 1.
 const STORE_ANY: &str = r"
 if ARGV[13] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
@@ -108,7 +108,10 @@ if ARGV[11] ~= '' then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZADD', KEYS[4], ARGV[6], id .. ':' .. ARGV[10])
-  if fresh and ARGV[14] ~= '' then emit(KEYS[3], ARGV[15], ARGV[14], id, ARGV[10]) end
+  if fresh and ARGV[14] ~= '' then
+    emit(KEYS[3], ARGV[15], ARGV[14], id, ARGV[10])
+    return 2
+  end
 end
 return 1
 ";
@@ -242,7 +245,7 @@ return pushed
 /// the entry and appends `expired` to the stream (KEYS[2]), all in one
 /// step: two nodes reaping at once never both report one session. Also
 /// trims the stream by age. ARGV: key prefix, batch, retention, max age ms.
-/// Returns the number of sessions reported.
+/// Returns {sessions reported, events the stream holds}.
 const REAP: &str = r"
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
@@ -264,7 +267,7 @@ for _, member in ipairs(due) do
   end
 end
 redis.call('XTRIM', KEYS[2], 'MINID', '~', (now - tonumber(ARGV[4])) .. '-0')
-return reaped
+return {reaped, redis.call('XLEN', KEYS[2])}
 ";
 
 /// The scripts, loaded once (Redis caches them by SHA).

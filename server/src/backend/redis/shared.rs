@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{ReplicationError, write_error};
-use super::events::RedisEvents;
+use super::events::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
@@ -370,6 +370,9 @@ impl Redis {
             .invoke_async::<Deleted>(&mut conn)
             .await;
         let deleted = redis.link.observe(result)?;
+        if deleted.deleted {
+            count_logged(redis.events.as_ref(), kind);
+        }
         announcement.acked_by(&deleted.others).await;
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{EventPage, SessionId, UserName};
+use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
+use super::events::count_logged;
 use super::scripts::{WriteOutcome, hex, session_args, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
@@ -79,6 +80,9 @@ impl SyncBackend {
             Err(err) => return Err(err.into()),
         };
         if let WriteOutcome::Done { others, .. } = &outcome {
+            if write.data.is_some() && redis.logs_updates() {
+                count_logged(redis.events.as_ref(), EventKind::Updated);
+            }
             announcement.acked_by(others).await;
         }
         Ok(outcome)
@@ -160,6 +164,7 @@ impl SyncBackend {
             }
             return Err(Unavailable::IdTaken.into());
         }
+        count_logged(redis.events.as_ref(), EventKind::Created);
         redis.cache(&session, epoch);
         Ok(session)
     }
