@@ -412,3 +412,47 @@ async fn the_log_survives_a_redis_restart_and_the_client_stream_resumes() {
         .collect();
     assert!(ids.contains(&before.id.to_string().as_str()), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
+    let mut node = Sessiond::start(&[]);
+    let http = http();
+    create(&http, &node, json!({})).await;
+    let cursor = page(&http, &node, "").await.json()["next"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    create(&http, &node, json!({})).await;
+    node.restart();
+    // The event after the cursor died with the node: the consumer is told,
+    // not handed the new log's events as if nothing was missed.
+    let made = create(&http, &node, json!({})).await;
+    let gone = page(&http, &node, &format!("after={cursor}")).await;
+    assert_eq!(
+        (gone.status, gone.error_code().as_str()),
+        (410, "cursor_expired"),
+        "{}",
+        gone.text
+    );
+    let oldest = gone.json()["error"]["oldest"]
+        .as_str()
+        .expect("the oldest cursor")
+        .to_owned();
+    let resumed = page(&http, &node, &format!("after={oldest}")).await;
+    assert_eq!(
+        kinds(
+            &resumed.json()["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        ),
+        [("created".to_owned(), made)]
+    );
+    // A cursor this log never handed out is refused.
+    let foreign = format!("{}", u64::MAX);
+    let unknown = page(&http, &node, &format!("after={foreign}")).await;
+    assert_eq!(
+        (unknown.status, unknown.error_code().as_str()),
+        (400, "invalid_cursor")
+    );
+}

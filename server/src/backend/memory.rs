@@ -136,6 +136,9 @@ impl Backend for MemoryBackend {
         loop {
             let (events, next) = log.read(position, limit).map_err(|err| match err {
                 ReadError::Expired { oldest } => BackendError::CursorExpired { oldest },
+                ReadError::Unknown => BackendError::InvalidCursor {
+                    cursor: after.unwrap_or_default().to_owned(),
+                },
             })?;
             if !events.is_empty() {
                 return Ok(EventPage { events, next });

@@ -6,7 +6,11 @@
 //! Cursors are the events' sequence numbers as text; the log keeps at most
 //! `retention` events and none older than `max_age`. A cursor from before
 //! the oldest kept event is refused with the oldest cursor instead of
-//! silently skipping what was dropped.
+//! silently skipping what was dropped. Sequence numbers start from the
+//! node's start time (ms shifted left by 20 bits), so after a restart a
+//! cursor of the lost log is older than anything kept and refused the same
+//! way, and a cursor the log never handed out (another node's, say) is
+//! refused as unknown.
 
 use std::collections::VecDeque;
 
@@ -45,6 +49,9 @@ pub enum ReadError {
         /// The cursor before the oldest event kept.
         oldest: String,
     },
+    /// The cursor is past anything this log handed out.
+    #[error("this log never handed out that cursor")]
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -57,12 +64,12 @@ struct Entry {
     old_id: Option<SessionId>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entries {
     events: VecDeque<Entry>,
     /// The last sequence number handed out.
     last: u64,
-    /// The newest sequence number dropped (0: none).
+    /// The newest sequence number dropped (the start, before any drop).
     dropped: u64,
 }
 
@@ -75,12 +82,17 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// An empty log.
-    pub fn new(config: EventLogConfig) -> Self {
+    /// An empty log started at `now_ms`.
+    pub fn new(config: EventLogConfig, now_ms: u64) -> Self {
+        let start = now_ms << 20;
         Self {
             config,
-            entries: Mutex::default(),
-            newest: watch::Sender::new(0),
+            entries: Mutex::new(Entries {
+                events: VecDeque::new(),
+                last: start,
+                dropped: start,
+            }),
+            newest: watch::Sender::new(start),
         }
     }
 
@@ -159,6 +171,7 @@ impl EventLog {
                     oldest: entries.dropped.to_string(),
                 });
             }
+            Position::After(seq) if seq > entries.last => return Err(ReadError::Unknown),
             Position::After(seq) => seq,
         };
         let events: Vec<Event> = entries
@@ -191,12 +204,16 @@ impl EventLog {
 mod tests {
     use super::*;
 
-    fn log(retention: usize) -> EventLog {
-        EventLog::new(EventLogConfig {
+    fn config(retention: usize) -> EventLogConfig {
+        EventLogConfig {
             retention,
             max_age_ms: 1_000,
             include_updates: false,
-        })
+        }
+    }
+
+    fn log(retention: usize) -> EventLog {
+        EventLog::new(config(retention), 0)
     }
 
     #[test]
@@ -234,5 +251,25 @@ mod tests {
         log.trim(2_000);
         assert_eq!(log.retained(), 0);
         assert!(log.read(Position::After(4), 10).is_err());
+    }
+
+    #[test]
+    fn a_cursor_of_the_log_before_a_restart_is_refused_not_skipped() {
+        let before = EventLog::new(config(10), 1_000);
+        before.append(EventKind::Created, SessionId::random(), None, None, 5);
+        let (_, cursor) = before.read(Position::Oldest, 10).unwrap();
+        let cursor: u64 = cursor.parse().unwrap();
+        let after = EventLog::new(config(10), 2_000);
+        after.append(EventKind::Created, SessionId::random(), None, None, 5);
+        assert_eq!(
+            after.read(Position::After(cursor), 10),
+            Err(ReadError::Expired {
+                oldest: (2_000u64 << 20).to_string()
+            })
+        );
+        assert_eq!(
+            before.read(Position::After(cursor + 5), 10),
+            Err(ReadError::Unknown)
+        );
     }
 }

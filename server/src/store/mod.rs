@@ -265,12 +265,15 @@ impl Store {
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
         let count = config.shards.clamp(1, 1 << 16).next_power_of_two();
         let shards = (0..count).map(|_| PaddedShard::default()).collect();
+        let events = config
+            .events
+            .map(|events| EventLog::new(events, clock.now_ms()));
         Self {
             shards,
             shard_mask: count as u64 - 1,
             budget: MemoryBudget::new(config.max_memory),
             clock,
-            events: config.events.map(EventLog::new),
+            events,
             config,
             counters: Counters::default(),
             users: UserIndex::default(),
