@@ -236,6 +236,32 @@ impl Client {
     /// cannot tell. If no node can tell, the call ends with
     /// [`Error::Indeterminate`]: a write is never applied twice.
     async fn call(&self, order: Vec<usize>, op: Op) -> Result<Outcome, Error> {
+        self.call_within(order, op, self.inner.timeout).await
+    }
+
+    /// Reads the event log (`op` is an [`Op::Events`]): on any node with
+    /// Redis, on the first node without; the call may take the read's wait
+    /// on top of the usual timeout.
+    pub(crate) async fn read_events(&self, op: Op) -> Result<Outcome, Error> {
+        let wait = match &op {
+            Op::Events { wait_ms, .. } => Duration::from_millis(u64::from(*wait_ms)),
+            _ => Duration::ZERO,
+        };
+        let order = if self.shares_sessions() {
+            (0..self.inner.nodes.len()).collect()
+        } else {
+            vec![0]
+        };
+        self.call_within(order, op, self.inner.timeout + wait).await
+    }
+
+    /// [`call`](Self::call) with its own per-attempt timeout.
+    async fn call_within(
+        &self,
+        order: Vec<usize>,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<Outcome, Error> {
         let tag = op.is_tagged_write().then(|| fastrand::u64(1..));
         let mut maybe_applied_since: Option<Instant> = None;
         let mut last_error = None;
@@ -264,7 +290,7 @@ impl Client {
                     .map(|since| since.elapsed().as_millis() as u64),
             });
             let sent_at = Instant::now();
-            match connection.call(op.clone(), write, self.inner.timeout).await {
+            match connection.call(op.clone(), write, timeout).await {
                 Ok(Outcome::Error(error)) => {
                     node.answered();
                     match error.code {
@@ -647,7 +673,8 @@ fn checked_user(user: &str) -> Result<String, Error> {
         })
 }
 
-fn unexpected(outcome: &Outcome) -> Error {
+/// The error of an answer that is not the one the call expects.
+pub(crate) fn unexpected(outcome: &Outcome) -> Error {
     match outcome {
         Outcome::Error(error) => Error::from(error.clone()),
         other => Error::Protocol(format!("unexpected answer {other:?}")),

@@ -51,6 +51,13 @@ pub enum Error {
     /// rejects more.
     #[error("too many sessions for this user: {0}")]
     TooManySessions(String),
+    /// The event log no longer holds the events after this cursor; resume
+    /// after `oldest` (the events in between are lost to this reader).
+    #[error("events after this cursor are no longer kept; the oldest cursor is {oldest}")]
+    CursorExpired {
+        /// The cursor to resume after.
+        oldest: String,
+    },
     /// `update()` kept losing to concurrent writers.
     #[error("update gave up after {attempts} version conflicts")]
     TooManyConflicts {
@@ -84,6 +91,7 @@ impl From<WireError> for Error {
             code,
             message,
             current_version,
+            oldest,
         } = error;
         match code {
             ErrorCode::NotFound => Self::NotFound,
@@ -96,17 +104,22 @@ impl From<WireError> for Error {
             ErrorCode::Unavailable | ErrorCode::Overloaded => Self::Unavailable(message),
             ErrorCode::Indeterminate => Self::Indeterminate(message),
             ErrorCode::TooManySessions => Self::TooManySessions(message),
+            ErrorCode::CursorExpired => Self::CursorExpired {
+                oldest: oldest.unwrap_or_default(),
+            },
             ErrorCode::InvalidJson
             | ErrorCode::InvalidId
             | ErrorCode::InvalidTtl
             | ErrorCode::InvalidRequest
-            | ErrorCode::InvalidUser => Self::Invalid { code, message },
+            | ErrorCode::InvalidUser
+            | ErrorCode::InvalidCursor => Self::Invalid { code, message },
             ErrorCode::UnknownRoute
             | ErrorCode::MethodNotAllowed
             | ErrorCode::UnsupportedMediaType
             | ErrorCode::ProtocolError
             | ErrorCode::UnsupportedVersion
             | ErrorCode::RequestTimeout
+            | ErrorCode::EventsOff
             | ErrorCode::Internal => Self::Protocol(format!("{code}: {message}")),
         }
     }

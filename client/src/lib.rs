@@ -43,6 +43,7 @@
 mod client;
 mod connection;
 mod error;
+mod events;
 mod node;
 mod session;
 #[cfg(feature = "tower-sessions")]
@@ -51,7 +52,7 @@ mod store;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use session::{Session, SessionInfo};
-pub use sessiond_proto::SessionId;
 pub use sessiond_proto::wire::NodeStats;
+pub use sessiond_proto::{Event, EventKind, SessionId};
 #[cfg(feature = "tower-sessions")]
 pub use store::SessiondStore;

@@ -52,6 +52,13 @@ pub enum ErrorCode {
     InvalidUser,
     /// The user is at `--max-sessions-per-user` and the policy is to reject.
     TooManySessions,
+    /// An event cursor older than what the log retains (events after it
+    /// were dropped): resume from the `oldest` cursor the error carries.
+    CursorExpired,
+    /// An event cursor that is not one this log hands out.
+    InvalidCursor,
+    /// The event log is off (`--events off`).
+    EventsOff,
 }
 
 impl ErrorCode {
@@ -79,6 +86,9 @@ impl ErrorCode {
             Self::RequestTimeout => "request_timeout",
             Self::InvalidUser => "invalid_user",
             Self::TooManySessions => "too_many_sessions",
+            Self::CursorExpired => "cursor_expired",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::EventsOff => "events_off",
         }
     }
 
@@ -91,9 +101,11 @@ impl ErrorCode {
             | Self::InvalidRequest
             | Self::ProtocolError
             | Self::UnsupportedVersion
-            | Self::InvalidUser => 400,
+            | Self::InvalidUser
+            | Self::InvalidCursor => 400,
+            Self::CursorExpired => 410,
             Self::Unauthorized => 401,
-            Self::NotFound | Self::UnknownRoute => 404,
+            Self::NotFound | Self::UnknownRoute | Self::EventsOff => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::VersionMismatch => 412,

@@ -121,4 +121,34 @@ pub struct ErrorDetail {
     /// The session's current version, on `version_mismatch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<u64>,
+    /// The oldest cursor still retained, on `cursor_expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<String>,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct EventsBody {
+    /// The events, in commit order.
+    pub events: Vec<EventJson>,
+    /// The cursor to pass as `after` next.
+    pub next: String,
+}
+
+/// One event as the HTTP API shows it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct EventJson {
+    /// Resume after this event with `after=<cursor>` (or `Last-Event-ID`).
+    pub cursor: String,
+    /// What happened.
+    pub kind: crate::EventKind,
+    /// The session.
+    pub id: String,
+    /// The user the session belonged to (`null` when none).
+    pub user: Option<String>,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// The id a rotated session had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_id: Option<String>,
 }

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod event;
 pub mod http;
 pub mod id;
 pub mod ring;
@@ -20,5 +21,6 @@ pub mod user;
 pub mod wire;
 
 pub use error::ErrorCode;
+pub use event::{Event, EventKind, EventPage};
 pub use id::{ParseIdError, SessionId};
 pub use user::{InvalidUser, UserName};

@@ -179,6 +179,16 @@ pub enum Op {
         /// A session to keep ("sign out other devices").
         except: Option<SessionId>,
     },
+    /// Events of the log after `after` (from the oldest retained when
+    /// `None`; `"now"` is the end), waiting up to `wait_ms` for one.
+    Events {
+        /// The cursor to resume after.
+        after: Option<String>,
+        /// Most events in the answer (1 to 1000).
+        limit: u32,
+        /// How long to wait for an event when there is none yet.
+        wait_ms: u32,
+    },
     /// Liveness check.
     Ping,
     /// The node's counters.
@@ -207,6 +217,7 @@ impl Op {
             Self::Rotate { .. } => "rotate",
             Self::ListUser { .. } => "list_user",
             Self::RevokeUser { .. } => "revoke_user",
+            Self::Events { .. } => "events",
             Self::Ping => "ping",
             Self::Stats => "stats",
         }
@@ -238,6 +249,8 @@ pub enum Outcome {
     UserSessions(Vec<SessionRecord>),
     /// The answer to [`Op::RevokeUser`]: how many sessions were deleted.
     Revoked(u64),
+    /// The answer to [`Op::Events`].
+    Events(crate::EventPage),
     /// The operation failed.
     Error(WireError),
 }
@@ -293,6 +306,8 @@ pub struct WireError {
     pub message: String,
     /// The session's current version, on `version_mismatch`.
     pub current_version: Option<u64>,
+    /// The oldest cursor still retained, on `cursor_expired`.
+    pub oldest: Option<String>,
 }
 
 impl WireError {
@@ -302,6 +317,7 @@ impl WireError {
             code,
             message: message.into(),
             current_version: None,
+            oldest: None,
         }
     }
 }

@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
 use sessiond_proto::codec::{self, CodecError, FrameCodec};
 use sessiond_proto::wire::*;
-use sessiond_proto::{ErrorCode, SessionId};
+use sessiond_proto::{ErrorCode, Event, EventKind, EventPage, SessionId};
 use tokio_util::codec::{Decoder, Encoder};
 
 fn session_id() -> impl Strategy<Value = SessionId> {
@@ -64,6 +64,16 @@ fn op() -> impl Strategy<Value = Op> {
         (session_id(), ttl).prop_map(|(id, ttl_secs)| Op::Touch { id, ttl_secs }),
         (session_id(), proptest::option::of(user())).prop_map(|(id, user)| Op::Rotate { id, user }),
         user().prop_map(|user| Op::ListUser { user }),
+        (
+            proptest::option::of("[0-9-]{1,20}"),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(|(after, limit, wait_ms)| Op::Events {
+                after,
+                limit,
+                wait_ms
+            }),
         (user(), proptest::option::of(session_id()))
             .prop_map(|(user, except)| Op::RevokeUser { user, except }),
         Just(Op::Ping),
@@ -100,13 +110,40 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 }
 
 fn wire_error() -> impl Strategy<Value = WireError> {
-    (error_code(), ".{0,60}", proptest::option::of(any::<u64>())).prop_map(
-        |(code, message, current_version)| WireError {
+    (
+        error_code(),
+        ".{0,60}",
+        proptest::option::of(any::<u64>()),
+        proptest::option::of("[0-9]{1,13}-[0-9]{1,3}"),
+    )
+        .prop_map(|(code, message, current_version, oldest)| WireError {
             code,
             message,
             current_version,
-        },
+            oldest,
+        })
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        "[0-9]{1,13}-[0-9]{1,3}",
+        session_id(),
+        proptest::option::of(user()),
+        any::<u64>(),
+        proptest::option::of(session_id()),
     )
+        .prop_map(|(cursor, id, user, at_ms, old_id)| Event {
+            cursor,
+            kind: if old_id.is_some() {
+                EventKind::Rotated
+            } else {
+                EventKind::Expired
+            },
+            id,
+            user,
+            at_ms,
+            old_id,
+        })
 }
 
 fn user() -> impl Strategy<Value = String> {
@@ -150,6 +187,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         session_record().prop_map(Outcome::Session),
         proptest::collection::vec(session_record(), 0..4).prop_map(Outcome::UserSessions),
         any::<u64>().prop_map(Outcome::Revoked),
+        (proptest::collection::vec(event(), 0..4), "[0-9]{1,5}")
+            .prop_map(|(events, next)| Outcome::Events(EventPage { events, next })),
         Just(Outcome::Deleted),
         Just(Outcome::Pong),
         stats,

@@ -14,7 +14,7 @@ use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
 use crate::node::NodeConfig;
 use crate::secret::Secret;
 use crate::service::ServiceConfig;
-use crate::store::{StoreConfig, UserLimit, WhenFull, WhenUserFull};
+use crate::store::{EventLogConfig, StoreConfig, UserLimit, WhenFull, WhenUserFull};
 use crate::tcp::TcpLimits;
 
 /// sessiond: a session store that lets web backends be stateless.
@@ -33,6 +33,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the round-robin front balancer in front of app servers.
     Balance(BalanceArgs),
+}
+
+/// A feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// What a full store does with a write that does not fit.
@@ -217,6 +226,23 @@ pub struct ServeArgs {
     /// invalidations) or `strong` (checked against Redis on every read).
     #[arg(long, env = "SESSIOND_CONSISTENCY", value_enum, default_value_t = ConsistencyArg::Cached)]
     pub consistency: ConsistencyArg,
+
+    /// The durable log of session lifecycle events (`GET /v1/events`):
+    /// `on` or `off`.
+    #[arg(long, env = "SESSIOND_EVENTS", value_enum, default_value_t = Toggle::On)]
+    pub events: Toggle,
+
+    /// Most events the log keeps (older ones are dropped first).
+    #[arg(long, env = "SESSIOND_EVENTS_RETENTION", default_value_t = 100_000)]
+    pub events_retention: usize,
+
+    /// Oldest event the log keeps.
+    #[arg(long, env = "SESSIOND_EVENTS_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub events_max_age: Duration,
+
+    /// Log data writes too, as `updated` events.
+    #[arg(long, env = "SESSIOND_EVENTS_INCLUDE_UPDATES")]
+    pub events_include_updates: bool,
 
     /// Writes the async replication queue holds before refusing more (503).
     #[arg(long, env = "SESSIOND_REDIS_QUEUE", default_value_t = 100_000)]
@@ -406,6 +432,10 @@ impl ServeArgs {
                     WhenFullPolicy::EvictLru => WhenFull::EvictLru,
                 },
                 max_lifetime_ms: self.max_lifetime.map(|cap| cap.as_millis() as u64),
+                // With Redis the log lives in Redis.
+                events: self
+                    .events_config()
+                    .filter(|_| self.redis_config().is_none()),
             },
             service: ServiceConfig {
                 user_limit: UserLimit {
@@ -463,6 +493,15 @@ impl ServeArgs {
             },
             prefix: self.redis_prefix.clone(),
             queue_capacity: self.redis_queue.max(1),
+            events: self.events_config(),
+        })
+    }
+
+    fn events_config(&self) -> Option<EventLogConfig> {
+        (self.events == Toggle::On).then(|| EventLogConfig {
+            retention: self.events_retention.max(1),
+            max_age_ms: self.events_max_age.as_millis() as u64,
+            include_updates: self.events_include_updates,
         })
     }
 }

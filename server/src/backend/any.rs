@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{SessionId, UserName};
+use sessiond_proto::{EventPage, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -136,6 +136,15 @@ impl Backend for AnyBackend {
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
         dispatch!(self, backend => backend.user_sessions(user).await)
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<EventPage, BackendError> {
+        dispatch!(self, backend => backend.events(after, limit, wait).await)
     }
 
     async fn revoke_user(

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{SessionId, UserName};
+use sessiond_proto::{EventPage, SessionId, UserName};
 
 use crate::store::{Owner, Session, StoreError, StoreStats};
 
@@ -91,6 +91,16 @@ pub trait Backend: Send + Sync {
         user: &UserName,
     ) -> impl Future<Output = Result<Vec<Session>, BackendError>> + Send;
 
+    /// Up to `limit` events of the log after `after` (the oldest kept when
+    /// `None`, only later ones for `"now"`), waiting up to `wait` for one
+    /// when there is none yet.
+    fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = Result<EventPage, BackendError>> + Send;
+
     /// Deletes every live session of `user` but `except`; returns how many.
     fn revoke_user(
         &self,
@@ -131,6 +141,23 @@ pub enum BackendError {
         /// The cap.
         max: usize,
     },
+    /// Events after the cursor are no longer kept.
+    #[error(
+        "events after this cursor are no longer kept; resume after the oldest cursor, {oldest}"
+    )]
+    CursorExpired {
+        /// The cursor before the oldest event kept.
+        oldest: String,
+    },
+    /// The cursor is not one this log hands out.
+    #[error("not an event cursor of this log: {cursor:?}")]
+    InvalidCursor {
+        /// What was given.
+        cursor: String,
+    },
+    /// The event log is off.
+    #[error("the event log is off (--events off)")]
+    EventsOff,
     /// The operation cannot be taken now; nothing was changed.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
@@ -161,6 +188,10 @@ pub enum Unavailable {
         /// What was being done.
         operation: &'static str,
     },
+    /// The write-behind queue did not ship this node's earlier writes in
+    /// time for a step that goes to Redis directly.
+    #[error("this node's queued writes did not reach Redis in time; try again")]
+    QueueBehind,
     /// A fresh id was already taken (astronomically unlikely).
     #[error("a fresh session id is already taken in Redis; try again")]
     IdTaken,

@@ -1,14 +1,15 @@
 //! Sessions in this node's memory only: a node's death loses its sessions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{SessionId, UserName};
+use sessiond_proto::{EventPage, SessionId, UserName};
 
 use super::api::{Backend, BackendError, Failed};
 use super::claims::Claims;
-use crate::store::{Owner, Session, Store, StoreError, StoreStats};
+use crate::store::{Owner, Position, ReadError, Session, Store, StoreError, StoreStats};
 
 /// The memory-only backend: the store, and the claims that let a tagged
 /// create or rotation sent again find the id its first attempt took.
@@ -110,6 +111,44 @@ impl Backend for MemoryBackend {
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
         Ok(self.store.user_sessions(user))
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<EventPage, BackendError> {
+        let log = self.store.events().ok_or(BackendError::EventsOff)?;
+        let mut position = match after {
+            None => Position::Oldest,
+            Some("now") => Position::Now,
+            Some(text) => {
+                text.parse()
+                    .map(Position::After)
+                    .map_err(|_| BackendError::InvalidCursor {
+                        cursor: text.to_owned(),
+                    })?
+            }
+        };
+        let mut appended = log.watch();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (events, next) = log.read(position, limit).map_err(|err| match err {
+                ReadError::Expired { oldest } => BackendError::CursorExpired { oldest },
+                ReadError::Unknown => BackendError::InvalidCursor {
+                    cursor: after.unwrap_or_default().to_owned(),
+                },
+            })?;
+            if !events.is_empty() {
+                return Ok(EventPage { events, next });
+            }
+            let waited = tokio::time::timeout_at(deadline, appended.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                return Ok(EventPage { events, next });
+            }
+            position = Position::After(next.parse().unwrap_or_default());
+        }
     }
 
     async fn revoke_user(

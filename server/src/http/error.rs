@@ -13,6 +13,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     current_version: Option<u64>,
+    oldest: Option<String>,
 }
 
 impl ApiError {
@@ -22,6 +23,7 @@ impl ApiError {
             code,
             message: message.into(),
             current_version: None,
+            oldest: None,
         }
     }
 }
@@ -32,6 +34,7 @@ impl From<ServiceError> for ApiError {
             code: err.code(),
             message: err.to_string(),
             current_version: err.current_version(),
+            oldest: err.oldest(),
         }
     }
 }
@@ -45,6 +48,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message,
                 current_version: self.current_version,
+                oldest: self.oldest,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

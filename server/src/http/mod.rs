@@ -5,6 +5,7 @@ mod body;
 mod connection;
 mod deadline;
 mod error;
+mod events;
 mod extract;
 mod limits;
 mod listener;
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> Router {
             "/users/{user}/sessions",
             get(users::list).delete(users::revoke),
         )
+        .route("/events", get(events::page))
+        .route("/events/stream", get(events::stream))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()

@@ -21,6 +21,10 @@ pub async fn run(store: Arc<Store>, interval: Duration, batch: usize, shutdown: 
                 if freed > 0 {
                     tracing::debug!(freed, "swept expired sessions");
                 }
+                if let Some(events) = store.events() {
+                    events.trim(store.now_ms());
+                    metrics::gauge!("sessiond_events_retained").set(events.retained() as f64);
+                }
             }
         }
     }

@@ -7,13 +7,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
-use sessiond_proto::{ErrorCode, InvalidUser, SessionId, UserName, ring};
+use sessiond_proto::{ErrorCode, EventPage, InvalidUser, SessionId, UserName, ring};
 
 use crate::backend::{AnyBackend, Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::store::{Owner, Session, StoreStats, UserLimit};
 use merge::MergeError;
 
 mod merge;
+
+/// Events one read returns when it does not say.
+const DEFAULT_EVENTS: u64 = 100;
+/// Most events one read returns.
+pub const MAX_EVENTS: u64 = 1000;
+/// Longest wait of one events read, in seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
 
 /// Session data known to be valid JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +119,26 @@ pub enum ServiceError {
         /// The cap.
         max: usize,
     },
+    /// Events after the cursor are no longer kept.
+    #[error(
+        "events after this cursor are no longer kept; resume after the oldest cursor, {oldest}"
+    )]
+    CursorExpired {
+        /// The cursor before the oldest event kept.
+        oldest: String,
+    },
+    /// The cursor is not one the log hands out.
+    #[error("not an event cursor of this log: {cursor:?}")]
+    InvalidCursor {
+        /// What was given.
+        cursor: String,
+    },
+    /// The event log is off.
+    #[error("the event log is off (--events off)")]
+    EventsOff,
+    /// An events read asked for too many events or too long a wait.
+    #[error("limit must be 1 to {MAX_EVENTS} and wait_secs at most {MAX_WAIT_SECS}")]
+    InvalidEventQuery,
     /// A merge patch could not be applied.
     #[error("the merge patch is not valid JSON: {0}")]
     InvalidPatch(String),
@@ -151,6 +178,10 @@ impl ServiceError {
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull { .. } => ErrorCode::StoreFull,
             Self::InvalidUser(_) => ErrorCode::InvalidUser,
+            Self::CursorExpired { .. } => ErrorCode::CursorExpired,
+            Self::InvalidCursor { .. } => ErrorCode::InvalidCursor,
+            Self::EventsOff => ErrorCode::EventsOff,
+            Self::InvalidEventQuery => ErrorCode::InvalidRequest,
             Self::TooManySessions { .. } => ErrorCode::TooManySessions,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Indeterminate(_) => ErrorCode::Indeterminate,
@@ -165,6 +196,14 @@ impl ServiceError {
             _ => None,
         }
     }
+
+    /// The oldest cursor to resume from, for expired cursors.
+    pub fn oldest(&self) -> Option<String> {
+        match self {
+            Self::CursorExpired { oldest } => Some(oldest.clone()),
+            _ => None,
+        }
+    }
 }
 
 impl From<BackendError> for ServiceError {
@@ -176,6 +215,9 @@ impl From<BackendError> for ServiceError {
             }
             BackendError::StoreFull { needed, limit } => Self::StoreFull { needed, limit },
             BackendError::TooManySessions { max } => Self::TooManySessions { max },
+            BackendError::CursorExpired { oldest } => Self::CursorExpired { oldest },
+            BackendError::InvalidCursor { cursor } => Self::InvalidCursor { cursor },
+            BackendError::EventsOff => Self::EventsOff,
             BackendError::Unavailable(why) => Self::Unavailable(why),
             BackendError::Indeterminate(why) => Self::Indeterminate(why),
         }
@@ -345,6 +387,25 @@ impl SessionService {
     /// The live sessions of `user`, oldest first.
     pub async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, ServiceError> {
         Ok(self.backend.user_sessions(user).await?)
+    }
+
+    /// Up to `limit` (default 100, at most [`MAX_EVENTS`]) events of the
+    /// log after `after` (the oldest kept when `None`, only later ones for
+    /// `"now"`), waiting up to `wait_secs` (at most [`MAX_WAIT_SECS`]) for
+    /// one when there is none yet.
+    pub async fn events(
+        &self,
+        after: Option<&str>,
+        limit: Option<u64>,
+        wait_secs: Option<u64>,
+    ) -> Result<EventPage, ServiceError> {
+        let limit = limit.unwrap_or(DEFAULT_EVENTS);
+        let wait_secs = wait_secs.unwrap_or(0);
+        if !(1..=MAX_EVENTS).contains(&limit) || wait_secs > MAX_WAIT_SECS {
+            return Err(ServiceError::InvalidEventQuery);
+        }
+        let wait = std::time::Duration::from_secs(wait_secs);
+        Ok(self.backend.events(after, limit as usize, wait).await?)
     }
 
     /// Deletes every session of `user` but `except`; returns how many.

@@ -7,6 +7,7 @@
 
 mod budget;
 mod clock;
+mod event_log;
 mod session;
 mod shard;
 mod user_index;
@@ -19,10 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{SessionId, UserName};
+use sessiond_proto::{EventKind, SessionId, UserName};
 
 pub use budget::MemoryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use event_log::{EventLog, EventLogConfig, Position, ReadError};
 pub use session::Session;
 use shard::{Shard, Slot};
 use user_index::{INDEX_ENTRY_BYTES, UserIndex};
@@ -91,6 +93,9 @@ pub struct StoreConfig {
     pub when_full: WhenFull,
     /// Absolute lifetime cap from creation, whatever the sliding expiry says.
     pub max_lifetime_ms: Option<u64>,
+    /// The event log this store keeps (memory-only nodes; with Redis the
+    /// log lives in Redis).
+    pub events: Option<EventLogConfig>,
 }
 
 impl Default for StoreConfig {
@@ -100,6 +105,7 @@ impl Default for StoreConfig {
             max_memory: None,
             when_full: WhenFull::Reject,
             max_lifetime_ms: None,
+            events: None,
         }
     }
 }
@@ -159,8 +165,20 @@ struct Counters {
 #[derive(Debug, Clone, Copy)]
 enum Removal {
     Deleted,
+    Revoked,
     Expired,
     Evicted,
+}
+
+impl Removal {
+    fn event(self) -> EventKind {
+        match self {
+            Self::Deleted => EventKind::Deleted,
+            Self::Revoked => EventKind::Revoked,
+            Self::Expired => EventKind::Expired,
+            Self::Evicted => EventKind::Evicted,
+        }
+    }
 }
 
 /// A shard lock on its own cache lines, so neighbouring shards' locks do
@@ -187,6 +205,7 @@ pub struct Store {
     config: StoreConfig,
     counters: Counters,
     users: UserIndex,
+    events: Option<EventLog>,
 }
 
 impl std::fmt::Debug for Store {
@@ -246,11 +265,15 @@ impl Store {
     pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
         let count = config.shards.clamp(1, 1 << 16).next_power_of_two();
         let shards = (0..count).map(|_| PaddedShard::default()).collect();
+        let events = config
+            .events
+            .map(|events| EventLog::new(events, clock.now_ms()));
         Self {
             shards,
             shard_mask: count as u64 - 1,
             budget: MemoryBudget::new(config.max_memory),
             clock,
+            events,
             config,
             counters: Counters::default(),
             users: UserIndex::default(),
@@ -381,6 +404,7 @@ impl Store {
                 shard.map.insert(id, slot);
             }
             self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+            self.record(EventKind::Created, &session, None);
             return Ok(Admitted::Stored(session));
         }
         Err(StoreError::Contention)
@@ -574,6 +598,9 @@ impl Store {
             }
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
             slot.last_access_ms = now;
+            if self.events.as_ref().is_some_and(EventLog::includes_updates) {
+                self.record(EventKind::Updated, &slot.session, None);
+            }
             return Ok(slot.session.clone());
         }
         Err(self.full(needed).into())
@@ -665,6 +692,7 @@ impl Store {
             if let Some(target) = locked.shard(self.shard_index(&new_id)) {
                 target.map.insert(new_id, slot);
             }
+            self.record(EventKind::Rotated, &session, Some(*id));
             return Ok(session);
         }
         Err(StoreError::Contention)
@@ -729,7 +757,7 @@ impl Store {
                     if slot.is_expired(now) {
                         self.forget(&slot, Removal::Expired);
                     } else {
-                        self.forget(&slot, Removal::Deleted);
+                        self.forget(&slot, Removal::Revoked);
                         revoked.push(*id);
                     }
                 }
@@ -749,6 +777,7 @@ impl Store {
                 if let Some(user) = &slot.session.user {
                     self.users.remove(user, &slot.session.id);
                 }
+                self.record(EventKind::Expired, &slot.session, None);
                 charge(slot)
             });
             if swept.sessions > 0 {
@@ -819,12 +848,32 @@ impl Store {
         }
         self.budget.release(charge(slot));
         self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.record(why.event(), &slot.session, None);
         let counter = match why {
-            Removal::Deleted => return,
+            Removal::Deleted | Removal::Revoked => return,
             Removal::Expired => &self.counters.expirations,
             Removal::Evicted => &self.counters.evictions,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends an event about `session` to this store's log, if it keeps
+    /// one (the caller still holds the session's shard lock).
+    fn record(&self, kind: EventKind, session: &Session, old_id: Option<SessionId>) {
+        if let Some(events) = &self.events {
+            events.append(
+                kind,
+                session.id,
+                session.user.as_ref(),
+                old_id,
+                self.now_ms(),
+            );
+        }
+    }
+
+    /// This store's event log, if it keeps one.
+    pub fn events(&self) -> Option<&EventLog> {
+        self.events.as_ref()
     }
 
     /// Takes `bytes` from the budget, making room first if the policy allows.

@@ -246,6 +246,7 @@ fn bounded(sessions: u64, data_len: usize, when_full: WhenFull) -> (Store, Arc<M
         max_memory: Some(sessions * charge_of(data_len)),
         when_full,
         max_lifetime_ms: None,
+        events: None,
     })
 }
 

@@ -22,6 +22,7 @@ pub async fn execute(
                 code: err.code(),
                 message: err.to_string(),
                 current_version: err.current_version(),
+                oldest: err.oldest(),
             })
         })
 }
@@ -90,6 +91,17 @@ async fn run(
         Op::RevokeUser { user, except } => {
             let user = UserName::parse(&user).map_err(ServiceError::InvalidUser)?;
             Outcome::Revoked(service.revoke_user(&user, except).await?)
+        }
+        Op::Events {
+            after,
+            limit,
+            wait_ms,
+        } => {
+            let wait_secs = u64::from(wait_ms).div_ceil(1000);
+            let page = service
+                .events(after.as_deref(), Some(u64::from(limit)), Some(wait_secs))
+                .await?;
+            Outcome::Events(page)
         }
         Op::Ping => Outcome::Pong,
         Op::Stats => Outcome::Stats(service.stats()),

@@ -13,6 +13,7 @@
 //!   from memory and queued for Redis; a SIGKILL loses what is still queued.
 
 mod error;
+mod events;
 mod invalidation;
 mod link;
 mod queue;
@@ -24,6 +25,7 @@ mod users;
 mod write_behind;
 
 pub use error::ReplicationError;
+pub use events::RedisEvents;
 pub use link::{RedisLink, RedisTarget};
 pub use shared::{Consistency, Redis, RedisConfig, ReplicationMode};
 pub use sync::SyncBackend;

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sessiond_proto::SessionId;
-use tokio::sync::mpsc;
+use sessiond_proto::{EventKind, SessionId};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
+use super::events::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
 use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
@@ -45,6 +46,10 @@ pub struct WriteBehind {
     sender: mpsc::Sender<Queued>,
     capacity: usize,
     depth: Arc<AtomicU64>,
+    /// Changes ever queued.
+    sent: AtomicU64,
+    /// Changes ever shipped (the worker ships in queue order).
+    shipped: watch::Receiver<u64>,
 }
 
 /// A reserved place in the queue: take it before applying a write to
@@ -52,12 +57,14 @@ pub struct WriteBehind {
 pub struct Slot<'a> {
     permit: mpsc::Permit<'a, Queued>,
     depth: &'a AtomicU64,
+    sent: &'a AtomicU64,
 }
 
 impl Slot<'_> {
     /// Queues the change.
     pub fn send(self, change: Change) {
         self.depth.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_add(1, Ordering::Relaxed);
         self.permit.send(Queued {
             change,
             enqueued: Instant::now(),
@@ -70,12 +77,33 @@ impl WriteBehind {
     pub fn new(capacity: usize) -> (Self, Worker) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicU64::new(0));
+        let (shipped, watched) = watch::channel(0);
         let writer = Self {
             sender,
             capacity,
             depth: depth.clone(),
+            sent: AtomicU64::new(0),
+            shipped: watched,
         };
-        (writer, Worker { receiver, depth })
+        let worker = Worker {
+            receiver,
+            depth,
+            shipped,
+        };
+        (writer, worker)
+    }
+
+    /// Waits (at most `within`) until every change queued so far is in
+    /// Redis: what goes to Redis directly next then sees this node's
+    /// writes.
+    pub async fn caught_up(&self, within: Duration) -> Result<(), BackendError> {
+        let target = self.sent.load(Ordering::Relaxed);
+        let mut shipped = self.shipped.clone();
+        let waited = tokio::time::timeout(within, shipped.wait_for(|&done| done >= target)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Unavailable::QueueBehind.into()),
+        }
     }
 
     /// A place in the queue, or [`Unavailable::QueueFull`].
@@ -89,8 +117,24 @@ impl WriteBehind {
         Ok(Slot {
             permit,
             depth: &self.depth,
+            sent: &self.sent,
         })
     }
+}
+
+/// Where the worker ships to, and with what.
+#[derive(Debug)]
+pub struct Destination {
+    /// The connection.
+    pub link: Arc<RedisLink>,
+    /// The scripts.
+    pub scripts: Arc<Scripts>,
+    /// The invalidations each write announces.
+    pub invalidations: Arc<Invalidations>,
+    /// The key prefix.
+    pub prefix: String,
+    /// The event log, if it is on.
+    pub events: Option<RedisEvents>,
 }
 
 /// The worker that drains the queue into Redis.
@@ -98,19 +142,13 @@ impl WriteBehind {
 pub struct Worker {
     receiver: mpsc::Receiver<Queued>,
     depth: Arc<AtomicU64>,
+    shipped: watch::Sender<u64>,
 }
 
 impl Worker {
     /// Ships queued changes; once `drained` fires (no more writes can come)
     /// it flushes what is left, bounded by a deadline, and returns.
-    pub async fn run(
-        mut self,
-        link: Arc<RedisLink>,
-        scripts: Arc<Scripts>,
-        invalidations: Arc<Invalidations>,
-        prefix: String,
-        drained: CancellationToken,
-    ) {
+    pub async fn run(mut self, to: Destination, drained: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut closing_since: Option<Instant> = None;
         metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
@@ -130,9 +168,11 @@ impl Worker {
             }
             metrics::gauge!("sessiond_redis_replication_lag_seconds")
                 .set(batch[0].enqueued.elapsed().as_secs_f64());
-            match ship(&batch, &link, &scripts, &invalidations, &prefix).await {
+            match ship(&batch, &to).await {
                 Ok(()) => {
                     self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                    self.shipped
+                        .send_modify(|shipped| *shipped += batch.len() as u64);
                     metrics::counter!("sessiond_redis_replicated_total")
                         .increment(batch.len() as u64);
                     batch.clear();
@@ -183,14 +223,18 @@ fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
 }
 
 /// Sends one batch; the multiplexed connection pipelines the scripts.
-async fn ship(
-    batch: &[Queued],
-    link: &RedisLink,
-    scripts: &Scripts,
-    invalidations: &Invalidations,
-    prefix: &str,
-) -> Result<(), ReplicationError> {
+async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError> {
+    let Destination {
+        link,
+        scripts,
+        invalidations,
+        prefix,
+        events,
+    } = to;
+    let events = events.as_ref();
     let conn = link.conn()?;
+    let retention = events.map(|events| events.config.retention.to_string());
+    let retention = &retention.unwrap_or_default();
     let sends = latest_per_session(batch).into_iter().map(|change| {
         let mut conn = conn.clone();
         async move {
@@ -199,23 +243,47 @@ async fn ship(
                     let key = key(prefix, &session.id);
                     let cacher = hex(invalidations.node_id);
                     let mut invocation = session_args(&scripts.store_any, &key, session, &cacher);
+                    invocation.key(tombstone(&key));
+                    if let Some(events) = events {
+                        events.keys(&mut invocation);
+                    }
                     invocation
-                        .key(tombstone(&key))
                         .arg(&invalidations.channel)
-                        .arg(invalidations.broadcast(&session.id));
-                    invocation.invoke_async::<i64>(&mut conn).await
+                        .arg(invalidations.broadcast(&session.id))
+                        .arg("1")
+                        .arg(EventKind::Created.as_str())
+                        .arg(retention);
+                    let stored = invocation.invoke_async::<i64>(&mut conn).await;
+                    if matches!(stored, Ok(2)) {
+                        count_logged(events, EventKind::Created);
+                    }
+                    stored
                 }
-                Change::Delete(id) => scripts
-                    .delete
-                    .key(key(prefix, id))
-                    .key(tombstone(&key(prefix, id)))
-                    .arg(&invalidations.channel)
-                    .arg(invalidations.broadcast(id))
-                    .arg("")
-                    .arg("")
-                    .invoke_async::<Deleted>(&mut conn)
-                    .await
-                    .map(|deleted| i64::from(deleted.deleted)),
+                Change::Delete(id) => {
+                    let key = key(prefix, id);
+                    let mut invocation = scripts.delete.key(&key);
+                    invocation.key(tombstone(&key));
+                    if let Some(events) = events {
+                        events.keys(&mut invocation);
+                    }
+                    invocation
+                        .arg(&invalidations.channel)
+                        .arg(invalidations.broadcast(id))
+                        .arg("")
+                        .arg("")
+                        .arg(EventKind::Deleted.as_str())
+                        .arg("")
+                        .arg(retention)
+                        .arg("")
+                        .invoke_async::<Deleted>(&mut conn)
+                        .await
+                        .map(|deleted| {
+                            if deleted.deleted {
+                                count_logged(events, EventKind::Deleted);
+                            }
+                            i64::from(deleted.deleted)
+                        })
+                }
             }
         }
     });

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use super::link::RedisLink;
-use super::scripts::key;
+use super::scripts::{REFRESH, key};
 
 /// How often coalesced expiry refreshes are flushed to Redis.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -46,16 +46,22 @@ struct Failed {
 pub struct ExpiryRefresher {
     prefix: String,
     link: Arc<RedisLink>,
+    /// The event log's expiry index, moved along with each expiry.
+    expiry_index: Option<String>,
+    script: redis::Script,
     pending: Mutex<HashMap<SessionId, u64>>,
     failed: Mutex<Failed>,
 }
 
 impl ExpiryRefresher {
-    /// A refresher writing through `link`.
-    pub fn new(prefix: String, link: Arc<RedisLink>) -> Self {
+    /// A refresher writing through `link` (and moving each session in the
+    /// event log's expiry index, if there is one).
+    pub fn new(prefix: String, link: Arc<RedisLink>, expiry_index: Option<String>) -> Self {
         Self {
             prefix,
             link,
+            expiry_index,
+            script: redis::Script::new(REFRESH),
             pending: Mutex::new(HashMap::new()),
             failed: Mutex::new(Failed {
                 refreshes: HashMap::new(),
@@ -77,11 +83,13 @@ impl ExpiryRefresher {
         expires_at_ms: u64,
     ) -> Result<(), ReplicationError> {
         let mut conn = self.link.conn()?;
-        let result = redis::cmd("PEXPIREAT")
-            .arg(key(&self.prefix, id))
+        let mut invocation = self.script.key(key(&self.prefix, id));
+        if let Some(index) = &self.expiry_index {
+            invocation.key(index);
+        }
+        let result = invocation
             .arg(expires_at_ms)
-            .arg("GT")
-            .query_async::<i64>(&mut conn)
+            .invoke_async::<i64>(&mut conn)
             .await;
         self.link.observe(result).map(drop)
     }

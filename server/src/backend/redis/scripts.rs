@@ -53,27 +53,66 @@ return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] o
   r[9] or ''}
 ";
 
-/// Stores a whole session if its key is free: 1, or 0 when taken.
-/// ARGV: v, d, c, u, t, expires_at, w, h, o, p.
+/// Lua helpers of the scripts that keep the event log: `now_ms()` (Redis's
+/// clock) and `emit(stream, retention, kind, id, user, old_id)`, which
+/// appends one event (nothing when `stream` is nil: the log is off).
+/// The log's expiry index holds `<id>:<user>` scored by the key's expiry.
+const EVENTS: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local function emit(stream, retention, kind, id, user, old)
+  if not stream then return end
+  local fields = {'k', kind, 'i', id, 'u', user or '', 't', now_ms()}
+  if old then
+    fields[#fields + 1] = 'o'
+    fields[#fields + 1] = old
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', retention, '*', unpack(fields))
+end
+";
+
+/// Stores a whole session if its key is free: 1, or 0 when taken; with
+/// the event log (KEYS[2] stream, KEYS[3] expiry index), indexes its expiry
+/// and appends `created`.
+/// ARGV: v, d, c, u, t, expires_at, w, h, o, p, retention.
 const STORE_NEW: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
+if KEYS[2] then
+  local id = string.sub(KEYS[1], -22)
+  redis.call('ZADD', KEYS[3], ARGV[6], id .. ':' .. ARGV[10])
+  emit(KEYS[2], ARGV[11], 'created', id, ARGV[10])
+end
 return 1
 ";
 
 /// Stores a whole session unconditionally: the copy a rotation makes under
-/// the new id (ARGV: v, d, c, u, t, expires_at, w, h, o, p), or, with a
-/// channel and message in ARGV[11] and ARGV[12], a write-behind write that
-/// is announced to every node; with a tombstone key as KEYS[2], nothing is
-/// stored (0) when the session was deleted lately.
+/// the new id, or a write-behind write. KEYS: session, its tombstone, and
+/// with the event log the stream and the expiry index.
+/// ARGV: v, d, c, u, t, expires_at, w, h, o, p; 11 channel and 12 message
+/// to announce the write to every node ('' for none); 13 '1' to store
+/// nothing (0) when the session was deleted lately (its tombstone is
+/// there); 14 the event to append if the key is new ('' for none);
+/// 15 retention. Returns 2 when it appended the event, else 1.
 const STORE_ANY: &str = r"
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[13] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-if ARGV[11] then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
+if ARGV[11] ~= '' then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
+if KEYS[3] then
+  local id = string.sub(KEYS[1], -22)
+  redis.call('ZADD', KEYS[4], ARGV[6], id .. ':' .. ARGV[10])
+  if fresh and ARGV[14] ~= '' then
+    emit(KEYS[3], ARGV[15], ARGV[14], id, ARGV[10])
+    return 2
+  end
+end
 return 1
 ";
 
@@ -85,7 +124,8 @@ return 1
 /// ARGV: 1 expected ('' = any), 2 data, 3 now, 4 ttl ('' = keep), 5 max
 /// lifetime ('' = none), 6 channel, 7 message, 8 mode, 9 tag ('' = none),
 /// 10 resent after ms ('' = first attempt), 11 allowed clock skew ms,
-/// 12 writer node.
+/// 12 writer node, 13 '1' to log data writes as `updated`, 14 retention.
+/// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
 /// applied, at version v), {-4} (re-sent, cannot tell), or {v, c, u, t,
 /// expires_at, w, h, other cachers, user}, with the data appended for a
@@ -147,6 +187,13 @@ end
 redis.call('HSET', KEYS[1], 'o', ARGV[12])
 redis.call('PEXPIREAT', KEYS[1], exp)
 if #others > 0 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+if KEYS[2] then
+  local id = string.sub(KEYS[1], -22)
+  redis.call('ZADD', KEYS[3], exp, id .. ':' .. (cur[8] or ''))
+  if ARGV[8] == 'w' and ARGV[13] == '1' then
+    emit(KEYS[2], ARGV[14], 'updated', id, cur[8] or '')
+  end
+end
 local answer = {v, created, updated, ttl, exp, log, horizon, table.concat(others, ','), cur[8] or ''}
 if ARGV[8] == 't' then answer[10] = redis.call('HGET', KEYS[1], 'd') end
 return answer
@@ -155,19 +202,72 @@ return answer
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
 /// is ''). Returns {1, other cachers, user} when deleted, {0, '', ''} when
-/// not there (or at another version). Leaves a tombstone (KEYS[2]).
+/// not there (or at another version). Leaves a tombstone (KEYS[2]). With
+/// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
+/// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
+/// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
 if not r[1] then return {0, '', ''} end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], 1, 'PX', TOMBSTONE_MS)
+if KEYS[3] then
+  local id = string.sub(KEYS[1], -22)
+  redis.call('ZREM', KEYS[4], id .. ':' .. (r[3] or ''))
+  if ARGV[6] ~= '' then
+    emit(KEYS[3], ARGV[7], ARGV[5], ARGV[6], ARGV[8], id)
+  else
+    emit(KEYS[3], ARGV[7], ARGV[5], id, r[3] or '')
+  end
+end
 local others = {}
 for node in string.gmatch(r[2] or '', '[^,]+') do
   if node ~= ARGV[4] then others[#others + 1] = node end
 end
 if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return {1, table.concat(others, ','), r[3] or ''}
+";
+
+/// Pushes a session's expiry later (never earlier) and, with the event log
+/// (KEYS[2], the expiry index), its place in the index. ARGV: expires_at.
+pub const REFRESH: &str = r"
+local pushed = redis.call('PEXPIREAT', KEYS[1], ARGV[1], 'GT')
+if pushed == 1 and KEYS[2] then
+  local user = redis.call('HGET', KEYS[1], 'p') or ''
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[1], string.sub(KEYS[1], -22) .. ':' .. user)
+end
+return pushed
+";
+
+/// Finds sessions whose time has come in the expiry index (KEYS[1]) and,
+/// for each whose key is gone or past its expiry, deletes the key, removes
+/// the entry and appends `expired` to the stream (KEYS[2]), all in one
+/// step: two nodes reaping at once never both report one session. Also
+/// trims the stream by age. ARGV: key prefix, batch, retention, max age ms.
+/// Returns {sessions reported, events the stream holds}.
+const REAP: &str = r"
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local reaped = 0
+for _, member in ipairs(due) do
+  local id = string.sub(member, 1, 22)
+  local user = string.sub(member, 24)
+  local key = ARGV[1] .. id
+  local expires = redis.call('PEXPIRETIME', key)
+  if expires == -2 or (expires >= 0 and expires <= now) then
+    if expires ~= -2 then redis.call('DEL', key) end
+    redis.call('ZREM', KEYS[1], member)
+    emit(KEYS[2], ARGV[3], 'expired', id, user)
+    reaped = reaped + 1
+  elseif expires == -1 then
+    redis.call('ZREM', KEYS[1], member)
+  else
+    redis.call('ZADD', KEYS[1], expires, member)
+  end
+end
+redis.call('XTRIM', KEYS[2], 'MINID', '~', (now - tonumber(ARGV[4])) .. '-0')
+return {reaped, redis.call('XLEN', KEYS[2])}
 ";
 
 /// The scripts, loaded once (Redis caches them by SHA).
@@ -178,17 +278,21 @@ pub struct Scripts {
     pub store_any: Script,
     pub write: Script,
     pub delete: Script,
+    pub reap: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
+        let with_events = |body: &str| format!("{EVENTS}{body}");
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
+        let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         Self {
             read: Script::new(READ),
-            store_new: Script::new(STORE_NEW),
-            store_any: Script::new(STORE_ANY),
-            write: Script::new(&write),
-            delete: Script::new(&DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string())),
+            store_new: Script::new(&with_events(STORE_NEW)),
+            store_any: Script::new(&with_events(STORE_ANY)),
+            write: Script::new(&with_events(&write)),
+            delete: Script::new(&with_events(&delete)),
+            reap: Script::new(&with_events(REAP)),
         }
     }
 }

@@ -4,18 +4,19 @@
 
 use std::sync::Arc;
 
-use sessiond_proto::SessionId;
+use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{ReplicationError, write_error};
+use super::events::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
 use super::scripts::{Deleted, Scripts, StoredSession, hex, key, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
-use crate::store::{Session, Store};
+use crate::store::{EventLogConfig, Session, Store};
 
 /// How many times an optimistic read-modify-write against Redis retries
 /// after another writer got in between.
@@ -57,12 +58,27 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Writes the async queue holds before refusing more.
     pub queue_capacity: usize,
+    /// The event log (`None`: off).
+    pub events: Option<EventLogConfig>,
 }
 
 /// The key that records which id the tagged create or rotation `tag` took,
 /// so the same write sent to any node completes or replays that one.
 fn claim_key(prefix: &str, tag: u64) -> String {
     format!("{prefix}op:{tag:x}")
+}
+
+/// Why a session's key is deleted, as its event says.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Gone<'a> {
+    /// Deleted by a client.
+    Deleted,
+    /// Deleted by a user-wide revocation.
+    Revoked,
+    /// Evicted to keep its user under the cap.
+    Evicted,
+    /// Moved to this id by a rotation (belonging to this user).
+    RotatedTo(&'a SessionId, Option<&'a UserName>),
 }
 
 /// What both Redis backends share.
@@ -74,6 +90,8 @@ pub struct Redis {
     pub(super) invalidations: Arc<Invalidations>,
     pub(super) refresher: Arc<ExpiryRefresher>,
     pub(super) config: RedisConfig,
+    /// The event log, if it is on.
+    pub(super) events: Option<RedisEvents>,
     /// This node's id as the scripts record it among a session's cachers
     /// (empty in strong mode, where nothing is cached).
     pub(super) cacher: String,
@@ -100,7 +118,22 @@ impl Redis {
         let scripts = Arc::new(Scripts::default());
         let node_id = fastrand::u64(1..);
         let invalidations = Arc::new(Invalidations::new(&config.prefix, node_id, link.clone()));
-        let refresher = Arc::new(ExpiryRefresher::new(config.prefix.clone(), link.clone()));
+        let events = match (&config.target, config.events) {
+            (RedisTarget::Cluster { .. }, Some(_)) => {
+                tracing::warn!(
+                    "the event log needs its stream in the same Redis as the sessions' keys; \
+                     with --redis-cluster it is off"
+                );
+                None
+            }
+            (_, events) => events.map(|events| RedisEvents::new(&config.prefix, events)),
+        };
+        let expiry_index = events.as_ref().map(|events| events.expiries.clone());
+        let refresher = Arc::new(ExpiryRefresher::new(
+            config.prefix.clone(),
+            link.clone(),
+            expiry_index,
+        ));
         tasks.spawn(link.clone().watch(shutdown.clone()));
         tasks.spawn(
             invalidations
@@ -112,17 +145,42 @@ impl Redis {
             Consistency::Cached => hex(node_id),
             Consistency::Strong => String::new(),
         };
-        Ok(Arc::new(Self {
+        let redis = Arc::new(Self {
             store,
             link,
             scripts,
             invalidations,
             refresher,
             config,
+            events,
             cacher,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-        }))
+        });
+        tasks.spawn(redis.clone().reap(shutdown.clone()));
+        Ok(redis)
+    }
+
+    /// Adds the event log's keys to a write script, if the log is on.
+    pub(super) fn event_keys(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        if let Some(events) = &self.events {
+            events.keys(invocation);
+        }
+    }
+
+    /// The event log's retention as the scripts take it ('' when off).
+    pub(super) fn retention(&self) -> String {
+        self.events
+            .as_ref()
+            .map(|events| events.config.retention.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether data writes are logged as `updated`.
+    pub(super) fn logs_updates(&self) -> bool {
+        self.events
+            .as_ref()
+            .is_some_and(|events| events.config.include_updates)
     }
 
     /// The link, for readiness checks.
@@ -281,22 +339,40 @@ impl Redis {
         &self,
         id: &SessionId,
         only_at: Option<u64>,
+        why: Gone<'_>,
     ) -> Result<bool, ReplicationError> {
         let redis = self;
         let mut conn = redis.link.conn()?;
         let announcement = redis.invalidations.announce(id);
-        let result = redis
-            .scripts
-            .delete
-            .key(redis.key(id))
-            .key(tombstone(&redis.key(id)))
+        let key = redis.key(id);
+        let mut invocation = redis.scripts.delete.key(&key);
+        invocation.key(tombstone(&key));
+        redis.event_keys(&mut invocation);
+        let (kind, moved_to, user) = match why {
+            Gone::Deleted => (EventKind::Deleted, String::new(), String::new()),
+            Gone::Revoked => (EventKind::Revoked, String::new(), String::new()),
+            Gone::Evicted => (EventKind::Evicted, String::new(), String::new()),
+            Gone::RotatedTo(new_id, user) => (
+                EventKind::Rotated,
+                new_id.to_string(),
+                user.map(ToString::to_string).unwrap_or_default(),
+            ),
+        };
+        let result = invocation
             .arg(&redis.invalidations.channel)
             .arg(&announcement.message)
             .arg(only_at.map(|v| v.to_string()).unwrap_or_default())
             .arg(hex(redis.invalidations.node_id))
+            .arg(kind.as_str())
+            .arg(moved_to)
+            .arg(redis.retention())
+            .arg(user)
             .invoke_async::<Deleted>(&mut conn)
             .await;
         let deleted = redis.link.observe(result)?;
+        if deleted.deleted {
+            count_logged(redis.events.as_ref(), kind);
+        }
         announcement.acked_by(&deleted.others).await;
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;

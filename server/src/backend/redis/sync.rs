@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{SessionId, UserName};
+use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
-use super::scripts::{WriteOutcome, hex, session_args};
-use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
+use super::events::count_logged;
+use super::scripts::{WriteOutcome, hex, session_args, tombstone};
+use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
 
@@ -52,10 +53,9 @@ impl SyncBackend {
         let optional = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
         let announcement = redis.invalidations.announce(id);
         let tag = write.tag.filter(|tag| tag.id != 0);
-        let result = redis
-            .scripts
-            .write
-            .key(redis.key(id))
+        let mut invocation = redis.scripts.write.key(redis.key(id));
+        redis.event_keys(&mut invocation);
+        let result = invocation
             .arg(optional(write.expected))
             .arg(write.data.map_or(&b""[..], |data| data.as_ref()))
             .arg(redis.now())
@@ -68,6 +68,8 @@ impl SyncBackend {
             .arg(optional(tag.and_then(|tag| tag.resent_after_ms)))
             .arg(CLOCK_SKEW_MS)
             .arg(&redis.cacher)
+            .arg(if redis.logs_updates() { "1" } else { "" })
+            .arg(redis.retention())
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
         // A data write whose command got no answer may have run: the
@@ -78,6 +80,9 @@ impl SyncBackend {
             Err(err) => return Err(err.into()),
         };
         if let WriteOutcome::Done { others, .. } = &outcome {
+            if write.data.is_some() && redis.logs_updates() {
+                count_logged(redis.events.as_ref(), EventKind::Updated);
+            }
             announcement.acked_by(others).await;
         }
         Ok(outcome)
@@ -144,7 +149,10 @@ impl SyncBackend {
         let epoch = redis.invalidations.epoch();
         let mut conn = redis.link.conn()?;
         let key = redis.key(&id);
-        let result = session_args(&redis.scripts.store_new, &key, &session, &redis.cacher)
+        let mut invocation = session_args(&redis.scripts.store_new, &key, &session, &redis.cacher);
+        redis.event_keys(&mut invocation);
+        let result = invocation
+            .arg(redis.retention())
             .invoke_async::<i64>(&mut conn)
             .await;
         let stored = redis.link.observe(result).map_err(write_error)?;
@@ -156,6 +164,7 @@ impl SyncBackend {
             }
             return Err(Unavailable::IdTaken.into());
         }
+        count_logged(redis.events.as_ref(), EventKind::Created);
         redis.cache(&session, epoch);
         Ok(session)
     }
@@ -194,18 +203,29 @@ impl SyncBackend {
             let epoch = redis.invalidations.epoch();
             let mut conn = redis.link.conn()?;
             let key = redis.key(&new_id);
-            let copied = session_args(&redis.scripts.store_any, &key, &moved, &redis.cacher)
+            let mut copy = session_args(&redis.scripts.store_any, &key, &moved, &redis.cacher);
+            copy.key(tombstone(&key));
+            redis.event_keys(&mut copy);
+            // No announcement, no tombstone check, no event: the rotation's
+            // delete of the old id logs `rotated`.
+            let copied = copy
+                .arg("")
+                .arg("")
+                .arg("")
+                .arg("")
+                .arg(redis.retention())
                 .invoke_async::<i64>(&mut conn)
                 .await;
             redis.link.observe(copied).map_err(write_error)?;
-            let deleted = redis.delete_in_redis(id, Some(current.version)).await;
+            let gone = Gone::RotatedTo(&new_id, moved.user.as_ref());
+            let deleted = redis.delete_in_redis(id, Some(current.version), gone).await;
             if deleted.map_err(write_error)? {
                 redis.store.delete(id);
                 redis.cache(&moved, epoch);
                 return Ok(moved);
             }
         }
-        redis.delete_in_redis(&new_id, None).await?;
+        redis.delete_in_redis(&new_id, None, Gone::Deleted).await?;
         Err(Unavailable::Contention {
             operation: "rotate",
         }
@@ -370,7 +390,7 @@ impl Backend for SyncBackend {
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let redis = &self.redis;
         let _ordered = redis.lock(id).await;
-        redis.delete_in_redis(id, None).await?;
+        redis.delete_in_redis(id, None, Gone::Deleted).await?;
         redis.store.delete(id);
         Ok(())
     }
@@ -416,6 +436,15 @@ impl Backend for SyncBackend {
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
         self.redis.user_sessions(user).await
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<EventPage, BackendError> {
+        self.redis.read_events(after, limit, wait).await
     }
 
     async fn revoke_user(

@@ -20,7 +20,7 @@ use std::time::Duration;
 use sessiond_proto::{SessionId, UserName};
 
 use super::error::{ReplicationError, write_error};
-use super::shared::Redis;
+use super::shared::{Gone, Redis};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::{Owner, Session, WhenUserFull};
 
@@ -222,7 +222,7 @@ impl Redis {
         };
         live.sort_by_key(last_use);
         for victim in &live[..=live.len() - max] {
-            self.delete_in_redis(&victim.id, None)
+            self.delete_in_redis(&victim.id, None, Gone::Evicted)
                 .await
                 .map_err(write_error)?;
             self.store.delete(&victim.id);
@@ -243,7 +243,7 @@ impl Redis {
                 continue;
             }
             let deleted = self
-                .delete_in_redis(&session.id, None)
+                .delete_in_redis(&session.id, None, Gone::Revoked)
                 .await
                 .map_err(write_error)?;
             self.store.delete(&session.id);

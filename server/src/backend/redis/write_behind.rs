@@ -9,18 +9,23 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
-use sessiond_proto::{SessionId, UserName};
+use sessiond_proto::{EventPage, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::queue::{Change, WriteBehind};
+use super::queue::{Change, Destination, WriteBehind};
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
 use crate::store::{Owner, Session, StoreStats};
+
+/// How long a step that goes to Redis directly waits for this node's
+/// queued writes to be shipped.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// The write-behind Redis backend.
 #[derive(Debug)]
@@ -42,13 +47,14 @@ impl WriteBehindBackend {
         drained: &CancellationToken,
     ) -> Self {
         let (queue, worker) = WriteBehind::new(capacity);
-        tasks.spawn(worker.run(
-            redis.link.clone(),
-            redis.scripts.clone(),
-            redis.invalidations.clone(),
-            redis.config.prefix.clone(),
-            drained.clone(),
-        ));
+        let to = Destination {
+            link: redis.link.clone(),
+            scripts: redis.scripts.clone(),
+            invalidations: redis.invalidations.clone(),
+            prefix: redis.config.prefix.clone(),
+            events: redis.events.clone(),
+        };
+        tasks.spawn(worker.run(to, drained.clone()));
         let sync = SyncBackend::new(redis.clone());
         Self { redis, queue, sync }
     }
@@ -114,6 +120,7 @@ impl Backend for WriteBehindBackend {
         owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
         if owner.is_some() {
+            self.queue.caught_up(CATCH_UP).await?;
             return self.sync.create(id, data, ttl_ms, tag, owner).await;
         }
         let slot = self.queue.reserve()?;
@@ -183,20 +190,24 @@ impl Backend for WriteBehindBackend {
         tag: Option<u64>,
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        let store = &self.redis.store;
-        let owned = store.peek(id).is_some_and(|session| session.user.is_some());
-        if rebind.is_some() || owned {
-            return self.sync.rotate(id, new_id, tag, rebind).await;
-        }
-        let delete = self.queue.reserve()?;
-        let new_id = self.redis.usable_id(new_id);
-        let session = backend_only(self.apply(id, || Ok(store.rotate(id, new_id, None)?)).await)?;
-        delete.send(Change::Delete(*id));
-        Ok(session)
+        // A rotation goes to Redis directly (it moves the session in Redis,
+        // its user index and the event log): this node's queued writes go
+        // first, so it moves the session as this node last wrote it.
+        self.queue.caught_up(CATCH_UP).await?;
+        self.sync.rotate(id, new_id, tag, rebind).await
     }
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
         self.sync.user_sessions(user).await
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<EventPage, BackendError> {
+        self.sync.events(after, limit, wait).await
     }
 
     async fn revoke_user(
@@ -204,6 +215,7 @@ impl Backend for WriteBehindBackend {
         user: &UserName,
         except: Option<SessionId>,
     ) -> Result<u64, BackendError> {
+        self.queue.caught_up(CATCH_UP).await?;
         self.sync.revoke_user(user, except).await
     }
 

@@ -1,0 +1,458 @@
+//! The event log through the real binary and real Redis: every session
+//! change logged once, in commit order; consumers that stop and resume
+//! (over HTTP pages, Server-Sent Events, and the Rust client's stream) see
+//! each event exactly once; sessions that expire silently in Redis are
+//! reported `expired` exactly once, however many nodes reap and whichever
+//! dies; retention refuses a stale cursor; the log survives a Redis restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sessiond_e2e::metrics::scrape;
+use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, node_on, send};
+use sessiond_e2e::{RedisServer, Sessiond};
+
+/// `GET /v1/events` with the given query.
+async fn page(http: &reqwest::Client, node: &Sessiond, query: &str) -> Reply {
+    send(http.get(format!("{}/v1/events?{query}", node.url()))).await
+}
+
+/// Every event after `cursor` until `until` says enough, reading pages
+/// (long-polling) from `nodes` in turn; returns the events and the cursor.
+async fn read_until(
+    http: &reqwest::Client,
+    nodes: &[&Sessiond],
+    mut cursor: String,
+    until: impl Fn(&[Value]) -> bool,
+) -> (Vec<Value>, String) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut turn = 0;
+    while !until(&seen) {
+        assert!(Instant::now() < deadline, "events so far: {seen:#?}");
+        let node = nodes[turn % nodes.len()];
+        turn += 1;
+        let reply = page(http, node, &format!("after={cursor}&limit=50&wait_secs=1")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let body = reply.json();
+        seen.extend(body["events"].as_array().cloned().unwrap_or_default());
+        cursor = body["next"].as_str().expect("next").to_owned();
+    }
+    (seen, cursor)
+}
+
+async fn create(http: &reqwest::Client, node: &Sessiond, body: Value) -> String {
+    let reply = send(http.post(format!("{}/v1/sessions", node.url())).json(&body)).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    reply.session().id
+}
+
+fn kinds(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|event| {
+            (
+                event["kind"].as_str().unwrap_or_default().to_owned(),
+                event["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The scenario: A and B created, A rotated, B deleted, C created
+/// with a 2 s TTL and never read; the consumer stops, 100 more operations
+/// happen, it resumes from its cursor: every event once, in commit order,
+/// and C's `expired` within 4 s.
+async fn every_change_once_in_order(nodes: &[&Sessiond]) {
+    let http = http();
+    let start = page(&http, nodes[0], "after=now").await.json()["next"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    let a = create(&http, nodes[0], json!({"user": "ann"})).await;
+    let b = create(&http, nodes[1 % nodes.len()], json!({})).await;
+    let rotated = send(http.post(format!("{}/v1/sessions/{a}/rotate", nodes[0].url()))).await;
+    let a2 = rotated.session().id;
+    assert_eq!(
+        send(http.delete(format!("{}/v1/sessions/{b}", nodes[0].url())))
+            .await
+            .status,
+        204
+    );
+    let c = create(&http, nodes[0], json!({"ttl_secs": 2})).await;
+    let created_c = Instant::now();
+    let (first, cursor) = read_until(&http, nodes, start, |seen| seen.len() >= 5).await;
+    assert_eq!(
+        kinds(&first),
+        [
+            ("created".into(), a.clone()),
+            ("created".into(), b.clone()),
+            ("rotated".into(), a2.clone()),
+            ("deleted".into(), b.clone()),
+            ("created".into(), c.clone()),
+        ]
+    );
+    assert_eq!(first[0]["user"], "ann");
+    assert_eq!(first[2]["old_id"], json!(a));
+    assert_eq!(first[2]["user"], "ann");
+    // The consumer is away while 100 more operations happen.
+    let mut made = Vec::new();
+    for n in 0..50 {
+        let id = create(&http, nodes[n % nodes.len()], json!({"data": {"n": n}})).await;
+        send(http.delete(format!("{}/v1/sessions/{id}", nodes[0].url()))).await;
+        made.push(id);
+    }
+    let (rest, _) = read_until(&http, nodes, cursor, |seen| {
+        seen.len() >= 101 && seen.iter().any(|event| event["kind"] == "expired")
+    })
+    .await;
+    let expired_at = Instant::now();
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for id in &made {
+        expected.push(("created".into(), id.clone()));
+        expected.push(("deleted".into(), id.clone()));
+    }
+    let (others, expiries): (Vec<_>, Vec<_>) = kinds(&rest)
+        .into_iter()
+        .partition(|(kind, _)| kind != "expired");
+    assert_eq!(others, expected, "the 100 operations, each once, in order");
+    assert_eq!(expiries, [("expired".to_owned(), c)]);
+    assert!(
+        expired_at - created_c < Duration::from_secs(5),
+        "C expired {:?} after its creation",
+        expired_at - created_c
+    );
+    let cursors: BTreeSet<&str> = first
+        .iter()
+        .chain(&rest)
+        .filter_map(|event| event["cursor"].as_str())
+        .collect();
+    assert_eq!(cursors.len(), first.len() + rest.len(), "no event twice");
+    // Each node counts the events it logged: together, each event once.
+    let mut counted = BTreeMap::new();
+    for node in nodes {
+        let metrics = scrape(&node.url()).await;
+        for kind in ["created", "rotated", "deleted", "expired"] {
+            *counted.entry(kind).or_insert(0.0) += metrics
+                .value("sessiond_events_total", &[("kind", kind)])
+                .unwrap_or_default();
+        }
+        assert!(
+            metrics.value("sessiond_events_retained", &[]) >= Some(1.0),
+            "{}",
+            metrics.text()
+        );
+    }
+    assert_eq!(
+        counted,
+        BTreeMap::from([
+            ("created", 53.0),
+            ("rotated", 1.0),
+            ("deleted", 51.0),
+            ("expired", 1.0)
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_logs_every_change_once_in_order() {
+    let node = Sessiond::start(&["--sweep-interval", "50ms"]);
+    every_change_once_in_order(&[&node]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_logs_every_change_once_in_order_read_on_any_node() {
+    let redis = RedisServer::start();
+    let http = http();
+    let nodes = [
+        node_on(&http, &redis.url(), &[]).await,
+        node_on(&http, &redis.url(), &[]).await,
+    ];
+    every_change_once_in_order(&[&nodes[0], &nodes[1]]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_expiring_in_redis_is_reported_once_while_a_node_dies() {
+    const SESSIONS: usize = 1000;
+    let redis = RedisServer::start();
+    let http = http();
+    let mut nodes = [
+        node_on(&http, &redis.url(), &[]).await,
+        node_on(&http, &redis.url(), &[]).await,
+    ];
+    let start = page(&http, &nodes[0], "after=now").await.json()["next"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    let clients = [
+        client_of(&[&nodes[0]], Duration::from_secs(5)).await,
+        client_of(&[&nodes[1]], Duration::from_secs(5)).await,
+    ];
+    let mut ids = BTreeSet::new();
+    for n in 0..SESSIONS {
+        let info = bounded(
+            "create",
+            // Once node 1 is dead, every create goes through node 0.
+            clients[if n <= SESSIONS / 2 { n % 2 } else { 0 }]
+                .create(&json!({"n": n}), Some(Duration::from_secs(1))),
+        )
+        .await
+        .expect("a create");
+        ids.insert(info.id.to_string());
+        if n == SESSIONS / 2 {
+            nodes[1].kill();
+        }
+    }
+    let survivor = [&nodes[0]];
+    let (events, _) = read_until(&http, &survivor, start, |seen| {
+        seen.iter()
+            .filter(|event| event["kind"] == "expired")
+            .count()
+            >= SESSIONS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late = page(&http, &nodes[0], "after=0-0&limit=1000").await;
+    let mut expired: BTreeMap<String, usize> = BTreeMap::new();
+    for event in late.json()["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(&events)
+    {
+        if event["kind"] == "expired" {
+            *expired
+                .entry(event["id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    // `late` re-reads the start of the log: count each cursor once.
+    let mut by_cursor: BTreeMap<String, String> = BTreeMap::new();
+    for event in late.json()["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(&events)
+    {
+        if event["kind"] == "expired" {
+            by_cursor.insert(
+                event["cursor"].as_str().unwrap_or_default().to_owned(),
+                event["id"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    let reported: Vec<&String> = by_cursor.values().collect();
+    let distinct: BTreeSet<&String> = reported.iter().copied().collect();
+    assert_eq!(reported.len(), distinct.len(), "a session reported twice");
+    assert_eq!(
+        distinct
+            .iter()
+            .map(|id| (*id).clone())
+            .collect::<BTreeSet<_>>(),
+        ids,
+        "every session reported once"
+    );
+    assert!(!expired.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    let first = create(&http, &node, json!({})).await;
+    // Read the stream until the first event, then cut it.
+    let response = bounded(
+        "open the stream",
+        http.get(format!("{}/v1/events/stream", node.url())).send(),
+    )
+    .await
+    .expect("the stream");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = bounded("an event", body.next())
+            .await
+            .expect("more")
+            .expect("bytes");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let consumers =
+        |metrics: sessiond_e2e::metrics::Metrics| metrics.value("sessiond_event_consumers", &[]);
+    assert_eq!(consumers(scrape(&node.url()).await), Some(1.0));
+    drop(body);
+    let last_id = text
+        .lines()
+        .find_map(|line| line.strip_prefix("id:"))
+        .expect("an id line")
+        .trim()
+        .to_owned();
+    assert!(text.contains(&first), "{text}");
+    // While no one listens, another session is made; resuming from the
+    // Last-Event-ID gives exactly it.
+    let second = create(&http, &node, json!({})).await;
+    let response = bounded(
+        "resume the stream",
+        http.get(format!("{}/v1/events/stream", node.url()))
+            .header("last-event-id", &last_id)
+            .send(),
+    )
+    .await
+    .expect("the stream");
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = bounded("an event", body.next())
+            .await
+            .expect("more")
+            .expect("bytes");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data: Value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data:"))
+        .and_then(|data| serde_json::from_str(data.trim()).ok())
+        .expect("a data line");
+    assert_eq!(
+        (data["kind"].as_str(), data["id"].as_str()),
+        (Some("created"), Some(second.as_str()))
+    );
+    assert!(!text.contains(&first), "the first event came again: {text}");
+    drop(body);
+    // The server notices the consumers that left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumers(scrape(&node.url()).await) != Some(0.0) {
+        assert!(Instant::now() < deadline, "consumers still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_older_than_the_retention_is_gone_with_the_oldest() {
+    for redis in [None, Some(RedisServer::start())] {
+        let http = http();
+        let args = ["--events-retention", "10"];
+        let node = match &redis {
+            Some(redis) => node_on(&http, &redis.url(), &args).await,
+            None => Sessiond::start(&args),
+        };
+        let start = page(&http, &node, "after=now").await.json()["next"]
+            .as_str()
+            .expect("next")
+            .to_owned();
+        for _ in 0..300 {
+            create(&http, &node, json!({})).await;
+        }
+        let gone = page(&http, &node, &format!("after={start}")).await;
+        assert_eq!(
+            (gone.status, gone.error_code().as_str()),
+            (410, "cursor_expired"),
+            "{}",
+            gone.text
+        );
+        let oldest = gone.json()["error"]["oldest"]
+            .as_str()
+            .expect("the oldest cursor")
+            .to_owned();
+        let resumed = page(&http, &node, &format!("after={oldest}&limit=1000")).await;
+        assert_eq!(resumed.status, 200, "{}", resumed.text);
+        assert!(
+            !resumed.json()["events"]
+                .as_array()
+                .expect("events")
+                .is_empty()
+        );
+        let bad = page(&http, &node, "after=not-a-cursor").await;
+        assert_eq!(
+            (bad.status, bad.error_code().as_str()),
+            (400, "invalid_cursor")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_survives_a_redis_restart_and_the_client_stream_resumes() {
+    let mut redis = RedisServer::start_with_aof();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let client = client_of(&[&node], Duration::from_secs(2)).await;
+    let mut events = Box::pin(client.events(None));
+    let before = bounded("create", client.create(&json!({}), None))
+        .await
+        .expect("create");
+    let event = bounded("an event", events.next())
+        .await
+        .expect("more")
+        .expect("an event");
+    assert_eq!((event.id, event.kind.as_str()), (before.id, "created"));
+    tokio::task::block_in_place(|| redis.restart());
+    // The stream rides out the outage and resumes on its own.
+    let after = loop {
+        if let Ok(Ok(info)) =
+            tokio::time::timeout(Duration::from_secs(2), client.create(&json!({}), None)).await
+        {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let event = bounded("the next event", events.next())
+        .await
+        .expect("more")
+        .expect("an event");
+    assert_eq!((event.id, event.kind.as_str()), (after.id, "created"));
+    // The log from before the restart is still there.
+    let all = page(&http, &node, "limit=1000").await.json();
+    let ids: Vec<&str> = all["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|event| event["id"].as_str())
+        .collect();
+    assert!(ids.contains(&before.id.to_string().as_str()), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
+    let mut node = Sessiond::start(&[]);
+    let http = http();
+    create(&http, &node, json!({})).await;
+    let cursor = page(&http, &node, "").await.json()["next"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    create(&http, &node, json!({})).await;
+    node.restart();
+    // The event after the cursor died with the node: the consumer is told,
+    // not handed the new log's events as if nothing was missed.
+    let made = create(&http, &node, json!({})).await;
+    let gone = page(&http, &node, &format!("after={cursor}")).await;
+    assert_eq!(
+        (gone.status, gone.error_code().as_str()),
+        (410, "cursor_expired"),
+        "{}",
+        gone.text
+    );
+    let oldest = gone.json()["error"]["oldest"]
+        .as_str()
+        .expect("the oldest cursor")
+        .to_owned();
+    let resumed = page(&http, &node, &format!("after={oldest}")).await;
+    assert_eq!(
+        kinds(
+            &resumed.json()["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        ),
+        [("created".to_owned(), made)]
+    );
+    // A cursor this log never handed out is refused.
+    let foreign = format!("{}", u64::MAX);
+    let unknown = page(&http, &node, &format!("after={foreign}")).await;
+    assert_eq!(
+        (unknown.status, unknown.error_code().as_str()),
+        (400, "invalid_cursor")
+    );
+}
