@@ -279,3 +279,111 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
         .await
         .expect("the connection is still open")
 }
+
+/// Clients sending `GET` requests in a loop (each with its own keep-alive
+/// connection pool) until stopped, counting what failed.
+pub struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Every other outcome: status and body, or the client's error.
+    pub failed: Vec<String>,
+}
+
+impl Load {
+    /// Starts `clients` loops of `GET url`.
+    pub fn start(url: &str, clients: usize) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, url) = (stop.clone(), url.to_owned());
+                tokio::spawn(async move {
+                    let http = crate::http_client(Duration::from_secs(20));
+                    let (mut ok, mut failed) = (0, Vec::new());
+                    while !stop.is_cancelled() {
+                        match http.get(&url).send().await {
+                            Ok(response) => {
+                                let status = response.status().as_u16();
+                                let body = response.text().await;
+                                match (status, body) {
+                                    (200, Ok(_)) => ok += 1,
+                                    (status, body) => failed.push(format!("{status}: {body:?}")),
+                                }
+                            }
+                            Err(err) => failed.push(format!("{err:?}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops the clients and adds up what they saw.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.cancel();
+        let mut report = LoadReport {
+            ok: 0,
+            failed: Vec::new(),
+        };
+        for task in self.tasks {
+            let (ok, failed) = task.await.expect("a load client panicked");
+            report.ok += ok;
+            report.failed.extend(failed);
+        }
+        report
+    }
+}
+
+/// An upgraded connection through the balancer to a test upstream's
+/// `/upgrade` (which echoes raw bytes), like a WebSocket.
+pub struct Tunnel {
+    stream: TcpStream,
+    /// The upstream that answered the upgrade.
+    pub upstream: String,
+}
+
+impl Tunnel {
+    /// Opens one through the balancer at `addr`.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                b"GET /upgrade HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await
+            .expect("send the upgrade");
+        let (status, headers, early) = tokio::time::timeout(RAW_TIMEOUT, read_head(&mut stream))
+            .await
+            .expect("no upgrade answer in time");
+        assert_eq!(status, 101, "{headers:?}");
+        assert!(early.is_empty());
+        let upstream = headers
+            .iter()
+            .find(|(key, _)| key == "x-upstream")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        Self { stream, upstream }
+    }
+
+    /// Sends `message` and reads it back; `false` if the tunnel is broken.
+    pub async fn echo(&mut self, message: &[u8]) -> bool {
+        let exchange = async {
+            self.stream.write_all(message).await.ok()?;
+            let mut back = vec![0u8; message.len()];
+            self.stream.read_exact(&mut back).await.ok()?;
+            Some(back == message)
+        };
+        matches!(
+            tokio::time::timeout(RAW_TIMEOUT, exchange).await,
+            Ok(Some(true))
+        )
+    }
+}

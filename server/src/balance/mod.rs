@@ -142,6 +142,9 @@ pub enum BalanceError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// SIGHUP cannot be caught.
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
     /// Starting the workers failed.
     #[error("cannot start the balancer workers: {0}")]
     Workers(std::io::Error),
@@ -184,6 +187,9 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), BalanceError> {
+    // Before the listeners: once they are up, SIGHUP reloads, never kills.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(BalanceError::Signal)?;
     let certificate = config.tls.clone().map(Certificate::load).transpose()?;
     let tls = certificate
         .as_ref()
@@ -247,6 +253,7 @@ pub async fn run(
         }
     });
     background.spawn(reload_on_hangup(
+        hangups,
         membership,
         config.sources.clone(),
         certificate,
@@ -315,19 +322,12 @@ fn clone_listener(listener: &TcpListener) -> std::io::Result<std::net::TcpListen
 /// now) and the TLS certificate and key. A broken file or certificate is
 /// logged and changes nothing.
 async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
     membership: Membership,
     sources: UpstreamSources,
     certificate: Option<Arc<Certificate>>,
     shutdown: CancellationToken,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGHUP");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
