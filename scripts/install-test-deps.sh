@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests start themselves (redis-server, and openssl for
-# the TLS test's certificates) when it is missing, from Debian's packages.
+# Installs what the tests start themselves (redis-server, openssl for the
+# TLS tests' certificates, curl for the balancer's HTTP/2 test) when it is
+# missing, from Debian's packages.
 # Idempotent and quiet when all is there.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -25,4 +27,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package may start a system-wide instance; the tests start their own.
 (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
-command -v redis-server >/dev/null && command -v openssl >/dev/null
+command -v redis-server >/dev/null && command -v openssl >/dev/null && command -v curl >/dev/null

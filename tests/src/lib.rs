@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod cart;
+pub mod certs;
 pub mod client;
 pub mod process;
 pub mod raw;
