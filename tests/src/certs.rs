@@ -23,7 +23,7 @@ fn openssl(args: &[&str]) {
 }
 
 /// `openssl` arguments for a new P-256 key in `key`.
-fn new_key<'a>(key: &'a str) -> [&'a str; 7] {
+fn new_key(key: &str) -> [&str; 7] {
     [
         "-newkey",
         "ec",
