@@ -231,6 +231,7 @@ impl Proxy {
     ) -> Result<(Response<Incoming>, InFlight), Failure> {
         let idempotent = parts.method.is_idempotent();
         let client = conn.upstream.as_ref().unwrap_or(&self.client);
+        let mut headers = Some(forwarded_headers(parts, conn));
         let mut tried = Vec::new();
         let mut replayed = false;
         let mut last_failure = None;
@@ -245,7 +246,12 @@ impl Proxy {
             let Some((attempt_body, sent)) = body.attempt() else {
                 return Err(last_failure.unwrap_or_else(answer::bad_gateway));
             };
-            let outgoing = upstream_request(parts, &upstream.url, conn, attempt_body);
+            // The first attempt takes the headers; a retry, rare, copies
+            // them from the client's again.
+            let attempt_headers = headers
+                .take()
+                .unwrap_or_else(|| forwarded_headers(parts, conn));
+            let outgoing = upstream_request(parts, attempt_headers, &upstream.url, attempt_body);
             let started = Instant::now();
             // The response timeout runs from the moment the body is sent
             // whole: a slow upload is not the upstream's fault.
@@ -254,6 +260,7 @@ impl Proxy {
                 tokio::time::sleep(self.limits.response_timeout).await;
             };
             let result = tokio::select! {
+                biased;
                 result = client.request(outgoing) => Ok(result),
                 () = response_deadline => Err(()),
             };
@@ -315,9 +322,16 @@ const REQUEST_ID: &str = "x-request-id";
 /// handled (the `cart` example counts a visit once however often it is
 /// retried).
 fn ensure_request_id(headers: &mut HeaderMap) {
-    if !headers.contains_key(REQUEST_ID)
-        && let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
-    {
+    if headers.contains_key(REQUEST_ID) {
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (index, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (4 * (31 - index))) & 0xf) as usize];
+    }
+    if let Ok(id) = HeaderValue::from_bytes(&id) {
         headers.insert(REQUEST_ID, id);
     }
 }
@@ -346,6 +360,13 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no removal.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -359,21 +380,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// The request as the upstream gets it: same method, path, query, Host and
-/// headers, minus hop-by-hop headers, plus `X-Forwarded-*`.
-fn upstream_request(
-    parts: &request::Parts,
-    upstream: &UpstreamUrl,
-    conn: &ClientConn,
-    body: UpstreamBody,
-) -> Request<UpstreamBody> {
-    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .unwrap_or_default();
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The headers every attempt sends: the client's, minus hop-by-hop
+/// headers, plus `X-Forwarded-*`, `Host` kept (or taken from an
+/// absolute-form target). Made once per request, whatever the retries.
+fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
     let mut headers = parts.headers.clone();
     let upgrade = is_upgrade(&headers)
         .then(|| headers.get(header::UPGRADE).cloned())
@@ -383,19 +397,18 @@ fn upstream_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    let mut forwarded_for: Vec<String> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    forwarded_for.push(conn.peer.ip().to_string());
-    let forwarded_for = forwarded_for.join(", ");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    let mut forwarded_for = Vec::with_capacity(64);
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        forwarded_for.extend_from_slice(value.as_bytes());
+        forwarded_for.extend_from_slice(b", ");
+    }
+    // An IP address always writes; the buffer is a Vec.
+    let _ = std::io::Write::write_fmt(&mut forwarded_for, format_args!("{}", conn.peer.ip()));
+    if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.https { "https" } else { "http" }),
     );
     // An absolute-form target (or HTTP/2's :authority) names the host;
@@ -406,12 +419,33 @@ fn upstream_request(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(header::HOST, host);
     }
+    headers
+}
+
+/// The request as the upstream gets it: same method, path and query, the
+/// [`forwarded_headers`], HTTP/1.1.
+fn upstream_request(
+    parts: &request::Parts,
+    headers: HeaderMap,
+    upstream: &UpstreamUrl,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut uri = axum::http::uri::Parts::default();
+    uri.scheme = Some(axum::http::uri::Scheme::HTTP);
+    uri.authority = Some(upstream.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/")),
+    );
     let mut outgoing = Request::new(body);
     *outgoing.method_mut() = parts.method.clone();
-    *outgoing.uri_mut() = uri;
+    *outgoing.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
     outgoing
@@ -497,7 +531,8 @@ mod tests {
             https: false,
             upstream: None,
         };
-        let outgoing = upstream_request(&parts, &upstream, &conn, UpstreamBody::Empty);
+        let headers = forwarded_headers(&parts, &conn);
+        let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
         assert_eq!(outgoing.uri(), "http://127.0.0.1:3000/cart?x=1");
         let headers = outgoing.headers();
         assert_eq!(headers[header::HOST], "shop.example");
