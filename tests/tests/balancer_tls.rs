@@ -198,3 +198,43 @@ async fn sighup_swaps_the_certificate_while_an_open_connection_stays() {
     assert_eq!(get(&mut sender).await, "app");
     driver.abort();
 }
+
+/// `key` of a YAML mapping.
+fn at<'a>(yaml: &'a yaml_rust2::Yaml, key: &str) -> &'a yaml_rust2::Yaml {
+    &yaml[key]
+}
+
+#[test]
+fn the_compose_tls_override_makes_a_valid_tls_configuration() {
+    use yaml_rust2::YamlLoader;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let load = |name: &str| {
+        let text = std::fs::read_to_string(root.join(name)).expect("compose file");
+        YamlLoader::load_from_str(&text).expect("YAML").remove(0)
+    };
+    let (base, tls) = (load("docker-compose.yml"), load("docker-compose.tls.yml"));
+    let balancer = at(at(&base, "services"), "balancer");
+    let words: Vec<String> = at(balancer, "command")
+        .as_vec()
+        .expect("a command list")
+        .iter()
+        .filter_map(|word| word.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(&words[..2], ["sessiond", "balance"]);
+    let env = at(at(at(&tls, "services"), "balancer"), "environment");
+    let var = |name: &str| at(env, name).as_str().expect("a value").to_owned();
+    let output = Command::new(sessiond_e2e::binary("sessiond:sessiond"))
+        .args(&words[1..])
+        .arg("--check-config")
+        .env("SESSIOND_TLS_CERT", var("SESSIOND_TLS_CERT"))
+        .env("SESSIOND_TLS_KEY", var("SESSIOND_TLS_KEY"))
+        .env_remove("SESSIOND_UPSTREAMS")
+        .output()
+        .expect("run sessiond");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("cert: \"/certs/cert.pem\"") && stdout.contains("key: \"/certs/key.pem\""),
+        "{stdout}"
+    );
+}

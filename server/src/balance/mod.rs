@@ -26,6 +26,7 @@ mod response;
 mod serve;
 mod tls;
 mod upstream;
+mod upstream_conns;
 mod upstreams_api;
 
 use std::net::SocketAddr;

@@ -21,11 +21,11 @@ use super::UpstreamBody;
 use super::answer::{self, Failure};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
-use super::connector::UpstreamClient;
 use super::pool::{Pick, Pool};
 use super::replay::Replayable;
 use super::response::ClientBody;
 use super::upstream::{InFlight, UpstreamUrl};
+use super::upstream_conns::{Connections, Lent, Owner, SendError};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -66,35 +66,35 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     /// Whether it came over TLS.
     pub https: bool,
-    /// The connection's own upstream client, when upstream connections
-    /// carry a PROXY header and so cannot be shared between clients.
-    pub upstream: Option<UpstreamClient>,
+    /// Whose upstream connections its requests use: the worker's shared
+    /// ones, or its own when they carry a PROXY header naming it.
+    pub owner: Owner,
 }
 
 /// The proxy and its upstream connection pool.
 #[derive(Debug)]
 pub struct Proxy {
     pool: Arc<Pool>,
-    client: UpstreamClient,
+    connections: Connections,
     limits: ProxyLimits,
     draining: CancellationToken,
     tunnels: TaskTracker,
 }
 
 impl Proxy {
-    /// A proxy over `pool` sending through `client`; once `draining` is
+    /// A proxy over `pool` sending over `connections`; once `draining` is
     /// cancelled, its HTTP/1 answers close their connection. Upgraded
     /// connections run on `tunnels`.
     pub fn new(
         pool: Arc<Pool>,
-        client: UpstreamClient,
+        connections: Connections,
         limits: ProxyLimits,
         draining: CancellationToken,
         tunnels: TaskTracker,
     ) -> Self {
         Self {
             pool,
-            client,
+            connections,
             limits,
             draining,
             tunnels,
@@ -145,7 +145,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         ensure_request_id(&mut parts.headers);
         let body = Replayable::new(body, self.limits.body);
-        let (mut response, slot) = self.forward(&parts, conn, &body).await?;
+        let (mut response, slot, lent) = self.forward(&parts, conn, &body).await?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -154,12 +154,17 @@ impl Proxy {
                 hyper::upgrade::on(&mut response),
                 slot,
             ));
-            return Ok(response.map(|body| ClientBody::Upstream { body, slot: None }));
+            return Ok(response.map(|body| ClientBody::Upstream {
+                body,
+                slot: None,
+                lent: None,
+            }));
         }
         strip_hop_by_hop(response.headers_mut());
         Ok(response.map(|body| ClientBody::Upstream {
             body,
             slot: Some(slot),
+            lent: Some(lent),
         }))
     }
 
@@ -228,9 +233,8 @@ impl Proxy {
         parts: &request::Parts,
         conn: &ClientConn,
         body: &Replayable,
-    ) -> Result<(Response<Incoming>, InFlight), Failure> {
+    ) -> Result<(Response<Incoming>, InFlight, Lent), Failure> {
         let idempotent = parts.method.is_idempotent();
-        let client = conn.upstream.as_ref().unwrap_or(&self.client);
         let mut headers = Some(forwarded_headers(parts, conn));
         let mut tried = Vec::new();
         let mut replayed = false;
@@ -259,15 +263,18 @@ impl Proxy {
                 sent.wait().await;
                 tokio::time::sleep(self.limits.response_timeout).await;
             };
+            let exchange = self
+                .connections
+                .send(&conn.owner, upstream.id, &upstream.url, outgoing);
             let result = tokio::select! {
                 biased;
-                result = client.request(outgoing) => Ok(result),
+                result = exchange => Ok(result),
                 () = response_deadline => Err(()),
             };
             match result {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lent))) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
-                    return Ok((response, slot));
+                    return Ok((response, slot, lent));
                 }
                 Err(()) => {
                     let detail = format!(
@@ -283,16 +290,21 @@ impl Proxy {
                     ));
                 }
                 Ok(Err(err)) => {
-                    if let Some(error) = ClientBodyError::find(&err) {
-                        tracing::debug!(upstream = %upstream.url, %error, "client upload failed");
-                        return Err(self.client_failure(error));
-                    }
-                    let detail = describe(&err);
+                    let (detail, connect) = match &err {
+                        SendError::Connect(err) => (describe(err), true),
+                        SendError::Exchange(err) => {
+                            if let Some(error) = ClientBodyError::find(err) {
+                                tracing::debug!(upstream = %upstream.url, %error, "client upload failed");
+                                return Err(self.client_failure(error));
+                            }
+                            (describe(err), false)
+                        }
+                    };
                     tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
                     upstream.record_failure(&detail);
                     upstream.eject(&detail);
                     tried.push(upstream.id);
-                    last_failure = Some(if err.is_connect() {
+                    last_failure = Some(if connect {
                         Failure::new(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no_upstream",
@@ -303,8 +315,8 @@ impl Proxy {
                     });
                     // Nothing reached the upstream: safe to send anywhere.
                     // An idempotent request that died mid-way: once more.
-                    if err.is_connect() || (idempotent && !replayed) {
-                        replayed |= !err.is_connect();
+                    if connect || (idempotent && !replayed) {
+                        replayed |= !connect;
                         continue;
                     }
                     return Err(last_failure.unwrap_or_else(answer::bad_gateway));
@@ -529,7 +541,7 @@ mod tests {
         let conn = ClientConn {
             peer: "192.0.2.7:5555".parse().unwrap(),
             https: false,
-            upstream: None,
+            owner: Owner::shared(),
         };
         let headers = forwarded_headers(&parts, &conn);
         let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);

@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::upstream::InFlight;
+use super::upstream_conns::Lent;
 
 /// A response body sent to a client.
 #[derive(Debug)]
@@ -20,9 +21,24 @@ pub enum ClientBody {
         body: Incoming,
         /// Released when the body ends or the client goes.
         slot: Option<InFlight>,
+        /// The upstream connection, pooled again once the body is read.
+        lent: Option<Lent>,
     },
     /// An answer of the balancer's own.
     Own(Full<Bytes>),
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        // A body never polled because it is empty (HEAD, 204, 304,
+        // `Content-Length: 0`) leaves its connection reusable too.
+        if let Self::Upstream { body, lent, .. } = self
+            && body.is_end_stream()
+            && let Some(lent) = lent.take()
+        {
+            lent.give_back();
+        }
+    }
 }
 
 impl Body for ClientBody {
@@ -34,10 +50,20 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Upstream { body, slot } => {
+            Self::Upstream { body, slot, lent } => {
                 let frame = Pin::new(body).poll_frame(cx);
-                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
-                    slot.take();
+                match &frame {
+                    Poll::Ready(None) => {
+                        slot.take();
+                        if let Some(lent) = lent.take() {
+                            lent.give_back();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        slot.take();
+                        lent.take();
+                    }
+                    _ => {}
                 }
                 frame
             }

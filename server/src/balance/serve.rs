@@ -24,16 +24,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::Failure;
-use super::connector::Connector;
 use super::pool::Pool;
 use super::proxy::{ClientConn, Proxy, ProxyLimits};
 use super::proxy_protocol::{self, ProxyVersion};
+use super::upstream_conns::{Connections, Owner};
 use crate::node::accept;
 
 /// How long, once draining, a keep-alive connection may stay idle before
 /// it is closed: a busy client sends its next request within it and gets
 /// its answer with `Connection: close` instead of a closed socket.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// How often a worker closes its idle upstream connections past
+/// `--idle-timeout`.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// What every worker shares.
 pub struct Front {
@@ -127,10 +130,14 @@ impl Drop for ConnPermit {
 /// One worker: accepts client connections until `shutdown`, then drains.
 async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
-    let shared_client = Connector::new(front.connect_timeout, None).client(front.idle_timeout);
+    let connections = Connections {
+        connect_timeout: front.connect_timeout,
+        idle_timeout: front.idle_timeout,
+    };
+    tokio::spawn(connections.sweep(IDLE_SWEEP));
     let proxy = Arc::new(Proxy::new(
         front.pool.clone(),
-        shared_client,
+        connections,
         front.limits.clone(),
         shutdown.clone(),
         tasks.clone(),
@@ -220,15 +227,15 @@ async fn connection(
             }
         }
     }
-    let upstream = front.send_proxy_protocol.map(|version| {
-        let header = proxy_protocol::encode(version, Some((peer, local)));
-        Connector::new(front.connect_timeout, Some(header)).client(front.idle_timeout)
-    });
+    let owner = || match front.send_proxy_protocol {
+        Some(version) => Owner::private(proxy_protocol::encode(version, Some((peer, local)))),
+        None => Owner::shared(),
+    };
     let conn = |https| {
         Arc::new(ClientConn {
             peer,
             https,
-            upstream: upstream.clone(),
+            owner: owner(),
         })
     };
     match &front.tls {
