@@ -8,6 +8,8 @@
 # measured window, divided by the requests wrk counted, and the user and
 # system (kernel) parts of it.
 # Installs nginx, haproxy and wrk from Debian's packages when missing.
+# With SESSIOND_BASELINE=/path/to/an/older/sessiond, that binary runs too,
+# side by side (before/after of a change in one run).
 # Usage: benches/scripts/balancer.sh [seconds] [connections] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +40,14 @@ target/release/sessiond balance --listen 127.0.0.1:19300 --admin 127.0.0.1:19301
     2>"$work/balance.log" &
 pids+=($!)
 declare -A pid_of=([sessiond]=$!)
+baseline=${SESSIOND_BASELINE:-}
+if [ -n "$baseline" ]; then
+    "$baseline" balance --listen 127.0.0.1:19310 --admin 127.0.0.1:19311 --workers 2 \
+        --upstream http://127.0.0.1:19101,http://127.0.0.1:19102,http://127.0.0.1:19103 \
+        2>"$work/baseline.log" &
+    pids+=($!)
+    pid_of[baseline]=$!
+fi
 for workers in 1 2; do
     mkdir -p "$work/nginx$workers"
     sed -e "s/WORKERS/$workers/; s/LISTEN/127.0.0.1:1940$workers/; s#PIDFILE#$work/nginx$workers.pid#" \
@@ -92,6 +102,9 @@ echo "|---|--:|--:|--:|--:|--:|--:|"
 for round in $(seq "$rounds"); do
     run "direct to the backends" http://127.0.0.1:19101/ ""
     run "sessiond balance (2 workers)" http://127.0.0.1:19300/ "${pid_of[sessiond]}"
+    if [ -n "$baseline" ]; then
+        run "baseline sessiond (2 workers)" http://127.0.0.1:19310/ "${pid_of[baseline]}"
+    fi
     run "nginx 1.22, 1 worker" http://127.0.0.1:19401/ "${pid_of[nginx1]}"
     run "nginx 1.22, 2 workers" http://127.0.0.1:19402/ "${pid_of[nginx2]}"
     run "HAProxy 2.6, 2 threads" http://127.0.0.1:19500/ "${pid_of[haproxy]}"

@@ -33,6 +33,15 @@ impl Balancer {
         Self::start_with_admin("127.0.0.1:0", args)
     }
 
+    /// [`start`](Self::start) over `upstreams` (comma separated in one
+    /// `--upstream`), plus `args`.
+    pub fn over(upstreams: &[crate::TestUpstream], args: &[&str]) -> Self {
+        let list = crate::upstream::url_list(upstreams);
+        let mut all = vec!["--upstream", list.as_str()];
+        all.extend(args);
+        Self::start(&all)
+    }
+
     /// [`start`](Self::start) with the admin listener on `admin`.
     pub fn start_with_admin(admin: &str, args: &[&str]) -> Self {
         let mut command = Command::new(binary("sessiond:sessiond"));
@@ -79,6 +88,16 @@ impl Balancer {
         stats["upstreams"]
             .as_array()
             .and_then(|upstreams| upstreams.iter().find(|u| u["url"] == url).cloned())
+    }
+
+    /// Waits (at most `within`) until no upstream has a request in flight.
+    pub async fn wait_until_idle(&self, within: Duration) {
+        self.wait_for_stats("nothing in flight", within, |stats| {
+            stats["upstreams"]
+                .as_array()
+                .is_some_and(|all| all.iter().all(|u| u["in_flight"] == 0))
+        })
+        .await;
     }
 
     /// Waits (at most `within`) until `check` holds for `/stats.json`;

@@ -61,6 +61,15 @@ pub fn pattern_bytes(len: usize) -> Vec<u8> {
     (0..len).map(pattern).collect()
 }
 
+/// `upstreams`' URLs, comma separated, as one `--upstream` takes them.
+pub fn url_list(upstreams: &[TestUpstream]) -> String {
+    upstreams
+        .iter()
+        .map(TestUpstream::url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What the endpoints share.
 struct Shared {
     name: String,

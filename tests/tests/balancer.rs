@@ -47,15 +47,9 @@ async fn three_upstreams() -> Vec<TestUpstream> {
 /// A balancer over `upstreams` (comma separated in one flag), with the
 /// `health` check flags and `extra` flags.
 fn balancer_over(upstreams: &[TestUpstream], health: [&str; 6], extra: &[&str]) -> Balancer {
-    let list = upstreams
-        .iter()
-        .map(TestUpstream::url)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut args = vec!["--upstream", list.as_str()];
-    args.extend(health);
+    let mut args = health.to_vec();
     args.extend(extra);
-    Balancer::start(&args)
+    Balancer::over(upstreams, &args)
 }
 
 /// An answer, read whole.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sessiond_e2e::balance::{Load, Tunnel, raw_exchange, read_until_closed};
+use sessiond_e2e::upstream::url_list as list;
 use sessiond_e2e::{Balancer, TestUpstream, process::signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,12 +27,13 @@ async fn upstreams(names: &[&str]) -> Vec<TestUpstream> {
     upstreams
 }
 
-fn list(upstreams: &[TestUpstream]) -> String {
-    upstreams
+/// Whether the members are exactly `upstreams`, in order, all active.
+fn only_active(stats: &Value, upstreams: &[&TestUpstream]) -> bool {
+    let expected: Vec<(String, String)> = upstreams
         .iter()
-        .map(TestUpstream::url)
-        .collect::<Vec<_>>()
-        .join(",")
+        .map(|u| (u.url(), "active".to_owned()))
+        .collect();
+    member_urls(stats) == expected
 }
 
 fn http() -> reqwest::Client {
@@ -277,11 +279,7 @@ async fn upstreams_change_twenty_times_under_load_with_tunnels_open_and_nothing_
     }
     balancer
         .wait_for_stats("only a and b", WAIT, |stats| {
-            member_urls(stats)
-                == [
-                    (ups[0].url(), "active".to_owned()),
-                    (ups[1].url(), "active".to_owned()),
-                ]
+            only_active(stats, &[&ups[0], &ups[1]])
         })
         .await;
 }
@@ -305,11 +303,7 @@ async fn sighup_rereads_the_upstreams_file() {
     signal(balancer.pid(), "HUP");
     balancer
         .wait_for_stats("a and c", WAIT, |stats| {
-            member_urls(stats)
-                == [
-                    (ups[0].url(), "active".to_owned()),
-                    (ups[2].url(), "active".to_owned()),
-                ]
+            only_active(stats, &[&ups[0], &ups[2]])
         })
         .await;
     // A broken file changes nothing.
@@ -376,17 +370,9 @@ async fn a_slow_starting_upstream_gets_a_rising_share_below_full_at_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_never_sees_more_than_max_conns_and_the_queue_overflows_to_503() {
     let ups = upstreams(&["a"]).await;
-    let url = ups[0].url();
-    let mut args = vec![
-        "--upstream",
-        url.as_str(),
-        "--max-conns",
-        "2",
-        "--queue",
-        "3",
-    ];
+    let mut args = vec!["--max-conns", "2", "--queue", "3"];
     args.extend(STEADY);
-    let balancer = Balancer::start(&args);
+    let balancer = Balancer::over(&ups, &args);
     let requests: Vec<_> = (0..12)
         .map(|_| {
             let url = format!("{}/slow/400", balancer.url());
@@ -422,10 +408,7 @@ async fn an_upstream_never_sees_more_than_max_conns_and_the_queue_overflows_to_5
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_and_a_queue_timeout_answer_503_overloaded() {
     let ups = upstreams(&["a"]).await;
-    let url = ups[0].url();
     let mut args = vec![
-        "--upstream",
-        url.as_str(),
         "--max-conns",
         "1",
         "--queue",
@@ -434,7 +417,7 @@ async fn a_full_queue_and_a_queue_timeout_answer_503_overloaded() {
         "300ms",
     ];
     args.extend(STEADY);
-    let balancer = Balancer::start(&args);
+    let balancer = Balancer::over(&ups, &args);
     let slow = tokio::spawn({
         let url = format!("{}/slow/3000", balancer.url());
         async move { http().get(url).send().await.expect("GET").status().as_u16() }
