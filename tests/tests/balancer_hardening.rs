@@ -16,14 +16,15 @@
 //! | a body that stalls, or trickles at 1 byte/s | 408 `body_timeout` after `--body-timeout` / under `--min-body-rate` | 408 after a 60 s gap (`client_body_timeout`); a trickle is never cut |
 //! | past the client connection cap | 503 `too_many_connections`, closed | no answer at `worker_connections` (503 with `limit_conn`) |
 //! | error bodies | generic message and code; details in the log | nginx's generic HTML pages |
+//! | a pooled upstream connection closed as a request goes out | a GET is sent again on a new connection; no upstream blamed | the same (a failure on a cached connection is not counted) |
 
 use std::time::Duration;
 
 use serde_json::Value;
 use sessiond_e2e::balance::{RawResponse, raw_exchange, read_response, read_until_closed};
 use sessiond_e2e::{Balancer, TestUpstream};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Checks once an hour: only passive ejection can take an upstream out.
 const NO_CHECKS: [&str; 6] = ["--health-interval", "1h", "--rise", "1", "--fall", "1"];
@@ -382,4 +383,72 @@ async fn past_the_client_connection_cap_a_connection_is_refused_with_503() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served.is_some(), "no connection served after one closed");
+}
+
+/// An app server that answers the first request of each connection with
+/// keep-alive and closes the connection, unanswered, when the second one
+/// arrives: an upstream's keep-alive timeout firing just as a pooled
+/// connection is reused.
+async fn closing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for answered in 0.. {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => seen.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                    if answered == 1 {
+                        return;
+                    }
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+                    seen.drain(..end + 4);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault() {
+    let (upstream, task) = closing_upstream().await;
+    let url = format!("http://{upstream}");
+    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
+    args.extend(NO_CHECKS);
+    let balancer = Balancer::start(&args);
+    let get = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    for round in 0..3 {
+        // The first request opens a connection that goes back to the pool;
+        // the second finds it closed under it and goes again on a new one.
+        for request in 0..2 {
+            let response = raw_exchange(balancer.listen, get).await;
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, &b"ok"[..]),
+                "round {round}, request {request}"
+            );
+        }
+    }
+    // A POST is not sent twice: 502, and still the upstream stays in.
+    let first = raw_exchange(balancer.listen, get).await;
+    assert_eq!(first.status, 200);
+    let post = raw_exchange(
+        balancer.listen,
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_error(&post, 502, "bad_gateway");
+    assert_eq!(balancer.stats().await["healthy"], 1);
+    task.abort();
 }

@@ -292,7 +292,7 @@ impl Proxy {
                 Ok(Err(err)) => {
                     let (detail, connect) = match &err {
                         SendError::Connect(err) => (describe(err), true),
-                        SendError::Exchange(err) => {
+                        SendError::Exchange { error: err, .. } => {
                             if let Some(error) = ClientBodyError::find(err) {
                                 tracing::debug!(upstream = %upstream.url, %error, "client upload failed");
                                 return Err(self.client_failure(error));
@@ -302,8 +302,14 @@ impl Proxy {
                     };
                     tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
                     upstream.record_failure(&detail);
-                    upstream.eject(&detail);
-                    tried.push(upstream.id);
+                    // A pooled connection closed under the request is no
+                    // sign of a sick upstream: a replay may go to it again,
+                    // on a new connection.
+                    let race = err.is_keep_alive_race();
+                    if !race {
+                        upstream.eject(&detail);
+                        tried.push(upstream.id);
+                    }
                     last_failure = Some(if connect {
                         Failure::new(
                             StatusCode::SERVICE_UNAVAILABLE,

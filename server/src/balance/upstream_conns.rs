@@ -103,8 +103,24 @@ impl Lent {
 pub enum SendError {
     /// No connection could be opened: nothing was sent.
     Connect(ConnectError),
-    /// The exchange failed after the request was handed to a connection.
-    Exchange(hyper::Error),
+    /// The exchange failed after the request was handed to a connection
+    /// (`reused`: a pooled one, not one opened for this request).
+    Exchange {
+        /// What failed.
+        error: hyper::Error,
+        /// Whether the connection had served requests before.
+        reused: bool,
+    },
+}
+
+impl SendError {
+    /// Whether the failure may be the keep-alive race alone: a pooled
+    /// connection the upstream closed just as the request went out, with
+    /// no byte of a response. Such a failure is not held against the
+    /// upstream.
+    pub fn is_keep_alive_race(&self) -> bool {
+        matches!(self, Self::Exchange { error, reused: true } if error.is_incomplete_message())
+    }
 }
 
 /// Opens and reuses upstream connections.
@@ -140,7 +156,12 @@ impl Connections {
                 Err(mut failed) => match failed.take_message() {
                     // Not sent: the connection was closed while idle.
                     Some(unsent) => request = unsent,
-                    None => return Err(SendError::Exchange(failed.into_error())),
+                    None => {
+                        return Err(SendError::Exchange {
+                            error: failed.into_error(),
+                            reused: true,
+                        });
+                    }
                 },
             }
         }
@@ -150,7 +171,10 @@ impl Connections {
             .map_err(SendError::Connect)?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, Lent { key, sender })),
-            Err(err) => Err(SendError::Exchange(err)),
+            Err(error) => Err(SendError::Exchange {
+                error,
+                reused: false,
+            }),
         }
     }
 
