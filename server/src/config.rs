@@ -227,7 +227,7 @@ pub struct BalanceArgs {
     /// Time a client has for each request head, counted from when the
     /// balancer waits for one (after connecting and after each answer, so
     /// it is also the keep-alive idle timeout), and for its PROXY header
-    /// and TLS handshake.
+    /// and TLS handshake; an HTTP/2 connection idle this long is closed.
     #[arg(long, env = "SESSIOND_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 

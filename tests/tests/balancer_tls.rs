@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use sessiond_e2e::certs::TestCa;
 use sessiond_e2e::{Balancer, TestUpstream, process::signal};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -97,6 +98,11 @@ async fn https_clients_get_http2_or_http1_1_and_upstreams_see_https() {
 
 /// A TLS connection to the balancer trusting `ca`, with ALPN http/1.1.
 async fn connect(balancer: &Balancer, ca: &Path) -> TlsStream<TcpStream> {
+    connect_with(balancer, ca, b"http/1.1").await
+}
+
+/// A TLS connection to the balancer trusting `ca`, offering `alpn`.
+async fn connect_with(balancer: &Balancer, ca: &Path, alpn: &[u8]) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
         roots.add(cert.expect("CA cert")).expect("add the CA");
@@ -108,7 +114,7 @@ async fn connect(balancer: &Balancer, ca: &Path) -> TlsStream<TcpStream> {
     .expect("protocol versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(balancer.listen).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
     tokio::time::timeout(
@@ -237,4 +243,73 @@ fn the_compose_tls_override_makes_a_valid_tls_configuration() {
         stdout.contains("cert: \"/certs/cert.pem\"") && stdout.contains("key: \"/certs/key.pem\""),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
+    let upstream = TestUpstream::start("app").await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("one");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let url = upstream.url();
+    let args = [
+        "--upstream",
+        url.as_str(),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--header-timeout",
+        "300ms",
+        "--health-interval",
+        "1h",
+    ];
+    let balancer = Balancer::start(&args);
+
+    // TLS with h2 agreed, then not a byte of the HTTP/2 preface.
+    let mut silent = connect_with(&balancer, ca.cert(), b"h2").await;
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // (The server's own SETTINGS frame may come first.)
+    let mut chunk = [0u8; 1024];
+    let closed = async {
+        while let Ok(read) = silent.read(&mut chunk).await {
+            if read == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, closed)
+        .await
+        .expect("the silent connection was never closed");
+
+    // A real HTTP/2 client: a request that outlasts several idle periods
+    // is answered; once idle, the connection ends.
+    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get("https://localhost/slow/1500")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"slow app");
+    tokio::time::timeout(WAIT, driver)
+        .await
+        .expect("the idle HTTP/2 connection was never closed")
+        .expect("the connection task")
+        .expect("a clean close (GOAWAY)");
 }

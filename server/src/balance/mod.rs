@@ -15,6 +15,7 @@ mod capacity;
 mod checks;
 mod client_body;
 mod connector;
+mod h2_idle;
 mod handover;
 mod health;
 mod membership;

@@ -7,6 +7,7 @@
 //! request (answered with `Connection: close`), then close idle
 //! connections and wait (bounded) for the rest.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::Failure;
+use super::h2_idle::{self, Activity, Tracked};
 use super::pool::Pool;
 use super::proxy::{ClientConn, Proxy, ProxyLimits};
 use super::proxy_protocol::{self, ProxyVersion};
@@ -152,7 +154,11 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(front.limits.head.max_total).unwrap_or(u32::MAX));
-    let protocols = Arc::new(Protocols { h1, h2 });
+    let protocols = Arc::new(Protocols {
+        h1,
+        h2,
+        idle: front.header_timeout,
+    });
     let refusal = Failure::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
@@ -195,6 +201,8 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
 struct Protocols {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    /// An HTTP/2 connection idle this long is closed.
+    idle: Duration,
 }
 
 /// A client connection from accept to close.
@@ -266,21 +274,45 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { proxy.handle(&conn, request).await }
-    });
     let io = TokioIo::new(io);
     let result = if h2 {
+        let activity = Arc::new(Activity::default());
+        let service = service_fn({
+            let activity = activity.clone();
+            move |request| {
+                let (proxy, conn, busy) = (proxy.clone(), conn.clone(), activity.start());
+                async move {
+                    let response = proxy.handle(&conn, request).await?;
+                    Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+                }
+            }
+        });
         let connection = protocols.h2.serve_connection(io, service);
-        until_drained(connection, &shutdown, |c| c.graceful_shutdown()).await
+        h2_idle::drive(
+            connection,
+            &activity,
+            protocols.idle,
+            drained(&shutdown),
+            |c| c.graceful_shutdown(),
+        )
+        .await
     } else {
+        let service = service_fn(move |request| {
+            let (proxy, conn) = (proxy.clone(), conn.clone());
+            async move { proxy.handle(&conn, request).await }
+        });
         let connection = protocols.h1.serve_connection(io, service).with_upgrades();
         until_drained(connection, &shutdown, |c| c.graceful_shutdown()).await
     };
     if let Err(err) = result {
         tracing::debug!(%err, "client connection ended with an error");
     }
+}
+
+/// Resolves [`DRAIN_IDLE_GRACE`] after `shutdown` fires.
+async fn drained(shutdown: &CancellationToken) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(DRAIN_IDLE_GRACE).await;
 }
 
 /// Drives `connection`; once `shutdown` has fired and [`DRAIN_IDLE_GRACE`]
@@ -295,13 +327,10 @@ where
     F: FnOnce(Pin<&mut C>),
 {
     tokio::pin!(connection);
-    let drained = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_IDLE_GRACE).await;
-    };
     tokio::select! {
+        biased;
         result = connection.as_mut() => return result,
-        () = drained => {}
+        () = drained(shutdown) => {}
     }
     graceful(connection.as_mut());
     connection.await
