@@ -73,16 +73,28 @@ impl tower::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let (timeout, preamble) = (self.timeout, self.preamble.clone());
         Box::pin(async move {
-            let host = uri.host().ok_or(ConnectError::NoAddress)?.to_owned();
+            let host = uri.host().ok_or(ConnectError::NoAddress)?;
             let port = uri.port_u16().ok_or(ConnectError::NoAddress)?;
-            let mut stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-                .await
-                .map_err(|_| ConnectError::Timeout(timeout))??;
-            stream.set_nodelay(true)?;
-            if let Some(preamble) = preamble {
-                stream.write_all(&preamble).await?;
-            }
+            let stream = open(host, port, timeout, preamble.as_deref()).await?;
             Ok(TokioIo::new(stream))
         })
     }
+}
+
+/// Opens a TCP connection to `host:port` within `timeout`, with
+/// `TCP_NODELAY`, and writes `preamble` (a PROXY header) first.
+pub async fn open(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    preamble: Option<&[u8]>,
+) -> Result<TcpStream, ConnectError> {
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    if let Some(preamble) = preamble {
+        stream.write_all(preamble).await?;
+    }
+    Ok(stream)
 }

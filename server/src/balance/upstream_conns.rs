@@ -18,11 +18,9 @@ use axum::http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::UpstreamBody;
-use super::connector::ConnectError;
+use super::connector::{self, ConnectError};
 use super::upstream::UpstreamUrl;
 
 /// The sending half of one upstream connection.
@@ -196,19 +194,17 @@ impl Connections {
         upstream: &UpstreamUrl,
         preamble: Option<&[u8]>,
     ) -> Result<Sender, ConnectError> {
-        let host = upstream.authority.host();
         let port = upstream
             .authority
             .port_u16()
             .ok_or(ConnectError::NoAddress)?;
-        let timeout = self.connect_timeout;
-        let mut stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
-        stream.set_nodelay(true)?;
-        if let Some(preamble) = preamble {
-            stream.write_all(preamble).await?;
-        }
+        let stream = connector::open(
+            upstream.authority.host(),
+            port,
+            self.connect_timeout,
+            preamble,
+        )
+        .await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
