@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests start themselves (redis-server, openssl for the
-# TLS test's certificates, and prlimit from util-linux, which starts a node
-# with its own descriptor limit) when it is missing, from Debian's packages.
+# TLS tests' certificates, curl for the balancer's HTTP/2 test, and prlimit
+# from util-linux, which starts a node with its own descriptor limit) when
+# it is missing, from Debian's packages.
 # Idempotent and quiet when all is there.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -27,4 +29,5 @@ export DEBIAN_FRONTEND=noninteractive
 "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package may start a system-wide instance; the tests start their own.
 (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
-command -v redis-server >/dev/null && command -v openssl >/dev/null && command -v prlimit >/dev/null
+command -v redis-server >/dev/null && command -v openssl >/dev/null \
+    && command -v prlimit >/dev/null && command -v curl >/dev/null

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod balance;
 pub mod cart;
+pub mod certs;
 pub mod client;
 pub mod http;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! The admin listener: Prometheus `/metrics`, `/stats.json`, and at `/` a
-//! small HTML status page (like HAProxy's) with each upstream's state.
+//! The admin listener: Prometheus `/metrics`, `/stats.json`, at `/` a
+//! small HTML status page (like HAProxy's) with each upstream's state, and
+//! the upstreams API (see [`upstreams_api`](super::upstreams_api)).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -12,31 +13,39 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
+use super::membership::Membership;
 use super::pool::Pool;
 use super::upstream::UpstreamStats;
+use super::upstreams_api::{self, ApiAuth};
 
 /// What the admin handlers read.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The upstreams.
-    pub pool: Arc<Pool>,
+    /// The upstreams, and the way to change them.
+    pub membership: Membership,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Who may use the upstreams API.
+    pub auth: Arc<ApiAuth>,
 }
 
 /// The balancer's state as `/stats.json` shows it.
 #[derive(Debug, Serialize)]
 pub struct Stats {
-    /// Upstreams in rotation.
+    /// Upstreams passing their health checks.
     pub healthy: usize,
-    /// Every upstream.
+    /// Requests waiting for a slot (every upstream at `--max-conns`).
+    pub queued: usize,
+    /// Every upstream, draining ones included.
     pub upstreams: Vec<UpstreamStats>,
 }
 
-fn stats(pool: &Pool) -> Stats {
+/// The pool's state now.
+pub fn stats(pool: &Pool) -> Stats {
     let upstreams: Vec<UpstreamStats> = pool.upstreams().iter().map(|u| u.stats()).collect();
     Stats {
         healthy: upstreams.iter().filter(|u| u.up).count(),
+        queued: pool.capacity().queued(),
         upstreams,
     }
 }
@@ -48,11 +57,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/stats.json", get(stats_json))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(upstreams_api::routes(state.clone()))
         .with_state(state)
 }
 
 async fn stats_json(State(state): State<AdminState>) -> Json<Stats> {
-    Json(stats(&state.pool))
+    Json(stats(state.membership.pool()))
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> Response {
@@ -78,13 +88,13 @@ fn escape(text: &str) -> String {
 }
 
 async fn status_page(State(state): State<AdminState>) -> Html<String> {
-    let stats = stats(&state.pool);
+    let stats = stats(state.membership.pool());
     let mut rows = String::new();
     for upstream in &stats.upstreams {
-        let (class, label) = if upstream.up {
-            ("up", "UP")
-        } else {
-            ("down", "DOWN")
+        let (class, label) = match (upstream.up, upstream.state) {
+            (_, "draining") => ("down", "DRAINING"),
+            (true, _) => ("up", "UP"),
+            (false, _) => ("down", "DOWN"),
         };
         let _ = writeln!(
             rows,
