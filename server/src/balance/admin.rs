@@ -3,52 +3,15 @@
 //! the upstreams API (see [`upstreams_api`](super::upstreams_api)).
 
 use std::fmt::Write;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
 
-use super::membership::Membership;
-use super::pool::Pool;
-use super::upstream::UpstreamStats;
-use super::upstreams_api::{self, ApiAuth};
-
-/// What the admin handlers read.
-#[derive(Clone)]
-pub struct AdminState {
-    /// The upstreams, and the way to change them.
-    pub membership: Membership,
-    /// Renders `/metrics`.
-    pub metrics: Option<PrometheusHandle>,
-    /// Who may use the upstreams API.
-    pub auth: Arc<ApiAuth>,
-}
-
-/// The balancer's state as `/stats.json` shows it.
-#[derive(Debug, Serialize)]
-pub struct Stats {
-    /// Upstreams passing their health checks.
-    pub healthy: usize,
-    /// Requests waiting for a slot (every upstream at `--max-conns`).
-    pub queued: usize,
-    /// Every upstream, draining ones included.
-    pub upstreams: Vec<UpstreamStats>,
-}
-
-/// The pool's state now.
-pub fn stats(pool: &Pool) -> Stats {
-    let upstreams: Vec<UpstreamStats> = pool.upstreams().iter().map(|u| u.stats()).collect();
-    Stats {
-        healthy: upstreams.iter().filter(|u| u.up).count(),
-        queued: pool.capacity().queued(),
-        upstreams,
-    }
-}
+use super::admin_state::{AdminState, Stats, stats};
+use super::upstreams_api;
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {

@@ -7,7 +7,7 @@ use axum::http::{Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::Full;
 
-use super::ClientBody;
+use super::response::ClientBody;
 
 /// An answer of the balancer's own.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::UpstreamBody;
+use super::replay::UpstreamBody;
 
 /// The HTTP/1.1 client every upstream request goes through.
 pub type UpstreamClient = Client<Connector, UpstreamBody>;

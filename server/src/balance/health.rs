@@ -10,8 +10,8 @@ use axum::http::{Request, Uri};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
-use super::UpstreamBody;
 use super::connector::UpstreamClient;
+use super::replay::UpstreamBody;
 use super::upstream::Upstream;
 
 /// What the checker needs.

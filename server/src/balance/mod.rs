@@ -10,6 +10,7 @@
 //! [`handover`] passes the listening sockets to a new balancer.
 
 mod admin;
+mod admin_state;
 mod answer;
 mod capacity;
 mod checks;
@@ -51,6 +52,7 @@ pub use upstream::UpstreamUrl;
 
 use crate::net::{NetError, bind};
 use crate::secret::Secret;
+use admin_state::ApiAuth;
 use connector::Connector;
 use health::HealthCheck;
 use membership::Membership;
@@ -58,10 +60,6 @@ use pool::Pool;
 use proxy::ProxyLimits;
 use serve::Front;
 use tls::Certificate;
-use upstreams_api::ApiAuth;
-
-/// Errors of bodies passed through.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything the balancer needs, checked.
 #[derive(Debug, Clone)]
@@ -231,7 +229,7 @@ pub async fn run(
     for upstream in pool.upstreams().iter() {
         membership.watch(upstream);
     }
-    let admin = admin::router(admin::AdminState {
+    let admin = admin::router(admin_state::AdminState {
         membership: membership.clone(),
         metrics,
         auth: Arc::new(ApiAuth {

@@ -17,12 +17,12 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::UpstreamBody;
 use super::answer::{self, Failure};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
 use super::pool::{Pick, Pool};
 use super::replay::Replayable;
+use super::replay::UpstreamBody;
 use super::response::ClientBody;
 use super::upstream::{InFlight, UpstreamUrl};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};

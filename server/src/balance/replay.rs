@@ -13,8 +13,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::BoxError;
 use super::client_body::{BodyLimits, Upload};
+
+/// Errors of bodies passed through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client's request body, waiting for the attempt that reads it.
 pub struct Replayable {

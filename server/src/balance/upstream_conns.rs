@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use super::UpstreamBody;
 use super::connector::{self, ConnectError};
+use super::replay::UpstreamBody;
 use super::upstream::UpstreamUrl;
 
 /// The sending half of one upstream connection.

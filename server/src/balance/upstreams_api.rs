@@ -20,18 +20,9 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::admin::{AdminState, stats};
+use super::admin_state::{AdminState, stats};
 use super::membership::Change;
 use super::upstream::UpstreamUrl;
-
-/// Who may use the API.
-#[derive(Debug)]
-pub struct ApiAuth {
-    /// The bearer token, if one is configured.
-    pub token: Option<String>,
-    /// Whether the admin listener is on a loopback address.
-    pub loopback: bool,
-}
 
 /// The `/upstreams` routes, behind the token check.
 pub fn routes(state: AdminState) -> Router<AdminState> {

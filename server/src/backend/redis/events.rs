@@ -12,13 +12,12 @@
 
 use std::time::Duration;
 
-use redis::{ScriptInvocation, Value};
+use redis::Value;
 use sessiond_proto::{Event, EventKind, EventPage, SessionId};
 use tokio_util::sync::CancellationToken;
 
 use super::shared::Redis;
 use crate::backend::api::BackendError;
-use crate::store::EventLogConfig;
 
 /// How often each node reaps the expiry index.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
@@ -26,34 +25,6 @@ const REAP_INTERVAL: Duration = Duration::from_millis(250);
 const REAP_BATCH: usize = 500;
 /// How often a waiting reader looks for new events.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// The event log's keys and settings.
-#[derive(Debug, Clone)]
-pub struct RedisEvents {
-    /// The stream.
-    pub stream: String,
-    /// The expiry index.
-    pub expiries: String,
-    /// How the log keeps its events.
-    pub config: EventLogConfig,
-}
-
-impl RedisEvents {
-    /// The log of the sessions under `prefix`.
-    pub fn new(prefix: &str, config: EventLogConfig) -> Self {
-        let stream = format!("{{{prefix}events}}");
-        Self {
-            expiries: format!("{stream}:expiries"),
-            stream,
-            config,
-        }
-    }
-
-    /// Adds the log's keys (stream, expiry index) to a script invocation.
-    pub fn keys(&self, invocation: &mut ScriptInvocation<'_>) {
-        invocation.key(&self.stream).key(&self.expiries);
-    }
-}
 
 /// A stream entry id, compared as numbers.
 fn entry_id(text: &str) -> Option<(u64, u64)> {
@@ -139,13 +110,6 @@ impl StreamShape {
             Some(seq) => format!("{ms}-{seq}"),
             None => format!("{}-{}", ms.checked_sub(1)?, u64::MAX),
         })
-    }
-}
-
-/// Counts an event this node appended to the log.
-pub(super) fn count_logged(events: Option<&RedisEvents>, kind: EventKind) {
-    if events.is_some() {
-        metrics::counter!("sessiond_events_total", "kind" => kind.as_str()).increment(1);
     }
 }
 

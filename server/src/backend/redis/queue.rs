@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
-use super::events::{RedisEvents, count_logged};
+use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
 use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
