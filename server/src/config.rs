@@ -10,7 +10,8 @@ use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
 use crate::backend::redis::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
 use crate::balance::{
-    BalanceConfig, BodyLimits, HeadLimits, ProxyVersion, TlsFiles, UpstreamSources, UpstreamUrl,
+    BalanceConfig, BodyLimits, HeadLimits, ProxyVersion, SourcesError, TlsFiles, UpstreamSources,
+    UpstreamUrl, UpstreamUrlError,
 };
 use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
 use crate::node::NodeConfig;
@@ -414,22 +415,18 @@ impl BalanceArgs {
             .upstreams
             .iter()
             .filter(|url| !url.trim().is_empty())
-            .map(|url| UpstreamUrl::parse(url.trim()).map_err(ConfigError::Upstream))
+            .map(|url| UpstreamUrl::parse(url.trim()))
             .collect::<Result<Vec<_>, _>>()?;
         let sources = UpstreamSources {
             flags,
             file: self.upstreams_file.clone(),
         };
-        let upstreams = sources.read().map_err(ConfigError::Upstream)?;
+        let upstreams = sources.read()?;
         if upstreams.is_empty() {
-            return Err(ConfigError::Upstream(
-                "no upstreams: give --upstream http://host:port (or --upstreams-file)".into(),
-            ));
+            return Err(ConfigError::NoUpstreams);
         }
         if !self.health_path.starts_with('/') {
-            return Err(ConfigError::Upstream(
-                "--health-path must start with /".into(),
-            ));
+            return Err(ConfigError::HealthPath(self.health_path.clone()));
         }
         let size = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
         let head = HeadLimits {
@@ -437,10 +434,12 @@ impl BalanceArgs {
             max_total: size(self.max_header_bytes),
         };
         if head.max_line < 256 || head.max_total < head.max_line {
-            return Err(ConfigError::Limit(
-                "--max-header-line-bytes must be at least 256 and at most --max-header-bytes"
-                    .into(),
-            ));
+            return Err(ConfigError::Size {
+                flag: "--max-header-line-bytes",
+                min: 256,
+                max: self.max_header_bytes,
+                got: self.max_header_line_bytes,
+            });
         }
         Ok(BalanceConfig {
             listen: self.listen,
@@ -491,15 +490,43 @@ impl BalanceArgs {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A TTL flag is out of range.
-    #[error("{0}")]
-    Ttl(String),
-    /// A size limit is out of range.
-    #[error("{0}")]
-    Limit(String),
-    /// An upstream is missing or malformed.
-    #[error("{0}")]
-    Upstream(String),
+    /// `--max-ttl` is zero.
+    #[error("--max-ttl must be at least 1s")]
+    MaxTtlZero,
+    /// `--default-ttl` is zero or above `--max-ttl`.
+    #[error(
+        "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
+    )]
+    DefaultTtl {
+        /// What was given.
+        default_ttl_secs: u64,
+        /// The bound.
+        max_ttl_secs: u64,
+    },
+    /// A size flag is outside what it may be.
+    #[error("{flag} must be between {min} and {max} bytes, got {got}")]
+    Size {
+        /// The flag.
+        flag: &'static str,
+        /// The least it may be.
+        min: u64,
+        /// The most it may be.
+        max: u64,
+        /// What was given.
+        got: u64,
+    },
+    /// An upstream is malformed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamUrlError),
+    /// The upstreams file cannot be read, or holds a malformed address.
+    #[error(transparent)]
+    Sources(#[from] SourcesError),
+    /// Neither `--upstream` nor the upstreams file names an upstream.
+    #[error("no upstreams: give --upstream http://host:port (or --upstreams-file)")]
+    NoUpstreams,
+    /// `--health-path` is not a path.
+    #[error("--health-path must start with /, got {0:?}")]
+    HealthPath(String),
 }
 
 impl ServeArgs {
@@ -508,12 +535,13 @@ impl ServeArgs {
         let default_ttl_secs = self.default_ttl.as_secs();
         let max_ttl_secs = self.max_ttl.as_secs();
         if max_ttl_secs == 0 {
-            return Err(ConfigError::Ttl("--max-ttl must be at least 1s".into()));
+            return Err(ConfigError::MaxTtlZero);
         }
         if default_ttl_secs == 0 || default_ttl_secs > max_ttl_secs {
-            return Err(ConfigError::Ttl(format!(
-                "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
-            )));
+            return Err(ConfigError::DefaultTtl {
+                default_ttl_secs,
+                max_ttl_secs,
+            });
         }
         let max_session_bytes = usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX);
         let max_frame_bytes = self
@@ -522,9 +550,12 @@ impl ServeArgs {
                 usize::try_from(bytes).unwrap_or(usize::MAX)
             });
         if max_frame_bytes > MAX_FRAME_BYTES_CAP {
-            return Err(ConfigError::Limit(format!(
-                "--max-frame-bytes (or --max-session-bytes + 64KiB) must be at most {MAX_FRAME_BYTES_CAP} bytes"
-            )));
+            return Err(ConfigError::Size {
+                flag: "--max-frame-bytes (or --max-session-bytes + 64KiB)",
+                min: 1,
+                max: MAX_FRAME_BYTES_CAP as u64,
+                got: max_frame_bytes as u64,
+            });
         }
         Ok(NodeConfig {
             http: self.http,
@@ -576,9 +607,12 @@ impl ServeArgs {
     fn http_limits(&self) -> Result<HttpLimits, ConfigError> {
         let max_head_bytes = usize::try_from(self.http_max_head_bytes).unwrap_or(usize::MAX);
         if !(MIN_HEAD_BYTES..=MAX_HEAD_BYTES).contains(&max_head_bytes) {
-            return Err(ConfigError::Limit(format!(
-                "--http-max-head-bytes must be between {MIN_HEAD_BYTES} and {MAX_HEAD_BYTES} bytes"
-            )));
+            return Err(ConfigError::Size {
+                flag: "--http-max-head-bytes",
+                min: MIN_HEAD_BYTES as u64,
+                max: MAX_HEAD_BYTES as u64,
+                got: self.http_max_head_bytes,
+            });
         }
         let least = Duration::from_millis(10);
         Ok(HttpLimits {
@@ -670,8 +704,14 @@ mod tests {
             };
             args.balance_config()
         };
-        assert!(parse(&["sessiond", "balance"]).is_err());
-        assert!(parse(&["sessiond", "balance", "--upstream", "https://a:1"]).is_err());
+        assert!(matches!(
+            parse(&["sessiond", "balance"]),
+            Err(ConfigError::NoUpstreams)
+        ));
+        assert!(matches!(
+            parse(&["sessiond", "balance", "--upstream", "https://a:1"]),
+            Err(ConfigError::Upstream(UpstreamUrlError::NotHttp { .. }))
+        ));
         let config = parse(&[
             "sessiond",
             "balance",
@@ -684,20 +724,39 @@ mod tests {
         assert_eq!(config.upstreams.len(), 3);
     }
 
-    #[test]
-    fn default_ttl_above_max_ttl_is_refused() {
-        let cli = Cli::try_parse_from([
-            "sessiond",
-            "serve",
-            "--default-ttl",
-            "2h",
-            "--max-ttl",
-            "1h",
-        ])
-        .unwrap();
+    fn serve(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let cli = Cli::try_parse_from([&["sessiond", "serve"], args].concat()).unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("expected serve");
         };
-        assert!(args.node_config().is_err());
+        args.node_config()
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_with_what_was_given() {
+        assert!(matches!(
+            serve(&["--default-ttl", "2h", "--max-ttl", "1h"]),
+            Err(ConfigError::DefaultTtl {
+                default_ttl_secs: 7200,
+                max_ttl_secs: 3600
+            })
+        ));
+        assert!(matches!(
+            serve(&["--max-ttl", "0s"]),
+            Err(ConfigError::MaxTtlZero)
+        ));
+        let small_head = serve(&["--http-max-head-bytes", "10"]).unwrap_err();
+        assert!(matches!(
+            small_head,
+            ConfigError::Size {
+                flag: "--http-max-head-bytes",
+                got: 10,
+                ..
+            }
+        ));
+        assert_eq!(
+            small_head.to_string(),
+            "--http-max-head-bytes must be between 1024 and 1048576 bytes, got 10"
+        );
     }
 }

@@ -5,9 +5,9 @@
 
 use axum::http::header;
 use axum::http::uri::Authority;
-use axum::http::{Method, Request, StatusCode, Version};
+use axum::http::{Method, Request, Version};
 
-use super::answer::Failure;
+use super::answer::{Failure, FailureKind};
 
 /// Size limits of a request head.
 #[derive(Debug, Clone, Copy)]
@@ -29,8 +29,7 @@ pub fn check<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure>
 fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure> {
     if request.method() == Method::CONNECT {
         return Err(Failure::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            FailureKind::MethodNotAllowed,
             "CONNECT is not supported",
         ));
     }
@@ -42,8 +41,7 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
     let request_line = request.method().as_str().len() + target + 12;
     if request_line > limits.max_line {
         return Err(Failure::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            FailureKind::UriTooLong,
             format!("the request line is over {} bytes", limits.max_line),
         ));
     }
@@ -52,8 +50,7 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
         let line = name.as_str().len() + value.len() + LINE_OVERHEAD;
         if line > limits.max_line {
             return Err(Failure::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "header_too_large",
+                FailureKind::HeaderTooLarge,
                 format!("a header line is over {} bytes", limits.max_line),
             ));
         }
@@ -61,8 +58,7 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
     }
     if total > limits.max_total {
         return Err(Failure::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "header_too_large",
+            FailureKind::HeaderTooLarge,
             format!("the request head is over {} bytes", limits.max_total),
         ));
     }
@@ -82,7 +78,7 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
 }
 
 fn bad_host(message: &str) -> Failure {
-    Failure::new(StatusCode::BAD_REQUEST, "bad_host", message)
+    Failure::new(FailureKind::BadHost, message)
 }
 
 #[cfg(test)]
@@ -97,7 +93,7 @@ mod tests {
     fn code(request: Request<()>) -> Option<(u16, &'static str)> {
         check(&request, LIMITS)
             .err()
-            .map(|failure| (failure.status.as_u16(), failure.code))
+            .map(|failure| (failure.status().as_u16(), failure.kind.code()))
     }
 
     fn get() -> axum::http::request::Builder {

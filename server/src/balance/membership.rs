@@ -15,10 +15,26 @@ use tokio_util::task::TaskTracker;
 use super::connector::UpstreamClient;
 use super::health::{self, HealthCheck};
 use super::pool::Pool;
-use super::upstream::{Upstream, UpstreamUrl};
+use super::upstream::{Upstream, UpstreamUrl, UpstreamUrlError};
 
 /// How often a drain looks whether its upstream is idle.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Why the upstream set cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    /// The upstreams file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An address in it is malformed.
+    #[error(transparent)]
+    Url(#[from] UpstreamUrlError),
+}
 
 /// Where the upstream set comes from.
 #[derive(Debug, Clone)]
@@ -31,11 +47,13 @@ pub struct UpstreamSources {
 
 impl UpstreamSources {
     /// The flags' upstreams and the file's, in that order, without repeats.
-    pub fn read(&self) -> Result<Vec<UpstreamUrl>, String> {
+    pub fn read(&self) -> Result<Vec<UpstreamUrl>, SourcesError> {
         let mut urls = self.flags.clone();
         if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| SourcesError::Read {
+                path: path.clone(),
+                source,
+            })?;
             for line in text.lines() {
                 let line = line.split('#').next().unwrap_or("").trim();
                 if !line.is_empty() {

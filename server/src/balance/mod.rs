@@ -43,12 +43,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use checks::HeadLimits;
 pub use client_body::BodyLimits;
-pub use membership::UpstreamSources;
+pub use membership::{SourcesError, UpstreamSources};
 pub use proxy_protocol::ProxyVersion;
 pub use replay::UpstreamBody;
 pub use response::ClientBody;
 pub use tls::TlsFiles;
-pub use upstream::UpstreamUrl;
+pub use upstream::{UpstreamUrl, UpstreamUrlError};
 
 use crate::net::{NetError, bind};
 use crate::secret::Secret;

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::answer::{self, Failure};
+use super::answer::{self, Failure, FailureKind};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
 use super::pool::{Pick, Pool};
@@ -173,21 +173,18 @@ impl Proxy {
     fn client_failure(&self, error: ClientBodyError) -> Failure {
         let failure = match error {
             ClientBodyError::TooLarge => Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                FailureKind::PayloadTooLarge,
                 format!(
                     "the request body is over the {}-byte limit (--max-body-bytes)",
                     self.limits.body.max_bytes
                 ),
             ),
             ClientBodyError::Timeout => Failure::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                FailureKind::BodyTimeout,
                 "the request body arrived too slowly",
             ),
             ClientBodyError::Broken => Failure::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
+                FailureKind::BadRequest,
                 "the request body was cut short or malformed",
             ),
         };
@@ -198,8 +195,7 @@ impl Proxy {
     async fn slot(&self, tried: &[u64]) -> Result<InFlight, Option<Failure>> {
         let overloaded = |why: &str| {
             Failure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                FailureKind::Overloaded,
                 format!("every upstream is at its connection limit and {why}"),
             )
         };
@@ -284,8 +280,7 @@ impl Proxy {
                     tracing::warn!(upstream = %upstream.url, "{detail}");
                     upstream.record_failure(&detail);
                     return Err(Failure::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
+                        FailureKind::UpstreamTimeout,
                         format!("the upstream {detail}"),
                     ));
                 }
@@ -312,8 +307,7 @@ impl Proxy {
                     }
                     last_failure = Some(if connect {
                         Failure::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no_upstream",
+                            FailureKind::NoUpstream,
                             "no upstream accepted the connection",
                         )
                     } else {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::answer::Failure;
+use super::answer::{Failure, FailureKind};
 use super::h2_idle::{self, Activity, Tracked};
 use super::pool::Pool;
 use super::proxy::{ClientConn, Proxy, ProxyLimits};
@@ -160,8 +159,7 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
         idle: front.header_timeout,
     });
     let refusal = Failure::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
+        FailureKind::TooManyConnections,
         "the balancer is at its client connection limit (--max-client-conns)",
     )
     .to_http1();

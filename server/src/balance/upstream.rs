@@ -15,6 +15,37 @@ use tokio_util::sync::CancellationToken;
 
 use super::capacity::Capacity;
 
+/// Why an upstream address is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamUrlError {
+    /// Not `http://`.
+    #[error("upstream {text:?} must start with http://")]
+    NotHttp {
+        /// What was given.
+        text: String,
+    },
+    /// It has a path.
+    #[error("upstream {text:?} must be http://host:port, without a path")]
+    HasPath {
+        /// What was given.
+        text: String,
+    },
+    /// The authority does not parse.
+    #[error("upstream {text:?} is not host:port: {source}")]
+    NotHostPort {
+        /// What was given.
+        text: String,
+        /// Why it does not parse.
+        source: axum::http::uri::InvalidUri,
+    },
+    /// No port.
+    #[error("upstream {text:?} needs a port")]
+    NoPort {
+        /// What was given.
+        text: String,
+    },
+}
+
 /// An upstream's address, checked: `http://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
@@ -24,21 +55,23 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     /// Parses `http://host:port` (a trailing `/` is allowed, a path is not).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, UpstreamUrlError> {
+        let given = || text.to_owned();
         let rest = text
             .strip_prefix("http://")
-            .ok_or_else(|| format!("upstream {text:?} must start with http://"))?;
+            .ok_or_else(|| UpstreamUrlError::NotHttp { text: given() })?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
-            return Err(format!(
-                "upstream {text:?} must be http://host:port, without a path"
-            ));
+            return Err(UpstreamUrlError::HasPath { text: given() });
         }
-        let authority: Authority = rest
-            .parse()
-            .map_err(|err| format!("upstream {text:?} is not host:port: {err}"))?;
+        let authority: Authority =
+            rest.parse()
+                .map_err(|source| UpstreamUrlError::NotHostPort {
+                    text: given(),
+                    source,
+                })?;
         if authority.port_u16().is_none() {
-            return Err(format!("upstream {text:?} needs a port"));
+            return Err(UpstreamUrlError::NoPort { text: given() });
         }
         Ok(Self { authority })
     }
@@ -364,9 +397,18 @@ mod tests {
     fn urls_are_checked() {
         assert!(UpstreamUrl::parse("http://127.0.0.1:3000").is_ok());
         assert!(UpstreamUrl::parse("http://app:3000/").is_ok());
-        assert!(UpstreamUrl::parse("https://app:3000").is_err());
-        assert!(UpstreamUrl::parse("http://app").is_err());
-        assert!(UpstreamUrl::parse("http://app:3000/x").is_err());
+        assert!(matches!(
+            UpstreamUrl::parse("https://app:3000"),
+            Err(UpstreamUrlError::NotHttp { .. })
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://app"),
+            Err(UpstreamUrlError::NoPort { .. })
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://app:3000/x"),
+            Err(UpstreamUrlError::HasPath { .. })
+        ));
     }
 
     #[test]

@@ -86,7 +86,7 @@ async fn add(State(state): State<AdminState>, body: axum::body::Bytes) -> Respon
     };
     let url = match UpstreamUrl::parse(url.trim()) {
         Ok(url) => url,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_upstream", message),
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_upstream", err.to_string()),
     };
     match state.membership.add(&url) {
         Change::Added => (
@@ -105,7 +105,7 @@ async fn add(State(state): State<AdminState>, body: axum::body::Bytes) -> Respon
 async fn drain(State(state): State<AdminState>, Path(authority): Path<String>) -> Response {
     let url = match UpstreamUrl::parse(&format!("http://{authority}")) {
         Ok(url) => url,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_upstream", message),
+        Err(err) => return error(StatusCode::BAD_REQUEST, "bad_upstream", err.to_string()),
     };
     match state.membership.drain(&url) {
         Change::Unknown => error(
