@@ -456,3 +456,47 @@ async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
         (400, "invalid_cursor")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_writes_are_updated_events_when_asked_in_every_mode() {
+    let redis = RedisServer::start();
+    let http = http();
+    let updates = ["--events-include-updates"];
+    let nodes = [
+        Sessiond::start(&updates),
+        node_on(&http, &redis.url(), &updates).await,
+        node_on(
+            &http,
+            &redis.url(),
+            &[
+                "--events-include-updates",
+                "--redis-mode",
+                "async",
+                "--redis-prefix",
+                "async:",
+            ],
+        )
+        .await,
+    ];
+    for node in &nodes {
+        let start = page(&http, node, "after=now").await.json()["next"]
+            .as_str()
+            .expect("next")
+            .to_owned();
+        let id = create(&http, node, json!({})).await;
+        let (seen, cursor) = read_until(&http, &[node], start, |seen| !seen.is_empty()).await;
+        assert_eq!(kinds(&seen), [("created".to_owned(), id.clone())]);
+        let url = format!("{}/v1/sessions/{id}", node.url());
+        let put = send(http.put(&url).json(&json!({"data": {"n": 1}}))).await;
+        assert_eq!(put.status, 200, "{}", put.text);
+        // A read or a touch is not an update.
+        assert_eq!(send(http.get(&url)).await.status, 200);
+        let touched = send(http.post(format!("{url}/touch"))).await;
+        assert_eq!(touched.status, 200, "{}", touched.text);
+        let (seen, cursor) = read_until(&http, &[node], cursor, |seen| !seen.is_empty()).await;
+        assert_eq!(kinds(&seen), [("updated".to_owned(), id.clone())]);
+        assert_eq!(send(http.delete(&url)).await.status, 204);
+        let (seen, _) = read_until(&http, &[node], cursor, |seen| !seen.is_empty()).await;
+        assert_eq!(kinds(&seen), [("deleted".to_owned(), id)], "{}", node.url());
+    }
+}

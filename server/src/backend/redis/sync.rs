@@ -214,6 +214,7 @@ impl SyncBackend {
                 .arg("")
                 .arg("")
                 .arg(redis.retention())
+                .arg("")
                 .invoke_async::<i64>(&mut conn)
                 .await;
             redis.link.observe(copied).map_err(write_error)?;
