@@ -49,6 +49,20 @@ async fn create(http: &reqwest::Client, node: &Sessiond, body: Value) -> String 
     reply.session().id
 }
 
+/// The oldest cursor a 410 `cursor_expired` answer names.
+fn oldest_after_expiry(gone: Reply) -> String {
+    assert_eq!(
+        (gone.status, gone.error_code().as_str()),
+        (410, "cursor_expired"),
+        "{}",
+        gone.text
+    );
+    gone.json()["error"]["oldest"]
+        .as_str()
+        .expect("the oldest cursor")
+        .to_owned()
+}
+
 fn kinds(events: &[Value]) -> Vec<(String, String)> {
     events
         .iter()
@@ -345,17 +359,7 @@ async fn a_cursor_older_than_the_retention_is_gone_with_the_oldest() {
         for _ in 0..300 {
             create(&http, &node, json!({})).await;
         }
-        let gone = page(&http, &node, &format!("after={start}")).await;
-        assert_eq!(
-            (gone.status, gone.error_code().as_str()),
-            (410, "cursor_expired"),
-            "{}",
-            gone.text
-        );
-        let oldest = gone.json()["error"]["oldest"]
-            .as_str()
-            .expect("the oldest cursor")
-            .to_owned();
+        let oldest = oldest_after_expiry(page(&http, &node, &format!("after={start}")).await);
         let resumed = page(&http, &node, &format!("after={oldest}&limit=1000")).await;
         assert_eq!(resumed.status, 200, "{}", resumed.text);
         assert!(
@@ -427,17 +431,7 @@ async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
     // The event after the cursor died with the node: the consumer is told,
     // not handed the new log's events as if nothing was missed.
     let made = create(&http, &node, json!({})).await;
-    let gone = page(&http, &node, &format!("after={cursor}")).await;
-    assert_eq!(
-        (gone.status, gone.error_code().as_str()),
-        (410, "cursor_expired"),
-        "{}",
-        gone.text
-    );
-    let oldest = gone.json()["error"]["oldest"]
-        .as_str()
-        .expect("the oldest cursor")
-        .to_owned();
+    let oldest = oldest_after_expiry(page(&http, &node, &format!("after={cursor}")).await);
     let resumed = page(&http, &node, &format!("after={oldest}")).await;
     assert_eq!(
         kinds(

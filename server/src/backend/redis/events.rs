@@ -17,7 +17,7 @@ use sessiond_proto::{Event, EventKind, EventPage, SessionId};
 use tokio_util::sync::CancellationToken;
 
 use super::shared::Redis;
-use crate::backend::api::BackendError;
+use crate::backend::api::{BackendError, EventsError};
 
 /// How often each node reaps the expiry index.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
@@ -121,8 +121,8 @@ impl Redis {
         limit: usize,
         wait: Duration,
     ) -> Result<EventPage, BackendError> {
-        let events = self.events.as_ref().ok_or(BackendError::EventsOff)?;
-        let invalid = |cursor: &str| BackendError::InvalidCursor {
+        let events = self.events.as_ref().ok_or(EventsError::Off)?;
+        let invalid = |cursor: &str| EventsError::InvalidCursor {
             cursor: cursor.to_owned(),
         };
         let mut conn = self.link.conn()?;
@@ -195,7 +195,7 @@ impl Redis {
         let shape = StreamShape::of(&info);
         match shape.oldest_cursor() {
             Some(oldest) if shape.trimmed() && entry_id(cursor) < entry_id(&oldest) => {
-                Err(BackendError::CursorExpired { oldest })
+                Err(EventsError::CursorExpired { oldest }.into())
             }
             _ => Ok(()),
         }
