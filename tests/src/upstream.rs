@@ -61,6 +61,18 @@ pub fn pattern_bytes(len: usize) -> Vec<u8> {
     (0..len).map(pattern).collect()
 }
 
+/// The values of header `name` in a test upstream's `/headers` echo, in
+/// the order it received them.
+pub fn echoed_header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    echo["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .filter_map(|pair| pair[1].as_str())
+        .collect()
+}
+
 /// `upstreams`' URLs, comma separated, as one `--upstream` takes them.
 pub fn url_list(upstreams: &[TestUpstream]) -> String {
     upstreams

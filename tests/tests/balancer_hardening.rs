@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sessiond_e2e::balance::{RawResponse, raw_exchange, read_response, read_until_closed};
+use sessiond_e2e::upstream::echoed_header;
 use sessiond_e2e::{Balancer, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -197,13 +198,7 @@ async fn requests_without_one_valid_host_and_connect_are_refused() {
     )
     .await;
     let echo: Value = absolute.json();
-    let hosts: Vec<&str> = echo["headers"]
-        .as_array()
-        .expect("headers")
-        .iter()
-        .filter(|pair| pair[0] == "host")
-        .filter_map(|pair| pair[1].as_str())
-        .collect();
+    let hosts = echoed_header(&echo, "host");
     assert_eq!(hosts, ["shop.example"], "{echo}");
 }
 

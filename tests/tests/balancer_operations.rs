@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sessiond_e2e::balance::{Load, Tunnel, raw_exchange, read_until_closed};
-use sessiond_e2e::upstream::url_list as list;
+use sessiond_e2e::upstream::{echoed_header, url_list as list};
 use sessiond_e2e::{Balancer, TestUpstream, process::signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -622,13 +622,7 @@ async fn proxy_headers_from_an_l4_balancer_feed_x_forwarded_for() {
         let response = raw_exchange(balancer.listen, &bytes).await;
         assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&header));
         let echo = response.json();
-        let forwarded: Vec<&str> = echo["headers"]
-            .as_array()
-            .expect("headers")
-            .iter()
-            .filter(|pair| pair[0] == "x-forwarded-for")
-            .filter_map(|pair| pair[1].as_str())
-            .collect();
+        let forwarded = echoed_header(&echo, "x-forwarded-for");
         assert_eq!(
             forwarded,
             [format!("10.9.9.9, {client}")],

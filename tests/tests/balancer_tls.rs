@@ -14,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use sessiond_e2e::certs::TestCa;
+use sessiond_e2e::upstream::echoed_header;
 use sessiond_e2e::{Balancer, TestUpstream, process::signal};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -76,17 +77,13 @@ async fn https_clients_get_http2_or_http1_1_and_upstreams_see_https() {
         assert_eq!(used, version, "{echo}");
         assert_eq!(echo["version"], "HTTP/1.1", "upstreams stay HTTP/1.1");
         assert_eq!(echo["path"], "/headers?q=1");
-        let header = |name: &str| -> Vec<String> {
-            echo["headers"]
-                .as_array()
-                .expect("headers")
-                .iter()
-                .filter(|pair| pair[0] == name)
-                .filter_map(|pair| pair[1].as_str().map(str::to_owned))
-                .collect()
-        };
+        let header = |name: &str| echoed_header(&echo, name);
         assert_eq!(header("x-forwarded-proto"), ["https"], "{echo}");
-        assert_eq!(header("host"), [format!("localhost:{port}")], "{echo}");
+        assert_eq!(
+            header("host"),
+            [format!("localhost:{port}").as_str()],
+            "{echo}"
+        );
         assert_eq!(header("x-forwarded-for"), ["127.0.0.1"], "{echo}");
     }
     // A big body over HTTP/2 arrives whole.
