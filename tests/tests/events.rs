@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sessiond_e2e::metrics::scrape;
-use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, node_on, send};
+use sessiond_e2e::redis_support::{
+    Reply, bounded, client_of, http, node_on, redis_conn, redis_query, send,
+};
 use sessiond_e2e::{RedisServer, Sessiond};
 
 /// `GET /v1/events` with the given query.
@@ -493,4 +495,34 @@ async fn data_writes_are_updated_events_when_asked_in_every_mode() {
         let (seen, _) = read_until(&http, &[node], cursor, |seen| !seen.is_empty()).await;
         assert_eq!(kinds(&seen), [("deleted".to_owned(), id)], "{}", node.url());
     }
+}
+
+/// `calls` of `command` in Redis's command statistics.
+async fn redis_calls(url: &str, command: &str) -> u64 {
+    let mut conn = redis_conn(url).await;
+    let info: String = redis_query(&mut conn, redis::cmd("INFO").arg("commandstats")).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_readers_share_one_look_at_the_stream() {
+    const READERS: u64 = 20;
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let before = redis_calls(&redis.url(), "xrange").await;
+    let waits = (0..READERS).map(|_| page(&http, &node, "after=now&wait_secs=3"));
+    let pages = futures_util::future::join_all(waits).await;
+    assert!(pages.iter().all(|page| page.status == 200));
+    let reads = redis_calls(&redis.url(), "xrange").await - before;
+    // Each reader reads the stream when it starts and about once a second
+    // after (4 each); one reading every 50 ms would be 60 each.
+    assert!(
+        reads <= READERS * 6,
+        "{reads} XRANGE calls for {READERS} readers waiting 3 s"
+    );
 }

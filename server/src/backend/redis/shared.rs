@@ -92,6 +92,9 @@ pub struct Redis {
     pub(super) config: RedisConfig,
     /// The event log, if it is on.
     pub(super) events: Option<RedisEvents>,
+    /// The newest event log entry seen, watched by the readers waiting on
+    /// this node (kept current only while there are some).
+    pub(super) newest_event: tokio::sync::watch::Sender<String>,
     /// This node's id as the scripts record it among a session's cachers
     /// (empty in strong mode, where nothing is cached).
     pub(super) cacher: String,
@@ -153,11 +156,12 @@ impl Redis {
             refresher,
             config,
             events,
+            newest_event: tokio::sync::watch::Sender::new(String::new()),
             cacher,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
-        tasks.spawn(redis.clone().reap(shutdown.clone()));
+        tasks.spawn(redis.clone().keep_log(shutdown.clone()));
         Ok(redis)
     }
 
