@@ -15,6 +15,8 @@ pub mod codec;
 pub mod error;
 pub mod http;
 pub mod id;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod ring;
 pub mod user;
 pub mod wire;

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use sessiond_proto::ErrorCode;
 
 use super::error::ApiError;
+use super::openapi::errors;
 use super::state::AppState;
 
 /// Methods that get their own label value; any other is `other`.
@@ -55,12 +56,34 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// `GET /healthz`: the process is alive and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process serves.", body = String,
+        content_type = "text/plain", example = "ok\n")),
+)]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+errors!(
+    /// Why a node is not ready.
+    NotReady: Unavailable
+);
+
 /// `GET /readyz`: 200 when this node should get traffic, 503 with the reason
 /// otherwise (shutting down, Redis unreachable).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The node takes traffic.", body = String,
+            content_type = "text/plain", example = "ready\n"),
+        NotReady,
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state
         .readiness
@@ -69,7 +92,22 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
         .map_err(|reason| ApiError::new(ErrorCode::Unavailable, reason))
 }
 
+errors!(
+    /// A node without a metrics recorder (only in tests).
+    NoMetrics: UnknownRoute
+);
+
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric of the node, in Prometheus' text format.",
+            body = String, content_type = "text/plain"),
+        NoMetrics,
+    ),
+)]
 pub async fn render_metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = state.metrics.as_ref() else {
         return ApiError::new(ErrorCode::UnknownRoute, "metrics are not enabled").into_response();
