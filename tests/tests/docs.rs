@@ -134,9 +134,9 @@ fn run(command: &str, vars: &[(String, String)], dir: &Path) -> Ran {
     let headers = std::fs::read_to_string(&head).expect("curl wrote the response head");
     let status = headers
         .lines()
+        .rev()
         .filter(|line| line.starts_with("HTTP/"))
-        .filter_map(|line| line.split(' ').nth(1)?.parse().ok())
-        .last()
+        .find_map(|line| line.split(' ').nth(1)?.parse().ok())
         .expect("a status line");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     // With -i the head comes first.
