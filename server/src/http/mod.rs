@@ -13,7 +13,10 @@ mod openapi;
 mod response;
 mod sessions;
 mod state;
+mod status;
 mod users;
+
+use std::sync::Arc;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -28,11 +31,16 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use limits::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES, RESERVE_CONNECTIONS};
-pub use state::AppState;
+pub use state::{AppState, NodeFacts};
 
 /// The whole HTTP API, its routes and its OpenAPI document built together
-/// (served at `/v1/openapi.json`).
+/// (served at `/v1/openapi.json`), with a status page that nothing samples
+/// (see [`serve`]).
 pub fn router(state: AppState) -> Router {
+    app(state, Arc::default())
+}
+
+fn app(state: AppState, history: Arc<status::History>) -> Router {
     let (router, api) = api(&state).split_for_parts();
     let document = openapi::finish(
         api,
@@ -46,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(document))
+        .layer(Extension(history))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http()
@@ -76,17 +85,28 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(observability::healthz))
         .routes(routes!(observability::readyz))
         .routes(routes!(observability::render_metrics))
+        .routes(routes!(status::page))
 }
 
 /// Serves the API on `listener` within `limits` until `shutdown` fires,
-/// then lets in-flight requests finish.
+/// then lets in-flight requests finish. Meanwhile the node's metrics are
+/// sampled once a second for its status page.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    listener::serve(listener, router(state), limits, shutdown).await;
+    let history = Arc::new(status::History::default());
+    let sampler = tokio::spawn(status::sample_every_second(
+        history.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    listener::serve(listener, app(state, history), limits, shutdown).await;
+    if let Err(err) = sampler.await {
+        tracing::error!(%err, "the status page's sampler failed");
+    }
 }
 
 async fn unknown_route() -> ApiError {

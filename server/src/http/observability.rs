@@ -97,21 +97,9 @@ errors!(
     NoMetrics: UnknownRoute
 );
 
-/// `GET /metrics`: Prometheus text format.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    responses(
-        (status = 200, description = "Every metric of the node, in Prometheus' text format.",
-            body = String, content_type = "text/plain"),
-        NoMetrics,
-    ),
-)]
-pub async fn render_metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = state.metrics.as_ref() else {
-        return ApiError::new(ErrorCode::UnknownRoute, "metrics are not enabled").into_response();
-    };
+/// Sets the gauges and counters that mirror the store's own counters (and
+/// the Redis link's state), so that a render shows them as they are now.
+pub fn publish_stats(state: &AppState) {
     let stats = state.service.stats();
     metrics::gauge!("sessiond_sessions").set(stats.sessions as f64);
     metrics::gauge!("sessiond_memory_used_bytes").set(stats.bytes_used as f64);
@@ -127,6 +115,24 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
     if let Some(up) = state.readiness.redis_up() {
         metrics::gauge!("sessiond_redis_up").set(if up { 1.0 } else { 0.0 });
     }
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric of the node, in Prometheus' text format.",
+            body = String, content_type = "text/plain"),
+        NoMetrics,
+    ),
+)]
+pub async fn render_metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = state.metrics.as_ref() else {
+        return ApiError::new(ErrorCode::UnknownRoute, "metrics are not enabled").into_response();
+    };
+    publish_stats(&state);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
 use sessiond::backend::AnyBackend;
-use sessiond::http::{AppState, router};
+use sessiond::http::{AppState, NodeFacts, router};
 use sessiond::readiness::Readiness;
 use sessiond::service::{ServiceConfig, SessionService};
 use sessiond::store::{ManualClock, Store, StoreConfig};
@@ -100,6 +100,7 @@ impl Node {
             metrics: None,
             readiness: Readiness::default(),
             body_timeout: BODY_TIMEOUT,
+            facts: NodeFacts::default(),
         };
         let router = InProcess(router(state));
         Self {

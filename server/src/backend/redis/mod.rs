@@ -24,6 +24,7 @@ mod users;
 mod write_behind;
 
 pub use error::ReplicationError;
+pub use invalidation::Invalidations;
 pub use link::{RedisLink, RedisTarget};
 pub use shared::{Consistency, Redis, RedisConfig, ReplicationMode};
 pub use sync::SyncBackend;
