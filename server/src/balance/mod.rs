@@ -11,6 +11,7 @@ mod admin;
 mod health;
 mod pool;
 mod proxy;
+mod rates;
 mod replay;
 mod upstream;
 
