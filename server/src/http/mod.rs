@@ -49,10 +49,12 @@ fn app(state: AppState, history: Arc<status::History>) -> Router {
             max_ttl_secs: state.service.config().max_ttl_secs,
         },
     );
+    // The 405 answers of the routes are set before the metrics layer, so
+    // that it counts them too (as `method="other"` for unknown methods).
     router
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(from_fn(observability::track))
         .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(document))
         .layer(Extension(history))
         .layer(CatchPanicLayer::custom(panic_response))
