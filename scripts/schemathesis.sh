@@ -25,7 +25,9 @@ max_examples="${1:-40}"
 st="$SCHEMATHESIS_VENV/bin/st"
 config="$PWD/scripts/schemathesis.toml"
 
-cargo build --quiet -p sessiond --bin sessiond
+# The same packages and features as `cargo test --workspace --all-features`,
+# so that the binary the tests built is reused.
+cargo build --quiet --workspace --all-features --bin sessiond
 binary="${CARGO_TARGET_DIR:-target}/debug/sessiond"
 work="$(mktemp -d)"
 pid=""
