@@ -36,6 +36,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the round-robin front balancer in front of app servers.
     Balance(BalanceArgs),
+    /// Inspect a store node over the binary protocol: get, delete, stats,
+    /// list-user, revoke-user (token from SESSIOND_AUTH_TOKEN; exit 0 found,
+    /// 1 not found, 2 error).
+    Ctl(sessiond_ctl::CtlArgs),
+}
+
+/// The token `sessiond ctl` presents, from `SESSIOND_AUTH_TOKEN`.
+pub fn ctl_token() -> Option<String> {
+    std::env::var(sessiond_ctl::TOKEN_VARIABLE).ok()
 }
 
 /// A feature switch.

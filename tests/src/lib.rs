@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod balance;
+pub mod browser;
 pub mod cart;
 pub mod certs;
 pub mod client;

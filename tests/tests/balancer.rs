@@ -862,6 +862,36 @@ async fn the_admin_listener_shows_every_upstream_with_its_state_and_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_draws_each_upstreams_requests_per_second_in_a_browser() {
+    let upstreams = three_upstreams().await;
+    let balancer = balancer_over(&upstreams, FAST_HEALTH, &[]);
+    let http = http();
+    // Three seconds of requests (bounded), so the sampler sees them.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(3) && sent < 30_000 {
+        names(&http, &balancer, 30).await;
+        sent += 30;
+    }
+    let dom = sessiond_e2e::browser::dump_dom(&format!("{}/", balancer.admin_url())).await;
+    for upstream in &upstreams {
+        let url = upstream.url();
+        let row = dom
+            .split("<tr")
+            .find(|row| row.contains(&format!(">{url}<")))
+            .unwrap_or_else(|| panic!("no row for {url}: {dom}"));
+        let rate: f64 = row
+            .split("class=\"rate\">")
+            .nth(1)
+            .and_then(|cell| cell.split("/s").next())
+            .and_then(|rate| rate.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {row}"));
+        assert!(rate > 0.0, "{url} served requests: {row}");
+        assert!(row.contains("<svg") && row.contains("<polyline"), "{row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let upstreams = three_upstreams().await;
     let mut balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);

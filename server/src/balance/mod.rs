@@ -23,6 +23,7 @@ mod membership;
 mod pool;
 mod proxy;
 mod proxy_protocol;
+mod rates;
 mod replay;
 mod response;
 mod serve;

@@ -27,6 +27,7 @@ mod write_behind;
 
 pub use error::ReplicationError;
 pub use event_log::RedisEvents;
+pub use invalidation::Invalidations;
 pub use link::{RedisLink, RedisTarget};
 pub use shared::{Consistency, Redis, RedisConfig, ReplicationMode};
 pub use sync::SyncBackend;

@@ -192,6 +192,11 @@ impl Redis {
         &self.link
     }
 
+    /// The invalidation subscription (its state, for the status page).
+    pub fn invalidations(&self) -> &Arc<Invalidations> {
+        &self.invalidations
+    }
+
     /// The lock that orders this node's fills and writes of `id`.
     pub(super) async fn lock(&self, id: &SessionId) -> tokio::sync::MutexGuard<'_, ()> {
         let stripe = (id.as_u128() >> 64) as usize % STRIPES;
