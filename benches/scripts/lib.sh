@@ -69,3 +69,16 @@ server_reads() { # redis:<port> | sessiond:<http-port>
         ;;
     esac
 }
+
+# One feature-cost run (users.sh, events.sh): $connections connections for
+# $seconds seconds after a 2 s warm-up, 20,000 keys, the CPU of the server
+# processes "$2" over the measured window; prints one summary line.
+feature_load() { # label "server-pids" target load-args...
+    local label=$1 servers=$2 target=$3 pid
+    shift 3
+    local pid_args=()
+    for pid in $servers; do pid_args+=(--server-pid "$pid"); done
+    target/release/sessiond-load --target "$target" -c "$connections" -d "${seconds}s" \
+        --warmup 2s --keys 20000 --json "${pid_args[@]}" "$@" 2>/dev/null |
+        python3 benches/scripts/report.py line "$label" 1 "$label" 2>&1 >/dev/null
+}

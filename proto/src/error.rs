@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// `{"error": {"code": ...}}` and the binary protocol in its error frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     /// The body is not valid JSON or not the expected shape.
     InvalidJson,

@@ -16,6 +16,8 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod id;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod ring;
 pub mod user;
 pub mod wire;

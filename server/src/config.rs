@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
 use crate::backend::redis::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
-use crate::balance::{BalanceConfig, UpstreamUrl};
+use crate::balance::{
+    BalanceConfig, BodyLimits, HeadLimits, ProxyVersion, SourcesError, TlsFiles, UpstreamSources,
+    UpstreamUrl, UpstreamUrlError,
+};
 use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
 use crate::node::NodeConfig;
 use crate::secret::Secret;
@@ -33,6 +36,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the round-robin front balancer in front of app servers.
     Balance(BalanceArgs),
+    /// Inspect a store node over the binary protocol: get, delete, stats,
+    /// list-user, revoke-user (token from SESSIOND_AUTH_TOKEN; exit 0 found,
+    /// 1 not found, 2 error).
+    Ctl(sessiond_ctl::CtlArgs),
+}
+
+/// The token `sessiond ctl` presents, from `SESSIOND_AUTH_TOKEN`.
+pub fn ctl_token() -> Option<String> {
+    std::env::var(sessiond_ctl::TOKEN_VARIABLE).ok()
 }
 
 /// A feature switch.
@@ -302,13 +314,98 @@ pub struct BalanceArgs {
     #[arg(long, env = "SESSIOND_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
 
-    /// Idle keep-alive connections (both sides) are closed after this.
+    /// Idle pooled upstream connections are closed after this.
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Time a client has for each request head, counted from when the
+    /// balancer waits for one (after connecting and after each answer, so
+    /// it is also the keep-alive idle timeout), and for its PROXY header
+    /// and TLS handshake; an HTTP/2 connection idle this long is closed.
+    #[arg(long, env = "SESSIOND_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Longest wait for the next piece of a request body (then 408).
+    #[arg(long, env = "SESSIOND_BODY_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Slowest average upload accepted once --body-timeout has passed, in
+    /// bytes per second (0 turns the check off; then 408).
+    #[arg(long, env = "SESSIOND_MIN_BODY_RATE", default_value = "500", value_parser = parse_bytes)]
+    pub min_body_rate: u64,
 
     /// Largest request body passed to an upstream (then 413).
     #[arg(long, env = "SESSIOND_MAX_BODY_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub max_body_bytes: u64,
+
+    /// Longest request line (then 414) or header line (then 431).
+    #[arg(long, env = "SESSIOND_MAX_HEADER_LINE_BYTES", default_value = "8KiB", value_parser = parse_bytes)]
+    pub max_header_line_bytes: u64,
+
+    /// Longest request head, request line and headers together (then 431).
+    #[arg(long, env = "SESSIOND_MAX_HEADER_BYTES", default_value = "32KiB", value_parser = parse_bytes)]
+    pub max_header_bytes: u64,
+
+    /// Client connections served at once; more are answered 503
+    /// `too_many_connections` and closed.
+    #[arg(long, env = "SESSIOND_MAX_CLIENT_CONNS", default_value_t = 10_000)]
+    pub max_client_conns: usize,
+
+    /// Requests in flight per upstream (upgraded connections count);
+    /// more wait in the queue. Unset: no limit.
+    #[arg(long, env = "SESSIOND_MAX_CONNS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+
+    /// Requests that may wait for a free upstream when every one is at
+    /// --max-conns; more are answered 503 `overloaded`.
+    #[arg(long, env = "SESSIOND_QUEUE", default_value_t = 256)]
+    pub queue: usize,
+
+    /// Longest wait in that queue (then 503 `overloaded`).
+    #[arg(long, env = "SESSIOND_QUEUE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_timeout: Duration,
+
+    /// Ramp a new or recovered upstream's share of requests linearly from
+    /// 0 to full over this time (0s: at once).
+    #[arg(long, env = "SESSIOND_SLOW_START", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub slow_start: Duration,
+
+    /// Longest wait for the in-flight requests (and upgraded connections)
+    /// of a draining upstream, and of the balancer at shutdown.
+    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Bearer token of the upstreams API on the admin listener (without
+    /// one, the API answers only on a loopback admin address).
+    #[arg(long, env = "SESSIOND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Every client connection starts with a PROXY protocol header (v1 or
+    /// v2, from an L4 balancer in front); its source address feeds
+    /// X-Forwarded-For. Connections without one are closed.
+    #[arg(long, env = "SESSIOND_ACCEPT_PROXY_PROTOCOL")]
+    pub accept_proxy_protocol: bool,
+
+    /// Start every upstream connection with a PROXY protocol header naming
+    /// the client (upstream connections are then not shared between
+    /// client connections).
+    #[arg(long, env = "SESSIOND_SEND_PROXY_PROTOCOL", value_enum)]
+    pub send_proxy_protocol: Option<ProxyVersion>,
+
+    /// PEM certificate chain: terminate TLS (HTTP/2 and HTTP/1.1 by ALPN).
+    /// Read again on SIGHUP.
+    #[arg(long, env = "SESSIOND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SESSIOND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Unix socket through which a new `sessiond balance` started with the
+    /// same path takes over the listening sockets (then this one drains
+    /// and exits): restarts without a refused connection.
+    #[arg(long, env = "SESSIOND_HANDOVER_SOCKET")]
+    pub handover_socket: Option<std::path::PathBuf>,
 
     /// Event-loop threads serving clients (default: one per CPU).
     #[arg(long, env = "SESSIOND_WORKERS")]
@@ -323,37 +420,46 @@ impl BalanceArgs {
     /// Checks the flags (and reads the upstreams file) into a balancer
     /// configuration.
     pub fn balance_config(&self) -> Result<BalanceConfig, ConfigError> {
-        let mut urls = self.upstreams.clone();
-        if let Some(path) = &self.upstreams_file {
-            let text = std::fs::read_to_string(path).map_err(|err| {
-                ConfigError::Upstream(format!("cannot read {}: {err}", path.display()))
-            })?;
-            urls.extend(
-                text.lines()
-                    .map(|line| line.split('#').next().unwrap_or("").trim())
-                    .filter(|line| !line.is_empty())
-                    .map(str::to_owned),
-            );
-        }
-        let upstreams = urls
+        let flags = self
+            .upstreams
             .iter()
             .filter(|url| !url.trim().is_empty())
-            .map(|url| UpstreamUrl::parse(url.trim()).map_err(ConfigError::Upstream))
+            .map(|url| UpstreamUrl::parse(url.trim()))
             .collect::<Result<Vec<_>, _>>()?;
+        let sources = UpstreamSources {
+            flags,
+            file: self.upstreams_file.clone(),
+        };
+        let upstreams = sources.read()?;
         if upstreams.is_empty() {
-            return Err(ConfigError::Upstream(
-                "no upstreams: give --upstream http://host:port (or --upstreams-file)".into(),
-            ));
+            return Err(ConfigError::NoUpstreams);
         }
         if !self.health_path.starts_with('/') {
-            return Err(ConfigError::Upstream(
-                "--health-path must start with /".into(),
-            ));
+            return Err(ConfigError::HealthPath(self.health_path.clone()));
+        }
+        let size = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+        let head = HeadLimits {
+            max_line: size(self.max_header_line_bytes),
+            max_total: size(self.max_header_bytes),
+        };
+        if head.max_line < 256 || head.max_total < head.max_line {
+            return Err(ConfigError::Size {
+                flag: "--max-header-line-bytes",
+                min: 256,
+                max: self.max_header_bytes,
+                got: self.max_header_line_bytes,
+            });
         }
         Ok(BalanceConfig {
             listen: self.listen,
             admin: self.admin,
             upstreams,
+            sources,
+            admin_token: self
+                .admin_token
+                .clone()
+                .filter(|token| !token.is_empty())
+                .map(Secret::new),
             health_path: self.health_path.clone(),
             health_interval: self.health_interval.max(Duration::from_millis(10)),
             health_timeout: self.health_timeout.max(Duration::from_millis(1)),
@@ -362,7 +468,27 @@ impl BalanceArgs {
             connect_timeout: self.connect_timeout.max(Duration::from_millis(1)),
             response_timeout: self.response_timeout.max(Duration::from_millis(1)),
             idle_timeout: self.idle_timeout.max(Duration::from_millis(1)),
-            max_body_bytes: self.max_body_bytes,
+            header_timeout: self.header_timeout.max(Duration::from_millis(10)),
+            body: BodyLimits {
+                max_bytes: self.max_body_bytes,
+                timeout: self.body_timeout.max(Duration::from_millis(10)),
+                min_rate: self.min_body_rate,
+            },
+            head,
+            max_client_conns: self.max_client_conns.max(1),
+            max_conns: self.max_conns,
+            queue: self.queue,
+            queue_timeout: self.queue_timeout,
+            slow_start: self.slow_start,
+            drain_timeout: self.drain_timeout,
+            accept_proxy_protocol: self.accept_proxy_protocol,
+            send_proxy_protocol: self.send_proxy_protocol,
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
+            handover_socket: self.handover_socket.clone(),
             workers: self
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
@@ -373,15 +499,43 @@ impl BalanceArgs {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A TTL flag is out of range.
-    #[error("{0}")]
-    Ttl(String),
-    /// A size limit is out of range.
-    #[error("{0}")]
-    Limit(String),
-    /// An upstream is missing or malformed.
-    #[error("{0}")]
-    Upstream(String),
+    /// `--max-ttl` is zero.
+    #[error("--max-ttl must be at least 1s")]
+    MaxTtlZero,
+    /// `--default-ttl` is zero or above `--max-ttl`.
+    #[error(
+        "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
+    )]
+    DefaultTtl {
+        /// What was given.
+        default_ttl_secs: u64,
+        /// The bound.
+        max_ttl_secs: u64,
+    },
+    /// A size flag is outside what it may be.
+    #[error("{flag} must be between {min} and {max} bytes, got {got}")]
+    Size {
+        /// The flag.
+        flag: &'static str,
+        /// The least it may be.
+        min: u64,
+        /// The most it may be.
+        max: u64,
+        /// What was given.
+        got: u64,
+    },
+    /// An upstream is malformed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamUrlError),
+    /// The upstreams file cannot be read, or holds a malformed address.
+    #[error(transparent)]
+    Sources(#[from] SourcesError),
+    /// Neither `--upstream` nor the upstreams file names an upstream.
+    #[error("no upstreams: give --upstream http://host:port (or --upstreams-file)")]
+    NoUpstreams,
+    /// `--health-path` is not a path.
+    #[error("--health-path must start with /, got {0:?}")]
+    HealthPath(String),
 }
 
 impl ServeArgs {
@@ -390,12 +544,13 @@ impl ServeArgs {
         let default_ttl_secs = self.default_ttl.as_secs();
         let max_ttl_secs = self.max_ttl.as_secs();
         if max_ttl_secs == 0 {
-            return Err(ConfigError::Ttl("--max-ttl must be at least 1s".into()));
+            return Err(ConfigError::MaxTtlZero);
         }
         if default_ttl_secs == 0 || default_ttl_secs > max_ttl_secs {
-            return Err(ConfigError::Ttl(format!(
-                "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
-            )));
+            return Err(ConfigError::DefaultTtl {
+                default_ttl_secs,
+                max_ttl_secs,
+            });
         }
         let max_session_bytes = usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX);
         let max_frame_bytes = self
@@ -404,9 +559,12 @@ impl ServeArgs {
                 usize::try_from(bytes).unwrap_or(usize::MAX)
             });
         if max_frame_bytes > MAX_FRAME_BYTES_CAP {
-            return Err(ConfigError::Limit(format!(
-                "--max-frame-bytes (or --max-session-bytes + 64KiB) must be at most {MAX_FRAME_BYTES_CAP} bytes"
-            )));
+            return Err(ConfigError::Size {
+                flag: "--max-frame-bytes (or --max-session-bytes + 64KiB)",
+                min: 1,
+                max: MAX_FRAME_BYTES_CAP as u64,
+                got: max_frame_bytes as u64,
+            });
         }
         Ok(NodeConfig {
             http: self.http,
@@ -458,9 +616,12 @@ impl ServeArgs {
     fn http_limits(&self) -> Result<HttpLimits, ConfigError> {
         let max_head_bytes = usize::try_from(self.http_max_head_bytes).unwrap_or(usize::MAX);
         if !(MIN_HEAD_BYTES..=MAX_HEAD_BYTES).contains(&max_head_bytes) {
-            return Err(ConfigError::Limit(format!(
-                "--http-max-head-bytes must be between {MIN_HEAD_BYTES} and {MAX_HEAD_BYTES} bytes"
-            )));
+            return Err(ConfigError::Size {
+                flag: "--http-max-head-bytes",
+                min: MIN_HEAD_BYTES as u64,
+                max: MAX_HEAD_BYTES as u64,
+                got: self.http_max_head_bytes,
+            });
         }
         let least = Duration::from_millis(10);
         Ok(HttpLimits {
@@ -552,8 +713,14 @@ mod tests {
             };
             args.balance_config()
         };
-        assert!(parse(&["sessiond", "balance"]).is_err());
-        assert!(parse(&["sessiond", "balance", "--upstream", "https://a:1"]).is_err());
+        assert!(matches!(
+            parse(&["sessiond", "balance"]),
+            Err(ConfigError::NoUpstreams)
+        ));
+        assert!(matches!(
+            parse(&["sessiond", "balance", "--upstream", "https://a:1"]),
+            Err(ConfigError::Upstream(UpstreamUrlError::NotHttp { .. }))
+        ));
         let config = parse(&[
             "sessiond",
             "balance",
@@ -566,20 +733,39 @@ mod tests {
         assert_eq!(config.upstreams.len(), 3);
     }
 
-    #[test]
-    fn default_ttl_above_max_ttl_is_refused() {
-        let cli = Cli::try_parse_from([
-            "sessiond",
-            "serve",
-            "--default-ttl",
-            "2h",
-            "--max-ttl",
-            "1h",
-        ])
-        .unwrap();
+    fn serve(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let cli = Cli::try_parse_from([&["sessiond", "serve"], args].concat()).unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("expected serve");
         };
-        assert!(args.node_config().is_err());
+        args.node_config()
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_with_what_was_given() {
+        assert!(matches!(
+            serve(&["--default-ttl", "2h", "--max-ttl", "1h"]),
+            Err(ConfigError::DefaultTtl {
+                default_ttl_secs: 7200,
+                max_ttl_secs: 3600
+            })
+        ));
+        assert!(matches!(
+            serve(&["--max-ttl", "0s"]),
+            Err(ConfigError::MaxTtlZero)
+        ));
+        let small_head = serve(&["--http-max-head-bytes", "10"]).unwrap_err();
+        assert!(matches!(
+            small_head,
+            ConfigError::Size {
+                flag: "--http-max-head-bytes",
+                got: 10,
+                ..
+            }
+        ));
+        assert_eq!(
+            small_head.to_string(),
+            "--http-max-head-bytes must be between 1024 and 1048576 bytes, got 10"
+        );
     }
 }

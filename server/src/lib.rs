@@ -9,8 +9,8 @@
 //! - [`backend`]: where sessions live (memory, Redis sync, Redis
 //!   write-behind), behind one trait;
 //! - [`store`]: the sharded in-memory map;
-//! - [`net`], [`descriptors`], [`readiness`], [`secret`]: what listeners
-//!   and nodes share.
+//! - [`net`], [`descriptors`], [`readiness`], [`secret`], [`sparkline`]:
+//!   what listeners, nodes and the balancer share.
 
 pub mod backend;
 pub mod balance;
@@ -22,5 +22,6 @@ pub mod node;
 pub mod readiness;
 pub mod secret;
 pub mod service;
+pub mod sparkline;
 pub mod store;
 pub mod tcp;

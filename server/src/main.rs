@@ -19,9 +19,16 @@ const LATENCY_BUCKETS: &[f64] = &[
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The operator's command line prints its own results; only warnings go
+    // to its log.
+    let level = if matches!(cli.command, Command::Ctl(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("SESSIOND_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("SESSIOND_LOG").unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
@@ -46,6 +53,9 @@ async fn main() -> anyhow::Result<()> {
             }
             let shutdown = shutdown_on_signal();
             sessiond::balance::run(config, Some(install_metrics()?), shutdown).await?;
+        }
+        Command::Ctl(args) => {
+            std::process::exit(sessiond_ctl::run(args, sessiond::config::ctl_token()).await);
         }
     }
     Ok(())

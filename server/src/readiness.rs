@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::backend::redis::RedisLink;
+use crate::backend::redis::{Invalidations, RedisLink};
 
 /// Readiness of a node: not ready while draining for shutdown, nor while
 /// its Redis (when it replicates to one) is unreachable.
@@ -11,15 +11,26 @@ use crate::backend::redis::RedisLink;
 pub struct Readiness {
     draining: Arc<AtomicBool>,
     redis: Option<Arc<RedisLink>>,
+    invalidations: Option<Arc<Invalidations>>,
 }
 
 impl Readiness {
-    /// Readiness that also requires `link` to be up.
-    pub fn with_redis(link: Arc<RedisLink>) -> Self {
+    /// Readiness that also requires `link` to be up; `invalidations` is
+    /// the node's subscription, shown on its status page.
+    pub fn with_redis(link: Arc<RedisLink>, invalidations: Arc<Invalidations>) -> Self {
         Self {
             draining: Arc::default(),
             redis: Some(link),
+            invalidations: Some(invalidations),
         }
+    }
+
+    /// Whether the invalidation subscription is live (`None` without
+    /// Redis).
+    pub fn subscribed(&self) -> Option<bool> {
+        self.invalidations
+            .as_ref()
+            .map(|subscription| subscription.is_live())
     }
 
     /// Marks the node as shutting down; `/readyz` answers 503 from now on.

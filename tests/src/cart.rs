@@ -28,6 +28,11 @@ impl CartApp {
     /// `--sessiond` listing the binary-protocol address of every store in
     /// `stores`, then waits (bounded) until its `/healthz` answers 200.
     pub async fn start(stores: &[&Sessiond], name: &str) -> Self {
+        Self::start_with(stores, name, &[]).await
+    }
+
+    /// [`start`](Self::start) with extra flags.
+    pub async fn start_with(stores: &[&Sessiond], name: &str, args: &[&str]) -> Self {
         let path = tokio::task::spawn_blocking(|| binary(CART_BINARY))
             .await
             .expect("building the cart example panicked");
@@ -37,6 +42,7 @@ impl CartApp {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--sessiond", &nodes.join(",")])
             .args(["--name", name])
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("APP_LISTEN")

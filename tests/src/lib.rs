@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod balance;
+pub mod browser;
 pub mod cart;
+pub mod certs;
 pub mod client;
 pub mod http;
 pub mod metrics;

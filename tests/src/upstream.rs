@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,10 +61,35 @@ pub fn pattern_bytes(len: usize) -> Vec<u8> {
     (0..len).map(pattern).collect()
 }
 
+/// The values of header `name` in a test upstream's `/headers` echo, in
+/// the order it received them.
+pub fn echoed_header<'a>(echo: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    echo["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .filter_map(|pair| pair[1].as_str())
+        .collect()
+}
+
+/// `upstreams`' URLs, comma separated, as one `--upstream` takes them.
+pub fn url_list(upstreams: &[TestUpstream]) -> String {
+    upstreams
+        .iter()
+        .map(TestUpstream::url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What the endpoints share.
 struct Shared {
     name: String,
     healthy: AtomicBool,
+    /// Requests being handled now (health checks excluded), and the most
+    /// there ever were at once.
+    busy: AtomicU64,
+    peak: AtomicU64,
     /// Requests per path, health checks included.
     hits: Mutex<HashMap<String, u64>>,
 }
@@ -105,6 +130,8 @@ impl TestUpstream {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             healthy: AtomicBool::new(true),
+            busy: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             hits: Mutex::new(HashMap::new()),
         });
         let running = Some(serve(listener, shared.clone()));
@@ -146,6 +173,11 @@ impl TestUpstream {
             .filter(|(path, _)| path.as_str() != "/healthz")
             .map(|(_, count)| count)
             .sum()
+    }
+
+    /// The most requests (health checks aside) it was handling at once.
+    pub fn peak_concurrency(&self) -> u64 {
+        self.shared.peak.load(Ordering::Acquire)
     }
 
     /// Makes `/healthz` answer 200 (`true`) or 503 (`false`).
@@ -243,6 +275,23 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> Running {
     }
 }
 
+/// A request being handled, counted in [`Shared::busy`] and its peak.
+struct Busy<'a>(&'a Shared);
+
+impl<'a> Busy<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.busy.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.peak.fetch_max(now, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn full(status: StatusCode, body: impl Into<Bytes>, name: &str) -> Response<Body> {
     let mut response = Response::new(
         Full::new(body.into())
@@ -264,6 +313,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     shared.count(&path);
+    let _busy = (path != "/healthz").then(|| Busy::enter(&shared));
     let name = shared.name.as_str();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let response = match segments.as_slice() {

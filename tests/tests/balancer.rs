@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sessiond_e2e::balance::{raw_exchange, read_head};
 use sessiond_e2e::upstream::{pattern, pattern_bytes};
 use sessiond_e2e::{Balancer, TestUpstream, binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,15 +47,9 @@ async fn three_upstreams() -> Vec<TestUpstream> {
 /// A balancer over `upstreams` (comma separated in one flag), with the
 /// `health` check flags and `extra` flags.
 fn balancer_over(upstreams: &[TestUpstream], health: [&str; 6], extra: &[&str]) -> Balancer {
-    let list = upstreams
-        .iter()
-        .map(TestUpstream::url)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut args = vec!["--upstream", list.as_str()];
-    args.extend(health);
+    let mut args = health.to_vec();
     args.extend(extra);
-    Balancer::start(&args)
+    Balancer::over(upstreams, &args)
 }
 
 /// An answer, read whole.
@@ -110,87 +104,6 @@ fn tally(names: &[String]) -> HashMap<&str, usize> {
         *tally.entry(name.as_str()).or_default() += 1;
     }
     tally
-}
-
-/// A raw HTTP/1.1 response: status code, header pairs (names lowercase)
-/// and a `Content-Length` body.
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// Reads a response head (up to the blank line) from `stream`.
-async fn read_head(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        assert!(buffer.len() < 64 << 10, "response head too long");
-        let read = stream.read(&mut chunk).await.expect("read the response");
-        assert!(
-            read > 0,
-            "closed before the response head ended: {buffer:?}"
-        );
-        buffer.extend_from_slice(&chunk[..read]);
-    };
-    let head = String::from_utf8(buffer[..end].to_vec()).expect("an ASCII head");
-    let rest = buffer[end + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("a status line");
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(key, value)| (key.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    (status, headers, rest)
-}
-
-/// Sends `request` as bytes on a new connection to `addr` and reads one
-/// response with a `Content-Length` body.
-async fn raw_exchange(addr: SocketAddr, request: &str) -> RawResponse {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("send the request");
-        let (status, headers, mut body) = read_head(&mut stream).await;
-        let length: usize = headers
-            .iter()
-            .find(|(key, _)| key == "content-length")
-            .map(|(_, value)| value.parse().expect("a numeric Content-Length"))
-            .unwrap_or_else(|| panic!("no Content-Length in {headers:?}"));
-        while body.len() < length {
-            let mut chunk = [0u8; 4096];
-            let read = stream.read(&mut chunk).await.expect("read the body");
-            assert!(read > 0, "closed before the body ended");
-            body.extend_from_slice(&chunk[..read]);
-        }
-        RawResponse {
-            status,
-            headers,
-            body,
-        }
-    };
-    tokio::time::timeout(STEP, exchange)
-        .await
-        .expect("the raw exchange did not finish in time")
 }
 
 /// The header pairs an upstream's `/headers` saw.
@@ -594,7 +507,7 @@ async fn a_request_body_over_the_limit_gets_413() {
     // so the answer cannot be lost to a reset), before any upstream sees it.
     let declared = raw_exchange(
         balancer.listen,
-        "POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n",
+        b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n",
     )
     .await;
     assert_eq!(declared.status, 413);
@@ -630,7 +543,8 @@ async fn a_request_body_over_the_limit_gets_413() {
             "POST /sink HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}",
             65537,
             "x".repeat(65537)
-        ),
+        )
+        .into_bytes(),
     )
     .await;
     assert_eq!(chunked.status, 413);
@@ -675,7 +589,7 @@ async fn forwarded_headers_are_added_host_is_kept_and_hop_by_hop_headers_are_dro
     let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
     let response = raw_exchange(
         balancer.listen,
-        "GET /headers?x=1 HTTP/1.1\r\n\
+        b"GET /headers?x=1 HTTP/1.1\r\n\
          Host: shop.example:8443\r\n\
          Connection: keep-alive, X-Drop-Me\r\n\
          Keep-Alive: timeout=5\r\n\
@@ -721,7 +635,7 @@ async fn forwarded_headers_are_added_host_is_kept_and_hop_by_hop_headers_are_dro
     // Without X-Forwarded-For, it is the client's address alone.
     let plain = raw_exchange(
         balancer.listen,
-        "GET /headers HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /headers HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     )
     .await;
     let echo: Value = serde_json::from_slice(&plain.body).expect("JSON");
@@ -732,7 +646,7 @@ async fn forwarded_headers_are_added_host_is_kept_and_hop_by_hop_headers_are_dro
 
     // Hop-by-hop headers of the response are dropped too (the upstream
     // does send them).
-    let request = "GET /hop HTTP/1.1\r\nHost: h\r\n\r\n";
+    let request = b"GET /hop HTTP/1.1\r\nHost: h\r\n\r\n";
     let direct = raw_exchange(upstreams[0].addr, request).await;
     assert_eq!(direct.header("x-upstream-secret"), Some("1"));
     assert_eq!(direct.header("connection"), Some("x-upstream-secret"));
@@ -755,7 +669,7 @@ async fn every_incoming_x_forwarded_for_line_is_kept() {
     let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
     let response = raw_exchange(
         balancer.listen,
-        "GET /headers HTTP/1.1\r\nHost: h\r\n\
+        b"GET /headers HTTP/1.1\r\nHost: h\r\n\
          X-Forwarded-For: 203.0.113.9\r\n\
          X-Forwarded-For: 198.51.100.7\r\n\r\n",
     )
@@ -945,6 +859,36 @@ async fn the_admin_listener_shows_every_upstream_with_its_state_and_counts() {
     // The admin listener's own liveness.
     let alive = send(http.get(format!("{}/healthz", balancer.admin_url()))).await;
     assert_eq!((alive.status, alive.text().as_str()), (200, "ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_draws_each_upstreams_requests_per_second_in_a_browser() {
+    let upstreams = three_upstreams().await;
+    let balancer = balancer_over(&upstreams, FAST_HEALTH, &[]);
+    let http = http();
+    // Three seconds of requests (bounded), so the sampler sees them.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(3) && sent < 30_000 {
+        names(&http, &balancer, 30).await;
+        sent += 30;
+    }
+    let dom = sessiond_e2e::browser::dump_dom(&format!("{}/", balancer.admin_url())).await;
+    for upstream in &upstreams {
+        let url = upstream.url();
+        let row = dom
+            .split("<tr")
+            .find(|row| row.contains(&format!(">{url}<")))
+            .unwrap_or_else(|| panic!("no row for {url}: {dom}"));
+        let rate: f64 = row
+            .split("class=\"rate\">")
+            .nth(1)
+            .and_then(|cell| cell.split("/s").next())
+            .and_then(|rate| rate.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {row}"));
+        assert!(rate > 0.0, "{url} served requests: {row}");
+        assert!(row.contains("<svg") && row.contains("<polyline"), "{row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

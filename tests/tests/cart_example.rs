@@ -213,3 +213,65 @@ async fn a_login_binds_the_user_and_signing_out_everywhere_ends_the_other_device
     );
     assert_eq!(phone_home.body["visits"], 1, "with a fresh session");
 }
+
+/// How many times the app logged that `session` expired.
+fn expiries_logged(app: &CartApp, session: &str) -> usize {
+    app.log_lines()
+        .iter()
+        .filter(|line| {
+            line.contains("session ended: signed out due to inactivity") && line.contains(session)
+        })
+        .count()
+}
+
+/// Waits (bounded) until the app logged `session`'s expiry.
+async fn until_expiry_logged(app: &CartApp, session: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while expiries_logged(app, session) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no expiry of {session} logged:\n{}",
+            app.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn short_session(node: &Sessiond, user: &str) -> String {
+    let made = send(
+        plain_client()
+            .post(format!("{}/v1/sessions", node.url()))
+            .json(&json!({"ttl_secs": 1, "user": user})),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    made.body["id"].as_str().expect("an id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_logs_each_expired_session_once_even_across_its_own_restart() {
+    let node = Sessiond::start(&["--sweep-interval", "50ms"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cursor_file = dir.path().join("events.cursor");
+    let cursor_arg = cursor_file.to_str().expect("a UTF-8 path");
+    let args = ["--events-cursor-file", cursor_arg];
+    let app = CartApp::start_with(&[&node], "app-e", &args).await;
+    let first = short_session(&node, "ann").await;
+    until_expiry_logged(&app, &first).await;
+    assert!(
+        app.log_lines()
+            .iter()
+            .any(|line| line.contains(&first) && line.contains("ann")),
+        "the user is logged with the expiry:\n{}",
+        app.log()
+    );
+    drop(app);
+    // While the app is down a session expires: the restarted app learns of
+    // it from where it stopped, and does not report the first one again.
+    let second = short_session(&node, "bob").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let app = CartApp::start_with(&[&node], "app-e", &args).await;
+    until_expiry_logged(&app, &second).await;
+    assert_eq!(expiries_logged(&app, &second), 1);
+    assert_eq!(expiries_logged(&app, &first), 0, "{}", app.log());
+}

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sessiond_e2e::metrics::scrape;
-use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, node_on, send};
+use sessiond_e2e::redis_support::{
+    Reply, bounded, client_of, http, node_on, redis_conn, redis_query, send,
+};
 use sessiond_e2e::{RedisServer, Sessiond};
 
 /// `GET /v1/events` with the given query.
@@ -47,6 +49,20 @@ async fn create(http: &reqwest::Client, node: &Sessiond, body: Value) -> String 
     let reply = send(http.post(format!("{}/v1/sessions", node.url())).json(&body)).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     reply.session().id
+}
+
+/// The oldest cursor a 410 `cursor_expired` answer names.
+fn oldest_after_expiry(gone: Reply) -> String {
+    assert_eq!(
+        (gone.status, gone.error_code().as_str()),
+        (410, "cursor_expired"),
+        "{}",
+        gone.text
+    );
+    gone.json()["error"]["oldest"]
+        .as_str()
+        .expect("the oldest cursor")
+        .to_owned()
 }
 
 fn kinds(events: &[Value]) -> Vec<(String, String)> {
@@ -345,17 +361,7 @@ async fn a_cursor_older_than_the_retention_is_gone_with_the_oldest() {
         for _ in 0..300 {
             create(&http, &node, json!({})).await;
         }
-        let gone = page(&http, &node, &format!("after={start}")).await;
-        assert_eq!(
-            (gone.status, gone.error_code().as_str()),
-            (410, "cursor_expired"),
-            "{}",
-            gone.text
-        );
-        let oldest = gone.json()["error"]["oldest"]
-            .as_str()
-            .expect("the oldest cursor")
-            .to_owned();
+        let oldest = oldest_after_expiry(page(&http, &node, &format!("after={start}")).await);
         let resumed = page(&http, &node, &format!("after={oldest}&limit=1000")).await;
         assert_eq!(resumed.status, 200, "{}", resumed.text);
         assert!(
@@ -427,17 +433,7 @@ async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
     // The event after the cursor died with the node: the consumer is told,
     // not handed the new log's events as if nothing was missed.
     let made = create(&http, &node, json!({})).await;
-    let gone = page(&http, &node, &format!("after={cursor}")).await;
-    assert_eq!(
-        (gone.status, gone.error_code().as_str()),
-        (410, "cursor_expired"),
-        "{}",
-        gone.text
-    );
-    let oldest = gone.json()["error"]["oldest"]
-        .as_str()
-        .expect("the oldest cursor")
-        .to_owned();
+    let oldest = oldest_after_expiry(page(&http, &node, &format!("after={cursor}")).await);
     let resumed = page(&http, &node, &format!("after={oldest}")).await;
     assert_eq!(
         kinds(
@@ -454,5 +450,79 @@ async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
     assert_eq!(
         (unknown.status, unknown.error_code().as_str()),
         (400, "invalid_cursor")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_writes_are_updated_events_when_asked_in_every_mode() {
+    let redis = RedisServer::start();
+    let http = http();
+    let updates = ["--events-include-updates"];
+    let nodes = [
+        Sessiond::start(&updates),
+        node_on(&http, &redis.url(), &updates).await,
+        node_on(
+            &http,
+            &redis.url(),
+            &[
+                "--events-include-updates",
+                "--redis-mode",
+                "async",
+                "--redis-prefix",
+                "async:",
+            ],
+        )
+        .await,
+    ];
+    for node in &nodes {
+        let start = page(&http, node, "after=now").await.json()["next"]
+            .as_str()
+            .expect("next")
+            .to_owned();
+        let id = create(&http, node, json!({})).await;
+        let (seen, cursor) = read_until(&http, &[node], start, |seen| !seen.is_empty()).await;
+        assert_eq!(kinds(&seen), [("created".to_owned(), id.clone())]);
+        let url = format!("{}/v1/sessions/{id}", node.url());
+        let put = send(http.put(&url).json(&json!({"data": {"n": 1}}))).await;
+        assert_eq!(put.status, 200, "{}", put.text);
+        // A read or a touch is not an update.
+        assert_eq!(send(http.get(&url)).await.status, 200);
+        let touched = send(http.post(format!("{url}/touch"))).await;
+        assert_eq!(touched.status, 200, "{}", touched.text);
+        let (seen, cursor) = read_until(&http, &[node], cursor, |seen| !seen.is_empty()).await;
+        assert_eq!(kinds(&seen), [("updated".to_owned(), id.clone())]);
+        assert_eq!(send(http.delete(&url)).await.status, 204);
+        let (seen, _) = read_until(&http, &[node], cursor, |seen| !seen.is_empty()).await;
+        assert_eq!(kinds(&seen), [("deleted".to_owned(), id)], "{}", node.url());
+    }
+}
+
+/// `calls` of `command` in Redis's command statistics.
+async fn redis_calls(url: &str, command: &str) -> u64 {
+    let mut conn = redis_conn(url).await;
+    let info: String = redis_query(&mut conn, redis::cmd("INFO").arg("commandstats")).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_readers_share_one_look_at_the_stream() {
+    const READERS: u64 = 20;
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let before = redis_calls(&redis.url(), "xrange").await;
+    let waits = (0..READERS).map(|_| page(&http, &node, "after=now&wait_secs=3"));
+    let pages = futures_util::future::join_all(waits).await;
+    assert!(pages.iter().all(|page| page.status == 200));
+    let reads = redis_calls(&redis.url(), "xrange").await - before;
+    // Each reader reads the stream when it starts and about once a second
+    // after (4 each); one reading every 50 ms would be 60 each.
+    assert!(
+        reads <= READERS * 6,
+        "{reads} XRANGE calls for {READERS} readers waiting 3 s"
     );
 }

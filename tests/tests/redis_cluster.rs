@@ -233,10 +233,13 @@ async fn write_all(
     tally
 }
 
-/// Rewrites every session (conditionally on its version), trying those
-/// that answer 503 naming Redis again every 100 ms; panics on any other
-/// answer, or when some are still not written after `within`. Returns how
-/// long it took.
+/// Rewrites every session (conditionally on its version, each write with
+/// its own `Idempotency-Key`), re-sending every 100 ms those that answer
+/// 503 naming Redis or 409 `indeterminate` (a write whose Redis answer was
+/// lost, e.g. the first one to reach a master that just restarted: the
+/// re-send under the same key answers its true outcome, never a conflict);
+/// panics on any other answer, or when some are still not written after
+/// `within`. Returns how long it took.
 async fn write_until_done(
     http: &reqwest::Client,
     node: &Sessiond,
@@ -251,8 +254,14 @@ async fn write_until_done(
         for index in left {
             let session = &mut sessions[index];
             let data = json!({ "id": session.id, "round": round });
-            let reply = put(http, node, &session.id, &data, Some(session.version)).await;
-            if names_redis(&reply) {
+            let key = format!("round-{round}-{}", session.id);
+            let request = http
+                .put(format!("{}/v1/sessions/{}", node.url(), session.id))
+                .header("if-match", format!("\"{}\"", session.version))
+                .header("idempotency-key", key)
+                .json(&json!({ "data": data }));
+            let reply = send(request).await;
+            if names_redis(&reply) || reply.error_code() == "indeterminate" {
                 unavailable.push(index);
                 continue;
             }

@@ -238,11 +238,16 @@ async fn sessions_are_stored_as_documented_hashes_under_the_prefix() {
     );
     let mut keys: Vec<String> = redis_query(&mut conn, redis::cmd("KEYS").arg("*")).await;
     keys.sort();
-    let mut expected = [format!("test:node:{}", fields["o"]), key];
+    let mut expected = [
+        format!("test:node:{}", fields["o"]),
+        key,
+        "{test:events}".to_owned(),
+        "{test:events}:expiries".to_owned(),
+    ];
     expected.sort();
     assert_eq!(
         keys, expected,
-        "Redis holds exactly the node's heartbeat and the session's key"
+        "Redis holds exactly the node's heartbeat, the session's key and the event log"
     );
 }
 

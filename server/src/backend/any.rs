@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::api::{Backend, BackendError, Failed};
 use super::memory::MemoryBackend;
 use super::redis::{
-    Redis, RedisConfig, RedisLink, ReplicationError, ReplicationMode, SyncBackend,
+    Invalidations, Redis, RedisConfig, RedisLink, ReplicationError, ReplicationMode, SyncBackend,
     WriteBehindBackend,
 };
 use crate::store::{Owner, Session, Store, StoreStats};
@@ -37,7 +37,8 @@ impl AnyBackend {
     /// Sessions in Redis as `config` says, with `store` as this node's
     /// memory; its background tasks run on `tasks` until `shutdown` (the
     /// write-behind queue is flushed once `drained` fires). Also returns
-    /// the link, for readiness.
+    /// the link and the invalidation subscription, for readiness and the
+    /// status page.
     pub fn redis(
         config: RedisConfig,
         store: Arc<Store>,
@@ -45,17 +46,18 @@ impl AnyBackend {
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
         drained: &CancellationToken,
-    ) -> Result<(Self, Arc<RedisLink>), ReplicationError> {
+    ) -> Result<(Self, Arc<RedisLink>, Arc<Invalidations>), ReplicationError> {
         let (mode, capacity) = (config.mode, config.queue_capacity);
         let redis = Redis::connect(config, store, max_lifetime_ms, tasks, shutdown)?;
         let link = redis.link().clone();
+        let invalidations = redis.invalidations().clone();
         let backend = match mode {
             ReplicationMode::Sync => Self::Sync(SyncBackend::new(redis)),
             ReplicationMode::Async => {
                 Self::WriteBehind(WriteBehindBackend::start(redis, capacity, tasks, drained))
             }
         };
-        Ok((backend, link))
+        Ok((backend, link, invalidations))
     }
 }
 

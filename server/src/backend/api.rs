@@ -141,6 +141,21 @@ pub enum BackendError {
         /// The cap.
         max: usize,
     },
+    /// The event log cannot serve this read.
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    /// The operation cannot be taken now; nothing was changed.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The write may or may not have been applied, and this node cannot
+    /// tell.
+    #[error(transparent)]
+    Indeterminate(#[from] Indeterminate),
+}
+
+/// Why the event log cannot serve a read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventsError {
     /// Events after the cursor are no longer kept.
     #[error(
         "events after this cursor are no longer kept; resume after the oldest cursor, {oldest}"
@@ -156,15 +171,8 @@ pub enum BackendError {
         cursor: String,
     },
     /// The event log is off.
-    #[error("the event log is off (--events off)")]
-    EventsOff,
-    /// The operation cannot be taken now; nothing was changed.
-    #[error(transparent)]
-    Unavailable(#[from] Unavailable),
-    /// The write may or may not have been applied, and this node cannot
-    /// tell.
-    #[error(transparent)]
-    Indeterminate(#[from] Indeterminate),
+    #[error("the event log is off (--events off, or Redis Cluster)")]
+    Off,
 }
 
 /// Why an operation cannot be taken now (nothing was changed; try again).

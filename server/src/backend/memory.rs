@@ -7,7 +7,7 @@ use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventPage, SessionId, UserName};
 
-use super::api::{Backend, BackendError, Failed};
+use super::api::{Backend, BackendError, EventsError, Failed};
 use super::claims::Claims;
 use crate::store::{Owner, Position, ReadError, Session, Store, StoreError, StoreStats};
 
@@ -119,14 +119,14 @@ impl Backend for MemoryBackend {
         limit: usize,
         wait: Duration,
     ) -> Result<EventPage, BackendError> {
-        let log = self.store.events().ok_or(BackendError::EventsOff)?;
+        let log = self.store.events().ok_or(EventsError::Off)?;
         let mut position = match after {
             None => Position::Oldest,
             Some("now") => Position::Now,
             Some(text) => {
                 text.parse()
                     .map(Position::After)
-                    .map_err(|_| BackendError::InvalidCursor {
+                    .map_err(|_| EventsError::InvalidCursor {
                         cursor: text.to_owned(),
                     })?
             }
@@ -135,8 +135,8 @@ impl Backend for MemoryBackend {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let (events, next) = log.read(position, limit).map_err(|err| match err {
-                ReadError::Expired { oldest } => BackendError::CursorExpired { oldest },
-                ReadError::Unknown => BackendError::InvalidCursor {
+                ReadError::Expired { oldest } => EventsError::CursorExpired { oldest },
+                ReadError::Unknown => EventsError::InvalidCursor {
                     cursor: after.unwrap_or_default().to_owned(),
                 },
             })?;

@@ -15,5 +15,5 @@ mod memory;
 pub mod redis;
 
 pub use any::AnyBackend;
-pub use api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
+pub use api::{Backend, BackendError, EventsError, Failed, Indeterminate, Unavailable};
 pub use memory::MemoryBackend;

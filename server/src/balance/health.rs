@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use axum::http::{Request, Uri};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio_util::sync::CancellationToken;
 
-use super::UpstreamBody;
+use super::connector::UpstreamClient;
+use super::replay::UpstreamBody;
 use super::upstream::Upstream;
 
 /// What the checker needs.
@@ -30,10 +29,10 @@ pub struct HealthCheck {
     pub fall: u32,
 }
 
-/// Checks `upstream` until `shutdown`.
+/// Checks `upstream` until `shutdown` or until it leaves the pool.
 pub async fn run(
     upstream: Arc<Upstream>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: UpstreamClient,
     check: HealthCheck,
     shutdown: CancellationToken,
 ) {
@@ -42,6 +41,7 @@ pub async fn run(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = upstream.closed.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let result = probe(&upstream, &client, &check).await;
@@ -51,7 +51,7 @@ pub async fn run(
 
 async fn probe(
     upstream: &Upstream,
-    client: &Client<HttpConnector, UpstreamBody>,
+    client: &UpstreamClient,
     check: &HealthCheck,
 ) -> Result<(), String> {
     let uri: Uri = format!("{}{}", upstream.url, check.path)

@@ -1,49 +1,66 @@
-//! `sessiond balance`: a thin round-robin HTTP reverse proxy in front of
+//! `sessiond balance`: a round-robin HTTP reverse proxy in front of
 //! stateless app servers. No stickiness of any kind: with sessions in
 //! sessiond, any app server can serve any request.
 //!
-//! The request path: listener (hyper, HTTP/1.1 keep-alive, upgrades) ->
-//! [`proxy::Proxy`] -> [`pool::Pool`] (round-robin over healthy upstreams) ->
-//! pooled upstream connection. Health: [`health`] checks each upstream
-//! actively; the proxy ejects an upstream on a connection failure.
+//! The request path: [`serve`] (workers, connection cap, PROXY header, TLS,
+//! HTTP/1.1 or HTTP/2) -> [`proxy::Proxy`] (checks, retries, answers) ->
+//! [`pool::Pool`] (round-robin, slow start, per-upstream cap and queue) ->
+//! pooled upstream connection. [`membership`] changes the upstream set at
+//! run time (admin API, SIGHUP); [`health`] checks each upstream;
+//! [`handover`] passes the listening sockets to a new balancer.
 
 mod admin;
+mod admin_state;
+mod answer;
+mod capacity;
+mod checks;
+mod client_body;
+mod connector;
+mod h2_idle;
+mod handover;
 mod health;
+mod membership;
 mod pool;
 mod proxy;
+mod proxy_protocol;
+mod rates;
 mod replay;
+mod response;
+mod serve;
+mod tls;
 mod upstream;
+mod upstream_conns;
+mod upstreams_api;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use upstream::UpstreamUrl;
-
-use crate::net::{NetError, accept, bind};
-use health::HealthCheck;
-use pool::Pool;
-use proxy::{Proxy, ProxyLimits};
-use upstream::Upstream;
-
-/// Errors of bodies passed through.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// What the balancer answers: the upstream's body streamed through, or a
-/// small body of its own (its error answers).
-pub type ClientBody = http_body_util::Either<hyper::body::Incoming, http_body_util::Full<Bytes>>;
+pub use checks::HeadLimits;
+pub use client_body::BodyLimits;
+pub use membership::{SourcesError, UpstreamSources};
+pub use proxy_protocol::ProxyVersion;
 pub use replay::UpstreamBody;
+pub use response::ClientBody;
+pub use tls::TlsFiles;
+pub use upstream::{UpstreamUrl, UpstreamUrlError};
 
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::net::{NetError, bind};
+use crate::secret::Secret;
+use admin_state::ApiAuth;
+use connector::Connector;
+use health::HealthCheck;
+use membership::Membership;
+use pool::Pool;
+use proxy::ProxyLimits;
+use serve::Front;
+use tls::Certificate;
 
 /// Everything the balancer needs, checked.
 #[derive(Debug, Clone)]
@@ -52,8 +69,12 @@ pub struct BalanceConfig {
     pub listen: SocketAddr,
     /// Where the admin pages are served.
     pub admin: SocketAddr,
-    /// The app servers.
+    /// The app servers at start.
     pub upstreams: Vec<UpstreamUrl>,
+    /// Where they come from (read again on SIGHUP).
+    pub sources: UpstreamSources,
+    /// Bearer token of the upstreams API.
+    pub admin_token: Option<Secret>,
     /// Active health check path.
     pub health_path: String,
     /// Active health check period.
@@ -68,59 +89,159 @@ pub struct BalanceConfig {
     pub connect_timeout: Duration,
     /// Upstream response-header timeout.
     pub response_timeout: Duration,
-    /// Idle keep-alive timeout, both sides.
+    /// Idle pooled upstream connections close after this.
     pub idle_timeout: Duration,
-    /// Request body limit.
-    pub max_body_bytes: u64,
+    /// Time for a client's PROXY header, TLS handshake and each request
+    /// head (and the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Request body limits.
+    pub body: BodyLimits,
+    /// Request head limits.
+    pub head: HeadLimits,
+    /// Client connections served at once.
+    pub max_client_conns: usize,
+    /// Requests in flight per upstream (none: unlimited).
+    pub max_conns: Option<u64>,
+    /// Requests that may wait for a slot.
+    pub queue: usize,
+    /// Longest wait for a slot.
+    pub queue_timeout: Duration,
+    /// Ramp of a new or recovered upstream's share.
+    pub slow_start: Duration,
+    /// Longest wait for in-flight requests of a draining upstream or of
+    /// the balancer at shutdown.
+    pub drain_timeout: Duration,
+    /// Read a PROXY header from every client connection.
+    pub accept_proxy_protocol: bool,
+    /// Send a PROXY header on every upstream connection.
+    pub send_proxy_protocol: Option<ProxyVersion>,
+    /// Terminate TLS with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// Unix socket for restarts without dropping connections.
+    pub handover_socket: Option<PathBuf>,
     /// Event-loop threads serving clients.
     pub workers: usize,
 }
 
-/// Runs the balancer until `shutdown`, then stops accepting, lets in-flight
-/// requests finish (bounded) and returns.
+/// Why the balancer could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BalanceError {
+    /// A listener could not bind, or serving failed.
+    #[error(transparent)]
+    Listen(#[from] NetError),
+    /// The certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// rustls refused the TLS settings.
+    #[error("TLS settings: {0}")]
+    TlsConfig(#[from] rustls::Error),
+    /// The handover socket failed.
+    #[error("handover socket {path}: {source}")]
+    Handover {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// SIGHUP cannot be caught.
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(std::io::Error),
+    /// Starting the workers failed.
+    #[error("cannot start the balancer workers: {0}")]
+    Workers(std::io::Error),
+}
+
+/// The listening sockets: taken over from a running balancer, or bound.
+async fn listeners(
+    config: &BalanceConfig,
+) -> Result<(std::net::TcpListener, TcpListener, Option<handover::Taken>), BalanceError> {
+    let handover_error = |source| BalanceError::Handover {
+        path: config.handover_socket.clone().unwrap_or_default(),
+        source,
+    };
+    if let Some(path) = &config.handover_socket
+        && let Some((sockets, taken)) = handover::take(path).map_err(handover_error)?
+    {
+        for (what, socket) in [("balancer", &sockets.listen), ("admin", &sockets.admin)] {
+            let local = socket.local_addr().map_err(handover_error)?;
+            tracing::info!(%local, "{what} listening");
+        }
+        tracing::info!("took the listening sockets over from the running balancer");
+        sockets
+            .admin
+            .set_nonblocking(true)
+            .map_err(handover_error)?;
+        let admin = TcpListener::from_std(sockets.admin).map_err(handover_error)?;
+        return Ok((sockets.listen, admin, Some(taken)));
+    }
+    let listener = bind("balancer", config.listen).await?;
+    let admin = bind("admin", config.admin).await?;
+    let listener = listener.into_std().map_err(BalanceError::Workers)?;
+    Ok((listener, admin, None))
+}
+
+/// Runs the balancer until `shutdown` (or until a new balancer takes its
+/// sockets over), then stops accepting, lets in-flight requests finish
+/// (bounded) and returns.
 pub async fn run(
     config: BalanceConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
-) -> Result<(), NetError> {
-    let upstreams: Vec<Arc<Upstream>> = config
-        .upstreams
-        .iter()
-        .cloned()
-        .map(|url| Arc::new(Upstream::new(url)))
-        .collect();
-    let pool = Arc::new(Pool::new(upstreams));
-    let limits = ProxyLimits {
-        connect_timeout: config.connect_timeout,
-        response_timeout: config.response_timeout,
-        idle_timeout: config.idle_timeout,
-        max_body_bytes: config.max_body_bytes,
-    };
-    let listener = bind("balancer", config.listen).await?;
-    let admin_listener = bind("admin", config.admin).await?;
-    tracing::info!(upstreams = ?config.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(), workers = config.workers, "balancing round-robin");
+) -> Result<(), BalanceError> {
+    // Before the listeners: once they are up, SIGHUP reloads, never kills.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(BalanceError::Signal)?;
+    let certificate = config.tls.clone().map(Certificate::load).transpose()?;
+    let tls = certificate
+        .as_ref()
+        .map(Certificate::acceptor)
+        .transpose()?;
+    let (listener, admin_listener, taken) = listeners(&config).await?;
+    let admin_loopback = admin_listener
+        .local_addr()
+        .map_or(config.admin.ip().is_loopback(), |addr| {
+            addr.ip().is_loopback()
+        });
+    let pool = Arc::new(Pool::new(
+        &config.upstreams,
+        config.slow_start,
+        config.max_conns,
+    ));
+    tracing::info!(upstreams = ?config.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(), workers = config.workers, tls = tls.is_some(), "balancing round-robin");
 
-    let check = HealthCheck {
-        path: config.health_path.clone(),
-        interval: config.health_interval,
-        timeout: config.health_timeout,
-        rise: config.rise,
-        fall: config.fall,
-    };
-    let health_client = proxy::upstream_client(&limits);
     let background = tokio_util::task::TaskTracker::new();
-    for upstream in pool.upstreams() {
-        background.spawn(health::run(
-            upstream.clone(),
-            health_client.clone(),
-            check.clone(),
-            shutdown.clone(),
-        ));
+    let health_preamble = config
+        .send_proxy_protocol
+        .map(|version| proxy_protocol::encode(version, None));
+    let membership = Membership::new(
+        pool.clone(),
+        Connector::new(config.connect_timeout, health_preamble).client(config.idle_timeout),
+        HealthCheck {
+            path: config.health_path.clone(),
+            interval: config.health_interval,
+            timeout: config.health_timeout,
+            rise: config.rise,
+            fall: config.fall,
+        },
+        config.drain_timeout,
+        background.clone(),
+        shutdown.clone(),
+    );
+    for upstream in pool.upstreams().iter() {
+        membership.watch(upstream);
     }
-    let admin = admin::router(admin::AdminState {
-        pool: pool.clone(),
+    let admin = admin::router(admin_state::AdminState {
+        membership: membership.clone(),
         metrics,
+        auth: Arc::new(ApiAuth {
+            token: config.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            loopback: admin_loopback,
+        }),
     });
+    let admin_std = match &config.handover_socket {
+        Some(_) => Some(clone_listener(&admin_listener).map_err(BalanceError::Workers)?),
+        None => None,
+    };
     background.spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -132,9 +253,52 @@ pub async fn run(
             }
         }
     });
-    background.close();
+    background.spawn(reload_on_hangup(
+        hangups,
+        membership,
+        config.sources.clone(),
+        certificate,
+        shutdown.clone(),
+    ));
 
-    let workers = start_workers(listener, &pool, &limits, &config, &shutdown)?;
+    let front = Arc::new(Front {
+        pool,
+        limits: ProxyLimits {
+            response_timeout: config.response_timeout,
+            body: config.body,
+            head: config.head,
+            queue: config.queue,
+            queue_timeout: config.queue_timeout,
+        },
+        header_timeout: config.header_timeout,
+        connect_timeout: config.connect_timeout,
+        idle_timeout: config.idle_timeout,
+        tls,
+        accept_proxy_protocol: config.accept_proxy_protocol,
+        send_proxy_protocol: config.send_proxy_protocol,
+        max_client_conns: config.max_client_conns,
+        client_conns: AtomicUsize::new(0),
+        drain_timeout: config.drain_timeout,
+    });
+    let listen_std = listener.try_clone().map_err(BalanceError::Workers)?;
+    let workers = serve::start_workers(listener, &front, config.workers, &shutdown)
+        .map_err(BalanceError::Workers)?;
+    if let Some(taken) = taken {
+        taken.ready();
+    }
+    if let (Some(path), Some(admin)) = (&config.handover_socket, admin_std) {
+        let sockets = handover::Sockets {
+            listen: listen_std,
+            admin,
+        };
+        handover::offer(path.clone(), sockets, shutdown.clone()).map_err(|source| {
+            BalanceError::Handover {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    background.close();
     // Wait for the workers off the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || {
         for worker in workers {
@@ -147,93 +311,51 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts `config.workers` event loops, each a single-threaded runtime on
-/// its own thread accepting from the shared listener with its own upstream
-/// connection pool (like nginx's worker processes): a request and its
-/// upstream exchange stay on one thread, with no cross-thread wake-ups.
-fn start_workers(
-    listener: TcpListener,
-    pool: &Arc<Pool>,
-    limits: &ProxyLimits,
-    config: &BalanceConfig,
-    shutdown: &CancellationToken,
-) -> Result<Vec<std::thread::JoinHandle<()>>, NetError> {
-    let serve_error = |source| NetError::Serve {
-        what: "balancer",
-        source,
-    };
-    let listener = listener.into_std().map_err(serve_error)?;
-    (0..config.workers.max(1))
-        .map(|index| {
-            let listener = listener.try_clone().map_err(serve_error)?;
-            let (pool, limits, shutdown) = (pool.clone(), limits.clone(), shutdown.clone());
-            let idle_timeout = config.idle_timeout;
-            std::thread::Builder::new()
-                .name(format!("balance-{index}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(err) => {
-                            tracing::error!(%err, "cannot start a balancer worker");
-                            shutdown.cancel();
-                            return;
-                        }
-                    };
-                    runtime.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(listener) => {
-                                let proxy = Arc::new(Proxy::new(pool, limits));
-                                serve(listener, proxy, idle_timeout, shutdown).await;
-                            }
-                            Err(err) => {
-                                tracing::error!(%err, "balancer worker cannot listen");
-                                shutdown.cancel();
-                            }
-                        }
-                    });
-                })
-                .map_err(serve_error)
-        })
-        .collect()
+/// A second handle on a tokio listener's socket.
+fn clone_listener(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsFd;
+    Ok(std::net::TcpListener::from(
+        listener.as_fd().try_clone_to_owned()?,
+    ))
 }
 
-/// Accepts client connections until `shutdown`, then drains them.
-async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    idle_timeout: Duration,
+/// On SIGHUP: reads the upstreams again (the flags plus the file as it is
+/// now) and the TLS certificate and key. A broken file or certificate is
+/// logged and changes nothing.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    membership: Membership,
+    sources: UpstreamSources,
+    certificate: Option<Arc<Certificate>>,
     shutdown: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(idle_timeout)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    while let Some((stream, peer)) = accept(&listener, &shutdown).await {
-        let proxy = proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(peer, request).await }
-        });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "client connection ended with an error");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        match sources.read() {
+            Ok(urls) if urls.is_empty() => {
+                tracing::error!(
+                    "SIGHUP: the reloaded upstream list is empty; keeping the current one"
+                );
             }
-        });
-    }
-    drop(listener);
-    tracing::info!("balancer draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests still running after {DRAIN_TIMEOUT:?}; exiting");
+            Ok(urls) => {
+                let (added, drained) = membership.sync(&urls);
+                tracing::info!(
+                    added,
+                    drained,
+                    upstreams = urls.len(),
+                    "SIGHUP: upstreams reloaded"
+                );
+            }
+            Err(err) => tracing::error!(%err, "SIGHUP: cannot reload the upstreams; keeping them"),
+        }
+        if let Some(certificate) = &certificate {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(err) => tracing::error!(%err, "SIGHUP: keeping the old TLS certificate"),
+            }
+        }
     }
 }

@@ -1,80 +1,217 @@
-//! Round-robin over the upstreams in rotation: an atomic counter, no lock
-//! and no stickiness.
+//! The upstreams in rotation and the choice among them: round-robin by an
+//! atomic counter over a membership list that is swapped whole when it
+//! changes (no lock on the request path), thinned for slow-starting
+//! upstreams and skipping upstreams at `--max-conns`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use super::upstream::Upstream;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use super::capacity::Capacity;
+use super::upstream::{InFlight, Upstream, UpstreamUrl};
+
+/// What [`Pool::pick`] found.
+#[derive(Debug)]
+pub enum Pick {
+    /// An upstream, its slot taken.
+    Chosen(InFlight),
+    /// Upstreams are in rotation but every one is at `--max-conns`.
+    Full,
+    /// No upstream is in rotation (or all were tried).
+    Nothing,
+}
 
 /// The upstreams and the rotation counter.
 #[derive(Debug)]
 pub struct Pool {
-    upstreams: Vec<Arc<Upstream>>,
+    members: ArcSwap<Vec<Arc<Upstream>>>,
+    /// Serializes membership changes (never taken on the request path).
+    edits: Mutex<()>,
     next: AtomicUsize,
+    capacity: Arc<Capacity>,
+    slow_start: Duration,
+    max_conns: Option<u64>,
 }
 
 impl Pool {
-    /// A pool over `upstreams`.
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
+    /// A pool over `urls`, all at full share from the start.
+    pub fn new(urls: &[UpstreamUrl], slow_start: Duration, max_conns: Option<u64>) -> Self {
+        let capacity = Arc::new(Capacity::default());
+        let members = urls
+            .iter()
+            .map(|url| {
+                Arc::new(Upstream::new(
+                    url.clone(),
+                    capacity.clone(),
+                    slow_start,
+                    false,
+                ))
+            })
+            .collect();
         Self {
-            upstreams,
+            members: ArcSwap::from_pointee(members),
+            edits: Mutex::new(()),
             next: AtomicUsize::new(0),
+            capacity,
+            slow_start,
+            max_conns,
         }
     }
 
-    /// Every upstream.
-    pub fn upstreams(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
+    /// Every upstream, draining ones included, in configuration order.
+    pub fn upstreams(&self) -> Arc<Vec<Arc<Upstream>>> {
+        self.members.load_full()
     }
 
-    /// The next upstream in rotation among those up and not in `tried`:
-    /// the turn counter picks among the candidates, so when one upstream is
-    /// down the others share its load evenly.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// The queue of requests waiting for a slot.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// The upstream at `url`, if it is a member.
+    pub fn find(&self, url: &UpstreamUrl) -> Option<Arc<Upstream>> {
+        self.members.load().iter().find(|u| u.url == *url).cloned()
+    }
+
+    /// Adds `url` at the end of the rotation, slow-starting; `None` when it
+    /// is a member already.
+    pub fn add(&self, url: &UpstreamUrl) -> Option<Arc<Upstream>> {
+        let _edit = self.edits.lock();
+        if self.find(url).is_some() {
+            return None;
+        }
+        let upstream = Arc::new(Upstream::new(
+            url.clone(),
+            self.capacity.clone(),
+            self.slow_start,
+            true,
+        ));
+        let mut members = Vec::clone(&self.members.load());
+        members.push(upstream.clone());
+        self.members.store(Arc::new(members));
+        Some(upstream)
+    }
+
+    /// Removes `upstream` from the membership (its in-flight requests go
+    /// on); `false` when it was not a member.
+    pub fn remove(&self, upstream: &Arc<Upstream>) -> bool {
+        let _edit = self.edits.lock();
+        let members = self.members.load();
+        if !members.iter().any(|u| Arc::ptr_eq(u, upstream)) {
+            return false;
+        }
+        let kept = members
+            .iter()
+            .filter(|u| !Arc::ptr_eq(u, upstream))
+            .cloned()
+            .collect();
+        self.members.store(Arc::new(kept));
+        upstream.closed.cancel();
+        true
+    }
+
+    /// The next upstream in rotation among those routable, under their cap
+    /// and not in `tried`: the turn counter picks among the candidates, so
+    /// when one upstream is out the others share its load evenly. A
+    /// slow-starting upstream keeps its turn with a probability equal to
+    /// its weight, and otherwise passes it to the next candidate (it gets
+    /// it back when every other candidate is full).
+    pub fn pick(&self, tried: &[u64]) -> Pick {
+        let members = self.members.load();
         let candidates = || {
-            (0..self.upstreams.len())
-                .filter(|index| self.upstreams[*index].is_up() && !tried.contains(index))
+            members
+                .iter()
+                .filter(|u| u.is_routable() && !tried.contains(&u.id))
         };
         let count = candidates().count();
         if count == 0 {
-            return None;
+            return Pick::Nothing;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        candidates().nth(turn % count)
-    }
-
-    /// The upstream at `index`.
-    pub fn get(&self, index: usize) -> &Arc<Upstream> {
-        &self.upstreams[index]
+        // First pass: slow-starting upstreams keep their turn by chance;
+        // second pass (all passed or full): any upstream with room.
+        for thin in [true, false] {
+            for offset in 0..count {
+                let Some(upstream) = candidates().nth((turn + offset) % count) else {
+                    break;
+                };
+                if thin {
+                    let weight = upstream.weight();
+                    if weight < 1.0 && fastrand::f64() >= weight {
+                        continue;
+                    }
+                }
+                if let Some(slot) = upstream.try_start(self.max_conns) {
+                    return Pick::Chosen(slot);
+                }
+            }
+        }
+        Pick::Full
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::upstream::UpstreamUrl;
 
-    fn pool(count: u16) -> Pool {
-        Pool::new(
-            (1..=count)
-                .map(|port| {
-                    Arc::new(Upstream::new(
-                        UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
-                    ))
-                })
-                .collect(),
-        )
+    fn pool(count: u16, max_conns: Option<u64>) -> Pool {
+        let urls: Vec<UpstreamUrl> = (1..=count)
+            .map(|port| UpstreamUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap())
+            .collect();
+        Pool::new(&urls, Duration::from_secs(3600), max_conns)
+    }
+
+    fn port(pick: Pick) -> Option<u16> {
+        match pick {
+            Pick::Chosen(slot) => slot.upstream().url.authority.port_u16(),
+            Pick::Full | Pick::Nothing => None,
+        }
     }
 
     #[test]
     fn rotation_is_exact_and_skips_down_upstreams() {
-        let pool = pool(3);
-        let picks: Vec<_> = (0..6).filter_map(|_| pool.pick(&[])).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        pool.get(1).eject("down");
-        let picks: Vec<_> = (0..6).filter_map(|_| pool.pick(&[])).collect();
-        assert_eq!(picks.iter().filter(|&&index| index == 0).count(), 3);
-        assert_eq!(picks.iter().filter(|&&index| index == 2).count(), 3);
-        assert_eq!(pool.pick(&[0, 2]), None);
+        let pool = pool(3, None);
+        let picks: Vec<_> = (0..6).filter_map(|_| port(pool.pick(&[]))).collect();
+        assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+        pool.upstreams()[1].eject("down");
+        let picks: Vec<_> = (0..6).filter_map(|_| port(pool.pick(&[]))).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 3);
+        assert_eq!(picks.iter().filter(|&&p| p == 3).count(), 3);
+        let tried: Vec<_> = [0, 2].iter().map(|&i| pool.upstreams()[i].id).collect();
+        assert!(matches!(pool.pick(&tried), Pick::Nothing));
+    }
+
+    #[test]
+    fn an_added_upstream_starts_with_almost_no_share_and_a_cap_fills() {
+        let pool = pool(2, Some(1));
+        let added = UpstreamUrl::parse("http://127.0.0.1:9").unwrap();
+        assert!(pool.add(&added).is_some());
+        assert!(pool.add(&added).is_none(), "a member is not added twice");
+        let mut slots = Vec::new();
+        for _ in 0..2 {
+            match pool.pick(&[]) {
+                Pick::Chosen(slot) => slots.push(slot),
+                other => panic!("expected a slot, got {other:?}"),
+            }
+        }
+        let ports: Vec<_> = slots
+            .iter()
+            .filter_map(|s| s.upstream().url.authority.port_u16())
+            .collect();
+        assert!(!ports.contains(&9), "{ports:?}");
+        // Both full upstreams are at their cap: only the ramping one is left.
+        let Pick::Chosen(last) = pool.pick(&[]) else {
+            panic!("the ramping upstream had room");
+        };
+        assert_eq!(last.upstream().url, added);
+        assert!(matches!(pool.pick(&[]), Pick::Full));
+        drop(last);
+        let newcomer = pool.find(&added).unwrap();
+        assert!(pool.remove(&newcomer));
+        assert!(newcomer.closed.is_cancelled());
+        assert_eq!(pool.upstreams().len(), 2);
     }
 }

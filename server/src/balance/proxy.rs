@@ -1,5 +1,8 @@
-//! The proxy: forwards each request to the next upstream in rotation,
-//! retries where it is safe, and maps upstream failures to 502/503/504.
+//! The proxy: checks each request, forwards it to the next upstream in
+//! rotation (waiting in the bounded queue when every upstream is at its
+//! cap), retries where it is safe, and maps failures to the balancer's own
+//! answers. A failure of the client's (a broken or slow upload) is never
+//! counted against an upstream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,17 +11,21 @@ use std::time::{Duration, Instant};
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Request, Response, StatusCode, Uri, Version, request};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::pool::Pool;
+use super::answer::{self, Failure, FailureKind};
+use super::checks::{self, HeadLimits};
+use super::client_body::{BodyLimits, ClientBodyError};
+use super::pool::{Pick, Pool};
 use super::replay::Replayable;
-use super::upstream::UpstreamUrl;
-use super::{ClientBody, UpstreamBody};
+use super::replay::UpstreamBody;
+use super::response::ClientBody;
+use super::upstream::{InFlight, UpstreamUrl};
+use super::upstream_conns::{Connections, Lent, Owner, SendError};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -40,64 +47,90 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeouts and limits of the proxy.
 #[derive(Debug, Clone)]
 pub struct ProxyLimits {
-    /// Time to connect to an upstream.
-    pub connect_timeout: Duration,
     /// Time an upstream has to send response headers.
     pub response_timeout: Duration,
-    /// Idle pooled upstream connections are closed after this.
-    pub idle_timeout: Duration,
-    /// Largest request body.
-    pub max_body_bytes: u64,
+    /// Request body limits.
+    pub body: BodyLimits,
+    /// Request head limits.
+    pub head: HeadLimits,
+    /// Requests waiting for a slot when every upstream is at its cap.
+    pub queue: usize,
+    /// Longest wait in that queue.
+    pub queue_timeout: Duration,
+}
+
+/// One client connection, as the proxy sees it.
+#[derive(Debug)]
+pub struct ClientConn {
+    /// The client's address (from the PROXY header, when one was read).
+    pub peer: SocketAddr,
+    /// Whether it came over TLS.
+    pub https: bool,
+    /// Whose upstream connections its requests use: the worker's shared
+    /// ones, or its own when they carry a PROXY header naming it.
+    pub owner: Owner,
 }
 
 /// The proxy and its upstream connection pool.
 #[derive(Debug)]
 pub struct Proxy {
     pool: Arc<Pool>,
-    client: Client<HttpConnector, UpstreamBody>,
+    connections: Connections,
     limits: ProxyLimits,
-}
-
-/// How a proxied request ended without an upstream response.
-struct Failure {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-/// An HTTP/1.1 client with a keep-alive connection pool per upstream.
-pub fn upstream_client(limits: &ProxyLimits) -> Client<HttpConnector, UpstreamBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(limits.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(limits.idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+    draining: CancellationToken,
+    tunnels: TaskTracker,
 }
 
 impl Proxy {
-    /// A proxy over `pool`, with its own upstream connection pool.
-    pub fn new(pool: Arc<Pool>, limits: ProxyLimits) -> Self {
+    /// A proxy over `pool` sending over `connections`; once `draining` is
+    /// cancelled, its HTTP/1 answers close their connection. Upgraded
+    /// connections run on `tunnels`.
+    pub fn new(
+        pool: Arc<Pool>,
+        connections: Connections,
+        limits: ProxyLimits,
+        draining: CancellationToken,
+        tunnels: TaskTracker,
+    ) -> Self {
         Self {
             pool,
-            client: upstream_client(&limits),
+            connections,
             limits,
+            draining,
+            tunnels,
         }
     }
 
     /// Proxies one client request.
     pub async fn handle(
         &self,
-        peer: SocketAddr,
-        mut request: Request<Incoming>,
+        conn: &ClientConn,
+        request: Request<Incoming>,
     ) -> Result<Response<ClientBody>, Infallible> {
+        let version = request.version();
+        let mut response = match self.proxy(conn, request).await {
+            Ok(response) => response,
+            Err(failure) => failure.into_response(),
+        };
+        if self.draining.is_cancelled() && version < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(response)
+    }
+
+    async fn proxy(
+        &self,
+        conn: &ClientConn,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ClientBody>, Failure> {
+        checks::check(&request, self.limits.head)?;
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        if let Some(length) = declared.filter(|&length| length > self.limits.max_body_bytes) {
+        if let Some(length) = declared.filter(|&length| length > self.limits.body.max_bytes) {
             // Keep reading (and dropping) what the client sends while the
             // answer goes out, bounded, so the client sees the 413 instead
             // of a connection reset under its upload.
@@ -105,41 +138,88 @@ impl Proxy {
                 let drain = request.into_body().collect();
                 tokio::spawn(tokio::time::timeout(DRAIN_TIMEOUT, drain));
             }
-            let mut response = failure_response(self.too_large());
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(response);
+            return Err(self.client_failure(ClientBodyError::TooLarge));
         }
         let client_upgrade =
             is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         ensure_request_id(&mut parts.headers);
-        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = Replayable::new(body, limit);
-        match self.forward(&parts, peer, &body).await {
-            Ok(mut response) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(client_upgrade) = client_upgrade
-                {
-                    tunnel(client_upgrade, hyper::upgrade::on(&mut response));
-                } else {
-                    strip_hop_by_hop(response.headers_mut());
-                }
-                Ok(response.map(Either::Left))
-            }
-            Err(failure) => Ok(failure_response(failure)),
+        let body = Replayable::new(body, self.limits.body);
+        let (mut response, slot, lent) = self.forward(&parts, conn, &body).await?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            self.tunnels.spawn(tunnel(
+                client_upgrade,
+                hyper::upgrade::on(&mut response),
+                slot,
+            ));
+            return Ok(response.map(|body| ClientBody::Upstream {
+                body,
+                slot: None,
+                lent: None,
+            }));
         }
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(|body| ClientBody::Upstream {
+            body,
+            slot: Some(slot),
+            lent: Some(lent),
+        }))
     }
 
-    fn too_large(&self) -> Failure {
-        Failure {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "payload_too_large",
-            message: format!(
-                "the request body is over the {}-byte limit (--max-body-bytes)",
-                self.limits.max_body_bytes
+    /// The answer to a client whose upload failed: its own fault, so no
+    /// upstream is blamed; the connection closes.
+    fn client_failure(&self, error: ClientBodyError) -> Failure {
+        let failure = match error {
+            ClientBodyError::TooLarge => Failure::new(
+                FailureKind::PayloadTooLarge,
+                format!(
+                    "the request body is over the {}-byte limit (--max-body-bytes)",
+                    self.limits.body.max_bytes
+                ),
             ),
+            ClientBodyError::Timeout => Failure::new(
+                FailureKind::BodyTimeout,
+                "the request body arrived too slowly",
+            ),
+            ClientBodyError::Broken => Failure::new(
+                FailureKind::BadRequest,
+                "the request body was cut short or malformed",
+            ),
+        };
+        failure.closing()
+    }
+
+    /// A slot at some upstream, waiting in the queue while all are full.
+    async fn slot(&self, tried: &[u64]) -> Result<InFlight, Option<Failure>> {
+        let overloaded = |why: &str| {
+            Failure::new(
+                FailureKind::Overloaded,
+                format!("every upstream is at its connection limit and {why}"),
+            )
+        };
+        match self.pool.pick(tried) {
+            Pick::Chosen(slot) => return Ok(slot),
+            Pick::Nothing => return Err(None),
+            Pick::Full => {}
+        }
+        let Some(place) = self.pool.capacity().join(self.limits.queue) else {
+            return Err(Some(overloaded("the queue is full")));
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.queue_timeout;
+        loop {
+            let notified = place.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.pool.pick(tried) {
+                Pick::Chosen(slot) => return Ok(slot),
+                Pick::Nothing => return Err(None),
+                Pick::Full => {}
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Some(overloaded("the wait in the queue timed out")));
+            }
         }
     }
 
@@ -147,28 +227,31 @@ impl Proxy {
     async fn forward(
         &self,
         parts: &request::Parts,
-        peer: SocketAddr,
+        conn: &ClientConn,
         body: &Replayable,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<(Response<Incoming>, InFlight, Lent), Failure> {
         let idempotent = parts.method.is_idempotent();
-        let mut tried = Vec::with_capacity(2);
+        let mut headers = Some(forwarded_headers(parts, conn));
+        let mut tried = Vec::new();
         let mut replayed = false;
         let mut last_failure = None;
         loop {
-            let Some(index) = self.pool.pick(&tried) else {
-                return Err(last_failure.unwrap_or_else(|| Failure {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "no_upstream",
-                    message: "no healthy upstream: every app server is down".into(),
-                }));
+            let slot = match self.slot(&tried).await {
+                Ok(slot) => slot,
+                Err(failure) => {
+                    return Err(failure.or(last_failure).unwrap_or_else(answer::no_upstream));
+                }
             };
-            tried.push(index);
-            let upstream = self.pool.get(index);
+            let upstream = slot.upstream().clone();
             let Some((attempt_body, sent)) = body.attempt() else {
-                return Err(last_failure.unwrap_or_else(|| bad_gateway("request body lost".into())));
+                return Err(last_failure.unwrap_or_else(answer::bad_gateway));
             };
-            let outgoing = upstream_request(parts, &upstream.url, peer, attempt_body);
-            let _in_flight = upstream.start();
+            // The first attempt takes the headers; a retry, rare, copies
+            // them from the client's again.
+            let attempt_headers = headers
+                .take()
+                .unwrap_or_else(|| forwarded_headers(parts, conn));
+            let outgoing = upstream_request(parts, attempt_headers, &upstream.url, attempt_body);
             let started = Instant::now();
             // The response timeout runs from the moment the body is sent
             // whole: a slow upload is not the upstream's fault.
@@ -176,52 +259,67 @@ impl Proxy {
                 sent.wait().await;
                 tokio::time::sleep(self.limits.response_timeout).await;
             };
+            let exchange = self
+                .connections
+                .send(&conn.owner, upstream.id, &upstream.url, outgoing);
             let result = tokio::select! {
-                result = self.client.request(outgoing) => Ok(result),
+                biased;
+                result = exchange => Ok(result),
                 () = response_deadline => Err(()),
             };
             match result {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lent))) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
-                    return Ok(response);
+                    return Ok((response, slot, lent));
                 }
                 Err(()) => {
-                    let message = format!(
-                        "{} sent no response headers within {:?}",
-                        upstream.url, self.limits.response_timeout
+                    let detail = format!(
+                        "sent no response headers within {:?}",
+                        self.limits.response_timeout
                     );
-                    upstream.record_failure(&message);
-                    return Err(Failure {
-                        status: StatusCode::GATEWAY_TIMEOUT,
-                        code: "upstream_timeout",
-                        message,
-                    });
+                    tracing::warn!(upstream = %upstream.url, "{detail}");
+                    upstream.record_failure(&detail);
+                    return Err(Failure::new(
+                        FailureKind::UpstreamTimeout,
+                        format!("the upstream {detail}"),
+                    ));
                 }
                 Ok(Err(err)) => {
-                    if body_over_limit(&err) {
-                        return Err(self.too_large());
-                    }
-                    let message = format!("{}: {}", upstream.url, describe(&err));
-                    upstream.record_failure(&message);
-                    upstream.eject(&message);
-                    last_failure = Some(if err.is_connect() {
-                        Failure {
-                            status: StatusCode::SERVICE_UNAVAILABLE,
-                            code: "no_upstream",
-                            message: format!(
-                                "no upstream accepted the connection; last: {message}"
-                            ),
+                    let (detail, connect) = match &err {
+                        SendError::Connect(err) => (describe(err), true),
+                        SendError::Exchange { error: err, .. } => {
+                            if let Some(error) = ClientBodyError::find(err) {
+                                tracing::debug!(upstream = %upstream.url, %error, "client upload failed");
+                                return Err(self.client_failure(error));
+                            }
+                            (describe(err), false)
                         }
+                    };
+                    tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
+                    upstream.record_failure(&detail);
+                    // A pooled connection closed under the request is no
+                    // sign of a sick upstream: a replay may go to it again,
+                    // on a new connection.
+                    let race = err.is_keep_alive_race();
+                    if !race {
+                        upstream.eject(&detail);
+                        tried.push(upstream.id);
+                    }
+                    last_failure = Some(if connect {
+                        Failure::new(
+                            FailureKind::NoUpstream,
+                            "no upstream accepted the connection",
+                        )
                     } else {
-                        bad_gateway(message)
+                        answer::bad_gateway()
                     });
                     // Nothing reached the upstream: safe to send anywhere.
                     // An idempotent request that died mid-way: once more.
-                    if err.is_connect() || (idempotent && !replayed) {
-                        replayed |= !err.is_connect();
+                    if connect || (idempotent && !replayed) {
+                        replayed |= !connect;
                         continue;
                     }
-                    return Err(last_failure.unwrap_or_else(|| bad_gateway(String::new())));
+                    return Err(last_failure.unwrap_or_else(answer::bad_gateway));
                 }
             }
         }
@@ -236,18 +334,17 @@ const REQUEST_ID: &str = "x-request-id";
 /// handled (the `cart` example counts a visit once however often it is
 /// retried).
 fn ensure_request_id(headers: &mut HeaderMap) {
-    if !headers.contains_key(REQUEST_ID)
-        && let Ok(id) = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
-    {
-        headers.insert(REQUEST_ID, id);
+    if headers.contains_key(REQUEST_ID) {
+        return;
     }
-}
-
-fn bad_gateway(message: String) -> Failure {
-    Failure {
-        status: StatusCode::BAD_GATEWAY,
-        code: "bad_gateway",
-        message,
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (index, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((random >> (4 * (31 - index))) & 0xf) as usize];
+    }
+    if let Ok(id) = HeaderValue::from_bytes(&id) {
+        headers.insert(REQUEST_ID, id);
     }
 }
 
@@ -263,17 +360,6 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn body_over_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
@@ -286,6 +372,13 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no removal.
+    let any = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -299,21 +392,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// The request as the upstream gets it: same method, path, query, Host and
-/// headers, minus hop-by-hop headers, plus `X-Forwarded-*`.
-fn upstream_request(
-    parts: &request::Parts,
-    upstream: &UpstreamUrl,
-    peer: SocketAddr,
-    body: UpstreamBody,
-) -> Request<UpstreamBody> {
-    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .unwrap_or_default();
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The headers every attempt sends: the client's, minus hop-by-hop
+/// headers, plus `X-Forwarded-*`, `Host` kept (or taken from an
+/// absolute-form target). Made once per request, whatever the retries.
+fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
     let mut headers = parts.headers.clone();
     let upgrade = is_upgrade(&headers)
         .then(|| headers.get(header::UPGRADE).cloned())
@@ -323,60 +409,86 @@ fn upstream_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    let mut forwarded_for: Vec<String> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    forwarded_for.push(peer.ip().to_string());
-    let forwarded_for = forwarded_for.join(", ");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    let mut forwarded_for = Vec::with_capacity(64);
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        forwarded_for.extend_from_slice(value.as_bytes());
+        forwarded_for.extend_from_slice(b", ");
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // An IP address always writes; the buffer is a Vec.
+    let _ = std::io::Write::write_fmt(&mut forwarded_for, format_args!("{}", conn.peer.ip()));
+    if let Ok(value) = HeaderValue::from_bytes(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.https { "https" } else { "http" }),
+    );
+    // An absolute-form target (or HTTP/2's :authority) names the host;
+    // otherwise the (single, checked) Host header does.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(header::HOST, host);
     }
+    headers
+}
+
+/// The request as the upstream gets it: same method, path and query, the
+/// [`forwarded_headers`], HTTP/1.1.
+fn upstream_request(
+    parts: &request::Parts,
+    headers: HeaderMap,
+    upstream: &UpstreamUrl,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut uri = axum::http::uri::Parts::default();
+    uri.scheme = Some(axum::http::uri::Scheme::HTTP);
+    uri.authority = Some(upstream.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/")),
+    );
     let mut outgoing = Request::new(body);
     *outgoing.method_mut() = parts.method.clone();
-    *outgoing.uri_mut() = uri;
+    *outgoing.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
     outgoing
 }
 
-/// Splices an upgraded client connection to the upgraded upstream one.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(%err, "upgraded connection ended");
+/// Splices an upgraded client connection to the upgraded upstream one,
+/// holding the upstream's slot while it is open; closed when the upstream
+/// leaves the pool.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    slot: InFlight,
+) {
+    let closed = slot.upstream().closed.clone();
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(err) = copied {
+                        tracing::debug!(%err, "upgraded connection ended");
+                    }
+                }
+                () = closed.cancelled() => {
+                    tracing::info!("upgraded connection closed: its upstream left the pool");
                 }
             }
-            Err(err) => tracing::debug!(%err, "upgrade failed"),
         }
-    });
-}
-
-fn failure_response(failure: Failure) -> Response<ClientBody> {
-    let body = serde_json::json!({"error": {"code": failure.code, "message": failure.message}});
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    *response.status_mut() = failure.status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+        Err(err) => tracing::debug!(%err, "upgrade failed"),
+    }
+    drop(slot);
 }
 
 #[cfg(test)]
@@ -426,8 +538,13 @@ mod tests {
             .unwrap();
         let (parts, ()) = request.into_parts();
         let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
-        let peer: SocketAddr = "192.0.2.7:5555".parse().unwrap();
-        let outgoing = upstream_request(&parts, &upstream, peer, UpstreamBody::Empty);
+        let conn = ClientConn {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            https: false,
+            owner: Owner::shared(),
+        };
+        let headers = forwarded_headers(&parts, &conn);
+        let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
         assert_eq!(outgoing.uri(), "http://127.0.0.1:3000/cart?x=1");
         let headers = outgoing.headers();
         assert_eq!(headers[header::HOST], "shop.example");

@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::Limited;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::BoxError;
+use super::client_body::{BodyLimits, Upload};
 
-/// The client's body, capped at the request-body limit.
-type Upload = Limited<Incoming>;
+/// Errors of bodies passed through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client's request body, waiting for the attempt that reads it.
 pub struct Replayable {
@@ -39,10 +38,10 @@ impl Sent {
 }
 
 impl Replayable {
-    /// Holds `body`, to be read by one attempt, at most `limit` bytes.
-    pub fn new(body: Incoming, limit: usize) -> Self {
+    /// Holds `body`, to be read by one attempt, under `limits`.
+    pub fn new(body: Incoming, limits: BodyLimits) -> Self {
         let slot =
-            (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(Limited::new(body, limit)))));
+            (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Some(Upload::new(body, limits)))));
         Self { slot }
     }
 
@@ -126,7 +125,7 @@ impl Body for TakeOnPoll {
         if let Poll::Ready(None) = frame {
             this.sent.send_replace(true);
         }
-        frame
+        frame.map_err(Into::into)
     }
 
     fn size_hint(&self) -> SizeHint {

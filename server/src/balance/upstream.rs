@@ -1,13 +1,50 @@
-//! One upstream app server: its address, whether it is in rotation, and
-//! what it has served.
+//! One upstream app server: its address, whether it is in rotation (health,
+//! drain, slow start), how many requests it has in flight, and what it has
+//! served.
 
+use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::uri::Authority;
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::capacity::Capacity;
+
+/// Why an upstream address is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamUrlError {
+    /// Not `http://`.
+    #[error("upstream {text:?} must start with http://")]
+    NotHttp {
+        /// What was given.
+        text: String,
+    },
+    /// It has a path.
+    #[error("upstream {text:?} must be http://host:port, without a path")]
+    HasPath {
+        /// What was given.
+        text: String,
+    },
+    /// The authority does not parse.
+    #[error("upstream {text:?} is not host:port: {source}")]
+    NotHostPort {
+        /// What was given.
+        text: String,
+        /// Why it does not parse.
+        source: axum::http::uri::InvalidUri,
+    },
+    /// No port.
+    #[error("upstream {text:?} needs a port")]
+    NoPort {
+        /// What was given.
+        text: String,
+    },
+}
 
 /// An upstream's address, checked: `http://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,21 +55,23 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     /// Parses `http://host:port` (a trailing `/` is allowed, a path is not).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, UpstreamUrlError> {
+        let given = || text.to_owned();
         let rest = text
             .strip_prefix("http://")
-            .ok_or_else(|| format!("upstream {text:?} must start with http://"))?;
+            .ok_or_else(|| UpstreamUrlError::NotHttp { text: given() })?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
-            return Err(format!(
-                "upstream {text:?} must be http://host:port, without a path"
-            ));
+            return Err(UpstreamUrlError::HasPath { text: given() });
         }
-        let authority: Authority = rest
-            .parse()
-            .map_err(|err| format!("upstream {text:?} is not host:port: {err}"))?;
+        let authority: Authority =
+            rest.parse()
+                .map_err(|source| UpstreamUrlError::NotHostPort {
+                    text: given(),
+                    source,
+                })?;
         if authority.port_u16().is_none() {
-            return Err(format!("upstream {text:?} needs a port"));
+            return Err(UpstreamUrlError::NoPort { text: given() });
         }
         Ok(Self { authority })
     }
@@ -49,13 +88,17 @@ impl std::fmt::Display for UpstreamUrl {
 pub struct UpstreamStats {
     /// `http://host:port`.
     pub url: String,
-    /// In rotation.
+    /// Passing its health checks.
     pub up: bool,
+    /// `active`, or `draining` (no new requests; removed once idle).
+    pub state: &'static str,
+    /// Share of a full upstream it gets now (below 1 while slow-starting).
+    pub weight: f64,
     /// Requests answered by this upstream (any status).
     pub requests: u64,
     /// Requests that failed here (connect errors, resets, timeouts, 5xx).
     pub errors: u64,
-    /// Requests being served now.
+    /// Requests (and upgraded connections) being served now.
     pub in_flight: u64,
     /// Mean time to response headers, in milliseconds.
     pub mean_latency_ms: f64,
@@ -92,11 +135,29 @@ impl Meters {
     }
 }
 
+/// Sentinel of [`Upstream`]'s ramp start: not ramping.
+const NOT_RAMPING: u64 = u64::MAX;
+
+/// Milliseconds since the first call: the clock of slow starts.
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// One upstream and its health.
 #[derive(Debug)]
 pub struct Upstream {
+    /// Unique in this process (a re-added URL gets a new one).
+    pub id: u64,
     /// Where it is.
     pub url: UpstreamUrl,
+    /// Cancelled when it leaves the pool: its health checks stop and its
+    /// upgraded connections close.
+    pub closed: CancellationToken,
+    capacity: Arc<Capacity>,
+    slow_start: Duration,
+    ramp_start_ms: AtomicU64,
+    draining: AtomicBool,
     up: AtomicBool,
     good_streak: AtomicU32,
     bad_streak: AtomicU32,
@@ -110,12 +171,30 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// An upstream, in rotation until it fails.
-    pub fn new(url: UpstreamUrl) -> Self {
+    /// An upstream, in rotation until it fails. With `ramp`, its share
+    /// rises from nothing to full over `slow_start` (one added at run time);
+    /// without, it starts at full share (one there from the start).
+    pub fn new(
+        url: UpstreamUrl,
+        capacity: Arc<Capacity>,
+        slow_start: Duration,
+        ramp: bool,
+    ) -> Self {
         let meters = Meters::new(&url.to_string());
         meters.up.set(1.0);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             url,
+            closed: CancellationToken::new(),
+            capacity,
+            slow_start,
+            ramp_start_ms: AtomicU64::new(if ramp && !slow_start.is_zero() {
+                clock_ms()
+            } else {
+                NOT_RAMPING
+            }),
+            draining: AtomicBool::new(false),
             up: AtomicBool::new(true),
             good_streak: AtomicU32::new(0),
             bad_streak: AtomicU32::new(0),
@@ -129,15 +208,56 @@ impl Upstream {
         }
     }
 
-    /// Whether it is in rotation.
+    /// Whether it passes its health checks.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Whether new requests may go to it: up and not draining.
+    pub fn is_routable(&self) -> bool {
+        self.is_up() && !self.is_draining()
+    }
+
+    /// Whether it is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts (`true`) or cancels (`false`) a drain: a draining upstream
+    /// gets no new requests. Cancelling restarts its slow start.
+    pub fn set_draining(&self, draining: bool) {
+        if self.draining.swap(draining, Ordering::AcqRel) && !draining {
+            self.start_ramp();
+        }
+    }
+
+    fn start_ramp(&self) {
+        if !self.slow_start.is_zero() {
+            self.ramp_start_ms.store(clock_ms(), Ordering::Release);
+        }
+    }
+
+    /// Its share of a full upstream's traffic now: rises linearly from 0
+    /// to 1 over `--slow-start` after it joined or came back.
+    pub fn weight(&self) -> f64 {
+        let start = self.ramp_start_ms.load(Ordering::Acquire);
+        if start == NOT_RAMPING {
+            return 1.0;
+        }
+        let elapsed = clock_ms().saturating_sub(start) as f64;
+        let weight = elapsed / self.slow_start.as_millis().max(1) as f64;
+        if weight >= 1.0 {
+            self.ramp_start_ms.store(NOT_RAMPING, Ordering::Release);
+            return 1.0;
+        }
+        weight
     }
 
     fn set_up(&self, up: bool) {
         if self.up.swap(up, Ordering::AcqRel) != up {
             self.meters.up.set(if up { 1.0 } else { 0.0 });
             if up {
+                self.start_ramp();
                 tracing::info!(upstream = %self.url, "upstream back in rotation");
             } else {
                 tracing::warn!(upstream = %self.url, error = ?self.last_error.lock(), "upstream out of rotation");
@@ -180,10 +300,27 @@ impl Upstream {
         }
     }
 
-    /// Marks a request as started; the guard ends it.
-    pub fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+    /// Marks a request as started, unless `max` are in flight already;
+    /// the guard ends it.
+    pub fn try_start(self: &Arc<Self>, max: Option<u64>) -> Option<InFlight> {
+        match max {
+            None => {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(max) => {
+                self.in_flight
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                        (now < max).then_some(now + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(InFlight(self.clone()))
+    }
+
+    /// Requests (and upgraded connections) in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Records a response with `status`, `latency` after the request left.
@@ -213,6 +350,12 @@ impl Upstream {
         UpstreamStats {
             url: self.url.to_string(),
             up: self.is_up(),
+            state: if self.is_draining() {
+                "draining"
+            } else {
+                "active"
+            },
+            weight: self.weight(),
             requests,
             errors: self.errors.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
@@ -227,13 +370,22 @@ impl Upstream {
     }
 }
 
-/// A request in flight at an upstream.
+/// A request (or upgraded connection) in flight at an upstream: counts
+/// against `--max-conns` and keeps a drain waiting until dropped.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a Upstream);
+pub struct InFlight(Arc<Upstream>);
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    /// The upstream it is at.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.capacity.freed();
     }
 }
 
@@ -245,14 +397,28 @@ mod tests {
     fn urls_are_checked() {
         assert!(UpstreamUrl::parse("http://127.0.0.1:3000").is_ok());
         assert!(UpstreamUrl::parse("http://app:3000/").is_ok());
-        assert!(UpstreamUrl::parse("https://app:3000").is_err());
-        assert!(UpstreamUrl::parse("http://app").is_err());
-        assert!(UpstreamUrl::parse("http://app:3000/x").is_err());
+        assert!(matches!(
+            UpstreamUrl::parse("https://app:3000"),
+            Err(UpstreamUrlError::NotHttp { .. })
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://app"),
+            Err(UpstreamUrlError::NoPort { .. })
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://app:3000/x"),
+            Err(UpstreamUrlError::HasPath { .. })
+        ));
     }
 
     #[test]
     fn health_flips_after_rise_and_fall_streaks() {
-        let upstream = Upstream::new(UpstreamUrl::parse("http://127.0.0.1:1").unwrap());
+        let upstream = Upstream::new(
+            UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
+            Arc::default(),
+            Duration::ZERO,
+            false,
+        );
         let bad = || Err("refused".to_owned());
         upstream.record_check(bad(), 2, 3);
         upstream.record_check(bad(), 2, 3);
@@ -269,5 +435,35 @@ mod tests {
             upstream.stats().last_error.as_deref(),
             Some("connect refused")
         );
+    }
+
+    #[test]
+    fn a_capped_upstream_takes_no_more_than_its_share_in_flight() {
+        let upstream = Arc::new(Upstream::new(
+            UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
+            Arc::default(),
+            Duration::ZERO,
+            false,
+        ));
+        let first = upstream.try_start(Some(2)).unwrap();
+        let _second = upstream.try_start(Some(2)).unwrap();
+        assert!(upstream.try_start(Some(2)).is_none());
+        drop(first);
+        let third = upstream.try_start(Some(2));
+        assert!(third.is_some());
+        assert_eq!(upstream.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_ramping_upstream_starts_near_zero() {
+        let upstream = Upstream::new(
+            UpstreamUrl::parse("http://127.0.0.1:1").unwrap(),
+            Arc::default(),
+            Duration::from_secs(3600),
+            true,
+        );
+        assert!(upstream.weight() < 0.01);
+        upstream.set_draining(true);
+        assert!(!upstream.is_routable());
     }
 }

@@ -26,7 +26,7 @@ pub trait Envelope: DeserializeOwned + Send {
     /// alone.
     const CARRIES_DATA: bool;
 
-    /// What an empty body means; `None` when a body is required.
+    /// What an empty body (or `null`) means; `None` when a body is required.
     fn when_empty() -> Option<Self>;
 }
 
@@ -71,13 +71,18 @@ impl<T: Envelope> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = read(request, state, T::CARRIES_DATA).await?;
+        // No body, or `null` (how the OpenAPI document spells an optional
+        // body), means the defaults where the envelope is optional.
+        if (bytes.is_empty() || bytes.trim_ascii() == b"null")
+            && let Some(defaults) = T::when_empty()
+        {
+            return Ok(JsonBody(defaults));
+        }
         if bytes.is_empty() {
-            return T::when_empty().map(JsonBody).ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidJson,
-                    "the request body is empty; a JSON body is required",
-                )
-            });
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                "the request body is empty; a JSON body is required",
+            ));
         }
         check_media_type(&headers, "application/json")?;
         // Request envelopes are objects; serde would also take an array for a struct.

@@ -13,8 +13,12 @@ use futures_util::Stream;
 use serde::Deserialize;
 use sessiond_proto::http::{EventJson, EventsBody};
 use sessiond_proto::{ErrorCode, Event};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use super::error::ApiError;
+use super::openapi::errors;
 use super::response::rfc3339;
 use super::state::AppState;
 use crate::service::SessionService;
@@ -27,13 +31,42 @@ const STREAM_WAIT_SECS: u64 = 15;
 const STREAM_BATCH: u64 = 100;
 
 /// `?after=&limit=&wait_secs=`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Start after this cursor (`now`: only what happens from now on;
+    /// without it, from the oldest event kept).
+    // The pattern is the cursors the logs write (a number in memory, a
+    // stream entry id `<ms>-<seq>` in Redis), `now`, or empty (as none);
+    // a well-formed cursor this log never wrote is still refused (400
+    // `invalid_cursor`), as a well-formed id names no session.
+    #[param(pattern = "^(now|[0-9]{1,20}(-[0-9]{1,20})?)?$")]
     after: Option<String>,
+    /// Most events in the page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
+    /// With no event after the cursor, wait up to this many seconds (0 to
+    /// 30, default 0) for one before answering an empty page.
+    #[param(minimum = 0, maximum = 30)]
     wait_secs: Option<u64>,
 }
+
+/// `?after=` of a stream (which pages and waits by itself).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Start after this cursor (`now`: only what happens from now on;
+    /// without it, from the oldest event kept); `Last-Event-ID` wins.
+    #[param(pattern = "^(now|[0-9]{1,20}(-[0-9]{1,20})?)?$")]
+    after: Option<String>,
+}
+
+errors!(
+    /// Failures of an events read.
+    EventsErrors: InvalidCursor, InvalidRequest, Unauthorized, EventsOff, CursorExpired, Unavailable
+);
 
 /// Counts a reader waiting on the log while it lives.
 struct Consumer;
@@ -51,10 +84,15 @@ impl Drop for Consumer {
     }
 }
 
-fn query(query: Result<Query<EventsQuery>, QueryRejection>) -> Result<EventsQuery, ApiError> {
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(query)| query)
         .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))
+}
+
+/// A cursor given as text: an empty one is none.
+fn cursor(text: Option<String>) -> Option<String> {
+    text.filter(|cursor| !cursor.is_empty())
 }
 
 /// An event as the HTTP API shows it.
@@ -69,7 +107,21 @@ fn json(event: Event) -> EventJson {
     }
 }
 
-/// `GET /v1/events`
+/// `GET /v1/events`: a page of events after a cursor, waiting for one up
+/// to `wait_secs` (a long-poll).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "The events after the cursor, in commit order (empty when \
+            none came within `wait_secs`), and the cursor to pass as `after` next.",
+            body = EventsBody),
+        EventsErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn page(
     State(state): State<AppState>,
     events_query: Result<Query<EventsQuery>, QueryRejection>,
@@ -82,7 +134,7 @@ pub async fn page(
     let _waiting = Consumer::start();
     let page = state
         .service
-        .events(after.as_deref(), limit, wait_secs)
+        .events(cursor(after).as_deref(), limit, wait_secs)
         .await?;
     Ok(Json(EventsBody {
         events: page.events.into_iter().map(json).collect(),
@@ -92,17 +144,34 @@ pub async fn page(
 
 /// `GET /v1/events/stream`: every event from `Last-Event-ID` (or
 /// `?after=`) on, as it is logged.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    tag = "events",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "The cursor of the last event received: resume after it (wins over `after`)."),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: per event an `id: <cursor>` line and a \
+            `data:` line with the event's JSON; a keep-alive comment every 15 s.",
+            content_type = "text/event-stream", body = StreamedEvent),
+        EventsErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
-    events_query: Result<Query<EventsQuery>, QueryRejection>,
+    stream_query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let EventsQuery { after, .. } = query(events_query)?;
-    let resume = headers
+    let StreamQuery { after } = query(stream_query)?;
+    let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .or(after);
+        .map(str::to_owned);
+    let resume = cursor(last_event_id).or(cursor(after));
     // The first read answers a bad or expired cursor with an error, not an
     // empty stream.
     let first = state
@@ -118,6 +187,36 @@ pub async fn stream(
     let events = futures_util::stream::unfold(follow, Follow::next);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
+
+/// One Server-Sent Event of `GET /v1/events/stream`, described as its
+/// fields (OpenAPI 3.2's `itemSchema` way): `id` is the event's cursor,
+/// `data` its JSON.
+pub struct StreamedEvent;
+
+impl PartialSchema for StreamedEvent {
+    fn schema() -> RefOr<Schema> {
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "id",
+                text().description(Some("The event's cursor (resume with `Last-Event-ID`).")),
+            )
+            .property("event", text().enum_values(Some(["message"])))
+            .property(
+                "data",
+                text()
+                    .description(Some("The event as JSON."))
+                    .content_media_type("application/json")
+                    .content_schema(Some(EventJson::schema())),
+            )
+            .required("id")
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for StreamedEvent {}
 
 /// A stream's place in the log.
 struct Follow {

@@ -7,8 +7,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{ErrorCode, SessionId};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::{IntoParams, PartialSchema};
 
 use super::error::ApiError;
+use super::openapi::{parameter, string_matching};
 
 /// The session id of the route, parsed before any lookup.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +32,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
     }
 }
 
+impl IntoParams for IdParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "id",
+            ParameterIn::Path,
+            true,
+            SessionId::schema(),
+            "The session id (checked before any lookup: 400 `invalid_id` when malformed).",
+        )]
+    }
+}
+
 /// The version an `If-Match` header demands: `"3"` (or `3`) is version 3,
 /// `*` or no header is any version (`None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +54,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         if_match(&parts.headers).map(IfMatch)
+    }
+}
+
+impl IntoParams for IfMatch {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "If-Match",
+            ParameterIn::Header,
+            false,
+            string_matching(r#"^(\*|[0-9]{1,19}|"[0-9]{1,19}")$"#, r#""1""#),
+            "Write only if the session is at this version (its ETag, like \"3\"): \
+             412 `version_mismatch` with the current version otherwise. `*` or no \
+             header: any version.",
+        )]
     }
 }
 
@@ -78,6 +107,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         idempotency_key(&parts.headers).map(IdempotencyKey)
+    }
+}
+
+impl IntoParams for IdempotencyKey {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "Idempotency-Key",
+            ParameterIn::Header,
+            false,
+            string_matching("^[!-~]{1,255}$", "order-7-checkout"),
+            "The write's identity: the same write sent again with the same key \
+             (after its answer was lost) is applied at most once. 1 to 255 visible \
+             ASCII characters.",
+        )]
     }
 }
 

@@ -10,54 +10,54 @@ mod extract;
 mod limits;
 mod listener;
 mod observability;
+mod openapi;
 mod response;
 mod sessions;
 mod state;
+mod status;
 mod users;
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use sessiond_proto::ErrorCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use limits::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES, RESERVE_CONNECTIONS};
-pub use state::AppState;
+pub use state::{AppState, NodeFacts};
 
-/// The whole HTTP API.
+/// The whole HTTP API, its routes and its OpenAPI document built together
+/// (served at `/v1/openapi.json`), with a status page that nothing samples
+/// (see [`serve`]).
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/sessions", post(sessions::create))
-        .route(
-            "/sessions/{id}",
-            get(sessions::get)
-                .put(sessions::put)
-                .patch(sessions::patch)
-                .delete(sessions::delete),
-        )
-        .route("/sessions/{id}/touch", post(sessions::touch))
-        .route("/sessions/{id}/rotate", post(sessions::rotate))
-        .route(
-            "/users/{user}/sessions",
-            get(users::list).delete(users::revoke),
-        )
-        .route("/events", get(events::page))
-        .route("/events/stream", get(events::stream))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
-        .method_not_allowed_fallback(method_not_allowed);
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(observability::healthz))
-        .route("/readyz", get(observability::readyz))
-        .route("/metrics", get(observability::render_metrics))
+    app(state, Arc::default())
+}
+
+fn app(state: AppState, history: Arc<status::History>) -> Router {
+    let (router, api) = api(&state).split_for_parts();
+    let document = openapi::finish(
+        api,
+        openapi::Settings {
+            auth: state.auth_token.is_some(),
+            max_ttl_secs: state.service.config().max_ttl_secs,
+        },
+    );
+    // The 405 answers of the routes are set before the metrics layer, so
+    // that it counts them too (as `method="other"` for unknown methods).
+    router
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(from_fn(observability::track))
         .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(document))
+        .layer(Extension(history))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http()
@@ -66,15 +66,52 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every route with its description: `/v1` behind the bearer token (but
+/// the document), the operational routes open. A route registered any
+/// other way would be missing from the document.
+fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::default()
+        .routes(routes!(sessions::create))
+        .routes(routes!(
+            sessions::get,
+            sessions::put,
+            sessions::patch,
+            sessions::delete
+        ))
+        .routes(routes!(sessions::touch))
+        .routes(routes!(sessions::rotate))
+        .routes(routes!(users::list, users::revoke))
+        .routes(routes!(events::page))
+        .routes(routes!(events::stream))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(v1)
+        .routes(routes!(openapi::serve))
+        .routes(routes!(observability::healthz))
+        .routes(routes!(observability::readyz))
+        .routes(routes!(observability::render_metrics))
+        .routes(routes!(status::page))
+}
+
 /// Serves the API on `listener` within `limits` until `shutdown` fires,
-/// then lets in-flight requests finish.
+/// then lets in-flight requests finish. Meanwhile the node's metrics are
+/// sampled once a second for its status page.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    listener::serve(listener, router(state), limits, shutdown).await;
+    let history = Arc::new(status::History::default());
+    let sampler = tokio::spawn(status::sample_every_second(
+        history.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    listener::serve(listener, app(state, history), limits, shutdown).await;
+    if let Err(err) = sampler.await {
+        tracing::error!(%err, "the status page's sampler failed");
+    }
 }
 
 async fn unknown_route() -> ApiError {

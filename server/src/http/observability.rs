@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use sessiond_proto::ErrorCode;
 
 use super::error::ApiError;
+use super::openapi::errors;
 use super::state::AppState;
 
 /// Methods that get their own label value; any other is `other`.
@@ -55,12 +56,34 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// `GET /healthz`: the process is alive and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process serves.", body = String,
+        content_type = "text/plain", example = "ok\n")),
+)]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+errors!(
+    /// Why a node is not ready.
+    NotReady: Unavailable
+);
+
 /// `GET /readyz`: 200 when this node should get traffic, 503 with the reason
 /// otherwise (shutting down, Redis unreachable).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The node takes traffic.", body = String,
+            content_type = "text/plain", example = "ready\n"),
+        NotReady,
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state
         .readiness
@@ -69,11 +92,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
         .map_err(|reason| ApiError::new(ErrorCode::Unavailable, reason))
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn render_metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = state.metrics.as_ref() else {
-        return ApiError::new(ErrorCode::UnknownRoute, "metrics are not enabled").into_response();
-    };
+errors!(
+    /// A node without a metrics recorder (only in tests).
+    NoMetrics: UnknownRoute
+);
+
+/// Sets the gauges and counters that mirror the store's own counters (and
+/// the Redis link's state), so that a render shows them as they are now.
+pub fn publish_stats(state: &AppState) {
     let stats = state.service.stats();
     metrics::gauge!("sessiond_sessions").set(stats.sessions as f64);
     metrics::gauge!("sessiond_memory_used_bytes").set(stats.bytes_used as f64);
@@ -89,6 +115,24 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
     if let Some(up) = state.readiness.redis_up() {
         metrics::gauge!("sessiond_redis_up").set(if up { 1.0 } else { 0.0 });
     }
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric of the node, in Prometheus' text format.",
+            body = String, content_type = "text/plain"),
+        NoMetrics,
+    ),
+)]
+pub async fn render_metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = state.metrics.as_ref() else {
+        return ApiError::new(ErrorCode::UnknownRoute, "metrics are not enabled").into_response();
+    };
+    publish_stats(&state);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

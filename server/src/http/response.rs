@@ -4,13 +4,19 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use sessiond_proto::ErrorCode;
 use sessiond_proto::http::SessionBody;
+use utoipa::openapi::response::{self as doc, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{IntoResponses, ToSchema};
 
 use super::error::ApiError;
+use super::openapi::text_header;
 use crate::store::Session;
 
 /// A session answered with its `ETag`.
@@ -66,6 +72,51 @@ impl IntoResponse for SessionResponse {
         }
         response
     }
+}
+
+/// The documented answer of a read or write: `200 OK`, the session and its
+/// `ETag`.
+pub struct SessionOk;
+
+impl IntoResponses for SessionOk {
+    fn responses() -> BTreeMap<String, RefOr<doc::Response>> {
+        documented(StatusCode::OK, "The session after the operation.")
+    }
+}
+
+/// The documented answer of a create or rotation: `201 Created`, the
+/// session, its `ETag` and its `Location`.
+pub struct SessionCreated;
+
+impl IntoResponses for SessionCreated {
+    fn responses() -> BTreeMap<String, RefOr<doc::Response>> {
+        documented(StatusCode::CREATED, "The session under its new id.")
+    }
+}
+
+/// What [`SessionResponse`] sends with `status`, as OpenAPI.
+fn documented(status: StatusCode, description: &str) -> BTreeMap<String, RefOr<doc::Response>> {
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(
+                    SessionBody::<Box<RawValue>>::name(),
+                )))
+                .build(),
+        )
+        .header(
+            "ETag",
+            text_header("The session's version, quoted (`\"1\"`): send it back in `If-Match`."),
+        );
+    if status == StatusCode::CREATED {
+        response = response.header(
+            "Location",
+            text_header("`/v1/sessions/{id}` of the session."),
+        );
+    }
+    BTreeMap::from([(status.as_u16().to_string(), RefOr::T(response.build()))])
 }
 
 /// The session as `SessionBody` JSON. The stored data, JSON text already,

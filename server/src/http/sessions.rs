@@ -14,11 +14,29 @@ use sessiond_proto::http::{CreateRequest, PutRequest, RotateRequest, TouchReques
 use super::body::{JsonBody, MergePatch};
 use super::error::ApiError;
 use super::extract::{IdParam, IdempotencyKey, IfMatch};
-use super::response::SessionResponse;
+use super::openapi::errors;
+use super::response::{SessionCreated, SessionOk, SessionResponse};
 use super::state::AppState;
 use crate::service::{JsonData, ServiceError};
 
-/// `POST /v1/sessions`
+errors!(
+    /// Failures of a create.
+    CreateErrors: InvalidJson, InvalidTtl, InvalidUser, InvalidRequest, Unauthorized,
+    RequestTimeout, TooManySessions, Indeterminate, PayloadTooLarge, UnsupportedMediaType,
+    Unavailable, StoreFull
+);
+
+/// `POST /v1/sessions`: a new session under a fresh id.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "sessions",
+    params(IdempotencyKey),
+    request_body(content = Option<CreateRequest>, content_type = "application/json",
+        description = "Optional: an empty body creates `{}` with the default TTL."),
+    responses(SessionCreated, CreateErrors),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     key: Result<IdempotencyKey, ApiError>,
@@ -36,7 +54,20 @@ pub async fn create(
     Ok(SessionResponse::created(session))
 }
 
-/// `GET /v1/sessions/{id}`
+errors!(
+    /// Failures of a read.
+    GetErrors: InvalidId, Unauthorized, NotFound, Unavailable
+);
+
+/// `GET /v1/sessions/{id}`: the session; the read pushes its expiry.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(IdParam),
+    responses(SessionOk, GetErrors),
+    security(("bearer" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -44,7 +75,24 @@ pub async fn get(
     Ok(SessionResponse::ok(state.service.get(&id).await?))
 }
 
-/// `PUT /v1/sessions/{id}`
+errors!(
+    /// Failures of a replacement or a merge patch.
+    WriteErrors: InvalidJson, InvalidId, InvalidTtl, InvalidRequest, Unauthorized, NotFound,
+    RequestTimeout, Indeterminate, VersionMismatch, PayloadTooLarge, UnsupportedMediaType,
+    Unavailable, StoreFull
+);
+
+/// `PUT /v1/sessions/{id}`: replaces the data whole (a compare-and-set with
+/// `If-Match`).
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(IdParam, IfMatch, IdempotencyKey),
+    request_body(content = PutRequest, content_type = "application/json"),
+    responses(SessionOk, WriteErrors),
+    security(("bearer" = [])),
+)]
 pub async fn put(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -60,7 +108,19 @@ pub async fn put(
     Ok(SessionResponse::ok(session))
 }
 
-/// `PATCH /v1/sessions/{id}` with an RFC 7386 merge patch.
+/// `PATCH /v1/sessions/{id}` with an RFC 7386 merge patch, applied
+/// atomically (`null` removes a key).
+#[utoipa::path(
+    patch,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(IdParam, IfMatch, IdempotencyKey),
+    request_body(content = serde_json::Value, content_type = "application/merge-patch+json",
+        description = "An RFC 7386 merge patch of the session's data.",
+        example = json!({"cart": ["apple", "pear"], "coupon": null})),
+    responses(SessionOk, WriteErrors),
+    security(("bearer" = [])),
+)]
 pub async fn patch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -75,7 +135,23 @@ pub async fn patch(
     Ok(SessionResponse::ok(session))
 }
 
-/// `DELETE /v1/sessions/{id}`
+errors!(
+    /// Failures of a delete.
+    DeleteErrors: InvalidId, Unauthorized, Unavailable
+);
+
+/// `DELETE /v1/sessions/{id}`: idempotent.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(IdParam),
+    responses(
+        (status = 204, description = "The session is gone (also when it already was)."),
+        DeleteErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -84,7 +160,24 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/sessions/{id}/touch`
+errors!(
+    /// Failures of a touch.
+    TouchErrors: InvalidJson, InvalidId, InvalidTtl, Unauthorized, NotFound, RequestTimeout,
+    PayloadTooLarge, UnsupportedMediaType, Unavailable
+);
+
+/// `POST /v1/sessions/{id}/touch`: pushes the expiry without a write (the
+/// version is unchanged), optionally with a new idle TTL.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/touch",
+    tag = "sessions",
+    params(IdParam),
+    request_body(content = Option<TouchRequest>, content_type = "application/json",
+        description = "Optional: an empty body keeps the TTL."),
+    responses(SessionOk, TouchErrors),
+    security(("bearer" = [])),
+)]
 pub async fn touch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
@@ -94,8 +187,26 @@ pub async fn touch(
     Ok(SessionResponse::ok(session))
 }
 
+errors!(
+    /// Failures of a rotation.
+    RotateErrors: InvalidJson, InvalidId, InvalidUser, InvalidRequest, Unauthorized, NotFound,
+    RequestTimeout, TooManySessions, Indeterminate, PayloadTooLarge, UnsupportedMediaType,
+    Unavailable, StoreFull
+);
+
 /// `POST /v1/sessions/{id}/rotate`, with an optional body `{"user": ...}`
-/// that binds the session to a user in the same step (a login).
+/// that binds the session to a user in the same step (a login): the same
+/// data under a new id, the old id is 404 from now on.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/rotate",
+    tag = "sessions",
+    params(IdParam, IdempotencyKey),
+    request_body(content = Option<RotateRequest>, content_type = "application/json",
+        description = "Optional: without a user the session keeps its user."),
+    responses(SessionCreated, RotateErrors),
+    security(("bearer" = [])),
+)]
 pub async fn rotate(
     State(state): State<AppState>,
     IdParam(id): IdParam,

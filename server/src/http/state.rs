@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::backend::redis::ReplicationMode;
 use crate::readiness::Readiness;
 use crate::service::SessionService;
+use crate::store::WhenFull;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -21,4 +23,16 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Time a request body has to arrive once its head is in.
     pub body_timeout: Duration,
+    /// Settings the status page shows.
+    pub facts: NodeFacts,
+}
+
+/// Settings of the node that the status page shows (the defaults: those
+/// of `sessiond serve`, memory only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeFacts {
+    /// What a full store does.
+    pub when_full: WhenFull,
+    /// How sessions reach Redis (`None`: memory only).
+    pub replication: Option<ReplicationMode>,
 }

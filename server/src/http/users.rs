@@ -8,8 +8,11 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use sessiond_proto::http::{RevokedBody, SessionSummary, UserSessionsBody};
 use sessiond_proto::{ErrorCode, SessionId, UserName};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::{IntoParams, PartialSchema};
 
 use super::error::ApiError;
+use super::openapi::{errors, parameter};
 use super::response::rfc3339;
 use super::state::AppState;
 use crate::service::ServiceError;
@@ -33,15 +36,51 @@ impl<S: Send + Sync> FromRequestParts<S> for UserParam {
     }
 }
 
+impl IntoParams for UserParam {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![parameter(
+            "user",
+            ParameterIn::Path,
+            true,
+            UserName::schema(),
+            "The user, percent-encoded (400 `invalid_user` when malformed).",
+        )]
+    }
+}
+
 /// `?except={id}` of a revocation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RevokeQuery {
-    /// A session to keep.
+    /// A session to keep (the caller's own, to sign out the other devices).
+    #[param(value_type = Option<SessionId>)]
     except: Option<String>,
 }
 
-/// `GET /v1/users/{user}/sessions`
+errors!(
+    /// Failures of a listing.
+    ListErrors: InvalidUser, Unauthorized, Unavailable
+);
+
+errors!(
+    /// Failures of a revocation.
+    RevokeErrors: InvalidUser, InvalidId, InvalidRequest, Unauthorized, Unavailable
+);
+
+/// `GET /v1/users/{user}/sessions`: the user's live sessions, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user}/sessions",
+    tag = "users",
+    params(UserParam),
+    responses(
+        (status = 200, description = "The user's live sessions (without their data), oldest first.",
+            body = UserSessionsBody),
+        ListErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     UserParam(user): UserParam,
@@ -62,7 +101,20 @@ pub async fn list(
     }))
 }
 
-/// `DELETE /v1/users/{user}/sessions[?except={id}]`
+/// `DELETE /v1/users/{user}/sessions[?except={id}]`: ends every session of
+/// the user but `except`.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user}/sessions",
+    tag = "users",
+    params(UserParam, RevokeQuery),
+    responses(
+        (status = 200, description = "How many sessions were deleted (0 when the user had none).",
+            body = RevokedBody),
+        RevokeErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     UserParam(user): UserParam,

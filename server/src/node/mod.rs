@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::AnyBackend;
 use crate::backend::redis::{RedisConfig, ReplicationError};
 use crate::descriptors::{self, Caps};
-use crate::http::{self, AppState, HttpLimits, RESERVE_CONNECTIONS};
+use crate::http::{self, AppState, HttpLimits, NodeFacts, RESERVE_CONNECTIONS};
 use crate::net::{NetError, bind};
 use crate::readiness::Readiness;
 use crate::secret::Secret;
@@ -103,7 +103,7 @@ pub async fn run(
     let (backend, readiness) = match config.redis.clone() {
         Some(redis) => {
             tracing::info!(target = ?redis.target, mode = ?redis.mode, consistency = ?redis.consistency, "replicating to Redis");
-            let (backend, link) = AnyBackend::redis(
+            let (backend, link, invalidations) = AnyBackend::redis(
                 redis,
                 store.clone(),
                 config.store.max_lifetime_ms,
@@ -112,7 +112,7 @@ pub async fn run(
                 &drained,
             )
             .map_err(NodeError::Redis)?;
-            (backend, Readiness::with_redis(link))
+            (backend, Readiness::with_redis(link, invalidations))
         }
         None => (AnyBackend::memory(store.clone()), Readiness::default()),
     };
@@ -148,6 +148,10 @@ pub async fn run(
         metrics,
         readiness,
         body_timeout: config.http_limits.body_timeout,
+        facts: NodeFacts {
+            when_full: config.store.when_full,
+            replication: config.redis.as_ref().map(|redis| redis.mode),
+        },
     };
     http::serve(http_listener, state, config.http_limits, shutdown.clone()).await;
     shutdown.cancel();

@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
 use sessiond_proto::{ErrorCode, EventPage, InvalidUser, SessionId, UserName, ring};
 
-use crate::backend::{AnyBackend, Backend, BackendError, Failed, Indeterminate, Unavailable};
+use crate::backend::{
+    AnyBackend, Backend, BackendError, EventsError, Failed, Indeterminate, Unavailable,
+};
 use crate::store::{Owner, Session, StoreStats, UserLimit};
 use merge::MergeError;
 
@@ -119,23 +121,9 @@ pub enum ServiceError {
         /// The cap.
         max: usize,
     },
-    /// Events after the cursor are no longer kept.
-    #[error(
-        "events after this cursor are no longer kept; resume after the oldest cursor, {oldest}"
-    )]
-    CursorExpired {
-        /// The cursor before the oldest event kept.
-        oldest: String,
-    },
-    /// The cursor is not one the log hands out.
-    #[error("not an event cursor of this log: {cursor:?}")]
-    InvalidCursor {
-        /// What was given.
-        cursor: String,
-    },
-    /// The event log is off.
-    #[error("the event log is off (--events off)")]
-    EventsOff,
+    /// The event log cannot serve this read.
+    #[error(transparent)]
+    Events(EventsError),
     /// An events read asked for too many events or too long a wait.
     #[error("limit must be 1 to {MAX_EVENTS} and wait_secs at most {MAX_WAIT_SECS}")]
     InvalidEventQuery,
@@ -178,9 +166,9 @@ impl ServiceError {
             Self::InvalidData(_) | Self::InvalidPatch(_) => ErrorCode::InvalidJson,
             Self::StoreFull { .. } => ErrorCode::StoreFull,
             Self::InvalidUser(_) => ErrorCode::InvalidUser,
-            Self::CursorExpired { .. } => ErrorCode::CursorExpired,
-            Self::InvalidCursor { .. } => ErrorCode::InvalidCursor,
-            Self::EventsOff => ErrorCode::EventsOff,
+            Self::Events(EventsError::CursorExpired { .. }) => ErrorCode::CursorExpired,
+            Self::Events(EventsError::InvalidCursor { .. }) => ErrorCode::InvalidCursor,
+            Self::Events(EventsError::Off) => ErrorCode::EventsOff,
             Self::InvalidEventQuery => ErrorCode::InvalidRequest,
             Self::TooManySessions { .. } => ErrorCode::TooManySessions,
             Self::Unavailable(_) => ErrorCode::Unavailable,
@@ -200,7 +188,7 @@ impl ServiceError {
     /// The oldest cursor to resume from, for expired cursors.
     pub fn oldest(&self) -> Option<String> {
         match self {
-            Self::CursorExpired { oldest } => Some(oldest.clone()),
+            Self::Events(EventsError::CursorExpired { oldest }) => Some(oldest.clone()),
             _ => None,
         }
     }
@@ -215,9 +203,7 @@ impl From<BackendError> for ServiceError {
             }
             BackendError::StoreFull { needed, limit } => Self::StoreFull { needed, limit },
             BackendError::TooManySessions { max } => Self::TooManySessions { max },
-            BackendError::CursorExpired { oldest } => Self::CursorExpired { oldest },
-            BackendError::InvalidCursor { cursor } => Self::InvalidCursor { cursor },
-            BackendError::EventsOff => Self::EventsOff,
+            BackendError::Events(why) => Self::Events(why),
             BackendError::Unavailable(why) => Self::Unavailable(why),
             BackendError::Indeterminate(why) => Self::Indeterminate(why),
         }

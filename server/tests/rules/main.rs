@@ -7,6 +7,7 @@
 //! is in the `tests` crate.
 
 mod expiry;
+mod openapi;
 mod requests;
 mod sessions;
 mod sweeping;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
 use sessiond::backend::AnyBackend;
-use sessiond::http::{AppState, router};
+use sessiond::http::{AppState, NodeFacts, router};
 use sessiond::readiness::Readiness;
 use sessiond::service::{ServiceConfig, SessionService};
 use sessiond::store::{ManualClock, Store, StoreConfig};
@@ -77,15 +78,29 @@ impl Node {
 
     /// A node with these store and service settings.
     fn with(store: StoreConfig, service: ServiceConfig) -> Self {
+        Self::build(store, service, None)
+    }
+
+    /// A node with the default settings whose `/v1` needs `token`.
+    fn with_token(token: &str) -> Self {
+        Self::build(
+            StoreConfig::default(),
+            ServiceConfig::default(),
+            Some(token),
+        )
+    }
+
+    fn build(store: StoreConfig, service: ServiceConfig, token: Option<&str>) -> Self {
         let clock = Arc::new(ManualClock::new(START_MS));
         let store = Arc::new(Store::new(store, clock.clone()));
         let service = SessionService::new(AnyBackend::memory(store), service);
         let state = AppState {
             service: service.clone(),
-            auth_token: None,
+            auth_token: token.map(Arc::from),
             metrics: None,
             readiness: Readiness::default(),
             body_timeout: BODY_TIMEOUT,
+            facts: NodeFacts::default(),
         };
         let router = InProcess(router(state));
         Self {

@@ -12,48 +12,22 @@
 
 use std::time::Duration;
 
-use redis::{ScriptInvocation, Value};
+use redis::Value;
 use sessiond_proto::{Event, EventKind, EventPage, SessionId};
 use tokio_util::sync::CancellationToken;
 
+use super::event_log::RedisEvents;
 use super::shared::Redis;
-use crate::backend::api::BackendError;
-use crate::store::EventLogConfig;
+use crate::backend::api::{BackendError, EventsError};
 
 /// How often each node reaps the expiry index.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
 /// Most sessions one reap step reports.
 const REAP_BATCH: usize = 500;
-/// How often a waiting reader looks for new events.
+/// How often a node looks for new events while readers wait on it.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// The event log's keys and settings.
-#[derive(Debug, Clone)]
-pub struct RedisEvents {
-    /// The stream.
-    pub stream: String,
-    /// The expiry index.
-    pub expiries: String,
-    /// How the log keeps its events.
-    pub config: EventLogConfig,
-}
-
-impl RedisEvents {
-    /// The log of the sessions under `prefix`.
-    pub fn new(prefix: &str, config: EventLogConfig) -> Self {
-        let stream = format!("{{{prefix}events}}");
-        Self {
-            expiries: format!("{stream}:expiries"),
-            stream,
-            config,
-        }
-    }
-
-    /// Adds the log's keys (stream, expiry index) to a script invocation.
-    pub fn keys(&self, invocation: &mut ScriptInvocation<'_>) {
-        invocation.key(&self.stream).key(&self.expiries);
-    }
-}
+/// Longest a waiting reader sleeps without reading the stream itself.
+const MAX_QUIET: Duration = Duration::from_secs(1);
 
 /// A stream entry id, compared as numbers.
 fn entry_id(text: &str) -> Option<(u64, u64)> {
@@ -142,13 +116,6 @@ impl StreamShape {
     }
 }
 
-/// Counts an event this node appended to the log.
-pub(super) fn count_logged(events: Option<&RedisEvents>, kind: EventKind) {
-    if events.is_some() {
-        metrics::counter!("sessiond_events_total", "kind" => kind.as_str()).increment(1);
-    }
-}
-
 impl Redis {
     /// Up to `limit` events after `after`, waiting up to `wait` for one.
     pub(super) async fn read_events(
@@ -157,26 +124,16 @@ impl Redis {
         limit: usize,
         wait: Duration,
     ) -> Result<EventPage, BackendError> {
-        let events = self.events.as_ref().ok_or(BackendError::EventsOff)?;
-        let invalid = |cursor: &str| BackendError::InvalidCursor {
+        let events = self.events.as_ref().ok_or(EventsError::Off)?;
+        let invalid = |cursor: &str| EventsError::InvalidCursor {
             cursor: cursor.to_owned(),
         };
         let mut conn = self.link.conn()?;
         let mut cursor = match after {
-            Some("now") => {
-                let last = redis::cmd("XREVRANGE")
-                    .arg(&events.stream)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async::<Vec<(String, Vec<(String, String)>)>>(&mut conn)
-                    .await;
-                let last = self.link.observe(last)?;
-                last.into_iter()
-                    .next()
-                    .map_or_else(|| "0-0".to_owned(), |(id, _)| id)
-            }
+            Some("now") => self
+                .newest_entry(&events.stream)
+                .await?
+                .unwrap_or_else(|| "0-0".to_owned()),
             Some(cursor) => {
                 entry_id(cursor).ok_or_else(|| invalid(cursor))?;
                 self.check_kept(&events.stream, cursor).await?;
@@ -186,6 +143,9 @@ impl Redis {
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Subscribed before the read, so an entry appended after it
+            // wakes this reader.
+            let mut appended = self.newest_event.subscribe();
             let entries = redis::cmd("XRANGE")
                 .arg(&events.stream)
                 .arg(format!("({cursor}"))
@@ -202,14 +162,37 @@ impl Redis {
                 .into_iter()
                 .filter_map(|(id, fields)| event(id, fields))
                 .collect();
-            if !found.is_empty() || tokio::time::Instant::now() + POLL_INTERVAL > deadline {
+            let now = tokio::time::Instant::now();
+            if !found.is_empty() || now >= deadline {
                 return Ok(EventPage {
                     events: found,
                     next: cursor,
                 });
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            let wake = deadline.min(now + MAX_QUIET);
+            // Woken by a new entry, or at the bound (if the tail watcher
+            // could not read Redis, the next read says why).
+            let _ = tokio::time::timeout_at(wake, appended.changed()).await;
         }
+    }
+
+    /// The id of the stream's newest entry (`None` while it is empty).
+    async fn newest_entry(&self, stream: &str) -> Result<Option<String>, BackendError> {
+        let mut conn = self.link.conn()?;
+        let last = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async::<Vec<(String, Vec<(String, String)>)>>(&mut conn)
+            .await;
+        Ok(self
+            .link
+            .observe(last)?
+            .into_iter()
+            .next()
+            .map(|(id, _)| id))
     }
 
     /// Refuses a cursor from before the entries the stream still holds,
@@ -231,44 +214,69 @@ impl Redis {
         let shape = StreamShape::of(&info);
         match shape.oldest_cursor() {
             Some(oldest) if shape.trimmed() && entry_id(cursor) < entry_id(&oldest) => {
-                Err(BackendError::CursorExpired { oldest })
+                Err(EventsError::CursorExpired { oldest }.into())
             }
             _ => Ok(()),
         }
     }
 
-    /// Reaps the expiry index every [`REAP_INTERVAL`] until `shutdown`.
-    pub async fn reap(self: std::sync::Arc<Self>, shutdown: CancellationToken) {
+    /// Keeps the log until `shutdown`: reaps the expiry index every
+    /// [`REAP_INTERVAL`] and, while readers wait on this node, looks for a
+    /// new entry every [`POLL_INTERVAL`] and wakes them (one look for all
+    /// of them, however many long-polls and streams are open).
+    pub async fn keep_log(self: std::sync::Arc<Self>, shutdown: CancellationToken) {
         let Some(events) = self.events.clone() else {
             return;
         };
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_reap = tokio::time::Instant::now() + REAP_INTERVAL;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(REAP_INTERVAL) => {}
+                _ = ticker.tick() => {}
             }
-            let Ok(mut conn) = self.link.conn() else {
-                continue;
-            };
-            let reaped = self
-                .scripts
-                .reap
-                .key(&events.expiries)
-                .key(&events.stream)
-                .arg(&self.config.prefix)
-                .arg(REAP_BATCH)
-                .arg(events.config.retention)
-                .arg(events.config.max_age_ms)
-                .invoke_async::<(u64, u64)>(&mut conn)
-                .await;
-            match self.link.observe(reaped) {
-                Ok((reaped, retained)) => {
-                    metrics::counter!("sessiond_events_total", "kind" => EventKind::Expired.as_str())
-                        .increment(reaped);
-                    metrics::gauge!("sessiond_events_retained").set(retained as f64);
-                }
-                Err(err) => tracing::debug!(%err, "reaping the expiry index failed"),
+            if self.newest_event.receiver_count() > 0
+                && let Ok(Some(newest)) = self.newest_entry(&events.stream).await
+            {
+                self.newest_event.send_if_modified(|known| {
+                    let changed = *known != newest;
+                    if changed {
+                        known.clone_from(&newest);
+                    }
+                    changed
+                });
             }
+            if tokio::time::Instant::now() >= next_reap {
+                next_reap += REAP_INTERVAL;
+                self.reap(&events).await;
+            }
+        }
+    }
+
+    /// One reap step: reports the sessions whose time has come.
+    async fn reap(&self, events: &RedisEvents) {
+        let Ok(mut conn) = self.link.conn() else {
+            return;
+        };
+        let reaped = self
+            .scripts
+            .reap
+            .key(&events.expiries)
+            .key(&events.stream)
+            .arg(&self.config.prefix)
+            .arg(REAP_BATCH)
+            .arg(events.config.retention)
+            .arg(events.config.max_age_ms)
+            .invoke_async::<(u64, u64)>(&mut conn)
+            .await;
+        match self.link.observe(reaped) {
+            Ok((reaped, retained)) => {
+                metrics::counter!("sessiond_events_total", "kind" => EventKind::Expired.as_str())
+                    .increment(reaped);
+                metrics::gauge!("sessiond_events_retained").set(retained as f64);
+            }
+            Err(err) => tracing::debug!(%err, "reaping the expiry index failed"),
         }
     }
 }

@@ -13,6 +13,7 @@
 //!   from memory and queued for Redis; a SIGKILL loses what is still queued.
 
 mod error;
+mod event_log;
 mod events;
 mod invalidation;
 mod link;
@@ -25,7 +26,8 @@ mod users;
 mod write_behind;
 
 pub use error::ReplicationError;
-pub use events::RedisEvents;
+pub use event_log::RedisEvents;
+pub use invalidation::Invalidations;
 pub use link::{RedisLink, RedisTarget};
 pub use shared::{Consistency, Redis, RedisConfig, ReplicationMode};
 pub use sync::SyncBackend;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
-use super::events::{RedisEvents, count_logged};
+use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
 use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
@@ -235,6 +235,7 @@ async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError
     let conn = link.conn()?;
     let retention = events.map(|events| events.config.retention.to_string());
     let retention = &retention.unwrap_or_default();
+    let logs_updates = events.is_some_and(|events| events.config.include_updates);
     let sends = latest_per_session(batch).into_iter().map(|change| {
         let mut conn = conn.clone();
         async move {
@@ -252,10 +253,17 @@ async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError
                         .arg(invalidations.broadcast(&session.id))
                         .arg("1")
                         .arg(EventKind::Created.as_str())
-                        .arg(retention);
+                        .arg(retention)
+                        .arg(if logs_updates {
+                            EventKind::Updated.as_str()
+                        } else {
+                            ""
+                        });
                     let stored = invocation.invoke_async::<i64>(&mut conn).await;
-                    if matches!(stored, Ok(2)) {
-                        count_logged(events, EventKind::Created);
+                    match stored {
+                        Ok(2) => count_logged(events, EventKind::Created),
+                        Ok(3) => count_logged(events, EventKind::Updated),
+                        _ => {}
                     }
                     stored
                 }

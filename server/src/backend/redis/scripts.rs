@@ -97,10 +97,12 @@ return 1
 /// to announce the write to every node ('' for none); 13 '1' to store
 /// nothing (0) when the session was deleted lately (its tombstone is
 /// there); 14 the event to append if the key is new ('' for none);
-/// 15 retention. Returns 2 when it appended the event, else 1.
+/// 15 retention; 16 the event to append if the key held an older version
+/// ('' for none). Returns 2 when it appended the first event, 3 the
+/// second, else 1.
 const STORE_ANY: &str = r"
 if ARGV[13] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local fresh = redis.call('EXISTS', KEYS[1]) == 0
+local before = redis.call('HGET', KEYS[1], 'v')
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
@@ -108,9 +110,13 @@ if ARGV[11] ~= '' then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZADD', KEYS[4], ARGV[6], id .. ':' .. ARGV[10])
-  if fresh and ARGV[14] ~= '' then
+  if not before and ARGV[14] ~= '' then
     emit(KEYS[3], ARGV[15], ARGV[14], id, ARGV[10])
     return 2
+  end
+  if before and ARGV[16] ~= '' and tonumber(before) < tonumber(ARGV[1]) then
+    emit(KEYS[3], ARGV[15], ARGV[16], id, ARGV[10])
+    return 3
   end
 end
 return 1

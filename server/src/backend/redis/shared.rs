@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{ReplicationError, write_error};
-use super::events::{RedisEvents, count_logged};
+use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, Held};
@@ -92,6 +92,9 @@ pub struct Redis {
     pub(super) config: RedisConfig,
     /// The event log, if it is on.
     pub(super) events: Option<RedisEvents>,
+    /// The newest event log entry seen, watched by the readers waiting on
+    /// this node (kept current only while there are some).
+    pub(super) newest_event: tokio::sync::watch::Sender<String>,
     /// This node's id as the scripts record it among a session's cachers
     /// (empty in strong mode, where nothing is cached).
     pub(super) cacher: String,
@@ -159,11 +162,12 @@ impl Redis {
             refresher,
             config,
             events,
+            newest_event: tokio::sync::watch::Sender::new(String::new()),
             cacher,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
-        tasks.spawn(redis.clone().reap(shutdown.clone()));
+        tasks.spawn(redis.clone().keep_log(shutdown.clone()));
         Ok(redis)
     }
 
@@ -192,6 +196,11 @@ impl Redis {
     /// The link, for readiness checks.
     pub fn link(&self) -> &Arc<RedisLink> {
         &self.link
+    }
+
+    /// The invalidation subscription (its state, for the status page).
+    pub fn invalidations(&self) -> &Arc<Invalidations> {
+        &self.invalidations
     }
 
     /// The lock that orders this node's fills and writes of `id`.

@@ -9,7 +9,7 @@ use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
-use super::events::count_logged;
+use super::event_log::count_logged;
 use super::scripts::{WriteOutcome, hex, session_args, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
@@ -214,6 +214,7 @@ impl SyncBackend {
                 .arg("")
                 .arg("")
                 .arg(redis.retention())
+                .arg("")
                 .invoke_async::<i64>(&mut conn)
                 .await;
             redis.link.observe(copied).map_err(write_error)?;

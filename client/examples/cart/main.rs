@@ -16,6 +16,12 @@
 //! mid-way, and gives every request an `X-Request-Id` that stays the same on
 //! a retry (a client retrying a failed POST sends the same id again). The
 //! session remembers the last request id that counted.
+//!
+//! It also follows sessiond's event log and logs every session that ends
+//! (`session ended: signed out due to inactivity`), resuming after a
+//! restart from the cursor kept in `--events-cursor-file`.
+
+mod session_log;
 
 use std::net::SocketAddr;
 
@@ -58,6 +64,10 @@ struct Args {
     #[arg(long, env = "APP_SESSION_MINUTES", default_value_t = 30,
           value_parser = clap::value_parser!(i64).range(1..))]
     session_minutes: i64,
+    /// Where the app keeps its place in sessiond's event log, so a restart
+    /// resumes there (without it, it follows from its start on).
+    #[arg(long, env = "APP_EVENTS_CURSOR_FILE")]
+    events_cursor_file: Option<std::path::PathBuf>,
     /// Check the flags, print them and exit without serving.
     #[arg(long)]
     check_config: bool,
@@ -110,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
         builder = builder.auth_token(token.clone());
     }
     let client = builder.build().await.context("cannot reach sessiond")?;
+    tokio::spawn(session_log::follow(
+        client.clone(),
+        args.events_cursor_file.clone(),
+    ));
     let sessions = SessionManagerLayer::new(SessiondStore::new(client.clone()))
         .with_name("sid")
         .with_http_only(true)

@@ -1,0 +1,42 @@
+//! The Redis event log's keys and settings, shared by every script that
+//! appends to it, and the count of what this node appended.
+
+use redis::ScriptInvocation;
+use sessiond_proto::EventKind;
+
+use crate::store::EventLogConfig;
+
+/// The event log's keys and settings.
+#[derive(Debug, Clone)]
+pub struct RedisEvents {
+    /// The stream.
+    pub stream: String,
+    /// The expiry index.
+    pub expiries: String,
+    /// How the log keeps its events.
+    pub config: EventLogConfig,
+}
+
+impl RedisEvents {
+    /// The log of the sessions under `prefix`.
+    pub fn new(prefix: &str, config: EventLogConfig) -> Self {
+        let stream = format!("{{{prefix}events}}");
+        Self {
+            expiries: format!("{stream}:expiries"),
+            stream,
+            config,
+        }
+    }
+
+    /// Adds the log's keys (stream, expiry index) to a script invocation.
+    pub fn keys(&self, invocation: &mut ScriptInvocation<'_>) {
+        invocation.key(&self.stream).key(&self.expiries);
+    }
+}
+
+/// Counts an event this node appended to the log.
+pub(super) fn count_logged(events: Option<&RedisEvents>, kind: EventKind) {
+    if events.is_some() {
+        metrics::counter!("sessiond_events_total", "kind" => kind.as_str()).increment(1);
+    }
+}

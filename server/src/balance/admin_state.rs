@@ -1,0 +1,52 @@
+//! What the admin listener's handlers share: the upstreams, the metrics
+//! renderer, who may change the upstreams, and the stats they all show.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use super::membership::Membership;
+use super::pool::Pool;
+use super::upstream::UpstreamStats;
+
+/// Who may use the upstreams API.
+#[derive(Debug)]
+pub struct ApiAuth {
+    /// The bearer token, if one is configured.
+    pub token: Option<String>,
+    /// Whether the admin listener is on a loopback address.
+    pub loopback: bool,
+}
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The upstreams, and the way to change them.
+    pub membership: Membership,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// Who may use the upstreams API.
+    pub auth: Arc<ApiAuth>,
+}
+
+/// The balancer's state as `/stats.json` shows it.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Upstreams passing their health checks.
+    pub healthy: usize,
+    /// Requests waiting for a slot (every upstream at `--max-conns`).
+    pub queued: usize,
+    /// Every upstream, draining ones included.
+    pub upstreams: Vec<UpstreamStats>,
+}
+
+/// The pool's state now.
+pub fn stats(pool: &Pool) -> Stats {
+    let upstreams: Vec<UpstreamStats> = pool.upstreams().iter().map(|u| u.stats()).collect();
+    Stats {
+        healthy: upstreams.iter().filter(|u| u.up).count(),
+        queued: pool.capacity().queued(),
+        upstreams,
+    }
+}

@@ -1,0 +1,148 @@
+//! What a request must be before it is forwarded (the checks nginx makes
+//! too): no CONNECT, exactly one valid `Host` in HTTP/1.1 (at most one
+//! otherwise), request line and header lines within `--max-header-line-bytes`,
+//! the whole head within `--max-header-bytes`.
+
+use axum::http::header;
+use axum::http::uri::Authority;
+use axum::http::{Method, Request, Version};
+
+use super::answer::{Failure, FailureKind};
+
+/// Size limits of a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Longest request line or header line (name, `: `, value).
+    pub max_line: usize,
+    /// Longest head: request line and every header line.
+    pub max_total: usize,
+}
+
+/// Bytes of CRLF and `: ` around each header line.
+const LINE_OVERHEAD: usize = 4;
+
+/// Checks `request`'s head; the failure closes the connection.
+pub fn check<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure> {
+    check_head(request, limits).map_err(Failure::closing)
+}
+
+fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure> {
+    if request.method() == Method::CONNECT {
+        return Err(Failure::new(
+            FailureKind::MethodNotAllowed,
+            "CONNECT is not supported",
+        ));
+    }
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |path| path.as_str().len())
+        + request.uri().authority().map_or(0, |a| a.as_str().len());
+    let request_line = request.method().as_str().len() + target + 12;
+    if request_line > limits.max_line {
+        return Err(Failure::new(
+            FailureKind::UriTooLong,
+            format!("the request line is over {} bytes", limits.max_line),
+        ));
+    }
+    let mut total = request_line;
+    for (name, value) in request.headers() {
+        let line = name.as_str().len() + value.len() + LINE_OVERHEAD;
+        if line > limits.max_line {
+            return Err(Failure::new(
+                FailureKind::HeaderTooLarge,
+                format!("a header line is over {} bytes", limits.max_line),
+            ));
+        }
+        total += line;
+    }
+    if total > limits.max_total {
+        return Err(Failure::new(
+            FailureKind::HeaderTooLarge,
+            format!("the request head is over {} bytes", limits.max_total),
+        ));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(bad_host("more than one Host header"));
+    }
+    match host {
+        None if request.version() == Version::HTTP_11 => Err(bad_host("no Host header")),
+        None => Ok(()),
+        Some(host) => match host.to_str().ok().map(str::parse::<Authority>) {
+            Some(Ok(authority)) if !authority.as_str().contains('@') => Ok(()),
+            _ => Err(bad_host("the Host header is not a host[:port]")),
+        },
+    }
+}
+
+fn bad_host(message: &str) -> Failure {
+    Failure::new(FailureKind::BadHost, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_line: 100,
+        max_total: 200,
+    };
+
+    fn code(request: Request<()>) -> Option<(u16, &'static str)> {
+        check(&request, LIMITS)
+            .err()
+            .map(|failure| (failure.status().as_u16(), failure.kind.code()))
+    }
+
+    fn get() -> axum::http::request::Builder {
+        Request::builder().uri("/").version(Version::HTTP_11)
+    }
+
+    #[test]
+    fn host_must_be_there_once_and_valid_in_http_1_1() {
+        assert_eq!(code(get().header("host", "a").body(()).unwrap()), None);
+        assert_eq!(code(get().body(()).unwrap()), Some((400, "bad_host")));
+        let two = get()
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap();
+        assert_eq!(code(two), Some((400, "bad_host")));
+        let bad = get().header("host", "a b").body(()).unwrap();
+        assert_eq!(code(bad), Some((400, "bad_host")));
+        let old = get().version(Version::HTTP_10).body(()).unwrap();
+        assert_eq!(code(old), None);
+    }
+
+    #[test]
+    fn connect_and_oversized_heads_are_refused() {
+        let connect = get()
+            .method("CONNECT")
+            .header("host", "a")
+            .body(())
+            .unwrap();
+        assert_eq!(code(connect), Some((405, "method_not_allowed")));
+        let long_uri = get()
+            .uri(format!("/{}", "x".repeat(100)))
+            .header("host", "a");
+        assert_eq!(
+            code(long_uri.body(()).unwrap()),
+            Some((414, "uri_too_long"))
+        );
+        let long_line = get().header("host", "a").header("x", "v".repeat(100));
+        assert_eq!(
+            code(long_line.body(()).unwrap()),
+            Some((431, "header_too_large"))
+        );
+        let mut many = get().header("host", "a");
+        for i in 0..5 {
+            many = many.header(format!("x-{i}"), "v".repeat(40));
+        }
+        assert_eq!(
+            code(many.body(()).unwrap()),
+            Some((431, "header_too_large"))
+        );
+    }
+}

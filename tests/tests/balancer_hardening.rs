@@ -1,0 +1,449 @@
+//! Hostile clients against `sessiond balance`, over raw sockets, with
+//! recording test upstreams behind it. What nginx 1.22 (default settings)
+//! answers to the same bytes, for comparison:
+//!
+//! | case | sessiond balance | nginx 1.22 |
+//! |---|---|---|
+//! | upload cut short (Content-Length 100, 1 byte, close) | closes; no upstream blamed | closes (logs 499); upstream not marked failed |
+//! | malformed chunk size | 400 `bad_request`, closes; no upstream blamed | 400 |
+//! | HTTP/1.1 without `Host` | 400 `bad_host` | 400 |
+//! | two `Host` headers | 400 `bad_host` | 400 ("client sent duplicate host header") |
+//! | `CONNECT host:443` | 405 `method_not_allowed` | 405 |
+//! | a header line over 8 KiB | 431 `header_too_large` | 400 "Request Header Or Cookie Too Large" |
+//! | a head over 32 KiB | 431 `header_too_large` | 400 (4 buffers of 8 KiB) |
+//! | a request line over 8 KiB | 414 `uri_too_long` | 414 |
+//! | no byte, or half a head, or half an `h2` preface | closed after `--header-timeout` (10 s) | closed after `client_header_timeout` (60 s) |
+//! | a body that stalls, or trickles at 1 byte/s | 408 `body_timeout` after `--body-timeout` / under `--min-body-rate` | 408 after a 60 s gap (`client_body_timeout`); a trickle is never cut |
+//! | past the client connection cap | 503 `too_many_connections`, closed | no answer at `worker_connections` (503 with `limit_conn`) |
+//! | error bodies | generic message and code; details in the log | nginx's generic HTML pages |
+//! | a pooled upstream connection closed as a request goes out | a GET is sent again on a new connection; no upstream blamed | the same (a failure on a cached connection is not counted) |
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sessiond_e2e::balance::{RawResponse, raw_exchange, read_response, read_until_closed};
+use sessiond_e2e::upstream::echoed_header;
+use sessiond_e2e::{Balancer, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Checks once an hour: only passive ejection can take an upstream out.
+const NO_CHECKS: [&str; 6] = ["--health-interval", "1h", "--rise", "1", "--fall", "1"];
+
+async fn upstreams(count: usize) -> Vec<TestUpstream> {
+    let mut upstreams = Vec::new();
+    for index in 0..count {
+        upstreams.push(TestUpstream::start(&format!("u{index}")).await);
+    }
+    upstreams
+}
+
+fn balancer(upstreams: &[TestUpstream], extra: &[&str]) -> Balancer {
+    let mut args = NO_CHECKS.to_vec();
+    args.extend(extra);
+    Balancer::over(upstreams, &args)
+}
+
+fn assert_error(response: &RawResponse, status: u16, code: &str) {
+    assert_eq!(response.status, status, "{response:?}");
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.json()["error"]["code"], code, "{response:?}");
+}
+
+/// Every upstream in rotation, with nothing in flight (once the last
+/// requests are done).
+async fn assert_all_up(balancer: &Balancer, count: u64) {
+    balancer.wait_until_idle(Duration::from_secs(10)).await;
+    let stats = balancer.stats().await;
+    assert_eq!(stats["healthy"], count, "{stats}");
+    let in_flight: u64 = stats["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .map(|u| u["in_flight"].as_u64().unwrap_or(99))
+        .sum();
+    assert_eq!(in_flight, 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_uploads_are_the_clients_fault_and_never_eject_an_upstream() {
+    let upstreams = upstreams(3).await;
+    let balancer = balancer(&upstreams, &[]);
+    for round in 0..3u64 {
+        // An upload cut short: one byte of a hundred, then the client goes.
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream
+            .write_all(b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nx")
+            .await
+            .expect("send");
+        // Wait until the request is at an upstream, then hang up.
+        balancer
+            .wait_for_stats("the upload in flight", Duration::from_secs(10), |stats| {
+                // Each round's chunked request reaches an upstream too.
+                let sinks: u64 = upstreams.iter().map(|u| u.hits("/sink")).sum();
+                sinks > 2 * round && stats["healthy"] == 3
+            })
+            .await;
+        drop(stream);
+
+        // A malformed chunk size.
+        let response = raw_exchange(
+            balancer.listen,
+            b"POST /sink HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4\r\nabcd\r\nzz\r\n",
+        )
+        .await;
+        assert_error(&response, 400, "bad_request");
+        assert_eq!(response.header("connection"), Some("close"));
+    }
+    assert_all_up(&balancer, 3).await;
+    for upstream in &upstreams {
+        let entry = balancer.upstream_stats(&upstream.url()).await;
+        assert_eq!(entry["errors"], 0, "{entry}");
+    }
+    // And every user is still served by all three.
+    let http = sessiond_e2e::http_client(Duration::from_secs(20));
+    for _ in 0..9 {
+        let response = http
+            .get(format!("{}/", balancer.url()))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.status(), 200);
+    }
+    for upstream in &upstreams {
+        assert_eq!(upstream.hits("/"), 3, "{}", upstream.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_name_no_upstream_and_no_os_error() {
+    let mut upstreams = upstreams(2).await;
+    let balancer = balancer(&upstreams, &["--response-timeout", "300ms"]);
+    let secrets: Vec<String> = upstreams
+        .iter()
+        .flat_map(|u| [u.addr.to_string(), u.addr.port().to_string()])
+        .chain(["refused", "os error", "http://"].map(String::from))
+        .collect();
+    let check = |response: &RawResponse| {
+        let text = String::from_utf8_lossy(&response.body).to_lowercase();
+        for secret in &secrets {
+            assert!(!text.contains(secret), "{secret:?} leaked: {text}");
+        }
+    };
+    // 504: the upstream is slow.
+    let slow = raw_exchange(
+        balancer.listen,
+        b"GET /slow/2000 HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    assert_error(&slow, 504, "upstream_timeout");
+    check(&slow);
+    // 502: the upstream dies mid-request (a POST is not replayed).
+    let died = raw_exchange(
+        balancer.listen,
+        b"POST /die HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert_error(&died, 502, "bad_gateway");
+    check(&died);
+    // 503: every upstream refuses connections.
+    for upstream in &mut upstreams {
+        upstream.stop().await;
+    }
+    let refused = raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_error(&refused, 503, "no_upstream");
+    check(&refused);
+    // The admin listener keeps the detail, and so does the log.
+    let entry = balancer.upstream_stats(&upstreams[0].url()).await;
+    let why = entry["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("refused"), "{entry}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_one_valid_host_and_connect_are_refused() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &[]);
+    for (request, status, code) in [
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], 400, "bad_host"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+            "bad_host",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            400,
+            "bad_host",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400, "bad_host"),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let response = raw_exchange(balancer.listen, request).await;
+        assert_error(&response, status, code);
+        assert_eq!(response.header("connection"), Some("close"));
+    }
+    assert_eq!(upstreams[0].requests(), 0, "nothing reached the upstream");
+    // HTTP/1.0 may leave Host out.
+    let old = raw_exchange(balancer.listen, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!((old.status, old.body.as_slice()), (200, &b"u0"[..]));
+    // An absolute-form target names the host the upstream sees.
+    let absolute = raw_exchange(
+        balancer.listen,
+        b"GET http://shop.example/headers HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    let echo: Value = absolute.json();
+    let hosts = echoed_header(&echo, "host");
+    assert_eq!(hosts, ["shop.example"], "{echo}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_lines_header_lines_and_heads_are_refused() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &[]);
+    let request = |target: &str, headers: &[String]| {
+        let mut text = format!("GET {target} HTTP/1.1\r\nHost: h\r\n");
+        for header in headers {
+            text.push_str(header);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        text.into_bytes()
+    };
+    // Just under the 8 KiB line limit: forwarded.
+    let fits = raw_exchange(
+        balancer.listen,
+        &request("/", &[format!("x-big: {}", "v".repeat(8000))]),
+    )
+    .await;
+    assert_eq!(fits.status, 200, "{fits:?}");
+    // One line over 8 KiB.
+    let line = raw_exchange(
+        balancer.listen,
+        &request("/", &[format!("x-big: {}", "v".repeat(9000))]),
+    )
+    .await;
+    assert_error(&line, 431, "header_too_large");
+    // Lines under the limit, 40 KiB together.
+    let many: Vec<String> = (0..10)
+        .map(|i| format!("x-part-{i}: {}", "v".repeat(4000)))
+        .collect();
+    let head = raw_exchange(balancer.listen, &request("/", &many)).await;
+    assert_error(&head, 431, "header_too_large");
+    // A request line over 8 KiB.
+    let uri = raw_exchange(
+        balancer.listen,
+        &request(&format!("/{}", "a".repeat(9000)), &[]),
+    )
+    .await;
+    assert_error(&uri, 414, "uri_too_long");
+    // Far past any limit: refused by the parser itself, still 431.
+    let huge: Vec<String> = (0..40)
+        .map(|i| format!("x-part-{i}: {}", "v".repeat(4000)))
+        .collect();
+    let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+    let _ = stream.write_all(&request("/", &huge)).await;
+    let answer = read_until_closed(&mut stream).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(upstreams[0].requests(), 1, "only the request that fits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_sent_heads_are_cut_at_the_header_timeout() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &["--header-timeout", "300ms"]);
+    for sent in [
+        &b""[..],
+        b"PRI * HTTP/2.0\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\n",
+    ] {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream.write_all(sent).await.expect("send");
+        let answer = read_until_closed(&mut stream).await;
+        // Closed, without anything forwarded (an answer, if any, is an error).
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A keep-alive connection idle past the timeout is closed too, after
+    // its answer.
+    let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("send");
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    assert!(read_until_closed(&mut stream).await.is_empty());
+    assert_eq!(upstreams[0].requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_trickled_bodies_get_408_and_free_their_upstream() {
+    let upstreams = upstreams(2).await;
+    let balancer = balancer(
+        &upstreams,
+        &["--body-timeout", "500ms", "--min-body-rate", "200"],
+    );
+    // A body that stops: 10 bytes of 100, then nothing.
+    let mut stalled = TcpStream::connect(balancer.listen).await.expect("connect");
+    stalled
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .expect("send");
+    let response = read_response(&mut stalled).await;
+    assert_error(&response, 408, "body_timeout");
+
+    // A body trickled one byte every 100 ms: each gap is well within the
+    // body timeout, the rate (10 bytes/s) is far under 200 bytes/s.
+    let trickle = TcpStream::connect(balancer.listen).await.expect("connect");
+    let (mut reader, mut writer) = trickle.into_split();
+    writer
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .expect("send");
+    let done = tokio_util::sync::CancellationToken::new();
+    let sender = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut sent = 0;
+            while sent < 200 && !done.is_cancelled() {
+                if writer.write_all(b"x").await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => answer.extend_from_slice(&chunk[..read]),
+            }
+        }
+    });
+    read.await
+        .expect("the trickled connection was never closed");
+    done.cancel();
+    let sent = sender.await.expect("the sender");
+    assert!(sent < 200, "the whole trickle was accepted");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert_all_up(&balancer, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_client_connection_cap_a_connection_is_refused_with_503() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &["--max-client-conns", "2"]);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .expect("send");
+        assert_eq!(read_response(&mut stream).await.status, 200);
+        open.push(stream);
+    }
+    let mut third = TcpStream::connect(balancer.listen).await.expect("connect");
+    let refused = read_response(&mut third).await;
+    assert_error(&refused, 503, "too_many_connections");
+    assert!(read_until_closed(&mut third).await.is_empty());
+    // One closes: the next connection is served.
+    drop(open.pop());
+    let mut served = None;
+    for _ in 0..50 {
+        let response = raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        if response.status == 200 {
+            served = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served.is_some(), "no connection served after one closed");
+}
+
+/// An app server that answers the first request of each connection with
+/// keep-alive and closes the connection, unanswered, when the second one
+/// arrives: an upstream's keep-alive timeout firing just as a pooled
+/// connection is reused.
+async fn closing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for answered in 0.. {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => seen.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                    if answered == 1 {
+                        return;
+                    }
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+                    seen.drain(..end + 4);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault() {
+    let (upstream, task) = closing_upstream().await;
+    let url = format!("http://{upstream}");
+    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
+    args.extend(NO_CHECKS);
+    let balancer = Balancer::start(&args);
+    let get = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+    for round in 0..3 {
+        // The first request opens a connection that goes back to the pool;
+        // the second finds it closed under it and goes again on a new one.
+        for request in 0..2 {
+            let response = raw_exchange(balancer.listen, get).await;
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, &b"ok"[..]),
+                "round {round}, request {request}"
+            );
+        }
+    }
+    // A POST is not sent twice: 502, and still the upstream stays in.
+    let first = raw_exchange(balancer.listen, get).await;
+    assert_eq!(first.status, 200);
+    let post = raw_exchange(
+        balancer.listen,
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_error(&post, 502, "bad_gateway");
+    assert_eq!(balancer.stats().await["healthy"], 1);
+    task.abort();
+}

@@ -1,0 +1,644 @@
+//! Operating `sessiond balance` without downtime: the upstreams API and
+//! SIGHUP change the upstream set under load with upgraded connections
+//! open, slow start, the per-upstream cap with its queue, a restart that
+//! hands the listening socket over, and the PROXY protocol both ways.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessiond_e2e::balance::{Load, Tunnel, raw_exchange, read_until_closed};
+use sessiond_e2e::upstream::{echoed_header, url_list as list};
+use sessiond_e2e::{Balancer, TestUpstream, process::signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Unhurried health checks: every upstream stays in rotation.
+const STEADY: [&str; 6] = ["--health-interval", "1s", "--rise", "1", "--fall", "3"];
+/// Bound of waits for the balancer to reach a state.
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn upstreams(names: &[&str]) -> Vec<TestUpstream> {
+    let mut upstreams = Vec::new();
+    for name in names {
+        upstreams.push(TestUpstream::start(name).await);
+    }
+    upstreams
+}
+
+/// Whether the members are exactly `upstreams`, in order, all active.
+fn only_active(stats: &Value, upstreams: &[&TestUpstream]) -> bool {
+    let expected: Vec<(String, String)> = upstreams
+        .iter()
+        .map(|u| (u.url(), "active".to_owned()))
+        .collect();
+    member_urls(stats) == expected
+}
+
+fn http() -> reqwest::Client {
+    sessiond_e2e::http_client(Duration::from_secs(20))
+}
+
+/// An admin API call: status and JSON body.
+async fn admin(
+    balancer: &Balancer,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http().request(method, format!("{}{path}", balancer.admin_url()));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn member_urls(stats: &Value) -> Vec<(String, String)> {
+    stats["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .map(|u| {
+            (
+                u["url"].as_str().unwrap_or_default().to_owned(),
+                u["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn authority(upstream: &TestUpstream) -> String {
+    upstream.addr.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
+    let ups = upstreams(&["a", "b", "c"]).await;
+    let first_two = list(&ups[..2]);
+    let mut args = vec!["--upstream", first_two.as_str(), "--admin-token", "s3cret"];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    use reqwest::Method;
+
+    for token in [None, Some("wrong")] {
+        let (status, body) = admin(&balancer, Method::GET, "/upstreams", token, None).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("unauthorized"))
+        );
+    }
+    let (status, body) = admin(&balancer, Method::GET, "/upstreams", Some("s3cret"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(member_urls(&body).len(), 2);
+
+    let add = |url: String| json!({ "url": url });
+    let (status, body) = admin(
+        &balancer,
+        Method::POST,
+        "/upstreams",
+        Some("s3cret"),
+        Some(add(ups[2].url())),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body, json!({"url": ups[2].url(), "state": "active"}));
+    let (status, body) = admin(
+        &balancer,
+        Method::POST,
+        "/upstreams",
+        Some("s3cret"),
+        Some(add(ups[2].url())),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("already_present"))
+    );
+    for bad in [json!({"url": "https://x:1"}), json!({"nope": 1})] {
+        let (status, body) = admin(
+            &balancer,
+            Method::POST,
+            "/upstreams",
+            Some("s3cret"),
+            Some(bad),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let (status, body) = admin(
+        &balancer,
+        Method::DELETE,
+        "/upstreams/127.0.0.1:1",
+        Some("s3cret"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("unknown_upstream"))
+    );
+
+    // The third serves its share.
+    let seen: Vec<String> = {
+        let http = http();
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            let response = http
+                .get(format!("{}/", balancer.url()))
+                .send()
+                .await
+                .expect("GET");
+            seen.push(response.text().await.expect("body"));
+        }
+        seen
+    };
+    assert_eq!(
+        seen.iter().filter(|name| *name == "c").count(),
+        10,
+        "{seen:?}"
+    );
+
+    // Drained: gone once idle, and sent nothing more.
+    let path = format!("/upstreams/{}", authority(&ups[0]));
+    let (status, body) = admin(&balancer, Method::DELETE, &path, Some("s3cret"), None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, json!({"url": ups[0].url(), "state": "draining"}));
+    balancer
+        .wait_for_stats("a removed", WAIT, |stats| member_urls(stats).len() == 2)
+        .await;
+    let before = ups[0].requests();
+    for _ in 0..10 {
+        let response = http()
+            .get(format!("{}/", balancer.url()))
+            .send()
+            .await
+            .expect("GET");
+        assert_ne!(response.text().await.expect("body"), "a");
+    }
+    assert_eq!(ups[0].requests(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_api_answers_only_on_loopback() {
+    let ups = upstreams(&["a"]).await;
+    let url = ups[0].url();
+    let mut args = vec!["--upstream", url.as_str()];
+    args.extend(STEADY);
+    let open = Balancer::start_with_admin("0.0.0.0:0", &args);
+    let (status, body) = admin(&open, reqwest::Method::GET, "/upstreams", None, None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("admin_token_required"))
+    );
+    // The read-only pages stay open.
+    assert_eq!(open.stats().await["healthy"], 1);
+    let local = Balancer::start(&args);
+    let (status, _) = admin(&local, reqwest::Method::GET, "/upstreams", None, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_change_twenty_times_under_load_with_tunnels_open_and_nothing_fails() {
+    let ups = upstreams(&["a", "b", "s0", "s1", "s2", "s3"]).await;
+    let base = list(&ups[..2]);
+    let mut args = vec!["--upstream", base.as_str(), "--drain-timeout", "60s"];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    let spares = &ups[2..];
+    use reqwest::Method;
+    let add = |upstream: &TestUpstream| json!({ "url": upstream.url() });
+    for spare in &spares[..2] {
+        let (status, _) = admin(
+            &balancer,
+            Method::POST,
+            "/upstreams",
+            None,
+            Some(add(spare)),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    // Eight tunnels over a, b, s0 and s1.
+    let mut tunnels = Vec::new();
+    for _ in 0..8 {
+        tunnels.push(Tunnel::open(balancer.listen).await);
+    }
+    let on: HashMap<&str, usize> = tunnels.iter().fold(HashMap::new(), |mut on, t| {
+        *on.entry(t.upstream.as_str()).or_default() += 1;
+        on
+    });
+    assert_eq!(on.len(), 4, "{on:?}");
+
+    let load = Load::start(&format!("{}/", balancer.url()), 4);
+    let mut removed_while_idle = 0;
+    for change in 0..20 {
+        let leaving = &spares[change % 4];
+        let joining = &spares[(change + 2) % 4];
+        let path = format!("/upstreams/{}", authority(leaving));
+        let (status, body) = admin(&balancer, Method::DELETE, &path, None, None).await;
+        assert!(matches!(status, 202 | 404), "{status} {body}");
+        let (status, body) = admin(
+            &balancer,
+            Method::POST,
+            "/upstreams",
+            None,
+            Some(add(joining)),
+        )
+        .await;
+        assert!(matches!(status, 201 | 409), "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let members = member_urls(&balancer.stats().await);
+        if change >= 2 && !members.iter().any(|(url, _)| *url == leaving.url()) {
+            removed_while_idle += 1;
+        }
+    }
+    let report = load.stop().await;
+    assert_eq!(report.failed, Vec::<String>::new(), "{} ok", report.ok);
+    assert!(report.ok > 100, "{report:?}");
+    assert!(removed_while_idle > 0, "an idle spare was removed outright");
+    for (index, tunnel) in tunnels.iter_mut().enumerate() {
+        let message = format!("still there {index}");
+        assert!(
+            tunnel.echo(message.as_bytes()).await,
+            "tunnel {index} to {} dropped",
+            tunnel.upstream
+        );
+    }
+    // Tunnels closed: every draining spare leaves.
+    drop(tunnels);
+    for spare in spares {
+        let path = format!("/upstreams/{}", authority(spare));
+        admin(&balancer, Method::DELETE, &path, None, None).await;
+    }
+    balancer
+        .wait_for_stats("only a and b", WAIT, |stats| {
+            only_active(stats, &[&ups[0], &ups[1]])
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_upstreams_file() {
+    let ups = upstreams(&["a", "b", "c"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("upstreams.txt");
+    std::fs::write(&path, format!("{}\n{}\n", ups[0].url(), ups[1].url())).expect("write");
+    let file = path.to_string_lossy().into_owned();
+    let mut args = vec!["--upstreams-file", file.as_str()];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+
+    std::fs::write(
+        &path,
+        format!("# b leaves, c joins\n{}\n{}\n", ups[0].url(), ups[2].url()),
+    )
+    .expect("rewrite");
+    signal(balancer.pid(), "HUP");
+    balancer
+        .wait_for_stats("a and c", WAIT, |stats| {
+            only_active(stats, &[&ups[0], &ups[2]])
+        })
+        .await;
+    // A broken file changes nothing.
+    std::fs::write(&path, "http://no-port\n").expect("rewrite");
+    signal(balancer.pid(), "HUP");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !balancer.log().contains("cannot reload the upstreams") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", balancer.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(member_urls(&balancer.stats().await).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_starting_upstream_gets_a_rising_share_below_full_at_first() {
+    let ups = upstreams(&["a", "b", "c"]).await;
+    let first_two = list(&ups[..2]);
+    let mut args = vec!["--upstream", first_two.as_str(), "--slow-start", "8s"];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    let (status, _) = admin(
+        &balancer,
+        reqwest::Method::POST,
+        "/upstreams",
+        None,
+        Some(json!({"url": ups[2].url()})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let http = http();
+    let share = |count: usize| {
+        let http = http.clone();
+        let url = format!("{}/", balancer.url());
+        async move {
+            let mut c = 0;
+            for _ in 0..count {
+                let response = http.get(&url).send().await.expect("GET");
+                if response.text().await.expect("body") == "c" {
+                    c += 1;
+                }
+            }
+            c as f64 / count as f64
+        }
+    };
+    let early = share(150).await;
+    let weight = balancer.upstream_stats(&ups[2].url()).await["weight"]
+        .as_f64()
+        .expect("weight");
+    assert!(weight < 1.0, "still ramping");
+    balancer
+        .wait_for_stats("c at full weight", Duration::from_secs(30), |stats| {
+            stats["upstreams"][2]["weight"] == 1.0
+        })
+        .await;
+    let late = share(150).await;
+    // Full share is a third.
+    assert!(early < 0.2, "early share {early}");
+    assert!(
+        late > 0.25 && late > early,
+        "late share {late}, early {early}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_never_sees_more_than_max_conns_and_the_queue_overflows_to_503() {
+    let ups = upstreams(&["a"]).await;
+    let mut args = vec!["--max-conns", "2", "--queue", "3"];
+    args.extend(STEADY);
+    let balancer = Balancer::over(&ups, &args);
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let url = format!("{}/slow/400", balancer.url());
+            tokio::spawn(async move {
+                let response = http().get(url).send().await.expect("GET");
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    let mut outcomes: HashMap<u16, usize> = HashMap::new();
+    for request in requests {
+        let (status, body) = request.await.expect("request");
+        if status == 503 {
+            assert!(body.contains("\"overloaded\""), "{body}");
+        } else {
+            assert_eq!(status, 200, "{body}");
+        }
+        *outcomes.entry(status).or_default() += 1;
+    }
+    assert!(
+        outcomes.get(&200).copied().unwrap_or(0) >= 5,
+        "{outcomes:?}"
+    );
+    assert!(
+        ups[0].peak_concurrency() <= 2,
+        "peak {}",
+        ups[0].peak_concurrency()
+    );
+    assert_eq!(ups[0].peak_concurrency(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_and_a_queue_timeout_answer_503_overloaded() {
+    let ups = upstreams(&["a"]).await;
+    let mut args = vec![
+        "--max-conns",
+        "1",
+        "--queue",
+        "1",
+        "--queue-timeout",
+        "300ms",
+    ];
+    args.extend(STEADY);
+    let balancer = Balancer::over(&ups, &args);
+    let slow = tokio::spawn({
+        let url = format!("{}/slow/3000", balancer.url());
+        async move { http().get(url).send().await.expect("GET").status().as_u16() }
+    });
+    balancer
+        .wait_for_stats("one in flight", WAIT, |s| {
+            s["upstreams"][0]["in_flight"] == 1
+        })
+        .await;
+    let queued = tokio::spawn(raw_exchange(
+        balancer.listen,
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    ));
+    balancer
+        .wait_for_stats("one queued", WAIT, |s| s["queued"] == 1)
+        .await;
+    let full = raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_eq!(full.status, 503);
+    assert_eq!(
+        full.json()["error"],
+        json!({"code": "overloaded", "message": "every upstream is at its connection limit and the queue is full"})
+    );
+    let timed_out = queued.await.expect("queued request");
+    assert_eq!(timed_out.status, 503);
+    assert_eq!(
+        timed_out.json()["error"]["message"],
+        "every upstream is at its connection limit and the wait in the queue timed out"
+    );
+    assert_eq!(slow.await.expect("slow"), 200);
+    assert_eq!(ups[0].peak_concurrency(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_balancer_takes_the_socket_over_under_load_and_no_request_fails() {
+    let ups = upstreams(&["a", "b"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir
+        .path()
+        .join("handover.sock")
+        .to_string_lossy()
+        .into_owned();
+    let all = list(&ups);
+    let mut args = vec![
+        "--upstream",
+        all.as_str(),
+        "--handover-socket",
+        socket.as_str(),
+    ];
+    args.extend(STEADY);
+    let args: Vec<String> = args.into_iter().map(String::from).collect();
+    let start = {
+        let args = args.clone();
+        move || {
+            let args = args.clone();
+            tokio::task::spawn_blocking(move || {
+                Balancer::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+        }
+    };
+    let mut generations = vec![start().await.expect("first balancer")];
+    let load = Load::start(&format!("{}/", generations[0].url()), 4);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let next = start().await.expect("next balancer");
+        let previous = generations.last().expect("a running balancer");
+        assert_eq!((next.listen, next.admin), (previous.listen, previous.admin));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !previous
+            .log()
+            .contains("took over the listening sockets; draining")
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{}", previous.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        generations.push(next);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, Vec::<String>::new(), "{} ok", report.ok);
+    assert!(report.ok > 100, "{report:?}");
+    let last = generations.pop().expect("the last balancer");
+    let served: u64 = last.stats().await["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .map(|u| u["requests"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(served > 0, "the last balancer served the load");
+    for mut old in generations {
+        let (old, code) = tokio::task::spawn_blocking(move || {
+            let code = old.terminate();
+            (old, code)
+        })
+        .await
+        .expect("terminate");
+        assert_eq!(code, Some(0), "{}", old.log());
+        assert!(old.log().contains("balancer draining in-flight requests"));
+    }
+}
+
+/// A raw upstream that reads what arrives on each connection (a PROXY
+/// header, then one request head) and answers with those bytes hex-free:
+/// the preamble, as a JSON string list of byte values.
+async fn recording_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => seen.extend_from_slice(&chunk[..read]),
+                    }
+                }
+                let head_start = seen
+                    .windows(4)
+                    .position(|w| w == b"GET ")
+                    .unwrap_or(seen.len());
+                let body = serde_json::to_string(&seen[..head_start]).unwrap_or_default();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_are_sent_to_upstreams_in_v1_and_v2() {
+    let (upstream, task) = recording_upstream().await;
+    let url = format!("http://{upstream}");
+    for version in ["v1", "v2"] {
+        let mut args = vec!["--upstream", url.as_str(), "--send-proxy-protocol", version];
+        args.extend(["--health-interval", "1h"]);
+        let balancer = Balancer::start(&args);
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        let client = stream.local_addr().expect("local");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .expect("send");
+        let response = sessiond_e2e::balance::read_response(&mut stream).await;
+        let preamble: Vec<u8> = serde_json::from_slice(&response.body).expect("bytes");
+        let expected = match version {
+            "v1" => format!(
+                "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+                client.port(),
+                balancer.listen.port()
+            )
+            .into_bytes(),
+            _ => {
+                let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+                bytes.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+                bytes.extend_from_slice(&client.port().to_be_bytes());
+                bytes.extend_from_slice(&balancer.listen.port().to_be_bytes());
+                bytes
+            }
+        };
+        assert_eq!(
+            preamble,
+            expected,
+            "{version}: {}",
+            String::from_utf8_lossy(&preamble)
+        );
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_from_an_l4_balancer_feed_x_forwarded_for() {
+    let ups = upstreams(&["a"]).await;
+    let url = ups[0].url();
+    let mut args = vec!["--upstream", url.as_str(), "--accept-proxy-protocol"];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    let request = b"GET /headers HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n";
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 4, 10, 0, 0, 1, 0xc3, 0x50, 0, 80]);
+    let v2_local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"PROXY TCP4 203.0.113.9 10.0.0.1 51234 80\r\n".to_vec(),
+            "203.0.113.9",
+        ),
+        (
+            b"PROXY TCP6 2001:db8::9 2001:db8::1 51234 80\r\n".to_vec(),
+            "2001:db8::9",
+        ),
+        (v2, "198.51.100.4"),
+        (b"PROXY UNKNOWN\r\n".to_vec(), "127.0.0.1"),
+        (v2_local, "127.0.0.1"),
+    ];
+    for (header, client) in cases {
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(request);
+        let response = raw_exchange(balancer.listen, &bytes).await;
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&header));
+        let echo = response.json();
+        let forwarded = echoed_header(&echo, "x-forwarded-for");
+        assert_eq!(
+            forwarded,
+            [format!("10.9.9.9, {client}")],
+            "{}",
+            String::from_utf8_lossy(&header)
+        );
+    }
+    // Without a header (or with a broken one), the connection is closed
+    // unanswered.
+    for bytes in [
+        &request[..],
+        b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream.write_all(bytes).await.expect("send");
+        assert!(read_until_closed(&mut stream).await.is_empty());
+    }
+    assert_eq!(ups[0].hits("/headers"), 5);
+}
