@@ -170,17 +170,20 @@ async fn the_cap_holds(redis: Option<&RedisServer>) {
     let start = |args: &'static [&'static str]| start_node(&http, redis, args);
     let evicting = start(&["--max-sessions-per-user", "3"]).await;
     let user = "carol";
-    let ids = [
-        logged_in(&http, &evicting, user, 600).await,
-        logged_in(&http, &evicting, user, 600).await,
-        logged_in(&http, &evicting, user, 600).await,
-    ];
+    // Use is known to the millisecond: each login (and the reuse) a few
+    // milliseconds after the last, so that no two tie.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(logged_in(&http, &evicting, user, 600).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         status_of(&http, &evicting, &ids[0]).await,
         200,
         "used again"
     );
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let fourth = logged_in(&http, &evicting, user, 600).await;
     assert_eq!(
         status_of(&http, &evicting, &ids[1]).await,

@@ -1,12 +1,16 @@
 //! Extractors of JSON request bodies: [`JsonBody`] for the API's request
 //! envelopes and [`MergePatch`] for RFC 7386 patches. Both refuse a declared
-//! `Content-Length` over the limit before reading any of the body, give up
+//! `Content-Length` over the limit without keeping any of the body, give up
 //! on a body that does not arrive within `--http-body-timeout`, and check
 //! the media type.
 
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use sessiond_proto::ErrorCode;
@@ -17,6 +21,13 @@ use super::state::AppState;
 
 /// Room for the JSON envelope around the session data in a request body.
 const ENVELOPE_BYTES: usize = 4096;
+/// A body declared over the limit but at most this long is read and
+/// dropped before the 413 answer: most HTTP/1.1 clients send their whole
+/// body before they read, and a server that closes on an unread body
+/// resets the connection under them (they see a broken pipe, not the
+/// answer). A longer one, or one sent after `Expect: 100-continue`, is
+/// answered at once.
+const DRAIN_AT_MOST: u64 = 8 << 20;
 
 /// A request envelope of the API: a JSON object, with or without session
 /// data, for which an empty body may mean the defaults.
@@ -119,7 +130,7 @@ impl FromRequest<AppState> for MergePatch {
 
 /// The request's headers and whole body, read within the body limit and
 /// `--http-body-timeout`. A declared `Content-Length` over the limit is
-/// refused before any of the body is read.
+/// refused without keeping any of the body (see [`DRAIN_AT_MOST`]).
 async fn read(
     request: Request,
     state: &AppState,
@@ -137,10 +148,14 @@ async fn read(
         )
     };
     let (parts, body) = request.into_parts();
-    if declared_length(&parts.headers).is_some_and(|length| length > limit as u64) {
+    let timeout = state.body_timeout;
+    if let Some(length) = declared_length(&parts.headers).filter(|&length| length > limit as u64) {
+        let expects_continue = parts.headers.contains_key(header::EXPECT);
+        if length <= DRAIN_AT_MOST && !expects_continue {
+            drain(body, timeout).await;
+        }
         return Err(too_large());
     }
-    let timeout = state.body_timeout;
     let bytes = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
         .await
         .map_err(|_| {
@@ -152,6 +167,15 @@ async fn read(
         })?
         .map_err(|_| too_large())?;
     Ok((parts.headers, bytes))
+}
+
+/// Reads and drops a body, for at most `timeout`.
+async fn drain(body: Body, timeout: Duration) {
+    let mut chunks = body.into_data_stream();
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(_)) = chunks.next().await {}
+    })
+    .await;
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
