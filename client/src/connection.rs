@@ -194,6 +194,8 @@ async fn drive(
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut waiting: HashMap<u64, oneshot::Sender<Outcome>> = HashMap::new();
     let mut prune_at = QUEUE_DEPTH;
+    // Requests in the batch being written, and in the last one written.
+    let (mut batch, mut last_batch) = (0usize, 0usize);
     loop {
         input.reserve(READ_CHUNK);
         tokio::select! {
@@ -201,13 +203,21 @@ async fn drive(
             () = closed.cancelled() => break,
             call = calls.recv(), if output.len() < WRITE_BATCH_BYTES => {
                 let Some(call) = call else { break };
+                // A shared connection (other requests in flight, or the
+                // last write carried several): callers that are ready to
+                // run get to queue theirs before the write, so they go out
+                // in the same one. A connection with one caller writes at
+                // once (yielding would only add to its latency).
+                let shared = !waiting.is_empty() || last_batch > 1;
                 queue(call, &mut codec, &mut output, &mut waiting);
-                // Callers that are ready to run get to queue their requests
-                // before the write, so they go out in the same one.
-                tokio::task::yield_now().await;
+                batch += 1;
+                if shared {
+                    tokio::task::yield_now().await;
+                }
                 while output.len() < WRITE_BATCH_BYTES {
                     let Ok(call) = calls.try_recv() else { break };
                     queue(call, &mut codec, &mut output, &mut waiting);
+                    batch += 1;
                 }
             }
             read = reader.read_buf(&mut input) => {
@@ -218,6 +228,9 @@ async fn drive(
             written = writer.write_buf(&mut output), if !output.is_empty() => {
                 if written.is_err() {
                     break;
+                }
+                if output.is_empty() {
+                    (last_batch, batch) = (batch, 0);
                 }
             }
         }
