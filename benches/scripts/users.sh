@@ -5,20 +5,23 @@
 # Usage: benches/scripts/users.sh [seconds] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=benches/scripts/lib.sh
+source benches/scripts/lib.sh
 seconds=${1:-10}
 connections=${2:-50}
-warmup=2
-# shellcheck source=benches/scripts/common.sh
-source benches/scripts/common.sh
+bench_setup
+
+start_redis 19520
+redis=$(cat "$work/redis19520.pid")
 
 echo "sessiond-load -c $connections -d ${seconds}s, 1 KiB sessions, 1,000 users, $(nproc) cores"
-node 21
-memory=$(cat "$work/pid21")
-node 22 --redis redis://127.0.0.1:19520
-synced=$(cat "$work/pid22")
+start_node 21 --max-memory 4GiB
+memory=$(cat "$work/node21.pid")
+start_node 22 --max-memory 4GiB --redis redis://127.0.0.1:19520
+synced="$(cat "$work/node22.pid") $redis"
 for scenario in create rotate; do
-    load "memory, $scenario, no user" "$memory" sessiond://127.0.0.1:19721 --scenario "$scenario"
-    load "memory, $scenario, 1,000 users" "$memory" sessiond://127.0.0.1:19721 --scenario "$scenario" --users 1000
-    load "redis sync, $scenario, no user" "$synced $redis_pid" sessiond://127.0.0.1:19722 --scenario "$scenario"
-    load "redis sync, $scenario, 1,000 users" "$synced $redis_pid" sessiond://127.0.0.1:19722 --scenario "$scenario" --users 1000
+    feature_load "memory, $scenario, no user" "$memory" sessiond://127.0.0.1:19721 --scenario "$scenario"
+    feature_load "memory, $scenario, 1,000 users" "$memory" sessiond://127.0.0.1:19721 --scenario "$scenario" --users 1000
+    feature_load "redis sync, $scenario, no user" "$synced" sessiond://127.0.0.1:19722 --scenario "$scenario"
+    feature_load "redis sync, $scenario, 1,000 users" "$synced" sessiond://127.0.0.1:19722 --scenario "$scenario" --users 1000
 done

@@ -1,5 +1,9 @@
 //! The load tool's engine: closed-loop workers over N connections to
 //! sessiond or Redis, one latency histogram per worker, merged at the end.
+//! Workers and connections are counted apart: one worker per connection
+//! (the default) measures the server under many independent clients; many
+//! workers sharing one connection measures it the way an app server talks
+//! to it, with requests pipelined on a multiplexed connection.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -7,10 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use redis::AsyncCommands;
 use serde_json::value::RawValue;
 use sessiond_client::{Client, SessionId};
+
+use crate::probe::{Counters, Probe, Usage};
 
 /// What the load is aimed at.
 #[derive(Debug, Clone)]
@@ -51,8 +58,12 @@ pub enum Scenario {
 /// The shape of the load.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Concurrent connections (one worker each).
+    /// Connections: sessiond clients (one connection per node each) or
+    /// Redis multiplexed connections.
     pub connections: usize,
+    /// Closed-loop workers, spread evenly over the connections (worker `i`
+    /// uses connection `i % connections`).
+    pub workers: usize,
     /// Measured time.
     pub duration: Duration,
     /// Unmeasured time before.
@@ -69,6 +80,11 @@ pub struct Workload {
     pub users: usize,
     /// sessiond auth token.
     pub auth_token: Option<String>,
+    /// Server processes whose CPU time the report counts.
+    pub server_pids: Vec<u32>,
+    /// A sessiond node's HTTP address, whose `/metrics` tell how many
+    /// requests it answered per socket read (Redis's come from `INFO`).
+    pub server_metrics: Option<String>,
 }
 
 /// The measured result.
@@ -82,6 +98,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latency of every measured operation, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// CPU time and pipelining in the measured window.
+    pub usage: Usage,
 }
 
 impl Report {
@@ -94,6 +112,20 @@ impl Report {
     pub fn percentile_us(&self, percentile: f64) -> u64 {
         self.latency_us.value_at_percentile(percentile)
     }
+
+    /// The server processes' CPU time per operation, in microseconds.
+    pub fn server_cpu_us_per_op(&self) -> f64 {
+        self.per_op_us(self.usage.server_cpu)
+    }
+
+    /// The load tool's own CPU time per operation, in microseconds.
+    pub fn loader_cpu_us_per_op(&self) -> f64 {
+        self.per_op_us(self.usage.loader_cpu)
+    }
+
+    fn per_op_us(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
 }
 
 /// A JSON string value of exactly `size` bytes (at least 2).
@@ -102,7 +134,11 @@ pub fn json_value(size: usize) -> Box<RawValue> {
     RawValue::from_string(text).unwrap_or_else(|_| unreachable!("a quoted run of x is JSON"))
 }
 
-/// One worker's connection.
+/// Creates sessions at most this many at once while seeding.
+const SEED_CONCURRENCY: usize = 64;
+
+/// A connection, shared by the workers that use it.
+#[derive(Clone)]
 enum Conn {
     Sessiond(Client, Arc<Vec<SessionId>>),
     Redis(redis::aio::MultiplexedConnection),
@@ -194,6 +230,10 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let value: Arc<RawValue> = Arc::from(json_value(workload.value_size));
     let mut conns = Vec::with_capacity(workload.connections);
+    let mut probe = Probe {
+        server_pids: workload.server_pids.clone(),
+        counters: workload.server_metrics.clone().map(Counters::Sessiond),
+    };
     match target {
         Target::Sessiond(nodes) => {
             let connect = || {
@@ -204,11 +244,17 @@ pub async fn run(
                 builder.build()
             };
             let seeder = connect().await.context("cannot connect to sessiond")?;
-            let mut ids = Vec::with_capacity(workload.keys);
-            for n in 0..workload.keys {
-                let user = user_of(n, workload.users);
-                ids.push(create(&seeder, &value, user.as_deref()).await?);
-            }
+            let ids = futures_util::stream::iter(0..workload.keys)
+                .map(|n| {
+                    let (seeder, value) = (&seeder, &value);
+                    async move {
+                        let user = user_of(n, workload.users);
+                        create(seeder, value, user.as_deref()).await
+                    }
+                })
+                .buffered(SEED_CONCURRENCY)
+                .try_collect::<Vec<_>>()
+                .await?;
             let ids = Arc::new(ids);
             for _ in 0..workload.connections {
                 conns.push(Conn::Sessiond(connect().await?, ids.clone()));
@@ -219,12 +265,20 @@ pub async fn run(
         }
         Target::Redis(url) => {
             let client = redis::Client::open(url.as_str()).context("bad Redis URL")?;
-            let mut seeder = client.get_multiplexed_async_connection().await?;
-            for key in 0..workload.keys {
-                let () = seeder
-                    .set_ex(redis_key(key), value.get().as_bytes(), 3600)
-                    .await?;
-            }
+            let seeder = client.get_multiplexed_async_connection().await?;
+            futures_util::stream::iter(0..workload.keys)
+                .map(|key| {
+                    let (mut seeder, value) = (seeder.clone(), &value);
+                    async move {
+                        seeder
+                            .set_ex::<_, _, ()>(redis_key(key), value.get().as_bytes(), 3600)
+                            .await
+                    }
+                })
+                .buffer_unordered(SEED_CONCURRENCY)
+                .try_collect::<()>()
+                .await?;
+            probe.counters = Some(Counters::Redis(seeder));
             for _ in 0..workload.connections {
                 conns.push(Conn::Redis(
                     client.get_multiplexed_async_connection().await?,
@@ -232,9 +286,13 @@ pub async fn run(
             }
         }
     }
+    // Worker `i` uses connection `i % connections`.
+    let conns: Vec<Conn> = (0..workload.workers)
+        .map(|worker| conns[worker % conns.len()].clone())
+        .collect();
 
     if workload.scenario != Scenario::Rw {
-        return run_own(conns, workload, &value, ops).await;
+        return run_own(conns, workload, &value, ops, probe).await;
     }
     let workers = conns
         .into_iter()
@@ -245,7 +303,7 @@ pub async fn run(
             get_ratio: workload.get_ratio,
         })
         .collect();
-    drive(workers, workload, ops).await
+    drive(workers, workload, ops, probe).await
 }
 
 /// One closed-loop worker of a load.
@@ -279,10 +337,17 @@ async fn drive<W: Worker>(
     workers: Vec<W>,
     workload: &Workload,
     ops: Arc<AtomicU64>,
+    probe: Probe,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let measure_from = started + workload.warmup;
     let stop_at = measure_from + workload.duration;
+    let usage = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let first = probe.sample().await?;
+        tokio::time::sleep_until(stop_at.into()).await;
+        anyhow::Ok(first.until(&probe.sample().await?))
+    });
     let tasks = workers.into_iter().map(|mut worker| {
         let ops = ops.clone();
         tokio::spawn(async move {
@@ -310,6 +375,7 @@ async fn drive<W: Worker>(
         errors: 0,
         elapsed: workload.duration,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        usage: Usage::default(),
     };
     for result in futures_util::future::join_all(tasks).await {
         let (done, errors, latency) = result?;
@@ -317,6 +383,7 @@ async fn drive<W: Worker>(
         report.errors += errors;
         report.latency_us.add(latency)?;
     }
+    report.usage = usage.await??;
     Ok(report)
 }
 
@@ -327,8 +394,9 @@ async fn run_own(
     workload: &Workload,
     value: &Arc<RawValue>,
     ops: Arc<AtomicU64>,
+    probe: Probe,
 ) -> anyhow::Result<Report> {
-    let per_worker = (workload.keys / workload.connections.max(1)).max(1);
+    let per_worker = (workload.keys / workload.workers.max(1)).max(1);
     let mut owns = Vec::with_capacity(conns.len());
     for (worker, conn) in conns.into_iter().enumerate() {
         let Conn::Sessiond(client, ids) = conn else {
@@ -340,7 +408,7 @@ async fn run_own(
             .take(per_worker)
             .copied()
             .collect::<Vec<_>>();
-        anyhow::ensure!(!share.is_empty(), "--keys must be at least --connections");
+        anyhow::ensure!(!share.is_empty(), "--keys must be at least --workers");
         owns.push(Own {
             client,
             ids: share,
@@ -350,5 +418,5 @@ async fn run_own(
             users: workload.users,
         });
     }
-    drive(owns, workload, ops).await
+    drive(owns, workload, ops, probe).await
 }

@@ -1,33 +1,38 @@
 //! One multiplexed connection to a node: callers from any task send
-//! requests through it at once; a writer task batches them into as few
-//! writes as possible and a reader task hands each response to its caller
-//! by request id.
+//! requests through it at once. One task owns the socket: it encodes every
+//! request queued since its last write into one buffer and writes it with
+//! one call, reads answers in the same loop and hands each to its caller by
+//! request id, so requests from many callers are pipelined and the socket
+//! is never touched from two threads at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use sessiond_proto::codec::FrameCodec;
 use sessiond_proto::wire::{
     ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WriteTag,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Error;
 
 type Codec = FrameCodec<ServerFrame, ClientFrame>;
 
-/// Requests queued for the writer before callers wait.
+/// Requests queued for the connection's task before callers wait.
 const QUEUE_DEPTH: usize = 4096;
 /// Room for a request's fields around its data in a frame.
 const ENVELOPE_BYTES: usize = 256;
+/// Free room a read asks the socket to fill, at least.
+const READ_CHUNK: usize = 16 * 1024;
+/// Requests encoded past this many bytes wait for the buffer to drain.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// How a call failed, which decides whether it may be tried elsewhere.
 #[derive(Debug)]
@@ -47,13 +52,16 @@ pub(crate) struct ConnectOptions {
     pub max_frame_bytes: usize,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+/// A request and where its answer goes.
+struct Call {
+    request: Request,
+    answer: oneshot::Sender<Outcome>,
+}
 
 /// A live connection; dropping the last handle closes it.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    queue: mpsc::Sender<Request>,
-    pending: Pending,
+    queue: mpsc::Sender<Call>,
     next_id: AtomicU64,
     /// The largest frame the server accepts (from its Welcome).
     max_frame_bytes: usize,
@@ -66,7 +74,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects, shakes hands and starts the reader and writer tasks.
+    /// Connects, shakes hands and starts the connection's task.
     pub async fn open(
         address: &str,
         placement: Placement,
@@ -77,20 +85,18 @@ impl Connection {
             .map_err(|_| Error::Unavailable(format!("connecting to {address} timed out")))?
             .map_err(|err| Error::Unavailable(format!("cannot connect to {address}: {err}")))?;
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let mut reader = FramedRead::new(read, Codec::new(options.max_frame_bytes));
-        let mut writer = FramedWrite::new(write, Codec::new(options.max_frame_bytes));
+        let mut framed = Framed::new(stream, Codec::new(options.max_frame_bytes));
         let hello = ClientFrame::Hello(Hello {
             protocol: PROTOCOL_VERSION,
             auth_token: options.auth_token.clone(),
             placement: Some(placement),
         });
         let welcome = async {
-            writer
+            framed
                 .send(hello)
                 .await
                 .map_err(|err| Error::Unavailable(err.to_string()))?;
-            match reader.next().await {
+            match framed.next().await {
                 Some(Ok(ServerFrame::Welcome(welcome))) => Ok(welcome),
                 Some(Ok(ServerFrame::Fatal(error))) => Err(Error::from(error)),
                 Some(Ok(other)) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
@@ -104,14 +110,11 @@ impl Connection {
             .await
             .map_err(|_| Error::Unavailable(format!("no handshake answer from {address}")))??;
 
-        let (queue, outgoing) = mpsc::channel(QUEUE_DEPTH);
-        let pending = Pending::default();
+        let (queue, calls) = mpsc::channel(QUEUE_DEPTH);
         let closed = CancellationToken::new();
-        tokio::spawn(write_loop(writer, outgoing, closed.clone()));
-        tokio::spawn(read_loop(reader, pending.clone(), closed.clone()));
+        tokio::spawn(drive(framed.into_parts(), calls, closed.clone()));
         Ok(Self {
             queue,
-            pending,
             next_id: AtomicU64::new(1),
             max_frame_bytes: usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX),
             shared_sessions: welcome.shared_sessions,
@@ -151,86 +154,133 @@ impl Connection {
             )));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
-        let forget = || self.pending.lock().remove(&id);
-        if self.queue.send(Request { id, op, write }).await.is_err() {
-            forget();
+        let (answer, answered) = oneshot::channel();
+        let call = Call {
+            request: Request { id, op, write },
+            answer,
+        };
+        if self.queue.send(call).await.is_err() {
             return Err(CallError::NotSent(Error::Unavailable(
                 "connection closed".into(),
             )));
         }
-        let lost = || {
-            CallError::Lost(Error::Unavailable(
+        // The connection's task drops every caller's sender when it ends.
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(_)) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
-            ))
-        };
+            ))),
+            Err(_) => Err(CallError::Lost(Error::Timeout(timeout))),
+        }
+    }
+}
+
+/// The connection's task: queues requests, writes them in batches, reads
+/// answers and hands them out, until the socket fails or the connection
+/// is dropped. Dropping the callers' senders tells those still waiting
+/// that their answer is lost.
+async fn drive(
+    parts: FramedParts<TcpStream, Codec>,
+    mut calls: mpsc::Receiver<Call>,
+    closed: CancellationToken,
+) {
+    let FramedParts {
+        io: mut stream,
+        mut codec,
+        read_buf: mut input,
+        ..
+    } = parts;
+    let (mut reader, mut writer) = stream.split();
+    let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut waiting: HashMap<u64, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut prune_at = QUEUE_DEPTH;
+    // Requests in the batch being written, and in the last one written.
+    let (mut batch, mut last_batch) = (0usize, 0usize);
+    loop {
+        input.reserve(READ_CHUNK);
         tokio::select! {
             biased;
-            outcome = rx => outcome.map_err(|_| lost()),
-            () = self.closed.cancelled() => {
-                forget();
-                Err(lost())
-            }
-            () = tokio::time::sleep(timeout) => {
-                forget();
-                Err(CallError::Lost(Error::Timeout(timeout)))
-            }
-        }
-    }
-}
-
-async fn write_loop(
-    mut writer: FramedWrite<OwnedWriteHalf, Codec>,
-    mut outgoing: mpsc::Receiver<Request>,
-    closed: CancellationToken,
-) {
-    loop {
-        let request = tokio::select! {
             () = closed.cancelled() => break,
-            request = outgoing.recv() => match request {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        let mut batch = writer.feed(ClientFrame::Request(request)).await;
-        while batch.is_ok() {
-            match outgoing.try_recv() {
-                Ok(request) => batch = writer.feed(ClientFrame::Request(request)).await,
-                Err(_) => break,
-            }
-        }
-        if batch.is_err() || writer.flush().await.is_err() {
-            break;
-        }
-    }
-    closed.cancel();
-}
-
-async fn read_loop(
-    mut reader: FramedRead<OwnedReadHalf, Codec>,
-    pending: Pending,
-    closed: CancellationToken,
-) {
-    loop {
-        let frame = tokio::select! {
-            () = closed.cancelled() => break,
-            frame = reader.next() => frame,
-        };
-        match frame {
-            Some(Ok(ServerFrame::Response(response))) => {
-                if let Some(waiter) = pending.lock().remove(&response.id) {
-                    let _ = waiter.send(response.outcome);
+            call = calls.recv(), if output.len() < WRITE_BATCH_BYTES => {
+                let Some(call) = call else { break };
+                // A shared connection (other requests in flight, or the
+                // last write carried several): callers that are ready to
+                // run get to queue theirs before the write, so they go out
+                // in the same one. A connection with one caller writes at
+                // once (yielding would only add to its latency).
+                let shared = !waiting.is_empty() || last_batch > 1;
+                queue(call, &mut codec, &mut output, &mut waiting);
+                batch += 1;
+                if shared {
+                    tokio::task::yield_now().await;
+                }
+                while output.len() < WRITE_BATCH_BYTES {
+                    let Ok(call) = calls.try_recv() else { break };
+                    queue(call, &mut codec, &mut output, &mut waiting);
+                    batch += 1;
                 }
             }
-            Some(Ok(ServerFrame::Fatal(error))) => {
-                tracing::warn!(code = %error.code, "server closed the connection: {}", error.message);
-                break;
+            read = reader.read_buf(&mut input) => {
+                if !matches!(read, Ok(n) if n > 0) || !answer(&mut codec, &mut input, &mut waiting) {
+                    break;
+                }
             }
-            Some(Ok(ServerFrame::Welcome(_))) | Some(Err(_)) | None => break,
+            written = writer.write_buf(&mut output), if !output.is_empty() => {
+                if written.is_err() {
+                    break;
+                }
+                if output.is_empty() {
+                    (last_batch, batch) = (batch, 0);
+                }
+            }
+        }
+        if waiting.len() > prune_at {
+            // Callers that gave up (timed out) will get no answer.
+            waiting.retain(|_, answer| !answer.is_closed());
+            prune_at = (waiting.len() * 2).max(QUEUE_DEPTH);
         }
     }
     closed.cancel();
-    // Dropping the senders tells every waiting caller the answer is lost.
-    pending.lock().clear();
+}
+
+/// Encodes a request for the next write and keeps its caller waiting for
+/// the answer. A request that cannot be encoded (never expected: the caller
+/// checked its size) fails alone.
+fn queue(
+    call: Call,
+    codec: &mut Codec,
+    output: &mut BytesMut,
+    waiting: &mut HashMap<u64, oneshot::Sender<Outcome>>,
+) {
+    let id = call.request.id;
+    if codec
+        .encode(ClientFrame::Request(call.request), output)
+        .is_ok()
+    {
+        waiting.insert(id, call.answer);
+    }
+}
+
+/// Hands every complete answer in `input` to its caller; `false` when the
+/// server broke the protocol or closed the connection with an error.
+fn answer(
+    codec: &mut Codec,
+    input: &mut BytesMut,
+    waiting: &mut HashMap<u64, oneshot::Sender<Outcome>>,
+) -> bool {
+    loop {
+        match codec.decode(input) {
+            Ok(None) => return true,
+            Ok(Some(ServerFrame::Response(response))) => {
+                if let Some(caller) = waiting.remove(&response.id) {
+                    let _ = caller.send(response.outcome);
+                }
+            }
+            Ok(Some(ServerFrame::Fatal(error))) => {
+                tracing::warn!(code = %error.code, "server closed the connection: {}", error.message);
+                return false;
+            }
+            Ok(Some(ServerFrame::Welcome(_))) | Err(_) => return false,
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::marker::PhantomData;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
@@ -111,8 +111,12 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
             src.reserve(total - src.len());
             return Ok(None);
         }
-        let frame = src.split_to(total);
-        decode(&frame[LENGTH_PREFIX_BYTES..]).map(Some)
+        // Decoded in place, then consumed: splitting the frame off would
+        // turn the buffer into a shared one, with a reference count to
+        // keep per frame.
+        let message = decode(&src[LENGTH_PREFIX_BYTES..total]);
+        src.advance(total);
+        message.map(Some)
     }
 }
 

@@ -1,7 +1,8 @@
 //! `sessiond-load`: drives N concurrent connections with a GET/PUT mix
 //! against sessiond (through the Rust client) or against Redis (through the
-//! `redis` crate, GET/SET), and prints throughput and latency percentiles,
-//! so both are measured by the same tool on the same machine.
+//! `redis` crate's multiplexed connection, GET/SET), and prints throughput
+//! and latency percentiles, so both are measured by the same tool on the
+//! same machine.
 //!
 //! ```text
 //! cargo run --release -p sessiond-benches --bin sessiond-load -- \
@@ -9,6 +10,10 @@
 //! cargo run --release -p sessiond-benches --bin sessiond-load -- \
 //!     --target redis://127.0.0.1:6379 --connections 50 --get-ratio 0.9 --value-size 1024
 //! ```
+//!
+//! `--workers 200 --connections 1` runs 200 closed-loop workers over one
+//! shared client (one multiplexed connection per node), or one shared
+//! Redis multiplexed connection, as an app server's request handlers would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,9 +31,15 @@ struct Args {
     /// protocol) or `redis://host:port`.
     #[arg(long, default_value = "sessiond://127.0.0.1:7701")]
     target: String,
-    /// Concurrent connections, each driven by one closed-loop worker.
+    /// Connections: sessiond clients (one connection per node each) or
+    /// Redis multiplexed connections.
     #[arg(long, short = 'c', default_value_t = 50)]
     connections: usize,
+    /// Closed-loop workers, spread over the connections (default: one per
+    /// connection); more workers than connections pipeline requests on
+    /// the shared connections.
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
     /// How long to measure.
     #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -56,9 +67,25 @@ struct Args {
     /// sessiond's auth token, if it has one.
     #[arg(long, env = "SESSIOND_AUTH_TOKEN")]
     auth_token: Option<String>,
+    /// A server process whose CPU time (utime + stime) over the measured
+    /// window is reported per operation; repeat for several (a node and
+    /// its Redis).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// A sessiond node's HTTP address (`host:port`), whose `/metrics` tell
+    /// how many requests it answered per socket read (for Redis targets
+    /// this comes from `INFO stats`).
+    #[arg(long)]
+    server_metrics: Option<String>,
     /// Print the result as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+impl Args {
+    fn workers(&self) -> usize {
+        self.workers.unwrap_or(self.connections)
+    }
 }
 
 #[tokio::main]
@@ -69,12 +96,13 @@ async fn main() -> anyhow::Result<()> {
         "--get-ratio must be between 0 and 1"
     );
     anyhow::ensure!(
-        args.connections > 0 && args.keys > 0,
-        "--connections and --keys must be > 0"
+        args.connections > 0 && args.workers() > 0 && args.keys > 0,
+        "--connections, --workers and --keys must be > 0"
     );
     let target: Target = args.target.parse().context("bad --target")?;
     let workload = Workload {
         connections: args.connections,
+        workers: args.workers(),
         duration: args.duration,
         warmup: args.warmup,
         get_ratio: args.get_ratio,
@@ -83,6 +111,8 @@ async fn main() -> anyhow::Result<()> {
         scenario: args.scenario,
         users: args.users,
         auth_token: args.auth_token.clone(),
+        server_pids: args.server_pids.clone(),
+        server_metrics: args.server_metrics.clone(),
     };
     let done = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
@@ -114,24 +144,31 @@ async fn show_progress(ops: Arc<AtomicU64>, done: Arc<AtomicBool>) {
 }
 
 fn print_report(args: &Args, report: &Report) {
+    let server_cpu = (!args.server_pids.is_empty()).then(|| report.server_cpu_us_per_op());
+    let depth = report.usage.requests_per_read;
     if args.json {
-        println!(
-            "{{\"target\":\"{}\",\"connections\":{},\"get_ratio\":{},\"value_size\":{},\"ops\":{},\"errors\":{},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
-            args.target,
-            args.connections,
-            args.get_ratio,
-            args.value_size,
-            report.ops,
-            report.errors,
-            report.ops_per_sec(),
-            report.percentile_us(50.0),
-            report.percentile_us(99.0),
-            report.percentile_us(99.9),
-        );
+        let json = serde_json::json!({
+            "target": args.target,
+            "connections": args.connections,
+            "workers": args.workers(),
+            "get_ratio": args.get_ratio,
+            "value_size": args.value_size,
+            "ops": report.ops,
+            "errors": report.errors,
+            "ops_per_sec": report.ops_per_sec().round(),
+            "p50_us": report.percentile_us(50.0),
+            "p99_us": report.percentile_us(99.0),
+            "p999_us": report.percentile_us(99.9),
+            "server_cpu_us_per_op": server_cpu,
+            "loader_cpu_us_per_op": report.loader_cpu_us_per_op(),
+            "requests_per_read": depth,
+        });
+        println!("{json}");
     } else {
         println!("target       {}", args.target);
         println!(
-            "workload     {} connections, {:.0}% get, {} B values, {} keys, {:?}",
+            "workload     {} workers on {} connections, {:.0}% get, {} B values, {} keys, {:?}",
+            args.workers(),
             args.connections,
             args.get_ratio * 100.0,
             args.value_size,
@@ -146,5 +183,12 @@ fn print_report(args: &Args, report: &Report) {
             report.percentile_us(99.0),
             report.percentile_us(99.9)
         );
+        if let Some(cpu) = server_cpu {
+            println!("server CPU   {cpu:.2} us/op");
+        }
+        println!("loader CPU   {:.2} us/op", report.loader_cpu_us_per_op());
+        if let Some(depth) = depth {
+            println!("pipelining   {depth:.2} requests per server read");
+        }
     }
 }

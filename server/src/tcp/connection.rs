@@ -1,32 +1,49 @@
 //! One binary-protocol connection: handshake, then pipelined requests
 //! answered as they complete, with a cap on requests in flight, an idle
 //! timeout and a write timeout.
+//!
+//! Requests are taken in batches: every complete frame a read brought is
+//! started at once, the answers ready by then (all of them, in memory) are
+//! encoded into one buffer and written with one call. A client that
+//! pipelines many requests (a shared, multiplexed connection) thus costs
+//! one read and one write per batch, not per request. Each request's
+//! future is polled once in a reused box before it joins the set of
+//! pending ones, so a request answered at once allocates nothing.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::time::Instant;
+use std::pin::{Pin, pin};
+use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use sessiond_proto::ErrorCode;
 use sessiond_proto::codec::{CodecError, FrameCodec};
 use sessiond_proto::wire::{
-    ClientFrame, Hello, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
-    Welcome, WireError,
+    ClientFrame, Hello, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame, Welcome,
+    WireError,
 };
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::context::TcpContext;
 use super::dispatch;
+use super::telemetry::TcpMetrics;
 
 type Codec = FrameCodec<ClientFrame, ServerFrame>;
-type Reader = FramedRead<OwnedReadHalf, Codec>;
-type Writer = FramedWrite<OwnedWriteHalf, Codec>;
+
+/// Free room a read asks the socket to fill, at least.
+const READ_CHUNK: usize = 16 * 1024;
+/// Answers queued past this many bytes are written before more requests
+/// are started.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A buffer grown past this (for a large frame) is given back once empty.
+const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// Most nodes a client's placement ring may list.
 const MAX_RING_NODES: usize = 1024;
@@ -37,44 +54,137 @@ pub async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: &TcpContext,
+    metrics: &TcpMetrics,
     shutdown: CancellationToken,
 ) {
-    let (read, write) = stream.into_split();
-    let max_frame = ctx.limits.max_frame_bytes;
-    let mut reader = FramedRead::new(read, Codec::new(max_frame));
-    let mut writer = FramedWrite::new(write, Codec::new(max_frame));
-    let hello = match handshake(&mut reader, ctx).await {
+    let mut wire = Wire::new(stream, ctx.limits.max_frame_bytes);
+    let hello = match handshake(&mut wire, ctx).await {
         Ok(hello) => hello,
         Err(error) => {
             tracing::debug!(%peer, code = %error.code, "handshake refused: {}", error.message);
-            close_with(&mut writer, ctx, error).await;
+            close_with(&mut wire, ctx, error).await;
             return;
         }
     };
     let welcome = ServerFrame::Welcome(Welcome {
         protocol: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
-        max_frame_bytes: max_frame as u64,
+        max_frame_bytes: ctx.limits.max_frame_bytes as u64,
         shared_sessions: ctx.service.shares_sessions(),
         max_ttl_secs: ctx.service.config().max_ttl_secs,
     });
-    if send(&mut writer, ctx, welcome).await.is_err() {
+    if send(&mut wire, ctx, welcome).await.is_err() {
         return;
     }
     metrics::gauge!("sessiond_tcp_connections").increment(1.0);
-    if let Err(error) =
-        serve_requests(&mut reader, &mut writer, ctx, hello.placement, &shutdown).await
-    {
+    let served = Requests {
+        wire: &mut wire,
+        ctx,
+        metrics,
+        placement: hello.placement,
+    }
+    .serve(&shutdown)
+    .await;
+    if let Err(error) = served {
         tracing::debug!(%peer, code = %error.code, "closing connection: {}", error.message);
         metrics::counter!("sessiond_tcp_protocol_errors_total", "code" => error.code.as_str())
             .increment(1);
-        close_with(&mut writer, ctx, error).await;
+        close_with(&mut wire, ctx, error).await;
     }
     metrics::gauge!("sessiond_tcp_connections").decrement(1.0);
 }
 
-async fn handshake(reader: &mut Reader, ctx: &TcpContext) -> Result<Hello, WireError> {
-    let first = tokio::time::timeout(ctx.limits.handshake_timeout, reader.next())
+/// The socket with its buffers: requests are decoded from `input`, answers
+/// encoded into `output` and written in one call per batch.
+struct Wire {
+    stream: TcpStream,
+    codec: Codec,
+    input: BytesMut,
+    output: BytesMut,
+}
+
+impl Wire {
+    fn new(stream: TcpStream, max_frame_bytes: usize) -> Self {
+        Self {
+            stream,
+            codec: Codec::new(max_frame_bytes),
+            input: BytesMut::with_capacity(READ_CHUNK),
+            output: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// The next complete frame already read, if any.
+    fn buffered(&mut self) -> Result<Option<ClientFrame>, WireError> {
+        let frame = self.codec.decode(&mut self.input).map_err(codec_error)?;
+        if self.input.is_empty() && self.input.capacity() > KEEP_BUFFER_BYTES {
+            self.input = BytesMut::with_capacity(READ_CHUNK);
+        }
+        Ok(frame)
+    }
+
+    /// Waits for the socket and reads what it has; `false` at the end of
+    /// the stream. Cancel-safe: nothing read is lost.
+    async fn fill(&mut self) -> Result<bool, WireError> {
+        self.input.reserve(READ_CHUNK);
+        let read = self.stream.read_buf(&mut self.input).await;
+        Ok(read.map_err(|err| codec_error(err.into()))? > 0)
+    }
+
+    /// The next frame, reading as needed; `None` when the client closed
+    /// between frames.
+    async fn next(&mut self) -> Result<Option<ClientFrame>, WireError> {
+        loop {
+            if let Some(frame) = self.buffered()? {
+                return Ok(Some(frame));
+            }
+            if !self.fill().await? {
+                if self.input.is_empty() {
+                    return Ok(None);
+                }
+                return Err(truncated());
+            }
+        }
+    }
+
+    /// Queues a frame for the next write.
+    fn queue(&mut self, frame: ServerFrame) -> Result<(), WireError> {
+        self.codec
+            .encode(frame, &mut self.output)
+            .map_err(codec_error)
+    }
+
+    /// Writes every queued frame, unless the client stops reading them for
+    /// `timeout`; `false` when nothing was queued.
+    async fn flush(&mut self, timeout: Duration) -> Result<bool, WireError> {
+        if self.output.is_empty() {
+            return Ok(false);
+        }
+        match tokio::time::timeout(timeout, self.stream.write_all(&self.output)).await {
+            Ok(written) => written.map_err(|err| codec_error(err.into()))?,
+            Err(_) => {
+                return Err(WireError::new(
+                    ErrorCode::ProtocolError,
+                    "the client is not reading its responses",
+                ));
+            }
+        }
+        self.output.clear();
+        if self.output.capacity() > KEEP_BUFFER_BYTES {
+            self.output = BytesMut::with_capacity(READ_CHUNK);
+        }
+        Ok(true)
+    }
+}
+
+fn truncated() -> WireError {
+    WireError::new(
+        ErrorCode::ProtocolError,
+        "the connection closed in the middle of a frame",
+    )
+}
+
+async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Hello, WireError> {
+    let first = tokio::time::timeout(ctx.limits.handshake_timeout, wire.next())
         .await
         .map_err(|_| {
             WireError::new(
@@ -82,15 +192,14 @@ async fn handshake(reader: &mut Reader, ctx: &TcpContext) -> Result<Hello, WireE
                 format!("no handshake within {:?}", ctx.limits.handshake_timeout),
             )
         })?;
-    let hello = match first {
-        Some(Ok(ClientFrame::Hello(hello))) => hello,
-        Some(Ok(ClientFrame::Request(_))) => {
+    let hello = match first? {
+        Some(ClientFrame::Hello(hello)) => hello,
+        Some(ClientFrame::Request(_)) => {
             return Err(WireError::new(
                 ErrorCode::ProtocolError,
                 "the first frame must be Hello",
             ));
         }
-        Some(Err(err)) => return Err(codec_error(err)),
         None => {
             return Err(WireError::new(
                 ErrorCode::ProtocolError,
@@ -151,53 +260,135 @@ fn check_placement(placement: &Placement) -> Result<(), WireError> {
     Ok(())
 }
 
-async fn serve_requests(
-    reader: &mut Reader,
-    writer: &mut Writer,
-    ctx: &TcpContext,
+/// A handshaken connection's requests.
+struct Requests<'a> {
+    wire: &'a mut Wire,
+    ctx: &'a TcpContext,
+    metrics: &'a TcpMetrics,
     placement: Option<Placement>,
-    shutdown: &CancellationToken,
-) -> Result<(), WireError> {
-    let mut in_flight = FuturesUnordered::new();
-    let mut idle = pin!(tokio::time::sleep(ctx.limits.idle_timeout));
-    let mut reading = true;
-    while reading || !in_flight.is_empty() {
-        tokio::select! {
-            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                writer.feed(ServerFrame::Response(response)).await.map_err(codec_error)?;
-                // Batch whatever else is ready into the same write.
-                while let Some(Some(response)) = in_flight.next().now_or_never() {
-                    writer.feed(ServerFrame::Response(response)).await.map_err(codec_error)?;
-                }
-                flush(writer, ctx).await?;
-            }
-            frame = reader.next(), if reading && in_flight.len() < ctx.limits.max_in_flight => {
-                match frame {
-                    Some(Ok(ClientFrame::Request(request))) => {
-                        idle.as_mut().reset(tokio::time::Instant::now() + ctx.limits.idle_timeout);
-                        in_flight.push(answer(ctx, request, placement.as_ref()));
-                    }
-                    Some(Ok(ClientFrame::Hello(_))) => {
-                        return Err(WireError::new(ErrorCode::ProtocolError, "Hello may only be sent once"));
-                    }
-                    Some(Err(err)) => return Err(codec_error(err)),
-                    None => reading = false,
-                }
-            }
-            () = &mut idle, if in_flight.is_empty() => {
-                return Err(WireError::new(
-                    ErrorCode::ProtocolError,
-                    format!("idle for {:?}; closing", ctx.limits.idle_timeout),
-                ));
-            }
-            () = shutdown.cancelled(), if reading => reading = false,
-        }
-    }
-    Ok(())
 }
 
-async fn answer(ctx: &TcpContext, request: Request, placement: Option<&Placement>) -> Response {
-    let started = Instant::now();
+impl Requests<'_> {
+    /// Serves requests until the client closes (after answering what it
+    /// sent), breaks the protocol or idles out, or `shutdown` fires (after
+    /// answering the requests already started).
+    async fn serve(self, shutdown: &CancellationToken) -> Result<(), WireError> {
+        let Self {
+            wire,
+            ctx,
+            metrics,
+            placement,
+        } = self;
+        let placement = placement.as_ref();
+        let limits = &ctx.limits;
+        let mut pending = FuturesUnordered::new();
+        let mut spare = None;
+        let mut last_request = Instant::now();
+        let mut idle = pin!(tokio::time::sleep_until(last_request + limits.idle_timeout));
+        // `reading`: the socket may bring more; `accepting`: requests read
+        // are started (not after shutdown).
+        let (mut reading, mut accepting) = (true, true);
+        loop {
+            let mut more = false;
+            if accepting {
+                let mut started = false;
+                while pending.len() < limits.max_in_flight {
+                    if wire.output.len() >= WRITE_BATCH_BYTES {
+                        more = true;
+                        break;
+                    }
+                    let request = match wire.buffered()? {
+                        Some(ClientFrame::Request(request)) => request,
+                        Some(ClientFrame::Hello(_)) => {
+                            return Err(WireError::new(
+                                ErrorCode::ProtocolError,
+                                "Hello may only be sent once",
+                            ));
+                        }
+                        None => break,
+                    };
+                    started = true;
+                    match start(&mut spare, answer(ctx, metrics, request, placement)) {
+                        Ok(response) => wire.queue(ServerFrame::Response(response))?,
+                        Err(future) => pending.push(future),
+                    }
+                }
+                if started {
+                    last_request = Instant::now();
+                }
+            }
+            while let Some(Some(response)) = pending.next().now_or_never() {
+                wire.queue(ServerFrame::Response(response))?;
+            }
+            if wire.flush(limits.idle_timeout).await? {
+                metrics.writes.increment(1);
+            }
+            if more {
+                continue;
+            }
+            if !reading && pending.is_empty() {
+                // Every complete frame was answered; what is left is the
+                // start of one the client never finished.
+                if accepting && !wire.input.is_empty() {
+                    return Err(truncated());
+                }
+                return Ok(());
+            }
+            tokio::select! {
+                Some(response) = pending.next(), if !pending.is_empty() => {
+                    wire.queue(ServerFrame::Response(response))?;
+                }
+                filled = wire.fill(), if reading && pending.len() < limits.max_in_flight => {
+                    if filled? {
+                        metrics.reads.increment(1);
+                    } else {
+                        reading = false;
+                    }
+                }
+                () = &mut idle, if pending.is_empty() => {
+                    let deadline = last_request + limits.idle_timeout;
+                    if deadline <= Instant::now() {
+                        return Err(WireError::new(
+                            ErrorCode::ProtocolError,
+                            format!("idle for {:?}; closing", limits.idle_timeout),
+                        ));
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+                () = shutdown.cancelled(), if accepting => (reading, accepting) = (false, false),
+            }
+        }
+    }
+}
+
+/// Polls `future` once, in the box `spare` holds if any: its output, or
+/// the boxed future when it has to wait. A box whose future completed
+/// goes back to `spare` for the next one, so requests answered at once
+/// allocate nothing.
+fn start<F: Future>(spare: &mut Option<Pin<Box<F>>>, future: F) -> Result<F::Output, Pin<Box<F>>> {
+    let mut boxed = match spare.take() {
+        Some(mut reused) => {
+            reused.set(future);
+            reused
+        }
+        None => Box::pin(future),
+    };
+    match (&mut boxed).now_or_never() {
+        Some(output) => {
+            *spare = Some(boxed);
+            Ok(output)
+        }
+        None => Err(boxed),
+    }
+}
+
+async fn answer(
+    ctx: &TcpContext,
+    metrics: &TcpMetrics,
+    request: Request,
+    placement: Option<&Placement>,
+) -> Response {
+    let started = std::time::Instant::now();
     let Request {
         id: request_id,
         op,
@@ -205,37 +396,21 @@ async fn answer(ctx: &TcpContext, request: Request, placement: Option<&Placement
     } = request;
     let name = op.name();
     let outcome = dispatch::execute(&ctx.service, op, write, placement).await;
-    let label = match &outcome {
-        Outcome::Error(error) => error.code.as_str(),
-        _ => "ok",
-    };
-    metrics::histogram!("sessiond_tcp_request_duration_seconds", "op" => name)
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("sessiond_tcp_requests_total", "op" => name, "outcome" => label).increment(1);
+    metrics.request(name, &outcome, started.elapsed());
     Response {
         id: request_id,
         outcome,
     }
 }
 
-async fn send(writer: &mut Writer, ctx: &TcpContext, frame: ServerFrame) -> Result<(), WireError> {
-    writer.feed(frame).await.map_err(codec_error)?;
-    flush(writer, ctx).await
-}
-
-async fn flush(writer: &mut Writer, ctx: &TcpContext) -> Result<(), WireError> {
-    match tokio::time::timeout(ctx.limits.idle_timeout, writer.flush()).await {
-        Ok(result) => result.map_err(codec_error),
-        Err(_) => Err(WireError::new(
-            ErrorCode::ProtocolError,
-            "the client is not reading its responses",
-        )),
-    }
+async fn send(wire: &mut Wire, ctx: &TcpContext, frame: ServerFrame) -> Result<(), WireError> {
+    wire.queue(frame)?;
+    wire.flush(ctx.limits.idle_timeout).await.map(drop)
 }
 
 /// Sends a last error frame (best effort) and lets the connection drop.
-async fn close_with(writer: &mut Writer, ctx: &TcpContext, error: WireError) {
-    let _ = send(writer, ctx, ServerFrame::Fatal(error)).await;
+async fn close_with(wire: &mut Wire, ctx: &TcpContext, error: WireError) {
+    let _ = send(wire, ctx, ServerFrame::Fatal(error)).await;
 }
 
 fn codec_error(err: CodecError) -> WireError {

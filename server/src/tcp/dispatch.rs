@@ -1,5 +1,7 @@
 //! One binary-protocol operation, carried out through the service layer.
 
+use std::pin::Pin;
+
 use serde_json::value::RawValue;
 use sessiond_proto::UserName;
 use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError, WriteTag};
@@ -40,11 +42,7 @@ async fn run(
             user,
         } => {
             let (data, user) = (JsonData::parse(data)?, user_name(user)?);
-            session(
-                service
-                    .create(data, ttl_secs, placement, write, user)
-                    .await?,
-            )
+            session(cold(service.create(data, ttl_secs, placement, write, user)).await?)
         }
         Op::Get { id } => session(service.get(&id).await?),
         Op::Put {
@@ -68,29 +66,25 @@ async fn run(
         } => {
             let patch = serde_json::from_slice::<&RawValue>(&patch)
                 .map_err(|err| ServiceError::InvalidPatch(err.to_string()))?;
-            session(
-                service
-                    .patch(&id, patch, ttl_secs, expected_version, write)
-                    .await?,
-            )
+            session(cold(service.patch(&id, patch, ttl_secs, expected_version, write)).await?)
         }
         Op::Delete { id } => {
-            service.delete(&id).await?;
+            cold(service.delete(&id)).await?;
             Outcome::Deleted
         }
-        Op::Touch { id, ttl_secs } => session(service.touch(&id, ttl_secs).await?),
+        Op::Touch { id, ttl_secs } => session(cold(service.touch(&id, ttl_secs)).await?),
         Op::Rotate { id, user } => {
             let user = user_name(user)?;
-            session(service.rotate(&id, placement, write, user).await?)
+            session(cold(service.rotate(&id, placement, write, user)).await?)
         }
         Op::ListUser { user } => {
             let user = UserName::parse(&user).map_err(ServiceError::InvalidUser)?;
-            let sessions = service.user_sessions(&user).await?;
+            let sessions = cold(service.user_sessions(&user)).await?;
             Outcome::UserSessions(sessions.into_iter().map(summary).collect())
         }
         Op::RevokeUser { user, except } => {
             let user = UserName::parse(&user).map_err(ServiceError::InvalidUser)?;
-            Outcome::Revoked(service.revoke_user(&user, except).await?)
+            Outcome::Revoked(cold(service.revoke_user(&user, except)).await?)
         }
         Op::Events {
             after,
@@ -98,14 +92,21 @@ async fn run(
             wait_ms,
         } => {
             let wait_secs = u64::from(wait_ms).div_ceil(1000);
-            let page = service
-                .events(after.as_deref(), Some(u64::from(limit)), Some(wait_secs))
-                .await?;
+            let page =
+                cold(service.events(after.as_deref(), Some(u64::from(limit)), Some(wait_secs)))
+                    .await?;
             Outcome::Events(page)
         }
         Op::Ping => Outcome::Pong,
         Op::Stats => Outcome::Stats(service.stats()),
     })
+}
+
+/// Boxes the future of an operation other than a get or a put, so that the
+/// future every request carries keeps the size of a get's or a put's (a
+/// create's, with Redis, is over 5 KB) and costs little to set up.
+fn cold<F: Future>(future: F) -> Pin<Box<F>> {
+    Box::pin(future)
 }
 
 /// A user name from the wire, checked.

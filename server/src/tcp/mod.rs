@@ -4,6 +4,7 @@
 mod connection;
 mod context;
 mod dispatch;
+mod telemetry;
 
 pub use context::{TcpContext, TcpLimits};
 
@@ -20,18 +21,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::accept;
+use telemetry::TcpMetrics;
 
 /// Accepts connections until `shutdown` fires, then waits for open
 /// connections to finish the requests they already sent.
 pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let metrics = Arc::new(TcpMetrics::register());
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
-        let ctx = ctx.clone();
+        let (ctx, metrics) = (ctx.clone(), metrics.clone());
         let shutdown = shutdown.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => connections.spawn(async move {
-                connection::run(stream, peer, &ctx, shutdown).await;
+                connection::run(stream, peer, &ctx, &metrics, shutdown).await;
                 drop(slot);
             }),
             Err(_) => connections.spawn(refuse(stream, ctx)),

@@ -1,8 +1,17 @@
 //! Sliding expiry in Redis: reads push a session's expiry in memory at
-//! once, and the new expiry reaches Redis in coalesced batches (one
-//! `PEXPIREAT ... GT` per session per flush). A read close to the key's
-//! current expiry refreshes Redis before it answers, so a session used
-//! within its TTL never expires in Redis.
+//! once; Redis is told lazily, because every read telling it (one
+//! `PEXPIREAT ... GT` per session per 100 ms) cost Redis more than the
+//! writes did.
+//!
+//! The refresher remembers, for each session a read slid, the expiry Redis
+//! holds and the one this node wants. The wanted expiry goes out with the
+//! next coalesced flush once it is ahead of Redis's by the session's drift
+//! allowance (an eighth of its TTL, at most a minute), and in any case
+//! before Redis's own expiry comes near; a read of a key that would expire
+//! in Redis within [`SYNC_MARGIN_MS`] refreshes it before answering. So a
+//! session used within its TTL never expires in Redis; only a node that
+//! dies before its flush can leave Redis's expiry short, by at most the
+//! drift allowance.
 //!
 //! A flush sends at most [`MAX_CONCURRENT`] refreshes at once, and the
 //! refreshes that failed (their Redis master is down) wait for a backoff
@@ -32,6 +41,41 @@ pub const MAX_CONCURRENT: usize = 8;
 /// Longest wait before failed refreshes are tried again (the wait starts
 /// at one flush interval and doubles per failed attempt).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Most a session's wanted expiry runs ahead of Redis's before it is
+/// pushed (less for TTLs under 8 minutes: an eighth of the TTL).
+const MAX_DRIFT_MS: u64 = 60_000;
+/// Every this many flushes, the sessions whose Redis expiry comes within
+/// [`DEADLINE_MARGIN_MS`] get their wanted expiry pushed.
+const DEADLINE_SCAN_FLUSHES: u32 = 10;
+/// How close to Redis's expiry a lagging one is pushed: the sync margin
+/// plus three deadline scans (one second apart).
+const DEADLINE_MARGIN_MS: u64 = SYNC_MARGIN_MS + 3_000;
+
+/// How far a session's wanted expiry may run ahead of Redis's before a
+/// flush pushes it.
+fn drift_ms(ttl_ms: u64) -> u64 {
+    (ttl_ms / 8).clamp(FLUSH_INTERVAL.as_millis() as u64, MAX_DRIFT_MS)
+}
+
+/// The expiry Redis holds for a session, as a caller knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Just read from Redis.
+    Read(u64),
+    /// The session's expiry in memory before this read: what Redis holds,
+    /// unless this node slid it since without pushing it (the refresher
+    /// then knows better).
+    Assumed(u64),
+}
+
+/// A session whose expiry this node slid further than Redis's.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    /// The expiry Redis holds, as far as this node knows.
+    redis: u64,
+    /// The expiry this node wants.
+    wanted: u64,
+}
 
 /// Refreshes that failed, and when they are tried again.
 #[derive(Debug)]
@@ -49,6 +93,9 @@ pub struct ExpiryRefresher {
     /// The event log's expiry index, moved along with each expiry.
     expiry_index: Option<String>,
     script: redis::Script,
+    /// Sessions whose wanted expiry is later than Redis's.
+    ahead: Mutex<HashMap<SessionId, Ahead>>,
+    /// Refreshes due at the next flush.
     pending: Mutex<HashMap<SessionId, u64>>,
     failed: Mutex<Failed>,
 }
@@ -62,6 +109,7 @@ impl ExpiryRefresher {
             link,
             expiry_index,
             script: redis::Script::new(REFRESH),
+            ahead: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             failed: Mutex::new(Failed {
                 refreshes: HashMap::new(),
@@ -71,9 +119,69 @@ impl ExpiryRefresher {
         }
     }
 
-    /// Records that `id` now expires at `expires_at_ms`.
+    /// Records that `id` now expires at `expires_at_ms` and queues that
+    /// for the next flush (a refresh that could not be made now).
     pub fn note(&self, id: SessionId, expires_at_ms: u64) {
         self.pending.lock().insert(id, expires_at_ms);
+    }
+
+    /// Records that a read at `now_ms` slid `id`'s expiry to `wanted` (its
+    /// idle TTL being `ttl_ms`), Redis holding `held`. Returns whether
+    /// Redis must be refreshed before the read answers (its key would
+    /// expire within [`SYNC_MARGIN_MS`]); otherwise the refresh is queued
+    /// when the drift allowance is used up, or left for a deadline scan.
+    pub fn slid(&self, id: SessionId, held: Held, wanted: u64, ttl_ms: u64, now_ms: u64) -> bool {
+        let mut ahead = self.ahead.lock();
+        let entry = ahead.entry(id).or_insert(Ahead {
+            redis: match held {
+                Held::Read(expiry) | Held::Assumed(expiry) => expiry,
+            },
+            wanted,
+        });
+        if let Held::Read(expiry) = held {
+            entry.redis = expiry;
+        }
+        entry.wanted = entry.wanted.max(wanted);
+        let Ahead { redis, wanted } = *entry;
+        if wanted <= redis {
+            ahead.remove(&id);
+            return false;
+        }
+        if redis.saturating_sub(now_ms) < SYNC_MARGIN_MS {
+            return true;
+        }
+        if wanted - redis >= drift_ms(ttl_ms) {
+            drop(ahead);
+            self.note(id, wanted);
+        }
+        false
+    }
+
+    /// Records that Redis holds `expires_at_ms` for `id` (a refresh
+    /// pushed it).
+    fn synced(&self, id: &SessionId, expires_at_ms: u64) {
+        let mut ahead = self.ahead.lock();
+        if let Some(entry) = ahead.get_mut(id) {
+            entry.redis = entry.redis.max(expires_at_ms);
+            if entry.wanted <= entry.redis {
+                ahead.remove(id);
+            }
+        }
+    }
+
+    /// Queues the wanted expiry of every session whose Redis expiry comes
+    /// within [`DEADLINE_MARGIN_MS`] of `now_ms`.
+    fn queue_deadlines(&self, now_ms: u64) {
+        let due: Vec<(SessionId, u64)> = self
+            .ahead
+            .lock()
+            .iter()
+            .filter(|(_, entry)| entry.redis.saturating_sub(now_ms) < DEADLINE_MARGIN_MS)
+            .map(|(id, entry)| (*id, entry.wanted))
+            .collect();
+        if !due.is_empty() {
+            self.pending.lock().extend(due);
+        }
     }
 
     /// Refreshes one session's expiry in Redis now.
@@ -91,16 +199,28 @@ impl ExpiryRefresher {
             .arg(expires_at_ms)
             .invoke_async::<i64>(&mut conn)
             .await;
-        self.link.observe(result).map(drop)
+        self.link.observe(result)?;
+        self.synced(id, expires_at_ms);
+        Ok(())
     }
 
-    /// Flushes every `FLUSH_INTERVAL` until `shutdown`, then once more.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Flushes every `FLUSH_INTERVAL` until `shutdown`, then once more,
+    /// pushing the lagging expiries that come near every
+    /// [`DEADLINE_SCAN_FLUSHES`] flushes (and at shutdown, all of them);
+    /// `now_ms` reads the sessions' clock.
+    pub async fn run(self: Arc<Self>, now_ms: impl Fn() -> u64, shutdown: CancellationToken) {
+        let mut flushes = 0u32;
         loop {
             let stop = tokio::select! {
                 () = shutdown.cancelled() => true,
                 () = tokio::time::sleep(FLUSH_INTERVAL) => false,
             };
+            flushes = flushes.wrapping_add(1);
+            if stop {
+                self.queue_deadlines(u64::MAX);
+            } else if flushes.is_multiple_of(DEADLINE_SCAN_FLUSHES) {
+                self.queue_deadlines(now_ms());
+            }
             self.flush().await;
             if stop {
                 return;
@@ -149,5 +269,80 @@ impl ExpiryRefresher {
         for (id, expires_at) in failures {
             failed.refreshes.entry(id).or_insert(expires_at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::redis::RedisTarget;
+
+    const TTL: u64 = 3_600_000;
+
+    fn refresher() -> ExpiryRefresher {
+        // No Redis behind the link (its lazy connection needs a runtime):
+        // only the bookkeeping is under test.
+        let link =
+            RedisLink::new(RedisTarget::Single("redis://127.0.0.1:1".into())).expect("a link");
+        ExpiryRefresher::new("p:".into(), link, None)
+    }
+
+    fn queued(refresher: &ExpiryRefresher) -> HashMap<SessionId, u64> {
+        refresher.pending.lock().clone()
+    }
+
+    #[tokio::test]
+    async fn reads_within_the_drift_allowance_send_nothing() {
+        let refresher = refresher();
+        let id = SessionId::random();
+        let now = 1_000_000;
+        // Redis expires the key in an hour; reads push the wanted expiry
+        // by seconds: less than an eighth of the TTL (capped at a minute).
+        for read in 1..=59 {
+            let at = now + read * 1_000;
+            let slid = refresher.slid(id, Held::Assumed(now + TTL), at + TTL, TTL, at);
+            assert!(!slid, "no refresh before answering at {read} s");
+        }
+        assert!(queued(&refresher).is_empty());
+        // A minute ahead: the next flush pushes the latest wanted expiry.
+        let at = now + 60_000;
+        assert!(!refresher.slid(id, Held::Assumed(now + TTL), at + TTL, TTL, at));
+        assert_eq!(queued(&refresher), HashMap::from([(id, at + TTL)]));
+    }
+
+    #[tokio::test]
+    async fn a_key_about_to_expire_in_redis_is_refreshed_before_answering() {
+        let refresher = refresher();
+        let id = SessionId::random();
+        let now = 1_000_000;
+        let ttl = 10_000;
+        assert!(refresher.slid(id, Held::Read(now + 1_500), now + ttl, ttl, now));
+    }
+
+    #[tokio::test]
+    async fn lagging_expiries_are_pushed_before_redis_expires_the_key() {
+        let refresher = refresher();
+        let (near, far) = (SessionId::random(), SessionId::random());
+        let now = 1_000_000;
+        refresher.slid(near, Held::Read(now + 4_000), now + 4_500, TTL, now);
+        refresher.slid(far, Held::Read(now + TTL), now + TTL + 500, TTL, now);
+        assert!(queued(&refresher).is_empty());
+        refresher.queue_deadlines(now);
+        assert_eq!(queued(&refresher), HashMap::from([(near, now + 4_500)]));
+        // At shutdown every lagging expiry goes out.
+        refresher.queue_deadlines(u64::MAX);
+        assert_eq!(queued(&refresher).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn what_redis_was_read_to_hold_replaces_what_was_assumed() {
+        let refresher = refresher();
+        let id = SessionId::random();
+        let now = 1_000_000;
+        refresher.slid(id, Held::Assumed(now + TTL), now + TTL + 1_000, TTL, now);
+        // Another node pushed the key far ahead: nothing is left to do.
+        refresher.slid(id, Held::Read(now + 2 * TTL), now + TTL + 2_000, TTL, now);
+        assert!(refresher.ahead.lock().is_empty());
+        assert!(queued(&refresher).is_empty());
     }
 }

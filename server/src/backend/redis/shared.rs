@@ -12,7 +12,7 @@ use super::error::{ReplicationError, write_error};
 use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
-use super::refresher::{ExpiryRefresher, SYNC_MARGIN_MS};
+use super::refresher::{ExpiryRefresher, Held};
 use super::scripts::{Deleted, Scripts, StoredSession, hex, key, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
@@ -143,7 +143,13 @@ impl Redis {
                 .clone()
                 .run(link.pubsub_urls(), store.clone(), shutdown.clone()),
         );
-        tasks.spawn(refresher.clone().run(shutdown.clone()));
+        tasks.spawn(refresher.clone().run(
+            {
+                let store = store.clone();
+                move || store.now_ms()
+            },
+            shutdown.clone(),
+        ));
         let cacher = match config.consistency {
             Consistency::Cached => hex(node_id),
             Consistency::Strong => String::new(),
@@ -257,16 +263,17 @@ impl Redis {
         self.store.delete(&session.id);
     }
 
-    /// Pushes a session's new expiry to Redis: now when the key would expire
-    /// soon, otherwise with the next coalesced flush.
-    pub(super) async fn slide(&self, id: &SessionId, redis_expiry_ms: u64, new_expiry_ms: u64) {
-        if redis_expiry_ms.saturating_sub(self.now()) < SYNC_MARGIN_MS {
-            if let Err(err) = self.refresher.refresh_now(id, new_expiry_ms).await {
-                tracing::debug!(%err, "expiry refresh failed; queued for the next flush");
-                self.refresher.note(*id, new_expiry_ms);
-            }
-        } else {
-            self.refresher.note(*id, new_expiry_ms);
+    /// Tells the refresher that a read slid `session`'s expiry, Redis
+    /// holding `held`; refreshes Redis before the read answers when its
+    /// key would expire soon (otherwise the refresher pushes it later).
+    pub(super) async fn slide(&self, session: &Session, held: Held) {
+        let (id, wanted) = (&session.id, session.expires_at_ms);
+        let now = self.now();
+        if self.refresher.slid(*id, held, wanted, session.ttl_ms, now)
+            && let Err(err) = self.refresher.refresh_now(id, wanted).await
+        {
+            tracing::debug!(%err, "expiry refresh failed; queued for the next flush");
+            self.refresher.note(*id, wanted);
         }
     }
 
@@ -284,11 +291,11 @@ impl Redis {
             self.store.delete(id);
             return Err(BackendError::NotFound);
         };
-        let redis_expiry = session.expires_at_ms;
+        let held = Held::Read(session.expires_at_ms);
         session.expires_at_ms =
             self.store
                 .expiry(self.now(), session.ttl_ms, session.created_at_ms);
-        self.slide(id, redis_expiry, session.expires_at_ms).await;
+        self.slide(&session, held).await;
         self.cache(&session, epoch);
         Ok(session)
     }
@@ -332,9 +339,9 @@ impl Redis {
     /// expiry in memory and (coalesced) in Redis; `None` when Redis must
     /// be asked.
     pub(super) async fn get_from_memory(&self, id: &SessionId) -> Option<Session> {
-        let (session, redis_expiry) = self.store.get_refreshing(id).ok()?;
+        let (session, previous) = self.store.get_refreshing(id).ok()?;
         if self.link.is_up() {
-            self.slide(id, redis_expiry, session.expires_at_ms).await;
+            self.slide(&session, Held::Assumed(previous)).await;
         } else {
             self.refresher.note(*id, session.expires_at_ms);
         }
