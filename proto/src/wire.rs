@@ -205,6 +205,25 @@ impl Op {
         )
     }
 
+    /// Every name [`Op::name`] gives: the operations on sessions first
+    /// (the first [`Op::SESSION_OPS`]), then the event log's and the node's.
+    pub const NAMES: [&'static str; 12] = [
+        "create",
+        "get",
+        "put",
+        "patch",
+        "delete",
+        "touch",
+        "rotate",
+        "list_user",
+        "revoke_user",
+        "events",
+        "ping",
+        "stats",
+    ];
+    /// How many of [`Op::NAMES`] name operations on sessions.
+    pub const SESSION_OPS: usize = 9;
+
     /// The operation's name, for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

@@ -16,6 +16,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::response::Html;
 use parking_lot::Mutex;
+use sessiond_proto::wire::Op;
 use tokio_util::sync::CancellationToken;
 
 use super::observability::publish_stats;
@@ -25,17 +26,7 @@ use crate::sparkline::{self, Ring};
 use crate::store::WhenFull;
 
 /// The session operations, as the binary protocol names them.
-pub const OPERATIONS: [&str; 9] = [
-    "create",
-    "get",
-    "put",
-    "patch",
-    "delete",
-    "touch",
-    "rotate",
-    "list_user",
-    "revoke_user",
-];
+pub const OPERATIONS: &[&str] = Op::NAMES.split_at(Op::SESSION_OPS).0;
 
 /// Seconds over which the page's "now" rates are averaged.
 const RECENT: usize = 10;

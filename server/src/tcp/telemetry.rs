@@ -5,25 +5,7 @@
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
-use sessiond_proto::wire::Outcome;
-
-/// Operations whose handles are registered up front (the names
-/// `Op::name` gives); an operation missing here is recorded through the
-/// registry, as any error outcome is.
-const OPS: &[&str] = &[
-    "get",
-    "put",
-    "create",
-    "patch",
-    "delete",
-    "touch",
-    "rotate",
-    "list_user",
-    "revoke_user",
-    "events",
-    "ping",
-    "stats",
-];
+use sessiond_proto::wire::{Op, Outcome};
 
 /// One operation's handles.
 #[derive(Debug)]
@@ -47,7 +29,9 @@ pub struct TcpMetrics {
 impl TcpMetrics {
     /// Registers every handle with the installed recorder.
     pub fn register() -> Self {
-        let ops = OPS
+        // Every operation's handles, up front; an operation missing here
+        // would be recorded through the registry, as any error outcome is.
+        let ops = Op::NAMES
             .iter()
             .map(|&name| OpMetrics {
                 name,
