@@ -28,6 +28,8 @@ const ENVELOPE_BYTES: usize = 4096;
 /// answer). A longer one, or one sent after `Expect: 100-continue`, is
 /// answered at once.
 const DRAIN_AT_MOST: u64 = 8 << 20;
+/// A drained body that pauses this long is answered without the rest.
+const DRAIN_PAUSE: Duration = Duration::from_secs(1);
 
 /// A request envelope of the API: a JSON object, with or without session
 /// data, for which an empty body may mean the defaults.
@@ -169,11 +171,12 @@ async fn read(
     Ok((parts.headers, bytes))
 }
 
-/// Reads and drops a body, for at most `timeout`.
+/// Reads and drops a body, for at most `timeout`, giving up when it
+/// pauses for [`DRAIN_PAUSE`].
 async fn drain(body: Body, timeout: Duration) {
     let mut chunks = body.into_data_stream();
     let _ = tokio::time::timeout(timeout, async {
-        while let Some(Ok(_)) = chunks.next().await {}
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DRAIN_PAUSE, chunks.next()).await {}
     })
     .await;
 }
