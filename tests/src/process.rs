@@ -181,6 +181,31 @@ pub fn signal(pid: u32, name: &str) {
         .status();
 }
 
+/// Stops `pid` (SIGSTOP) and waits, up to 2 s, until every one of its
+/// threads is stopped: a thread stops only when it next runs, and one that
+/// gets to answer a request first would make the freeze a lie.
+pub fn freeze(pid: u32) {
+    signal(pid, "STOP");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !all_threads_stopped(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name's closing parenthesis.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
+}
+
 /// Parses `... <what> listening local=<addr>` log lines (ANSI colours, if
 /// any, removed first).
 fn listening_addr(line: &str) -> Option<(String, SocketAddr)> {

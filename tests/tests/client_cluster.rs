@@ -304,7 +304,7 @@ struct Stopped(u32);
 
 impl Stopped {
     fn new(pid: u32) -> Self {
-        sessiond_e2e::process::signal(pid, "STOP");
+        sessiond_e2e::process::freeze(pid);
         Self(pid)
     }
 }

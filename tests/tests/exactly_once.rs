@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
-use sessiond_e2e::process::signal;
+use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::redis_support::{
     bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
 };
@@ -314,7 +314,7 @@ async fn one_timeout_keeps_a_node_in_rotation_and_fall_timeouts_take_it_out() {
             .find(|(node, _)| *node == address)
             .map(|(_, up)| up)
     };
-    signal(stopped.pid(), "STOP");
+    freeze(stopped.pid());
     // Each read times out on the stopped owner and is answered by the
     // other node from Redis.
     for (count, id) in owned.iter().enumerate() {

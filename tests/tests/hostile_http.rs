@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sessiond_e2e::metrics::scrape;
-use sessiond_e2e::process::signal;
+use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::raw_http::{Received, connect, read_response, read_until_close, send};
 use sessiond_e2e::{Sessiond, client_for, http_client};
 use tokio::io::AsyncWriteExt;
@@ -402,7 +402,7 @@ async fn a_burst_of_connects_fits_in_the_listen_backlog() {
     let node = Sessiond::start(&[]);
     // A stopped node accepts nothing: whatever connects, the kernel
     // completed from the listen backlog alone.
-    signal(node.pid(), "STOP");
+    freeze(node.pid());
     let resume = Resume(node.pid());
     let connected: Vec<TcpStream> = futures_util::stream::iter(0..400)
         .map(|_| async {
