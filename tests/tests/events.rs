@@ -420,6 +420,32 @@ async fn the_log_survives_a_redis_restart_and_the_client_stream_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_cursor_is_none_and_the_stream_takes_only_after() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    let made = create(&http, &node, json!({})).await;
+    for query in ["after=", ""] {
+        let from_oldest = page(&http, &node, query).await;
+        assert_eq!(from_oldest.status, 200, "{query}: {}", from_oldest.text);
+        assert_eq!(
+            kinds(from_oldest.json()["events"].as_array().expect("events")),
+            [("created".to_owned(), made.clone())],
+            "{query}"
+        );
+    }
+    // Paging is the stream's own business: a page's parameters are refused
+    // there, not silently ignored.
+    let stream = format!("{}/v1/events/stream?limit=5", node.url());
+    let refused = send(http.get(stream)).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (400, "invalid_request"),
+        "{}",
+        refused.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
     let mut node = Sessiond::start(&[]);
     let http = http();
