@@ -231,19 +231,6 @@ async fn every_session_expiring_in_redis_is_reported_once_while_a_node_dies() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let late = page(&http, &nodes[0], "after=0-0&limit=1000").await;
-    let mut expired: BTreeMap<String, usize> = BTreeMap::new();
-    for event in late.json()["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(&events)
-    {
-        if event["kind"] == "expired" {
-            *expired
-                .entry(event["id"].as_str().unwrap_or_default().to_owned())
-                .or_default() += 1;
-        }
-    }
     // `late` re-reads the start of the log: count each cursor once.
     let mut by_cursor: BTreeMap<String, String> = BTreeMap::new();
     for event in late.json()["events"]
@@ -270,7 +257,7 @@ async fn every_session_expiring_in_redis_is_reported_once_while_a_node_dies() {
         ids,
         "every session reported once"
     );
-    assert!(!expired.is_empty());
+    assert!(!by_cursor.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
