@@ -2,31 +2,59 @@
 //! mode), so that the same write sent again completes or replays that one
 //! instead of making a second session. With Redis, the claim lives in Redis
 //! instead (see `replication`), where every node sees it.
+//!
+//! Claims are kept in two generations of plain maps per shard: new claims
+//! go to the current one, and when it is [`CLAIM_TTL`] old (or full) it
+//! becomes the previous one and the previous one is dropped whole. A claim
+//! is thus remembered for at least `CLAIM_TTL` (unless more than the cap
+//! arrive within it) and at most twice that, for about 35 bytes each (a
+//! general-purpose cache with per-entry expiry took 365 bytes per claim:
+//! 73 bytes per session after a million creates).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sessiond_proto::SessionId;
 use sessiond_proto::wire::RESEND_WINDOW;
 
-/// How long a claim is remembered: twice as long as a client may re-send a
-/// write whose answer was lost.
+/// How long a claim is remembered at least: twice as long as a client may
+/// re-send a write whose answer was lost.
 pub const CLAIM_TTL: Duration = Duration::from_secs(2 * RESEND_WINDOW.as_secs());
-/// Most claims held; the oldest go first.
-const MAX_CLAIMS: u64 = 200_000;
+/// Most claims one generation holds, over all shards; past it the oldest
+/// generation goes early.
+const MAX_CLAIMS: usize = 200_000;
+/// Independently locked shards (tags are random, so they spread evenly).
+const SHARDS: usize = 16;
 
 /// Recent tagged creates and rotations of this node.
 #[derive(Debug, Clone)]
 pub struct Claims {
-    ids: moka::sync::Cache<u64, SessionId>,
+    shards: Arc<[Mutex<Generations>]>,
+}
+
+/// One shard's claims.
+#[derive(Debug)]
+struct Generations {
+    current: HashMap<u64, SessionId>,
+    previous: HashMap<u64, SessionId>,
+    current_since: Instant,
 }
 
 impl Default for Claims {
     fn default() -> Self {
+        let now = Instant::now();
         Self {
-            ids: moka::sync::Cache::builder()
-                .max_capacity(MAX_CLAIMS)
-                .time_to_live(CLAIM_TTL)
-                .build(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Generations {
+                        current: HashMap::new(),
+                        previous: HashMap::new(),
+                        current_since: now,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -35,7 +63,19 @@ impl Claims {
     /// The id the write `tag` is to use: `fresh`, unless an attempt of the
     /// same write claimed one before.
     pub fn claim(&self, tag: u64, fresh: SessionId) -> SessionId {
-        self.ids.entry(tag).or_insert(fresh).into_value()
+        let mut shard = self.shards[tag as usize % SHARDS].lock();
+        if let Some(&id) = shard.current.get(&tag).or_else(|| shard.previous.get(&tag)) {
+            return id;
+        }
+        let now = Instant::now();
+        if now.duration_since(shard.current_since) >= CLAIM_TTL
+            || shard.current.len() >= MAX_CLAIMS / SHARDS
+        {
+            shard.previous = std::mem::take(&mut shard.current);
+            shard.current_since = now;
+        }
+        shard.current.insert(tag, fresh);
+        fresh
     }
 }
 
@@ -50,5 +90,28 @@ mod tests {
         assert_eq!(claims.claim(7, a), a);
         assert_eq!(claims.claim(7, b), a);
         assert_eq!(claims.claim(8, b), b);
+    }
+
+    #[test]
+    fn a_claim_outlives_one_full_generation_and_not_two() {
+        let claims = Claims::default();
+        let first = SessionId::random();
+        let per_generation = (MAX_CLAIMS / SHARDS) as u64;
+        // Tags of shard 0 only: 0, 16, 32, ...
+        let tag = |n: u64| n * SHARDS as u64;
+        assert_eq!(claims.claim(tag(0), first), first);
+        for n in 1..per_generation {
+            claims.claim(tag(n), SessionId::random());
+        }
+        // The first generation is full: the next claim starts a new one,
+        // and the first claim is still known from the previous one.
+        claims.claim(tag(per_generation), SessionId::random());
+        assert_eq!(claims.claim(tag(0), SessionId::random()), first);
+        for n in per_generation + 1..2 * per_generation + 1 {
+            claims.claim(tag(n), SessionId::random());
+        }
+        // Two generations on, it is gone: the tag claims a fresh id.
+        let fresh = SessionId::random();
+        assert_eq!(claims.claim(tag(0), fresh), fresh);
     }
 }
