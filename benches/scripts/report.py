@@ -23,7 +23,8 @@ def line(section, round_, label):
     print(
         f"  {label:<32} {result['ops_per_sec']:>9.0f} ops/s  "
         f"p50 {result['p50_us']:>6}  p99 {result['p99_us']:>6}  p99.9 {result['p999_us']:>6} us  "
-        f"server {result['server_cpu_us_per_op']:>5.2f} us/op  "
+        f"server {result['server_cpu_us_per_op']:>5.2f} us/op "
+        f"(kernel {result['server_system_us_per_op']:>5.2f})  "
         f"loader {result['loader_cpu_us_per_op']:>5.2f} us/op  "
         f"req/read {depth(result)}  errors {result['errors']}",
         file=sys.stderr,
@@ -34,8 +35,8 @@ def table(path):
     rows = [json.loads(text) for text in open(path)]
     for section in dict.fromkeys(row["section"] for row in rows):
         print(
-            f"\n{section}: per round, ops/s, p50/p99/p99.9 us, server CPU us/op, "
-            "requests per server read; (ratio to Redis alone in the same round)"
+            f"\n{section}: per round, ops/s, p50/p99/p99.9 us, server CPU us/op "
+            "(its kernel part), requests per server read; (ratio to Redis alone in the same round)"
         )
         mine = [row for row in rows if row["section"] == section]
         for label in dict.fromkeys(row["label"] for row in mine):
@@ -49,7 +50,8 @@ def table(path):
                     f"{row['p50_us']}/{row['p99_us']}/{row['p999_us']} "
                     f"({row['p99_us'] / base['p99_us']:.2f}x) "
                     f"cpu {row['server_cpu_us_per_op']:.2f} "
-                    f"({row['server_cpu_us_per_op'] / base['server_cpu_us_per_op']:.2f}x) "
+                    f"({row['server_cpu_us_per_op'] / base['server_cpu_us_per_op']:.2f}x; "
+                    f"kernel {row['server_system_us_per_op']:.2f}) "
                     f"depth {depth(row)}"
                     + (f" errors {row['errors']}" if row["errors"] else "")
                 )

@@ -118,6 +118,11 @@ impl Report {
         self.per_op_us(self.usage.server_cpu)
     }
 
+    /// The kernel's part of [`Self::server_cpu_us_per_op`] (stime).
+    pub fn server_system_us_per_op(&self) -> f64 {
+        self.per_op_us(self.usage.server_system)
+    }
+
     /// The load tool's own CPU time per operation, in microseconds.
     pub fn loader_cpu_us_per_op(&self) -> f64 {
         self.per_op_us(self.usage.loader_cpu)

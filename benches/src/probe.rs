@@ -1,6 +1,6 @@
 //! What the load tool reads at both ends of the measured window besides
-//! its own counts: the CPU time of the server processes and of itself
-//! (utime + stime from `/proc`), and how many requests the server answered
+//! its own counts: the CPU time of the server processes (utime + stime
+//! from `/proc`, and the stime part: time in the kernel) and of itself, and how many requests the server answered
 //! per socket read (Redis's `INFO stats`, a sessiond node's `/metrics`),
 //! which is how deep the requests were pipelined.
 
@@ -34,6 +34,8 @@ pub struct Probe {
 pub struct Sample {
     /// CPU time of the server processes.
     pub server_cpu: Duration,
+    /// The part of `server_cpu` spent in the kernel (stime).
+    pub server_system: Duration,
     /// CPU time of this process.
     pub own_cpu: Duration,
     /// Requests the server answered and socket reads it made, if known.
@@ -45,6 +47,8 @@ pub struct Sample {
 pub struct Usage {
     /// CPU time of the server processes in the window (zero without pids).
     pub server_cpu: Duration,
+    /// The part of `server_cpu` spent in the kernel.
+    pub server_system: Duration,
     /// CPU time of the load tool in the window.
     pub loader_cpu: Duration,
     /// Requests answered per socket read in the window, if known.
@@ -62,6 +66,7 @@ impl Sample {
         };
         Usage {
             server_cpu: end.server_cpu.saturating_sub(self.server_cpu),
+            server_system: end.server_system.saturating_sub(self.server_system),
             loader_cpu: end.own_cpu.saturating_sub(self.own_cpu),
             requests_per_read,
         }
@@ -72,8 +77,11 @@ impl Probe {
     /// Reads everything now.
     pub async fn sample(&self) -> anyhow::Result<Sample> {
         let mut server_cpu = Duration::ZERO;
+        let mut server_system = Duration::ZERO;
         for pid in &self.server_pids {
-            server_cpu += cpu_time(&pid.to_string())?;
+            let time = cpu_time(&pid.to_string())?;
+            server_cpu += time.total();
+            server_system += time.system;
         }
         let requests_reads = match &self.counters {
             Some(counters) => Some(counters.read().await?),
@@ -81,14 +89,30 @@ impl Probe {
         };
         Ok(Sample {
             server_cpu,
-            own_cpu: cpu_time("self")?,
+            server_system,
+            own_cpu: cpu_time("self")?.total(),
             requests_reads,
         })
     }
 }
 
-/// utime + stime of `/proc/<pid>` (all its threads).
-fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+/// The CPU time of a process, split as `/proc` reports it.
+#[derive(Debug, Clone, Copy)]
+struct CpuTime {
+    /// utime: in the process's own code.
+    user: Duration,
+    /// stime: in the kernel on the process's behalf.
+    system: Duration,
+}
+
+impl CpuTime {
+    fn total(&self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// utime and stime of `/proc/<pid>` (all its threads).
+fn cpu_time(pid: &str) -> anyhow::Result<CpuTime> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // The fields after the command name, which is in parentheses and may
@@ -101,10 +125,12 @@ fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
             .and_then(|field| field.parse().ok())
             .with_context(|| format!("unexpected {path}"))
     };
-    let used = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_secs_f64(
-        used as f64 / rustix::param::clock_ticks_per_second() as f64,
-    ))
+    let per_second = rustix::param::clock_ticks_per_second() as f64;
+    let seconds = |ticks: u64| Duration::from_secs_f64(ticks as f64 / per_second);
+    Ok(CpuTime {
+        user: seconds(ticks(11)?),
+        system: seconds(ticks(12)?),
+    })
 }
 
 impl Counters {

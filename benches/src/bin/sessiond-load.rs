@@ -145,6 +145,7 @@ async fn show_progress(ops: Arc<AtomicU64>, done: Arc<AtomicBool>) {
 
 fn print_report(args: &Args, report: &Report) {
     let server_cpu = (!args.server_pids.is_empty()).then(|| report.server_cpu_us_per_op());
+    let server_system = server_cpu.map(|_| report.server_system_us_per_op());
     let depth = report.usage.requests_per_read;
     if args.json {
         let json = serde_json::json!({
@@ -160,6 +161,7 @@ fn print_report(args: &Args, report: &Report) {
             "p99_us": report.percentile_us(99.0),
             "p999_us": report.percentile_us(99.9),
             "server_cpu_us_per_op": server_cpu,
+            "server_system_us_per_op": server_system,
             "loader_cpu_us_per_op": report.loader_cpu_us_per_op(),
             "requests_per_read": depth,
         });
@@ -183,8 +185,8 @@ fn print_report(args: &Args, report: &Report) {
             report.percentile_us(99.0),
             report.percentile_us(99.9)
         );
-        if let Some(cpu) = server_cpu {
-            println!("server CPU   {cpu:.2} us/op");
+        if let (Some(cpu), Some(system)) = (server_cpu, server_system) {
+            println!("server CPU   {cpu:.2} us/op ({system:.2} in the kernel)");
         }
         println!("loader CPU   {:.2} us/op", report.loader_cpu_us_per_op());
         if let Some(depth) = depth {
