@@ -17,6 +17,10 @@ use crate::connection::{CallError, ConnectOptions};
 use crate::node::Node;
 use crate::{Error, Session, SessionInfo};
 
+/// How many times a write whose outcome is unknown goes round the nodes
+/// before the call ends with [`Error::Indeterminate`].
+const TAGGED_WRITE_ROUNDS: usize = 2;
+
 /// Configures and builds a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -233,8 +237,10 @@ impl Client {
     /// lost, or the node could not tell), every later attempt says so, and
     /// the node judges it against the session's write log: it answers the
     /// write's true outcome, applies it if it had not been, or says it
-    /// cannot tell. If no node can tell, the call ends with
-    /// [`Error::Indeterminate`]: a write is never applied twice.
+    /// cannot tell. While the outcome is unknown the nodes are asked a
+    /// second time round (a node stalled past one timeout, e.g. by its
+    /// Redis, has usually recovered by then). If no node can tell, the call
+    /// ends with [`Error::Indeterminate`]: a write is never applied twice.
     async fn call(&self, order: Vec<usize>, op: Op) -> Result<Outcome, Error> {
         self.call_within(order, op, self.inner.timeout).await
     }
@@ -266,7 +272,17 @@ impl Client {
         let mut maybe_applied_since: Option<Instant> = None;
         let mut last_error = None;
         let mut last_node = None;
-        for index in order {
+        let rounds = if tag.is_some() {
+            TAGGED_WRITE_ROUNDS
+        } else {
+            1
+        };
+        let nodes = order.len();
+        for (attempt, index) in order.into_iter().cycle().take(nodes * rounds).enumerate() {
+            if attempt == nodes && maybe_applied_since.is_none() {
+                // Another round only settles a write whose fate is unknown.
+                break;
+            }
             let node = &self.inner.nodes[index];
             let connection = match node.connection().await {
                 Ok(connection) => connection,

@@ -16,8 +16,9 @@
 //! write whose answer was lost (a timeout, a dropped connection, a node
 //! killed mid-request) is sent again with the same identity, and the node
 //! answers from the session's write log whether it was applied (and at
-//! which version), applies it if it was not, or says it cannot tell. In the
-//! last case the call ends with [`Error::Indeterminate`]: the write may or
+//! which version), applies it if it was not, or says it cannot tell. The
+//! nodes are asked twice round before the call gives up: then it ends with
+//! [`Error::Indeterminate`]: the write may or
 //! may not have landed; read the session before acting again. A write never
 //! ends with [`Error::Timeout`], and [`Error::is_retryable`] is false for
 //! `Indeterminate`. [`Client::update`] never applies its change twice.

@@ -101,6 +101,33 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
     assert_eq!(outcomes.len(), ROUNDS);
 }
 
+/// With one node, a write whose answer was lost has no other node to go
+/// to: the client asks the same node again, once Redis has recovered,
+/// instead of giving up with `Indeterminate` after one timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_is_asked_again_when_a_stall_outlasts_one_timeout() {
+    let _alone = exclusive().await;
+    let redis = RedisServer::start_with_debug();
+    let nodes = nodes_on(&redis, 1).await;
+    let client = client_of(&[&nodes[0]], Duration::from_millis(400)).await;
+    let mut stall = redis_conn(&redis.url()).await;
+    for round in 0..5 {
+        let target = client.create(&json!({"n": 0}), None).await.expect("create");
+        let mut command = redis::cmd("DEBUG");
+        command.arg("SLEEP").arg("0.6");
+        let sleep = command.exec_async(&mut stall);
+        let one = json!({"n": 1});
+        let put = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.put(&target.id, &one, Some(1)).await
+        };
+        let (_, put) = bounded("a stalled round", async { tokio::join!(sleep, put) }).await;
+        let put = put.unwrap_or_else(|err| panic!("round {round}: put: {err}"));
+        assert_eq!(put.version, 2, "round {round}: the put's own version");
+        assert_eq!(counter(&client, &target.id).await, (1, 2), "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
     let _alone = exclusive().await;
