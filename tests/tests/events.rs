@@ -260,6 +260,50 @@ async fn every_session_expiring_in_redis_is_reported_once_while_a_node_dies() {
     assert!(!by_cursor.is_empty());
 }
 
+/// A write keeps a session's TTL and moves its expiry later without
+/// rescoring the expiry index, so the index comes due while the session
+/// still lives: the reaper must find it alive and rescore it, and report
+/// it only once it has really expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_kept_alive_by_writes_is_reported_expired_only_after_it_expires() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let start = page(&http, &node, "after=now").await.json()["next"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    let id = create(&http, &node, json!({"ttl_secs": 1})).await;
+    let url = format!("{}/v1/sessions/{id}", node.url());
+    // Three times its TTL, written every 300 ms: it never expires.
+    let writing = Instant::now();
+    let mut writes = 0;
+    while writing.elapsed() < Duration::from_secs(3) {
+        let put = send(http.put(&url).json(&json!({"data": {"n": writes}}))).await;
+        assert_eq!(put.status, 200, "write {writes}: {}", put.text);
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let so_far = page(&http, &node, &format!("after={start}&limit=50")).await;
+    assert_eq!(
+        kinds(so_far.json()["events"].as_array().expect("events")),
+        [("created".to_owned(), id.clone())],
+        "reported before it expired"
+    );
+    let (events, _) = read_until(&http, &[&node], start, |seen| {
+        seen.iter().any(|event| event["kind"] == "expired")
+    })
+    .await;
+    assert_eq!(
+        kinds(&events),
+        [
+            ("created".to_owned(), id.clone()),
+            ("expired".to_owned(), id.clone())
+        ]
+    );
+    assert_eq!(send(http.get(&url)).await.status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
     let node = Sessiond::start(&[]);

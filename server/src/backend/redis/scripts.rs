@@ -126,7 +126,12 @@ return 1
 /// checking the expected version atomically; judges a tagged write against
 /// the write log first (the same rules as `store::WriteLog::judge`); makes
 /// the writer the only node recorded with a cached copy, and announces the
-/// change when other nodes may hold one.
+/// change when other nodes may hold one. The expiry index is rescored only
+/// when the TTL changes: with the same TTL a write moves the expiry later,
+/// and an index entry that comes due early is rescored by [`REAP`] (one
+/// step per session per TTL instead of one per write). Fields are written
+/// from the argument strings where they can be (a Lua number passed to
+/// Redis is formatted with `printf`, a cost per field).
 /// ARGV: 1 expected ('' = any), 2 data, 3 now, 4 ttl ('' = keep), 5 max
 /// lifetime ('' = none), 6 channel, 7 message, 8 mode, 9 tag ('' = none),
 /// 10 resent after ms ('' = first attempt), 11 allowed clock skew ms,
@@ -172,6 +177,7 @@ if exp <= now then
   return {-1}
 end
 local updated = tonumber(cur[4])
+local ttl_text = ARGV[4] ~= '' and ARGV[4] or cur[3]
 if ARGV[8] == 'w' then
   v = v + 1
   updated = now
@@ -181,21 +187,27 @@ if ARGV[8] == 'w' then
     entries[#entries + 1] = tag
   end
   log = table.concat(entries, ',')
-  if v > LOG_LEN then horizon = now end
-  redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2], 'u', now, 't', ttl, 'w', log, 'h', horizon)
+  local horizon_text = cur[6] or '0'
+  if v > LOG_LEN then
+    horizon = now
+    horizon_text = ARGV[3]
+  end
+  redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2], 'u', ARGV[3], 't', ttl_text, 'w', log,
+    'h', horizon_text, 'o', ARGV[12])
 else
-  redis.call('HSET', KEYS[1], 't', ttl)
+  redis.call('HSET', KEYS[1], 't', ttl_text, 'o', ARGV[12])
 end
 local others = {}
 for node in string.gmatch(cur[7] or '', '[^,]+') do
   if node ~= ARGV[12] then others[#others + 1] = node end
 end
-redis.call('HSET', KEYS[1], 'o', ARGV[12])
 redis.call('PEXPIREAT', KEYS[1], exp)
 if #others > 0 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 if KEYS[2] then
   local id = string.sub(KEYS[1], -22)
-  redis.call('ZADD', KEYS[3], exp, id .. ':' .. (cur[8] or ''))
+  if ttl ~= tonumber(cur[3]) then
+    redis.call('ZADD', KEYS[3], exp, id .. ':' .. (cur[8] or ''))
+  end
   if ARGV[8] == 'w' and ARGV[13] == '1' then
     emit(KEYS[2], ARGV[14], 'updated', id, cur[8] or '')
   end
