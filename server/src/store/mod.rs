@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use indexmap::set::MutableValues;
 use parking_lot::{Mutex, MutexGuard};
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventKind, SessionId, UserName};
@@ -30,12 +31,11 @@ use shard::{Shard, Slot};
 use user_index::{INDEX_ENTRY_BYTES, UserIndex};
 pub use write_log::{CLOCK_SKEW_MS, Verdict, WRITE_LOG_LEN, WriteLog};
 
-/// Bytes charged per session on top of its data: the id, the session's
-/// fields, the map's index and the data buffer's header.
-pub const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<SessionId>()
-    + std::mem::size_of::<Slot>()
-    + 2 * std::mem::size_of::<usize>()
-    + 48) as u64;
+/// Bytes charged per session on top of its data: the session's fields
+/// (its id among them), the set's stored hash and index, and the data
+/// buffer's header.
+pub const ENTRY_OVERHEAD: u64 =
+    (std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<usize>() + 48) as u64;
 
 /// How many sessions eviction samples to pick the least recently used one.
 const EVICTION_SAMPLES: usize = 16;
@@ -401,7 +401,7 @@ impl Store {
                 last_access_ms: now,
             };
             if let Some(shard) = locked.shard(self.shard_index(&id)) {
-                shard.map.insert(id, slot);
+                shard.sessions.replace(slot);
             }
             self.counters.sessions.fetch_add(1, Ordering::Relaxed);
             self.record(EventKind::Created, &session, None);
@@ -427,9 +427,9 @@ impl Store {
             let Some(shard) = locked.shard(self.shard_index(id)) else {
                 continue;
             };
-            match shard.map.get(id) {
+            match shard.sessions.get(id) {
                 Some(slot) if slot.is_expired(now) => {
-                    if let Some(slot) = shard.map.swap_remove(id) {
+                    if let Some(slot) = shard.sessions.swap_take(id) {
                         self.forget(&slot, Removal::Expired);
                     }
                 }
@@ -447,7 +447,7 @@ impl Store {
         live.sort_unstable();
         for (_, id) in &live[..=live.len() - max] {
             if let Some(shard) = locked.shard(self.shard_index(id))
-                && let Some(slot) = shard.map.swap_remove(id)
+                && let Some(slot) = shard.sessions.swap_take(id)
             {
                 self.forget(&slot, Removal::Evicted);
             }
@@ -467,7 +467,7 @@ impl Store {
             session,
             last_access_ms: now,
         };
-        let previous = self.shard(&id).lock().map.insert(id, slot);
+        let previous = self.shard(&id).lock().sessions.replace(slot);
         match previous {
             Some(old) => self.budget.release(charge(&old)),
             None => {
@@ -482,8 +482,8 @@ impl Store {
     pub fn clear(&self) -> u64 {
         let mut dropped = 0;
         for shard in self.shards.iter() {
-            let slots = std::mem::take(&mut shard.lock().map);
-            for slot in slots.values() {
+            let slots = std::mem::take(&mut shard.lock().sessions);
+            for slot in &slots {
                 self.budget.release(charge(slot));
             }
             dropped += slots.len() as u64;
@@ -516,7 +516,7 @@ impl Store {
         let now = self.now_ms();
         let shard = self.shard(id).lock();
         shard
-            .map
+            .sessions
             .get(id)
             .filter(|slot| !slot.is_expired(now))
             .map(|slot| slot.session.clone())
@@ -625,7 +625,7 @@ impl Store {
     pub fn delete(&self, id: &SessionId) -> bool {
         let now = self.now_ms();
         let mut shard = self.shard(id).lock();
-        match shard.map.swap_remove(id) {
+        match shard.sessions.swap_take(id) {
             Some(slot) if slot.is_expired(now) => {
                 self.forget(&slot, Removal::Expired);
                 false
@@ -671,7 +671,7 @@ impl Store {
                     .and_then(|()| self.recharge(&slot, Some(&owner.user)));
                 if let Err(err) = rebound {
                     if let Some(source) = locked.shard(self.shard_index(id)) {
-                        source.map.insert(*id, slot);
+                        source.sessions.replace(slot);
                     }
                     return Err(err);
                 }
@@ -690,7 +690,7 @@ impl Store {
             slot.last_access_ms = now;
             let session = slot.session.clone();
             if let Some(target) = locked.shard(self.shard_index(&new_id)) {
-                target.map.insert(new_id, slot);
+                target.sessions.replace(slot);
             }
             self.record(EventKind::Rotated, &session, Some(*id));
             return Ok(session);
@@ -724,7 +724,7 @@ impl Store {
             let mut sessions: Vec<Session> = owned
                 .iter()
                 .filter_map(|id| {
-                    let slot = locked.shard(self.shard_index(id))?.map.get(id)?;
+                    let slot = locked.shard(self.shard_index(id))?.sessions.get(id)?;
                     (!slot.is_expired(now)).then(|| slot.session.clone())
                 })
                 .collect();
@@ -753,7 +753,7 @@ impl Store {
                 let Some(shard) = locked.shard(self.shard_index(id)) else {
                     continue;
                 };
-                if let Some(slot) = shard.map.swap_remove(id) {
+                if let Some(slot) = shard.sessions.swap_take(id) {
                     if slot.is_expired(now) {
                         self.forget(&slot, Removal::Expired);
                     } else {
@@ -815,14 +815,20 @@ impl Store {
         id: &SessionId,
         now_ms: u64,
     ) -> Result<&'a mut Slot, StoreError> {
-        let index = shard.map.get_index_of(id).ok_or(StoreError::NotFound)?;
-        if shard.map[index].is_expired(now_ms) {
-            if let Some((_, slot)) = shard.map.swap_remove_index(index) {
+        let (index, slot) = shard
+            .sessions
+            .get_full_mut2(id)
+            .ok_or(StoreError::NotFound)?;
+        if slot.is_expired(now_ms) {
+            if let Some(slot) = shard.sessions.swap_remove_index(index) {
                 self.forget(&slot, Removal::Expired);
             }
             return Err(StoreError::NotFound);
         }
-        Ok(&mut shard.map[index])
+        shard
+            .sessions
+            .get_index_mut2(index)
+            .ok_or(StoreError::NotFound)
     }
 
     /// Removes and returns the live slot of `id`, without releasing its bytes.
@@ -832,7 +838,7 @@ impl Store {
         id: &SessionId,
         now_ms: u64,
     ) -> Result<Slot, StoreError> {
-        let slot = shard.map.swap_remove(id).ok_or(StoreError::NotFound)?;
+        let slot = shard.sessions.swap_take(id).ok_or(StoreError::NotFound)?;
         if slot.is_expired(now_ms) {
             self.forget(&slot, Removal::Expired);
             return Err(StoreError::NotFound);
@@ -930,7 +936,7 @@ impl Store {
             return false;
         };
         let mut shard = self.shards[index].lock();
-        if let Some(slot) = shard.map.swap_remove(&id) {
+        if let Some(slot) = shard.sessions.swap_take(&id) {
             let why = if slot.is_expired(now) {
                 Removal::Expired
             } else {

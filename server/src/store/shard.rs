@@ -1,17 +1,39 @@
 //! One independently locked slice of the keyspace.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use indexmap::IndexMap;
+use indexmap::{Equivalent, IndexSet};
 use sessiond_proto::SessionId;
 
 use super::session::Session;
 
-/// A session as held in a shard, with what eviction needs to know.
+/// A session as held in a shard, with what eviction needs to know. A shard
+/// finds it by its session's id (it hashes and compares as that id), so
+/// the id is stored once, not again as a map key.
 #[derive(Debug)]
 pub(super) struct Slot {
     pub session: Session,
     pub last_access_ms: u64,
+}
+
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.session.id.hash(state);
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.session.id == other.session.id
+    }
+}
+
+impl Eq for Slot {}
+
+impl Equivalent<Slot> for SessionId {
+    fn equivalent(&self, slot: &Slot) -> bool {
+        *self == slot.session.id
+    }
 }
 
 impl Slot {
@@ -42,8 +64,8 @@ impl Hasher for IdHasher {
     }
 }
 
-/// The map of one shard.
-pub(super) type SessionMap = IndexMap<SessionId, Slot, BuildHasherDefault<IdHasher>>;
+/// The sessions of one shard, looked up by id.
+pub(super) type SessionSet = IndexSet<Slot, BuildHasherDefault<IdHasher>>;
 
 /// What a sweep pass freed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +74,12 @@ pub(super) struct Swept {
     pub bytes: u64,
 }
 
-/// The sessions whose ids hash to this shard. An `IndexMap` gives O(1)
+/// The sessions whose ids hash to this shard. An `IndexSet` gives O(1)
 /// lookup plus positional access, which the sweeper's cursor and the
 /// eviction sampler both need.
 #[derive(Debug, Default)]
 pub(super) struct Shard {
-    pub map: SessionMap,
+    pub sessions: SessionSet,
     sweep_cursor: usize,
 }
 
@@ -65,22 +87,22 @@ impl Shard {
     /// A random session of this shard other than `protect`, with its
     /// eviction priority (expired sessions first, then least recently used).
     pub fn sample(&self, protect: Option<SessionId>, now_ms: u64) -> Option<(SessionId, u64)> {
-        let len = self.map.len();
+        let len = self.sessions.len();
         if len == 0 {
             return None;
         }
         let start = fastrand::usize(..len);
         (0..len.min(2))
             .map(|step| (start + step) % len)
-            .filter_map(|index| self.map.get_index(index))
-            .find(|(id, _)| Some(**id) != protect)
-            .map(|(id, slot)| {
+            .filter_map(|index| self.sessions.get_index(index))
+            .find(|slot| Some(slot.session.id) != protect)
+            .map(|slot| {
                 let priority = if slot.is_expired(now_ms) {
                     0
                 } else {
                     slot.last_access_ms
                 };
-                (*id, priority)
+                (slot.session.id, priority)
             })
     }
 
@@ -89,16 +111,16 @@ impl Shard {
     pub fn sweep(&mut self, now_ms: u64, budget: usize, charge: impl Fn(&Slot) -> u64) -> Swept {
         let mut swept = Swept::default();
         for _ in 0..budget {
-            if self.map.is_empty() {
+            if self.sessions.is_empty() {
                 break;
             }
-            if self.sweep_cursor >= self.map.len() {
+            if self.sweep_cursor >= self.sessions.len() {
                 self.sweep_cursor = 0;
             }
-            let expired = self.map[self.sweep_cursor].is_expired(now_ms);
+            let expired = self.sessions[self.sweep_cursor].is_expired(now_ms);
             if expired {
                 // The last entry moves into the cursor's place and is examined next.
-                if let Some((_, slot)) = self.map.swap_remove_index(self.sweep_cursor) {
+                if let Some(slot) = self.sessions.swap_remove_index(self.sweep_cursor) {
                     swept.sessions += 1;
                     swept.bytes += charge(&slot);
                 }
@@ -113,9 +135,9 @@ impl Shard {
     /// Gives memory back after a shard shrank a lot, so the process tracks
     /// what sessions use rather than its high-water mark.
     fn release_spare_capacity(&mut self) {
-        let len = self.map.len();
-        if self.map.capacity() > 1024 && self.map.capacity() > len * 4 {
-            self.map.shrink_to(len * 2);
+        let len = self.sessions.len();
+        if self.sessions.capacity() > 1024 && self.sessions.capacity() > len * 4 {
+            self.sessions.shrink_to(len * 2);
         }
     }
 }
