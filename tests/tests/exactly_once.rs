@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::process::{freeze, signal};
@@ -38,6 +39,16 @@ async fn nodes_on(redis: &RedisServer, count: usize) -> Vec<Sessiond> {
         nodes.push(node_on(&http, &redis.url(), &[]).await);
     }
     nodes
+}
+
+/// Makes Redis sleep 0.6 s, longer than the tests' client timeout (0.4 s).
+/// The stalled connection may give up on its own answer: no matter.
+async fn stall_redis(conn: &mut MultiplexedConnection) {
+    let _ = redis::cmd("DEBUG")
+        .arg("SLEEP")
+        .arg("0.6")
+        .exec_async(conn)
+        .await;
 }
 
 /// `n` of a counter session, read over `client`.
@@ -63,9 +74,7 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
         let update_target = client.create(&json!({"n": 0}), None).await.expect("create");
         // Redis sleeps 0.6 s: the first attempts time out (0.4 s) and are
         // sent again to the next node, which waits for Redis too.
-        let mut command = redis::cmd("DEBUG");
-        command.arg("SLEEP").arg("0.6");
-        let sleep = command.exec_async(&mut stall);
+        let sleep = stall_redis(&mut stall);
         let one = json!({"n": 1});
         let writes = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -74,10 +83,8 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
                 client.update(&update_target.id, |counter: &mut Counter| counter.n += 1),
             )
         };
-        let (slept, (put, update)) =
+        let ((), (put, update)) =
             bounded("a stalled round", async { tokio::join!(sleep, writes) }).await;
-        // The stalled connection may give up on its own answer: no matter.
-        let _ = slept;
         let put = put.unwrap_or_else(|err| panic!("round {round}: put: {err}"));
         let update = update.unwrap_or_else(|err| panic!("round {round}: update: {err}"));
         assert_eq!(put.version, 2, "round {round}: the put's own version");
@@ -113,15 +120,13 @@ async fn a_single_node_is_asked_again_when_a_stall_outlasts_one_timeout() {
     let mut stall = redis_conn(&redis.url()).await;
     for round in 0..5 {
         let target = client.create(&json!({"n": 0}), None).await.expect("create");
-        let mut command = redis::cmd("DEBUG");
-        command.arg("SLEEP").arg("0.6");
-        let sleep = command.exec_async(&mut stall);
+        let sleep = stall_redis(&mut stall);
         let one = json!({"n": 1});
         let put = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             client.put(&target.id, &one, Some(1)).await
         };
-        let (_, put) = bounded("a stalled round", async { tokio::join!(sleep, put) }).await;
+        let ((), put) = bounded("a stalled round", async { tokio::join!(sleep, put) }).await;
         let put = put.unwrap_or_else(|err| panic!("round {round}: put: {err}"));
         assert_eq!(put.version, 2, "round {round}: the put's own version");
         assert_eq!(counter(&client, &target.id).await, (1, 2), "round {round}");
@@ -144,15 +149,13 @@ async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
             .await
             .expect("create")
             .id;
-        let mut command = redis::cmd("DEBUG");
-        command.arg("SLEEP").arg("0.6");
-        let sleep = command.exec_async(&mut stall);
+        let sleep = stall_redis(&mut stall);
         let data = json!({"made": round});
         let writes = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             tokio::join!(client.create(&data, None), client.rotate(&rotating))
         };
-        let (_, (created, rotated)) =
+        let ((), (created, rotated)) =
             bounded("a stalled round", async { tokio::join!(sleep, writes) }).await;
         let created = created.unwrap_or_else(|err| panic!("round {round}: create: {err}"));
         let rotated = rotated.unwrap_or_else(|err| panic!("round {round}: rotate: {err}"));
