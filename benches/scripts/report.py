@@ -16,6 +16,12 @@ def depth(result):
     return "-" if value is None else f"{value:.2f}"
 
 
+def micros(result, key):
+    """A per-operation CPU figure, or "-" when the run did not measure it."""
+    value = result.get(key)
+    return "-" if value is None else f"{value:.2f}"
+
+
 def line(section, round_, label):
     result = json.load(sys.stdin)
     result.update(section=section, round=int(round_), label=label)
@@ -23,8 +29,8 @@ def line(section, round_, label):
     print(
         f"  {label:<32} {result['ops_per_sec']:>9.0f} ops/s  "
         f"p50 {result['p50_us']:>6}  p99 {result['p99_us']:>6}  p99.9 {result['p999_us']:>6} us  "
-        f"server {result['server_cpu_us_per_op']:>5.2f} us/op "
-        f"(kernel {result['server_system_us_per_op']:>5.2f})  "
+        f"server {micros(result, 'server_cpu_us_per_op'):>5} us/op "
+        f"(kernel {micros(result, 'server_system_us_per_op'):>5})  "
         f"loader {result['loader_cpu_us_per_op']:>5.2f} us/op  "
         f"req/read {depth(result)}  errors {result['errors']}",
         file=sys.stderr,
@@ -51,7 +57,7 @@ def table(path):
                     f"({row['p99_us'] / base['p99_us']:.2f}x) "
                     f"cpu {row['server_cpu_us_per_op']:.2f} "
                     f"({row['server_cpu_us_per_op'] / base['server_cpu_us_per_op']:.2f}x; "
-                    f"kernel {row['server_system_us_per_op']:.2f}) "
+                    f"kernel {micros(row, 'server_system_us_per_op')}) "
                     f"depth {depth(row)}"
                     + (f" errors {row['errors']}" if row["errors"] else "")
                 )

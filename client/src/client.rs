@@ -66,7 +66,10 @@ impl ClientBuilder {
         self
     }
 
-    /// How long one call waits for its answer (default 2 s).
+    /// How long one attempt waits for its node's answer (default 2 s). A
+    /// call that fails over makes one attempt per node; a write whose
+    /// answer was lost, up to two per node (the crate's "Write guarantees"),
+    /// so it may take up to twice the nodes times this.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -295,7 +298,8 @@ impl Client {
                 if since.elapsed() > RESEND_WINDOW {
                     break;
                 }
-                if let Some(last) = last_node.filter(|&last| last != index) {
+                // Once per node: the second round revisits the same ones.
+                if let Some(last) = last_node.filter(|&last| last != index && attempt < nodes) {
                     self.warn_of_orphan(&op, last);
                 }
             }

@@ -260,7 +260,7 @@ async fn every_session_expiring_in_redis_is_reported_once_while_a_node_dies() {
     assert!(!by_cursor.is_empty());
 }
 
-/// A write keeps a session's TTL and moves its expiry later without
+/// A write that keeps a session's TTL moves its expiry later without
 /// rescoring the expiry index, so the index comes due while the session
 /// still lives: the reaper must find it alive and rescore it, and report
 /// it only once it has really expired.
@@ -273,12 +273,12 @@ async fn a_session_kept_alive_by_writes_is_reported_expired_only_after_it_expire
         .as_str()
         .expect("next")
         .to_owned();
-    let id = create(&http, &node, json!({"ttl_secs": 1})).await;
+    let id = create(&http, &node, json!({"ttl_secs": 2})).await;
     let url = format!("{}/v1/sessions/{id}", node.url());
-    // Three times its TTL, written every 300 ms: it never expires.
+    // Twice its TTL, written every 300 ms: it never expires.
     let writing = Instant::now();
     let mut writes = 0;
-    while writing.elapsed() < Duration::from_secs(3) {
+    while writing.elapsed() < Duration::from_secs(4) {
         let put = send(http.put(&url).json(&json!({"data": {"n": writes}}))).await;
         assert_eq!(put.status, 200, "write {writes}: {}", put.text);
         writes += 1;

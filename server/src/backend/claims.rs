@@ -4,12 +4,14 @@
 //! instead (see `replication`), where every node sees it.
 //!
 //! Claims are kept in two generations of plain maps per shard: new claims
-//! go to the current one, and when it is [`CLAIM_TTL`] old (or full) it
-//! becomes the previous one and the previous one is dropped whole. A claim
-//! is thus remembered for at least `CLAIM_TTL` (unless more than the cap
-//! arrive within it) and at most twice that, for about 35 bytes each (a
-//! general-purpose cache with per-entry expiry took 365 bytes per claim:
-//! 73 bytes per session after a million creates).
+//! go to the current one, and when a claim arrives after it is
+//! [`CLAIM_TTL`] old (or full) it becomes the previous one and the
+//! previous one is dropped whole. A claim is thus remembered for at least
+//! `CLAIM_TTL` (unless more than the cap arrive within it), until two
+//! generations on; a quiet shard keeps its last claims until new ones
+//! come. About 35 bytes each, at most twice the cap held (a general-purpose
+//! cache with per-entry expiry took 365 bytes per claim: 73 bytes per
+//! session after a million creates).
 
 use std::collections::HashMap;
 use std::sync::Arc;

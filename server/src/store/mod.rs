@@ -808,7 +808,10 @@ impl Store {
         }
     }
 
-    /// The live slot of `id`; an expired one is removed on the way.
+    /// The live slot of `id`; an expired one is removed on the way. The
+    /// set finds a slot by its session's id: callers may change anything
+    /// but that id through the reference (a rotation takes the slot out
+    /// first).
     fn live_slot<'a>(
         &self,
         shard: &'a mut Shard,

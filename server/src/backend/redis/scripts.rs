@@ -126,10 +126,11 @@ return 1
 /// checking the expected version atomically; judges a tagged write against
 /// the write log first (the same rules as `store::WriteLog::judge`); makes
 /// the writer the only node recorded with a cached copy, and announces the
-/// change when other nodes may hold one. The expiry index is rescored only
-/// when the TTL changes: with the same TTL a write moves the expiry later,
-/// and an index entry that comes due early is rescored by [`REAP`] (one
-/// step per session per TTL instead of one per write). Fields are written
+/// change when other nodes may hold one. The expiry index is written only
+/// when it lacks the session or holds a later expiry (a shorter TTL, or a
+/// writer whose clock is behind): an entry earlier than the key's expiry
+/// is rescored by [`REAP`] when it comes due, one step per session per TTL
+/// instead of a reordering per write. Fields are written
 /// from the argument strings where they can be (a Lua number passed to
 /// Redis is formatted with `printf`, a cost per field).
 /// ARGV: 1 expected ('' = any), 2 data, 3 now, 4 ttl ('' = keep), 5 max
@@ -204,12 +205,13 @@ end
 redis.call('PEXPIREAT', KEYS[1], exp)
 if #others > 0 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 if KEYS[2] then
-  local id = string.sub(KEYS[1], -22)
-  if ttl ~= tonumber(cur[3]) then
-    redis.call('ZADD', KEYS[3], exp, id .. ':' .. (cur[8] or ''))
+  local member = string.sub(KEYS[1], -22) .. ':' .. (cur[8] or '')
+  local indexed = redis.call('ZSCORE', KEYS[3], member)
+  if not indexed or tonumber(indexed) > exp then
+    redis.call('ZADD', KEYS[3], exp, member)
   end
   if ARGV[8] == 'w' and ARGV[13] == '1' then
-    emit(KEYS[2], ARGV[14], 'updated', id, cur[8] or '')
+    emit(KEYS[2], ARGV[14], 'updated', string.sub(KEYS[1], -22), cur[8] or '')
   end
 end
 local answer = {v, created, updated, ttl, exp, log, horizon, table.concat(others, ','), cur[8] or ''}
