@@ -29,6 +29,7 @@ def line(section, round_, label):
     print(
         f"  {label:<32} {result['ops_per_sec']:>9.0f} ops/s  "
         f"p50 {result['p50_us']:>6}  p99 {result['p99_us']:>6}  p99.9 {result['p999_us']:>6} us  "
+        f"writes p99 {result.get('write_p99_us') or '-':>6} us  "
         f"server {micros(result, 'server_cpu_us_per_op'):>5} us/op "
         f"(kernel {micros(result, 'server_system_us_per_op'):>5})  "
         f"loader {result['loader_cpu_us_per_op']:>5.2f} us/op  "
@@ -41,7 +42,7 @@ def table(path):
     rows = [json.loads(text) for text in open(path)]
     for section in dict.fromkeys(row["section"] for row in rows):
         print(
-            f"\n{section}: per round, ops/s, p50/p99/p99.9 us, server CPU us/op "
+            f"\n{section}: per round, ops/s, p50/p99/p99.9 us, the writes' p99, server CPU us/op "
             "(its kernel part), requests per server read; (ratio to Redis alone in the same round)"
         )
         mine = [row for row in rows if row["section"] == section]
@@ -55,6 +56,7 @@ def table(path):
                     f"{row['ops_per_sec']:>7.0f} ({row['ops_per_sec'] / base['ops_per_sec']:.2f}x) "
                     f"{row['p50_us']}/{row['p99_us']}/{row['p999_us']} "
                     f"({row['p99_us'] / base['p99_us']:.2f}x) "
+                    f"writes {row.get('write_p99_us') or '-'} "
                     f"cpu {row['server_cpu_us_per_op']:.2f} "
                     f"({row['server_cpu_us_per_op'] / base['server_cpu_us_per_op']:.2f}x; "
                     f"kernel {micros(row, 'server_system_us_per_op')}) "

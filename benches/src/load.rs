@@ -98,6 +98,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latency of every measured operation, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Latency of the measured writes alone (puts, creates, rotations).
+    pub write_latency_us: Histogram<u64>,
     /// CPU time and pipelining in the measured window.
     pub usage: Usage,
 }
@@ -111,6 +113,13 @@ impl Report {
     /// A latency percentile in microseconds.
     pub fn percentile_us(&self, percentile: f64) -> u64 {
         self.latency_us.value_at_percentile(percentile)
+    }
+
+    /// A latency percentile of the writes alone, in microseconds (`None`
+    /// when the run made none).
+    pub fn write_percentile_us(&self, percentile: f64) -> Option<u64> {
+        (!self.write_latency_us.is_empty())
+            .then(|| self.write_latency_us.value_at_percentile(percentile))
     }
 
     /// The server processes' CPU time per operation, in microseconds.
@@ -178,7 +187,13 @@ struct Own {
 }
 
 impl Worker for Own {
-    async fn step(&mut self) -> anyhow::Result<()> {
+    async fn step(&mut self) -> (Kind, anyhow::Result<()>) {
+        (Kind::Write, self.create_or_rotate().await)
+    }
+}
+
+impl Own {
+    async fn create_or_rotate(&mut self) -> anyhow::Result<()> {
         self.next += 1;
         let user = user_of(self.next, self.users);
         match self.scenario {
@@ -311,10 +326,17 @@ pub async fn run(
     drive(workers, workload, ops, probe).await
 }
 
+/// What one operation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
 /// One closed-loop worker of a load.
 trait Worker: Send + 'static {
-    /// One operation.
-    fn step(&mut self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+    /// One operation: what it was, and whether it succeeded.
+    fn step(&mut self) -> impl std::future::Future<Output = (Kind, anyhow::Result<()>)> + Send;
 }
 
 /// The `rw` scenario's worker: a read or a write of a random key.
@@ -326,14 +348,20 @@ struct Mixed {
 }
 
 impl Worker for Mixed {
-    async fn step(&mut self) -> anyhow::Result<()> {
+    async fn step(&mut self) -> (Kind, anyhow::Result<()>) {
         let key = fastrand::usize(..self.keys);
         if fastrand::f64() < self.get_ratio {
-            self.conn.get(key).await
+            (Kind::Read, self.conn.get(key).await)
         } else {
-            self.conn.put(key, &self.value).await
+            (Kind::Write, self.conn.put(key, &self.value).await)
         }
     }
+}
+
+/// An empty latency histogram: 1 us to 60 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("valid histogram bounds"))
 }
 
 /// Runs `workers` over the workload's warm-up and measured window; `ops`
@@ -356,37 +384,43 @@ async fn drive<W: Worker>(
     let tasks = workers.into_iter().map(|mut worker| {
         let ops = ops.clone();
         tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .unwrap_or_else(|_| unreachable!("valid histogram bounds"));
+            let mut latency = latency_histogram();
+            let mut write_latency = latency_histogram();
             let (mut done, mut errors) = (0u64, 0u64);
             loop {
                 let begin = Instant::now();
                 if begin >= stop_at {
                     break;
                 }
-                let result = worker.step().await;
+                let (kind, result) = worker.step().await;
                 ops.fetch_add(1, Ordering::Relaxed);
                 if begin >= measure_from {
                     done += 1;
                     errors += u64::from(result.is_err());
-                    let _ = latency.record((begin.elapsed().as_micros() as u64).max(1));
+                    let micros = (begin.elapsed().as_micros() as u64).max(1);
+                    let _ = latency.record(micros);
+                    if kind == Kind::Write {
+                        let _ = write_latency.record(micros);
+                    }
                 }
             }
-            (done, errors, latency)
+            (done, errors, latency, write_latency)
         })
     });
     let mut report = Report {
         ops: 0,
         errors: 0,
         elapsed: workload.duration,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        latency_us: latency_histogram(),
+        write_latency_us: latency_histogram(),
         usage: Usage::default(),
     };
     for result in futures_util::future::join_all(tasks).await {
-        let (done, errors, latency) = result?;
+        let (done, errors, latency, write_latency) = result?;
         report.ops += done;
         report.errors += errors;
         report.latency_us.add(latency)?;
+        report.write_latency_us.add(write_latency)?;
     }
     report.usage = usage.await??;
     Ok(report)

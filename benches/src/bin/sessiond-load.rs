@@ -160,6 +160,8 @@ fn print_report(args: &Args, report: &Report) {
             "p50_us": report.percentile_us(50.0),
             "p99_us": report.percentile_us(99.0),
             "p999_us": report.percentile_us(99.9),
+            "write_p50_us": report.write_percentile_us(50.0),
+            "write_p99_us": report.write_percentile_us(99.0),
             "server_cpu_us_per_op": server_cpu,
             "server_system_us_per_op": server_system,
             "loader_cpu_us_per_op": report.loader_cpu_us_per_op(),
@@ -185,6 +187,12 @@ fn print_report(args: &Args, report: &Report) {
             report.percentile_us(99.0),
             report.percentile_us(99.9)
         );
+        if let (Some(p50), Some(p99)) = (
+            report.write_percentile_us(50.0),
+            report.write_percentile_us(99.0),
+        ) {
+            println!("  writes     p50 {p50} us   p99 {p99} us");
+        }
         if let (Some(cpu), Some(system)) = (server_cpu, server_system) {
             println!("server CPU   {cpu:.2} us/op ({system:.2} in the kernel)");
         }
