@@ -224,22 +224,27 @@ impl Op {
     /// How many of [`Op::NAMES`] name operations on sessions.
     pub const SESSION_OPS: usize = 9;
 
+    /// The operation's place in [`Op::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Create { .. } => 0,
+            Self::Get { .. } => 1,
+            Self::Put { .. } => 2,
+            Self::Patch { .. } => 3,
+            Self::Delete { .. } => 4,
+            Self::Touch { .. } => 5,
+            Self::Rotate { .. } => 6,
+            Self::ListUser { .. } => 7,
+            Self::RevokeUser { .. } => 8,
+            Self::Events { .. } => 9,
+            Self::Ping => 10,
+            Self::Stats => 11,
+        }
+    }
+
     /// The operation's name, for logs and metrics.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Create { .. } => "create",
-            Self::Get { .. } => "get",
-            Self::Put { .. } => "put",
-            Self::Patch { .. } => "patch",
-            Self::Delete { .. } => "delete",
-            Self::Touch { .. } => "touch",
-            Self::Rotate { .. } => "rotate",
-            Self::ListUser { .. } => "list_user",
-            Self::RevokeUser { .. } => "revoke_user",
-            Self::Events { .. } => "events",
-            Self::Ping => "ping",
-            Self::Stats => "stats",
-        }
+        Self::NAMES[self.index()]
     }
 }
 
@@ -338,5 +343,53 @@ impl WireError {
             current_version: None,
             oldest: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_its_own_place_in_the_names() {
+        let id = SessionId::random();
+        let ops = [
+            Op::Create {
+                data: Bytes::new(),
+                ttl_secs: None,
+                user: None,
+            },
+            Op::Get { id },
+            Op::Put {
+                id,
+                data: Bytes::new(),
+                ttl_secs: None,
+                expected_version: None,
+            },
+            Op::Patch {
+                id,
+                patch: Bytes::new(),
+                ttl_secs: None,
+                expected_version: None,
+            },
+            Op::Delete { id },
+            Op::Touch { id, ttl_secs: None },
+            Op::Rotate { id, user: None },
+            Op::ListUser { user: "ann".into() },
+            Op::RevokeUser {
+                user: "ann".into(),
+                except: None,
+            },
+            Op::Events {
+                after: None,
+                limit: 1,
+                wait_ms: 0,
+            },
+            Op::Ping,
+            Op::Stats,
+        ];
+        let indices: Vec<usize> = ops.iter().map(Op::index).collect();
+        assert_eq!(indices, (0..Op::NAMES.len()).collect::<Vec<_>>());
+        assert_eq!(ops[Op::SESSION_OPS - 1].name(), "revoke_user");
     }
 }

@@ -394,9 +394,9 @@ async fn answer(
         op,
         write,
     } = request;
-    let name = op.name();
+    let op_index = op.index();
     let outcome = dispatch::execute(&ctx.service, op, write, placement).await;
-    metrics.request(name, &outcome, started.elapsed());
+    metrics.request(op_index, &outcome, started.elapsed());
     Response {
         id: request_id,
         outcome,

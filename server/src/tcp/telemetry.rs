@@ -19,6 +19,7 @@ struct OpMetrics {
 /// socket call.
 #[derive(Debug)]
 pub struct TcpMetrics {
+    /// Per operation, in [`Op::NAMES`] order.
     ops: Vec<OpMetrics>,
     /// Socket reads that brought requests (`sessiond_tcp_reads_total`).
     pub reads: Counter,
@@ -29,8 +30,6 @@ pub struct TcpMetrics {
 impl TcpMetrics {
     /// Registers every handle with the installed recorder.
     pub fn register() -> Self {
-        // Every operation's handles, up front; an operation missing here
-        // would be recorded through the registry, as any error outcome is.
         let ops = Op::NAMES
             .iter()
             .map(|&name| OpMetrics {
@@ -46,27 +45,20 @@ impl TcpMetrics {
         }
     }
 
-    /// Records a request for `op` that took `elapsed` and ended in `outcome`.
-    pub fn request(&self, op: &'static str, outcome: &Outcome, elapsed: Duration) {
-        let handles = self.ops.iter().find(|handles| handles.name == op);
-        let seconds = elapsed.as_secs_f64();
-        match handles {
-            Some(handles) => handles.duration.record(seconds),
-            None => metrics::histogram!("sessiond_tcp_request_duration_seconds", "op" => op)
-                .record(seconds),
-        }
-        match (outcome, handles) {
-            (Outcome::Error(error), _) => metrics::counter!(
+    /// Records a request for the operation at `op_index` (its
+    /// [`Op::index`]) that took `elapsed` and ended in `outcome`; an error
+    /// outcome goes through the registry (its code is a label).
+    pub fn request(&self, op_index: usize, outcome: &Outcome, elapsed: Duration) {
+        let handles = &self.ops[op_index];
+        handles.duration.record(elapsed.as_secs_f64());
+        match outcome {
+            Outcome::Error(error) => metrics::counter!(
                 "sessiond_tcp_requests_total",
-                "op" => op,
+                "op" => handles.name,
                 "outcome" => error.code.as_str()
             )
             .increment(1),
-            (_, Some(handles)) => handles.ok.increment(1),
-            (_, None) => {
-                metrics::counter!("sessiond_tcp_requests_total", "op" => op, "outcome" => "ok")
-                    .increment(1);
-            }
+            _ => handles.ok.increment(1),
         }
     }
 }
