@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sessiond_client::SessionId;
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, build, builder_for};
 
@@ -419,4 +420,31 @@ async fn async_mode_writes_through_two_nodes_never_answer_not_found() {
         Some(2 * ROUNDS),
         "writes to a live session were refused: {statuses:?}"
     );
+}
+
+/// Every sync write that reached Redis is timed in
+/// `sessiond_redis_write_duration_seconds`; reads of a cached session are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_writes_are_timed_in_the_redis_write_histogram() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let session = create(&http, &node, &json!({ "n": 0 }), None)
+        .await
+        .session();
+    for n in 1..=3 {
+        let reply = put(&http, &node, &session.id, &json!({ "n": n }), None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    assert_eq!(get(&http, &node, &session.id).await.status, 200);
+    let metrics = scrape(&node.url()).await;
+    assert_eq!(
+        metrics.value("sessiond_redis_write_duration_seconds_count", &[]),
+        Some(3.0),
+        "{metrics}"
+    );
+    let waited = metrics
+        .value("sessiond_redis_write_duration_seconds_sum", &[])
+        .expect("the histogram's sum");
+    assert!(waited > 0.0, "{metrics}");
 }

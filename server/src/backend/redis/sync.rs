@@ -55,6 +55,7 @@ impl SyncBackend {
         let tag = write.tag.filter(|tag| tag.id != 0);
         let mut invocation = redis.scripts.write.key(redis.key(id));
         redis.event_keys(&mut invocation);
+        let started = std::time::Instant::now();
         let result = invocation
             .arg(optional(write.expected))
             .arg(write.data.map_or(&b""[..], |data| data.as_ref()))
@@ -72,6 +73,9 @@ impl SyncBackend {
             .arg(redis.retention())
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
+        // How long Redis took to answer, as this node saw it: on a loaded
+        // machine mostly Redis's wait for a CPU, not the script's work.
+        metrics::histogram!("sessiond_redis_write_duration_seconds").record(started.elapsed());
         // A data write whose command got no answer may have run: the
         // caller learns that (a touch is simply retried).
         let outcome = match redis.link.observe(result) {
