@@ -3,7 +3,9 @@
 //! request queued since its last write into one buffer and writes it with
 //! one call, reads answers in the same loop and hands each to its caller by
 //! request id, so requests from many callers are pipelined and the socket
-//! is never touched from two threads at once.
+//! is never touched from two threads at once. The same task ends the wait
+//! of every caller whose deadline passed, with one timer for the whole
+//! connection rather than one per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +20,7 @@ use sessiond_proto::wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -56,7 +59,18 @@ pub(crate) struct ConnectOptions {
 struct Call {
     request: Request,
     answer: oneshot::Sender<Outcome>,
+    /// When its caller stops waiting.
+    deadline: Instant,
 }
+
+/// A caller waiting for its answer until its deadline.
+struct Waiting {
+    answer: oneshot::Sender<Outcome>,
+    deadline: Instant,
+}
+
+/// The callers waiting for answers, by request id.
+type WaitingCalls = HashMap<u64, Waiting>;
 
 /// A live connection; dropping the last handle closes it.
 #[derive(Debug)]
@@ -155,30 +169,34 @@ impl Connection {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
         let call = Call {
             request: Request { id, op, write },
             answer,
+            deadline,
         };
         if self.queue.send(call).await.is_err() {
             return Err(CallError::NotSent(Error::Unavailable(
                 "connection closed".into(),
             )));
         }
-        // The connection's task drops every caller's sender when it ends.
-        match tokio::time::timeout(timeout, answered).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(_)) => Err(CallError::Lost(Error::Unavailable(
+        // The connection's task drops the caller's sender at its deadline,
+        // and every caller's when it ends.
+        match answered.await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) if Instant::now() >= deadline => Err(CallError::Lost(Error::Timeout(timeout))),
+            Err(_) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
             ))),
-            Err(_) => Err(CallError::Lost(Error::Timeout(timeout))),
         }
     }
 }
 
 /// The connection's task: queues requests, writes them in batches, reads
-/// answers and hands them out, until the socket fails or the connection
-/// is dropped. Dropping the callers' senders tells those still waiting
-/// that their answer is lost.
+/// answers and hands them out, and gives up on callers whose deadline
+/// passed, until the socket fails or the connection is dropped. Dropping
+/// the callers' senders tells those still waiting that their answer is
+/// lost.
 async fn drive(
     parts: FramedParts<TcpStream, Codec>,
     mut calls: mpsc::Receiver<Call>,
@@ -192,8 +210,12 @@ async fn drive(
     } = parts;
     let (mut reader, mut writer) = stream.split();
     let mut output = BytesMut::with_capacity(READ_CHUNK);
-    let mut waiting: HashMap<u64, oneshot::Sender<Outcome>> = HashMap::new();
-    let mut prune_at = QUEUE_DEPTH;
+    let mut waiting = WaitingCalls::new();
+    // One timer for every caller: it fires at the earliest deadline (or
+    // sooner) while anyone waits.
+    let expiry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(expiry);
+    let mut expiry_armed = false;
     // Requests in the batch being written, and in the last one written.
     let (mut batch, mut last_batch) = (0usize, 0usize);
     loop {
@@ -209,6 +231,7 @@ async fn drive(
                 // in the same one. A connection with one caller writes at
                 // once (yielding would only add to its latency).
                 let shared = !waiting.is_empty() || last_batch > 1;
+                let mut earliest = call.deadline;
                 queue(call, &mut codec, &mut output, &mut waiting);
                 batch += 1;
                 if shared {
@@ -216,8 +239,15 @@ async fn drive(
                 }
                 while output.len() < WRITE_BATCH_BYTES {
                     let Ok(call) = calls.try_recv() else { break };
+                    earliest = earliest.min(call.deadline);
                     queue(call, &mut codec, &mut output, &mut waiting);
                     batch += 1;
+                }
+                // Deadlines mostly come in order: the timer moves only for
+                // one earlier than it already is.
+                if !expiry_armed || earliest < expiry.deadline() {
+                    expiry.as_mut().reset(earliest);
+                    expiry_armed = true;
                 }
             }
             read = reader.read_buf(&mut input) => {
@@ -233,47 +263,52 @@ async fn drive(
                     (last_batch, batch) = (batch, 0);
                 }
             }
-        }
-        if waiting.len() > prune_at {
-            // Callers that gave up (timed out) will get no answer.
-            waiting.retain(|_, answer| !answer.is_closed());
-            prune_at = (waiting.len() * 2).max(QUEUE_DEPTH);
+            () = &mut expiry, if expiry_armed => {
+                expiry_armed = match expire(&mut waiting, Instant::now()) {
+                    Some(next) => {
+                        expiry.as_mut().reset(next);
+                        true
+                    }
+                    None => false,
+                };
+            }
         }
     }
     closed.cancel();
 }
 
+/// Ends the wait of the callers whose deadline has come (their answer, if
+/// it still comes, is dropped) and forgets those that stopped waiting on
+/// their own; the earliest deadline left, if anyone still waits.
+fn expire(waiting: &mut WaitingCalls, now: Instant) -> Option<Instant> {
+    waiting.retain(|_, call| call.deadline > now && !call.answer.is_closed());
+    waiting.values().map(|call| call.deadline).min()
+}
+
 /// Encodes a request for the next write and keeps its caller waiting for
 /// the answer. A request that cannot be encoded (never expected: the caller
 /// checked its size) fails alone.
-fn queue(
-    call: Call,
-    codec: &mut Codec,
-    output: &mut BytesMut,
-    waiting: &mut HashMap<u64, oneshot::Sender<Outcome>>,
-) {
-    let id = call.request.id;
-    if codec
-        .encode(ClientFrame::Request(call.request), output)
-        .is_ok()
-    {
-        waiting.insert(id, call.answer);
+fn queue(call: Call, codec: &mut Codec, output: &mut BytesMut, waiting: &mut WaitingCalls) {
+    let Call {
+        request,
+        answer,
+        deadline,
+    } = call;
+    let id = request.id;
+    if codec.encode(ClientFrame::Request(request), output).is_ok() {
+        waiting.insert(id, Waiting { answer, deadline });
     }
 }
 
 /// Hands every complete answer in `input` to its caller; `false` when the
 /// server broke the protocol or closed the connection with an error.
-fn answer(
-    codec: &mut Codec,
-    input: &mut BytesMut,
-    waiting: &mut HashMap<u64, oneshot::Sender<Outcome>>,
-) -> bool {
+fn answer(codec: &mut Codec, input: &mut BytesMut, waiting: &mut WaitingCalls) -> bool {
     loop {
         match codec.decode(input) {
             Ok(None) => return true,
             Ok(Some(ServerFrame::Response(response))) => {
                 if let Some(caller) = waiting.remove(&response.id) {
-                    let _ = caller.send(response.outcome);
+                    let _ = caller.answer.send(response.outcome);
                 }
             }
             Ok(Some(ServerFrame::Fatal(error))) => {

@@ -906,3 +906,53 @@ fn assert_invalid_ttl(err: &Error) {
         "{err:?}"
     );
 }
+
+/// A connection keeps one timer for all its callers: a short call queued
+/// behind a long one (an event-log read that may wait 10 s) still times
+/// out at its own deadline while the node is frozen, the long one keeps
+/// waiting, and the connection answers again once the node resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_call_times_out_on_time_behind_a_long_one() {
+    use futures_util::StreamExt;
+    use sessiond_e2e::process::{freeze, signal};
+
+    let node = Sessiond::start(&[]);
+    let client = build(builder_for(&[&node]).timeout(Duration::from_millis(300))).await;
+    let id = bounded(client.create(&json!({"n": 1}), None))
+        .await
+        .expect("create")
+        .id;
+    let follower = client.clone();
+    let long = tokio::spawn(async move {
+        let mut events = Box::pin(follower.events(Some("now".into())));
+        events.next().await
+    });
+    // Let the event read reach the node, and the create's deadline pass:
+    // the connection's timer then waits for the event read's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    freeze(node.pid());
+    let started = std::time::Instant::now();
+    let short = bounded(client.get::<Value>(&id)).await;
+    let waited = started.elapsed();
+    let long_still_waiting = !long.is_finished();
+    signal(node.pid(), "CONT");
+    assert!(
+        matches!(short, Err(Error::Timeout(_))),
+        "a read of a frozen node ended with {short:?}"
+    );
+    // The long call's deadline is 10.3 s away: the short one did not wait
+    // for it.
+    assert!(
+        waited < Duration::from_secs(5),
+        "the 300 ms read waited {waited:?}"
+    );
+    assert!(
+        long_still_waiting,
+        "the event read ended while the node was frozen"
+    );
+    let read = bounded(client.get::<Value>(&id))
+        .await
+        .expect("a read after the node resumed");
+    assert_eq!(read.data, json!({"n": 1}));
+    long.abort();
+}
