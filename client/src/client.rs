@@ -272,6 +272,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<Outcome, Error> {
         let tag = op.is_tagged_write().then(|| fastrand::u64(1..));
+        // Every attempt says when the first was sent (a late first attempt
+        // is judged by it).
+        let sent_at_ms = unix_millis();
         let mut maybe_applied_since: Option<Instant> = None;
         let mut last_error = None;
         let mut last_node = None;
@@ -308,6 +311,7 @@ impl Client {
                 id,
                 resent_after_ms: maybe_applied_since
                     .map(|since| since.elapsed().as_millis() as u64),
+                sent_at_ms,
             });
             let sent_at = Instant::now();
             match connection.call(op.clone(), write, timeout).await {
@@ -699,4 +703,12 @@ pub(crate) fn unexpected(outcome: &Outcome) -> Error {
         Outcome::Error(error) => Error::from(error.clone()),
         other => Error::Protocol(format!("unexpected answer {other:?}")),
     }
+}
+
+/// Now, by this machine's clock, in ms since the Unix epoch (0 if the
+/// clock is before it).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }

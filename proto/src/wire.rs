@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ErrorCode, SessionId};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Hard ceiling on the largest frame, whatever the configuration says.
 pub const MAX_FRAME_BYTES_CAP: usize = 64 << 20;
@@ -106,6 +106,12 @@ pub struct WriteTag {
     /// `None` on the first attempt; on a re-send, milliseconds since the
     /// first attempt was sent (how far back the node must be able to see).
     pub resent_after_ms: Option<u64>,
+    /// When the first attempt was sent, by the client's clock (ms since
+    /// the Unix epoch; 0: unknown), the same on every attempt. A first
+    /// attempt that reaches a session late (held up in a stalled node) is
+    /// judged by it, so a copy re-sent and applied elsewhere meanwhile is
+    /// not applied again.
+    pub sent_at_ms: u64,
 }
 
 /// The operations, the same as HTTP API v1's. Session data is JSON text.

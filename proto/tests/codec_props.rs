@@ -82,10 +82,16 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn write_tag() -> impl Strategy<Value = WriteTag> {
-    (any::<u64>(), proptest::option::of(any::<u64>())).prop_map(|(id, resent_after_ms)| WriteTag {
-        id,
-        resent_after_ms,
-    })
+    (
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        any::<u64>(),
+    )
+        .prop_map(|(id, resent_after_ms, sent_at_ms)| WriteTag {
+            id,
+            resent_after_ms,
+            sent_at_ms,
+        })
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {

@@ -11,6 +11,9 @@
 //! - A memory-only node stopped (SIGSTOP) past the client's timeout: the
 //!   re-sent write to the same node is answered from the log.
 //! - HTTP `Idempotency-Key`: a repeated create, put or rotate replays.
+//! - A put held up in a frozen node, re-sent and applied on the other node,
+//!   then pushed out of the write log by five later writes: when the node
+//!   wakes, the held put is not applied a second time.
 //! - One timeout does not take a node out of rotation; `fall` in a row do.
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use sessiond_e2e::redis_support::{
     bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
 };
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
+use sessiond_proto::ring;
 
 /// The shape every counter session has.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -425,4 +429,66 @@ async fn an_http_write_repeated_with_its_idempotency_key_is_applied_once() {
         (bad.status, bad.error_code().as_str()),
         (400, "invalid_request")
     );
+}
+
+/// An unconditional put held up inside a frozen node (its bytes unread in
+/// the socket) times out, is re-sent to the other node and applied there;
+/// five later writes push its tag out of the session's write log. When the
+/// frozen node wakes and sends the put on, it must not apply a second time
+/// (the session would go back to the put's data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_held_by_a_frozen_node_does_not_apply_again_after_later_writes() {
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let nodes = nodes_on(&redis, 2).await;
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    let client = build(
+        builder_for(&refs)
+            .timeout(Duration::from_millis(300))
+            .fall(100),
+    )
+    .await;
+    let mut names: Vec<String> = nodes.iter().map(|node| node.tcp.to_string()).collect();
+    names.sort();
+    let seeds: Vec<u64> = names.iter().map(|name| ring::node_seed(name)).collect();
+    for round in 0..3 {
+        let id = client
+            .create(&json!({"n": 0}), None)
+            .await
+            .expect("create")
+            .id;
+        let first = &names[ring::preference(&seeds, &id)[0]];
+        let (frozen, other): (Vec<&Sessiond>, Vec<&Sessiond>) = nodes
+            .iter()
+            .partition(|node| node.tcp.to_string() == *first);
+        let (frozen, other) = (frozen[0], other[0]);
+        let later = client_of(&[other], Duration::from_secs(2)).await;
+        freeze(frozen.pid());
+        let put = bounded("the held put", client.put(&id, &json!({"n": 1}), None)).await;
+        let written = bounded("later writes", async {
+            let mut last = None;
+            for n in 2..=6 {
+                last = Some(later.put(&id, &json!({"n": n}), None).await);
+            }
+            last
+        })
+        .await;
+        signal(frozen.pid(), "CONT");
+        let put = put.unwrap_or_else(|err| panic!("round {round}: the held put: {err}"));
+        assert_eq!(
+            put.version, 2,
+            "round {round}: the put applied once, on the other node"
+        );
+        let written = written
+            .expect("five writes")
+            .unwrap_or_else(|err| panic!("round {round}: a later write: {err}"));
+        assert_eq!(written.version, 7, "round {round}");
+        // Time for the woken node to read the put and send it to Redis.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            counter(&later, &id).await,
+            (6, 7),
+            "round {round}: the held put was applied again"
+        );
+    }
 }

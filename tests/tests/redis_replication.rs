@@ -200,13 +200,21 @@ async fn sessions_are_stored_as_documented_hashes_under_the_prefix() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["c", "d", "h", "o", "p", "t", "u", "v", "w"],
+        ["c", "d", "f", "h", "o", "p", "t", "u", "v", "w"],
         "fields of {key}: {fields:?}"
     );
     assert_eq!(fields["v"], "1");
     // Created without an Idempotency-Key: one untagged write, nothing fell
-    // out of the log, and only the creating node caches it.
-    assert_eq!((fields["w"].as_str(), fields["h"].as_str()), ("0", "0"));
+    // out of the log, no re-sent write applied, and only the creating node
+    // caches it.
+    assert_eq!(
+        (
+            fields["w"].as_str(),
+            fields["h"].as_str(),
+            fields["f"].as_str()
+        ),
+        ("0", "0", "0")
+    );
     assert_eq!(fields["p"], "", "no user");
     assert!(
         u64::from_str_radix(&fields["o"], 16).is_ok(),

@@ -143,6 +143,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<WriteTag>, ApiError> {
     Ok(Some(WriteTag {
         id: fnv1a(key).max(1),
         resent_after_ms: None,
+        // Unknown: the node takes the time it got the request.
+        sent_at_ms: 0,
     }))
 }
 

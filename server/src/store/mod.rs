@@ -589,9 +589,7 @@ impl Store {
             let session = &mut slot.session;
             session.data = data;
             session.version += 1;
-            session
-                .writes
-                .record(write.map(|write| write.id), session.version, now);
+            session.writes.record(write, session.version, now);
             session.updated_at_ms = now;
             if let Some(ttl) = ttl_ms {
                 session.ttl_ms = ttl;

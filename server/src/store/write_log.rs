@@ -14,8 +14,16 @@
 //!   since its first attempt was sent (less the allowed clock skew between
 //!   nodes), otherwise nobody can tell.
 //!
-//! The Redis scripts keep the same log in the session's hash (fields `w`
-//! and `h`, see `replication::scripts`) and judge by the same rules.
+//! A first attempt can be late too: held up in a stalled node while the
+//! client re-sent it to another, which applied it, and later writes pushed
+//! its tag out of the log. The log therefore also keeps the fence: the
+//! latest first-send time of any re-sent write applied to the session. An
+//! unconditional first attempt sent no later than the fence, to a session
+//! whose log lost a tag since then, may be such a late copy: nobody can
+//! tell. (A conditional one is stopped by its expected version.)
+//!
+//! The Redis scripts keep the same log in the session's hash (fields `w`,
+//! `h` and `f`, see `backend::redis::scripts`) and judge by the same rules.
 
 use sessiond_proto::wire::WriteTag;
 
@@ -34,6 +42,9 @@ pub struct WriteLog {
     /// When a tag last fell out of the log (ms since the Unix epoch; 0:
     /// none ever has).
     horizon_ms: u64,
+    /// The latest first-send time of a re-sent write applied to the
+    /// session (ms since the Unix epoch; 0: none).
+    fence_ms: u64,
 }
 
 /// What to do with a write, given the session's log.
@@ -53,8 +64,12 @@ pub enum Verdict {
 
 impl WriteLog {
     /// A log from its parts (as the Redis hash stores them).
-    pub fn from_parts(tags: [u64; WRITE_LOG_LEN], horizon_ms: u64) -> Self {
-        Self { tags, horizon_ms }
+    pub fn from_parts(tags: [u64; WRITE_LOG_LEN], horizon_ms: u64, fence_ms: u64) -> Self {
+        Self {
+            tags,
+            horizon_ms,
+            fence_ms,
+        }
     }
 
     /// The tags, newest first.
@@ -67,6 +82,11 @@ impl WriteLog {
         self.horizon_ms
     }
 
+    /// The latest first-send time of a re-sent write applied (0: none).
+    pub fn fence_ms(&self) -> u64 {
+        self.fence_ms
+    }
+
     /// The log of a session created by the write `tag` (version 1).
     pub fn created(tag: Option<u64>) -> Self {
         let mut log = Self::default();
@@ -74,13 +94,18 @@ impl WriteLog {
         log
     }
 
-    /// Records that the write `tag` produced `new_version` at `now_ms`.
-    pub fn record(&mut self, tag: Option<u64>, new_version: u64, now_ms: u64) {
+    /// Records that `write` produced `new_version` at `now_ms`.
+    pub fn record(&mut self, write: Option<WriteTag>, new_version: u64, now_ms: u64) {
         if new_version > WRITE_LOG_LEN as u64 {
             self.horizon_ms = now_ms;
         }
         self.tags.rotate_right(1);
-        self.tags[0] = tag.unwrap_or(0);
+        self.tags[0] = write.map_or(0, |write| write.id);
+        if let Some(write) = write
+            && let Some(after_ms) = write.resent_after_ms
+        {
+            self.fence_ms = self.fence_ms.max(first_sent(write, after_ms, now_ms));
+        }
     }
 
     /// The version the write `tag` produced, if the log still has it.
@@ -110,7 +135,7 @@ impl WriteLog {
             return Verdict::Replay { version: produced };
         }
         let Some(after_ms) = write.resent_after_ms else {
-            return Verdict::Apply;
+            return self.judge_first_attempt(write, expected, now_ms);
         };
         let covered = match expected {
             // It could only have produced `expected + 1`.
@@ -126,6 +151,35 @@ impl WriteLog {
             Verdict::Indeterminate
         }
     }
+
+    /// A first attempt whose tag the log does not hold: applied, unless it
+    /// is unconditional, was sent no later than the fence and a tag fell out
+    /// of the log since (it may be the late copy of a re-sent write).
+    fn judge_first_attempt(&self, write: WriteTag, expected: Option<u64>, now_ms: u64) -> Verdict {
+        let sent = if write.sent_at_ms == 0 {
+            now_ms
+        } else {
+            write.sent_at_ms
+        };
+        let maybe_late_copy = expected.is_none()
+            && self.fence_ms >= sent
+            && self.horizon_ms.saturating_add(CLOCK_SKEW_MS) >= sent;
+        if maybe_late_copy {
+            Verdict::Indeterminate
+        } else {
+            Verdict::Apply
+        }
+    }
+}
+
+/// When a re-sent `write` was first sent: by the client's clock if it says,
+/// else `after_ms` before `now_ms`.
+fn first_sent(write: WriteTag, after_ms: u64, now_ms: u64) -> u64 {
+    if write.sent_at_ms == 0 {
+        now_ms.saturating_sub(after_ms)
+    } else {
+        write.sent_at_ms
+    }
 }
 
 #[cfg(test)]
@@ -133,9 +187,15 @@ mod tests {
     use super::*;
 
     fn first(id: u64) -> Option<WriteTag> {
+        sent_at(id, 0)
+    }
+
+    /// A first attempt the client says it sent at `sent_at_ms`.
+    fn sent_at(id: u64, sent_at_ms: u64) -> Option<WriteTag> {
         Some(WriteTag {
             id,
             resent_after_ms: None,
+            sent_at_ms,
         })
     }
 
@@ -143,6 +203,7 @@ mod tests {
         Some(WriteTag {
             id,
             resent_after_ms: Some(after_ms),
+            sent_at_ms: 0,
         })
     }
 
@@ -150,7 +211,7 @@ mod tests {
     fn log_through(last: u64) -> WriteLog {
         let mut log = WriteLog::created(Some(1));
         for tag in 2..=last {
-            log.record(Some(tag), tag, tag * 1000);
+            log.record(first(tag), tag, tag * 1000);
         }
         log
     }
@@ -215,10 +276,77 @@ mod tests {
         );
     }
 
+    /// The late first attempt of a write re-sent and applied elsewhere,
+    /// after later writes pushed its tag out, is not applied again.
+    #[test]
+    fn a_late_first_attempt_of_a_resent_write_is_indeterminate() {
+        let mut log = WriteLog::created(Some(1));
+        // Write 50, first sent at 10 s by the client's clock, re-sent and
+        // applied at 10.4 s; writes 51..=54 follow, one a second.
+        let late = Some(WriteTag {
+            id: 50,
+            resent_after_ms: Some(400),
+            sent_at_ms: 10_000,
+        });
+        log.record(late, 2, 10_400);
+        for (version, tag) in (3..=6).zip(51..) {
+            log.record(
+                sent_at(tag, version * 1000 + 8_000),
+                version,
+                version * 1000 + 8_000,
+            );
+        }
+        assert_eq!(log.fence_ms(), 10_000);
+        assert_eq!(log.find(50, 6), None);
+        // Its first attempt arrives at last.
+        assert_eq!(
+            log.judge(6, sent_at(50, 10_000), None, 15_000),
+            Verdict::Indeterminate
+        );
+        // A conditional one would be stopped by its version instead.
+        assert_eq!(
+            log.judge(6, sent_at(50, 10_000), Some(1), 15_000),
+            Verdict::Apply
+        );
+        // Writes sent after the fence are applied as usual.
+        assert_eq!(
+            log.judge(6, sent_at(60, 10_001), None, 15_000),
+            Verdict::Apply
+        );
+        assert_eq!(log.judge(6, first(61), None, 15_000), Verdict::Apply);
+    }
+
+    /// Without any re-sent write the fence stays at 0: a busy session's
+    /// first attempts are always applied.
+    #[test]
+    fn first_attempts_are_applied_while_no_resend_was() {
+        let log = log_through(20);
+        assert_eq!(log.fence_ms(), 0);
+        assert_eq!(
+            log.judge(20, sent_at(99, 19_000), None, 20_000),
+            Verdict::Apply
+        );
+        assert_eq!(log.judge(20, sent_at(99, 1), None, 20_000), Verdict::Apply);
+    }
+
+    /// A fence with no tag lost since a write was sent stops nothing: its
+    /// copy would still be in the log.
+    #[test]
+    fn the_fence_needs_a_lost_tag_since_the_send() {
+        let mut log = WriteLog::created(Some(1));
+        let resend = Some(WriteTag {
+            id: 2,
+            resent_after_ms: Some(300),
+            sent_at_ms: 5_000,
+        });
+        log.record(resend, 2, 5_300);
+        assert_eq!(log.judge(2, sent_at(3, 4_900), None, 5_400), Verdict::Apply);
+    }
+
     #[test]
     fn untagged_writes_take_a_place_in_the_log() {
         let mut log = WriteLog::created(None);
-        log.record(Some(7), 2, 1);
+        log.record(first(7), 2, 1);
         log.record(None, 3, 2);
         assert_eq!(log.find(7, 3), Some(2));
         assert_eq!(log.find(0, 3), Some(3));

@@ -5,7 +5,8 @@
 //! `v` (version), `d` (data, the JSON text), `c` (created, ms), `u`
 //! (updated, ms), `t` (idle TTL, ms), `w` (the write log: the hex tags of
 //! the writes that produced the latest versions, newest first, see
-//! `store::WriteLog`), `h` (the log's horizon, ms), `o` (the hex ids of
+//! `store::WriteLog`), `h` (the log's horizon, ms), `f` (its fence, ms;
+//! absent is 0), `o` (the hex ids of
 //! the nodes that may hold a cached copy) and `p` (the user it belongs to,
 //! empty for none); the key's PEXPIREAT is the session's expiry. Small hashes are stored compactly by Redis (listpack),
 //! and the fields stay readable by the scripts that check versions.
@@ -34,9 +35,9 @@ const TOMBSTONE_MS: u64 = 120_000;
 
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy.
-/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p]`.
+/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f]`.
 const READ: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p')
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f')
 if not r[1] then return false end
 if ARGV[1] ~= '' then
   local o = r[8] or ''
@@ -50,7 +51,7 @@ if ARGV[1] ~= '' then
   end
 end
 return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
-  r[9] or ''}
+  r[9] or '', r[10] or '0'}
 ";
 
 /// Lua helpers of the scripts that keep the event log: `now_ms()` (Redis's
@@ -76,16 +77,16 @@ end
 /// Stores a whole session if its key is free: 1, or 0 when taken; with
 /// the event log (KEYS[2] stream, KEYS[3] expiry index), indexes its expiry
 /// and appends `created`.
-/// ARGV: v, d, c, u, t, expires_at, w, h, o, p, retention.
+/// ARGV: v, d, c, u, t, expires_at, w, h, o, p, f, retention.
 const STORE_NEW: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
-  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
+  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10], 'f', ARGV[11])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 if KEYS[2] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZADD', KEYS[3], ARGV[6], id .. ':' .. ARGV[10])
-  emit(KEYS[2], ARGV[11], 'created', id, ARGV[10])
+  emit(KEYS[2], ARGV[12], 'created', id, ARGV[10])
 end
 return 1
 ";
@@ -93,29 +94,29 @@ return 1
 /// Stores a whole session unconditionally: the copy a rotation makes under
 /// the new id, or a write-behind write. KEYS: session, its tombstone, and
 /// with the event log the stream and the expiry index.
-/// ARGV: v, d, c, u, t, expires_at, w, h, o, p; 11 channel and 12 message
-/// to announce the write to every node ('' for none); 13 '1' to store
-/// nothing (0) when the session was deleted lately (its tombstone is
-/// there); 14 the event to append if the key is new ('' for none);
-/// 15 retention; 16 the event to append if the key held an older version
+/// ARGV: v, d, c, u, t, expires_at, w, h, o, p, f; 12 channel and 13
+/// message to announce the write to every node ('' for none); 14 '1' to
+/// store nothing (0) when the session was deleted lately (its tombstone is
+/// there); 15 the event to append if the key is new ('' for none);
+/// 16 retention; 17 the event to append if the key held an older version
 /// ('' for none). Returns 2 when it appended the first event, 3 the
 /// second, else 1.
 const STORE_ANY: &str = r"
-if ARGV[13] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[14] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local before = redis.call('HGET', KEYS[1], 'v')
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
-  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10])
+  'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10], 'f', ARGV[11])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-if ARGV[11] ~= '' then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
+if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], ARGV[13]) end
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZADD', KEYS[4], ARGV[6], id .. ':' .. ARGV[10])
-  if not before and ARGV[14] ~= '' then
-    emit(KEYS[3], ARGV[15], ARGV[14], id, ARGV[10])
+  if not before and ARGV[15] ~= '' then
+    emit(KEYS[3], ARGV[16], ARGV[15], id, ARGV[10])
     return 2
   end
-  if before and ARGV[16] ~= '' and tonumber(before) < tonumber(ARGV[1]) then
-    emit(KEYS[3], ARGV[15], ARGV[16], id, ARGV[10])
+  if before and ARGV[17] ~= '' and tonumber(before) < tonumber(ARGV[1]) then
+    emit(KEYS[3], ARGV[16], ARGV[17], id, ARGV[10])
     return 3
   end
 end
@@ -136,19 +137,23 @@ return 1
 /// ARGV: 1 expected ('' = any), 2 data, 3 now, 4 ttl ('' = keep), 5 max
 /// lifetime ('' = none), 6 channel, 7 message, 8 mode, 9 tag ('' = none),
 /// 10 resent after ms ('' = first attempt), 11 allowed clock skew ms,
-/// 12 writer node, 13 '1' to log data writes as `updated`, 14 retention.
+/// 12 writer node, 13 '1' to log data writes as `updated`, 14 retention,
+/// 15 when the first attempt was sent (client's clock, ms; '0' = unknown).
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
-/// applied, at version v), {-4} (re-sent, cannot tell), or {v, c, u, t,
-/// expires_at, w, h, other cachers, user}, with the data appended for a
-/// touch.
+/// applied, at version v), {-4} (cannot tell whether it was applied), or
+/// {v, c, u, t, expires_at, w, h, f, other cachers, user}, with the data
+/// appended for a touch.
 const WRITE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o', 'p')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o', 'p', 'f')
 if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 local log = cur[5] or ''
 local horizon = tonumber(cur[6] or '0')
+local fence = tonumber(cur[9] or '0')
 local now = tonumber(ARGV[3])
+local sent = tonumber(ARGV[15])
+if sent == 0 then sent = now end
 if ARGV[9] ~= '' then
   local age = 0
   for tag in string.gmatch(log, '[^,]+') do
@@ -165,6 +170,8 @@ if ARGV[9] ~= '' then
       covered = horizon < now - tonumber(ARGV[10]) - tonumber(ARGV[11])
     end
     if not covered then return {-4} end
+  elseif ARGV[1] == '' and fence >= sent and horizon + tonumber(ARGV[11]) >= sent then
+    return {-4}
   end
 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= v then return {-2, v} end
@@ -195,6 +202,14 @@ if ARGV[8] == 'w' then
   end
   redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2], 'u', ARGV[3], 't', ttl_text, 'w', log,
     'h', horizon_text, 'o', ARGV[12])
+  if ARGV[10] ~= '' then
+    local first = tonumber(ARGV[15])
+    if first == 0 then first = now - tonumber(ARGV[10]) end
+    if first > fence then
+      fence = first
+      redis.call('HSET', KEYS[1], 'f', fence)
+    end
+  end
 else
   redis.call('HSET', KEYS[1], 't', ttl_text, 'o', ARGV[12])
 end
@@ -214,8 +229,9 @@ if KEYS[2] then
     emit(KEYS[2], ARGV[14], 'updated', string.sub(KEYS[1], -22), cur[8] or '')
   end
 end
-local answer = {v, created, updated, ttl, exp, log, horizon, table.concat(others, ','), cur[8] or ''}
-if ARGV[8] == 't' then answer[10] = redis.call('HGET', KEYS[1], 'd') end
+local answer = {v, created, updated, ttl, exp, log, horizon, fence, table.concat(others, ','),
+  cur[8] or ''}
+if ARGV[8] == 't' then answer[11] = redis.call('HGET', KEYS[1], 'd') end
 return answer
 ";
 
@@ -330,12 +346,12 @@ fn node_ids(text: &str) -> Vec<u64> {
 }
 
 /// A write log from its stored fields.
-fn write_log(tags: &str, horizon_ms: u64) -> WriteLog {
+fn write_log(tags: &str, horizon_ms: u64, fence_ms: u64) -> WriteLog {
     let mut parsed = [0; WRITE_LOG_LEN];
     for (slot, tag) in parsed.iter_mut().zip(tags.split(',')) {
         *slot = u64::from_str_radix(tag, 16).unwrap_or(0);
     }
-    WriteLog::from_parts(parsed, horizon_ms)
+    WriteLog::from_parts(parsed, horizon_ms, fence_ms)
 }
 
 /// The stored text of the tags of a session at `version` (only the
@@ -389,7 +405,7 @@ pub enum WriteOutcome {
 impl FromRedisValue for WriteOutcome {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
         let mut fields: Vec<Value> = FromRedisValue::from_redis_value(value)?;
-        let data = if fields.len() == 10 {
+        let data = if fields.len() == 11 {
             fields.pop().map(Vec::<u8>::from_redis_value).transpose()?
         } else {
             None
@@ -409,7 +425,7 @@ impl FromRedisValue for WriteOutcome {
                 let (created_at_ms, updated_at_ms) = (fields.unsigned()?, fields.unsigned()?);
                 let (ttl_ms, expires_at_ms) = (fields.unsigned()?, fields.unsigned()?);
                 let tags = String::from_redis_value(fields.next())?;
-                let horizon_ms = fields.unsigned()?;
+                let (horizon_ms, fence_ms) = (fields.unsigned()?, fields.unsigned()?);
                 let others = String::from_redis_value(fields.next())?;
                 let user = String::from_redis_value(fields.next())?;
                 Self::Done {
@@ -418,7 +434,7 @@ impl FromRedisValue for WriteOutcome {
                     updated_at_ms,
                     ttl_ms,
                     expires_at_ms,
-                    writes: write_log(&tags, horizon_ms),
+                    writes: write_log(&tags, horizon_ms, fence_ms),
                     others: node_ids(&others),
                     user: user_name(&user),
                     data: data.map(Bytes::from),
@@ -467,6 +483,7 @@ impl FromRedisValue for StoredSession {
         let tags = String::from_redis_value(fields.next())?;
         let horizon = fields.unsigned()?;
         let user = String::from_redis_value(fields.next())?;
+        let fence = fields.unsigned()?;
         Ok(Self {
             version,
             data,
@@ -474,7 +491,7 @@ impl FromRedisValue for StoredSession {
             updated_at_ms,
             ttl_ms,
             expires_at_ms,
-            writes: write_log(&tags, horizon),
+            writes: write_log(&tags, horizon, fence),
             user: user_name(&user),
         })
     }
@@ -529,7 +546,7 @@ fn user_name(text: &str) -> Option<UserName> {
 }
 
 /// The arguments that store a whole session: v, d, c, u, t, expires_at,
-/// w, h, `cacher` (the node recorded as holding a copy) and p.
+/// w, h, `cacher` (the node recorded as holding a copy), p and f.
 pub fn session_args<'a>(
     script: &'a Script,
     key: &str,
@@ -547,6 +564,7 @@ pub fn session_args<'a>(
         .arg(log_tags(&session.writes, session.version))
         .arg(session.writes.horizon_ms())
         .arg(cacher)
-        .arg(session.user.as_ref().map_or("", UserName::as_str));
+        .arg(session.user.as_ref().map_or("", UserName::as_str))
+        .arg(session.writes.fence_ms());
     invocation
 }

@@ -71,6 +71,7 @@ impl SyncBackend {
             .arg(&redis.cacher)
             .arg(if redis.logs_updates() { "1" } else { "" })
             .arg(redis.retention())
+            .arg(tag.map_or(0, |tag| tag.sent_at_ms))
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
         // How long Redis took to answer, as this node saw it: on a loaded
