@@ -5,9 +5,12 @@
 //! request id, so requests from many callers are pipelined and the socket
 //! is never touched from two threads at once. The same task ends the wait
 //! of every caller whose deadline passed, with one timer for the whole
-//! connection rather than one per request.
+//! connection rather than one per request: callers whose request went out
+//! learn that its answer was lost, callers whose request is still held
+//! (the node stopped reading and the write buffer is full) that it was
+//! never sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,6 +39,8 @@ const ENVELOPE_BYTES: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
 /// Requests encoded past this many bytes wait for the buffer to drain.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// How far off a deadline too large to represent is put.
+const FAR_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How a call failed, which decides whether it may be tried elsewhere.
 #[derive(Debug)]
@@ -55,17 +60,25 @@ pub(crate) struct ConnectOptions {
     pub max_frame_bytes: usize,
 }
 
+/// What a caller is told.
+enum Reply {
+    /// The node's answer.
+    Answered(Outcome),
+    /// The deadline passed before the request could be written.
+    Unsent,
+}
+
 /// A request and where its answer goes.
 struct Call {
     request: Request,
-    answer: oneshot::Sender<Outcome>,
+    answer: oneshot::Sender<Reply>,
     /// When its caller stops waiting.
     deadline: Instant,
 }
 
 /// A caller waiting for its answer until its deadline.
 struct Waiting {
-    answer: oneshot::Sender<Outcome>,
+    answer: oneshot::Sender<Reply>,
     deadline: Instant,
 }
 
@@ -169,27 +182,44 @@ impl Connection {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + FAR_DEADLINE);
         let call = Call {
             request: Request { id, op, write },
             answer,
             deadline,
         };
-        if self.queue.send(call).await.is_err() {
-            return Err(CallError::NotSent(Error::Unavailable(
-                "connection closed".into(),
-            )));
+        let closed = || CallError::NotSent(Error::Unavailable("connection closed".into()));
+        // A timer only when the queue is full (the node has stopped reading).
+        match self.queue.try_send(call) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            Err(mpsc::error::TrySendError::Full(call)) => {
+                match tokio::time::timeout_at(deadline, self.queue.send(call)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(closed()),
+                    Err(_) => return Err(CallError::NotSent(backed_up())),
+                }
+            }
         }
-        // The connection's task drops the caller's sender at its deadline,
-        // and every caller's when it ends.
+        // The connection's task answers or drops the caller's sender by its
+        // deadline, and drops every caller's when it ends.
         match answered.await {
-            Ok(outcome) => Ok(outcome),
+            Ok(Reply::Answered(outcome)) => Ok(outcome),
+            Ok(Reply::Unsent) => Err(CallError::NotSent(backed_up())),
             Err(_) if Instant::now() >= deadline => Err(CallError::Lost(Error::Timeout(timeout))),
             Err(_) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
             ))),
         }
     }
+}
+
+/// Why a request was not sent before its deadline.
+fn backed_up() -> Error {
+    Error::Unavailable("the node has not read its connection for the whole timeout".into())
 }
 
 /// The connection's task: queues requests, writes them in batches, reads
@@ -211,6 +241,8 @@ async fn drive(
     let (mut reader, mut writer) = stream.split();
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut waiting = WaitingCalls::new();
+    // Calls taken off the queue while the write buffer is full, in order.
+    let mut held = VecDeque::new();
     // One timer for every caller: it fires at the earliest deadline (or
     // sooner) while anyone waits.
     let expiry = tokio::time::sleep(Duration::ZERO);
@@ -223,7 +255,16 @@ async fn drive(
         tokio::select! {
             biased;
             () = closed.cancelled() => break,
-            call = calls.recv(), if output.len() < WRITE_BATCH_BYTES => {
+            () = &mut expiry, if expiry_armed => {
+                expiry_armed = match expire(&mut waiting, &mut held, Instant::now()) {
+                    Some(next) => {
+                        expiry.as_mut().reset(next);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            call = calls.recv(), if held.len() < QUEUE_DEPTH => {
                 let Some(call) = call else { break };
                 // A shared connection (other requests in flight, or the
                 // last write carried several): callers that are ready to
@@ -232,16 +273,14 @@ async fn drive(
                 // once (yielding would only add to its latency).
                 let shared = !waiting.is_empty() || last_batch > 1;
                 let mut earliest = call.deadline;
-                queue(call, &mut codec, &mut output, &mut waiting);
-                batch += 1;
+                batch += take(call, &mut codec, &mut output, &mut waiting, &mut held);
                 if shared {
                     tokio::task::yield_now().await;
                 }
-                while output.len() < WRITE_BATCH_BYTES {
+                while held.len() < QUEUE_DEPTH {
                     let Ok(call) = calls.try_recv() else { break };
                     earliest = earliest.min(call.deadline);
-                    queue(call, &mut codec, &mut output, &mut waiting);
-                    batch += 1;
+                    batch += take(call, &mut codec, &mut output, &mut waiting, &mut held);
                 }
                 // Deadlines mostly come in order: the timer moves only for
                 // one earlier than it already is.
@@ -262,27 +301,51 @@ async fn drive(
                 if output.is_empty() {
                     (last_batch, batch) = (batch, 0);
                 }
-            }
-            () = &mut expiry, if expiry_armed => {
-                expiry_armed = match expire(&mut waiting, Instant::now()) {
-                    Some(next) => {
-                        expiry.as_mut().reset(next);
-                        true
-                    }
-                    None => false,
-                };
+                while output.len() < WRITE_BATCH_BYTES {
+                    let Some(call) = held.pop_front() else { break };
+                    queue(call, &mut codec, &mut output, &mut waiting);
+                    batch += 1;
+                }
             }
         }
     }
     closed.cancel();
 }
 
-/// Ends the wait of the callers whose deadline has come (their answer, if
-/// it still comes, is dropped) and forgets those that stopped waiting on
-/// their own; the earliest deadline left, if anyone still waits.
-fn expire(waiting: &mut WaitingCalls, now: Instant) -> Option<Instant> {
+/// Ends the wait of the callers whose deadline has come (an answer that
+/// still comes is dropped; a request still held is never sent, and its
+/// caller is told so) and forgets those that stopped waiting on their own;
+/// the earliest deadline left, if anyone still waits.
+fn expire(waiting: &mut WaitingCalls, held: &mut VecDeque<Call>, now: Instant) -> Option<Instant> {
     waiting.retain(|_, call| call.deadline > now && !call.answer.is_closed());
-    waiting.values().map(|call| call.deadline).min()
+    let (expired, kept): (VecDeque<Call>, VecDeque<Call>) =
+        held.drain(..).partition(|call| call.deadline <= now);
+    *held = kept;
+    for call in expired {
+        let _ = call.answer.send(Reply::Unsent);
+    }
+    let waiting_deadlines = waiting.values().map(|call| call.deadline);
+    waiting_deadlines
+        .chain(held.iter().map(|call| call.deadline))
+        .min()
+}
+
+/// Encodes `call` for the next write (1), or holds it while the write
+/// buffer is full or earlier calls are held (0).
+fn take(
+    call: Call,
+    codec: &mut Codec,
+    output: &mut BytesMut,
+    waiting: &mut WaitingCalls,
+    held: &mut VecDeque<Call>,
+) -> usize {
+    if output.len() < WRITE_BATCH_BYTES && held.is_empty() {
+        queue(call, codec, output, waiting);
+        1
+    } else {
+        held.push_back(call);
+        0
+    }
 }
 
 /// Encodes a request for the next write and keeps its caller waiting for
@@ -308,7 +371,7 @@ fn answer(codec: &mut Codec, input: &mut BytesMut, waiting: &mut WaitingCalls) -
             Ok(None) => return true,
             Ok(Some(ServerFrame::Response(response))) => {
                 if let Some(caller) = waiting.remove(&response.id) {
-                    let _ = caller.answer.send(response.outcome);
+                    let _ = caller.answer.send(Reply::Answered(response.outcome));
                 }
             }
             Ok(Some(ServerFrame::Fatal(error))) => {

@@ -956,3 +956,58 @@ async fn a_short_call_times_out_on_time_behind_a_long_one() {
     assert_eq!(read.data, json!({"n": 1}));
     long.abort();
 }
+
+/// A node that stops reading (frozen) while large writes fill the
+/// connection: a request that cannot even be written still ends by its
+/// deadline (as "not sent", so it may go to another node), and the
+/// connection works again once the node resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stuck_behind_a_full_connection_ends_by_its_deadline() {
+    use sessiond_e2e::process::{freeze, signal};
+
+    let node = Sessiond::start(&[]);
+    let client = build(
+        builder_for(&[&node])
+            .timeout(Duration::from_millis(300))
+            .fall(100),
+    )
+    .await;
+    let id = bounded(client.create(&json!({"n": 1}), None))
+        .await
+        .expect("create")
+        .id;
+    freeze(node.pid());
+    // 300 puts of 32 KiB: far more than the socket buffers of a node that
+    // does not read, and than the client's 256 KiB write batch.
+    let big = json!({ "blob": "x".repeat(32 * 1024) });
+    let mut puts = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let (client, id, big) = (client.clone(), id, big.clone());
+        puts.spawn(async move { client.put(&id, &big, None).await });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.get::<Value>(&id)).await;
+    let waited = started.elapsed();
+    signal(node.pid(), "CONT");
+    let read = read.unwrap_or_else(|_| panic!("a read behind a full connection waited {waited:?}"));
+    assert!(
+        matches!(read, Err(Error::Unavailable(_) | Error::Timeout(_))),
+        "a read of a frozen node ended with {read:?}"
+    );
+    puts.abort_all();
+    let again = bounded(async {
+        loop {
+            match client.get::<Value>(&id).await {
+                Ok(read) => break read,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    // Puts the node had in its socket are applied once it resumes.
+    assert!(
+        again.data == json!({"n": 1}) || again.data == big,
+        "the data is neither the first nor a put's"
+    );
+}
