@@ -143,7 +143,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<WriteTag>, ApiError> {
     Ok(Some(WriteTag {
         id: fnv1a(key).max(1),
         resent_after_ms: None,
-        // Unknown: the node takes the time it got the request.
+        // Unknown: the node's time when it judges the write stands in.
         sent_at_ms: 0,
     }))
 }

@@ -101,10 +101,10 @@ impl WriteLog {
         }
         self.tags.rotate_right(1);
         self.tags[0] = write.map_or(0, |write| write.id);
-        if let Some(write) = write
-            && let Some(after_ms) = write.resent_after_ms
+        if let Some(write) = write.filter(|write| write.id != 0)
+            && write.resent_after_ms.is_some()
         {
-            self.fence_ms = self.fence_ms.max(first_sent(write, after_ms, now_ms));
+            self.fence_ms = self.fence_ms.max(first_sent(write, now_ms));
         }
     }
 
@@ -156,11 +156,7 @@ impl WriteLog {
     /// is unconditional, was sent no later than the fence and a tag fell out
     /// of the log since (it may be the late copy of a re-sent write).
     fn judge_first_attempt(&self, write: WriteTag, expected: Option<u64>, now_ms: u64) -> Verdict {
-        let sent = if write.sent_at_ms == 0 {
-            now_ms
-        } else {
-            write.sent_at_ms
-        };
+        let sent = first_sent(write, now_ms);
         let maybe_late_copy = expected.is_none()
             && self.fence_ms >= sent
             && self.horizon_ms.saturating_add(CLOCK_SKEW_MS) >= sent;
@@ -172,13 +168,17 @@ impl WriteLog {
     }
 }
 
-/// When a re-sent `write` was first sent: by the client's clock if it says,
-/// else `after_ms` before `now_ms`.
-fn first_sent(write: WriteTag, after_ms: u64, now_ms: u64) -> u64 {
-    if write.sent_at_ms == 0 {
-        now_ms.saturating_sub(after_ms)
+/// When `write` was first sent: the client's stamp, unless it has none or
+/// it is further ahead of `now_ms` than the allowed clock skew (a client
+/// clock that far off must not fence the session's writes into the
+/// future); then `resent_after_ms` before `now_ms` (now, for a first
+/// attempt).
+fn first_sent(write: WriteTag, now_ms: u64) -> u64 {
+    let stamp = write.sent_at_ms;
+    if stamp == 0 || stamp > now_ms.saturating_add(CLOCK_SKEW_MS) {
+        now_ms.saturating_sub(write.resent_after_ms.unwrap_or(0))
     } else {
-        write.sent_at_ms
+        stamp
     }
 }
 
@@ -314,6 +314,22 @@ mod tests {
             Verdict::Apply
         );
         assert_eq!(log.judge(6, first(61), None, 15_000), Verdict::Apply);
+    }
+
+    /// A stamp from a clock far ahead (or absurd) does not fence the
+    /// session into the future: the node's own time stands in for it.
+    #[test]
+    fn a_stamp_from_the_future_is_not_trusted() {
+        let mut log = WriteLog::created(Some(1));
+        let ahead = Some(WriteTag {
+            id: 2,
+            resent_after_ms: Some(300),
+            sent_at_ms: u64::MAX,
+        });
+        log.record(ahead, 2, 5_300);
+        assert_eq!(log.fence_ms(), 5_000);
+        let later = log_through(6).judge(6, sent_at(9, u64::MAX), None, 20_000);
+        assert_eq!(later, Verdict::Apply);
     }
 
     /// Without any re-sent write the fence stays at 0: a busy session's

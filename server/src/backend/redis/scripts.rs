@@ -138,7 +138,8 @@ return 1
 /// lifetime ('' = none), 6 channel, 7 message, 8 mode, 9 tag ('' = none),
 /// 10 resent after ms ('' = first attempt), 11 allowed clock skew ms,
 /// 12 writer node, 13 '1' to log data writes as `updated`, 14 retention,
-/// 15 when the first attempt was sent (client's clock, ms; '0' = unknown).
+/// 15 when the first attempt was sent (client's clock, ms; '0' = unknown;
+/// taken as 10 before now when unknown or further ahead than the skew).
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
 /// applied, at version v), {-4} (cannot tell whether it was applied), or
@@ -153,7 +154,9 @@ local horizon = tonumber(cur[6] or '0')
 local fence = tonumber(cur[9] or '0')
 local now = tonumber(ARGV[3])
 local sent = tonumber(ARGV[15])
-if sent == 0 then sent = now end
+if sent == 0 or sent > now + tonumber(ARGV[11]) then
+  sent = now - (ARGV[10] ~= '' and tonumber(ARGV[10]) or 0)
+end
 if ARGV[9] ~= '' then
   local age = 0
   for tag in string.gmatch(log, '[^,]+') do
@@ -202,13 +205,9 @@ if ARGV[8] == 'w' then
   end
   redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2], 'u', ARGV[3], 't', ttl_text, 'w', log,
     'h', horizon_text, 'o', ARGV[12])
-  if ARGV[10] ~= '' then
-    local first = tonumber(ARGV[15])
-    if first == 0 then first = now - tonumber(ARGV[10]) end
-    if first > fence then
-      fence = first
-      redis.call('HSET', KEYS[1], 'f', fence)
-    end
+  if ARGV[10] ~= '' and sent > fence then
+    fence = sent
+    redis.call('HSET', KEYS[1], 'f', fence)
   end
 else
   redis.call('HSET', KEYS[1], 't', ttl_text, 'o', ARGV[12])
