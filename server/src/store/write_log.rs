@@ -200,10 +200,15 @@ mod tests {
     }
 
     fn resent(id: u64, after_ms: u64) -> Option<WriteTag> {
+        resent_stamped(id, after_ms, 0)
+    }
+
+    /// A re-sent write whose first attempt the client stamped `sent_at_ms`.
+    fn resent_stamped(id: u64, after_ms: u64, sent_at_ms: u64) -> Option<WriteTag> {
         Some(WriteTag {
             id,
             resent_after_ms: Some(after_ms),
-            sent_at_ms: 0,
+            sent_at_ms,
         })
     }
 
@@ -283,12 +288,7 @@ mod tests {
         let mut log = WriteLog::created(Some(1));
         // Write 50, first sent at 10 s by the client's clock, re-sent and
         // applied at 10.4 s; writes 51..=54 follow, one a second.
-        let late = Some(WriteTag {
-            id: 50,
-            resent_after_ms: Some(400),
-            sent_at_ms: 10_000,
-        });
-        log.record(late, 2, 10_400);
+        log.record(resent_stamped(50, 400, 10_000), 2, 10_400);
         for (version, tag) in (3..=6).zip(51..) {
             log.record(
                 sent_at(tag, version * 1000 + 8_000),
@@ -321,12 +321,7 @@ mod tests {
     #[test]
     fn a_stamp_from_the_future_is_not_trusted() {
         let mut log = WriteLog::created(Some(1));
-        let ahead = Some(WriteTag {
-            id: 2,
-            resent_after_ms: Some(300),
-            sent_at_ms: u64::MAX,
-        });
-        log.record(ahead, 2, 5_300);
+        log.record(resent_stamped(2, 300, u64::MAX), 2, 5_300);
         assert_eq!(log.fence_ms(), 5_000);
         let later = log_through(6).judge(6, sent_at(9, u64::MAX), None, 20_000);
         assert_eq!(later, Verdict::Apply);
@@ -350,12 +345,7 @@ mod tests {
     #[test]
     fn the_fence_needs_a_lost_tag_since_the_send() {
         let mut log = WriteLog::created(Some(1));
-        let resend = Some(WriteTag {
-            id: 2,
-            resent_after_ms: Some(300),
-            sent_at_ms: 5_000,
-        });
-        log.record(resend, 2, 5_300);
+        log.record(resent_stamped(2, 300, 5_000), 2, 5_300);
         assert_eq!(log.judge(2, sent_at(3, 4_900), None, 5_400), Verdict::Apply);
     }
 
