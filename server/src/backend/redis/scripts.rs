@@ -139,7 +139,8 @@ return 1
 /// 10 resent after ms ('' = first attempt), 11 allowed clock skew ms,
 /// 12 writer node, 13 '1' to log data writes as `updated`, 14 retention,
 /// 15 when the first attempt was sent (client's clock, ms; '0' = unknown;
-/// taken as 10 before now when unknown or further ahead than the skew).
+/// when unknown or further ahead of now than the skew, now less ARGV 10,
+/// or now for a first attempt, stands in).
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
 /// applied, at version v), {-4} (cannot tell whether it was applied), or
