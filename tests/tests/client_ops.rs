@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::metrics::scrape;
+use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::{Sessiond, build, builder_for, client_for};
 use sessiond_proto::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
@@ -913,9 +915,6 @@ fn assert_invalid_ttl(err: &Error) {
 /// waiting, and the connection answers again once the node resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_call_times_out_on_time_behind_a_long_one() {
-    use futures_util::StreamExt;
-    use sessiond_e2e::process::{freeze, signal};
-
     let node = Sessiond::start(&[]);
     let client = build(builder_for(&[&node]).timeout(Duration::from_millis(300))).await;
     let id = bounded(client.create(&json!({"n": 1}), None))
@@ -963,8 +962,6 @@ async fn a_short_call_times_out_on_time_behind_a_long_one() {
 /// connection works again once the node resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_stuck_behind_a_full_connection_ends_by_its_deadline() {
-    use sessiond_e2e::process::{freeze, signal};
-
     let node = Sessiond::start(&[]);
     let client = build(
         builder_for(&[&node])
