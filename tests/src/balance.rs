@@ -181,6 +181,10 @@ impl std::ops::DerefMut for Balancer {
     }
 }
 
+/// Health-check arguments that check once an hour: only passive
+/// ejection can take an upstream out.
+pub const NO_CHECKS: [&str; 6] = ["--health-interval", "1h", "--rise", "1", "--fall", "1"];
+
 /// Bound of one raw exchange.
 const RAW_TIMEOUT: Duration = Duration::from_secs(20);
 

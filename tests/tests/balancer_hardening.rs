@@ -21,14 +21,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sessiond_e2e::balance::{RawResponse, raw_exchange, read_response, read_until_closed};
+use sessiond_e2e::balance::{
+    NO_CHECKS, RawResponse, raw_exchange, read_response, read_until_closed,
+};
 use sessiond_e2e::upstream::echoed_header;
 use sessiond_e2e::{Balancer, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Checks once an hour: only passive ejection can take an upstream out.
-const NO_CHECKS: [&str; 6] = ["--health-interval", "1h", "--rise", "1", "--fall", "1"];
 
 async fn upstreams(count: usize) -> Vec<TestUpstream> {
     let mut upstreams = Vec::new();

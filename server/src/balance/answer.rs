@@ -2,6 +2,8 @@
 //! message in a JSON body. Details (upstream addresses, OS errors) go to
 //! the log only, never to the client.
 
+use std::io::Write;
+
 use axum::http::header::{self, HeaderValue};
 use axum::http::{Response, StatusCode};
 use bytes::Bytes;
@@ -130,17 +132,27 @@ impl Failure {
         response
     }
 
-    /// The answer as raw HTTP/1.1 bytes, for a connection refused before
-    /// any request is read (`--max-client-conns`).
-    pub fn to_http1(&self) -> Vec<u8> {
+    /// Appends the answer as raw HTTP/1.1 bytes to `out`: closing the
+    /// connection when the answer must or `keep_alive` is false, with no
+    /// body after the head when `head_only` (a `HEAD` request).
+    pub fn write_http1(&self, out: &mut Vec<u8>, keep_alive: bool, head_only: bool) {
         let body = self.body();
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        let connection = if self.close || !keep_alive {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
             self.status().as_u16(),
             self.status().canonical_reason().unwrap_or(""),
             body.len()
-        )
-        .into_bytes()
+        );
+        if !head_only {
+            out.extend_from_slice(body.as_bytes());
+        }
     }
 }
 

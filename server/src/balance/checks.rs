@@ -20,6 +20,28 @@ pub struct HeadLimits {
 
 /// Bytes of CRLF and `: ` around each header line.
 const LINE_OVERHEAD: usize = 4;
+/// Bytes of the spaces, version and CRLF of a request line.
+const REQUEST_LINE_OVERHEAD: usize = 12;
+
+impl HeadLimits {
+    /// The size a request line with this method and target counts for.
+    pub fn request_line(method: usize, target: usize) -> usize {
+        method + target + REQUEST_LINE_OVERHEAD
+    }
+
+    /// The size a header line with this name and value counts for.
+    pub fn header_line(name: usize, value: usize) -> usize {
+        name + value + LINE_OVERHEAD
+    }
+}
+
+/// Whether a `Host` value is a host and optional port, with no userinfo.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    matches!(
+        Authority::try_from(value),
+        Ok(authority) if !authority.as_str().contains('@')
+    )
+}
 
 /// Checks `request`'s head; the failure closes the connection.
 pub fn check<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure> {
@@ -38,7 +60,7 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
         .path_and_query()
         .map_or(0, |path| path.as_str().len())
         + request.uri().authority().map_or(0, |a| a.as_str().len());
-    let request_line = request.method().as_str().len() + target + 12;
+    let request_line = HeadLimits::request_line(request.method().as_str().len(), target);
     if request_line > limits.max_line {
         return Err(Failure::new(
             FailureKind::UriTooLong,
@@ -47,7 +69,7 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
     }
     let mut total = request_line;
     for (name, value) in request.headers() {
-        let line = name.as_str().len() + value.len() + LINE_OVERHEAD;
+        let line = HeadLimits::header_line(name.as_str().len(), value.len());
         if line > limits.max_line {
             return Err(Failure::new(
                 FailureKind::HeaderTooLarge,
@@ -70,10 +92,8 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
     match host {
         None if request.version() == Version::HTTP_11 => Err(bad_host("no Host header")),
         None => Ok(()),
-        Some(host) => match host.to_str().ok().map(str::parse::<Authority>) {
-            Some(Ok(authority)) if !authority.as_str().contains('@') => Ok(()),
-            _ => Err(bad_host("the Host header is not a host[:port]")),
-        },
+        Some(host) if is_valid_host(host.as_bytes()) => Ok(()),
+        Some(_) => Err(bad_host("the Host header is not a host[:port]")),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::replay::UpstreamBody;
+use super::upstream::UpstreamUrl;
 
 /// The HTTP/1.1 client every upstream request goes through.
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
@@ -79,6 +80,19 @@ impl tower::Service<Uri> for Connector {
             Ok(TokioIo::new(stream))
         })
     }
+}
+
+/// Opens a TCP connection to `upstream` (see [`open`]).
+pub async fn open_upstream(
+    upstream: &UpstreamUrl,
+    timeout: Duration,
+    preamble: Option<&[u8]>,
+) -> Result<TcpStream, ConnectError> {
+    let port = upstream
+        .authority
+        .port_u16()
+        .ok_or(ConnectError::NoAddress)?;
+    open(upstream.authority.host(), port, timeout, preamble).await
 }
 
 /// Opens a TCP connection to `host:port` within `timeout`, with

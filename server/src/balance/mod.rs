@@ -3,7 +3,9 @@
 //! sessiond, any app server can serve any request.
 //!
 //! The request path: [`serve`] (workers, connection cap, PROXY header, TLS,
-//! HTTP/1.1 or HTTP/2) -> [`proxy::Proxy`] (checks, retries, answers) ->
+//! HTTP/1.1 or HTTP/2) -> [`fast`] (the common body-less HTTP/1.1 request
+//! on a plain connection, without hyper) or [`proxy::Proxy`] (everything,
+//! with hyper: checks, uploads, upgrades, retries, answers) ->
 //! [`pool::Pool`] (round-robin, slow start, per-upstream cap and queue) ->
 //! pooled upstream connection. [`membership`] changes the upstream set at
 //! run time (admin API, SIGHUP); [`health`] checks each upstream;
@@ -16,14 +18,18 @@ mod capacity;
 mod checks;
 mod client_body;
 mod connector;
+mod fast;
 mod h2_idle;
 mod handover;
 mod health;
+mod idle;
 mod membership;
 mod pool;
+mod prefixed;
 mod proxy;
 mod proxy_protocol;
 mod rates;
+mod raw_conns;
 mod replay;
 mod response;
 mod serve;

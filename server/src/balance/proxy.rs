@@ -24,7 +24,7 @@ use super::pool::{Pick, Pool};
 use super::replay::Replayable;
 use super::replay::UpstreamBody;
 use super::response::ClientBody;
-use super::upstream::{InFlight, UpstreamUrl};
+use super::upstream::{InFlight, Upstream};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
@@ -191,7 +191,8 @@ impl Proxy {
         failure.closing()
     }
 
-    /// A slot at some upstream, waiting in the queue while all are full.
+    /// A slot at some upstream not in `tried`, waiting in the queue while
+    /// all are full.
     async fn slot(&self, tried: &[u64]) -> Result<InFlight, Option<Failure>> {
         let overloaded = |why: &str| {
             Failure::new(
@@ -223,6 +224,37 @@ impl Proxy {
         }
     }
 
+    /// The answer when `upstream` sent no response headers in time (it is
+    /// not retried: the request may be running there).
+    pub fn timed_out(&self, upstream: &Upstream) -> Failure {
+        let detail = format!(
+            "sent no response headers within {:?}",
+            self.limits.response_timeout
+        );
+        tracing::warn!(upstream = %upstream.url, "{detail}");
+        upstream.record_failure(&detail);
+        Failure::new(
+            FailureKind::UpstreamTimeout,
+            format!("the upstream {detail}"),
+        )
+    }
+
+    /// The limits it works to.
+    pub fn limits(&self) -> &ProxyLimits {
+        &self.limits
+    }
+
+    /// Its upstream connection settings.
+    pub fn connections(&self) -> Connections {
+        self.connections
+    }
+
+    /// Whether the balancer is shutting down (answers close their
+    /// connection).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
     /// Tries upstreams in rotation until one answers or retrying is unsafe.
     async fn forward(
         &self,
@@ -230,28 +262,20 @@ impl Proxy {
         conn: &ClientConn,
         body: &Replayable,
     ) -> Result<(Response<Incoming>, InFlight, Lent), Failure> {
-        let idempotent = parts.method.is_idempotent();
+        let mut attempts = Attempts::new(parts.method.is_idempotent());
         let mut headers = Some(forwarded_headers(parts, conn));
-        let mut tried = Vec::new();
-        let mut replayed = false;
-        let mut last_failure = None;
         loop {
-            let slot = match self.slot(&tried).await {
-                Ok(slot) => slot,
-                Err(failure) => {
-                    return Err(failure.or(last_failure).unwrap_or_else(answer::no_upstream));
-                }
-            };
+            let slot = attempts.slot(self).await?;
             let upstream = slot.upstream().clone();
             let Some((attempt_body, sent)) = body.attempt() else {
-                return Err(last_failure.unwrap_or_else(answer::bad_gateway));
+                return Err(attempts.last_failure());
             };
             // The first attempt takes the headers; a retry, rare, copies
             // them from the client's again.
             let attempt_headers = headers
                 .take()
                 .unwrap_or_else(|| forwarded_headers(parts, conn));
-            let outgoing = upstream_request(parts, attempt_headers, &upstream.url, attempt_body);
+            let outgoing = upstream_request(parts, attempt_headers, attempt_body);
             let started = Instant::now();
             // The response timeout runs from the moment the body is sent
             // whole: a slow upload is not the upstream's fault.
@@ -267,62 +291,114 @@ impl Proxy {
                 result = exchange => Ok(result),
                 () = response_deadline => Err(()),
             };
-            match result {
+            let err = match result {
                 Ok(Ok((response, lent))) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
                     return Ok((response, slot, lent));
                 }
-                Err(()) => {
-                    let detail = format!(
-                        "sent no response headers within {:?}",
-                        self.limits.response_timeout
-                    );
-                    tracing::warn!(upstream = %upstream.url, "{detail}");
-                    upstream.record_failure(&detail);
-                    return Err(Failure::new(
-                        FailureKind::UpstreamTimeout,
-                        format!("the upstream {detail}"),
-                    ));
-                }
-                Ok(Err(err)) => {
-                    let (detail, connect) = match &err {
-                        SendError::Connect(err) => (describe(err), true),
-                        SendError::Exchange { error: err, .. } => {
-                            if let Some(error) = ClientBodyError::find(err) {
-                                tracing::debug!(upstream = %upstream.url, %error, "client upload failed");
-                                return Err(self.client_failure(error));
-                            }
-                            (describe(err), false)
-                        }
-                    };
-                    tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
-                    upstream.record_failure(&detail);
-                    // A pooled connection closed under the request is no
-                    // sign of a sick upstream: a replay may go to it again,
-                    // on a new connection.
-                    let race = err.is_keep_alive_race();
-                    if !race {
-                        upstream.eject(&detail);
-                        tried.push(upstream.id);
+                Err(()) => return Err(self.timed_out(&upstream)),
+                Ok(Err(err)) => err,
+            };
+            let (detail, failed) = match &err {
+                SendError::Connect(err) => (describe(err), Failed::Connect),
+                SendError::Exchange { error, .. } => {
+                    if let Some(error) = ClientBodyError::find(error) {
+                        tracing::debug!(upstream = %upstream.url, %error, "client upload failed");
+                        return Err(self.client_failure(error));
                     }
-                    last_failure = Some(if connect {
-                        Failure::new(
-                            FailureKind::NoUpstream,
-                            "no upstream accepted the connection",
-                        )
+                    let failed = if err.is_keep_alive_race() {
+                        Failed::KeepAliveRace
                     } else {
-                        answer::bad_gateway()
-                    });
-                    // Nothing reached the upstream: safe to send anywhere.
-                    // An idempotent request that died mid-way: once more.
-                    if connect || (idempotent && !replayed) {
-                        replayed |= !connect;
-                        continue;
-                    }
-                    return Err(last_failure.unwrap_or_else(answer::bad_gateway));
+                        Failed::Exchange
+                    };
+                    (describe(error), failed)
                 }
-            }
+            };
+            attempts.failed(&upstream, &detail, failed)?;
         }
+    }
+}
+
+/// How an attempt at an upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// No connection: nothing reached the upstream.
+    Connect,
+    /// A pooled connection closed under the request before any byte of a
+    /// response: no sign of a sick upstream.
+    KeepAliveRace,
+    /// The exchange broke, or the response was malformed.
+    Exchange,
+}
+
+/// The attempts at one request: the upstreams that failed it, whether it
+/// was sent again, and the answer if no attempt succeeds.
+#[derive(Debug)]
+pub struct Attempts {
+    idempotent: bool,
+    tried: Vec<u64>,
+    replayed: bool,
+    last_failure: Option<Failure>,
+}
+
+impl Attempts {
+    /// No attempt yet at a request that may (`idempotent`) or may not be
+    /// sent twice.
+    pub fn new(idempotent: bool) -> Self {
+        Self {
+            idempotent,
+            tried: Vec::new(),
+            replayed: false,
+            last_failure: None,
+        }
+    }
+
+    /// A slot at an upstream not tried yet, or the answer.
+    pub async fn slot(&mut self, proxy: &Proxy) -> Result<InFlight, Failure> {
+        proxy.slot(&self.tried).await.map_err(|failure| {
+            failure
+                .or_else(|| self.last_failure.take())
+                .unwrap_or_else(answer::no_upstream)
+        })
+    }
+
+    /// The answer after the last failed attempt.
+    pub fn last_failure(&mut self) -> Failure {
+        self.last_failure.take().unwrap_or_else(answer::bad_gateway)
+    }
+
+    /// Records an attempt at `upstream` that failed (`detail`, for the log
+    /// and the status page): ejects the upstream unless it was the
+    /// keep-alive race. `Ok` when another attempt is safe: nothing reached
+    /// the upstream, or an idempotent request died mid-way the first time.
+    pub fn failed(
+        &mut self,
+        upstream: &Upstream,
+        detail: &str,
+        how: Failed,
+    ) -> Result<(), Failure> {
+        tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
+        upstream.record_failure(detail);
+        // A pooled connection closed under the request is no sign of a
+        // sick upstream: a replay may go to it again, on a new connection.
+        if how != Failed::KeepAliveRace {
+            upstream.eject(detail);
+            self.tried.push(upstream.id);
+        }
+        let connect = how == Failed::Connect;
+        self.last_failure = Some(if connect {
+            Failure::new(
+                FailureKind::NoUpstream,
+                "no upstream accepted the connection",
+            )
+        } else {
+            answer::bad_gateway()
+        });
+        if connect || (self.idempotent && !self.replayed) {
+            self.replayed |= !connect;
+            return Ok(());
+        }
+        Err(self.last_failure())
     }
 }
 
@@ -337,19 +413,24 @@ fn ensure_request_id(headers: &mut HeaderMap) {
     if headers.contains_key(REQUEST_ID) {
         return;
     }
+    if let Ok(id) = HeaderValue::from_bytes(&new_request_id()) {
+        headers.insert(REQUEST_ID, id);
+    }
+}
+
+/// A new request id: 128 random bits in hex.
+pub fn new_request_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let random = fastrand::u128(..);
     let mut id = [0u8; 32];
     for (index, digit) in id.iter_mut().enumerate() {
         *digit = HEX[((random >> (4 * (31 - index))) & 0xf) as usize];
     }
-    if let Ok(id) = HeaderValue::from_bytes(&id) {
-        headers.insert(REQUEST_ID, id);
-    }
+    id
 }
 
 /// The error and its causes in one line.
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -368,6 +449,13 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether `name` is a hop-by-hop header (any case).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -437,27 +525,23 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
     headers
 }
 
-/// The request as the upstream gets it: same method, path and query, the
+/// The request as the upstream gets it: same method, the path and query
+/// as an origin-form target (RFC 9112 3.2.1: what a server expects from a
+/// client, not the absolute form meant for forward proxies), the
 /// [`forwarded_headers`], HTTP/1.1.
 fn upstream_request(
     parts: &request::Parts,
     headers: HeaderMap,
-    upstream: &UpstreamUrl,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
-    let mut uri = axum::http::uri::Parts::default();
-    uri.scheme = Some(axum::http::uri::Scheme::HTTP);
-    uri.authority = Some(upstream.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/")),
-    );
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| axum::http::uri::PathAndQuery::from_static("/"));
     let mut outgoing = Request::new(body);
     *outgoing.method_mut() = parts.method.clone();
-    *outgoing.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+    *outgoing.uri_mut() = Uri::from(target);
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
     outgoing
@@ -537,15 +621,14 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         let conn = ClientConn {
             peer: "192.0.2.7:5555".parse().unwrap(),
             https: false,
             owner: Owner::shared(),
         };
         let headers = forwarded_headers(&parts, &conn);
-        let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
-        assert_eq!(outgoing.uri(), "http://127.0.0.1:3000/cart?x=1");
+        let outgoing = upstream_request(&parts, headers, UpstreamBody::Empty);
+        assert_eq!(outgoing.uri(), "/cart?x=1");
         let headers = outgoing.headers();
         assert_eq!(headers[header::HOST], "shop.example");
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");

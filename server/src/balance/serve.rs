@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::answer::{Failure, FailureKind};
+use super::fast;
 use super::h2_idle::{self, Activity, Tracked};
 use super::pool::Pool;
 use super::proxy::{ClientConn, Proxy, ProxyLimits};
@@ -158,11 +159,13 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
         h2,
         idle: front.header_timeout,
     });
-    let refusal = Failure::new(
+    let mut refusal = Vec::new();
+    Failure::new(
         FailureKind::TooManyConnections,
         "the balancer is at its client connection limit (--max-client-conns)",
     )
-    .to_http1();
+    .closing()
+    .write_http1(&mut refusal, false, false);
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let Some(permit) = ConnPermit::acquire(&front) else {
             if front.tls.is_none() {
@@ -245,7 +248,13 @@ async fn connection(
         })
     };
     match &front.tls {
-        None => serve_http(stream, false, conn(false), proxy, &protocols, shutdown).await,
+        None => {
+            let conn = conn(false);
+            let outcome = fast::serve(stream, &conn, &proxy, front.header_timeout, &shutdown).await;
+            if let fast::Outcome::Handover(stream) = outcome {
+                serve_http(stream, false, conn, proxy, &protocols, shutdown).await;
+            }
+        }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(front.header_timeout, acceptor.accept(stream));
             match handshake.await {
@@ -308,7 +317,7 @@ async fn serve_http<I>(
 }
 
 /// Resolves [`DRAIN_IDLE_GRACE`] after `shutdown` fires.
-async fn drained(shutdown: &CancellationToken) {
+pub async fn drained(shutdown: &CancellationToken) {
     shutdown.cancelled().await;
     tokio::time::sleep(DRAIN_IDLE_GRACE).await;
 }

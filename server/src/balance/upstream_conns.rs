@@ -9,10 +9,9 @@
 //! under that client connection's own key, never shared.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,20 +19,19 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::connector::{self, ConnectError};
+use super::idle::{Idle, Key};
+use super::raw_conns;
 use super::replay::UpstreamBody;
 use super::upstream::UpstreamUrl;
 
 /// The sending half of one upstream connection.
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// Pool key: the client connection's own key (0: shared) and the upstream.
-type Key = (u64, u64);
-
 /// Stale connections tried before opening a new one.
 const STALE_TRIES: usize = 4;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Key, Vec<(Sender, Instant)>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Idle<Sender>> = RefCell::new(Idle::default());
 }
 
 /// Who a request goes out for: the shared pool, or one client connection's
@@ -45,6 +43,16 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The key of its connections to the upstream `upstream_id`.
+    pub fn key(&self, upstream_id: u64) -> Key {
+        (self.key, upstream_id)
+    }
+
+    /// What every new connection starts with (a PROXY header), if anything.
+    pub fn preamble(&self) -> Option<&[u8]> {
+        self.preamble.as_deref()
+    }
+
     /// The worker's shared pool.
     pub fn shared() -> Self {
         Self {
@@ -67,8 +75,8 @@ impl Owner {
 impl Drop for Owner {
     fn drop(&mut self) {
         if self.key != 0 {
-            let key = self.key;
-            let _ = IDLE.try_with(|idle| idle.borrow_mut().retain(|(owner, _), _| *owner != key));
+            let _ = IDLE.try_with(|idle| idle.borrow_mut().forget(self.key));
+            raw_conns::forget(self.key);
         }
     }
 }
@@ -87,12 +95,7 @@ impl Lent {
         if self.sender.is_closed() {
             return;
         }
-        let _ = IDLE.try_with(|idle| {
-            idle.borrow_mut()
-                .entry(self.key)
-                .or_default()
-                .push((self.sender, Instant::now()));
-        });
+        let _ = IDLE.try_with(|idle| idle.borrow_mut().put(self.key, self.sender));
     }
 }
 
@@ -141,7 +144,7 @@ impl Connections {
         upstream: &UpstreamUrl,
         mut request: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Lent), SendError> {
-        let key = (owner.key, upstream_id);
+        let key = owner.key(upstream_id);
         for _ in 0..STALE_TRIES {
             let Some(mut sender) = self.take_idle(key) else {
                 break;
@@ -164,7 +167,7 @@ impl Connections {
             }
         }
         let mut sender = self
-            .connect(upstream, owner.preamble.as_deref())
+            .connect(upstream, owner.preamble())
             .await
             .map_err(SendError::Connect)?;
         match sender.send_request(request).await {
@@ -178,14 +181,8 @@ impl Connections {
 
     fn take_idle(&self, key: Key) -> Option<Sender> {
         IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let list = idle.get_mut(&key)?;
-            while let Some((sender, since)) = list.pop() {
-                if !sender.is_closed() && since.elapsed() < self.idle_timeout {
-                    return Some(sender);
-                }
-            }
-            None
+            idle.borrow_mut()
+                .take(key, self.idle_timeout, |sender| !sender.is_closed())
         })
     }
 
@@ -194,17 +191,7 @@ impl Connections {
         upstream: &UpstreamUrl,
         preamble: Option<&[u8]>,
     ) -> Result<Sender, ConnectError> {
-        let port = upstream
-            .authority
-            .port_u16()
-            .ok_or(ConnectError::NoAddress)?;
-        let stream = connector::open(
-            upstream.authority.host(),
-            port,
-            self.connect_timeout,
-            preamble,
-        )
-        .await?;
+        let stream = connector::open_upstream(upstream, self.connect_timeout, preamble).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -224,14 +211,10 @@ impl Connections {
         loop {
             ticker.tick().await;
             IDLE.with(|idle| {
-                let mut idle = idle.borrow_mut();
-                for list in idle.values_mut() {
-                    list.retain(|(sender, since)| {
-                        !sender.is_closed() && since.elapsed() < self.idle_timeout
-                    });
-                }
-                idle.retain(|_, list| !list.is_empty());
+                idle.borrow_mut()
+                    .sweep(self.idle_timeout, |sender| !sender.is_closed());
             });
+            raw_conns::sweep(self.idle_timeout);
         }
     }
 }

@@ -1,0 +1,201 @@
+//! One request on the fast path: a slot at an upstream, a pooled (or new)
+//! connection to it, the head written in one piece, the response head read
+//! within the response timeout, then the body relayed. Failures follow the
+//! full proxy's rules ([`Attempts`]).
+
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::relay;
+use super::request_head::RequestHead;
+use super::response_head::{self, Parsed, ResponseHead};
+use crate::balance::answer::Failure;
+use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};
+use crate::balance::raw_conns::{self, READ_CHUNK, RawConn};
+
+/// Longest response head read from an upstream.
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
+
+/// Why no response head came back.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    /// The socket failed.
+    #[error("{error}")]
+    Io {
+        /// What failed.
+        error: std::io::Error,
+        /// Whether any byte of a response had arrived.
+        answered: bool,
+    },
+    /// The upstream closed the connection.
+    #[error("the upstream closed the connection before the response head was complete")]
+    Closed {
+        /// Whether any byte of a response had arrived.
+        answered: bool,
+    },
+    /// The head was malformed.
+    #[error(transparent)]
+    Malformed(#[from] response_head::Malformed),
+    /// The head was over [`MAX_RESPONSE_HEAD`].
+    #[error("the response head is over {MAX_RESPONSE_HEAD} bytes")]
+    TooLarge,
+}
+
+impl HeadError {
+    /// Whether the upstream sent no byte of an answer.
+    fn unanswered(&self) -> bool {
+        matches!(
+            self,
+            Self::Io {
+                answered: false,
+                ..
+            } | Self::Closed { answered: false }
+        )
+    }
+}
+
+/// Serves `request` (its upstream head in `head`) to `client`, using `out`
+/// as the write buffer; `false` when the client connection must close.
+pub async fn run(
+    proxy: &Proxy,
+    conn: &ClientConn,
+    request: &RequestHead,
+    head: &[u8],
+    keep_alive: bool,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+) -> bool {
+    let connections = proxy.connections();
+    let mut attempts = Attempts::new(request.idempotent);
+    loop {
+        let slot = match attempts.slot(proxy).await {
+            Ok(slot) => slot,
+            Err(failure) => return answer(&failure, request, keep_alive, client, out).await,
+        };
+        let upstream = slot.upstream().clone();
+        let key = conn.owner.key(upstream.id);
+        let (mut raw, reused) = match raw_conns::take(key, connections.idle_timeout) {
+            Some(raw) => (raw, true),
+            None => {
+                let opened = RawConn::open(
+                    &upstream.url,
+                    connections.connect_timeout,
+                    conn.owner.preamble(),
+                )
+                .await;
+                match opened {
+                    Ok(raw) => (raw, false),
+                    Err(err) => {
+                        match attempts.failed(&upstream, &describe(&err), Failed::Connect) {
+                            Ok(()) => continue,
+                            Err(failure) => {
+                                return answer(&failure, request, keep_alive, client, out).await;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        let exchanged = tokio::time::timeout(
+            proxy.limits().response_timeout,
+            send_and_read_head(&mut raw, head, request, keep_alive, out),
+        )
+        .await;
+        let response = match exchanged {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                let how = if reused && err.unanswered() {
+                    Failed::KeepAliveRace
+                } else {
+                    Failed::Exchange
+                };
+                match attempts.failed(&upstream, &err.to_string(), how) {
+                    Ok(()) => continue,
+                    Err(failure) => {
+                        return answer(&failure, request, keep_alive, client, out).await;
+                    }
+                }
+            }
+            Err(_) => {
+                let failure = proxy.timed_out(&upstream);
+                return answer(&failure, request, keep_alive, client, out).await;
+            }
+        };
+        upstream.record_response(response.status, started.elapsed());
+        let relayed = relay::body(response.framing, &mut raw, client, out).await;
+        drop(slot);
+        return match relayed {
+            Ok(clean) => {
+                if clean && response.reusable {
+                    raw_conns::give_back(key, raw);
+                }
+                true
+            }
+            Err(err) => {
+                tracing::debug!(upstream = %upstream.url, %err, "response body not relayed whole");
+                false
+            }
+        };
+    }
+}
+
+/// Writes `head` to the upstream and reads the response head (skipping
+/// interim answers); the client's head is then in `out`, the body's first
+/// bytes at the start of `raw`'s buffer.
+async fn send_and_read_head(
+    raw: &mut RawConn,
+    head: &[u8],
+    request: &RequestHead,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, HeadError> {
+    raw.stream
+        .write_all(head)
+        .await
+        .map_err(|error| HeadError::Io {
+            error,
+            answered: false,
+        })?;
+    let mut answered = false;
+    loop {
+        if !raw.buf.is_empty() {
+            match response_head::parse(&raw.buf, request.head_only, keep_alive, out)? {
+                Parsed::Ready(response) => {
+                    raw.buf.drain(..response.len);
+                    return Ok(response);
+                }
+                Parsed::Interim(len) => {
+                    raw.buf.drain(..len);
+                    continue;
+                }
+                Parsed::Partial if raw.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(HeadError::TooLarge);
+                }
+                Parsed::Partial => {}
+            }
+        }
+        raw.buf.reserve(READ_CHUNK);
+        match raw.stream.read_buf(&mut raw.buf).await {
+            Ok(0) => return Err(HeadError::Closed { answered }),
+            Ok(_) => answered = true,
+            Err(error) => return Err(HeadError::Io { error, answered }),
+        }
+    }
+}
+
+/// Writes the balancer's own answer; `false` when the connection must
+/// close.
+async fn answer(
+    failure: &Failure,
+    request: &RequestHead,
+    keep_alive: bool,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    failure.write_http1(out, keep_alive, request.head_only);
+    client.write_all(out).await.is_ok() && !failure.close
+}

@@ -1,0 +1,105 @@
+//! The fast HTTP/1.1 path: a plain-TCP client connection is served here,
+//! without hyper, for as long as its requests are the common case (no
+//! body, no upgrade, nothing the checks refuse: [`request_head`]). Heads
+//! are parsed with httparse straight from the connection's buffer, the
+//! upstream's head is written in one piece to a pooled upstream socket, and
+//! the response comes back through one buffer: no header maps, no tasks,
+//! no channels. The first request that is not the common case hands the
+//! connection, with the bytes already read, to hyper and the full proxy
+//! for the rest of its life.
+//!
+//! The rules are the full proxy's: the same rotation, queue, retries and
+//! ejections ([`Attempts`](super::proxy::Attempts)), the same forwarded
+//! headers, answers and timeouts, `Connection: close` once draining.
+
+mod chunked;
+mod exchange;
+mod relay;
+mod request_head;
+mod response_head;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::prefixed::Prefixed;
+use super::proxy::{ClientConn, Proxy};
+use super::serve::drained;
+use request_head::Parsed;
+
+/// Bytes read from a client at a time.
+const READ_CHUNK: usize = 4096;
+
+/// How a client connection left the fast path.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It is closed (or the client went).
+    Closed,
+    /// A request needs the full proxy: hyper serves the connection from
+    /// here, starting with the bytes already read.
+    Handover(Prefixed<TcpStream>),
+}
+
+/// Serves `stream` while its requests are the common case; each request
+/// head must arrive within `header_timeout` (also the keep-alive idle
+/// limit), and once `shutdown` fires an idle connection closes after a
+/// grace period.
+pub async fn serve(
+    mut stream: TcpStream,
+    conn: &ClientConn,
+    proxy: &Proxy,
+    header_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut upstream_head = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    let drain = drained(shutdown);
+    tokio::pin!(drain);
+    let head_deadline = tokio::time::sleep(header_timeout);
+    tokio::pin!(head_deadline);
+    loop {
+        head_deadline
+            .as_mut()
+            .reset(Instant::now() + header_timeout);
+        let request = loop {
+            match request_head::parse(&buf, proxy.limits().head, conn, &mut upstream_head) {
+                Parsed::Ready(request) => break request,
+                Parsed::Elsewhere => return Outcome::Handover(Prefixed::new(buf, stream)),
+                Parsed::Partial if buf.len() >= proxy.limits().head.max_total => {
+                    return Outcome::Handover(Prefixed::new(buf, stream));
+                }
+                Parsed::Partial => {}
+            }
+            buf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                read = stream.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Outcome::Closed,
+                    Ok(_) => {}
+                },
+                () = &mut head_deadline => return Outcome::Closed,
+                () = &mut drain, if buf.is_empty() => return Outcome::Closed,
+            }
+        };
+        buf.drain(..request.len);
+        let keep_alive = !request.close && !proxy.is_draining();
+        let kept = exchange::run(
+            proxy,
+            conn,
+            &request,
+            &upstream_head,
+            keep_alive,
+            &mut stream,
+            &mut out,
+        )
+        .await;
+        if !(kept && keep_alive) {
+            let _ = stream.shutdown().await;
+            return Outcome::Closed;
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The balancer's fast HTTP/1.1 path (body-less requests on plain
+//! connections, served without hyper) against a scripted upstream that
+//! answers in every framing HTTP/1.1 allows, over raw sockets: bodies are
+//! re-framed intact, upstream connections are reused, broken answers are
+//! the upstream's fault, and a request the fast path does not take hands
+//! the connection to the full proxy mid-stream without losing a byte.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sessiond_e2e::Balancer;
+use sessiond_e2e::balance::{read_head, read_response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Bytes of `/big`'s body.
+const BIG: usize = 1 << 20;
+
+/// The answer to one request for `path` (`head`: a HEAD request), and
+/// whether the upstream closes the connection after it.
+fn scripted(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
+    let sized = |text: &[u8]| {
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
+        answer.extend_from_slice(text);
+        answer
+    };
+    match path {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                .to_vec(),
+            false,
+        ),
+        "/early" => (
+            [
+                &b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"[..],
+                &sized(b"early"),
+            ]
+            .concat(),
+            false,
+        ),
+        "/until-close" => (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close".to_vec(),
+            true,
+        ),
+        "/big" => {
+            let mut answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+            if method != "HEAD" {
+                answer.extend((0..BIG).map(|index| (index % 251) as u8));
+            }
+            (answer, false)
+        }
+        "/broken" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
+            true,
+        ),
+        _ => (
+            sized(format!("{method} {path} {}", body.len()).as_bytes()),
+            false,
+        ),
+    }
+}
+
+/// A scripted upstream: answers [`scripted`] to each request, keeping the
+/// connection open unless the answer says otherwise; counts connections.
+async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_scripted(stream));
+        }
+    });
+    (addr, connections)
+}
+
+async fn serve_scripted(mut stream: TcpStream) {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let end = loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => seen.extend_from_slice(&chunk[..read]),
+            }
+        };
+        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+        let mut words = head.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while seen.len() < end + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => seen.extend_from_slice(&chunk[..read]),
+            }
+        }
+        let (answer, close) = scripted(method, path, &seen[end..end + length]);
+        seen.drain(..end + length);
+        if stream.write_all(&answer).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Reads one chunked body (after its head, `rest` already read).
+async fn read_chunked(stream: &mut TcpStream, mut rest: Vec<u8>) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        while !rest.windows(2).any(|w| w == b"\r\n") {
+            let read = stream.read(&mut chunk).await.expect("read a chunk size");
+            assert!(read > 0, "closed inside a chunked body");
+            rest.extend_from_slice(&chunk[..read]);
+        }
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let size = usize::from_str_radix(&size_text, 16)
+            .unwrap_or_else(|_| panic!("chunk size {size_text:?}"));
+        while rest.len() < line_end + 2 + size + 2 {
+            let read = stream.read(&mut chunk).await.expect("read a chunk");
+            assert!(read > 0, "closed inside a chunk");
+            rest.extend_from_slice(&chunk[..read]);
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        assert_eq!(&rest[line_end + 2 + size..line_end + 4 + size], b"\r\n");
+        rest.drain(..line_end + 4 + size);
+        if size == 0 {
+            assert!(rest.is_empty(), "bytes after the last chunk: {rest:?}");
+            return body;
+        }
+    }
+}
+
+fn balancer_over(upstream: SocketAddr) -> Balancer {
+    let url = format!("http://{upstream}");
+    // Checks once an hour, and a hundred good ones to come back: an
+    // ejection shows.
+    Balancer::start(&[
+        "--upstream",
+        url.as_str(),
+        "--workers",
+        "1",
+        "--health-interval",
+        "1h",
+        "--rise",
+        "100",
+        "--fall",
+        "1",
+    ])
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_framing_reaches_the_client_intact_on_one_connection() {
+    let (upstream, connections) = scripted_upstream().await;
+    let balancer = balancer_over(upstream);
+    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+
+    client.write_all(&get("/chunked")).await.expect("send");
+    let (status, headers, rest) = read_head(&mut client).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("transfer-encoding".into(), "chunked".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-kind".into(), "chunked".into())),
+        "{headers:?}"
+    );
+    assert_eq!(read_chunked(&mut client, rest).await, b"hello, world");
+
+    // An interim 103 is not passed on; the final answer is.
+    client.write_all(&get("/early")).await.expect("send");
+    let early = read_response(&mut client).await;
+    assert_eq!((early.status, early.body.as_slice()), (200, &b"early"[..]));
+
+    // A body that ends when the upstream closes goes to the client chunked,
+    // and the client's connection stays open.
+    client.write_all(&get("/until-close")).await.expect("send");
+    let (status, headers, rest) = read_head(&mut client).await;
+    assert_eq!(status, 200);
+    assert!(
+        !headers.iter().any(|(name, _)| name == "connection"),
+        "{headers:?}"
+    );
+    assert_eq!(read_chunked(&mut client, rest).await, b"until close");
+
+    // HEAD: the length, no body; the next answer on the connection is whole.
+    client
+        .write_all(b"HEAD /big HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("send");
+    let (status, headers, rest) = read_head(&mut client).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("content-length".into(), BIG.to_string())),
+        "{headers:?}"
+    );
+    assert!(
+        rest.is_empty(),
+        "a HEAD answer with a body: {} bytes",
+        rest.len()
+    );
+    client.write_all(&get("/big")).await.expect("send");
+    let big = read_response(&mut client).await;
+    assert_eq!(big.body.len(), BIG);
+    assert!(
+        big.body
+            .iter()
+            .enumerate()
+            .all(|(index, &byte)| byte == (index % 251) as u8)
+    );
+
+    // Five more plain requests: the pooled upstream connection serves them.
+    let before = connections.load(Ordering::SeqCst);
+    for round in 0..5 {
+        client
+            .write_all(&get(&format!("/plain/{round}")))
+            .await
+            .expect("send");
+        let plain = read_response(&mut client).await;
+        assert_eq!(plain.status, 200);
+        assert_eq!(plain.body, format!("GET /plain/{round} 0").into_bytes());
+        let id = plain.header("x-request-id");
+        assert!(
+            id.is_none(),
+            "the request id goes to the upstream, not back: {id:?}"
+        );
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        before,
+        "no new upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact() {
+    let (upstream, _) = scripted_upstream().await;
+    let balancer = balancer_over(upstream);
+    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+    // One write: a GET the fast path serves, a POST with a body it hands
+    // over (with the bytes already read), and a GET after it.
+    let pipeline = [
+        get("/first"),
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world".to_vec(),
+        get("/last"),
+    ]
+    .concat();
+    client.write_all(&pipeline).await.expect("send");
+    for expected in ["GET /first 0", "POST /upload 11", "GET /last 0"] {
+        let answer = read_response(&mut client).await;
+        assert_eq!(answer.status, 200, "{expected}");
+        assert_eq!(String::from_utf8_lossy(&answer.body), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_answer_is_a_502_and_the_upstreams_fault() {
+    let (upstream, _) = scripted_upstream().await;
+    let balancer = balancer_over(upstream);
+    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+    client.write_all(&get("/broken")).await.expect("send");
+    let answer = read_response(&mut client).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.json()["error"]["code"], "bad_gateway");
+    let body = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(!body.contains("127.0.0.1"), "the upstream is named: {body}");
+    let stats = balancer.stats().await;
+    assert_eq!(stats["healthy"], 0, "{stats}");
+    let errors = stats["upstreams"][0]["errors"].as_u64();
+    assert!(errors.is_some_and(|errors| errors >= 1), "{stats}");
+}
