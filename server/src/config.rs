@@ -407,6 +407,11 @@ pub struct BalanceArgs {
     #[arg(long, env = "SESSIOND_HANDOVER_SOCKET")]
     pub handover_socket: Option<std::path::PathBuf>,
 
+    /// Log each request as a JSON line to this file (`-`: standard
+    /// output), written at least every second; reopened on SIGHUP.
+    #[arg(long, env = "SESSIOND_ACCESS_LOG")]
+    pub access_log: Option<std::path::PathBuf>,
+
     /// Event-loop threads serving clients (default: one per CPU).
     #[arg(long, env = "SESSIOND_WORKERS")]
     pub workers: Option<usize>,
@@ -489,6 +494,7 @@ impl BalanceArgs {
                 .zip(self.tls_key.clone())
                 .map(|(cert, key)| TlsFiles { cert, key }),
             handover_socket: self.handover_socket.clone(),
+            access_log: self.access_log.clone(),
             workers: self
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),

@@ -290,3 +290,122 @@ async fn a_malformed_answer_is_a_502_and_the_upstreams_fault() {
     let errors = stats["upstreams"][0]["errors"].as_u64();
     assert!(errors.is_some_and(|errors| errors >= 1), "{stats}");
 }
+
+/// The lines of the access log at `path` once it has `count` (bounded).
+async fn log_lines(path: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} has not {count} lines: {:?}",
+        path.display(),
+        std::fs::read_to_string(path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request_on_both_paths_and_reopens_on_sighup() {
+    let (upstream, _) = scripted_upstream().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("access.log");
+    let url = format!("http://{upstream}");
+    let log = path.to_string_lossy().into_owned();
+    let balancer = Balancer::start(&[
+        "--upstream",
+        url.as_str(),
+        "--workers",
+        "1",
+        "--health-interval",
+        "1h",
+        "--access-log",
+        log.as_str(),
+    ]);
+    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+    let requests = [
+        // The fast path, with the client's request id.
+        b"GET /plain/1?q=2 HTTP/1.1\r\nHost: h\r\nX-Request-Id: given-1\r\n\r\n".to_vec(),
+        // The full proxy: an upload.
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world".to_vec(),
+    ];
+    for request in &requests {
+        client.write_all(request).await.expect("send");
+        assert_eq!(read_response(&mut client).await.status, 200);
+    }
+    // The balancer's own answer: no Host.
+    let mut bare = TcpStream::connect(balancer.listen).await.expect("connect");
+    bare.write_all(b"GET /no-host HTTP/1.1\r\n\r\n")
+        .await
+        .expect("send");
+    assert_eq!(read_response(&mut bare).await.status, 400);
+
+    let lines = log_lines(&path, 3).await;
+    let summary: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["method"].as_str().unwrap_or_default(),
+                line["target"].as_str().unwrap_or_default(),
+                line["status"].as_u64().unwrap_or_default(),
+                line["bytes"].as_u64().unwrap_or_default(),
+                line["upstream"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let upstream_name = Some(upstream.to_string());
+    assert_eq!(
+        summary,
+        [
+            ("GET", "/plain/1?q=2", 200, 18, upstream_name.clone()),
+            ("POST", "/upload", 200, 15, upstream_name),
+            ("GET", "/no-host", 400, summary[2].3, None),
+        ]
+    );
+    assert!(summary[2].3 > 0, "the error body is counted");
+    assert_eq!(lines[0]["request_id"], "given-1");
+    assert_eq!(lines[1]["request_id"].as_str().map(str::len), Some(32));
+    for line in &lines {
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        assert!(
+            line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
+        assert!(
+            line["time"]
+                .as_str()
+                .is_some_and(|time| time.ends_with('Z')),
+            "{line}"
+        );
+    }
+
+    // Moved away as logrotate does, then SIGHUP: new lines go to a new file.
+    let moved = dir.path().join("access.log.1");
+    std::fs::rename(&path, &moved).expect("rotate");
+    sessiond_e2e::process::signal(balancer.pid(), "HUP");
+    let mut reopened = false;
+    for _ in 0..50 {
+        client.write_all(&get("/after")).await.expect("send");
+        assert_eq!(read_response(&mut client).await.status, 200);
+        if path.exists() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reopened, "no new access log after SIGHUP");
+    let after = log_lines(&path, 1).await;
+    assert_eq!(after[0]["target"], "/after");
+    // Lines written before the reopen stay in the moved file.
+    let old = log_lines(&moved, 3).await;
+    assert!(
+        old[3..].iter().all(|line| line["target"] == "/after"),
+        "{old:?}"
+    );
+}

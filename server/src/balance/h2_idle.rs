@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::access_log::Logged;
 use super::response::ClientBody;
 
 /// What one HTTP/2 connection is doing.
@@ -52,13 +53,13 @@ impl Drop for Busy {
 /// A response body that keeps its request counted until it is sent.
 #[derive(Debug)]
 pub struct Tracked {
-    body: ClientBody,
+    body: Logged<ClientBody>,
     _busy: Busy,
 }
 
 impl Tracked {
     /// `body`, counted as `busy` until it is dropped.
-    pub fn new(body: ClientBody, busy: Busy) -> Self {
+    pub fn new(body: Logged<ClientBody>, busy: Busy) -> Self {
         Self { body, _busy: busy }
     }
 }

@@ -11,6 +11,7 @@
 //! run time (admin API, SIGHUP); [`health`] checks each upstream;
 //! [`handover`] passes the listening sockets to a new balancer.
 
+mod access_log;
 mod admin;
 mod admin_state;
 mod answer;
@@ -59,6 +60,7 @@ pub use upstream::{UpstreamUrl, UpstreamUrlError};
 
 use crate::net::{NetError, bind};
 use crate::secret::Secret;
+use access_log::AccessLog;
 use admin_state::ApiAuth;
 use connector::Connector;
 use health::HealthCheck;
@@ -125,6 +127,8 @@ pub struct BalanceConfig {
     pub tls: Option<TlsFiles>,
     /// Unix socket for restarts without dropping connections.
     pub handover_socket: Option<PathBuf>,
+    /// Where each request is logged (`-`: standard output).
+    pub access_log: Option<PathBuf>,
     /// Event-loop threads serving clients.
     pub workers: usize,
 }
@@ -145,6 +149,14 @@ pub enum BalanceError {
     #[error("handover socket {path}: {source}")]
     Handover {
         /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The access log cannot be opened.
+    #[error("access log {path}: {source}")]
+    AccessLog {
+        /// Its path.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -202,6 +214,17 @@ pub async fn run(
         .as_ref()
         .map(Certificate::acceptor)
         .transpose()?;
+    let access_log = config
+        .access_log
+        .as_deref()
+        .map(|path| {
+            AccessLog::open(path).map_err(|source| BalanceError::AccessLog {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .transpose()?
+        .map(Arc::new);
     let (listener, admin_listener, taken) = listeners(&config).await?;
     let admin_loopback = admin_listener
         .local_addr()
@@ -264,8 +287,18 @@ pub async fn run(
         membership,
         config.sources.clone(),
         certificate,
+        access_log.clone(),
         shutdown.clone(),
     ));
+    if let Some(log) = access_log.clone() {
+        let shutdown = shutdown.clone();
+        background.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = log.flush_every_second() => {}
+            }
+        });
+    }
 
     let front = Arc::new(Front {
         pool,
@@ -285,6 +318,7 @@ pub async fn run(
         max_client_conns: config.max_client_conns,
         client_conns: AtomicUsize::new(0),
         drain_timeout: config.drain_timeout,
+        access_log: access_log.clone(),
     });
     let listen_std = listener.try_clone().map_err(BalanceError::Workers)?;
     let workers = serve::start_workers(listener, &front, config.workers, &shutdown)
@@ -314,6 +348,9 @@ pub async fn run(
     .await;
     shutdown.cancel();
     background.wait().await;
+    if let Some(log) = &access_log {
+        log.flush();
+    }
     Ok(())
 }
 
@@ -326,13 +363,14 @@ fn clone_listener(listener: &TcpListener) -> std::io::Result<std::net::TcpListen
 }
 
 /// On SIGHUP: reads the upstreams again (the flags plus the file as it is
-/// now) and the TLS certificate and key. A broken file or certificate is
-/// logged and changes nothing.
+/// now) and the TLS certificate and key, and reopens the access log. A
+/// broken file or certificate is logged and changes nothing.
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     membership: Membership,
     sources: UpstreamSources,
     certificate: Option<Arc<Certificate>>,
+    access_log: Option<Arc<AccessLog>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -361,6 +399,14 @@ async fn reload_on_hangup(
             match certificate.reload() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
                 Err(err) => tracing::error!(%err, "SIGHUP: keeping the old TLS certificate"),
+            }
+        }
+        if let Some(log) = &access_log {
+            match log.reopen() {
+                Ok(()) => tracing::info!("SIGHUP: access log reopened"),
+                Err(err) => {
+                    tracing::error!(%err, "SIGHUP: cannot reopen the access log; writing to the old file")
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::access_log::{AccessLog, Logged, Pending};
 use super::answer::{self, Failure, FailureKind};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
@@ -28,7 +29,7 @@ use super::upstream::{InFlight, Upstream};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -79,18 +80,21 @@ pub struct Proxy {
     limits: ProxyLimits,
     draining: CancellationToken,
     tunnels: TaskTracker,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
     /// A proxy over `pool` sending over `connections`; once `draining` is
     /// cancelled, its HTTP/1 answers close their connection. Upgraded
-    /// connections run on `tunnels`.
+    /// connections run on `tunnels`; each request is written to
+    /// `access_log`, if any.
     pub fn new(
         pool: Arc<Pool>,
         connections: Connections,
         limits: ProxyLimits,
         draining: CancellationToken,
         tunnels: TaskTracker,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Self {
         Self {
             pool,
@@ -98,6 +102,7 @@ impl Proxy {
             limits,
             draining,
             tunnels,
+            access_log,
         }
     }
 
@@ -106,9 +111,24 @@ impl Proxy {
         &self,
         conn: &ClientConn,
         request: Request<Incoming>,
-    ) -> Result<Response<ClientBody>, Infallible> {
+    ) -> Result<Response<Logged<ClientBody>>, Infallible> {
         let version = request.version();
-        let mut response = match self.proxy(conn, request).await {
+        let mut noted = self.access_log.as_ref().map(|log| {
+            let uri = request.uri();
+            Box::new(Pending {
+                log: log.clone(),
+                client: conn.peer.ip(),
+                method: request.method().to_string(),
+                target: uri
+                    .path_and_query()
+                    .map_or_else(|| uri.to_string(), ToString::to_string),
+                status: 0,
+                upstream: None,
+                request_id: None,
+                started: Instant::now(),
+            })
+        });
+        let mut response = match self.proxy(conn, request, &mut noted).await {
             Ok(response) => response,
             Err(failure) => failure.into_response(),
         };
@@ -117,13 +137,24 @@ impl Proxy {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Ok(response)
+        if let Some(pending) = &mut noted {
+            pending.status = response.status().as_u16();
+        }
+        Ok(response.map(|body| Logged::new(body, noted)))
     }
 
+    /// The access log, if one is kept.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_deref()
+    }
+
+    /// Proxies `request`; notes in `noted` (when logging) the request id
+    /// the app saw and the upstream that answered.
     async fn proxy(
         &self,
         conn: &ClientConn,
         mut request: Request<Incoming>,
+        noted: &mut Option<Box<Pending>>,
     ) -> Result<Response<ClientBody>, Failure> {
         checks::check(&request, self.limits.head)?;
         let declared = request
@@ -144,8 +175,18 @@ impl Proxy {
             is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         ensure_request_id(&mut parts.headers);
+        if let Some(pending) = noted {
+            pending.request_id = parts
+                .headers
+                .get(REQUEST_ID)
+                .and_then(|id| id.to_str().ok())
+                .map(str::to_owned);
+        }
         let body = Replayable::new(body, self.limits.body);
         let (mut response, slot, lent) = self.forward(&parts, conn, &body).await?;
+        if let Some(pending) = noted {
+            pending.upstream = Some(slot.upstream().url.authority.to_string());
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {

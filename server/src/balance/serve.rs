@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::access_log::AccessLog;
 use super::answer::{Failure, FailureKind};
 use super::fast;
 use super::h2_idle::{self, Activity, Tracked};
@@ -65,6 +66,8 @@ pub struct Front {
     pub client_conns: AtomicUsize,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout: Duration,
+    /// Where each request is logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Starts `workers` event loops on `listener`; they return at `shutdown`
@@ -143,6 +146,7 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
         front.limits.clone(),
         shutdown.clone(),
         tasks.clone(),
+        front.access_log.clone(),
     ));
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())

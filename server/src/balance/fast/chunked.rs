@@ -34,15 +34,24 @@ enum State {
 #[derive(Debug)]
 pub struct Rechunker {
     state: State,
+    data_bytes: u64,
 }
 
 impl Default for Rechunker {
     fn default() -> Self {
-        Self { state: State::Size }
+        Self {
+            state: State::Size,
+            data_bytes: 0,
+        }
     }
 }
 
 impl Rechunker {
+    /// Data bytes decoded so far (the chunks' framing not counted).
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
     /// Whether the whole body has been read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -78,6 +87,7 @@ impl Rechunker {
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
                     out.extend_from_slice(&rest[..take]);
                     used += take;
+                    self.data_bytes += take as u64;
                     let left = left - take as u64;
                     self.state = if left == 0 {
                         State::DataEnd
@@ -142,6 +152,7 @@ mod tests {
         assert_eq!(whole.feed(BODY, &mut out), Ok(BODY.len() - 4));
         assert!(whole.is_done());
         assert_eq!(out, expected);
+        assert_eq!(whole.data_bytes(), 12);
         // Fed one byte more at a time, as a slow upstream would send it.
         let mut slow = Rechunker::default();
         let (mut out, mut buffered, mut at) = (Vec::new(), Vec::new(), 0);

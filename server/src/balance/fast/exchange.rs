@@ -3,6 +3,8 @@
 //! within the response timeout, then the body relayed. Failures follow the
 //! full proxy's rules ([`Attempts`]).
 
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,9 +13,11 @@ use tokio::net::TcpStream;
 use super::relay;
 use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
+use crate::balance::access_log::Entry;
 use crate::balance::answer::Failure;
 use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};
 use crate::balance::raw_conns::{self, READ_CHUNK, RawConn};
+use crate::balance::upstream::Upstream;
 
 /// Longest response head read from an upstream.
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
@@ -56,89 +60,151 @@ impl HeadError {
     }
 }
 
-/// Serves `request` (its upstream head in `head`) to `client`, using `out`
-/// as the write buffer; `false` when the client connection must close.
-pub async fn run(
-    proxy: &Proxy,
-    conn: &ClientConn,
-    request: &RequestHead,
-    head: &[u8],
-    keep_alive: bool,
-    client: &mut TcpStream,
-    out: &mut Vec<u8>,
-) -> bool {
-    let connections = proxy.connections();
-    let mut attempts = Attempts::new(request.idempotent);
-    loop {
-        let slot = match attempts.slot(proxy).await {
-            Ok(slot) => slot,
-            Err(failure) => return answer(&failure, request, keep_alive, client, out).await,
-        };
-        let upstream = slot.upstream().clone();
-        let key = conn.owner.key(upstream.id);
-        let (mut raw, reused) = match raw_conns::take(key, connections.idle_timeout) {
-            Some(raw) => (raw, true),
-            None => {
-                let opened = RawConn::open(
-                    &upstream.url,
-                    connections.connect_timeout,
-                    conn.owner.preamble(),
-                )
-                .await;
-                match opened {
-                    Ok(raw) => (raw, false),
-                    Err(err) => {
-                        match attempts.failed(&upstream, &describe(&err), Failed::Connect) {
-                            Ok(()) => continue,
-                            Err(failure) => {
-                                return answer(&failure, request, keep_alive, client, out).await;
+/// One request on its way.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The proxy.
+    pub proxy: &'a Proxy,
+    /// The client connection it came on.
+    pub conn: &'a ClientConn,
+    /// What the client asked.
+    pub request: &'a RequestHead,
+    /// The head the upstream gets.
+    pub head: &'a [u8],
+    /// Whether the client connection stays open after the answer.
+    pub keep_alive: bool,
+}
+
+/// What the client got, for the access log.
+#[derive(Debug, Default)]
+struct Served {
+    status: u16,
+    bytes: u64,
+    upstream: Option<Arc<Upstream>>,
+}
+
+impl Exchange<'_> {
+    /// Serves the request to `client`, using `out` as the write buffer,
+    /// and logs it; `false` when the client connection must close.
+    pub async fn run(self, client: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+        let started = Instant::now();
+        let mut served = Served::default();
+        let kept = self.serve(client, out, &mut served).await;
+        if let Some(log) = self.proxy.access_log() {
+            let text = |range: &Range<usize>| {
+                std::str::from_utf8(self.head.get(range.clone()).unwrap_or_default()).ok()
+            };
+            let (method, target) = (text(&self.request.method), text(&self.request.target));
+            let upstream = served.upstream.as_ref().map(|u| u.url.authority.as_str());
+            let mut entry = Entry::now(
+                self.conn.peer.ip(),
+                method.unwrap_or_default(),
+                target.unwrap_or_default(),
+                started,
+            );
+            entry.status = served.status;
+            entry.bytes = served.bytes;
+            entry.upstream = upstream;
+            entry.request_id = text(&self.request.request_id);
+            log.record(&entry);
+        }
+        kept
+    }
+
+    async fn serve(self, client: &mut TcpStream, out: &mut Vec<u8>, served: &mut Served) -> bool {
+        let (proxy, conn, request) = (self.proxy, self.conn, self.request);
+        let connections = proxy.connections();
+        let mut attempts = Attempts::new(request.idempotent);
+        loop {
+            let slot = match attempts.slot(proxy).await {
+                Ok(slot) => slot,
+                Err(failure) => return self.answer(&failure, client, out, served).await,
+            };
+            let upstream = slot.upstream().clone();
+            let key = conn.owner.key(upstream.id);
+            let (mut raw, reused) = match raw_conns::take(key, connections.idle_timeout) {
+                Some(raw) => (raw, true),
+                None => {
+                    let opened = RawConn::open(
+                        &upstream.url,
+                        connections.connect_timeout,
+                        conn.owner.preamble(),
+                    )
+                    .await;
+                    match opened {
+                        Ok(raw) => (raw, false),
+                        Err(err) => {
+                            match attempts.failed(&upstream, &describe(&err), Failed::Connect) {
+                                Ok(()) => continue,
+                                Err(failure) => {
+                                    return self.answer(&failure, client, out, served).await;
+                                }
                             }
                         }
                     }
                 }
-            }
-        };
-        let started = Instant::now();
-        let exchanged = tokio::time::timeout(
-            proxy.limits().response_timeout,
-            send_and_read_head(&mut raw, head, request, keep_alive, out),
-        )
-        .await;
-        let response = match exchanged {
-            Ok(Ok(response)) => response,
-            Ok(Err(err)) => {
-                let how = if reused && err.unanswered() {
-                    Failed::KeepAliveRace
-                } else {
-                    Failed::Exchange
-                };
-                match attempts.failed(&upstream, &err.to_string(), how) {
-                    Ok(()) => continue,
-                    Err(failure) => {
-                        return answer(&failure, request, keep_alive, client, out).await;
+            };
+            let started = Instant::now();
+            let exchanged = tokio::time::timeout(
+                proxy.limits().response_timeout,
+                send_and_read_head(&mut raw, self.head, request, self.keep_alive, out),
+            )
+            .await;
+            let response = match exchanged {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => {
+                    let how = if reused && err.unanswered() {
+                        Failed::KeepAliveRace
+                    } else {
+                        Failed::Exchange
+                    };
+                    match attempts.failed(&upstream, &err.to_string(), how) {
+                        Ok(()) => continue,
+                        Err(failure) => return self.answer(&failure, client, out, served).await,
                     }
                 }
-            }
-            Err(_) => {
-                let failure = proxy.timed_out(&upstream);
-                return answer(&failure, request, keep_alive, client, out).await;
-            }
-        };
-        upstream.record_response(response.status, started.elapsed());
-        let relayed = relay::body(response.framing, &mut raw, client, out).await;
-        drop(slot);
-        return match relayed {
-            Ok(clean) => {
-                if clean && response.reusable {
-                    raw_conns::give_back(key, raw);
+                Err(_) => {
+                    let failure = proxy.timed_out(&upstream);
+                    return self.answer(&failure, client, out, served).await;
                 }
-                true
-            }
-            Err(err) => {
-                tracing::debug!(upstream = %upstream.url, %err, "response body not relayed whole");
-                false
-            }
-        };
+            };
+            upstream.record_response(response.status, started.elapsed());
+            served.status = response.status;
+            served.upstream = Some(upstream);
+            let relayed =
+                relay::body(response.framing, &mut raw, client, out, &mut served.bytes).await;
+            drop(slot);
+            return match relayed {
+                Ok(clean) => {
+                    if clean && response.reusable {
+                        raw_conns::give_back(key, raw);
+                    }
+                    true
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "response body not relayed whole");
+                    false
+                }
+            };
+        }
+    }
+
+    /// Writes the balancer's own answer; `false` when the connection must
+    /// close.
+    async fn answer(
+        self,
+        failure: &Failure,
+        client: &mut TcpStream,
+        out: &mut Vec<u8>,
+        served: &mut Served,
+    ) -> bool {
+        out.clear();
+        failure.write_http1(out, self.keep_alive, self.request.head_only);
+        served.status = failure.status().as_u16();
+        if !self.request.head_only {
+            served.bytes = failure.body().len() as u64;
+        }
+        client.write_all(out).await.is_ok() && !failure.close
     }
 }
 
@@ -184,18 +250,4 @@ async fn send_and_read_head(
             Err(error) => return Err(HeadError::Io { error, answered }),
         }
     }
-}
-
-/// Writes the balancer's own answer; `false` when the connection must
-/// close.
-async fn answer(
-    failure: &Failure,
-    request: &RequestHead,
-    keep_alive: bool,
-    client: &mut TcpStream,
-    out: &mut Vec<u8>,
-) -> bool {
-    out.clear();
-    failure.write_http1(out, keep_alive, request.head_only);
-    client.write_all(out).await.is_ok() && !failure.close
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::prefixed::Prefixed;
 use super::proxy::{ClientConn, Proxy};
 use super::serve::drained;
+use exchange::Exchange;
 use request_head::Parsed;
 
 /// Bytes read from a client at a time.
@@ -87,16 +88,14 @@ pub async fn serve(
         };
         buf.drain(..request.len);
         let keep_alive = !request.close && !proxy.is_draining();
-        let kept = exchange::run(
+        let exchange = Exchange {
             proxy,
             conn,
-            &request,
-            &upstream_head,
+            request: &request,
+            head: &upstream_head,
             keep_alive,
-            &mut stream,
-            &mut out,
-        )
-        .await;
+        };
+        let kept = exchange.run(&mut stream, &mut out).await;
         if !(kept && keep_alive) {
             let _ = stream.shutdown().await;
             return Outcome::Closed;

@@ -24,23 +24,25 @@ pub enum RelayError {
 }
 
 /// Relays the body framed by `framing` from `raw` (whose buffer holds its
-/// first bytes) to `client`, after the head already in `out`. `Ok(true)`
-/// when the upstream sent nothing past the body (its connection can be
-/// reused, framing allowing).
+/// first bytes) to `client`, after the head already in `out`, counting the
+/// body bytes handed to the client in `sent`. `Ok(true)` when the upstream
+/// sent nothing past the body (its connection can be reused, framing
+/// allowing).
 pub async fn body(
     framing: Framing,
     raw: &mut RawConn,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Result<bool, RelayError> {
     match framing {
         Framing::Empty => {
             send(client, out).await?;
         }
-        Framing::Length(length) => sized(length, raw, client, out).await?,
-        Framing::Chunked => rechunked(raw, client, out).await?,
+        Framing::Length(length) => sized(length, raw, client, out, sent).await?,
+        Framing::Chunked => rechunked(raw, client, out, sent).await?,
         Framing::UntilClose => {
-            until_close(raw, client, out).await?;
+            until_close(raw, client, out, sent).await?;
             return Ok(false);
         }
     }
@@ -52,6 +54,7 @@ async fn sized(
     raw: &mut RawConn,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Result<(), RelayError> {
     let mut left = length;
     let take = buffered(left, raw);
@@ -59,6 +62,7 @@ async fn sized(
     raw.buf.drain(..take);
     left -= take as u64;
     send(client, out).await?;
+    *sent = length - left;
     while left > 0 {
         fill(raw).await?;
         let take = buffered(left, raw);
@@ -68,6 +72,7 @@ async fn sized(
             .map_err(RelayError::Client)?;
         raw.buf.drain(..take);
         left -= take as u64;
+        *sent = length - left;
     }
     Ok(())
 }
@@ -81,11 +86,13 @@ async fn rechunked(
     raw: &mut RawConn,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Result<(), RelayError> {
     let mut rechunker = Rechunker::default();
     loop {
         let used = rechunker.feed(&raw.buf, out)?;
         raw.buf.drain(..used);
+        *sent = rechunker.data_bytes();
         if rechunker.is_done() {
             return send(client, out).await;
         }
@@ -100,9 +107,11 @@ async fn until_close(
     raw: &mut RawConn,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    sent: &mut u64,
 ) -> Result<(), RelayError> {
     loop {
         chunked::encode(&raw.buf, out);
+        *sent += raw.buf.len() as u64;
         raw.buf.clear();
         send(client, out).await?;
         raw.buf.reserve(READ_CHUNK);

@@ -7,6 +7,7 @@
 //! goes to the full proxy, which answers it as it always has.
 
 use std::io::Write;
+use std::ops::Range;
 
 use crate::balance::checks::{self, HeadLimits};
 use crate::balance::proxy::{ClientConn, new_request_id};
@@ -45,6 +46,12 @@ pub enum Parsed {
 pub struct RequestHead {
     /// Bytes of the client's head.
     pub len: usize,
+    /// Where the method is in the upstream's head.
+    pub method: Range<usize>,
+    /// Where the target is in the upstream's head.
+    pub target: Range<usize>,
+    /// Where the `X-Request-Id` value is in the upstream's head.
+    pub request_id: Range<usize>,
     /// Whether it may be sent twice (RFC 9110 9.2.2).
     pub idempotent: bool,
     /// A `HEAD` request: its response has no body.
@@ -79,10 +86,12 @@ pub fn parse(buf: &[u8], limits: HeadLimits, conn: &ClientConn, out: &mut Vec<u8
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let method_at = 0..method.len();
+    let target_at = method.len() + 1..method.len() + 1 + target.len();
     let mut host = None;
     let mut lengths = 0;
     let mut close = false;
-    let mut has_request_id = false;
+    let mut request_id = None;
     for header in request.headers.iter() {
         let (name, value) = (header.name, header.value);
         let line = HeadLimits::header_line(name.len(), value.len());
@@ -109,7 +118,11 @@ pub fn parse(buf: &[u8], limits: HeadLimits, conn: &ClientConn, out: &mut Vec<u8
         } else if is("x-forwarded-for") || is("x-forwarded-proto") || is("x-forwarded-host") {
             continue;
         } else if is("x-request-id") {
-            has_request_id = true;
+            if request_id.is_some() {
+                return Parsed::Elsewhere;
+            }
+            request_id = Some(write_header(out, name.as_bytes(), value));
+            continue;
         } else if ELSEWHERE.iter().any(|elsewhere| is(elsewhere)) {
             return Parsed::Elsewhere;
         }
@@ -133,12 +146,14 @@ pub fn parse(buf: &[u8], limits: HeadLimits, conn: &ClientConn, out: &mut Vec<u8
     let proto: &[u8] = if conn.https { b"https" } else { b"http" };
     write_header(out, b"x-forwarded-proto", proto);
     write_header(out, b"x-forwarded-host", host);
-    if !has_request_id {
-        write_header(out, b"x-request-id", &new_request_id());
-    }
+    let request_id =
+        request_id.unwrap_or_else(|| write_header(out, b"x-request-id", &new_request_id()));
     out.extend_from_slice(b"\r\n");
     Parsed::Ready(RequestHead {
         len,
+        method: method_at,
+        target: target_at,
+        request_id,
         idempotent: matches!(
             method,
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
@@ -172,12 +187,15 @@ fn connection_asks_close(value: &[u8]) -> Option<bool> {
     Some(close)
 }
 
-/// Appends `name: value` and CRLF.
-pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends `name: value` and CRLF; where the value is in `out`.
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> Range<usize> {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
+    let start = out.len();
     out.extend_from_slice(value);
+    let end = out.len();
     out.extend_from_slice(b"\r\n");
+    start..end
 }
 
 #[cfg(test)]
@@ -210,20 +228,25 @@ mod tests {
                     X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\
                     X-Forwarded-For: 10.0.0.2\r\nX-Request-Id: r-1\r\n\r\nGET /next";
         let (parsed, out) = parsed(head);
-        assert_eq!(
-            parsed,
-            Parsed::Ready(RequestHead {
-                len: head.len() - "GET /next".len(),
-                idempotent: true,
-                head_only: false,
-                close: false,
-            })
-        );
+        let Parsed::Ready(request) = parsed else {
+            panic!("not taken: {parsed:?}");
+        };
+        assert_eq!(request.len, head.len() - "GET /next".len());
+        assert!(request.idempotent && !request.head_only && !request.close);
         assert_eq!(
             out,
             "GET /cart?x=1 HTTP/1.1\r\nHost: shop.example\r\nAccept: */*\r\nX-Request-Id: r-1\r\n\
              x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: shop.example\r\n\r\n"
+        );
+        let at = |range: Range<usize>| &out[range];
+        assert_eq!(
+            (
+                at(request.method),
+                at(request.target),
+                at(request.request_id)
+            ),
+            ("GET", "/cart?x=1", "r-1")
         );
     }
 
@@ -241,6 +264,7 @@ mod tests {
             .find_map(|line| line.strip_prefix("x-request-id: "))
             .unwrap_or_default();
         assert_eq!(id.len(), 32, "{out}");
+        assert_eq!(&out[head.request_id], id);
         assert!(out.contains("Content-Length: 0\r\n"), "{out}");
         let (post, _) = parsed("POST /a HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(matches!(
@@ -282,6 +306,7 @@ mod tests {
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: h\r\nBad Name: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a\r\nX-Request-Id: b\r\n\r\n",
         ] {
             assert_eq!(parsed(head).0, Parsed::Elsewhere, "{head:?}");
         }
