@@ -3,8 +3,8 @@
 //! sessiond, any app server can serve any request.
 //!
 //! The request path: [`serve`] (workers, connection cap, PROXY header, TLS,
-//! HTTP/1.1 or HTTP/2) -> [`fast`] (the common body-less HTTP/1.1 request
-//! on a plain connection, without hyper) or [`proxy::Proxy`] (everything,
+//! HTTP/1.1 or HTTP/2) -> [`fast`] (the common body-less HTTP/1.1 request,
+//! without hyper) or [`proxy::Proxy`] (everything,
 //! with hyper: checks, uploads, upgrades, retries, answers) ->
 //! [`pool::Pool`] (round-robin, slow start, per-upstream cap and queue) ->
 //! pooled upstream connection. [`membership`] changes the upstream set at

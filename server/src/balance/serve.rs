@@ -252,24 +252,38 @@ async fn connection(
         })
     };
     match &front.tls {
-        None => {
-            let conn = conn(false);
-            let outcome = fast::serve(stream, &conn, &proxy, front.header_timeout, &shutdown).await;
-            if let fast::Outcome::Handover(stream) = outcome {
-                serve_http(stream, false, conn, proxy, &protocols, shutdown).await;
-            }
-        }
+        None => serve_http1(stream, conn(false), proxy, &front, &protocols, shutdown).await,
         Some(acceptor) => {
             let handshake = tokio::time::timeout(front.header_timeout, acceptor.accept(stream));
             match handshake.await {
+                Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    serve_http(tls, true, conn(true), proxy, &protocols, shutdown).await;
+                }
                 Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_http(tls, h2, conn(true), proxy, &protocols, shutdown).await;
+                    serve_http1(tls, conn(true), proxy, &front, &protocols, shutdown).await;
                 }
                 Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
+    }
+}
+
+/// Serves HTTP/1.1 on `io`: on the fast path while its requests are the
+/// common case, then (if the connection is still open) with hyper.
+async fn serve_http1<I>(
+    io: I,
+    conn: Arc<ClientConn>,
+    proxy: Arc<Proxy>,
+    front: &Front,
+    protocols: &Protocols,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let outcome = fast::serve(io, &conn, &proxy, front.header_timeout, &shutdown).await;
+    if let fast::Outcome::Handover(io) = outcome {
+        serve_http(io, false, conn, proxy, protocols, shutdown).await;
     }
 }
 

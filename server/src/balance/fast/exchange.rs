@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::relay;
 use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
+use super::{ClientIo, relay};
 use crate::balance::access_log::Entry;
 use crate::balance::answer::Failure;
 use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};
@@ -86,7 +85,7 @@ struct Served {
 impl Exchange<'_> {
     /// Serves the request to `client`, using `out` as the write buffer,
     /// and logs it; `false` when the client connection must close.
-    pub async fn run(self, client: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    pub async fn run(self, client: &mut impl ClientIo, out: &mut Vec<u8>) -> bool {
         let started = Instant::now();
         let mut served = Served::default();
         let kept = self.serve(client, out, &mut served).await;
@@ -111,7 +110,12 @@ impl Exchange<'_> {
         kept
     }
 
-    async fn serve(self, client: &mut TcpStream, out: &mut Vec<u8>, served: &mut Served) -> bool {
+    async fn serve(
+        self,
+        client: &mut impl ClientIo,
+        out: &mut Vec<u8>,
+        served: &mut Served,
+    ) -> bool {
         let (proxy, conn, request) = (self.proxy, self.conn, self.request);
         let connections = proxy.connections();
         let mut attempts = Attempts::new(request.idempotent);
@@ -194,7 +198,7 @@ impl Exchange<'_> {
     async fn answer(
         self,
         failure: &Failure,
-        client: &mut TcpStream,
+        client: &mut impl ClientIo,
         out: &mut Vec<u8>,
         served: &mut Served,
     ) -> bool {
@@ -204,7 +208,7 @@ impl Exchange<'_> {
         if !self.request.head_only {
             served.bytes = failure.body().len() as u64;
         }
-        client.write_all(out).await.is_ok() && !failure.close
+        relay::write_out(client, out).await.is_ok() && !failure.close
     }
 }
 

@@ -1,4 +1,5 @@
-//! The fast HTTP/1.1 path: a plain-TCP client connection is served here,
+//! The fast HTTP/1.1 path: a client connection (plain, or TLS that chose
+//! HTTP/1.1) is served here,
 //! without hyper, for as long as its requests are the common case (no
 //! body, no upgrade, nothing the checks refuse: [`request_head`]). Heads
 //! are parsed with httparse straight from the connection's buffer, the
@@ -20,8 +21,7 @@ mod response_head;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,27 +34,32 @@ use request_head::Parsed;
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 4096;
 
+/// A client connection: plain TCP or TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo for S {}
+
 /// How a client connection left the fast path.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<S> {
     /// It is closed (or the client went).
     Closed,
     /// A request needs the full proxy: hyper serves the connection from
     /// here, starting with the bytes already read.
-    Handover(Prefixed<TcpStream>),
+    Handover(Prefixed<S>),
 }
 
 /// Serves `stream` while its requests are the common case; each request
 /// head must arrive within `header_timeout` (also the keep-alive idle
 /// limit), and once `shutdown` fires an idle connection closes after a
 /// grace period.
-pub async fn serve(
-    mut stream: TcpStream,
+pub async fn serve<S: ClientIo>(
+    mut stream: S,
     conn: &ClientConn,
     proxy: &Proxy,
     header_timeout: Duration,
     shutdown: &CancellationToken,
-) -> Outcome {
+) -> Outcome<S> {
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut upstream_head = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(READ_CHUNK);

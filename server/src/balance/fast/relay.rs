@@ -3,8 +3,8 @@
 //! and written a buffer at a time (the client's pace holds the upstream's).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::ClientIo;
 use super::chunked::{self, LAST_CHUNK, Rechunker};
 use super::response_head::Framing;
 use crate::balance::raw_conns::{READ_CHUNK, RawConn};
@@ -31,7 +31,7 @@ pub enum RelayError {
 pub async fn body(
     framing: Framing,
     raw: &mut RawConn,
-    client: &mut TcpStream,
+    client: &mut impl ClientIo,
     out: &mut Vec<u8>,
     sent: &mut u64,
 ) -> Result<bool, RelayError> {
@@ -52,7 +52,7 @@ pub async fn body(
 async fn sized(
     length: u64,
     raw: &mut RawConn,
-    client: &mut TcpStream,
+    client: &mut impl ClientIo,
     out: &mut Vec<u8>,
     sent: &mut u64,
 ) -> Result<(), RelayError> {
@@ -66,8 +66,7 @@ async fn sized(
     while left > 0 {
         fill(raw).await?;
         let take = buffered(left, raw);
-        client
-            .write_all(&raw.buf[..take])
+        write_out(client, &raw.buf[..take])
             .await
             .map_err(RelayError::Client)?;
         raw.buf.drain(..take);
@@ -84,7 +83,7 @@ fn buffered(left: u64, raw: &RawConn) -> usize {
 
 async fn rechunked(
     raw: &mut RawConn,
-    client: &mut TcpStream,
+    client: &mut impl ClientIo,
     out: &mut Vec<u8>,
     sent: &mut u64,
 ) -> Result<(), RelayError> {
@@ -105,7 +104,7 @@ async fn rechunked(
 
 async fn until_close(
     raw: &mut RawConn,
-    client: &mut TcpStream,
+    client: &mut impl ClientIo,
     out: &mut Vec<u8>,
     sent: &mut u64,
 ) -> Result<(), RelayError> {
@@ -139,8 +138,15 @@ async fn fill(raw: &mut RawConn) -> Result<(), RelayError> {
 }
 
 /// Writes `out` to the client and empties it.
-async fn send(client: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), RelayError> {
-    let sent = client.write_all(out).await.map_err(RelayError::Client);
+async fn send(client: &mut impl ClientIo, out: &mut Vec<u8>) -> Result<(), RelayError> {
+    let sent = write_out(client, out).await.map_err(RelayError::Client);
     out.clear();
     sent
+}
+
+/// Writes `bytes` to the client and flushes them (TLS buffers; plain TCP
+/// does not, and its flush costs nothing).
+pub async fn write_out(client: &mut impl ClientIo, bytes: &[u8]) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
 }
