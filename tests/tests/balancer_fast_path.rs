@@ -147,22 +147,23 @@ async fn read_chunked(stream: &mut TcpStream, mut rest: Vec<u8>) -> Vec<u8> {
     }
 }
 
-fn balancer_over(upstream: SocketAddr) -> Balancer {
+/// A balancer over `upstream` with `extra` flags; health checks once an
+/// hour, and a hundred good ones to come back: an ejection shows.
+fn balancer_over(upstream: SocketAddr, extra: &[&str]) -> Balancer {
     let url = format!("http://{upstream}");
-    // Checks once an hour, and a hundred good ones to come back: an
-    // ejection shows.
-    Balancer::start(&[
-        "--upstream",
-        url.as_str(),
-        "--workers",
-        "1",
-        "--health-interval",
-        "1h",
-        "--rise",
-        "100",
-        "--fall",
-        "1",
-    ])
+    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
+    args.extend(["--health-interval", "1h", "--rise", "100", "--fall", "1"]);
+    args.extend(extra);
+    Balancer::start(&args)
+}
+
+/// A scripted upstream, a balancer over it and a client connection to the
+/// balancer; the upstream's connection count.
+async fn client_of_a_balancer() -> (Balancer, TcpStream, Arc<AtomicUsize>) {
+    let (upstream, connections) = scripted_upstream().await;
+    let balancer = balancer_over(upstream, &[]);
+    let client = TcpStream::connect(balancer.listen).await.expect("connect");
+    (balancer, client, connections)
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -171,9 +172,7 @@ fn get(path: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_framing_reaches_the_client_intact_on_one_connection() {
-    let (upstream, connections) = scripted_upstream().await;
-    let balancer = balancer_over(upstream);
-    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+    let (_balancer, mut client, connections) = client_of_a_balancer().await;
 
     client.write_all(&get("/chunked")).await.expect("send");
     let (status, headers, rest) = read_head(&mut client).await;
@@ -255,9 +254,7 @@ async fn every_upstream_framing_reaches_the_client_intact_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact() {
-    let (upstream, _) = scripted_upstream().await;
-    let balancer = balancer_over(upstream);
-    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+    let (_balancer, mut client, _) = client_of_a_balancer().await;
     // One write: a GET the fast path serves, a POST with a body it hands
     // over (with the bytes already read), and a GET after it.
     let pipeline = [
@@ -292,9 +289,7 @@ async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_answer_is_a_502_and_the_upstreams_fault() {
-    let (upstream, _) = scripted_upstream().await;
-    let balancer = balancer_over(upstream);
-    let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+    let (balancer, mut client, _) = client_of_a_balancer().await;
     client.write_all(&get("/broken")).await.expect("send");
     let answer = read_response(&mut client).await;
     assert_eq!(answer.status, 502);
@@ -332,18 +327,8 @@ async fn the_access_log_has_a_line_per_request_on_both_paths_and_reopens_on_sigh
     let (upstream, _) = scripted_upstream().await;
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("access.log");
-    let url = format!("http://{upstream}");
     let log = path.to_string_lossy().into_owned();
-    let balancer = Balancer::start(&[
-        "--upstream",
-        url.as_str(),
-        "--workers",
-        "1",
-        "--health-interval",
-        "1h",
-        "--access-log",
-        log.as_str(),
-    ]);
+    let balancer = balancer_over(upstream, &["--access-log", log.as_str()]);
     let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
     let requests = [
         // The fast path, with the client's request id.
