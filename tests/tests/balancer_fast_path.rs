@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use sessiond_e2e::Balancer;
 use sessiond_e2e::balance::{read_head, read_response, read_until_closed};
@@ -16,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Bytes of `/big`'s body.
 const BIG: usize = 1 << 20;
+/// How long `/slow` takes to answer.
+const SLOW: Duration = Duration::from_secs(3);
 
 /// The answer to one request for `path` (`head`: a HEAD request), and
 /// whether the upstream closes the connection after it.
@@ -57,6 +60,7 @@ fn scripted(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec(),
             true,
         ),
+        "/kb" => (sized(&[b'k'; 1024]), false),
         _ => (
             sized(format!("{method} {path} {}", body.len()).as_bytes()),
             false,
@@ -112,6 +116,9 @@ async fn serve_scripted(mut stream: TcpStream) {
         }
         let (answer, close) = scripted(method, path, &seen[end..end + length]);
         seen.drain(..end + length);
+        if path == "/slow" {
+            tokio::time::sleep(SLOW).await;
+        }
         if stream.write_all(&answer).await.is_err() || close {
             return;
         }
@@ -157,11 +164,11 @@ fn balancer_over(upstream: SocketAddr, extra: &[&str]) -> Balancer {
     Balancer::start(&args)
 }
 
-/// A scripted upstream, a balancer over it and a client connection to the
-/// balancer; the upstream's connection count.
-async fn client_of_a_balancer() -> (Balancer, TcpStream, Arc<AtomicUsize>) {
+/// A scripted upstream, a balancer over it (with `extra` flags) and a
+/// client connection to the balancer; the upstream's connection count.
+async fn client_of_a_balancer(extra: &[&str]) -> (Balancer, TcpStream, Arc<AtomicUsize>) {
     let (upstream, connections) = scripted_upstream().await;
-    let balancer = balancer_over(upstream, &[]);
+    let balancer = balancer_over(upstream, extra);
     let client = TcpStream::connect(balancer.listen).await.expect("connect");
     (balancer, client, connections)
 }
@@ -172,7 +179,7 @@ fn get(path: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_framing_reaches_the_client_intact_on_one_connection() {
-    let (_balancer, mut client, connections) = client_of_a_balancer().await;
+    let (_balancer, mut client, connections) = client_of_a_balancer(&[]).await;
 
     client.write_all(&get("/chunked")).await.expect("send");
     let (status, headers, rest) = read_head(&mut client).await;
@@ -254,7 +261,7 @@ async fn every_upstream_framing_reaches_the_client_intact_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact() {
-    let (_balancer, mut client, _) = client_of_a_balancer().await;
+    let (_balancer, mut client, _) = client_of_a_balancer(&[]).await;
     // One write: a GET the fast path serves, a POST with a body it hands
     // over (with the bytes already read), and a GET after it.
     let pipeline = [
@@ -289,7 +296,7 @@ async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_answer_is_a_502_and_the_upstreams_fault() {
-    let (balancer, mut client, _) = client_of_a_balancer().await;
+    let (balancer, mut client, _) = client_of_a_balancer(&[]).await;
     client.write_all(&get("/broken")).await.expect("send");
     let answer = read_response(&mut client).await;
     assert_eq!(answer.status, 502);
@@ -313,7 +320,7 @@ async fn log_lines(path: &std::path::Path, count: usize) -> Vec<serde_json::Valu
         if lines.len() >= count {
             return lines;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
         "{} has not {count} lines: {:?}",
@@ -346,8 +353,22 @@ async fn the_access_log_has_a_line_per_request_on_both_paths_and_reopens_on_sigh
         .await
         .expect("send");
     assert_eq!(read_response(&mut bare).await.status, 400);
+    // Clients that leave before their answer, on each path.
+    for (request, lines) in [
+        (get("/slow"), 4),
+        (
+            b"POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            5,
+        ),
+    ] {
+        let mut leaving = TcpStream::connect(balancer.listen).await.expect("connect");
+        leaving.write_all(&request).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(leaving);
+        log_lines(&path, lines).await;
+    }
 
-    let lines = log_lines(&path, 3).await;
+    let lines = log_lines(&path, 5).await;
     let summary: Vec<_> = lines
         .iter()
         .map(|line| {
@@ -367,6 +388,8 @@ async fn the_access_log_has_a_line_per_request_on_both_paths_and_reopens_on_sigh
             ("GET", "/plain/1?q=2", 200, 18, upstream_name.clone()),
             ("POST", "/upload", 200, 15, upstream_name),
             ("GET", "/no-host", 400, summary[2].3, None),
+            ("GET", "/slow", 499, 0, None),
+            ("POST", "/slow", 499, 0, None),
         ]
     );
     assert!(summary[2].3 > 0, "the error body is counted");
@@ -398,15 +421,92 @@ async fn the_access_log_has_a_line_per_request_on_both_paths_and_reopens_on_sigh
             reopened = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(reopened, "no new access log after SIGHUP");
     let after = log_lines(&path, 1).await;
     assert_eq!(after[0]["target"], "/after");
     // Lines written before the reopen stay in the moved file.
-    let old = log_lines(&moved, 3).await;
+    let old = log_lines(&moved, 5).await;
     assert!(
-        old[3..].iter().all(|line| line["target"] == "/after"),
+        old[5..].iter().all(|line| line["target"] == "/after"),
         "{old:?}"
+    );
+}
+
+/// Requests in flight at the balancer's one upstream.
+async fn in_flight(balancer: &Balancer) -> u64 {
+    balancer.stats().await["upstreams"][0]["in_flight"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_no_upstream_slot() {
+    let flags = ["--max-conns", "1", "--queue", "4", "--queue-timeout", "1s"];
+    let (balancer, _idle, _) = client_of_a_balancer(&flags).await;
+    // A client with a tiny receive buffer pipelines 20,000 requests for
+    // 1 KiB answers (20 MiB, more than every socket buffer on the way
+    // holds) and never reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stuck = socket.connect(balancer.listen).await.expect("connect");
+    let writer = tokio::spawn(async move {
+        let pipeline = get("/kb").repeat(20_000);
+        let _ = tokio::time::timeout(Duration::from_secs(20), stuck.write_all(&pipeline)).await;
+        stuck
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its answers wait in buffers; the upstream's one slot is free.
+    let mut other = TcpStream::connect(balancer.listen).await.expect("connect");
+    other.write_all(&get("/plain/other")).await.expect("send");
+    let answer = read_response(&mut other).await;
+    assert_eq!(
+        (
+            answer.status,
+            String::from_utf8_lossy(&answer.body).into_owned()
+        ),
+        (200, "GET /plain/other 0".to_owned())
+    );
+    assert_eq!(in_flight(&balancer).await, 0);
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_frees_the_upstream_at_once() {
+    let (balancer, mut client, _) = client_of_a_balancer(&[]).await;
+    client.write_all(&get("/slow")).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        in_flight(&balancer).await,
+        1,
+        "the slow request is in flight"
+    );
+    drop(client);
+    // Well before the upstream answers (after 3 s), the slot is free.
+    let mut freed = false;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if in_flight(&balancer).await == 0 {
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the slot is held after the client left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_after_sigterm_closes_its_connection() {
+    let (balancer, mut client, _) = client_of_a_balancer(&[]).await;
+    client.write_all(&get("/slow")).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sessiond_e2e::process::signal(balancer.pid(), "TERM");
+    let answer = read_response(&mut client).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("connection"),
+        Some("close"),
+        "{:?}",
+        answer.headers
     );
 }

@@ -1,6 +1,7 @@
 //! The access log (`--access-log PATH`, `-` for standard output): one JSON
 //! line per request once its answer has gone out (or the client left):
-//! when, the client, method, target, status, body bytes sent, duration,
+//! when, the client, method, target, status (499 when the client left
+//! first), body bytes sent, duration,
 //! the upstream that answered (none for the balancer's own answers) and the
 //! `X-Request-Id` the app saw. Lines gather in a buffer written out when it
 //! fills and every second, so a request costs no system call of its own;
@@ -181,7 +182,7 @@ pub struct Pending {
     pub method: String,
     /// Target.
     pub target: String,
-    /// Status sent.
+    /// Status sent; 0 until the answer starts.
     pub status: u16,
     /// The upstream that answered.
     pub upstream: Option<String>,
@@ -189,6 +190,21 @@ pub struct Pending {
     pub request_id: Option<String>,
     /// When the request arrived.
     pub started: Instant,
+}
+
+/// The status logged for a request whose client left before its answer
+/// (nginx's convention).
+pub const CLIENT_GONE: u16 = 499;
+
+impl Drop for Pending {
+    /// A request dropped before its answer started (the client left and
+    /// hyper cancelled it) is logged as [`CLIENT_GONE`].
+    fn drop(&mut self) {
+        if self.status == 0 {
+            self.status = CLIENT_GONE;
+            self.write(0);
+        }
+    }
 }
 
 impl Pending {

@@ -25,7 +25,7 @@ use super::pool::{Pick, Pool};
 use super::replay::Replayable;
 use super::replay::UpstreamBody;
 use super::response::ClientBody;
-use super::upstream::{InFlight, Upstream};
+use super::upstream::{InFlight, Upstream, UpstreamUrl};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
@@ -316,7 +316,7 @@ impl Proxy {
             let attempt_headers = headers
                 .take()
                 .unwrap_or_else(|| forwarded_headers(parts, conn));
-            let outgoing = upstream_request(parts, attempt_headers, attempt_body);
+            let outgoing = upstream_request(parts, attempt_headers, &upstream.url, attempt_body);
             let started = Instant::now();
             // The response timeout runs from the moment the body is sent
             // whole: a slow upload is not the upstream's fault.
@@ -569,12 +569,19 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
 /// The request as the upstream gets it: same method, the path and query
 /// as an origin-form target (RFC 9112 3.2.1: what a server expects from a
 /// client, not the absolute form meant for forward proxies), the
-/// [`forwarded_headers`], HTTP/1.1.
+/// [`forwarded_headers`] (with `Host: upstream` when an HTTP/1.0 client
+/// named no host: HTTP/1.1 requires one), HTTP/1.1.
 fn upstream_request(
     parts: &request::Parts,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
+    upstream: &UpstreamUrl,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
+    if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(upstream.authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
     let target = parts
         .uri
         .path_and_query()
@@ -619,6 +626,26 @@ async fn tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http_1_0_request_without_host_gets_the_upstreams() {
+        let request = Request::builder()
+            .uri("/ten")
+            .version(Version::HTTP_10)
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let conn = ClientConn {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            https: false,
+            owner: Owner::shared(),
+        };
+        let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
+        let headers = forwarded_headers(&parts, &conn);
+        let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
+        assert_eq!(outgoing.headers()[header::HOST], "127.0.0.1:3000");
+        assert_eq!(outgoing.uri(), "/ten");
+    }
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
@@ -668,7 +695,8 @@ mod tests {
             owner: Owner::shared(),
         };
         let headers = forwarded_headers(&parts, &conn);
-        let outgoing = upstream_request(&parts, headers, UpstreamBody::Empty);
+        let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
+        let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
         assert_eq!(outgoing.uri(), "/cart?x=1");
         let headers = outgoing.headers();
         assert_eq!(headers[header::HOST], "shop.example");

@@ -5,10 +5,10 @@
 
 use std::io::Write;
 
-/// Longest chunk-size line or trailer section accepted from an upstream.
+/// Longest chunk-size line accepted from an upstream.
 const MAX_LINE: usize = 16 * 1024;
-/// Most trailer fields accepted (and dropped).
-const MAX_TRAILERS: usize = 32;
+/// Longest trailer section accepted (and dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Why a chunked body could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,7 +66,13 @@ impl Rechunker {
             let rest = &input[used..];
             match self.state {
                 State::Done => return Ok(used),
+                State::Size if rest.first().is_some_and(|b| !b.is_ascii_hexdigit()) => {
+                    return Err(Malformed("no chunk size"));
+                }
                 State::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((len, _))) if !is_crlf_line(&rest[..len]) => {
+                        return Err(Malformed("a chunk size line not ended by CRLF"));
+                    }
                     Ok(httparse::Status::Complete((len, 0))) => {
                         used += len;
                         self.state = State::Trailers;
@@ -104,21 +110,47 @@ impl Rechunker {
                     [] | [b'\r'] => return Ok(used),
                     _ => return Err(Malformed("no CRLF after a chunk")),
                 },
-                State::Trailers => {
-                    let mut trailers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-                    match httparse::parse_headers(rest, &mut trailers) {
-                        Ok(httparse::Status::Complete((len, _))) => {
-                            used += len;
-                            out.extend_from_slice(b"0\r\n\r\n");
-                            self.state = State::Done;
-                        }
-                        Ok(httparse::Status::Partial) if rest.len() <= MAX_LINE => {
-                            return Ok(used);
-                        }
-                        _ => return Err(Malformed("trailers")),
+                State::Trailers => match trailer_section(rest)? {
+                    Some(len) => {
+                        used += len;
+                        out.extend_from_slice(b"0\r\n\r\n");
+                        self.state = State::Done;
                     }
-                }
+                    None => return Ok(used),
+                },
             }
+        }
+    }
+}
+
+/// Whether `line` ends with its only CRLF and holds no other CR or LF.
+fn is_crlf_line(line: &[u8]) -> bool {
+    line.strip_suffix(b"\r\n")
+        .is_some_and(|body| !body.iter().any(|&b| b == b'\r' || b == b'\n'))
+}
+
+/// The length of the trailer section at the start of `input` (fields, each
+/// a CRLF line, then an empty line; the fields are dropped), or `None`
+/// while it is incomplete.
+fn trailer_section(input: &[u8]) -> Result<Option<usize>, Malformed> {
+    let mut at = 0;
+    loop {
+        let Some(end) = input[at..].windows(2).position(|pair| pair == b"\r\n") else {
+            if input.len() > MAX_TRAILERS {
+                return Err(Malformed("trailers too long"));
+            }
+            return Ok(None);
+        };
+        let line = &input[at..at + end + 2];
+        if !is_crlf_line(line) || (end > 0 && !line.contains(&b':')) {
+            return Err(Malformed("trailers"));
+        }
+        at += end + 2;
+        if end == 0 {
+            return Ok(Some(at));
+        }
+        if at > MAX_TRAILERS {
+            return Err(Malformed("trailers too long"));
         }
     }
 }
@@ -168,7 +200,15 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_refused() {
-        for body in [&b"zz\r\n"[..], b"3\r\nabcX", b"0\r\nbad trailer\r\n\r\n"] {
+        for body in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcX",
+            b"0\r\nbad trailer\r\n\r\n",
+            b"\r\n\r\n",
+            b";ext\r\n",
+            b"5;a\nb\r\nhello\r\n",
+            b"0\r\nX: a\nb\r\n\r\n",
+        ] {
             assert!(
                 Rechunker::default().feed(body, &mut Vec::new()).is_err(),
                 "{body:?}"

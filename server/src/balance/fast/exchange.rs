@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::client::Client;
 use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
 use super::{ClientIo, relay};
-use crate::balance::access_log::Entry;
+use crate::balance::access_log::{CLIENT_GONE, Entry};
 use crate::balance::answer::Failure;
 use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};
 use crate::balance::raw_conns::{self, READ_CHUNK, RawConn};
@@ -70,8 +71,6 @@ pub struct Exchange<'a> {
     pub request: &'a RequestHead,
     /// The head the upstream gets.
     pub head: &'a [u8],
-    /// Whether the client connection stays open after the answer.
-    pub keep_alive: bool,
 }
 
 /// What the client got, for the access log.
@@ -84,8 +83,9 @@ struct Served {
 
 impl Exchange<'_> {
     /// Serves the request to `client`, using `out` as the write buffer,
-    /// and logs it; `false` when the client connection must close.
-    pub async fn run(self, client: &mut impl ClientIo, out: &mut Vec<u8>) -> bool {
+    /// and logs it; `false` when the client connection must close (the
+    /// answer said so, or it could not be sent whole).
+    pub async fn run<C: ClientIo>(self, client: &mut Client<'_, C>, out: &mut Vec<u8>) -> bool {
         let started = Instant::now();
         let mut served = Served::default();
         let kept = self.serve(client, out, &mut served).await;
@@ -110,9 +110,15 @@ impl Exchange<'_> {
         kept
     }
 
-    async fn serve(
+    /// Whether the answer, written now, keeps the connection open: the
+    /// client did not ask to close and the balancer is not shutting down.
+    fn keep_alive(self) -> bool {
+        !self.request.close && !self.proxy.is_draining()
+    }
+
+    async fn serve<C: ClientIo>(
         self,
-        client: &mut impl ClientIo,
+        client: &mut Client<'_, C>,
         out: &mut Vec<u8>,
         served: &mut Served,
     ) -> bool {
@@ -149,11 +155,19 @@ impl Exchange<'_> {
                 }
             };
             let started = Instant::now();
-            let exchanged = tokio::time::timeout(
-                proxy.limits().response_timeout,
-                send_and_read_head(&mut raw, self.head, request, self.keep_alive, out),
-            )
-            .await;
+            let exchanged = tokio::select! {
+                biased;
+                exchanged = tokio::time::timeout(
+                    proxy.limits().response_timeout,
+                    send_and_read_head(&mut raw, self, out),
+                ) => exchanged,
+                () = client.gone() => {
+                    // Nothing is held against the upstream; its connection,
+                    // with a request in flight, is closed.
+                    served.status = CLIENT_GONE;
+                    return false;
+                }
+            };
             let response = match exchanged {
                 Ok(Ok(response)) => response,
                 Ok(Err(err)) => {
@@ -175,16 +189,24 @@ impl Exchange<'_> {
             upstream.record_response(response.status, started.elapsed());
             served.status = response.status;
             served.upstream = Some(upstream);
-            let relayed =
-                relay::body(response.framing, &mut raw, client, out, &mut served.bytes).await;
-            drop(slot);
-            return match relayed {
-                Ok(clean) => {
-                    if clean && response.reusable {
-                        raw_conns::give_back(key, raw);
-                    }
-                    true
+            let reusable = response.reusable;
+            let finished = move |raw: Option<RawConn>| {
+                if let Some(raw) = raw.filter(|_| reusable) {
+                    raw_conns::give_back(key, raw);
                 }
+                drop(slot);
+            };
+            let relayed = relay::body(
+                response.framing,
+                raw,
+                client,
+                out,
+                &mut served.bytes,
+                finished,
+            )
+            .await;
+            return match relayed {
+                Ok(()) => response.keep_alive,
                 Err(err) => {
                     tracing::debug!(%err, "response body not relayed whole");
                     false
@@ -195,20 +217,21 @@ impl Exchange<'_> {
 
     /// Writes the balancer's own answer; `false` when the connection must
     /// close.
-    async fn answer(
+    async fn answer<C: ClientIo>(
         self,
         failure: &Failure,
-        client: &mut impl ClientIo,
+        client: &mut Client<'_, C>,
         out: &mut Vec<u8>,
         served: &mut Served,
     ) -> bool {
+        let keep_alive = self.keep_alive() && !failure.close;
         out.clear();
-        failure.write_http1(out, self.keep_alive, self.request.head_only);
+        failure.write_http1(out, keep_alive, self.request.head_only);
         served.status = failure.status().as_u16();
         if !self.request.head_only {
             served.bytes = failure.body().len() as u64;
         }
-        relay::write_out(client, out).await.is_ok() && !failure.close
+        client.write(out).await.is_ok() && keep_alive
     }
 }
 
@@ -217,13 +240,11 @@ impl Exchange<'_> {
 /// bytes at the start of `raw`'s buffer.
 async fn send_and_read_head(
     raw: &mut RawConn,
-    head: &[u8],
-    request: &RequestHead,
-    keep_alive: bool,
+    exchange: Exchange<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, HeadError> {
     raw.stream
-        .write_all(head)
+        .write_all(exchange.head)
         .await
         .map_err(|error| HeadError::Io {
             error,
@@ -232,7 +253,8 @@ async fn send_and_read_head(
     let mut answered = false;
     loop {
         if !raw.buf.is_empty() {
-            match response_head::parse(&raw.buf, request.head_only, keep_alive, out)? {
+            let (head_only, keep_alive) = (exchange.request.head_only, exchange.keep_alive());
+            match response_head::parse(&raw.buf, head_only, keep_alive, out)? {
                 Parsed::Ready(response) => {
                     raw.buf.drain(..response.len);
                     return Ok(response);

@@ -14,6 +14,7 @@
 //! headers, answers and timeouts, `Connection: close` once draining.
 
 mod chunked;
+mod client;
 mod exchange;
 mod relay;
 mod request_head;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::prefixed::Prefixed;
 use super::proxy::{ClientConn, Proxy};
 use super::serve::drained;
+use client::Client;
 use exchange::Exchange;
 use request_head::Parsed;
 
@@ -92,16 +94,14 @@ pub async fn serve<S: ClientIo>(
             }
         };
         buf.drain(..request.len);
-        let keep_alive = !request.close && !proxy.is_draining();
         let exchange = Exchange {
             proxy,
             conn,
             request: &request,
             head: &upstream_head,
-            keep_alive,
         };
-        let kept = exchange.run(&mut stream, &mut out).await;
-        if !(kept && keep_alive) {
+        let mut client = Client::new(&mut stream, &mut buf, proxy.limits().head.max_total);
+        if !exchange.run(&mut client, &mut out).await {
             let _ = stream.shutdown().await;
             return Outcome::Closed;
         }

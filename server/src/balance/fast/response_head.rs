@@ -47,17 +47,20 @@ pub struct ResponseHead {
     /// Whether the upstream connection may serve another request once
     /// the body has been read.
     pub reusable: bool,
+    /// Whether the client's head keeps its connection open.
+    pub keep_alive: bool,
 }
 
 /// Why a response head was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("the upstream sent a malformed response head ({0})")]
 pub struct Malformed(&'static str);
 
 /// What the headers say about framing and the connection.
 #[derive(Debug, Default)]
 struct Framed {
-    length: Option<u64>,
+    /// The Content-Length, checked only where it frames the body.
+    length: Option<Result<u64, Malformed>>,
     transfer_encoding: bool,
     chunked_last: bool,
     close: bool,
@@ -83,6 +86,7 @@ pub fn parse(
         return Err(Malformed("no status"));
     };
     match status {
+        0..=99 => return Err(Malformed("a status below 100")),
         101 => return Err(Malformed("101 without an upgrade asked for")),
         100..=199 => return Ok(Parsed::Interim(len)),
         _ => {}
@@ -108,24 +112,33 @@ pub fn parse(
             framed.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case("content-length") {
             for part in value.split(|&byte| byte == b',') {
-                let length = parse_length(part.trim_ascii())?;
-                if framed.length.is_some_and(|known| known != length) {
-                    return Err(Malformed("conflicting Content-Length"));
-                }
-                framed.length = Some(length);
+                let length = parse_length(part.trim_ascii());
+                framed.length = Some(match (framed.length.take(), length) {
+                    (None, length) => length,
+                    (Some(Ok(known)), Ok(length)) if known != length => {
+                        Err(Malformed("conflicting Content-Length"))
+                    }
+                    (Some(known), length) => known.and(length),
+                });
             }
         }
     }
     let framing = if head_only || status == 204 || status == 304 {
         Framing::Empty
     } else if framed.transfer_encoding {
+        if version == 0 {
+            return Err(Malformed("Transfer-Encoding in an HTTP/1.0 response"));
+        }
         if framed.chunked_last {
             Framing::Chunked
         } else {
             Framing::UntilClose
         }
     } else {
-        framed.length.map_or(Framing::UntilClose, Framing::Length)
+        match framed.length.clone() {
+            Some(length) => Framing::Length(length?),
+            None => Framing::UntilClose,
+        }
     };
     let reusable = version == 1
         && !framed.close
@@ -154,7 +167,9 @@ pub fn parse(
         (Framing::Length(length), _) => {
             let _ = write!(out, "content-length: {length}\r\n");
         }
-        (Framing::Empty, Some(length)) if status != 204 => {
+        // A HEAD or 304 answer keeps a valid length (a broken one is left
+        // out: it frames nothing here).
+        (Framing::Empty, Some(Ok(length))) if status != 204 => {
             let _ = write!(out, "content-length: {length}\r\n");
         }
         (Framing::Chunked | Framing::UntilClose, _) => {
@@ -171,6 +186,7 @@ pub fn parse(
         len,
         framing,
         reusable,
+        keep_alive,
     }))
 }
 
@@ -214,6 +230,7 @@ mod tests {
                 len: head.len() - 2,
                 framing: Framing::Length(2),
                 reusable: true,
+                keep_alive: true,
             }
         );
         assert_eq!(
@@ -309,8 +326,31 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
+            "HTTP/1.1 000 Weird\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
         ] {
             assert!(parsed(head, false).0.is_err(), "{head:?}");
         }
+    }
+
+    #[test]
+    fn a_broken_length_that_frames_nothing_is_not_an_error() {
+        let (response, out) = ready("HTTP/1.1 204 No Content\r\nContent-Length: \r\n\r\n", false);
+        assert_eq!(
+            (response.framing, out.contains("ength")),
+            (Framing::Empty, false)
+        );
+        let (response, out) = ready("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", true);
+        assert_eq!(
+            (response.framing, out.contains("ength")),
+            (Framing::Empty, false)
+        );
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n";
+        let (response, _) = ready(chunked, false);
+        assert_eq!(
+            (response.framing, response.reusable),
+            (Framing::Chunked, false)
+        );
     }
 }
