@@ -6,8 +6,8 @@
 //! the connection to the full proxy mid-stream without losing a byte.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sessiond_e2e::Balancer;
@@ -68,23 +68,44 @@ fn scripted(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
-/// A scripted upstream: answers [`scripted`] to each request, keeping the
-/// connection open unless the answer says otherwise; counts connections.
-async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_scripted(stream));
-        }
-    });
-    (addr, connections)
+/// A scripted upstream: where it listens, the connections it accepted and
+/// the targets of the requests it received, in order.
+#[derive(Clone)]
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    targets: Arc<Mutex<Vec<String>>>,
 }
 
-async fn serve_scripted(mut stream: TcpStream) {
+impl Scripted {
+    /// The targets received, health checks left out.
+    fn targets(&self) -> Vec<String> {
+        let targets = self.targets.lock().map(|t| t.clone()).unwrap_or_default();
+        targets.into_iter().filter(|t| t != "/healthz").collect()
+    }
+}
+
+/// Starts a scripted upstream: it answers [`scripted`] to each request
+/// (`/slow` after [`SLOW`], `/sleep/<ms>` after that long), keeping the
+/// connection open unless the answer says otherwise.
+async fn scripted_upstream() -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let scripted = Scripted {
+        addr: listener.local_addr().expect("addr"),
+        connections: Arc::new(AtomicUsize::new(0)),
+        targets: Arc::new(Mutex::new(Vec::new())),
+    };
+    let counted = scripted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_scripted(stream, counted.targets.clone()));
+        }
+    });
+    scripted
+}
+
+async fn serve_scripted(mut stream: TcpStream, targets: Arc<Mutex<Vec<String>>>) {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -114,10 +135,17 @@ async fn serve_scripted(mut stream: TcpStream) {
                 Ok(read) => seen.extend_from_slice(&chunk[..read]),
             }
         }
+        if let Ok(mut targets) = targets.lock() {
+            targets.push(path.to_owned());
+        }
         let (answer, close) = scripted(method, path, &seen[end..end + length]);
         seen.drain(..end + length);
-        if path == "/slow" {
-            tokio::time::sleep(SLOW).await;
+        let delay = match path.strip_prefix("/sleep/") {
+            Some(ms) => ms.parse().ok().map(Duration::from_millis),
+            None => (path == "/slow").then_some(SLOW),
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
         }
         if stream.write_all(&answer).await.is_err() || close {
             return;
@@ -165,12 +193,12 @@ fn balancer_over(upstream: SocketAddr, extra: &[&str]) -> Balancer {
 }
 
 /// A scripted upstream, a balancer over it (with `extra` flags) and a
-/// client connection to the balancer; the upstream's connection count.
-async fn client_of_a_balancer(extra: &[&str]) -> (Balancer, TcpStream, Arc<AtomicUsize>) {
-    let (upstream, connections) = scripted_upstream().await;
-    let balancer = balancer_over(upstream, extra);
+/// client connection to the balancer.
+async fn client_of_a_balancer(extra: &[&str]) -> (Balancer, TcpStream, Scripted) {
+    let upstream = scripted_upstream().await;
+    let balancer = balancer_over(upstream.addr, extra);
     let client = TcpStream::connect(balancer.listen).await.expect("connect");
-    (balancer, client, connections)
+    (balancer, client, upstream)
 }
 
 fn get(path: &str) -> Vec<u8> {
@@ -179,7 +207,8 @@ fn get(path: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_framing_reaches_the_client_intact_on_one_connection() {
-    let (_balancer, mut client, connections) = client_of_a_balancer(&[]).await;
+    let (_balancer, mut client, upstream) = client_of_a_balancer(&[]).await;
+    let connections = upstream.connections;
 
     client.write_all(&get("/chunked")).await.expect("send");
     let (status, headers, rest) = read_head(&mut client).await;
@@ -331,7 +360,7 @@ async fn log_lines(path: &std::path::Path, count: usize) -> Vec<serde_json::Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_a_line_per_request_on_both_paths_and_reopens_on_sighup() {
-    let (upstream, _) = scripted_upstream().await;
+    let upstream = scripted_upstream().await.addr;
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join("access.log");
     let log = path.to_string_lossy().into_owned();
@@ -509,4 +538,94 @@ async fn an_answer_sent_after_sigterm_closes_its_connection() {
         "{:?}",
         answer.headers
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_left_while_it_queued_never_reaches_an_upstream() {
+    let flags = ["--max-conns", "1", "--queue", "4", "--queue-timeout", "5s"];
+    let (balancer, mut holder, upstream) = client_of_a_balancer(&flags).await;
+    // The only slot is busy for 3 s; a body-less POST queues behind it,
+    // and its client leaves.
+    holder.write_all(&get("/slow")).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut leaving = TcpStream::connect(balancer.listen).await.expect("connect");
+    leaving
+        .write_all(b"POST /charge HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(leaving);
+    assert_eq!(read_response(&mut holder).await.status, 200);
+    holder.write_all(&get("/after")).await.expect("send");
+    assert_eq!(read_response(&mut holder).await.status, 200);
+    assert_eq!(upstream.targets(), ["/slow", "/after"], "the POST was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_then_a_half_close_all_get_their_answers() {
+    let (_balancer, client, _) = client_of_a_balancer(&[]).await;
+    let (mut reader, mut writer) = client.into_split();
+    writer
+        .write_all(&[get("/sleep/1000"), get("/second")].concat())
+        .await
+        .expect("send");
+    writer.shutdown().await.expect("half-close");
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut all));
+    read.await.expect("closed in time").expect("read");
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.contains("GET /sleep/1000 0") && text.contains("GET /second 0"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_written_through_a_drain_and_logs_requests_it_cuts() {
+    let upstream = scripted_upstream().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("access.log");
+    let log = path.to_string_lossy().into_owned();
+    let balancer = balancer_over(
+        upstream.addr,
+        &["--access-log", log.as_str(), "--drain-timeout", "3s"],
+    );
+    let mut quick = TcpStream::connect(balancer.listen).await.expect("connect");
+    let mut cut = TcpStream::connect(balancer.listen).await.expect("connect");
+    quick.write_all(&get("/sleep/500")).await.expect("send");
+    cut.write_all(&get("/sleep/6000")).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sessiond_e2e::process::signal(balancer.pid(), "TERM");
+    assert_eq!(read_response(&mut quick).await.status, 200);
+    // Within about a second, while the drain goes on, its line is written.
+    let lines = log_lines(&path, 1).await;
+    assert_eq!(lines[0]["target"], "/sleep/500");
+    assert!(
+        alive(balancer.pid()),
+        "the drain is still waiting for the cut request"
+    );
+    // The drain timeout ends the other one: logged too, as cut short.
+    for _ in 0..100 {
+        if !alive(balancer.pid()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !alive(balancer.pid()),
+        "still running 10 s after the drain timeout"
+    );
+    let lines = log_lines(&path, 2).await;
+    assert_eq!(
+        (lines[1]["target"].as_str(), lines[1]["status"].as_u64()),
+        (Some("/sleep/6000"), Some(499))
+    );
+}
+
+/// Whether process `pid` runs (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+        !state.starts_with('Z')
+    })
 }

@@ -3,9 +3,10 @@
 //! when, the client, method, target, status (499 when the client left
 //! first), body bytes sent, duration,
 //! the upstream that answered (none for the balancer's own answers) and the
-//! `X-Request-Id` the app saw. Lines gather in a buffer written out when it
-//! fills and every second, so a request costs no system call of its own;
-//! SIGHUP reopens the file (after logrotate has moved it).
+//! `X-Request-Id` sent to the app. Lines gather in a buffer that a blocking
+//! thread writes out every second (sooner when it fills), so a request
+//! costs no system call of its own and a stalled disk or pipe never stalls
+//! a worker; SIGHUP reopens the file (after logrotate has moved it).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -21,8 +22,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// Buffered bytes that make the next line write the buffer out.
+/// Buffered bytes that wake the writer before its next tick.
 const WRITE_AT: usize = 64 * 1024;
+/// Buffered bytes past which new lines are dropped (and counted) while
+/// the sink does not keep up.
+const MAX_BUFFERED: usize = 8 << 20;
 
 /// Where lines go.
 #[derive(Debug)]
@@ -31,21 +35,40 @@ enum Sink {
     File { path: PathBuf, file: File },
 }
 
-/// The sink and the lines not written yet.
+impl Sink {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Stdout => std::io::stdout().lock().write_all(bytes),
+            Self::File { file, .. } => file.write_all(bytes),
+        }
+    }
+}
+
+/// Lines not written yet.
+#[derive(Debug, Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+/// The sink, owned by whoever writes (never a worker).
 #[derive(Debug)]
-struct Buffered {
+struct Writer {
     sink: Sink,
-    lines: Vec<u8>,
     /// Whether the last write failed (logged once until one succeeds).
     failing: bool,
 }
 
-/// The access log.
+/// The access log. Workers only append lines to a buffer under a short
+/// lock; the writing (which may block on a slow disk or a stalled pipe)
+/// happens on a blocking thread, so a stalled sink costs lines (counted
+/// and reported), never a stalled worker.
 #[derive(Debug)]
 pub struct AccessLog {
-    inner: Mutex<Buffered>,
+    lines: Mutex<Lines>,
+    writer: Mutex<Writer>,
+    full: tokio::sync::Notify,
 }
-
 /// One request, as logged.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
@@ -66,7 +89,7 @@ pub struct Entry<'a> {
     /// `host:port` of the upstream that answered; none for the balancer's
     /// own answers.
     pub upstream: Option<&'a str>,
-    /// The `X-Request-Id` the app saw.
+    /// The `X-Request-Id` sent to the app.
     pub request_id: Option<&'a str>,
 }
 
@@ -100,68 +123,73 @@ impl AccessLog {
             }
         };
         Ok(Self {
-            inner: Mutex::new(Buffered {
+            lines: Mutex::new(Lines::default()),
+            writer: Mutex::new(Writer {
                 sink,
-                lines: Vec::with_capacity(WRITE_AT),
                 failing: false,
             }),
+            full: tokio::sync::Notify::new(),
         })
     }
 
-    /// Adds `entry` as a line; writes the buffer out when it is full.
+    /// Adds `entry` as a line (dropped, and counted, while the buffer is
+    /// at its limit).
     pub fn record(&self, entry: &Entry<'_>) {
-        let mut inner = self.inner.lock();
+        let mut lines = self.lines.lock();
+        if lines.bytes.len() >= MAX_BUFFERED {
+            lines.dropped += 1;
+            return;
+        }
         // Serializing plain fields into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut inner.lines, entry);
-        inner.lines.push(b'\n');
-        if inner.lines.len() >= WRITE_AT {
-            inner.write_out();
+        let _ = serde_json::to_writer(&mut lines.bytes, entry);
+        lines.bytes.push(b'\n');
+        if lines.bytes.len() >= WRITE_AT {
+            self.full.notify_one();
         }
     }
 
-    /// Writes the buffered lines out.
+    /// Writes the buffered lines out (blocking: not on a worker).
     pub fn flush(&self) {
-        self.inner.lock().write_out();
+        let mut writer = self.writer.lock();
+        let Lines { bytes, dropped } = std::mem::take(&mut *self.lines.lock());
+        if dropped > 0 {
+            tracing::warn!(dropped, "access log lines dropped: the log did not keep up");
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        match writer.sink.write_all(&bytes) {
+            Ok(()) => writer.failing = false,
+            Err(err) if !writer.failing => {
+                writer.failing = true;
+                tracing::error!(%err, "cannot write the access log; lines are lost until it works again");
+            }
+            Err(_) => {}
+        }
     }
 
     /// Writes the buffered lines out and opens the file again by its path
-    /// (a new file when logrotate has moved the old one).
+    /// (a new file when logrotate has moved the old one). Blocking.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let mut inner = self.inner.lock();
-        inner.write_out();
-        if let Sink::File { path, file } = &mut inner.sink {
+        self.flush();
+        let mut writer = self.writer.lock();
+        if let Sink::File { path, file } = &mut writer.sink {
             *file = append(path)?;
         }
         Ok(())
     }
 
-    /// Writes the buffered lines out every second, forever.
-    pub async fn flush_every_second(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    /// Writes the buffered lines out every second, and sooner when 64 KiB
+    /// are waiting, on a blocking thread, until `stop` fires.
+    pub async fn write_until(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         loop {
-            ticker.tick().await;
-            self.flush();
-        }
-    }
-}
-
-impl Buffered {
-    fn write_out(&mut self) {
-        if self.lines.is_empty() {
-            return;
-        }
-        let written = match &mut self.sink {
-            Sink::Stdout => std::io::stdout().lock().write_all(&self.lines),
-            Sink::File { file, .. } => file.write_all(&self.lines),
-        };
-        self.lines.clear();
-        match written {
-            Ok(()) => self.failing = false,
-            Err(err) if !self.failing => {
-                self.failing = true;
-                tracing::error!(%err, "cannot write the access log; lines are lost until it works again");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = self.full.notified() => {}
             }
-            Err(_) => {}
+            let log = self.clone();
+            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
         }
     }
 }
@@ -315,5 +343,27 @@ mod tests {
         log.flush();
         assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 2);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn lines_past_the_buffer_limit_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AccessLog::open(&dir.path().join("access.log")).unwrap();
+        let target = "x".repeat(1000);
+        let entry = Entry::now("192.0.2.7".parse().unwrap(), "GET", &target, Instant::now());
+        for _ in 0..10_000 {
+            log.record(&entry);
+        }
+        let lines = log.lines.lock();
+        assert!(
+            lines.bytes.len() < MAX_BUFFERED + 2000,
+            "{}",
+            lines.bytes.len()
+        );
+        assert!(
+            lines.dropped > 0 && lines.dropped < 10_000,
+            "{}",
+            lines.dropped
+        );
     }
 }

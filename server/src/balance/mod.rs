@@ -290,14 +290,11 @@ pub async fn run(
         access_log.clone(),
         shutdown.clone(),
     ));
+    // The access log is written until the workers are done (through the
+    // drain), then once more.
+    let logging = CancellationToken::new();
     if let Some(log) = access_log.clone() {
-        let shutdown = shutdown.clone();
-        background.spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = log.flush_every_second() => {}
-            }
-        });
+        background.spawn(log.write_until(logging.clone()));
     }
 
     let front = Arc::new(Front {
@@ -347,9 +344,10 @@ pub async fn run(
     })
     .await;
     shutdown.cancel();
+    logging.cancel();
     background.wait().await;
-    if let Some(log) = &access_log {
-        log.flush();
+    if let Some(log) = access_log {
+        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
     }
     Ok(())
 }
@@ -401,12 +399,13 @@ async fn reload_on_hangup(
                 Err(err) => tracing::error!(%err, "SIGHUP: keeping the old TLS certificate"),
             }
         }
-        if let Some(log) = &access_log {
-            match log.reopen() {
-                Ok(()) => tracing::info!("SIGHUP: access log reopened"),
-                Err(err) => {
+        if let Some(log) = access_log.clone() {
+            match tokio::task::spawn_blocking(move || log.reopen()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: access log reopened"),
+                Ok(Err(err)) => {
                     tracing::error!(%err, "SIGHUP: cannot reopen the access log; writing to the old file")
                 }
+                Err(err) => tracing::error!(%err, "SIGHUP: the access log reopen failed"),
             }
         }
     }

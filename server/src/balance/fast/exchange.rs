@@ -81,33 +81,58 @@ struct Served {
     upstream: Option<Arc<Upstream>>,
 }
 
+/// A request's access log line, written when it is dropped: after the
+/// answer, or when the request is cancelled.
+struct Record<'a> {
+    exchange: Exchange<'a>,
+    started: Instant,
+    served: Served,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        self.exchange.log(&self.served, self.started);
+    }
+}
+
 impl Exchange<'_> {
     /// Serves the request to `client`, using `out` as the write buffer,
-    /// and logs it; `false` when the client connection must close (the
+    /// and logs it (also when the balancer drops it unanswered at the end
+    /// of a drain); `false` when the client connection must close (the
     /// answer said so, or it could not be sent whole).
     pub async fn run<C: ClientIo>(self, client: &mut Client<'_, C>, out: &mut Vec<u8>) -> bool {
-        let started = Instant::now();
-        let mut served = Served::default();
-        let kept = self.serve(client, out, &mut served).await;
-        if let Some(log) = self.proxy.access_log() {
-            let text = |range: &Range<usize>| {
-                std::str::from_utf8(self.head.get(range.clone()).unwrap_or_default()).ok()
-            };
-            let (method, target) = (text(&self.request.method), text(&self.request.target));
-            let upstream = served.upstream.as_ref().map(|u| u.url.authority.as_str());
-            let mut entry = Entry::now(
-                self.conn.peer.ip(),
-                method.unwrap_or_default(),
-                target.unwrap_or_default(),
-                started,
-            );
-            entry.status = served.status;
-            entry.bytes = served.bytes;
-            entry.upstream = upstream;
-            entry.request_id = text(&self.request.request_id);
-            log.record(&entry);
-        }
-        kept
+        let mut record = Record {
+            exchange: self,
+            started: Instant::now(),
+            served: Served::default(),
+        };
+        self.serve(client, out, &mut record.served).await
+    }
+
+    /// Writes the access log's line, if one is kept.
+    fn log(self, served: &Served, started: Instant) {
+        let Some(log) = self.proxy.access_log() else {
+            return;
+        };
+        let text = |range: &Range<usize>| {
+            std::str::from_utf8(self.head.get(range.clone()).unwrap_or_default()).ok()
+        };
+        let (method, target) = (text(&self.request.method), text(&self.request.target));
+        let mut entry = Entry::now(
+            self.conn.peer.ip(),
+            method.unwrap_or_default(),
+            target.unwrap_or_default(),
+            started,
+        );
+        entry.status = if served.status == 0 {
+            CLIENT_GONE
+        } else {
+            served.status
+        };
+        entry.bytes = served.bytes;
+        entry.upstream = served.upstream.as_ref().map(|u| u.url.authority.as_str());
+        entry.request_id = text(&self.request.request_id);
+        log.record(&entry);
     }
 
     /// Whether the answer, written now, keeps the connection open: the
@@ -126,7 +151,17 @@ impl Exchange<'_> {
         let connections = proxy.connections();
         let mut attempts = Attempts::new(request.idempotent);
         loop {
-            let slot = match attempts.slot(proxy).await {
+            // A client that leaves while its request waits for a slot or a
+            // connection takes it back: nothing reaches an upstream.
+            let slot = tokio::select! {
+                biased;
+                slot = attempts.slot(proxy) => slot,
+                () = client.gone() => {
+                    served.status = CLIENT_GONE;
+                    return false;
+                }
+            };
+            let slot = match slot {
                 Ok(slot) => slot,
                 Err(failure) => return self.answer(&failure, client, out, served).await,
             };
@@ -135,12 +170,19 @@ impl Exchange<'_> {
             let (mut raw, reused) = match raw_conns::take(key, connections.idle_timeout) {
                 Some(raw) => (raw, true),
                 None => {
-                    let opened = RawConn::open(
+                    let open = RawConn::open(
                         &upstream.url,
                         connections.connect_timeout,
                         conn.owner.preamble(),
-                    )
-                    .await;
+                    );
+                    let opened = tokio::select! {
+                        biased;
+                        opened = open => opened,
+                        () = client.gone() => {
+                            served.status = CLIENT_GONE;
+                            return false;
+                        }
+                    };
                     match opened {
                         Ok(raw) => (raw, false),
                         Err(err) => {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::prefixed::Prefixed;
 use super::proxy::{ClientConn, Proxy};
 use super::serve::drained;
-use client::Client;
+use client::{Client, ReadAhead};
 use exchange::Exchange;
 use request_head::Parsed;
 
@@ -62,7 +62,10 @@ pub async fn serve<S: ClientIo>(
     header_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Outcome<S> {
-    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut read_ahead = ReadAhead {
+        bytes: Vec::with_capacity(READ_CHUNK),
+        ended: false,
+    };
     let mut upstream_head = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(READ_CHUNK);
     let drain = drained(shutdown);
@@ -74,36 +77,46 @@ pub async fn serve<S: ClientIo>(
             .as_mut()
             .reset(Instant::now() + header_timeout);
         let request = loop {
-            match request_head::parse(&buf, proxy.limits().head, conn, &mut upstream_head) {
+            let buf = &mut read_ahead.bytes;
+            match request_head::parse(buf, proxy.limits().head, conn, &mut upstream_head) {
                 Parsed::Ready(request) => break request,
-                Parsed::Elsewhere => return Outcome::Handover(Prefixed::new(buf, stream)),
+                Parsed::Elsewhere => {
+                    return Outcome::Handover(Prefixed::new(read_ahead.bytes, stream));
+                }
                 Parsed::Partial if buf.len() >= proxy.limits().head.max_total => {
-                    return Outcome::Handover(Prefixed::new(buf, stream));
+                    return Outcome::Handover(Prefixed::new(read_ahead.bytes, stream));
                 }
                 Parsed::Partial => {}
             }
             buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                read = stream.read_buf(&mut buf) => match read {
+                read = stream.read_buf(buf) => match read {
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
-                () = &mut head_deadline => return Outcome::Closed,
-                () = &mut drain, if buf.is_empty() => return Outcome::Closed,
+                () = &mut head_deadline => return close(stream).await,
+                () = &mut drain, if buf.is_empty() => return close(stream).await,
             }
         };
-        buf.drain(..request.len);
+        read_ahead.bytes.drain(..request.len);
         let exchange = Exchange {
             proxy,
             conn,
             request: &request,
             head: &upstream_head,
         };
-        let mut client = Client::new(&mut stream, &mut buf, proxy.limits().head.max_total);
+        let limit = proxy.limits().head.max_total;
+        let mut client = Client::new(&mut stream, &mut read_ahead, limit);
         if !exchange.run(&mut client, &mut out).await {
-            let _ = stream.shutdown().await;
-            return Outcome::Closed;
+            return close(stream).await;
         }
     }
+}
+
+/// Closes `stream` cleanly (a FIN; over TLS, a close_notify first), within
+/// a second.
+async fn close<S: ClientIo>(mut stream: S) -> Outcome<S> {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    Outcome::Closed
 }
