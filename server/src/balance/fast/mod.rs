@@ -1,7 +1,7 @@
 //! The fast HTTP/1.1 path: a client connection (plain, or TLS that chose
-//! HTTP/1.1) is served here,
-//! without hyper, for as long as its requests are the common case (no
-//! body, no upgrade, nothing the checks refuse: [`request_head`]). Heads
+//! HTTP/1.1) is served here, without hyper, for as long as its requests
+//! are the common case (no body, no upgrade, nothing the checks refuse:
+//! [`request_head`]). Heads
 //! are parsed with httparse straight from the connection's buffer, the
 //! upstream's head is written in one piece to a pooled upstream socket, and
 //! the response comes back through one buffer: no header maps, no tasks,
