@@ -627,6 +627,15 @@ async fn tunnel(
 mod tests {
     use super::*;
 
+    /// A plain client connection from 192.0.2.7.
+    fn client() -> ClientConn {
+        ClientConn {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            https: false,
+            owner: Owner::shared(),
+        }
+    }
+
     #[test]
     fn an_http_1_0_request_without_host_gets_the_upstreams() {
         let request = Request::builder()
@@ -635,11 +644,7 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let conn = ClientConn {
-            peer: "192.0.2.7:5555".parse().unwrap(),
-            https: false,
-            owner: Owner::shared(),
-        };
+        let conn = client();
         let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         let headers = forwarded_headers(&parts, &conn);
         let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
@@ -689,11 +694,7 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let conn = ClientConn {
-            peer: "192.0.2.7:5555".parse().unwrap(),
-            https: false,
-            owner: Owner::shared(),
-        };
+        let conn = client();
         let headers = forwarded_headers(&parts, &conn);
         let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);

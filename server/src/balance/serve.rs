@@ -281,7 +281,7 @@ async fn serve_http1<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let outcome = fast::serve(io, &conn, &proxy, front.header_timeout, &shutdown).await;
+    let outcome = fast::serve(io, &conn, &proxy, front.header_timeout, drained(&shutdown)).await;
     if let fast::Outcome::Handover(io) = outcome {
         serve_http(io, false, conn, proxy, protocols, shutdown).await;
     }
@@ -335,7 +335,7 @@ async fn serve_http<I>(
 }
 
 /// Resolves [`DRAIN_IDLE_GRACE`] after `shutdown` fires.
-pub async fn drained(shutdown: &CancellationToken) {
+async fn drained(shutdown: &CancellationToken) {
     shutdown.cancelled().await;
     tokio::time::sleep(DRAIN_IDLE_GRACE).await;
 }

@@ -4,9 +4,15 @@
 //! that leaves frees the upstream at once (as hyper's dispatcher does)
 //! and what a pipelining client sends meanwhile is kept for next.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{ClientIo, READ_CHUNK};
+/// Bytes read from a client at a time.
+pub const READ_CHUNK: usize = 4096;
+
+/// A client connection: plain TCP or TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo for S {}
 
 /// What has been read ahead from a client connection.
 #[derive(Debug, Default)]

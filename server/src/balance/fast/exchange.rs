@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::client::Client;
+use super::client::{Client, ClientIo};
+use super::relay;
 use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
-use super::{ClientIo, relay};
 use crate::balance::access_log::{CLIENT_GONE, Entry};
 use crate::balance::answer::Failure;
 use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};

@@ -22,24 +22,15 @@ mod response_head;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::prefixed::Prefixed;
 use super::proxy::{ClientConn, Proxy};
-use super::serve::drained;
-use client::{Client, ReadAhead};
+pub use client::ClientIo;
+use client::{Client, READ_CHUNK, ReadAhead};
 use exchange::Exchange;
 use request_head::Parsed;
-
-/// Bytes read from a client at a time.
-const READ_CHUNK: usize = 4096;
-
-/// A client connection: plain TCP or TLS.
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo for S {}
 
 /// How a client connection left the fast path.
 #[derive(Debug)]
@@ -53,14 +44,14 @@ pub enum Outcome<S> {
 
 /// Serves `stream` while its requests are the common case; each request
 /// head must arrive within `header_timeout` (also the keep-alive idle
-/// limit), and once `shutdown` fires an idle connection closes after a
-/// grace period.
+/// limit), and once `drained` resolves (the balancer is shutting down) an
+/// idle connection closes.
 pub async fn serve<S: ClientIo>(
     mut stream: S,
     conn: &ClientConn,
     proxy: &Proxy,
     header_timeout: Duration,
-    shutdown: &CancellationToken,
+    drained: impl Future<Output = ()>,
 ) -> Outcome<S> {
     let mut read_ahead = ReadAhead {
         bytes: Vec::with_capacity(READ_CHUNK),
@@ -68,8 +59,7 @@ pub async fn serve<S: ClientIo>(
     };
     let mut upstream_head = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(READ_CHUNK);
-    let drain = drained(shutdown);
-    tokio::pin!(drain);
+    tokio::pin!(drained);
     let head_deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(head_deadline);
     loop {
@@ -96,7 +86,7 @@ pub async fn serve<S: ClientIo>(
                     Ok(_) => {}
                 },
                 () = &mut head_deadline => return close(stream).await,
-                () = &mut drain, if buf.is_empty() => return close(stream).await,
+                () = &mut drained, if buf.is_empty() => return close(stream).await,
             }
         };
         read_ahead.bytes.drain(..request.len);

@@ -8,9 +8,8 @@
 
 use tokio::io::AsyncReadExt;
 
-use super::ClientIo;
 use super::chunked::{self, LAST_CHUNK, Rechunker};
-use super::client::Client;
+use super::client::{Client, ClientIo};
 use super::response_head::Framing;
 use crate::balance::raw_conns::{READ_CHUNK, RawConn};
 
