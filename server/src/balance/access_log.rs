@@ -69,6 +69,7 @@ pub struct AccessLog {
     writer: Mutex<Writer>,
     full: tokio::sync::Notify,
 }
+
 /// One request, as logged.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
