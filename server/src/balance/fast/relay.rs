@@ -41,15 +41,33 @@ pub async fn body<C: ClientIo>(
     sent: &mut u64,
     finished: impl FnOnce(Option<RawConn>),
 ) -> Result<(), RelayError> {
+    let relay = Relay {
+        raw,
+        client,
+        out,
+        sent,
+        finished,
+    };
     match framing {
         Framing::Empty => {
-            finished(quiet(raw));
-            send(client, out).await
+            (relay.finished)(quiet(relay.raw));
+            send(relay.client, relay.out).await
         }
-        Framing::Length(length) => sized(length, raw, client, out, sent, finished).await,
-        Framing::Chunked => rechunked(raw, client, out, sent, finished).await,
-        Framing::UntilClose => until_close(raw, client, out, sent, finished).await,
+        Framing::Length(length) => relay.sized(length).await,
+        Framing::Chunked => relay.rechunked().await,
+        Framing::UntilClose => relay.until_close().await,
     }
+}
+
+/// One body's relay: the upstream connection, the client, the write
+/// buffer, the count of body bytes sent, and what to do once the upstream
+/// side is done.
+struct Relay<'a, 'c, C, F> {
+    raw: RawConn,
+    client: &'a mut Client<'c, C>,
+    out: &'a mut Vec<u8>,
+    sent: &'a mut u64,
+    finished: F,
 }
 
 /// `raw`, if the upstream sent nothing past the body.
@@ -57,90 +75,75 @@ fn quiet(raw: RawConn) -> Option<RawConn> {
     raw.buf.is_empty().then_some(raw)
 }
 
-async fn sized<C: ClientIo>(
-    length: u64,
-    mut raw: RawConn,
-    client: &mut Client<'_, C>,
-    out: &mut Vec<u8>,
-    sent: &mut u64,
-    finished: impl FnOnce(Option<RawConn>),
-) -> Result<(), RelayError> {
-    let mut left = length;
-    let take = buffered(left, &raw);
-    out.extend_from_slice(&raw.buf[..take]);
-    raw.buf.drain(..take);
-    left -= take as u64;
-    *sent = length - left;
-    if left == 0 {
-        finished(quiet(raw));
-        return send(client, out).await;
-    }
-    send(client, out).await?;
-    while left > 0 {
-        fill(&mut raw, client).await?;
-        let take = buffered(left, &raw);
-        client
-            .write(&raw.buf[..take])
-            .await
-            .map_err(|_| RelayError::Client)?;
-        raw.buf.drain(..take);
+impl<C: ClientIo, F: FnOnce(Option<RawConn>)> Relay<'_, '_, C, F> {
+    async fn sized(mut self, length: u64) -> Result<(), RelayError> {
+        let mut left = length;
+        let take = buffered(left, &self.raw);
+        self.out.extend_from_slice(&self.raw.buf[..take]);
+        self.raw.buf.drain(..take);
         left -= take as u64;
-        *sent = length - left;
+        *self.sent = length - left;
+        if left == 0 {
+            (self.finished)(quiet(self.raw));
+            return send(self.client, self.out).await;
+        }
+        send(self.client, self.out).await?;
+        while left > 0 {
+            fill(&mut self.raw, self.client).await?;
+            let take = buffered(left, &self.raw);
+            self.client
+                .write(&self.raw.buf[..take])
+                .await
+                .map_err(|_| RelayError::Client)?;
+            self.raw.buf.drain(..take);
+            left -= take as u64;
+            *self.sent = length - left;
+        }
+        (self.finished)(quiet(self.raw));
+        Ok(())
     }
-    finished(quiet(raw));
-    Ok(())
+
+    async fn rechunked(mut self) -> Result<(), RelayError> {
+        let mut rechunker = Rechunker::default();
+        loop {
+            let used = rechunker.feed(&self.raw.buf, self.out)?;
+            self.raw.buf.drain(..used);
+            *self.sent = rechunker.data_bytes();
+            if rechunker.is_done() {
+                (self.finished)(quiet(self.raw));
+                return send(self.client, self.out).await;
+            }
+            if !self.out.is_empty() {
+                send(self.client, self.out).await?;
+            }
+            fill(&mut self.raw, self.client).await?;
+        }
+    }
+
+    async fn until_close(mut self) -> Result<(), RelayError> {
+        loop {
+            chunked::encode(&self.raw.buf, self.out);
+            *self.sent += self.raw.buf.len() as u64;
+            self.raw.buf.clear();
+            send(self.client, self.out).await?;
+            match fill(&mut self.raw, self.client).await {
+                Ok(()) => {}
+                Err(RelayError::Upstream(err))
+                    if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    (self.finished)(None);
+                    self.out.extend_from_slice(LAST_CHUNK);
+                    return send(self.client, self.out).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
 }
 
 /// How much of the buffer belongs to a body with `left` bytes to go.
 fn buffered(left: u64, raw: &RawConn) -> usize {
     usize::try_from(left).map_or(raw.buf.len(), |left| left.min(raw.buf.len()))
-}
-
-async fn rechunked<C: ClientIo>(
-    mut raw: RawConn,
-    client: &mut Client<'_, C>,
-    out: &mut Vec<u8>,
-    sent: &mut u64,
-    finished: impl FnOnce(Option<RawConn>),
-) -> Result<(), RelayError> {
-    let mut rechunker = Rechunker::default();
-    loop {
-        let used = rechunker.feed(&raw.buf, out)?;
-        raw.buf.drain(..used);
-        *sent = rechunker.data_bytes();
-        if rechunker.is_done() {
-            finished(quiet(raw));
-            return send(client, out).await;
-        }
-        if !out.is_empty() {
-            send(client, out).await?;
-        }
-        fill(&mut raw, client).await?;
-    }
-}
-
-async fn until_close<C: ClientIo>(
-    mut raw: RawConn,
-    client: &mut Client<'_, C>,
-    out: &mut Vec<u8>,
-    sent: &mut u64,
-    finished: impl FnOnce(Option<RawConn>),
-) -> Result<(), RelayError> {
-    loop {
-        chunked::encode(&raw.buf, out);
-        *sent += raw.buf.len() as u64;
-        raw.buf.clear();
-        send(client, out).await?;
-        match fill(&mut raw, client).await {
-            Ok(()) => {}
-            Err(RelayError::Upstream(err)) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                finished(None);
-                out.extend_from_slice(LAST_CHUNK);
-                return send(client, out).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
 }
 
 /// Reads more of the body from the upstream (its end here is
