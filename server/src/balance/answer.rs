@@ -134,8 +134,9 @@ impl Failure {
 
     /// Appends the answer as raw HTTP/1.1 bytes to `out`: closing the
     /// connection when the answer must or `keep_alive` is false, with no
-    /// body after the head when `head_only` (a `HEAD` request).
-    pub fn write_http1(&self, out: &mut Vec<u8>, keep_alive: bool, head_only: bool) {
+    /// body after the head when `head_only` (a `HEAD` request). Returns
+    /// the body bytes written.
+    pub fn write_http1(&self, out: &mut Vec<u8>, keep_alive: bool, head_only: bool) -> usize {
         let body = self.body();
         let connection = if self.close || !keep_alive {
             "connection: close\r\n"
@@ -150,9 +151,11 @@ impl Failure {
             self.status().canonical_reason().unwrap_or(""),
             body.len()
         );
-        if !head_only {
-            out.extend_from_slice(body.as_bytes());
+        if head_only {
+            return 0;
         }
+        out.extend_from_slice(body.as_bytes());
+        body.len()
     }
 }
 

@@ -101,6 +101,9 @@ impl Exchange<'_> {
     /// of a drain); `false` when the client connection must close (the
     /// answer said so, or it could not be sent whole).
     pub async fn run<C: ClientIo>(self, client: &mut Client<'_, C>, out: &mut Vec<u8>) -> bool {
+        if self.proxy.access_log().is_none() {
+            return self.serve(client, out, &mut Served::default()).await;
+        }
         let mut record = Record {
             exchange: self,
             started: Instant::now(),
@@ -268,11 +271,9 @@ impl Exchange<'_> {
     ) -> bool {
         let keep_alive = self.keep_alive() && !failure.close;
         out.clear();
-        failure.write_http1(out, keep_alive, self.request.head_only);
+        let body = failure.write_http1(out, keep_alive, self.request.head_only);
         served.status = failure.status().as_u16();
-        if !self.request.head_only {
-            served.bytes = failure.body().len() as u64;
-        }
+        served.bytes = body as u64;
         client.write(out).await.is_ok() && keep_alive
     }
 }

@@ -177,7 +177,7 @@ fn is_plain_origin_form(target: &str) -> bool {
 /// but `close` and `keep-alive`).
 fn connection_asks_close(value: &[u8]) -> Option<bool> {
     let mut close = false;
-    for token in value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+    for token in list_items(value) {
         if token.eq_ignore_ascii_case(b"close") {
             close = true;
         } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
@@ -185,6 +185,11 @@ fn connection_asks_close(value: &[u8]) -> Option<bool> {
         }
     }
     Some(close)
+}
+
+/// The items of a comma-separated header value, trimmed.
+pub fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Appends `name: value` and CRLF; where the value is in `out`.

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use super::request_head::write_header;
+use super::request_head::{list_items, write_header};
 use crate::balance::proxy::is_hop_by_hop;
 
 /// Most header lines an upstream's response may have (hyper's limit too).
@@ -96,7 +96,7 @@ pub fn parse(
     for header in response.headers.iter() {
         let (name, value) = (header.name, header.value);
         if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|&byte| byte == b',').map(<[u8]>::trim_ascii) {
+            for token in list_items(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     framed.close = true;
                 } else if !token.is_empty() {
@@ -105,14 +105,11 @@ pub fn parse(
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             framed.transfer_encoding = true;
-            let last = value
-                .rsplit(|&byte| byte == b',')
-                .next()
-                .unwrap_or_default();
-            framed.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            let last = list_items(value).next_back().unwrap_or_default();
+            framed.chunked_last = last.eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case("content-length") {
-            for part in value.split(|&byte| byte == b',') {
-                let length = parse_length(part.trim_ascii());
+            for part in list_items(value) {
+                let length = parse_length(part);
                 framed.length = Some(match (framed.length.take(), length) {
                     (None, length) => length,
                     (Some(Ok(known)), Ok(length)) if known != length => {
