@@ -55,12 +55,14 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Show a session: metadata and data (the read refreshes its expiry).
     Get {
-        /// The session id.
+        /// The session id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Delete a session (exit 1 when it was not there).
     Delete {
-        /// The session id.
+        /// The session id (it may begin with `-`).
+        #[arg(allow_hyphen_values = true)]
         id: String,
     },
     /// Show the node's counters: sessions, memory, expirations, evictions.
@@ -74,8 +76,8 @@ pub enum CtlCommand {
     RevokeUser {
         /// The user.
         user: String,
-        /// Keep this session.
-        #[arg(long)]
+        /// Keep this session (its id may begin with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         except: Option<String>,
     },
 }
@@ -194,4 +196,41 @@ fn session_id(text: &str) -> Result<SessionId, CtlError> {
 fn not_found(format: Format, id: &str) -> Result<Found, CtlError> {
     format.not_found(id);
     Ok(Found::No)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `sessiond ctl` as a command line of its own.
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        ctl: CtlArgs,
+    }
+
+    #[test]
+    fn session_ids_that_begin_with_a_hyphen_are_ids_not_flags() {
+        // One id in 64 begins with '-' (base64url).
+        let id = "-oGMr-Kpc8GZIzV3Orl_Ig";
+        let parsed = |args: &[&str]| {
+            Line::try_parse_from([&["ctl"], args].concat())
+                .map(|line| line.ctl.command)
+                .map_err(|err| err.to_string())
+        };
+        match parsed(&["revoke-user", "carol", "--except", id]) {
+            Ok(CtlCommand::RevokeUser { except, .. }) => assert_eq!(except.as_deref(), Some(id)),
+            other => panic!("{other:?}"),
+        }
+        match parsed(&["get", id]) {
+            Ok(CtlCommand::Get { id: got }) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+        match parsed(&["delete", id]) {
+            Ok(CtlCommand::Delete { id: got }) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
+    }
 }
