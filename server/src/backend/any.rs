@@ -113,7 +113,7 @@ impl Backend for AnyBackend {
     ) -> Result<Session, Failed<E>>
     where
         E: Send,
-        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+        F: Fn(&[u8]) -> Result<Bytes, E> + Send + Sync,
     {
         dispatch!(self, backend => backend.update(id, expected, ttl_ms, write, compute).await)
     }

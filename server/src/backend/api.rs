@@ -60,7 +60,7 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<Session, Failed<E>>> + Send
     where
         E: Send,
-        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync;
+        F: Fn(&[u8]) -> Result<Bytes, E> + Send + Sync;
 
     /// Extends a session's expiry, optionally with a new idle TTL, without
     /// writing it.

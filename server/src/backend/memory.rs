@@ -77,7 +77,7 @@ impl Backend for MemoryBackend {
     ) -> Result<Session, Failed<E>>
     where
         E: Send,
-        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+        F: Fn(&[u8]) -> Result<Bytes, E> + Send + Sync,
     {
         self.store.update(id, expected, ttl_ms, write, |data| {
             compute(data).map_err(Failed::Compute)

@@ -330,7 +330,7 @@ impl SessionService {
         write: Option<WriteTag>,
     ) -> Result<Session, ServiceError> {
         let ttl_ms = self.ttl_ms(ttl_secs)?;
-        let compute = |current: &Bytes| self.checked_size(merge_patch(current, patch)?);
+        let compute = |current: &[u8]| self.checked_size(merge_patch(current, patch)?);
         Ok(self
             .backend
             .update(id, expected, ttl_ms, write, compute)

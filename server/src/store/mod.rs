@@ -8,6 +8,7 @@
 mod budget;
 mod clock;
 mod event_log;
+mod record;
 mod session;
 mod shard;
 mod user_index;
@@ -26,16 +27,20 @@ use sessiond_proto::{EventKind, SessionId, UserName};
 pub use budget::MemoryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event_log::{EventLog, EventLogConfig, Position, ReadError};
+use record::{MAX_HEADER_BYTES, Record};
 pub use session::Session;
-use shard::{Shard, Slot};
+use shard::Shard;
 use user_index::{INDEX_ENTRY_BYTES, UserIndex};
 pub use write_log::{CLOCK_SKEW_MS, Verdict, WRITE_LOG_LEN, WriteLog};
 
-/// Bytes charged per session on top of its data: the session's fields
-/// (its id among them), the set's stored hash and index, and the data
-/// buffer's header.
-pub const ENTRY_OVERHEAD: u64 =
-    (std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<usize>() + 48) as u64;
+/// Bytes charged per session on top of its data: its record's largest
+/// header and the allocator's, the set's entry (stored hash and the
+/// record's pointer) and its index slot at the table's usual load.
+pub const ENTRY_OVERHEAD: u64 = (MAX_HEADER_BYTES
+    + std::mem::size_of::<usize>()
+    + std::mem::size_of::<u64>()
+    + std::mem::size_of::<Record>()
+    + 2 * std::mem::size_of::<usize>()) as u64;
 
 /// How many sessions eviction samples to pick the least recently used one.
 const EVICTION_SAMPLES: usize = 16;
@@ -222,14 +227,22 @@ pub fn charge_of(data_len: usize) -> u64 {
     ENTRY_OVERHEAD + data_len as u64
 }
 
-/// What belonging to `user` adds to a session's charge: its place in the
-/// user index and the user's name.
-fn owner_charge(user: Option<&UserName>) -> u64 {
-    user.map_or(0, |user| INDEX_ENTRY_BYTES + user.as_str().len() as u64)
+/// What belonging to a user whose name has `user_len` bytes (0: to none)
+/// adds to a session's charge: its place in the user index and the name.
+fn owner_charge(user_len: usize) -> u64 {
+    match user_len {
+        0 => 0,
+        len => INDEX_ENTRY_BYTES + len as u64,
+    }
 }
 
-fn charge(slot: &Slot) -> u64 {
-    charge_of(slot.session.data.len()) + owner_charge(slot.session.user.as_ref())
+/// The length of `user`'s name (0: no user).
+fn name_len(user: Option<&UserName>) -> usize {
+    user.map_or(0, |user| user.as_str().len())
+}
+
+fn charge(record: &Record) -> u64 {
+    charge_of(record.data().len()) + owner_charge(record.user_len())
 }
 
 /// How many times a user-index step retries after the user's sessions
@@ -352,7 +365,7 @@ impl Store {
         owner: Option<&Owner>,
     ) -> Result<Session, StoreError> {
         let user = owner.map(|owner| owner.user.clone());
-        let charge = charge_of(data.len()) + owner_charge(user.as_ref());
+        let charge = charge_of(data.len()) + owner_charge(name_len(user.as_ref()));
         self.reserve(charge, None)?;
         let session = self.new_session(id, data, ttl_ms, tag, user);
         match self.admit(session, owner) {
@@ -387,8 +400,8 @@ impl Store {
             let Some(shard) = locked.shard(self.shard_index(&id)) else {
                 continue;
             };
-            if let Ok(existing) = self.live_slot(shard, &id, now) {
-                return Ok(Admitted::Existing(existing.session.clone()));
+            if let Ok(existing) = self.live_record(shard, &id, now) {
+                return Ok(Admitted::Existing(existing.session()));
             }
             if let Some(owner) = capped {
                 self.make_way(&mut locked, owner, &owned, None, now)?;
@@ -396,15 +409,11 @@ impl Store {
             if let Some(owner) = owner {
                 self.users.add(&owner.user, id);
             }
-            let slot = Slot {
-                session: session.clone(),
-                last_access_ms: now,
-            };
             if let Some(shard) = locked.shard(self.shard_index(&id)) {
-                shard.sessions.replace(slot);
+                shard.sessions.replace(Record::new(&session));
             }
             self.counters.sessions.fetch_add(1, Ordering::Relaxed);
-            self.record(EventKind::Created, &session, None);
+            self.log_event(EventKind::Created, id, session.user.as_ref(), None);
             return Ok(Admitted::Stored(session));
         }
         Err(StoreError::Contention)
@@ -428,12 +437,12 @@ impl Store {
                 continue;
             };
             match shard.sessions.get(id) {
-                Some(slot) if slot.is_expired(now) => {
-                    if let Some(slot) = shard.sessions.swap_take(id) {
-                        self.forget(&slot, Removal::Expired);
+                Some(record) if record.is_expired(now) => {
+                    if let Some(record) = shard.sessions.swap_take(id) {
+                        self.forget(&record, Removal::Expired);
                     }
                 }
-                Some(slot) => live.push((slot.last_access_ms, *id)),
+                Some(record) => live.push((record.last_use_ms(), *id)),
                 None => self.users.remove(&owner.user, id),
             }
         }
@@ -447,9 +456,9 @@ impl Store {
         live.sort_unstable();
         for (_, id) in &live[..=live.len() - max] {
             if let Some(shard) = locked.shard(self.shard_index(id))
-                && let Some(slot) = shard.sessions.swap_take(id)
+                && let Some(record) = shard.sessions.swap_take(id)
             {
-                self.forget(&slot, Removal::Evicted);
+                self.forget(&record, Removal::Evicted);
             }
         }
         Ok(())
@@ -459,15 +468,10 @@ impl Store {
     /// version and times), replacing this store's older copy. For a cache:
     /// fails with [`StoreError::Full`] when there is no room.
     pub fn insert_copy(&self, session: Session) -> Result<(), StoreError> {
-        let bytes = charge_of(session.data.len()) + owner_charge(session.user.as_ref());
+        let bytes = charge_of(session.data.len()) + owner_charge(name_len(session.user.as_ref()));
         self.reserve(bytes, Some(session.id))?;
-        let now = self.now_ms();
-        let id = session.id;
-        let slot = Slot {
-            session,
-            last_access_ms: now,
-        };
-        let previous = self.shard(&id).lock().sessions.replace(slot);
+        let record = Record::new(&session);
+        let previous = self.shard(&session.id).lock().sessions.replace(record);
         match previous {
             Some(old) => self.budget.release(charge(&old)),
             None => {
@@ -482,11 +486,11 @@ impl Store {
     pub fn clear(&self) -> u64 {
         let mut dropped = 0;
         for shard in self.shards.iter() {
-            let slots = std::mem::take(&mut shard.lock().sessions);
-            for slot in &slots {
-                self.budget.release(charge(slot));
+            let records = std::mem::take(&mut shard.lock().sessions);
+            for record in &records {
+                self.budget.release(charge(record));
             }
-            dropped += slots.len() as u64;
+            dropped += records.len() as u64;
         }
         self.users.clear();
         self.counters.sessions.fetch_sub(dropped, Ordering::Relaxed);
@@ -503,12 +507,10 @@ impl Store {
     pub fn get_refreshing(&self, id: &SessionId) -> Result<(Session, u64), StoreError> {
         let now = self.now_ms();
         let mut shard = self.shard(id).lock();
-        let slot = self.live_slot(&mut shard, id, now)?;
-        let previous = slot.session.expires_at_ms;
-        slot.session.expires_at_ms =
-            self.expiry(now, slot.session.ttl_ms, slot.session.created_at_ms);
-        slot.last_access_ms = now;
-        Ok((slot.session.clone(), previous))
+        let record = self.live_record(&mut shard, id, now)?;
+        let previous = record.expires_at_ms();
+        record.set_expires_at_ms(self.expiry(now, record.ttl_ms(), record.created_at_ms()));
+        Ok((record.session(), previous))
     }
 
     /// Reads a session without touching its expiry or recency.
@@ -518,8 +520,8 @@ impl Store {
         shard
             .sessions
             .get(id)
-            .filter(|slot| !slot.is_expired(now))
-            .map(|slot| slot.session.clone())
+            .filter(|record| !record.is_expired(now))
+            .map(Record::session)
     }
 
     /// Replaces a session's data. `expected`: the version the caller read
@@ -546,37 +548,30 @@ impl Store {
         expected: Option<u64>,
         ttl_ms: Option<u64>,
         write: Option<WriteTag>,
-        mut compute: impl FnMut(&Bytes) -> Result<Bytes, E>,
+        mut compute: impl FnMut(&[u8]) -> Result<Bytes, E>,
     ) -> Result<Session, E> {
         let mut needed = 0;
         for _ in 0..MAX_ROOM_ATTEMPTS {
             let now = self.now_ms();
             let mut shard = self.shard(id).lock();
-            let slot = self.live_slot(&mut shard, id, now)?;
-            match slot
-                .session
-                .writes
-                .judge(slot.session.version, write, expected, now)
-            {
+            let record = self.live_record(&mut shard, id, now)?;
+            let current = record.version();
+            match record.writes().judge(current, write, expected, now) {
                 Verdict::Apply => {}
                 Verdict::Replay { version } => {
                     return Ok(Session {
                         version,
-                        ..slot.session.clone()
+                        ..record.session()
                     });
                 }
                 Verdict::Indeterminate => return Err(StoreError::Indeterminate.into()),
             }
-            if let Some(expected) = expected.filter(|&v| v != slot.session.version) {
-                return Err(StoreError::VersionMismatch {
-                    expected,
-                    current: slot.session.version,
-                }
-                .into());
+            if let Some(expected) = expected.filter(|&v| v != current) {
+                return Err(StoreError::VersionMismatch { expected, current }.into());
             }
-            let data = compute(&slot.session.data)?;
-            let owner = owner_charge(slot.session.user.as_ref());
-            let (old, new) = (charge(slot), charge_of(data.len()) + owner);
+            let data = compute(record.data())?;
+            let owner = owner_charge(record.user_len());
+            let (old, new) = (charge(record), charge_of(data.len()) + owner);
             if new > old && !self.budget.try_reserve(new - old) {
                 drop(shard);
                 needed = new - old;
@@ -586,8 +581,7 @@ impl Store {
             if old > new {
                 self.budget.release(old - new);
             }
-            let session = &mut slot.session;
-            session.data = data;
+            let mut session = record.session_with(data);
             session.version += 1;
             session.writes.record(write, session.version, now);
             session.updated_at_ms = now;
@@ -595,11 +589,11 @@ impl Store {
                 session.ttl_ms = ttl;
             }
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
-            slot.last_access_ms = now;
+            *record = Record::new(&session);
             if self.events.as_ref().is_some_and(EventLog::includes_updates) {
-                self.record(EventKind::Updated, &slot.session, None);
+                self.log_event(EventKind::Updated, *id, session.user.as_ref(), None);
             }
-            return Ok(slot.session.clone());
+            return Ok(session);
         }
         Err(self.full(needed).into())
     }
@@ -609,14 +603,12 @@ impl Store {
     pub fn touch(&self, id: &SessionId, ttl_ms: Option<u64>) -> Result<Session, StoreError> {
         let now = self.now_ms();
         let mut shard = self.shard(id).lock();
-        let slot = self.live_slot(&mut shard, id, now)?;
+        let record = self.live_record(&mut shard, id, now)?;
         if let Some(ttl) = ttl_ms {
-            slot.session.ttl_ms = ttl;
+            record.set_ttl_ms(ttl);
         }
-        slot.session.expires_at_ms =
-            self.expiry(now, slot.session.ttl_ms, slot.session.created_at_ms);
-        slot.last_access_ms = now;
-        Ok(slot.session.clone())
+        record.set_expires_at_ms(self.expiry(now, record.ttl_ms(), record.created_at_ms()));
+        Ok(record.session())
     }
 
     /// Removes a session; returns whether a live one was there.
@@ -624,12 +616,12 @@ impl Store {
         let now = self.now_ms();
         let mut shard = self.shard(id).lock();
         match shard.sessions.swap_take(id) {
-            Some(slot) if slot.is_expired(now) => {
-                self.forget(&slot, Removal::Expired);
+            Some(record) if record.is_expired(now) => {
+                self.forget(&record, Removal::Expired);
                 false
             }
-            Some(slot) => {
-                self.forget(&slot, Removal::Deleted);
+            Some(record) => {
+                self.forget(&record, Removal::Deleted);
                 true
             }
             None => false,
@@ -661,46 +653,45 @@ impl Store {
             let Some(source) = locked.shard(self.shard_index(id)) else {
                 continue;
             };
-            let mut slot = self.take_live(source, id, now)?;
+            let record = self.take_live(source, id, now)?;
+            let mut session = record.session();
             if let Some(owner) = rebind {
-                let keep = (slot.session.user.as_ref() == Some(&owner.user)).then_some(*id);
+                let keep = (session.user.as_ref() == Some(&owner.user)).then_some(*id);
                 let rebound = self
                     .make_way(&mut locked, owner, &owned, keep, now)
-                    .and_then(|()| self.recharge(&slot, Some(&owner.user)));
+                    .and_then(|()| self.recharge(&record, owner.user.as_str().len()));
                 if let Err(err) = rebound {
                     if let Some(source) = locked.shard(self.shard_index(id)) {
-                        source.sessions.replace(slot);
+                        source.sessions.replace(record);
                     }
                     return Err(err);
                 }
-                if let Some(old_user) = &slot.session.user {
+                if let Some(old_user) = &session.user {
                     self.users.remove(old_user, id);
                 }
-                slot.session.user = Some(owner.user.clone());
+                session.user = Some(owner.user.clone());
                 self.users.add(&owner.user, new_id);
-            } else if let Some(user) = &slot.session.user {
+            } else if let Some(user) = &session.user {
                 self.users.remove(user, id);
                 self.users.add(user, new_id);
             }
-            slot.session.id = new_id;
-            slot.session.expires_at_ms =
-                self.expiry(now, slot.session.ttl_ms, slot.session.created_at_ms);
-            slot.last_access_ms = now;
-            let session = slot.session.clone();
+            session.id = new_id;
+            session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
             if let Some(target) = locked.shard(self.shard_index(&new_id)) {
-                target.sessions.replace(slot);
+                target.sessions.replace(Record::new(&session));
             }
-            self.record(EventKind::Rotated, &session, Some(*id));
+            self.log_event(EventKind::Rotated, new_id, session.user.as_ref(), Some(*id));
             return Ok(session);
         }
         Err(StoreError::Contention)
     }
 
-    /// Adjusts the budget for `slot` belonging to `user` from now on (only
-    /// what fits without making room: the caller holds shard locks).
-    fn recharge(&self, slot: &Slot, user: Option<&UserName>) -> Result<(), StoreError> {
-        let old = charge(slot);
-        let new = charge_of(slot.session.data.len()) + owner_charge(user);
+    /// Adjusts the budget for `record` belonging to a user whose name has
+    /// `user_len` bytes from now on (only what fits without making room:
+    /// the caller holds shard locks).
+    fn recharge(&self, record: &Record, user_len: usize) -> Result<(), StoreError> {
+        let old = charge(record);
+        let new = charge_of(record.data().len()) + owner_charge(user_len);
         if new > old && !self.budget.try_reserve(new - old) {
             return Err(self.full(new - old));
         }
@@ -722,8 +713,8 @@ impl Store {
             let mut sessions: Vec<Session> = owned
                 .iter()
                 .filter_map(|id| {
-                    let slot = locked.shard(self.shard_index(id))?.sessions.get(id)?;
-                    (!slot.is_expired(now)).then(|| slot.session.clone())
+                    let record = locked.shard(self.shard_index(id))?.sessions.get(id)?;
+                    (!record.is_expired(now)).then(|| record.session())
                 })
                 .collect();
             sessions.sort_by_key(|session| (session.created_at_ms, session.id));
@@ -751,11 +742,11 @@ impl Store {
                 let Some(shard) = locked.shard(self.shard_index(id)) else {
                     continue;
                 };
-                if let Some(slot) = shard.sessions.swap_take(id) {
-                    if slot.is_expired(now) {
-                        self.forget(&slot, Removal::Expired);
+                if let Some(record) = shard.sessions.swap_take(id) {
+                    if record.is_expired(now) {
+                        self.forget(&record, Removal::Expired);
                     } else {
-                        self.forget(&slot, Removal::Revoked);
+                        self.forget(&record, Removal::Revoked);
                         revoked.push(*id);
                     }
                 }
@@ -771,12 +762,9 @@ impl Store {
         let now = self.now_ms();
         let mut freed = 0;
         for shard in self.shards.iter() {
-            let swept = shard.lock().sweep(now, per_shard, |slot| {
-                if let Some(user) = &slot.session.user {
-                    self.users.remove(user, &slot.session.id);
-                }
-                self.record(EventKind::Expired, &slot.session, None);
-                charge(slot)
+            let swept = shard.lock().sweep(now, per_shard, |record| {
+                self.unlink(record, Removal::Expired);
+                charge(record)
             });
             if swept.sessions > 0 {
                 self.budget.release(swept.bytes);
@@ -806,23 +794,23 @@ impl Store {
         }
     }
 
-    /// The live slot of `id`; an expired one is removed on the way. The
-    /// set finds a slot by its session's id: callers may change anything
-    /// but that id through the reference (a rotation takes the slot out
+    /// The live record of `id`; an expired one is removed on the way. The
+    /// set finds a record by its session's id: callers may change anything
+    /// but that id through the reference (a rotation takes the record out
     /// first).
-    fn live_slot<'a>(
+    fn live_record<'a>(
         &self,
         shard: &'a mut Shard,
         id: &SessionId,
         now_ms: u64,
-    ) -> Result<&'a mut Slot, StoreError> {
-        let (index, slot) = shard
+    ) -> Result<&'a mut Record, StoreError> {
+        let (index, record) = shard
             .sessions
             .get_full_mut2(id)
             .ok_or(StoreError::NotFound)?;
-        if slot.is_expired(now_ms) {
-            if let Some(slot) = shard.sessions.swap_remove_index(index) {
-                self.forget(&slot, Removal::Expired);
+        if record.is_expired(now_ms) {
+            if let Some(record) = shard.sessions.swap_remove_index(index) {
+                self.forget(&record, Removal::Expired);
             }
             return Err(StoreError::NotFound);
         }
@@ -832,30 +820,40 @@ impl Store {
             .ok_or(StoreError::NotFound)
     }
 
-    /// Removes and returns the live slot of `id`, without releasing its bytes.
+    /// Removes and returns the live record of `id`, without releasing its
+    /// bytes.
     fn take_live(
         &self,
         shard: &mut Shard,
         id: &SessionId,
         now_ms: u64,
-    ) -> Result<Slot, StoreError> {
-        let slot = shard.sessions.swap_take(id).ok_or(StoreError::NotFound)?;
-        if slot.is_expired(now_ms) {
-            self.forget(&slot, Removal::Expired);
+    ) -> Result<Record, StoreError> {
+        let record = shard.sessions.swap_take(id).ok_or(StoreError::NotFound)?;
+        if record.is_expired(now_ms) {
+            self.forget(&record, Removal::Expired);
             return Err(StoreError::NotFound);
         }
-        Ok(slot)
+        Ok(record)
+    }
+
+    /// Takes a session that left its shard out of its user's index and
+    /// logs why it left (the caller still holds the shard's lock).
+    fn unlink(&self, record: &Record, why: Removal) {
+        let user = record.user();
+        let id = record.id();
+        if let Some(user) = &user {
+            self.users.remove(user, &id);
+        }
+        self.log_event(why.event(), id, user.as_ref(), None);
     }
 
     /// Accounts for a session that left its shard (the caller still holds
-    /// the shard's lock): its bytes, the counters, and its user's index.
-    fn forget(&self, slot: &Slot, why: Removal) {
-        if let Some(user) = &slot.session.user {
-            self.users.remove(user, &slot.session.id);
-        }
-        self.budget.release(charge(slot));
+    /// the shard's lock): its bytes, the counters, its user's index and
+    /// the event log.
+    fn forget(&self, record: &Record, why: Removal) {
+        self.unlink(record, why);
+        self.budget.release(charge(record));
         self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
-        self.record(why.event(), &slot.session, None);
         let counter = match why {
             Removal::Deleted | Removal::Revoked => return,
             Removal::Expired => &self.counters.expirations,
@@ -864,17 +862,18 @@ impl Store {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Appends an event about `session` to this store's log, if it keeps
-    /// one (the caller still holds the session's shard lock).
-    fn record(&self, kind: EventKind, session: &Session, old_id: Option<SessionId>) {
+    /// Appends an event about the session `id` of `user` to this store's
+    /// log, if it keeps one (the caller still holds the session's shard
+    /// lock).
+    fn log_event(
+        &self,
+        kind: EventKind,
+        id: SessionId,
+        user: Option<&UserName>,
+        old_id: Option<SessionId>,
+    ) {
         if let Some(events) = &self.events {
-            events.append(
-                kind,
-                session.id,
-                session.user.as_ref(),
-                old_id,
-                self.now_ms(),
-            );
+            events.append(kind, id, user, old_id, self.now_ms());
         }
     }
 
@@ -937,13 +936,13 @@ impl Store {
             return false;
         };
         let mut shard = self.shards[index].lock();
-        if let Some(slot) = shard.sessions.swap_take(&id) {
-            let why = if slot.is_expired(now) {
+        if let Some(record) = shard.sessions.swap_take(&id) {
+            let why = if record.is_expired(now) {
                 Removal::Expired
             } else {
                 Removal::Evicted
             };
-            self.forget(&slot, why);
+            self.forget(&record, why);
         }
         true
     }

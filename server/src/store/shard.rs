@@ -5,40 +5,28 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use indexmap::{Equivalent, IndexSet};
 use sessiond_proto::SessionId;
 
-use super::session::Session;
+use super::record::Record;
 
-/// A session as held in a shard, with what eviction needs to know. A shard
-/// finds it by its session's id (it hashes and compares as that id), so
-/// the id is stored once, not again as a map key.
-#[derive(Debug)]
-pub(super) struct Slot {
-    pub session: Session,
-    pub last_access_ms: u64,
-}
+// A shard finds a record by its session's id (it hashes and compares as
+// that id), so the id is stored once, not again as a map key.
 
-impl Hash for Slot {
+impl Hash for Record {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.session.id.hash(state);
+        state.write(self.id_bytes());
     }
 }
 
-impl PartialEq for Slot {
+impl PartialEq for Record {
     fn eq(&self, other: &Self) -> bool {
-        self.session.id == other.session.id
+        self.id_bytes() == other.id_bytes()
     }
 }
 
-impl Eq for Slot {}
+impl Eq for Record {}
 
-impl Equivalent<Slot> for SessionId {
-    fn equivalent(&self, slot: &Slot) -> bool {
-        *self == slot.session.id
-    }
-}
-
-impl Slot {
-    pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.session.expires_at_ms <= now_ms
+impl Equivalent<Record> for SessionId {
+    fn equivalent(&self, record: &Record) -> bool {
+        self.as_bytes() == record.id_bytes()
     }
 }
 
@@ -65,7 +53,7 @@ impl Hasher for IdHasher {
 }
 
 /// The sessions of one shard, looked up by id.
-pub(super) type SessionSet = IndexSet<Slot, BuildHasherDefault<IdHasher>>;
+pub(super) type SessionSet = IndexSet<Record, BuildHasherDefault<IdHasher>>;
 
 /// What a sweep pass freed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -95,20 +83,20 @@ impl Shard {
         (0..len.min(2))
             .map(|step| (start + step) % len)
             .filter_map(|index| self.sessions.get_index(index))
-            .find(|slot| Some(slot.session.id) != protect)
-            .map(|slot| {
-                let priority = if slot.is_expired(now_ms) {
+            .find(|record| Some(record.id()) != protect)
+            .map(|record| {
+                let priority = if record.is_expired(now_ms) {
                     0
                 } else {
-                    slot.last_access_ms
+                    record.last_use_ms()
                 };
-                (slot.session.id, priority)
+                (record.id(), priority)
             })
     }
 
     /// Examines at most `budget` sessions from where the last pass stopped
     /// and removes the expired ones; `charge` says what each one weighed.
-    pub fn sweep(&mut self, now_ms: u64, budget: usize, charge: impl Fn(&Slot) -> u64) -> Swept {
+    pub fn sweep(&mut self, now_ms: u64, budget: usize, charge: impl Fn(&Record) -> u64) -> Swept {
         let mut swept = Swept::default();
         for _ in 0..budget {
             if self.sessions.is_empty() {
@@ -120,9 +108,9 @@ impl Shard {
             let expired = self.sessions[self.sweep_cursor].is_expired(now_ms);
             if expired {
                 // The last entry moves into the cursor's place and is examined next.
-                if let Some(slot) = self.sessions.swap_remove_index(self.sweep_cursor) {
+                if let Some(record) = self.sessions.swap_remove_index(self.sweep_cursor) {
                     swept.sessions += 1;
-                    swept.bytes += charge(&slot);
+                    swept.bytes += charge(&record);
                 }
             } else {
                 self.sweep_cursor += 1;

@@ -320,7 +320,7 @@ impl Backend for SyncBackend {
     ) -> Result<Session, Failed<E>>
     where
         E: Send,
-        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+        F: Fn(&[u8]) -> Result<Bytes, E> + Send + Sync,
     {
         let redis = &self.redis;
         let _ordered = redis.lock(id).await;

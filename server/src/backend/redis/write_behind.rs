@@ -160,7 +160,7 @@ impl Backend for WriteBehindBackend {
     ) -> Result<Session, Failed<E>>
     where
         E: Send,
-        F: Fn(&Bytes) -> Result<Bytes, E> + Send + Sync,
+        F: Fn(&[u8]) -> Result<Bytes, E> + Send + Sync,
     {
         let store = &self.redis.store;
         self.apply(id, || {
