@@ -410,7 +410,7 @@ impl Store {
                 self.users.add(&owner.user, id);
             }
             if let Some(shard) = locked.shard(self.shard_index(&id)) {
-                shard.sessions.replace(Record::new(&session));
+                shard.sessions.replace(Record::new(&session, now));
             }
             self.counters.sessions.fetch_add(1, Ordering::Relaxed);
             self.log_event(EventKind::Created, id, session.user.as_ref(), None);
@@ -470,7 +470,7 @@ impl Store {
     pub fn insert_copy(&self, session: Session) -> Result<(), StoreError> {
         let bytes = charge_of(session.data.len()) + owner_charge(name_len(session.user.as_ref()));
         self.reserve(bytes, Some(session.id))?;
-        let record = Record::new(&session);
+        let record = Record::new(&session, self.now_ms());
         let previous = self.shard(&session.id).lock().sessions.replace(record);
         match previous {
             Some(old) => self.budget.release(charge(&old)),
@@ -509,7 +509,10 @@ impl Store {
         let mut shard = self.shard(id).lock();
         let record = self.live_record(&mut shard, id, now)?;
         let previous = record.expires_at_ms();
-        record.set_expires_at_ms(self.expiry(now, record.ttl_ms(), record.created_at_ms()));
+        record.slide(
+            now,
+            self.expiry(now, record.ttl_ms(), record.created_at_ms()),
+        );
         Ok((record.session(), previous))
     }
 
@@ -589,7 +592,7 @@ impl Store {
                 session.ttl_ms = ttl;
             }
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
-            *record = Record::new(&session);
+            *record = Record::new(&session, now);
             if self.events.as_ref().is_some_and(EventLog::includes_updates) {
                 self.log_event(EventKind::Updated, *id, session.user.as_ref(), None);
             }
@@ -607,7 +610,10 @@ impl Store {
         if let Some(ttl) = ttl_ms {
             record.set_ttl_ms(ttl);
         }
-        record.set_expires_at_ms(self.expiry(now, record.ttl_ms(), record.created_at_ms()));
+        record.slide(
+            now,
+            self.expiry(now, record.ttl_ms(), record.created_at_ms()),
+        );
         Ok(record.session())
     }
 
@@ -678,7 +684,7 @@ impl Store {
             session.id = new_id;
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
             if let Some(target) = locked.shard(self.shard_index(&new_id)) {
-                target.sessions.replace(Record::new(&session));
+                target.sessions.replace(Record::new(&session, now));
             }
             self.log_event(EventKind::Rotated, new_id, session.user.as_ref(), Some(*id));
             return Ok(session);

@@ -8,13 +8,16 @@
 //! |---|---|
 //! | 0..16 | id |
 //! | 16..56 | version, created, updated, expires, idle TTL (u64 each) |
-//! | 56 | how many write-log tags follow (trailing zero tags are not stored) |
-//! | 57 | which of the write log's horizon and fence follow |
-//! | 58..60 | the user name's length (u16; 0: no user) |
-//! | 60.. | the tags, the horizon and the fence (u64 each, as present), the user name, then the data |
+//! | 56..60 | how much an absolute lifetime cap cut off the last use's sliding expiry (u32 ms) |
+//! | 60..62 | the shape: write-log tag count (bits 0-2; trailing zero tags are not stored), horizon and fence present (bits 3, 4), the user name's length (bits 5-13; 0: no user) |
+//! | 62.. | the tags, the horizon and the fence (u64 each, as present), the user name, then the data |
 //!
 //! A session that has only been created holds one tag and neither time, a
-//! busy one four tags and the horizon: 68 to 108 header bytes.
+//! busy one four tags and the horizon: 70 to 110 header bytes.
+//!
+//! When the session was last used is not stored: it is its expiry minus
+//! its idle TTL, plus what the lifetime cap cut off (so a capped session
+//! used a moment ago still counts as just used when eviction ranks it).
 
 use bytes::Bytes;
 use sessiond_proto::id::ID_BYTES;
@@ -28,13 +31,14 @@ const CREATED: usize = VERSION + 8;
 const UPDATED: usize = CREATED + 8;
 const EXPIRES: usize = UPDATED + 8;
 const TTL: usize = EXPIRES + 8;
-const TAG_COUNT: usize = TTL + 8;
-const TIMES: usize = TAG_COUNT + 1;
-const USER_LEN: usize = TIMES + 1;
-const VARIABLE: usize = USER_LEN + 2;
+const CUT: usize = TTL + 8;
+const SHAPE: usize = CUT + 4;
+const VARIABLE: usize = SHAPE + 2;
 
-const HAS_HORIZON: u8 = 1;
-const HAS_FENCE: u8 = 2;
+const TAG_COUNT_MASK: u16 = 0b111;
+const HAS_HORIZON: u16 = 1 << 3;
+const HAS_FENCE: u16 = 1 << 4;
+const USER_LEN_SHIFT: u16 = 5;
 
 /// The most header bytes a record has (four tags, horizon and fence; the
 /// user name not counted).
@@ -45,8 +49,8 @@ pub const MAX_HEADER_BYTES: usize = VARIABLE + (WRITE_LOG_LEN + 2) * 8;
 pub struct Record(Box<[u8]>);
 
 impl Record {
-    /// The record of `session`.
-    pub fn new(session: &Session) -> Self {
+    /// The record of `session`, last used at `used_at_ms`.
+    pub fn new(session: &Session, used_at_ms: u64) -> Self {
         let tags = session.writes.tags();
         let tag_count = tags
             .iter()
@@ -55,6 +59,14 @@ impl Record {
         let horizon = session.writes.horizon_ms();
         let fence = session.writes.fence_ms();
         let user = session.user.as_ref().map_or("", UserName::as_str);
+        // At most 4 tags; a user name has at most 256 bytes.
+        let mut shape = tag_count as u16 | (user.len() as u16) << USER_LEN_SHIFT;
+        if horizon != 0 {
+            shape |= HAS_HORIZON;
+        }
+        if fence != 0 {
+            shape |= HAS_FENCE;
+        }
         let mut bytes =
             Vec::with_capacity(VARIABLE + (tag_count + 2) * 8 + user.len() + session.data.len());
         bytes.extend_from_slice(session.id.as_bytes());
@@ -67,16 +79,10 @@ impl Record {
         ] {
             bytes.extend_from_slice(&field.to_le_bytes());
         }
-        let mut times = 0;
-        if horizon != 0 {
-            times |= HAS_HORIZON;
-        }
-        if fence != 0 {
-            times |= HAS_FENCE;
-        }
-        // At most 4 tags; a user name has at most 256 bytes.
-        bytes.extend_from_slice(&[tag_count as u8, times]);
-        bytes.extend_from_slice(&(user.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(
+            &cut(used_at_ms, session.ttl_ms, session.expires_at_ms).to_le_bytes(),
+        );
+        bytes.extend_from_slice(&shape.to_le_bytes());
         for tag in &tags[..tag_count] {
             bytes.extend_from_slice(&tag.to_le_bytes());
         }
@@ -138,9 +144,12 @@ impl Record {
         self.u64_at(TTL)
     }
 
-    /// Sets when the session expires unless used.
-    pub fn set_expires_at_ms(&mut self, at_ms: u64) {
-        self.set_u64_at(EXPIRES, at_ms);
+    /// Records a use at `used_at_ms` that moved the expiry to
+    /// `expires_at_ms` (set a new TTL first, if any).
+    pub fn slide(&mut self, used_at_ms: u64, expires_at_ms: u64) {
+        self.set_u64_at(EXPIRES, expires_at_ms);
+        let cut = cut(used_at_ms, self.ttl_ms(), expires_at_ms);
+        self.0[CUT..SHAPE].copy_from_slice(&cut.to_le_bytes());
     }
 
     /// Sets the session's idle TTL.
@@ -153,23 +162,32 @@ impl Record {
         self.expires_at_ms() <= now_ms
     }
 
-    /// When the session was last used, as its sliding expiry tells (an
-    /// absolute lifetime cap makes a session near its end look older, so
-    /// eviction takes it first).
+    /// When the session was last used: its expiry less its idle TTL, plus
+    /// what a lifetime cap cut off (exact unless the cap cut more than
+    /// `u32::MAX` ms, about 49 days; then the session looks older).
     pub fn last_use_ms(&self) -> u64 {
-        self.expires_at_ms().saturating_sub(self.ttl_ms())
+        let cut = u32::from_le_bytes([
+            self.0[CUT],
+            self.0[CUT + 1],
+            self.0[CUT + 2],
+            self.0[CUT + 3],
+        ]);
+        self.expires_at_ms()
+            .saturating_add(u64::from(cut))
+            .saturating_sub(self.ttl_ms())
     }
 
     /// The tags of the writes that produced the latest versions.
     pub fn writes(&self) -> WriteLog {
-        let count = usize::from(self.0[TAG_COUNT]);
+        let shape = self.shape();
+        let count = usize::from(shape & TAG_COUNT_MASK);
         let mut tags = [0; WRITE_LOG_LEN];
         for (index, tag) in tags.iter_mut().enumerate().take(count) {
             *tag = self.u64_at(VARIABLE + 8 * index);
         }
         let mut at = VARIABLE + 8 * count;
         let mut time = |flag| {
-            if self.0[TIMES] & flag == 0 {
+            if shape & flag == 0 {
                 return 0;
             }
             at += 8;
@@ -189,7 +207,7 @@ impl Record {
 
     /// The length of the session's user name (0: no user).
     pub fn user_len(&self) -> usize {
-        usize::from(u16::from_le_bytes([self.0[USER_LEN], self.0[USER_LEN + 1]]))
+        usize::from(self.shape() >> USER_LEN_SHIFT)
     }
 
     /// The session's data.
@@ -204,11 +222,15 @@ impl Record {
 
     /// Where the user name begins: after the tags and times.
     fn user_start(&self) -> usize {
-        let times = self.0[TIMES];
-        let words = usize::from(self.0[TAG_COUNT])
-            + usize::from(times & HAS_HORIZON != 0)
-            + usize::from(times & HAS_FENCE != 0);
+        let shape = self.shape();
+        let words = usize::from(shape & TAG_COUNT_MASK)
+            + usize::from(shape & HAS_HORIZON != 0)
+            + usize::from(shape & HAS_FENCE != 0);
         VARIABLE + 8 * words
+    }
+
+    fn shape(&self) -> u16 {
+        u16::from_le_bytes([self.0[SHAPE], self.0[SHAPE + 1]])
     }
 
     fn u64_at(&self, at: usize) -> u64 {
@@ -220,6 +242,15 @@ impl Record {
     fn set_u64_at(&mut self, at: usize, value: u64) {
         self.0[at..at + 8].copy_from_slice(&value.to_le_bytes());
     }
+}
+
+/// How much of the sliding expiry a use at `used_at_ms` earned (`ttl_ms`
+/// on) the lifetime cap cut off, given the expiry it got.
+fn cut(used_at_ms: u64, ttl_ms: u64, expires_at_ms: u64) -> u32 {
+    let cut = used_at_ms
+        .saturating_add(ttl_ms)
+        .saturating_sub(expires_at_ms);
+    u32::try_from(cut).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -260,8 +291,9 @@ mod tests {
             session([1, 2, 3, 4], 0, 1_700_000_000_900, Some(&"b".repeat(256))),
         ];
         for case in cases {
-            let record = Record::new(&case);
+            let record = Record::new(&case, 1_700_000_001_000);
             assert_eq!(record.session(), case);
+            assert_eq!(record.last_use_ms(), 1_700_000_001_000);
             assert_eq!(record.id(), case.id);
             assert_eq!(record.data(), &case.data[..]);
             assert_eq!(
@@ -273,17 +305,17 @@ mod tests {
 
     #[test]
     fn a_created_session_holds_one_tag_and_a_busy_one_at_most_the_whole_header() {
-        let created = Record::new(&session([5, 0, 0, 0], 0, 0, None));
+        let created = Record::new(&session([5, 0, 0, 0], 0, 0, None), 0);
         assert_eq!(created.0.len() - created.data().len(), VARIABLE + 8);
-        let busy = Record::new(&session([1, 2, 3, 4], 1, 2, None));
+        let busy = Record::new(&session([1, 2, 3, 4], 1, 2, None), 0);
         assert_eq!(busy.0.len() - busy.data().len(), MAX_HEADER_BYTES);
     }
 
     #[test]
-    fn expiry_and_ttl_change_in_place() {
-        let mut record = Record::new(&session([1, 2, 3, 4], 5, 6, Some("bob")));
-        record.set_expires_at_ms(1_700_000_100_000);
+    fn a_use_slides_the_expiry_in_place() {
+        let mut record = Record::new(&session([1, 2, 3, 4], 5, 6, Some("bob")), 0);
         record.set_ttl_ms(60_000);
+        record.slide(1_700_000_040_000, 1_700_000_100_000);
         let read = record.session();
         assert_eq!(read.expires_at_ms, 1_700_000_100_000);
         assert_eq!(read.ttl_ms, 60_000);
@@ -292,5 +324,104 @@ mod tests {
         assert!(!record.is_expired(1_700_000_099_999));
         assert_eq!(read.writes, WriteLog::from_parts([1, 2, 3, 4], 5, 6));
         assert_eq!(read.user.unwrap().as_str(), "bob");
+    }
+
+    #[test]
+    fn a_use_the_lifetime_cap_cut_short_still_counts_as_that_use() {
+        let mut record = Record::new(&session([1, 0, 0, 0], 0, 0, None), 0);
+        record.set_ttl_ms(60_000);
+        // Used at 90 s, the expiry capped at 100 s instead of 150 s.
+        record.slide(90_000, 100_000);
+        assert_eq!(record.last_use_ms(), 90_000);
+        assert_eq!(record.expires_at_ms(), 100_000);
+        // A cut longer than u32::MAX ms is clamped: the use looks older.
+        let day = 86_400_000;
+        record.set_ttl_ms(100 * day);
+        record.slide(200 * day, 200 * day + 1);
+        assert_eq!(
+            record.last_use_ms(),
+            200 * day + 1 + u64::from(u32::MAX) - 100 * day
+        );
+    }
+
+    /// Every shape of write log (each tag zero or not,
+    /// horizon and fence each absent, small or u64::MAX), user names of 1
+    /// and 256 bytes (ASCII, 2- and 4-byte UTF-8), empty and large data,
+    /// extreme fields: the record is exactly as long as its layout says and
+    /// gives the session back; the in-place setters touch nothing else.
+    #[test]
+    fn every_write_log_shape_user_and_data_round_trips() {
+        let users: [Option<String>; 6] = [
+            None,
+            Some("a".into()),
+            Some("b".repeat(256)),
+            Some("é".repeat(128)),
+            Some("😀".repeat(64)),
+            Some("a b\u{a0}ü-é😀".into()),
+        ];
+        let big = vec![b'7'; 100_000];
+        let datas: [&[u8]; 3] = [b"", b"{}", &big];
+        let mut checked = 0;
+        for mask in 0..16u32 {
+            let tags: [u64; WRITE_LOG_LEN] = std::array::from_fn(|i| {
+                if mask & (1 << i) != 0 {
+                    if i % 2 == 0 {
+                        u64::MAX - i as u64
+                    } else {
+                        i as u64 + 1
+                    }
+                } else {
+                    0
+                }
+            });
+            for horizon in [0, 1, u64::MAX] {
+                for fence in [0, 5, u64::MAX] {
+                    for user in &users {
+                        for data in datas {
+                            let case = Session {
+                                id: SessionId::random(),
+                                data: Bytes::copy_from_slice(data),
+                                version: u64::MAX,
+                                created_at_ms: 1,
+                                updated_at_ms: u64::MAX - 1,
+                                ttl_ms: u64::MAX,
+                                expires_at_ms: 3,
+                                writes: WriteLog::from_parts(tags, horizon, fence),
+                                user: user.as_deref().map(|u| UserName::parse(u).unwrap()),
+                            };
+                            let count = tags.iter().rposition(|&t| t != 0).map_or(0, |l| l + 1);
+                            let words = count + usize::from(horizon != 0) + usize::from(fence != 0);
+                            let user_len = user.as_ref().map_or(0, String::len);
+                            let mut record = Record::new(&case, 3);
+                            assert_eq!(
+                                record.0.len(),
+                                VARIABLE + 8 * words + user_len + data.len()
+                            );
+                            assert_eq!(record.session(), case);
+                            assert_eq!(record.writes(), case.writes);
+                            assert_eq!(record.user(), case.user);
+                            assert_eq!(record.user_len(), user_len);
+                            assert_eq!(record.data(), data);
+                            assert_eq!(record.last_use_ms(), 0, "saturates, no panic");
+                            record.set_ttl_ms(7);
+                            record.slide(u64::MAX - 7, u64::MAX);
+                            assert_eq!(record.last_use_ms(), u64::MAX - 7);
+                            let changed = Session {
+                                expires_at_ms: u64::MAX,
+                                ttl_ms: 7,
+                                ..case.clone()
+                            };
+                            assert_eq!(record.session(), changed);
+                            assert_eq!(
+                                record.session_with(Bytes::from_static(b"x")).data,
+                                &b"x"[..]
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 16 * 9 * 6 * 3);
     }
 }

@@ -94,11 +94,12 @@ impl Shard {
             })
     }
 
-    /// Examines at most `budget` sessions from where the last pass stopped
-    /// and removes the expired ones; `charge` says what each one weighed.
+    /// Examines at most `budget` sessions (each at most once) from where
+    /// the last pass stopped and removes the expired ones; `charge` says
+    /// what each one weighed.
     pub fn sweep(&mut self, now_ms: u64, budget: usize, charge: impl Fn(&Record) -> u64) -> Swept {
         let mut swept = Swept::default();
-        for _ in 0..budget {
+        for _ in 0..budget.min(self.sessions.len()) {
             if self.sessions.is_empty() {
                 break;
             }

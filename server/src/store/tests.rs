@@ -198,6 +198,25 @@ fn sweeper_frees_expired_sessions_without_reads() {
     assert!(store.get(&keeper).is_ok());
 }
 
+/// A pass examines each session at most once, however large its budget
+/// (`--sweep-batch` is the operator's to set): it used to go round a shard
+/// of live sessions until the budget ran out, holding the shard's lock.
+#[test]
+fn a_sweep_budget_larger_than_the_shard_ends_after_one_round() {
+    let (store, clock) = store();
+    let live = store
+        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
+        .unwrap()
+        .id;
+    store
+        .create(SessionId::random(), json("2"), SECOND, None, None)
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(store.sweep(usize::MAX), 1);
+    assert_eq!(store.sweep(usize::MAX), 0);
+    assert!(store.get(&live).is_ok());
+}
+
 #[test]
 fn delete_is_idempotent() {
     let (store, _) = store();
@@ -591,4 +610,403 @@ fn a_users_sessions_are_charged_to_the_memory_bound() {
     );
     store.delete(&session.id);
     assert_eq!(store.stats().bytes_used, 0);
+}
+
+// ---- the one-allocation record: recency, accounting, events, write log ----
+
+fn every_event() -> EventLogConfig {
+    EventLogConfig {
+        retention: 100_000,
+        max_age_ms: u64::MAX,
+        include_updates: true,
+    }
+}
+
+/// (kind, id, user, old_id) of every event logged so far.
+fn logged_events(store: &Store) -> Vec<(EventKind, SessionId, Option<String>, Option<SessionId>)> {
+    let (events, _) = store
+        .events()
+        .unwrap()
+        .read(Position::Oldest, 100_000)
+        .unwrap();
+    events
+        .into_iter()
+        .map(|event| (event.kind, event.id, event.user, event.old_id))
+        .collect()
+}
+
+/// Under `--max-lifetime`, the per-user cap still evicts the user's least
+/// recently used session (README: "evicts the user's least recently used
+/// session"), not the one the user is using right now.
+#[test]
+fn the_cap_evicts_the_least_recently_used_under_a_lifetime_cap() {
+    let (store, clock) = store_with(StoreConfig {
+        max_lifetime_ms: Some(60 * SECOND),
+        ..StoreConfig::default()
+    });
+    let capped = owner("heidi", 2, WhenUserFull::EvictOldest);
+    // t = 0: the phone logs in.
+    let phone = login(&store, &capped, 50 * SECOND).unwrap().id;
+    // t = 35 s: the laptop logs in, and is not used again.
+    clock.advance(Duration::from_secs(35));
+    let laptop = login(&store, &capped, 50 * SECOND).unwrap().id;
+    // t = 45 s: the phone is used (its expiry is now capped at 60 s,
+    // not 85 s).
+    clock.advance(Duration::from_secs(10));
+    store.get(&phone).unwrap();
+    // t = 46 s: a third login: the laptop (last used at 35 s) must go.
+    clock.advance(Duration::from_secs(1));
+    let tablet = login(&store, &capped, 50 * SECOND).unwrap().id;
+    assert!(
+        store.peek(&phone).is_some(),
+        "the session used 1 s ago was evicted; the one idle for 11 s ({}) was kept",
+        if store.peek(&laptop).is_some() {
+            "still there"
+        } else {
+            "gone too"
+        }
+    );
+    assert_eq!(store.peek(&laptop), None);
+    assert!(store.peek(&tablet).is_some());
+}
+
+/// With a TTL at least the lifetime cap (both allowed: the TTL is bounded
+/// by `max_ttl_secs` only), `--when-full evict-lru` must still prefer an
+/// idle session to one just read.
+#[test]
+fn eviction_prefers_the_idle_session_when_the_ttl_exceeds_the_lifetime_cap() {
+    let data = json("1");
+    let (store, clock) = store_with(StoreConfig {
+        shards: 1,
+        max_memory: Some(2 * charge_of(data.len())),
+        when_full: WhenFull::EvictLru,
+        max_lifetime_ms: Some(3600 * SECOND),
+        events: None,
+    });
+    let ttl = 86_400 * SECOND;
+    let busy = store
+        .create(SessionId::random(), data.clone(), ttl, None, None)
+        .unwrap()
+        .id;
+    clock.advance(Duration::from_secs(60));
+    let idle = store
+        .create(SessionId::random(), data.clone(), ttl, None, None)
+        .unwrap()
+        .id;
+    // 10 minutes on, the first session is read; the second never was again.
+    clock.advance(Duration::from_secs(600));
+    store.get(&busy).unwrap();
+    store
+        .create(SessionId::random(), data.clone(), ttl, None, None)
+        .unwrap();
+    assert!(
+        store.peek(&busy).is_some(),
+        "the session read just now was evicted, the one idle for 10 minutes kept"
+    );
+    assert_eq!(store.peek(&idle), None);
+}
+
+/// Every way a session leaves, changes size or changes owner gives its
+/// bytes back exactly, with 256-byte multi-byte user names.
+#[test]
+fn every_removal_returns_the_budget_and_the_index_to_zero() {
+    let (store, clock) = store_with(StoreConfig {
+        shards: 4,
+        events: Some(every_event()),
+        ..StoreConfig::default()
+    });
+    let accented = owner(&"é".repeat(128), 0, WhenUserFull::EvictOldest);
+    let emoji = owner(&"😀".repeat(64), 0, WhenUserFull::EvictOldest);
+    let short = owner("x", 0, WhenUserFull::EvictOldest);
+    assert_eq!(accented.user.as_str().len(), 256);
+    assert_eq!(emoji.user.as_str().len(), 256);
+    let zero = |store: &Store, what: &str| {
+        let stats = store.stats();
+        assert_eq!(
+            (
+                stats.bytes_used,
+                stats.sessions,
+                stats.user_index_entries,
+                stats.user_index_users
+            ),
+            (0, 0, 0, 0),
+            "after {what}"
+        );
+    };
+    // Delete, after writes that grow and shrink the data.
+    let s = login(&store, &accented, 60 * SECOND).unwrap();
+    assert_eq!(
+        store.stats().bytes_used,
+        charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256
+    );
+    store
+        .put(&s.id, json(&"9".repeat(5000)), None, None, None)
+        .unwrap();
+    store
+        .put(&s.id, json("7"), Some(SECOND * 90), None, None)
+        .unwrap();
+    store.touch(&s.id, Some(SECOND)).unwrap();
+    assert!(store.delete(&s.id));
+    zero(&store, "delete");
+    // Expiry found by the sweeper, by a read, by a delete, by a rotation.
+    for _ in 0..4 {
+        login(&store, &emoji, SECOND).unwrap();
+    }
+    let a = login(&store, &short, SECOND).unwrap().id;
+    let b = login(&store, &short, SECOND).unwrap().id;
+    let c = login(&store, &short, SECOND).unwrap().id;
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(store.get(&a), Err(StoreError::NotFound));
+    assert!(!store.delete(&b));
+    assert_eq!(
+        store.rotate(&c, SessionId::random(), None),
+        Err(StoreError::NotFound)
+    );
+    store.sweep(usize::MAX);
+    zero(&store, "expiry");
+    // Revocation.
+    for _ in 0..3 {
+        login(&store, &accented, 60 * SECOND).unwrap();
+    }
+    assert_eq!(store.revoke_user(&accented.user, None).unwrap().len(), 3);
+    zero(&store, "revoke");
+    // Rotations: keeping the user, anonymous -> user, user -> other user
+    // of another name length, same user again.
+    let anon = store
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
+        .unwrap();
+    let r1 = store.rotate(&anon.id, SessionId::random(), None).unwrap();
+    let r2 = store
+        .rotate(&r1.id, SessionId::random(), Some(&short))
+        .unwrap();
+    let r3 = store
+        .rotate(&r2.id, SessionId::random(), Some(&emoji))
+        .unwrap();
+    let r4 = store.rotate(&r3.id, SessionId::random(), None).unwrap();
+    let r5 = store
+        .rotate(&r4.id, SessionId::random(), Some(&emoji))
+        .unwrap();
+    assert_eq!(r5.user, Some(emoji.user.clone()));
+    assert_eq!(
+        store.stats().bytes_used,
+        charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256
+    );
+    assert_eq!(listed(&store, &emoji), [r5.id]);
+    assert!(store.delete(&r5.id));
+    zero(&store, "rotations");
+    // A rebind refused by the cap changes nothing.
+    let strict = owner("x", 1, WhenUserFull::Reject);
+    let held = login(&store, &strict, 60 * SECOND).unwrap().id;
+    let anon = store
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
+        .unwrap();
+    let before = store.stats();
+    assert_eq!(
+        store.rotate(&anon.id, SessionId::random(), Some(&strict)),
+        Err(StoreError::TooManySessions { max: 1 })
+    );
+    assert_eq!(store.stats(), before);
+    assert_eq!(store.peek(&anon.id).unwrap(), anon);
+    assert!(store.delete(&held) && store.delete(&anon.id));
+    zero(&store, "a refused rebind");
+    // Copies replacing copies (other size, other user), then clear.
+    let mut copy = login(&store, &short, 60 * SECOND).unwrap();
+    store.delete(&copy.id);
+    store.insert_copy(copy.clone()).unwrap();
+    copy.user = Some(emoji.user.clone());
+    copy.data = json(&"3".repeat(300));
+    copy.version = 9;
+    store.insert_copy(copy.clone()).unwrap();
+    assert_eq!(
+        store.stats().bytes_used,
+        charge_of(300) + user_index::INDEX_ENTRY_BYTES + 256
+    );
+    copy.user = None;
+    store.insert_copy(copy.clone()).unwrap();
+    assert_eq!(store.stats().bytes_used, charge_of(300));
+    assert_eq!(store.peek(&copy.id).unwrap(), copy);
+    store
+        .insert_copy(Session {
+            id: SessionId::random(),
+            ..copy.clone()
+        })
+        .unwrap();
+    login(&store, &accented, 60 * SECOND).unwrap();
+    assert_eq!(store.clear(), 3);
+    zero(&store, "copies and clear");
+}
+
+/// A rebind refused for lack of room puts the session back as it was.
+#[test]
+fn a_rebind_refused_for_room_changes_nothing() {
+    let (store, _) = store_with(StoreConfig {
+        max_memory: Some(charge_of(2) + 10),
+        ..StoreConfig::default()
+    });
+    let anon = store
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
+        .unwrap();
+    let long = owner(&"é".repeat(128), 0, WhenUserFull::EvictOldest);
+    let before = store.stats();
+    assert!(matches!(
+        store.rotate(&anon.id, SessionId::random(), Some(&long)),
+        Err(StoreError::Full { .. })
+    ));
+    let after = store.stats();
+    assert_eq!(
+        (after.bytes_used, after.sessions, after.user_index_entries),
+        (before.bytes_used, 1, 0)
+    );
+    assert_eq!(store.peek(&anon.id).unwrap(), anon);
+    assert!(store.delete(&anon.id));
+    assert_eq!(store.stats().bytes_used, 0);
+}
+
+/// Eviction by the memory bound and by the user cap gives bytes back and
+/// logs the evicted session with its id and user.
+#[test]
+fn evictions_return_their_bytes_and_log_id_and_user() {
+    let (store, _) = store_with(StoreConfig {
+        shards: 2,
+        max_memory: Some(3 * (charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256)),
+        when_full: WhenFull::EvictLru,
+        max_lifetime_ms: None,
+        events: Some(every_event()),
+    });
+    let emoji = owner(&"😀".repeat(64), 0, WhenUserFull::EvictOldest);
+    let ids: Vec<_> = (0..10)
+        .map(|_| login(&store, &emoji, 60 * SECOND).unwrap().id)
+        .collect();
+    let stats = store.stats();
+    assert_eq!(
+        (stats.sessions, stats.evictions, stats.user_index_entries),
+        (3, 7, 3)
+    );
+    assert_eq!(
+        stats.bytes_used,
+        3 * (charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256)
+    );
+    let evicted: Vec<_> = logged_events(&store)
+        .into_iter()
+        .filter(|event| event.0 == EventKind::Evicted)
+        .collect();
+    assert_eq!(evicted.len(), 7);
+    for (_, id, user, old) in &evicted {
+        assert!(ids.contains(id));
+        assert_eq!(user.as_deref(), Some(emoji.user.as_str()));
+        assert_eq!(*old, None);
+    }
+    let capped = owner(&"é".repeat(128), 1, WhenUserFull::EvictOldest);
+    store.clear();
+    let first = login(&store, &capped, 60 * SECOND).unwrap().id;
+    let second = login(&store, &capped, 60 * SECOND).unwrap().id;
+    assert_eq!(listed(&store, &capped), [second]);
+    let last = logged_events(&store);
+    assert!(last.contains(&(
+        EventKind::Evicted,
+        first,
+        Some(capped.user.to_string()),
+        None
+    )));
+    store.clear();
+    assert_eq!(store.stats().bytes_used, 0);
+}
+
+/// Each event names the right session and user.
+#[test]
+fn events_carry_the_right_id_and_user() {
+    let (store, clock) = store_with(StoreConfig {
+        events: Some(every_event()),
+        ..StoreConfig::default()
+    });
+    let zoe = owner("Zoë", 0, WhenUserFull::EvictOldest);
+    let max = owner(&"é".repeat(128), 0, WhenUserFull::EvictOldest);
+    let name = |owner: &Owner| Some(owner.user.to_string());
+    let anon = store
+        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
+        .unwrap()
+        .id;
+    store.put(&anon, json("1"), None, None, None).unwrap();
+    store.touch(&anon, None).unwrap();
+    store.get(&anon).unwrap();
+    let logged_in = store
+        .rotate(&anon, SessionId::random(), Some(&zoe))
+        .unwrap()
+        .id;
+    store.put(&logged_in, json("2"), None, None, None).unwrap();
+    let moved = store
+        .rotate(&logged_in, SessionId::random(), Some(&max))
+        .unwrap()
+        .id;
+    let kept = store.rotate(&moved, SessionId::random(), None).unwrap().id;
+    let short = login(&store, &zoe, SECOND).unwrap().id;
+    let other = login(&store, &zoe, 60 * SECOND).unwrap().id;
+    clock.advance(Duration::from_secs(2));
+    store.sweep(usize::MAX);
+    store.revoke_user(&zoe.user, None).unwrap();
+    store.delete(&kept);
+    assert_eq!(
+        logged_events(&store),
+        [
+            (EventKind::Created, anon, None, None),
+            (EventKind::Updated, anon, None, None),
+            (EventKind::Rotated, logged_in, name(&zoe), Some(anon)),
+            (EventKind::Updated, logged_in, name(&zoe), None),
+            (EventKind::Rotated, moved, name(&max), Some(logged_in)),
+            (EventKind::Rotated, kept, name(&max), Some(moved)),
+            (EventKind::Created, short, name(&zoe), None),
+            (EventKind::Created, other, name(&zoe), None),
+            (EventKind::Expired, short, name(&zoe), None),
+            (EventKind::Revoked, other, name(&zoe), None),
+            (EventKind::Deleted, kept, name(&max), None),
+        ]
+    );
+}
+
+/// The write log survives the store's write path (tags rotating out, the
+/// horizon and the fence set), so replays still answer after many writes.
+#[test]
+fn the_write_log_survives_the_store() {
+    use sessiond_proto::wire::WriteTag;
+    let (store, clock) = store();
+    let tag = |id: u64, resent_after_ms: Option<u64>| {
+        Some(WriteTag {
+            id,
+            resent_after_ms,
+            sent_at_ms: 0,
+        })
+    };
+    let id = store
+        .create(SessionId::random(), json("0"), 600 * SECOND, Some(1), None)
+        .unwrap()
+        .id;
+    let mut expected = WriteLog::created(Some(1));
+    for (version, write) in (2..=9u64).zip([
+        tag(2, None),
+        None,
+        tag(4, Some(300)),
+        tag(0, None),
+        tag(6, None),
+        None,
+        None,
+        tag(9, Some(100)),
+    ]) {
+        // Far enough apart that the re-sent write (version 9) is past the
+        // horizon the writes before it set.
+        clock.advance(Duration::from_secs(5));
+        let written = store
+            .put(&id, json(&version.to_string()), None, None, write)
+            .unwrap();
+        expected.record(write, version, clock.now_ms());
+        assert_eq!(written.writes, expected);
+        assert_eq!(
+            store.peek(&id).unwrap().writes,
+            expected,
+            "version {version}"
+        );
+    }
+    let replay = store
+        .put(&id, json("x"), None, None, tag(6, Some(10)))
+        .unwrap();
+    assert_eq!((replay.version, replay.data), (6, json("9")));
 }
