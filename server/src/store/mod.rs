@@ -592,7 +592,7 @@ impl Store {
                 session.ttl_ms = ttl;
             }
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
-            *record = Record::new(&session, now);
+            record.rewrite(&session, now);
             if self.events.as_ref().is_some_and(EventLog::includes_updates) {
                 self.log_event(EventKind::Updated, *id, session.user.as_ref(), None);
             }

@@ -19,7 +19,7 @@
 //! its idle TTL, plus what the lifetime cap cut off (so a capped session
 //! used a moment ago still counts as just used when eviction ranks it).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use sessiond_proto::id::ID_BYTES;
 use sessiond_proto::{SessionId, UserName};
 
@@ -51,47 +51,23 @@ pub struct Record(Box<[u8]>);
 impl Record {
     /// The record of `session`, last used at `used_at_ms`.
     pub fn new(session: &Session, used_at_ms: u64) -> Self {
-        let tags = session.writes.tags();
-        let tag_count = tags
-            .iter()
-            .rposition(|&tag| tag != 0)
-            .map_or(0, |last| last + 1);
-        let horizon = session.writes.horizon_ms();
-        let fence = session.writes.fence_ms();
-        let user = session.user.as_ref().map_or("", UserName::as_str);
-        // At most 4 tags; a user name has at most 256 bytes.
-        let mut shape = tag_count as u16 | (user.len() as u16) << USER_LEN_SHIFT;
-        if horizon != 0 {
-            shape |= HAS_HORIZON;
-        }
-        if fence != 0 {
-            shape |= HAS_FENCE;
-        }
-        let mut bytes =
-            Vec::with_capacity(VARIABLE + (tag_count + 2) * 8 + user.len() + session.data.len());
-        bytes.extend_from_slice(session.id.as_bytes());
-        for field in [
-            session.version,
-            session.created_at_ms,
-            session.updated_at_ms,
-            session.expires_at_ms,
-            session.ttl_ms,
-        ] {
-            bytes.extend_from_slice(&field.to_le_bytes());
-        }
-        bytes.extend_from_slice(
-            &cut(used_at_ms, session.ttl_ms, session.expires_at_ms).to_le_bytes(),
-        );
-        bytes.extend_from_slice(&shape.to_le_bytes());
-        for tag in &tags[..tag_count] {
-            bytes.extend_from_slice(&tag.to_le_bytes());
-        }
-        for time in [horizon, fence].into_iter().filter(|&time| time != 0) {
-            bytes.extend_from_slice(&time.to_le_bytes());
-        }
-        bytes.extend_from_slice(user.as_bytes());
-        bytes.extend_from_slice(&session.data);
+        let shape = Shape::of(session);
+        // Exactly the record's length, so no reallocation makes it a box.
+        let mut bytes = Vec::with_capacity(shape.len(session));
+        shape.write(session, used_at_ms, &mut bytes);
         Self(bytes.into_boxed_slice())
+    }
+
+    /// Makes this the record of `session`, last used at `used_at_ms`: in
+    /// place when the length is unchanged (a write of the same size
+    /// neither allocates nor frees).
+    pub fn rewrite(&mut self, session: &Session, used_at_ms: u64) {
+        let shape = Shape::of(session);
+        if shape.len(session) == self.0.len() {
+            shape.write(session, used_at_ms, &mut &mut self.0[..]);
+        } else {
+            *self = Self::new(session, used_at_ms);
+        }
     }
 
     /// The session this record holds, its data copied out.
@@ -244,6 +220,83 @@ impl Record {
     }
 }
 
+/// What of a session's variable part a record holds.
+struct Shape {
+    /// The write-log tags up to the last one set.
+    tag_count: usize,
+    horizon_ms: u64,
+    fence_ms: u64,
+    user_len: usize,
+}
+
+impl Shape {
+    fn of(session: &Session) -> Self {
+        Self {
+            tag_count: session
+                .writes
+                .tags()
+                .iter()
+                .rposition(|&tag| tag != 0)
+                .map_or(0, |last| last + 1),
+            horizon_ms: session.writes.horizon_ms(),
+            fence_ms: session.writes.fence_ms(),
+            user_len: super::name_len(session.user.as_ref()),
+        }
+    }
+
+    /// The record's length in bytes.
+    fn len(&self, session: &Session) -> usize {
+        let words =
+            self.tag_count + usize::from(self.horizon_ms != 0) + usize::from(self.fence_ms != 0);
+        VARIABLE + 8 * words + self.user_len + session.data.len()
+    }
+
+    /// The packed shape field (at most 4 tags; a user name has at most 256
+    /// bytes).
+    fn packed(&self) -> u16 {
+        let mut packed = self.tag_count as u16 | (self.user_len as u16) << USER_LEN_SHIFT;
+        if self.horizon_ms != 0 {
+            packed |= HAS_HORIZON;
+        }
+        if self.fence_ms != 0 {
+            packed |= HAS_FENCE;
+        }
+        packed
+    }
+
+    /// Writes the record of `session` (exactly `self.len(session)` bytes).
+    fn write(&self, session: &Session, used_at_ms: u64, out: &mut impl BufMut) {
+        out.put_slice(session.id.as_bytes());
+        for field in [
+            session.version,
+            session.created_at_ms,
+            session.updated_at_ms,
+            session.expires_at_ms,
+            session.ttl_ms,
+        ] {
+            out.put_u64_le(field);
+        }
+        out.put_u32_le(cut(used_at_ms, session.ttl_ms, session.expires_at_ms));
+        out.put_u16_le(self.packed());
+        for &tag in &session.writes.tags()[..self.tag_count] {
+            out.put_u64_le(tag);
+        }
+        for time in [self.horizon_ms, self.fence_ms] {
+            if time != 0 {
+                out.put_u64_le(time);
+            }
+        }
+        out.put_slice(
+            session
+                .user
+                .as_ref()
+                .map_or("", UserName::as_str)
+                .as_bytes(),
+        );
+        out.put_slice(&session.data);
+    }
+}
+
 /// How much of the sliding expiry a use at `used_at_ms` earned (`ttl_ms`
 /// on) the lifetime cap cut off, given the expiry it got.
 fn cut(used_at_ms: u64, ttl_ms: u64, expires_at_ms: u64) -> u32 {
@@ -324,6 +377,36 @@ mod tests {
         assert!(!record.is_expired(1_700_000_099_999));
         assert_eq!(read.writes, WriteLog::from_parts([1, 2, 3, 4], 5, 6));
         assert_eq!(read.user.unwrap().as_str(), "bob");
+    }
+
+    #[test]
+    fn a_rewrite_of_the_same_length_stays_in_place_and_another_moves() {
+        let first = session([1, 0, 0, 0], 0, 0, Some("bob"));
+        let mut record = Record::new(&first, 5);
+        let at = record.0.as_ptr();
+        let same_length = Session {
+            data: Bytes::from_static(br#"{"cart":[4,5,6]}"#),
+            version: 8,
+            writes: WriteLog::from_parts([2, 1, 0, 0], 0, 0),
+            user: Some(UserName::parse("ann").unwrap()),
+            ..first.clone()
+        };
+        // One more tag, eight bytes less data: the same length.
+        let same_length = Session {
+            data: same_length.data.slice(..same_length.data.len() - 8),
+            ..same_length
+        };
+        record.rewrite(&same_length, 6);
+        assert_eq!(record.0.as_ptr(), at);
+        assert_eq!(record.session(), same_length);
+        assert_eq!(record.last_use_ms(), 1_700_000_001_000);
+        let longer = Session {
+            data: Bytes::from_static(b"[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]"),
+            ..same_length
+        };
+        record.rewrite(&longer, 7);
+        assert_eq!(record.session(), longer);
+        assert_eq!(record.0.len(), VARIABLE + 16 + 3 + longer.data.len());
     }
 
     #[test]
