@@ -14,13 +14,13 @@
 //! 2-thread figure is the wall time of both threads divided by the total
 //! number of operations (so perfect scaling halves it). With 2 threads each
 //! thread draws from its own half of the ids, so the threads share the store's
-//! (or the map's) shards and locks but never a data buffer's reference count.
+//! (or the map's) shards and locks but never a session.
 //!
 //! What is compared (the report reads `group/variant/threads`):
 //!
 //! - `get_1KiB/store`: `Store::get`, which refreshes the sliding expiry and
-//!   returns a `Session` snapshot (the data is a `Bytes` clone: a reference
-//!   count increment, no copy).
+//!   returns a `Session` snapshot (the data copied out of the session's
+//!   record: an allocation and a 1 KiB copy).
 //! - `get_1KiB/dashmap_clone`: look the key up and clone the `Vec<u8>` (an
 //!   allocation and a 1 KiB copy), the map's nearest way of handing out an
 //!   owned value as the store does.
@@ -30,7 +30,9 @@
 //! - `put_1KiB/store`: `Store::put(&id, data.clone(), None, None)` on an
 //!   existing session, `data` being a `bytes::Bytes` (a reference count
 //!   increment); the store checks the version, does its memory accounting,
-//!   bumps the version, refreshes the expiry and returns a snapshot.
+//!   bumps the version, refreshes the expiry, copies the data into the
+//!   session's record (in place, the length being unchanged) and returns a
+//!   snapshot.
 //! - `put_1KiB/dashmap`: replace an existing key's value with a fresh 1 KiB
 //!   `Vec<u8>` (an allocation and a copy; the old value is freed), in place
 //!   through `get_mut`, so that, like the store, it allocates no key.
