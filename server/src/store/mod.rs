@@ -328,6 +328,12 @@ impl Store {
         }
     }
 
+    /// Records a use of `record` at `now_ms`: its sliding expiry moves on.
+    fn slide(&self, record: &mut Record, now_ms: u64) {
+        let expires_at_ms = self.expiry(now_ms, record.ttl_ms(), record.created_at_ms());
+        record.slide(now_ms, expires_at_ms);
+    }
+
     /// A new session (version 1, created now by the write `tag`) without
     /// storing it.
     pub fn new_session(
@@ -509,10 +515,7 @@ impl Store {
         let mut shard = self.shard(id).lock();
         let record = self.live_record(&mut shard, id, now)?;
         let previous = record.expires_at_ms();
-        record.slide(
-            now,
-            self.expiry(now, record.ttl_ms(), record.created_at_ms()),
-        );
+        self.slide(record, now);
         Ok((record.session(), previous))
     }
 
@@ -610,10 +613,7 @@ impl Store {
         if let Some(ttl) = ttl_ms {
             record.set_ttl_ms(ttl);
         }
-        record.slide(
-            now,
-            self.expiry(now, record.ttl_ms(), record.created_at_ms()),
-        );
+        self.slide(record, now);
         Ok(record.session())
     }
 
