@@ -51,7 +51,10 @@ pub struct Record(Box<[u8]>);
 impl Record {
     /// The record of `session`, last used at `used_at_ms`.
     pub fn new(session: &Session, used_at_ms: u64) -> Self {
-        let shape = Shape::of(session);
+        Self::build(&Shape::of(session), session, used_at_ms)
+    }
+
+    fn build(shape: &Shape, session: &Session, used_at_ms: u64) -> Self {
         // Exactly the record's length, so no reallocation makes it a box.
         let mut bytes = Vec::with_capacity(shape.len(session));
         shape.write(session, used_at_ms, &mut bytes);
@@ -66,7 +69,7 @@ impl Record {
         if shape.len(session) == self.0.len() {
             shape.write(session, used_at_ms, &mut &mut self.0[..]);
         } else {
-            *self = Self::new(session, used_at_ms);
+            *self = Self::build(&shape, session, used_at_ms);
         }
     }
 
@@ -198,11 +201,7 @@ impl Record {
 
     /// Where the user name begins: after the tags and times.
     fn user_start(&self) -> usize {
-        let shape = self.shape();
-        let words = usize::from(shape & TAG_COUNT_MASK)
-            + usize::from(shape & HAS_HORIZON != 0)
-            + usize::from(shape & HAS_FENCE != 0);
-        VARIABLE + 8 * words
+        VARIABLE + 8 * words(self.shape())
     }
 
     fn shape(&self) -> u16 {
@@ -246,9 +245,7 @@ impl Shape {
 
     /// The record's length in bytes.
     fn len(&self, session: &Session) -> usize {
-        let words =
-            self.tag_count + usize::from(self.horizon_ms != 0) + usize::from(self.fence_ms != 0);
-        VARIABLE + 8 * words + self.user_len + session.data.len()
+        VARIABLE + 8 * words(self.packed()) + self.user_len + session.data.len()
     }
 
     /// The packed shape field (at most 4 tags; a user name has at most 256
@@ -295,6 +292,14 @@ impl Shape {
         );
         out.put_slice(&session.data);
     }
+}
+
+/// How many u64 words (tags, horizon, fence) the packed shape `shape`
+/// says follow the fixed header.
+fn words(shape: u16) -> usize {
+    usize::from(shape & TAG_COUNT_MASK)
+        + usize::from(shape & HAS_HORIZON != 0)
+        + usize::from(shape & HAS_FENCE != 0)
 }
 
 /// How much of the sliding expiry a use at `used_at_ms` earned (`ttl_ms`
