@@ -200,6 +200,15 @@ pub enum Unavailable {
     /// time for a step that goes to Redis directly.
     #[error("this node's queued writes did not reach Redis in time; try again")]
     QueueBehind,
+    /// The session's shard holds the most sessions a shard can.
+    #[error(
+        "the shard this session belongs to holds {max} sessions, the most a shard can; \
+         start the node with more --shards"
+    )]
+    ShardFull {
+        /// The most sessions a shard holds.
+        max: usize,
+    },
     /// A fresh id was already taken (astronomically unlikely).
     #[error("a fresh session id is already taken in Redis; try again")]
     IdTaken,
@@ -256,6 +265,7 @@ impl From<StoreError> for BackendError {
             StoreError::Indeterminate => Self::Indeterminate(Indeterminate::Resent),
             StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
             StoreError::TooManySessions { max } => Self::TooManySessions { max },
+            StoreError::ShardFull { max } => Self::Unavailable(Unavailable::ShardFull { max }),
             StoreError::Contention => Self::Unavailable(Unavailable::Contention {
                 operation: "change the user's sessions",
             }),

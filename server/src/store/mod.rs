@@ -10,6 +10,7 @@ mod clock;
 mod event_log;
 mod record;
 mod session;
+mod session_set;
 mod shard;
 mod user_index;
 mod write_log;
@@ -19,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use indexmap::set::MutableValues;
 use parking_lot::{Mutex, MutexGuard};
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventKind, SessionId, UserName};
@@ -34,13 +34,13 @@ use user_index::{INDEX_ENTRY_BYTES, UserIndex};
 pub use write_log::{CLOCK_SKEW_MS, Verdict, WRITE_LOG_LEN, WriteLog};
 
 /// Bytes charged per session on top of its data: its record's largest
-/// header and the allocator's, the set's entry (stored hash and the
-/// record's pointer) and its index slot at the table's usual load.
+/// header and the allocator's, the set's pointer to the record and its
+/// table slot (a `u32` position and a control byte) at the table's usual
+/// load (about half full, after a doubling).
 pub const ENTRY_OVERHEAD: u64 = (MAX_HEADER_BYTES
     + std::mem::size_of::<usize>()
-    + std::mem::size_of::<u64>()
     + std::mem::size_of::<Record>()
-    + 2 * std::mem::size_of::<usize>()) as u64;
+    + 2 * (std::mem::size_of::<u32>() + 1)) as u64;
 
 /// How many sessions eviction samples to pick the least recently used one.
 const EVICTION_SAMPLES: usize = 16;
@@ -144,6 +144,15 @@ pub enum StoreError {
          too much since to tell whether the first attempt was applied; read it to find out"
     )]
     Indeterminate,
+    /// The session's shard holds the most sessions a shard can.
+    #[error(
+        "the shard this session belongs to holds {max} sessions, the most a shard can; \
+         start the node with more --shards"
+    )]
+    ShardFull {
+        /// The most sessions a shard holds.
+        max: usize,
+    },
     /// The write does not fit in the memory bound.
     #[error("the store is full: {needed} more bytes do not fit in the {limit}-byte memory bound")]
     Full {
@@ -219,6 +228,13 @@ impl std::fmt::Debug for Store {
             .field("config", &self.config)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+/// Why a session's shard took no more sessions.
+fn shard_full() -> StoreError {
+    StoreError::ShardFull {
+        max: session_set::MAX_SESSIONS,
     }
 }
 
@@ -412,11 +428,14 @@ impl Store {
             if let Some(owner) = capped {
                 self.make_way(&mut locked, owner, &owned, None, now)?;
             }
+            if let Some(shard) = locked.shard(self.shard_index(&id)) {
+                shard
+                    .sessions
+                    .replace(Record::new(&session, now))
+                    .map_err(|_| shard_full())?;
+            }
             if let Some(owner) = owner {
                 self.users.add(&owner.user, id);
-            }
-            if let Some(shard) = locked.shard(self.shard_index(&id)) {
-                shard.sessions.replace(Record::new(&session, now));
             }
             self.counters.sessions.fetch_add(1, Ordering::Relaxed);
             self.log_event(EventKind::Created, id, session.user.as_ref(), None);
@@ -479,9 +498,13 @@ impl Store {
         let record = Record::new(&session, self.now_ms());
         let previous = self.shard(&session.id).lock().sessions.replace(record);
         match previous {
-            Some(old) => self.budget.release(charge(&old)),
-            None => {
+            Ok(Some(old)) => self.budget.release(charge(&old)),
+            Ok(None) => {
                 self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.budget.release(bytes);
+                return Err(shard_full());
             }
         }
         Ok(())
@@ -493,7 +516,7 @@ impl Store {
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let records = std::mem::take(&mut shard.lock().sessions);
-            for record in &records {
+            for record in records.iter() {
                 self.budget.release(charge(record));
             }
             dropped += records.len() as u64;
@@ -656,6 +679,12 @@ impl Store {
             if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
                 continue;
             }
+            if locked
+                .shard(self.shard_index(&new_id))
+                .is_some_and(|target| target.sessions.is_full())
+            {
+                return Err(shard_full());
+            }
             let Some(source) = locked.shard(self.shard_index(id)) else {
                 continue;
             };
@@ -668,7 +697,10 @@ impl Store {
                     .and_then(|()| self.recharge(&record, owner.user.as_str().len()));
                 if let Err(err) = rebound {
                     if let Some(source) = locked.shard(self.shard_index(id)) {
-                        source.sessions.replace(record);
+                        // It was taken out of this shard a moment ago, so it fits.
+                        if let Err(lost) = source.sessions.replace(record) {
+                            self.forget(&lost, Removal::Evicted);
+                        }
                     }
                     return Err(err);
                 }
@@ -684,7 +716,10 @@ impl Store {
             session.id = new_id;
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
             if let Some(target) = locked.shard(self.shard_index(&new_id)) {
-                target.sessions.replace(Record::new(&session, now));
+                // Checked above (under the same lock) to have room.
+                if let Err(lost) = target.sessions.replace(Record::new(&session, now)) {
+                    self.forget(&lost, Removal::Evicted);
+                }
             }
             self.log_event(EventKind::Rotated, new_id, session.user.as_ref(), Some(*id));
             return Ok(session);
@@ -812,7 +847,7 @@ impl Store {
     ) -> Result<&'a mut Record, StoreError> {
         let (index, record) = shard
             .sessions
-            .get_full_mut2(id)
+            .get_full_mut(id)
             .ok_or(StoreError::NotFound)?;
         if record.is_expired(now_ms) {
             if let Some(record) = shard.sessions.swap_remove_index(index) {
@@ -822,7 +857,7 @@ impl Store {
         }
         shard
             .sessions
-            .get_index_mut2(index)
+            .get_index_mut(index)
             .ok_or(StoreError::NotFound)
     }
 
