@@ -26,6 +26,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind.
+    pub const ALL: [Self; 7] = [
+        Self::Created,
+        Self::Rotated,
+        Self::Deleted,
+        Self::Expired,
+        Self::Evicted,
+        Self::Revoked,
+        Self::Updated,
+    ];
+
     /// The kind as it appears in JSON and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,17 +52,7 @@ impl EventKind {
 
     /// The kind from its text.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Created,
-            Self::Rotated,
-            Self::Deleted,
-            Self::Expired,
-            Self::Evicted,
-            Self::Revoked,
-            Self::Updated,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == text)
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 

@@ -54,9 +54,15 @@ pub enum ReadError {
     Unknown,
 }
 
+/// Room for this many events is made when a log starts (pages are only
+/// used as events arrive), so a full log holds exactly its retention, not
+/// the next power of two; a larger retention grows as it fills.
+const PREALLOCATED_EVENTS: usize = 1 << 20;
+
+/// An event as the log keeps it; its sequence number is its place (see
+/// [`Entries`]).
 #[derive(Debug)]
 struct Entry {
-    seq: u64,
     kind: EventKind,
     id: SessionId,
     user: Option<UserName>,
@@ -64,6 +70,8 @@ struct Entry {
     old_id: Option<SessionId>,
 }
 
+/// The events kept, whose sequence numbers run without a gap from
+/// `dropped + 1` to `last`.
 #[derive(Debug)]
 struct Entries {
     events: VecDeque<Entry>,
@@ -79,6 +87,9 @@ pub struct EventLog {
     config: EventLogConfig,
     entries: Mutex<Entries>,
     newest: watch::Sender<u64>,
+    /// `sessiond_events_total` of each kind, registered once (a
+    /// `counter!` per event builds its key and looks it up every time).
+    appended: [(EventKind, metrics::Counter); EventKind::ALL.len()],
 }
 
 impl EventLog {
@@ -88,11 +99,15 @@ impl EventLog {
         Self {
             config,
             entries: Mutex::new(Entries {
-                events: VecDeque::new(),
+                events: VecDeque::with_capacity(config.retention.clamp(1, PREALLOCATED_EVENTS)),
                 last: start,
                 dropped: start,
             }),
             newest: watch::Sender::new(start),
+            appended: EventKind::ALL.map(|kind| {
+                let counter = metrics::counter!("sessiond_events_total", "kind" => kind.as_str());
+                (kind, counter)
+            }),
         }
     }
 
@@ -112,28 +127,29 @@ impl EventLog {
     ) {
         let seq = {
             let mut entries = self.entries.lock();
-            entries.last += 1;
-            let seq = entries.last;
+            // Room first, so a log at its retention never grows.
+            while entries.events.len() >= self.config.retention.max(1) {
+                Self::drop_oldest(&mut entries);
+            }
             entries.events.push_back(Entry {
-                seq,
                 kind,
                 id,
                 user: user.cloned(),
                 at_ms,
                 old_id,
             });
-            while entries.events.len() > self.config.retention.max(1) {
-                Self::drop_oldest(&mut entries);
-            }
-            seq
+            entries.last += 1;
+            entries.last
         };
-        metrics::counter!("sessiond_events_total", "kind" => kind.as_str()).increment(1);
+        if let Some((_, counter)) = self.appended.iter().find(|(counted, _)| *counted == kind) {
+            counter.increment(1);
+        }
         self.newest.send_replace(seq);
     }
 
     fn drop_oldest(entries: &mut Entries) {
-        if let Some(oldest) = entries.events.pop_front() {
-            entries.dropped = oldest.seq;
+        if entries.events.pop_front().is_some() {
+            entries.dropped += 1;
         }
     }
 
@@ -174,13 +190,12 @@ impl EventLog {
             Position::After(seq) if seq > entries.last => return Err(ReadError::Unknown),
             Position::After(seq) => seq,
         };
-        let events: Vec<Event> = entries
-            .events
-            .iter()
-            .skip_while(|entry| entry.seq <= after)
-            .take(limit)
-            .map(|entry| Event {
-                cursor: entry.seq.to_string(),
+        // `after` is within the kept range, so this counts what it skips.
+        let skip = usize::try_from(after - entries.dropped).unwrap_or(usize::MAX);
+        let events: Vec<Event> = (after + 1..)
+            .zip(entries.events.iter().skip(skip).take(limit))
+            .map(|(seq, entry)| Event {
+                cursor: seq.to_string(),
                 kind: entry.kind,
                 id: entry.id,
                 user: entry.user.as_ref().map(ToString::to_string),
@@ -251,6 +266,31 @@ mod tests {
         log.trim(2_000);
         assert_eq!(log.retained(), 0);
         assert!(log.read(Position::After(4), 10).is_err());
+    }
+
+    #[test]
+    fn every_kept_cursor_resumes_at_the_next_event_and_the_log_keeps_its_size() {
+        let log = log(10);
+        let ids: Vec<SessionId> = (0..25).map(|_| SessionId::random()).collect();
+        for id in &ids {
+            log.append(EventKind::Created, *id, None, None, 5);
+        }
+        let (kept, _) = log.read(Position::Oldest, 100).unwrap();
+        assert_eq!(kept.iter().map(|e| e.id).collect::<Vec<_>>(), ids[15..]);
+        for (index, event) in kept.iter().enumerate() {
+            let seq: u64 = event.cursor.parse().unwrap();
+            let (rest, _) = log.read(Position::After(seq), 3).unwrap();
+            let expected: Vec<SessionId> = ids[16 + index..].iter().take(3).copied().collect();
+            assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), expected);
+            let cursors: Vec<u64> = rest.iter().map(|e| e.cursor.parse().unwrap()).collect();
+            let contiguous: Vec<u64> = (seq + 1..).take(rest.len()).collect();
+            assert_eq!(cursors, contiguous);
+        }
+        assert_eq!(
+            log.entries.lock().events.capacity(),
+            10,
+            "a full log never grew"
+        );
     }
 
     #[test]
