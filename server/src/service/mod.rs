@@ -15,6 +15,7 @@ use crate::backend::{
 use crate::store::{Owner, Session, StoreStats, UserLimit};
 use merge::MergeError;
 
+mod json_check;
 mod merge;
 
 /// Events one read returns when it does not say.
@@ -33,8 +34,7 @@ impl JsonData {
     /// parse again: nesting within serde_json's depth limit and no lone
     /// surrogate escapes (both of which a merge patch would choke on).
     pub fn parse(bytes: Bytes) -> Result<Self, ServiceError> {
-        serde_json::from_slice::<serde_json::Value>(&bytes)
-            .map_err(|err| ServiceError::InvalidData(err.to_string()))?;
+        json_check::check(&bytes).map_err(|err| ServiceError::InvalidData(err.to_string()))?;
         Ok(Self(bytes))
     }
 

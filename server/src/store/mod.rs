@@ -15,7 +15,6 @@ mod shard;
 mod user_index;
 mod write_log;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -324,7 +323,9 @@ impl Store {
 
     /// Locks the shards of `ids` together.
     fn lock_group<'a>(&self, ids: impl IntoIterator<Item = &'a SessionId>) -> Locked<'_> {
-        let indices: BTreeSet<usize> = ids.into_iter().map(|id| self.shard_index(id)).collect();
+        let mut indices: Vec<usize> = ids.into_iter().map(|id| self.shard_index(id)).collect();
+        indices.sort_unstable();
+        indices.dedup();
         Locked {
             guards: indices
                 .into_iter()

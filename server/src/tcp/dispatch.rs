@@ -42,7 +42,11 @@ async fn run(
             user,
         } => {
             let (data, user) = (JsonData::parse(data)?, user_name(user)?);
-            session(cold(service.create(data, ttl_secs, placement, write, user)).await?)
+            session(
+                service
+                    .create(data, ttl_secs, placement, write, user)
+                    .await?,
+            )
         }
         Op::Get { id } => session(service.get(&id).await?),
         Op::Put {
@@ -102,9 +106,9 @@ async fn run(
     })
 }
 
-/// Boxes the future of an operation other than a get or a put, so that the
-/// future every request carries keeps the size of a get's or a put's (a
-/// create's, with Redis, is over 5 KB) and costs little to set up.
+/// Boxes the future of an operation other than a get, a put or a create,
+/// so that the future every request carries keeps the size of those and
+/// costs little to set up (the backend boxes a create's Redis part).
 fn cold<F: Future>(future: F) -> Pin<Box<F>> {
     Box::pin(future)
 }
