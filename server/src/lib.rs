@@ -19,6 +19,7 @@ pub mod descriptors;
 pub mod http;
 pub mod net;
 pub mod node;
+pub mod prometheus;
 pub mod readiness;
 pub mod secret;
 pub mod service;

@@ -5,16 +5,9 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sessiond::config::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-
-/// Latency buckets (seconds) of every `*_duration_seconds` histogram.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5,
-];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -61,12 +54,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), LATENCY_BUCKETS)
-        .context("invalid latency buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")
+fn install_metrics() -> anyhow::Result<sessiond::prometheus::MetricsHandle> {
+    sessiond::prometheus::install().context("cannot install the metrics recorder")
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM.

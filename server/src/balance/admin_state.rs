@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use crate::prometheus::MetricsHandle;
 use serde::Serialize;
 
 use super::membership::Membership;
@@ -25,7 +25,7 @@ pub struct AdminState {
     /// The upstreams, and the way to change them.
     pub membership: Membership,
     /// Renders `/metrics`.
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<MetricsHandle>,
     /// Who may use the upstreams API.
     pub auth: Arc<ApiAuth>,
 }

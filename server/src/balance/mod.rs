@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use crate::prometheus::MetricsHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -203,7 +203,7 @@ async fn listeners(
 /// (bounded) and returns.
 pub async fn run(
     config: BalanceConfig,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), BalanceError> {
     // Before the listeners: once they are up, SIGHUP reloads, never kills.

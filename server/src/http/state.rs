@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use crate::prometheus::MetricsHandle;
 
 use crate::backend::redis::ReplicationMode;
 use crate::readiness::Readiness;
@@ -18,7 +18,7 @@ pub struct AppState {
     /// The bearer token `/v1` requires, if any.
     pub auth_token: Option<Arc<str>>,
     /// Renders `/metrics`; `None` when no recorder is installed.
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<MetricsHandle>,
     /// Answers `/readyz`.
     pub readiness: Readiness,
     /// Time a request body has to arrive once its head is in.

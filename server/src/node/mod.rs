@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use crate::prometheus::MetricsHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,7 +85,7 @@ fn fit_connection_caps(config: &mut NodeConfig, limit: Option<u64>) {
 pub async fn run(
     config: NodeConfig,
     clock: Arc<dyn Clock>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let mut config = config;

@@ -7,10 +7,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use sessiond::config::{Cli, Command};
 use sessiond::node;
+use sessiond::prometheus::{self, MetricsHandle};
 use sessiond::store::ManualClock;
 use sessiond_e2e::api::Api;
 use sessiond_e2e::metrics::{Metrics, scrape};
@@ -19,14 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::START_MS;
 
 /// The metrics recorder of this test process (there can be one only).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+fn metrics_handle() -> MetricsHandle {
+    static HANDLE: OnceLock<MetricsHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .install_recorder()
-                .expect("cannot install the metrics recorder")
-        })
+        .get_or_init(|| prometheus::install().expect("cannot install the metrics recorder"))
         .clone()
 }
 
