@@ -1,11 +1,18 @@
 //! Checks JSON text the way building a `serde_json::Value` would, without
 //! building it: the same parser, the same nesting limit, every string
 //! (keys too) decoded and so checked for lone surrogate escapes, every
-//! number checked to be in range; nothing is allocated for what is read.
+//! number checked to be in range, and an object whose first key is
+//! serde_json's raw-value token read as `Value` reads it; nothing is
+//! allocated for what is read.
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The key by which serde_json (with its `raw_value` feature, on in this
+/// workspace) marks an object as a raw value: `Value` takes the member as
+/// a string of JSON text, parses that, and refuses any member after it.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 
 /// Whether `text` is exactly one JSON value that `serde_json` can parse
 /// into a `Value`.
@@ -61,8 +68,76 @@ impl<'de> Visitor<'de> for CheckedVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Checked, A::Error> {
-        while members.next_entry::<Checked, Checked>()?.is_some() {}
+        match members.next_key_seed(ClassifyKey)? {
+            None => {}
+            Some(FirstKey::RawValue) => {
+                // The parser refuses a member after this one, as for `Value`.
+                members.next_value_seed(EmbeddedJson)?;
+            }
+            Some(FirstKey::Plain) => {
+                members.next_value::<Checked>()?;
+                while members.next_entry::<Checked, Checked>()?.is_some() {}
+            }
+        }
         Ok(Checked)
+    }
+}
+
+/// What an object's first key says the object is.
+enum FirstKey {
+    /// serde_json's raw-value token.
+    RawValue,
+    /// Any other key.
+    Plain,
+}
+
+/// Reads a key into a [`FirstKey`].
+struct ClassifyKey;
+
+impl<'de> DeserializeSeed<'de> for ClassifyKey {
+    type Value = FirstKey;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<FirstKey, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for ClassifyKey {
+    type Value = FirstKey;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<FirstKey, E> {
+        Ok(if key == RAW_VALUE_TOKEN {
+            FirstKey::RawValue
+        } else {
+            FirstKey::Plain
+        })
+    }
+}
+
+/// A string holding JSON text, checked in turn.
+struct EmbeddedJson;
+
+impl<'de> DeserializeSeed<'de> for EmbeddedJson {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for EmbeddedJson {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("raw value")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+        check(text.as_bytes()).map_err(E::custom)
     }
 }
 
@@ -109,5 +184,33 @@ mod tests {
             assert_eq!(check(text.as_bytes()).is_ok(), as_value, "{text:.40}");
         }
         assert!(check(&[b'"', 0xff, b'"']).is_err(), "not UTF-8");
+    }
+
+    /// With serde_json's `raw_value` feature (on in this workspace), an
+    /// object whose first key is `$serde_json::private::RawValue` is read by
+    /// `Value` as a raw value: its member must be a string holding JSON, and
+    /// nothing may follow it. `check` walks it as a plain object.
+    #[test]
+    fn agrees_with_value_on_the_raw_value_token_key() {
+        let texts = [
+            r#"{"$serde_json::private::RawValue":1}"#,
+            r#"{"$serde_json::private::RawValue":"not json"}"#,
+            r#"{"$serde_json::private::RawValue":"\"\\ud800\""}"#,
+            r#"{"$serde_json::private::RawValue":"1","b":2}"#,
+            r#"[{"$serde_json::private::RawValue":{}}]"#,
+            r#"{"\u0024serde_json::private::RawValue":[]}"#,
+            r#"{"$serde_json::private::RawValue":"[1,{\"a\":null}]"}"#,
+            r#"{"\u0024serde_json::private::RawValue":"2"}"#,
+            r#"[{"$serde_json::private::RawValue":"{}"},{"b":{"$serde_json::private::RawValue":"3"}}]"#,
+            r#"{"a":1,"$serde_json::private::RawValue":"not json"}"#,
+        ];
+        let mut disagreements = Vec::new();
+        for text in texts {
+            let as_value = serde_json::from_str::<serde_json::Value>(text).map(drop);
+            if check(text.as_bytes()).is_ok() != as_value.is_ok() {
+                disagreements.push(format!("{text}: check ok, Value says {as_value:?}"));
+            }
+        }
+        assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
     }
 }
