@@ -21,7 +21,7 @@ use metrics::{
     SharedString, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 /// The upper bounds (seconds) of every histogram's buckets.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -106,14 +106,18 @@ impl Recorder for BucketingRecorder {
 /// Every histogram series, by name and labels.
 #[derive(Debug, Default)]
 struct Histograms {
-    series: Mutex<HashMap<Key, Arc<Buckets>>>,
+    series: RwLock<HashMap<Key, Arc<Buckets>>>,
 }
 
 impl Histograms {
-    /// The series of `key`, made on first use.
+    /// The series of `key`, made on first use (a `histogram!` call per
+    /// request finds it under a shared lock, without copying the key).
     fn series(&self, key: &Key) -> Arc<Buckets> {
+        if let Some(buckets) = self.series.read().get(key) {
+            return buckets.clone();
+        }
         self.series
-            .lock()
+            .write()
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Buckets::default()))
             .clone()
@@ -123,7 +127,7 @@ impl Histograms {
     fn render(&self, text: &mut String) {
         let mut series: Vec<(String, String, Arc<Buckets>)> = self
             .series
-            .lock()
+            .read()
             .iter()
             .map(|(key, buckets)| (key.name().to_owned(), labels(key), buckets.clone()))
             .collect();

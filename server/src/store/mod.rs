@@ -426,6 +426,10 @@ impl Store {
             if let Ok(existing) = self.live_record(shard, &id, now) {
                 return Ok(Admitted::Existing(existing.session()));
             }
+            if shard.sessions.is_full() {
+                // Before the cap makes way: a refused create costs nothing.
+                return Err(shard_full());
+            }
             if let Some(owner) = capped {
                 self.make_way(&mut locked, owner, &owned, None, now)?;
             }

@@ -14,7 +14,7 @@ use sessiond_proto::id::ID_BYTES;
 
 use super::record::Record;
 
-/// The most sessions one set holds (positions are `u32`).
+/// The most sessions one set holds (positions are `u32`, below `u32::MAX`).
 pub const MAX_SESSIONS: usize = u32::MAX as usize;
 
 /// A session id's hash: 8 of its bytes. Ids are 128 bits from the OS
@@ -99,14 +99,15 @@ impl SessionSet {
                 Some(slot) => Ok(Some(std::mem::replace(slot, record))),
                 None => Err(record),
             },
-            Entry::Vacant(entry) => {
-                let Ok(at) = u32::try_from(records.len()) else {
-                    return Err(record);
-                };
-                entry.insert(at);
-                records.push(record);
-                Ok(None)
-            }
+            Entry::Vacant(entry) => match u32::try_from(records.len()) {
+                // Below `MAX_SESSIONS`, as `is_full` says.
+                Ok(at) if at < u32::MAX => {
+                    entry.insert(at);
+                    records.push(record);
+                    Ok(None)
+                }
+                _ => Err(record),
+            },
         }
     }
 
