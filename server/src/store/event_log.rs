@@ -231,13 +231,20 @@ mod tests {
         EventLog::new(config(retention), 0)
     }
 
-    #[test]
-    fn readers_resume_after_their_cursor_in_order() {
-        let log = log(10);
-        let ids: Vec<SessionId> = (0..3).map(|_| SessionId::random()).collect();
+    /// A log keeping `retention` events that `count` sessions' creations
+    /// were appended to, and those sessions' ids in order.
+    fn log_of_creations(retention: usize, count: usize) -> (EventLog, Vec<SessionId>) {
+        let log = log(retention);
+        let ids: Vec<SessionId> = (0..count).map(|_| SessionId::random()).collect();
         for id in &ids {
             log.append(EventKind::Created, *id, None, None, 5);
         }
+        (log, ids)
+    }
+
+    #[test]
+    fn readers_resume_after_their_cursor_in_order() {
+        let (log, ids) = log_of_creations(10, 3);
         let (first, next) = log.read(Position::Oldest, 2).unwrap();
         assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
         let seq: u64 = next.parse().unwrap();
@@ -270,11 +277,7 @@ mod tests {
 
     #[test]
     fn every_kept_cursor_resumes_at_the_next_event_and_the_log_keeps_its_size() {
-        let log = log(10);
-        let ids: Vec<SessionId> = (0..25).map(|_| SessionId::random()).collect();
-        for id in &ids {
-            log.append(EventKind::Created, *id, None, None, 5);
-        }
+        let (log, ids) = log_of_creations(10, 25);
         let (kept, _) = log.read(Position::Oldest, 100).unwrap();
         assert_eq!(kept.iter().map(|e| e.id).collect::<Vec<_>>(), ids[15..]);
         for (index, event) in kept.iter().enumerate() {
