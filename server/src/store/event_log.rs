@@ -81,15 +81,35 @@ struct Entries {
     dropped: u64,
 }
 
+/// `sessiond_events_total` of each kind, registered once (a `counter!`
+/// per event builds its key and looks it up every time).
+#[derive(Debug, Clone)]
+pub struct EventCounters([(EventKind, metrics::Counter); EventKind::ALL.len()]);
+
+impl EventCounters {
+    /// Registers the counters with the installed recorder.
+    pub fn register() -> Self {
+        Self(EventKind::ALL.map(|kind| {
+            let counter = metrics::counter!("sessiond_events_total", "kind" => kind.as_str());
+            (kind, counter)
+        }))
+    }
+
+    /// Counts `events` events of `kind` this node logged.
+    pub fn add(&self, kind: EventKind, events: u64) {
+        if let Some((_, counter)) = self.0.iter().find(|(counted, _)| *counted == kind) {
+            counter.increment(events);
+        }
+    }
+}
+
 /// The log.
 #[derive(Debug)]
 pub struct EventLog {
     config: EventLogConfig,
     entries: Mutex<Entries>,
     newest: watch::Sender<u64>,
-    /// `sessiond_events_total` of each kind, registered once (a
-    /// `counter!` per event builds its key and looks it up every time).
-    appended: [(EventKind, metrics::Counter); EventKind::ALL.len()],
+    appended: EventCounters,
 }
 
 impl EventLog {
@@ -104,10 +124,7 @@ impl EventLog {
                 dropped: start,
             }),
             newest: watch::Sender::new(start),
-            appended: EventKind::ALL.map(|kind| {
-                let counter = metrics::counter!("sessiond_events_total", "kind" => kind.as_str());
-                (kind, counter)
-            }),
+            appended: EventCounters::register(),
         }
     }
 
@@ -141,9 +158,7 @@ impl EventLog {
             entries.last += 1;
             entries.last
         };
-        if let Some((_, counter)) = self.appended.iter().find(|(counted, _)| *counted == kind) {
-            counter.increment(1);
-        }
+        self.appended.add(kind, 1);
         self.newest.send_replace(seq);
     }
 

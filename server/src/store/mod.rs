@@ -25,7 +25,7 @@ use sessiond_proto::{EventKind, SessionId, UserName};
 
 pub use budget::MemoryBudget;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use event_log::{EventLog, EventLogConfig, Position, ReadError};
+pub use event_log::{EventCounters, EventLog, EventLogConfig, Position, ReadError};
 use record::{MAX_HEADER_BYTES, Record};
 pub use session::Session;
 use shard::Shard;

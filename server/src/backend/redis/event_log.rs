@@ -4,7 +4,7 @@
 use redis::ScriptInvocation;
 use sessiond_proto::EventKind;
 
-use crate::store::EventLogConfig;
+use crate::store::{EventCounters, EventLogConfig};
 
 /// The event log's keys and settings.
 #[derive(Debug, Clone)]
@@ -15,6 +15,8 @@ pub struct RedisEvents {
     pub expiries: String,
     /// How the log keeps its events.
     pub config: EventLogConfig,
+    /// What this node appended, by kind.
+    pub counters: EventCounters,
 }
 
 impl RedisEvents {
@@ -25,6 +27,7 @@ impl RedisEvents {
             expiries: format!("{stream}:expiries"),
             stream,
             config,
+            counters: EventCounters::register(),
         }
     }
 
@@ -36,7 +39,7 @@ impl RedisEvents {
 
 /// Counts an event this node appended to the log.
 pub(super) fn count_logged(events: Option<&RedisEvents>, kind: EventKind) {
-    if events.is_some() {
-        metrics::counter!("sessiond_events_total", "kind" => kind.as_str()).increment(1);
+    if let Some(events) = events {
+        events.counters.add(kind, 1);
     }
 }

@@ -272,8 +272,7 @@ impl Redis {
             .await;
         match self.link.observe(reaped) {
             Ok((reaped, retained)) => {
-                metrics::counter!("sessiond_events_total", "kind" => EventKind::Expired.as_str())
-                    .increment(reaped);
+                events.counters.add(EventKind::Expired, reaped);
                 metrics::gauge!("sessiond_events_retained").set(retained as f64);
             }
             Err(err) => tracing::debug!(%err, "reaping the expiry index failed"),
