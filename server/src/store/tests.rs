@@ -14,6 +14,14 @@ fn store() -> (Store, Arc<ManualClock>) {
     store_with(StoreConfig::default())
 }
 
+/// Creates a session of `data` with the idle TTL `ttl_ms`; its id.
+fn created(store: &Store, data: &str, ttl_ms: u64) -> SessionId {
+    store
+        .create(SessionId::random(), json(data), ttl_ms, None, None)
+        .unwrap()
+        .id
+}
+
 fn json(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
@@ -50,10 +58,7 @@ fn unknown_id_is_not_found() {
 #[test]
 fn every_write_increments_the_version() {
     let (store, _) = store();
-    let id = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "{}", 60 * SECOND);
     for expected_next in 2..=10 {
         let session = store.put(&id, json("[]"), None, None, None).unwrap();
         assert_eq!(session.version, expected_next);
@@ -65,10 +70,7 @@ fn every_write_increments_the_version() {
 #[test]
 fn conditional_write_checks_the_version() {
     let (store, _) = store();
-    let id = store
-        .create(SessionId::random(), json("0"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "0", 60 * SECOND);
     assert_eq!(
         store
             .put(&id, json("1"), None, Some(1), None)
@@ -89,10 +91,7 @@ fn conditional_write_checks_the_version() {
 #[test]
 fn sessions_expire_after_their_idle_ttl() {
     let (store, clock) = store();
-    let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "{}", 10 * SECOND);
     clock.advance(Duration::from_millis(9_999));
     assert!(store.peek(&id).is_some());
     clock.advance(Duration::from_millis(1));
@@ -108,10 +107,7 @@ fn sessions_expire_after_their_idle_ttl() {
 #[test]
 fn reads_slide_the_expiry() {
     let (store, clock) = store();
-    let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "{}", 10 * SECOND);
     for _ in 0..10 {
         clock.advance(Duration::from_secs(8));
         store.get(&id).unwrap();
@@ -126,10 +122,7 @@ fn reads_slide_the_expiry() {
 #[test]
 fn writes_and_touches_slide_the_expiry_and_touch_can_change_the_ttl() {
     let (store, clock) = store();
-    let id = store
-        .create(SessionId::random(), json("{}"), 10 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "{}", 10 * SECOND);
     clock.advance(Duration::from_secs(8));
     let written = store.put(&id, json("1"), None, None, None).unwrap();
     assert_eq!(written.expires_at_ms, clock.now_ms() + 10 * SECOND);
@@ -204,10 +197,7 @@ fn sweeper_frees_expired_sessions_without_reads() {
 #[test]
 fn a_sweep_budget_larger_than_the_shard_ends_after_one_round() {
     let (store, clock) = store();
-    let live = store
-        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let live = created(&store, "1", 60 * SECOND);
     store
         .create(SessionId::random(), json("2"), SECOND, None, None)
         .unwrap();
@@ -220,10 +210,7 @@ fn a_sweep_budget_larger_than_the_shard_ends_after_one_round() {
 #[test]
 fn delete_is_idempotent() {
     let (store, _) = store();
-    let id = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "{}", 60 * SECOND);
     assert!(store.delete(&id));
     assert!(!store.delete(&id));
     assert_eq!(store.stats().sessions, 0);
@@ -370,10 +357,7 @@ fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
 fn update_applies_a_function_atomically_under_contention() {
     let (store, _) = store();
     let store = Arc::new(store);
-    let id = store
-        .create(SessionId::random(), json("0"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "0", 60 * SECOND);
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
@@ -400,10 +384,7 @@ fn update_applies_a_function_atomically_under_contention() {
 #[test]
 fn memory_accounting_follows_sizes_exactly() {
     let (store, _) = store();
-    let id = store
-        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let id = created(&store, "1", 60 * SECOND);
     assert_eq!(store.stats().bytes_used, charge_of(1));
     store.put(&id, json("12345"), None, None, None).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(5));
@@ -922,10 +903,7 @@ fn events_carry_the_right_id_and_user() {
     let zoe = owner("Zoë", 0, WhenUserFull::EvictOldest);
     let max = owner(&"é".repeat(128), 0, WhenUserFull::EvictOldest);
     let name = |owner: &Owner| Some(owner.user.to_string());
-    let anon = store
-        .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
-        .unwrap()
-        .id;
+    let anon = created(&store, "{}", 60 * SECOND);
     store.put(&anon, json("1"), None, None, None).unwrap();
     store.touch(&anon, None).unwrap();
     store.get(&anon).unwrap();
