@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sessiond_client::SessionId;
 use sessiond_e2e::metrics::scrape;
+use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, build, builder_for};
 
@@ -170,6 +171,59 @@ async fn cached_reads_across_nodes_are_never_older_than_an_acknowledged_write() 
     let stale = stale_reads_across_nodes(&[]).await;
     eprintln!("cached consistency: {stale} stale reads out of 1000");
     assert_eq!(stale, 0, "reads through the caching node went back in time");
+}
+
+/// A caching node too slow to ack an invalidation (frozen past the
+/// writer's wait) must not answer its older copy once it runs again: it
+/// trusts its cache only while its own heartbeat comes back through its
+/// subscription, so by the time the writer gives up waiting, the frozen
+/// node no longer trusts the copy it was never told to drop. Node B caches
+/// the session, is frozen (SIGSTOP), node A writes, a read is sent to B,
+/// and B is thawed: the read must show A's write, in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
+    const ROUNDS: u64 = 10;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let a = node_on(&http, &redis.url(), &[]).await;
+    let b = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let mut stale = Vec::new();
+    for round in 1..=ROUNDS {
+        // B reads the session through and caches it.
+        for _ in 0..2 {
+            let read = get(&http, &b, &id).await;
+            assert_eq!(read.status, 200, "round {round}: {}", read.text);
+            assert_eq!(read.session().version, round, "round {round}");
+        }
+        freeze(b.pid());
+        let written = put(&http, &a, &id, &json!({ "round": round }), None).await;
+        assert_eq!(written.status, 200, "round {round}: {}", written.text);
+        assert_eq!(written.session().version, round + 1, "round {round}");
+        let read = tokio::spawn({
+            let (http, url) = (http.clone(), format!("{}/v1/sessions/{id}", b.url()));
+            async move { send(http.get(url)).await }
+        });
+        // The read waits in B's socket beside the invalidation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        signal(b.pid(), "CONT");
+        let read = bounded("the read through B", read)
+            .await
+            .expect("the read task panicked");
+        assert_eq!(read.status, 200, "round {round}: {}", read.text);
+        let session = read.session();
+        if session.version != round + 1 {
+            stale.push((round, session.version, session.data));
+        }
+    }
+    assert_eq!(
+        stale,
+        [],
+        "(round, version, data) B answered after A acknowledged version round + 1"
+    );
 }
 
 /// The documented layout: hash `<prefix><id>` with v, d, c, u, t, the write

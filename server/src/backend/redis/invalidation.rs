@@ -5,10 +5,23 @@
 //! a write leaves only the writer). A write that finds other nodes there
 //! publishes an invalidation from inside its Lua script, and the writer
 //! does not acknowledge the write until each of those nodes has dropped
-//! its copy and said so (an ack on the same channel), or a short timeout
-//! passed (the node is gone or cut off; a node whose subscription is down
-//! serves no cached copy). So a read never returns a version older than
-//! one a write already acknowledged, whichever nodes the clients use.
+//! its copy and said so (an ack on the same channel), or until a silent
+//! node can no longer trust its copy.
+//!
+//! A node trusts its cached copies only while its own heartbeat comes back
+//! to it: every [`HEARTBEAT_INTERVAL`] it publishes a beat on the channel
+//! (with its heartbeat key, in one script), and it serves copies only while
+//! a beat it sent less than [`HEARTBEAT_TRUST`] ago has come back through
+//! its subscription. Messages on the channel arrive in the order Redis
+//! took them and are applied in that order, so by then every invalidation
+//! published before that beat has been applied. A writer whose write was
+//! answered at `t` and that has no ack from a node by `t +
+//! HEARTBEAT_TRUST` answers anyway: the node's trust now rests on a beat
+//! sent before the write ran, older than that, or on one sent after it,
+//! which came back behind the invalidation. A node frozen, overloaded or
+//! cut off from its subscription therefore reads through to Redis instead
+//! of answering a copy a write has replaced, and so a read never returns
+//! a version older than one a write already acknowledged.
 //!
 //! While the subscription is down the cache is not trusted, and it is
 //! cleared when the subscription comes back, so no copy that missed an
@@ -17,7 +30,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -28,18 +41,25 @@ use tokio_util::sync::CancellationToken;
 use super::link::RedisLink;
 use crate::store::Store;
 
-/// How long a writer waits for the other cachers' acks before it answers
-/// anyway (a node that does not ack within it is dead or cut off).
-pub const ACK_TIMEOUT: Duration = Duration::from_millis(250);
-/// A subscribed node refreshes its heartbeat key this often...
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
-/// ...and the key lives this long: a writer does not wait for acks from a
-/// node without one (it died, or lost Redis and trusts no copy).
-const HEARTBEAT_TTL: Duration = Duration::from_millis(1500);
-/// A node trusts its cached copies only while its heartbeat was refreshed
-/// this recently (well before the key can expire, after which writers stop
-/// waiting for its acks).
-const HEARTBEAT_TRUST: Duration = Duration::from_millis(1000);
+/// A subscribed node beats this often: it refreshes its heartbeat key and
+/// publishes a beat on the channel (one script)...
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// ...trusts its cached copies only while a beat it sent this recently has
+/// come back through its subscription, and a writer waits this long after
+/// its write's answer for an ack before it answers anyway.
+const HEARTBEAT_TRUST: Duration = Duration::from_millis(500);
+/// A node's heartbeat key lives this long after its latest beat, longer
+/// than the trust a beat gives: a writer does not wait for a node without
+/// one (it died, or lost Redis, and trusts no copy).
+const HEARTBEAT_TTL: Duration = Duration::from_millis(1000);
+
+/// Refreshes the heartbeat key KEYS[1] for ARGV[1] ms and publishes the
+/// beat ARGV[3] on the channel ARGV[2], in one step: a beat that comes
+/// back always comes with a key that outlives the trust it gives.
+const BEAT: &str = r"
+redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+";
 
 /// First byte of an invalidation: `I`, writer (8), session (16), nonce (8).
 const INVALIDATION: u8 = b'I';
@@ -47,6 +67,10 @@ const INVALIDATION_BYTES: usize = 33;
 /// First byte of an ack: `A`, to (8), from (8), nonce (8).
 const ACK: u8 = b'A';
 const ACK_BYTES: usize = 25;
+/// First byte of a beat: `B`, node (8), when it was sent (8: nanoseconds
+/// since the node's clock started, never 0).
+const BEAT_MARK: u8 = b'B';
+const BEAT_BYTES: usize = 17;
 
 /// A writer waiting for acks of one invalidation.
 #[derive(Debug, Default)]
@@ -68,8 +92,12 @@ pub struct Invalidations {
     live: AtomicBool,
     received: AtomicU64,
     waiters: Mutex<HashMap<u64, Arc<Waiter>>>,
-    /// When the heartbeat was last refreshed.
-    beaten: Mutex<Option<std::time::Instant>>,
+    beat_script: redis::Script,
+    /// Where the node's beat times count from.
+    clock: Instant,
+    /// When the latest beat that came back was sent (nanoseconds since
+    /// `clock`; 0: none yet).
+    confirmed_beat: AtomicU64,
 }
 
 /// One announced change: the message the write script publishes, and the
@@ -83,18 +111,21 @@ pub struct Announcement<'a> {
 }
 
 impl Announcement<'_> {
-    /// Waits until every live node of `others` acked, at most
-    /// [`ACK_TIMEOUT`]; nodes without a heartbeat are not waited for.
-    pub async fn acked_by(self, others: &[u64]) {
+    /// Waits until every live node of `others` acked, or until
+    /// [`HEARTBEAT_TRUST`] after `answered` (when Redis's answer to the
+    /// write arrived): a node silent until then no longer trusts the copy
+    /// it was not told to drop. Nodes without a heartbeat are not waited
+    /// for.
+    pub async fn acked_by(self, others: &[u64], answered: Instant) {
         if others.is_empty() {
             return;
         }
         let others = self.invalidations.alive(others).await;
-        self.wait_for(&others).await;
+        self.wait_for(&others, answered + HEARTBEAT_TRUST).await;
     }
 
-    /// Waits until every node of `others` acked, at most [`ACK_TIMEOUT`].
-    async fn wait_for(&self, others: &[u64]) {
+    /// Waits until every node of `others` acked, at most until `deadline`.
+    async fn wait_for(&self, others: &[u64], deadline: Instant) {
         if others.is_empty() {
             return;
         }
@@ -111,7 +142,10 @@ impl Announcement<'_> {
                 notified.await;
             }
         };
-        if tokio::time::timeout(ACK_TIMEOUT, wait).await.is_err() {
+        if tokio::time::timeout_at(deadline.into(), wait)
+            .await
+            .is_err()
+        {
             metrics::counter!("sessiond_invalidation_ack_timeouts_total").increment(1);
             tracing::warn!(?others, "some cachers did not ack an invalidation in time");
         }
@@ -136,7 +170,9 @@ impl Invalidations {
             live: AtomicBool::new(false),
             received: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
-            beaten: Mutex::new(None),
+            beat_script: redis::Script::new(BEAT),
+            clock: Instant::now(),
+            confirmed_beat: AtomicU64::new(0),
         }
     }
 
@@ -167,23 +203,36 @@ impl Invalidations {
             .collect()
     }
 
-    /// Refreshes this node's heartbeat key (while subscribed).
+    /// Refreshes this node's heartbeat key and publishes a beat (while
+    /// subscribed); its trust is renewed when the beat comes back.
     async fn beat(self: Arc<Self>) {
         let Ok(mut conn) = self.link.conn() else {
             return;
         };
-        let started = std::time::Instant::now();
-        let beat = redis::cmd("SET")
-            .arg(self.heartbeat_key(self.node_id))
-            .arg(1)
-            .arg("PX")
+        // Taken before the script runs: the trust counts from no later
+        // than the moment Redis publishes the beat.
+        let message = self.beat_message(self.clock.elapsed());
+        let beat = self
+            .beat_script
+            .key(self.heartbeat_key(self.node_id))
             .arg(HEARTBEAT_TTL.as_millis() as u64)
-            .query_async::<()>(&mut conn)
+            .arg(&self.channel)
+            .arg(message)
+            .invoke_async::<i64>(&mut conn)
             .await;
-        match beat {
-            Ok(()) => *self.beaten.lock() = Some(started),
-            Err(err) => tracing::debug!(%err, "could not refresh the node's heartbeat"),
+        if let Err(err) = beat {
+            tracing::debug!(%err, "could not beat (heartbeat key and beat message)");
         }
+    }
+
+    /// This node's beat, sent `sent` after its clock started.
+    fn beat_message(&self, sent: Duration) -> Vec<u8> {
+        let sent = u64::try_from(sent.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let mut message = Vec::with_capacity(BEAT_BYTES);
+        message.push(BEAT_MARK);
+        message.extend_from_slice(&self.node_id.to_be_bytes());
+        message.extend_from_slice(&sent.to_be_bytes());
+        message
     }
 
     /// The message announcing a change of `id` by this node, registered to
@@ -216,16 +265,13 @@ impl Invalidations {
         message
     }
 
-    /// Whether the subscription is up, so cached copies can be trusted.
-    /// (Writers wait for this node's acks only while its heartbeat key
-    /// lives, so copies are trusted only while it was refreshed lately:
-    /// a heartbeat whose Redis Cluster master is down ends the trust.)
+    /// Whether cached copies can be trusted: the subscription is up and a
+    /// beat sent less than [`HEARTBEAT_TRUST`] ago came back through it.
     pub fn is_live(&self) -> bool {
+        let confirmed = self.confirmed_beat.load(Ordering::Acquire);
         self.live.load(Ordering::Acquire)
-            && self
-                .beaten
-                .lock()
-                .is_some_and(|at| at.elapsed() < HEARTBEAT_TRUST)
+            && confirmed != 0
+            && Duration::from_nanos(confirmed) + HEARTBEAT_TRUST > self.clock.elapsed()
     }
 
     /// A counter that moves whenever another node's change arrives (or the
@@ -261,6 +307,12 @@ impl Invalidations {
                     ack.extend_from_slice(&nonce.to_be_bytes());
                     ack
                 })
+            }
+            (Some(&BEAT_MARK), BEAT_BYTES) => {
+                if word(1)? == self.node_id {
+                    self.confirmed_beat.fetch_max(word(9)?, Ordering::AcqRel);
+                }
+                None
             }
             (Some(&ACK), ACK_BYTES) => {
                 if word(1)? == self.node_id {
@@ -394,8 +446,43 @@ mod tests {
         // The writer ignores its own invalidation and takes the ack.
         assert_eq!(writer.apply(&announcement.message, &store), None);
         assert_eq!(writer.apply(&ack, &store), None);
-        tokio::time::timeout(Duration::from_millis(50), announcement.wait_for(&[2]))
+        let wait = announcement.wait_for(&[2], Instant::now() + Duration::from_secs(5));
+        tokio::time::timeout(Duration::from_millis(50), wait)
             .await
             .expect("acked without waiting for the timeout");
+    }
+
+    /// Copies are trusted only while the subscription is up and a beat this
+    /// node sent less than `HEARTBEAT_TRUST` ago came back through it.
+    #[tokio::test]
+    async fn copies_are_trusted_only_while_a_recent_own_beat_came_back() {
+        let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
+        let link = RedisLink::new(super::super::RedisTarget::Single(
+            "redis://127.0.0.1:1".into(),
+        ))
+        .expect("a link");
+        let mut node = Invalidations::new("p:", 2, link.clone());
+        node.clock = Instant::now() - Duration::from_secs(5);
+        let other = Invalidations::new("p:", 3, link);
+        node.live.store(true, Ordering::Release);
+        assert!(!node.is_live(), "no beat came back yet");
+        let now = node.clock.elapsed();
+        assert_eq!(node.apply(&other.beat_message(now), &store), None);
+        assert!(
+            !node.is_live(),
+            "another node's beat says nothing of this one"
+        );
+        let late = now - HEARTBEAT_TRUST - Duration::from_millis(10);
+        assert_eq!(node.apply(&node.beat_message(late), &store), None);
+        assert!(!node.is_live(), "a beat sent longer ago than the trust");
+        node.apply(&node.beat_message(now), &store);
+        assert!(node.is_live(), "a beat sent just now");
+        node.apply(&node.beat_message(late), &store);
+        assert!(
+            node.is_live(),
+            "an older beat coming back late takes nothing away"
+        );
+        node.live.store(false, Ordering::Release);
+        assert!(!node.is_live(), "the subscription is down");
     }
 }

@@ -385,11 +385,12 @@ impl Redis {
             .arg(user)
             .invoke_async::<Deleted>(&mut conn)
             .await;
+        let answered = std::time::Instant::now();
         let deleted = redis.link.observe(result)?;
         if deleted.deleted {
             count_logged(redis.events.as_ref(), kind);
         }
-        announcement.acked_by(&deleted.others).await;
+        announcement.acked_by(&deleted.others, answered).await;
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;
         }

@@ -74,6 +74,7 @@ impl SyncBackend {
             .arg(tag.map_or(0, |tag| tag.sent_at_ms))
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
+        let answered = std::time::Instant::now();
         // How long Redis took to answer, as this node saw it: on a loaded
         // machine mostly Redis's wait for a CPU, not the script's work.
         metrics::histogram!("sessiond_redis_write_duration_seconds").record(started.elapsed());
@@ -88,7 +89,7 @@ impl SyncBackend {
             if write.data.is_some() && redis.logs_updates() {
                 count_logged(redis.events.as_ref(), EventKind::Updated);
             }
-            announcement.acked_by(others).await;
+            announcement.acked_by(others, answered).await;
         }
         Ok(outcome)
     }
