@@ -271,6 +271,11 @@ impl Client {
         op: Op,
         timeout: Duration,
     ) -> Result<Outcome, Error> {
+        // A call may fail without awaiting anything (every node is down):
+        // this hands the runtime back once the task's budget is spent, so a
+        // caller retrying in a loop does not starve other tasks (among them
+        // the probes that bring the nodes back).
+        tokio::task::coop::consume_budget().await;
         let tag = op.is_tagged_write().then(|| fastrand::u64(1..));
         // Every attempt says when the first was sent (a late first attempt
         // is judged by it).

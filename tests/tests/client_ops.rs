@@ -1008,3 +1008,44 @@ async fn a_request_stuck_behind_a_full_connection_ends_by_its_deadline() {
         "the data is neither the first nor a put's"
     );
 }
+
+/// A call that fails at once (its only node is down) still hands the
+/// runtime back now and then: an app retrying it in a loop does not starve
+/// its other tasks, among them the client's probe that brings the node
+/// back. On a one-thread runtime, a task spawned before the loop must run
+/// within it.
+#[tokio::test(flavor = "current_thread")]
+async fn calls_failing_at_once_let_other_tasks_run() {
+    const CALLS: usize = 100_000;
+    let mut node = Sessiond::start(&[]);
+    let client = client_for(&[&node]).await;
+    let id = bounded(client.create(&json!({}), None))
+        .await
+        .expect("create")
+        .id;
+    node.kill();
+    for _ in 0..50 {
+        if client.nodes_up().iter().all(|(_, up)| !up) {
+            break;
+        }
+        assert!(bounded(client.get::<Value>(&id)).await.is_err());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!client.nodes_up()[0].1, "the killed node is down");
+    let ran = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let ran = ran.clone();
+        async move { ran.store(1, Ordering::SeqCst) }
+    });
+    let mut calls = 0;
+    while ran.load(Ordering::SeqCst) == 0 && calls < CALLS {
+        let failed = client.get::<Value>(&id).await;
+        assert!(matches!(failed, Err(Error::Unavailable(_))), "{failed:?}");
+        calls += 1;
+    }
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "a spawned task did not run during {calls} calls that failed at once"
+    );
+}
