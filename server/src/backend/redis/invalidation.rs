@@ -43,11 +43,11 @@ use crate::store::Store;
 
 /// A subscribed node beats this often: it refreshes its heartbeat key and
 /// publishes a beat on the channel (one script)...
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 /// ...trusts its cached copies only while a beat it sent this recently has
 /// come back through its subscription, and a writer waits this long after
 /// its write's answer for an ack before it answers anyway.
-const HEARTBEAT_TRUST: Duration = Duration::from_millis(500);
+const HEARTBEAT_TRUST: Duration = Duration::from_millis(250);
 /// A node's heartbeat key lives this long after its latest beat, longer
 /// than the trust a beat gives: a writer does not wait for a node without
 /// one (it died, or lost Redis, and trusts no copy).
