@@ -379,9 +379,11 @@ impl Invalidations {
         // Writers wait for this node's acks only while its heartbeat is
         // alive: beat before any copy can be cached.
         self.clone().beat().await;
-        // Copies cached before now may have missed invalidations.
-        let dropped = store.clear();
+        // Copies cached before now may have missed invalidations. The
+        // epoch moves first, as for an invalidation, so that a cache fill
+        // whose copy the clear missed sees it move and drops its copy.
         self.received.fetch_add(1, Ordering::AcqRel);
+        let dropped = store.clear();
         self.live.store(true, Ordering::Release);
         tracing::info!(dropped, channel = %self.channel, "subscribed to invalidations");
         let mut messages = pubsub.on_message();
@@ -405,6 +407,14 @@ impl Invalidations {
     }
 }
 
+/// Waits until no node can still trust a copy older than a write that ran
+/// in Redis before `answered`. A replay (a write answered from the record
+/// of an earlier run of it) must: the earlier run's writer may have died,
+/// or its caller given up, before the other cachers acked.
+pub async fn outlast_trust_before(answered: Instant) {
+    tokio::time::sleep_until((answered + HEARTBEAT_TRUST).into()).await;
+}
+
 /// Publishes an ack; a lost ack only makes the writer wait its timeout.
 async fn publish(link: Arc<RedisLink>, channel: String, message: Vec<u8>) {
     let Ok(mut conn) = link.conn() else {
@@ -425,14 +435,20 @@ mod tests {
     use super::*;
     use crate::store::{StoreConfig, SystemClock};
 
-    #[tokio::test]
-    async fn an_invalidation_drops_the_copy_and_is_acked_to_its_writer() {
+    /// A store, and a link with no Redis behind it (every node counts as
+    /// alive).
+    fn store_and_link() -> (Store, Arc<RedisLink>) {
         let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
-        // No Redis behind the link: every node counts as alive.
         let link = RedisLink::new(super::super::RedisTarget::Single(
             "redis://127.0.0.1:1".into(),
         ))
         .expect("a link");
+        (store, link)
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_drops_the_copy_and_is_acked_to_its_writer() {
+        let (store, link) = store_and_link();
         let writer = Invalidations::new("p:", 1, link.clone());
         let cacher = Invalidations::new("p:", 2, link);
         let id = SessionId::random();
@@ -456,11 +472,7 @@ mod tests {
     /// node sent less than `HEARTBEAT_TRUST` ago came back through it.
     #[tokio::test]
     async fn copies_are_trusted_only_while_a_recent_own_beat_came_back() {
-        let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
-        let link = RedisLink::new(super::super::RedisTarget::Single(
-            "redis://127.0.0.1:1".into(),
-        ))
-        .expect("a link");
+        let (store, link) = store_and_link();
         let mut node = Invalidations::new("p:", 2, link.clone());
         node.clock = Instant::now() - Duration::from_secs(5);
         let other = Invalidations::new("p:", 3, link);

@@ -254,13 +254,16 @@ impl Redis {
     /// (the copy could then be older than what Redis holds). In strong mode
     /// nothing is kept: every read goes to Redis.
     pub(super) fn cache(&self, session: &Session, epoch: u64) {
-        if !self.cacher.is_empty()
+        let kept = !self.cacher.is_empty()
             && self.invalidations.epoch() == epoch
             && self.store.insert_copy(session.clone()).is_ok()
-        {
-            return;
+            // An invalidation applied between that check and the insert
+            // found nothing to drop; it moves the epoch before it drops,
+            // so a second look after the insert sees it.
+            && self.invalidations.epoch() == epoch;
+        if !kept {
+            self.store.delete(&session.id);
         }
-        self.store.delete(&session.id);
     }
 
     /// Tells the refresher that a read slid `session`'s expiry, Redis

@@ -3,6 +3,7 @@
 //! memory is a cache of what Redis holds.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
@@ -10,6 +11,7 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
 use super::event_log::count_logged;
+use super::invalidation::outlast_trust_before;
 use super::scripts::{WriteOutcome, hex, session_args, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
@@ -55,7 +57,7 @@ impl SyncBackend {
         let tag = write.tag.filter(|tag| tag.id != 0);
         let mut invocation = redis.scripts.write.key(redis.key(id));
         redis.event_keys(&mut invocation);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = invocation
             .arg(optional(write.expected))
             .arg(write.data.map_or(&b""[..], |data| data.as_ref()))
@@ -74,7 +76,7 @@ impl SyncBackend {
             .arg(tag.map_or(0, |tag| tag.sent_at_ms))
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
-        let answered = std::time::Instant::now();
+        let answered = Instant::now();
         // How long Redis took to answer, as this node saw it: on a loaded
         // machine mostly Redis's wait for a CPU, not the script's work.
         metrics::histogram!("sessiond_redis_write_duration_seconds").record(started.elapsed());
@@ -115,6 +117,7 @@ impl SyncBackend {
             }
             WriteOutcome::Indeterminate => Err(Indeterminate::Resent.into()),
             WriteOutcome::Replayed { version } => {
+                outlast_trust_before(Instant::now()).await;
                 let current = redis.load_locked(id).await?;
                 Ok(Session { version, ..current })
             }
@@ -192,6 +195,7 @@ impl SyncBackend {
                 if tag.is_some() {
                     // Another attempt of this rotation may have finished
                     // the move (the new id is claimed by this write alone).
+                    outlast_trust_before(Instant::now()).await;
                     return redis.load(&new_id).await;
                 }
                 return Err(BackendError::NotFound);
@@ -336,7 +340,10 @@ impl Backend for SyncBackend {
                 .judge(current.version, write, expected, redis.now())
             {
                 Verdict::Apply => {}
-                Verdict::Replay { version } => return Ok(Session { version, ..current }),
+                Verdict::Replay { version } => {
+                    outlast_trust_before(Instant::now()).await;
+                    return Ok(Session { version, ..current });
+                }
                 Verdict::Indeterminate => {
                     return Err(BackendError::from(Indeterminate::Resent).into());
                 }
