@@ -173,46 +173,71 @@ async fn cached_reads_across_nodes_are_never_older_than_an_acknowledged_write() 
     assert_eq!(stale, 0, "reads through the caching node went back in time");
 }
 
+/// Node B reads `id` through twice (caching it at `version`), is frozen
+/// (SIGSTOP) while `acknowledged` runs (a write through other nodes,
+/// awaited until acknowledged), then gets a read of `id` and is thawed;
+/// returns what B answered.
+async fn read_from_a_cacher_frozen_during<F: std::future::Future<Output = ()>>(
+    http: &reqwest::Client,
+    b: &Sessiond,
+    id: &str,
+    version: u64,
+    acknowledged: F,
+) -> Reply {
+    for _ in 0..2 {
+        let read = get(http, b, id).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        assert_eq!(read.session().version, version);
+    }
+    freeze(b.pid());
+    acknowledged.await;
+    let read = tokio::spawn({
+        let (http, url) = (http.clone(), format!("{}/v1/sessions/{id}", b.url()));
+        async move { send(http.get(url)).await }
+    });
+    // The read waits in B's socket beside the invalidation.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    signal(b.pid(), "CONT");
+    bounded("the read through the frozen cacher", read)
+        .await
+        .expect("the read task panicked")
+}
+
+/// Two nodes on one Redis and a session created through the first, at
+/// version 1 with `{"round": 0}`.
+async fn two_nodes_and_a_session(
+    redis: &RedisServer,
+    http: &reqwest::Client,
+) -> (Sessiond, Sessiond, String) {
+    let a = node_on(http, &redis.url(), &[]).await;
+    let b = node_on(http, &redis.url(), &[]).await;
+    let created = create(http, &a, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    (a, b, created.session().id)
+}
+
 /// A caching node too slow to ack an invalidation (frozen past the
 /// writer's wait) must not answer its older copy once it runs again: it
 /// trusts its cache only while its own heartbeat comes back through its
 /// subscription, so by the time the writer gives up waiting, the frozen
 /// node no longer trusts the copy it was never told to drop. Node B caches
-/// the session, is frozen (SIGSTOP), node A writes, a read is sent to B,
-/// and B is thawed: the read must show A's write, in every round.
+/// the session, is frozen, node A writes, a read is sent to B, and B is
+/// thawed: the read must show A's write, in every round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
     const ROUNDS: u64 = 10;
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let a = node_on(&http, &redis.url(), &[]).await;
-    let b = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
+    let (a, b, id) = two_nodes_and_a_session(&redis, &http).await;
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
-        // B reads the session through and caches it.
-        for _ in 0..2 {
-            let read = get(&http, &b, &id).await;
-            assert_eq!(read.status, 200, "round {round}: {}", read.text);
-            assert_eq!(read.session().version, round, "round {round}");
-        }
-        freeze(b.pid());
-        let written = put(&http, &a, &id, &json!({ "round": round }), None).await;
-        assert_eq!(written.status, 200, "round {round}: {}", written.text);
-        assert_eq!(written.session().version, round + 1, "round {round}");
-        let read = tokio::spawn({
-            let (http, url) = (http.clone(), format!("{}/v1/sessions/{id}", b.url()));
-            async move { send(http.get(url)).await }
-        });
-        // The read waits in B's socket beside the invalidation.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        signal(b.pid(), "CONT");
-        let read = bounded("the read through B", read)
-            .await
-            .expect("the read task panicked");
+        let write = async {
+            let written = put(&http, &a, &id, &json!({ "round": round }), None).await;
+            assert_eq!(written.status, 200, "round {round}: {}", written.text);
+            assert_eq!(written.session().version, round + 1, "round {round}");
+        };
+        let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, write).await;
         assert_eq!(read.status, 200, "round {round}: {}", read.text);
         let session = read.session();
         if session.version != round + 1 {
@@ -239,12 +264,8 @@ async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy(
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let a = node_on(&http, &redis.url(), &[]).await;
-    let b = node_on(&http, &redis.url(), &[]).await;
+    let (a, b, id) = two_nodes_and_a_session(&redis, &http).await;
     let c = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
     let keyed_put = |node: &Sessiond, round: u64| {
         let request = http
             .put(format!("{}/v1/sessions/{id}", node.url()))
@@ -254,27 +275,17 @@ async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy(
     };
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
-        for _ in 0..2 {
-            let read = get(&http, &b, &id).await;
-            assert_eq!(read.status, 200, "round {round}: {}", read.text);
-            assert_eq!(read.session().version, round, "round {round}");
-        }
-        freeze(b.pid());
-        let first = tokio::spawn(keyed_put(&a, round));
-        // A's run is in Redis well before this; A still waits for B.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let replayed = keyed_put(&c, round).await;
-        assert_eq!(replayed.status, 200, "round {round}: {}", replayed.text);
-        assert_eq!(replayed.session().version, round + 1, "round {round}");
-        let read = tokio::spawn({
-            let (http, url) = (http.clone(), format!("{}/v1/sessions/{id}", b.url()));
-            async move { send(http.get(url)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        signal(b.pid(), "CONT");
-        let read = bounded("the read through B", read)
-            .await
-            .expect("the read task panicked");
+        let mut first = None;
+        let replay = async {
+            first = Some(tokio::spawn(keyed_put(&a, round)));
+            // A's run is in Redis well before this; A still waits for B.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let replayed = keyed_put(&c, round).await;
+            assert_eq!(replayed.status, 200, "round {round}: {}", replayed.text);
+            assert_eq!(replayed.session().version, round + 1, "round {round}");
+        };
+        let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, replay).await;
+        let first = first.expect("A's request was sent");
         assert_eq!(read.status, 200, "round {round}: {}", read.text);
         let first = bounded("A's run", first).await.expect("A's write panicked");
         assert_eq!(first.session().version, round + 1, "round {round}");
@@ -287,6 +298,50 @@ async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy(
         stale,
         [],
         "(round, version, data) B answered after C acknowledged version round + 1"
+    );
+}
+
+/// The same for a delete: one through node A that waits for the frozen
+/// cacher B, then the same delete through node C, which finds the session
+/// gone and answers; B, thawed, must answer 404, in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_repeated_on_another_node_is_answered_only_once_no_cacher_trusts_the_copy() {
+    const ROUNDS: u64 = 10;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let (a, b, _) = two_nodes_and_a_session(&redis, &http).await;
+    let c = node_on(&http, &redis.url(), &[]).await;
+    let delete = |node: &Sessiond, id: &str| {
+        let request = http.delete(format!("{}/v1/sessions/{id}", node.url()));
+        async move { send(request).await }
+    };
+    let mut served = Vec::new();
+    for round in 1..=ROUNDS {
+        let created = create(&http, &a, &json!({ "round": round }), None).await;
+        assert_eq!(created.status, 201, "round {round}: {}", created.text);
+        let id = created.session().id;
+        let mut first = None;
+        let repeated = async {
+            first = Some(tokio::spawn(delete(&a, &id)));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let again = delete(&c, &id).await;
+            assert_eq!(again.status, 204, "round {round}: {}", again.text);
+        };
+        let read = read_from_a_cacher_frozen_during(&http, &b, &id, 1, repeated).await;
+        let first = first.expect("A's request was sent");
+        let first = bounded("A's delete", first)
+            .await
+            .expect("A's delete panicked");
+        assert_eq!(first.status, 204, "round {round}: {}", first.text);
+        if read.status != 404 {
+            served.push((round, read.status, read.text));
+        }
+    }
+    assert_eq!(
+        served,
+        [],
+        "(round, status, body) B answered after C acknowledged the delete"
     );
 }
 

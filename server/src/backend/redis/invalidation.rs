@@ -47,7 +47,7 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 /// ...trusts its cached copies only while a beat it sent this recently has
 /// come back through its subscription, and a writer waits this long after
 /// its write's answer for an ack before it answers anyway.
-const HEARTBEAT_TRUST: Duration = Duration::from_millis(250);
+pub const HEARTBEAT_TRUST: Duration = Duration::from_millis(250);
 /// A node's heartbeat key lives this long after its latest beat, longer
 /// than the trust a beat gives: a writer does not wait for a node without
 /// one (it died, or lost Redis, and trusts no copy).

@@ -237,15 +237,17 @@ return answer
 
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
-/// is ''). Returns {1, other cachers, user} when deleted, {0, '', ''} when
-/// not there (or at another version). Leaves a tombstone (KEYS[2]). With
+/// is ''). Returns {1, other cachers, user, 0} when deleted; when not there,
+/// {0, '', '', ms since its tombstone (KEYS[2]) was left} (more than the
+/// tombstone's life without one); at another version {0, '', '', -1}.
+/// Leaves a tombstone. With
 /// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
 /// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
 /// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
-if not r[1] then return {0, '', ''} end
-if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
+if not r[1] then return {0, '', '', TOMBSTONE_MS - redis.call('PTTL', KEYS[2])} end
+if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', '', -1} end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], 1, 'PX', TOMBSTONE_MS)
 if KEYS[3] then
@@ -262,7 +264,7 @@ for node in string.gmatch(r[2] or '', '[^,]+') do
   if node ~= ARGV[4] then others[#others + 1] = node end
 end
 if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return {1, table.concat(others, ','), r[3] or ''}
+return {1, table.concat(others, ','), r[3] or '', 0}
 ";
 
 /// Pushes a session's expiry later (never earlier) and, with the event log
@@ -524,16 +526,21 @@ pub struct Deleted {
     pub others: Vec<u64>,
     /// The user the session belonged to.
     pub user: Option<UserName>,
+    /// For a session already gone: how long ago it was deleted (ms; longer
+    /// than a tombstone lives when it has none). `None` when it was not
+    /// deleted because it is at another version.
+    pub gone_for_ms: Option<u64>,
 }
 
 impl FromRedisValue for Deleted {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (deleted, others, user): (i64, String, String) =
+        let (deleted, others, user, gone_for): (i64, String, String, i64) =
             FromRedisValue::from_redis_value(value)?;
         Ok(Self {
             deleted: deleted == 1,
             others: node_ids(&others),
             user: user_name(&user),
+            gone_for_ms: (deleted == 0 && gone_for >= 0).then_some(gone_for as u64),
         })
     }
 }

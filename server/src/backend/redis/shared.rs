@@ -3,6 +3,7 @@
 //! node's cache fills and writes of one session.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
@@ -10,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::error::{ReplicationError, write_error};
 use super::event_log::{RedisEvents, count_logged};
-use super::invalidation::Invalidations;
+use super::invalidation::{HEARTBEAT_TRUST, Invalidations, outlast_trust_before};
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, Held};
 use super::scripts::{Deleted, Scripts, StoredSession, hex, key, tombstone};
@@ -394,6 +395,14 @@ impl Redis {
             count_logged(redis.events.as_ref(), kind);
         }
         announcement.acked_by(&deleted.others, answered).await;
+        if deleted
+            .gone_for_ms
+            .is_some_and(|ms| Duration::from_millis(ms) < HEARTBEAT_TRUST)
+        {
+            // Deleted just now by another run (this delete's first attempt,
+            // say), whose writer may not have answered yet: the same wait.
+            outlast_trust_before(answered).await;
+        }
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;
         }
