@@ -25,7 +25,8 @@
 //!
 //! While the subscription is down the cache is not trusted, and it is
 //! cleared when the subscription comes back, so no copy that missed an
-//! invalidation is ever served.
+//! invalidation is ever served. (The backend also serves its memory while
+//! its link to Redis is down: see `trust_memory`.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -333,7 +333,9 @@ impl Redis {
     }
 
     /// Whether this node's memory copy may be served: in cached mode while
-    /// invalidations arrive, or while Redis is down (nobody can write).
+    /// invalidations arrive (the node's beats come back), or while this
+    /// node cannot reach Redis: availability first, as documented (if
+    /// other nodes still reach it, the copy may be older than their writes).
     pub(super) fn trust_memory(&self) -> bool {
         self.config.consistency == Consistency::Cached
             && (self.invalidations.is_live() || !self.link.is_up())
