@@ -389,6 +389,8 @@ impl Invalidations {
         tracing::info!(dropped, channel = %self.channel, "subscribed to invalidations");
         let mut messages = pubsub.on_message();
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        // After a stall, one beat, not one per missed tick.
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
