@@ -203,6 +203,14 @@ async fn read_from_a_cacher_frozen_during<F: std::future::Future<Output = ()>>(
         .expect("the read task panicked")
 }
 
+/// The read of round `round` (a 200), as (round, version, data) when it
+/// is older than the round's write (version `round + 1`).
+fn older_than_written(read: &Reply, round: u64) -> Option<(u64, u64, Value)> {
+    assert_eq!(read.status, 200, "round {round}: {}", read.text);
+    let session = read.session();
+    (session.version != round + 1).then_some((round, session.version, session.data))
+}
+
 /// Two nodes on one Redis and a session created through the first, at
 /// version 1 with `{"round": 0}`.
 async fn two_nodes_and_a_session(
@@ -238,11 +246,7 @@ async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
             assert_eq!(written.session().version, round + 1, "round {round}");
         };
         let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, write).await;
-        assert_eq!(read.status, 200, "round {round}: {}", read.text);
-        let session = read.session();
-        if session.version != round + 1 {
-            stale.push((round, session.version, session.data));
-        }
+        stale.extend(older_than_written(&read, round));
     }
     assert_eq!(
         stale,
@@ -286,13 +290,9 @@ async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy(
         };
         let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, replay).await;
         let first = first.expect("A's request was sent");
-        assert_eq!(read.status, 200, "round {round}: {}", read.text);
         let first = bounded("A's run", first).await.expect("A's write panicked");
         assert_eq!(first.session().version, round + 1, "round {round}");
-        let session = read.session();
-        if session.version != round + 1 {
-            stale.push((round, session.version, session.data));
-        }
+        stale.extend(older_than_written(&read, round));
     }
     assert_eq!(
         stale,
