@@ -411,9 +411,10 @@ impl Invalidations {
 }
 
 /// Waits until no node can still trust a copy older than a write that ran
-/// in Redis before `answered`. A replay (a write answered from the record
-/// of an earlier run of it) must: the earlier run's writer may have died,
-/// or its caller given up, before the other cachers acked.
+/// in Redis before `answered`. A delete that finds the session deleted
+/// moments ago must: the run that deleted it may not have answered yet
+/// (its node may have died, or its caller given up, while it waited for
+/// the other cachers' acks).
 pub async fn outlast_trust_before(answered: Instant) {
     tokio::time::sleep_until((answered + HEARTBEAT_TRUST).into()).await;
 }

@@ -11,7 +11,6 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
 use super::event_log::count_logged;
-use super::invalidation::outlast_trust_before;
 use super::scripts::{WriteOutcome, hex, session_args, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
@@ -117,7 +116,6 @@ impl SyncBackend {
             }
             WriteOutcome::Indeterminate => Err(Indeterminate::Resent.into()),
             WriteOutcome::Replayed { version } => {
-                outlast_trust_before(Instant::now()).await;
                 let current = redis.load_locked(id).await?;
                 Ok(Session { version, ..current })
             }
@@ -195,7 +193,6 @@ impl SyncBackend {
                 if tag.is_some() {
                     // Another attempt of this rotation may have finished
                     // the move (the new id is claimed by this write alone).
-                    outlast_trust_before(Instant::now()).await;
                     return redis.load(&new_id).await;
                 }
                 return Err(BackendError::NotFound);
@@ -340,10 +337,7 @@ impl Backend for SyncBackend {
                 .judge(current.version, write, expected, redis.now())
             {
                 Verdict::Apply => {}
-                Verdict::Replay { version } => {
-                    outlast_trust_before(Instant::now()).await;
-                    return Ok(Session { version, ..current });
-                }
+                Verdict::Replay { version } => return Ok(Session { version, ..current }),
                 Verdict::Indeterminate => {
                     return Err(BackendError::from(Indeterminate::Resent).into());
                 }
