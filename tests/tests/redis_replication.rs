@@ -211,19 +211,6 @@ fn older_than_written(read: &Reply, round: u64) -> Option<(u64, u64, Value)> {
     (session.version != round + 1).then_some((round, session.version, session.data))
 }
 
-/// Two nodes on one Redis and a session created through the first, at
-/// version 1 with `{"round": 0}`.
-async fn two_nodes_and_a_session(
-    redis: &RedisServer,
-    http: &reqwest::Client,
-) -> (Sessiond, Sessiond, String) {
-    let a = node_on(http, &redis.url(), &[]).await;
-    let b = node_on(http, &redis.url(), &[]).await;
-    let created = create(http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    (a, b, created.session().id)
-}
-
 /// A caching node too slow to ack an invalidation (frozen past the
 /// writer's wait) must not answer its older copy once it runs again: it
 /// trusts its cache only while its own heartbeat comes back through its
@@ -237,7 +224,11 @@ async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let (a, b, id) = two_nodes_and_a_session(&redis, &http).await;
+    let a = node_on(&http, &redis.url(), &[]).await;
+    let b = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
         let write = async {
@@ -267,7 +258,8 @@ async fn a_delete_repeated_on_another_node_is_answered_only_once_no_cacher_trust
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let (a, b, _) = two_nodes_and_a_session(&redis, &http).await;
+    let a = node_on(&http, &redis.url(), &[]).await;
+    let b = node_on(&http, &redis.url(), &[]).await;
     let c = node_on(&http, &redis.url(), &[]).await;
     let delete = |node: &Sessiond, id: &str| {
         let request = http.delete(format!("{}/v1/sessions/{id}", node.url()));

@@ -3,7 +3,7 @@
 //! node's cache fills and writes of one session.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
@@ -391,7 +391,7 @@ impl Redis {
             .arg(user)
             .invoke_async::<Deleted>(&mut conn)
             .await;
-        let answered = std::time::Instant::now();
+        let answered = Instant::now();
         let deleted = redis.link.observe(result)?;
         if deleted.deleted {
             count_logged(redis.events.as_ref(), kind);
