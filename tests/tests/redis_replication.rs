@@ -246,6 +246,57 @@ async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
     );
 }
 
+/// A write answered as a replay (its Idempotency-Key's earlier run did
+/// it) waits as the earlier run's writer does: that writer may not have
+/// answered yet, or died, while a caching node still trusts its older
+/// copy. Node B caches the session and is frozen; node A runs a keyed
+/// write (and waits for B's ack); the same keyed write sent to node C is
+/// answered from A's run; a read is sent to B and B is thawed: the read
+/// must show the write, in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy() {
+    const ROUNDS: u64 = 10;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let a = node_on(&http, &redis.url(), &[]).await;
+    let b = node_on(&http, &redis.url(), &[]).await;
+    let c = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let keyed_put = |node: &Sessiond, round: u64| {
+        let request = http
+            .put(format!("{}/v1/sessions/{id}", node.url()))
+            .header("idempotency-key", format!("round-{round}"))
+            .json(&json!({ "data": { "round": round } }));
+        async move { send(request).await }
+    };
+    let mut stale = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut first = None;
+        let replay = async {
+            first = Some(tokio::spawn(keyed_put(&a, round)));
+            // A's run is in Redis well before this; A still waits for B.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let replayed = keyed_put(&c, round).await;
+            assert_eq!(replayed.status, 200, "round {round}: {}", replayed.text);
+            assert_eq!(replayed.session().version, round + 1, "round {round}");
+        };
+        let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, replay).await;
+        let first = first.expect("A's request was sent");
+        let first = bounded("A's run", first).await.expect("A's write panicked");
+        assert_eq!(first.status, 200, "round {round}: {}", first.text);
+        assert_eq!(first.session().version, round + 1, "round {round}");
+        stale.extend(older_than_written(&read, round));
+    }
+    assert_eq!(
+        stale,
+        [],
+        "(round, version, data) B answered after C acknowledged version round + 1"
+    );
+}
+
 /// A delete repeated on another node (its first node died, or its caller
 /// gave up, while that node waited for a cacher's ack) must not be
 /// answered while a frozen cacher still trusts its copy: one delete through

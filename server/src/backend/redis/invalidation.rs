@@ -410,13 +410,16 @@ impl Invalidations {
     }
 }
 
-/// Waits until no node can still trust a copy older than a write that ran
-/// in Redis before `answered`. A delete that finds the session deleted
-/// moments ago must: the run that deleted it may not have answered yet
-/// (its node may have died, or its caller given up, while it waited for
-/// the other cachers' acks).
-pub async fn outlast_trust_before(answered: Instant) {
-    tokio::time::sleep_until((answered + HEARTBEAT_TRUST).into()).await;
+/// Waits until no node can still trust a copy older than a change that
+/// Redis announced `ago` before the command that told this node so was
+/// answered (at `answered`), as the change's own writer waits. A write or
+/// delete that finds its earlier run already done (a replay) must: that
+/// run's writer may not have answered yet, or its node died or its caller
+/// gave up while it waited for the other cachers' acks.
+pub async fn outlast_announcement(answered: Instant, ago: Duration) {
+    if let Some(left) = HEARTBEAT_TRUST.checked_sub(ago) {
+        tokio::time::sleep_until((answered + left).into()).await;
+    }
 }
 
 /// Publishes an ack; a lost ack only makes the writer wait its timeout.

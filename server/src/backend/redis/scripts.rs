@@ -6,10 +6,14 @@
 //! (updated, ms), `t` (idle TTL, ms), `w` (the write log: the hex tags of
 //! the writes that produced the latest versions, newest first, see
 //! `store::WriteLog`), `h` (the log's horizon, ms), `f` (its fence, ms;
-//! absent is 0), `o` (the hex ids of
-//! the nodes that may hold a cached copy) and `p` (the user it belongs to,
-//! empty for none); the key's PEXPIREAT is the session's expiry. Small hashes are stored compactly by Redis (listpack),
-//! and the fields stay readable by the scripts that check versions.
+//! absent is 0), `o` (the hex ids of the nodes that may hold a cached
+//! copy), `p` (the user it belongs to, empty for none) and `a` (when a
+//! write last announced a change to other cachers, Redis's clock in ms;
+//! absent: never); the key's PEXPIREAT is the session's expiry. Small
+//! hashes are stored compactly by Redis (listpack), and the fields stay
+//! readable by the scripts that check versions.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};
@@ -54,14 +58,20 @@ return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] o
   r[9] or '', r[10] or '0'}
 ";
 
-/// Lua helpers of the scripts that keep the event log: `now_ms()` (Redis's
-/// clock) and `emit(stream, retention, kind, id, user, old_id)`, which
+/// Lua helpers of the scripts that write: `now_ms()` (Redis's clock),
+/// `announced_ago(at)` (ms since the announcement recorded as `at`, -1 for
+/// none) and `emit(stream, retention, kind, id, user, old_id)`, which
 /// appends one event (nothing when `stream` is nil: the log is off).
 /// The log's expiry index holds `<id>:<user>` scored by the key's expiry.
 const EVENTS: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
+end
+local function announced_ago(at)
+  at = tonumber(at or '0') or 0
+  if at == 0 then return -1 end
+  return math.max(now_ms() - at, 0)
 end
 local function emit(stream, retention, kind, id, user, old)
   if not stream then return end
@@ -127,7 +137,7 @@ return 1
 /// checking the expected version atomically; judges a tagged write against
 /// the write log first (the same rules as `store::WriteLog::judge`); makes
 /// the writer the only node recorded with a cached copy, and announces the
-/// change when other nodes may hold one. The expiry index is written only
+/// change when other nodes may hold one (recording when, in `a`). The expiry index is written only
 /// when it lacks the session or holds a later expiry (a shorter TTL, or a
 /// writer whose clock is behind): an entry earlier than the key's expiry
 /// is rescored by [`REAP`] when it comes due, one step per session per TTL
@@ -218,7 +228,10 @@ for node in string.gmatch(cur[7] or '', '[^,]+') do
   if node ~= ARGV[12] then others[#others + 1] = node end
 end
 redis.call('PEXPIREAT', KEYS[1], exp)
-if #others > 0 then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+if #others > 0 then
+  redis.call('HSET', KEYS[1], 'a', now_ms())
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+end
 if KEYS[2] then
   local member = string.sub(KEYS[1], -22) .. ':' .. (cur[8] or '')
   local indexed = redis.call('ZSCORE', KEYS[3], member)
@@ -237,19 +250,25 @@ return answer
 
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
-/// is ''). Returns {1, other cachers, user, 0} when deleted; when not there,
-/// {0, '', '', ms since its tombstone (KEYS[2]) was left} (more than the
-/// tombstone's life without one); at another version {0, '', '', -1}.
-/// Leaves a tombstone. With
+/// is ''). Leaves a tombstone (KEYS[2]) holding when the deletion was
+/// announced (Redis's clock, ms; 0 when it was not). Returns {1, other
+/// cachers, user, -1} when deleted; when not there, {0, '', '', ms since its
+/// deletion was announced} (-1 when it was not, or has no tombstone); at
+/// another version {0, '', '', -1}. With
 /// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
 /// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
 /// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
-if not r[1] then return {0, '', '', TOMBSTONE_MS - redis.call('PTTL', KEYS[2])} end
+if not r[1] then return {0, '', '', announced_ago(redis.call('GET', KEYS[2]))} end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', '', -1} end
+local others = {}
+for node in string.gmatch(r[2] or '', '[^,]+') do
+  if node ~= ARGV[4] then others[#others + 1] = node end
+end
+local announced = #others > 0 or ARGV[4] == ''
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], 1, 'PX', TOMBSTONE_MS)
+redis.call('SET', KEYS[2], announced and now_ms() or 0, 'PX', TOMBSTONE_MS)
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZREM', KEYS[4], id .. ':' .. (r[3] or ''))
@@ -259,12 +278,15 @@ if KEYS[3] then
     emit(KEYS[3], ARGV[7], ARGV[5], id, r[3] or '')
   end
 end
-local others = {}
-for node in string.gmatch(r[2] or '', '[^,]+') do
-  if node ~= ARGV[4] then others[#others + 1] = node end
-end
-if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return {1, table.concat(others, ','), r[3] or '', 0}
+if announced then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return {1, table.concat(others, ','), r[3] or '', -1}
+";
+
+/// How long ago (ms) a change of a session was last announced to other
+/// cachers: a write's (`a` of the hash KEYS[1]) or, once it is gone, its
+/// deletion's (its tombstone KEYS[2]); -1 when none was.
+const ANNOUNCED: &str = r"
+return announced_ago(redis.call('HGET', KEYS[1], 'a') or redis.call('GET', KEYS[2]))
 ";
 
 /// Pushes a session's expiry later (never earlier) and, with the event log
@@ -316,6 +338,7 @@ pub struct Scripts {
     pub store_any: Script,
     pub write: Script,
     pub delete: Script,
+    pub announced: Script,
     pub reap: Script,
 }
 
@@ -330,6 +353,7 @@ impl Default for Scripts {
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),
             delete: Script::new(&with_events(&delete)),
+            announced: Script::new(&with_events(ANNOUNCED)),
             reap: Script::new(&with_events(REAP)),
         }
     }
@@ -526,23 +550,28 @@ pub struct Deleted {
     pub others: Vec<u64>,
     /// The user the session belonged to.
     pub user: Option<UserName>,
-    /// For a session already gone: how long ago it was deleted (ms; longer
-    /// than a tombstone lives when it has none). `None` when it was not
-    /// deleted because it is at another version.
-    pub gone_for_ms: Option<u64>,
+    /// For a session already gone: how long ago its deletion was announced
+    /// to other cachers (`None` when it was not, or it was not deleted).
+    pub announced_ago: Option<Duration>,
 }
 
 impl FromRedisValue for Deleted {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (deleted, others, user, gone_for): (i64, String, String, i64) =
+        let (deleted, others, user, ago): (i64, String, String, i64) =
             FromRedisValue::from_redis_value(value)?;
         Ok(Self {
             deleted: deleted == 1,
             others: node_ids(&others),
             user: user_name(&user),
-            gone_for_ms: (deleted == 0 && gone_for >= 0).then_some(gone_for as u64),
+            announced_ago: announced_ago(ago),
         })
     }
+}
+
+/// What the scripts' `announced_ago` answered: `None` for -1 (no
+/// announcement).
+pub fn announced_ago(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
 }
 
 /// A stored user name (empty: none; anything unparsable: none).

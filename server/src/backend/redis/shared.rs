@@ -3,7 +3,7 @@
 //! node's cache fills and writes of one session.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
@@ -11,10 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use super::error::{ReplicationError, write_error};
 use super::event_log::{RedisEvents, count_logged};
-use super::invalidation::{HEARTBEAT_TRUST, Invalidations, outlast_trust_before};
+use super::invalidation::{Invalidations, outlast_announcement};
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, Held};
-use super::scripts::{Deleted, Scripts, StoredSession, hex, key, tombstone};
+use super::scripts::{Deleted, Scripts, StoredSession, announced_ago, hex, key, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
 use crate::store::{EventLogConfig, Session, Store};
@@ -354,6 +354,29 @@ impl Redis {
         Some(session)
     }
 
+    /// Waits, before a replay is answered, as long as the writer of the
+    /// latest change of `id` announced to other cachers may still wait for
+    /// their acks (a change announced longer ago than that: not at all).
+    pub(super) async fn outlast_announcement(
+        &self,
+        id: &SessionId,
+    ) -> Result<(), ReplicationError> {
+        let mut conn = self.link.conn()?;
+        let key = self.key(id);
+        let result = self
+            .scripts
+            .announced
+            .key(&key)
+            .key(tombstone(&key))
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        let answered = Instant::now();
+        if let Some(ago) = announced_ago(self.link.observe(result)?) {
+            outlast_announcement(answered, ago).await;
+        }
+        Ok(())
+    }
+
     /// DELETE script (only at version `only_at`, if given): whether the key
     /// was deleted. Waits until the other nodes that may hold a copy
     /// dropped it, and takes the id out of its user's index.
@@ -397,13 +420,10 @@ impl Redis {
             count_logged(redis.events.as_ref(), kind);
         }
         announcement.acked_by(&deleted.others, answered).await;
-        if deleted
-            .gone_for_ms
-            .is_some_and(|ms| Duration::from_millis(ms) < HEARTBEAT_TRUST)
-        {
-            // Deleted just now by another run (this delete's first attempt,
-            // say), whose writer may not have answered yet: the same wait.
-            outlast_trust_before(answered).await;
+        if let Some(ago) = deleted.announced_ago {
+            // Deleted by another run (this delete's first attempt, say),
+            // whose writer may not have answered yet: the same wait.
+            outlast_announcement(answered, ago).await;
         }
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;

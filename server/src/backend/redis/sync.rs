@@ -116,6 +116,7 @@ impl SyncBackend {
             }
             WriteOutcome::Indeterminate => Err(Indeterminate::Resent.into()),
             WriteOutcome::Replayed { version } => {
+                redis.outlast_announcement(id).await?;
                 let current = redis.load_locked(id).await?;
                 Ok(Session { version, ..current })
             }
@@ -193,6 +194,7 @@ impl SyncBackend {
                 if tag.is_some() {
                     // Another attempt of this rotation may have finished
                     // the move (the new id is claimed by this write alone).
+                    redis.outlast_announcement(id).await?;
                     return redis.load(&new_id).await;
                 }
                 return Err(BackendError::NotFound);
@@ -337,7 +339,13 @@ impl Backend for SyncBackend {
                 .judge(current.version, write, expected, redis.now())
             {
                 Verdict::Apply => {}
-                Verdict::Replay { version } => return Ok(Session { version, ..current }),
+                Verdict::Replay { version } => {
+                    redis
+                        .outlast_announcement(id)
+                        .await
+                        .map_err(BackendError::from)?;
+                    return Ok(Session { version, ..current });
+                }
                 Verdict::Indeterminate => {
                     return Err(BackendError::from(Indeterminate::Resent).into());
                 }
