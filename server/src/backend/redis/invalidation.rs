@@ -113,16 +113,17 @@ pub struct Announcement<'a> {
 
 impl Announcement<'_> {
     /// Waits until every live node of `others` acked, or until
-    /// [`HEARTBEAT_TRUST`] after `answered` (when Redis's answer to the
-    /// write arrived): a node silent until then no longer trusts the copy
-    /// it was not told to drop. Nodes without a heartbeat are not waited
-    /// for.
-    pub async fn acked_by(self, others: &[u64], answered: Instant) {
+    /// [`HEARTBEAT_TRUST`] after `announced` (no later than when Redis's
+    /// answer to the write arrived, or for a replay, that less the age of
+    /// the earlier run's announcement it published again): a node silent
+    /// until then no longer trusts the copy it was not told to drop. Nodes
+    /// without a heartbeat are not waited for.
+    pub async fn acked_by(self, others: &[u64], announced: Instant) {
         if others.is_empty() {
             return;
         }
         let others = self.invalidations.alive(others).await;
-        self.wait_for(&others, answered + HEARTBEAT_TRUST).await;
+        self.wait_for(&others, announced + HEARTBEAT_TRUST).await;
     }
 
     /// Waits until every node of `others` acked, at most until `deadline`.
@@ -407,18 +408,6 @@ impl Invalidations {
                 },
             }
         }
-    }
-}
-
-/// Waits until no node can still trust a copy older than a change that
-/// Redis announced `ago` before the command that told this node so was
-/// answered (at `answered`), as the change's own writer waits. A write or
-/// delete that finds its earlier run already done (a replay) must: that
-/// run's writer may not have answered yet, or its node died or its caller
-/// gave up while it waited for the other cachers' acks.
-pub async fn outlast_announcement(answered: Instant, ago: Duration) {
-    if let Some(left) = HEARTBEAT_TRUST.checked_sub(ago) {
-        tokio::time::sleep_until((answered + left).into()).await;
     }
 }
 

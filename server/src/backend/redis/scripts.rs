@@ -7,9 +7,10 @@
 //! the writes that produced the latest versions, newest first, see
 //! `store::WriteLog`), `h` (the log's horizon, ms), `f` (its fence, ms;
 //! absent is 0), `o` (the hex ids of the nodes that may hold a cached
-//! copy), `p` (the user it belongs to, empty for none) and `a` (when a
-//! write last announced a change to other cachers, Redis's clock in ms;
-//! absent: never); the key's PEXPIREAT is the session's expiry. Small
+//! copy), `p` (the user it belongs to, empty for none) and `a` (the
+//! latest announcement of a change to other cachers, `<ms>:<nodes>`:
+//! Redis's clock and the hex ids told; absent: none yet); the key's
+//! PEXPIREAT is the session's expiry. Small
 //! hashes are stored compactly by Redis (listpack), and the fields stay
 //! readable by the scripts that check versions.
 
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};
 use sessiond_proto::{SessionId, UserName};
 
+use super::invalidation::HEARTBEAT_TRUST;
 use crate::store::{Session, WRITE_LOG_LEN, WriteLog};
 
 /// A session's key in Redis.
@@ -59,8 +61,11 @@ return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] o
 ";
 
 /// Lua helpers of the scripts that write: `now_ms()` (Redis's clock),
-/// `announced_ago(at)` (ms since the announcement recorded as `at`, -1 for
-/// none) and `emit(stream, retention, kind, id, user, old_id)`, which
+/// `announcement(nodes)` (the record of one made now, '0' for none),
+/// `recall(record, channel, message)` (for a replay: when the recorded
+/// announcement is younger than the trust a beat gives, publishes
+/// `message` again and returns its age in ms and the nodes told; else -1
+/// and '') and `emit(stream, retention, kind, id, user, old_id)`, which
 /// appends one event (nothing when `stream` is nil: the log is off).
 /// The log's expiry index holds `<id>:<user>` scored by the key's expiry.
 const EVENTS: &str = r"
@@ -68,10 +73,17 @@ local function now_ms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
 end
-local function announced_ago(at)
-  at = tonumber(at or '0') or 0
-  if at == 0 then return -1 end
-  return math.max(now_ms() - at, 0)
+local function announcement(nodes)
+  if #nodes == 0 then return '0' end
+  return now_ms() .. ':' .. table.concat(nodes, ',')
+end
+local function recall(record, channel, message)
+  local at, nodes = string.match(record or '', '^(%d+):(.+)$')
+  if not at then return -1, '' end
+  local ago = math.max(now_ms() - tonumber(at), 0)
+  if ago >= TRUST_MS then return -1, '' end
+  redis.call('PUBLISH', channel, message)
+  return ago, nodes
 end
 local function emit(stream, retention, kind, id, user, old)
   if not stream then return end
@@ -137,7 +149,7 @@ return 1
 /// checking the expected version atomically; judges a tagged write against
 /// the write log first (the same rules as `store::WriteLog::judge`); makes
 /// the writer the only node recorded with a cached copy, and announces the
-/// change when other nodes may hold one (recording when, in `a`). The expiry index is written only
+/// change when other nodes may hold one (recording it in `a`). The expiry index is written only
 /// when it lacks the session or holds a later expiry (a shorter TTL, or a
 /// writer whose clock is behind): an entry earlier than the key's expiry
 /// is rescored by [`REAP`] when it comes due, one step per session per TTL
@@ -152,12 +164,13 @@ return 1
 /// when unknown or further ahead of now than the skew, now less ARGV 10,
 /// or now for a first attempt, stands in).
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
-/// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v} (already
-/// applied, at version v), {-4} (cannot tell whether it was applied), or
+/// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v, ago, nodes}
+/// (already applied, at version v; `recall` of the latest announcement),
+/// {-4} (cannot tell whether it was applied), or
 /// {v, c, u, t, expires_at, w, h, f, other cachers, user}, with the data
 /// appended for a touch.
 const WRITE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o', 'p', 'f')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'c', 't', 'u', 'w', 'h', 'o', 'p', 'f', 'a')
 if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 local log = cur[5] or ''
@@ -172,7 +185,10 @@ if ARGV[9] ~= '' then
   local age = 0
   for tag in string.gmatch(log, '[^,]+') do
     if age >= v then break end
-    if tag == ARGV[9] then return {-3, v - age} end
+    if tag == ARGV[9] then
+      local ago, nodes = recall(cur[10], ARGV[6], ARGV[7])
+      return {-3, v - age, ago, nodes}
+    end
     age = age + 1
   end
   if ARGV[10] ~= '' then
@@ -229,7 +245,7 @@ for node in string.gmatch(cur[7] or '', '[^,]+') do
 end
 redis.call('PEXPIREAT', KEYS[1], exp)
 if #others > 0 then
-  redis.call('HSET', KEYS[1], 'a', now_ms())
+  redis.call('HSET', KEYS[1], 'a', announcement(others))
   redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
 if KEYS[2] then
@@ -250,25 +266,27 @@ return answer
 
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
-/// is ''). Leaves a tombstone (KEYS[2]) holding when the deletion was
-/// announced (Redis's clock, ms; 0 when it was not). Returns {1, other
-/// cachers, user, -1} when deleted; when not there, {0, '', '', ms since its
-/// deletion was announced} (-1 when it was not, or has no tombstone); at
-/// another version {0, '', '', -1}. With
+/// is ''). Leaves a tombstone (KEYS[2]) holding the announcement to other
+/// cachers (as `a` in the hash; '0' for none). Returns {1, other cachers,
+/// user, 0} when deleted; when not there, {0, nodes, '', ago}, the
+/// `recall` of its deletion's announcement; at another version
+/// {0, '', '', -1}. With
 /// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
 /// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
 /// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
-if not r[1] then return {0, '', '', announced_ago(redis.call('GET', KEYS[2]))} end
+if not r[1] then
+  local ago, nodes = recall(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2])
+  return {0, nodes, '', ago}
+end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', '', -1} end
 local others = {}
 for node in string.gmatch(r[2] or '', '[^,]+') do
   if node ~= ARGV[4] then others[#others + 1] = node end
 end
-local announced = #others > 0 or ARGV[4] == ''
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], announced and now_ms() or 0, 'PX', TOMBSTONE_MS)
+redis.call('SET', KEYS[2], announcement(others), 'PX', TOMBSTONE_MS)
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZREM', KEYS[4], id .. ':' .. (r[3] or ''))
@@ -278,15 +296,18 @@ if KEYS[3] then
     emit(KEYS[3], ARGV[7], ARGV[5], id, r[3] or '')
   end
 end
-if announced then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return {1, table.concat(others, ','), r[3] or '', -1}
+if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return {1, table.concat(others, ','), r[3] or '', 0}
 ";
 
-/// How long ago (ms) a change of a session was last announced to other
-/// cachers: a write's (`a` of the hash KEYS[1]) or, once it is gone, its
-/// deletion's (its tombstone KEYS[2]); -1 when none was.
-const ANNOUNCED: &str = r"
-return announced_ago(redis.call('HGET', KEYS[1], 'a') or redis.call('GET', KEYS[2]))
+/// For a replay: `recall` (publishing ARGV[2] on the channel ARGV[1]) of
+/// the latest announcement of a change of a session, a write's (`a` of the
+/// hash KEYS[1]) or, once it is gone, its deletion's (its tombstone
+/// KEYS[2]). Returns {ago, nodes}.
+const RECALL: &str = r"
+local ago, nodes = recall(redis.call('HGET', KEYS[1], 'a') or redis.call('GET', KEYS[2]),
+  ARGV[1], ARGV[2])
+return {ago, nodes}
 ";
 
 /// Pushes a session's expiry later (never earlier) and, with the event log
@@ -338,13 +359,14 @@ pub struct Scripts {
     pub store_any: Script,
     pub write: Script,
     pub delete: Script,
-    pub announced: Script,
+    pub recall: Script,
     pub reap: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
-        let with_events = |body: &str| format!("{EVENTS}{body}");
+        let trust_ms = HEARTBEAT_TRUST.as_millis().to_string();
+        let with_events = |body: &str| format!("{EVENTS}{body}").replace("TRUST_MS", &trust_ms);
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         Self {
@@ -353,7 +375,7 @@ impl Default for Scripts {
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),
             delete: Script::new(&with_events(&delete)),
-            announced: Script::new(&with_events(ANNOUNCED)),
+            recall: Script::new(&with_events(RECALL)),
             reap: Script::new(&with_events(REAP)),
         }
     }
@@ -402,6 +424,8 @@ pub enum WriteOutcome {
     Replayed {
         /// The version it produced.
         version: u64,
+        /// The latest announcement, if the replay must still wait for it.
+        announced: Announced,
     },
     /// A re-sent write whose first attempt may or may not have landed.
     Indeterminate,
@@ -445,6 +469,7 @@ impl FromRedisValue for WriteOutcome {
             },
             -3 => Self::Replayed {
                 version: fields.unsigned()?,
+                announced: Announced::from_fields(fields.next(), fields.next())?,
             },
             -4 => Self::Indeterminate,
             version => {
@@ -550,9 +575,9 @@ pub struct Deleted {
     pub others: Vec<u64>,
     /// The user the session belonged to.
     pub user: Option<UserName>,
-    /// For a session already gone: how long ago its deletion was announced
-    /// to other cachers (`None` when it was not, or it was not deleted).
-    pub announced_ago: Option<Duration>,
+    /// For a session already gone: its deletion's announcement, if a
+    /// replay must still wait for it (its nodes are then in `others`).
+    pub announced_ago: Duration,
 }
 
 impl FromRedisValue for Deleted {
@@ -563,15 +588,39 @@ impl FromRedisValue for Deleted {
             deleted: deleted == 1,
             others: node_ids(&others),
             user: user_name(&user),
-            announced_ago: announced_ago(ago),
+            announced_ago: Duration::from_millis(ago.max(0) as u64),
         })
     }
 }
 
-/// What the scripts' `announced_ago` answered: `None` for -1 (no
-/// announcement).
-pub fn announced_ago(ms: i64) -> Option<Duration> {
-    u64::try_from(ms).ok().map(Duration::from_millis)
+/// An earlier run's announcement of a change that a replay of it
+/// published again (its writer may still wait for acks): how long ago it
+/// was made and the nodes it told. Empty when there is none to wait for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announced {
+    /// How long before the replay's script ran it was made.
+    pub ago: Duration,
+    /// The nodes it told.
+    pub to: Vec<u64>,
+}
+
+impl Announced {
+    /// From `recall`'s age (ms, -1 for none) and nodes.
+    fn from_fields(ago: Value, nodes: Value) -> Result<Self, ParsingError> {
+        let ago = i64::from_redis_value(ago)?;
+        let nodes = String::from_redis_value(nodes)?;
+        Ok(Self {
+            ago: Duration::from_millis(ago.max(0) as u64),
+            to: node_ids(&nodes),
+        })
+    }
+}
+
+impl FromRedisValue for Announced {
+    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
+        let (ago, nodes): (Value, Value) = FromRedisValue::from_redis_value(value)?;
+        Self::from_fields(ago, nodes)
+    }
 }
 
 /// A stored user name (empty: none; anything unparsable: none).

@@ -3,7 +3,7 @@
 //! node's cache fills and writes of one session.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
@@ -11,10 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use super::error::{ReplicationError, write_error};
 use super::event_log::{RedisEvents, count_logged};
-use super::invalidation::{Invalidations, outlast_announcement};
+use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, Held};
-use super::scripts::{Deleted, Scripts, StoredSession, announced_ago, hex, key, tombstone};
+use super::scripts::{Announced, Deleted, Scripts, StoredSession, hex, key, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
 use crate::store::{EventLogConfig, Session, Store};
@@ -67,6 +67,11 @@ pub struct RedisConfig {
 /// so the same write sent to any node completes or replays that one.
 fn claim_key(prefix: &str, tag: u64) -> String {
     format!("{prefix}op:{tag:x}")
+}
+
+/// `ago` before `answered` (`answered` when the process is younger).
+pub(super) fn before(answered: Instant, ago: Duration) -> Instant {
+    answered.checked_sub(ago).unwrap_or(answered)
 }
 
 /// Why a session's key is deleted, as its event says.
@@ -354,26 +359,28 @@ impl Redis {
         Some(session)
     }
 
-    /// Waits, before a replay is answered, as long as the writer of the
-    /// latest change of `id` announced to other cachers may still wait for
-    /// their acks (a change announced longer ago than that: not at all).
-    pub(super) async fn outlast_announcement(
-        &self,
-        id: &SessionId,
-    ) -> Result<(), ReplicationError> {
+    /// Before a replay of a change of `id` is answered: if an earlier run
+    /// announced a change to other cachers lately, announces it again and
+    /// waits for their acks, at most as long as that run's writer does (it
+    /// may not have answered yet, or died waiting).
+    pub(super) async fn settle_replay(&self, id: &SessionId) -> Result<(), ReplicationError> {
         let mut conn = self.link.conn()?;
+        let announcement = self.invalidations.announce(id);
         let key = self.key(id);
         let result = self
             .scripts
-            .announced
+            .recall
             .key(&key)
             .key(tombstone(&key))
-            .invoke_async::<i64>(&mut conn)
+            .arg(&self.invalidations.channel)
+            .arg(&announcement.message)
+            .invoke_async::<Announced>(&mut conn)
             .await;
         let answered = Instant::now();
-        if let Some(ago) = announced_ago(self.link.observe(result)?) {
-            outlast_announcement(answered, ago).await;
-        }
+        let announced = self.link.observe(result)?;
+        announcement
+            .acked_by(&announced.to, before(answered, announced.ago))
+            .await;
         Ok(())
     }
 
@@ -419,12 +426,11 @@ impl Redis {
         if deleted.deleted {
             count_logged(redis.events.as_ref(), kind);
         }
-        announcement.acked_by(&deleted.others, answered).await;
-        if let Some(ago) = deleted.announced_ago {
-            // Deleted by another run (this delete's first attempt, say),
-            // whose writer may not have answered yet: the same wait.
-            outlast_announcement(answered, ago).await;
-        }
+        // Deleted now, or by another run (this delete's first attempt, say)
+        // whose writer may not have answered yet: the same wait, from when
+        // that run announced it.
+        let announced = before(answered, deleted.announced_ago);
+        announcement.acked_by(&deleted.others, announced).await;
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;
         }

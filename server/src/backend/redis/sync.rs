@@ -12,7 +12,7 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 use super::error::write_error;
 use super::event_log::count_logged;
 use super::scripts::{WriteOutcome, hex, session_args, tombstone};
-use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
+use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis, before};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
 
@@ -86,11 +86,20 @@ impl SyncBackend {
             Err(err) if write.data.is_some() => return Err(write_error(err)),
             Err(err) => return Err(err.into()),
         };
-        if let WriteOutcome::Done { others, .. } = &outcome {
-            if write.data.is_some() && redis.logs_updates() {
-                count_logged(redis.events.as_ref(), EventKind::Updated);
+        match &outcome {
+            WriteOutcome::Done { others, .. } => {
+                if write.data.is_some() && redis.logs_updates() {
+                    count_logged(redis.events.as_ref(), EventKind::Updated);
+                }
+                announcement.acked_by(others, answered).await;
             }
-            announcement.acked_by(others, answered).await;
+            // The run it replays may still wait for acks (or have died
+            // waiting): the script announced it again; the same wait.
+            WriteOutcome::Replayed { announced, .. } => {
+                let announced_at = before(answered, announced.ago);
+                announcement.acked_by(&announced.to, announced_at).await;
+            }
+            _ => {}
         }
         Ok(outcome)
     }
@@ -115,8 +124,7 @@ impl SyncBackend {
                 Err(BackendError::VersionMismatch { expected, current })
             }
             WriteOutcome::Indeterminate => Err(Indeterminate::Resent.into()),
-            WriteOutcome::Replayed { version } => {
-                redis.outlast_announcement(id).await?;
+            WriteOutcome::Replayed { version, .. } => {
                 let current = redis.load_locked(id).await?;
                 Ok(Session { version, ..current })
             }
@@ -194,7 +202,7 @@ impl SyncBackend {
                 if tag.is_some() {
                     // Another attempt of this rotation may have finished
                     // the move (the new id is claimed by this write alone).
-                    redis.outlast_announcement(id).await?;
+                    redis.settle_replay(id).await?;
                     return redis.load(&new_id).await;
                 }
                 return Err(BackendError::NotFound);
@@ -340,10 +348,7 @@ impl Backend for SyncBackend {
             {
                 Verdict::Apply => {}
                 Verdict::Replay { version } => {
-                    redis
-                        .outlast_announcement(id)
-                        .await
-                        .map_err(BackendError::from)?;
+                    redis.settle_replay(id).await.map_err(BackendError::from)?;
                     return Ok(Session { version, ..current });
                 }
                 Verdict::Indeterminate => {
