@@ -246,6 +246,56 @@ async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
     );
 }
 
+/// Every node that keeps a copy must be waited for by the next write: a
+/// session is recorded as cached by at most 8 nodes (Redis's `o` field),
+/// and a node read through beyond them must not keep a copy no writer
+/// waits for. Node 0 caches the session and is frozen; the nine other
+/// nodes read it through (more than are recorded); one of them writes it;
+/// a read is sent to node 0 and it is thawed: it must answer the write, in
+/// every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_read_by_more_nodes_than_are_recorded_is_never_served_stale() {
+    const NODES: usize = 10;
+    const ROUNDS: u64 = 10;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let mut nodes = Vec::new();
+    for _ in 0..NODES {
+        nodes.push(node_on(&http, &redis.url(), &[]).await);
+    }
+    let created = create(&http, &nodes[1], &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let mut stale = Vec::new();
+    for round in 1..=ROUNDS {
+        let read_everywhere_then_write = async {
+            for node in &nodes[1..] {
+                let read = get(&http, node, &id).await;
+                assert_eq!(read.status, 200, "round {round}: {}", read.text);
+                assert_eq!(read.session().version, round, "round {round}");
+            }
+            let written = put(&http, &nodes[1], &id, &json!({ "round": round }), None).await;
+            assert_eq!(written.status, 200, "round {round}: {}", written.text);
+            assert_eq!(written.session().version, round + 1, "round {round}");
+        };
+        let read = read_from_a_cacher_frozen_during(
+            &http,
+            &nodes[0],
+            &id,
+            round,
+            read_everywhere_then_write,
+        )
+        .await;
+        stale.extend(older_than_written(&read, round));
+    }
+    assert_eq!(
+        stale,
+        [],
+        "(round, version, data) node 0 answered after version round + 1 was acknowledged"
+    );
+}
+
 /// A write answered as a replay (its Idempotency-Key's earlier run did
 /// it) waits as the earlier run's writer does: that writer may not have
 /// answered yet, or died, while a caching node still trusts its older

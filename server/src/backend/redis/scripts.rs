@@ -40,25 +40,35 @@ pub fn tombstone(key: &str) -> String {
 const TOMBSTONE_MS: u64 = 120_000;
 
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
-/// the node ARGV[1] as holding a cached copy.
-/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f]`.
+/// the node ARGV[1] as holding a cached copy, unless [`MAX_CACHERS`] other
+/// nodes are recorded already: a node never listed is never told of a
+/// write, so it must not keep the copy (and no listed node is ever dropped
+/// before a write tells it).
+/// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f, recorded]`
+/// (`recorded`: 1 when ARGV[1] is listed).
 const READ: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f')
 if not r[1] then return false end
+local recorded = 0
 if ARGV[1] ~= '' then
   local o = r[8] or ''
-  if not string.find(',' .. o .. ',', ',' .. ARGV[1] .. ',', 1, true) then
-    local kept = {ARGV[1]}
-    for n in string.gmatch(o, '[^,]+') do
-      if #kept >= 8 then break end
-      kept[#kept + 1] = n
+  if string.find(',' .. o .. ',', ',' .. ARGV[1] .. ',', 1, true) then
+    recorded = 1
+  else
+    local _, listed = string.gsub(o, '[^,]+', '')
+    if listed < MAX_CACHERS then
+      redis.call('HSET', KEYS[1], 'o', o == '' and ARGV[1] or ARGV[1] .. ',' .. o)
+      recorded = 1
     end
-    redis.call('HSET', KEYS[1], 'o', table.concat(kept, ','))
   end
 end
 return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
-  r[9] or '', r[10] or '0'}
+  r[9] or '', r[10] or '0', recorded}
 ";
+
+/// The most nodes recorded as holding a cached copy of one session (a
+/// write waits for each one's ack); further nodes read it through.
+pub const MAX_CACHERS: usize = 8;
 
 /// Lua helpers of the scripts that write: `now_ms()` (Redis's clock),
 /// `announcement(nodes)` (the record of one made now, '0' for none),
@@ -370,7 +380,7 @@ impl Default for Scripts {
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         Self {
-            read: Script::new(READ),
+            read: Script::new(&READ.replace("MAX_CACHERS", &MAX_CACHERS.to_string())),
             store_new: Script::new(&with_events(STORE_NEW)),
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),
@@ -520,6 +530,9 @@ pub struct StoredSession {
     pub expires_at_ms: i64,
     pub writes: WriteLog,
     pub user: Option<UserName>,
+    /// Whether the reader is recorded among the session's cachers (it may
+    /// keep the copy).
+    pub recorded: bool,
 }
 
 impl FromRedisValue for StoredSession {
@@ -535,6 +548,7 @@ impl FromRedisValue for StoredSession {
         let horizon = fields.unsigned()?;
         let user = String::from_redis_value(fields.next())?;
         let fence = fields.unsigned()?;
+        let recorded = fields.unsigned()? == 1;
         Ok(Self {
             version,
             data,
@@ -544,6 +558,7 @@ impl FromRedisValue for StoredSession {
             expires_at_ms,
             writes: write_log(&tags, horizon, fence),
             user: user_name(&user),
+            recorded,
         })
     }
 }

@@ -234,12 +234,25 @@ impl Redis {
     }
 
     /// The session in Redis, if it is there and live; with `cache`, this
-    /// node is recorded among its cachers (it may keep the copy).
+    /// node is recorded among its cachers if there is room.
     pub(super) async fn read_redis(
         &self,
         id: &SessionId,
         cache: bool,
     ) -> Result<Option<Session>, ReplicationError> {
+        Ok(self
+            .read_stored(id, cache)
+            .await?
+            .map(|(session, _)| session))
+    }
+
+    /// [`Self::read_redis`], and whether this node was recorded among the
+    /// session's cachers (only then may it keep the copy).
+    async fn read_stored(
+        &self,
+        id: &SessionId,
+        cache: bool,
+    ) -> Result<Option<(Session, bool)>, ReplicationError> {
         let mut conn = self.link.conn()?;
         let result = self
             .scripts
@@ -252,8 +265,11 @@ impl Redis {
         Ok(self
             .link
             .observe(result)?
-            .and_then(|stored| stored.into_session(*id))
-            .filter(|session| session.expires_at_ms > now))
+            .and_then(|stored| {
+                let recorded = stored.recorded;
+                stored.into_session(*id).map(|session| (session, recorded))
+            })
+            .filter(|(session, _)| session.expires_at_ms > now))
     }
 
     /// Keeps a copy in memory unless an invalidation arrived since `epoch`
@@ -293,10 +309,11 @@ impl Redis {
     }
 
     /// Read-through: the session from Redis, its expiry slid (a read is a
-    /// use), cached. The caller holds the session's lock.
+    /// use), cached if this node is recorded among its cachers. The caller
+    /// holds the session's lock.
     pub(super) async fn load_locked(&self, id: &SessionId) -> Result<Session, BackendError> {
         let epoch = self.invalidations.epoch();
-        let Some(mut session) = self.read_redis(id, true).await? else {
+        let Some((mut session, recorded)) = self.read_stored(id, true).await? else {
             self.store.delete(id);
             return Err(BackendError::NotFound);
         };
@@ -305,7 +322,12 @@ impl Redis {
             self.store
                 .expiry(self.now(), session.ttl_ms, session.created_at_ms);
         self.slide(&session, held).await;
-        self.cache(&session, epoch);
+        if recorded {
+            self.cache(&session, epoch);
+        } else {
+            // Writes will not tell this node: it must not keep a copy.
+            self.store.delete(id);
+        }
         Ok(session)
     }
 
