@@ -13,6 +13,7 @@ pub mod client;
 pub mod http;
 pub mod metrics;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod raw_http;
 pub mod redis;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
-use sessiond_e2e::RedisServer;
+use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::*;
+use sessiond_e2e::{RedisServer, Sessiond};
 
 /// Varied session data: objects, arrays, strings, numbers, nesting.
 fn varied_data(n: u64) -> Value {
@@ -642,5 +643,72 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
         assert_eq!(reply.status, 200, "{id} lost; node log:\n{}", log);
         let session = reply.session();
         assert_eq!((session.version, &session.data), (*version, data), "{id}");
+    }
+}
+
+/// A node whose invalidation subscription silently stops delivering (its
+/// connection half-open: no error, no close) makes a new one: its own
+/// beats stop coming back, and while Redis answers its commands that means
+/// the subscription is dead. Without that the node would read every
+/// session through and keep writers waiting for its acks for good. The
+/// node reaches Redis through a proxy that silences every connection open
+/// at one moment; the status page must show the subscription live again,
+/// and a write through another node must reach a read through this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_subscription_is_made_again() {
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let proxy = SilencingProxy::start(redis.port).await;
+    let http = http();
+    let proxied = node_on(&http, &format!("redis://127.0.0.1:{}", proxy.port()), &[]).await;
+    let direct = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &direct, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_live_subscription(&http, &proxied, &proxy, 0).await;
+    let before = proxy.accepted();
+    proxy.silence_open_connections();
+    // The node's commands time out and reconnect; its subscription, silent
+    // but open, must be made again too.
+    wait_for_live_subscription(&http, &proxied, &proxy, before + 2).await;
+    for round in 1..=3u64 {
+        let read = get(&http, &proxied, &id).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        assert_eq!(read.session().version, round);
+        let written = put(&http, &direct, &id, &json!({ "round": round }), None).await;
+        assert_eq!(written.status, 200, "{}", written.text);
+        let read = get(&http, &proxied, &id).await;
+        assert_eq!(read.session().version, round + 1, "round {round}");
+    }
+}
+
+/// Polls `node`'s status page until its invalidation subscription shows
+/// live and `proxy` has accepted at least `connections` connections, at
+/// most 20 s.
+async fn wait_for_live_subscription(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    proxy: &SilencingProxy,
+    connections: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = get_path(http, node, "/status").await;
+        let row = status
+            .text
+            .split("id=\"subscription\">")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next());
+        if row == Some("live") && proxy.accepted() >= connections {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscription is not live within 20 s (shows {row:?}; {} connections made); \
+             the node's log:\n{}",
+            proxy.accepted(),
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

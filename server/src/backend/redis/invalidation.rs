@@ -53,6 +53,12 @@ pub const HEARTBEAT_TRUST: Duration = Duration::from_millis(250);
 /// than the trust a beat gives: a writer does not wait for a node without
 /// one (it died, or lost Redis, and trusts no copy).
 const HEARTBEAT_TTL: Duration = Duration::from_millis(1000);
+/// While Redis answers, a subscription through which none of the node's
+/// own beats came back for this long is given up and made again: it
+/// silently stopped delivering (a half-open connection), and without it
+/// the node would read every session through, and stay listed among
+/// cachers that writers wait for, for good.
+const SILENCE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Refreshes the heartbeat key KEYS[1] for ARGV[1] ms and publishes the
 /// beat ARGV[3] on the channel ARGV[2], in one step: a beat that comes
@@ -276,6 +282,15 @@ impl Invalidations {
             && Duration::from_nanos(confirmed) + HEARTBEAT_TRUST > self.clock.elapsed()
     }
 
+    /// How long no beat of this node has come back through a subscription
+    /// made at `subscribed_at` (times since `clock`).
+    fn silent_since(&self, subscribed_at: Duration) -> Duration {
+        let confirmed = Duration::from_nanos(self.confirmed_beat.load(Ordering::Acquire));
+        self.clock
+            .elapsed()
+            .saturating_sub(confirmed.max(subscribed_at))
+    }
+
     /// A counter that moves whenever another node's change arrives (or the
     /// cache is cleared): a cache fill that began before a move must not be
     /// kept, it may hold what was just invalidated.
@@ -387,6 +402,7 @@ impl Invalidations {
         self.received.fetch_add(1, Ordering::AcqRel);
         let dropped = store.clear();
         self.live.store(true, Ordering::Release);
+        let subscribed_at = self.clock.elapsed();
         tracing::info!(dropped, channel = %self.channel, "subscribed to invalidations");
         let mut messages = pubsub.on_message();
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -396,6 +412,12 @@ impl Invalidations {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
+                    if self.silent_since(subscribed_at) > SILENCE_LIMIT && self.link.is_up() {
+                        return Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "none of this node's beats came back through the subscription",
+                        )));
+                    }
                     tokio::spawn(self.clone().beat());
                 }
                 message = messages.next() => match message {

@@ -88,6 +88,8 @@ impl ConnectionLike for RedisConn {
 pub struct RedisLink {
     target: RedisTarget,
     cluster: Option<ClusterSetup>,
+    /// One server only: how to make a new connection to it.
+    single: Option<redis::Client>,
     conn: RwLock<Option<RedisConn>>,
     up: AtomicBool,
     last_error: Mutex<String>,
@@ -120,17 +122,11 @@ impl RedisLink {
         // `rediss://` URLs need a TLS crypto provider; installing it twice
         // (another link of the same process) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (cluster, conn) = match &target {
+        let (cluster, single, conn) = match &target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(config_error)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1));
-                let manager = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(config_error)?;
-                (None, Some(RedisConn::Single(manager)))
+                let manager = single_connection(&client).map_err(config_error)?;
+                (None, Some(client), Some(RedisConn::Single(manager)))
             }
             RedisTarget::Cluster {
                 urls,
@@ -146,12 +142,13 @@ impl RedisLink {
                     client,
                     max_in_flight: *max_in_flight,
                 };
-                (Some(setup), None)
+                (Some(setup), None, None)
             }
         };
         Ok(Arc::new(Self {
             target,
             cluster,
+            single,
             conn: RwLock::new(conn),
             up: AtomicBool::new(false),
             last_error: Mutex::new("not connected yet".to_owned()),
@@ -273,16 +270,36 @@ impl RedisLink {
         }
     }
 
+    /// PINGs Redis. A connection that stops answering without failing
+    /// (half-open: its server or the path to it gone silent) is never
+    /// made again by the connection manager, so when a PING times out a
+    /// new connection decides: if it answers, it replaces the wedged one.
     async fn check_single(&self) {
-        let Ok(mut conn) = self.conn() else {
+        let Ok(conn) = self.conn() else {
             return;
         };
-        let ping = redis::cmd("PING");
-        let pong = ping.query_async::<String>(&mut conn);
-        match tokio::time::timeout(RESPONSE_TIMEOUT, pong).await {
-            Ok(Ok(_)) => self.mark_up(),
-            Ok(Err(err)) => self.mark_down(&err.to_string()),
-            Err(_) => self.mark_down("PING timed out"),
+        let why = match ping_single(conn).await {
+            Ok(()) => return self.mark_up(),
+            Err(err) if !err.is_timeout() => return self.mark_down(&err.to_string()),
+            Err(err) => err.to_string(),
+        };
+        let Some(client) = &self.single else {
+            return;
+        };
+        let fresh = match single_connection(client) {
+            Ok(fresh) => fresh,
+            Err(err) => return self.mark_down(&err.to_string()),
+        };
+        match ping_single(RedisConn::Single(fresh.clone())).await {
+            Ok(()) => {
+                *self.conn.write() = Some(RedisConn::Single(fresh));
+                tracing::warn!(
+                    error = why,
+                    "replaced a Redis connection that stopped answering (a new connection answers)"
+                );
+                self.mark_up();
+            }
+            Err(_) => self.mark_down(&why),
         }
     }
 
@@ -348,6 +365,31 @@ impl RedisLink {
                 tracing::debug!(?failing, "Redis Cluster masters failing");
             }
         }
+    }
+}
+
+/// A connection manager to one server (it connects on first use and
+/// again after the connection fails).
+fn single_connection(client: &redis::Client) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+}
+
+/// PINGs one server through `conn`, bounded in time (a timeout error).
+async fn ping_single(mut conn: RedisConn) -> RedisResult<()> {
+    let ping = redis::cmd("PING");
+    let pong = ping.query_async::<String>(&mut conn);
+    match tokio::time::timeout(PING_TIMEOUT, pong).await {
+        Ok(answer) => answer.map(drop),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("PING: no answer within {PING_TIMEOUT:?}"),
+        )
+        .into()),
     }
 }
 
