@@ -347,6 +347,93 @@ async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy(
     );
 }
 
+/// A write must wait for every node an earlier write told and that may
+/// not have acked it yet, not only for the nodes listed since: node B
+/// caches the session and is frozen; node A writes it (and waits for B);
+/// node D reads it and writes it again while A still waits; a read is
+/// sent to B and B is thawed: it must answer D's write, in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_for_the_cachers_an_unacknowledged_write_told() {
+    const ROUNDS: u64 = 10;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let a = node_on(&http, &redis.url(), &[]).await;
+    let b = node_on(&http, &redis.url(), &[]).await;
+    let d = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let mut stale = Vec::new();
+    for round in 1..=ROUNDS {
+        let version = 2 * round - 1;
+        let mut first = None;
+        let two_writes = async {
+            let request = http
+                .put(format!("{}/v1/sessions/{id}", a.url()))
+                .json(&json!({ "data": { "round": round, "by": "a" } }));
+            first = Some(tokio::spawn(send(request)));
+            // A's write is in Redis well before this; A still waits for B.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let read = get(&http, &d, &id).await;
+            assert_eq!(read.session().version, version + 1, "round {round}");
+            let written = put(&http, &d, &id, &json!({ "round": round }), None).await;
+            assert_eq!(written.status, 200, "round {round}: {}", written.text);
+            assert_eq!(written.session().version, version + 2, "round {round}");
+        };
+        let read = read_from_a_cacher_frozen_during(&http, &b, &id, version, two_writes).await;
+        let first = first.expect("A's request was sent");
+        let first = bounded("A's write", first)
+            .await
+            .expect("A's write panicked");
+        assert_eq!(first.status, 200, "round {round}: {}", first.text);
+        assert_eq!(read.status, 200, "round {round}: {}", read.text);
+        if read.session().version != version + 2 {
+            stale.push((round, read.session().version));
+        }
+    }
+    assert_eq!(
+        stale,
+        [],
+        "(round, version) B answered after D's write was acknowledged"
+    );
+}
+
+/// A replay on a node that was itself told of the run it replays does not
+/// wait for its own ack: node B caches the session, node A runs a keyed
+/// write (B acks it), and the same keyed write sent to B at once is a
+/// replay; B must count no ack timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_never_waits_for_its_own_node() {
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let a = node_on(&http, &redis.url(), &[]).await;
+    let b = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    for round in 1..=5u64 {
+        for _ in 0..2 {
+            assert_eq!(get(&http, &b, &id).await.session().version, round);
+        }
+        for node in [&a, &b] {
+            let request = http
+                .put(format!("{}/v1/sessions/{id}", node.url()))
+                .header("idempotency-key", format!("round-{round}"))
+                .json(&json!({ "data": { "round": round } }));
+            let written = send(request).await;
+            assert_eq!(written.status, 200, "round {round}: {}", written.text);
+            assert_eq!(written.session().version, round + 1, "round {round}");
+        }
+    }
+    let timeouts = scrape(&b.url())
+        .await
+        .value("sessiond_invalidation_ack_timeouts_total", &[])
+        .unwrap_or(0.0);
+    assert_eq!(timeouts, 0.0, "B waited for its own ack of its replays");
+}
+
 /// A delete repeated on another node (its first node died, or its caller
 /// gave up, while that node waited for a cacher's ack) must not be
 /// answered while a frozen cacher still trusts its copy: one delete through

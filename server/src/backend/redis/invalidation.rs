@@ -118,18 +118,23 @@ pub struct Announcement<'a> {
 }
 
 impl Announcement<'_> {
-    /// Waits until every live node of `others` acked, or until
-    /// [`HEARTBEAT_TRUST`] after `announced` (no later than when Redis's
-    /// answer to the write arrived, or for a replay, that less the age of
-    /// the earlier run's announcement it published again): a node silent
-    /// until then no longer trusts the copy it was not told to drop. Nodes
-    /// without a heartbeat are not waited for.
-    pub async fn acked_by(self, others: &[u64], announced: Instant) {
+    /// Waits until every live node of `others` (but this one) acked, or
+    /// until [`HEARTBEAT_TRUST`] after `answered` (when Redis's answer to
+    /// the write, or to a replay that published the change again, arrived):
+    /// a node silent until then no longer trusts the copy it was not told
+    /// to drop. Nodes without a heartbeat are not waited for.
+    pub async fn acked_by(self, others: &[u64], answered: Instant) {
+        let node_id = self.invalidations.node_id;
+        let others: Vec<u64> = others
+            .iter()
+            .copied()
+            .filter(|&node| node != node_id)
+            .collect();
         if others.is_empty() {
             return;
         }
-        let others = self.invalidations.alive(others).await;
-        self.wait_for(&others, announced + HEARTBEAT_TRUST).await;
+        let others = self.invalidations.alive(&others).await;
+        self.wait_for(&others, answered + HEARTBEAT_TRUST).await;
     }
 
     /// Waits until every node of `others` acked, at most until `deadline`.

@@ -14,8 +14,6 @@
 //! hashes are stored compactly by Redis (listpack), and the fields stay
 //! readable by the scripts that check versions.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};
 use sessiond_proto::{SessionId, UserName};
@@ -70,13 +68,17 @@ return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] o
 /// write waits for each one's ack); further nodes read it through.
 pub const MAX_CACHERS: usize = 8;
 
-/// Lua helpers of the scripts that write: `now_ms()` (Redis's clock),
-/// `announcement(nodes)` (the record of one made now, '0' for none),
-/// `recall(record, channel, message)` (for a replay: when the recorded
-/// announcement is younger than the trust a beat gives, publishes
-/// `message` again and returns its age in ms and the nodes told; else -1
-/// and '') and `emit(stream, retention, kind, id, user, old_id)`, which
-/// appends one event (nothing when `stream` is nil: the log is off).
+/// Lua helpers of the scripts that write: `now_ms()` (Redis's clock);
+/// `announcement(nodes)`, the record of an invalidation sent to `nodes`
+/// now ('0' for none); `told(record)`, the nodes of a recorded one that
+/// may still be owed an ack (made less than `RECALL_MS` ago), or nil;
+/// `cachers(listed, record, writer)`, the nodes a change must be announced
+/// to and acked by: those of the cacher list `listed` and those `told`
+/// by `record`, less `writer`; `recall(record, channel, message)`, for a
+/// replay: publishes `message` again when `record` was `told` to nodes,
+/// and returns them ('' for none); and `emit(stream, retention, kind, id,
+/// user, old_id)`, which appends one event (nothing when `stream` is nil:
+/// the log is off).
 /// The log's expiry index holds `<id>:<user>` scored by the key's expiry.
 const EVENTS: &str = r"
 local function now_ms()
@@ -87,13 +89,28 @@ local function announcement(nodes)
   if #nodes == 0 then return '0' end
   return now_ms() .. ':' .. table.concat(nodes, ',')
 end
-local function recall(record, channel, message)
+local function told(record)
   local at, nodes = string.match(record or '', '^(%d+):(.+)$')
-  if not at then return -1, '' end
-  local ago = math.max(now_ms() - tonumber(at), 0)
-  if ago >= TRUST_MS then return -1, '' end
+  if at and now_ms() - tonumber(at) < RECALL_MS then return nodes end
+  return nil
+end
+local function cachers(listed, record, writer)
+  local seen, nodes = {[writer] = true}, {}
+  for _, text in ipairs({listed or '', told(record) or ''}) do
+    for node in string.gmatch(text, '[^,]+') do
+      if not seen[node] then
+        seen[node] = true
+        nodes[#nodes + 1] = node
+      end
+    end
+  end
+  return nodes
+end
+local function recall(record, channel, message)
+  local nodes = told(record)
+  if not nodes then return '' end
   redis.call('PUBLISH', channel, message)
-  return ago, nodes
+  return nodes
 end
 local function emit(stream, retention, kind, id, user, old)
   if not stream then return end
@@ -174,9 +191,9 @@ return 1
 /// when unknown or further ahead of now than the skew, now less ARGV 10,
 /// or now for a first attempt, stands in).
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
-/// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v, ago, nodes}
-/// (already applied, at version v; `recall` of the latest announcement),
-/// {-4} (cannot tell whether it was applied), or
+/// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v, nodes}
+/// (already applied, at version v; the `recall` of the latest
+/// announcement), {-4} (cannot tell whether it was applied), or
 /// {v, c, u, t, expires_at, w, h, f, other cachers, user}, with the data
 /// appended for a touch.
 const WRITE: &str = r"
@@ -196,8 +213,7 @@ if ARGV[9] ~= '' then
   for tag in string.gmatch(log, '[^,]+') do
     if age >= v then break end
     if tag == ARGV[9] then
-      local ago, nodes = recall(cur[10], ARGV[6], ARGV[7])
-      return {-3, v - age, ago, nodes}
+      return {-3, v - age, recall(cur[10], ARGV[6], ARGV[7])}
     end
     age = age + 1
   end
@@ -249,10 +265,7 @@ if ARGV[8] == 'w' then
 else
   redis.call('HSET', KEYS[1], 't', ttl_text, 'o', ARGV[12])
 end
-local others = {}
-for node in string.gmatch(cur[7] or '', '[^,]+') do
-  if node ~= ARGV[12] then others[#others + 1] = node end
-end
+local others = cachers(cur[7], cur[10], ARGV[12])
 redis.call('PEXPIREAT', KEYS[1], exp)
 if #others > 0 then
   redis.call('HSET', KEYS[1], 'a', announcement(others))
@@ -278,23 +291,16 @@ return answer
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
 /// is ''). Leaves a tombstone (KEYS[2]) holding the announcement to other
 /// cachers (as `a` in the hash; '0' for none). Returns {1, other cachers,
-/// user, 0} when deleted; when not there, {0, nodes, '', ago}, the
-/// `recall` of its deletion's announcement; at another version
-/// {0, '', '', -1}. With
+/// user} when deleted; when not there, {0, nodes, ''}, the `recall` of its
+/// deletion's announcement; at another version {0, '', ''}. With
 /// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
 /// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
 /// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p')
-if not r[1] then
-  local ago, nodes = recall(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2])
-  return {0, nodes, '', ago}
-end
-if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', '', -1} end
-local others = {}
-for node in string.gmatch(r[2] or '', '[^,]+') do
-  if node ~= ARGV[4] then others[#others + 1] = node end
-end
+local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p', 'a')
+if not r[1] then return {0, recall(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2]), ''} end
+if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
+local others = cachers(r[2], r[4], ARGV[4])
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], announcement(others), 'PX', TOMBSTONE_MS)
 if KEYS[3] then
@@ -307,17 +313,15 @@ if KEYS[3] then
   end
 end
 if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return {1, table.concat(others, ','), r[3] or '', 0}
+return {1, table.concat(others, ','), r[3] or ''}
 ";
 
-/// For a replay: `recall` (publishing ARGV[2] on the channel ARGV[1]) of
-/// the latest announcement of a change of a session, a write's (`a` of the
-/// hash KEYS[1]) or, once it is gone, its deletion's (its tombstone
-/// KEYS[2]). Returns {ago, nodes}.
+/// For a replay: the `recall` (publishing ARGV[2] on the channel ARGV[1])
+/// of the latest announcement of a change of a session, a write's (`a` of
+/// the hash KEYS[1]) or, once it is gone, its deletion's (its tombstone
+/// KEYS[2]).
 const RECALL: &str = r"
-local ago, nodes = recall(redis.call('HGET', KEYS[1], 'a') or redis.call('GET', KEYS[2]),
-  ARGV[1], ARGV[2])
-return {ago, nodes}
+return recall(redis.call('HGET', KEYS[1], 'a') or redis.call('GET', KEYS[2]), ARGV[1], ARGV[2])
 ";
 
 /// Pushes a session's expiry later (never earlier) and, with the event log
@@ -375,8 +379,9 @@ pub struct Scripts {
 
 impl Default for Scripts {
     fn default() -> Self {
-        let trust_ms = HEARTBEAT_TRUST.as_millis().to_string();
-        let with_events = |body: &str| format!("{EVENTS}{body}").replace("TRUST_MS", &trust_ms);
+        // Twice the trust: a margin for Redis's clock against the nodes'.
+        let recall_ms = (2 * HEARTBEAT_TRUST.as_millis()).to_string();
+        let with_events = |body: &str| format!("{EVENTS}{body}").replace("RECALL_MS", &recall_ms);
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         Self {
@@ -397,7 +402,7 @@ pub fn hex(value: u64) -> String {
 }
 
 /// Node ids from their stored text (`a,b,c`).
-fn node_ids(text: &str) -> Vec<u64> {
+pub fn node_ids(text: &str) -> Vec<u64> {
     text.split(',')
         .filter_map(|node| u64::from_str_radix(node, 16).ok())
         .collect()
@@ -434,8 +439,9 @@ pub enum WriteOutcome {
     Replayed {
         /// The version it produced.
         version: u64,
-        /// The latest announcement, if the replay must still wait for it.
-        announced: Announced,
+        /// The nodes the latest announcement of a change went to, if they
+        /// may still be owed an ack (it was published again to them).
+        told: Vec<u64>,
     },
     /// A re-sent write whose first attempt may or may not have landed.
     Indeterminate,
@@ -479,7 +485,7 @@ impl FromRedisValue for WriteOutcome {
             },
             -3 => Self::Replayed {
                 version: fields.unsigned()?,
-                announced: Announced::from_fields(fields.next(), fields.next())?,
+                told: node_ids(&String::from_redis_value(fields.next())?),
             },
             -4 => Self::Indeterminate,
             version => {
@@ -586,55 +592,23 @@ impl StoredSession {
 pub struct Deleted {
     /// Whether the key was deleted.
     pub deleted: bool,
-    /// Other nodes that may have held a cached copy.
+    /// Other nodes that may have held a cached copy (for a session
+    /// already gone, those its deletion told that may still be owed an
+    /// ack: the script told them again).
     pub others: Vec<u64>,
     /// The user the session belonged to.
     pub user: Option<UserName>,
-    /// For a session already gone: its deletion's announcement, if a
-    /// replay must still wait for it (its nodes are then in `others`).
-    pub announced_ago: Duration,
 }
 
 impl FromRedisValue for Deleted {
     fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (deleted, others, user, ago): (i64, String, String, i64) =
+        let (deleted, others, user): (i64, String, String) =
             FromRedisValue::from_redis_value(value)?;
         Ok(Self {
             deleted: deleted == 1,
             others: node_ids(&others),
             user: user_name(&user),
-            announced_ago: Duration::from_millis(ago.max(0) as u64),
         })
-    }
-}
-
-/// An earlier run's announcement of a change that a replay of it
-/// published again (its writer may still wait for acks): how long ago it
-/// was made and the nodes it told. Empty when there is none to wait for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Announced {
-    /// How long before the replay's script ran it was made.
-    pub ago: Duration,
-    /// The nodes it told.
-    pub to: Vec<u64>,
-}
-
-impl Announced {
-    /// From `recall`'s age (ms, -1 for none) and nodes.
-    fn from_fields(ago: Value, nodes: Value) -> Result<Self, ParsingError> {
-        let ago = i64::from_redis_value(ago)?;
-        let nodes = String::from_redis_value(nodes)?;
-        Ok(Self {
-            ago: Duration::from_millis(ago.max(0) as u64),
-            to: node_ids(&nodes),
-        })
-    }
-}
-
-impl FromRedisValue for Announced {
-    fn from_redis_value(value: Value) -> Result<Self, ParsingError> {
-        let (ago, nodes): (Value, Value) = FromRedisValue::from_redis_value(value)?;
-        Self::from_fields(ago, nodes)
     }
 }
 

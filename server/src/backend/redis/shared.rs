@@ -3,7 +3,7 @@
 //! node's cache fills and writes of one session.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::refresher::{ExpiryRefresher, Held};
-use super::scripts::{Announced, Deleted, Scripts, StoredSession, hex, key, tombstone};
+use super::scripts::{Deleted, Scripts, StoredSession, hex, key, node_ids, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::CLAIM_TTL;
 use crate::store::{EventLogConfig, Session, Store};
@@ -67,11 +67,6 @@ pub struct RedisConfig {
 /// so the same write sent to any node completes or replays that one.
 fn claim_key(prefix: &str, tag: u64) -> String {
     format!("{prefix}op:{tag:x}")
-}
-
-/// `ago` before `answered` (`answered` when the process is younger).
-pub(super) fn before(answered: Instant, ago: Duration) -> Instant {
-    answered.checked_sub(ago).unwrap_or(answered)
 }
 
 /// Why a session's key is deleted, as its event says.
@@ -396,13 +391,11 @@ impl Redis {
             .key(tombstone(&key))
             .arg(&self.invalidations.channel)
             .arg(&announcement.message)
-            .invoke_async::<Announced>(&mut conn)
+            .invoke_async::<String>(&mut conn)
             .await;
         let answered = Instant::now();
-        let announced = self.link.observe(result)?;
-        announcement
-            .acked_by(&announced.to, before(answered, announced.ago))
-            .await;
+        let told = node_ids(&self.link.observe(result)?);
+        announcement.acked_by(&told, answered).await;
         Ok(())
     }
 
@@ -449,10 +442,8 @@ impl Redis {
             count_logged(redis.events.as_ref(), kind);
         }
         // Deleted now, or by another run (this delete's first attempt, say)
-        // whose writer may not have answered yet: the same wait, from when
-        // that run announced it.
-        let announced = before(answered, deleted.announced_ago);
-        announcement.acked_by(&deleted.others, announced).await;
+        // whose writer may not have answered yet: the same wait.
+        announcement.acked_by(&deleted.others, answered).await;
         if let Some(user) = &deleted.user {
             redis.index_remove(user, id).await;
         }

@@ -12,7 +12,7 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 use super::error::write_error;
 use super::event_log::count_logged;
 use super::scripts::{WriteOutcome, hex, session_args, tombstone};
-use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis, before};
+use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
 
@@ -95,10 +95,7 @@ impl SyncBackend {
             }
             // The run it replays may still wait for acks (or have died
             // waiting): the script announced it again; the same wait.
-            WriteOutcome::Replayed { announced, .. } => {
-                let announced_at = before(answered, announced.ago);
-                announcement.acked_by(&announced.to, announced_at).await;
-            }
+            WriteOutcome::Replayed { told, .. } => announcement.acked_by(told, answered).await,
             _ => {}
         }
         Ok(outcome)
@@ -195,14 +192,16 @@ impl SyncBackend {
         rebind: Option<UserName>,
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
-        let _ordered = redis.lock(id).await;
+        let ordered = redis.lock(id).await;
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
-            let Some(current) = redis.read_redis(id, true).await? else {
+            let Some(current) = redis.read_redis(id, false).await? else {
                 redis.store.delete(id);
                 if tag.is_some() {
                     // Another attempt of this rotation may have finished
                     // the move (the new id is claimed by this write alone).
                     redis.settle_replay(id).await?;
+                    // The new id's lock may be this one's stripe.
+                    drop(ordered);
                     return redis.load(&new_id).await;
                 }
                 return Err(BackendError::NotFound);
