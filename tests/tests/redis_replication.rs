@@ -211,6 +211,51 @@ fn older_than_written(read: &Reply, round: u64) -> Option<(u64, u64, Value)> {
     (session.version != round + 1).then_some((round, session.version, session.data))
 }
 
+/// `count` nodes on `redis` and the id of a session (`{"round": 0}`)
+/// created through the first.
+async fn nodes_with_a_session(
+    http: &reqwest::Client,
+    redis: &RedisServer,
+    count: usize,
+) -> (Vec<Sessiond>, String) {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        nodes.push(node_on(http, &redis.url(), &[]).await);
+    }
+    let created = create(http, &nodes[0], &json!({ "round": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    (nodes, created.session().id)
+}
+
+/// [`read_from_a_cacher_frozen_during`] a first run of `first` (a
+/// request through a node that will wait for the frozen B) and, 50 ms
+/// later, when that run is in Redis and its node still waits, `then`;
+/// returns B's answer and the first run's.
+async fn read_from_a_frozen_cacher_while_a_first_run_waits<F>(
+    http: &reqwest::Client,
+    b: &Sessiond,
+    id: &str,
+    version: u64,
+    first: reqwest::RequestBuilder,
+    then: F,
+) -> (Reply, Reply)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let mut sent = None;
+    let both = async {
+        sent = Some(tokio::spawn(send(first)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        then.await;
+    };
+    let read = read_from_a_cacher_frozen_during(http, b, id, version, both).await;
+    let first = sent.expect("the first run was sent");
+    let first = bounded("the first run", first)
+        .await
+        .expect("the first run panicked");
+    (read, first)
+}
+
 /// A caching node too slow to ack an invalidation (frozen past the
 /// writer's wait) must not answer its older copy once it runs again: it
 /// trusts its cache only while its own heartbeat comes back through its
@@ -224,19 +269,16 @@ async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let a = node_on(&http, &redis.url(), &[]).await;
-    let b = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
+    let (nodes, id) = nodes_with_a_session(&http, &redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
         let write = async {
-            let written = put(&http, &a, &id, &json!({ "round": round }), None).await;
+            let written = put(&http, a, &id, &json!({ "round": round }), None).await;
             assert_eq!(written.status, 200, "round {round}: {}", written.text);
             assert_eq!(written.session().version, round + 1, "round {round}");
         };
-        let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, write).await;
+        let read = read_from_a_cacher_frozen_during(&http, b, &id, round, write).await;
         stale.extend(older_than_written(&read, round));
     }
     assert_eq!(
@@ -260,13 +302,7 @@ async fn a_session_read_by_more_nodes_than_are_recorded_is_never_served_stale() 
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let mut nodes = Vec::new();
-    for _ in 0..NODES {
-        nodes.push(node_on(&http, &redis.url(), &[]).await);
-    }
-    let created = create(&http, &nodes[1], &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
+    let (nodes, id) = nodes_with_a_session(&http, &redis, NODES).await;
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
         let read_everywhere_then_write = async {
@@ -309,33 +345,29 @@ async fn a_replayed_write_is_answered_only_once_no_cacher_trusts_the_older_copy(
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let a = node_on(&http, &redis.url(), &[]).await;
-    let b = node_on(&http, &redis.url(), &[]).await;
-    let c = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
+    let (nodes, id) = nodes_with_a_session(&http, &redis, 3).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let keyed_put = |node: &Sessiond, round: u64| {
-        let request = http
-            .put(format!("{}/v1/sessions/{id}", node.url()))
+        http.put(format!("{}/v1/sessions/{id}", node.url()))
             .header("idempotency-key", format!("round-{round}"))
-            .json(&json!({ "data": { "round": round } }));
-        async move { send(request).await }
+            .json(&json!({ "data": { "round": round } }))
     };
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
-        let mut first = None;
         let replay = async {
-            first = Some(tokio::spawn(keyed_put(&a, round)));
-            // A's run is in Redis well before this; A still waits for B.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let replayed = keyed_put(&c, round).await;
+            let replayed = send(keyed_put(c, round)).await;
             assert_eq!(replayed.status, 200, "round {round}: {}", replayed.text);
             assert_eq!(replayed.session().version, round + 1, "round {round}");
         };
-        let read = read_from_a_cacher_frozen_during(&http, &b, &id, round, replay).await;
-        let first = first.expect("A's request was sent");
-        let first = bounded("A's run", first).await.expect("A's write panicked");
+        let (read, first) = read_from_a_frozen_cacher_while_a_first_run_waits(
+            &http,
+            b,
+            &id,
+            round,
+            keyed_put(a, round),
+            replay,
+        )
+        .await;
         assert_eq!(first.status, 200, "round {round}: {}", first.text);
         assert_eq!(first.session().version, round + 1, "round {round}");
         stale.extend(older_than_written(&read, round));
@@ -358,34 +390,30 @@ async fn a_write_waits_for_the_cachers_an_unacknowledged_write_told() {
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let a = node_on(&http, &redis.url(), &[]).await;
-    let b = node_on(&http, &redis.url(), &[]).await;
-    let d = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
+    let (nodes, id) = nodes_with_a_session(&http, &redis, 3).await;
+    let (a, b, d) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut stale = Vec::new();
     for round in 1..=ROUNDS {
         let version = 2 * round - 1;
-        let mut first = None;
-        let two_writes = async {
-            let request = http
-                .put(format!("{}/v1/sessions/{id}", a.url()))
-                .json(&json!({ "data": { "round": round, "by": "a" } }));
-            first = Some(tokio::spawn(send(request)));
-            // A's write is in Redis well before this; A still waits for B.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let read = get(&http, &d, &id).await;
+        let a_write = http
+            .put(format!("{}/v1/sessions/{id}", a.url()))
+            .json(&json!({ "data": { "round": round, "by": "a" } }));
+        let d_reads_and_writes = async {
+            let read = get(&http, d, &id).await;
             assert_eq!(read.session().version, version + 1, "round {round}");
-            let written = put(&http, &d, &id, &json!({ "round": round }), None).await;
+            let written = put(&http, d, &id, &json!({ "round": round }), None).await;
             assert_eq!(written.status, 200, "round {round}: {}", written.text);
             assert_eq!(written.session().version, version + 2, "round {round}");
         };
-        let read = read_from_a_cacher_frozen_during(&http, &b, &id, version, two_writes).await;
-        let first = first.expect("A's request was sent");
-        let first = bounded("A's write", first)
-            .await
-            .expect("A's write panicked");
+        let (read, first) = read_from_a_frozen_cacher_while_a_first_run_waits(
+            &http,
+            b,
+            &id,
+            version,
+            a_write,
+            d_reads_and_writes,
+        )
+        .await;
         assert_eq!(first.status, 200, "round {round}: {}", first.text);
         assert_eq!(read.status, 200, "round {round}: {}", read.text);
         if read.session().version != version + 2 {
@@ -408,16 +436,13 @@ async fn a_replay_never_waits_for_its_own_node() {
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let http = http();
-    let a = node_on(&http, &redis.url(), &[]).await;
-    let b = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &a, &json!({ "round": 0 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
+    let (nodes, id) = nodes_with_a_session(&http, &redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
     for round in 1..=5u64 {
         for _ in 0..2 {
-            assert_eq!(get(&http, &b, &id).await.session().version, round);
+            assert_eq!(get(&http, b, &id).await.session().version, round);
         }
-        for node in [&a, &b] {
+        for node in [a, b] {
             let request = http
                 .put(format!("{}/v1/sessions/{id}", node.url()))
                 .header("idempotency-key", format!("round-{round}"))
@@ -449,27 +474,26 @@ async fn a_delete_repeated_on_another_node_is_answered_only_once_no_cacher_trust
     let a = node_on(&http, &redis.url(), &[]).await;
     let b = node_on(&http, &redis.url(), &[]).await;
     let c = node_on(&http, &redis.url(), &[]).await;
-    let delete = |node: &Sessiond, id: &str| {
-        let request = http.delete(format!("{}/v1/sessions/{id}", node.url()));
-        async move { send(request).await }
-    };
+    let delete =
+        |node: &Sessiond, id: &str| http.delete(format!("{}/v1/sessions/{id}", node.url()));
     let mut served = Vec::new();
     for round in 1..=ROUNDS {
         let created = create(&http, &a, &json!({ "round": round }), None).await;
         assert_eq!(created.status, 201, "round {round}: {}", created.text);
         let id = created.session().id;
-        let mut first = None;
         let repeated = async {
-            first = Some(tokio::spawn(delete(&a, &id)));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let again = delete(&c, &id).await;
+            let again = send(delete(&c, &id)).await;
             assert_eq!(again.status, 204, "round {round}: {}", again.text);
         };
-        let read = read_from_a_cacher_frozen_during(&http, &b, &id, 1, repeated).await;
-        let first = first.expect("A's request was sent");
-        let first = bounded("A's delete", first)
-            .await
-            .expect("A's delete panicked");
+        let (read, first) = read_from_a_frozen_cacher_while_a_first_run_waits(
+            &http,
+            &b,
+            &id,
+            1,
+            delete(&a, &id),
+            repeated,
+        )
+        .await;
         assert_eq!(first.status, 204, "round {round}: {}", first.text);
         if read.status != 404 {
             served.push((round, read.status, read.text));
