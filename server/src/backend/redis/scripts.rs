@@ -95,9 +95,15 @@ local function told(record)
   return nil
 end
 local function cachers(listed, record, writer)
-  local seen, nodes = {[writer] = true}, {}
-  for _, text in ipairs({listed or '', told(record) or ''}) do
-    for node in string.gmatch(text, '[^,]+') do
+  local nodes = {}
+  for node in string.gmatch(listed or '', '[^,]+') do
+    if node ~= writer then nodes[#nodes + 1] = node end
+  end
+  local extra = record and told(record)
+  if extra then
+    local seen = {[writer] = true}
+    for _, node in ipairs(nodes) do seen[node] = true end
+    for node in string.gmatch(extra, '[^,]+') do
       if not seen[node] then
         seen[node] = true
         nodes[#nodes + 1] = node
