@@ -23,9 +23,17 @@
 //! of answering a copy a write has replaced, and so a read never returns
 //! a version older than one a write already acknowledged.
 //!
+//! Each announcement is recorded with the session (`a`: when, and to whom;
+//! a deletion's in its tombstone). A later write announces to, and waits
+//! for, the nodes of an announcement that may still be owed an ack as well
+//! as the cachers listed since, and a replay (a write or delete found
+//! already done by an earlier run, whose writer may not have answered yet)
+//! publishes it again and waits for the same acks.
+//!
 //! While the subscription is down the cache is not trusted, and it is
 //! cleared when the subscription comes back, so no copy that missed an
-//! invalidation is ever served. (The backend also serves its memory while
+//! invalidation is ever served. A subscription through which the node's
+//! own beats stop coming back (silently dead) is made again. (The backend also serves its memory while
 //! its link to Redis is down: see `trust_memory`.)
 
 use std::collections::{HashMap, HashSet};

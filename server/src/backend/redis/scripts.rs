@@ -10,9 +10,9 @@
 //! copy), `p` (the user it belongs to, empty for none) and `a` (the
 //! latest announcement of a change to other cachers, `<ms>:<nodes>`:
 //! Redis's clock and the hex ids told; absent: none yet); the key's
-//! PEXPIREAT is the session's expiry. Small
-//! hashes are stored compactly by Redis (listpack), and the fields stay
-//! readable by the scripts that check versions.
+//! PEXPIREAT is the session's expiry. Small hashes are stored compactly by
+//! Redis (listpack), and the fields stay readable by the scripts that check
+//! versions.
 
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};
@@ -182,7 +182,8 @@ return 1
 /// checking the expected version atomically; judges a tagged write against
 /// the write log first (the same rules as `store::WriteLog::judge`); makes
 /// the writer the only node recorded with a cached copy, and announces the
-/// change when other nodes may hold one (recording it in `a`). The expiry index is written only
+/// change to the nodes that may hold a copy or may still owe an ack to a
+/// recent one (recording it in `a`). The expiry index is written only
 /// when it lacks the session or holds a later expiry (a shorter TTL, or a
 /// writer whose clock is behind): an entry earlier than the key's expiry
 /// is rescored by [`REAP`] when it comes due, one step per session per TTL
