@@ -379,15 +379,16 @@ fn single_connection(client: &redis::Client) -> RedisResult<ConnectionManager> {
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
-/// PINGs one server through `conn`, bounded in time (a timeout error).
+/// PINGs one server through `conn`, allowed as long as any command (a
+/// timeout error after that).
 async fn ping_single(mut conn: RedisConn) -> RedisResult<()> {
     let ping = redis::cmd("PING");
     let pong = ping.query_async::<String>(&mut conn);
-    match tokio::time::timeout(PING_TIMEOUT, pong).await {
+    match tokio::time::timeout(RESPONSE_TIMEOUT, pong).await {
         Ok(answer) => answer.map(drop),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("PING: no answer within {PING_TIMEOUT:?}"),
+            format!("PING: no answer within {RESPONSE_TIMEOUT:?}"),
         )
         .into()),
     }
