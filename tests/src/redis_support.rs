@@ -155,15 +155,33 @@ pub async fn wait_for_status(
     status: u16,
     within: Duration,
 ) -> Reply {
+    let what = format!("answer {status}");
+    wait_for_answer(http, node, path, &what, within, |reply| {
+        reply.status == status
+    })
+    .await
+}
+
+/// Polls `GET <path>` every 50 ms until `done` accepts the answer, at
+/// most `within`; returns that answer, and panics (saying that `path` did
+/// not `what`, with the last answer) if none came.
+pub async fn wait_for_answer(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    path: &str,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&Reply) -> bool,
+) -> Reply {
     let deadline = Instant::now() + within;
     loop {
         let reply = get_path(http, node, path).await;
-        if reply.status == status {
+        if done(&reply) {
             return reply;
         }
         assert!(
             Instant::now() < deadline,
-            "{path} did not answer {status} within {within:?}; last answer: {} {}",
+            "{path} did not {what} within {within:?}; last answer: {} {}",
             reply.status,
             reply.text
         );

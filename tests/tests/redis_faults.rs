@@ -691,24 +691,17 @@ async fn wait_for_live_subscription(
     proxy: &SilencingProxy,
     connections: u64,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = get_path(http, node, "/status").await;
-        let row = status
-            .text
-            .split("id=\"subscription\">")
-            .nth(1)
-            .and_then(|rest| rest.split('<').next());
-        if row == Some("live") && proxy.accepted() >= connections {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the subscription is not live within 20 s (shows {row:?}; {} connections made); \
-             the node's log:\n{}",
-            proxy.accepted(),
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("show the subscription live after {connections} proxied connections");
+    wait_for_answer(
+        http,
+        node,
+        "/status",
+        &what,
+        Duration::from_secs(20),
+        |status| {
+            let row = status.text.split("id=\"subscription\">").nth(1);
+            row.is_some_and(|rest| rest.starts_with("live<")) && proxy.accepted() >= connections
+        },
+    )
+    .await;
 }
