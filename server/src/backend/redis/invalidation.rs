@@ -33,8 +33,9 @@
 //! While the subscription is down the cache is not trusted, and it is
 //! cleared when the subscription comes back, so no copy that missed an
 //! invalidation is ever served. A subscription through which the node's
-//! own beats stop coming back (silently dead) is made again. (The backend also serves its memory while
-//! its link to Redis is down: see `trust_memory`.)
+//! own beats stop coming back (silently dead) is made again. (The backend
+//! also serves its memory while its link to Redis is down: see
+//! `trust_memory`.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
