@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// A proxy from a loopback port to `target`, stopped when dropped.
+/// A proxy from a loopback port to `target`; it accepts no more when
+/// dropped (a forwarded connection ends when either side closes it).
 pub struct SilencingProxy {
     port: u16,
     /// Connections accepted so far (numbered from 0 in that order).
