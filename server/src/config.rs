@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sessiond_proto::wire::MAX_FRAME_BYTES_CAP;
 
-use crate::backend::redis::{Consistency, RedisConfig, RedisTarget, ReplicationMode};
+use crate::backend::redis::{
+    Consistency, RedisConfig, RedisTarget, ReplicationMode, prefix_keeps_tombstones_in_slot,
+};
 use crate::balance::{
     BalanceConfig, BodyLimits, HeadLimits, ProxyVersion, SourcesError, TlsFiles, UpstreamSources,
     UpstreamUrl, UpstreamUrlError,
@@ -230,7 +232,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_REDIS_MODE", value_enum, default_value_t = RedisModeArg::Sync)]
     pub redis_mode: RedisModeArg,
 
-    /// Prefix of every Redis key (and of the invalidation channel).
+    /// Prefix of every Redis key (and of the invalidation channel). With
+    /// `--redis-cluster`, a `}` in it must close a hash tag (`{app}:`).
     #[arg(long, env = "SESSIOND_REDIS_PREFIX", default_value = "sessiond:")]
     pub redis_prefix: String,
 
@@ -542,6 +545,14 @@ pub enum ConfigError {
     /// `--health-path` is not a path.
     #[error("--health-path must start with /, got {0:?}")]
     HealthPath(String),
+    /// With `--redis-cluster`, `--redis-prefix` holds a `}` that is not the
+    /// end of a hash tag: a session and its tombstone would hash to
+    /// different slots, and every delete would fail.
+    #[error(
+        "--redis-prefix {0:?} cannot be used with --redis-cluster: a `}}` outside a hash tag \
+         (like `{{app}}:`) splits a session's keys over slots"
+    )]
+    ClusterPrefix(String),
 }
 
 impl ServeArgs {
@@ -599,7 +610,7 @@ impl ServeArgs {
                 // With Redis the log lives in Redis.
                 events: self
                     .events_config()
-                    .filter(|_| self.redis_config().is_none()),
+                    .filter(|_| self.redis.is_none() && self.redis_cluster.is_empty()),
             },
             service: ServiceConfig {
                 user_limit: UserLimit {
@@ -615,7 +626,7 @@ impl ServeArgs {
             },
             sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
             sweep_batch: self.sweep_batch.max(1),
-            redis: self.redis_config(),
+            redis: self.redis_config()?,
         })
     }
 
@@ -639,16 +650,19 @@ impl ServeArgs {
         })
     }
 
-    fn redis_config(&self) -> Option<RedisConfig> {
+    fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
         let target = match (&self.redis, self.redis_cluster.is_empty()) {
             (Some(url), _) => RedisTarget::Single(url.clone()),
+            (None, false) if !prefix_keeps_tombstones_in_slot(&self.redis_prefix) => {
+                return Err(ConfigError::ClusterPrefix(self.redis_prefix.clone()));
+            }
             (None, false) => RedisTarget::Cluster {
                 urls: self.redis_cluster.clone(),
                 max_in_flight: self.redis_cluster_max_in_flight.max(1),
             },
-            (None, true) => return None,
+            (None, true) => return Ok(None),
         };
-        Some(RedisConfig {
+        Ok(Some(RedisConfig {
             target,
             mode: match self.redis_mode {
                 RedisModeArg::Sync => ReplicationMode::Sync,
@@ -661,7 +675,7 @@ impl ServeArgs {
             prefix: self.redis_prefix.clone(),
             queue_capacity: self.redis_queue.max(1),
             events: self.events_config(),
-        })
+        }))
     }
 
     fn events_config(&self) -> Option<EventLogConfig> {
@@ -772,6 +786,31 @@ mod tests {
         assert_eq!(
             small_head.to_string(),
             "--http-max-head-bytes must be between 1024 and 1048576 bytes, got 10"
+        );
+    }
+
+    #[test]
+    fn a_cluster_prefix_that_splits_a_sessions_keys_is_refused() {
+        let cluster = ["--redis-cluster", "redis://127.0.0.1:7000"];
+        let split = serve(&[cluster[0], cluster[1], "--redis-prefix", "app}:"]).unwrap_err();
+        assert!(matches!(&split, ConfigError::ClusterPrefix(prefix) if prefix == "app}:"));
+        assert!(split.to_string().contains("{app}:"), "{split}");
+        for prefix in ["{app}:", "sessiond:"] {
+            let config = serve(&[cluster[0], cluster[1], "--redis-prefix", prefix]).unwrap();
+            assert_eq!(
+                config.redis.map(|redis| redis.prefix).as_deref(),
+                Some(prefix)
+            );
+        }
+        // One Redis server has no slots: any prefix will do.
+        assert!(
+            serve(&[
+                "--redis",
+                "redis://127.0.0.1:6379",
+                "--redis-prefix",
+                "app}:"
+            ])
+            .is_ok()
         );
     }
 }

@@ -826,3 +826,53 @@ async fn a_wedged_cluster_connection_is_replaced_by_a_fresh_one() {
     // here, are gone with it).
     assert_nothing_acknowledged_lost(&http, &cluster.urls(), &live, &tried).await;
 }
+
+/// A `--redis-prefix` holding a hash tag (`{app}:`, as Redis's own docs
+/// teach for keys that belong together) keeps every session with its
+/// tombstone in the tag's slot: creates, writes and deletes all succeed,
+/// and the keys live on the one master that serves the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_with_a_hash_tag_keeps_each_session_and_its_tombstone_in_one_slot() {
+    const SESSIONS: u64 = 20;
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let urls = cluster.urls();
+    let http = http();
+    let node = ready_node(
+        &http,
+        &["--redis-cluster", &urls, "--redis-prefix", "{app}:"],
+    )
+    .await;
+
+    let mut ids = Vec::new();
+    for n in 0..SESSIONS {
+        let reply = create(&http, &node, &json!({ "n": n }), Some(600)).await;
+        assert_eq!(reply.status, 201, "create {n}: {}", reply.text);
+        ids.push(reply.session().id);
+    }
+    let tagged = RedisCluster::master_of_slot(key_slot("app"));
+    let keys = session_keys(&cluster.nodes[tagged].url(), "{app}:").await;
+    assert_eq!(
+        keys.len() as u64,
+        SESSIONS,
+        "sessions on the master of the tag's slot: {keys:?}"
+    );
+    for id in &ids {
+        let reply = put(&http, &node, id, &json!({ "written": id }), Some(1)).await;
+        assert_eq!(reply.status, 200, "PUT {id}: {}", reply.text);
+        assert_eq!(reply.session().version, 2, "PUT {id}");
+        let deleted = send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await;
+        assert_eq!(deleted.status, 204, "DELETE {id}: {}", deleted.text);
+        let reply = get(&http, &node, id).await;
+        assert_eq!(
+            reply.status, 404,
+            "GET {id} after its delete: {}",
+            reply.text
+        );
+    }
+    // What is left are the deletes' tombstones, in the tag's slot too.
+    let mut left = session_keys(&cluster.nodes[tagged].url(), "{app}:").await;
+    left.sort();
+    let mut tombstones: Vec<String> = ids.iter().map(|id| format!("{{app}}:{id}:gone")).collect();
+    tombstones.sort();
+    assert_eq!(left, tombstones, "keys left after every delete");
+}

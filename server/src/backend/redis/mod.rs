@@ -29,6 +29,7 @@ pub use error::ReplicationError;
 pub use event_log::RedisEvents;
 pub use invalidation::Invalidations;
 pub use link::{RedisLink, RedisTarget};
+pub use scripts::prefix_keeps_tombstones_in_slot;
 pub use shared::{Consistency, Redis, RedisConfig, ReplicationMode};
 pub use sync::SyncBackend;
 pub use write_behind::WriteBehindBackend;

@@ -28,9 +28,30 @@ pub fn key(prefix: &str, id: &SessionId) -> String {
 
 /// The key that marks a deleted session for a while, so a write-behind
 /// write of it that was still queued somewhere cannot bring it back (in
-/// the session key's own hash slot, for Redis Cluster).
+/// the session key's own hash slot, for Redis Cluster: a key with a hash
+/// tag keeps it, any other becomes the tag).
 pub fn tombstone(key: &str) -> String {
-    format!("{{{key}}}:gone")
+    if hash_tag(key).is_some() {
+        format!("{key}:gone")
+    } else {
+        format!("{{{key}}}:gone")
+    }
+}
+
+/// The part of `key` Redis Cluster hashes instead of the whole key: what
+/// lies between its first `{` and the first `}` after it, when not empty.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let inside = &key[open + 1..];
+    let close = inside.find('}')?;
+    (close > 0).then(|| &inside[..close])
+}
+
+/// Whether every session key under `prefix` can share a hash slot with its
+/// tombstone: the prefix holds a hash tag, or no `}` that would end the
+/// tag `tombstone` makes of a whole key early.
+pub fn prefix_keeps_tombstones_in_slot(prefix: &str) -> bool {
+    hash_tag(prefix).is_some() || !prefix.contains('}')
 }
 
 /// How long a deleted session's tombstone lives: far longer than a
@@ -648,4 +669,42 @@ pub fn session_args<'a>(
         .arg(session.user.as_ref().map_or("", UserName::as_str))
         .arg(session.writes.fence_ms());
     invocation
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::Slot;
+
+    use super::*;
+
+    #[test]
+    fn a_tombstone_hashes_to_its_session_keys_slot() {
+        for prefix in [
+            "sessiond:",
+            "{app}:",
+            "x{app}y:",
+            "a{b:",
+            "{}:",
+            "}{a}:",
+            "{",
+        ] {
+            let key = format!("{prefix}tj1R00REFiH-lPX8Yo3RBA");
+            let gone = tombstone(&key);
+            assert_eq!(
+                (Slot::for_key(&gone) == Slot::for_key(&key)),
+                prefix_keeps_tombstones_in_slot(prefix),
+                "prefix {prefix:?}: {key} and {gone}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_prefix_with_a_stray_closing_brace_is_refused() {
+        assert!(prefix_keeps_tombstones_in_slot("sessiond:"));
+        assert!(prefix_keeps_tombstones_in_slot("{app}:"));
+        assert!(!prefix_keeps_tombstones_in_slot("{}:"));
+        assert!(!prefix_keeps_tombstones_in_slot("app}:"));
+        assert_eq!(tombstone("sessiond:abc"), "{sessiond:abc}:gone");
+        assert_eq!(tombstone("{app}:abc"), "{app}:abc:gone");
+    }
 }
