@@ -332,6 +332,126 @@ async fn a_session_read_by_more_nodes_than_are_recorded_is_never_served_stale() 
     );
 }
 
+/// The nodes listed in a session's `o` field (its cachers).
+async fn cachers_of(redis: &RedisServer, id: &str) -> Vec<String> {
+    let mut conn = redis_conn(&redis.url()).await;
+    let listed: Option<String> = redis_query(
+        &mut conn,
+        redis::cmd("HGET").arg(format!("sessiond:{id}")).arg("o"),
+    )
+    .await;
+    listed
+        .unwrap_or_default()
+        .split(',')
+        .filter(|node| !node.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (up to 5 s) until no node's heartbeat key is left in `redis`:
+/// every node is stopped, frozen or cut off.
+async fn wait_until_no_heartbeat(redis: &RedisServer) {
+    let mut conn = redis_conn(&redis.url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let beating: Vec<String> =
+            redis_query(&mut conn, redis::cmd("KEYS").arg("sessiond:node:*")).await;
+        if beating.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "heartbeat keys still alive after 5 s: {beating:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `nodes` (the first of which created the session) read it, so that all
+/// of them are listed as its cachers: as many as are recorded.
+async fn fill_the_cacher_list(
+    http: &reqwest::Client,
+    redis: &RedisServer,
+    nodes: &[Sessiond],
+    id: &str,
+) {
+    for node in nodes {
+        let read = get(http, node, id).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+    }
+    assert_eq!(
+        cachers_of(redis, id).await.len(),
+        nodes.len(),
+        "listed cachers"
+    );
+}
+
+/// A node's id is new at each start, so the cacher list of a session only
+/// read fills with the ids of nodes restarted (or gone) since. A read that
+/// finds the list full drops the nodes whose heartbeat key is gone, so a
+/// live node is listed, and caches, again. Eight nodes read the session
+/// and stop; a new node reads it: it alone is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cacher_list_of_stopped_nodes_makes_room_for_a_live_one() {
+    const RECORDED: usize = 8;
+    let redis = RedisServer::start();
+    let http = http();
+    let (nodes, id) = nodes_with_a_session(&http, &redis, RECORDED).await;
+    fill_the_cacher_list(&http, &redis, &nodes, &id).await;
+    drop(nodes);
+    wait_until_no_heartbeat(&redis).await;
+
+    let fresh = node_on(&http, &redis.url(), &[]).await;
+    let read = get(&http, &fresh, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        cachers_of(&redis, &id).await.len(),
+        1,
+        "the stopped nodes are dropped and the live one listed"
+    );
+}
+
+/// A node dropped from a cacher list while its heartbeat key had lapsed
+/// (frozen longer than the key lives) is not told of the next write, so it
+/// must drop its copies before it trusts them again. X caches the session
+/// beside seven nodes that then stop; X is frozen until its key is gone; a
+/// new node Z reads the session (dropping X and the stopped nodes from the
+/// list) and writes it; X is thawed and, once its beats come back, read:
+/// it must answer Z's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacher_dropped_while_its_heartbeat_lapsed_never_serves_the_older_copy() {
+    const RECORDED: usize = 8;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let http = http();
+    let (mut nodes, id) = nodes_with_a_session(&http, &redis, RECORDED).await;
+    fill_the_cacher_list(&http, &redis, &nodes, &id).await;
+    let x = nodes.remove(0);
+    drop(nodes);
+    let cached = get(&http, &x, &id).await;
+    assert_eq!(cached.session().version, 1, "{}", cached.text);
+    freeze(x.pid());
+    wait_until_no_heartbeat(&redis).await;
+
+    let z = node_on(&http, &redis.url(), &[]).await;
+    let read = get(&http, &z, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(cachers_of(&redis, &id).await.len(), 1, "Z alone is listed");
+    let written = put(&http, &z, &id, &json!({ "by": "z" }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+
+    signal(x.pid(), "CONT");
+    // X's beats come back again (it trusts copies only then).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let read = get(&http, &x, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        (read.session().version, read.session().data),
+        (2, json!({ "by": "z" })),
+        "X answered a copy older than Z's acknowledged write"
+    );
+}
+
 /// A write answered as a replay (its Idempotency-Key's earlier run did
 /// it) waits as the earlier run's writer does: that writer may not have
 /// answered yet, or died, while a caching node still trusts its older

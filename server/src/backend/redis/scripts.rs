@@ -61,8 +61,13 @@ const TOMBSTONE_MS: u64 = 120_000;
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy, unless [`MAX_CACHERS`] other
 /// nodes are recorded already: a node never listed is never told of a
-/// write, so it must not keep the copy (and no listed node is ever dropped
-/// before a write tells it).
+/// write, so it must not keep the copy. When the list is full and ARGV[2]
+/// (the heartbeat keys' prefix; '' with Redis Cluster, where those keys are
+/// in other slots) is given, the nodes whose heartbeat key is gone (dead,
+/// restarted under a new id, or cut off) are dropped first, to make room; a
+/// live listed node is never dropped before a write tells it, and a node
+/// whose key lapsed drops every copy before it trusts one again
+/// (`Invalidations::apply`).
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f, recorded]`
 /// (`recorded`: 1 when ARGV[1] is listed).
 const READ: &str = r"
@@ -74,9 +79,18 @@ if ARGV[1] ~= '' then
   if string.find(',' .. o .. ',', ',' .. ARGV[1] .. ',', 1, true) then
     recorded = 1
   else
-    local _, listed = string.gsub(o, '[^,]+', '')
-    if listed < MAX_CACHERS then
-      redis.call('HSET', KEYS[1], 'o', o == '' and ARGV[1] or ARGV[1] .. ',' .. o)
+    local nodes = {}
+    for node in string.gmatch(o, '[^,]+') do nodes[#nodes + 1] = node end
+    if #nodes >= MAX_CACHERS and ARGV[2] ~= '' then
+      local alive = {}
+      for _, node in ipairs(nodes) do
+        if redis.call('EXISTS', ARGV[2] .. node) == 1 then alive[#alive + 1] = node end
+      end
+      nodes = alive
+    end
+    if #nodes < MAX_CACHERS then
+      table.insert(nodes, 1, ARGV[1])
+      redis.call('HSET', KEYS[1], 'o', table.concat(nodes, ','))
       recorded = 1
     end
   end

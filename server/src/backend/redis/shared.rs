@@ -99,6 +99,10 @@ pub struct Redis {
     /// This node's id as the scripts record it among a session's cachers
     /// (empty in strong mode, where nothing is cached).
     pub(super) cacher: String,
+    /// The heartbeat keys' prefix, for a read to drop dead nodes from a
+    /// full cacher list (empty with Redis Cluster: the keys are in other
+    /// slots than the session's).
+    lapsed_cachers: String,
     pub(super) max_lifetime_ms: Option<u64>,
     /// A cache fill and a write of the same session on this node never
     /// overlap, so a fill can never put back a copy older than a write (or
@@ -155,6 +159,10 @@ impl Redis {
             Consistency::Cached => hex(node_id),
             Consistency::Strong => String::new(),
         };
+        let lapsed_cachers = match config.target {
+            RedisTarget::Single(_) => invalidations.heartbeat_prefix().to_owned(),
+            RedisTarget::Cluster { .. } => String::new(),
+        };
         let redis = Arc::new(Self {
             store,
             link,
@@ -165,6 +173,7 @@ impl Redis {
             events,
             newest_event: tokio::sync::watch::Sender::new(String::new()),
             cacher,
+            lapsed_cachers,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
@@ -254,6 +263,7 @@ impl Redis {
             .read
             .key(self.key(id))
             .arg(if cache { self.cacher.as_str() } else { "" })
+            .arg(&self.lapsed_cachers)
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         let now = self.now();
