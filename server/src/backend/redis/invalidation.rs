@@ -30,12 +30,14 @@
 //! already done by an earlier run, whose writer may not have answered yet)
 //! publishes it again and waits for the same acks.
 //!
+//! A read that finds a session's cacher list full drops the nodes without
+//! a heartbeat key from it, and tells them as a write would (publishes an
+//! invalidation and records the announcement): a node that only seemed
+//! dead still drops its copy, in order, before its next beat comes back.
+//!
 //! While the subscription is down the cache is not trusted, and it is
 //! cleared when the subscription comes back, so no copy that missed an
-//! invalidation is ever served. It is cleared too when the node's beats
-//! stopped coming back for long enough that its heartbeat key may have
-//! expired: a read on another node may then have dropped it from a full
-//! cacher list, and later writes were not announced to it. A subscription through which the node's
+//! invalidation is ever served. A subscription through which the node's
 //! own beats stop coming back (silently dead) is made again. (The backend
 //! also serves its memory while its link to Redis is down: see
 //! `trust_memory`.)
@@ -65,11 +67,6 @@ pub const HEARTBEAT_TRUST: Duration = Duration::from_millis(250);
 /// than the trust a beat gives: a writer does not wait for a node without
 /// one (it died, or lost Redis, and trusts no copy).
 const HEARTBEAT_TTL: Duration = Duration::from_millis(1000);
-/// A node none of whose beats came back for this long may have outlived its
-/// heartbeat key (a quarter of its life kept as a margin for Redis's
-/// clock), and been dropped from full cacher lists meanwhile.
-const KEY_MAY_HAVE_LAPSED: Duration =
-    Duration::from_millis(HEARTBEAT_TTL.as_millis() as u64 * 3 / 4);
 /// While Redis answers, a subscription through which none of the node's
 /// own beats came back for this long is given up and made again: it
 /// silently stopped delivering (a half-open connection), and without it
@@ -354,7 +351,7 @@ impl Invalidations {
             }
             (Some(&BEAT_MARK), BEAT_BYTES) => {
                 if word(1)? == self.node_id {
-                    self.confirm_beat(word(9)?, store);
+                    self.confirmed_beat.fetch_max(word(9)?, Ordering::AcqRel);
                 }
                 None
             }
@@ -371,36 +368,6 @@ impl Invalidations {
             }
             _ => None,
         }
-    }
-
-    /// Renews the trust with this node's beat sent at `sent` (nanoseconds
-    /// since `clock`), which just came back. When the beat confirmed before
-    /// it was sent [`KEY_MAY_HAVE_LAPSED`] ago or more, the heartbeat key
-    /// may have expired between the two (Redis ran the earlier beat no
-    /// sooner than it was sent, the new one no later than now), and another
-    /// node's read may then have dropped this node from cacher lists that
-    /// later writes were announced to: every copy is dropped before the
-    /// trust is renewed.
-    fn confirm_beat(&self, sent: u64, store: &Store) {
-        let previous = self.confirmed_beat.load(Ordering::Acquire);
-        if sent <= previous {
-            return;
-        }
-        let since_previous = self
-            .clock
-            .elapsed()
-            .saturating_sub(Duration::from_nanos(previous));
-        if previous != 0 && since_previous >= KEY_MAY_HAVE_LAPSED {
-            // The epoch moves first, as for an invalidation.
-            self.received.fetch_add(1, Ordering::AcqRel);
-            let dropped = store.clear();
-            tracing::info!(
-                dropped,
-                ?since_previous,
-                "no beat came back for a while: the heartbeat may have lapsed; cache cleared"
-            );
-        }
-        self.confirmed_beat.store(sent, Ordering::Release);
     }
 
     /// Subscribes (to one of `urls`, in turn) and applies invalidations to
@@ -571,42 +538,5 @@ mod tests {
         );
         node.live.store(false, Ordering::Release);
         assert!(!node.is_live(), "the subscription is down");
-    }
-
-    /// A beat that comes back long after the one before it (the node was
-    /// frozen, or its beats did not reach Redis) may follow a lapse of the
-    /// heartbeat key, during which other nodes may have dropped this one
-    /// from cacher lists: its copies go before it trusts them again.
-    #[tokio::test]
-    async fn copies_are_dropped_when_the_heartbeat_may_have_lapsed() {
-        let (store, link) = store_and_link();
-        let mut node = Invalidations::new("p:", 2, link);
-        node.clock = Instant::now() - Duration::from_secs(5);
-        let id = SessionId::random();
-        store
-            .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None, None)
-            .unwrap();
-        let now = node.clock.elapsed();
-        node.apply(&node.beat_message(now - Duration::from_secs(1)), &store);
-        assert!(store.peek(&id).is_some(), "the first beat clears nothing");
-        let epoch = node.epoch();
-        node.apply(&node.beat_message(now), &store);
-        assert!(
-            store.peek(&id).is_none(),
-            "a second later: the copy is dropped"
-        );
-        assert_eq!(
-            node.epoch(),
-            epoch + 1,
-            "and a fill under way is dropped too"
-        );
-        store
-            .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None, None)
-            .unwrap();
-        node.apply(&node.beat_message(node.clock.elapsed()), &store);
-        assert!(
-            store.peek(&id).is_some(),
-            "beats close together keep copies"
-        );
     }
 }

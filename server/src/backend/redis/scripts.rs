@@ -64,14 +64,16 @@ const TOMBSTONE_MS: u64 = 120_000;
 /// write, so it must not keep the copy. When the list is full and ARGV[2]
 /// (the heartbeat keys' prefix; '' with Redis Cluster, where those keys are
 /// in other slots) is given, the nodes whose heartbeat key is gone (dead,
-/// restarted under a new id, or cut off) are dropped first, to make room; a
-/// live listed node is never dropped before a write tells it, and a node
-/// whose key lapsed drops every copy before it trusts one again
-/// (`Invalidations::apply`).
+/// restarted under a new id, or only seeming so: frozen, cut off, the key
+/// evicted) are dropped first, to make room. A dropped node may still hold
+/// a copy, so it is told as a write's cachers are: the invalidation ARGV[4]
+/// is published on the channel ARGV[3] and the announcement recorded in
+/// `a` (with the nodes a recent one told), so a write in the next moments
+/// waits for them too.
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f, recorded]`
 /// (`recorded`: 1 when ARGV[1] is listed).
 const READ: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f')
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f', 'a')
 if not r[1] then return false end
 local recorded = 0
 if ARGV[1] ~= '' then
@@ -82,9 +84,19 @@ if ARGV[1] ~= '' then
     local nodes = {}
     for node in string.gmatch(o, '[^,]+') do nodes[#nodes + 1] = node end
     if #nodes >= MAX_CACHERS and ARGV[2] ~= '' then
-      local alive = {}
+      local alive, gone = {}, {}
       for _, node in ipairs(nodes) do
-        if redis.call('EXISTS', ARGV[2] .. node) == 1 then alive[#alive + 1] = node end
+        if redis.call('EXISTS', ARGV[2] .. node) == 1 then
+          alive[#alive + 1] = node
+        else
+          gone[#gone + 1] = node
+        end
+      end
+      if #gone > 0 then
+        local pending = told(r[11])
+        for node in string.gmatch(pending or '', '[^,]+') do gone[#gone + 1] = node end
+        redis.call('HSET', KEYS[1], 'a', announcement(gone))
+        redis.call('PUBLISH', ARGV[3], ARGV[4])
       end
       nodes = alive
     end
@@ -103,7 +115,8 @@ return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] o
 /// write waits for each one's ack); further nodes read it through.
 pub const MAX_CACHERS: usize = 8;
 
-/// Lua helpers of the scripts that write: `now_ms()` (Redis's clock);
+/// Lua helpers of the scripts that write (and of READ, which may drop
+/// cachers): `now_ms()` (Redis's clock);
 /// `announcement(nodes)`, the record of an invalidation sent to `nodes`
 /// now ('0' for none); `told(record)`, the nodes of a recorded one that
 /// may still be owed an ack (made less than `RECALL_MS` ago), or nil;
@@ -427,7 +440,9 @@ impl Default for Scripts {
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         Self {
-            read: Script::new(&READ.replace("MAX_CACHERS", &MAX_CACHERS.to_string())),
+            read: Script::new(&with_events(
+                &READ.replace("MAX_CACHERS", &MAX_CACHERS.to_string()),
+            )),
             store_new: Script::new(&with_events(STORE_NEW)),
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),

@@ -264,6 +264,8 @@ impl Redis {
             .key(self.key(id))
             .arg(if cache { self.cacher.as_str() } else { "" })
             .arg(&self.lapsed_cachers)
+            .arg(&self.invalidations.channel)
+            .arg(self.invalidations.broadcast(id))
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         let now = self.now();
