@@ -61,17 +61,11 @@ const TOMBSTONE_MS: u64 = 120_000;
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy, unless [`MAX_CACHERS`] other
 /// nodes are recorded already: a node never listed is never told of a
-/// write, so it must not keep the copy. When the list is full and ARGV[2]
-/// (the heartbeat keys' prefix; '' with Redis Cluster, where those keys are
-/// in other slots) is given, the nodes whose heartbeat key is gone (dead,
-/// restarted under a new id, or only seeming so: frozen, cut off, the key
-/// evicted) are dropped first, to make room. A dropped node may still hold
-/// a copy, so it is told as a write's cachers are: the invalidation ARGV[4]
-/// is published on the channel ARGV[3] and the announcement recorded in
-/// `a` (with the nodes a recent one told), so a write in the next moments
-/// waits for them too.
+/// write, so it must not keep the copy.
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f, recorded]`
 /// (`recorded`: 1 when ARGV[1] is listed).
+/// `PRUNE_FULL_LIST` is where [`PRUNE_FULL_LIST`] goes in the variant that
+/// makes room (nothing in the plain read, which most reads are).
 const READ: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f', 'a')
 if not r[1] then return false end
@@ -83,7 +77,28 @@ if ARGV[1] ~= '' then
   else
     local nodes = {}
     for node in string.gmatch(o, '[^,]+') do nodes[#nodes + 1] = node end
-    if #nodes >= MAX_CACHERS and ARGV[2] ~= '' then
+    PRUNE_FULL_LIST
+    if #nodes < MAX_CACHERS then
+      table.insert(nodes, 1, ARGV[1])
+      redis.call('HSET', KEYS[1], 'o', table.concat(nodes, ','))
+      recorded = 1
+    end
+  end
+end
+return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
+  r[9] or '', r[10] or '0', recorded}
+";
+
+/// The read that makes room in a full cacher list `nodes`: it drops the
+/// nodes whose heartbeat key (ARGV[2] and the id) is gone: dead, restarted
+/// under a new id, or only seeming so (frozen, cut off, the key evicted).
+/// A dropped node may still hold a copy, so it is told as a write's
+/// cachers are: the invalidation ARGV[4] is published on the channel
+/// ARGV[3] and the announcement recorded in `a` (with the nodes a recent
+/// one told), so a write in the next moments waits for them too. Not with
+/// Redis Cluster, where the heartbeat keys are in other slots.
+const PRUNE_FULL_LIST: &str = r"
+    if #nodes >= MAX_CACHERS then
       local alive, gone = {}, {}
       for _, node in ipairs(nodes) do
         if redis.call('EXISTS', ARGV[2] .. node) == 1 then
@@ -100,22 +115,13 @@ if ARGV[1] ~= '' then
       end
       nodes = alive
     end
-    if #nodes < MAX_CACHERS then
-      table.insert(nodes, 1, ARGV[1])
-      redis.call('HSET', KEYS[1], 'o', table.concat(nodes, ','))
-      recorded = 1
-    end
-  end
-end
-return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
-  r[9] or '', r[10] or '0', recorded}
 ";
 
 /// The most nodes recorded as holding a cached copy of one session (a
 /// write waits for each one's ack); further nodes read it through.
 pub const MAX_CACHERS: usize = 8;
 
-/// Lua helpers of the scripts that write (and of READ, which may drop
+/// Lua helpers of the scripts that write (and of the read that drops
 /// cachers): `now_ms()` (Redis's clock);
 /// `announcement(nodes)`, the record of an invalidation sent to `nodes`
 /// now ('0' for none); `told(record)`, the nodes of a recorded one that
@@ -424,6 +430,7 @@ return {reaped, redis.call('XLEN', KEYS[2])}
 #[derive(Debug)]
 pub struct Scripts {
     pub read: Script,
+    pub read_pruning: Script,
     pub store_new: Script,
     pub store_any: Script,
     pub write: Script,
@@ -439,10 +446,14 @@ impl Default for Scripts {
         let with_events = |body: &str| format!("{EVENTS}{body}").replace("RECALL_MS", &recall_ms);
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
+        let max_cachers = MAX_CACHERS.to_string();
+        let read = |prune: &str| {
+            READ.replace("PRUNE_FULL_LIST", prune)
+                .replace("MAX_CACHERS", &max_cachers)
+        };
         Self {
-            read: Script::new(&with_events(
-                &READ.replace("MAX_CACHERS", &MAX_CACHERS.to_string()),
-            )),
+            read: Script::new(&read("")),
+            read_pruning: Script::new(&with_events(&read(PRUNE_FULL_LIST))),
             store_new: Script::new(&with_events(STORE_NEW)),
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),

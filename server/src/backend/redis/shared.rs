@@ -251,23 +251,36 @@ impl Redis {
     }
 
     /// [`Self::read_redis`], and whether this node was recorded among the
-    /// session's cachers (only then may it keep the copy).
+    /// session's cachers (only then may it keep the copy). When the cacher
+    /// list is full, it is read again by the script that drops the nodes
+    /// without a heartbeat key from it (a single Redis only).
     async fn read_stored(
         &self,
         id: &SessionId,
         cache: bool,
     ) -> Result<Option<(Session, bool)>, ReplicationError> {
         let mut conn = self.link.conn()?;
-        let result = self
+        let cacher = if cache { self.cacher.as_str() } else { "" };
+        let mut result = self
             .scripts
             .read
             .key(self.key(id))
-            .arg(if cache { self.cacher.as_str() } else { "" })
-            .arg(&self.lapsed_cachers)
-            .arg(&self.invalidations.channel)
-            .arg(self.invalidations.broadcast(id))
+            .arg(cacher)
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
+        let full = matches!(&result, Ok(Some(stored)) if !stored.recorded);
+        if full && !cacher.is_empty() && !self.lapsed_cachers.is_empty() {
+            result = self
+                .scripts
+                .read_pruning
+                .key(self.key(id))
+                .arg(cacher)
+                .arg(&self.lapsed_cachers)
+                .arg(&self.invalidations.channel)
+                .arg(self.invalidations.broadcast(id))
+                .invoke_async::<Option<StoredSession>>(&mut conn)
+                .await;
+        }
         let now = self.now();
         Ok(self
             .link
