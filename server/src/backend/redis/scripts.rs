@@ -61,11 +61,12 @@ const TOMBSTONE_MS: u64 = 120_000;
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
 /// the node ARGV[1] as holding a cached copy, unless [`MAX_CACHERS`] other
 /// nodes are recorded already: a node never listed is never told of a
-/// write, so it must not keep the copy.
+/// write, so it must not keep the copy. `WHEN_FULL` is what is done with a
+/// full list `nodes`: [`FIND_LAPSED`] in the plain read, [`DROP_LAPSED`]
+/// in the one that makes room.
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f, recorded]`
-/// (`recorded`: 1 when ARGV[1] is listed).
-/// `PRUNE_FULL_LIST` is where [`PRUNE_FULL_LIST`] goes in the variant that
-/// makes room (nothing in the plain read, which most reads are).
+/// (`recorded`: 1 when ARGV[1] is listed; 2 when it is not, but the list
+/// holds nodes without a heartbeat key, which the other read would drop).
 const READ: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f', 'a')
 if not r[1] then return false end
@@ -77,7 +78,9 @@ if ARGV[1] ~= '' then
   else
     local nodes = {}
     for node in string.gmatch(o, '[^,]+') do nodes[#nodes + 1] = node end
-    PRUNE_FULL_LIST
+    if #nodes >= MAX_CACHERS and ARGV[2] ~= '' then
+      WHEN_FULL
+    end
     if #nodes < MAX_CACHERS then
       table.insert(nodes, 1, ARGV[1])
       redis.call('HSET', KEYS[1], 'o', table.concat(nodes, ','))
@@ -89,16 +92,25 @@ return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] o
   r[9] or '', r[10] or '0', recorded}
 ";
 
-/// The read that makes room in a full cacher list `nodes`: it drops the
-/// nodes whose heartbeat key (ARGV[2] and the id) is gone: dead, restarted
-/// under a new id, or only seeming so (frozen, cut off, the key evicted).
-/// A dropped node may still hold a copy, so it is told as a write's
-/// cachers are: the invalidation ARGV[4] is published on the channel
-/// ARGV[3] and the announcement recorded in `a` (with the nodes a recent
-/// one told), so a write in the next moments waits for them too. Not with
-/// Redis Cluster, where the heartbeat keys are in other slots.
-const PRUNE_FULL_LIST: &str = r"
-    if #nodes >= MAX_CACHERS then
+/// In the plain read, with a full list: whether a listed node's heartbeat
+/// key (ARGV[2] and its id) is gone (`recorded` 2).
+const FIND_LAPSED: &str = r"
+      for _, node in ipairs(nodes) do
+        if redis.call('EXISTS', ARGV[2] .. node) == 0 then
+          recorded = 2
+          break
+        end
+      end
+";
+
+/// In the read that makes room: drops the listed nodes whose heartbeat key
+/// is gone: dead, restarted under a new id, or only seeming so (frozen, cut
+/// off, the key evicted). A dropped node may still hold a copy, so it is
+/// told as a write's cachers are: the invalidation ARGV[4] is published on
+/// the channel ARGV[3] and the announcement recorded in `a` (with the
+/// nodes a recent one told), so a write in the next moments waits for
+/// them too.
+const DROP_LAPSED: &str = r"
       local alive, gone = {}, {}
       for _, node in ipairs(nodes) do
         if redis.call('EXISTS', ARGV[2] .. node) == 1 then
@@ -114,7 +126,6 @@ const PRUNE_FULL_LIST: &str = r"
         redis.call('PUBLISH', ARGV[3], ARGV[4])
       end
       nodes = alive
-    end
 ";
 
 /// The most nodes recorded as holding a cached copy of one session (a
@@ -447,13 +458,13 @@ impl Default for Scripts {
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         let max_cachers = MAX_CACHERS.to_string();
-        let read = |prune: &str| {
-            READ.replace("PRUNE_FULL_LIST", prune)
+        let read = |when_full: &str| {
+            READ.replace("WHEN_FULL", when_full)
                 .replace("MAX_CACHERS", &max_cachers)
         };
         Self {
-            read: Script::new(&read("")),
-            read_pruning: Script::new(&with_events(&read(PRUNE_FULL_LIST))),
+            read: Script::new(&read(FIND_LAPSED)),
+            read_pruning: Script::new(&with_events(&read(DROP_LAPSED))),
             store_new: Script::new(&with_events(STORE_NEW)),
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),
@@ -607,6 +618,9 @@ pub struct StoredSession {
     /// Whether the reader is recorded among the session's cachers (it may
     /// keep the copy).
     pub recorded: bool,
+    /// Whether it is not, but the full cacher list holds nodes without a
+    /// heartbeat key (a read that drops them would make room).
+    pub lapsed_cachers: bool,
 }
 
 impl FromRedisValue for StoredSession {
@@ -622,7 +636,7 @@ impl FromRedisValue for StoredSession {
         let horizon = fields.unsigned()?;
         let user = String::from_redis_value(fields.next())?;
         let fence = fields.unsigned()?;
-        let recorded = fields.unsigned()? == 1;
+        let recorded = fields.unsigned()?;
         Ok(Self {
             version,
             data,
@@ -632,7 +646,8 @@ impl FromRedisValue for StoredSession {
             expires_at_ms,
             writes: write_log(&tags, horizon, fence),
             user: user_name(&user),
-            recorded,
+            recorded: recorded == 1,
+            lapsed_cachers: recorded == 2,
         })
     }
 }

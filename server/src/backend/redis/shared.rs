@@ -100,8 +100,9 @@ pub struct Redis {
     /// (empty in strong mode, where nothing is cached).
     pub(super) cacher: String,
     /// The heartbeat keys' prefix, for a read to drop dead nodes from a
-    /// full cacher list (empty with Redis Cluster: the keys are in other
-    /// slots than the session's).
+    /// full cacher list (empty, and nothing dropped, with Redis Cluster,
+    /// where the keys are in other slots than the session's, and in
+    /// write-behind mode).
     lapsed_cachers: String,
     pub(super) max_lifetime_ms: Option<u64>,
     /// A cache fill and a write of the same session on this node never
@@ -159,9 +160,14 @@ impl Redis {
             Consistency::Cached => hex(node_id),
             Consistency::Strong => String::new(),
         };
-        let lapsed_cachers = match config.target {
-            RedisTarget::Single(_) => invalidations.heartbeat_prefix().to_owned(),
-            RedisTarget::Cluster { .. } => String::new(),
+        // Not in write-behind mode: there a node's memory may hold a write
+        // still queued for Redis, which the invalidation telling dropped
+        // nodes would delete.
+        let lapsed_cachers = match (&config.target, config.mode) {
+            (RedisTarget::Single(_), ReplicationMode::Sync) => {
+                invalidations.heartbeat_prefix().to_owned()
+            }
+            _ => String::new(),
         };
         let redis = Arc::new(Self {
             store,
@@ -252,8 +258,8 @@ impl Redis {
 
     /// [`Self::read_redis`], and whether this node was recorded among the
     /// session's cachers (only then may it keep the copy). When the cacher
-    /// list is full, it is read again by the script that drops the nodes
-    /// without a heartbeat key from it (a single Redis only).
+    /// list is full but holds nodes without a heartbeat key, it is read
+    /// again by the script that drops them.
     async fn read_stored(
         &self,
         id: &SessionId,
@@ -266,10 +272,10 @@ impl Redis {
             .read
             .key(self.key(id))
             .arg(cacher)
+            .arg(&self.lapsed_cachers)
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
-        let full = matches!(&result, Ok(Some(stored)) if !stored.recorded);
-        if full && !cacher.is_empty() && !self.lapsed_cachers.is_empty() {
+        if matches!(&result, Ok(Some(stored)) if stored.lapsed_cachers) {
             result = self
                 .scripts
                 .read_pruning
