@@ -40,8 +40,12 @@ type Codec = FrameCodec<ClientFrame, ServerFrame>;
 /// Free room a read asks the socket to fill, at least.
 const READ_CHUNK: usize = 16 * 1024;
 /// Answers queued past this many bytes are written before more requests
-/// are started.
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// are started: on a connection many callers share, the client gets the
+/// first answers (and its callers send their next requests) while the
+/// rest of the batch is being answered, instead of the two sides taking
+/// turns. (Eight 1 KiB answers; 1.3-1.6x the requests per second of
+/// 256 KiB on one connection shared by 50 or 200 workers.)
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
 /// A buffer grown past this (for a large frame) is given back once empty.
 const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
 
