@@ -417,8 +417,7 @@ async fn a_full_cacher_list_of_stopped_nodes_makes_room_for_a_live_one() {
 /// beside seven nodes that then stop; X is frozen until its key is gone; a
 /// new node Z reads the session (dropping X and the stopped nodes from the
 /// list) and, a moment later, writes it; X is thawed and, once its beats
-/// come back, read:
-/// it must answer Z's write.
+/// come back, read: it must answer Z's write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cacher_dropped_while_its_heartbeat_lapsed_never_serves_the_older_copy() {
     const RECORDED: usize = 8;
