@@ -705,3 +705,87 @@ async fn wait_for_live_subscription(
     )
     .await;
 }
+
+/// Async mode: a write acknowledged from memory and still queued for Redis
+/// is what the node answers, also after its invalidation subscription is
+/// made again (which clears the copies that may have missed an
+/// invalidation meanwhile) and before the queue has reached Redis. The node
+/// logs in as an ACL user whose session keys the test makes read-only: its
+/// queue cannot ship, while its reads and heartbeats still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscription() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let acl = |rules: &[&str]| {
+        let mut command = redis::cmd("ACL");
+        command.arg("SETUSER").arg("node").arg(rules);
+        command
+    };
+    redis_query::<()>(
+        &mut admin,
+        &mut acl(&["on", ">secret", "~*", "&*", "+@all"]),
+    )
+    .await;
+    let url = redis.url().replace("redis://", "redis://node:secret@");
+    let node = node_on(&http, &url, &["--redis-mode", "async"]).await;
+    let created = create(&http, &node, &json!({ "written": "first" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let version_in_redis = |admin: &mut redis::aio::MultiplexedConnection| {
+        let mut command = redis::cmd("HGET");
+        command.arg(format!("sessiond:{id}")).arg("v");
+        let mut admin = admin.clone();
+        async move { redis_query::<Option<u64>>(&mut admin, &mut command).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version_in_redis(&mut admin).await != Some(1) {
+        assert!(Instant::now() < deadline, "the create never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let read_only_sessions = ["resetkeys", "%R~sessiond:*", "~sessiond:node:*"];
+    redis_query::<()>(&mut admin, &mut acl(&read_only_sessions)).await;
+    let written = put(&http, &node, &id, &json!({ "written": "second" }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    assert_eq!(written.session().version, 2);
+    let killed: u64 = redis_query(
+        &mut admin,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await;
+    assert_eq!(killed, 1, "the node's subscription");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.log().matches("subscribed to invalidations").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no new subscription: {}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its beats come back again, so its memory is trusted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        version_in_redis(&mut admin).await,
+        Some(1),
+        "the queue shipped"
+    );
+
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        (read.session().version, read.session().data),
+        (2, json!({ "written": "second" })),
+        "the node answered what Redis holds instead of its acknowledged write"
+    );
+    redis_query::<()>(&mut admin, &mut acl(&["resetkeys", "~*"])).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version_in_redis(&mut admin).await != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the queued write never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

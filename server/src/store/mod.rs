@@ -518,15 +518,30 @@ impl Store {
     /// Drops every session: a cache that can no longer be trusted. Returns
     /// how many were dropped.
     pub fn clear(&self) -> u64 {
+        self.clear_except(|_| false)
+    }
+
+    /// Drops every session but those `keep` holds on to (copies no other
+    /// place has yet). Returns how many were dropped.
+    pub fn clear_except(&self, keep: impl Fn(&SessionId) -> bool) -> u64 {
         let mut dropped = 0;
         for shard in self.shards.iter() {
-            let records = std::mem::take(&mut shard.lock().sessions);
-            for record in records.iter() {
-                self.budget.release(charge(record));
+            let mut shard = shard.lock();
+            let records = std::mem::take(&mut shard.sessions);
+            for record in records {
+                let id = record.id();
+                if keep(&id) {
+                    // Back in a set that held it: there is room.
+                    let _ = shard.sessions.replace(record);
+                    continue;
+                }
+                self.budget.release(charge(&record));
+                if let Some(user) = record.user() {
+                    self.users.remove(&user, &id);
+                }
+                dropped += 1;
             }
-            dropped += records.len() as u64;
         }
-        self.users.clear();
         self.counters.sessions.fetch_sub(dropped, Ordering::Relaxed);
         dropped
     }

@@ -79,11 +79,6 @@ impl SessionSet {
         self.records.get_mut(at)
     }
 
-    /// The records, in position order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Record> {
-        self.records.iter()
-    }
-
     /// Adds `record`, or puts it in place of the record with its id, which
     /// it returns. Hands `record` back when the set already holds
     /// [`MAX_SESSIONS`].
@@ -179,6 +174,16 @@ fn hash_at(records: &[Record], at: u32) -> u64 {
         .map_or(0, |record| id_hash(record.id_bytes()))
 }
 
+impl IntoIterator for SessionSet {
+    type Item = Record;
+    type IntoIter = std::vec::IntoIter<Record>;
+
+    /// The records, in position order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.into_iter()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use sessiond_proto::SessionId;
@@ -256,7 +261,7 @@ mod tests {
         let before = set.capacity();
         set.shrink_to(200);
         assert!(set.capacity() < before, "{} -> {}", before, set.capacity());
-        assert_eq!(set.iter().count(), 100);
+        assert_eq!(set.len(), 100);
         for id in &ids[..100] {
             assert_eq!(set.get(id).map(Record::id), Some(*id));
         }

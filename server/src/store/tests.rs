@@ -418,6 +418,22 @@ fn copies_replace_older_copies_and_clear_empties_the_store() {
     assert_eq!(store.stats().bytes_used, 0);
 }
 
+#[test]
+fn a_clear_keeps_what_it_is_told_to_and_forgets_the_rest() {
+    let (store, _) = store();
+    let kept = store
+        .create(SessionId::random(), json("1"), 60 * SECOND, None, None)
+        .unwrap();
+    let alice = owner("alice", 10, WhenUserFull::Reject);
+    let dropped = login(&store, &alice, 60 * SECOND).unwrap();
+    assert_eq!(store.clear_except(|id| *id == kept.id), 1);
+    assert_eq!(store.get(&kept.id).unwrap().data, kept.data);
+    assert!(store.peek(&dropped.id).is_none());
+    assert_eq!(listed(&store, &alice), []);
+    assert_eq!(store.stats().sessions, 1);
+    assert_eq!(store.stats().bytes_used, charge_of(1));
+}
+
 fn owner(user: &str, max_sessions: usize, when_full: WhenUserFull) -> Owner {
     Owner {
         user: UserName::parse(user).unwrap(),

@@ -87,17 +87,6 @@ impl UserIndex {
             .unwrap_or_default()
     }
 
-    /// Forgets everything.
-    pub fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            let entries: usize = shard.values().map(Vec::len).sum();
-            self.entries.fetch_sub(entries as u64, Ordering::Relaxed);
-            self.users.fetch_sub(shard.len() as u64, Ordering::Relaxed);
-            shard.clear();
-        }
-    }
-
     /// Users with at least one session in the index.
     pub fn users(&self) -> u64 {
         self.users.load(Ordering::Relaxed)
@@ -133,7 +122,7 @@ mod tests {
         index.remove(&alice, &b);
         assert_eq!((index.users(), index.entries()), (1, 1));
         assert!(index.ids(&alice).is_empty());
-        index.clear();
+        index.remove(&bob, &c);
         assert_eq!((index.users(), index.entries()), (0, 0));
     }
 }

@@ -54,6 +54,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::link::RedisLink;
+use super::queued::QueuedIds;
 use crate::store::Store;
 
 /// A subscribed node beats this often: it refreshes its heartbeat key and
@@ -119,6 +120,9 @@ pub struct Invalidations {
     /// When the latest beat that came back was sent (nanoseconds since
     /// `clock`; 0: none yet).
     confirmed_beat: AtomicU64,
+    /// Sessions whose newest write is queued for Redis (write-behind): a
+    /// cache clear keeps them.
+    queued: Arc<QueuedIds>,
 }
 
 /// One announced change: the message the write script publishes, and the
@@ -187,8 +191,9 @@ impl Drop for Announcement<'_> {
 
 impl Invalidations {
     /// Invalidations of the sessions under `prefix` for the node
-    /// `node_id`, acked and announced through `link`.
-    pub fn new(prefix: &str, node_id: u64, link: Arc<RedisLink>) -> Self {
+    /// `node_id`, acked and announced through `link`; a cache clear keeps
+    /// the sessions `queued` holds.
+    pub fn new(prefix: &str, node_id: u64, link: Arc<RedisLink>, queued: Arc<QueuedIds>) -> Self {
         Self {
             channel: format!("{prefix}invalidations"),
             node_id,
@@ -200,6 +205,7 @@ impl Invalidations {
             beat_script: redis::Script::new(BEAT),
             clock: Instant::now(),
             confirmed_beat: AtomicU64::new(0),
+            queued,
         }
     }
 
@@ -420,11 +426,12 @@ impl Invalidations {
         // Writers wait for this node's acks only while its heartbeat is
         // alive: beat before any copy can be cached.
         self.clone().beat().await;
-        // Copies cached before now may have missed invalidations. The
+        // Copies cached before now may have missed invalidations (a write
+        // of this node's still queued for Redis is newer than any). The
         // epoch moves first, as for an invalidation, so that a cache fill
         // whose copy the clear missed sees it move and drops its copy.
         self.received.fetch_add(1, Ordering::AcqRel);
-        let dropped = store.clear();
+        let dropped = store.clear_except(|id| self.queued.contains(id));
         self.live.store(true, Ordering::Release);
         let subscribed_at = self.clock.elapsed();
         tracing::info!(dropped, channel = %self.channel, "subscribed to invalidations");
@@ -491,8 +498,8 @@ mod tests {
     #[tokio::test]
     async fn an_invalidation_drops_the_copy_and_is_acked_to_its_writer() {
         let (store, link) = store_and_link();
-        let writer = Invalidations::new("p:", 1, link.clone());
-        let cacher = Invalidations::new("p:", 2, link);
+        let writer = Invalidations::new("p:", 1, link.clone(), Arc::default());
+        let cacher = Invalidations::new("p:", 2, link, Arc::default());
         let id = SessionId::random();
         store
             .create(id, bytes::Bytes::from_static(b"{}"), 60_000, None, None)
@@ -515,9 +522,9 @@ mod tests {
     #[tokio::test]
     async fn copies_are_trusted_only_while_a_recent_own_beat_came_back() {
         let (store, link) = store_and_link();
-        let mut node = Invalidations::new("p:", 2, link.clone());
+        let mut node = Invalidations::new("p:", 2, link.clone(), Arc::default());
         node.clock = Instant::now() - Duration::from_secs(5);
-        let other = Invalidations::new("p:", 3, link);
+        let other = Invalidations::new("p:", 3, link, Arc::default());
         node.live.store(true, Ordering::Release);
         assert!(!node.is_live(), "no beat came back yet");
         let now = node.clock.elapsed();

@@ -18,6 +18,7 @@ mod events;
 mod invalidation;
 mod link;
 mod queue;
+mod queued;
 mod refresher;
 mod scripts;
 mod shared;

@@ -16,6 +16,7 @@ use super::error::ReplicationError;
 use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::RedisLink;
+use super::queued::QueuedIds;
 use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::Session;
@@ -50,6 +51,8 @@ pub struct WriteBehind {
     sent: AtomicU64,
     /// Changes ever shipped (the worker ships in queue order).
     shipped: watch::Receiver<u64>,
+    /// The sessions with changes queued.
+    ids: Arc<QueuedIds>,
 }
 
 /// A reserved place in the queue: take it before applying a write to
@@ -58,6 +61,7 @@ pub struct Slot<'a> {
     permit: mpsc::Permit<'a, Queued>,
     depth: &'a AtomicU64,
     sent: &'a AtomicU64,
+    ids: &'a QueuedIds,
 }
 
 impl Slot<'_> {
@@ -65,6 +69,7 @@ impl Slot<'_> {
     pub fn send(self, change: Change) {
         self.depth.fetch_add(1, Ordering::Relaxed);
         self.sent.fetch_add(1, Ordering::Relaxed);
+        self.ids.queued(change.id());
         self.permit.send(Queued {
             change,
             enqueued: Instant::now(),
@@ -73,8 +78,9 @@ impl Slot<'_> {
 }
 
 impl WriteBehind {
-    /// A queue of `capacity` writes and its worker's receiving end.
-    pub fn new(capacity: usize) -> (Self, Worker) {
+    /// A queue of `capacity` writes and its worker's receiving end; `ids`
+    /// follows which sessions have changes in it.
+    pub fn new(capacity: usize, ids: Arc<QueuedIds>) -> (Self, Worker) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicU64::new(0));
         let (shipped, watched) = watch::channel(0);
@@ -84,11 +90,13 @@ impl WriteBehind {
             depth: depth.clone(),
             sent: AtomicU64::new(0),
             shipped: watched,
+            ids: ids.clone(),
         };
         let worker = Worker {
             receiver,
             depth,
             shipped,
+            ids,
         };
         (writer, worker)
     }
@@ -118,6 +126,7 @@ impl WriteBehind {
             permit,
             depth: &self.depth,
             sent: &self.sent,
+            ids: &self.ids,
         })
     }
 }
@@ -143,6 +152,7 @@ pub struct Worker {
     receiver: mpsc::Receiver<Queued>,
     depth: Arc<AtomicU64>,
     shipped: watch::Sender<u64>,
+    ids: Arc<QueuedIds>,
 }
 
 impl Worker {
@@ -173,6 +183,8 @@ impl Worker {
                     self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
                     self.shipped
                         .send_modify(|shipped| *shipped += batch.len() as u64);
+                    self.ids
+                        .shipped(batch.iter().map(|queued| queued.change.id()));
                     metrics::counter!("sessiond_redis_replicated_total")
                         .increment(batch.len() as u64);
                     batch.clear();

@@ -13,6 +13,7 @@ use super::error::{ReplicationError, write_error};
 use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
+use super::queued::QueuedIds;
 use super::refresher::{ExpiryRefresher, Held};
 use super::scripts::{Deleted, Scripts, StoredSession, hex, key, node_ids, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
@@ -104,6 +105,8 @@ pub struct Redis {
     /// where the keys are in other slots than the session's, and in
     /// write-behind mode).
     lapsed_cachers: String,
+    /// Sessions with a write-behind write not in Redis yet.
+    pub(super) queued: Arc<QueuedIds>,
     pub(super) max_lifetime_ms: Option<u64>,
     /// A cache fill and a write of the same session on this node never
     /// overlap, so a fill can never put back a copy older than a write (or
@@ -126,7 +129,13 @@ impl Redis {
         let link = RedisLink::new(config.target.clone())?;
         let scripts = Arc::new(Scripts::default());
         let node_id = fastrand::u64(1..);
-        let invalidations = Arc::new(Invalidations::new(&config.prefix, node_id, link.clone()));
+        let queued = Arc::new(QueuedIds::default());
+        let invalidations = Arc::new(Invalidations::new(
+            &config.prefix,
+            node_id,
+            link.clone(),
+            queued.clone(),
+        ));
         let events = match (&config.target, config.events) {
             (RedisTarget::Cluster { .. }, Some(_)) => {
                 tracing::warn!(
@@ -180,6 +189,7 @@ impl Redis {
             newest_event: tokio::sync::watch::Sender::new(String::new()),
             cacher,
             lapsed_cachers,
+            queued,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });

@@ -46,7 +46,7 @@ impl WriteBehindBackend {
         tasks: &TaskTracker,
         drained: &CancellationToken,
     ) -> Self {
-        let (queue, worker) = WriteBehind::new(capacity);
+        let (queue, worker) = WriteBehind::new(capacity, redis.queued.clone());
         let to = Destination {
             link: redis.link.clone(),
             scripts: redis.scripts.clone(),
