@@ -789,3 +789,43 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A password in the Redis URL (an ACL user's) never reaches the node's
+/// log: not when it connects, nor when its subscription fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_password_in_the_url_never_reaches_the_log() {
+    const PASSWORD: &str = "s3cret-of-the-url";
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let mut user = redis::cmd("ACL");
+    user.arg("SETUSER")
+        .arg("node")
+        .arg(&["on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"]);
+    redis_query::<()>(&mut admin, &mut user).await;
+    let with = |password: &str| {
+        redis
+            .url()
+            .replace("redis://", &format!("redis://node:{password}@"))
+    };
+
+    let node = node_on(&http, &with(PASSWORD), &[]).await;
+    assert!(
+        !node.log().contains(PASSWORD),
+        "the log holds the password:\n{}",
+        node.log()
+    );
+    let wrong = format!("wrong-{PASSWORD}");
+    let refused = Sessiond::start(&["--redis", &with(&wrong)]);
+    wait_for_log(
+        &refused,
+        "invalidation subscription failed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        !refused.log().contains(&wrong),
+        "the log holds the password:\n{}",
+        refused.log()
+    );
+}

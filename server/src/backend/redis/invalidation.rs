@@ -53,7 +53,7 @@ use sessiond_proto::SessionId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::link::RedisLink;
+use super::link::{RedisLink, redacted};
 use super::queued::QueuedIds;
 use crate::store::Store;
 
@@ -393,6 +393,7 @@ impl Invalidations {
             if let Err(err) = self.clone().subscribe(url, &store, &shutdown).await {
                 let err = err.to_string();
                 if err != last_error {
+                    let url = redacted(url);
                     tracing::warn!(%url, %err, "invalidation subscription failed; retrying");
                     last_error = err;
                 }

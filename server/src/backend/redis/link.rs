@@ -34,7 +34,7 @@ const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const SLOT_MAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where Redis is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server (`redis://` or `rediss://` URL, credentials in the URL).
     Single(String),
@@ -45,6 +45,39 @@ pub enum RedisTarget {
         /// Commands in flight on the connection at most (more wait).
         max_in_flight: usize,
     },
+}
+
+/// Shows the URLs without their passwords (it goes to the log).
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(&redacted(url)).finish(),
+            Self::Cluster {
+                urls,
+                max_in_flight,
+            } => f
+                .debug_struct("Cluster")
+                .field(
+                    "urls",
+                    &urls.iter().map(|url| redacted(url)).collect::<Vec<_>>(),
+                )
+                .field("max_in_flight", max_in_flight)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with its password, if it has one, shown as `***` (for the log).
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // A URL with a password has a host, so it takes another one.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(a URL that does not parse)".to_owned(),
+    }
 }
 
 /// A Redis connection of either kind; cheap to clone.
@@ -421,4 +454,27 @@ async fn fresh_cluster_connection(client: &ClusterClient) -> Result<ClusterConne
                 "connecting to the cluster took over {CLUSTER_CONNECT_TIMEOUT:?}"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(
+            redacted("redis://node:pa55@10.0.0.5:6379/2"),
+            "redis://node:***@10.0.0.5:6379/2"
+        );
+        assert_eq!(redacted("rediss://:pa55@cache"), "rediss://:***@cache");
+        assert_eq!(redacted("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+        assert!(!redacted("redis://node:pa55@[::1:6379").contains("pa55"));
+        let cluster = RedisTarget::Cluster {
+            urls: vec!["redis://a:pa55@h1:7000".into(), "redis://h2:7000".into()],
+            max_in_flight: 24,
+        };
+        let shown = format!("{cluster:?}");
+        assert!(!shown.contains("pa55"), "{shown}");
+        assert!(shown.contains("h2:7000"), "{shown}");
+    }
 }
