@@ -104,7 +104,7 @@ pub struct Redis {
     /// full cacher list (empty, and nothing dropped, with Redis Cluster,
     /// where the keys are in other slots than the session's, and in
     /// write-behind mode).
-    lapsed_cachers: String,
+    pruning_prefix: String,
     /// Sessions with a write-behind write not in Redis yet.
     pub(super) queued: Arc<QueuedIds>,
     pub(super) max_lifetime_ms: Option<u64>,
@@ -172,7 +172,7 @@ impl Redis {
         // Not in write-behind mode: there a node's memory may hold a write
         // still queued for Redis, which the invalidation telling dropped
         // nodes would delete.
-        let lapsed_cachers = match (&config.target, config.mode) {
+        let pruning_prefix = match (&config.target, config.mode) {
             (RedisTarget::Single(_), ReplicationMode::Sync) => {
                 invalidations.heartbeat_prefix().to_owned()
             }
@@ -188,7 +188,7 @@ impl Redis {
             events,
             newest_event: tokio::sync::watch::Sender::new(String::new()),
             cacher,
-            lapsed_cachers,
+            pruning_prefix,
             queued,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -282,7 +282,7 @@ impl Redis {
             .read
             .key(self.key(id))
             .arg(cacher)
-            .arg(&self.lapsed_cachers)
+            .arg(&self.pruning_prefix)
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         if matches!(&result, Ok(Some(stored)) if stored.lapsed_cachers) {
@@ -291,7 +291,7 @@ impl Redis {
                 .read_pruning
                 .key(self.key(id))
                 .arg(cacher)
-                .arg(&self.lapsed_cachers)
+                .arg(&self.pruning_prefix)
                 .arg(&self.invalidations.channel)
                 .arg(self.invalidations.broadcast(id))
                 .invoke_async::<Option<StoredSession>>(&mut conn)
