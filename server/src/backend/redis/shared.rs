@@ -286,7 +286,7 @@ impl Redis {
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         if matches!(&result, Ok(Some(stored)) if stored.lapsed_cachers) {
-            result = self
+            let pruned = self
                 .scripts
                 .read_pruning
                 .key(self.key(id))
@@ -296,6 +296,10 @@ impl Redis {
                 .arg(self.invalidations.broadcast(id))
                 .invoke_async::<Option<StoredSession>>(&mut conn)
                 .await;
+            // When it fails, the plain read stands: not recorded, not kept.
+            if pruned.is_ok() {
+                result = pruned;
+            }
         }
         let now = self.now();
         Ok(self
