@@ -258,6 +258,19 @@ pub async fn session_keys(url: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sets `rules` on the ACL user `node` of the Redis server `admin` talks
+/// to (the user is made on first use).
+pub async fn set_node_user(admin: &mut MultiplexedConnection, rules: &[&str]) {
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER").arg("node").arg(rules);
+    redis_query::<()>(admin, &mut command).await;
+}
+
+/// `url` (a `redis://` URL) logging in as the ACL user `node`.
+pub fn as_node_user(url: &str, password: &str) -> String {
+    url.replace("redis://", &format!("redis://node:{password}@"))
+}
+
 /// Runs one Redis command (bounded), panicking on an error.
 pub async fn redis_query<T: redis::FromRedisValue>(
     conn: &mut MultiplexedConnection,

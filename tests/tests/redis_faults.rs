@@ -717,35 +717,26 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
     let redis = RedisServer::start();
     let http = http();
     let mut admin = redis_conn(&redis.url()).await;
-    let acl = |rules: &[&str]| {
-        let mut command = redis::cmd("ACL");
-        command.arg("SETUSER").arg("node").arg(rules);
-        command
-    };
-    redis_query::<()>(
-        &mut admin,
-        &mut acl(&["on", ">secret", "~*", "&*", "+@all"]),
-    )
-    .await;
-    let url = redis.url().replace("redis://", "redis://node:secret@");
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let url = as_node_user(&redis.url(), "secret");
     let node = node_on(&http, &url, &["--redis-mode", "async"]).await;
     let created = create(&http, &node, &json!({ "written": "first" }), None).await;
     assert_eq!(created.status, 201, "{}", created.text);
     let id = created.session().id;
-    let version_in_redis = |admin: &mut redis::aio::MultiplexedConnection| {
+    let version_in_redis = |admin: &redis::aio::MultiplexedConnection| {
         let mut command = redis::cmd("HGET");
         command.arg(format!("sessiond:{id}")).arg("v");
         let mut admin = admin.clone();
         async move { redis_query::<Option<u64>>(&mut admin, &mut command).await }
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while version_in_redis(&mut admin).await != Some(1) {
+    while version_in_redis(&admin).await != Some(1) {
         assert!(Instant::now() < deadline, "the create never reached Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let read_only_sessions = ["resetkeys", "%R~sessiond:*", "~sessiond:node:*"];
-    redis_query::<()>(&mut admin, &mut acl(&read_only_sessions)).await;
+    set_node_user(&mut admin, &read_only_sessions).await;
     let written = put(&http, &node, &id, &json!({ "written": "second" }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);
     assert_eq!(written.session().version, 2);
@@ -766,11 +757,7 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
     }
     // Its beats come back again, so its memory is trusted.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        version_in_redis(&mut admin).await,
-        Some(1),
-        "the queue shipped"
-    );
+    assert_eq!(version_in_redis(&admin).await, Some(1), "the queue shipped");
 
     let read = get(&http, &node, &id).await;
     assert_eq!(read.status, 200, "{}", read.text);
@@ -779,9 +766,9 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
         (2, json!({ "written": "second" })),
         "the node answered what Redis holds instead of its acknowledged write"
     );
-    redis_query::<()>(&mut admin, &mut acl(&["resetkeys", "~*"])).await;
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while version_in_redis(&mut admin).await != Some(2) {
+    while version_in_redis(&admin).await != Some(2) {
         assert!(
             Instant::now() < deadline,
             "the queued write never reached Redis"
@@ -798,16 +785,9 @@ async fn a_redis_password_in_the_url_never_reaches_the_log() {
     let redis = RedisServer::start();
     let http = http();
     let mut admin = redis_conn(&redis.url()).await;
-    let mut user = redis::cmd("ACL");
-    user.arg("SETUSER")
-        .arg("node")
-        .arg(&["on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"]);
-    redis_query::<()>(&mut admin, &mut user).await;
-    let with = |password: &str| {
-        redis
-            .url()
-            .replace("redis://", &format!("redis://node:{password}@"))
-    };
+    let login = format!(">{PASSWORD}");
+    set_node_user(&mut admin, &["on", &login, "~*", "&*", "+@all"]).await;
+    let with = |password: &str| as_node_user(&redis.url(), password);
 
     let node = node_on(&http, &with(PASSWORD), &[]).await;
     assert!(
