@@ -809,3 +809,46 @@ async fn a_redis_password_in_the_url_never_reaches_the_log() {
         refused.log()
     );
 }
+
+/// Async mode: a read sent right behind a delete on the same connection
+/// (one batch for the node) answers `not_found`: the delete is applied to
+/// memory and only queued for Redis, which still holds the session, so the
+/// read must not read it through; and no copy of it is kept once the
+/// delete has reached Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_read_right_behind_a_delete_never_answers_the_session() {
+    const ROUNDS: usize = 50;
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let client = client_of(&[&node], Duration::from_secs(2)).await;
+    let mut answered = Vec::new();
+    for round in 0..ROUNDS {
+        let info = bounded("create", client.create(&json!({ "round": round }), None))
+            .await
+            .expect("create");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while session_keys(&redis.url(), "sessiond:").await.is_empty() {
+            assert!(Instant::now() < deadline, "the create never reached Redis");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (deleted, read) = tokio::join!(client.delete(&info.id), client.get::<Value>(&info.id));
+        deleted.expect("delete");
+        if let Ok(session) = read {
+            answered.push((round, session.version()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !session_keys(&redis.url(), "sessiond:").await.is_empty() {
+            assert!(Instant::now() < deadline, "the delete never reached Redis");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Ok(session) = client.get::<Value>(&info.id).await {
+            answered.push((round, session.version()));
+        }
+    }
+    assert_eq!(
+        answered,
+        [],
+        "(round, version) answered for a deleted session"
+    );
+}

@@ -69,7 +69,8 @@ impl Slot<'_> {
     pub fn send(self, change: Change) {
         self.depth.fetch_add(1, Ordering::Relaxed);
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.ids.queued(change.id());
+        self.ids
+            .queued(change.id(), matches!(change, Change::Delete(_)));
         self.permit.send(Queued {
             change,
             enqueued: Instant::now(),

@@ -64,6 +64,10 @@ impl WriteBehindBackend {
     async fn ensure_local(&self, id: &SessionId) -> Result<(), BackendError> {
         let redis = &self.redis;
         if redis.store.peek(id).is_none() {
+            if redis.queued.deleted(id) {
+                // Redis may still hold it: the delete is queued.
+                return Err(BackendError::NotFound);
+            }
             let Some(session) = redis.read_redis(id, true).await? else {
                 return Err(BackendError::NotFound);
             };
@@ -131,10 +135,16 @@ impl Backend for WriteBehindBackend {
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
-        match self.redis.get_from_memory(id).await {
-            Some(session) => Ok(session),
-            None => self.redis.load(id).await,
+        if let Some(session) = self.redis.get_from_memory(id).await {
+            return Ok(session);
         }
+        // Under the lock a delete takes: a read through to Redis never
+        // finds (and keeps) a session this node deleted but not yet shipped.
+        let _ordered = self.redis.lock(id).await;
+        if self.redis.queued.deleted(id) {
+            return Err(BackendError::NotFound);
+        }
+        self.redis.load_locked(id).await
     }
 
     async fn put(
@@ -178,6 +188,7 @@ impl Backend for WriteBehindBackend {
 
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let slot = self.queue.reserve()?;
+        let _ordered = self.redis.lock(id).await;
         self.redis.store.delete(id);
         slot.send(Change::Delete(*id));
         Ok(())
