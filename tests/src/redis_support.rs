@@ -271,6 +271,30 @@ pub fn as_node_user(url: &str, password: &str) -> String {
     url.replace("redis://", &format!("redis://node:{password}@"))
 }
 
+/// The version Redis holds of session `id` (under the default prefix).
+pub async fn version_in_redis(admin: &MultiplexedConnection, id: &str) -> Option<u64> {
+    let mut admin = admin.clone();
+    let mut command = redis::cmd("HGET");
+    command.arg(format!("sessiond:{id}")).arg("v");
+    redis_query(&mut admin, &mut command).await
+}
+
+/// Waits (at most 5 s) until Redis holds version `version` of session `id`.
+pub async fn wait_for_version_in_redis(admin: &MultiplexedConnection, id: &str, version: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = version_in_redis(admin, id).await;
+        if held == Some(version) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Redis holds version {held:?} of {id}, not {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs one Redis command (bounded), panicking on an error.
 pub async fn redis_query<T: redis::FromRedisValue>(
     conn: &mut MultiplexedConnection,

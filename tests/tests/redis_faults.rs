@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
+
+/// ACL rules for the user `node` under which a write-behind node's queue
+/// cannot ship (its session keys are read-only) while its reads and beats
+/// work.
+const READ_ONLY_SESSIONS: [&str; 3] = ["resetkeys", "%R~sessiond:*", "~sessiond:node:*"];
 
 /// Varied session data: objects, arrays, strings, numbers, nesting.
 fn varied_data(n: u64) -> Value {
@@ -723,20 +729,9 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
     let created = create(&http, &node, &json!({ "written": "first" }), None).await;
     assert_eq!(created.status, 201, "{}", created.text);
     let id = created.session().id;
-    let version_in_redis = |admin: &redis::aio::MultiplexedConnection| {
-        let mut command = redis::cmd("HGET");
-        command.arg(format!("sessiond:{id}")).arg("v");
-        let mut admin = admin.clone();
-        async move { redis_query::<Option<u64>>(&mut admin, &mut command).await }
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while version_in_redis(&admin).await != Some(1) {
-        assert!(Instant::now() < deadline, "the create never reached Redis");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_version_in_redis(&admin, &id, 1).await;
 
-    let read_only_sessions = ["resetkeys", "%R~sessiond:*", "~sessiond:node:*"];
-    set_node_user(&mut admin, &read_only_sessions).await;
+    set_node_user(&mut admin, &READ_ONLY_SESSIONS).await;
     let written = put(&http, &node, &id, &json!({ "written": "second" }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);
     assert_eq!(written.session().version, 2);
@@ -757,7 +752,11 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
     }
     // Its beats come back again, so its memory is trusted.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(version_in_redis(&admin).await, Some(1), "the queue shipped");
+    assert_eq!(
+        version_in_redis(&admin, &id).await,
+        Some(1),
+        "the queue shipped"
+    );
 
     let read = get(&http, &node, &id).await;
     assert_eq!(read.status, 200, "{}", read.text);
@@ -767,14 +766,138 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
         "the node answered what Redis holds instead of its acknowledged write"
     );
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while version_in_redis(&admin).await != Some(2) {
+    wait_for_version_in_redis(&admin, &id, 2).await;
+}
+
+/// Write-behind mode under memory pressure: a session evicted from memory
+/// while its acknowledged write is still queued is answered as written,
+/// not as the older copy Redis holds (which the node used to keep: the
+/// invalidation its own write publishes does not reach itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_written() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let url = as_node_user(&redis.url(), "secret");
+    let bounded_memory = [
+        "--redis-mode",
+        "async",
+        "--max-memory",
+        "64KiB",
+        "--when-full",
+        "evict-lru",
+    ];
+    let node = node_on(&http, &url, &bounded_memory).await;
+    let created = create(&http, &node, &json!({ "written": "first" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+
+    // The queue's script also names the session's tombstone key
+    // (`{sessiond:<id>}:gone`), which the node may no longer touch: it
+    // cannot ship, while reads through Redis work.
+    set_node_user(&mut admin, &["resetkeys", "~sessiond:*"]).await;
+    let written = put(&http, &node, &id, &json!({ "written": "second" }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    assert_eq!(written.session().version, 2);
+    let filler = json!({ "filler": "x".repeat(4096) });
+    for n in 0..60 {
+        let made = create(&http, &node, &filler, None).await;
+        assert_eq!(made.status, 201, "filler {n}: {}", made.text);
+    }
+    let evictions = scrape(&node.url())
+        .await
+        .value("sessiond_evictions_total", &[])
+        .unwrap_or(0.0);
+    assert!(evictions >= 40.0, "only {evictions} sessions were evicted");
+    assert_eq!(
+        version_in_redis(&admin, &id).await,
+        Some(1),
+        "the queue shipped"
+    );
+
+    let answered = |reply: &Reply| (reply.session().version, reply.session().data);
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        answered(&read),
+        (2, json!({ "written": "second" })),
+        "the node answered the older copy Redis holds instead of its acknowledged write"
+    );
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_version_in_redis(&admin, &id, 2).await;
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(answered(&read), (2, json!({ "written": "second" })));
+}
+
+/// Write-behind mode, a session written on one node and deleted on
+/// another: the writer answers its queued write until it ships; Redis then
+/// refuses it (the session was deleted lately), and the writer drops its
+/// copy instead of serving a session that exists nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_queued_write_of_a_session_deleted_elsewhere_is_dropped_once_refused() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let writer = node_on(
+        &http,
+        &as_node_user(&redis.url(), "secret"),
+        &["--redis-mode", "async"],
+    )
+    .await;
+    let deleter = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &writer, &json!({ "written": "first" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+
+    set_node_user(&mut admin, &["resetkeys", "~sessiond:*"]).await;
+    let written = put(
+        &http,
+        &writer,
+        &id,
+        &json!({ "written": "second" }),
+        Some(1),
+    )
+    .await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    let url = format!("{}/v1/sessions/{id}", deleter.url());
+    let deleted = send(http.delete(url)).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    // The delete's invalidation drops the writer's copy; its queue still
+    // holds version 2, which it answers until the write is shipped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read = get(&http, &writer, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.session().version, 2);
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(&writer.url()).await;
+        if metrics.value("sessiond_redis_replicated_total", &[]) == Some(2.0) {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the queued write never reached Redis"
+            "the queue never shipped:\n{metrics}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        version_in_redis(&admin, &id).await,
+        None,
+        "the write was refused"
+    );
+    let read = get(&http, &writer, &id).await;
+    assert_eq!(
+        read.status, 404,
+        "the writer serves a session deleted everywhere else: {}",
+        read.text
+    );
 }
 
 /// A password in the Redis URL (an ACL user's) never reaches the node's

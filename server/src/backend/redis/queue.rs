@@ -13,11 +13,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
-use super::event_log::{RedisEvents, count_logged};
-use super::invalidation::Invalidations;
-use super::link::RedisLink;
-use super::queued::QueuedIds;
-use super::scripts::{Deleted, Scripts, hex, key, session_args, tombstone};
+use super::event_log::count_logged;
+use super::queued::{Latest, QueuedIds};
+use super::scripts::{Deleted, hex, session_args, tombstone};
+use super::shared::Redis;
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::Session;
 
@@ -69,8 +68,11 @@ impl Slot<'_> {
     pub fn send(self, change: Change) {
         self.depth.fetch_add(1, Ordering::Relaxed);
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.ids
-            .queued(change.id(), matches!(change, Change::Delete(_)));
+        let latest = match &change {
+            Change::Upsert(session) => Latest::Written(session.clone()),
+            Change::Delete(_) => Latest::Deleted,
+        };
+        self.ids.queued(change.id(), latest);
         self.permit.send(Queued {
             change,
             enqueued: Instant::now(),
@@ -132,21 +134,6 @@ impl WriteBehind {
     }
 }
 
-/// Where the worker ships to, and with what.
-#[derive(Debug)]
-pub struct Destination {
-    /// The connection.
-    pub link: Arc<RedisLink>,
-    /// The scripts.
-    pub scripts: Arc<Scripts>,
-    /// The invalidations each write announces.
-    pub invalidations: Arc<Invalidations>,
-    /// The key prefix.
-    pub prefix: String,
-    /// The event log, if it is on.
-    pub events: Option<RedisEvents>,
-}
-
 /// The worker that drains the queue into Redis.
 #[derive(Debug)]
 pub struct Worker {
@@ -157,9 +144,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Ships queued changes; once `drained` fires (no more writes can come)
-    /// it flushes what is left, bounded by a deadline, and returns.
-    pub async fn run(mut self, to: Destination, drained: CancellationToken) {
+    /// Ships queued changes to `redis`; once `drained` fires (no more
+    /// writes can come) it flushes what is left, bounded by a deadline, and
+    /// returns.
+    pub async fn run(mut self, redis: Arc<Redis>, drained: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut closing_since: Option<Instant> = None;
         metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
@@ -179,8 +167,11 @@ impl Worker {
             }
             metrics::gauge!("sessiond_redis_replication_lag_seconds")
                 .set(batch[0].enqueued.elapsed().as_secs_f64());
-            match ship(&batch, &to).await {
-                Ok(()) => {
+            match ship(&batch, &redis).await {
+                Ok(refused) => {
+                    for (id, version) in refused {
+                        forget_refused(&redis, &id, version).await;
+                    }
                     self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
                     self.shipped
                         .send_modify(|shipped| *shipped += batch.len() as u64);
@@ -219,6 +210,17 @@ impl Change {
     }
 }
 
+/// A write Redis refused because another node deleted the session lately:
+/// this node's copy goes too, and until the session's queued changes have
+/// shipped a read answers it as deleted (under the session's lock, so no
+/// read puts the queued copy back in between).
+async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
+    let _ordered = redis.lock(id).await;
+    redis.queued.refused(id, version);
+    redis.store.delete(id);
+    tracing::debug!(%id, version, "a queued write of a session deleted elsewhere was dropped");
+}
+
 /// The last change of each session in `batch`: a change carries the
 /// session's whole state, so it supersedes the earlier ones, and sending
 /// one per session lets the batch go out concurrently and be retried whole.
@@ -236,31 +238,24 @@ fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
 }
 
 /// Sends one batch; the multiplexed connection pipelines the scripts.
-async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError> {
-    let Destination {
-        link,
-        scripts,
-        invalidations,
-        prefix,
-        events,
-    } = to;
-    let events = events.as_ref();
-    let conn = link.conn()?;
-    let retention = events.map(|events| events.config.retention.to_string());
-    let retention = &retention.unwrap_or_default();
-    let logs_updates = events.is_some_and(|events| events.config.include_updates);
+/// Returns the writes (id and version) Redis refused because the session
+/// was deleted lately.
+async fn ship(batch: &[Queued], redis: &Redis) -> Result<Vec<(SessionId, u64)>, ReplicationError> {
+    let (scripts, invalidations) = (&redis.scripts, &redis.invalidations);
+    let events = redis.events.as_ref();
+    let conn = redis.link.conn()?;
+    let retention = &redis.retention();
+    let logs_updates = redis.logs_updates();
     let sends = latest_per_session(batch).into_iter().map(|change| {
         let mut conn = conn.clone();
         async move {
             match change {
                 Change::Upsert(session) => {
-                    let key = key(prefix, &session.id);
+                    let key = redis.key(&session.id);
                     let cacher = hex(invalidations.node_id);
                     let mut invocation = session_args(&scripts.store_any, &key, session, &cacher);
                     invocation.key(tombstone(&key));
-                    if let Some(events) = events {
-                        events.keys(&mut invocation);
-                    }
+                    redis.event_keys(&mut invocation);
                     invocation
                         .arg(&invalidations.channel)
                         .arg(invalidations.broadcast(&session.id))
@@ -274,19 +269,18 @@ async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError
                         });
                     let stored = invocation.invoke_async::<i64>(&mut conn).await;
                     match stored {
+                        Ok(0) => return Ok(Some((session.id, session.version))),
                         Ok(2) => count_logged(events, EventKind::Created),
                         Ok(3) => count_logged(events, EventKind::Updated),
                         _ => {}
                     }
-                    stored
+                    stored.map(|_| None)
                 }
                 Change::Delete(id) => {
-                    let key = key(prefix, id);
+                    let key = redis.key(id);
                     let mut invocation = scripts.delete.key(&key);
                     invocation.key(tombstone(&key));
-                    if let Some(events) = events {
-                        events.keys(&mut invocation);
-                    }
+                    redis.event_keys(&mut invocation);
                     invocation
                         .arg(&invalidations.channel)
                         .arg(invalidations.broadcast(id))
@@ -302,14 +296,15 @@ async fn ship(batch: &[Queued], to: &Destination) -> Result<(), ReplicationError
                             if deleted.deleted {
                                 count_logged(events, EventKind::Deleted);
                             }
-                            i64::from(deleted.deleted)
+                            None
                         })
                 }
             }
         }
     });
+    let mut refused = Vec::new();
     for result in futures_util::future::join_all(sends).await {
-        link.observe(result)?;
+        refused.extend(redis.link.observe(result)?);
     }
-    Ok(())
+    Ok(refused)
 }

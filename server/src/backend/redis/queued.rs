@@ -1,71 +1,135 @@
 //! The sessions with a write acknowledged from memory that is not in Redis
 //! yet (write-behind mode): for them the node's memory is the only place
-//! the newest version lives, so a cache clear must not drop them.
+//! the newest version lives, so a cache clear must not drop them, and a
+//! read that misses memory (the copy evicted, or dropped by another node's
+//! invalidation) answers the queued version, not the older one in Redis.
 
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
 use sessiond_proto::SessionId;
 
+use crate::store::Session;
+
+/// The latest change of a session still queued for Redis.
+#[derive(Debug, Clone)]
+pub enum Latest {
+    /// The session as written.
+    Written(Session),
+    /// Deleted: Redis may still hold the session.
+    Deleted,
+}
+
 /// Session ids with their count of changes queued and not yet shipped,
-/// and whether the latest of them is a delete.
+/// and the latest of them.
 #[derive(Debug, Default)]
 pub struct QueuedIds {
-    counts: Mutex<HashMap<SessionId, (u32, bool)>>,
+    entries: Mutex<HashMap<SessionId, (u32, Latest)>>,
 }
 
 impl QueuedIds {
-    /// A change of `id` was queued (`deleted`: a delete).
-    pub fn queued(&self, id: SessionId, deleted: bool) {
-        let mut counts = self.counts.lock();
-        let entry = counts.entry(id).or_default();
-        *entry = (entry.0 + 1, deleted);
+    /// A change of `id` was queued; `latest` is what it leaves.
+    pub fn queued(&self, id: SessionId, latest: Latest) {
+        let mut entries = self.entries.lock();
+        entries
+            .entry(id)
+            .and_modify(|(count, held)| {
+                *count += 1;
+                *held = latest.clone();
+            })
+            .or_insert((1, latest));
     }
 
     /// Changes of `ids` (one per entry) reached Redis.
     pub fn shipped(&self, ids: impl IntoIterator<Item = SessionId>) {
-        let mut counts = self.counts.lock();
+        let mut entries = self.entries.lock();
         for id in ids {
-            if let Some((count, _)) = counts.get_mut(&id) {
+            if let Some((count, _)) = entries.get_mut(&id) {
                 *count -= 1;
                 if *count == 0 {
-                    counts.remove(&id);
+                    entries.remove(&id);
                 }
             }
         }
     }
 
-    /// Whether a change of `id` is still queued.
-    pub fn contains(&self, id: &SessionId) -> bool {
-        self.counts.lock().contains_key(id)
+    /// Redis refused the write of version `version` of `id` (the session
+    /// was deleted lately on another node): if no later write of it is
+    /// queued, it counts as deleted until its changes have shipped.
+    pub fn refused(&self, id: &SessionId, version: u64) {
+        if let Some((_, latest)) = self.entries.lock().get_mut(id)
+            && matches!(latest, Latest::Written(session) if session.version == version)
+        {
+            *latest = Latest::Deleted;
+        }
     }
 
-    /// Whether the latest change of `id` still queued is a delete: Redis
-    /// may still hold the session this node deleted.
-    pub fn deleted(&self, id: &SessionId) -> bool {
-        self.counts
+    /// Whether a change of `id` is still queued.
+    pub fn contains(&self, id: &SessionId) -> bool {
+        self.entries.lock().contains_key(id)
+    }
+
+    /// The latest change of `id` still queued, if any.
+    pub fn latest(&self, id: &SessionId) -> Option<Latest> {
+        self.entries
             .lock()
             .get(id)
-            .is_some_and(|&(_, deleted)| deleted)
+            .map(|(_, latest)| latest.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::store::WriteLog;
+
+    fn written(id: SessionId, version: u64) -> Latest {
+        Latest::Written(Session {
+            id,
+            data: Bytes::from_static(b"{}"),
+            version,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            ttl_ms: 60_000,
+            expires_at_ms: 60_000,
+            writes: WriteLog::default(),
+            user: None,
+        })
+    }
+
+    fn version_of(latest: Option<Latest>) -> Option<u64> {
+        match latest? {
+            Latest::Written(session) => Some(session.version),
+            Latest::Deleted => Some(0),
+        }
+    }
 
     #[test]
     fn an_id_stays_until_each_of_its_changes_shipped() {
         let queued = QueuedIds::default();
         let (id, other) = (SessionId::random(), SessionId::random());
-        queued.queued(id, false);
-        queued.queued(id, true);
-        assert!(queued.deleted(&id), "the latest change is a delete");
+        queued.queued(id, written(id, 1));
+        queued.queued(id, Latest::Deleted);
+        assert!(matches!(queued.latest(&id), Some(Latest::Deleted)));
         queued.shipped([id, other]);
         assert!(queued.contains(&id), "one change of it is still queued");
         assert!(!queued.contains(&other));
         queued.shipped([id]);
         assert!(!queued.contains(&id));
-        assert!(!queued.deleted(&id));
+        assert!(queued.latest(&id).is_none());
+    }
+
+    #[test]
+    fn a_refused_write_counts_as_deleted_unless_a_later_one_is_queued() {
+        let queued = QueuedIds::default();
+        let id = SessionId::random();
+        queued.queued(id, written(id, 2));
+        queued.queued(id, written(id, 3));
+        queued.refused(&id, 2);
+        assert_eq!(version_of(queued.latest(&id)), Some(3), "a later write");
+        queued.refused(&id, 3);
+        assert_eq!(version_of(queued.latest(&id)), Some(0), "deleted");
     }
 }

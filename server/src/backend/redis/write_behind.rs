@@ -17,7 +17,8 @@ use sessiond_proto::{EventPage, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::queue::{Change, Destination, WriteBehind};
+use super::queue::{Change, WriteBehind};
+use super::queued::Latest;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
@@ -47,14 +48,7 @@ impl WriteBehindBackend {
         drained: &CancellationToken,
     ) -> Self {
         let (queue, worker) = WriteBehind::new(capacity, redis.queued.clone());
-        let to = Destination {
-            link: redis.link.clone(),
-            scripts: redis.scripts.clone(),
-            invalidations: redis.invalidations.clone(),
-            prefix: redis.config.prefix.clone(),
-            events: redis.events.clone(),
-        };
-        tasks.spawn(worker.run(to, drained.clone()));
+        tasks.spawn(worker.run(redis.clone(), drained.clone()));
         let sync = SyncBackend::new(redis.clone());
         Self { redis, queue, sync }
     }
@@ -64,16 +58,34 @@ impl WriteBehindBackend {
     async fn ensure_local(&self, id: &SessionId) -> Result<(), BackendError> {
         let redis = &self.redis;
         if redis.store.peek(id).is_none() {
-            if redis.queued.deleted(id) {
-                // Redis may still hold it: the delete is queued.
-                return Err(BackendError::NotFound);
-            }
-            let Some(session) = redis.read_redis(id, true).await? else {
-                return Err(BackendError::NotFound);
+            let session = match self.queued_copy(id)? {
+                Some(session) => session,
+                None => redis
+                    .read_redis(id, true)
+                    .await?
+                    .ok_or(BackendError::NotFound)?,
             };
             redis.store.insert_copy(session)?;
         }
         Ok(())
+    }
+
+    /// What a node whose memory lacks `id` has of it in its queue: the
+    /// version it last wrote while that write is not in Redis yet (memory
+    /// evicted it, or another node's write dropped it: Redis holds an older
+    /// version, or this one's write will overwrite it), or `NotFound` while
+    /// its delete is queued (Redis may still hold it). `None`: ask Redis
+    /// (also when the queued version has expired by its own clock, as a
+    /// read since may have slid the expiry Redis holds). The caller holds
+    /// the session's lock.
+    fn queued_copy(&self, id: &SessionId) -> Result<Option<Session>, BackendError> {
+        match self.redis.queued.latest(id) {
+            Some(Latest::Deleted) => Err(BackendError::NotFound),
+            Some(Latest::Written(session)) if session.expires_at_ms > self.redis.now() => {
+                Ok(Some(session))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Applies `write` to this node's memory copy and queues the result
@@ -138,13 +150,18 @@ impl Backend for WriteBehindBackend {
         if let Some(session) = self.redis.get_from_memory(id).await {
             return Ok(session);
         }
-        // Under the lock a delete takes: a read through to Redis never
-        // finds (and keeps) a session this node deleted but not yet shipped.
+        // Under the lock a write or delete takes: a read through to Redis
+        // never finds (and keeps) an older version than this node's queue.
         let _ordered = self.redis.lock(id).await;
-        if self.redis.queued.deleted(id) {
-            return Err(BackendError::NotFound);
-        }
-        self.redis.load_locked(id).await
+        let Some(session) = self.queued_copy(id)? else {
+            return self.redis.load_locked(id).await;
+        };
+        // A read is a use: memory slides the expiry, as for any copy.
+        let answered = match self.redis.store.insert_copy(session.clone()) {
+            Ok(()) => self.redis.get_from_memory(id).await,
+            Err(_) => None,
+        };
+        Ok(answered.unwrap_or(session))
     }
 
     async fn put(
