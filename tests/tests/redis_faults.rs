@@ -900,6 +900,70 @@ async fn async_mode_a_queued_write_of_a_session_deleted_elsewhere_is_dropped_onc
     );
 }
 
+/// Write-behind mode: the read that drops stopped nodes from a full cacher
+/// list tells every node to drop its copy; a node whose write of the
+/// session is still queued answers that write afterwards, not the older
+/// version in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let async_mode = ["--redis-mode", "async"];
+    let writer = node_on(&http, &as_node_user(&redis.url(), "secret"), &async_mode).await;
+    let created = create(&http, &writer, &json!({ "written": "first" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+
+    set_node_user(&mut admin, &["resetkeys", "~sessiond:*"]).await;
+    let written = put(
+        &http,
+        &writer,
+        &id,
+        &json!({ "written": "second" }),
+        Some(1),
+    )
+    .await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    // Eight listed cachers without heartbeat keys (stopped nodes).
+    let stopped: Vec<String> = (1..=8).map(|n| format!("{n:016x}")).collect();
+    let mut list = redis::cmd("HSET");
+    list.arg(format!("sessiond:{id}"))
+        .arg("o")
+        .arg(stopped.join(","));
+    redis_query::<()>(&mut admin, &mut list).await;
+    let reader = node_on(&http, &redis.url(), &async_mode).await;
+    let read = get(&http, &reader, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.session().version, 1, "Redis holds version 1");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let read = get(&http, &writer, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        (read.session().version, read.session().data),
+        (2, json!({ "written": "second" })),
+        "the writer answered what Redis holds instead of its queued write"
+    );
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_version_in_redis(&admin, &id, 2).await;
+    let path = format!("/v1/sessions/{id}");
+    for node in [&writer, &reader] {
+        let answers_version_2 = |reply: &Reply| reply.status == 200 && reply.session().version == 2;
+        wait_for_answer(
+            &http,
+            node,
+            &path,
+            "answer version 2",
+            Duration::from_secs(5),
+            answers_version_2,
+        )
+        .await;
+    }
+}
+
 /// A password in the Redis URL (an ACL user's) never reaches the node's
 /// log: not when it connects, nor when its subscription fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

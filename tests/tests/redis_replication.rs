@@ -393,6 +393,19 @@ async fn fill_the_cacher_list(
 /// and stop; a new node reads it: it alone is listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_cacher_list_of_stopped_nodes_makes_room_for_a_live_one() {
+    a_full_cacher_list_makes_room_for(&[]).await;
+}
+
+/// The same for a write-behind node: it reads through Redis too, and keeps
+/// a copy only when listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cacher_list_of_stopped_nodes_makes_room_for_a_live_async_node() {
+    a_full_cacher_list_makes_room_for(&["--redis-mode", "async"]).await;
+}
+
+/// Eight nodes read a session and stop; a new node started with
+/// `fresh_args` reads it: it alone is listed.
+async fn a_full_cacher_list_makes_room_for(fresh_args: &[&str]) {
     const RECORDED: usize = 8;
     let redis = RedisServer::start();
     let http = http();
@@ -401,7 +414,7 @@ async fn a_full_cacher_list_of_stopped_nodes_makes_room_for_a_live_one() {
     drop(nodes);
     wait_until_no_heartbeat(&redis).await;
 
-    let fresh = node_on(&http, &redis.url(), &[]).await;
+    let fresh = node_on(&http, &redis.url(), fresh_args).await;
     let read = get(&http, &fresh, &id).await;
     assert_eq!(read.status, 200, "{}", read.text);
     assert_eq!(

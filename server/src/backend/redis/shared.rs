@@ -102,8 +102,7 @@ pub struct Redis {
     pub(super) cacher: String,
     /// The heartbeat keys' prefix, for a read to drop dead nodes from a
     /// full cacher list (empty, and nothing dropped, with Redis Cluster,
-    /// where the keys are in other slots than the session's, and in
-    /// write-behind mode).
+    /// where the keys are in other slots than the session's).
     pruning_prefix: String,
     /// Sessions with a write-behind write not in Redis yet.
     pub(super) queued: Arc<QueuedIds>,
@@ -169,14 +168,14 @@ impl Redis {
             Consistency::Cached => hex(node_id),
             Consistency::Strong => String::new(),
         };
-        // Not in write-behind mode: there a node's memory may hold a write
-        // still queued for Redis, which the invalidation telling dropped
-        // nodes would delete.
-        let pruning_prefix = match (&config.target, config.mode) {
-            (RedisTarget::Single(_), ReplicationMode::Sync) => {
-                invalidations.heartbeat_prefix().to_owned()
-            }
-            _ => String::new(),
+        // Not with Redis Cluster: the heartbeat keys are in other slots than
+        // the session's. (In write-behind mode the invalidation telling
+        // dropped nodes may reach a copy whose write is still queued: that
+        // node answers its queued write on the next read, as after any
+        // other node's write.)
+        let pruning_prefix = match &config.target {
+            RedisTarget::Single(_) => invalidations.heartbeat_prefix().to_owned(),
+            RedisTarget::Cluster { .. } => String::new(),
         };
         let redis = Arc::new(Self {
             store,
