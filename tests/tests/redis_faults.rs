@@ -21,6 +21,12 @@ use sessiond_e2e::{RedisServer, Sessiond};
 /// work.
 const READ_ONLY_SESSIONS: [&str; 3] = ["resetkeys", "%R~sessiond:*", "~sessiond:node:*"];
 
+/// ACL rules for the user `node` under which a write-behind node's queue
+/// cannot ship while reads through Redis work: the queue's script names
+/// the session's tombstone key (`{sessiond:<id>}:gone`), which the node
+/// may only read.
+const QUEUE_CANNOT_SHIP: [&str; 3] = ["resetkeys", "~sessiond:*", "%R~{sessiond:*"];
+
 /// Varied session data: objects, arrays, strings, numbers, nesting.
 fn varied_data(n: u64) -> Value {
     match n % 5 {
@@ -794,10 +800,7 @@ async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_w
     let id = created.session().id;
     wait_for_version_in_redis(&admin, &id, 1).await;
 
-    // The queue's script also names the session's tombstone key
-    // (`{sessiond:<id>}:gone`), which the node may no longer touch: it
-    // cannot ship, while reads through Redis work.
-    set_node_user(&mut admin, &["resetkeys", "~sessiond:*"]).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
     let written = put(&http, &node, &id, &json!({ "written": "second" }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);
     assert_eq!(written.session().version, 2);
@@ -832,12 +835,12 @@ async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_w
     assert_eq!(answered(&read), (2, json!({ "written": "second" })));
 }
 
-/// Write-behind mode, a session written on one node and deleted on
-/// another: the writer answers its queued write until it ships; Redis then
-/// refuses it (the session was deleted lately), and the writer drops its
-/// copy instead of serving a session that exists nowhere else.
+/// Write-behind mode, a session written on one node and then deleted (a
+/// logout, a revocation) on another: the writer answers `not_found` at
+/// once, though its write is still queued; Redis refuses the write when it
+/// arrives (the session was deleted lately), so the session stays gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_mode_a_queued_write_of_a_session_deleted_elsewhere_is_dropped_once_refused() {
+async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing_its_write() {
     let redis = RedisServer::start();
     let http = http();
     let mut admin = redis_conn(&redis.url()).await;
@@ -854,7 +857,7 @@ async fn async_mode_a_queued_write_of_a_session_deleted_elsewhere_is_dropped_onc
     let id = created.session().id;
     wait_for_version_in_redis(&admin, &id, 1).await;
 
-    set_node_user(&mut admin, &["resetkeys", "~sessiond:*"]).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
     let written = put(
         &http,
         &writer,
@@ -868,11 +871,11 @@ async fn async_mode_a_queued_write_of_a_session_deleted_elsewhere_is_dropped_onc
     let deleted = send(http.delete(url)).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text);
     // The delete's invalidation drops the writer's copy; its queue still
-    // holds version 2, which it answers until the write is shipped.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let read = get(&http, &writer, &id).await;
-    assert_eq!(read.status, 200, "{}", read.text);
-    assert_eq!(read.session().version, 2);
+    // holds version 2.
+    let path = format!("/v1/sessions/{id}");
+    let gone = |reply: &Reply| reply.status == 404;
+    let within = Duration::from_secs(2);
+    wait_for_answer(&http, &writer, &path, "answer 404", within, gone).await;
 
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -917,7 +920,7 @@ async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write()
     let id = created.session().id;
     wait_for_version_in_redis(&admin, &id, 1).await;
 
-    set_node_user(&mut admin, &["resetkeys", "~sessiond:*"]).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
     let written = put(
         &http,
         &writer,
@@ -962,6 +965,96 @@ async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write()
         )
         .await;
     }
+}
+
+/// Write-behind mode: a node whose subscription was down while another
+/// node deleted a session keeps its copy through the cache clear (its
+/// write of it is still queued), so it answers the session until that
+/// write reaches Redis, which refuses it (the session was deleted lately);
+/// the node then drops its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queued_write() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let writer = node_on(
+        &http,
+        &as_node_user(&redis.url(), "secret"),
+        &["--redis-mode", "async"],
+    )
+    .await;
+    let deleter = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &writer, &json!({ "written": "first" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let written = put(
+        &http,
+        &writer,
+        &id,
+        &json!({ "written": "second" }),
+        Some(1),
+    )
+    .await;
+    assert_eq!(written.status, 200, "{}", written.text);
+
+    // The writer loses its subscription (Redis drops a subscriber whose
+    // channels are no longer allowed) and cannot make it again.
+    set_node_user(&mut admin, &["resetchannels"]).await;
+    wait_for_log(
+        &writer,
+        "invalidation subscription failed",
+        Duration::from_secs(10),
+    )
+    .await;
+    let url = format!("{}/v1/sessions/{id}", deleter.url());
+    let deleted = send(http.delete(url)).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    set_node_user(&mut admin, &["allchannels"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer.log().matches("subscribed to invalidations").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no new subscription: {}",
+            writer.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = get(&http, &writer, &id).await;
+    assert_eq!(
+        read.status, 200,
+        "the copy missed the delete: {}",
+        read.text
+    );
+    assert_eq!(read.session().version, 2);
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(&writer.url()).await;
+        if metrics.value("sessiond_redis_replicated_total", &[]) == Some(2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never shipped:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        version_in_redis(&admin, &id).await,
+        None,
+        "the write was refused"
+    );
+    let read = get(&http, &writer, &id).await;
+    assert_eq!(
+        read.status, 404,
+        "the writer serves a session deleted everywhere else: {}",
+        read.text
+    );
 }
 
 /// A password in the Redis URL (an ACL user's) never reaches the node's

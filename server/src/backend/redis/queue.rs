@@ -211,12 +211,10 @@ impl Change {
 }
 
 /// A write Redis refused because another node deleted the session lately:
-/// this node's copy goes too, and until the session's queued changes have
-/// shipped a read answers it as deleted (under the session's lock, so no
-/// read puts the queued copy back in between).
+/// this node's copy goes too (it may have missed the delete's invalidation
+/// while its subscription was down).
 async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
     let _ordered = redis.lock(id).await;
-    redis.queued.refused(id, version);
     redis.store.delete(id);
     tracing::debug!(%id, version, "a queued write of a session deleted elsewhere was dropped");
 }

@@ -2,7 +2,8 @@
 //! yet (write-behind mode): for them the node's memory is the only place
 //! the newest version lives, so a cache clear must not drop them, and a
 //! read that misses memory (the copy evicted, or dropped by another node's
-//! invalidation) answers the queued version, not the older one in Redis.
+//! invalidation) is answered from the queue, not from the older version in
+//! Redis.
 
 use std::collections::HashMap;
 
@@ -31,13 +32,9 @@ impl QueuedIds {
     /// A change of `id` was queued; `latest` is what it leaves.
     pub fn queued(&self, id: SessionId, latest: Latest) {
         let mut entries = self.entries.lock();
-        entries
-            .entry(id)
-            .and_modify(|(count, held)| {
-                *count += 1;
-                *held = latest.clone();
-            })
-            .or_insert((1, latest));
+        let (count, held) = entries.entry(id).or_insert((0, Latest::Deleted));
+        *count += 1;
+        *held = latest;
     }
 
     /// Changes of `ids` (one per entry) reached Redis.
@@ -50,17 +47,6 @@ impl QueuedIds {
                     entries.remove(&id);
                 }
             }
-        }
-    }
-
-    /// Redis refused the write of version `version` of `id` (the session
-    /// was deleted lately on another node): if no later write of it is
-    /// queued, it counts as deleted until its changes have shipped.
-    pub fn refused(&self, id: &SessionId, version: u64) {
-        if let Some((_, latest)) = self.entries.lock().get_mut(id)
-            && matches!(latest, Latest::Written(session) if session.version == version)
-        {
-            *latest = Latest::Deleted;
         }
     }
 
@@ -99,13 +85,6 @@ mod tests {
         })
     }
 
-    fn version_of(latest: Option<Latest>) -> Option<u64> {
-        match latest? {
-            Latest::Written(session) => Some(session.version),
-            Latest::Deleted => Some(0),
-        }
-    }
-
     #[test]
     fn an_id_stays_until_each_of_its_changes_shipped() {
         let queued = QueuedIds::default();
@@ -119,17 +98,5 @@ mod tests {
         queued.shipped([id]);
         assert!(!queued.contains(&id));
         assert!(queued.latest(&id).is_none());
-    }
-
-    #[test]
-    fn a_refused_write_counts_as_deleted_unless_a_later_one_is_queued() {
-        let queued = QueuedIds::default();
-        let id = SessionId::random();
-        queued.queued(id, written(id, 2));
-        queued.queued(id, written(id, 3));
-        queued.refused(&id, 2);
-        assert_eq!(version_of(queued.latest(&id)), Some(3), "a later write");
-        queued.refused(&id, 3);
-        assert_eq!(version_of(queued.latest(&id)), Some(0), "deleted");
     }
 }

@@ -347,6 +347,16 @@ impl Redis {
         self.load_locked(id).await
     }
 
+    /// Whether `id` was deleted lately (its tombstone is in Redis).
+    pub(super) async fn deleted_lately(&self, id: &SessionId) -> Result<bool, ReplicationError> {
+        let mut conn = self.link.conn()?;
+        let exists = redis::cmd("EXISTS")
+            .arg(tombstone(&self.key(id)))
+            .query_async::<bool>(&mut conn)
+            .await;
+        self.link.observe(exists)
+    }
+
     /// Read-through: the session from Redis, its expiry slid (a read is a
     /// use), cached if this node is recorded among its cachers. The caller
     /// holds the session's lock.

@@ -54,38 +54,57 @@ impl WriteBehindBackend {
     }
 
     /// Makes sure memory holds `id` (the write that follows supersedes
-    /// what was loaded). The caller holds the session's lock.
-    async fn ensure_local(&self, id: &SessionId) -> Result<(), BackendError> {
+    /// what was loaded); `true` when what it put there is the version this
+    /// node's queue holds (see [`Self::queued_copy`]). The caller holds
+    /// the session's lock.
+    async fn ensure_local(&self, id: &SessionId) -> Result<bool, BackendError> {
         let redis = &self.redis;
-        if redis.store.peek(id).is_none() {
-            let session = match self.queued_copy(id)? {
-                Some(session) => session,
-                None => redis
-                    .read_redis(id, true)
-                    .await?
-                    .ok_or(BackendError::NotFound)?,
-            };
-            redis.store.insert_copy(session)?;
+        if redis.store.peek(id).is_some() {
+            return Ok(false);
         }
-        Ok(())
+        let (session, queued) = match self.queued_copy(id).await? {
+            Some(session) => (session, true),
+            None => {
+                let stored = redis.read_redis(id, true).await?;
+                (stored.ok_or(BackendError::NotFound)?, false)
+            }
+        };
+        redis.store.insert_copy(session)?;
+        Ok(queued)
     }
 
-    /// What a node whose memory lacks `id` has of it in its queue: the
-    /// version it last wrote while that write is not in Redis yet (memory
-    /// evicted it, or another node's write dropped it: Redis holds an older
-    /// version, or this one's write will overwrite it), or `NotFound` while
-    /// its delete is queued (Redis may still hold it). `None`: ask Redis
-    /// (also when the queued version has expired by its own clock, as a
-    /// read since may have slid the expiry Redis holds). The caller holds
-    /// the session's lock.
-    fn queued_copy(&self, id: &SessionId) -> Result<Option<Session>, BackendError> {
-        match self.redis.queued.latest(id) {
-            Some(Latest::Deleted) => Err(BackendError::NotFound),
-            Some(Latest::Written(session)) if session.expires_at_ms > self.redis.now() => {
-                Ok(Some(session))
+    /// What this node answers for `id`, which its memory lacks (evicted,
+    /// or dropped by another node's write or delete), while a change of it
+    /// is still queued for Redis: `NotFound` after a delete; after a write,
+    /// the version it wrote (Redis holds an older one, or another node's
+    /// that this write will overwrite), unless Redis shows the session
+    /// deleted lately (on another node: the queued write will be refused)
+    /// or both copies have expired. Redis is read without this node being
+    /// listed as a cacher, and a read keeps nothing: once the write has
+    /// shipped, the session is read through Redis as usual. `None`: no
+    /// change of `id` is queued. The caller holds the session's lock.
+    async fn queued_copy(&self, id: &SessionId) -> Result<Option<Session>, BackendError> {
+        let mut written = match self.redis.queued.latest(id) {
+            None => return Ok(None),
+            Some(Latest::Deleted) => return Err(BackendError::NotFound),
+            Some(Latest::Written(session)) => session,
+        };
+        let redis = &self.redis;
+        let expires_in_redis = match redis.read_redis(id, false).await {
+            Ok(Some(stored)) => stored.expires_at_ms,
+            Ok(None) if redis.deleted_lately(id).await.unwrap_or(false) => {
+                return Err(BackendError::NotFound);
             }
-            _ => Ok(None),
+            // Not in Redis yet (a create), or Redis unreachable: this node's
+            // write is the newest it knows of.
+            Ok(None) | Err(_) => 0,
+        };
+        // Reads since the write may have slid the expiry Redis holds.
+        written.expires_at_ms = written.expires_at_ms.max(expires_in_redis);
+        if written.expires_at_ms <= redis.now() {
+            return Err(BackendError::NotFound);
         }
+        Ok(Some(written))
     }
 
     /// Applies `write` to this node's memory copy and queues the result
@@ -99,7 +118,7 @@ impl WriteBehindBackend {
         let slot = self.queue.reserve()?;
         let _ordered = self.redis.lock(id).await;
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
-            self.ensure_local(id).await?;
+            let queued = self.ensure_local(id).await?;
             match write() {
                 // Another node's invalidation dropped the copy in between.
                 Err(Failed::Backend(BackendError::NotFound)) => continue,
@@ -107,7 +126,13 @@ impl WriteBehindBackend {
                     slot.send(Change::Upsert(session.clone()));
                     return Ok(session);
                 }
-                Err(err) => return Err(err),
+                Err(err) => {
+                    if queued {
+                        // Kept only to be written on, as a read keeps none.
+                        self.redis.store.delete(id);
+                    }
+                    return Err(err);
+                }
             }
         }
         Err(BackendError::from(Unavailable::Contention { operation: "write" }).into())
@@ -153,15 +178,16 @@ impl Backend for WriteBehindBackend {
         // Under the lock a write or delete takes: a read through to Redis
         // never finds (and keeps) an older version than this node's queue.
         let _ordered = self.redis.lock(id).await;
-        let Some(session) = self.queued_copy(id)? else {
+        let Some(mut session) = self.queued_copy(id).await? else {
             return self.redis.load_locked(id).await;
         };
-        // A read is a use: memory slides the expiry, as for any copy.
-        let answered = match self.redis.store.insert_copy(session.clone()) {
-            Ok(()) => self.redis.get_from_memory(id).await,
-            Err(_) => None,
-        };
-        Ok(answered.unwrap_or(session))
+        // A read is a use: the expiry slides, in Redis too once it can.
+        let redis = &self.redis;
+        session.expires_at_ms = (redis.store)
+            .expiry(redis.now(), session.ttl_ms, session.created_at_ms)
+            .max(session.expires_at_ms);
+        redis.refresher.note(*id, session.expires_at_ms);
+        Ok(session)
     }
 
     async fn put(
