@@ -835,6 +835,40 @@ async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_w
     assert_eq!(answered(&read), (2, json!({ "written": "second" })));
 }
 
+/// Once `writer`'s queue (holding the create and a write of `id`, which
+/// another node deleted) has shipped: Redis refused the write, and the
+/// writer answers `not_found`.
+async fn refused_and_gone(
+    http: &reqwest::Client,
+    admin: &redis::aio::MultiplexedConnection,
+    writer: &Sessiond,
+    id: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = scrape(&writer.url()).await;
+        if metrics.value("sessiond_redis_replicated_total", &[]) == Some(2.0) {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never shipped:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metrics.value("sessiond_redis_refused_writes_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(version_in_redis(admin, id).await, None, "in Redis");
+    let read = get(http, writer, id).await;
+    assert_eq!(
+        read.status, 404,
+        "the writer serves a session deleted everywhere else: {}",
+        read.text
+    );
+}
+
 /// Write-behind mode, a session written on one node and then deleted (a
 /// logout, a revocation) on another: the writer answers `not_found` at
 /// once, though its write is still queued; Redis refuses the write when it
@@ -878,29 +912,7 @@ async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing
     wait_for_answer(&http, &writer, &path, "answer 404", within, gone).await;
 
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = scrape(&writer.url()).await;
-        if metrics.value("sessiond_redis_replicated_total", &[]) == Some(2.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue never shipped:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        version_in_redis(&admin, &id).await,
-        None,
-        "the write was refused"
-    );
-    let read = get(&http, &writer, &id).await;
-    assert_eq!(
-        read.status, 404,
-        "the writer serves a session deleted everywhere else: {}",
-        read.text
-    );
+    refused_and_gone(&http, &admin, &writer, &id).await;
 }
 
 /// Write-behind mode: the read that drops stopped nodes from a full cacher
@@ -1032,29 +1044,7 @@ async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queu
     assert_eq!(read.session().version, 2);
 
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = scrape(&writer.url()).await;
-        if metrics.value("sessiond_redis_replicated_total", &[]) == Some(2.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue never shipped:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        version_in_redis(&admin, &id).await,
-        None,
-        "the write was refused"
-    );
-    let read = get(&http, &writer, &id).await;
-    assert_eq!(
-        read.status, 404,
-        "the writer serves a session deleted everywhere else: {}",
-        read.text
-    );
+    refused_and_gone(&http, &admin, &writer, &id).await;
 }
 
 /// A password in the Redis URL (an ACL user's) never reaches the node's

@@ -216,6 +216,7 @@ impl Change {
 async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
     let _ordered = redis.lock(id).await;
     redis.store.delete(id);
+    metrics::counter!("sessiond_redis_refused_writes_total").increment(1);
     tracing::debug!(%id, version, "a queued write of a session deleted elsewhere was dropped");
 }
 
