@@ -23,8 +23,8 @@ const READ_ONLY_SESSIONS: [&str; 3] = ["resetkeys", "%R~sessiond:*", "~sessiond:
 
 /// ACL rules for the user `node` under which a write-behind node's queue
 /// cannot ship while reads through Redis work: the queue's script names
-/// the session's tombstone key (`{sessiond:<id>}:gone`), which the node
-/// may only read.
+/// the session's tombstone key (`{sessiond:<id>}:gone`) and the event
+/// log's keys (`{sessiond:events}...`), which the node may only read.
 const QUEUE_CANNOT_SHIP: [&str; 3] = ["resetkeys", "~sessiond:*", "%R~{sessiond:*"];
 
 /// Varied session data: objects, arrays, strings, numbers, nesting.
@@ -1045,6 +1045,79 @@ async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queu
 
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
     refused_and_gone(&http, &admin, &writer, &id).await;
+}
+
+/// Write-behind mode: when some writes of a batch reach Redis and others
+/// fail, only the failed ones are sent again. Resending the ones that
+/// landed would undo what other nodes wrote on them since. The writer's
+/// queue is held up by a write of C while it queues writes of A and B;
+/// then its writes of A (and C) may land but not B's; another node writes
+/// A on top; the writer's retries of B must leave that write standing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_retried_batch_never_resends_a_write_that_landed() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let writer = node_on(
+        &http,
+        &as_node_user(&redis.url(), "secret"),
+        &["--redis-mode", "async"],
+    )
+    .await;
+    let other = node_on(&http, &redis.url(), &[]).await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let created = create(&http, &writer, &json!({ name: 1 }), None).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let id = created.session().id;
+        wait_for_version_in_redis(&admin, &id, 1).await;
+        ids.push(id);
+    }
+    let [a, b, c] = [&ids[0], &ids[1], &ids[2]];
+
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    for id in [c, a, b] {
+        let written = put(&http, &writer, id, &json!({ "by": "writer" }), Some(1)).await;
+        assert_eq!(written.status, 200, "{}", written.text);
+    }
+    let (a_gone, c_gone) = (
+        format!("~{{sessiond:{a}}}:gone"),
+        format!("~{{sessiond:{c}}}:gone"),
+    );
+    let mut some_can_ship = QUEUE_CANNOT_SHIP.to_vec();
+    some_can_ship.extend(["~{sessiond:events}*", a_gone.as_str(), c_gone.as_str()]);
+    set_node_user(&mut admin, &some_can_ship).await;
+    wait_for_version_in_redis(&admin, a, 2).await;
+    let on_top = put(&http, &other, a, &json!({ "by": "other" }), Some(2)).await;
+    assert_eq!(on_top.status, 200, "{}", on_top.text);
+    // Several retries of B's write (one per 100 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        version_in_redis(&admin, a).await,
+        Some(3),
+        "the other node's write of A was undone by a resent one"
+    );
+    assert_eq!(
+        version_in_redis(&admin, b).await,
+        Some(1),
+        "B's write landed"
+    );
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_version_in_redis(&admin, b, 2).await;
+    let path = format!("/v1/sessions/{a}");
+    let by_other = |reply: &Reply| reply.status == 200 && reply.session().version == 3;
+    let within = Duration::from_secs(2);
+    wait_for_answer(
+        &http,
+        &writer,
+        &path,
+        "answer the other's write",
+        within,
+        by_other,
+    )
+    .await;
 }
 
 /// A password in the Redis URL (an ACL user's) never reaches the node's

@@ -4,6 +4,7 @@
 //! growing; the queue is flushed on graceful shutdown. What a SIGKILL
 //! loses: the writes still queued.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -167,38 +168,74 @@ impl Worker {
             }
             metrics::gauge!("sessiond_redis_replication_lag_seconds")
                 .set(batch[0].enqueued.elapsed().as_secs_f64());
-            match ship(&batch, &redis).await {
-                Ok(refused) => {
-                    for (id, version) in refused {
-                        forget_refused(&redis, &id, version).await;
+            let failed = match ship(&batch, &redis).await {
+                Ok(outcomes) => self.settle(&mut batch, outcomes, &redis).await,
+                Err(err) => Some(err),
+            };
+            if let Some(err) = failed {
+                if self.receiver.is_closed() {
+                    let since = *closing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > SHUTDOWN_FLUSH_DEADLINE {
+                        let lost = self.depth.load(Ordering::Relaxed);
+                        tracing::error!(lost, %err, "Redis unreachable at shutdown; queued writes lost");
+                        return;
                     }
-                    self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-                    self.shipped
-                        .send_modify(|shipped| *shipped += batch.len() as u64);
-                    self.ids
-                        .shipped(batch.iter().map(|queued| queued.change.id()));
-                    metrics::counter!("sessiond_redis_replicated_total")
-                        .increment(batch.len() as u64);
-                    batch.clear();
                 }
-                Err(err) => {
-                    if self.receiver.is_closed() {
-                        let since = *closing_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > SHUTDOWN_FLUSH_DEADLINE {
-                            let lost = self.depth.load(Ordering::Relaxed);
-                            tracing::error!(lost, %err, "Redis unreachable at shutdown; queued writes lost");
-                            return;
-                        }
-                    }
-                    tracing::debug!(%err, "write-behind batch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                tracing::debug!(%err, "write-behind batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             metrics::gauge!("sessiond_redis_queue_depth")
                 .set(self.depth.load(Ordering::Relaxed) as f64);
         }
         metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
     }
+
+    /// Takes the changes of the sessions whose send succeeded out of
+    /// `batch` (a write Redis refused drops this node's copy); the others
+    /// stay to be sent again, so a retry never sends again a write that
+    /// landed (it would undo another node's write made since). Returns the
+    /// error of a send that failed, if any.
+    async fn settle(
+        &self,
+        batch: &mut Vec<Queued>,
+        outcomes: Vec<(SessionId, Result<Sent, ReplicationError>)>,
+        redis: &Redis,
+    ) -> Option<ReplicationError> {
+        let mut failed = HashSet::new();
+        let mut error = None;
+        for (id, outcome) in outcomes {
+            match outcome {
+                Ok(Sent::Stored) => {}
+                Ok(Sent::Refused { version }) => forget_refused(redis, &id, version).await,
+                Err(err) => {
+                    failed.insert(id);
+                    error = Some(err);
+                }
+            }
+        }
+        let (done, kept): (Vec<Queued>, Vec<Queued>) = std::mem::take(batch)
+            .into_iter()
+            .partition(|queued| !failed.contains(&queued.change.id()));
+        *batch = kept;
+        let count = done.len() as u64;
+        self.depth.fetch_sub(count, Ordering::Relaxed);
+        self.shipped.send_modify(|shipped| *shipped += count);
+        self.ids
+            .shipped(done.iter().map(|queued| queued.change.id()));
+        metrics::counter!("sessiond_redis_replicated_total").increment(count);
+        error
+    }
+}
+
+/// What became of a session's change that reached Redis.
+enum Sent {
+    /// Stored (or deleted).
+    Stored,
+    /// A write Redis refused: the session was deleted lately.
+    Refused {
+        /// The version the write would have stored.
+        version: u64,
+    },
 }
 
 impl Change {
@@ -222,9 +259,10 @@ async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
 
 /// The last change of each session in `batch`: a change carries the
 /// session's whole state, so it supersedes the earlier ones, and sending
-/// one per session lets the batch go out concurrently and be retried whole.
+/// one per session lets the batch go out concurrently and each session's
+/// changes be retried alone.
 fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
-    let mut last = std::collections::HashMap::with_capacity(batch.len());
+    let mut last = HashMap::with_capacity(batch.len());
     for (index, queued) in batch.iter().enumerate() {
         last.insert(queued.change.id(), index);
     }
@@ -236,10 +274,13 @@ fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
         .collect()
 }
 
-/// Sends one batch; the multiplexed connection pipelines the scripts.
-/// Returns the writes (id and version) Redis refused because the session
-/// was deleted lately.
-async fn ship(batch: &[Queued], redis: &Redis) -> Result<Vec<(SessionId, u64)>, ReplicationError> {
+/// Sends one batch, the latest change of each session; the multiplexed
+/// connection pipelines the scripts. Returns what became of each session's
+/// change (an error when there is no connection at all).
+async fn ship(
+    batch: &[Queued],
+    redis: &Redis,
+) -> Result<Vec<(SessionId, Result<Sent, ReplicationError>)>, ReplicationError> {
     let (scripts, invalidations) = (&redis.scripts, &redis.invalidations);
     let events = redis.events.as_ref();
     let conn = redis.link.conn()?;
@@ -248,7 +289,7 @@ async fn ship(batch: &[Queued], redis: &Redis) -> Result<Vec<(SessionId, u64)>, 
     let sends = latest_per_session(batch).into_iter().map(|change| {
         let mut conn = conn.clone();
         async move {
-            match change {
+            let sent = match change {
                 Change::Upsert(session) => {
                     let key = redis.key(&session.id);
                     let cacher = hex(invalidations.node_id);
@@ -267,13 +308,19 @@ async fn ship(batch: &[Queued], redis: &Redis) -> Result<Vec<(SessionId, u64)>, 
                             ""
                         });
                     let stored = invocation.invoke_async::<i64>(&mut conn).await;
-                    match stored {
-                        Ok(0) => return Ok(Some((session.id, session.version))),
-                        Ok(2) => count_logged(events, EventKind::Created),
-                        Ok(3) => count_logged(events, EventKind::Updated),
-                        _ => {}
-                    }
-                    stored.map(|_| None)
+                    stored.map(|stored| match stored {
+                        0 => Sent::Refused {
+                            version: session.version,
+                        },
+                        logged => {
+                            match logged {
+                                2 => count_logged(events, EventKind::Created),
+                                3 => count_logged(events, EventKind::Updated),
+                                _ => {}
+                            }
+                            Sent::Stored
+                        }
+                    })
                 }
                 Change::Delete(id) => {
                     let key = redis.key(id);
@@ -295,15 +342,12 @@ async fn ship(batch: &[Queued], redis: &Redis) -> Result<Vec<(SessionId, u64)>, 
                             if deleted.deleted {
                                 count_logged(events, EventKind::Deleted);
                             }
-                            None
+                            Sent::Stored
                         })
                 }
-            }
+            };
+            (change.id(), redis.link.observe(sent))
         }
     });
-    let mut refused = Vec::new();
-    for result in futures_util::future::join_all(sends).await {
-        refused.extend(redis.link.observe(result)?);
-    }
-    Ok(refused)
+    Ok(futures_util::future::join_all(sends).await)
 }

@@ -347,14 +347,19 @@ impl Redis {
         self.load_locked(id).await
     }
 
-    /// Whether `id` was deleted lately (its tombstone is in Redis).
-    pub(super) async fn deleted_lately(&self, id: &SessionId) -> Result<bool, ReplicationError> {
-        let mut conn = self.link.conn()?;
-        let exists = redis::cmd("EXISTS")
-            .arg(tombstone(&self.key(id)))
-            .query_async::<bool>(&mut conn)
-            .await;
-        self.link.observe(exists)
+    /// Whether `id` was deleted lately (its tombstone is in Redis); `false`
+    /// when Redis cannot tell.
+    pub(super) async fn deleted_lately(&self, id: &SessionId) -> bool {
+        let exists = async {
+            let mut conn = self.link.conn()?;
+            let mut command = redis::cmd("EXISTS");
+            command.arg(tombstone(&self.key(id)));
+            self.link.observe(command.query_async(&mut conn).await)
+        };
+        exists.await.unwrap_or_else(|err: ReplicationError| {
+            tracing::debug!(%id, %err, "cannot tell whether a session was deleted lately");
+            false
+        })
     }
 
     /// Read-through: the session from Redis, its expiry slid (a read is a

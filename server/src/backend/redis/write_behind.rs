@@ -54,35 +54,37 @@ impl WriteBehindBackend {
     }
 
     /// Makes sure memory holds `id` (the write that follows supersedes
-    /// what was loaded); `true` when what it put there is the version this
-    /// node's queue holds (see [`Self::queued_copy`]). The caller holds
-    /// the session's lock.
+    /// what was loaded); `true` when it loaded it (see
+    /// [`Self::queued_copy`] for what while a write of it is queued). The
+    /// caller holds the session's lock.
     async fn ensure_local(&self, id: &SessionId) -> Result<bool, BackendError> {
         let redis = &self.redis;
         if redis.store.peek(id).is_some() {
             return Ok(false);
         }
-        let (session, queued) = match self.queued_copy(id).await? {
-            Some(session) => (session, true),
-            None => {
-                let stored = redis.read_redis(id, true).await?;
-                (stored.ok_or(BackendError::NotFound)?, false)
-            }
+        let session = match self.queued_copy(id).await? {
+            Some(session) => session,
+            None => redis
+                .read_redis(id, true)
+                .await?
+                .ok_or(BackendError::NotFound)?,
         };
         redis.store.insert_copy(session)?;
-        Ok(queued)
+        Ok(true)
     }
 
     /// What this node answers for `id`, which its memory lacks (evicted,
     /// or dropped by another node's write or delete), while a change of it
     /// is still queued for Redis: `NotFound` after a delete; after a write,
     /// the version it wrote (Redis holds an older one, or another node's
-    /// that this write will overwrite), unless Redis shows the session
-    /// deleted lately (on another node: the queued write will be refused)
-    /// or both copies have expired. Redis is read without this node being
-    /// listed as a cacher, and a read keeps nothing: once the write has
-    /// shipped, the session is read through Redis as usual. `None`: no
-    /// change of `id` is queued. The caller holds the session's lock.
+    /// of the same version, which this write will overwrite), unless Redis
+    /// holds a later version (this write has landed and another node wrote
+    /// on it: that one is answered), shows the session deleted lately (on
+    /// another node: the queued write will be refused), or both copies
+    /// have expired. Redis is read without this node being listed as a
+    /// cacher, and a read keeps nothing: once the write has shipped, the
+    /// session is read through Redis as usual. `None`: no change of `id` is
+    /// queued. The caller holds the session's lock.
     async fn queued_copy(&self, id: &SessionId) -> Result<Option<Session>, BackendError> {
         let mut written = match self.redis.queued.latest(id) {
             None => return Ok(None),
@@ -91,10 +93,9 @@ impl WriteBehindBackend {
         };
         let redis = &self.redis;
         let expires_in_redis = match redis.read_redis(id, false).await {
+            Ok(Some(stored)) if stored.version > written.version => return Ok(Some(stored)),
             Ok(Some(stored)) => stored.expires_at_ms,
-            Ok(None) if redis.deleted_lately(id).await.unwrap_or(false) => {
-                return Err(BackendError::NotFound);
-            }
+            Ok(None) if redis.deleted_lately(id).await => return Err(BackendError::NotFound),
             // Not in Redis yet (a create), or Redis unreachable: this node's
             // write is the newest it knows of.
             Ok(None) | Err(_) => 0,
@@ -118,7 +119,7 @@ impl WriteBehindBackend {
         let slot = self.queue.reserve()?;
         let _ordered = self.redis.lock(id).await;
         for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
-            let queued = self.ensure_local(id).await?;
+            let loaded = self.ensure_local(id).await?;
             match write() {
                 // Another node's invalidation dropped the copy in between.
                 Err(Failed::Backend(BackendError::NotFound)) => continue,
@@ -127,8 +128,9 @@ impl WriteBehindBackend {
                     return Ok(session);
                 }
                 Err(err) => {
-                    if queued {
-                        // Kept only to be written on, as a read keeps none.
+                    if loaded {
+                        // Loaded only to be written on: kept, it could miss
+                        // an invalidation that came while it was read.
                         self.redis.store.delete(id);
                     }
                     return Err(err);
