@@ -1120,6 +1120,48 @@ async fn async_mode_a_retried_batch_never_resends_a_write_that_landed() {
     .await;
 }
 
+/// Write-behind mode: a write that keeps failing (here a permission; in
+/// production a Redis Cluster master down) holds up no other session's
+/// write queued after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_failing_write_holds_up_no_other_sessions_write() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let writer = node_on(
+        &http,
+        &as_node_user(&redis.url(), "secret"),
+        &["--redis-mode", "async"],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for name in ["failing", "flowing"] {
+        let created = create(&http, &writer, &json!({ name: 1 }), None).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let id = created.session().id;
+        wait_for_version_in_redis(&admin, &id, 1).await;
+        ids.push(id);
+    }
+    let [failing, flowing] = [&ids[0], &ids[1]];
+    let flowing_gone = format!("~{{sessiond:{flowing}}}:gone");
+    let mut only_flowing = QUEUE_CANNOT_SHIP.to_vec();
+    only_flowing.extend(["~{sessiond:events}*", flowing_gone.as_str()]);
+    set_node_user(&mut admin, &only_flowing).await;
+
+    let written = put(&http, &writer, failing, &json!({ "n": 2 }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    // Its first send fails; then the other session's write is queued.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let written = put(&http, &writer, flowing, &json!({ "n": 2 }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    wait_for_version_in_redis(&admin, flowing, 2).await;
+    assert_eq!(version_in_redis(&admin, failing).await, Some(1));
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_version_in_redis(&admin, failing, 2).await;
+}
+
 /// A password in the Redis URL (an ACL user's) never reaches the node's
 /// log: not when it connects, nor when its subscription fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sessiond_proto::{EventKind, SessionId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,8 @@ pub enum Change {
 struct Queued {
     change: Change,
     enqueued: Instant,
+    /// Its place in the order changes were queued in.
+    seq: u64,
 }
 
 /// The sending side of the queue.
@@ -47,9 +50,10 @@ pub struct WriteBehind {
     sender: mpsc::Sender<Queued>,
     capacity: usize,
     depth: Arc<AtomicU64>,
-    /// Changes ever queued.
-    sent: AtomicU64,
-    /// Changes ever shipped (the worker ships in queue order).
+    /// Changes ever queued (the next one's `seq`); held while one is put in
+    /// the channel, so the channel holds them in `seq` order.
+    sent: Mutex<u64>,
+    /// Every change whose `seq` is below this one has shipped.
     shipped: watch::Receiver<u64>,
     /// The sessions with changes queued.
     ids: Arc<QueuedIds>,
@@ -60,7 +64,7 @@ pub struct WriteBehind {
 pub struct Slot<'a> {
     permit: mpsc::Permit<'a, Queued>,
     depth: &'a AtomicU64,
-    sent: &'a AtomicU64,
+    sent: &'a Mutex<u64>,
     ids: &'a QueuedIds,
 }
 
@@ -68,16 +72,18 @@ impl Slot<'_> {
     /// Queues the change.
     pub fn send(self, change: Change) {
         self.depth.fetch_add(1, Ordering::Relaxed);
-        self.sent.fetch_add(1, Ordering::Relaxed);
         let latest = match &change {
             Change::Upsert(session) => Latest::Written(session.clone()),
             Change::Delete(_) => Latest::Deleted,
         };
         self.ids.queued(change.id(), latest);
+        let mut sent = self.sent.lock();
         self.permit.send(Queued {
             change,
             enqueued: Instant::now(),
+            seq: *sent,
         });
+        *sent += 1;
     }
 }
 
@@ -92,7 +98,7 @@ impl WriteBehind {
             sender,
             capacity,
             depth: depth.clone(),
-            sent: AtomicU64::new(0),
+            sent: Mutex::new(0),
             shipped: watched,
             ids: ids.clone(),
         };
@@ -109,7 +115,7 @@ impl WriteBehind {
     /// Redis: what goes to Redis directly next then sees this node's
     /// writes.
     pub async fn caught_up(&self, within: Duration) -> Result<(), BackendError> {
-        let target = self.sent.load(Ordering::Relaxed);
+        let target = *self.sent.lock();
         let mut shipped = self.shipped.clone();
         let waited = tokio::time::timeout(within, shipped.wait_for(|&done| done >= target)).await;
         match waited {
@@ -118,14 +124,16 @@ impl WriteBehind {
         }
     }
 
-    /// A place in the queue, or [`Unavailable::QueueFull`].
+    /// A place in the queue, or [`Unavailable::QueueFull`] (the changes
+    /// the worker holds for a retry count too).
     pub fn reserve(&self) -> Result<Slot<'_>, BackendError> {
-        let permit = self
-            .sender
-            .try_reserve()
-            .map_err(|_| Unavailable::QueueFull {
-                capacity: self.capacity,
-            })?;
+        let full = Unavailable::QueueFull {
+            capacity: self.capacity,
+        };
+        if self.depth.load(Ordering::Relaxed) >= self.capacity as u64 {
+            return Err(full.into());
+        }
+        let permit = self.sender.try_reserve().map_err(|_| full)?;
         Ok(Slot {
             permit,
             depth: &self.depth,
@@ -147,7 +155,9 @@ pub struct Worker {
 impl Worker {
     /// Ships queued changes to `redis`; once `drained` fires (no more
     /// writes can come) it flushes what is left, bounded by a deadline, and
-    /// returns.
+    /// returns. Changes whose send failed are sent again together with
+    /// those queued since, so one session's failing write (its Redis
+    /// Cluster master down, say) holds up no other session's.
     pub async fn run(mut self, redis: Arc<Redis>, drained: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut closing_since: Option<Instant> = None;
@@ -164,6 +174,10 @@ impl Worker {
                 };
                 if received == 0 {
                     break;
+                }
+            } else {
+                while let Ok(queued) = self.receiver.try_recv() {
+                    batch.push(queued);
                 }
             }
             metrics::gauge!("sessiond_redis_replication_lag_seconds")
@@ -213,13 +227,22 @@ impl Worker {
                 }
             }
         }
+        let next_seq = batch.iter().map(|queued| queued.seq + 1).max();
         let (done, kept): (Vec<Queued>, Vec<Queued>) = std::mem::take(batch)
             .into_iter()
             .partition(|queued| !failed.contains(&queued.change.id()));
         *batch = kept;
         let count = done.len() as u64;
         self.depth.fetch_sub(count, Ordering::Relaxed);
-        self.shipped.send_modify(|shipped| *shipped += count);
+        // The channel holds only later changes than the batch.
+        let watermark = batch.iter().map(|queued| queued.seq).min().or(next_seq);
+        if let Some(watermark) = watermark {
+            self.shipped.send_if_modified(|shipped| {
+                let moved = watermark > *shipped;
+                *shipped = (*shipped).max(watermark);
+                moved
+            });
+        }
         self.ids
             .shipped(done.iter().map(|queued| queued.change.id()));
         metrics::counter!("sessiond_redis_replicated_total").increment(count);
