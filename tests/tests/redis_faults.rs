@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
-use sessiond_e2e::metrics::scrape;
+use sessiond_e2e::metrics::{Metrics, scrape};
 use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
@@ -835,6 +835,23 @@ async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_w
     assert_eq!(answered(&read), (2, json!({ "written": "second" })));
 }
 
+/// Waits (at most 10 s) until `node`'s metric `name` is `value`; returns
+/// the metrics then.
+async fn wait_for_metric(node: &Sessiond, name: &str, value: f64) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(&node.url()).await;
+        if metrics.value(name, &[]) == Some(value) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {value}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Once `writer`'s queue (holding the create and a write of `id`, which
 /// another node deleted) has shipped: Redis refused the write, and the
 /// writer answers `not_found`.
@@ -844,18 +861,7 @@ async fn refused_and_gone(
     writer: &Sessiond,
     id: &str,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        let metrics = scrape(&writer.url()).await;
-        if metrics.value("sessiond_redis_replicated_total", &[]) == Some(2.0) {
-            break metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the queue never shipped:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let metrics = wait_for_metric(writer, "sessiond_redis_replicated_total", 2.0).await;
     assert_eq!(
         metrics.value("sessiond_redis_refused_writes_total", &[]),
         Some(1.0)
@@ -1122,7 +1128,8 @@ async fn async_mode_a_retried_batch_never_resends_a_write_that_landed() {
 
 /// Write-behind mode: a write that keeps failing (here a permission; in
 /// production a Redis Cluster master down) holds up no other session's
-/// write queued after it.
+/// write queued after it, and the session's further writes take no more
+/// places in the queue (the latest is sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_failing_write_holds_up_no_other_sessions_write() {
     let redis = RedisServer::start();
@@ -1157,9 +1164,81 @@ async fn async_mode_a_failing_write_holds_up_no_other_sessions_write() {
     assert_eq!(written.status, 200, "{}", written.text);
     wait_for_version_in_redis(&admin, flowing, 2).await;
     assert_eq!(version_in_redis(&admin, failing).await, Some(1));
+    // More writes of the failing session take no more places in the queue.
+    for version in 2..6 {
+        let written = put(
+            &http,
+            &writer,
+            failing,
+            &json!({ "n": version + 1 }),
+            Some(version),
+        )
+        .await;
+        assert_eq!(written.status, 200, "{}", written.text);
+    }
+    wait_for_metric(&writer, "sessiond_redis_queue_depth", 1.0).await;
 
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
-    wait_for_version_in_redis(&admin, failing, 2).await;
+    wait_for_version_in_redis(&admin, failing, 6).await;
+}
+
+/// Write-behind mode: a write sent again after a failed send never
+/// overwrites a later version. (A send that timed out may have stored it,
+/// and another node may have written on it since; here the first sends
+/// fail outright, and another node writes the session twice meanwhile.)
+/// The writer then drops its copy and answers what Redis holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_resent_write_never_overwrites_a_later_version() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let writer = node_on(
+        &http,
+        &as_node_user(&redis.url(), "secret"),
+        &["--redis-mode", "async"],
+    )
+    .await;
+    let other = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &writer, &json!({ "by": "writer" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let written = put(&http, &writer, &id, &json!({ "by": "writer" }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for version in [1, 2] {
+        let on_top = put(&http, &other, &id, &json!({ "by": "other" }), Some(version)).await;
+        assert_eq!(on_top.status, 200, "{}", on_top.text);
+    }
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_metric(&writer, "sessiond_redis_replicated_total", 2.0).await;
+    let path = format!("/v1/sessions/{id}");
+    let others = |reply: &Reply| {
+        reply.status == 200
+            && reply.session().version == 3
+            && reply.session().data == json!({ "by": "other" })
+    };
+    let within = Duration::from_secs(5);
+    wait_for_answer(
+        &http,
+        &writer,
+        &path,
+        "answer the other's write",
+        within,
+        others,
+    )
+    .await;
+    assert_eq!(version_in_redis(&admin, &id).await, Some(3));
+    let read = get(&http, &other, &id).await;
+    assert_eq!(
+        read.session().data,
+        json!({ "by": "other" }),
+        "{}",
+        read.text
+    );
 }
 
 /// A password in the Redis URL (an ACL user's) never reaches the node's

@@ -4,6 +4,7 @@
 //! growing; the queue is flushed on graceful shutdown. What a SIGKILL
 //! loses: the writes still queued.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,8 @@ use crate::store::Session;
 
 /// Most writes sent in one round of the worker.
 const BATCH: usize = 256;
+/// How long writes keep failing before the worker warns (and how often).
+const FAILING_WARN_EVERY: Duration = Duration::from_secs(5);
 /// How long the worker keeps retrying on shutdown before giving up.
 const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -42,6 +45,9 @@ struct Queued {
     enqueued: Instant,
     /// Its place in the order changes were queued in.
     seq: u64,
+    /// Whether a send of this session's change failed before (and may
+    /// have stored it).
+    resent: bool,
 }
 
 /// The sending side of the queue.
@@ -82,6 +88,7 @@ impl Slot<'_> {
             change,
             enqueued: Instant::now(),
             seq: *sent,
+            resent: false,
         });
         *sent += 1;
     }
@@ -160,7 +167,10 @@ impl Worker {
     /// Cluster master down, say) holds up no other session's.
     pub async fn run(mut self, redis: Arc<Redis>, drained: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
+        // Changes held for a retry (each round takes up to `BATCH` more).
+        let mut held = 0;
         let mut closing_since: Option<Instant> = None;
+        let mut last_warned: Option<Instant> = None;
         metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
         metrics::gauge!("sessiond_redis_replication_lag_seconds").set(0.0);
         loop {
@@ -176,16 +186,23 @@ impl Worker {
                     break;
                 }
             } else {
-                while let Ok(queued) = self.receiver.try_recv() {
+                if drained.is_cancelled() && !self.receiver.is_closed() {
+                    self.receiver.close();
+                }
+                while batch.len() < held + BATCH
+                    && let Ok(queued) = self.receiver.try_recv()
+                {
                     batch.push(queued);
                 }
             }
-            metrics::gauge!("sessiond_redis_replication_lag_seconds")
-                .set(batch[0].enqueued.elapsed().as_secs_f64());
             let failed = match ship(&batch, &redis).await {
                 Ok(outcomes) => self.settle(&mut batch, outcomes, &redis).await,
                 Err(err) => Some(err),
             };
+            held = batch.len();
+            let oldest = batch.iter().map(|queued| queued.enqueued).min();
+            let lag = oldest.map_or(0.0, |oldest| oldest.elapsed().as_secs_f64());
+            metrics::gauge!("sessiond_redis_replication_lag_seconds").set(lag);
             if let Some(err) = failed {
                 if self.receiver.is_closed() {
                     let since = *closing_since.get_or_insert_with(Instant::now);
@@ -195,7 +212,14 @@ impl Worker {
                         return;
                     }
                 }
-                tracing::debug!(%err, "write-behind batch failed; retrying");
+                if last_warned.is_none_or(|at| at.elapsed() > FAILING_WARN_EVERY)
+                    && lag > FAILING_WARN_EVERY.as_secs_f64()
+                {
+                    last_warned = Some(Instant::now());
+                    tracing::warn!(held, lag_secs = lag, %err, "write-behind writes keep failing; retrying");
+                } else {
+                    tracing::debug!(held, %err, "write-behind writes failed; retrying");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             metrics::gauge!("sessiond_redis_queue_depth")
@@ -205,9 +229,11 @@ impl Worker {
     }
 
     /// Takes the changes of the sessions whose send succeeded out of
-    /// `batch` (a write Redis refused drops this node's copy); the others
-    /// stay to be sent again, so a retry never sends again a write that
-    /// landed (it would undo another node's write made since). Returns the
+    /// `batch` (a write Redis refused, or found written over since, drops
+    /// this node's copy); the others stay to be sent again, one per session
+    /// (the latest, in the earliest one's place), so a retry never sends
+    /// again a write that landed (it would undo another node's write made
+    /// since) and a session that keeps failing holds one place. Returns the
     /// error of a send that failed, if any.
     async fn settle(
         &self,
@@ -221,6 +247,7 @@ impl Worker {
             match outcome {
                 Ok(Sent::Stored) => {}
                 Ok(Sent::Refused { version }) => forget_refused(redis, &id, version).await,
+                Ok(Sent::Superseded) => forget(redis, &id).await,
                 Err(err) => {
                     failed.insert(id);
                     error = Some(err);
@@ -228,9 +255,30 @@ impl Worker {
             }
         }
         let next_seq = batch.iter().map(|queued| queued.seq + 1).max();
-        let (done, kept): (Vec<Queued>, Vec<Queued>) = std::mem::take(batch)
-            .into_iter()
-            .partition(|queued| !failed.contains(&queued.change.id()));
+        let mut kept: Vec<Queued> = Vec::new();
+        let mut places = HashMap::new();
+        let mut done = Vec::new();
+        for queued in std::mem::take(batch) {
+            let id = queued.change.id();
+            if !failed.contains(&id) {
+                done.push(id);
+                continue;
+            }
+            match places.entry(id) {
+                Entry::Vacant(place) => {
+                    place.insert(kept.len());
+                    kept.push(Queued {
+                        resent: true,
+                        ..queued
+                    });
+                }
+                Entry::Occupied(place) => {
+                    // A later change of the session: it takes the place.
+                    kept[*place.get()].change = queued.change;
+                    done.push(id);
+                }
+            }
+        }
         *batch = kept;
         let count = done.len() as u64;
         self.depth.fetch_sub(count, Ordering::Relaxed);
@@ -243,8 +291,7 @@ impl Worker {
                 moved
             });
         }
-        self.ids
-            .shipped(done.iter().map(|queued| queued.change.id()));
+        self.ids.shipped(done);
         metrics::counter!("sessiond_redis_replicated_total").increment(count);
         error
     }
@@ -259,6 +306,9 @@ enum Sent {
         /// The version the write would have stored.
         version: u64,
     },
+    /// A write sent again found a later version written on it (after a
+    /// first send that failed but had stored it).
+    Superseded,
 }
 
 impl Change {
@@ -274,17 +324,22 @@ impl Change {
 /// this node's copy goes too (it may have missed the delete's invalidation
 /// while its subscription was down).
 async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
-    let _ordered = redis.lock(id).await;
-    redis.store.delete(id);
+    forget(redis, id).await;
     metrics::counter!("sessiond_redis_refused_writes_total").increment(1);
     tracing::debug!(%id, version, "a queued write of a session deleted elsewhere was dropped");
+}
+
+/// Drops this node's copy of `id`, under the session's lock.
+async fn forget(redis: &Redis, id: &SessionId) {
+    let _ordered = redis.lock(id).await;
+    redis.store.delete(id);
 }
 
 /// The last change of each session in `batch`: a change carries the
 /// session's whole state, so it supersedes the earlier ones, and sending
 /// one per session lets the batch go out concurrently and each session's
 /// changes be retried alone.
-fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
+fn latest_per_session(batch: &[Queued]) -> Vec<&Queued> {
     let mut last = HashMap::with_capacity(batch.len());
     for (index, queued) in batch.iter().enumerate() {
         last.insert(queued.change.id(), index);
@@ -293,7 +348,7 @@ fn latest_per_session(batch: &[Queued]) -> Vec<&Change> {
         .iter()
         .enumerate()
         .filter(|(index, queued)| last.get(&queued.change.id()) == Some(index))
-        .map(|(_, queued)| &queued.change)
+        .map(|(_, queued)| queued)
         .collect()
 }
 
@@ -309,8 +364,9 @@ async fn ship(
     let conn = redis.link.conn()?;
     let retention = &redis.retention();
     let logs_updates = redis.logs_updates();
-    let sends = latest_per_session(batch).into_iter().map(|change| {
+    let sends = latest_per_session(batch).into_iter().map(|queued| {
         let mut conn = conn.clone();
+        let change = &queued.change;
         async move {
             let sent = match change {
                 Change::Upsert(session) => {
@@ -330,11 +386,15 @@ async fn ship(
                         } else {
                             ""
                         });
+                    if queued.resent {
+                        invocation.arg(session.version);
+                    }
                     let stored = invocation.invoke_async::<i64>(&mut conn).await;
                     stored.map(|stored| match stored {
                         0 => Sent::Refused {
                             version: session.version,
                         },
+                        4 => Sent::Superseded,
                         logged => {
                             match logged {
                                 2 => count_logged(events, EventKind::Created),

@@ -219,11 +219,15 @@ return 1
 /// store nothing (0) when the session was deleted lately (its tombstone is
 /// there); 15 the event to append if the key is new ('' for none);
 /// 16 retention; 17 the event to append if the key held an older version
-/// ('' for none). Returns 2 when it appended the first event, 3 the
-/// second, else 1.
+/// ('' for none); 18 (optional) for a write sent again after a failure
+/// that may have stored it, its version: nothing is stored (4) when the key
+/// holds a later one, written on it since. Returns 2 when it appended the
+/// first event, 3 the second, else 1.
 const STORE_ANY: &str = r"
 if ARGV[14] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local before = redis.call('HGET', KEYS[1], 'v')
+local resent = ARGV[18]
+if resent and resent ~= '' and before and tonumber(before) > tonumber(resent) then return 4 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10], 'f', ARGV[11])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
