@@ -1241,6 +1241,50 @@ async fn async_mode_a_resent_write_never_overwrites_a_later_version() {
     );
 }
 
+/// Write-behind mode: a rotation waits for this node's queued writes of
+/// the session it moves, not for another session's write that keeps
+/// failing (here its key holds a string, so the queue's script fails with
+/// WRONGTYPE until the key is freed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_rotation_waits_for_its_own_session_not_for_a_failing_one() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let mut ids = Vec::new();
+    for name in ["failing", "rotated"] {
+        let created = create(&http, &writer, &json!({ name: 1 }), None).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let id = created.session().id;
+        wait_for_version_in_redis(&admin, &id, 1).await;
+        ids.push(id);
+    }
+    let [failing, rotated] = [&ids[0], &ids[1]];
+    let failing_key = format!("sessiond:{failing}");
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("SET").arg(&failing_key).arg("not a hash"),
+    )
+    .await;
+    let written = put(&http, &writer, failing, &json!({ "n": 2 }), None).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    let written = put(&http, &writer, rotated, &json!({ "n": 2 }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+
+    let url = format!("{}/v1/sessions/{rotated}/rotate", writer.url());
+    let moved = send(http.post(url)).await;
+    assert_eq!(moved.status, 201, "{}", moved.text);
+    let new_id = moved.session().id;
+    assert_ne!(&new_id, rotated);
+    assert_eq!(
+        (moved.session().version, moved.session().data),
+        (2, json!({ "n": 2 })),
+        "the rotation moved the session as this node last wrote it"
+    );
+    redis_query::<()>(&mut admin, redis::cmd("DEL").arg(&failing_key)).await;
+    wait_for_version_in_redis(&admin, failing, 2).await;
+}
+
 /// A password in the Redis URL (an ACL user's) never reaches the node's
 /// log: not when it connects, nor when its subscription fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,8 +123,31 @@ impl WriteBehind {
     /// writes.
     pub async fn caught_up(&self, within: Duration) -> Result<(), BackendError> {
         let target = *self.sent.lock();
+        self.wait_until(within, |&watermark| watermark >= target)
+            .await
+    }
+
+    /// Waits (at most `within`) until no change of `id` is queued (however
+    /// other sessions' writes fare): what goes to Redis directly next then
+    /// sees this node's writes of it.
+    pub async fn caught_up_with(
+        &self,
+        id: &SessionId,
+        within: Duration,
+    ) -> Result<(), BackendError> {
+        self.wait_until(within, |_| !self.ids.contains(id)).await
+    }
+
+    /// Waits (at most `within`) until `done` holds, checked again each
+    /// time changes have shipped.
+    async fn wait_until(
+        &self,
+        within: Duration,
+        mut done: impl FnMut(&u64) -> bool,
+    ) -> Result<(), BackendError> {
         let mut shipped = self.shipped.clone();
-        let waited = tokio::time::timeout(within, shipped.wait_for(|&done| done >= target)).await;
+        let waited =
+            tokio::time::timeout(within, shipped.wait_for(|watermark| done(watermark))).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Unavailable::QueueBehind.into()),
@@ -285,10 +308,11 @@ impl Worker {
         // The channel holds only later changes than the batch.
         let watermark = batch.iter().map(|queued| queued.seq).min().or(next_seq);
         if let Some(watermark) = watermark {
+            // Waiters are woken when anything shipped, for
+            // `caught_up_with`, even if the watermark stays.
             self.shipped.send_if_modified(|shipped| {
-                let moved = watermark > *shipped;
                 *shipped = (*shipped).max(watermark);
-                moved
+                count > 0
             });
         }
         self.ids.shipped(done);

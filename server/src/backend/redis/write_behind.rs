@@ -247,9 +247,9 @@ impl Backend for WriteBehindBackend {
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
         // A rotation goes to Redis directly (it moves the session in Redis,
-        // its user index and the event log): this node's queued writes go
-        // first, so it moves the session as this node last wrote it.
-        self.queue.caught_up(CATCH_UP).await?;
+        // its user index and the event log): this node's queued writes of
+        // it go first, so it moves the session as this node last wrote it.
+        self.queue.caught_up_with(id, CATCH_UP).await?;
         self.sync.rotate(id, new_id, tag, rebind).await
     }
 
