@@ -781,29 +781,15 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
 /// invalidation its own write publishes does not reach itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_written() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
-    let url = as_node_user(&redis.url(), "secret");
-    let bounded_memory = [
-        "--redis-mode",
-        "async",
-        "--max-memory",
-        "64KiB",
-        "--when-full",
-        "evict-lru",
-    ];
-    let node = node_on(&http, &url, &bounded_memory).await;
-    let created = create(&http, &node, &json!({ "written": "first" }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
-
-    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let written = put(&http, &node, &id, &json!({ "written": "second" }), Some(1)).await;
-    assert_eq!(written.status, 200, "{}", written.text);
-    assert_eq!(written.session().version, 2);
+    let bounded_memory = ["--max-memory", "64KiB", "--when-full", "evict-lru"];
+    let mut acl = AclWriter::start(&bounded_memory).await;
+    let id = acl.with_a_queued_write().await;
+    let AclWriter {
+        redis: _redis,
+        http,
+        mut admin,
+        writer: node,
+    } = acl;
     let filler = json!({ "filler": "x".repeat(4096) });
     for n in 0..60 {
         let made = create(&http, &node, &filler, None).await;
@@ -852,6 +838,71 @@ async fn wait_for_metric(node: &Sessiond, name: &str, value: f64) -> Metrics {
     }
 }
 
+/// A Redis, an HTTP client, an admin connection to the Redis, and a
+/// write-behind node logged in as the ACL user `node` (allowed everything
+/// until the test says otherwise).
+struct AclWriter {
+    redis: RedisServer,
+    http: reqwest::Client,
+    admin: redis::aio::MultiplexedConnection,
+    writer: Sessiond,
+}
+
+impl AclWriter {
+    /// The node runs with `extra` flags too.
+    async fn start(extra: &[&str]) -> Self {
+        let redis = RedisServer::start();
+        let http = http();
+        let mut admin = redis_conn(&redis.url()).await;
+        set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+        let url = as_node_user(&redis.url(), "secret");
+        let mut args = vec!["--redis-mode", "async"];
+        args.extend_from_slice(extra);
+        let writer = node_on(&http, &url, &args).await;
+        Self {
+            redis,
+            http,
+            admin,
+            writer,
+        }
+    }
+}
+
+impl AclWriter {
+    /// Creates a session (`{"written": "first"}`), waits until Redis holds
+    /// it, stops the queue from shipping ([`QUEUE_CANNOT_SHIP`]) and
+    /// writes `{"written": "second"}`: acknowledged as version 2, queued.
+    /// Returns the session's id.
+    async fn with_a_queued_write(&mut self) -> String {
+        let Self {
+            http,
+            admin,
+            writer,
+            ..
+        } = self;
+        let id = created_in_redis(http, writer, admin, &json!({ "written": "first" })).await;
+        set_node_user(admin, &QUEUE_CANNOT_SHIP).await;
+        let written = put(http, writer, &id, &json!({ "written": "second" }), Some(1)).await;
+        assert_eq!(written.status, 200, "{}", written.text);
+        assert_eq!(written.session().version, 2);
+        id
+    }
+}
+
+/// Creates a session of `data` on `node` and waits until Redis holds it.
+async fn created_in_redis(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    admin: &redis::aio::MultiplexedConnection,
+    data: &Value,
+) -> String {
+    let created = create(http, node, data, None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(admin, &id, 1).await;
+    id
+}
+
 /// Once `writer`'s queue (holding the create and a write of `id`, which
 /// another node deleted) has shipped: Redis refused the write, and the
 /// writer answers `not_found`.
@@ -881,32 +932,15 @@ async fn refused_and_gone(
 /// arrives (the session was deleted lately), so the session stays gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing_its_write() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
-    let writer = node_on(
-        &http,
-        &as_node_user(&redis.url(), "secret"),
-        &["--redis-mode", "async"],
-    )
-    .await;
+    let mut acl = AclWriter::start(&[]).await;
+    let id = acl.with_a_queued_write().await;
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = acl;
     let deleter = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &writer, &json!({ "written": "first" }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
-
-    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let written = put(
-        &http,
-        &writer,
-        &id,
-        &json!({ "written": "second" }),
-        Some(1),
-    )
-    .await;
-    assert_eq!(written.status, 200, "{}", written.text);
     let url = format!("{}/v1/sessions/{id}", deleter.url());
     let deleted = send(http.delete(url)).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text);
@@ -927,27 +961,15 @@ async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing
 /// version in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
+    let mut acl = AclWriter::start(&[]).await;
+    let id = acl.with_a_queued_write().await;
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = acl;
     let async_mode = ["--redis-mode", "async"];
-    let writer = node_on(&http, &as_node_user(&redis.url(), "secret"), &async_mode).await;
-    let created = create(&http, &writer, &json!({ "written": "first" }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
-
-    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let written = put(
-        &http,
-        &writer,
-        &id,
-        &json!({ "written": "second" }),
-        Some(1),
-    )
-    .await;
-    assert_eq!(written.status, 200, "{}", written.text);
     // Eight listed cachers without heartbeat keys (stopped nodes).
     let stopped: Vec<String> = (1..=8).map(|n| format!("{n:016x}")).collect();
     let mut list = redis::cmd("HSET");
@@ -992,31 +1014,15 @@ async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write()
 /// the node then drops its copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queued_write() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
-    let writer = node_on(
-        &http,
-        &as_node_user(&redis.url(), "secret"),
-        &["--redis-mode", "async"],
-    )
-    .await;
+    let mut acl = AclWriter::start(&[]).await;
+    let id = acl.with_a_queued_write().await;
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = acl;
     let deleter = node_on(&http, &redis.url(), &[]).await;
-    let created = create(&http, &writer, &json!({ "written": "first" }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
-    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let written = put(
-        &http,
-        &writer,
-        &id,
-        &json!({ "written": "second" }),
-        Some(1),
-    )
-    .await;
-    assert_eq!(written.status, 200, "{}", written.text);
 
     // The writer loses its subscription (Redis drops a subscriber whose
     // channels are no longer allowed) and cannot make it again.
@@ -1061,24 +1067,16 @@ async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queu
 /// A on top; the writer's retries of B must leave that write standing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_retried_batch_never_resends_a_write_that_landed() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
-    let writer = node_on(
-        &http,
-        &as_node_user(&redis.url(), "secret"),
-        &["--redis-mode", "async"],
-    )
-    .await;
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
     let other = node_on(&http, &redis.url(), &[]).await;
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
-        let created = create(&http, &writer, &json!({ name: 1 }), None).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-        let id = created.session().id;
-        wait_for_version_in_redis(&admin, &id, 1).await;
-        ids.push(id);
+        ids.push(created_in_redis(&http, &writer, &admin, &json!({ name: 1 })).await);
     }
     let [a, b, c] = [&ids[0], &ids[1], &ids[2]];
 
@@ -1132,23 +1130,15 @@ async fn async_mode_a_retried_batch_never_resends_a_write_that_landed() {
 /// places in the queue (the latest is sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_failing_write_holds_up_no_other_sessions_write() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
-    let writer = node_on(
-        &http,
-        &as_node_user(&redis.url(), "secret"),
-        &["--redis-mode", "async"],
-    )
-    .await;
+    let AclWriter {
+        redis: _redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
     let mut ids = Vec::new();
     for name in ["failing", "flowing"] {
-        let created = create(&http, &writer, &json!({ name: 1 }), None).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-        let id = created.session().id;
-        wait_for_version_in_redis(&admin, &id, 1).await;
-        ids.push(id);
+        ids.push(created_in_redis(&http, &writer, &admin, &json!({ name: 1 })).await);
     }
     let [failing, flowing] = [&ids[0], &ids[1]];
     let flowing_gone = format!("~{{sessiond:{flowing}}}:gone");
@@ -1189,16 +1179,12 @@ async fn async_mode_a_failing_write_holds_up_no_other_sessions_write() {
 /// The writer then drops its copy and answers what Redis holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_resent_write_never_overwrites_a_later_version() {
-    let redis = RedisServer::start();
-    let http = http();
-    let mut admin = redis_conn(&redis.url()).await;
-    set_node_user(&mut admin, &["on", ">secret", "~*", "&*", "+@all"]).await;
-    let writer = node_on(
-        &http,
-        &as_node_user(&redis.url(), "secret"),
-        &["--redis-mode", "async"],
-    )
-    .await;
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
     let other = node_on(&http, &redis.url(), &[]).await;
     let created = create(&http, &writer, &json!({ "by": "writer" }), None).await;
     assert_eq!(created.status, 201, "{}", created.text);
@@ -1253,11 +1239,7 @@ async fn async_mode_a_rotation_waits_for_its_own_session_not_for_a_failing_one()
     let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
     let mut ids = Vec::new();
     for name in ["failing", "rotated"] {
-        let created = create(&http, &writer, &json!({ name: 1 }), None).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-        let id = created.session().id;
-        wait_for_version_in_redis(&admin, &id, 1).await;
-        ids.push(id);
+        ids.push(created_in_redis(&http, &writer, &admin, &json!({ name: 1 })).await);
     }
     let [failing, rotated] = [&ids[0], &ids[1]];
     let failing_key = format!("sessiond:{failing}");
