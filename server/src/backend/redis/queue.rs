@@ -1,8 +1,9 @@
 //! The write-behind queue (`--redis-mode async`): writes acknowledged from
-//! memory are shipped to Redis from a bounded queue by one worker, in order,
-//! many per round trip. A full queue refuses writes (503) rather than
-//! growing; the queue is flushed on graceful shutdown. What a SIGKILL
-//! loses: the writes still queued.
+//! memory are shipped to Redis from a bounded queue by one worker, each
+//! session's in order, many per round trip; a session whose write fails is
+//! retried alone while the others go ahead. A full queue refuses writes
+//! (503) rather than growing; the queue is flushed on graceful shutdown.
+//! What a SIGKILL loses: the writes still queued.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

@@ -2,7 +2,7 @@
 //! yet (write-behind mode): for them the node's memory is the only place
 //! the newest version lives, so a cache clear must not drop them, and a
 //! read that misses memory (the copy evicted, or dropped by another node's
-//! invalidation) is answered from the queue, not from the older version in
+//! invalidation) is answered from the queue, not from an older version in
 //! Redis.
 
 use std::collections::HashMap;
