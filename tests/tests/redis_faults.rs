@@ -1267,6 +1267,51 @@ async fn async_mode_a_rotation_waits_for_its_own_session_not_for_a_failing_one()
     wait_for_version_in_redis(&admin, failing, 2).await;
 }
 
+/// Write-behind mode: a write held in the queue longer than its session's
+/// idle TTL, while reads keep the session alive, ships with the expiry the
+/// reads slid it to, not the one it had when written (which has passed:
+/// Redis would drop the session in use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
+    let created = create(&http, &writer, &json!({ "written": "first" }), Some(2)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let written = put(
+        &http,
+        &writer,
+        &id,
+        &json!({ "written": "second" }),
+        Some(1),
+    )
+    .await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    // In use for 3 s, past the 2 s idle TTL the write was made with.
+    let in_use_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < in_use_until {
+        let read = get(&http, &writer, &id).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_metric(&writer, "sessiond_redis_replicated_total", 2.0).await;
+    let elsewhere = node_on(&http, &redis.url(), &[]).await;
+    let read = get(&http, &elsewhere, &id).await;
+    assert_eq!(
+        read.status, 200,
+        "the session in use was dropped: {}",
+        read.text
+    );
+    assert_eq!(read.session().version, 2);
+}
+
 /// A password in the Redis URL (an ACL user's) never reaches the node's
 /// log: not when it connects, nor when its subscription fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

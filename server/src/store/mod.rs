@@ -573,6 +573,17 @@ impl Store {
             .map(Record::session)
     }
 
+    /// When version `version` of `id` expires as memory holds it now (reads
+    /// since it was written slide it), if memory holds that version.
+    pub fn expiry_of(&self, id: &SessionId, version: u64) -> Option<u64> {
+        let shard = self.shard(id).lock();
+        shard
+            .sessions
+            .get(id)
+            .filter(|record| record.version() == version)
+            .map(Record::expires_at_ms)
+    }
+
     /// Replaces a session's data. `expected`: the version the caller read
     /// (a compare-and-set); `ttl_ms`: a new idle TTL; `write`: the write's
     /// identity (see [`WriteLog`]).

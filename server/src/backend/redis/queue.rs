@@ -360,6 +360,19 @@ async fn forget(redis: &Redis, id: &SessionId) {
     redis.store.delete(id);
 }
 
+/// `written` with the expiry reads have slid it to since (memory holds
+/// it): a write held in the queue longer than its idle TTL must not ship an
+/// expiry that has passed while the session was in use.
+fn with_slid_expiry(redis: &Redis, written: &Session) -> Session {
+    let slid = redis.store.expiry_of(&written.id, written.version);
+    Session {
+        expires_at_ms: slid.map_or(written.expires_at_ms, |slid| {
+            slid.max(written.expires_at_ms)
+        }),
+        ..written.clone()
+    }
+}
+
 /// The last change of each session in `batch`: a change carries the
 /// session's whole state, so it supersedes the earlier ones, and sending
 /// one per session lets the batch go out concurrently and each session's
@@ -394,7 +407,8 @@ async fn ship(
         let change = &queued.change;
         async move {
             let sent = match change {
-                Change::Upsert(session) => {
+                Change::Upsert(written) => {
+                    let session = &with_slid_expiry(redis, written);
                     let key = redis.key(&session.id);
                     let cacher = hex(invalidations.node_id);
                     let mut invocation = session_args(&scripts.store_any, &key, session, &cacher);
