@@ -573,6 +573,17 @@ impl Store {
             .map(Record::session)
     }
 
+    /// Whether memory holds a live `id` (without copying it out as
+    /// [`Self::peek`] does).
+    pub fn holds(&self, id: &SessionId) -> bool {
+        let now = self.now_ms();
+        let shard = self.shard(id).lock();
+        shard
+            .sessions
+            .get(id)
+            .is_some_and(|record| !record.is_expired(now))
+    }
+
     /// When version `version` of `id` expires as memory holds it now (reads
     /// since it was written slide it), if memory holds that version.
     pub fn expiry_of(&self, id: &SessionId, version: u64) -> Option<u64> {

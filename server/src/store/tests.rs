@@ -94,7 +94,9 @@ fn sessions_expire_after_their_idle_ttl() {
     let id = created(&store, "{}", 10 * SECOND);
     clock.advance(Duration::from_millis(9_999));
     assert!(store.peek(&id).is_some());
+    assert!(store.holds(&id));
     clock.advance(Duration::from_millis(1));
+    assert!(!store.holds(&id), "an expired session is not held");
     assert_eq!(store.get(&id), Err(StoreError::NotFound));
     assert_eq!(
         store.stats().sessions,

@@ -59,7 +59,7 @@ impl WriteBehindBackend {
     /// caller holds the session's lock.
     async fn ensure_local(&self, id: &SessionId) -> Result<bool, BackendError> {
         let redis = &self.redis;
-        if redis.store.peek(id).is_some() {
+        if redis.store.holds(id) {
             return Ok(false);
         }
         let session = match self.queued_copy(id).await? {
