@@ -1386,3 +1386,45 @@ async fn async_mode_a_read_right_behind_a_delete_never_answers_the_session() {
         "(round, version) answered for a deleted session"
     );
 }
+
+/// Write-behind mode: a queue of 4 takes at most 4 writes, however many
+/// arrive at once. Each write below first reads its session from Redis
+/// (another node created it), so all of them are in flight together; the
+/// queue cannot ship meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_full_queue_refuses_concurrent_writes_beyond_its_capacity() {
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&["--redis-queue", "4"]).await;
+    let other = node_on(&http, &redis.url(), &[]).await;
+    let mut ids = Vec::new();
+    for n in 0..32 {
+        let made = create(&http, &other, &json!({ "n": n }), None).await;
+        assert_eq!(made.status, 201, "{}", made.text);
+        ids.push(made.session().id);
+    }
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+
+    let writes = ids.iter().map(|id| {
+        let (http, writer) = (&http, &writer);
+        async move { put(http, writer, id, &json!({ "written": true }), Some(1)).await }
+    });
+    let replies = futures_util::future::join_all(writes).await;
+    let mut accepted = 0;
+    for reply in &replies {
+        match reply.status {
+            200 => accepted += 1,
+            503 => assert_eq!(reply.error_code(), "unavailable", "{}", reply.text),
+            other => panic!("a write answered {other}: {}", reply.text),
+        }
+    }
+    assert!(
+        (1..=4).contains(&accepted),
+        "a queue of 4 took {accepted} of 32 concurrent writes"
+    );
+    eprintln!("a queue of 4 took {accepted} of 32 concurrent writes");
+    wait_for_metric(&writer, "sessiond_redis_queue_depth", f64::from(accepted)).await;
+}

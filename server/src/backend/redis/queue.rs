@@ -56,6 +56,8 @@ struct Queued {
 pub struct WriteBehind {
     sender: mpsc::Sender<Queued>,
     capacity: usize,
+    /// Changes queued or held for a retry, and places reserved by writes
+    /// in progress.
     depth: Arc<AtomicU64>,
     /// Changes ever queued (the next one's `seq`); held while one is put in
     /// the channel, so the channel holds them in `seq` order.
@@ -67,25 +69,37 @@ pub struct WriteBehind {
 }
 
 /// A reserved place in the queue: take it before applying a write to
-/// memory, so a full queue refuses the write instead of losing it.
+/// memory, so a full queue refuses the write instead of losing it. It
+/// counts in the queue's depth from the start; dropped unsent (the write
+/// failed), it gives the place back.
 pub struct Slot<'a> {
-    permit: mpsc::Permit<'a, Queued>,
+    permit: Option<mpsc::Permit<'a, Queued>>,
     depth: &'a AtomicU64,
     sent: &'a Mutex<u64>,
     ids: &'a QueuedIds,
 }
 
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Slot<'_> {
     /// Queues the change.
-    pub fn send(self, change: Change) {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+    pub fn send(mut self, change: Change) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
         let latest = match &change {
             Change::Upsert(session) => Latest::Written(session.clone()),
             Change::Delete(_) => Latest::Deleted,
         };
         self.ids.queued(change.id(), latest);
         let mut sent = self.sent.lock();
-        self.permit.send(Queued {
+        permit.send(Queued {
             change,
             enqueued: Instant::now(),
             seq: *sent,
@@ -156,17 +170,23 @@ impl WriteBehind {
     }
 
     /// A place in the queue, or [`Unavailable::QueueFull`] (the changes
-    /// the worker holds for a retry count too).
+    /// the worker holds for a retry count too, and so do places reserved
+    /// by writes still in progress: concurrent writes never take more
+    /// than the capacity).
     pub fn reserve(&self) -> Result<Slot<'_>, BackendError> {
-        let full = Unavailable::QueueFull {
-            capacity: self.capacity,
+        let capacity = self.capacity;
+        let full = || BackendError::from(Unavailable::QueueFull { capacity });
+        self.depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| {
+                (depth < capacity as u64).then_some(depth + 1)
+            })
+            .map_err(|_| full())?;
+        let Ok(permit) = self.sender.try_reserve() else {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(full());
         };
-        if self.depth.load(Ordering::Relaxed) >= self.capacity as u64 {
-            return Err(full.into());
-        }
-        let permit = self.sender.try_reserve().map_err(|_| full)?;
         Ok(Slot {
-            permit,
+            permit: Some(permit),
             depth: &self.depth,
             sent: &self.sent,
             ids: &self.ids,
@@ -472,4 +492,35 @@ async fn ship(
         }
     });
     Ok(futures_util::future::join_all(sends).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_full(reserved: Result<Slot<'_>, BackendError>) -> bool {
+        matches!(
+            reserved,
+            Err(BackendError::Unavailable(Unavailable::QueueFull {
+                capacity: 2
+            }))
+        )
+    }
+
+    #[test]
+    fn reserved_places_count_until_sent_or_given_back() {
+        let (queue, _worker) = WriteBehind::new(2, Arc::default());
+        let first = queue.reserve().expect("a place");
+        let second = queue.reserve().expect("a place");
+        assert!(is_full(queue.reserve()), "a third place in a queue of 2");
+
+        // A write that failed gives its place back.
+        drop(first);
+        let third = queue.reserve().expect("the place given back");
+        second.send(Change::Delete(SessionId::random()));
+        assert!(is_full(queue.reserve()), "the sent change keeps its place");
+        assert_eq!(queue.depth.load(Ordering::Relaxed), 2);
+        drop(third);
+        assert_eq!(queue.depth.load(Ordering::Relaxed), 1);
+    }
 }
