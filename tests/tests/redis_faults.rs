@@ -1428,3 +1428,60 @@ async fn async_mode_a_full_queue_refuses_concurrent_writes_beyond_its_capacity()
     eprintln!("a queue of 4 took {accepted} of 32 concurrent writes");
     wait_for_metric(&writer, "sessiond_redis_queue_depth", f64::from(accepted)).await;
 }
+
+/// Write-behind mode with one session per user: a login or revocation for
+/// one user waits for this node's queued writes of that user's sessions
+/// only. Alice's logout keeps failing (her key holds a string): her next
+/// login waits for it (judged against her old session it would be refused
+/// as one too many) and answers 503 until it lands; Bob's revocation and
+/// login go ahead meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_users() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let cap = ["--max-sessions-per-user", "1", "--when-user-full", "reject"];
+    let mut args = vec!["--redis-mode", "async"];
+    args.extend_from_slice(&cap);
+    let writer = node_on(&http, &redis.url(), &args).await;
+    let mut ids = Vec::new();
+    for user in ["alice", "bob"] {
+        let reply = login(&http, &writer, user, 600).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        ids.push(reply.session().id);
+    }
+    let alices_key = format!("sessiond:{}", ids[0]);
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("SET").arg(&alices_key).arg("not a hash"),
+    )
+    .await;
+    let url = format!("{}/v1/sessions/{}", writer.url(), ids[0]);
+    let logged_out = send(http.delete(url)).await;
+    assert_eq!(logged_out.status, 204, "{}", logged_out.text);
+
+    let url = format!("{}/v1/users/bob/sessions", writer.url());
+    let revoked = send(http.delete(url)).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert_eq!(revoked.json()["revoked"], json!(1));
+    let again = login(&http, &writer, "bob", 600).await;
+    assert_eq!(again.status, 201, "{}", again.text);
+
+    let waited = login(&http, &writer, "alice", 600).await;
+    assert_eq!(waited.status, 503, "{}", waited.text);
+    assert!(
+        waited.error_message().contains("queued writes"),
+        "{}",
+        waited.text
+    );
+    redis_query::<()>(&mut admin, redis::cmd("DEL").arg(&alices_key)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = login(&http, &writer, "alice", 600).await;
+        if reply.status == 201 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert!(Instant::now() < deadline, "{}", reply.text);
+    }
+}

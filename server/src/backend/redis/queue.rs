@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use sessiond_proto::{EventKind, SessionId};
+use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use super::event_log::count_logged;
-use super::queued::{Latest, QueuedIds};
+use super::queued::{Latest, QueuedIds, Whose};
 use super::scripts::{Deleted, hex, session_args, tombstone};
 use super::shared::Redis;
 use crate::backend::api::{BackendError, Unavailable};
@@ -36,16 +35,14 @@ const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 pub enum Change {
     /// The session as it now is.
     Upsert(Session),
-    /// The session is gone.
-    Delete(SessionId),
+    /// The session (of whom, as far as this node knows) is gone.
+    Delete(SessionId, Whose),
 }
 
 #[derive(Debug)]
 struct Queued {
     change: Change,
     enqueued: Instant,
-    /// Its place in the order changes were queued in.
-    seq: u64,
     /// Whether a send of this session's change failed before (and may
     /// have stored it).
     resent: bool,
@@ -59,11 +56,8 @@ pub struct WriteBehind {
     /// Changes queued or held for a retry, and places reserved by writes
     /// in progress.
     depth: Arc<AtomicU64>,
-    /// Changes ever queued (the next one's `seq`); held while one is put in
-    /// the channel, so the channel holds them in `seq` order.
-    sent: Mutex<u64>,
-    /// Every change whose `seq` is below this one has shipped.
-    shipped: watch::Receiver<u64>,
+    /// Changes shipped: told each time some have.
+    shipped: watch::Receiver<()>,
     /// The sessions with changes queued.
     ids: Arc<QueuedIds>,
 }
@@ -75,7 +69,6 @@ pub struct WriteBehind {
 pub struct Slot<'a> {
     permit: Option<mpsc::Permit<'a, Queued>>,
     depth: &'a AtomicU64,
-    sent: &'a Mutex<u64>,
     ids: &'a QueuedIds,
 }
 
@@ -93,19 +86,16 @@ impl Slot<'_> {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let latest = match &change {
-            Change::Upsert(session) => Latest::Written(session.clone()),
-            Change::Delete(_) => Latest::Deleted,
+        let (latest, whose) = match &change {
+            Change::Upsert(session) => (Latest::Written(session.clone()), Whose::of(session)),
+            Change::Delete(_, whose) => (Latest::Deleted, whose.clone()),
         };
-        self.ids.queued(change.id(), latest);
-        let mut sent = self.sent.lock();
+        self.ids.queued(change.id(), latest, whose);
         permit.send(Queued {
             change,
             enqueued: Instant::now(),
-            seq: *sent,
             resent: false,
         });
-        *sent += 1;
     }
 }
 
@@ -115,12 +105,11 @@ impl WriteBehind {
     pub fn new(capacity: usize, ids: Arc<QueuedIds>) -> (Self, Worker) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicU64::new(0));
-        let (shipped, watched) = watch::channel(0);
+        let (shipped, watched) = watch::channel(());
         let writer = Self {
             sender,
             capacity,
             depth: depth.clone(),
-            sent: Mutex::new(0),
             shipped: watched,
             ids: ids.clone(),
         };
@@ -133,12 +122,17 @@ impl WriteBehind {
         (writer, worker)
     }
 
-    /// Waits (at most `within`) until every change queued so far is in
-    /// Redis: what goes to Redis directly next then sees this node's
-    /// writes.
-    pub async fn caught_up(&self, within: Duration) -> Result<(), BackendError> {
-        let target = *self.sent.lock();
-        self.wait_until(within, |&watermark| watermark >= target)
+    /// Waits (at most `within`) until no change of a session of `user` is
+    /// queued (nor one of a session whose user this node does not know),
+    /// however other users' writes fare: what goes to Redis directly next
+    /// (a login under a cap, a revocation) then sees this node's writes of
+    /// the user's sessions.
+    pub async fn caught_up_with_user(
+        &self,
+        user: &UserName,
+        within: Duration,
+    ) -> Result<(), BackendError> {
+        self.wait_until(within, || !self.ids.holds_any_of(user))
             .await
     }
 
@@ -150,7 +144,7 @@ impl WriteBehind {
         id: &SessionId,
         within: Duration,
     ) -> Result<(), BackendError> {
-        self.wait_until(within, |_| !self.ids.contains(id)).await
+        self.wait_until(within, || !self.ids.contains(id)).await
     }
 
     /// Waits (at most `within`) until `done` holds, checked again each
@@ -158,11 +152,10 @@ impl WriteBehind {
     async fn wait_until(
         &self,
         within: Duration,
-        mut done: impl FnMut(&u64) -> bool,
+        mut done: impl FnMut() -> bool,
     ) -> Result<(), BackendError> {
         let mut shipped = self.shipped.clone();
-        let waited =
-            tokio::time::timeout(within, shipped.wait_for(|watermark| done(watermark))).await;
+        let waited = tokio::time::timeout(within, shipped.wait_for(|()| done())).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Unavailable::QueueBehind.into()),
@@ -188,7 +181,6 @@ impl WriteBehind {
         Ok(Slot {
             permit: Some(permit),
             depth: &self.depth,
-            sent: &self.sent,
             ids: &self.ids,
         })
     }
@@ -199,7 +191,7 @@ impl WriteBehind {
 pub struct Worker {
     receiver: mpsc::Receiver<Queued>,
     depth: Arc<AtomicU64>,
-    shipped: watch::Sender<u64>,
+    shipped: watch::Sender<()>,
     ids: Arc<QueuedIds>,
 }
 
@@ -298,7 +290,6 @@ impl Worker {
                 }
             }
         }
-        let next_seq = batch.iter().map(|queued| queued.seq + 1).max();
         let mut kept: Vec<Queued> = Vec::new();
         let mut places = HashMap::new();
         let mut done = Vec::new();
@@ -326,17 +317,9 @@ impl Worker {
         *batch = kept;
         let count = done.len() as u64;
         self.depth.fetch_sub(count, Ordering::Relaxed);
-        // The channel holds only later changes than the batch.
-        let watermark = batch.iter().map(|queued| queued.seq).min().or(next_seq);
-        if let Some(watermark) = watermark {
-            // Waiters are woken when anything shipped, for
-            // `caught_up_with`, even if the watermark stays.
-            self.shipped.send_if_modified(|shipped| {
-                *shipped = (*shipped).max(watermark);
-                count > 0
-            });
-        }
         self.ids.shipped(done);
+        // Waiters check the ids again.
+        self.shipped.send_if_modified(|()| count > 0);
         metrics::counter!("sessiond_redis_replicated_total").increment(count);
         error
     }
@@ -360,7 +343,7 @@ impl Change {
     fn id(&self) -> SessionId {
         match self {
             Self::Upsert(session) => session.id,
-            Self::Delete(id) => *id,
+            Self::Delete(id, _) => *id,
         }
     }
 }
@@ -464,7 +447,7 @@ async fn ship(
                         }
                     })
                 }
-                Change::Delete(id) => {
+                Change::Delete(id, _) => {
                     let key = redis.key(id);
                     let mut invocation = scripts.delete.key(&key);
                     invocation.key(tombstone(&key));
@@ -517,7 +500,7 @@ mod tests {
         // A write that failed gives its place back.
         drop(first);
         let third = queue.reserve().expect("the place given back");
-        second.send(Change::Delete(SessionId::random()));
+        second.send(Change::Delete(SessionId::random(), Whose::Unknown));
         assert!(is_full(queue.reserve()), "the sent change keeps its place");
         assert_eq!(queue.depth.load(Ordering::Relaxed), 2);
         drop(third);
