@@ -684,24 +684,18 @@ impl Store {
 
     /// Removes a session; returns whether a live one was there.
     pub fn delete(&self, id: &SessionId) -> bool {
-        self.delete_returning_user(id).is_some()
-    }
-
-    /// Removes a session; returns the user of the live one that was there
-    /// (`Some(None)`: it had no user; `None`: no live session was there).
-    pub fn delete_returning_user(&self, id: &SessionId) -> Option<Option<UserName>> {
         let now = self.now_ms();
         let mut shard = self.shard(id).lock();
         match shard.sessions.swap_take(id) {
             Some(record) if record.is_expired(now) => {
                 self.forget(&record, Removal::Expired);
-                None
+                false
             }
             Some(record) => {
                 self.forget(&record, Removal::Deleted);
-                Some(record.user())
+                true
             }
-            None => None,
+            None => false,
         }
     }
 

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sessiond_proto::{EventKind, SessionId, UserName};
+use parking_lot::Mutex;
+use sessiond_proto::{EventKind, SessionId};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use super::event_log::count_logged;
-use super::queued::{Latest, QueuedIds, Whose};
+use super::queued::{Latest, QueuedIds};
 use super::scripts::{Deleted, hex, session_args, tombstone};
 use super::shared::Redis;
 use crate::backend::api::{BackendError, Unavailable};
@@ -35,14 +36,16 @@ const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 pub enum Change {
     /// The session as it now is.
     Upsert(Session),
-    /// The session (of whom, as far as this node knows) is gone.
-    Delete(SessionId, Whose),
+    /// The session is gone.
+    Delete(SessionId),
 }
 
 #[derive(Debug)]
 struct Queued {
     change: Change,
     enqueued: Instant,
+    /// Its place in the order changes were queued in.
+    seq: u64,
     /// Whether a send of this session's change failed before (and may
     /// have stored it).
     resent: bool,
@@ -56,8 +59,11 @@ pub struct WriteBehind {
     /// Changes queued or held for a retry, and places reserved by writes
     /// in progress.
     depth: Arc<AtomicU64>,
-    /// Changes shipped: told each time some have.
-    shipped: watch::Receiver<()>,
+    /// Changes ever queued (the next one's `seq`); held while one is put in
+    /// the channel, so the channel holds them in `seq` order.
+    sent: Mutex<u64>,
+    /// Every change whose `seq` is below this one has shipped.
+    shipped: watch::Receiver<u64>,
     /// The sessions with changes queued.
     ids: Arc<QueuedIds>,
 }
@@ -69,6 +75,7 @@ pub struct WriteBehind {
 pub struct Slot<'a> {
     permit: Option<mpsc::Permit<'a, Queued>>,
     depth: &'a AtomicU64,
+    sent: &'a Mutex<u64>,
     ids: &'a QueuedIds,
 }
 
@@ -86,16 +93,19 @@ impl Slot<'_> {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let (latest, whose) = match &change {
-            Change::Upsert(session) => (Latest::Written(session.clone()), Whose::of(session)),
-            Change::Delete(_, whose) => (Latest::Deleted, whose.clone()),
+        let latest = match &change {
+            Change::Upsert(session) => Latest::Written(session.clone()),
+            Change::Delete(_) => Latest::Deleted,
         };
-        self.ids.queued(change.id(), latest, whose);
+        self.ids.queued(change.id(), latest);
+        let mut sent = self.sent.lock();
         permit.send(Queued {
             change,
             enqueued: Instant::now(),
+            seq: *sent,
             resent: false,
         });
+        *sent += 1;
     }
 }
 
@@ -105,11 +115,12 @@ impl WriteBehind {
     pub fn new(capacity: usize, ids: Arc<QueuedIds>) -> (Self, Worker) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicU64::new(0));
-        let (shipped, watched) = watch::channel(());
+        let (shipped, watched) = watch::channel(0);
         let writer = Self {
             sender,
             capacity,
             depth: depth.clone(),
+            sent: Mutex::new(0),
             shipped: watched,
             ids: ids.clone(),
         };
@@ -122,17 +133,12 @@ impl WriteBehind {
         (writer, worker)
     }
 
-    /// Waits (at most `within`) until no change of a session of `user` is
-    /// queued (nor one of a session whose user this node does not know),
-    /// however other users' writes fare: what goes to Redis directly next
-    /// (a login under a cap, a revocation) then sees this node's writes of
-    /// the user's sessions.
-    pub async fn caught_up_with_user(
-        &self,
-        user: &UserName,
-        within: Duration,
-    ) -> Result<(), BackendError> {
-        self.wait_until(within, || !self.ids.holds_any_of(user))
+    /// Waits (at most `within`) until every change queued so far is in
+    /// Redis: what goes to Redis directly next then sees this node's
+    /// writes.
+    pub async fn caught_up(&self, within: Duration) -> Result<(), BackendError> {
+        let target = *self.sent.lock();
+        self.wait_until(within, |&watermark| watermark >= target)
             .await
     }
 
@@ -144,7 +150,7 @@ impl WriteBehind {
         id: &SessionId,
         within: Duration,
     ) -> Result<(), BackendError> {
-        self.wait_until(within, || !self.ids.contains(id)).await
+        self.wait_until(within, |_| !self.ids.contains(id)).await
     }
 
     /// Waits (at most `within`) until `done` holds, checked again each
@@ -152,10 +158,11 @@ impl WriteBehind {
     async fn wait_until(
         &self,
         within: Duration,
-        mut done: impl FnMut() -> bool,
+        mut done: impl FnMut(&u64) -> bool,
     ) -> Result<(), BackendError> {
         let mut shipped = self.shipped.clone();
-        let waited = tokio::time::timeout(within, shipped.wait_for(|()| done())).await;
+        let waited =
+            tokio::time::timeout(within, shipped.wait_for(|watermark| done(watermark))).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Unavailable::QueueBehind.into()),
@@ -181,6 +188,7 @@ impl WriteBehind {
         Ok(Slot {
             permit: Some(permit),
             depth: &self.depth,
+            sent: &self.sent,
             ids: &self.ids,
         })
     }
@@ -191,7 +199,7 @@ impl WriteBehind {
 pub struct Worker {
     receiver: mpsc::Receiver<Queued>,
     depth: Arc<AtomicU64>,
-    shipped: watch::Sender<()>,
+    shipped: watch::Sender<u64>,
     ids: Arc<QueuedIds>,
 }
 
@@ -290,6 +298,7 @@ impl Worker {
                 }
             }
         }
+        let next_seq = batch.iter().map(|queued| queued.seq + 1).max();
         let mut kept: Vec<Queued> = Vec::new();
         let mut places = HashMap::new();
         let mut done = Vec::new();
@@ -317,9 +326,17 @@ impl Worker {
         *batch = kept;
         let count = done.len() as u64;
         self.depth.fetch_sub(count, Ordering::Relaxed);
+        // The channel holds only later changes than the batch.
+        let watermark = batch.iter().map(|queued| queued.seq).min().or(next_seq);
+        if let Some(watermark) = watermark {
+            // Waiters are woken when anything shipped, for
+            // `caught_up_with`, even if the watermark stays.
+            self.shipped.send_if_modified(|shipped| {
+                *shipped = (*shipped).max(watermark);
+                count > 0
+            });
+        }
         self.ids.shipped(done);
-        // Waiters check the ids again.
-        self.shipped.send_if_modified(|()| count > 0);
         metrics::counter!("sessiond_redis_replicated_total").increment(count);
         error
     }
@@ -343,7 +360,7 @@ impl Change {
     fn id(&self) -> SessionId {
         match self {
             Self::Upsert(session) => session.id,
-            Self::Delete(id, _) => *id,
+            Self::Delete(id) => *id,
         }
     }
 }
@@ -447,7 +464,7 @@ async fn ship(
                         }
                     })
                 }
-                Change::Delete(id, _) => {
+                Change::Delete(id) => {
                     let key = redis.key(id);
                     let mut invocation = scripts.delete.key(&key);
                     invocation.key(tombstone(&key));
@@ -500,7 +517,7 @@ mod tests {
         // A write that failed gives its place back.
         drop(first);
         let third = queue.reserve().expect("the place given back");
-        second.send(Change::Delete(SessionId::random(), Whose::Unknown));
+        second.send(Change::Delete(SessionId::random()));
         assert!(is_full(queue.reserve()), "the sent change keeps its place");
         assert_eq!(queue.depth.load(Ordering::Relaxed), 2);
         drop(third);

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::queue::{Change, WriteBehind};
-use super::queued::{Latest, Whose};
+use super::queued::Latest;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
@@ -162,8 +162,8 @@ impl Backend for WriteBehindBackend {
         tag: Option<u64>,
         owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        if let Some(user) = owner.as_ref().map(|owner| &owner.user) {
-            self.queue.caught_up_with_user(user, CATCH_UP).await?;
+        if owner.is_some() {
+            self.queue.caught_up(CATCH_UP).await?;
             return self.sync.create(id, data, ttl_ms, tag, owner).await;
         }
         let slot = self.queue.reserve()?;
@@ -234,11 +234,8 @@ impl Backend for WriteBehindBackend {
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let slot = self.queue.reserve()?;
         let _ordered = self.redis.lock(id).await;
-        let whose = match self.redis.store.delete_returning_user(id) {
-            Some(user) => user.map_or(Whose::Nobody, Whose::User),
-            None => Whose::Unknown,
-        };
-        slot.send(Change::Delete(*id, whose));
+        self.redis.store.delete(id);
+        slot.send(Change::Delete(*id));
         Ok(())
     }
 
@@ -251,15 +248,8 @@ impl Backend for WriteBehindBackend {
     ) -> Result<Session, BackendError> {
         // A rotation goes to Redis directly (it moves the session in Redis,
         // its user index and the event log): this node's queued writes of
-        // it go first, so it moves the session as this node last wrote it;
-        // a login (under the user's cap) first sees this node's writes and
-        // deletes of the user's other sessions.
+        // it go first, so it moves the session as this node last wrote it.
         self.queue.caught_up_with(id, CATCH_UP).await?;
-        if let Some(owner) = &rebind {
-            self.queue
-                .caught_up_with_user(&owner.user, CATCH_UP)
-                .await?;
-        }
         self.sync.rotate(id, new_id, tag, rebind).await
     }
 
@@ -281,7 +271,7 @@ impl Backend for WriteBehindBackend {
         user: &UserName,
         except: Option<SessionId>,
     ) -> Result<u64, BackendError> {
-        self.queue.caught_up_with_user(user, CATCH_UP).await?;
+        self.queue.caught_up(CATCH_UP).await?;
         self.sync.revoke_user(user, except).await
     }
 
