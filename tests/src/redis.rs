@@ -393,6 +393,9 @@ impl RedisCluster {
                     &timeout,
                     "--cluster-require-full-coverage",
                     coverage,
+                    // `DEBUG SLEEP` stalls a node on purpose.
+                    "--enable-debug-command",
+                    "local",
                 ];
                 args.extend_from_slice(persistence);
                 RedisServer::spawn(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sessiond_e2e::redis::{is_master, key_slot};
+use sessiond_e2e::redis::{is_master, key_slot, raw_command};
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{ClusterOptions, RedisCluster, Sessiond};
 
@@ -287,6 +287,60 @@ async fn write_until_done(
         left = unavailable;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A master without sessiond's scripts (flushed here; a restarted master's
+/// are gone too) is written while another master hangs: the script reaches
+/// it through `EVAL` on its own connection. The `redis` crate's way, a
+/// `SCRIPT LOAD` sent to every node, waited for the hung master and failed
+/// the write (503); it also skipped nodes it was still connecting to, and
+/// then the retried `EVALSHA` failed with `NOSCRIPT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_lost_its_scripts_is_written_while_another_master_hangs() {
+    const SESSIONS: u64 = 60;
+    let _heavy = exclusive().await;
+    let cluster = tokio::task::block_in_place(|| {
+        RedisCluster::start_with(ClusterOptions {
+            require_full_coverage: false,
+            ..ClusterOptions::default()
+        })
+    });
+    let http = http();
+    let node = ready_node(&http, &["--redis-cluster", &cluster.urls()]).await;
+    let sessions = create_sessions(&http, &node, SESSIONS).await;
+    let mut on_first: Vec<Tracked> = sessions
+        .into_iter()
+        .filter(|session| session.master == 0)
+        .collect();
+    assert!(
+        on_first.len() >= 5,
+        "{} sessions on master 0",
+        on_first.len()
+    );
+
+    let flushed = raw_command(cluster.nodes[0].port, "SCRIPT FLUSH").expect("SCRIPT FLUSH");
+    assert!(flushed.starts_with("+OK"), "SCRIPT FLUSH: {flushed}");
+    let hung = cluster.nodes[2].port;
+    // The reply never comes in time: the reader gives up after 2 s.
+    let sleeper = std::thread::spawn(move || raw_command(hung, "DEBUG SLEEP 5"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let tally = write_all(&http, &node, &mut on_first, None, 1).await;
+    let took = started.elapsed();
+    assert_eq!(
+        tally.wrong,
+        Vec::<String>::new(),
+        "the node's log:\n{}",
+        log_tail(&node)
+    );
+    assert_eq!(tally.ok, on_first.len());
+    eprintln!(
+        "{} writes to master 0 in {took:?} while master 2 slept",
+        tally.ok
+    );
+    let _ = tokio::task::block_in_place(|| sleeper.join());
+    let tally = read_all(&http, &node, &on_first, None).await;
+    assert_eq!((tally.ok, tally.wrong), (on_first.len(), Vec::new()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

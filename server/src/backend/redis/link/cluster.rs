@@ -8,7 +8,9 @@
 //! a lock that a request future holds but nobody polls any more; see
 //! `tests/examples/redis_cluster_wedge.rs`). Fewer commands in flight and
 //! no stream of failing commands make that rare; the link's watchdog
-//! replaces a connection that wedged anyway.
+//! replaces a connection that wedged anyway. Scripts reach each node
+//! through `EVAL` when it lacks them, never through a `SCRIPT LOAD` to
+//! every node (see `scripts`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,10 @@ use redis::{
     Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
 };
 use tokio::sync::Semaphore;
+
+use scripts::{ScriptBodies, is_no_script};
+
+mod scripts;
 
 /// First wait before a failing master is tried again; it doubles per
 /// failure up to [`MAX_BACKOFF`].
@@ -262,6 +268,7 @@ pub struct ClusterConn {
     pub inner: ClusterConnection,
     masters: Arc<Masters>,
     in_flight: Arc<Semaphore>,
+    scripts: Arc<ScriptBodies>,
 }
 
 impl ClusterConn {
@@ -273,6 +280,7 @@ impl ClusterConn {
             inner,
             masters,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            scripts: Arc::default(),
         }
     }
 }
@@ -280,6 +288,11 @@ impl ClusterConn {
 impl ConnectionLike for ClusterConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            if let Some(sha) = self.scripts.remember(cmd) {
+                // Each node gets the body when it first needs it (see
+                // `scripts`), so nothing is sent now.
+                return Ok(Value::BulkString(sha.into_bytes()));
+            }
             let master = match command_key(cmd) {
                 Some(key) => self.masters.admit(key_slot(key))?,
                 None => None,
@@ -287,7 +300,12 @@ impl ConnectionLike for ClusterConn {
             let _turn = self.in_flight.acquire().await.map_err(|_| {
                 RedisError::from((ErrorKind::Client, "the Redis Cluster connection was closed"))
             })?;
-            let result = self.inner.req_packed_command(cmd).await;
+            let mut result = self.inner.req_packed_command(cmd).await;
+            if is_no_script(&result)
+                && let Some(eval) = self.scripts.as_eval(cmd)
+            {
+                result = self.inner.req_packed_command(&eval).await;
+            }
             if let Some(master) = &master {
                 self.masters.record(master, &result);
             }
