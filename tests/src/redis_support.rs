@@ -119,6 +119,15 @@ pub async fn create(
     send(http.post(format!("{}/v1/sessions", node.url())).json(&body)).await
 }
 
+/// `POST /v1/sessions` for `user` (a login) with a TTL.
+pub async fn login(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> Reply {
+    send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .json(&serde_json::json!({"data": {"who": user}, "ttl_secs": ttl_secs, "user": user})),
+    )
+    .await
+}
+
 /// `GET /v1/sessions/{id}`.
 pub async fn get(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
     send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await

@@ -1428,3 +1428,134 @@ async fn async_mode_a_full_queue_refuses_concurrent_writes_beyond_its_capacity()
     eprintln!("a queue of 4 took {accepted} of 32 concurrent writes");
     wait_for_metric(&writer, "sessiond_redis_queue_depth", f64::from(accepted)).await;
 }
+
+/// Write-behind mode with one session per user: a login or revocation for
+/// one user waits for this node's queued writes of that user's sessions
+/// only. Alice's logout keeps failing (her key holds a string): her next
+/// login waits for it (judged against her old session it would be refused
+/// as one too many) and answers 503 until it lands; Bob's revocation and
+/// login go ahead meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_users() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let cap = ["--max-sessions-per-user", "1", "--when-user-full", "reject"];
+    let mut args = vec!["--redis-mode", "async"];
+    args.extend_from_slice(&cap);
+    let writer = node_on(&http, &redis.url(), &args).await;
+    let mut ids = Vec::new();
+    for user in ["alice", "bob"] {
+        let reply = login(&http, &writer, user, 600).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        ids.push(reply.session().id);
+    }
+    let alices_key = format!("sessiond:{}", ids[0]);
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("SET").arg(&alices_key).arg("not a hash"),
+    )
+    .await;
+    let url = format!("{}/v1/sessions/{}", writer.url(), ids[0]);
+    let logged_out = send(http.delete(url)).await;
+    assert_eq!(logged_out.status, 204, "{}", logged_out.text);
+
+    let url = format!("{}/v1/users/bob/sessions", writer.url());
+    let revoked = send(http.delete(url)).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert_eq!(revoked.json()["revoked"], json!(1));
+    let again = login(&http, &writer, "bob", 600).await;
+    assert_eq!(again.status, 201, "{}", again.text);
+
+    let waited = login(&http, &writer, "alice", 600).await;
+    assert_eq!(waited.status, 503, "{}", waited.text);
+    assert!(
+        waited.error_message().contains("queued writes"),
+        "{}",
+        waited.text
+    );
+    redis_query::<()>(&mut admin, redis::cmd("DEL").arg(&alices_key)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = login(&http, &writer, "alice", 600).await;
+        if reply.status == 201 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert!(Instant::now() < deadline, "{}", reply.text);
+    }
+}
+
+/// Write-behind mode: a revocation and a rotation wait for the changes
+/// this node queued before them, not for the ones queued meanwhile. Here
+/// the user's session is written without a pause while she is revoked
+/// (another of her sessions) and while that session is rotated: waiting
+/// until none of her changes is queued could go on for as long as the
+/// writes do, and answer 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_steady_writes_of_a_users_session_hold_up_no_revocation_or_rotation() {
+    const WRITERS: usize = 8;
+    let redis = RedisServer::start();
+    let http = http();
+    let admin = redis_conn(&redis.url()).await;
+    let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let busy = login(&http, &writer, "alice", 600).await;
+    assert_eq!(busy.status, 201, "{}", busy.text);
+    let busy = busy.session().id;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    // Several writers at once: some write of the session is queued at
+    // almost every moment.
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (http, url) = (http.clone(), writer.url());
+            let (stop, writes, busy) = (stop.clone(), writes.clone(), busy.clone());
+            tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(20);
+                while !stop.load(Ordering::Acquire) && Instant::now() < until {
+                    let n = writes.load(Ordering::Relaxed);
+                    let request = http
+                        .put(format!("{url}/v1/sessions/{busy}"))
+                        .json(&json!({ "data": { "n": n } }));
+                    let reply = send(request).await;
+                    if reply.status != 200 {
+                        return reply.status;
+                    }
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+                200
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writes.load(Ordering::Relaxed) < 20 {
+        assert!(Instant::now() < deadline, "the writes do not flow");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    for round in 0..5 {
+        let other = login(&http, &writer, "alice", 600).await;
+        assert_eq!(other.status, 201, "login {round}: {}", other.text);
+        let url = format!("{}/v1/users/alice/sessions?except={busy}", writer.url());
+        let revoked = send(http.delete(url)).await;
+        assert_eq!(revoked.status, 200, "revocation {round}: {}", revoked.text);
+        assert_eq!(revoked.json()["revoked"], json!(1), "{}", revoked.text);
+        let gone = other.session().id;
+        assert_eq!(version_in_redis(&admin, &gone).await, None, "{gone}");
+    }
+    let url = format!("{}/v1/sessions/{busy}/rotate", writer.url());
+    let moved = send(http.post(url)).await;
+    assert_eq!(moved.status, 201, "the rotation: {}", moved.text);
+    stop.store(true, Ordering::Release);
+    for writer in writers {
+        let last = writer.await.expect("a writer");
+        assert!(
+            [200, 404].contains(&last),
+            "after the rotation a write of the old id answers 404, not {last}"
+        );
+    }
+    eprintln!(
+        "{} writes of the busy session",
+        writes.load(Ordering::Relaxed)
+    );
+}

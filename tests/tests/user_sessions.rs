@@ -7,17 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, node_on, send};
+use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, login, node_on, send};
 use sessiond_e2e::{RedisCluster, RedisServer, Sessiond};
-
-/// `POST /v1/sessions` for `user` with a TTL.
-async fn login(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> Reply {
-    send(
-        http.post(format!("{}/v1/sessions", node.url()))
-            .json(&json!({"data": {"who": user}, "ttl_secs": ttl_secs, "user": user})),
-    )
-    .await
-}
 
 async fn logged_in(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> String {
     let reply = login(http, node, user, ttl_secs).await;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use sessiond_proto::{EventKind, SessionId};
+use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One replicated change.
 #[derive(Debug, Clone)]
-pub enum Change {
+enum Change {
     /// The session as it now is.
     Upsert(Session),
     /// The session is gone.
@@ -44,8 +44,6 @@ pub enum Change {
 struct Queued {
     change: Change,
     enqueued: Instant,
-    /// Its place in the order changes were queued in.
-    seq: u64,
     /// Whether a send of this session's change failed before (and may
     /// have stored it).
     resent: bool,
@@ -59,10 +57,10 @@ pub struct WriteBehind {
     /// Changes queued or held for a retry, and places reserved by writes
     /// in progress.
     depth: Arc<AtomicU64>,
-    /// Changes ever queued (the next one's `seq`); held while one is put in
-    /// the channel, so the channel holds them in `seq` order.
+    /// Changes ever queued (the next one's number in [`QueuedIds`]); held
+    /// while one is put in the channel, so the channel holds them in order.
     sent: Mutex<u64>,
-    /// Every change whose `seq` is below this one has shipped.
+    /// Goes up each time changes have shipped.
     shipped: watch::Receiver<u64>,
     /// The sessions with changes queued.
     ids: Arc<QueuedIds>,
@@ -88,21 +86,31 @@ impl Drop for Slot<'_> {
 }
 
 impl Slot<'_> {
-    /// Queues the change.
-    pub fn send(mut self, change: Change) {
+    /// Queues the session as it now is.
+    pub fn upsert(self, session: Session) {
+        let user = session.user.clone();
+        self.send(
+            Latest::Written(session.clone()),
+            Change::Upsert(session),
+            user,
+        );
+    }
+
+    /// Queues the delete of `id`, a session of `user` as far as the node
+    /// knows.
+    pub fn delete(self, id: SessionId, user: Option<UserName>) {
+        self.send(Latest::Deleted, Change::Delete(id), user);
+    }
+
+    fn send(mut self, latest: Latest, change: Change, user: Option<UserName>) {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let latest = match &change {
-            Change::Upsert(session) => Latest::Written(session.clone()),
-            Change::Delete(_) => Latest::Deleted,
-        };
-        self.ids.queued(change.id(), latest);
         let mut sent = self.sent.lock();
+        self.ids.queued(change.id(), *sent, latest, user);
         permit.send(Queued {
             change,
             enqueued: Instant::now(),
-            seq: *sent,
             resent: false,
         });
         *sent += 1;
@@ -133,24 +141,32 @@ impl WriteBehind {
         (writer, worker)
     }
 
-    /// Waits (at most `within`) until every change queued so far is in
-    /// Redis: what goes to Redis directly next then sees this node's
-    /// writes.
-    pub async fn caught_up(&self, within: Duration) -> Result<(), BackendError> {
-        let target = *self.sent.lock();
-        self.wait_until(within, |&watermark| watermark >= target)
-            .await
-    }
-
-    /// Waits (at most `within`) until no change of `id` is queued (however
-    /// other sessions' writes fare): what goes to Redis directly next then
-    /// sees this node's writes of it.
+    /// Waits (at most `within`) until every change of `id` queued so far
+    /// is in Redis (however other sessions' writes fare, and whatever is
+    /// queued meanwhile): what goes to Redis directly next then sees this
+    /// node's writes of it.
     pub async fn caught_up_with(
         &self,
         id: &SessionId,
         within: Duration,
     ) -> Result<(), BackendError> {
-        self.wait_until(within, |_| !self.ids.contains(id)).await
+        let before = *self.sent.lock();
+        self.wait_until(within, || !self.ids.holds_before(id, before))
+            .await
+    }
+
+    /// Waits (at most `within`) until every change of `user`'s sessions
+    /// queued so far is in Redis (however other users' writes fare, and
+    /// whatever is queued meanwhile): a login or revocation then sees this
+    /// node's writes of them.
+    pub async fn caught_up_with_user(
+        &self,
+        user: &UserName,
+        within: Duration,
+    ) -> Result<(), BackendError> {
+        let before = *self.sent.lock();
+        self.wait_until(within, || !self.ids.holds_user_before(user, before))
+            .await
     }
 
     /// Waits (at most `within`) until `done` holds, checked again each
@@ -158,11 +174,10 @@ impl WriteBehind {
     async fn wait_until(
         &self,
         within: Duration,
-        mut done: impl FnMut(&u64) -> bool,
+        done: impl Fn() -> bool,
     ) -> Result<(), BackendError> {
         let mut shipped = self.shipped.clone();
-        let waited =
-            tokio::time::timeout(within, shipped.wait_for(|watermark| done(watermark))).await;
+        let waited = tokio::time::timeout(within, shipped.wait_for(|_| done())).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Unavailable::QueueBehind.into()),
@@ -298,7 +313,6 @@ impl Worker {
                 }
             }
         }
-        let next_seq = batch.iter().map(|queued| queued.seq + 1).max();
         let mut kept: Vec<Queued> = Vec::new();
         let mut places = HashMap::new();
         let mut done = Vec::new();
@@ -326,17 +340,11 @@ impl Worker {
         *batch = kept;
         let count = done.len() as u64;
         self.depth.fetch_sub(count, Ordering::Relaxed);
-        // The channel holds only later changes than the batch.
-        let watermark = batch.iter().map(|queued| queued.seq).min().or(next_seq);
-        if let Some(watermark) = watermark {
-            // Waiters are woken when anything shipped, for
-            // `caught_up_with`, even if the watermark stays.
-            self.shipped.send_if_modified(|shipped| {
-                *shipped = (*shipped).max(watermark);
-                count > 0
-            });
-        }
+        // Before the waiters wake: they look at the ids.
         self.ids.shipped(done);
+        if count > 0 {
+            self.shipped.send_modify(|ships| *ships += 1);
+        }
         metrics::counter!("sessiond_redis_replicated_total").increment(count);
         error
     }
@@ -517,7 +525,7 @@ mod tests {
         // A write that failed gives its place back.
         drop(first);
         let third = queue.reserve().expect("the place given back");
-        second.send(Change::Delete(SessionId::random()));
+        second.delete(SessionId::random(), None);
         assert!(is_full(queue.reserve()), "the sent change keeps its place");
         assert_eq!(queue.depth.load(Ordering::Relaxed), 2);
         drop(third);

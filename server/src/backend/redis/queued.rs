@@ -5,10 +5,10 @@
 //! invalidation) is answered from the queue, not from an older version in
 //! Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
-use sessiond_proto::SessionId;
+use sessiond_proto::{SessionId, UserName};
 
 use crate::store::Session;
 
@@ -21,29 +21,50 @@ pub enum Latest {
     Deleted,
 }
 
-/// Session ids with their count of changes queued and not yet shipped,
-/// and the latest of them.
+/// A session's changes not yet shipped.
+#[derive(Debug)]
+struct Pending {
+    /// Their places in the order changes were queued in, oldest first.
+    seqs: VecDeque<u64>,
+    latest: Latest,
+    /// The session's user, if it has one and the node knew it.
+    user: Option<UserName>,
+}
+
+/// Session ids with their changes queued and not yet shipped, and the
+/// latest of them.
 #[derive(Debug, Default)]
 pub struct QueuedIds {
-    entries: Mutex<HashMap<SessionId, (u32, Latest)>>,
+    entries: Mutex<HashMap<SessionId, Pending>>,
 }
 
 impl QueuedIds {
-    /// A change of `id` was queued; `latest` is what it leaves.
-    pub fn queued(&self, id: SessionId, latest: Latest) {
+    /// The change of `id` queued as number `seq` (higher than every one
+    /// before); `latest` is what it leaves, `user` the session's user
+    /// (kept from an earlier change when `None`).
+    pub fn queued(&self, id: SessionId, seq: u64, latest: Latest, user: Option<UserName>) {
         let mut entries = self.entries.lock();
-        let (count, held) = entries.entry(id).or_insert((0, Latest::Deleted));
-        *count += 1;
-        *held = latest;
+        let pending = entries.entry(id).or_insert_with(|| Pending {
+            seqs: VecDeque::new(),
+            latest: Latest::Deleted,
+            user: None,
+        });
+        pending.seqs.push_back(seq);
+        pending.latest = latest;
+        if user.is_some() {
+            pending.user = user;
+        }
     }
 
-    /// Changes of `ids` (one per entry) reached Redis.
+    /// Changes of `ids` (one per entry) reached Redis. When a later change
+    /// took a failed one's place, the later one stays counted: it is the
+    /// one still to ship.
     pub fn shipped(&self, ids: impl IntoIterator<Item = SessionId>) {
         let mut entries = self.entries.lock();
         for id in ids {
-            if let Some((count, _)) = entries.get_mut(&id) {
-                *count -= 1;
-                if *count == 0 {
+            if let Some(pending) = entries.get_mut(&id) {
+                pending.seqs.pop_front();
+                if pending.seqs.is_empty() {
                     entries.remove(&id);
                 }
             }
@@ -55,12 +76,37 @@ impl QueuedIds {
         self.entries.lock().contains_key(id)
     }
 
+    /// Whether a change of `id` queued before number `seq` is unshipped.
+    pub fn holds_before(&self, id: &SessionId, seq: u64) -> bool {
+        self.entries
+            .lock()
+            .get(id)
+            .is_some_and(|pending| pending.is_before(seq))
+    }
+
+    /// Whether a change of one of `user`'s sessions queued before number
+    /// `seq` is unshipped. A delete of a session whose user the node did
+    /// not know counts for nobody: shipped late it cannot bring a session
+    /// back.
+    pub fn holds_user_before(&self, user: &UserName, seq: u64) -> bool {
+        self.entries
+            .lock()
+            .values()
+            .any(|pending| pending.user.as_ref() == Some(user) && pending.is_before(seq))
+    }
+
     /// The latest change of `id` still queued, if any.
     pub fn latest(&self, id: &SessionId) -> Option<Latest> {
         self.entries
             .lock()
             .get(id)
-            .map(|(_, latest)| latest.clone())
+            .map(|pending| pending.latest.clone())
+    }
+}
+
+impl Pending {
+    fn is_before(&self, seq: u64) -> bool {
+        self.seqs.front().is_some_and(|&oldest| oldest < seq)
     }
 }
 
@@ -89,8 +135,8 @@ mod tests {
     fn an_id_stays_until_each_of_its_changes_shipped() {
         let queued = QueuedIds::default();
         let (id, other) = (SessionId::random(), SessionId::random());
-        queued.queued(id, written(id, 1));
-        queued.queued(id, Latest::Deleted);
+        queued.queued(id, 0, written(id, 1), None);
+        queued.queued(id, 1, Latest::Deleted, None);
         assert!(matches!(queued.latest(&id), Some(Latest::Deleted)));
         queued.shipped([id, other]);
         assert!(queued.contains(&id), "one change of it is still queued");
@@ -98,5 +144,41 @@ mod tests {
         queued.shipped([id]);
         assert!(!queued.contains(&id));
         assert!(queued.latest(&id).is_none());
+    }
+
+    #[test]
+    fn a_wait_counts_only_changes_queued_before_it() {
+        let queued = QueuedIds::default();
+        let (alice, bob) = (
+            UserName::parse("alice").unwrap(),
+            UserName::parse("bob").unwrap(),
+        );
+        let (hers, his, unknown) = (
+            SessionId::random(),
+            SessionId::random(),
+            SessionId::random(),
+        );
+        queued.queued(hers, 0, written(hers, 1), Some(alice.clone()));
+        queued.queued(his, 1, written(his, 1), Some(bob.clone()));
+        queued.queued(unknown, 2, Latest::Deleted, None);
+        // Her delete keeps the user her write named.
+        queued.queued(hers, 3, Latest::Deleted, None);
+        assert!(queued.holds_user_before(&alice, 4));
+        assert!(
+            !queued.holds_user_before(&alice, 0),
+            "queued after the wait began"
+        );
+        queued.shipped([hers]);
+        assert!(
+            !queued.holds_user_before(&alice, 3),
+            "only her later change is left"
+        );
+        assert!(queued.holds_user_before(&alice, 4));
+        assert!(queued.holds_before(&hers, 4));
+        assert!(!queued.holds_before(&hers, 3));
+        queued.shipped([hers]);
+        assert!(!queued.holds_user_before(&alice, u64::MAX));
+        assert!(queued.holds_user_before(&bob, 2));
+        assert!(queued.holds_before(&unknown, 3));
     }
 }

@@ -17,7 +17,7 @@ use sessiond_proto::{EventPage, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::queue::{Change, WriteBehind};
+use super::queue::WriteBehind;
 use super::queued::Latest;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
@@ -124,7 +124,7 @@ impl WriteBehindBackend {
                 // Another node's invalidation dropped the copy in between.
                 Err(Failed::Backend(BackendError::NotFound)) => continue,
                 Ok(session) => {
-                    slot.send(Change::Upsert(session.clone()));
+                    slot.upsert(session.clone());
                     return Ok(session);
                 }
                 Err(err) => {
@@ -162,14 +162,16 @@ impl Backend for WriteBehindBackend {
         tag: Option<u64>,
         owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        if owner.is_some() {
-            self.queue.caught_up(CATCH_UP).await?;
-            return self.sync.create(id, data, ttl_ms, tag, owner).await;
+        if let Some(owner) = owner {
+            self.queue
+                .caught_up_with_user(&owner.user, CATCH_UP)
+                .await?;
+            return self.sync.create(id, data, ttl_ms, tag, Some(owner)).await;
         }
         let slot = self.queue.reserve()?;
         let id = self.redis.usable_id(id);
         let session = self.redis.store.create(id, data, ttl_ms, tag, None)?;
-        slot.send(Change::Upsert(session.clone()));
+        slot.upsert(session.clone());
         Ok(session)
     }
 
@@ -234,8 +236,9 @@ impl Backend for WriteBehindBackend {
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let slot = self.queue.reserve()?;
         let _ordered = self.redis.lock(id).await;
+        let user = self.redis.store.peek(id).and_then(|session| session.user);
         self.redis.store.delete(id);
-        slot.send(Change::Delete(*id));
+        slot.delete(*id, user);
         Ok(())
     }
 
@@ -271,7 +274,7 @@ impl Backend for WriteBehindBackend {
         user: &UserName,
         except: Option<SessionId>,
     ) -> Result<u64, BackendError> {
-        self.queue.caught_up(CATCH_UP).await?;
+        self.queue.caught_up_with_user(user, CATCH_UP).await?;
         self.sync.revoke_user(user, except).await
     }
 
