@@ -150,8 +150,7 @@ impl WriteBehind {
         id: &SessionId,
         within: Duration,
     ) -> Result<(), BackendError> {
-        let before = *self.sent.lock();
-        self.wait_until(within, || !self.ids.holds_before(id, before))
+        self.caught_up(within, |before| self.ids.holds_before(id, before))
             .await
     }
 
@@ -164,20 +163,21 @@ impl WriteBehind {
         user: &UserName,
         within: Duration,
     ) -> Result<(), BackendError> {
-        let before = *self.sent.lock();
-        self.wait_until(within, || !self.ids.holds_user_before(user, before))
+        self.caught_up(within, |before| self.ids.holds_user_before(user, before))
             .await
     }
 
-    /// Waits (at most `within`) until `done` holds, checked again each
-    /// time changes have shipped.
-    async fn wait_until(
+    /// Waits (at most `within`) until `holds(n)` is false, `n` the number
+    /// the next change queued gets now; checked again each time changes
+    /// have shipped.
+    async fn caught_up(
         &self,
         within: Duration,
-        done: impl Fn() -> bool,
+        holds: impl Fn(u64) -> bool,
     ) -> Result<(), BackendError> {
+        let before = *self.sent.lock();
         let mut shipped = self.shipped.clone();
-        let waited = tokio::time::timeout(within, shipped.wait_for(|_| done())).await;
+        let waited = tokio::time::timeout(within, shipped.wait_for(|_| !holds(before))).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Unavailable::QueueBehind.into()),
