@@ -564,24 +564,31 @@ impl Store {
 
     /// Reads a session without touching its expiry or recency.
     pub fn peek(&self, id: &SessionId) -> Option<Session> {
+        self.with_live(id, Record::session)
+    }
+
+    /// Whether memory holds a live `id` (without copying it out as
+    /// [`Self::peek`] does).
+    pub fn holds(&self, id: &SessionId) -> bool {
+        self.with_live(id, |_| ()).is_some()
+    }
+
+    /// The user of the live session `id`, if memory holds it and it has
+    /// one (without copying the session out).
+    pub fn user_of(&self, id: &SessionId) -> Option<UserName> {
+        self.with_live(id, Record::user).flatten()
+    }
+
+    /// `read` of the live record of `id`, if memory holds one; its expiry
+    /// and recency stay as they are.
+    fn with_live<T>(&self, id: &SessionId, read: impl FnOnce(&Record) -> T) -> Option<T> {
         let now = self.now_ms();
         let shard = self.shard(id).lock();
         shard
             .sessions
             .get(id)
             .filter(|record| !record.is_expired(now))
-            .map(Record::session)
-    }
-
-    /// Whether memory holds a live `id` (without copying it out as
-    /// [`Self::peek`] does).
-    pub fn holds(&self, id: &SessionId) -> bool {
-        let now = self.now_ms();
-        let shard = self.shard(id).lock();
-        shard
-            .sessions
-            .get(id)
-            .is_some_and(|record| !record.is_expired(now))
+            .map(read)
     }
 
     /// When version `version` of `id` expires as memory holds it now (reads

@@ -236,7 +236,7 @@ impl Backend for WriteBehindBackend {
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let slot = self.queue.reserve()?;
         let _ordered = self.redis.lock(id).await;
-        let user = self.redis.store.peek(id).and_then(|session| session.user);
+        let user = self.redis.store.user_of(id);
         self.redis.store.delete(id);
         slot.delete(*id, user);
         Ok(())
