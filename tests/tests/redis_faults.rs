@@ -1540,6 +1540,44 @@ async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_us
     }
 }
 
+/// Write-behind mode: listing a user's sessions waits for this node's
+/// changes of that user queued before it, as a login or revocation does.
+/// Here Redis holds writes for a second (`CLIENT PAUSE ... WRITE`) while
+/// alice logs out of one of her two sessions: the logout is acknowledged,
+/// queued, and the listing right after must not show the session gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_listing_waits_for_its_users_queued_logout() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = login(&http, &writer, "alice", 600).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        ids.push(reply.session().id);
+    }
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("WRITE"),
+    )
+    .await;
+    let url = format!("{}/v1/sessions/{}", writer.url(), ids[0]);
+    let logged_out = send(http.delete(url)).await;
+    assert_eq!(logged_out.status, 204, "{}", logged_out.text);
+
+    let url = format!("{}/v1/users/alice/sessions", writer.url());
+    let listed = send(http.get(url)).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let sessions = listed.json()["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|session| session["id"].as_str().expect("an id").to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(sessions, [ids[1].clone()], "{}", listed.text);
+}
+
 /// Write-behind mode: a revocation and a rotation wait for the changes
 /// this node queued before them, not for the ones queued meanwhile. Here
 /// the user's session is written without a pause while she is revoked

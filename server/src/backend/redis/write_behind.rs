@@ -257,6 +257,9 @@ impl Backend for WriteBehindBackend {
     }
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
+        // The listing reads Redis: this node's changes of the user's
+        // sessions queued before it (a logout, a write) go first.
+        self.queue.caught_up_with_user(user, CATCH_UP).await?;
         self.sync.user_sessions(user).await
     }
 
