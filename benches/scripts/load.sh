@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # sessiond vs Redis and the replication modes, by the same load tool on the
 # same machine, in one run: 90% get / 10% put, 1 KiB sessions, 10,000 keys.
-# Targets: Redis alone (GET/SET), sessiond memory-only (on its
-# work-stealing runtime, and on one event-loop thread per core:
-# --tcp-workers), sessiond + Redis sync, sessiond + Redis async; all
-# started once, then measured in turn,
+# Targets: Redis alone (GET/SET), sessiond memory-only, sessiond + Redis
+# sync, sessiond + Redis async; all started once, then measured in turn,
 # round after round. For each: throughput, p50/p99/p99.9 latency, the
 # server processes' CPU time per operation (utime + stime over the measured
 # window / operations; a node and its Redis together) and the load tool's,
@@ -29,7 +27,6 @@ redis=$(cat "$work/redis19500.pid")
 start_node 01
 start_node 02 --redis redis://127.0.0.1:19500 --redis-mode sync
 start_node 03 --redis redis://127.0.0.1:19500 --redis-mode async
-start_node 04 --tcp-workers "$(nproc)"
 
 measure() { # section round label server-pids target load-args...
     local section=$1 round=$2 label=$3 servers=$4 target=$5
@@ -47,8 +44,6 @@ targets() { # section round load-args...
     measure "$section" "$round" "redis alone" "$redis" redis://127.0.0.1:19500 "$@"
     measure "$section" "$round" "sessiond memory" "$(cat "$work/node01.pid")" \
         sessiond://127.0.0.1:19701 --server-metrics 127.0.0.1:19601 "$@"
-    measure "$section" "$round" "sessiond --tcp-workers" "$(cat "$work/node04.pid")" \
-        sessiond://127.0.0.1:19704 --server-metrics 127.0.0.1:19604 "$@"
     measure "$section" "$round" "sessiond + redis sync" "$(cat "$work/node02.pid") $redis" \
         sessiond://127.0.0.1:19702 --server-metrics 127.0.0.1:19602 "$@"
     measure "$section" "$round" "sessiond + redis async" "$(cat "$work/node03.pid") $redis" \

@@ -175,13 +175,6 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
-    /// Event-loop threads of the binary protocol, each serving the
-    /// connections handed to it start to end (0: connections run on the
-    /// node's work-stealing runtime). Less CPU per request on busy shared
-    /// connections; a longer tail when the cores are oversubscribed.
-    #[arg(long, env = "SESSIOND_TCP_WORKERS", default_value_t = 0)]
-    pub tcp_workers: usize,
-
     /// Time a new binary-protocol connection has to send its Hello.
     #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
@@ -600,7 +593,6 @@ impl ServeArgs {
                 idle_timeout: self.idle_timeout.max(Duration::from_millis(10)),
                 handshake_timeout: self.handshake_timeout.max(Duration::from_millis(10)),
             },
-            tcp_workers: self.tcp_workers,
             http_limits: self.http_limits()?,
             auth_token: self
                 .auth_token

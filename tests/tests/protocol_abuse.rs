@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sessiond_e2e::metrics::{Metrics, scrape};
 use sessiond_e2e::raw::{frame, read_message};
 use sessiond_e2e::{Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
@@ -365,82 +364,7 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_refused_as_overloaded() {
-    refuses_connections_over_the_cap(&[]).await;
-}
-
-/// The same cap when connections are served on event-loop threads of their
-/// own: the refusal is written there too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_cap_are_refused_on_tcp_workers_too() {
-    refuses_connections_over_the_cap(&["--tcp-workers", "2"]).await;
-}
-
-/// With `--tcp-workers`, each new connection goes to the worker serving the
-/// fewest, and every worker answers its connections' requests.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_workers_share_the_connections_evenly() {
-    let node = Sessiond::start(&["--tcp-workers", "3"]);
-    let mut connections = Vec::new();
-    for _ in 0..7 {
-        connections.push(handshaken(node.tcp).await);
-    }
-    let per_worker = |metrics: &Metrics| {
-        (0..3)
-            .map(|worker| {
-                let worker = worker.to_string();
-                metrics.value("sessiond_tcp_worker_connections", &[("worker", &worker)])
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        per_worker(&scrape(&node.url()).await),
-        [Some(3.0), Some(2.0), Some(2.0)]
-    );
-    for (n, stream) in connections.iter_mut().enumerate() {
-        let id = n as u64 + 1;
-        let data = Bytes::from(format!("{{\"n\":{n}}}"));
-        let created = call(
-            stream,
-            id,
-            Op::Create {
-                data: data.clone(),
-                ttl_secs: None,
-                user: None,
-            },
-        )
-        .await;
-        let Outcome::Session(created) = created else {
-            panic!("create on connection {n}: {created:?}");
-        };
-        match call(stream, id + 100, Op::Get { id: created.id }).await {
-            Outcome::Session(read) => assert_eq!(read.data, data, "connection {n}"),
-            other => panic!("get on connection {n}: {other:?}"),
-        }
-    }
-    // Closed connections leave their worker (the first three went to
-    // workers 0, 1 and 2); the next one goes to the first of the emptiest.
-    drop(connections.drain(..3));
-    let mut left = Vec::new();
-    for _ in 0..100 {
-        left = per_worker(&scrape(&node.url()).await);
-        if left == [Some(2.0), Some(1.0), Some(1.0)] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, [Some(2.0), Some(1.0), Some(1.0)]);
-    let mut newest = handshaken(node.tcp).await;
-    assert_eq!(
-        per_worker(&scrape(&node.url()).await),
-        [Some(2.0), Some(2.0), Some(1.0)]
-    );
-    assert_eq!(call(&mut newest, 1, Op::Ping).await, Outcome::Pong);
-}
-
-async fn refuses_connections_over_the_cap(extra: &[&str]) {
-    let mut args = vec!["--max-connections", "2"];
-    args.extend_from_slice(extra);
-    let node = Sessiond::start(&args);
+    let node = Sessiond::start(&["--max-connections", "2"]);
     let mut first = handshaken(node.tcp).await;
     let mut second = handshaken(node.tcp).await;
 

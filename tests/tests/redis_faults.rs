@@ -14,7 +14,7 @@ use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::metrics::{Metrics, scrape};
 use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::*;
-use sessiond_e2e::{RedisServer, Sessiond, client_for};
+use sessiond_e2e::{RedisServer, Sessiond};
 
 /// ACL rules for the user `node` under which a write-behind node's queue
 /// cannot ship (its session keys are read-only) while its reads and beats
@@ -655,60 +655,6 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
         assert_eq!(reply.status, 200, "{id} lost; node log:\n{}", log);
         let session = reply.session();
         assert_eq!((session.version, &session.data), (*version, data), "{id}");
-    }
-}
-
-/// Async mode with binary-protocol connections on event-loop threads of
-/// their own (`--tcp-workers`): writes acknowledged there before and while
-/// Redis is away are all in Redis after a SIGTERM, and a node reading them
-/// back through its own workers (read-through from Redis) sees them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_mode_on_tcp_workers_loses_no_acknowledged_write_at_shutdown() {
-    let mut redis = RedisServer::start_with_aof();
-    let http = http();
-    let workers = ["--redis-mode", "async", "--tcp-workers", "2"];
-    let mut node = node_on(&http, &redis.url(), &workers).await;
-    let mut expected = BTreeMap::new();
-    {
-        let client = client_for(&[&node]).await;
-        for n in 0..40 {
-            if n == 20 {
-                tokio::task::block_in_place(|| redis.kill());
-            }
-            let created = client.create(&varied_data(n), None).await.unwrap();
-            let mut last = (created.version, varied_data(n));
-            if n % 3 == 0 {
-                let data = json!({ "n": n, "rewritten": true });
-                let written = client.put(&created.id, &data, Some(1)).await.unwrap();
-                last = (written.version, data);
-            }
-            expected.insert(created.id, last);
-        }
-    }
-    let terminated = tokio::task::spawn_blocking(move || {
-        let code = node.terminate();
-        (code, node.log())
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| redis.restart());
-    let (code, log) = tokio::time::timeout(Duration::from_secs(30), terminated)
-        .await
-        .expect("terminate() did not return")
-        .expect("the terminating thread panicked");
-    assert_eq!(code, Some(0), "unclean exit; log:\n{log}");
-
-    let fresh = node_on(&http, &redis.url(), &["--tcp-workers", "2"]).await;
-    let client = client_for(&[&fresh]).await;
-    for (id, (version, data)) in &expected {
-        let session = client
-            .get::<Value>(id)
-            .await
-            .unwrap_or_else(|err| panic!("{id} lost ({err}); node log:\n{log}"));
-        assert_eq!(
-            (session.info.version, &session.data),
-            (*version, data),
-            "{id}"
-        );
     }
 }
 

@@ -20,7 +20,7 @@ use crate::readiness::Readiness;
 use crate::secret::Secret;
 use crate::service::{ServiceConfig, SessionService};
 use crate::store::{Clock, Store, StoreConfig};
-use crate::tcp::{self, TcpContext, TcpLimits, TcpWorkers};
+use crate::tcp::{self, TcpContext, TcpLimits};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,6 @@ pub struct NodeConfig {
     pub tcp: SocketAddr,
     /// Binary protocol limits.
     pub tcp_limits: TcpLimits,
-    /// Event-loop threads of the binary protocol.
-    pub tcp_workers: usize,
     /// Bearer token for /v1 and the binary handshake.
     pub auth_token: Option<Secret>,
     /// Store settings.
@@ -125,15 +123,15 @@ pub async fn run(
         config.sweep_batch,
         shutdown.clone(),
     ));
-    let tcp_workers = TcpWorkers::start(config.tcp_workers).map_err(|source| NetError::Serve {
-        what: "binary protocol",
-        source,
-    })?;
-    let tcp_ctx = Arc::new(TcpContext {
-        service: service.clone(),
-        auth_token: auth_token.clone(),
-        limits: config.tcp_limits.clone(),
-    });
+    let tcp_done = tokio::spawn(tcp::serve(
+        tcp_listener,
+        Arc::new(TcpContext {
+            service: service.clone(),
+            auth_token: auth_token.clone(),
+            limits: config.tcp_limits.clone(),
+        }),
+        shutdown.clone(),
+    ));
     tasks.spawn({
         let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
         async move {
@@ -155,20 +153,15 @@ pub async fn run(
             replication: config.redis.as_ref().map(|redis| redis.mode),
         },
     };
-    tokio::join!(
-        async {
-            http::serve(http_listener, state, config.http_limits, shutdown.clone()).await;
-            shutdown.cancel();
-        },
-        // The binary-protocol connections finish in-flight requests before
-        // this ends; then no write can come and the replication queue is
-        // flushed.
-        tcp::serve(tcp_listener, tcp_ctx, &tcp_workers, shutdown.clone()),
-    );
+    http::serve(http_listener, state, config.http_limits, shutdown.clone()).await;
+    shutdown.cancel();
+    // The binary-protocol connections finish in-flight requests before the
+    // TCP task ends; then no write can come and the replication queue is
+    // flushed.
+    if let Err(err) = tcp_done.await {
+        tracing::error!(%err, "the binary-protocol listener failed");
+    }
     drained.cancel();
     tasks.wait().await;
-    // Last: Redis connections made on first use by a binary-protocol
-    // request live on the workers' runtimes, and the flush above uses them.
-    tcp_workers.stop().await;
     Ok(())
 }
