@@ -5,7 +5,7 @@
 //! invalidation) is answered from the queue, not from an older version in
 //! Redis.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use parking_lot::Mutex;
 use sessiond_proto::{SessionId, UserName};
@@ -35,7 +35,15 @@ struct Pending {
 /// latest of them.
 #[derive(Debug, Default)]
 pub struct QueuedIds {
-    entries: Mutex<HashMap<SessionId, Pending>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<SessionId, Pending>,
+    /// The ids in `entries` of each user the node knew, so that a wait for
+    /// a user's changes looks at that user's sessions only.
+    by_user: HashMap<UserName, HashSet<SessionId>>,
 }
 
 impl QueuedIds {
@@ -43,7 +51,8 @@ impl QueuedIds {
     /// before); `latest` is what it leaves, `user` the session's user
     /// (kept from an earlier change when `None`).
     pub fn queued(&self, id: SessionId, seq: u64, latest: Latest, user: Option<UserName>) {
-        let mut entries = self.entries.lock();
+        let mut inner = self.inner.lock();
+        let Inner { entries, by_user } = &mut *inner;
         let pending = entries.entry(id).or_insert_with(|| Pending {
             seqs: VecDeque::new(),
             latest: Latest::Deleted,
@@ -51,8 +60,11 @@ impl QueuedIds {
         });
         pending.seqs.push_back(seq);
         pending.latest = latest;
-        if user.is_some() {
-            pending.user = user;
+        if let Some(user) = user.filter(|user| pending.user.as_ref() != Some(user)) {
+            if let Some(before) = pending.user.replace(user.clone()) {
+                forget(by_user, &before, &id);
+            }
+            by_user.entry(user).or_default().insert(id);
         }
     }
 
@@ -60,26 +72,33 @@ impl QueuedIds {
     /// took a failed one's place, the later one stays counted: it is the
     /// one still to ship.
     pub fn shipped(&self, ids: impl IntoIterator<Item = SessionId>) {
-        let mut entries = self.entries.lock();
+        let mut inner = self.inner.lock();
+        let Inner { entries, by_user } = &mut *inner;
         for id in ids {
-            if let Some(pending) = entries.get_mut(&id) {
-                pending.seqs.pop_front();
-                if pending.seqs.is_empty() {
-                    entries.remove(&id);
-                }
+            let Some(pending) = entries.get_mut(&id) else {
+                continue;
+            };
+            pending.seqs.pop_front();
+            if pending.seqs.is_empty()
+                && let Some(Pending {
+                    user: Some(user), ..
+                }) = entries.remove(&id)
+            {
+                forget(by_user, &user, &id);
             }
         }
     }
 
     /// Whether a change of `id` is still queued.
     pub fn contains(&self, id: &SessionId) -> bool {
-        self.entries.lock().contains_key(id)
+        self.inner.lock().entries.contains_key(id)
     }
 
     /// Whether a change of `id` queued before number `seq` is unshipped.
     pub fn holds_before(&self, id: &SessionId, seq: u64) -> bool {
-        self.entries
+        self.inner
             .lock()
+            .entries
             .get(id)
             .is_some_and(|pending| pending.is_before(seq))
     }
@@ -89,18 +108,34 @@ impl QueuedIds {
     /// not know counts for nobody: shipped late it cannot bring a session
     /// back.
     pub fn holds_user_before(&self, user: &UserName, seq: u64) -> bool {
-        self.entries
-            .lock()
-            .values()
-            .any(|pending| pending.user.as_ref() == Some(user) && pending.is_before(seq))
+        let inner = self.inner.lock();
+        inner.by_user.get(user).is_some_and(|ids| {
+            ids.iter().any(|id| {
+                inner
+                    .entries
+                    .get(id)
+                    .is_some_and(|pending| pending.is_before(seq))
+            })
+        })
     }
 
     /// The latest change of `id` still queued, if any.
     pub fn latest(&self, id: &SessionId) -> Option<Latest> {
-        self.entries
+        self.inner
             .lock()
+            .entries
             .get(id)
             .map(|pending| pending.latest.clone())
+    }
+}
+
+/// Drops `id` from `user`'s ids, and the user once none is left.
+fn forget(by_user: &mut HashMap<UserName, HashSet<SessionId>>, user: &UserName, id: &SessionId) {
+    if let Some(ids) = by_user.get_mut(user) {
+        ids.remove(id);
+        if ids.is_empty() {
+            by_user.remove(user);
+        }
     }
 }
 
@@ -180,5 +215,33 @@ mod tests {
         assert!(!queued.holds_user_before(&alice, u64::MAX));
         assert!(queued.holds_user_before(&bob, 2));
         assert!(queued.holds_before(&unknown, 3));
+    }
+
+    /// The per-user index follows a session to its new user and forgets
+    /// it once shipped: nothing of a shipped queue stays behind.
+    #[test]
+    fn the_user_index_follows_sessions_and_empties_with_the_queue() {
+        let queued = QueuedIds::default();
+        let (alice, bob) = (
+            UserName::parse("alice").unwrap(),
+            UserName::parse("bob").unwrap(),
+        );
+        let (moved, kept) = (SessionId::random(), SessionId::random());
+        queued.queued(moved, 0, written(moved, 1), Some(alice.clone()));
+        queued.queued(kept, 1, written(kept, 1), Some(alice.clone()));
+        queued.queued(moved, 2, written(moved, 2), Some(bob.clone()));
+        queued.shipped([kept]);
+        assert!(
+            !queued.holds_user_before(&alice, u64::MAX),
+            "her one session left moved to bob"
+        );
+        assert!(queued.holds_user_before(&bob, 1));
+        queued.shipped([moved, moved]);
+        assert!(!queued.holds_user_before(&bob, u64::MAX));
+        let inner = queued.inner.lock();
+        assert!(
+            inner.entries.is_empty() && inner.by_user.is_empty(),
+            "{inner:?}"
+        );
     }
 }
