@@ -133,6 +133,11 @@ pub async fn get(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
     send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await
 }
 
+/// `DELETE /v1/sessions/{id}`.
+pub async fn delete(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
+    send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await
+}
+
 /// `PUT /v1/sessions/{id}` with `data`, conditional on `if_match`.
 pub async fn put(
     http: &reqwest::Client,

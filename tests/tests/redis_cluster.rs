@@ -914,7 +914,7 @@ async fn a_prefix_with_a_hash_tag_keeps_each_session_and_its_tombstone_in_one_sl
         let reply = put(&http, &node, id, &json!({ "written": id }), Some(1)).await;
         assert_eq!(reply.status, 200, "PUT {id}: {}", reply.text);
         assert_eq!(reply.session().version, 2, "PUT {id}");
-        let deleted = send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await;
+        let deleted = delete(&http, &node, id).await;
         assert_eq!(deleted.status, 204, "DELETE {id}: {}", deleted.text);
         let reply = get(&http, &node, id).await;
         assert_eq!(

@@ -389,7 +389,7 @@ async fn redis_outage_answers_503_and_recovers_on_its_own() {
         let reply = create(&http, node, &json!({ "new": true }), None).await;
         seen.push(("POST", reply.status));
         unavailable(&format!("POST on the {name} node"), &reply);
-        let reply = send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await;
+        let reply = delete(&http, node, &id).await;
         seen.push(("DELETE", reply.status));
         unavailable(&format!("DELETE on the {name} node"), &reply);
         assert_eq!(get_path(&http, node, "/healthz").await.status, 200);
@@ -500,7 +500,7 @@ async fn acknowledged_sync_writes_survive_a_redis_sigkill_with_aof() {
     let mut expected = write_sessions(&http, &writer, 120).await;
     let deleted: Vec<String> = expected.keys().take(10).cloned().collect();
     for id in &deleted {
-        let reply = send(http.delete(format!("{}/v1/sessions/{id}", writer.url()))).await;
+        let reply = delete(&http, &writer, id).await;
         assert_eq!(reply.status, 204, "{}", reply.text);
         expected.remove(id);
     }
@@ -939,8 +939,7 @@ async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing
         writer,
     } = acl;
     let deleter = node_on(&http, &redis.url(), &[]).await;
-    let url = format!("{}/v1/sessions/{id}", deleter.url());
-    let deleted = send(http.delete(url)).await;
+    let deleted = delete(&http, &deleter, &id).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text);
     // The delete's invalidation drops the writer's copy; its queue still
     // holds version 2.
@@ -1031,8 +1030,7 @@ async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queu
         Duration::from_secs(10),
     )
     .await;
-    let url = format!("{}/v1/sessions/{id}", deleter.url());
-    let deleted = send(http.delete(url)).await;
+    let deleted = delete(&http, &deleter, &id).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text);
     assert_eq!(version_in_redis(&admin, &id).await, None, "not deleted");
     set_node_user(&mut admin, &["allchannels"]).await;
@@ -1456,8 +1454,7 @@ async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_us
         redis::cmd("SET").arg(&alices_key).arg("not a hash"),
     )
     .await;
-    let url = format!("{}/v1/sessions/{}", writer.url(), ids[0]);
-    let logged_out = send(http.delete(url)).await;
+    let logged_out = delete(&http, &writer, &ids[0]).await;
     assert_eq!(logged_out.status, 204, "{}", logged_out.text);
 
     let url = format!("{}/v1/users/bob/sessions", writer.url());
@@ -1508,8 +1505,7 @@ async fn async_mode_a_listing_waits_for_its_users_queued_logout() {
         redis::cmd("CLIENT").arg("PAUSE").arg(1000).arg("WRITE"),
     )
     .await;
-    let url = format!("{}/v1/sessions/{}", writer.url(), ids[0]);
-    let logged_out = send(http.delete(url)).await;
+    let logged_out = delete(&http, &writer, &ids[0]).await;
     assert_eq!(logged_out.status, 204, "{}", logged_out.text);
 
     let url = format!("{}/v1/users/alice/sessions", writer.url());
