@@ -2,7 +2,7 @@
 //! SIGKILLed and restarted, a node SIGKILLed under client load, Redis
 //! SIGKILLed and restarted (AOF) in sync mode, and the async mode's
 //! write-behind queue with Redis away (full queue, backlog flushed on
-//! graceful shutdown).
+//! graceful shutdown), Redis out of memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -656,6 +656,57 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
         let session = reply.session();
         assert_eq!((session.version, &session.data), (*version, data), "{id}");
     }
+}
+
+/// Redis at its `maxmemory` with nothing to evict (the default
+/// `noeviction` policy): a write through a node is refused as `unavailable`
+/// with a message that says Redis is out of memory (it used to say Redis
+/// was unreachable), nothing of it is written, the node stays ready and
+/// serves its sessions; once Redis has room the same writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &node, &json!({ "n": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+
+    let maxmemory = |bytes: u64| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(bytes);
+        cmd
+    };
+    redis_query::<()>(&mut admin, &mut maxmemory(1)).await;
+    let out_of_memory = |what: &str, reply: &Reply| {
+        assert_eq!(reply.status, 503, "{what}: {}", reply.text);
+        assert_eq!(reply.json()["error"]["code"], json!("unavailable"));
+        assert!(
+            reply.error_message().starts_with("Redis is out of memory"),
+            "{what}: {}",
+            reply.text
+        );
+    };
+    let refused = create(&http, &node, &json!({ "n": 1 }), None).await;
+    out_of_memory("create", &refused);
+    let refused = put(&http, &node, &id, &json!({ "n": 2 }), Some(1)).await;
+    out_of_memory("put", &refused);
+    assert_eq!(version_in_redis(&admin, &id).await, Some(1), "written");
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        (read.session().version, read.session().data),
+        (1, json!({ "n": 0 }))
+    );
+    assert_eq!(get_path(&http, &node, "/readyz").await.status, 200);
+
+    redis_query::<()>(&mut admin, &mut maxmemory(0)).await;
+    let written = put(&http, &node, &id, &json!({ "n": 2 }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    assert_eq!(written.session().version, 2);
+    let created = create(&http, &node, &json!({ "n": 1 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
 }
 
 /// A node whose invalidation subscription silently stops delivering (its

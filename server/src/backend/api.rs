@@ -184,6 +184,16 @@ pub enum Unavailable {
         /// What Redis (or the connection to it) said.
         reason: String,
     },
+    /// Redis is at its `maxmemory` and its policy frees nothing for the
+    /// write; nothing was applied.
+    #[error(
+        "Redis is out of memory (at its maxmemory, and its eviction policy frees nothing for \
+         this write), so nothing was written; it takes writes again once it has room: {reason}"
+    )]
+    RedisFull {
+        /// What Redis said.
+        reason: String,
+    },
     /// The write-behind queue is full.
     #[error("the Redis replication queue is full ({capacity} writes waiting); try again")]
     QueueFull {

@@ -9,6 +9,10 @@ pub enum ReplicationError {
     /// Redis did not take the command (refused, or failed before it ran).
     #[error("Redis is unreachable: {0}")]
     Unavailable(String),
+    /// Redis refused a write for want of memory (at its `maxmemory` with a
+    /// policy that frees nothing for it): nothing of it was applied.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// Redis got the command but its answer was lost (timed out, or the
     /// connection dropped): it may or may not have run.
     #[error("Redis did not answer: {0}")]
@@ -21,6 +25,9 @@ pub enum ReplicationError {
 impl From<ReplicationError> for BackendError {
     fn from(err: ReplicationError) -> Self {
         let reason = match err {
+            ReplicationError::OutOfMemory(reason) => {
+                return Unavailable::RedisFull { reason }.into();
+            }
             ReplicationError::Unavailable(reason)
             | ReplicationError::Uncertain(reason)
             | ReplicationError::Config(reason) => reason,

@@ -237,6 +237,9 @@ impl RedisLink {
                     // when no connection could be made).
                     return Err(ReplicationError::Uncertain(err.to_string()));
                 }
+                if err.code() == Some("OOM") {
+                    return Err(ReplicationError::OutOfMemory(err.to_string()));
+                }
                 Err(ReplicationError::Unavailable(err.to_string()))
             }
         }
