@@ -661,8 +661,9 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
 /// Redis at its `maxmemory` with nothing to evict (the default
 /// `noeviction` policy): a write through a node is refused as `unavailable`
 /// with a message that says Redis is out of memory (it used to say Redis
-/// was unreachable), nothing of it is written, the node stays ready and
-/// serves its sessions; once Redis has room the same writes go through.
+/// was unreachable), nothing of it is written, the node stays ready,
+/// serves its sessions and deletes; once Redis has room the same writes go
+/// through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room() {
     let redis = RedisServer::start();
@@ -672,6 +673,9 @@ async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room()
     let created = create(&http, &node, &json!({ "n": 0 }), None).await;
     assert_eq!(created.status, 201, "{}", created.text);
     let id = created.session().id;
+    let doomed = create(&http, &node, &json!({ "n": -1 }), None).await;
+    assert_eq!(doomed.status, 201, "{}", doomed.text);
+    let doomed = doomed.session().id;
 
     let maxmemory = |bytes: u64| {
         let mut cmd = redis::cmd("CONFIG");
@@ -700,6 +704,13 @@ async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room()
         (1, json!({ "n": 0 }))
     );
     assert_eq!(get_path(&http, &node, "/readyz").await.status, 200);
+    let deleted = delete(&http, &node, &doomed).await;
+    assert_eq!(
+        deleted.status, 204,
+        "a delete frees memory: {}",
+        deleted.text
+    );
+    assert_eq!(version_in_redis(&admin, &doomed).await, None);
 
     redis_query::<()>(&mut admin, &mut maxmemory(0)).await;
     let written = put(&http, &node, &id, &json!({ "n": 2 }), Some(1)).await;
