@@ -184,11 +184,13 @@ pub enum Unavailable {
         /// What Redis (or the connection to it) said.
         reason: String,
     },
-    /// Redis is at its `maxmemory` and its policy frees nothing for the
-    /// write; nothing was applied.
+    /// Redis is at its `maxmemory` and its policy frees nothing: it refused
+    /// what the operation had to write (a read through to Redis lists the
+    /// node as a cacher); nothing was applied.
     #[error(
-        "Redis is out of memory (at its maxmemory, and its eviction policy frees nothing for \
-         this write), so nothing was written; it takes writes again once it has room: {reason}"
+        "Redis is out of memory (at its maxmemory, and its eviction policy frees nothing): it \
+         refused what this request had to write there, and nothing was written; it takes \
+         writes again once it has room: {reason}"
     )]
     RedisFull {
         /// What Redis said.
