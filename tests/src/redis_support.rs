@@ -133,6 +133,33 @@ pub async fn get(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
     send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await
 }
 
+/// The ids `GET /v1/users/{user}/sessions` lists on `node`, in order.
+pub async fn listed(http: &reqwest::Client, node: &Sessiond, user: &str) -> Vec<String> {
+    let path = format!("{}/v1/users/{}/sessions", node.url(), encode_user(user));
+    let reply = send(http.get(path)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["user"], serde_json::json!(user));
+    body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|session| session["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Percent-encodes a user name for a URL path.
+pub fn encode_user(user: &str) -> String {
+    user.bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 /// `DELETE /v1/sessions/{id}`.
 pub async fn delete(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
     send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await

@@ -1570,16 +1570,7 @@ async fn async_mode_a_listing_waits_for_its_users_queued_logout() {
     let logged_out = delete(&http, &writer, &ids[0]).await;
     assert_eq!(logged_out.status, 204, "{}", logged_out.text);
 
-    let url = format!("{}/v1/users/alice/sessions", writer.url());
-    let listed = send(http.get(url)).await;
-    assert_eq!(listed.status, 200, "{}", listed.text);
-    let sessions = listed.json()["sessions"]
-        .as_array()
-        .expect("sessions")
-        .iter()
-        .map(|session| session["id"].as_str().expect("an id").to_owned())
-        .collect::<Vec<_>>();
-    assert_eq!(sessions, [ids[1].clone()], "{}", listed.text);
+    assert_eq!(listed(&http, &writer, "alice").await, [ids[1].clone()]);
 }
 
 /// Write-behind mode: a revocation and a rotation wait for the changes

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use sessiond_e2e::redis_support::{Reply, bounded, client_of, http, login, node_on, send};
+use sessiond_e2e::redis_support::{
+    Reply, bounded, client_of, encode_user, http, listed, login, node_on, send,
+};
 use sessiond_e2e::{RedisCluster, RedisServer, Sessiond};
 
 async fn logged_in(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> String {
@@ -15,33 +17,6 @@ async fn logged_in(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.json()["user"], json!(user));
     reply.session().id
-}
-
-/// The ids `GET /v1/users/{user}/sessions` lists on `node`, in order.
-async fn listed(http: &reqwest::Client, node: &Sessiond, user: &str) -> Vec<String> {
-    let path = format!("{}/v1/users/{}/sessions", node.url(), encode(user));
-    let reply = send(http.get(path)).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    let body = reply.json();
-    assert_eq!(body["user"], json!(user));
-    body["sessions"]
-        .as_array()
-        .expect("sessions")
-        .iter()
-        .map(|session| session["id"].as_str().expect("an id").to_owned())
-        .collect()
-}
-
-/// Percent-encodes a user name for a URL path.
-fn encode(user: &str) -> String {
-    user.bytes()
-        .map(|byte| match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 async fn status_of(http: &reqwest::Client, node: &Sessiond, id: &str) -> u16 {
@@ -60,7 +35,7 @@ async fn rotate(http: &reqwest::Client, node: &Sessiond, id: &str, user: Option<
 }
 
 async fn revoke(http: &reqwest::Client, node: &Sessiond, user: &str, except: Option<&str>) -> u64 {
-    let mut path = format!("{}/v1/users/{}/sessions", node.url(), encode(user));
+    let mut path = format!("{}/v1/users/{}/sessions", node.url(), encode_user(user));
     if let Some(except) = except {
         path.push_str(&format!("?except={except}"));
     }
@@ -331,7 +306,11 @@ async fn bad_user_names_are_invalid_user() {
             reply.text
         );
     }
-    let path = format!("{}/v1/users/{}/sessions", node.url(), encode("a\u{7}b"));
+    let path = format!(
+        "{}/v1/users/{}/sessions",
+        node.url(),
+        encode_user("a\u{7}b")
+    );
     let reply = send(http.get(path)).await;
     assert_eq!(
         (reply.status, reply.error_code().as_str()),

@@ -11,7 +11,7 @@ pub enum ReplicationError {
     Unavailable(String),
     /// Redis refused a write for want of memory (at its `maxmemory` with a
     /// policy that frees nothing for it): nothing of it was applied.
-    #[error("{0}")]
+    #[error("Redis is out of memory: {0}")]
     OutOfMemory(String),
     /// Redis got the command but its answer was lost (timed out, or the
     /// connection dropped): it may or may not have run.
@@ -24,15 +24,12 @@ pub enum ReplicationError {
 
 impl From<ReplicationError> for BackendError {
     fn from(err: ReplicationError) -> Self {
-        let reason = match err {
-            ReplicationError::OutOfMemory(reason) => {
-                return Unavailable::RedisFull { reason }.into();
-            }
+        match err {
+            ReplicationError::OutOfMemory(reason) => Unavailable::RedisFull { reason }.into(),
             ReplicationError::Unavailable(reason)
             | ReplicationError::Uncertain(reason)
-            | ReplicationError::Config(reason) => reason,
-        };
-        Unavailable::RedisDown { reason }.into()
+            | ReplicationError::Config(reason) => Unavailable::RedisDown { reason }.into(),
+        }
     }
 }
 
