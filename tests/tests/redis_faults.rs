@@ -658,6 +658,13 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
     }
 }
 
+/// Sets Redis's `maxmemory` (0: no limit); 1 byte makes it full at once.
+async fn set_maxmemory(admin: &mut redis::aio::MultiplexedConnection, bytes: u64) {
+    let mut config = redis::cmd("CONFIG");
+    config.arg("SET").arg("maxmemory").arg(bytes);
+    redis_query::<()>(admin, &mut config).await;
+}
+
 /// Redis at its `maxmemory` with nothing to evict (the default
 /// `noeviction` policy): a write through a node is refused as `unavailable`
 /// with a message that says Redis is out of memory (it used to say Redis
@@ -677,12 +684,7 @@ async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room()
     assert_eq!(doomed.status, 201, "{}", doomed.text);
     let doomed = doomed.session().id;
 
-    let maxmemory = |bytes: u64| {
-        let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("SET").arg("maxmemory").arg(bytes);
-        cmd
-    };
-    redis_query::<()>(&mut admin, &mut maxmemory(1)).await;
+    set_maxmemory(&mut admin, 1).await;
     let out_of_memory = |what: &str, reply: &Reply| {
         assert_eq!(reply.status, 503, "{what}: {}", reply.text);
         assert_eq!(reply.json()["error"]["code"], json!("unavailable"));
@@ -712,12 +714,53 @@ async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room()
     );
     assert_eq!(version_in_redis(&admin, &doomed).await, None);
 
-    redis_query::<()>(&mut admin, &mut maxmemory(0)).await;
+    set_maxmemory(&mut admin, 0).await;
     let written = put(&http, &node, &id, &json!({ "n": 2 }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);
     assert_eq!(written.session().version, 2);
     let created = create(&http, &node, &json!({ "n": 1 }), None).await;
     assert_eq!(created.status, 201, "{}", created.text);
+}
+
+/// Redis full: a node that does not hold a session still serves a read
+/// of it (before, 503: reading it through lists the node as a cacher, a
+/// write Redis refused), and keeps no copy, since writes would not tell
+/// it: once Redis has room, another node's write reads back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_still_serves_reads_through_and_nothing_stale_is_kept() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let writer = node_on(&http, &redis.url(), &[]).await;
+    let reader = node_on(&http, &redis.url(), &[]).await;
+    let created = create(&http, &writer, &json!({ "n": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+
+    set_maxmemory(&mut admin, 1).await;
+    for round in 0..2 {
+        let read = get(&http, &reader, &id).await;
+        assert_eq!(
+            read.status, 200,
+            "read {round} with Redis full: {}",
+            read.text
+        );
+        assert_eq!(
+            (read.session().version, read.session().data),
+            (1, json!({ "n": 0 }))
+        );
+    }
+
+    set_maxmemory(&mut admin, 0).await;
+    let written = put(&http, &writer, &id, &json!({ "n": 1 }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    let read = get(&http, &reader, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        (read.session().version, read.session().data),
+        (2, json!({ "n": 1 })),
+        "the reader kept a copy no write told it about"
+    );
 }
 
 /// A node whose invalidation subscription silently stops delivering (its

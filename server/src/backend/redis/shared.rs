@@ -266,10 +266,27 @@ impl Redis {
     }
 
     /// [`Self::read_redis`], and whether this node was recorded among the
-    /// session's cachers (only then may it keep the copy). When the cacher
-    /// list is full but holds nodes without a heartbeat key, it is read
-    /// again by the script that drops them.
+    /// session's cachers (only then may it keep the copy). When Redis is
+    /// out of memory, recording the node (a write) is refused: the session
+    /// is then read without it, so the read is served and nothing is kept.
     async fn read_stored(
+        &self,
+        id: &SessionId,
+        cache: bool,
+    ) -> Result<Option<(Session, bool)>, ReplicationError> {
+        match self.read_listing(id, cache).await {
+            Err(ReplicationError::OutOfMemory(reason)) if cache => {
+                tracing::debug!(%id, %reason, "Redis is full: read without caching");
+                self.read_listing(id, false).await
+            }
+            read => read,
+        }
+    }
+
+    /// [`Self::read_stored`] in one attempt. When the cacher list is full
+    /// but holds nodes without a heartbeat key, it is read again by the
+    /// script that drops them.
+    async fn read_listing(
         &self,
         id: &SessionId,
         cache: bool,
