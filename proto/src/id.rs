@@ -100,7 +100,14 @@ impl FromStr for SessionId {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text.len() != ID_TEXT_LEN {
-            return Err(ParseIdError::Length(text.len()));
+            // Counted in characters, as the message says: a non-ASCII one
+            // takes more than one byte.
+            let characters = text.chars().count();
+            return Err(if characters == ID_TEXT_LEN {
+                ParseIdError::Alphabet
+            } else {
+                ParseIdError::Length(characters)
+            });
         }
         let mut bytes = [0u8; ID_BYTES];
         match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
@@ -160,6 +167,12 @@ mod tests {
     fn malformed_text_is_rejected() {
         assert_eq!("".parse::<SessionId>(), Err(ParseIdError::Length(0)));
         assert_eq!("abc".parse::<SessionId>(), Err(ParseIdError::Length(3)));
+        // Lengths in characters, not bytes.
+        assert_eq!("é".parse::<SessionId>(), Err(ParseIdError::Length(1)));
+        assert_eq!(
+            "é".repeat(ID_TEXT_LEN).parse::<SessionId>(),
+            Err(ParseIdError::Alphabet)
+        );
         assert_eq!(
             "AAAAAAAAAAAAAAAAAAAAA=".parse::<SessionId>(),
             Err(ParseIdError::Alphabet)
