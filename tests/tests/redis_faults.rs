@@ -1057,6 +1057,36 @@ async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing
     refused_and_gone(&http, &admin, &writer, &id).await;
 }
 
+/// A deletion is remembered (its tombstone lives) as long as the session's
+/// idle TTL, and at least 2 minutes: a write of the session made before the
+/// delete and held in another node's write-behind queue (Redis away from
+/// that node for longer than 2 minutes) is still refused when it arrives,
+/// as long as that write could have kept the session alive. It was 2
+/// minutes whatever the TTL, after which such a write brought the deleted
+/// session back. Revocations and rotations delete with the same script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_sessions_tombstone_lives_as_long_as_the_session_could_have() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut admin = redis_conn(&redis.url()).await;
+    let node = node_on(&http, &redis.url(), &[]).await;
+    for (ttl_secs, lives_secs) in [(10, 120), (3_600, 3_600), (86_400, 86_400)] {
+        let created = create(&http, &node, &json!({ "ttl": ttl_secs }), Some(ttl_secs)).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let id = created.session().id;
+        let deleted = delete(&http, &node, &id).await;
+        assert_eq!(deleted.status, 204, "{}", deleted.text);
+        let mut lifetime = redis::cmd("PTTL");
+        lifetime.arg(format!("{{sessiond:{id}}}:gone"));
+        let left_ms: i64 = redis_query(&mut admin, &mut lifetime).await;
+        let lives_ms = lives_secs * 1_000;
+        assert!(
+            (lives_ms - 5_000..=lives_ms).contains(&left_ms),
+            "TTL {ttl_secs} s: the tombstone lives {left_ms} ms more, not about {lives_ms}"
+        );
+    }
+}
+
 /// Write-behind mode: the read that drops stopped nodes from a full cacher
 /// list tells every node to drop its copy; a node whose write of the
 /// session is still queued answers that write afterwards, not the older

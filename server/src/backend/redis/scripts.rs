@@ -54,8 +54,12 @@ pub fn prefix_keeps_tombstones_in_slot(prefix: &str) -> bool {
     hash_tag(prefix).is_some() || !prefix.contains('}')
 }
 
-/// How long a deleted session's tombstone lives: far longer than a
-/// write-behind queue holds a write.
+/// The shortest life of a deleted session's tombstone, which otherwise
+/// lives as long as the session's idle TTL: as long as any write of it
+/// made before the delete could keep it alive, however long a node's
+/// write-behind queue holds that write (Redis away from that node, its
+/// Cluster master down). The floor covers short TTLs and the nodes'
+/// clocks against Redis's.
 const TOMBSTONE_MS: u64 = 120_000;
 
 /// Reads a session with its expiry, and (unless ARGV[1] is '') records
@@ -366,19 +370,20 @@ return answer
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
 /// is ''). Leaves a tombstone (KEYS[2]) holding the announcement to other
-/// cachers (as `a` in the hash; '0' for none). Returns {1, other cachers,
+/// cachers (as `a` in the hash; '0' for none), for the session's idle TTL
+/// (at least [`TOMBSTONE_MS`]). Returns {1, other cachers,
 /// user} when deleted; when not there, {0, nodes, ''}, the `recall` of its
 /// deletion's announcement; at another version {0, '', ''}. With
 /// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
 /// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
 /// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p', 'a')
+local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p', 'a', 't')
 if not r[1] then return {0, recall(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2]), ''} end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
 local others = cachers(r[2], r[4], ARGV[4])
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], announcement(others), 'PX', TOMBSTONE_MS)
+redis.call('SET', KEYS[2], announcement(others), 'PX', math.max(TOMBSTONE_MS, tonumber(r[5] or '0')))
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZREM', KEYS[4], id .. ':' .. (r[3] or ''))
