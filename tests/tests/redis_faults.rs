@@ -1444,6 +1444,54 @@ async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
     assert_eq!(read.session().version, 2);
 }
 
+/// Write-behind mode: a write held in the queue until its session's expiry
+/// has passed (this node cut off from Redis for longer than the idle TTL,
+/// and nobody read the session here since) is not shipped: its expiry
+/// would end the session in Redis, where another node kept it in use
+/// meanwhile, and it would put this node's older data over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_write_held_past_its_expiry_never_ends_a_session_in_use_elsewhere() {
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
+    let created = create(&http, &writer, &json!({ "written": "first" }), Some(2)).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let written = put(
+        &http,
+        &writer,
+        &id,
+        &json!({ "written": "second" }),
+        Some(1),
+    )
+    .await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    // In use on another node for 3.5 s, past the writer's copy's expiry.
+    let elsewhere = node_on(&http, &redis.url(), &[]).await;
+    let in_use_until = Instant::now() + Duration::from_millis(3_500);
+    while Instant::now() < in_use_until {
+        let read = get(&http, &elsewhere, &id).await;
+        assert_eq!(read.status, 200, "{}", read.text);
+        assert_eq!(read.session().version, 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_metric(&writer, "sessiond_redis_expired_writes_total", 1.0).await;
+    assert_eq!(version_in_redis(&admin, &id).await, Some(1), "in Redis");
+    let read = get(&http, &elsewhere, &id).await;
+    assert_eq!(
+        read.status, 200,
+        "the session in use elsewhere was ended: {}",
+        read.text
+    );
+    assert_eq!(read.session().version, 1);
+}
+
 /// A password in the Redis URL (an ACL user's) never reaches the node's
 /// log: not when it connects, nor when its subscription fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

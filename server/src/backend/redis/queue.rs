@@ -307,6 +307,7 @@ impl Worker {
                 Ok(Sent::Stored) => {}
                 Ok(Sent::Refused { version }) => forget_refused(redis, &id, version).await,
                 Ok(Sent::Superseded) => forget(redis, &id).await,
+                Ok(Sent::Expired) => forget_expired(redis, &id).await,
                 Err(err) => {
                     failed.insert(id);
                     error = Some(err);
@@ -362,6 +363,8 @@ enum Sent {
     /// A write sent again found a later version written on it (after a
     /// first send that failed but had stored it).
     Superseded,
+    /// A write held until its session's expiry had passed: not stored.
+    Expired,
 }
 
 impl Change {
@@ -380,6 +383,15 @@ async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
     forget(redis, id).await;
     metrics::counter!("sessiond_redis_refused_writes_total").increment(1);
     tracing::debug!(%id, version, "a queued write of a session deleted elsewhere was dropped");
+}
+
+/// A write Redis did not store because its session's expiry had passed
+/// (it was held in the queue that long): this node's copy goes too, so
+/// it never serves what Redis does not hold.
+async fn forget_expired(redis: &Redis, id: &SessionId) {
+    forget(redis, id).await;
+    metrics::counter!("sessiond_redis_expired_writes_total").increment(1);
+    tracing::debug!(%id, "a queued write of a session that had expired was not shipped");
 }
 
 /// Drops this node's copy of `id`, under the session's lock.
@@ -462,6 +474,7 @@ async fn ship(
                             version: session.version,
                         },
                         4 => Sent::Superseded,
+                        5 => Sent::Expired,
                         logged => {
                             match logged {
                                 2 => count_logged(events, EventKind::Created),

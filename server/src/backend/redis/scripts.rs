@@ -225,10 +225,14 @@ return 1
 /// 16 retention; 17 the event to append if the key held an older version
 /// ('' for none); 18 (optional) for a write sent again after a failure
 /// that may have stored it, its version: nothing is stored (4) when the key
-/// holds a later one, written on it since. Returns 2 when it appended the
-/// first event, 3 the second, else 1.
+/// holds a later one, written on it since. Nothing is stored either (5)
+/// when the expiry has passed by Redis's clock: a write held in a node's
+/// queue past it would end the session, which other nodes may have kept in
+/// use, under older data. Returns 2 when it appended the first event, 3 the
+/// second, else 1.
 const STORE_ANY: &str = r"
 if ARGV[14] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if tonumber(ARGV[6]) <= now_ms() then return 5 end
 local before = redis.call('HGET', KEYS[1], 'v')
 local resent = ARGV[18]
 if resent and resent ~= '' and before and tonumber(before) > tonumber(resent) then return 4 end
