@@ -409,6 +409,68 @@ async fn a_cursor_older_than_the_retention_is_gone_with_the_oldest() {
     }
 }
 
+/// `next` of a page read with `query`.
+async fn next_cursor(http: &reqwest::Client, node: &Sessiond, query: &str) -> String {
+    let reply = page(http, node, query).await;
+    assert_eq!(reply.status, 200, "{query}: {}", reply.text);
+    reply.json()["next"].as_str().expect("next").to_owned()
+}
+
+/// Redis: a log that age trimmed down to nothing (a quiet spell longer
+/// than `--events-max-age`) still refuses a cursor from before what it
+/// dropped (it answered 200 with no events, a silent gap), hands out the
+/// newest id it generated as `now` (it handed out `0-0`, which the next
+/// event made a 410), and refuses cursors it never handed out with 400
+/// (one past its newest id was answered 200 and skipped what came; the
+/// largest id, 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_trimmed_to_nothing_still_tells_stale_now_and_foreign_cursors() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &["--events-max-age", "1s"]).await;
+    let stale = next_cursor(&http, &node, "after=now").await;
+    for _ in 0..250 {
+        create(&http, &node, json!({})).await;
+    }
+    let mut admin = redis_conn(&redis.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut length = redis::cmd("XLEN");
+        length.arg("{sessiond:events}");
+        if redis_query::<u64>(&mut admin, &mut length).await == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log was never trimmed to nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let oldest = oldest_after_expiry(page(&http, &node, &format!("after={stale}")).await);
+    let now = next_cursor(&http, &node, "after=now").await;
+    assert_eq!(
+        oldest, now,
+        "the oldest cursor of an emptied log is its newest id"
+    );
+    let made = create(&http, &node, json!({})).await;
+    let after_now = page(&http, &node, &format!("after={now}")).await;
+    assert_eq!(after_now.status, 200, "{}", after_now.text);
+    assert_eq!(
+        kinds(after_now.json()["events"].as_array().expect("events")),
+        [("created".to_owned(), made)]
+    );
+    let largest = format!("{}-{}", u64::MAX, u64::MAX);
+    for foreign in ["99999999999999-0", largest.as_str()] {
+        let refused = page(&http, &node, &format!("after={foreign}")).await;
+        assert_eq!(
+            (refused.status, refused.error_code().as_str()),
+            (400, "invalid_cursor"),
+            "{foreign}: {}",
+            refused.text
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_survives_a_redis_restart_and_the_client_stream_resumes() {
     let mut redis = RedisServer::start_with_aof();

@@ -13,6 +13,9 @@ pub struct RedisEvents {
     pub stream: String,
     /// The expiry index.
     pub expiries: String,
+    /// Where the reaper notes the stream's newest id when trimming by age
+    /// leaves it empty (see `events`).
+    pub emptied: String,
     /// How the log keeps its events.
     pub config: EventLogConfig,
     /// What this node appended, by kind.
@@ -25,6 +28,7 @@ impl RedisEvents {
         let stream = format!("{{{prefix}events}}");
         Self {
             expiries: format!("{stream}:expiries"),
+            emptied: format!("{stream}:emptied"),
             stream,
             config,
             counters: EventCounters::register(),

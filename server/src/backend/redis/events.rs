@@ -7,8 +7,9 @@
 //! whether or not any node ever held it.
 //!
 //! Cursors are the stream's entry ids (`<ms>-<seq>`). A cursor from before
-//! what the stream still holds (trimmed by count or age) is refused with
-//! the oldest cursor to resume from.
+//! what the stream still holds (trimmed by count or age, down to nothing
+//! after a quiet spell) is refused with the oldest cursor to resume from;
+//! one past the newest id the stream generated was never handed out.
 
 use std::time::Duration;
 
@@ -33,6 +34,14 @@ const MAX_QUIET: Duration = Duration::from_secs(1);
 fn entry_id(text: &str) -> Option<(u64, u64)> {
     let (ms, seq) = text.split_once('-')?;
     Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// A stream entry as `XRANGE` gives it: its id and fields.
+type Entry = (String, Vec<(String, String)>);
+
+/// `<ms>-<seq>`.
+fn cursor_text((ms, seq): (u64, u64)) -> String {
+    format!("{ms}-{seq}")
 }
 
 /// One stream entry as an event.
@@ -64,6 +73,11 @@ struct StreamShape {
     added: Option<u64>,
     /// The first entry it holds.
     first: Option<(u64, u64)>,
+    /// The id of the newest entry it ever held (kept when trimmed).
+    newest: Option<(u64, u64)>,
+    /// When trimming by age last left it empty: its newest id then (the
+    /// last entry dropped), and the entries ever added by then.
+    emptied: Option<((u64, u64), u64)>,
 }
 
 impl StreamShape {
@@ -84,6 +98,11 @@ impl StreamShape {
             match name.as_slice() {
                 b"length" => shape.length = number(value),
                 b"entries-added" => shape.added = number(value),
+                b"last-generated-id" => {
+                    if let Value::BulkString(id) = value {
+                        shape.newest = std::str::from_utf8(id).ok().and_then(entry_id);
+                    }
+                }
                 b"first-entry" => {
                     if let Value::Array(entry) = value
                         && let Some(Value::BulkString(id)) = entry.first()
@@ -106,13 +125,56 @@ impl StreamShape {
         }
     }
 
-    /// The cursor just before the first entry kept.
-    fn oldest_cursor(&self) -> Option<String> {
-        let (ms, seq) = self.first?;
+    /// Notes `note`, the reaper's `<id> <added>` of the stream's last
+    /// emptying.
+    fn with_emptied(mut self, note: Option<&str>) -> Self {
+        self.emptied = note
+            .and_then(|note| note.split_once(' '))
+            .and_then(|(id, added)| Some((entry_id(id)?, added.parse().ok()?)));
+        self
+    }
+
+    /// The oldest cursor that loses nothing: the last entry dropped when
+    /// known (the stream's newest while it is empty; the one noted when it
+    /// was last emptied, if nothing was dropped since), else just before
+    /// the first entry kept (trimming drops whole blocks of the oldest).
+    fn oldest_cursor(&self) -> Option<(u64, u64)> {
+        let Some((ms, seq)) = self.first else {
+            return self.newest;
+        };
+        if let (Some((last_dropped, dropped_then)), Some(added), Some(length)) =
+            (self.emptied, self.added, self.length)
+            && added.checked_sub(length) == Some(dropped_then)
+        {
+            return Some(last_dropped);
+        }
         Some(match seq.checked_sub(1) {
-            Some(seq) => format!("{ms}-{seq}"),
-            None => format!("{}-{}", ms.checked_sub(1)?, u64::MAX),
+            Some(seq) => (ms, seq),
+            None => (ms.checked_sub(1)?, u64::MAX),
         })
+    }
+}
+
+/// Whether a read after `cursor` (at `at`) of the stream of this `shape`
+/// (`None`: it does not exist) is sound: refused when the stream never
+/// generated the id (past its newest), or when trimming dropped entries
+/// after it (it is before [`StreamShape::oldest_cursor`]: Redis does not
+/// record the last entry trimmed).
+fn judge(shape: Option<&StreamShape>, cursor: &str, at: (u64, u64)) -> Result<(), EventsError> {
+    let newest = shape.and_then(|shape| shape.newest).unwrap_or((0, 0));
+    if at > newest {
+        return Err(EventsError::InvalidCursor {
+            cursor: cursor.to_owned(),
+        });
+    }
+    match shape
+        .filter(|shape| shape.trimmed())
+        .and_then(StreamShape::oldest_cursor)
+    {
+        Some(oldest) if at < oldest => Err(EventsError::CursorExpired {
+            oldest: cursor_text(oldest),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -128,34 +190,28 @@ impl Redis {
         let invalid = |cursor: &str| EventsError::InvalidCursor {
             cursor: cursor.to_owned(),
         };
-        let mut conn = self.link.conn()?;
-        let mut cursor = match after {
-            Some("now") => self
-                .newest_entry(&events.stream)
-                .await?
-                .unwrap_or_else(|| "0-0".to_owned()),
-            Some(cursor) => {
-                entry_id(cursor).ok_or_else(|| invalid(cursor))?;
-                self.check_kept(&events.stream, cursor).await?;
-                cursor.to_owned()
+        let (mut cursor, mut at) = match after {
+            Some("now") => {
+                let (shape, _) = self.events_page(events, (0, 0), 0).await?;
+                let newest = shape.and_then(|shape| shape.newest).unwrap_or((0, 0));
+                (cursor_text(newest), newest)
             }
-            None => "0-0".to_owned(),
+            // Nothing can follow the largest id: Redis refuses to read after it.
+            Some(cursor) => match entry_id(cursor) {
+                Some(at) if at != (u64::MAX, u64::MAX) => (cursor.to_owned(), at),
+                _ => return Err(invalid(cursor).into()),
+            },
+            None => ("0-0".to_owned(), (0, 0)),
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Subscribed before the read, so an entry appended after it
             // wakes this reader.
             let mut appended = self.newest_event.subscribe();
-            let entries = redis::cmd("XRANGE")
-                .arg(&events.stream)
-                .arg(format!("({cursor}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async::<Vec<(String, Vec<(String, String)>)>>(&mut conn)
-                .await;
-            let entries = self.link.observe(entries)?;
+            let (shape, entries) = self.events_page(events, at, limit).await?;
+            judge(shape.as_ref(), &cursor, at)?;
             if let Some((last, _)) = entries.last() {
+                at = entry_id(last).unwrap_or(at);
                 cursor = last.clone();
             }
             let found: Vec<Event> = entries
@@ -195,29 +251,27 @@ impl Redis {
             .map(|(id, _)| id))
     }
 
-    /// Refuses a cursor from before the entries the stream still holds,
-    /// once trimming (by count or age) has dropped any: Redis does not
-    /// record the last trimmed id, so the cursor just before the first
-    /// entry kept is the oldest one that loses nothing.
-    async fn check_kept(&self, stream: &str, cursor: &str) -> Result<(), BackendError> {
+    /// Up to `limit` entries after `at` and the stream's shape, read in
+    /// one step (`None`: the stream does not exist).
+    async fn events_page(
+        &self,
+        events: &RedisEvents,
+        at: (u64, u64),
+        limit: usize,
+    ) -> Result<(Option<StreamShape>, Vec<Entry>), BackendError> {
         let mut conn = self.link.conn()?;
-        let info = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(stream)
-            .query_async::<Value>(&mut conn)
+        let page = self
+            .scripts
+            .events_page
+            .key(&events.stream)
+            .key(&events.emptied)
+            .arg(format!("({}", cursor_text(at)))
+            .arg(limit)
+            .invoke_async::<(Option<Value>, Vec<Entry>, Option<String>)>(&mut conn)
             .await;
-        let info = match self.link.observe(info) {
-            Ok(info) => info,
-            // No stream yet: nothing was dropped.
-            Err(_) => return Ok(()),
-        };
-        let shape = StreamShape::of(&info);
-        match shape.oldest_cursor() {
-            Some(oldest) if shape.trimmed() && entry_id(cursor) < entry_id(&oldest) => {
-                Err(EventsError::CursorExpired { oldest }.into())
-            }
-            _ => Ok(()),
-        }
+        let (info, entries, emptied) = self.link.observe(page)?;
+        let shape = info.map(|info| StreamShape::of(&info).with_emptied(emptied.as_deref()));
+        Ok((shape, entries))
     }
 
     /// Keeps the log until `shutdown`: reaps the expiry index every
@@ -264,6 +318,7 @@ impl Redis {
             .reap
             .key(&events.expiries)
             .key(&events.stream)
+            .key(&events.emptied)
             .arg(&self.config.prefix)
             .arg(REAP_BATCH)
             .arg(events.config.retention)
@@ -297,12 +352,74 @@ mod tests {
 
     #[test]
     fn the_oldest_cursor_is_just_before_the_first_entry_kept() {
-        assert_eq!(shape("17-3", 5, 9).oldest_cursor().as_deref(), Some("17-2"));
-        assert_eq!(
-            shape("17-0", 5, 9).oldest_cursor().as_deref(),
-            Some("16-18446744073709551615")
-        );
+        assert_eq!(shape("17-3", 5, 9).oldest_cursor(), Some((17, 2)));
+        assert_eq!(shape("17-0", 5, 9).oldest_cursor(), Some((16, u64::MAX)));
         assert_eq!(shape("0-0", 5, 9).oldest_cursor(), None);
+    }
+
+    /// What `XINFO STREAM` says of a stream trimmed down to nothing after
+    /// `added` entries, the newest `newest`.
+    fn emptied(newest: &str, added: i64) -> StreamShape {
+        StreamShape::of(&Value::Array(vec![
+            Value::BulkString(b"length".to_vec()),
+            Value::Int(0),
+            Value::BulkString(b"last-generated-id".to_vec()),
+            Value::BulkString(newest.as_bytes().to_vec()),
+            Value::BulkString(b"entries-added".to_vec()),
+            Value::Int(added),
+            Value::BulkString(b"first-entry".to_vec()),
+            Value::Nil,
+        ]))
+    }
+
+    #[test]
+    fn a_cursor_before_what_the_stream_kept_is_expired_even_when_it_kept_nothing() {
+        let expired = |oldest: &str| {
+            Err(EventsError::CursorExpired {
+                oldest: oldest.to_owned(),
+            })
+        };
+        let empty = emptied("40-1", 9);
+        assert_eq!(judge(Some(&empty), "17-3", (17, 3)), expired("40-1"));
+        assert_eq!(judge(Some(&empty), "40-1", (40, 1)), Ok(()));
+        let mut kept = shape("17-3", 5, 9);
+        kept.newest = Some((40, 1));
+        assert_eq!(judge(Some(&kept), "17-1", (17, 1)), expired("17-2"));
+        assert_eq!(judge(Some(&kept), "17-2", (17, 2)), Ok(()));
+        // Nothing trimmed: every cursor up to the newest reads all.
+        assert_eq!(judge(Some(&emptied("40-1", 0)), "0-0", (0, 0)), Ok(()));
+    }
+
+    #[test]
+    fn after_an_emptying_the_last_entry_dropped_is_the_oldest_cursor_until_more_are_dropped() {
+        // Emptied at 40-1 after 9 entries; one more, 50-0, since.
+        let mut refilled = shape("50-0", 1, 10).with_emptied(Some("40-1 9"));
+        refilled.newest = Some((50, 0));
+        assert_eq!(refilled.oldest_cursor(), Some((40, 1)));
+        assert_eq!(judge(Some(&refilled), "40-1", (40, 1)), Ok(()));
+        // Then trimmed by count too: the note no longer tells.
+        let trimmed_again = shape("60-0", 2, 12).with_emptied(Some("40-1 9"));
+        assert_eq!(trimmed_again.oldest_cursor(), Some((59, u64::MAX)));
+        // A note that does not parse is no note.
+        assert_eq!(
+            shape("50-0", 1, 10)
+                .with_emptied(Some("40-1"))
+                .oldest_cursor(),
+            Some((49, u64::MAX))
+        );
+    }
+
+    #[test]
+    fn a_cursor_past_the_newest_id_was_never_handed_out() {
+        let invalid = |cursor: &str| {
+            Err(EventsError::InvalidCursor {
+                cursor: cursor.to_owned(),
+            })
+        };
+        let empty = emptied("40-1", 9);
+        assert_eq!(judge(Some(&empty), "40-2", (40, 2)), invalid("40-2"));
+        assert_eq!(judge(None, "0-0", (0, 0)), Ok(()));
+        assert_eq!(judge(None, "1-0", (1, 0)), invalid("1-0"));
     }
 
     #[test]

@@ -424,7 +424,10 @@ return pushed
 /// for each whose key is gone or past its expiry, deletes the key, removes
 /// the entry and appends `expired` to the stream (KEYS[2]), all in one
 /// step: two nodes reaping at once never both report one session. Also
-/// trims the stream by age. ARGV: key prefix, batch, retention, max age ms.
+/// trims the stream by age; when that leaves it empty, notes in KEYS[3]
+/// its newest id and the entries ever added (`<id> <added>`): the last
+/// entry dropped, which no entry kept tells once others follow.
+/// ARGV: key prefix, batch, retention, max age ms.
 /// Returns {sessions reported, events the stream holds}.
 const REAP: &str = r"
 local now = now_ms()
@@ -446,8 +449,28 @@ for _, member in ipairs(due) do
     redis.call('ZADD', KEYS[1], expires, member)
   end
 end
-redis.call('XTRIM', KEYS[2], 'MINID', '~', (now - tonumber(ARGV[4])) .. '-0')
-return {reaped, redis.call('XLEN', KEYS[2])}
+local trimmed = redis.call('XTRIM', KEYS[2], 'MINID', '~', (now - tonumber(ARGV[4])) .. '-0')
+local length = redis.call('XLEN', KEYS[2])
+if trimmed > 0 and length == 0 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  redis.call('SET', KEYS[3], fields['last-generated-id'] .. ' ' .. (fields['entries-added'] or ''))
+end
+return {reaped, length}
+";
+
+/// A page of the event log's stream KEYS[1] and what `XINFO STREAM` says
+/// of it, in one step (a trim between the two would drop entries after the
+/// cursor unseen): up to ARGV[2] entries from ARGV[1] (an exclusive start,
+/// `(<id>`; none when ARGV[2] is '0'), and the note of the stream's last
+/// emptying, KEYS[2] (see [`REAP`]). Returns {info, entries, note}, or
+/// {nil, {}, nil} when the stream does not exist.
+const EVENTS_PAGE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, {}, false} end
+local entries = {}
+if ARGV[2] ~= '0' then entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]) end
+return {redis.call('XINFO', 'STREAM', KEYS[1]), entries, redis.call('GET', KEYS[2])}
 ";
 
 /// The scripts, loaded once (Redis caches them by SHA).
@@ -461,6 +484,7 @@ pub struct Scripts {
     pub delete: Script,
     pub recall: Script,
     pub reap: Script,
+    pub events_page: Script,
 }
 
 impl Default for Scripts {
@@ -484,6 +508,7 @@ impl Default for Scripts {
             delete: Script::new(&with_events(&delete)),
             recall: Script::new(&with_events(RECALL)),
             reap: Script::new(&with_events(REAP)),
+            events_page: Script::new(EVENTS_PAGE),
         }
     }
 }
