@@ -987,11 +987,37 @@ impl AclWriter {
             ..
         } = self;
         let id = created_in_redis(http, writer, admin, &json!({ "written": "first" })).await;
+        Self::queue_a_write(http, admin, writer, &id).await;
+        id
+    }
+
+    /// The same, of a session whose idle TTL is 2 s.
+    async fn with_a_queued_write_of_a_2s_session(&mut self) -> String {
+        let Self {
+            http,
+            admin,
+            writer,
+            ..
+        } = self;
+        let created = create(http, writer, &json!({ "written": "first" }), Some(2)).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let id = created.session().id;
+        wait_for_version_in_redis(admin, &id, 1).await;
+        Self::queue_a_write(http, admin, writer, &id).await;
+        id
+    }
+
+    /// Stops the queue from shipping and writes version 2 of `id`.
+    async fn queue_a_write(
+        http: &reqwest::Client,
+        admin: &mut redis::aio::MultiplexedConnection,
+        writer: &Sessiond,
+        id: &str,
+    ) {
         set_node_user(admin, &QUEUE_CANNOT_SHIP).await;
-        let written = put(http, writer, &id, &json!({ "written": "second" }), Some(1)).await;
+        let written = put(http, writer, id, &json!({ "written": "second" }), Some(1)).await;
         assert_eq!(written.status, 200, "{}", written.text);
         assert_eq!(written.session().version, 2);
-        id
     }
 }
 
@@ -1405,26 +1431,14 @@ async fn async_mode_a_rotation_waits_for_its_own_session_not_for_a_failing_one()
 /// Redis would drop the session in use).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
+    let mut acl = AclWriter::start(&[]).await;
+    let id = acl.with_a_queued_write_of_a_2s_session().await;
     let AclWriter {
         redis,
         http,
         mut admin,
         writer,
-    } = AclWriter::start(&[]).await;
-    let created = create(&http, &writer, &json!({ "written": "first" }), Some(2)).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
-    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let written = put(
-        &http,
-        &writer,
-        &id,
-        &json!({ "written": "second" }),
-        Some(1),
-    )
-    .await;
-    assert_eq!(written.status, 200, "{}", written.text);
+    } = acl;
     // In use for 3 s, past the 2 s idle TTL the write was made with.
     let in_use_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < in_use_until {
@@ -1451,26 +1465,14 @@ async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
 /// meanwhile, and it would put this node's older data over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_write_held_past_its_expiry_never_ends_a_session_in_use_elsewhere() {
+    let mut acl = AclWriter::start(&[]).await;
+    let id = acl.with_a_queued_write_of_a_2s_session().await;
     let AclWriter {
         redis,
         http,
         mut admin,
         writer,
-    } = AclWriter::start(&[]).await;
-    let created = create(&http, &writer, &json!({ "written": "first" }), Some(2)).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
-    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let written = put(
-        &http,
-        &writer,
-        &id,
-        &json!({ "written": "second" }),
-        Some(1),
-    )
-    .await;
-    assert_eq!(written.status, 200, "{}", written.text);
+    } = acl;
     // In use on another node for 3.5 s, past the writer's copy's expiry.
     let elsewhere = node_on(&http, &redis.url(), &[]).await;
     let in_use_until = Instant::now() + Duration::from_millis(3_500);
