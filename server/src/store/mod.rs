@@ -15,6 +15,7 @@ mod shard;
 mod user_index;
 mod write_log;
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -323,7 +324,30 @@ impl Store {
 
     /// Locks the shards of `ids` together.
     fn lock_group<'a>(&self, ids: impl IntoIterator<Item = &'a SessionId>) -> Locked<'_> {
-        let mut indices: Vec<usize> = ids.into_iter().map(|id| self.shard_index(id)).collect();
+        self.lock_shards(ids.into_iter().map(|id| self.shard_index(id)))
+    }
+
+    /// Locks the shards of `ids` together with, for a capped `owner`, the
+    /// shard that stands for its user: two logins of a user who has no
+    /// session yet lock none of the user's sessions, and without a lock in
+    /// common each would find room under the cap.
+    fn lock_for_owner<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a SessionId>,
+        capped: Option<&Owner>,
+    ) -> Locked<'_> {
+        let user_shard = capped.map(|owner| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            owner.user.as_str().hash(&mut hasher);
+            (hasher.finish() & self.shard_mask) as usize
+        });
+        let ids = ids.into_iter().map(|id| self.shard_index(id));
+        self.lock_shards(ids.chain(user_shard))
+    }
+
+    /// Locks the shards at `indices` together, in index order.
+    fn lock_shards(&self, indices: impl IntoIterator<Item = usize>) -> Locked<'_> {
+        let mut indices: Vec<usize> = indices.into_iter().collect();
         indices.sort_unstable();
         indices.dedup();
         Locked {
@@ -416,7 +440,7 @@ impl Store {
             let owned = capped
                 .map(|owner| self.users.ids(&owner.user))
                 .unwrap_or_default();
-            let mut locked = self.lock_group(owned.iter().chain([&id]));
+            let mut locked = self.lock_for_owner(owned.iter().chain([&id]), capped);
             if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
                 continue;
             }
@@ -724,7 +748,7 @@ impl Store {
             let owned = capped
                 .map(|owner| self.users.ids(&owner.user))
                 .unwrap_or_default();
-            let mut locked = self.lock_group(owned.iter().chain([id, &new_id]));
+            let mut locked = self.lock_for_owner(owned.iter().chain([id, &new_id]), capped);
             if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
                 continue;
             }

@@ -1006,3 +1006,43 @@ fn the_write_log_survives_the_store() {
         .unwrap();
     assert_eq!((replay.version, replay.data), (6, json("9")));
 }
+
+/// A user's first logins racing each other (creates and rotations that
+/// bind an anonymous session) admit exactly the cap. The cap was kept by
+/// locking the shards of the user's sessions, so logins of a user who had
+/// none shared no lock, and each one found room.
+#[test]
+fn a_users_first_logins_racing_admit_exactly_the_cap() {
+    const LOGINS: usize = 4;
+    let store = Arc::new(store().0);
+    let barrier = Arc::new(std::sync::Barrier::new(LOGINS));
+    for round in 0..1_000 {
+        let owner = Arc::new(owner(&format!("first-{round}"), 1, WhenUserFull::Reject));
+        let logins: Vec<_> = (0..LOGINS)
+            .map(|n| {
+                let (store, owner, barrier) = (store.clone(), owner.clone(), barrier.clone());
+                let anonymous = created(&store, "{}", 60 * SECOND);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    if n % 2 == 0 {
+                        login(&store, &owner, 60 * SECOND).is_ok()
+                    } else {
+                        store
+                            .rotate(&anonymous, SessionId::random(), Some(&owner))
+                            .is_ok()
+                    }
+                })
+            })
+            .collect();
+        let admitted = logins
+            .into_iter()
+            .map(|login| login.join().unwrap())
+            .filter(|admitted| *admitted)
+            .count();
+        assert_eq!(
+            admitted, 1,
+            "round {round}: logins admitted under a cap of 1"
+        );
+        assert_eq!(listed(&store, &owner).len(), 1, "round {round}");
+    }
+}
