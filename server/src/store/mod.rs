@@ -777,14 +777,18 @@ impl Store {
                     }
                     return Err(err);
                 }
-                if let Some(old_user) = &session.user {
-                    self.users.remove(old_user, id);
-                }
+                let listed_as = match &session.user {
+                    Some(old_user) if *old_user == owner.user => Some(id),
+                    Some(old_user) => {
+                        self.users.remove(old_user, id);
+                        None
+                    }
+                    None => None,
+                };
+                self.users.replace(&owner.user, listed_as, new_id);
                 session.user = Some(owner.user.clone());
-                self.users.add(&owner.user, new_id);
             } else if let Some(user) = &session.user {
-                self.users.remove(user, id);
-                self.users.add(user, new_id);
+                self.users.replace(user, Some(id), new_id);
             }
             session.id = new_id;
             session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);

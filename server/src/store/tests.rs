@@ -1046,3 +1046,37 @@ fn a_users_first_logins_racing_admit_exactly_the_cap() {
         assert_eq!(listed(&store, &owner).len(), 1, "round {round}");
     }
 }
+
+/// A rotation of a user's session racing that user's login: the login
+/// never finds the user with one session fewer (the rotation's old id
+/// gone from the index, its new one not yet there), so the cap holds.
+#[test]
+fn a_rotation_racing_a_login_of_its_user_keeps_the_cap() {
+    let store = Arc::new(store().0);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    for round in 0..20_000 {
+        let owner = Arc::new(owner(
+            &format!("rotating-{round}"),
+            2,
+            WhenUserFull::EvictOldest,
+        ));
+        let first = login(&store, &owner, 60 * SECOND).unwrap().id;
+        login(&store, &owner, 60 * SECOND).unwrap();
+        let rotation = {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                // The login may evict it first.
+                let rotated = store.rotate(&first, SessionId::random(), None);
+                assert!(
+                    matches!(rotated, Ok(_) | Err(StoreError::NotFound)),
+                    "{rotated:?}"
+                );
+            })
+        };
+        barrier.wait();
+        login(&store, &owner, 60 * SECOND).unwrap();
+        rotation.join().unwrap();
+        assert_eq!(listed(&store, &owner).len(), 2, "round {round}");
+    }
+}

@@ -53,13 +53,25 @@ impl UserIndex {
 
     /// Records that `id` belongs to `user`.
     pub fn add(&self, user: &UserName, id: SessionId) {
+        self.replace(user, None, id);
+    }
+
+    /// Records that `new` belongs to `user` in place of `old` (if listed),
+    /// in one step: a reader never finds the user without either, one
+    /// session short (a rotation).
+    pub fn replace(&self, user: &UserName, old: Option<&SessionId>, new: SessionId) {
         let mut shard = self.shard(user).lock();
         let ids = shard.entry(user.clone()).or_insert_with(|| {
             self.users.fetch_add(1, Ordering::Relaxed);
             Vec::new()
         });
-        ids.push(id);
-        self.entries.fetch_add(1, Ordering::Relaxed);
+        match ids.iter_mut().find(|known| Some(&**known) == old) {
+            Some(known) => *known = new,
+            None => {
+                ids.push(new);
+                self.entries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Forgets that `id` belongs to `user` (nothing if it did not).
