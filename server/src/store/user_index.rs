@@ -65,7 +65,7 @@ impl UserIndex {
             self.users.fetch_add(1, Ordering::Relaxed);
             Vec::new()
         });
-        match ids.iter_mut().find(|known| Some(&**known) == old) {
+        match old.and_then(|old| ids.iter_mut().find(|known| **known == *old)) {
             Some(known) => *known = new,
             None => {
                 ids.push(new);
