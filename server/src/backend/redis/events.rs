@@ -155,17 +155,22 @@ impl StreamShape {
     }
 }
 
-/// Whether a read after `cursor` (at `at`) of the stream of this `shape`
+/// A cursor this log never hands out.
+fn invalid(cursor: &str) -> EventsError {
+    EventsError::InvalidCursor {
+        cursor: cursor.to_owned(),
+    }
+}
+
+/// Whether a read after the cursor `at` of the stream of this `shape`
 /// (`None`: it does not exist) is sound: refused when the stream never
 /// generated the id (past its newest), or when trimming dropped entries
 /// after it (it is before [`StreamShape::oldest_cursor`]: Redis does not
 /// record the last entry trimmed).
-fn judge(shape: Option<&StreamShape>, cursor: &str, at: (u64, u64)) -> Result<(), EventsError> {
+fn judge(shape: Option<&StreamShape>, at: (u64, u64)) -> Result<(), EventsError> {
     let newest = shape.and_then(|shape| shape.newest).unwrap_or((0, 0));
     if at > newest {
-        return Err(EventsError::InvalidCursor {
-            cursor: cursor.to_owned(),
-        });
+        return Err(invalid(&cursor_text(at)));
     }
     match shape
         .filter(|shape| shape.trimmed())
@@ -187,21 +192,17 @@ impl Redis {
         wait: Duration,
     ) -> Result<EventPage, BackendError> {
         let events = self.events.as_ref().ok_or(EventsError::Off)?;
-        let invalid = |cursor: &str| EventsError::InvalidCursor {
-            cursor: cursor.to_owned(),
-        };
-        let (mut cursor, mut at) = match after {
+        let mut at = match after {
             Some("now") => {
                 let (shape, _) = self.events_page(events, (0, 0), 0).await?;
-                let newest = shape.and_then(|shape| shape.newest).unwrap_or((0, 0));
-                (cursor_text(newest), newest)
+                shape.and_then(|shape| shape.newest).unwrap_or((0, 0))
             }
             // Nothing can follow the largest id: Redis refuses to read after it.
             Some(cursor) => match entry_id(cursor) {
-                Some(at) if at != (u64::MAX, u64::MAX) => (cursor.to_owned(), at),
+                Some(at) if at != (u64::MAX, u64::MAX) => at,
                 _ => return Err(invalid(cursor).into()),
             },
-            None => ("0-0".to_owned(), (0, 0)),
+            None => (0, 0),
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -209,10 +210,9 @@ impl Redis {
             // wakes this reader.
             let mut appended = self.newest_event.subscribe();
             let (shape, entries) = self.events_page(events, at, limit).await?;
-            judge(shape.as_ref(), &cursor, at)?;
+            judge(shape.as_ref(), at)?;
             if let Some((last, _)) = entries.last() {
                 at = entry_id(last).unwrap_or(at);
-                cursor = last.clone();
             }
             let found: Vec<Event> = entries
                 .into_iter()
@@ -222,7 +222,7 @@ impl Redis {
             if !found.is_empty() || now >= deadline {
                 return Ok(EventPage {
                     events: found,
-                    next: cursor,
+                    next: cursor_text(at),
                 });
             }
             let wake = deadline.min(now + MAX_QUIET);
@@ -241,7 +241,7 @@ impl Redis {
             .arg("-")
             .arg("COUNT")
             .arg(1)
-            .query_async::<Vec<(String, Vec<(String, String)>)>>(&mut conn)
+            .query_async::<Vec<Entry>>(&mut conn)
             .await;
         Ok(self
             .link
@@ -380,14 +380,14 @@ mod tests {
             })
         };
         let empty = emptied("40-1", 9);
-        assert_eq!(judge(Some(&empty), "17-3", (17, 3)), expired("40-1"));
-        assert_eq!(judge(Some(&empty), "40-1", (40, 1)), Ok(()));
+        assert_eq!(judge(Some(&empty), (17, 3)), expired("40-1"));
+        assert_eq!(judge(Some(&empty), (40, 1)), Ok(()));
         let mut kept = shape("17-3", 5, 9);
         kept.newest = Some((40, 1));
-        assert_eq!(judge(Some(&kept), "17-1", (17, 1)), expired("17-2"));
-        assert_eq!(judge(Some(&kept), "17-2", (17, 2)), Ok(()));
+        assert_eq!(judge(Some(&kept), (17, 1)), expired("17-2"));
+        assert_eq!(judge(Some(&kept), (17, 2)), Ok(()));
         // Nothing trimmed: every cursor up to the newest reads all.
-        assert_eq!(judge(Some(&emptied("40-1", 0)), "0-0", (0, 0)), Ok(()));
+        assert_eq!(judge(Some(&emptied("40-1", 0)), (0, 0)), Ok(()));
     }
 
     #[test]
@@ -396,7 +396,7 @@ mod tests {
         let mut refilled = shape("50-0", 1, 10).with_emptied(Some("40-1 9"));
         refilled.newest = Some((50, 0));
         assert_eq!(refilled.oldest_cursor(), Some((40, 1)));
-        assert_eq!(judge(Some(&refilled), "40-1", (40, 1)), Ok(()));
+        assert_eq!(judge(Some(&refilled), (40, 1)), Ok(()));
         // Then trimmed by count too: the note no longer tells.
         let trimmed_again = shape("60-0", 2, 12).with_emptied(Some("40-1 9"));
         assert_eq!(trimmed_again.oldest_cursor(), Some((59, u64::MAX)));
@@ -417,9 +417,9 @@ mod tests {
             })
         };
         let empty = emptied("40-1", 9);
-        assert_eq!(judge(Some(&empty), "40-2", (40, 2)), invalid("40-2"));
-        assert_eq!(judge(None, "0-0", (0, 0)), Ok(()));
-        assert_eq!(judge(None, "1-0", (1, 0)), invalid("1-0"));
+        assert_eq!(judge(Some(&empty), (40, 2)), invalid("40-2"));
+        assert_eq!(judge(None, (0, 0)), Ok(()));
+        assert_eq!(judge(None, (1, 0)), invalid("1-0"));
     }
 
     #[test]
