@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use sessiond_e2e::redis_support::{
-    Reply, bounded, client_of, encode_user, http, listed, login, node_on, send,
+    Reply, bounded, client_of, encode_user, http, listed, login, node_on, redis_conn, redis_query,
+    send,
 };
 use sessiond_e2e::{RedisCluster, RedisServer, Sessiond};
 
@@ -402,5 +403,114 @@ async fn write_behind_nodes_list_and_revoke_through_redis() {
             assert_eq!(status_of(&http, node, id).await, 404);
         }
         assert!(listed(&http, node, user).await.is_empty());
+    }
+}
+
+/// Stands in for other nodes while a rotation of the session under `key`
+/// runs: bumps its version (a write elsewhere: the rotation's delete of the
+/// old id fails and it copies again) until a new session key appears (the
+/// rotation's copy; `known` is how many there were before), then deletes
+/// the old key (a logout elsewhere). Answers 2 when it deleted, 0 when the
+/// old key was gone already (the rotation finished first), else 1.
+const MEDDLE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if #redis.call('KEYS', ARGV[1]) > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return 2
+end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return 1
+";
+
+/// The session keys (not tombstones, indexes, claims or heartbeats).
+const SESSION_KEYS: &str = "sessiond:??????????????????????";
+
+async fn session_key_set(admin: &mut redis::aio::MultiplexedConnection) -> BTreeSet<String> {
+    redis_query(admin, redis::cmd("KEYS").arg(SESSION_KEYS)).await
+}
+
+/// Runs [`MEDDLE`] until the rotation finished or the old key was deleted
+/// (bounded): whether it deleted it.
+async fn meddle(mut admin: redis::aio::MultiplexedConnection, key: String, known: usize) -> bool {
+    let script = redis::Script::new(MEDDLE);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let mut invocation = script.key(&key);
+        invocation.arg(SESSION_KEYS).arg(known);
+        match bounded("meddle", invocation.invoke_async::<i64>(&mut admin)).await {
+            Ok(1) => continue,
+            Ok(done) => return done == 2,
+            Err(err) => panic!("meddling failed: {err}"),
+        }
+    }
+    panic!("the rotation neither finished nor copied within 10 s");
+}
+
+/// Sync mode: a rotation whose session changes under it (a write on
+/// another node makes it copy again) and is then deleted (a logout on
+/// another node) answers 404 and leaves nothing under the new id: no key,
+/// nothing listed for the user, no expiry to report. The copy it had made
+/// stayed (listed for the user, later reported `expired` though never
+/// `created`), and with an `Idempotency-Key` it was answered as the rotated
+/// session: the logged-out session back under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_whose_session_is_logged_out_midway_leaves_nothing_under_the_new_id() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    for idempotent in [false, true] {
+        let mut raced = 0;
+        for round in 0..20 {
+            let user = format!("racer-{idempotent}-{round}");
+            let id = logged_in(&http, &node, &user, 600).await;
+            let before = session_key_set(&mut admin).await;
+            let meddler = tokio::spawn(meddle(
+                admin.clone(),
+                format!("sessiond:{id}"),
+                before.len(),
+            ));
+            let mut request = http.post(format!("{}/v1/sessions/{id}/rotate", node.url()));
+            if idempotent {
+                request = request.header("idempotency-key", format!("rotation-{round}"));
+            }
+            let reply = send(request).await;
+            if !meddler.await.expect("the meddler") {
+                assert_eq!(reply.status, 201, "{}", reply.text);
+                continue;
+            }
+            raced += 1;
+            let case = format!("idempotent {idempotent}, round {round}");
+            assert_eq!(reply.status, 404, "{case}: {}", reply.text);
+            let mut left = before.clone();
+            left.remove(&format!("sessiond:{id}"));
+            assert_eq!(
+                session_key_set(&mut admin).await,
+                left,
+                "{case}: session keys"
+            );
+            assert_eq!(
+                listed(&http, &node, &user).await,
+                Vec::<String>::new(),
+                "{case}"
+            );
+            let expiries: Vec<String> = redis_query(
+                &mut admin,
+                redis::cmd("ZRANGE")
+                    .arg("{sessiond:events}:expiries")
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await;
+            let copies: Vec<&String> = expiries
+                .iter()
+                .filter(|entry| entry.ends_with(&format!(":{user}")) && !entry.starts_with(&id))
+                .collect();
+            assert!(copies.is_empty(), "{case}: expiries of a copy: {copies:?}");
+            if raced == 3 {
+                break;
+            }
+        }
+        assert_eq!(raced, 3, "idempotent {idempotent}: the race never happened");
     }
 }

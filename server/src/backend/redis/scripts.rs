@@ -140,7 +140,8 @@ pub const MAX_CACHERS: usize = 8;
 /// cachers): `now_ms()` (Redis's clock);
 /// `announcement(nodes)`, the record of an invalidation sent to `nodes`
 /// now ('0' for none); `told(record)`, the nodes of a recorded one that
-/// may still be owed an ack (made less than `RECALL_MS` ago), or nil;
+/// may still be owed an ack (made less than `RECALL_MS` ago), or nil (a
+/// tombstone's record may go on after a space, see [`DELETE`]);
 /// `cachers(listed, record, writer)`, the nodes a change must be announced
 /// to and acked by: those of the cacher list `listed` and those `told`
 /// by `record`, less `writer`; `recall(record, channel, message)`, for a
@@ -159,7 +160,7 @@ local function announcement(nodes)
   return now_ms() .. ':' .. table.concat(nodes, ',')
 end
 local function told(record)
-  local at, nodes = string.match(record or '', '^(%d+):(.+)$')
+  local at, nodes = string.match(record or '', '^(%d+):([^ ]+)')
   if at and now_ms() - tonumber(at) < RECALL_MS then return nodes end
   return nil
 end
@@ -374,7 +375,8 @@ return answer
 /// Deletes a session (only at version ARGV[3] unless it is ''), announcing
 /// it when nodes other than ARGV[4] may hold a copy (or always, when ARGV[4]
 /// is ''). Leaves a tombstone (KEYS[2]) holding the announcement to other
-/// cachers (as `a` in the hash; '0' for none), for the session's idle TTL
+/// cachers (as `a` in the hash; '0' for none) and, for a rotation, a space
+/// and the id it moved to (see [`rotated_to`]), for the session's idle TTL
 /// (at least [`TOMBSTONE_MS`]). Returns {1, other cachers,
 /// user} when deleted; when not there, {0, nodes, ''}, the `recall` of its
 /// deletion's announcement; at another version {0, '', ''}. With
@@ -387,7 +389,8 @@ if not r[1] then return {0, recall(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2])
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
 local others = cachers(r[2], r[4], ARGV[4])
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], announcement(others), 'PX', math.max(TOMBSTONE_MS, tonumber(r[5] or '0')))
+local moved = ARGV[6] ~= '' and (' ' .. ARGV[6]) or ''
+redis.call('SET', KEYS[2], announcement(others) .. moved, 'PX', math.max(TOMBSTONE_MS, tonumber(r[5] or '0')))
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
   redis.call('ZREM', KEYS[4], id .. ':' .. (r[3] or ''))
@@ -400,6 +403,27 @@ end
 if #others > 0 or ARGV[4] == '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return {1, table.concat(others, ','), r[3] or ''}
 ";
+
+/// Takes back the copy a rotation made under a new id (KEYS[1]) when the
+/// move cannot finish (the old id went, or kept changing): the key and,
+/// with the event log (KEYS[2] stream, KEYS[3] expiry index), its expiry
+/// index entry, so it is never reported `expired`; no event, no tombstone
+/// (the id never held a session anyone was told of). Returns 1 when there
+/// was a copy.
+const RETRACT: &str = r"
+local user = redis.call('HGET', KEYS[1], 'p')
+if not user then return 0 end
+redis.call('DEL', KEYS[1])
+if KEYS[3] then redis.call('ZREM', KEYS[3], string.sub(KEYS[1], -22) .. ':' .. user) end
+return 1
+";
+
+/// The id a session was moved to by the rotation that deleted it, from its
+/// tombstone's text (`None` for any other deletion).
+pub fn rotated_to(tombstone: &str) -> Option<SessionId> {
+    let (_, moved) = tombstone.split_once(' ')?;
+    moved.parse().ok()
+}
 
 /// For a replay: the `recall` (publishing ARGV[2] on the channel ARGV[1])
 /// of the latest announcement of a change of a session, a write's (`a` of
@@ -483,6 +507,7 @@ pub struct Scripts {
     pub write: Script,
     pub delete: Script,
     pub recall: Script,
+    pub retract: Script,
     pub reap: Script,
     pub events_page: Script,
 }
@@ -507,6 +532,7 @@ impl Default for Scripts {
             write: Script::new(&with_events(&write)),
             delete: Script::new(&with_events(&delete)),
             recall: Script::new(&with_events(RECALL)),
+            retract: Script::new(RETRACT),
             reap: Script::new(&with_events(REAP)),
             events_page: Script::new(EVENTS_PAGE),
         }
@@ -769,6 +795,19 @@ mod tests {
     use redis::cluster_routing::Slot;
 
     use super::*;
+
+    #[test]
+    fn only_a_rotations_tombstone_names_the_id_it_moved_to() {
+        let moved = SessionId::random();
+        assert_eq!(rotated_to(&format!("0 {moved}")), Some(moved));
+        assert_eq!(
+            rotated_to(&format!("1764800000000:a1,b2 {moved}")),
+            Some(moved)
+        );
+        assert_eq!(rotated_to("0"), None);
+        assert_eq!(rotated_to("1764800000000:a1,b2"), None);
+        assert_eq!(rotated_to("0 not-an-id"), None);
+    }
 
     #[test]
     fn a_tombstone_hashes_to_its_session_keys_slot() {

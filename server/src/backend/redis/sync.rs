@@ -11,7 +11,7 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
 use super::event_log::count_logged;
-use super::scripts::{WriteOutcome, hex, session_args, tombstone};
+use super::scripts::{WriteOutcome, hex, rotated_to, session_args, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
@@ -183,7 +183,9 @@ impl SyncBackend {
     }
 
     /// Moves a session to `new_id` (belonging to `rebind` from now on, if
-    /// given): copy, then delete the old key if it did not change.
+    /// given): copy, then delete the old key if it did not change. A copy
+    /// whose move cannot finish (the old id went, or kept changing) is
+    /// taken back: no session appears under an id its client never got.
     async fn move_session(
         &self,
         id: &SessionId,
@@ -193,19 +195,25 @@ impl SyncBackend {
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let ordered = redis.lock(id).await;
-        for _ in 0..MAX_OPTIMISTIC_ATTEMPTS {
+        for attempt in 0..=MAX_OPTIMISTIC_ATTEMPTS {
             let Some(current) = redis.read_redis(id, false).await? else {
                 redis.store.delete(id);
-                if tag.is_some() {
-                    // Another attempt of this rotation may have finished
-                    // the move (the new id is claimed by this write alone).
+                // Only a rotation to `new_id` says another attempt of this
+                // one finished (the new id is claimed by this write alone);
+                // a copy under it may be an unfinished attempt's, of a
+                // session deleted since.
+                if tag.is_some() && self.rotated_to(id, &new_id).await? {
                     redis.settle_replay(id).await?;
                     // The new id's lock may be this one's stripe.
                     drop(ordered);
                     return redis.load(&new_id).await;
                 }
+                self.retract(&new_id).await?;
                 return Err(BackendError::NotFound);
             };
+            if attempt == MAX_OPTIMISTIC_ATTEMPTS {
+                break;
+            }
             let moved = Session {
                 id: new_id,
                 expires_at_ms: redis.store.expiry(
@@ -242,11 +250,34 @@ impl SyncBackend {
                 return Ok(moved);
             }
         }
-        redis.delete_in_redis(&new_id, None, Gone::Deleted).await?;
+        self.retract(&new_id).await?;
         Err(Unavailable::Contention {
             operation: "rotate",
         }
         .into())
+    }
+
+    /// Whether `id` was deleted by a rotation that moved it to `new_id`
+    /// (its tombstone says so).
+    async fn rotated_to(&self, id: &SessionId, new_id: &SessionId) -> Result<bool, BackendError> {
+        let redis = &self.redis;
+        let mut conn = redis.link.conn()?;
+        let mut command = redis::cmd("GET");
+        command.arg(tombstone(&redis.key(id)));
+        let text: Option<String> = redis.link.observe(command.query_async(&mut conn).await)?;
+        Ok(text.as_deref().and_then(rotated_to) == Some(*new_id))
+    }
+
+    /// Takes back the copy an unfinished rotation made under `new_id`, if
+    /// there is one (see the RETRACT script).
+    async fn retract(&self, new_id: &SessionId) -> Result<(), BackendError> {
+        let redis = &self.redis;
+        let mut conn = redis.link.conn()?;
+        let mut invocation = redis.scripts.retract.key(redis.key(new_id));
+        redis.event_keys(&mut invocation);
+        let retracted = invocation.invoke_async::<i64>(&mut conn).await;
+        redis.link.observe(retracted).map_err(write_error)?;
+        Ok(())
     }
 }
 
