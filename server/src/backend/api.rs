@@ -278,9 +278,6 @@ impl From<StoreError> for BackendError {
             StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
             StoreError::TooManySessions { max } => Self::TooManySessions { max },
             StoreError::ShardFull { max } => Self::Unavailable(Unavailable::ShardFull { max }),
-            StoreError::Contention => Self::Unavailable(Unavailable::Contention {
-                operation: "change the user's sessions",
-            }),
         }
     }
 }

@@ -135,9 +135,6 @@ pub enum StoreError {
         /// The cap.
         max: usize,
     },
-    /// The user's sessions kept changing under every attempt.
-    #[error("the user's sessions changed under every attempt; try again")]
-    Contention,
     /// A re-sent write whose first attempt may or may not have been applied.
     #[error(
         "this write was sent again after its answer was lost, and the session has changed \
@@ -280,12 +277,19 @@ struct Locked<'a> {
 }
 
 impl Locked<'_> {
+    /// The locked shard `index`, which the caller locked in this group.
+    fn locked_shard(&mut self, index: usize) -> &mut Shard {
+        self.shard(index)
+            .unwrap_or_else(|| unreachable!("shard {index} was locked with the group"))
+    }
+
     /// The locked shard `index`, if it is in the group.
     fn shard(&mut self, index: usize) -> Option<&mut Shard> {
-        self.guards
-            .iter_mut()
-            .find(|(locked, _)| *locked == index)
-            .map(|(_, guard)| &mut **guard)
+        let at = self
+            .guards
+            .binary_search_by_key(&index, |(locked, _)| *locked)
+            .ok()?;
+        Some(&mut *self.guards[at].1)
     }
 }
 
@@ -322,11 +326,6 @@ impl Store {
         &self.shards[self.shard_index(id)]
     }
 
-    /// Locks the shards of `ids` together.
-    fn lock_group<'a>(&self, ids: impl IntoIterator<Item = &'a SessionId>) -> Locked<'_> {
-        self.lock_shards(ids.into_iter().map(|id| self.shard_index(id)))
-    }
-
     /// Locks the shards of `ids` together with, for a capped `owner`, the
     /// shard that stands for its user: two logins of a user who has no
     /// session yet lock none of the user's sessions, and without a lock in
@@ -343,6 +342,31 @@ impl Store {
         });
         let ids = ids.into_iter().map(|id| self.shard_index(id));
         self.lock_shards(ids.chain(user_shard))
+    }
+
+    /// Locks the shards of `ids` and of the sessions of `capped`'s user
+    /// (and its user's shard, see [`Self::lock_for_owner`]) once the user's
+    /// index held still while they were locked; returns the user's indexed
+    /// sessions with the locks. The index only changes under the lock of
+    /// the shard of a session it names, so when it changed under each of
+    /// [`MAX_INDEX_ATTEMPTS`] attempts (a storm of the user's logins and
+    /// logouts) every shard is locked: slower, but the step always happens.
+    fn lock_with_users_sessions(
+        &self,
+        ids: &[&SessionId],
+        user: Option<&UserName>,
+        capped: Option<&Owner>,
+    ) -> (Vec<SessionId>, Locked<'_>) {
+        let indexed = || user.map(|user| self.users.ids(user)).unwrap_or_default();
+        for _ in 0..MAX_INDEX_ATTEMPTS {
+            let owned = indexed();
+            let locked = self.lock_for_owner(owned.iter().chain(ids.iter().copied()), capped);
+            if user.is_none() || indexed() == owned {
+                return (owned, locked);
+            }
+        }
+        let locked = self.lock_shards(0..self.shards.len());
+        (indexed(), locked)
     }
 
     /// Locks the shards at `indices` together, in index order.
@@ -436,41 +460,30 @@ impl Store {
         // Without a cap there is nothing to count: only the new session's
         // shard is locked.
         let capped = owner.filter(|owner| owner.limit.max_sessions > 0);
-        for _ in 0..MAX_INDEX_ATTEMPTS {
-            let owned = capped
-                .map(|owner| self.users.ids(&owner.user))
-                .unwrap_or_default();
-            let mut locked = self.lock_for_owner(owned.iter().chain([&id]), capped);
-            if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
-                continue;
-            }
-            let Some(shard) = locked.shard(self.shard_index(&id)) else {
-                continue;
-            };
-            if let Ok(existing) = self.live_record(shard, &id, now) {
-                return Ok(Admitted::Existing(existing.session()));
-            }
-            if shard.sessions.is_full() {
-                // Before the cap makes way: a refused create costs nothing.
-                return Err(shard_full());
-            }
-            if let Some(owner) = capped {
-                self.make_way(&mut locked, owner, &owned, None, now)?;
-            }
-            if let Some(shard) = locked.shard(self.shard_index(&id)) {
-                shard
-                    .sessions
-                    .replace(Record::new(&session, now))
-                    .map_err(|_| shard_full())?;
-            }
-            if let Some(owner) = owner {
-                self.users.add(&owner.user, id);
-            }
-            self.counters.sessions.fetch_add(1, Ordering::Relaxed);
-            self.log_event(EventKind::Created, id, session.user.as_ref(), None);
-            return Ok(Admitted::Stored(session));
+        let user = capped.map(|owner| &owner.user);
+        let (owned, mut locked) = self.lock_with_users_sessions(&[&id], user, capped);
+        let shard = locked.locked_shard(self.shard_index(&id));
+        if let Ok(existing) = self.live_record(shard, &id, now) {
+            return Ok(Admitted::Existing(existing.session()));
         }
-        Err(StoreError::Contention)
+        if shard.sessions.is_full() {
+            // Before the cap makes way: a refused create costs nothing.
+            return Err(shard_full());
+        }
+        if let Some(owner) = capped {
+            self.make_way(&mut locked, owner, &owned, None, now)?;
+        }
+        locked
+            .locked_shard(self.shard_index(&id))
+            .sessions
+            .replace(Record::new(&session, now))
+            .map_err(|_| shard_full())?;
+        if let Some(owner) = owner {
+            self.users.add(&owner.user, id);
+        }
+        self.counters.sessions.fetch_add(1, Ordering::Relaxed);
+        self.log_event(EventKind::Created, id, session.user.as_ref(), None);
+        Ok(Admitted::Stored(session))
     }
 
     /// Makes room for one more session of `owner`'s user among `owned`
@@ -743,65 +756,53 @@ impl Store {
         rebind: Option<&Owner>,
     ) -> Result<Session, StoreError> {
         let now = self.now_ms();
-        for _ in 0..MAX_INDEX_ATTEMPTS {
-            let capped = rebind.filter(|owner| owner.limit.max_sessions > 0);
-            let owned = capped
-                .map(|owner| self.users.ids(&owner.user))
-                .unwrap_or_default();
-            let mut locked = self.lock_for_owner(owned.iter().chain([id, &new_id]), capped);
-            if capped.is_some_and(|owner| self.users.ids(&owner.user) != owned) {
-                continue;
-            }
-            if locked
-                .shard(self.shard_index(&new_id))
-                .is_some_and(|target| target.sessions.is_full())
-            {
-                return Err(shard_full());
-            }
-            let Some(source) = locked.shard(self.shard_index(id)) else {
-                continue;
-            };
-            let record = self.take_live(source, id, now)?;
-            let mut session = record.session();
-            if let Some(owner) = rebind {
-                let keep = (session.user.as_ref() == Some(&owner.user)).then_some(*id);
-                let rebound = self
-                    .make_way(&mut locked, owner, &owned, keep, now)
-                    .and_then(|()| self.recharge(&record, owner.user.as_str().len()));
-                if let Err(err) = rebound {
-                    if let Some(source) = locked.shard(self.shard_index(id)) {
-                        // It was taken out of this shard a moment ago, so it fits.
-                        if let Err(lost) = source.sessions.replace(record) {
-                            self.forget(&lost, Removal::Evicted);
-                        }
-                    }
-                    return Err(err);
-                }
-                let listed_as = match &session.user {
-                    Some(old_user) if *old_user == owner.user => Some(id),
-                    Some(old_user) => {
-                        self.users.remove(old_user, id);
-                        None
-                    }
-                    None => None,
-                };
-                self.users.replace(&owner.user, listed_as, new_id);
-                session.user = Some(owner.user.clone());
-            } else if let Some(user) = &session.user {
-                self.users.replace(user, Some(id), new_id);
-            }
-            session.id = new_id;
-            session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
-            if let Some(target) = locked.shard(self.shard_index(&new_id)) {
-                // Checked above (under the same lock) to have room.
-                if let Err(lost) = target.sessions.replace(Record::new(&session, now)) {
+        let capped = rebind.filter(|owner| owner.limit.max_sessions > 0);
+        let user = capped.map(|owner| &owner.user);
+        let (owned, mut locked) = self.lock_with_users_sessions(&[id, &new_id], user, capped);
+        if locked
+            .locked_shard(self.shard_index(&new_id))
+            .sessions
+            .is_full()
+        {
+            return Err(shard_full());
+        }
+        let record = self.take_live(locked.locked_shard(self.shard_index(id)), id, now)?;
+        let mut session = record.session();
+        if let Some(owner) = rebind {
+            let keep = (session.user.as_ref() == Some(&owner.user)).then_some(*id);
+            let rebound = self
+                .make_way(&mut locked, owner, &owned, keep, now)
+                .and_then(|()| self.recharge(&record, owner.user.as_str().len()));
+            if let Err(err) = rebound {
+                // It was taken out of this shard a moment ago, so it fits.
+                let source = locked.locked_shard(self.shard_index(id));
+                if let Err(lost) = source.sessions.replace(record) {
                     self.forget(&lost, Removal::Evicted);
                 }
+                return Err(err);
             }
-            self.log_event(EventKind::Rotated, new_id, session.user.as_ref(), Some(*id));
-            return Ok(session);
+            let listed_as = match &session.user {
+                Some(old_user) if *old_user == owner.user => Some(id),
+                Some(old_user) => {
+                    self.users.remove(old_user, id);
+                    None
+                }
+                None => None,
+            };
+            self.users.replace(&owner.user, listed_as, new_id);
+            session.user = Some(owner.user.clone());
+        } else if let Some(user) = &session.user {
+            self.users.replace(user, Some(id), new_id);
         }
-        Err(StoreError::Contention)
+        session.id = new_id;
+        session.expires_at_ms = self.expiry(now, session.ttl_ms, session.created_at_ms);
+        // Checked above (under the same lock) to have room.
+        let target = locked.locked_shard(self.shard_index(&new_id));
+        if let Err(lost) = target.sessions.replace(Record::new(&session, now)) {
+            self.forget(&lost, Removal::Evicted);
+        }
+        self.log_event(EventKind::Rotated, new_id, session.user.as_ref(), Some(*id));
+        Ok(session)
     }
 
     /// Adjusts the budget for `record` belonging to a user whose name has
@@ -822,56 +823,36 @@ impl Store {
     /// The live sessions of `user`, oldest first.
     pub fn user_sessions(&self, user: &UserName) -> Vec<Session> {
         let now = self.now_ms();
-        for _ in 0..MAX_INDEX_ATTEMPTS {
-            let owned = self.users.ids(user);
-            let mut locked = self.lock_group(&owned);
-            if self.users.ids(user) != owned {
-                continue;
-            }
-            let mut sessions: Vec<Session> = owned
-                .iter()
-                .filter_map(|id| {
-                    let record = locked.shard(self.shard_index(id))?.sessions.get(id)?;
-                    (!record.is_expired(now)).then(|| record.session())
-                })
-                .collect();
-            sessions.sort_by_key(|session| (session.created_at_ms, session.id));
-            return sessions;
-        }
-        Vec::new()
+        let (owned, mut locked) = self.lock_with_users_sessions(&[], Some(user), None);
+        let mut sessions: Vec<Session> = owned
+            .iter()
+            .filter_map(|id| {
+                let record = locked.shard(self.shard_index(id))?.sessions.get(id)?;
+                (!record.is_expired(now)).then(|| record.session())
+            })
+            .collect();
+        sessions.sort_by_key(|session| (session.created_at_ms, session.id));
+        sessions
     }
 
     /// Deletes every live session of `user` but `except`, in one step;
     /// returns the ids deleted.
-    pub fn revoke_user(
-        &self,
-        user: &UserName,
-        except: Option<SessionId>,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    pub fn revoke_user(&self, user: &UserName, except: Option<SessionId>) -> Vec<SessionId> {
         let now = self.now_ms();
-        for _ in 0..MAX_INDEX_ATTEMPTS {
-            let owned = self.users.ids(user);
-            let mut locked = self.lock_group(&owned);
-            if self.users.ids(user) != owned {
-                continue;
-            }
-            let mut revoked = Vec::new();
-            for id in owned.iter().filter(|id| Some(**id) != except) {
-                let Some(shard) = locked.shard(self.shard_index(id)) else {
-                    continue;
-                };
-                if let Some(record) = shard.sessions.swap_take(id) {
-                    if record.is_expired(now) {
-                        self.forget(&record, Removal::Expired);
-                    } else {
-                        self.forget(&record, Removal::Revoked);
-                        revoked.push(*id);
-                    }
+        let (owned, mut locked) = self.lock_with_users_sessions(&[], Some(user), None);
+        let mut revoked = Vec::new();
+        for id in owned.iter().filter(|id| Some(**id) != except) {
+            let shard = locked.locked_shard(self.shard_index(id));
+            if let Some(record) = shard.sessions.swap_take(id) {
+                if record.is_expired(now) {
+                    self.forget(&record, Removal::Expired);
+                } else {
+                    self.forget(&record, Removal::Revoked);
+                    revoked.push(*id);
                 }
             }
-            return Ok(revoked);
         }
-        Err(StoreError::Contention)
+        revoked
     }
 
     /// Frees expired sessions, examining at most `per_shard` sessions in
