@@ -1696,6 +1696,52 @@ async fn async_mode_a_listing_waits_for_its_users_queued_logout() {
     assert_eq!(listed(&http, &writer, "alice").await, [ids[1].clone()]);
 }
 
+/// Write-behind mode: a logout on a node that does not hold the session
+/// (logged in on another node) is waited for by the user's listing on that
+/// node too: the node reads the session's user from Redis before queueing
+/// the delete. The delete counted for nobody, so the listing right after
+/// showed the session the node had just acknowledged as deleted (and a
+/// capped login counted it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_listing_waits_for_a_queued_logout_of_a_session_made_elsewhere() {
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
+    let elsewhere = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = login(&http, &elsewhere, "alice", 600).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        ids.push(reply.session().id);
+    }
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let logged_out = delete(&http, &writer, &ids[0]).await;
+    assert_eq!(logged_out.status, 204, "{}", logged_out.text);
+
+    let listing = tokio::spawn({
+        let (http, url) = (http.clone(), writer.url());
+        async move {
+            let path = format!("{url}/v1/users/alice/sessions");
+            let started = Instant::now();
+            (send(http.get(path)).await, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    let (reply, took) = listing.await.expect("the listing");
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let listed: Vec<String> = reply.json()["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|session| session["id"].as_str().expect("an id").to_owned())
+        .collect();
+    assert_eq!(listed, [ids[1].clone()], "answered after {took:?}");
+}
+
 /// Write-behind mode: a revocation and a rotation wait for the changes
 /// this node queued before them, not for the ones queued meanwhile. Here
 /// the user's session is written without a pause while she is revoked

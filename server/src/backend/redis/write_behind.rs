@@ -108,6 +108,28 @@ impl WriteBehindBackend {
         Ok(Some(written))
     }
 
+    /// The user of `id` as Redis holds it; `None` when the session has
+    /// none, is not there, or Redis cannot answer (the delete is queued
+    /// all the same: availability first).
+    async fn user_in_redis(&self, id: &SessionId) -> Option<UserName> {
+        let redis = &self.redis;
+        let read = async {
+            let mut conn = redis.link.conn()?;
+            let mut command = redis::cmd("HGET");
+            command.arg(redis.key(id)).arg("p");
+            redis
+                .link
+                .observe(command.query_async::<Option<String>>(&mut conn).await)
+        };
+        match read.await {
+            Ok(user) => user.and_then(|user| UserName::parse(&user).ok()),
+            Err(err) => {
+                tracing::debug!(%id, %err, "cannot read a deleted session's user");
+                None
+            }
+        }
+    }
+
     /// Applies `write` to this node's memory copy and queues the result
     /// for Redis. A place in the queue is taken first, so a full queue
     /// refuses the write before anything changes.
@@ -235,9 +257,18 @@ impl Backend for WriteBehindBackend {
 
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
         let slot = self.queue.reserve()?;
-        let _ordered = self.redis.lock(id).await;
-        let user = self.redis.store.user_of(id);
-        self.redis.store.delete(id);
+        let redis = &self.redis;
+        let _ordered = redis.lock(id).await;
+        // A session this node neither holds nor has a change of queued
+        // (one made on another node) gets its user from Redis: the user's
+        // listings, logins and revocations on this node then wait for the
+        // delete, as for any of the user's changes.
+        let user = if redis.store.holds(id) || redis.queued.contains(id) {
+            redis.store.user_of(id)
+        } else {
+            self.user_in_redis(id).await
+        };
+        redis.store.delete(id);
         slot.delete(*id, user);
         Ok(())
     }
