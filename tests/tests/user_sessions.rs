@@ -4,7 +4,7 @@
 //! racing on two nodes, churn, Redis Cluster and write-behind mode.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sessiond_e2e::redis_support::{
@@ -513,4 +513,79 @@ async fn a_rotation_whose_session_is_logged_out_midway_leaves_nothing_under_the_
         }
         assert_eq!(raced, 3, "idempotent {idempotent}: the race never happened");
     }
+}
+
+/// A revocation that takes longer than the user's lock lives (5 s) keeps
+/// the lock: each of the user's 30 sessions is recorded as cached by a
+/// node that never acks (its heartbeat key is there), so each delete waits
+/// 250 ms for it. A rotation of one of the user's sessions on another
+/// node, sent once the revocation has run past 5 s, waits for the lock
+/// (and gives up, 503) or finds the session revoked (404); it never moves
+/// the session out of the revocation's reach. The lock was not renewed: the
+/// rotation took it once it expired and answered 201 with a new id that
+/// outlived "sign out everywhere".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_longer_than_the_users_lock_keeps_it() {
+    const SESSIONS: usize = 30;
+    let redis = RedisServer::start();
+    let http = http();
+    let revoker = node_on(&http, &redis.url(), &[]).await;
+    let rotator = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let mut ids = Vec::new();
+    for _ in 0..SESSIONS {
+        ids.push(logged_in(&http, &revoker, "mallory", 600).await);
+    }
+    for id in &ids {
+        let key = format!("sessiond:{id}");
+        let cachers: Option<String> =
+            redis_query(&mut admin, redis::cmd("HGET").arg(&key).arg("o")).await;
+        let cachers = match cachers.unwrap_or_default() {
+            none if none.is_empty() => "feed".to_owned(),
+            some => format!("{some},feed"),
+        };
+        redis_query::<()>(
+            &mut admin,
+            redis::cmd("HSET").arg(&key).arg("o").arg(cachers),
+        )
+        .await;
+    }
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("SET").arg("sessiond:node:feed").arg(1),
+    )
+    .await;
+
+    let revocation = tokio::spawn(send(
+        http.delete(format!("{}/v1/users/mallory/sessions", revoker.url())),
+    ));
+    // 21 deletes of 250 ms each: the revocation has held the lock > 5 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: usize =
+            redis_query(&mut admin, redis::cmd("ZCARD").arg("sessiond:user:mallory")).await;
+        if left <= SESSIONS - 21 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revocation is stuck at {left}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let newest = ids.last().expect("sessions");
+    let rotated = rotate(&http, &rotator, newest, None).await;
+    let revoked = revocation.await.expect("the revocation");
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert!(
+        [404, 503].contains(&rotated.status),
+        "a rotation during the revocation answered {}: {}",
+        rotated.status,
+        rotated.text
+    );
+    assert_eq!(revoked.json()["revoked"], json!(SESSIONS));
+    assert_eq!(
+        listed(&http, &rotator, "mallory").await,
+        Vec::<String>::new()
+    );
 }

@@ -14,6 +14,7 @@
 //! the cap (`--max-sessions-per-user`) holds exactly. The two keys may live
 //! on different Redis Cluster nodes: nothing here needs them in one slot.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ use crate::store::{Owner, Session, WhenUserFull};
 
 /// How long a user's lock lives if its holder dies.
 const LOCK_TTL: Duration = Duration::from_secs(5);
+/// How often a held lock's life is renewed, while its change runs (a
+/// revocation of many sessions may take longer than `LOCK_TTL`).
+const LOCK_RENEWAL: Duration = Duration::from_millis(1_500);
 /// How long a change waits for a user's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// An indexed id without a session key is kept this long (its key may be
@@ -37,6 +41,12 @@ const PRUNE_ON_ADD: isize = 4;
 /// Releases a lock only if it is still ours.
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Renews a lock for ARGV[2] ms only if it is still ours (ARGV[1]).
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 ";
 
@@ -75,7 +85,13 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(fastrand::u64(2..10))).await;
         }
-        let result = change.await;
+        // The change runs to its end (stopped midway, a rotation would
+        // leave its copy behind) while the lock is renewed beside it.
+        let result = tokio::select! {
+            biased;
+            result = change => result,
+            never = self.keep_locked(&key, &token) => match never {},
+        };
         let mut conn = self.link.conn()?;
         let released = redis::Script::new(UNLOCK)
             .key(&key)
@@ -86,6 +102,36 @@ impl Redis {
             tracing::debug!(%err, "could not release a user's lock; it expires on its own");
         }
         result
+    }
+
+    /// Renews the lock `key` (held with `token`) every [`LOCK_RENEWAL`]
+    /// for as long as it is polled; once the lock turns out lost (its
+    /// holder stalled past `LOCK_TTL`), only says so in the log.
+    async fn keep_locked(&self, key: &str, token: &str) -> Infallible {
+        let script = redis::Script::new(RENEW);
+        loop {
+            tokio::time::sleep(LOCK_RENEWAL).await;
+            let renewed = match self.link.conn() {
+                Ok(mut conn) => {
+                    let mut invocation = script.key(key);
+                    invocation.arg(token).arg(LOCK_TTL.as_millis() as u64);
+                    self.link
+                        .observe(invocation.invoke_async::<i64>(&mut conn).await)
+                }
+                Err(err) => Err(err),
+            };
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => break,
+                Err(err) => tracing::debug!(%err, key, "could not renew a user's lock"),
+            }
+        }
+        tracing::warn!(
+            key,
+            "a user's lock expired before its change ended; another node may have changed \
+             the user's sessions meanwhile"
+        );
+        std::future::pending().await
     }
 
     /// Adds `id` to `user`'s index (before its key is written), and prunes
