@@ -231,7 +231,10 @@ impl SyncBackend {
             copy.key(tombstone(&key));
             redis.event_keys(&mut copy);
             // No announcement, no tombstone check, no event: the rotation's
-            // delete of the old id logs `rotated`.
+            // delete of the old id logs `rotated`. Never over a later
+            // version's copy (another attempt of this rotation read the
+            // session after a write this one missed): this attempt's delete
+            // of the old id then fails, and the next one finds the move done.
             let copied = copy
                 .arg("")
                 .arg("")
@@ -239,6 +242,7 @@ impl SyncBackend {
                 .arg("")
                 .arg(redis.retention())
                 .arg("")
+                .arg(current.version)
                 .invoke_async::<i64>(&mut conn)
                 .await;
             redis.link.observe(copied).map_err(write_error)?;
