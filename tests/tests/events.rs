@@ -304,6 +304,70 @@ async fn a_session_kept_alive_by_writes_is_reported_expired_only_after_it_expire
     assert_eq!(send(http.get(&url)).await.status, 404);
 }
 
+/// The stream's text up to the end of its first message.
+async fn first_message(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+) -> String {
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = bounded("an event", body.next())
+            .await
+            .expect("more")
+            .expect("bytes");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// A stream opened `after=now` sends its place at once, as an id without
+/// data: a client that loses it before the first event resumes from there
+/// and misses nothing. It sent nothing but keep-alive comments until the
+/// first event, so such a client could only open it `after=now` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_after_now_tells_its_place_before_any_event() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    create(&http, &node, json!({})).await;
+    let response = bounded(
+        "open the stream",
+        http.get(format!("{}/v1/events/stream?after=now", node.url()))
+            .send(),
+    )
+    .await
+    .expect("the stream");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let text = first_message(&mut body).await;
+    drop(body);
+    let place = text
+        .lines()
+        .find_map(|line| line.strip_prefix("id:"))
+        .unwrap_or_else(|| panic!("no id line in {text:?}"))
+        .trim()
+        .to_owned();
+    assert!(!text.contains("data:"), "{text}");
+    let made_meanwhile = create(&http, &node, json!({})).await;
+    let response = bounded(
+        "resume the stream",
+        http.get(format!("{}/v1/events/stream", node.url()))
+            .header("last-event-id", &place)
+            .send(),
+    )
+    .await
+    .expect("the stream");
+    let mut body = response.bytes_stream();
+    let text = first_message(&mut body).await;
+    let data: Value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data:"))
+        .and_then(|data| serde_json::from_str(data.trim()).ok())
+        .unwrap_or_else(|| panic!("no event in {text:?}"));
+    assert_eq!(
+        (data["kind"].as_str(), data["id"].as_str()),
+        (Some("created"), Some(made_meanwhile.as_str()))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
     let node = Sessiond::start(&[]);
@@ -318,14 +382,7 @@ async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
     .expect("the stream");
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = bounded("an event", body.next())
-            .await
-            .expect("more")
-            .expect("bytes");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let text = first_message(&mut body).await;
     let consumers =
         |metrics: sessiond_e2e::metrics::Metrics| metrics.value("sessiond_event_consumers", &[]);
     assert_eq!(consumers(scrape(&node.url()).await), Some(1.0));
@@ -349,14 +406,7 @@ async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
     .await
     .expect("the stream");
     let mut body = response.bytes_stream();
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = bounded("an event", body.next())
-            .await
-            .expect("more")
-            .expect("bytes");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let text = first_message(&mut body).await;
     let data: Value = text
         .lines()
         .find_map(|line| line.strip_prefix("data:"))

@@ -180,6 +180,11 @@ pub async fn stream(
         .await?;
     let follow = Follow {
         service: state.service.clone(),
+        // Without an event to carry it, the stream's place is sent at once
+        // as an event with an id and no data (which a client does not
+        // dispatch but resumes from): a client that opened it `after=now`
+        // and lost it before the first event misses nothing in between.
+        announce: first.events.is_empty().then(|| first.next.clone()),
         pending: first.events.into_iter().rev().collect(),
         cursor: first.next,
         _consumer: Consumer::start(),
@@ -221,6 +226,8 @@ impl ToSchema for StreamedEvent {}
 /// A stream's place in the log.
 struct Follow {
     service: SessionService,
+    /// A place to send before any event, as an id alone.
+    announce: Option<String>,
     /// Events read but not sent yet, last first.
     pending: Vec<Event>,
     cursor: String,
@@ -232,6 +239,9 @@ impl Follow {
     /// when the log cannot be read (the client resumes with
     /// `Last-Event-ID`).
     async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
+        if let Some(cursor) = self.announce.take() {
+            return Some((Ok(SseEvent::default().id(cursor)), self));
+        }
         loop {
             if let Some(event) = self.pending.pop() {
                 let cursor = event.cursor.clone();
