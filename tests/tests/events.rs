@@ -319,6 +319,27 @@ async fn first_message(
     text
 }
 
+/// The first event of the stream resumed after `last_id`, and the text it
+/// came in.
+async fn resumed(http: &reqwest::Client, node: &Sessiond, last_id: &str) -> (Value, String) {
+    let response = bounded(
+        "resume the stream",
+        http.get(format!("{}/v1/events/stream", node.url()))
+            .header("last-event-id", last_id)
+            .send(),
+    )
+    .await
+    .expect("the stream");
+    let mut body = response.bytes_stream();
+    let text = first_message(&mut body).await;
+    let data = text
+        .lines()
+        .find_map(|line| line.strip_prefix("data:"))
+        .and_then(|data| serde_json::from_str(data.trim()).ok())
+        .unwrap_or_else(|| panic!("no event in {text:?}"));
+    (data, text)
+}
+
 /// A stream opened `after=now` sends its place at once, as an id without
 /// data: a client that loses it before the first event resumes from there
 /// and misses nothing. It sent nothing but keep-alive comments until the
@@ -347,21 +368,7 @@ async fn a_stream_opened_after_now_tells_its_place_before_any_event() {
         .to_owned();
     assert!(!text.contains("data:"), "{text}");
     let made_meanwhile = create(&http, &node, json!({})).await;
-    let response = bounded(
-        "resume the stream",
-        http.get(format!("{}/v1/events/stream", node.url()))
-            .header("last-event-id", &place)
-            .send(),
-    )
-    .await
-    .expect("the stream");
-    let mut body = response.bytes_stream();
-    let text = first_message(&mut body).await;
-    let data: Value = text
-        .lines()
-        .find_map(|line| line.strip_prefix("data:"))
-        .and_then(|data| serde_json::from_str(data.trim()).ok())
-        .unwrap_or_else(|| panic!("no event in {text:?}"));
+    let (data, _) = resumed(&http, &node, &place).await;
     assert_eq!(
         (data["kind"].as_str(), data["id"].as_str()),
         (Some("created"), Some(made_meanwhile.as_str()))
@@ -397,27 +404,12 @@ async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
     // While no one listens, another session is made; resuming from the
     // Last-Event-ID gives exactly it.
     let second = create(&http, &node, json!({})).await;
-    let response = bounded(
-        "resume the stream",
-        http.get(format!("{}/v1/events/stream", node.url()))
-            .header("last-event-id", &last_id)
-            .send(),
-    )
-    .await
-    .expect("the stream");
-    let mut body = response.bytes_stream();
-    let text = first_message(&mut body).await;
-    let data: Value = text
-        .lines()
-        .find_map(|line| line.strip_prefix("data:"))
-        .and_then(|data| serde_json::from_str(data.trim()).ok())
-        .expect("a data line");
+    let (data, text) = resumed(&http, &node, &last_id).await;
     assert_eq!(
         (data["kind"].as_str(), data["id"].as_str()),
         (Some("created"), Some(second.as_str()))
     );
     assert!(!text.contains(&first), "the first event came again: {text}");
-    drop(body);
     // The server notices the consumers that left.
     let deadline = Instant::now() + Duration::from_secs(10);
     while consumers(scrape(&node.url()).await) != Some(0.0) {
