@@ -201,11 +201,17 @@ impl Proxy {
                 lent: None,
             }));
         }
+        // Framed both ways, the chunked framing wins (hyper reads it so)
+        // and the length must not be passed on (RFC 9112, 6.3: hyper's
+        // server would cut the body to it); the upstream connection is not
+        // used again.
+        let framed_both_ways = response.headers().contains_key(header::TRANSFER_ENCODING)
+            && response.headers_mut().remove(header::CONTENT_LENGTH).is_some();
         strip_hop_by_hop(response.headers_mut());
         Ok(response.map(|body| ClientBody::Upstream {
             body,
             slot: Some(slot),
-            lent: Some(lent),
+            lent: (!framed_both_ways).then_some(lent),
         }))
     }
 
