@@ -206,7 +206,10 @@ impl Proxy {
         // server would cut the body to it); the upstream connection is not
         // used again.
         let framed_both_ways = response.headers().contains_key(header::TRANSFER_ENCODING)
-            && response.headers_mut().remove(header::CONTENT_LENGTH).is_some();
+            && response
+                .headers_mut()
+                .remove(header::CONTENT_LENGTH)
+                .is_some();
         strip_hop_by_hop(response.headers_mut());
         Ok(response.map(|body| ClientBody::Upstream {
             body,
