@@ -366,6 +366,36 @@ async fn one_timeout_keeps_a_node_in_rotation_and_fall_timeouts_take_it_out() {
     signal(stopped.pid(), "CONT");
 }
 
+/// Write-behind mode: a create repeated with its `Idempotency-Key`, on
+/// the same node or another, makes one session (its id is claimed in
+/// Redis, as in sync mode). Each attempt made a session of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_create_repeated_with_its_idempotency_key_makes_one_session() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(node_on(&http, &redis.url(), &["--redis-mode", "async"]).await);
+    }
+    let create = |node: &Sessiond| {
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "async-create")
+            .body(r#"{"data":{"n":0}}"#)
+    };
+    let first = send(create(&nodes[0])).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    for (attempt, node) in [&nodes[0], &nodes[1]].into_iter().enumerate() {
+        let again = send(create(node)).await;
+        assert!([200, 201].contains(&again.status), "{}", again.text);
+        assert_eq!(
+            again.session().id,
+            first.session().id,
+            "attempt {attempt} made another session"
+        );
+    }
+}
+
 /// HTTP: a write repeated with the same `Idempotency-Key` is applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_write_repeated_with_its_idempotency_key_is_applied_once() {

@@ -1615,9 +1615,10 @@ async fn async_mode_a_full_queue_refuses_concurrent_writes_beyond_its_capacity()
 /// Write-behind mode with one session per user: a login or revocation for
 /// one user waits for this node's queued writes of that user's sessions
 /// only. Alice's logout keeps failing (her key holds a string): her next
-/// login waits for it (judged against her old session it would be refused
-/// as one too many) and answers 503 until it lands; Bob's revocation and
-/// login go ahead meanwhile.
+/// login, by create or by rotating an anonymous session to her, waits for
+/// it (judged against her old session it would be refused as one too
+/// many) and answers 503 until it lands; Bob's revocation and login go
+/// ahead meanwhile. A login by rotation did not wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_users() {
     let redis = RedisServer::start();
@@ -1633,6 +1634,7 @@ async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_us
         assert_eq!(reply.status, 201, "{}", reply.text);
         ids.push(reply.session().id);
     }
+    let anonymous = created_in_redis(&http, &writer, &admin, &json!({})).await;
     let alices_key = format!("sessiond:{}", ids[0]);
     redis_query::<()>(
         &mut admin,
@@ -1649,13 +1651,20 @@ async fn async_mode_a_login_waits_for_its_users_queued_writes_not_for_another_us
     let again = login(&http, &writer, "bob", 600).await;
     assert_eq!(again.status, 201, "{}", again.text);
 
-    let waited = login(&http, &writer, "alice", 600).await;
-    assert_eq!(waited.status, 503, "{}", waited.text);
-    assert!(
-        waited.error_message().contains("queued writes"),
-        "{}",
-        waited.text
-    );
+    let by_create = login(&http, &writer, "alice", 600).await;
+    let by_rotation = send(
+        http.post(format!("{}/v1/sessions/{anonymous}/rotate", writer.url()))
+            .json(&json!({ "user": "alice" })),
+    )
+    .await;
+    for waited in [by_create, by_rotation] {
+        assert_eq!(waited.status, 503, "{}", waited.text);
+        assert!(
+            waited.error_message().contains("queued writes"),
+            "{}",
+            waited.text
+        );
+    }
     redis_query::<()>(&mut admin, redis::cmd("DEL").arg(&alices_key)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -610,10 +610,10 @@ impl Store {
         self.with_live(id, |_| ()).is_some()
     }
 
-    /// The user of the live session `id`, if memory holds it and it has
-    /// one (without copying the session out).
-    pub fn user_of(&self, id: &SessionId) -> Option<UserName> {
-        self.with_live(id, Record::user).flatten()
+    /// The user of the live session `id` (`None` inside when it has
+    /// none), if memory holds it (without copying the session out).
+    pub fn user_of(&self, id: &SessionId) -> Option<Option<UserName>> {
+        self.with_live(id, Record::user)
     }
 
     /// `read` of the live record of `id`, if memory holds one; its expiry

@@ -94,6 +94,16 @@ impl QueuedIds {
         self.inner.lock().entries.contains_key(id)
     }
 
+    /// The user of `id` as its queued changes know it (`None` inside when
+    /// they know none), if a change of it is queued.
+    pub fn user_of(&self, id: &SessionId) -> Option<Option<UserName>> {
+        self.inner
+            .lock()
+            .entries
+            .get(id)
+            .map(|pending| pending.user.clone())
+    }
+
     /// Whether a change of `id` queued before number `seq` is unshipped.
     pub fn holds_before(&self, id: &SessionId, seq: u64) -> bool {
         self.inner

@@ -22,6 +22,7 @@ use super::queued::Latest;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
+use crate::backend::claims::Claims;
 use crate::store::{Owner, Session, StoreStats};
 
 /// How long a step that goes to Redis directly waits for this node's
@@ -35,6 +36,8 @@ pub struct WriteBehindBackend {
     queue: WriteBehind,
     /// What goes to Redis synchronously.
     sync: SyncBackend,
+    /// The ids tagged creates claimed while Redis could not take the claim.
+    claims: Claims,
 }
 
 impl WriteBehindBackend {
@@ -50,7 +53,12 @@ impl WriteBehindBackend {
         let (queue, worker) = WriteBehind::new(capacity, redis.queued.clone());
         tasks.spawn(worker.run(redis.clone(), drained.clone()));
         let sync = SyncBackend::new(redis.clone());
-        Self { redis, queue, sync }
+        Self {
+            redis,
+            queue,
+            sync,
+            claims: Claims::default(),
+        }
     }
 
     /// Makes sure memory holds `id` (the write that follows supersedes
@@ -106,6 +114,23 @@ impl WriteBehindBackend {
             return Err(BackendError::NotFound);
         }
         Ok(Some(written))
+    }
+
+    /// The id a tagged create is to use: the one an attempt of the same
+    /// create claimed first, on any node (claimed in Redis, as in sync
+    /// mode), or while Redis cannot answer on this node (a resend to
+    /// another node may then make a second session: availability first).
+    async fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> SessionId {
+        let Some(tag) = tag else {
+            return fresh;
+        };
+        match self.redis.claim(tag, fresh).await {
+            Ok(id) => id,
+            Err(err) => {
+                tracing::debug!(%err, "claiming a create's id in Redis failed; claimed here");
+                self.claims.claim(tag, fresh)
+            }
+        }
     }
 
     /// The user of `id` as Redis holds it; `None` when the session has
@@ -191,7 +216,7 @@ impl Backend for WriteBehindBackend {
             return self.sync.create(id, data, ttl_ms, tag, Some(owner)).await;
         }
         let slot = self.queue.reserve()?;
-        let id = self.redis.usable_id(id);
+        let id = self.claimed(tag, self.redis.usable_id(id)).await;
         let session = self.redis.store.create(id, data, ttl_ms, tag, None)?;
         slot.upsert(session.clone());
         Ok(session)
@@ -263,10 +288,10 @@ impl Backend for WriteBehindBackend {
         // (one made on another node) gets its user from Redis: the user's
         // listings, logins and revocations on this node then wait for the
         // delete, as for any of the user's changes.
-        let user = if redis.store.holds(id) || redis.queued.contains(id) {
-            redis.store.user_of(id)
-        } else {
-            self.user_in_redis(id).await
+        let known = redis.store.user_of(id).or_else(|| redis.queued.user_of(id));
+        let user = match known {
+            Some(user) => user,
+            None => self.user_in_redis(id).await,
         };
         redis.store.delete(id);
         slot.delete(*id, user);
@@ -282,8 +307,15 @@ impl Backend for WriteBehindBackend {
     ) -> Result<Session, BackendError> {
         // A rotation goes to Redis directly (it moves the session in Redis,
         // its user index and the event log): this node's queued writes of
-        // it go first, so it moves the session as this node last wrote it.
+        // it go first, so it moves the session as this node last wrote it;
+        // a login (a rotation to a user) waits for the user's queued
+        // changes too, as a login by create does.
         self.queue.caught_up_with(id, CATCH_UP).await?;
+        if let Some(owner) = &rebind {
+            self.queue
+                .caught_up_with_user(&owner.user, CATCH_UP)
+                .await?;
+        }
         self.sync.rotate(id, new_id, tag, rebind).await
     }
 
