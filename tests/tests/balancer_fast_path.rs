@@ -129,6 +129,11 @@ async fn serve_scripted(mut stream: TcpStream, targets: Arc<Mutex<Vec<String>>>)
         let head = String::from_utf8_lossy(&seen[..end]).into_owned();
         let mut words = head.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        if path == "/gives-up" {
+            // As an app past its own body timeout: closes, the body unread.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
         let length: usize = head
             .lines()
             .find_map(|line| {
@@ -360,6 +365,31 @@ async fn an_answer_framed_both_ways_reaches_the_client_whole_on_both_paths() {
             "{case}"
         );
     }
+}
+
+/// An upstream that gives up on an upload still on its way (as an app
+/// past its own body timeout or size limit does: it closes, the body
+/// unread) fails that request (502) but stays in rotation: the upload's
+/// slowness is no sign of a sick upstream. It was ejected, so a few slow
+/// uploads took every upstream out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_gives_up_on_a_slow_upload_stays_in_rotation() {
+    let (balancer, mut client, _) = client_of_a_balancer(&[]).await;
+    client
+        .write_all(b"POST /gives-up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The balancer may have answered and closed already.
+    let _ = client.write_all(&[b'x'; 90]).await;
+    let answer = read_until_closed(&mut client).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    let stats = balancer.stats().await;
+    assert_eq!(stats["healthy"], 1, "{stats}");
+    client = TcpStream::connect(balancer.listen).await.expect("connect");
+    client.write_all(&get("/after")).await.expect("send");
+    assert_eq!(read_response(&mut client).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

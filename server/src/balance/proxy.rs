@@ -329,6 +329,7 @@ impl Proxy {
             let started = Instant::now();
             // The response timeout runs from the moment the body is sent
             // whole: a slow upload is not the upstream's fault.
+            let uploaded = sent.clone();
             let response_deadline = async {
                 sent.wait().await;
                 tokio::time::sleep(self.limits.response_timeout).await;
@@ -358,6 +359,8 @@ impl Proxy {
                     }
                     let failed = if err.is_keep_alive_race() {
                         Failed::KeepAliveRace
+                    } else if !uploaded.is_done() {
+                        Failed::UploadCut
                     } else {
                         Failed::Exchange
                     };
@@ -377,6 +380,10 @@ pub enum Failed {
     /// A pooled connection closed under the request before any byte of a
     /// response: no sign of a sick upstream.
     KeepAliveRace,
+    /// The exchange broke while the client's body was still on its way:
+    /// maybe the app gave up on the upload (its own size or time limit),
+    /// no sign of a sick upstream (its health checks judge it).
+    UploadCut,
     /// The exchange broke, or the response was malformed.
     Exchange,
 }
@@ -419,8 +426,9 @@ impl Attempts {
 
     /// Records an attempt at `upstream` that failed (`detail`, for the log
     /// and the status page): ejects the upstream unless it was the
-    /// keep-alive race. `Ok` when another attempt is safe: nothing reached
-    /// the upstream, or an idempotent request died mid-way the first time.
+    /// keep-alive race or an upload cut short. `Ok` when another attempt is
+    /// safe: nothing reached the upstream, or an idempotent request died
+    /// mid-way the first time.
     pub fn failed(
         &mut self,
         upstream: &Upstream,
@@ -431,7 +439,7 @@ impl Attempts {
         upstream.record_failure(detail);
         // A pooled connection closed under the request is no sign of a
         // sick upstream: a replay may go to it again, on a new connection.
-        if how != Failed::KeepAliveRace {
+        if !matches!(how, Failed::KeepAliveRace | Failed::UploadCut) {
             upstream.eject(detail);
             self.tried.push(upstream.id);
         }

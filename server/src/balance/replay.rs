@@ -25,9 +25,16 @@ pub struct Replayable {
 }
 
 /// Resolves once an attempt's body has been sent whole (or dropped).
+#[derive(Clone)]
 pub struct Sent(Option<watch::Receiver<bool>>);
 
 impl Sent {
+    /// Whether the body has been sent whole (a request without one: at
+    /// once).
+    pub fn is_done(&self) -> bool {
+        self.0.as_ref().is_none_or(|receiver| *receiver.borrow())
+    }
+
     /// Waits until the body is sent.
     pub async fn wait(self) {
         if let Some(mut receiver) = self.0 {
