@@ -129,9 +129,15 @@ async fn serve_scripted(mut stream: TcpStream, targets: Arc<Mutex<Vec<String>>>)
         let head = String::from_utf8_lossy(&seen[..end]).into_owned();
         let mut words = head.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        if path == "/gives-up" {
-            // As an app past its own body timeout: closes, the body unread.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        // Reads no byte of the body, then closes: as an app past its own
+        // body timeout (`/gives-up`), or a stuck one (`/stops-reading`).
+        let unread = match path {
+            "/gives-up" => Some(Duration::from_millis(300)),
+            "/stops-reading" => Some(Duration::from_secs(20)),
+            _ => None,
+        };
+        if let Some(unread) = unread {
+            tokio::time::sleep(unread).await;
             return;
         }
         let length: usize = head
@@ -390,6 +396,44 @@ async fn an_upstream_that_gives_up_on_a_slow_upload_stays_in_rotation() {
     client = TcpStream::connect(balancer.listen).await.expect("connect");
     client.write_all(&get("/after")).await.expect("send");
     assert_eq!(read_response(&mut client).await.status, 200);
+}
+
+/// An upstream that stops taking a large upload gets no more than the
+/// response timeout: the client gets 504 `upstream_timeout`, and nothing
+/// stays in flight. The response timeout counted from the end of the
+/// upload only, so the request hung for as long as the upstream did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_taking_an_upload_times_out() {
+    const UPLOAD: usize = 64 << 20;
+    let (balancer, client, _) = client_of_a_balancer(&["--response-timeout", "500ms"]).await;
+    let (mut reader, mut writer) = client.into_split();
+    let head =
+        format!("POST /stops-reading HTTP/1.1\r\nHost: h\r\nContent-Length: {UPLOAD}\r\n\r\n");
+    let upload = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let piece = vec![b'u'; 1 << 16];
+        for _ in 0..UPLOAD / piece.len() {
+            writer.write_all(&piece).await?;
+        }
+        std::io::Result::Ok(())
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(count) => answer.extend_from_slice(&chunk[..count]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no answer within 10 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
+    upload.abort();
+    balancer.wait_until_idle(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

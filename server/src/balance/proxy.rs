@@ -22,8 +22,8 @@ use super::answer::{self, Failure, FailureKind};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
 use super::pool::{Pick, Pool};
-use super::replay::Replayable;
 use super::replay::UpstreamBody;
+use super::replay::{Replayable, UploadStalled};
 use super::response::ClientBody;
 use super::upstream::{InFlight, Upstream, UpstreamUrl};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};
@@ -281,6 +281,21 @@ impl Proxy {
             "sent no response headers within {:?}",
             self.limits.response_timeout
         );
+        Self::upstream_timeout(upstream, detail)
+    }
+
+    /// The answer when `upstream` stopped taking the request body for the
+    /// response timeout (it is not retried: the body is partly sent).
+    fn upload_stalled(&self, upstream: &Upstream) -> Failure {
+        let detail = format!(
+            "took none of the request body for {:?}",
+            self.limits.response_timeout
+        );
+        Self::upstream_timeout(upstream, detail)
+    }
+
+    /// A 504 for `upstream`'s `detail`, logged and recorded (not ejecting).
+    fn upstream_timeout(upstream: &Upstream, detail: String) -> Failure {
         tracing::warn!(upstream = %upstream.url, "{detail}");
         upstream.record_failure(&detail);
         Failure::new(
@@ -331,8 +346,11 @@ impl Proxy {
             // whole: a slow upload is not the upstream's fault.
             let uploaded = sent.clone();
             let response_deadline = async {
-                sent.wait().await;
-                tokio::time::sleep(self.limits.response_timeout).await;
+                let stalled = sent.wait(self.limits.response_timeout).await;
+                if stalled.is_ok() {
+                    tokio::time::sleep(self.limits.response_timeout).await;
+                }
+                stalled
             };
             let exchange = self
                 .connections
@@ -340,14 +358,15 @@ impl Proxy {
             let result = tokio::select! {
                 biased;
                 result = exchange => Ok(result),
-                () = response_deadline => Err(()),
+                stalled = response_deadline => Err(stalled),
             };
             let err = match result {
                 Ok(Ok((response, lent))) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
                     return Ok((response, slot, lent));
                 }
-                Err(()) => return Err(self.timed_out(&upstream)),
+                Err(Ok(())) => return Err(self.timed_out(&upstream)),
+                Err(Err(UploadStalled)) => return Err(self.upload_stalled(&upstream)),
                 Ok(Err(err)) => err,
             };
             let (detail, failed) = match &err {

@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -24,22 +25,59 @@ pub struct Replayable {
     slot: Option<Arc<Mutex<Option<Upload>>>>,
 }
 
-/// Resolves once an attempt's body has been sent whole (or dropped).
+/// Where an attempt's upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Waiting for the client's next bytes (or not started).
+    Reading,
+    /// A piece was handed to the upstream connection at this instant, and
+    /// the connection has not asked for the next one since (it asks once
+    /// the upstream has taken what it holds).
+    Handed(Instant),
+    /// Sent whole.
+    Sent,
+}
+
+/// The upstream stopped taking the request body.
+#[derive(Debug)]
+pub struct UploadStalled;
+
+/// Follows an attempt's upload until its body has been sent whole (or
+/// dropped).
 #[derive(Clone)]
-pub struct Sent(Option<watch::Receiver<bool>>);
+pub struct Sent(Option<watch::Receiver<Progress>>);
 
 impl Sent {
     /// Whether the body has been sent whole (a request without one: at
     /// once).
     pub fn is_done(&self) -> bool {
-        self.0.as_ref().is_none_or(|receiver| *receiver.borrow())
+        self.0
+            .as_ref()
+            .is_none_or(|receiver| *receiver.borrow() == Progress::Sent)
     }
 
-    /// Waits until the body is sent.
-    pub async fn wait(self) {
-        if let Some(mut receiver) = self.0 {
-            // An error means the body was dropped: nothing more will be sent.
-            let _ = receiver.wait_for(|sent| *sent).await;
+    /// Waits until the body is sent, or until the upstream has left a piece
+    /// of it untaken for `stall` (a slow client is not the upstream's
+    /// fault: its own limits govern the wait for its bytes).
+    pub async fn wait(self, stall: Duration) -> Result<(), UploadStalled> {
+        let Some(mut receiver) = self.0 else {
+            return Ok(());
+        };
+        loop {
+            let progress = *receiver.borrow_and_update();
+            // A closed channel means the body was dropped: nothing more
+            // will be sent.
+            let changed = match progress {
+                Progress::Sent => return Ok(()),
+                Progress::Reading => receiver.changed().await,
+                Progress::Handed(at) => tokio::select! {
+                    changed = receiver.changed() => changed,
+                    () = tokio::time::sleep_until((at + stall).into()) => return Err(UploadStalled),
+                },
+            };
+            if changed.is_err() {
+                return Ok(());
+            }
         }
     }
 }
@@ -59,7 +97,7 @@ impl Replayable {
             return Some((UpstreamBody::Empty, Sent(None)));
         };
         slot.lock().as_ref()?;
-        let (sent, receiver) = watch::channel(false);
+        let (sent, receiver) = watch::channel(Progress::Reading);
         let body = TakeOnPoll {
             slot: slot.clone(),
             body: None,
@@ -108,7 +146,7 @@ impl Body for UpstreamBody {
 pub struct TakeOnPoll {
     slot: Arc<Mutex<Option<Upload>>>,
     body: Option<Upload>,
-    sent: watch::Sender<bool>,
+    sent: watch::Sender<Progress>,
 }
 
 impl Body for TakeOnPoll {
@@ -129,9 +167,16 @@ impl Body for TakeOnPoll {
             )));
         };
         let frame = Pin::new(body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.sent.send_replace(true);
-        }
+        let progress = match &frame {
+            Poll::Pending => Progress::Reading,
+            Poll::Ready(Some(Ok(_))) => Progress::Handed(Instant::now()),
+            Poll::Ready(None | Some(Err(_))) => Progress::Sent,
+        };
+        this.sent.send_if_modified(|now| {
+            let changed = *now != progress;
+            *now = progress;
+            changed
+        });
         frame.map_err(Into::into)
     }
 
