@@ -1431,7 +1431,25 @@ async fn async_mode_a_rotation_waits_for_its_own_session_not_for_a_failing_one()
 /// Redis would drop the session in use).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
-    let mut acl = AclWriter::start(&[]).await;
+    in_use_past_its_ttl_while_its_write_is_held(&[], false).await;
+}
+
+/// The same once memory pressure evicted the session's copy (its reads are
+/// answered from the queued write): they keep it alive all the same. They
+/// slid only the copy they answered, so the session was not found once the
+/// write's expiry passed, and the write, shipped with it, was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_reads_of_an_evicted_session_keep_its_held_write_alive() {
+    let bounded_memory = ["--max-memory", "64KiB", "--when-full", "evict-lru"];
+    in_use_past_its_ttl_while_its_write_is_held(&bounded_memory, true).await;
+}
+
+/// A session of 2 s idle TTL whose second write is held in the queue (the
+/// node has `extra` flags; with `evict`, sessions made after it push its
+/// copy out of memory), read every 250 ms for 3 s: each read finds it; once
+/// the write ships, another node reads it at version 2.
+async fn in_use_past_its_ttl_while_its_write_is_held(extra: &[&str], evict: bool) {
+    let mut acl = AclWriter::start(extra).await;
     let id = acl.with_a_queued_write_of_a_2s_session().await;
     let AclWriter {
         redis,
@@ -1439,6 +1457,18 @@ async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
         mut admin,
         writer,
     } = acl;
+    if evict {
+        let filler = json!({ "filler": "x".repeat(4096) });
+        for n in 0..60 {
+            let made = create(&http, &writer, &filler, None).await;
+            assert_eq!(made.status, 201, "filler {n}: {}", made.text);
+        }
+        let evictions = scrape(&writer.url())
+            .await
+            .value("sessiond_evictions_total", &[])
+            .unwrap_or(0.0);
+        assert!(evictions >= 40.0, "only {evictions} sessions were evicted");
+    }
     // In use for 3 s, past the 2 s idle TTL the write was made with.
     let in_use_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < in_use_until {
@@ -1447,7 +1477,7 @@ async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
-    wait_for_metric(&writer, "sessiond_redis_replicated_total", 2.0).await;
+    wait_for_version_in_redis(&admin, &id, 2).await;
     let elsewhere = node_on(&http, &redis.url(), &[]).await;
     let read = get(&http, &elsewhere, &id).await;
     assert_eq!(

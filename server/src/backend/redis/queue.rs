@@ -400,15 +400,21 @@ async fn forget(redis: &Redis, id: &SessionId) {
     redis.store.delete(id);
 }
 
-/// `written` with the expiry reads have slid it to since (memory holds
-/// it): a write held in the queue longer than its idle TTL must not ship an
-/// expiry that has passed while the session was in use.
+/// `written` with the expiry reads have slid it to since (of the copy in
+/// memory, or of the queued write once memory lost the copy): a write held
+/// in the queue longer than its idle TTL must not ship an expiry that has
+/// passed while the session was in use.
 fn with_slid_expiry(redis: &Redis, written: &Session) -> Session {
-    let slid = redis.store.expiry_of(&written.id, written.version);
+    let (id, version) = (&written.id, written.version);
+    let slid = [
+        redis.store.expiry_of(id, version),
+        redis.queued.expiry_of(id, version),
+    ];
     Session {
-        expires_at_ms: slid.map_or(written.expires_at_ms, |slid| {
-            slid.max(written.expires_at_ms)
-        }),
+        expires_at_ms: slid
+            .into_iter()
+            .flatten()
+            .fold(written.expires_at_ms, u64::max),
         ..written.clone()
     }
 }

@@ -94,6 +94,28 @@ impl QueuedIds {
         self.inner.lock().entries.contains_key(id)
     }
 
+    /// Slides the expiry of `id`'s queued write at `version` to
+    /// `expires_at_ms` if that is later: a read answered from the queue
+    /// (memory no longer holds the copy) is a use too.
+    pub fn slide(&self, id: &SessionId, version: u64, expires_at_ms: u64) {
+        if let Some(Pending {
+            latest: Latest::Written(session),
+            ..
+        }) = self.inner.lock().entries.get_mut(id)
+            && session.version == version
+        {
+            session.expires_at_ms = session.expires_at_ms.max(expires_at_ms);
+        }
+    }
+
+    /// The expiry of `id`'s latest queued write, if it is at `version`.
+    pub fn expiry_of(&self, id: &SessionId, version: u64) -> Option<u64> {
+        match &self.inner.lock().entries.get(id)?.latest {
+            Latest::Written(session) if session.version == version => Some(session.expires_at_ms),
+            _ => None,
+        }
+    }
+
     /// The user of `id` as its queued changes know it (`None` inside when
     /// they know none), if a change of it is queued.
     pub fn user_of(&self, id: &SessionId) -> Option<Option<UserName>> {

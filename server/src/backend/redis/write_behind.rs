@@ -237,6 +237,9 @@ impl Backend for WriteBehindBackend {
         session.expires_at_ms = (redis.store)
             .expiry(redis.now(), session.ttl_ms, session.created_at_ms)
             .max(session.expires_at_ms);
+        redis
+            .queued
+            .slide(id, session.version, session.expires_at_ms);
         redis.refresher.note(*id, session.expires_at_ms);
         Ok(session)
     }
