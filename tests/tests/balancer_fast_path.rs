@@ -61,6 +61,10 @@ fn scripted(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
             true,
         ),
         "/kb" => (sized(&[b'k'; 1024]), false),
+        "/cut-short" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b".to_vec(),
+            true,
+        ),
         // Both framings: the chunked one wins (RFC 9112, 6.3); the
         // connection closes after it.
         "/both-lengths" => (
@@ -434,6 +438,40 @@ async fn an_upstream_that_stops_taking_an_upload_times_out() {
     assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
     upload.abort();
     balancer.wait_until_idle(Duration::from_secs(10)).await;
+}
+
+/// An upstream that breaks off a response body (closes after 10 of its
+/// 100 bytes) is taken out of rotation, on both paths (a GET on the fast
+/// path, a POST with a body on hyper's): its failure happened after the
+/// head, where nothing was counted against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_breaks_off_a_body_is_ejected_on_both_paths() {
+    let requests = [
+        get("/cut-short"),
+        b"POST /cut-short HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
+    ];
+    for request in requests {
+        let (balancer, mut client, _) = client_of_a_balancer(&[]).await;
+        let case = String::from_utf8_lossy(&request[..4]).into_owned();
+        client.write_all(&request).await.expect("send");
+        let answer = read_until_closed(&mut client).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{case}: {text}");
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "{case}: ended as whole: {text}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let stats = balancer.stats().await;
+            if stats["healthy"] == 0 {
+                assert_eq!(stats["upstreams"][0]["errors"], 1, "{case}: {stats}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{case}: {stats}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

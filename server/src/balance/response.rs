@@ -59,8 +59,10 @@ impl Body for ClientBody {
                             lent.give_back();
                         }
                     }
-                    Poll::Ready(Some(Err(_))) => {
-                        slot.take();
+                    Poll::Ready(Some(Err(err))) => {
+                        if let Some(slot) = slot.take() {
+                            slot.upstream().broke_mid_body(&err.to_string());
+                        }
                         lent.take();
                     }
                     _ => {}

@@ -336,6 +336,15 @@ impl Upstream {
         }
     }
 
+    /// Records a response body the upstream broke off (closed mid-body,
+    /// malformed framing) and takes it out of rotation: the client got a
+    /// cut answer, the upstream's fault.
+    pub fn broke_mid_body(&self, why: &str) {
+        tracing::warn!(upstream = %self.url, error = %why, "upstream broke off a response body");
+        self.record_failure(why);
+        self.eject(why);
+    }
+
     /// Records a request that got no response from this upstream.
     pub fn record_failure(&self, why: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);

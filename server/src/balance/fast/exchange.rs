@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{Client, ClientIo};
-use super::relay;
+use super::relay::{self, RelayError};
 use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
 use crate::balance::access_log::{CLIENT_GONE, Entry};
@@ -233,7 +233,7 @@ impl Exchange<'_> {
             };
             upstream.record_response(response.status, started.elapsed());
             served.status = response.status;
-            served.upstream = Some(upstream);
+            served.upstream = Some(upstream.clone());
             let reusable = response.reusable;
             let finished = move |raw: Option<RawConn>| {
                 if let Some(raw) = raw.filter(|_| reusable) {
@@ -252,8 +252,9 @@ impl Exchange<'_> {
             .await;
             return match relayed {
                 Ok(()) => response.keep_alive,
+                Err(RelayError::Client) => false,
                 Err(err) => {
-                    tracing::debug!(%err, "response body not relayed whole");
+                    upstream.broke_mid_body(&err.to_string());
                     false
                 }
             };
