@@ -16,7 +16,7 @@
 //! | a body that stalls, or trickles at 1 byte/s | 408 `body_timeout` after `--body-timeout` / under `--min-body-rate` | 408 after a 60 s gap (`client_body_timeout`); a trickle is never cut |
 //! | past the client connection cap | 503 `too_many_connections`, closed | no answer at `worker_connections` (503 with `limit_conn`) |
 //! | error bodies | generic message and code; details in the log | nginx's generic HTML pages |
-//! | a pooled upstream connection closed as a request goes out | a GET is sent again on a new connection; no upstream blamed | the same (a failure on a cached connection is not counted) |
+//! | a pooled upstream connection closed (or reset) as a request goes out | a GET is sent again on a new connection; no upstream blamed | the same (a failure on a cached connection is not counted) |
 
 use std::time::Duration;
 
@@ -380,10 +380,11 @@ async fn past_the_client_connection_cap_a_connection_is_refused_with_503() {
 }
 
 /// An app server that answers the first request of each connection with
-/// keep-alive and closes the connection, unanswered, when the second one
-/// arrives: an upstream's keep-alive timeout firing just as a pooled
-/// connection is reused.
-async fn closing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// keep-alive and closes the connection (`reset`: with a reset, as an app
+/// with `SO_LINGER` 0 does), unanswered, when the second one arrives: an
+/// upstream's keep-alive timeout firing just as a pooled connection is
+/// reused.
+async fn closing_upstream(reset: bool) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
@@ -399,6 +400,9 @@ async fn closing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
                         }
                     }
                     if answered == 1 {
+                        if reset {
+                            let _ = stream.set_linger(Some(Duration::ZERO));
+                        }
                         return;
                     }
                     let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
@@ -416,7 +420,7 @@ async fn closing_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault() {
-    let (upstream, task) = closing_upstream().await;
+    let (upstream, task) = closing_upstream(false).await;
     let url = format!("http://{upstream}");
     let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
     args.extend(NO_CHECKS);
@@ -444,5 +448,33 @@ async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault()
     .await;
     assert_error(&post, 502, "bad_gateway");
     assert_eq!(balancer.stats().await["healthy"], 1);
+    task.abort();
+}
+
+/// The same race with the pooled connection reset rather than closed, on
+/// both paths (a plain GET on the fast path; one whose `Connection` header
+/// names a header, on hyper's): the GET goes again on a new connection
+/// and the upstream stays in. On hyper's path a reset ejected it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() {
+    let (upstream, task) = closing_upstream(true).await;
+    let url = format!("http://{upstream}");
+    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
+    args.extend(NO_CHECKS);
+    let balancer = Balancer::start(&args);
+    let fast = &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..];
+    let hyper =
+        &b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n"[..];
+    for (path, get) in [("fast", fast), ("hyper", hyper)] {
+        for request in 0..4 {
+            let response = raw_exchange(balancer.listen, get).await;
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, &b"ok"[..]),
+                "{path} path, request {request}"
+            );
+        }
+        assert_eq!(balancer.stats().await["healthy"], 1, "{path} path");
+    }
     task.abort();
 }

@@ -116,12 +116,26 @@ pub enum SendError {
 
 impl SendError {
     /// Whether the failure may be the keep-alive race alone: a pooled
-    /// connection the upstream closed just as the request went out, with
-    /// no byte of a response. Such a failure is not held against the
-    /// upstream.
+    /// connection the upstream closed (or reset) just as the request went
+    /// out. Such a failure is not held against the upstream.
     pub fn is_keep_alive_race(&self) -> bool {
-        matches!(self, Self::Exchange { error, reused: true } if error.is_incomplete_message())
+        let Self::Exchange {
+            error,
+            reused: true,
+        } = self
+        else {
+            return false;
+        };
+        error.is_incomplete_message() || is_reset(error)
     }
+}
+
+/// Whether `error` is the connection reset or broken under hyper.
+fn is_reset(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 /// Opens and reuses upstream connections.
