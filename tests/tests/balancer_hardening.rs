@@ -401,7 +401,7 @@ async fn closing_upstream(reset: bool) -> (std::net::SocketAddr, tokio::task::Jo
                     }
                     if answered == 1 {
                         if reset {
-                            let _ = stream.set_linger(Some(Duration::ZERO));
+                            let _ = stream.set_zero_linger();
                         }
                         return;
                     }
