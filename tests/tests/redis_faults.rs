@@ -880,24 +880,16 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
     wait_for_version_in_redis(&admin, &id, 2).await;
 }
 
-/// Write-behind mode under memory pressure: a session evicted from memory
-/// while its acknowledged write is still queued is answered as written,
-/// not as the older copy Redis holds (which the node used to keep: the
-/// invalidation its own write publishes does not reach itself).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_written() {
-    let bounded_memory = ["--max-memory", "64KiB", "--when-full", "evict-lru"];
-    let mut acl = AclWriter::start(&bounded_memory).await;
-    let id = acl.with_a_queued_write().await;
-    let AclWriter {
-        redis: _redis,
-        http,
-        mut admin,
-        writer: node,
-    } = acl;
+/// A node's flags that bound its memory to 64 KiB, evicting the least
+/// recently used sessions.
+const BOUNDED_MEMORY: [&str; 4] = ["--max-memory", "64KiB", "--when-full", "evict-lru"];
+
+/// Creates 60 sessions of 4 KiB on `node` (started with [`BOUNDED_MEMORY`]):
+/// at least 40 sessions are evicted, the older ones first.
+async fn push_out_older_sessions(http: &reqwest::Client, node: &Sessiond) {
     let filler = json!({ "filler": "x".repeat(4096) });
     for n in 0..60 {
-        let made = create(&http, &node, &filler, None).await;
+        let made = create(http, node, &filler, None).await;
         assert_eq!(made.status, 201, "filler {n}: {}", made.text);
     }
     let evictions = scrape(&node.url())
@@ -905,6 +897,23 @@ async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_w
         .value("sessiond_evictions_total", &[])
         .unwrap_or(0.0);
     assert!(evictions >= 40.0, "only {evictions} sessions were evicted");
+}
+
+/// Write-behind mode under memory pressure: a session evicted from memory
+/// while its acknowledged write is still queued is answered as written,
+/// not as the older copy Redis holds (which the node used to keep: the
+/// invalidation its own write publishes does not reach itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_written() {
+    let mut acl = AclWriter::start(&BOUNDED_MEMORY).await;
+    let id = acl.with_a_queued_write().await;
+    let AclWriter {
+        redis: _redis,
+        http,
+        mut admin,
+        writer: node,
+    } = acl;
+    push_out_older_sessions(&http, &node).await;
     assert_eq!(
         version_in_redis(&admin, &id).await,
         Some(1),
@@ -1440,8 +1449,7 @@ async fn async_mode_a_write_held_past_its_ttl_ships_with_the_slid_expiry() {
 /// write's expiry passed, and the write, shipped with it, was dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_reads_of_an_evicted_session_keep_its_held_write_alive() {
-    let bounded_memory = ["--max-memory", "64KiB", "--when-full", "evict-lru"];
-    in_use_past_its_ttl_while_its_write_is_held(&bounded_memory, true).await;
+    in_use_past_its_ttl_while_its_write_is_held(&BOUNDED_MEMORY, true).await;
 }
 
 /// A session of 2 s idle TTL whose second write is held in the queue (the
@@ -1458,16 +1466,7 @@ async fn in_use_past_its_ttl_while_its_write_is_held(extra: &[&str], evict: bool
         writer,
     } = acl;
     if evict {
-        let filler = json!({ "filler": "x".repeat(4096) });
-        for n in 0..60 {
-            let made = create(&http, &writer, &filler, None).await;
-            assert_eq!(made.status, 201, "filler {n}: {}", made.text);
-        }
-        let evictions = scrape(&writer.url())
-            .await
-            .value("sessiond_evictions_total", &[])
-            .unwrap_or(0.0);
-        assert!(evictions >= 40.0, "only {evictions} sessions were evicted");
+        push_out_older_sessions(&http, &writer).await;
     }
     // In use for 3 s, past the 2 s idle TTL the write was made with.
     let in_use_until = Instant::now() + Duration::from_secs(3);
