@@ -141,6 +141,21 @@ async fn stalled_bodies_get_408_at_the_body_timeout() {
     assert!(healthz_answers(&node, Duration::from_secs(5)).await);
 }
 
+/// A body whose chunked framing is broken is the client's malformed
+/// request (400 `invalid_request`), not an over-long one: it was answered
+/// 413 `payload_too_large`, "over the limit", for a body of a few bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_badly_framed_body_is_an_invalid_request_not_a_too_large_one() {
+    let node = Sessiond::start(&[]);
+    let request = "POST /v1/sessions HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n\
+                   Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
+    let mut stream = send(node.http, request.as_bytes()).await;
+    let received = read_until_close(&mut stream, CLOSE_WAIT).await;
+    assert_eq!(received.status(), Some(400), "{received:?}");
+    assert_eq!(received.error_code(), "invalid_request", "{received:?}");
+    assert!(healthz_answers(&node, Duration::from_secs(5)).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_content_length_over_the_limit_is_refused_before_the_body() {
     let node = Sessiond::start(&["--max-session-bytes", "1KiB"]);

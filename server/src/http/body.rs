@@ -167,7 +167,16 @@ async fn read(
                 format!("the request body did not arrive within {timeout:?} (--http-body-timeout)"),
             )
         })?
-        .map_err(|_| too_large())?;
+        .map_err(|err| {
+            let err = err.into_inner();
+            if err.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the request body could not be read (badly framed, or cut short): {err}"),
+            )
+        })?;
     Ok((parts.headers, bytes))
 }
 
