@@ -344,10 +344,10 @@ impl Store {
         self.lock_shards(ids.chain(user_shard))
     }
 
-    /// Locks the shards of `ids` and of the sessions of `capped`'s user
-    /// (and its user's shard, see [`Self::lock_for_owner`]) once the user's
-    /// index held still while they were locked; returns the user's indexed
-    /// sessions with the locks. The index only changes under the lock of
+    /// Locks the shards of `ids` and of `user`'s indexed sessions (and, for
+    /// a `capped` owner, its user's shard: see [`Self::lock_for_owner`])
+    /// once the index held still while they were locked; returns `user`'s
+    /// indexed sessions with the locks. The index only changes under the lock of
     /// the shard of a session it names, so when it changed under each of
     /// [`MAX_INDEX_ATTEMPTS`] attempts (a storm of the user's logins and
     /// logouts) every shard is locked: slower, but the step always happens.
