@@ -906,7 +906,7 @@ async fn push_out_older_sessions(http: &reqwest::Client, node: &Sessiond) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_session_evicted_while_its_write_is_queued_is_answered_as_written() {
     let mut acl = AclWriter::start(&BOUNDED_MEMORY).await;
-    let id = acl.with_a_queued_write().await;
+    let id = acl.with_a_queued_write(None).await;
     let AclWriter {
         redis: _redis,
         http,
@@ -984,31 +984,18 @@ impl AclWriter {
 }
 
 impl AclWriter {
-    /// Creates a session (`{"written": "first"}`), waits until Redis holds
-    /// it, stops the queue from shipping ([`QUEUE_CANNOT_SHIP`]) and
-    /// writes `{"written": "second"}`: acknowledged as version 2, queued.
-    /// Returns the session's id.
-    async fn with_a_queued_write(&mut self) -> String {
+    /// Creates a session (`{"written": "first"}`, idle TTL `ttl_secs` or
+    /// the default), waits until Redis holds it, stops the queue from
+    /// shipping ([`QUEUE_CANNOT_SHIP`]) and writes `{"written": "second"}`:
+    /// acknowledged as version 2, queued. Returns the session's id.
+    async fn with_a_queued_write(&mut self, ttl_secs: Option<u64>) -> String {
         let Self {
             http,
             admin,
             writer,
             ..
         } = self;
-        let id = created_in_redis(http, writer, admin, &json!({ "written": "first" })).await;
-        Self::queue_a_write(http, admin, writer, &id).await;
-        id
-    }
-
-    /// The same, of a session whose idle TTL is 2 s.
-    async fn with_a_queued_write_of_a_2s_session(&mut self) -> String {
-        let Self {
-            http,
-            admin,
-            writer,
-            ..
-        } = self;
-        let created = create(http, writer, &json!({ "written": "first" }), Some(2)).await;
+        let created = create(http, writer, &json!({ "written": "first" }), ttl_secs).await;
         assert_eq!(created.status, 201, "{}", created.text);
         let id = created.session().id;
         wait_for_version_in_redis(admin, &id, 1).await;
@@ -1071,7 +1058,7 @@ async fn refused_and_gone(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_session_deleted_elsewhere_is_gone_on_a_node_still_queueing_its_write() {
     let mut acl = AclWriter::start(&[]).await;
-    let id = acl.with_a_queued_write().await;
+    let id = acl.with_a_queued_write(None).await;
     let AclWriter {
         redis,
         http,
@@ -1129,7 +1116,7 @@ async fn a_deleted_sessions_tombstone_lives_as_long_as_the_session_could_have() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write() {
     let mut acl = AclWriter::start(&[]).await;
-    let id = acl.with_a_queued_write().await;
+    let id = acl.with_a_queued_write(None).await;
     let AclWriter {
         redis,
         http,
@@ -1182,7 +1169,7 @@ async fn async_mode_a_read_dropping_stopped_cachers_never_hides_a_queued_write()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_copy_that_missed_a_delete_goes_when_redis_refuses_its_queued_write() {
     let mut acl = AclWriter::start(&[]).await;
-    let id = acl.with_a_queued_write().await;
+    let id = acl.with_a_queued_write(None).await;
     let AclWriter {
         redis,
         http,
@@ -1458,7 +1445,7 @@ async fn async_mode_reads_of_an_evicted_session_keep_its_held_write_alive() {
 /// the write ships, another node reads it at version 2.
 async fn in_use_past_its_ttl_while_its_write_is_held(extra: &[&str], evict: bool) {
     let mut acl = AclWriter::start(extra).await;
-    let id = acl.with_a_queued_write_of_a_2s_session().await;
+    let id = acl.with_a_queued_write(Some(2)).await;
     let AclWriter {
         redis,
         http,
@@ -1495,7 +1482,7 @@ async fn in_use_past_its_ttl_while_its_write_is_held(extra: &[&str], evict: bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_a_write_held_past_its_expiry_never_ends_a_session_in_use_elsewhere() {
     let mut acl = AclWriter::start(&[]).await;
-    let id = acl.with_a_queued_write_of_a_2s_session().await;
+    let id = acl.with_a_queued_write(Some(2)).await;
     let AclWriter {
         redis,
         http,

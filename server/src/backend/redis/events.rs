@@ -411,15 +411,10 @@ mod tests {
 
     #[test]
     fn a_cursor_past_the_newest_id_was_never_handed_out() {
-        let invalid = |cursor: &str| {
-            Err(EventsError::InvalidCursor {
-                cursor: cursor.to_owned(),
-            })
-        };
         let empty = emptied("40-1", 9);
-        assert_eq!(judge(Some(&empty), (40, 2)), invalid("40-2"));
+        assert_eq!(judge(Some(&empty), (40, 2)), Err(invalid("40-2")));
         assert_eq!(judge(None, (0, 0)), Ok(()));
-        assert_eq!(judge(None, (1, 0)), invalid("1-0"));
+        assert_eq!(judge(None, (1, 0)), Err(invalid("1-0")));
     }
 
     #[test]
