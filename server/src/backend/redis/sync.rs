@@ -195,6 +195,9 @@ impl SyncBackend {
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let ordered = redis.lock(id).await;
+        // Whether a copy may be under the new id: this call made one, or an
+        // earlier attempt of the same tagged rotation may have.
+        let mut copied = tag.is_some();
         for attempt in 0..=MAX_OPTIMISTIC_ATTEMPTS {
             let Some(current) = redis.read_redis(id, false).await? else {
                 redis.store.delete(id);
@@ -208,7 +211,9 @@ impl SyncBackend {
                     drop(ordered);
                     return redis.load(&new_id).await;
                 }
-                self.retract(&new_id).await?;
+                if copied {
+                    self.retract(&new_id).await?;
+                }
                 return Err(BackendError::NotFound);
             };
             if attempt == MAX_OPTIMISTIC_ATTEMPTS {
@@ -235,7 +240,7 @@ impl SyncBackend {
             // version's copy (another attempt of this rotation read the
             // session after a write this one missed): this attempt's delete
             // of the old id then fails, and the next one finds the move done.
-            let copied = copy
+            let copy_made = copy
                 .arg("")
                 .arg("")
                 .arg("")
@@ -245,7 +250,8 @@ impl SyncBackend {
                 .arg(current.version)
                 .invoke_async::<i64>(&mut conn)
                 .await;
-            redis.link.observe(copied).map_err(write_error)?;
+            redis.link.observe(copy_made).map_err(write_error)?;
+            copied = true;
             let gone = Gone::RotatedTo(&new_id, moved.user.as_ref());
             let deleted = redis.delete_in_redis(id, Some(current.version), gone).await;
             if deleted.map_err(write_error)? {
