@@ -522,3 +522,69 @@ async fn a_put_held_by_a_frozen_node_does_not_apply_again_after_later_writes() {
         );
     }
 }
+
+/// A re-send held up in a frozen node is judged by when its write was
+/// first sent, not by how long after the first attempt it was re-sent: by
+/// the time the node reads it, later writes may have pushed the tag out of
+/// the log, and "re-sent 300 ms after a first attempt" then looks newer
+/// than the tag's departure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_held_by_a_frozen_node_does_not_apply_again_after_later_writes() {
+    let _alone = exclusive().await;
+    let redis = RedisServer::start();
+    let nodes = nodes_on(&redis, 2).await;
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    let client = build(
+        builder_for(&refs)
+            .timeout(Duration::from_millis(300))
+            .fall(100),
+    )
+    .await;
+    let mut names: Vec<String> = nodes.iter().map(|node| node.tcp.to_string()).collect();
+    names.sort();
+    let seeds: Vec<u64> = names.iter().map(|name| ring::node_seed(name)).collect();
+    let id = client
+        .create(&json!({"n": 0}), None)
+        .await
+        .expect("create")
+        .id;
+    let first = &names[ring::preference(&seeds, &id)[0]];
+    let (owner, other): (Vec<&Sessiond>, Vec<&Sessiond>) = nodes
+        .iter()
+        .partition(|node| node.tcp.to_string() == *first);
+    let (owner, other) = (owner[0], other[0]);
+    let later = client_of(&[owner], Duration::from_secs(2)).await;
+    freeze(owner.pid());
+    freeze(other.pid());
+    let put = bounded(
+        "the put to frozen nodes",
+        client.put(&id, &json!({"n": 1}), None),
+    )
+    .await;
+    assert!(
+        matches!(put, Err(Error::Indeterminate(_))),
+        "every attempt timed out: {put:?}"
+    );
+    signal(owner.pid(), "CONT");
+    let written = bounded("later writes", async {
+        let mut last = None;
+        for n in 2..=6 {
+            last = Some(later.put(&id, &json!({"n": n}), None).await);
+        }
+        last
+    })
+    .await
+    .expect("five writes")
+    .unwrap_or_else(|err| panic!("a later write: {err}"));
+    assert_eq!(written.version, 7, "the first attempt made version 2");
+    // Past the allowed clock skew since the tag left the log.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    signal(other.pid(), "CONT");
+    // Time for the woken node to read the re-sends and send them to Redis.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        counter(&later, &id).await,
+        (6, 7),
+        "a held re-send was applied again"
+    );
+}

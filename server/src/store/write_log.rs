@@ -140,9 +140,12 @@ impl WriteLog {
         let covered = match expected {
             // It could only have produced `expected + 1`.
             Some(expected) => version <= expected || version - expected - 1 < WRITE_LOG_LEN as u64,
+            // The client's stamp bounds it too: a re-send held up in a
+            // stalled node reaches the session long after it was sent,
+            // and `after_ms` alone would date the write that much later.
             None => {
-                let first_sent = now_ms.saturating_sub(after_ms.saturating_add(CLOCK_SKEW_MS));
-                self.horizon_ms < first_sent
+                let first_sent = first_sent(write, now_ms).min(now_ms.saturating_sub(after_ms));
+                self.horizon_ms < first_sent.saturating_sub(CLOCK_SKEW_MS)
             }
         };
         if covered {
@@ -277,6 +280,24 @@ mod tests {
         // A session that never dropped a tag covers every resend.
         assert_eq!(
             log_through(3).judge(3, resent(99, 60_000), None, 70_000),
+            Verdict::Apply
+        );
+    }
+
+    /// A re-send that reaches the session late (held up in a stalled node)
+    /// is dated by the client's stamp of its first attempt, not by how
+    /// long after that attempt it was re-sent.
+    #[test]
+    fn a_late_resend_is_judged_by_its_first_attempts_stamp() {
+        let log = log_through(6);
+        // Re-sent 300 ms after a first attempt at 2 s, read at 10 s.
+        assert_eq!(
+            log.judge(6, resent_stamped(99, 300, 2_000), None, 10_000),
+            Verdict::Indeterminate
+        );
+        // The same re-send, its first attempt after the horizon.
+        assert_eq!(
+            log.judge(6, resent_stamped(99, 300, 8_000), None, 10_000),
             Verdict::Apply
         );
     }

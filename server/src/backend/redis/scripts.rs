@@ -290,8 +290,9 @@ local horizon = tonumber(cur[6] or '0')
 local fence = tonumber(cur[9] or '0')
 local now = tonumber(ARGV[3])
 local sent = tonumber(ARGV[15])
+local resent = now - (ARGV[10] ~= '' and tonumber(ARGV[10]) or 0)
 if sent == 0 or sent > now + tonumber(ARGV[11]) then
-  sent = now - (ARGV[10] ~= '' and tonumber(ARGV[10]) or 0)
+  sent = resent
 end
 if ARGV[9] ~= '' then
   local age = 0
@@ -308,7 +309,7 @@ if ARGV[9] ~= '' then
       local e = tonumber(ARGV[1])
       covered = v <= e or v - e - 1 < LOG_LEN
     else
-      covered = horizon < now - tonumber(ARGV[10]) - tonumber(ARGV[11])
+      covered = horizon < math.min(sent, resent) - tonumber(ARGV[11])
     end
     if not covered then return {-4} end
   elseif ARGV[1] == '' and fence >= sent and horizon + tonumber(ARGV[11]) >= sent then
