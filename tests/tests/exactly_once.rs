@@ -588,3 +588,115 @@ async fn a_resend_held_by_a_frozen_node_does_not_apply_again_after_later_writes(
         "a held re-send was applied again"
     );
 }
+
+/// A create repeated with its `Idempotency-Key` after its session ended
+/// (deleted, or rotated to a new id) answers 404 and brings nothing back:
+/// on a memory-only node and on two nodes sharing Redis alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_repeated_after_its_session_ended_does_not_bring_it_back() {
+    let redis = RedisServer::start();
+    let http = http();
+    let memory = Sessiond::start(&[]);
+    let shared = nodes_on(&redis, 2).await;
+    let setups: [(&str, [&Sessiond; 2]); 2] = [
+        ("memory", [&memory, &memory]),
+        ("redis", [&shared[0], &shared[1]]),
+    ];
+    for (name, [first, second]) in setups {
+        let create = |node: &Sessiond, key: &str| {
+            http.post(format!("{}/v1/sessions", node.url()))
+                .header("content-type", "application/json")
+                .header("idempotency-key", format!("{name}-{key}"))
+                .body(r#"{"data":{"n":0},"user":"alice"}"#)
+        };
+        let session =
+            |node: &Sessiond, id: &str| http.get(format!("{}/v1/sessions/{id}", node.url()));
+        let deleted = send(create(first, "deleted")).await;
+        assert_eq!(deleted.status, 201, "{name}: {}", deleted.text);
+        let id = deleted.session().id;
+        let gone = send(http.delete(format!("{}/v1/sessions/{id}", first.url()))).await;
+        assert_eq!(gone.status, 204, "{name}: {}", gone.text);
+        let again = send(create(second, "deleted")).await;
+        assert_eq!(
+            (again.status, again.error_code().as_str()),
+            (404, "not_found"),
+            "{name}: a repeat after the delete: {}",
+            again.text
+        );
+        assert_eq!(
+            send(session(second, &id)).await.status,
+            404,
+            "{name}: {id} came back"
+        );
+
+        let moved = send(create(first, "rotated")).await;
+        let id = moved.session().id;
+        let rotated = send(http.post(format!("{}/v1/sessions/{id}/rotate", first.url()))).await;
+        assert_eq!(rotated.status, 201, "{name}: {}", rotated.text);
+        let again = send(create(second, "rotated")).await;
+        assert_eq!(
+            (again.status, again.error_code().as_str()),
+            (404, "not_found"),
+            "{name}: a repeat after the rotation: {}",
+            again.text
+        );
+        assert_eq!(
+            send(session(second, &id)).await.status,
+            404,
+            "{name}: {id} came back"
+        );
+        let listed = send(http.get(format!("{}/v1/users/alice/sessions", second.url()))).await;
+        let ids: Vec<String> = listed.json()["sessions"]
+            .as_array()
+            .expect("a listing")
+            .iter()
+            .map(|summary| summary["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(ids, [rotated.session().id], "{name}: alice's sessions");
+    }
+}
+
+/// One `Idempotency-Key` sent with a create and then with a rotation of
+/// another session (a client's mistake) must not move that session over
+/// the created one: the rotation is refused and both stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_reusing_a_creates_key_does_not_overwrite_its_session() {
+    let http = http();
+    let node = Sessiond::start(&[]);
+    let made = send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "reused")
+            .body(r#"{"data":{"n":1}}"#),
+    )
+    .await;
+    let other = send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("content-type", "application/json")
+            .body(r#"{"data":{"n":2}}"#),
+    )
+    .await;
+    let (made, other) = (made.session(), other.session());
+    let rotated = send(
+        http.post(format!("{}/v1/sessions/{}/rotate", node.url(), other.id))
+            .header("idempotency-key", "reused"),
+    )
+    .await;
+    assert_eq!(
+        (rotated.status, rotated.error_code().as_str()),
+        (503, "unavailable"),
+        "{}",
+        rotated.text
+    );
+    for (id, n) in [(&made.id, 1), (&other.id, 2)] {
+        let read = send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await;
+        assert_eq!(read.status, 200, "{id}: {}", read.text);
+        assert_eq!(read.json()["data"]["n"], n, "{id}");
+    }
+    let metrics = send(http.get(format!("{}/metrics", node.url()))).await;
+    assert!(
+        metrics.text.contains("sessiond_sessions 2\n"),
+        "two sessions held: {}",
+        metrics.text
+    );
+}

@@ -221,8 +221,13 @@ pub enum Unavailable {
         /// The most sessions a shard holds.
         max: usize,
     },
-    /// A fresh id was already taken (astronomically unlikely).
-    #[error("a fresh session id is already taken in Redis; try again")]
+    /// The id a create or rotation was to use holds another session: a
+    /// fresh id drawn twice (astronomically unlikely), or one
+    /// `Idempotency-Key` sent with two different writes.
+    #[error(
+        "the session id this write was to use holds another session (the same \
+         Idempotency-Key sent with two different writes?); nothing was changed"
+    )]
     IdTaken,
 }
 
@@ -278,6 +283,7 @@ impl From<StoreError> for BackendError {
             StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
             StoreError::TooManySessions { max } => Self::TooManySessions { max },
             StoreError::ShardFull { max } => Self::Unavailable(Unavailable::ShardFull { max }),
+            StoreError::IdTaken => Self::Unavailable(Unavailable::IdTaken),
         }
     }
 }

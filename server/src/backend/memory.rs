@@ -8,7 +8,7 @@ use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventPage, SessionId, UserName};
 
 use super::api::{Backend, BackendError, EventsError, Failed};
-use super::claims::Claims;
+use super::claims::{Claim, Claims};
 use crate::store::{Owner, Position, ReadError, Session, Store, StoreError, StoreStats};
 
 /// The memory-only backend: the store, and the claims that let a tagged
@@ -31,7 +31,7 @@ impl MemoryBackend {
     /// The id a tagged write is to use: `fresh`, or the one an attempt of
     /// the same write claimed first.
     fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> SessionId {
-        tag.map_or(fresh, |tag| self.claims.claim(tag, fresh))
+        tag.map_or(fresh, |tag| self.claims.claim(tag, fresh).id())
     }
 }
 
@@ -48,8 +48,20 @@ impl Backend for MemoryBackend {
         tag: Option<u64>,
         owner: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        let id = self.claimed(tag, id);
-        Ok(self.store.create(id, data, ttl_ms, tag, owner.as_ref())?)
+        let Some(tag) = tag else {
+            return Ok(self.store.create(id, data, ttl_ms, None, owner.as_ref())?);
+        };
+        let id = match self.claims.claim(tag, id) {
+            // An earlier attempt made it: its session, if it still lives
+            // (a repeat never brings back a session that ended since).
+            Claim::Earlier { id, made: true } => return Ok(self.store.get(&id)?),
+            claim => claim.id(),
+        };
+        let session = self
+            .store
+            .create(id, data, ttl_ms, Some(tag), owner.as_ref())?;
+        self.claims.made(tag);
+        Ok(session)
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {

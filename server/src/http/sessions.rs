@@ -22,8 +22,8 @@ use crate::service::{JsonData, ServiceError};
 errors!(
     /// Failures of a create.
     CreateErrors: InvalidJson, InvalidTtl, InvalidUser, InvalidRequest, Unauthorized,
-    RequestTimeout, TooManySessions, Indeterminate, PayloadTooLarge, UnsupportedMediaType,
-    Unavailable, StoreFull
+    NotFound, RequestTimeout, TooManySessions, Indeterminate, PayloadTooLarge,
+    UnsupportedMediaType, Unavailable, StoreFull
 );
 
 /// `POST /v1/sessions`: a new session under a fresh id.

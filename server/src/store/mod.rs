@@ -150,6 +150,9 @@ pub enum StoreError {
         /// The most sessions a shard holds.
         max: usize,
     },
+    /// The id a session was to move to holds another live session.
+    #[error("the id this rotation was to move the session to holds another session")]
+    IdTaken,
     /// The write does not fit in the memory bound.
     #[error("the store is full: {needed} more bytes do not fit in the {limit}-byte memory bound")]
     Full {
@@ -767,6 +770,11 @@ impl Store {
             return Err(shard_full());
         }
         let record = self.take_live(locked.locked_shard(self.shard_index(id)), id, now)?;
+        let target = locked.locked_shard(self.shard_index(&new_id));
+        if self.live_record(target, &new_id, now).is_ok() {
+            self.put_back(&mut locked, record);
+            return Err(StoreError::IdTaken);
+        }
         let mut session = record.session();
         if let Some(owner) = rebind {
             let keep = (session.user.as_ref() == Some(&owner.user)).then_some(*id);
@@ -774,11 +782,7 @@ impl Store {
                 .make_way(&mut locked, owner, &owned, keep, now)
                 .and_then(|()| self.recharge(&record, owner.user.as_str().len()));
             if let Err(err) = rebound {
-                // It was taken out of this shard a moment ago, so it fits.
-                let source = locked.locked_shard(self.shard_index(id));
-                if let Err(lost) = source.sessions.replace(record) {
-                    self.forget(&lost, Removal::Evicted);
-                }
+                self.put_back(&mut locked, record);
                 return Err(err);
             }
             let listed_as = match &session.user {
@@ -803,6 +807,15 @@ impl Store {
         }
         self.log_event(EventKind::Rotated, new_id, session.user.as_ref(), Some(*id));
         Ok(session)
+    }
+
+    /// Puts `record` back in its shard, out of which it was taken a moment
+    /// ago under the same lock (so it fits).
+    fn put_back(&self, locked: &mut Locked<'_>, record: Record) {
+        let source = locked.locked_shard(self.shard_index(&record.id()));
+        if let Err(lost) = source.sessions.replace(record) {
+            self.forget(&lost, Removal::Evicted);
+        }
     }
 
     /// Adjusts the budget for `record` belonging to a user whose name has

@@ -384,6 +384,20 @@ fn update_applies_a_function_atomically_under_contention() {
 }
 
 #[test]
+fn a_rotation_onto_a_live_id_is_refused_and_changes_nothing() {
+    let (store, _) = store();
+    let x = created(&store, "1", 60 * SECOND);
+    let y = created(&store, "22", 60 * SECOND);
+    assert_eq!(store.rotate(&y, x, None), Err(StoreError::IdTaken));
+    assert_eq!(store.get(&x).unwrap().data, json("1"));
+    assert_eq!(store.get(&y).unwrap().data, json("22"));
+    assert_eq!(store.stats().sessions, 2);
+    store.delete(&x);
+    store.delete(&y);
+    assert_eq!((store.stats().sessions, store.stats().bytes_used), (0, 0));
+}
+
+#[test]
 fn memory_accounting_follows_sizes_exactly() {
     let (store, _) = store();
     let id = created(&store, "1", 60 * SECOND);

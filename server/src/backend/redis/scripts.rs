@@ -199,19 +199,22 @@ local function emit(stream, retention, kind, id, user, old)
 end
 ";
 
-/// Stores a whole session if its key is free: 1, or 0 when taken; with
-/// the event log (KEYS[2] stream, KEYS[3] expiry index), indexes its expiry
-/// and appends `created`.
+/// Stores a whole session if its key is free: 1, or 0 when taken, or -1
+/// when its tombstone (KEYS[2]) is there: an earlier attempt of the same
+/// create made it and it was deleted since, which a repeat must not undo.
+/// With the event log (KEYS[3] stream, KEYS[4] expiry index), indexes its
+/// expiry and appends `created`.
 /// ARGV: v, d, c, u, t, expires_at, w, h, o, p, f, retention.
 const STORE_NEW: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10], 'f', ARGV[11])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-if KEYS[2] then
+if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
-  redis.call('ZADD', KEYS[3], ARGV[6], id .. ':' .. ARGV[10])
-  emit(KEYS[2], ARGV[12], 'created', id, ARGV[10])
+  redis.call('ZADD', KEYS[4], ARGV[6], id .. ':' .. ARGV[10])
+  emit(KEYS[3], ARGV[12], 'created', id, ARGV[10])
 end
 return 1
 ";

@@ -163,12 +163,17 @@ impl SyncBackend {
         let mut conn = redis.link.conn()?;
         let key = redis.key(&id);
         let mut invocation = session_args(&redis.scripts.store_new, &key, &session, &redis.cacher);
+        invocation.key(tombstone(&key));
         redis.event_keys(&mut invocation);
         let result = invocation
             .arg(redis.retention())
             .invoke_async::<i64>(&mut conn)
             .await;
         let stored = redis.link.observe(result).map_err(write_error)?;
+        if stored == -1 {
+            // An earlier attempt of this create made it, and it ended since.
+            return Err(BackendError::NotFound);
+        }
         if stored == 0 {
             if tag.is_some() {
                 // Another attempt of the same create made it (the id is

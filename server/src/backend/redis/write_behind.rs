@@ -128,7 +128,7 @@ impl WriteBehindBackend {
             Ok(id) => id,
             Err(err) => {
                 tracing::debug!(%err, "claiming a create's id in Redis failed; claimed here");
-                self.claims.claim(tag, fresh)
+                self.claims.claim(tag, fresh).id()
             }
         }
     }
