@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sessiond_e2e::raw::{frame, read_message};
-use sessiond_e2e::{Sessiond, client_for};
+use sessiond_e2e::redis_support::{http, node_on};
+use sessiond_e2e::{RedisServer, Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
 use sessiond_proto::wire::{
     ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
@@ -644,4 +645,132 @@ async fn placed_creates_on_a_large_ring_leave_health_checks_responsive() {
         slowest < Duration::from_secs(2),
         "/healthz took {slowest:?} during placed creates"
     );
+}
+
+/// A client that pipelines requests and stops reading the answers holds up
+/// only itself. Its requests already under way (here deletes, each holding
+/// one of the node's per-session locks until Redis answers) run to their
+/// end while the server waits to write to it, so other clients' writes,
+/// which take the same locks, go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_up_no_one_else() {
+    let redis = RedisServer::start();
+    let node = node_on(&http(), &redis.url(), &["--idle-timeout", "60s"]).await;
+    let client = client_for(&[&node]).await;
+    let pad = "x".repeat(512 * 1024);
+    let big = client
+        .create(&serde_json::json!({ "pad": pad }), None)
+        .await
+        .expect("create the large session")
+        .id;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = tokio::time::timeout(READ_TIMEOUT, socket.connect(node.tcp))
+        .await
+        .expect("connect timed out")
+        .expect("cannot connect");
+    stream.write_all(&frame(&hello())).await.unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        Next::Frame(ServerFrame::Welcome(_))
+    ));
+    // Rounds of a delete on every lock stripe (an id's upper 64 bits pick
+    // it), then a read with a 512 KiB answer: 20 MiB of answers in all,
+    // more than the sockets' buffers hold.
+    let mut batch = Vec::new();
+    let mut request_id = 0;
+    for round in 0..40u128 {
+        for stripe in 0..256u128 {
+            request_id += 1;
+            let id = SessionId::from_u128(stripe << 64 | round);
+            batch.extend(frame(&request(request_id, Op::Delete { id })));
+        }
+        request_id += 1;
+        batch.extend(frame(&request(request_id, Op::Get { id: big })));
+    }
+    // The server stops reading once it cannot write: sent in the background.
+    let stuck = tokio::spawn(async move {
+        let _ = stream.write_all(&batch).await;
+        stream
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let other = client_for(&[&node]).await;
+    let served = tokio::time::timeout(Duration::from_secs(20), async {
+        for n in 0..20 {
+            let created = other.create(&serde_json::json!({ "n": n }), None).await?;
+            other
+                .put(&created.id, &serde_json::json!({ "n": n + 1 }), None)
+                .await?;
+            other.delete(&created.id).await?;
+        }
+        Ok::<_, sessiond_client::Error>(())
+    })
+    .await;
+    stuck.abort();
+    served
+        .expect("another client's writes waited for the stuck connection")
+        .expect("another client's writes failed");
+}
+
+/// A client too slow to read its answers is cut off after the idle
+/// timeout, and what it received up to then is a clean prefix of the
+/// answers: no answer twice, none garbled by a write restarted from the
+/// beginning of the buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_for_not_reading_gets_each_answer_once() {
+    use tokio::io::AsyncReadExt;
+    let node = Sessiond::start(&["--idle-timeout", "1s"]);
+    let client = client_for(&[&node]).await;
+    let pad = "x".repeat(512 * 1024);
+    let big = client
+        .create(&serde_json::json!({ "pad": pad }), None)
+        .await
+        .expect("create the large session")
+        .id;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = tokio::time::timeout(READ_TIMEOUT, socket.connect(node.tcp))
+        .await
+        .expect("connect timed out")
+        .expect("cannot connect");
+    stream.write_all(&frame(&hello())).await.unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        Next::Frame(ServerFrame::Welcome(_))
+    ));
+    let mut batch = Vec::new();
+    for request_id in 1..=16 {
+        batch.extend(frame(&request(request_id, Op::Get { id: big })));
+    }
+    stream.write_all(&batch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut received));
+    // A reset instead of an end of stream is fine: what arrived counts.
+    let _ = read
+        .await
+        .expect("the server neither sent nor closed in time");
+    let mut seen = Vec::new();
+    let mut rest = received.as_slice();
+    while rest.len() >= LENGTH_PREFIX_BYTES {
+        let length = u32::from_be_bytes(rest[..LENGTH_PREFIX_BYTES].try_into().unwrap()) as usize;
+        let Some(payload) = rest.get(LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + length) else {
+            break; // cut off mid-frame: the end of what was sent
+        };
+        match sessiond_proto::codec::decode::<ServerFrame>(payload) {
+            Ok(ServerFrame::Response(Response {
+                id,
+                outcome: Outcome::Session(record),
+            })) => {
+                assert_eq!(record.id, big, "answer {id}");
+                assert_eq!(record.data.len(), pad.len() + 10, "answer {id}");
+                assert!(!seen.contains(&id), "answer {id} arrived twice");
+                seen.push(id);
+            }
+            Ok(ServerFrame::Fatal(error)) => assert_eq!(error.code, ErrorCode::ProtocolError),
+            other => panic!("after answers {seen:?}: not an answer: {other:?}"),
+        }
+        rest = &rest[LENGTH_PREFIX_BYTES + length..];
+    }
+    assert!(!seen.is_empty(), "some answers arrived before the cut");
 }

@@ -16,8 +16,9 @@ use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::stream::FusedStream;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use sessiond_proto::ErrorCode;
 use sessiond_proto::codec::{CodecError, FrameCodec};
 use sessiond_proto::wire::{
@@ -105,6 +106,9 @@ struct Wire {
     codec: Codec,
     input: BytesMut,
     output: BytesMut,
+    /// A write timed out partway: the stream may end inside a frame, so
+    /// nothing more is written to it.
+    stalled: bool,
 }
 
 impl Wire {
@@ -114,6 +118,7 @@ impl Wire {
             codec: Codec::new(max_frame_bytes),
             input: BytesMut::with_capacity(READ_CHUNK),
             output: BytesMut::with_capacity(READ_CHUNK),
+            stalled: false,
         }
     }
 
@@ -160,24 +165,60 @@ impl Wire {
     /// Writes every queued frame, unless the client stops reading them for
     /// `timeout`; `false` when nothing was queued.
     async fn flush(&mut self, timeout: Duration) -> Result<bool, WireError> {
+        self.flush_while(timeout, &mut futures_util::stream::empty(), &mut Vec::new())
+            .await
+    }
+
+    /// [`Wire::flush`], while the requests in `pending` go on: their
+    /// answers are kept in `held` for the next write. A client slow to
+    /// read holds up its own answers, never the locks and Redis commands
+    /// of requests that other clients' requests wait behind.
+    async fn flush_while<S>(
+        &mut self,
+        timeout: Duration,
+        pending: &mut S,
+        held: &mut Vec<Response>,
+    ) -> Result<bool, WireError>
+    where
+        S: Stream<Item = Response> + Unpin + FusedStream,
+    {
         if self.output.is_empty() {
             return Ok(false);
         }
-        match tokio::time::timeout(timeout, self.stream.write_all(&self.output)).await {
+        if self.stalled {
+            return Err(not_reading());
+        }
+        // `write_all_buf` takes what it wrote out of `output`, so a write
+        // cut short leaves exactly the rest.
+        let write = tokio::time::timeout(timeout, self.stream.write_all_buf(&mut self.output));
+        let mut write = pin!(write);
+        let written = loop {
+            tokio::select! {
+                written = &mut write => break written,
+                Some(response) = pending.next(), if !pending.is_terminated() => {
+                    held.push(response);
+                }
+            }
+        };
+        match written {
             Ok(written) => written.map_err(|err| codec_error(err.into()))?,
             Err(_) => {
-                return Err(WireError::new(
-                    ErrorCode::ProtocolError,
-                    "the client is not reading its responses",
-                ));
+                self.stalled = true;
+                return Err(not_reading());
             }
         }
-        self.output.clear();
         if self.output.capacity() > KEEP_BUFFER_BYTES {
             self.output = BytesMut::with_capacity(READ_CHUNK);
         }
         Ok(true)
     }
+}
+
+fn not_reading() -> WireError {
+    WireError::new(
+        ErrorCode::ProtocolError,
+        "the client is not reading its responses",
+    )
 }
 
 fn truncated() -> WireError {
@@ -286,6 +327,8 @@ impl Requests<'_> {
         let placement = placement.as_ref();
         let limits = &ctx.limits;
         let mut pending = FuturesUnordered::new();
+        // Answers that completed while a write was under way.
+        let mut held = Vec::new();
         let mut spare = None;
         let mut last_request = Instant::now();
         let mut idle = pin!(tokio::time::sleep_until(last_request + limits.idle_timeout));
@@ -324,10 +367,16 @@ impl Requests<'_> {
             while let Some(Some(response)) = pending.next().now_or_never() {
                 wire.queue(ServerFrame::Response(response))?;
             }
-            if wire.flush(limits.idle_timeout).await? {
+            if wire
+                .flush_while(limits.idle_timeout, &mut pending, &mut held)
+                .await?
+            {
                 metrics.writes.increment(1);
             }
-            if more {
+            for response in held.drain(..) {
+                wire.queue(ServerFrame::Response(response))?;
+            }
+            if more || !wire.output.is_empty() {
                 continue;
             }
             if !reading && pending.is_empty() {
