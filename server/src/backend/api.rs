@@ -85,7 +85,8 @@ pub trait Backend: Send + Sync {
         rebind: Option<Owner>,
     ) -> impl Future<Output = Result<Session, BackendError>> + Send;
 
-    /// The live sessions of `user`, oldest first.
+    /// The live sessions of `user`, oldest first (their data may be left
+    /// out: a listing shows none).
     fn user_sessions(
         &self,
         user: &UserName,

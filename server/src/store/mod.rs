@@ -833,7 +833,9 @@ impl Store {
         Ok(())
     }
 
-    /// The live sessions of `user`, oldest first.
+    /// The live sessions of `user`, oldest first, without their data (a
+    /// listing shows none, and copying it out under the shards' locks
+    /// would hold up every other request to them).
     pub fn user_sessions(&self, user: &UserName) -> Vec<Session> {
         let now = self.now_ms();
         let (owned, mut locked) = self.lock_with_users_sessions(&[], Some(user), None);
@@ -841,7 +843,7 @@ impl Store {
             .iter()
             .filter_map(|id| {
                 let record = locked.shard(self.shard_index(id))?.sessions.get(id)?;
-                (!record.is_expired(now)).then(|| record.session())
+                (!record.is_expired(now)).then(|| record.session_with(Bytes::new()))
             })
             .collect();
         sessions.sort_by_key(|session| (session.created_at_ms, session.id));

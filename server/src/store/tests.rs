@@ -472,6 +472,34 @@ fn listed(store: &Store, owner: &Owner) -> Vec<SessionId> {
         .collect()
 }
 
+/// A listing copies no session's data (it shows none, and the copies were
+/// made under the locks of the user's shards).
+#[test]
+fn a_users_listing_leaves_the_data_out() {
+    let (store, _) = store();
+    let alice = owner("alice", 0, WhenUserFull::EvictOldest);
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(64 * 1024));
+    let made = store
+        .create(
+            SessionId::random(),
+            json(&big),
+            60 * SECOND,
+            None,
+            Some(&alice),
+        )
+        .unwrap();
+    let listed = store.user_sessions(&alice.user);
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].version), (made.id, 1));
+    assert_eq!(listed[0].expires_at_ms, made.expires_at_ms);
+    assert!(
+        listed[0].data.is_empty(),
+        "{} bytes copied",
+        listed[0].data.len()
+    );
+    assert_eq!(store.get(&made.id).unwrap().data, json(&big));
+}
+
 #[test]
 fn a_users_sessions_are_listed_oldest_first_and_only_while_live() {
     let (store, clock) = store();
