@@ -774,3 +774,71 @@ async fn a_client_cut_off_for_not_reading_gets_each_answer_once() {
     }
     assert!(!seen.is_empty(), "some answers arrived before the cut");
 }
+
+/// An answer too large for a frame (a long listing, an error that echoes a
+/// long cursor) fails that request alone: the connection and the requests
+/// after it on it go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_for_a_frame_fails_only_its_request() {
+    // A frame limit of 1 KiB + 64 KiB.
+    let node = Sessiond::start(&["--max-session-bytes", "1KiB"]);
+    let user = "u".repeat(256);
+    let mut stream = handshaken(node.tcp).await;
+    for n in 0..300u64 {
+        let outcome = call(
+            &mut stream,
+            n + 1,
+            Op::Create {
+                data: Bytes::from_static(b"{}"),
+                ttl_secs: None,
+                user: Some(user.clone()),
+            },
+        )
+        .await;
+        assert!(
+            matches!(outcome, Outcome::Session(_)),
+            "create {n}: {outcome:?}"
+        );
+    }
+    let mut batch = frame(&request(1_001, Op::ListUser { user: user.clone() }));
+    batch.extend(frame(&request(
+        1_002,
+        Op::Events {
+            after: Some("\u{1}".repeat(60_000)),
+            limit: 1,
+            wait_ms: 0,
+        },
+    )));
+    batch.extend(frame(&request(1_003, Op::Ping)));
+    stream.write_all(&batch).await.unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 3 {
+        match next(&mut stream).await {
+            Next::Frame(ServerFrame::Response(response)) => {
+                answers.insert(response.id, response.outcome);
+            }
+            other => panic!("after {answers:?}: expected answers, got {other:?}"),
+        }
+    }
+    let code = |id: u64| match &answers[&id] {
+        Outcome::Error(error) => Some(error.code),
+        _ => None,
+    };
+    assert_eq!(
+        code(1_001),
+        Some(ErrorCode::PayloadTooLarge),
+        "{:?}",
+        answers[&1_001]
+    );
+    assert_eq!(
+        code(1_002),
+        Some(ErrorCode::InvalidCursor),
+        "{:?}",
+        answers[&1_002]
+    );
+    assert!(
+        matches!(answers[&1_003], Outcome::Pong),
+        "{:?}",
+        answers[&1_003]
+    );
+}

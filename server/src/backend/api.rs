@@ -166,7 +166,7 @@ pub enum EventsError {
         oldest: String,
     },
     /// The cursor is not one this log hands out.
-    #[error("not an event cursor of this log: {cursor:?}")]
+    #[error("not an event cursor of this log: {:?}", excerpt(cursor))]
     InvalidCursor {
         /// What was given.
         cursor: String,
@@ -174,6 +174,14 @@ pub enum EventsError {
     /// The event log is off.
     #[error("the event log is off (--events off, or Redis Cluster)")]
     Off,
+}
+
+/// The first 64 characters of `text`, as an error message echoes what a
+/// client sent (whose length only the frame limit bounds).
+fn excerpt(text: &str) -> &str {
+    text.char_indices()
+        .nth(64)
+        .map_or(text, |(end, _)| &text[..end])
 }
 
 /// Why an operation cannot be taken now (nothing was changed; try again).

@@ -22,8 +22,8 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use sessiond_proto::ErrorCode;
 use sessiond_proto::codec::{CodecError, FrameCodec};
 use sessiond_proto::wire::{
-    ClientFrame, Hello, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame, Welcome,
-    WireError,
+    ClientFrame, Hello, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
+    Welcome, WireError,
 };
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,6 +160,32 @@ impl Wire {
         self.codec
             .encode(frame, &mut self.output)
             .map_err(codec_error)
+    }
+
+    /// Queues an answer; one too large for a frame (a long listing) is
+    /// answered as that request's error instead of ending the connection
+    /// and every other request on it.
+    fn answer(&mut self, response: Response) -> Result<(), WireError> {
+        let id = response.id;
+        match self
+            .codec
+            .encode(ServerFrame::Response(response), &mut self.output)
+        {
+            Err(CodecError::TooLarge { announced, max }) => {
+                let error = WireError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the answer is {announced} bytes, over the {max}-byte frame limit \
+                         (--max-frame-bytes)"
+                    ),
+                );
+                self.queue(ServerFrame::Response(Response {
+                    id,
+                    outcome: Outcome::Error(error),
+                }))
+            }
+            encoded => encoded.map_err(codec_error),
+        }
     }
 
     /// Writes every queued frame, unless the client stops reading them for
@@ -356,7 +382,7 @@ impl Requests<'_> {
                     };
                     started = true;
                     match start(&mut spare, answer(ctx, metrics, request, placement)) {
-                        Ok(response) => wire.queue(ServerFrame::Response(response))?,
+                        Ok(response) => wire.answer(response)?,
                         Err(future) => pending.push(future),
                     }
                 }
@@ -365,7 +391,7 @@ impl Requests<'_> {
                 }
             }
             while let Some(Some(response)) = pending.next().now_or_never() {
-                wire.queue(ServerFrame::Response(response))?;
+                wire.answer(response)?;
             }
             if wire
                 .flush_while(limits.idle_timeout, &mut pending, &mut held)
@@ -374,7 +400,7 @@ impl Requests<'_> {
                 metrics.writes.increment(1);
             }
             for response in held.drain(..) {
-                wire.queue(ServerFrame::Response(response))?;
+                wire.answer(response)?;
             }
             if more || !wire.output.is_empty() {
                 continue;
@@ -389,7 +415,7 @@ impl Requests<'_> {
             }
             tokio::select! {
                 Some(response) = pending.next(), if !pending.is_empty() => {
-                    wire.queue(ServerFrame::Response(response))?;
+                    wire.answer(response)?;
                 }
                 filled = wire.fill(), if reading && pending.len() < limits.max_in_flight => {
                     if filled? {
