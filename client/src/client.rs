@@ -347,9 +347,11 @@ impl Client {
                     last_error = Some(err);
                 }
                 Err(CallError::Lost(err)) => {
-                    match err {
-                        Error::Timeout(_) => node.timed_out(),
-                        _ => node.mark_down(),
+                    // A connection that broke is not a dead node: the next
+                    // attempt opens a new one, and only if that fails is
+                    // the node marked down.
+                    if let Error::Timeout(_) = err {
+                        node.timed_out();
                     }
                     if tag.is_some() {
                         maybe_applied_since.get_or_insert(sent_at);

@@ -100,18 +100,26 @@ impl Node {
     /// The node's connection, opening one if needed. A node known to be down
     /// fails at once (its probe reconnects in the background).
     pub async fn connection(self: &Arc<Self>) -> Result<Arc<Connection>, Error> {
+        let down = || {
+            Error::Unavailable(format!(
+                "node {} is down (probing in the background)",
+                self.address
+            ))
+        };
         if let Some(connection) = self.live() {
             return Ok(connection);
         }
         if !self.is_up() {
-            return Err(Error::Unavailable(format!(
-                "node {} is down (probing in the background)",
-                self.address
-            )));
+            return Err(down());
         }
         let _one_at_a_time = self.connecting.lock().await;
         if let Some(connection) = self.live() {
             return Ok(connection);
+        }
+        // Callers that waited here behind a connect that failed fail at
+        // once, instead of each trying (and waiting) in turn.
+        if !self.is_up() {
+            return Err(down());
         }
         match self.open().await {
             Ok(connection) => Ok(connection),

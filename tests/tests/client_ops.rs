@@ -1049,3 +1049,68 @@ async fn calls_failing_at_once_let_other_tasks_run() {
         "a spawned task did not run during {calls} calls that failed at once"
     );
 }
+
+/// A write whose connection drops after the request went through (a reset,
+/// a middlebox) is sent again to its node on a new connection and answered
+/// from the session's write log: applied once, and the node stays in
+/// rotation (a dropped connection is not a dead node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_dropped_is_sent_again_on_a_new_one() {
+    let node = Sessiond::start(&[]);
+    let proxy = sessiond_e2e::proxy::SilencingProxy::start(node.tcp.port()).await;
+    let client = build(Client::builder().nodes([format!("127.0.0.1:{}", proxy.port())])).await;
+    let id = client
+        .create(&json!({"n": 0}), None)
+        .await
+        .expect("create")
+        .id;
+    proxy.cut_open_connections_at_next_answer();
+    let put = client
+        .put(&id, &json!({"n": 1}), None)
+        .await
+        .expect("the put, sent again on a new connection");
+    assert_eq!(put.version, 2, "applied once");
+    assert!(proxy.accepted() >= 2, "a new connection was opened");
+    assert!(
+        client.nodes_up().iter().all(|(_, up)| *up),
+        "{:?}",
+        client.nodes_up()
+    );
+    let read = client.get::<serde_json::Value>(&id).await.expect("read");
+    assert_eq!((read.version(), read.data), (2, json!({"n": 1})));
+}
+
+/// Callers that queue behind a connect to a node that stopped answering
+/// fail with it, instead of each trying a connect of its own in turn (the
+/// last would wait the connect timeout once per caller ahead of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_behind_a_failed_connect_do_not_each_connect_again() {
+    let node = Sessiond::start(&["--idle-timeout", "300ms"]);
+    let proxy = sessiond_e2e::proxy::SilencingProxy::start(node.tcp.port()).await;
+    let client = build(
+        Client::builder()
+            .nodes([format!("127.0.0.1:{}", proxy.port())])
+            .timeout(Duration::from_millis(400))
+            .connect_timeout(Duration::from_millis(400)),
+    )
+    .await;
+    let id = client
+        .create(&json!({"n": 0}), None)
+        .await
+        .expect("create")
+        .id;
+    // The node closes the idle connection; then it stops answering (the
+    // kernel still accepts connections to it).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    freeze(node.pid());
+    let before = proxy.accepted();
+    let reads =
+        futures_util::future::join_all((0..20).map(|_| client.get::<serde_json::Value>(&id))).await;
+    signal(node.pid(), "CONT");
+    assert!(reads.iter().all(Result::is_err), "{reads:?}");
+    let connects = proxy.accepted() - before;
+    assert!(
+        (1..=2).contains(&connects),
+        "{connects} connects for 20 callers: one, and maybe the node's probe"
+    );
+}
