@@ -589,3 +589,69 @@ async fn a_revocation_longer_than_the_users_lock_keeps_it() {
         Vec::<String>::new()
     );
 }
+
+/// A login (a create, or a rotation binding the user) repeated with its
+/// `Idempotency-Key` does not count the session its first attempt made
+/// against the user's cap, so it evicts nobody: in memory and with Redis.
+async fn a_repeated_login_evicts_no_other_session(redis: Option<&RedisServer>) {
+    let http = http();
+    let node = start_node(&http, redis, &["--max-sessions-per-user", "2"]).await;
+    let user = "erin";
+    let first = logged_in(&http, &node, user, 600).await;
+    let create = || {
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("idempotency-key", "login-1")
+            .json(&json!({ "data": {}, "user": user }))
+    };
+    let made = send(create()).await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let again = send(create()).await;
+    assert_eq!(
+        (again.status, again.session().id),
+        (201, made.session().id),
+        "{}",
+        again.text
+    );
+    let mut expected: BTreeSet<String> = [first.clone(), made.session().id].into();
+    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    assert_eq!(now, expected, "after the repeated create");
+
+    // An anonymous session logs in by rotation, twice with one key.
+    let anonymous = send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .json(&json!({ "data": {} })),
+    )
+    .await
+    .session()
+    .id;
+    let rotate = || {
+        http.post(format!("{}/v1/sessions/{anonymous}/rotate", node.url()))
+            .header("idempotency-key", "login-2")
+            .json(&json!({ "user": user }))
+    };
+    let moved = send(rotate()).await;
+    assert_eq!(moved.status, 201, "{}", moved.text);
+    let again = send(rotate()).await;
+    assert_eq!(
+        (again.status, again.session().id),
+        (201, moved.session().id),
+        "{}",
+        again.text
+    );
+    // The login itself made way for one session (the least recently used).
+    expected.remove(&first);
+    expected.insert(moved.session().id);
+    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    assert_eq!(now, expected, "after the repeated rotation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_login_evicts_no_other_session_in_memory() {
+    a_repeated_login_evicts_no_other_session(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_login_evicts_no_other_session_with_redis() {
+    let redis = RedisServer::start();
+    a_repeated_login_evicts_no_other_session(Some(&redis)).await;
+}

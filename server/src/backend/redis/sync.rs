@@ -322,7 +322,10 @@ impl Backend for SyncBackend {
         };
         redis
             .locked_user(&owner.user, async {
-                redis.make_way(&owner, None).await?;
+                // A repeat of a create that made its session (the id is
+                // claimed) must not count it, or evict another for it.
+                let made = tag.map(|_| id);
+                redis.make_way(&owner, made.as_slice()).await?;
                 redis.index_add(&owner.user, &id).await?;
                 self.store_new(session, tag).await
             })
@@ -491,7 +494,9 @@ impl Backend for SyncBackend {
         redis
             .locked_user(&user, async {
                 if let Some(owner) = &rebind {
-                    redis.make_way(owner, Some(*id)).await?;
+                    // The session moves, under its old id or (an earlier
+                    // attempt having moved it) its new one.
+                    redis.make_way(owner, &[*id, new_id]).await?;
                 }
                 redis.index_add(&user, &new_id).await?;
                 let rebound = rebind.as_ref().map(|owner| owner.user.clone());

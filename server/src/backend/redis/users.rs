@@ -230,12 +230,13 @@ impl Redis {
     }
 
     /// Makes room for one more session of `owner`'s user (the caller holds
-    /// the user's lock): applies the cap, `keep` (a session moving to this
-    /// user anyway) not counted; evicts by least recent use.
+    /// the user's lock): applies the cap, `keep` (the session this change
+    /// makes or moves, under any id it has or may already have) not
+    /// counted; evicts by least recent use.
     pub(super) async fn make_way(
         &self,
         owner: &Owner,
-        keep: Option<SessionId>,
+        keep: &[SessionId],
     ) -> Result<(), BackendError> {
         let max = owner.limit.max_sessions;
         if max == 0 {
@@ -245,7 +246,7 @@ impl Redis {
             .user_sessions(&owner.user)
             .await?
             .into_iter()
-            .filter(|session| Some(session.id) != keep)
+            .filter(|session| !keep.contains(&session.id))
             .collect();
         if live.len() < max {
             return Ok(());
