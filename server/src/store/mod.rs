@@ -751,8 +751,27 @@ impl Store {
     /// still counts from the first login), the expiry is refreshed. With
     /// `rebind`, the session belongs to that owner's user from now on (a
     /// login), whose cap is applied in the same step; otherwise it keeps
-    /// its user.
+    /// its user. Binding a user charges its index entry: under
+    /// `--when-full evict-lru` room is made for it as for any write.
     pub fn rotate(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        rebind: Option<&Owner>,
+    ) -> Result<Session, StoreError> {
+        for _ in 0..MAX_ROOM_ATTEMPTS {
+            match self.try_rotate(id, new_id, rebind) {
+                // Room is made outside the shards' locks, then it is tried
+                // again (the session itself is never the one evicted).
+                Err(StoreError::Full { needed, .. }) => self.make_room(needed, Some(*id))?,
+                result => return result,
+            }
+        }
+        self.try_rotate(id, new_id, rebind)
+    }
+
+    /// [`Store::rotate`] with the room there is.
+    fn try_rotate(
         &self,
         id: &SessionId,
         new_id: SessionId,

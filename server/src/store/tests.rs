@@ -903,6 +903,28 @@ fn a_rebind_refused_for_room_changes_nothing() {
     assert_eq!(store.stats().bytes_used, 0);
 }
 
+/// A login by rotation on a full store that evicts makes room for the
+/// user's index entry like any write: the least recently used session goes,
+/// never the one logging in.
+#[test]
+fn a_login_by_rotation_on_a_full_evicting_store_makes_room() {
+    let (store, clock) = bounded(4, 2, WhenFull::EvictLru);
+    let ids: Vec<SessionId> = (0..4)
+        .map(|_| {
+            clock.advance(Duration::from_millis(1));
+            created(&store, "{}", 60 * SECOND)
+        })
+        .collect();
+    let alice = owner("alice", 0, WhenUserFull::EvictOldest);
+    let rotated = store
+        .rotate(&ids[0], SessionId::random(), Some(&alice))
+        .expect("the login makes room");
+    assert_eq!(rotated.user, Some(alice.user.clone()));
+    assert_eq!(store.peek(&ids[1]), None, "the least recently used went");
+    assert_eq!(store.stats().sessions, 3);
+    assert_eq!(listed(&store, &alice), [rotated.id]);
+}
+
 /// Eviction by the memory bound and by the user cap gives bytes back and
 /// logs the evicted session with its id and user.
 #[test]
