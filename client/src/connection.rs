@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use sessiond_proto::ErrorCode;
 use sessiond_proto::codec::FrameCodec;
 use sessiond_proto::wire::{
-    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WriteTag,
+    ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WireError,
+    WriteTag,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -139,11 +141,17 @@ impl Connection {
 
         let (queue, calls) = mpsc::channel(QUEUE_DEPTH);
         let closed = CancellationToken::new();
-        tokio::spawn(drive(framed.into_parts(), calls, closed.clone()));
+        let max_frame_bytes = usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX);
+        tokio::spawn(drive(
+            framed.into_parts(),
+            Codec::new(max_frame_bytes),
+            calls,
+            closed.clone(),
+        ));
         Ok(Self {
             queue,
             next_id: AtomicU64::new(1),
-            max_frame_bytes: usize::try_from(welcome.max_frame_bytes).unwrap_or(usize::MAX),
+            max_frame_bytes,
             shared_sessions: welcome.shared_sessions,
             max_ttl_secs: welcome.max_ttl_secs,
             _stop_tasks: closed.clone().drop_guard(),
@@ -229,12 +237,13 @@ fn backed_up() -> Error {
 /// lost.
 async fn drive(
     parts: FramedParts<TcpStream, Codec>,
+    mut encoder: Codec,
     mut calls: mpsc::Receiver<Call>,
     closed: CancellationToken,
 ) {
     let FramedParts {
         io: mut stream,
-        mut codec,
+        codec: mut decoder,
         read_buf: mut input,
         ..
     } = parts;
@@ -273,14 +282,14 @@ async fn drive(
                 // once (yielding would only add to its latency).
                 let shared = !waiting.is_empty() || last_batch > 1;
                 let mut earliest = call.deadline;
-                batch += take(call, &mut codec, &mut output, &mut waiting, &mut held);
+                batch += take(call, &mut encoder, &mut output, &mut waiting, &mut held);
                 if shared {
                     tokio::task::yield_now().await;
                 }
                 while held.len() < QUEUE_DEPTH {
                     let Ok(call) = calls.try_recv() else { break };
                     earliest = earliest.min(call.deadline);
-                    batch += take(call, &mut codec, &mut output, &mut waiting, &mut held);
+                    batch += take(call, &mut encoder, &mut output, &mut waiting, &mut held);
                 }
                 // Deadlines mostly come in order: the timer moves only for
                 // one earlier than it already is.
@@ -290,7 +299,7 @@ async fn drive(
                 }
             }
             read = reader.read_buf(&mut input) => {
-                if !matches!(read, Ok(n) if n > 0) || !answer(&mut codec, &mut input, &mut waiting) {
+                if !matches!(read, Ok(n) if n > 0) || !answer(&mut decoder, &mut input, &mut waiting) {
                     break;
                 }
             }
@@ -303,7 +312,7 @@ async fn drive(
                 }
                 while output.len() < WRITE_BATCH_BYTES {
                     let Some(call) = held.pop_front() else { break };
-                    queue(call, &mut codec, &mut output, &mut waiting);
+                    queue(call, &mut encoder, &mut output, &mut waiting);
                     batch += 1;
                 }
             }
@@ -349,17 +358,24 @@ fn take(
 }
 
 /// Encodes a request for the next write and keeps its caller waiting for
-/// the answer. A request that cannot be encoded (never expected: the caller
-/// checked its size) fails alone.
-fn queue(call: Call, codec: &mut Codec, output: &mut BytesMut, waiting: &mut WaitingCalls) {
+/// the answer. A request that cannot be encoded (a frame over the server's
+/// limit: its user name and fields took more room than the caller's check
+/// allowed for) fails alone, as `payload_too_large`, and is never sent.
+fn queue(call: Call, encoder: &mut Codec, output: &mut BytesMut, waiting: &mut WaitingCalls) {
     let Call {
         request,
         answer,
         deadline,
     } = call;
     let id = request.id;
-    if codec.encode(ClientFrame::Request(request), output).is_ok() {
-        waiting.insert(id, Waiting { answer, deadline });
+    match encoder.encode(ClientFrame::Request(request), output) {
+        Ok(()) => {
+            waiting.insert(id, Waiting { answer, deadline });
+        }
+        Err(err) => {
+            let refused = WireError::new(ErrorCode::PayloadTooLarge, err.to_string());
+            let _ = answer.send(Reply::Answered(Outcome::Error(refused)));
+        }
     }
 }
 

@@ -1114,3 +1114,30 @@ async fn callers_behind_a_failed_connect_do_not_each_connect_again() {
         "{connects} connects for 20 callers: one, and maybe the node's probe"
     );
 }
+
+/// A write whose frame would be over the server's limit only once its
+/// user name and fields are counted is refused by the client as
+/// `TooLarge` and never sent: the server would end the shared connection
+/// for it, and the call would end `Indeterminate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_with_its_user_name_is_too_large_not_sent() {
+    // Frames of at most 1 KiB + 64 KiB = 66,560 bytes.
+    let node = Sessiond::start(&["--max-session-bytes", "1KiB"]);
+    let client = client_for(&[&node]).await;
+    let user = "u".repeat(256);
+    // Within the limit by the data alone (and its allowance for the
+    // request's other fields), over it with the user name.
+    let data = json!({ "pad": "x".repeat(66_560 - 256 - 20) });
+    let refused = client.create_for_user(&data, None, &user).await;
+    assert!(matches!(refused, Err(Error::TooLarge(_))), "{refused:?}");
+    assert!(
+        client.nodes_up().iter().all(|(_, up)| *up),
+        "{:?}",
+        client.nodes_up()
+    );
+    let made = client
+        .create_for_user(&json!({"n": 1}), None, &user)
+        .await
+        .expect("the connection still serves");
+    assert_eq!(made.version, 1);
+}
