@@ -58,6 +58,9 @@ pub enum Error {
         /// The cursor to resume after.
         oldest: String,
     },
+    /// The node keeps no event log (`--events off`, or Redis Cluster).
+    #[error("the event log is off: {0}")]
+    EventsOff(String),
     /// `update()` kept losing to concurrent writers.
     #[error("update gave up after {attempts} version conflicts")]
     TooManyConflicts {
@@ -77,7 +80,8 @@ pub enum Error {
 
 impl Error {
     /// Whether the same call may simply be made again: it was not applied
-    /// (`Unavailable`), or it is a read that got no answer (`Timeout`; a
+    /// (`Unavailable`), or it is a call safe to repeat (a read, delete,
+    /// touch, listing or revocation) that got no answer (`Timeout`; a
     /// write that gets no answer ends as [`Error::Indeterminate`], which is
     /// not retryable blindly).
     pub fn is_retryable(&self) -> bool {
@@ -104,6 +108,7 @@ impl From<WireError> for Error {
             ErrorCode::Unavailable | ErrorCode::Overloaded => Self::Unavailable(message),
             ErrorCode::Indeterminate => Self::Indeterminate(message),
             ErrorCode::TooManySessions => Self::TooManySessions(message),
+            ErrorCode::EventsOff => Self::EventsOff(message),
             ErrorCode::CursorExpired => Self::CursorExpired {
                 oldest: oldest.unwrap_or_default(),
             },
@@ -119,7 +124,6 @@ impl From<WireError> for Error {
             | ErrorCode::ProtocolError
             | ErrorCode::UnsupportedVersion
             | ErrorCode::RequestTimeout
-            | ErrorCode::EventsOff
             | ErrorCode::Internal => Self::Protocol(format!("{code}: {message}")),
         }
     }

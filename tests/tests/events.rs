@@ -687,3 +687,20 @@ async fn waiting_readers_share_one_look_at_the_stream() {
         "{reads} XRANGE calls for {READERS} readers waiting 3 s"
     );
 }
+
+/// Following the log of a node that keeps none ends at once with
+/// `Error::EventsOff`, not a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_node_without_a_log_is_events_off() {
+    let node = Sessiond::start(&["--events", "off"]);
+    let client = sessiond_e2e::client_for(&[&node]).await;
+    let mut events = Box::pin(client.events(None));
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the stream ended in time");
+    assert!(
+        matches!(first, Some(Err(sessiond_client::Error::EventsOff(_)))),
+        "{first:?}"
+    );
+    assert!(events.next().await.is_none(), "the stream ends there");
+}
