@@ -46,6 +46,10 @@ pub const ENTRY_OVERHEAD: u64 = (MAX_HEADER_BYTES
 const EVICTION_SAMPLES: usize = 16;
 /// How often a write retries after making room before it gives up.
 const MAX_ROOM_ATTEMPTS: usize = 8;
+/// Sessions per shard a write refused for room examines for expired ones.
+const SWEEP_FOR_ROOM_PER_SHARD: usize = 256;
+/// Least time between two such sweeps.
+const SWEEP_FOR_ROOM_EVERY_MS: u64 = 10;
 
 /// What the store does when a write does not fit in `max_memory`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -220,6 +224,9 @@ pub struct Store {
     counters: Counters,
     users: UserIndex,
     events: Option<EventLog>,
+    /// When a write refused for room last swept the expired sessions out
+    /// (ms since the Unix epoch).
+    last_sweep_for_room_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -312,6 +319,7 @@ impl Store {
             events,
             config,
             counters: Counters::default(),
+            last_sweep_for_room_ms: AtomicU64::new(0),
             users: UserIndex::default(),
         }
     }
@@ -768,6 +776,10 @@ impl Store {
             }
         }
         self.try_rotate(id, new_id, rebind)
+            .map_err(|err| match err {
+                StoreError::Full { needed, .. } => self.full(needed),
+                other => other,
+            })
     }
 
     /// [`Store::rotate`] with the room there is.
@@ -844,7 +856,7 @@ impl Store {
         let old = charge(record);
         let new = charge_of(record.data().len()) + owner_charge(user_len);
         if new > old && !self.budget.try_reserve(new - old) {
-            return Err(self.full(new - old));
+            return Err(self.short_of_room(new - old));
         }
         if old > new {
             self.budget.release(old - new);
@@ -1027,9 +1039,19 @@ impl Store {
     }
 
     /// Applies the when-full policy for a write that needs `needed` bytes.
+    /// Under reject, the expired sessions the sweeper has not reached yet
+    /// are freed first (at most one such sweep per
+    /// [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes costs
+    /// little): a store full of dead sessions is not full.
     fn make_room(&self, needed: u64, protect: Option<SessionId>) -> Result<(), StoreError> {
         let limit = self.budget.limit().unwrap_or(u64::MAX);
-        if self.config.when_full == WhenFull::Reject || needed > limit {
+        if needed > limit {
+            return Err(self.full(needed));
+        }
+        if self.config.when_full == WhenFull::Reject {
+            if self.sweep_for_room() > 0 {
+                return Ok(());
+            }
             return Err(self.full(needed));
         }
         while limit - self.budget.used().min(limit) < needed {
@@ -1040,8 +1062,32 @@ impl Store {
         Ok(())
     }
 
+    /// Sweeps out expired sessions for a write that found no room, unless
+    /// one did within the last [`SWEEP_FOR_ROOM_EVERY_MS`]; how many went.
+    fn sweep_for_room(&self) -> u64 {
+        let now = self.now_ms();
+        let last = self.last_sweep_for_room_ms.load(Ordering::Relaxed);
+        let due = now >= last.saturating_add(SWEEP_FOR_ROOM_EVERY_MS);
+        if !due
+            || self
+                .last_sweep_for_room_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return 0;
+        }
+        self.sweep(SWEEP_FOR_ROOM_PER_SHARD)
+    }
+
+    /// A write refused for room, counted in `rejections`.
     fn full(&self, needed: u64) -> StoreError {
         self.counters.rejections.fetch_add(1, Ordering::Relaxed);
+        self.short_of_room(needed)
+    }
+
+    /// A try that found no room, not counted: its caller makes room and
+    /// tries again, or counts the refusal with [`Store::full`].
+    fn short_of_room(&self, needed: u64) -> StoreError {
         StoreError::Full {
             needed,
             limit: self.budget.limit().unwrap_or(u64::MAX),

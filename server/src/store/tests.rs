@@ -291,6 +291,26 @@ fn full_store_rejects_writes_and_keeps_every_session() {
     assert!(stats.bytes_used <= stats.bytes_limit.unwrap());
 }
 
+/// A store that rejects when full is not full of sessions that expired and
+/// that the sweeper has not reached yet: a write refused for room frees
+/// them first.
+#[test]
+fn a_rejecting_store_full_of_expired_sessions_takes_writes() {
+    let (store, clock) = bounded(4, 2, WhenFull::Reject);
+    for _ in 0..4 {
+        created(&store, "{}", SECOND);
+    }
+    clock.advance(Duration::from_secs(2));
+    let made = store.create(SessionId::random(), json("{}"), 60 * SECOND, None, None);
+    assert!(made.is_ok(), "{made:?}");
+    let stats = store.stats();
+    assert_eq!(
+        (stats.sessions, stats.expirations, stats.rejections),
+        (1, 4, 0)
+    );
+    assert_eq!(stats.bytes_used, charge_of(2));
+}
+
 #[test]
 fn full_store_evicts_least_recently_used_sessions() {
     let data = json(&format!("\"{}\"", "y".repeat(98)));
@@ -920,9 +940,32 @@ fn a_login_by_rotation_on_a_full_evicting_store_makes_room() {
         .rotate(&ids[0], SessionId::random(), Some(&alice))
         .expect("the login makes room");
     assert_eq!(rotated.user, Some(alice.user.clone()));
-    assert_eq!(store.peek(&ids[1]), None, "the least recently used went");
-    assert_eq!(store.stats().sessions, 3);
+    let kept = ids[1..]
+        .iter()
+        .filter(|id| store.peek(id).is_some())
+        .count();
+    assert_eq!(
+        kept, 2,
+        "one other session made room (sampled LRU picks which)"
+    );
+    assert_eq!((store.stats().sessions, store.stats().evictions), (3, 1));
     assert_eq!(listed(&store, &alice), [rotated.id]);
+}
+
+/// A login by rotation refused for room counts one rejection, however
+/// many tries it took to find out.
+#[test]
+fn a_refused_login_by_rotation_counts_one_rejection() {
+    let (store, _) = bounded(2, 2, WhenFull::Reject);
+    let ids: Vec<SessionId> = (0..2).map(|_| created(&store, "{}", 60 * SECOND)).collect();
+    let alice = owner("alice", 0, WhenUserFull::EvictOldest);
+    let refused = store.rotate(&ids[0], SessionId::random(), Some(&alice));
+    assert!(
+        matches!(refused, Err(StoreError::Full { .. })),
+        "{refused:?}"
+    );
+    assert_eq!((store.stats().sessions, store.stats().rejections), (2, 1));
+    assert!(store.peek(&ids[0]).is_some(), "the refused session stays");
 }
 
 /// Eviction by the memory bound and by the user cap gives bytes back and
