@@ -598,6 +598,8 @@ async fn a_repeated_login_evicts_no_other_session(redis: Option<&RedisServer>) {
     let node = start_node(&http, redis, &["--max-sessions-per-user", "2"]).await;
     let user = "erin";
     let first = logged_in(&http, &node, user, 600).await;
+    // Least recently used by a clear margin (uses are stamped in ms).
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let create = || {
         http.post(format!("{}/v1/sessions", node.url()))
             .header("idempotency-key", "login-1")
@@ -643,6 +645,65 @@ async fn a_repeated_login_evicts_no_other_session(redis: Option<&RedisServer>) {
     expected.insert(moved.session().id);
     let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
     assert_eq!(now, expected, "after the repeated rotation");
+}
+
+/// A login whose session is gone (a create repeated after the session it
+/// made was deleted, a rotation of a deleted session) answers 404 and
+/// evicts no session of the user to make way for it.
+async fn a_login_that_finds_its_session_gone_evicts_nobody(redis: Option<&RedisServer>) {
+    let http = http();
+    let node = start_node(&http, redis, &["--max-sessions-per-user", "2"]).await;
+    let user = "fay";
+    let create = || {
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("idempotency-key", "login-gone")
+            .json(&json!({ "data": {}, "user": user }))
+    };
+    let made = send(create()).await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let made = made.session().id;
+    let deleted = send(http.delete(format!("{}/v1/sessions/{made}", node.url()))).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let kept: BTreeSet<String> = [
+        logged_in(&http, &node, user, 600).await,
+        logged_in(&http, &node, user, 600).await,
+    ]
+    .into();
+
+    let again = send(create()).await;
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (404, "not_found"),
+        "{}",
+        again.text
+    );
+    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    assert_eq!(now, kept, "after the repeated create");
+
+    let anonymous = send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .json(&json!({ "data": {} })),
+    )
+    .await
+    .session()
+    .id;
+    let deleted = send(http.delete(format!("{}/v1/sessions/{anonymous}", node.url()))).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let rotated = rotate(&http, &node, &anonymous, Some(user)).await;
+    assert_eq!(rotated.status, 404, "{}", rotated.text);
+    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    assert_eq!(now, kept, "after the rotation of a deleted session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_finds_its_session_gone_evicts_nobody_in_memory() {
+    a_login_that_finds_its_session_gone_evicts_nobody(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_finds_its_session_gone_evicts_nobody_with_redis() {
+    let redis = RedisServer::start();
+    a_login_that_finds_its_session_gone_evicts_nobody(Some(&redis)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -367,16 +367,24 @@ impl Redis {
     /// Whether `id` was deleted lately (its tombstone is in Redis); `false`
     /// when Redis cannot tell.
     pub(super) async fn deleted_lately(&self, id: &SessionId) -> bool {
-        let exists = async {
-            let mut conn = self.link.conn()?;
-            let mut command = redis::cmd("EXISTS");
-            command.arg(tombstone(&self.key(id)));
-            self.link.observe(command.query_async(&mut conn).await)
-        };
-        exists.await.unwrap_or_else(|err: ReplicationError| {
+        let tombstone = tombstone(&self.key(id));
+        self.exists(&tombstone).await.unwrap_or_else(|err| {
             tracing::debug!(%id, %err, "cannot tell whether a session was deleted lately");
             false
         })
+    }
+
+    /// Whether a session is stored under `id` (expired or not).
+    pub(super) async fn stored(&self, id: &SessionId) -> Result<bool, ReplicationError> {
+        self.exists(&self.key(id)).await
+    }
+
+    /// Whether Redis holds `key`.
+    async fn exists(&self, key: &str) -> Result<bool, ReplicationError> {
+        let mut conn = self.link.conn()?;
+        let mut command = redis::cmd("EXISTS");
+        command.arg(key);
+        self.link.observe(command.query_async(&mut conn).await)
     }
 
     /// Read-through: the session from Redis, its expiry slid (a read is a

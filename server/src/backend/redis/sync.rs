@@ -311,6 +311,7 @@ impl Backend for SyncBackend {
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let id = redis.usable_id(id);
+        let fresh = id;
         let id = match tag {
             Some(tag) => redis.claim(tag, id).await?,
             None => id,
@@ -320,6 +321,11 @@ impl Backend for SyncBackend {
         let Some(owner) = owner else {
             return self.store_new(session, tag).await;
         };
+        if id != fresh && !redis.stored(&id).await? && redis.deleted_lately(&id).await {
+            // A repeat of a create whose session ended since: it finds it
+            // gone before making way for it (STORE_NEW would refuse it).
+            return Err(BackendError::NotFound);
+        }
         redis
             .locked_user(&owner.user, async {
                 // A repeat of a create that made its session (the id is
@@ -495,7 +501,11 @@ impl Backend for SyncBackend {
             .locked_user(&user, async {
                 if let Some(owner) = &rebind {
                     // The session moves, under its old id or (an earlier
-                    // attempt having moved it) its new one.
+                    // attempt having moved it) its new one; if it is under
+                    // neither, the login finds it gone before making way.
+                    if !redis.stored(id).await? && !redis.stored(&new_id).await? {
+                        return Err(BackendError::NotFound);
+                    }
                     redis.make_way(owner, &[*id, new_id]).await?;
                 }
                 redis.index_add(&user, &new_id).await?;
