@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::redis_support::{
-    bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
+    Reply, bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
 };
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
 use sessiond_proto::ring;
@@ -393,6 +393,59 @@ async fn async_mode_a_create_repeated_with_its_idempotency_key_makes_one_session
             first.session().id,
             "attempt {attempt} made another session"
         );
+    }
+
+    // Once the first node's writes are in Redis, a repeat on the other
+    // node answers the session as it is now (it does not make it anew),
+    // and after its delete, 404.
+    let id = first.session().id;
+    let read_on_second =
+        || async { send(http.get(format!("{}/v1/sessions/{id}", nodes[1].url()))).await };
+    let flushed = |want: fn(&Reply) -> bool| async move {
+        for _ in 0..100 {
+            if want(&read_on_second().await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the first node's write never reached the second");
+    };
+    let put = send(
+        http.put(format!("{}/v1/sessions/{id}", nodes[0].url()))
+            .header("content-type", "application/json")
+            .body(r#"{"data":{"n":5}}"#),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    flushed(|reply| reply.status == 200 && reply.json()["version"] == json!(2)).await;
+    let again = send(create(&nodes[1])).await;
+    assert_eq!(
+        (
+            again.status,
+            again.json()["data"].clone(),
+            again.json()["version"].clone()
+        ),
+        (201, json!({"n": 5}), json!(2)),
+        "{}",
+        again.text
+    );
+    let read = read_on_second().await;
+    assert_eq!(read.json()["data"], json!({"n": 5}), "{}", read.text);
+
+    let deleted = send(http.delete(format!("{}/v1/sessions/{id}", nodes[0].url()))).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    for node in [&nodes[0], &nodes[1]] {
+        if std::ptr::eq(node, &nodes[1]) {
+            flushed(|reply| reply.status == 404).await;
+        }
+        let again = send(create(node)).await;
+        assert_eq!(
+            again.status, 404,
+            "a repeat after the delete: {}",
+            again.text
+        );
+        let read = send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await;
+        assert_eq!(read.status, 404, "{id} came back: {}", read.text);
     }
 }
 

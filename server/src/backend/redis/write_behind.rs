@@ -133,6 +133,30 @@ impl WriteBehindBackend {
         }
     }
 
+    /// The answer to a create repeated under `id`, the id an earlier
+    /// attempt claimed, unless this node's store is to answer it (it holds
+    /// or queued that attempt's session, or nothing says the session was
+    /// ever made): not found if the session was deleted since, else the
+    /// session as Redis holds it (another node made it: making it anew
+    /// here would write over its later versions).
+    async fn repeated_create(&self, id: &SessionId) -> Option<Result<Session, BackendError>> {
+        let redis = &self.redis;
+        match redis.queued.latest(id) {
+            Some(Latest::Deleted) => return Some(Err(BackendError::NotFound)),
+            Some(Latest::Written(_)) => return None,
+            None => {}
+        }
+        if redis.store.peek(id).is_some() {
+            return None;
+        }
+        match redis.stored(id).await {
+            Ok(true) => Some(redis.load(id).await),
+            Ok(false) if redis.deleted_lately(id).await => Some(Err(BackendError::NotFound)),
+            // Never stored, or Redis cannot tell: made here.
+            _ => None,
+        }
+    }
+
     /// The user of `id` as Redis holds it; `None` when the session has
     /// none, is not there, or Redis cannot answer (the delete is queued
     /// all the same: availability first).
@@ -216,7 +240,13 @@ impl Backend for WriteBehindBackend {
             return self.sync.create(id, data, ttl_ms, tag, Some(owner)).await;
         }
         let slot = self.queue.reserve()?;
-        let id = self.claimed(tag, self.redis.usable_id(id)).await;
+        let fresh = self.redis.usable_id(id);
+        let id = self.claimed(tag, fresh).await;
+        if id != fresh
+            && let Some(answer) = self.repeated_create(&id).await
+        {
+            return answer;
+        }
         let session = self.redis.store.create(id, data, ttl_ms, tag, None)?;
         slot.upsert(session.clone());
         Ok(session)
