@@ -214,6 +214,9 @@ impl Wire {
         if self.stalled {
             return Err(not_reading());
         }
+        // Measured before the write: `write_all_buf` advances past what it
+        // wrote, which hides the room kept behind it.
+        let grown = self.output.capacity() > KEEP_BUFFER_BYTES;
         // `write_all_buf` takes what it wrote out of `output`, so a write
         // cut short leaves exactly the rest.
         let write = tokio::time::timeout(timeout, self.stream.write_all_buf(&mut self.output));
@@ -233,7 +236,7 @@ impl Wire {
                 return Err(not_reading());
             }
         }
-        if self.output.capacity() > KEEP_BUFFER_BYTES {
+        if grown {
             self.output = BytesMut::with_capacity(READ_CHUNK);
         }
         Ok(true)
@@ -499,4 +502,42 @@ fn codec_error(err: CodecError) -> WireError {
         CodecError::Encode(_) => ErrorCode::Internal,
     };
     WireError::new(code, err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An output buffer grown for a large answer is given back once the
+    /// answer is written, not kept for the connection's life.
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_large_answer_is_given_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let mut client = client.unwrap();
+        let mut wire = Wire::new(accepted.unwrap().0, 4 * KEEP_BUFFER_BYTES);
+        let large = 2 * KEEP_BUFFER_BYTES;
+        wire.output.extend_from_slice(&vec![7; large]);
+        let reader = tokio::spawn(async move {
+            let mut received = vec![0; large];
+            client.read_exact(&mut received).await.map(|_| received)
+        });
+        let flushed = wire.flush(Duration::from_secs(10)).await.unwrap();
+        assert!(flushed);
+        let received = reader.await.unwrap().unwrap();
+        assert!(received.iter().all(|&byte| byte == 7));
+        assert_eq!(wire.output.len(), 0);
+        assert!(
+            wire.output.capacity() <= READ_CHUNK,
+            "kept {} bytes",
+            wire.output.capacity()
+        );
+        // And the space was really given back, not just advanced past.
+        wire.output.extend_from_slice(&[1]);
+        assert!(wire.output.capacity() <= READ_CHUNK);
+    }
 }
