@@ -343,7 +343,12 @@ impl Client {
                 }
                 Err(CallError::NotSent(err @ Error::TooLarge(_))) => return Err(err),
                 Err(CallError::NotSent(err)) => {
-                    node.mark_down();
+                    // The connection closed before the request left: as
+                    // with a lost answer, the next attempt opens a new one.
+                    last_error = Some(err);
+                }
+                Err(CallError::Stalled(err)) => {
+                    node.timed_out();
                     last_error = Some(err);
                 }
                 Err(CallError::Lost(err)) => {

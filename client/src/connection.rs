@@ -49,6 +49,10 @@ const FAR_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) enum CallError {
     /// The request never left: safe to send anywhere else.
     NotSent(Error),
+    /// The request never left because the node did not read its
+    /// connection for the whole timeout: safe to send anywhere else, and a
+    /// timeout of the node's.
+    Stalled(Error),
     /// The request may have been applied, the answer was lost.
     Lost(Error),
 }
@@ -208,7 +212,7 @@ impl Connection {
                 match tokio::time::timeout_at(deadline, self.queue.send(call)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(closed()),
-                    Err(_) => return Err(CallError::NotSent(backed_up())),
+                    Err(_) => return Err(CallError::Stalled(backed_up())),
                 }
             }
         }
@@ -216,7 +220,7 @@ impl Connection {
         // deadline, and drops every caller's when it ends.
         match answered.await {
             Ok(Reply::Answered(outcome)) => Ok(outcome),
-            Ok(Reply::Unsent) => Err(CallError::NotSent(backed_up())),
+            Ok(Reply::Unsent) => Err(CallError::Stalled(backed_up())),
             Err(_) if Instant::now() >= deadline => Err(CallError::Lost(Error::Timeout(timeout))),
             Err(_) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
