@@ -248,6 +248,10 @@ impl Follow {
                 let data = serde_json::to_string(&json(event)).ok()?;
                 return Some((Ok(SseEvent::default().id(cursor).data(data)), self));
             }
+            if self.service.shutting_down() {
+                // The client resumes on another node with Last-Event-ID.
+                return None;
+            }
             let page = self
                 .service
                 .events(

@@ -116,7 +116,7 @@ pub async fn run(
         }
         None => (AnyBackend::memory(store.clone()), Readiness::default()),
     };
-    let service = SessionService::new(backend, config.service.clone());
+    let service = SessionService::new(backend, config.service.clone(), shutdown.clone());
     tasks.spawn(sweeper::run(
         store,
         config.sweep_interval,

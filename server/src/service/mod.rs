@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use sessiond_proto::wire::{Placement, WriteTag};
 use sessiond_proto::{ErrorCode, EventPage, InvalidUser, SessionId, UserName, ring};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{
     AnyBackend, Backend, BackendError, EventsError, Failed, Indeterminate, Unavailable,
@@ -224,15 +225,24 @@ impl From<Failed<ServiceError>> for ServiceError {
 pub struct SessionService {
     backend: Arc<AnyBackend>,
     config: ServiceConfig,
+    /// Fires when the node shuts down: waits for events end at once, so
+    /// they do not hold up the drain.
+    shutdown: CancellationToken,
 }
 
 impl SessionService {
-    /// A service with the given policies over `backend`.
-    pub fn new(backend: AnyBackend, config: ServiceConfig) -> Self {
+    /// A service with the given policies over `backend`, until `shutdown`.
+    pub fn new(backend: AnyBackend, config: ServiceConfig, shutdown: CancellationToken) -> Self {
         Self {
             backend: Arc::new(backend),
             config,
+            shutdown,
         }
+    }
+
+    /// Whether the node is shutting down (event streams then end).
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     /// Whether every node serves every session (they live in Redis).
@@ -378,7 +388,7 @@ impl SessionService {
     /// Up to `limit` (default 100, at most [`MAX_EVENTS`]) events of the
     /// log after `after` (the oldest kept when `None`, only later ones for
     /// `"now"`), waiting up to `wait_secs` (at most [`MAX_WAIT_SECS`]) for
-    /// one when there is none yet.
+    /// one when there is none yet (a wait ends when the node shuts down).
     pub async fn events(
         &self,
         after: Option<&str>,
@@ -391,7 +401,13 @@ impl SessionService {
             return Err(ServiceError::InvalidEventQuery);
         }
         let wait = std::time::Duration::from_secs(wait_secs);
-        Ok(self.backend.events(after, limit as usize, wait).await?)
+        let page = tokio::select! {
+            page = self.backend.events(after, limit as usize, wait) => page,
+            () = self.shutdown.cancelled(), if !wait.is_zero() => {
+                self.backend.events(after, limit as usize, std::time::Duration::ZERO).await
+            }
+        };
+        Ok(page?)
     }
 
     /// Deletes every session of `user` but `except`; returns how many.
@@ -449,7 +465,11 @@ mod tests {
 
     fn service(config: ServiceConfig) -> SessionService {
         let store = Store::new(StoreConfig::default(), Arc::new(SystemClock));
-        SessionService::new(AnyBackend::memory(Arc::new(store)), config)
+        SessionService::new(
+            AnyBackend::memory(Arc::new(store)),
+            config,
+            CancellationToken::new(),
+        )
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use sessiond::service::{ServiceConfig, SessionService};
 use sessiond::store::{ManualClock, Store, StoreConfig};
 use sessiond_e2e::api::{Api, Transport};
 use sessiond_e2e::http::Answer;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Where every test's clock starts: 2026-01-01T00:00:00Z.
@@ -93,7 +94,8 @@ impl Node {
     fn build(store: StoreConfig, service: ServiceConfig, token: Option<&str>) -> Self {
         let clock = Arc::new(ManualClock::new(START_MS));
         let store = Arc::new(Store::new(store, clock.clone()));
-        let service = SessionService::new(AnyBackend::memory(store), service);
+        let service =
+            SessionService::new(AnyBackend::memory(store), service, CancellationToken::new());
         let state = AppState {
             service: service.clone(),
             auth_token: token.map(Arc::from),

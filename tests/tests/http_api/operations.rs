@@ -124,3 +124,34 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_with_code_0() {
     }
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// SIGTERM ends what waits on the event log: a long-poll answers at once
+/// with what there is (no event), an event stream ends (its client
+/// resumes elsewhere with `Last-Event-ID`), and the node exits 0 instead
+/// of draining for as long as they would have waited (a stream: forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_event_long_polls_and_streams() {
+    let mut server = Sessiond::start(&[]);
+    let url = server.url();
+    let client = http_client(Duration::from_secs(60));
+    let stream = client
+        .get(format!("{url}/v1/events/stream"))
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), 200);
+    let long_poll = tokio::spawn(call(
+        client.get(format!("{url}/v1/events?after=now&wait_secs=30")),
+    ));
+    // Both are waiting on the log by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exit = tokio::task::spawn_blocking(move || server.terminate());
+
+    let answer = long_poll.await.expect("the long-poll task");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let body: serde_json::Value = serde_json::from_str(&answer.text).expect("JSON");
+    assert_eq!(body["events"], json!([]), "{}", answer.text);
+    let streamed = stream.text().await.expect("the stream ends cleanly");
+    assert!(streamed.starts_with("id: "), "{streamed:?}");
+    assert_eq!(exit.await.expect("the terminate task"), Some(0));
+}
