@@ -201,6 +201,54 @@ async fn a_huge_length_prefix_is_refused_before_reading_it() {
     still_serves(&node).await;
 }
 
+/// A client that has not sent its Hello yet cannot make the node buffer a
+/// frame of a session's size: a Hello is at most 64 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_larger_than_64_kib_is_refused_before_reading_it() {
+    let node = Sessiond::start(&["--handshake-timeout", "60s"]);
+    let mut stream = connect(node.tcp).await;
+    // Within the frame limit (1 MiB + 64 KiB), far over a Hello's.
+    stream.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    let error = expect_fatal(&mut stream).await;
+    assert_eq!(error.code, ErrorCode::PayloadTooLarge, "{error:?}");
+    assert!(error.message.contains("Hello"), "{error:?}");
+
+    // A Hello with the largest placement ring still fits, and the frame
+    // limit after it is the whole one.
+    let mut stream = connect(node.tcp).await;
+    let ring: Vec<u64> = (0..1024).map(|n| u64::MAX - n).collect();
+    let big_hello = ClientFrame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        auth_token: None,
+        placement: Some(Placement { ring, owner: 0 }),
+    });
+    stream.write_all(&frame(&big_hello)).await.unwrap();
+    assert!(
+        matches!(
+            next(&mut stream).await,
+            Next::Frame(ServerFrame::Welcome(_))
+        ),
+        "the largest ring's Hello is refused"
+    );
+    let data = Bytes::from(format!("\"{}\"", "x".repeat(512 * 1024)));
+    let create = request(
+        1,
+        Op::Create {
+            data,
+            ttl_secs: None,
+            user: None,
+        },
+    );
+    stream.write_all(&frame(&create)).await.unwrap();
+    match next(&mut stream).await {
+        Next::Frame(ServerFrame::Response(Response { id: 1, outcome })) => {
+            assert!(matches!(outcome, Outcome::Session(_)), "{outcome:?}");
+        }
+        other => panic!("expected the create's answer, got {other:?}"),
+    }
+    still_serves(&node).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_before_hello_is_a_protocol_error() {
     let node = Sessiond::start(&[]);

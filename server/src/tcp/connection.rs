@@ -47,6 +47,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// turns. (Eight 1 KiB answers; 1.3-1.6x the requests per second of
 /// 256 KiB on one connection shared by 50 or 200 workers.)
 const WRITE_BATCH_BYTES: usize = 8 * 1024;
+/// Largest `Hello` frame: ample for a 1,024-node placement ring and a
+/// long auth token, and all a client that has not authenticated yet can
+/// make the node buffer.
+const HELLO_FRAME_BYTES: usize = 64 * 1024;
 /// A buffer grown past this (for a large frame) is given back once empty.
 const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
 
@@ -62,9 +66,12 @@ pub async fn run(
     metrics: &TcpMetrics,
     shutdown: CancellationToken,
 ) {
-    let mut wire = Wire::new(stream, ctx.limits.max_frame_bytes);
+    let mut wire = Wire::new(stream, ctx.limits.max_frame_bytes.min(HELLO_FRAME_BYTES));
     let hello = match handshake(&mut wire, ctx).await {
-        Ok(hello) => hello,
+        Ok(hello) => {
+            wire.codec = Codec::new(ctx.limits.max_frame_bytes);
+            hello
+        }
         Err(error) => {
             tracing::debug!(%peer, code = %error.code, "handshake refused: {}", error.message);
             close_with(&mut wire, ctx, error).await;
@@ -266,6 +273,15 @@ async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Hello, WireError
                 format!("no handshake within {:?}", ctx.limits.handshake_timeout),
             )
         })?;
+    let first = first.map_err(|mut error| {
+        if error.code == ErrorCode::PayloadTooLarge {
+            error.message = format!(
+                "a Hello frame is at most {HELLO_FRAME_BYTES} bytes: {}",
+                error.message
+            );
+        }
+        error
+    });
     let hello = match first? {
         Some(ClientFrame::Hello(hello)) => hello,
         Some(ClientFrame::Request(_)) => {
