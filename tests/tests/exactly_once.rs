@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
-use sessiond_client::{Client, Error, SessionId};
+use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::redis_support::{
     Reply, bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
@@ -514,6 +514,40 @@ async fn an_http_write_repeated_with_its_idempotency_key_is_applied_once() {
     );
 }
 
+/// A client of both `nodes` that waits 300 ms for an answer and keeps a
+/// node in rotation through 100 timeouts in a row.
+async fn patient_client(nodes: &[Sessiond]) -> Client {
+    let refs: Vec<&Sessiond> = nodes.iter().collect();
+    build(
+        builder_for(&refs)
+            .timeout(Duration::from_millis(300))
+            .fall(100),
+    )
+    .await
+}
+
+/// The node a client of both `nodes` sends `id`'s writes to first, and
+/// the other one.
+fn first_and_other<'a>(nodes: &'a [Sessiond], id: &SessionId) -> (&'a Sessiond, &'a Sessiond) {
+    let mut names: Vec<String> = nodes.iter().map(|node| node.tcp.to_string()).collect();
+    names.sort();
+    let seeds: Vec<u64> = names.iter().map(|name| ring::node_seed(name)).collect();
+    let first = &names[ring::preference(&seeds, id)[0]];
+    let (first, other): (Vec<&Sessiond>, Vec<&Sessiond>) = nodes
+        .iter()
+        .partition(|node| node.tcp.to_string() == *first);
+    (first[0], other[0])
+}
+
+/// Puts `{"n": 2}` to `{"n": 6}` in turn; the last answer.
+async fn five_later_writes(client: &Client, id: &SessionId) -> Result<SessionInfo, Error> {
+    let mut last = None;
+    for n in 2..=6 {
+        last = Some(client.put(id, &json!({"n": n}), None).await);
+    }
+    last.expect("five writes")
+}
+
 /// An unconditional put held up inside a frozen node (its bytes unread in
 /// the socket) times out, is re-sent to the other node and applied there;
 /// five later writes push its tag out of the session's write log. When the
@@ -524,47 +558,25 @@ async fn a_put_held_by_a_frozen_node_does_not_apply_again_after_later_writes() {
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let nodes = nodes_on(&redis, 2).await;
-    let refs: Vec<&Sessiond> = nodes.iter().collect();
-    let client = build(
-        builder_for(&refs)
-            .timeout(Duration::from_millis(300))
-            .fall(100),
-    )
-    .await;
-    let mut names: Vec<String> = nodes.iter().map(|node| node.tcp.to_string()).collect();
-    names.sort();
-    let seeds: Vec<u64> = names.iter().map(|name| ring::node_seed(name)).collect();
+    let client = patient_client(&nodes).await;
     for round in 0..3 {
         let id = client
             .create(&json!({"n": 0}), None)
             .await
             .expect("create")
             .id;
-        let first = &names[ring::preference(&seeds, &id)[0]];
-        let (frozen, other): (Vec<&Sessiond>, Vec<&Sessiond>) = nodes
-            .iter()
-            .partition(|node| node.tcp.to_string() == *first);
-        let (frozen, other) = (frozen[0], other[0]);
+        let (frozen, other) = first_and_other(&nodes, &id);
         let later = client_of(&[other], Duration::from_secs(2)).await;
         freeze(frozen.pid());
         let put = bounded("the held put", client.put(&id, &json!({"n": 1}), None)).await;
-        let written = bounded("later writes", async {
-            let mut last = None;
-            for n in 2..=6 {
-                last = Some(later.put(&id, &json!({"n": n}), None).await);
-            }
-            last
-        })
-        .await;
+        let written = bounded("later writes", five_later_writes(&later, &id)).await;
         signal(frozen.pid(), "CONT");
         let put = put.unwrap_or_else(|err| panic!("round {round}: the held put: {err}"));
         assert_eq!(
             put.version, 2,
             "round {round}: the put applied once, on the other node"
         );
-        let written = written
-            .expect("five writes")
-            .unwrap_or_else(|err| panic!("round {round}: a later write: {err}"));
+        let written = written.unwrap_or_else(|err| panic!("round {round}: a later write: {err}"));
         assert_eq!(written.version, 7, "round {round}");
         // Time for the woken node to read the put and send it to Redis.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -586,26 +598,13 @@ async fn a_resend_held_by_a_frozen_node_does_not_apply_again_after_later_writes(
     let _alone = exclusive().await;
     let redis = RedisServer::start();
     let nodes = nodes_on(&redis, 2).await;
-    let refs: Vec<&Sessiond> = nodes.iter().collect();
-    let client = build(
-        builder_for(&refs)
-            .timeout(Duration::from_millis(300))
-            .fall(100),
-    )
-    .await;
-    let mut names: Vec<String> = nodes.iter().map(|node| node.tcp.to_string()).collect();
-    names.sort();
-    let seeds: Vec<u64> = names.iter().map(|name| ring::node_seed(name)).collect();
+    let client = patient_client(&nodes).await;
     let id = client
         .create(&json!({"n": 0}), None)
         .await
         .expect("create")
         .id;
-    let first = &names[ring::preference(&seeds, &id)[0]];
-    let (owner, other): (Vec<&Sessiond>, Vec<&Sessiond>) = nodes
-        .iter()
-        .partition(|node| node.tcp.to_string() == *first);
-    let (owner, other) = (owner[0], other[0]);
+    let (owner, other) = first_and_other(&nodes, &id);
     let later = client_of(&[owner], Duration::from_secs(2)).await;
     freeze(owner.pid());
     freeze(other.pid());
@@ -619,16 +618,9 @@ async fn a_resend_held_by_a_frozen_node_does_not_apply_again_after_later_writes(
         "every attempt timed out: {put:?}"
     );
     signal(owner.pid(), "CONT");
-    let written = bounded("later writes", async {
-        let mut last = None;
-        for n in 2..=6 {
-            last = Some(later.put(&id, &json!({"n": n}), None).await);
-        }
-        last
-    })
-    .await
-    .expect("five writes")
-    .unwrap_or_else(|err| panic!("a later write: {err}"));
+    let written = bounded("later writes", five_later_writes(&later, &id))
+        .await
+        .unwrap_or_else(|err| panic!("a later write: {err}"));
     assert_eq!(written.version, 7, "the first attempt made version 2");
     // Past the allowed clock skew since the tag left the log.
     tokio::time::sleep(Duration::from_millis(2_500)).await;

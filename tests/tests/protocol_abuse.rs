@@ -21,6 +21,9 @@ use sessiond_proto::{ErrorCode, SessionId, ring};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// The padding of the large session the slow-reader tests read.
+const LARGE_PAD: usize = 512 * 1024;
+
 /// Bound of every read from the server.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -695,17 +698,11 @@ async fn placed_creates_on_a_large_ring_leave_health_checks_responsive() {
     );
 }
 
-/// A client that pipelines requests and stops reading the answers holds up
-/// only itself. Its requests already under way (here deletes, each holding
-/// one of the node's per-session locks until Redis answers) run to their
-/// end while the server waits to write to it, so other clients' writes,
-/// which take the same locks, go through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_holds_up_no_one_else() {
-    let redis = RedisServer::start();
-    let node = node_on(&http(), &redis.url(), &["--idle-timeout", "60s"]).await;
-    let client = client_for(&[&node]).await;
-    let pad = "x".repeat(512 * 1024);
+/// A session of [`LARGE_PAD`] bytes of padding made on `node`, and a raw connection
+/// past its handshake that reads through a 4 KiB receive buffer.
+async fn a_large_session_and_a_slow_reader(node: &Sessiond) -> (SessionId, TcpStream) {
+    let client = client_for(&[node]).await;
+    let pad = "x".repeat(LARGE_PAD);
     let big = client
         .create(&serde_json::json!({ "pad": pad }), None)
         .await
@@ -722,6 +719,19 @@ async fn a_client_that_stops_reading_holds_up_no_one_else() {
         next(&mut stream).await,
         Next::Frame(ServerFrame::Welcome(_))
     ));
+    (big, stream)
+}
+
+/// A client that pipelines requests and stops reading the answers holds up
+/// only itself. Its requests already under way (here deletes, each holding
+/// one of the node's per-session locks until Redis answers) run to their
+/// end while the server waits to write to it, so other clients' writes,
+/// which take the same locks, go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_up_no_one_else() {
+    let redis = RedisServer::start();
+    let node = node_on(&http(), &redis.url(), &["--idle-timeout", "60s"]).await;
+    let (big, mut stream) = a_large_session_and_a_slow_reader(&node).await;
     // Rounds of a delete on every lock stripe (an id's upper 64 bits pick
     // it), then a read with a 512 KiB answer: 20 MiB of answers in all,
     // more than the sockets' buffers hold.
@@ -768,24 +778,7 @@ async fn a_client_that_stops_reading_holds_up_no_one_else() {
 async fn a_client_cut_off_for_not_reading_gets_each_answer_once() {
     use tokio::io::AsyncReadExt;
     let node = Sessiond::start(&["--idle-timeout", "1s"]);
-    let client = client_for(&[&node]).await;
-    let pad = "x".repeat(512 * 1024);
-    let big = client
-        .create(&serde_json::json!({ "pad": pad }), None)
-        .await
-        .expect("create the large session")
-        .id;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = tokio::time::timeout(READ_TIMEOUT, socket.connect(node.tcp))
-        .await
-        .expect("connect timed out")
-        .expect("cannot connect");
-    stream.write_all(&frame(&hello())).await.unwrap();
-    assert!(matches!(
-        next(&mut stream).await,
-        Next::Frame(ServerFrame::Welcome(_))
-    ));
+    let (big, mut stream) = a_large_session_and_a_slow_reader(&node).await;
     let mut batch = Vec::new();
     for request_id in 1..=16 {
         batch.extend(frame(&request(request_id, Op::Get { id: big })));
@@ -811,7 +804,7 @@ async fn a_client_cut_off_for_not_reading_gets_each_answer_once() {
                 outcome: Outcome::Session(record),
             })) => {
                 assert_eq!(record.id, big, "answer {id}");
-                assert_eq!(record.data.len(), pad.len() + 10, "answer {id}");
+                assert_eq!(record.data.len(), LARGE_PAD + 10, "answer {id}");
                 assert!(!seen.contains(&id), "answer {id} arrived twice");
                 seen.push(id);
             }

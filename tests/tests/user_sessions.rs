@@ -13,11 +13,44 @@ use sessiond_e2e::redis_support::{
 };
 use sessiond_e2e::{RedisCluster, RedisServer, Sessiond};
 
+/// Two tests of `$body`: on a memory-only node, and with Redis (a
+/// `redis-server` of its own).
+macro_rules! in_memory_and_with_redis {
+    ($in_memory:ident, $with_redis:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_memory() {
+            $body(None).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $with_redis() {
+            let redis = RedisServer::start();
+            $body(Some(&redis)).await;
+        }
+    };
+}
+
 async fn logged_in(http: &reqwest::Client, node: &Sessiond, user: &str, ttl_secs: u64) -> String {
     let reply = login(http, node, user, ttl_secs).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.json()["user"], json!(user));
     reply.session().id
+}
+
+/// The ids of `user`'s sessions, in no order.
+async fn listed_set(http: &reqwest::Client, node: &Sessiond, user: &str) -> BTreeSet<String> {
+    listed(http, node, user).await.into_iter().collect()
+}
+
+/// Creates a session of no user; its id.
+async fn anonymous_session(http: &reqwest::Client, node: &Sessiond) -> String {
+    let made = send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .json(&json!({ "data": {} })),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    made.session().id
 }
 
 async fn status_of(http: &reqwest::Client, node: &Sessiond, id: &str) -> u16 {
@@ -182,16 +215,11 @@ async fn the_cap_holds(redis: Option<&RedisServer>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cap_evicts_the_oldest_or_rejects_in_memory() {
-    the_cap_holds(None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cap_evicts_the_oldest_or_rejects_with_redis() {
-    let redis = RedisServer::start();
-    the_cap_holds(Some(&redis)).await;
-}
+in_memory_and_with_redis!(
+    the_cap_evicts_the_oldest_or_rejects_in_memory,
+    the_cap_evicts_the_oldest_or_rejects_with_redis,
+    the_cap_holds
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_logins_on_two_nodes_leave_exactly_the_cap() {
@@ -615,17 +643,11 @@ async fn a_repeated_login_evicts_no_other_session(redis: Option<&RedisServer>) {
         again.text
     );
     let mut expected: BTreeSet<String> = [first.clone(), made.session().id].into();
-    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    let now = listed_set(&http, &node, user).await;
     assert_eq!(now, expected, "after the repeated create");
 
     // An anonymous session logs in by rotation, twice with one key.
-    let anonymous = send(
-        http.post(format!("{}/v1/sessions", node.url()))
-            .json(&json!({ "data": {} })),
-    )
-    .await
-    .session()
-    .id;
+    let anonymous = anonymous_session(&http, &node).await;
     let rotate = || {
         http.post(format!("{}/v1/sessions/{anonymous}/rotate", node.url()))
             .header("idempotency-key", "login-2")
@@ -643,7 +665,7 @@ async fn a_repeated_login_evicts_no_other_session(redis: Option<&RedisServer>) {
     // The login itself made way for one session (the least recently used).
     expected.remove(&first);
     expected.insert(moved.session().id);
-    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    let now = listed_set(&http, &node, user).await;
     assert_eq!(now, expected, "after the repeated rotation");
 }
 
@@ -677,42 +699,26 @@ async fn a_login_that_finds_its_session_gone_evicts_nobody(redis: Option<&RedisS
         "{}",
         again.text
     );
-    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    let now = listed_set(&http, &node, user).await;
     assert_eq!(now, kept, "after the repeated create");
 
-    let anonymous = send(
-        http.post(format!("{}/v1/sessions", node.url()))
-            .json(&json!({ "data": {} })),
-    )
-    .await
-    .session()
-    .id;
+    let anonymous = anonymous_session(&http, &node).await;
     let deleted = send(http.delete(format!("{}/v1/sessions/{anonymous}", node.url()))).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text);
     let rotated = rotate(&http, &node, &anonymous, Some(user)).await;
     assert_eq!(rotated.status, 404, "{}", rotated.text);
-    let now: BTreeSet<String> = listed(&http, &node, user).await.into_iter().collect();
+    let now = listed_set(&http, &node, user).await;
     assert_eq!(now, kept, "after the rotation of a deleted session");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_that_finds_its_session_gone_evicts_nobody_in_memory() {
-    a_login_that_finds_its_session_gone_evicts_nobody(None).await;
-}
+in_memory_and_with_redis!(
+    a_login_that_finds_its_session_gone_evicts_nobody_in_memory,
+    a_login_that_finds_its_session_gone_evicts_nobody_with_redis,
+    a_login_that_finds_its_session_gone_evicts_nobody
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_that_finds_its_session_gone_evicts_nobody_with_redis() {
-    let redis = RedisServer::start();
-    a_login_that_finds_its_session_gone_evicts_nobody(Some(&redis)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repeated_login_evicts_no_other_session_in_memory() {
-    a_repeated_login_evicts_no_other_session(None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repeated_login_evicts_no_other_session_with_redis() {
-    let redis = RedisServer::start();
-    a_repeated_login_evicts_no_other_session(Some(&redis)).await;
-}
+in_memory_and_with_redis!(
+    a_repeated_login_evicts_no_other_session_in_memory,
+    a_repeated_login_evicts_no_other_session_with_redis,
+    a_repeated_login_evicts_no_other_session
+);
