@@ -311,6 +311,27 @@ fn a_rejecting_store_full_of_expired_sessions_takes_writes() {
     assert_eq!(stats.bytes_used, charge_of(2));
 }
 
+/// A create sent again (its session made by the first attempt) on a full
+/// evicting store answers that session and evicts nobody for it.
+#[test]
+fn a_repeated_create_on_a_full_evicting_store_evicts_nobody() {
+    let (store, clock) = bounded(4, 2, WhenFull::EvictLru);
+    for _ in 0..3 {
+        clock.advance(Duration::from_millis(1));
+        created(&store, "{}", 60 * SECOND);
+    }
+    let id = SessionId::random();
+    let first = store.create(id, json("{}"), 60 * SECOND, Some(7), None);
+    let again = store.create(id, json("{}"), 60 * SECOND, Some(7), None);
+    assert_eq!(
+        again.map(|s| (s.id, s.version)),
+        first.map(|s| (s.id, s.version))
+    );
+    let stats = store.stats();
+    assert_eq!((stats.sessions, stats.evictions), (4, 0));
+    assert_eq!(stats.bytes_used, 4 * charge_of(2));
+}
+
 #[test]
 fn full_store_evicts_least_recently_used_sessions() {
     let data = json(&format!("\"{}\"", "y".repeat(98)));
