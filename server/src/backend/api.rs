@@ -152,6 +152,14 @@ pub enum BackendError {
     /// tell.
     #[error(transparent)]
     Indeterminate(#[from] Indeterminate),
+    /// The id a tagged rotation was to move the session to holds another
+    /// session: its write tag (an HTTP `Idempotency-Key`) is one another
+    /// write used. A client's mistake; nothing was changed.
+    #[error(
+        "this write's Idempotency-Key was sent with another write, whose session holds the \
+         id this one was to use; nothing was changed (send each write with a key of its own)"
+    )]
+    KeyReused,
 }
 
 /// Why the event log cannot serve a read.
@@ -230,13 +238,9 @@ pub enum Unavailable {
         /// The most sessions a shard holds.
         max: usize,
     },
-    /// The id a create or rotation was to use holds another session: a
-    /// fresh id drawn twice (astronomically unlikely), or one
-    /// `Idempotency-Key` sent with two different writes.
-    #[error(
-        "the session id this write was to use holds another session (the same \
-         Idempotency-Key sent with two different writes?); nothing was changed"
-    )]
+    /// The fresh id a create drew holds another session already (drawn
+    /// twice: astronomically unlikely); a new attempt draws another.
+    #[error("the fresh session id this create drew holds another session; try again")]
     IdTaken,
 }
 
@@ -292,7 +296,7 @@ impl From<StoreError> for BackendError {
             StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
             StoreError::TooManySessions { max } => Self::TooManySessions { max },
             StoreError::ShardFull { max } => Self::Unavailable(Unavailable::ShardFull { max }),
-            StoreError::IdTaken => Self::Unavailable(Unavailable::IdTaken),
+            StoreError::IdTaken => Self::KeyReused,
         }
     }
 }

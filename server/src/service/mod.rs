@@ -148,6 +148,9 @@ pub enum ServiceError {
     /// whose answer was lost).
     #[error(transparent)]
     Indeterminate(Indeterminate),
+    /// A write's Idempotency-Key (write tag) was sent with another write.
+    #[error(transparent)]
+    KeyReused(BackendError),
     /// No id in this node's share of the connection's placement ring.
     #[error("no id among {draws} drawn falls in this node's share of the placement ring")]
     Unplaceable {
@@ -174,7 +177,7 @@ impl ServiceError {
             Self::TooManySessions { .. } => ErrorCode::TooManySessions,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Indeterminate(_) => ErrorCode::Indeterminate,
-            Self::Unplaceable { .. } => ErrorCode::InvalidRequest,
+            Self::Unplaceable { .. } | Self::KeyReused(_) => ErrorCode::InvalidRequest,
         }
     }
 
@@ -207,6 +210,7 @@ impl From<BackendError> for ServiceError {
             BackendError::Events(why) => Self::Events(why),
             BackendError::Unavailable(why) => Self::Unavailable(why),
             BackendError::Indeterminate(why) => Self::Indeterminate(why),
+            reused @ BackendError::KeyReused => Self::KeyReused(reused),
         }
     }
 }
