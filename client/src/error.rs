@@ -117,7 +117,8 @@ impl From<WireError> for Error {
             | ErrorCode::InvalidTtl
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidUser
-            | ErrorCode::InvalidCursor => Self::Invalid { code, message },
+            | ErrorCode::InvalidCursor
+            | ErrorCode::KeyReused => Self::Invalid { code, message },
             ErrorCode::UnknownRoute
             | ErrorCode::MethodNotAllowed
             | ErrorCode::UnsupportedMediaType

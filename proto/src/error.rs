@@ -60,6 +60,9 @@ pub enum ErrorCode {
     InvalidCursor,
     /// The event log is off (`--events off`).
     EventsOff,
+    /// The write's `Idempotency-Key` (write tag) was sent with another
+    /// write already; nothing was changed.
+    KeyReused,
 }
 
 impl ErrorCode {
@@ -90,6 +93,7 @@ impl ErrorCode {
             Self::CursorExpired => "cursor_expired",
             Self::InvalidCursor => "invalid_cursor",
             Self::EventsOff => "events_off",
+            Self::KeyReused => "key_reused",
         }
     }
 
@@ -110,7 +114,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
             Self::VersionMismatch => 412,
-            Self::Indeterminate | Self::TooManySessions => 409,
+            Self::Indeterminate | Self::TooManySessions | Self::KeyReused => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::Unavailable | Self::Overloaded => 503,

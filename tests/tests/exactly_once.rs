@@ -729,7 +729,7 @@ async fn a_rotation_reusing_a_creates_key_does_not_overwrite_its_session() {
     .await;
     assert_eq!(
         (rotated.status, rotated.error_code().as_str()),
-        (400, "invalid_request"),
+        (409, "key_reused"),
         "{}",
         rotated.text
     );

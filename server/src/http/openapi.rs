@@ -300,6 +300,9 @@ fn example_message(code: ErrorCode) -> &'static str {
         }
         ErrorCode::InvalidCursor => "not an event cursor of this log: \"x\"",
         ErrorCode::EventsOff => "the event log is off (--events off, or Redis Cluster)",
+        ErrorCode::KeyReused => {
+            "this write's Idempotency-Key was sent with another write; nothing was changed"
+        }
         ErrorCode::UnknownRoute
         | ErrorCode::MethodNotAllowed
         | ErrorCode::ProtocolError

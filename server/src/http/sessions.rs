@@ -190,8 +190,8 @@ pub async fn touch(
 errors!(
     /// Failures of a rotation.
     RotateErrors: InvalidJson, InvalidId, InvalidUser, InvalidRequest, Unauthorized, NotFound,
-    RequestTimeout, TooManySessions, Indeterminate, PayloadTooLarge, UnsupportedMediaType,
-    Unavailable, StoreFull
+    RequestTimeout, TooManySessions, Indeterminate, KeyReused, PayloadTooLarge,
+    UnsupportedMediaType, Unavailable, StoreFull
 );
 
 /// `POST /v1/sessions/{id}/rotate`, with an optional body `{"user": ...}`

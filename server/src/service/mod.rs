@@ -177,7 +177,8 @@ impl ServiceError {
             Self::TooManySessions { .. } => ErrorCode::TooManySessions,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Indeterminate(_) => ErrorCode::Indeterminate,
-            Self::Unplaceable { .. } | Self::KeyReused(_) => ErrorCode::InvalidRequest,
+            Self::Unplaceable { .. } => ErrorCode::InvalidRequest,
+            Self::KeyReused(_) => ErrorCode::KeyReused,
         }
     }
 
