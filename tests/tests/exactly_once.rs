@@ -374,7 +374,7 @@ async fn async_mode_a_create_repeated_with_its_idempotency_key_makes_one_session
     let redis = RedisServer::start();
     let http = http();
     let mut nodes = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         nodes.push(node_on(&http, &redis.url(), &["--redis-mode", "async"]).await);
     }
     let create = |node: &Sessiond| {
@@ -395,15 +395,16 @@ async fn async_mode_a_create_repeated_with_its_idempotency_key_makes_one_session
         );
     }
 
-    // Once the first node's writes are in Redis, a repeat on the other
+    // Once the first node's writes are in Redis (as a third node reads
+    // them: the second keeps no copy of its own), a repeat on the second
     // node answers the session as it is now (it does not make it anew),
     // and after its delete, 404.
     let id = first.session().id;
-    let read_on_second =
-        || async { send(http.get(format!("{}/v1/sessions/{id}", nodes[1].url()))).await };
+    let read_on = |node: &Sessiond| send(http.get(format!("{}/v1/sessions/{id}", node.url())));
+    let third = &nodes[2];
     let flushed = |want: fn(&Reply) -> bool| async move {
         for _ in 0..100 {
-            if want(&read_on_second().await) {
+            if want(&read_on(third).await) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -429,7 +430,7 @@ async fn async_mode_a_create_repeated_with_its_idempotency_key_makes_one_session
         "{}",
         again.text
     );
-    let read = read_on_second().await;
+    let read = read_on(&nodes[1]).await;
     assert_eq!(read.json()["data"], json!({"n": 5}), "{}", read.text);
 
     let deleted = send(http.delete(format!("{}/v1/sessions/{id}", nodes[0].url()))).await;

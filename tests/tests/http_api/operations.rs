@@ -143,8 +143,14 @@ async fn sigterm_ends_event_long_polls_and_streams() {
     let long_poll = tokio::spawn(call(
         client.get(format!("{url}/v1/events?after=now&wait_secs=30")),
     ));
-    // Both are waiting on the log by now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both are waiting on the log (bounded: 10 s).
+    for _ in 0..200 {
+        let consumers = scrape(&url).await.value("sessiond_event_consumers", &[]);
+        if consumers == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let exit = tokio::task::spawn_blocking(move || server.terminate());
 
     let answer = long_poll.await.expect("the long-poll task");

@@ -135,18 +135,18 @@ impl WriteBehindBackend {
 
     /// The answer to a create repeated under `id`, the id an earlier
     /// attempt claimed, unless this node's store is to answer it (it holds
-    /// or queued that attempt's session, or nothing says the session was
-    /// ever made): not found if the session was deleted since, else the
-    /// session as Redis holds it (another node made it: making it anew
-    /// here would write over its later versions).
+    /// that attempt's session, or nothing says the session was ever made):
+    /// not found if the session was deleted since, else the session as
+    /// this node's queue or Redis holds it (making it anew here would
+    /// write over its later versions).
     async fn repeated_create(&self, id: &SessionId) -> Option<Result<Session, BackendError>> {
         let redis = &self.redis;
         match redis.queued.latest(id) {
             Some(Latest::Deleted) => return Some(Err(BackendError::NotFound)),
-            Some(Latest::Written(_)) => return None,
+            Some(Latest::Written(_)) => return Some(self.get(id).await),
             None => {}
         }
-        if redis.store.peek(id).is_some() {
+        if redis.store.holds(id) {
             return None;
         }
         match redis.stored(id).await {
