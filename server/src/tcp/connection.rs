@@ -131,8 +131,11 @@ impl Wire {
 
     /// The next complete frame already read, if any.
     fn buffered(&mut self) -> Result<Option<ClientFrame>, WireError> {
+        // Measured before the decode, which splits the frame off and so
+        // hides the room kept behind it.
+        let grown = self.input.capacity() > KEEP_BUFFER_BYTES;
         let frame = self.codec.decode(&mut self.input).map_err(codec_error)?;
-        if self.input.is_empty() && self.input.capacity() > KEEP_BUFFER_BYTES {
+        if self.input.is_empty() && grown {
             self.input = BytesMut::with_capacity(READ_CHUNK);
         }
         Ok(frame)
@@ -555,5 +558,38 @@ mod tests {
         // And the space was really given back, not just advanced past.
         wire.output.extend_from_slice(&[1]);
         assert!(wire.output.capacity() <= READ_CHUNK);
+    }
+
+    /// The input buffer grown for a large request is given back once the
+    /// request is decoded.
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_large_request_is_given_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (_client, accepted) = tokio::join!(client, listener.accept());
+        let mut wire = Wire::new(accepted.unwrap().0, 4 * KEEP_BUFFER_BYTES);
+        let request = ClientFrame::Request(sessiond_proto::wire::Request {
+            id: 1,
+            op: sessiond_proto::wire::Op::Create {
+                data: bytes::Bytes::from(vec![b'7'; 2 * KEEP_BUFFER_BYTES]),
+                ttl_secs: None,
+                user: None,
+            },
+            write: None,
+        });
+        let payload = sessiond_proto::codec::encode(&request).unwrap();
+        wire.input
+            .extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        wire.input.extend_from_slice(&payload);
+        let decoded = wire.buffered().unwrap();
+        assert!(matches!(decoded, Some(ClientFrame::Request(_))));
+        drop(decoded);
+        assert_eq!(wire.input.len(), 0);
+        wire.input.reserve(1);
+        assert!(
+            wire.input.capacity() <= READ_CHUNK,
+            "kept {} bytes",
+            wire.input.capacity()
+        );
     }
 }
