@@ -405,12 +405,28 @@ impl SessionService {
         if !(1..=MAX_EVENTS).contains(&limit) || wait_secs > MAX_WAIT_SECS {
             return Err(ServiceError::InvalidEventQuery);
         }
-        let wait = std::time::Duration::from_secs(wait_secs);
-        let page = tokio::select! {
-            page = self.backend.events(after, limit as usize, wait) => page,
-            () = self.shutdown.cancelled(), if !wait.is_zero() => {
-                self.backend.events(after, limit as usize, std::time::Duration::ZERO).await
+        let (limit, wait) = (limit as usize, std::time::Duration::from_secs(wait_secs));
+        let at_once = std::time::Duration::ZERO;
+        if wait.is_zero() {
+            return Ok(self.backend.events(after, limit, at_once).await?);
+        }
+        // "now" is pinned to a cursor before the wait: a wait cut short at
+        // shutdown then reads again from the same place (a second "now"
+        // would skip what came in between).
+        let pinned = match after {
+            Some("now") => {
+                let page = self.backend.events(after, limit, at_once).await?;
+                if !page.events.is_empty() {
+                    return Ok(page);
+                }
+                Some(page.next)
             }
+            _ => None,
+        };
+        let after = pinned.as_deref().or(after);
+        let page = tokio::select! {
+            page = self.backend.events(after, limit, wait) => page,
+            () = self.shutdown.cancelled() => self.backend.events(after, limit, at_once).await,
         };
         Ok(page?)
     }
