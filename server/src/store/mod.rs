@@ -1056,7 +1056,9 @@ impl Store {
             return Err(self.full(needed));
         }
         if self.config.when_full == WhenFull::Reject {
-            if self.sweep_for_room() > 0 {
+            // Room swept out by this write, or by another's sweep since.
+            let room = |store: &Self| limit - store.budget.used().min(limit) >= needed;
+            if self.sweep_for_room() > 0 || room(self) {
                 return Ok(());
             }
             return Err(self.full(needed));
