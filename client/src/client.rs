@@ -319,7 +319,7 @@ impl Client {
                 sent_at_ms,
             });
             let sent_at = Instant::now();
-            match connection.call(op.clone(), write, timeout).await {
+            match node.call(connection, &op, write, timeout).await {
                 Ok(Outcome::Error(error)) => {
                     node.answered();
                     match error.code {

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sessiond_proto::wire::Placement;
+use sessiond_proto::wire::{Op, Outcome, Placement, WriteTag};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::connection::{ConnectOptions, Connection};
+use crate::connection::{CallError, ConnectOptions, Connection};
 
 /// First wait between probes of a down node; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -127,6 +127,26 @@ impl Node {
                 self.mark_down();
                 Err(err)
             }
+        }
+    }
+
+    /// Sends `op` on `connection`, this node's. A request that found the
+    /// connection closed before it left is sent once more, on a new
+    /// connection: it was not sent, so that is safe even for a write, and
+    /// a caller with no other node to try does not fail for it.
+    pub async fn call(
+        self: &Arc<Self>,
+        connection: Arc<Connection>,
+        op: &Op,
+        write: Option<WriteTag>,
+        timeout: Duration,
+    ) -> Result<Outcome, CallError> {
+        match connection.call(op.clone(), write, timeout).await {
+            Err(CallError::NotSent(Error::Unavailable(_))) => {
+                let connection = self.connection().await.map_err(CallError::NotSent)?;
+                connection.call(op.clone(), write, timeout).await
+            }
+            other => other,
         }
     }
 
