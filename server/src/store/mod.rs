@@ -1055,15 +1055,15 @@ impl Store {
         if needed > limit {
             return Err(self.full(needed));
         }
+        let has_room = || limit - self.budget.used().min(limit) >= needed;
         if self.config.when_full == WhenFull::Reject {
             // Room swept out by this write, or by another's sweep since.
-            let room = |store: &Self| limit - store.budget.used().min(limit) >= needed;
-            if self.sweep_for_room() > 0 || room(self) {
+            if self.sweep_for_room() > 0 || has_room() {
                 return Ok(());
             }
             return Err(self.full(needed));
         }
-        while limit - self.budget.used().min(limit) < needed {
+        while !has_room() {
             if !self.evict_one(protect) {
                 return Err(self.full(needed));
             }

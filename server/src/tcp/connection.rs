@@ -530,15 +530,21 @@ mod tests {
 
     use super::*;
 
+    /// The server's side of a loopback connection (frames up to 4 MiB),
+    /// and the client's.
+    async fn wire_and_client() -> (Wire, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let wire = Wire::new(accepted.unwrap().0, 4 * KEEP_BUFFER_BYTES);
+        (wire, client.unwrap())
+    }
+
     /// An output buffer grown for a large answer is given back once the
     /// answer is written, not kept for the connection's life.
     #[tokio::test]
     async fn a_buffer_grown_for_a_large_answer_is_given_back() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let mut client = client.unwrap();
-        let mut wire = Wire::new(accepted.unwrap().0, 4 * KEEP_BUFFER_BYTES);
+        let (mut wire, mut client) = wire_and_client().await;
         let large = 2 * KEEP_BUFFER_BYTES;
         wire.output.extend_from_slice(&vec![7; large]);
         let reader = tokio::spawn(async move {
@@ -564,10 +570,7 @@ mod tests {
     /// request is decoded.
     #[tokio::test]
     async fn a_buffer_grown_for_a_large_request_is_given_back() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (_client, accepted) = tokio::join!(client, listener.accept());
-        let mut wire = Wire::new(accepted.unwrap().0, 4 * KEEP_BUFFER_BYTES);
+        let (mut wire, _client) = wire_and_client().await;
         let request = ClientFrame::Request(sessiond_proto::wire::Request {
             id: 1,
             op: sessiond_proto::wire::Op::Create {
