@@ -175,6 +175,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Longest wait at shutdown for open connections (HTTP and binary) to
+    /// finish their requests; then they are closed and the write-behind
+    /// queue is flushed.
+    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Time a new binary-protocol connection has to send its Hello.
     #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
@@ -624,6 +630,7 @@ impl ServeArgs {
                 max_ttl_secs,
                 max_session_bytes,
             },
+            drain_timeout: self.drain_timeout,
             sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
             sweep_batch: self.sweep_batch.max(1),
             redis: self.redis_config()?,

@@ -1,10 +1,13 @@
 //! What every listener shares: binding with a deep backlog, an accept loop
-//! that survives running out of descriptors, and the errors of both.
+//! that survives running out of descriptors, a drain bounded in time, and
+//! the errors of both.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Why a listener could not run.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,50 @@ pub async fn accept(
                 tracing::warn!(%err, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Closes `tasks` and waits, at most `timeout`, for every one to end;
+/// returns whether they did, and logs how many of `what` are still open
+/// if not.
+pub async fn wait_drained(tasks: &TaskTracker, timeout: Duration, what: &str) -> bool {
+    tasks.close();
+    let drained = tokio::time::timeout(timeout, tasks.wait()).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            open = tasks.len(),
+            "{what} still open after the drain timeout ({timeout:?}); closing them"
+        );
+    }
+    drained
+}
+
+/// A listener's open connections: tracked so that a shutdown can wait for
+/// them to finish their requests, and dropped (their sockets closed) if
+/// they outlast the drain timeout.
+#[derive(Debug, Default)]
+pub struct OpenConnections {
+    tracker: TaskTracker,
+    abandon: CancellationToken,
+}
+
+impl OpenConnections {
+    /// Runs `connection` until it ends or the drain gives up on it.
+    pub fn spawn<F>(&self, connection: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker
+            .spawn(self.abandon.clone().run_until_cancelled_owned(connection));
+    }
+
+    /// Waits, at most `timeout`, for every connection to end, then drops
+    /// those still open and waits for them to be gone.
+    pub async fn drain(&self, timeout: Duration, what: &str) {
+        if !wait_drained(&self.tracker, timeout, what).await {
+            self.abandon.cancel();
+            self.tracker.wait().await;
         }
     }
 }

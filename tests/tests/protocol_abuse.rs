@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sessiond_e2e::raw::{frame, read_message};
-use sessiond_e2e::redis_support::{http, node_on};
+use sessiond_e2e::raw_http::send;
+use sessiond_e2e::redis_support::{get, http, node_on, wait_ready, write_sessions};
 use sessiond_e2e::{RedisServer, Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
 use sessiond_proto::wire::{
@@ -882,4 +883,79 @@ async fn an_answer_too_large_for_a_frame_fails_only_its_request() {
         "{:?}",
         answers[&1_003]
     );
+}
+
+/// Clients that hold their connections open (a binary-protocol client that
+/// pipelined 20 MiB of answers and reads none, an HTTP upload stalled
+/// mid-body) hold a graceful shutdown for at most `--drain-timeout`
+/// (given here by its environment variable): then they are closed, the
+/// write-behind queue is flushed once Redis is back, and the node exits 0
+/// with every acknowledged write in Redis. Without the bound the node
+/// waited for the clients' own timeouts (a minute here, five by default),
+/// past any stop grace period: SIGKILLed, it lost its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hold_their_connections_hold_the_shutdown_only_for_the_drain_timeout() {
+    let mut redis = RedisServer::start();
+    let http = http();
+    let redis_url = redis.url();
+    let args = [
+        "--redis",
+        &redis_url,
+        "--redis-mode",
+        "async",
+        "--idle-timeout",
+        "60s",
+        "--http-body-timeout",
+        "60s",
+    ];
+    let mut node = Sessiond::start_with_env(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &args,
+        &[("SESSIOND_DRAIN_TIMEOUT", "1s")],
+    );
+    wait_ready(&http, &node).await;
+    let (big, mut reader) = a_large_session_and_a_slow_reader(&node).await;
+    let answers: Vec<u8> = (1..=40)
+        .flat_map(|id| frame(&request(id, Op::Get { id: big })))
+        .collect();
+    let stuck = tokio::spawn(async move {
+        let _ = reader.write_all(&answers).await;
+        reader
+    });
+    let stalled = send(
+        node.http,
+        b"POST /v1/sessions HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"data\":",
+    )
+    .await;
+    tokio::task::block_in_place(|| redis.kill());
+    let expected = write_sessions(&http, &node, 10).await;
+
+    let terminated = tokio::task::spawn_blocking(move || {
+        let code = node.terminate();
+        (code, node.log())
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    let (code, log) = tokio::time::timeout(Duration::from_secs(30), terminated)
+        .await
+        .expect("terminate() did not return")
+        .expect("the terminating thread panicked");
+    stuck.abort();
+    drop(stalled);
+    assert_eq!(code, Some(0), "not a clean exit; log:\n{log}");
+    for what in ["HTTP connections", "binary-protocol connections"] {
+        assert!(
+            log.contains(&format!("{what} still open after the drain timeout")),
+            "{what} were not cut by the drain timeout; log:\n{log}"
+        );
+    }
+    let fresh = node_on(&http, &redis.url(), &[]).await;
+    for (id, (version, data)) in &expected {
+        let reply = get(&http, &fresh, id).await;
+        assert_eq!(reply.status, 200, "{id} lost; node log:\n{log}");
+        let session = reply.session();
+        assert_eq!((session.version, &session.data), (*version, data), "{id}");
+    }
 }

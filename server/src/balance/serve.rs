@@ -31,7 +31,7 @@ use super::pool::Pool;
 use super::proxy::{ClientConn, Proxy, ProxyLimits};
 use super::proxy_protocol::{self, ProxyVersion};
 use super::upstream_conns::{Connections, Owner};
-use crate::net::accept;
+use crate::net::{accept, wait_drained};
 
 /// How long, once draining, a keep-alive connection may stay idle before
 /// it is closed: a busy client sends its next request within it and gets
@@ -190,16 +190,7 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
     }
     drop(listener);
     tracing::info!("balancer draining in-flight requests");
-    tasks.close();
-    if tokio::time::timeout(front.drain_timeout, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "in-flight requests still running after {:?}; exiting",
-            front.drain_timeout
-        );
-    }
+    wait_drained(&tasks, front.drain_timeout, "client connections").await;
 }
 
 /// The HTTP/1.1 and HTTP/2 server settings.

@@ -2,29 +2,31 @@
 //! health checks, and a graceful end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Slot};
 use super::limits::{HttpLimits, RESERVE_CONNECTIONS};
-use crate::net::accept;
+use crate::net::{OpenConnections, accept};
 
-/// Accepts connections until `shutdown` fires, then waits for open
-/// connections to finish the requests they already sent.
+/// Accepts connections until `shutdown` fires, then waits (at most
+/// `drain_timeout`) for open connections to finish the requests they
+/// already sent.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     shutdown: CancellationToken,
+    drain_timeout: Duration,
 ) {
     let limits = Arc::new(limits);
     let general = Arc::new(Semaphore::new(limits.max_connections));
     let reserve = Arc::new(Semaphore::new(RESERVE_CONNECTIONS));
-    let connections = TaskTracker::new();
+    let connections = OpenConnections::default();
     while let Some((stream, _peer)) = accept(&listener, &shutdown).await {
         let (permit, slot) = match general.clone().try_acquire_owned() {
             Ok(permit) => (permit, Slot::General),
@@ -45,6 +47,5 @@ pub async fn serve(
             drop(permit);
         });
     }
-    connections.close();
-    connections.wait().await;
+    connections.drain(drain_timeout, "HTTP connections").await;
 }

@@ -18,6 +18,7 @@ mod status;
 mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -94,13 +95,15 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
 }
 
 /// Serves the API on `listener` within `limits` until `shutdown` fires,
-/// then lets in-flight requests finish. Meanwhile the node's metrics are
+/// then lets in-flight requests finish (for at most `drain_timeout`).
+/// Meanwhile the node's metrics are
 /// sampled once a second for its status page.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     limits: HttpLimits,
     shutdown: CancellationToken,
+    drain_timeout: Duration,
 ) {
     let history = Arc::new(status::History::default());
     let sampler = tokio::spawn(status::sample_every_second(
@@ -108,7 +111,14 @@ pub async fn serve(
         state.clone(),
         shutdown.clone(),
     ));
-    listener::serve(listener, app(state, history), limits, shutdown).await;
+    listener::serve(
+        listener,
+        app(state, history),
+        limits,
+        shutdown,
+        drain_timeout,
+    )
+    .await;
     if let Err(err) = sampler.await {
         tracing::error!(%err, "the status page's sampler failed");
     }

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub store: StoreConfig,
     /// API policies.
     pub service: ServiceConfig,
+    /// Longest wait at shutdown for open connections to finish their
+    /// requests (then they are closed and the write-behind queue flushed).
+    pub drain_timeout: Duration,
     /// Sweeper period.
     pub sweep_interval: Duration,
     /// Sweeper work bound per shard and pass.
@@ -131,6 +134,7 @@ pub async fn run(
             limits: config.tcp_limits.clone(),
         }),
         shutdown.clone(),
+        config.drain_timeout,
     ));
     tasks.spawn({
         let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
@@ -153,11 +157,18 @@ pub async fn run(
             replication: config.redis.as_ref().map(|redis| redis.mode),
         },
     };
-    http::serve(http_listener, state, config.http_limits, shutdown.clone()).await;
+    http::serve(
+        http_listener,
+        state,
+        config.http_limits,
+        shutdown.clone(),
+        config.drain_timeout,
+    )
+    .await;
     shutdown.cancel();
-    // The binary-protocol connections finish in-flight requests before the
-    // TCP task ends; then no write can come and the replication queue is
-    // flushed.
+    // The binary-protocol connections finish in-flight requests (or are
+    // closed at the drain timeout) before the TCP task ends; then no write
+    // can come and the replication queue is flushed.
     if let Err(err) = tcp_done.await {
         tracing::error!(%err, "the binary-protocol listener failed");
     }

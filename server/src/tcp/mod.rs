@@ -9,6 +9,7 @@ mod telemetry;
 pub use context::{TcpContext, TcpLimits};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use sessiond_proto::ErrorCode;
@@ -18,15 +19,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::net::accept;
+use crate::net::{OpenConnections, accept};
 use telemetry::TcpMetrics;
 
-/// Accepts connections until `shutdown` fires, then waits for open
-/// connections to finish the requests they already sent.
-pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, shutdown: CancellationToken) {
-    let connections = TaskTracker::new();
+/// Accepts connections until `shutdown` fires, then waits (at most
+/// `drain_timeout`) for open connections to finish the requests they
+/// already sent.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<TcpContext>,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let connections = OpenConnections::default();
     let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let metrics = Arc::new(TcpMetrics::register());
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
@@ -40,8 +46,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpContext>, shutdown: Cancel
             Err(_) => connections.spawn(refuse(stream, ctx)),
         };
     }
-    connections.close();
-    connections.wait().await;
+    connections
+        .drain(drain_timeout, "binary-protocol connections")
+        .await;
 }
 
 /// Tells a client over the connection cap why it is being closed.
