@@ -343,6 +343,46 @@ async fn failing_health_checks_take_an_upstream_out_and_passing_ones_bring_it_ba
     );
 }
 
+/// When no upstream is up, the ones out of rotation are tried anyway (as
+/// nginx, which never takes a lone server out, and Envoy's panic mode):
+/// health checks failing everywhere at once (a shared dependency, a wrong
+/// `--health-path`) leave the app servers answering what they can, where
+/// every request used to be a 503 `no_upstream`; one that refuses its
+/// connection is ejected and the request goes to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_upstream_up_the_ones_out_of_rotation_are_still_tried() {
+    let mut upstreams = vec![
+        TestUpstream::start("a").await,
+        TestUpstream::start("b").await,
+    ];
+    let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
+    for upstream in &upstreams {
+        upstream.set_healthy(false);
+    }
+    for upstream in &upstreams {
+        balancer
+            .wait_until_up(&upstream.url(), false, HEALTH_WAIT)
+            .await;
+    }
+    let http = http();
+    let seen = names(&http, &balancer, 10).await;
+    assert_eq!(tally(&seen), HashMap::from([("a", 5), ("b", 5)]));
+    upstreams[0].stop().await;
+    let seen = names(&http, &balancer, 6).await;
+    assert_eq!(tally(&seen), HashMap::from([("b", 6)]));
+    let metrics = send(http.get(format!("{}/metrics", balancer.admin_url()))).await;
+    let picks = metrics
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix("sessiond_balance_panic_picks_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    assert!(
+        picks.is_some_and(|picks| picks >= 16.0),
+        "{picks:?}: {}",
+        metrics.text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_upstream_up_gives_503_with_a_json_error() {
     let mut upstreams = three_upstreams().await;
@@ -363,7 +403,7 @@ async fn no_upstream_up_gives_503_with_a_json_error() {
             answer.json(),
             json!({"error": {
                 "code": "no_upstream",
-                "message": "no healthy upstream: every app server is down",
+                "message": "no upstream accepted the connection",
             }})
         );
     }

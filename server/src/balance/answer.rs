@@ -159,11 +159,12 @@ impl Failure {
     }
 }
 
-/// 503 `no_upstream`: nothing is in rotation.
+/// 503 `no_upstream`: no upstream to try (every one is draining or
+/// removed; down ones are tried when none is up).
 pub fn no_upstream() -> Failure {
     Failure::new(
         FailureKind::NoUpstream,
-        "no healthy upstream: every app server is down",
+        "no upstream to send the request to: every app server is draining or removed",
     )
 }
 

@@ -119,16 +119,27 @@ impl Pool {
     /// slow-starting upstream keeps its turn with a probability equal to
     /// its weight, and otherwise passes it to the next candidate (it gets
     /// it back when every other candidate is full).
+    ///
+    /// When no upstream is up at all, the ones out of rotation (draining
+    /// ones aside) are tried anyway, like nginx and Envoy's panic mode: a
+    /// lone app server ejected for one failed connection, or a health
+    /// check that fails everywhere at once (a wrong `--health-path`, a
+    /// shared dependency), still gets the requests it can answer instead
+    /// of a 503 for every one until the checks bring it back.
     pub fn pick(&self, tried: &[u64]) -> Pick {
         let members = self.members.load();
+        let panic = !members.iter().any(|u| u.is_routable());
         let candidates = || {
-            members
-                .iter()
-                .filter(|u| u.is_routable() && !tried.contains(&u.id))
+            members.iter().filter(move |u| {
+                (u.is_routable() || panic && !u.is_draining()) && !tried.contains(&u.id)
+            })
         };
         let count = candidates().count();
         if count == 0 {
             return Pick::Nothing;
+        }
+        if panic {
+            metrics::counter!("sessiond_balance_panic_picks_total").increment(1);
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         // First pass: slow-starting upstreams keep their turn by chance;
@@ -181,6 +192,20 @@ mod tests {
         assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 3);
         assert_eq!(picks.iter().filter(|&&p| p == 3).count(), 3);
         let tried: Vec<_> = [0, 2].iter().map(|&i| pool.upstreams()[i].id).collect();
+        assert!(matches!(pool.pick(&tried), Pick::Nothing));
+    }
+
+    #[test]
+    fn with_none_up_the_ejected_ones_are_tried_and_draining_ones_are_not() {
+        let pool = pool(3, None);
+        for upstream in pool.upstreams().iter() {
+            upstream.eject("down");
+        }
+        pool.upstreams()[2].set_draining(true);
+        let picks: Vec<_> = (0..4).filter_map(|_| port(pool.pick(&[]))).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 2, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&p| p == 2).count(), 2, "{picks:?}");
+        let tried: Vec<_> = [0, 1].iter().map(|&i| pool.upstreams()[i].id).collect();
         assert!(matches!(pool.pick(&tried), Pick::Nothing));
     }
 
