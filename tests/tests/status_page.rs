@@ -113,8 +113,19 @@ async fn the_status_page_shows_in_a_browser_what_metrics_say() {
         .map(|_| load(&node, stop.clone(), Duration::from_secs(20)))
         .collect();
     let watch = async {
-        // Let the load and the sampler run for a few seconds, then look.
+        // Let the load and the sampler run for a few seconds, and the load
+        // overflow the 2 MiB (a slow machine needs longer), then look.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let overflowing = Instant::now();
+        while scrape(&node.url())
+            .await
+            .value("sessiond_evictions_total", &[])
+            .unwrap_or_default()
+            == 0.0
+            && overflowing.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let during = dump_dom(&page).await;
         stop.store(true, Ordering::Relaxed);
         during
