@@ -450,9 +450,13 @@ impl Store {
         let charge = charge_of(data.len()) + owner_charge(name_len(user.as_ref()));
         if !self.budget.try_reserve(charge) {
             // Room is made only for a create that stores: one sent again
-            // answers what its first attempt made and evicts nobody.
+            // answers what its first attempt made, one its user's cap
+            // refuses is refused, and neither evicts anybody.
             if let Some(existing) = self.peek(&id) {
                 return Ok(existing);
+            }
+            if let Some(refused) = owner.and_then(|owner| self.cap_refuses(owner)) {
+                return Err(refused);
             }
             self.reserve(charge, None)?;
         }
@@ -502,6 +506,23 @@ impl Store {
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
         self.log_event(EventKind::Created, id, session.user.as_ref(), None);
         Ok(Admitted::Stored(session))
+    }
+
+    /// The refusal of one more session by `owner`'s cap under `reject`, if
+    /// the user holds that many live sessions now. A check before room is
+    /// made, without the user's locks: [`Self::admit`] applies the cap.
+    fn cap_refuses(&self, owner: &Owner) -> Option<StoreError> {
+        let max = owner.limit.max_sessions;
+        if max == 0 || owner.limit.when_full != WhenUserFull::Reject {
+            return None;
+        }
+        let live = self
+            .users
+            .ids(&owner.user)
+            .iter()
+            .filter(|id| self.holds(id))
+            .count();
+        (live >= max).then_some(StoreError::TooManySessions { max })
     }
 
     /// Makes room for one more session of `owner`'s user among `owned`

@@ -944,6 +944,42 @@ fn a_rebind_refused_for_room_changes_nothing() {
     assert_eq!(store.stats().bytes_used, 0);
 }
 
+/// A login its user's cap refuses (`reject`) on a full evicting store is
+/// refused before room is made: nobody is evicted for it.
+#[test]
+fn a_login_the_user_cap_refuses_on_a_full_evicting_store_evicts_nobody() {
+    let (store, clock) = bounded(4, 2, WhenFull::EvictLru);
+    let bob = owner("bob", 1, WhenUserFull::Reject);
+    let filled: Vec<SessionId> = (0..4)
+        .map(|_| {
+            clock.advance(Duration::from_millis(1));
+            created(&store, "{}", 60 * SECOND)
+        })
+        .collect();
+    clock.advance(Duration::from_millis(1));
+    let first = login(&store, &bob, 60 * SECOND).expect("bob's first login");
+    let before = store.stats();
+    let others: Vec<&SessionId> = filled.iter().filter(|id| store.holds(id)).collect();
+    assert!(
+        before.bytes_used + charge_of(2) > 4 * charge_of(2),
+        "the store has no room for another session"
+    );
+    let refused = login(&store, &bob, 60 * SECOND);
+    assert!(
+        matches!(refused, Err(StoreError::TooManySessions { max: 1 })),
+        "{refused:?}"
+    );
+    let after = store.stats();
+    assert_eq!(
+        (after.sessions, after.evictions),
+        (before.sessions, before.evictions)
+    );
+    for id in others.into_iter().chain([&first.id]) {
+        assert!(store.holds(id), "{id} was evicted");
+    }
+    assert_eq!(after.bytes_used, before.bytes_used);
+}
+
 /// A login by rotation on a full store that evicts makes room for the
 /// user's index entry like any write: the least recently used session goes,
 /// never the one logging in.
