@@ -722,3 +722,33 @@ in_memory_and_with_redis!(
     a_repeated_login_evicts_no_other_session_with_redis,
     a_repeated_login_evicts_no_other_session
 );
+
+/// A login prunes the dead among its user's oldest index entries (past the
+/// index's 10 s grace), by reading only whose each session is: the three
+/// expired sessions' entries go, the live one's stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_prunes_the_users_dead_index_entries_and_keeps_the_live_ones() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let live = logged_in(&http, &node, "pruned", 600).await;
+    for _ in 0..3 {
+        logged_in(&http, &node, "pruned", 1).await;
+    }
+    let index = "sessiond:user:pruned";
+    let entries = |admin: &mut redis::aio::MultiplexedConnection| {
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(index).arg(0).arg(-1);
+        let admin = admin.clone();
+        async move {
+            let mut admin = admin;
+            redis_query::<Vec<String>>(&mut admin, &mut range).await
+        }
+    };
+    assert_eq!(entries(&mut admin).await.len(), 4);
+    tokio::time::sleep(Duration::from_millis(11_500)).await;
+    let latest = logged_in(&http, &node, "pruned", 600).await;
+    let left: BTreeSet<String> = entries(&mut admin).await.into_iter().collect();
+    assert_eq!(left, BTreeSet::from([live, latest]));
+}

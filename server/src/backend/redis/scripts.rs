@@ -770,6 +770,10 @@ fn user_name(text: &str) -> Option<UserName> {
         .flatten()
 }
 
+/// The session hash's field that names its user (`""` for none): `p`, as
+/// the scripts write it (`u` is the time it was last updated).
+pub const USER_FIELD: &str = "p";
+
 /// The arguments that store a whole session: v, d, c, u, t, expires_at,
 /// w, h, `cacher` (the node recorded as holding a copy), p and f.
 pub fn session_args<'a>(

@@ -18,9 +18,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::{StreamExt, TryStreamExt, stream};
 use sessiond_proto::{SessionId, UserName};
 
 use super::error::{ReplicationError, write_error};
+use super::scripts::USER_FIELD;
 use super::shared::{Gone, Redis};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::{Owner, Session, WhenUserFull};
@@ -37,6 +39,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 const GRACE_MS: u64 = 10_000;
 /// Oldest index entries checked (and pruned if dead) each time one is added.
 const PRUNE_ON_ADD: isize = 4;
+/// Sessions of a listing read from Redis at once.
+const READS_IN_FLIGHT: usize = 32;
 
 /// Releases a lock only if it is still ours.
 const UNLOCK: &str = r"
@@ -141,22 +145,34 @@ impl Redis {
         user: &UserName,
         id: &SessionId,
     ) -> Result<(), BackendError> {
-        let mut conn = self.link.conn()?;
-        let added = redis::cmd("ZADD")
-            .arg(self.index_key(user))
+        // Sent together (the same key, so the same Redis node, in order).
+        let (mut adding, mut reading) = (self.link.conn()?, self.link.conn()?);
+        let mut add = redis::cmd("ZADD");
+        add.arg(self.index_key(user))
             .arg(self.now())
-            .arg(id.to_string())
-            .query_async::<i64>(&mut conn)
-            .await;
-        self.link.observe(added).map_err(write_error)?;
-        let oldest = redis::cmd("ZRANGE")
+            .arg(id.to_string());
+        let mut oldest = redis::cmd("ZRANGE");
+        oldest
             .arg(self.index_key(user))
             .arg(0)
             .arg(PRUNE_ON_ADD - 1)
-            .arg("WITHSCORES")
-            .query_async::<Vec<(String, u64)>>(&mut conn)
-            .await;
-        self.verified(user, self.link.observe(oldest)?).await?;
+            .arg("WITHSCORES");
+        let (added, oldest) = futures_util::join!(
+            add.query_async::<i64>(&mut adding),
+            oldest.query_async::<Vec<(String, u64)>>(&mut reading)
+        );
+        self.link.observe(added).map_err(write_error)?;
+        let oldest = self.link.observe(oldest)?;
+        // Only whose each one is: its data is not needed to prune it.
+        let owners: Vec<Option<String>> = stream::iter(entry_ids(&oldest))
+            .map(|id| self.owner_of(id))
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let owned = owners
+            .iter()
+            .map(|owner| owner.as_deref() == Some(user.as_str()));
+        self.prune(user, &oldest, owned).await?;
         Ok(())
     }
 
@@ -185,31 +201,82 @@ impl Redis {
         user: &UserName,
         entries: Vec<(String, u64)>,
     ) -> Result<Vec<Session>, ReplicationError> {
-        let now = self.now();
-        let mut live = Vec::with_capacity(entries.len());
-        let mut dead = Vec::new();
-        for (text, added) in entries {
-            let Ok(id) = text.parse::<SessionId>() else {
-                dead.push(text);
-                continue;
-            };
-            match self.read_redis(&id, false).await? {
-                Some(session) if session.user.as_ref() == Some(user) => live.push(session),
-                _ if added + GRACE_MS < now => dead.push(text),
-                _ => {}
-            }
-        }
-        if !dead.is_empty() {
-            let mut conn = self.link.conn()?;
-            let pruned = redis::cmd("ZREM")
-                .arg(self.index_key(user))
-                .arg(&dead)
-                .query_async::<i64>(&mut conn)
-                .await;
-            self.link.observe(pruned)?;
-        }
+        // The reads go out together on the multiplexed connection: one
+        // round trip for a few sessions, not one each.
+        let read: Vec<Option<Session>> = stream::iter(entry_ids(&entries))
+            .map(|id| self.read_entry(id))
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let owned: Vec<bool> = read
+            .iter()
+            .map(|session| {
+                session
+                    .as_ref()
+                    .is_some_and(|s| s.user.as_ref() == Some(user))
+            })
+            .collect();
+        self.prune(user, &entries, owned.iter().copied()).await?;
+        let mut live: Vec<Session> = read
+            .into_iter()
+            .zip(owned)
+            .filter_map(|(session, owned)| session.filter(|_| owned))
+            .collect();
         live.sort_by_key(|session| (session.created_at_ms, session.id));
         Ok(live)
+    }
+
+    /// Removes from `user`'s index the `entries` (id, time added) past the
+    /// grace that are no session of the user (`owned`, in their order:
+    /// whether each one is).
+    async fn prune(
+        &self,
+        user: &UserName,
+        entries: &[(String, u64)],
+        owned: impl Iterator<Item = bool>,
+    ) -> Result<(), ReplicationError> {
+        let now = self.now();
+        let dead: Vec<&str> = entries
+            .iter()
+            .zip(owned)
+            .filter(|((_, added), owned)| !owned && added + GRACE_MS < now)
+            .map(|((text, _), _)| text.as_str())
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.link.conn()?;
+        let pruned = redis::cmd("ZREM")
+            .arg(self.index_key(user))
+            .arg(&dead)
+            .query_async::<i64>(&mut conn)
+            .await;
+        self.link.observe(pruned)?;
+        Ok(())
+    }
+
+    /// The session of an index entry's id (`None` for an entry that is no
+    /// id).
+    async fn read_entry(&self, id: Option<SessionId>) -> Result<Option<Session>, ReplicationError> {
+        match id {
+            Some(id) => self.read_redis(&id, false).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The user an index entry's session belongs to (`""` for none), if it
+    /// is in Redis.
+    async fn owner_of(&self, id: Option<SessionId>) -> Result<Option<String>, ReplicationError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let mut conn = self.link.conn()?;
+        let owner = redis::cmd("HGET")
+            .arg(self.key(&id))
+            .arg(USER_FIELD)
+            .query_async::<Option<String>>(&mut conn)
+            .await;
+        self.link.observe(owner)
     }
 
     /// The live sessions of `user`, oldest first.
@@ -298,4 +365,9 @@ impl Redis {
         }
         Ok(revoked)
     }
+}
+
+/// The session ids of index `entries` (`None` for an entry that is no id).
+fn entry_ids(entries: &[(String, u64)]) -> Vec<Option<SessionId>> {
+    entries.iter().map(|(text, _)| text.parse().ok()).collect()
 }
