@@ -152,12 +152,13 @@ pub enum BackendError {
     /// tell.
     #[error(transparent)]
     Indeterminate(#[from] Indeterminate),
-    /// The id a tagged rotation was to move the session to holds another
-    /// session: its write tag (an HTTP `Idempotency-Key`) is one another
-    /// write used. A client's mistake; nothing was changed.
+    /// The write's tag (an HTTP `Idempotency-Key`) is one another write
+    /// used: a create's with a rotation or the other way round, or a
+    /// rotation's whose new id holds another session. A client's mistake;
+    /// nothing was changed.
     #[error(
-        "this write's Idempotency-Key was sent with another write, whose session holds the \
-         id this one was to use; nothing was changed (send each write with a key of its own)"
+        "this write's Idempotency-Key was sent with another write (a create and a rotation \
+         cannot share one); nothing was changed (send each write with a key of its own)"
     )]
     KeyReused,
 }

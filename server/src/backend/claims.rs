@@ -1,9 +1,10 @@
 //! Which fresh id a tagged create or rotate got on this node (memory-only
 //! mode), so that the same write sent again completes or replays that one
-//! instead of making a second session, and whether a create made its
-//! session (so that a repeat after the session ended does not bring it
-//! back). With Redis, the claim lives in Redis
-//! instead (see `replication`), where every node sees it.
+//! instead of making a second session, whether a create made its session
+//! (so that a repeat after the session ended does not bring it back), and
+//! which kind of write claimed it (a write of the other kind with the same
+//! tag is a reused key, never a repeat). With Redis, the claim lives in
+//! Redis instead (see `replication`), where every node sees it.
 //!
 //! Claims are kept in two generations of plain maps per shard: new claims
 //! go to the current one, and when a claim arrives after it is
@@ -23,6 +24,8 @@ use parking_lot::Mutex;
 use sessiond_proto::SessionId;
 use sessiond_proto::wire::RESEND_WINDOW;
 
+use super::api::BackendError;
+
 /// How long a claim is remembered at least: twice as long as a client may
 /// re-send a write whose answer was lost.
 pub const CLAIM_TTL: Duration = Duration::from_secs(2 * RESEND_WINDOW.as_secs());
@@ -38,12 +41,29 @@ pub struct Claims {
     shards: Arc<[Mutex<Generations>]>,
 }
 
-/// One shard's claims: the id and whether the write made its session.
+/// One shard's claims.
 #[derive(Debug)]
 struct Generations {
-    current: HashMap<u64, (SessionId, bool)>,
-    previous: HashMap<u64, (SessionId, bool)>,
+    current: HashMap<u64, Claimed>,
+    previous: HashMap<u64, Claimed>,
     current_since: Instant,
+}
+
+/// One claim: the id, the kind of write, and whether it made its session.
+#[derive(Debug, Clone, Copy)]
+struct Claimed {
+    id: SessionId,
+    by: ClaimedBy,
+    made: bool,
+}
+
+/// The kind of write that claims an id for its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimedBy {
+    /// A create: the id of the session it makes.
+    Create,
+    /// A rotation: the id it moves the session to.
+    Rotation,
 }
 
 /// What [`Claims::claim`] found.
@@ -58,13 +78,16 @@ pub enum Claim {
         /// An attempt made the session (see [`Claims::made`]).
         made: bool,
     },
+    /// A write of the other kind claimed the tag: its key was reused.
+    Reused,
 }
 
 impl Claim {
-    /// The id the write is to use.
-    pub fn id(self) -> SessionId {
+    /// The id the write is to use; a reused key is refused.
+    pub fn id(self) -> Result<SessionId, BackendError> {
         match self {
-            Self::Fresh(id) | Self::Earlier { id, .. } => id,
+            Self::Fresh(id) | Self::Earlier { id, .. } => Ok(id),
+            Self::Reused => Err(BackendError::KeyReused),
         }
     }
 }
@@ -87,12 +110,18 @@ impl Default for Claims {
 }
 
 impl Claims {
-    /// The id the write `tag` is to use: `fresh`, unless an attempt of the
-    /// same write claimed one before.
-    pub fn claim(&self, tag: u64, fresh: SessionId) -> Claim {
+    /// The id the write `tag` (a write of the kind `by`) is to use:
+    /// `fresh`, unless an attempt of the same write claimed one before.
+    pub fn claim(&self, tag: u64, fresh: SessionId, by: ClaimedBy) -> Claim {
         let mut shard = self.shards[tag as usize % SHARDS].lock();
-        if let Some(&(id, made)) = shard.current.get(&tag).or_else(|| shard.previous.get(&tag)) {
-            return Claim::Earlier { id, made };
+        if let Some(earlier) = shard.current.get(&tag).or_else(|| shard.previous.get(&tag)) {
+            if earlier.by != by {
+                return Claim::Reused;
+            }
+            return Claim::Earlier {
+                id: earlier.id,
+                made: earlier.made,
+            };
         }
         let now = Instant::now();
         if now.duration_since(shard.current_since) >= CLAIM_TTL
@@ -101,7 +130,14 @@ impl Claims {
             shard.previous = std::mem::take(&mut shard.current);
             shard.current_since = now;
         }
-        shard.current.insert(tag, (fresh, false));
+        shard.current.insert(
+            tag,
+            Claimed {
+                id: fresh,
+                by,
+                made: false,
+            },
+        );
         Claim::Fresh(fresh)
     }
 
@@ -111,8 +147,8 @@ impl Claims {
         let Generations {
             current, previous, ..
         } = &mut *shard;
-        if let Some((_, made)) = current.get_mut(&tag).or_else(|| previous.get_mut(&tag)) {
-            *made = true;
+        if let Some(claimed) = current.get_mut(&tag).or_else(|| previous.get_mut(&tag)) {
+            claimed.made = true;
         }
     }
 }
@@ -121,15 +157,34 @@ impl Claims {
 mod tests {
     use super::*;
 
+    const CREATE: ClaimedBy = ClaimedBy::Create;
+
     #[test]
     fn a_tag_keeps_the_first_id_it_claimed() {
         let claims = Claims::default();
         let (a, b) = (SessionId::random(), SessionId::random());
-        assert_eq!(claims.claim(7, a), Claim::Fresh(a));
-        assert_eq!(claims.claim(7, b), Claim::Earlier { id: a, made: false });
-        assert_eq!(claims.claim(8, b), Claim::Fresh(b));
+        assert_eq!(claims.claim(7, a, CREATE), Claim::Fresh(a));
+        assert_eq!(
+            claims.claim(7, b, CREATE),
+            Claim::Earlier { id: a, made: false }
+        );
+        assert_eq!(claims.claim(8, b, CREATE), Claim::Fresh(b));
         claims.made(7);
-        assert_eq!(claims.claim(7, b), Claim::Earlier { id: a, made: true });
+        assert_eq!(
+            claims.claim(7, b, CREATE),
+            Claim::Earlier { id: a, made: true }
+        );
+    }
+
+    #[test]
+    fn a_tag_claimed_by_one_kind_of_write_is_reused_by_the_other() {
+        let claims = Claims::default();
+        let (a, b) = (SessionId::random(), SessionId::random());
+        assert_eq!(claims.claim(7, a, CREATE), Claim::Fresh(a));
+        assert_eq!(claims.claim(7, b, ClaimedBy::Rotation), Claim::Reused);
+        assert_eq!(claims.claim(8, b, ClaimedBy::Rotation), Claim::Fresh(b));
+        assert_eq!(claims.claim(8, a, CREATE), Claim::Reused);
+        assert!(matches!(Claim::Reused.id(), Err(BackendError::KeyReused)));
     }
 
     #[test]
@@ -139,19 +194,25 @@ mod tests {
         let per_generation = (MAX_CLAIMS / SHARDS) as u64;
         // Tags of shard 0 only: 0, 16, 32, ...
         let tag = |n: u64| n * SHARDS as u64;
-        assert_eq!(claims.claim(tag(0), first).id(), first);
+        assert_eq!(claims.claim(tag(0), first, CREATE), Claim::Fresh(first));
         for n in 1..per_generation {
-            claims.claim(tag(n), SessionId::random());
+            claims.claim(tag(n), SessionId::random(), CREATE);
         }
         // The first generation is full: the next claim starts a new one,
         // and the first claim is still known from the previous one.
-        claims.claim(tag(per_generation), SessionId::random());
-        assert_eq!(claims.claim(tag(0), SessionId::random()).id(), first);
+        claims.claim(tag(per_generation), SessionId::random(), CREATE);
+        assert_eq!(
+            claims.claim(tag(0), SessionId::random(), CREATE),
+            Claim::Earlier {
+                id: first,
+                made: false
+            }
+        );
         for n in per_generation + 1..2 * per_generation + 1 {
-            claims.claim(tag(n), SessionId::random());
+            claims.claim(tag(n), SessionId::random(), CREATE);
         }
         // Two generations on, it is gone: the tag claims a fresh id.
         let fresh = SessionId::random();
-        assert_eq!(claims.claim(tag(0), fresh), Claim::Fresh(fresh));
+        assert_eq!(claims.claim(tag(0), fresh, CREATE), Claim::Fresh(fresh));
     }
 }

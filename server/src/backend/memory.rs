@@ -8,7 +8,7 @@ use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventPage, SessionId, UserName};
 
 use super::api::{Backend, BackendError, EventsError, Failed};
-use super::claims::{Claim, Claims};
+use super::claims::{Claim, ClaimedBy, Claims};
 use crate::store::{Owner, Position, ReadError, Session, Store, StoreError, StoreStats};
 
 /// The memory-only backend: the store, and the claims that let a tagged
@@ -28,10 +28,12 @@ impl MemoryBackend {
         }
     }
 
-    /// The id a tagged write is to use: `fresh`, or the one an attempt of
-    /// the same write claimed first.
-    fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> SessionId {
-        tag.map_or(fresh, |tag| self.claims.claim(tag, fresh).id())
+    /// The id a tagged rotation is to use: `fresh`, or the one an attempt
+    /// of the same rotation claimed first.
+    fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> Result<SessionId, BackendError> {
+        tag.map_or(Ok(fresh), |tag| {
+            self.claims.claim(tag, fresh, ClaimedBy::Rotation).id()
+        })
     }
 }
 
@@ -51,11 +53,11 @@ impl Backend for MemoryBackend {
         let Some(tag) = tag else {
             return Ok(self.store.create(id, data, ttl_ms, None, owner.as_ref())?);
         };
-        let id = match self.claims.claim(tag, id) {
+        let id = match self.claims.claim(tag, id, ClaimedBy::Create) {
             // An earlier attempt made it: its session, if it still lives
             // (a repeat never brings back a session that ended since).
             Claim::Earlier { id, made: true } => return Ok(self.store.get(&id)?),
-            claim => claim.id(),
+            claim => claim.id()?,
         };
         let session = self
             .store
@@ -112,7 +114,7 @@ impl Backend for MemoryBackend {
         tag: Option<u64>,
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        let moved_to = self.claimed(tag, new_id);
+        let moved_to = self.claimed(tag, new_id)?;
         match self.store.rotate(id, moved_to, rebind.as_ref()) {
             // Another attempt of this rotation may have moved it already
             // (the new id is claimed by this write alone).

@@ -17,7 +17,7 @@ use super::queued::QueuedIds;
 use super::refresher::{ExpiryRefresher, Held};
 use super::scripts::{Deleted, Scripts, StoredSession, hex, key, node_ids, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
-use crate::backend::claims::CLAIM_TTL;
+use crate::backend::claims::{CLAIM_TTL, ClaimedBy};
 use crate::store::{EventLogConfig, Session, Store};
 
 /// How many times an optimistic read-modify-write against Redis retries
@@ -68,6 +68,14 @@ pub struct RedisConfig {
 /// so the same write sent to any node completes or replays that one.
 fn claim_key(prefix: &str, tag: u64) -> String {
     format!("{prefix}op:{tag:x}")
+}
+
+/// The letter that marks a claim in Redis as a create's or a rotation's.
+fn claim_letter(by: ClaimedBy) -> &'static str {
+    match by {
+        ClaimedBy::Create => "c",
+        ClaimedBy::Rotation => "r",
+    }
 }
 
 /// Why a session's key is deleted, as its event says.
@@ -410,32 +418,40 @@ impl Redis {
         Ok(session)
     }
 
-    /// The id the tagged create or rotation `tag` is to use: `fresh`, or
-    /// the one another attempt of the same write claimed first.
+    /// The id the tagged create or rotation `tag` (a write of the kind
+    /// `by`) is to use: `fresh`, or the one another attempt of the same
+    /// write claimed first. A write of the other kind that claimed the tag
+    /// reused its key: refused. (The claim is `c:<id>` or `r:<id>`; a bare
+    /// id, claimed by a node from before the kinds, is taken as a repeat.)
     pub(super) async fn claim(
         &self,
         tag: u64,
         fresh: SessionId,
+        by: ClaimedBy,
     ) -> Result<SessionId, BackendError> {
         let mut conn = self.link.conn()?;
         let claimed = redis::cmd("SET")
             .arg(claim_key(&self.config.prefix, tag))
-            .arg(fresh.to_string())
+            .arg(format!("{}:{fresh}", claim_letter(by)))
             .arg("NX")
             .arg("GET")
             .arg("PX")
             .arg(CLAIM_TTL.as_millis() as u64)
             .query_async::<Option<String>>(&mut conn)
             .await;
-        match self.link.observe(claimed).map_err(write_error)? {
-            None => Ok(fresh),
-            Some(text) => text.parse().map_err(|_| {
-                Unavailable::RedisDown {
-                    reason: format!("the claim of write {tag:x} holds no session id"),
-                }
-                .into()
-            }),
+        let Some(text) = self.link.observe(claimed).map_err(write_error)? else {
+            return Ok(fresh);
+        };
+        let (letter, id) = text.split_once(':').unwrap_or(("", &text));
+        if !letter.is_empty() && letter != claim_letter(by) {
+            return Err(BackendError::KeyReused);
         }
+        id.parse().map_err(|_| {
+            Unavailable::RedisDown {
+                reason: format!("the claim of write {tag:x} holds no session id"),
+            }
+            .into()
+        })
     }
 
     /// Whether this node's memory copy may be served: in cached mode while

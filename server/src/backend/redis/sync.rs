@@ -14,6 +14,7 @@ use super::event_log::count_logged;
 use super::scripts::{WriteOutcome, hex, rotated_to, session_args, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
+use crate::backend::claims::ClaimedBy;
 use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
 
 /// The write-through, read-through Redis backend.
@@ -313,7 +314,7 @@ impl Backend for SyncBackend {
         let id = redis.usable_id(id);
         let fresh = id;
         let id = match tag {
-            Some(tag) => redis.claim(tag, id).await?,
+            Some(tag) => redis.claim(tag, id, ClaimedBy::Create).await?,
             None => id,
         };
         let user = owner.as_ref().map(|owner| owner.user.clone());
@@ -484,7 +485,7 @@ impl Backend for SyncBackend {
         let redis = &self.redis;
         let new_id = redis.usable_id(new_id);
         let new_id = match tag {
-            Some(tag) => redis.claim(tag, new_id).await?,
+            Some(tag) => redis.claim(tag, new_id, ClaimedBy::Rotation).await?,
             None => new_id,
         };
         let user = match &rebind {

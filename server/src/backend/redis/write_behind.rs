@@ -22,7 +22,7 @@ use super::queued::Latest;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
-use crate::backend::claims::Claims;
+use crate::backend::claims::{ClaimedBy, Claims};
 use crate::store::{Owner, Session, StoreStats};
 
 /// How long a step that goes to Redis directly waits for this node's
@@ -120,16 +120,18 @@ impl WriteBehindBackend {
     /// create claimed first, on any node (claimed in Redis, as in sync
     /// mode), or while Redis cannot answer on this node (a resend to
     /// another node may then make a second session: availability first).
-    async fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> SessionId {
+    /// A tag a rotation claimed is a reused key: refused.
+    async fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> Result<SessionId, BackendError> {
         let Some(tag) = tag else {
-            return fresh;
+            return Ok(fresh);
         };
-        match self.redis.claim(tag, fresh).await {
-            Ok(id) => id,
+        match self.redis.claim(tag, fresh, ClaimedBy::Create).await {
+            Err(BackendError::KeyReused) => Err(BackendError::KeyReused),
             Err(err) => {
                 tracing::debug!(%err, "claiming a create's id in Redis failed; claimed here");
-                self.claims.claim(tag, fresh).id()
+                self.claims.claim(tag, fresh, ClaimedBy::Create).id()
             }
+            claimed => claimed,
         }
     }
 
@@ -241,7 +243,7 @@ impl Backend for WriteBehindBackend {
         }
         let slot = self.queue.reserve()?;
         let fresh = self.redis.usable_id(id);
-        let id = self.claimed(tag, fresh).await;
+        let id = self.claimed(tag, fresh).await?;
         if id != fresh
             && let Some(answer) = self.repeated_create(&id).await
         {
