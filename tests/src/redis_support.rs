@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::{Sessiond, build, builder_for};
+use crate::{RedisServer, Sessiond, build, builder_for};
 use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -385,4 +385,42 @@ pub async fn write_sessions(http: &reqwest::Client, node: &Sessiond, count: u64)
         expected.insert(session.id, (version, data));
     }
     expected
+}
+
+/// Sends SIGTERM to `node` and, `after` that, starts `redis` again (it was
+/// killed); returns the node's exit code (`None`: SIGKILLed after 15 s)
+/// and its log once it has exited.
+pub async fn terminate_then_bring_redis_back(
+    mut node: Sessiond,
+    redis: &mut RedisServer,
+    after: Duration,
+) -> (Option<i32>, String) {
+    let terminated = tokio::task::spawn_blocking(move || {
+        let code = node.terminate();
+        (code, node.log())
+    });
+    tokio::time::sleep(after).await;
+    tokio::task::block_in_place(|| redis.restart());
+    tokio::time::timeout(Duration::from_secs(30), terminated)
+        .await
+        .expect("terminate() did not return")
+        .expect("the terminating thread panicked")
+}
+
+/// Asserts that a new node on `redis_url` reads every session of
+/// `expected` as it was written (`log`: the writing node's, for the
+/// message).
+pub async fn assert_all_in_redis(
+    http: &reqwest::Client,
+    redis_url: &str,
+    expected: &Expected,
+    log: &str,
+) {
+    let fresh = node_on(http, redis_url, &[]).await;
+    for (id, (version, data)) in expected {
+        let reply = get(http, &fresh, id).await;
+        assert_eq!(reply.status, 200, "{id} lost; node log:\n{log}");
+        let session = reply.session();
+        assert_eq!((session.version, &session.data), (*version, data), "{id}");
+    }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use sessiond_e2e::raw::{frame, read_message};
 use sessiond_e2e::raw_http::send;
-use sessiond_e2e::redis_support::{get, http, node_on, wait_ready, write_sessions};
+use sessiond_e2e::redis_support::{
+    assert_all_in_redis, http, node_on, terminate_then_bring_redis_back, wait_ready, write_sessions,
+};
 use sessiond_e2e::{RedisServer, Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
 use sessiond_proto::wire::{
@@ -908,7 +910,7 @@ async fn clients_that_hold_their_connections_hold_the_shutdown_only_for_the_drai
         "--http-body-timeout",
         "60s",
     ];
-    let mut node = Sessiond::start_with_env(
+    let node = Sessiond::start_with_env(
         "127.0.0.1:0",
         "127.0.0.1:0",
         &args,
@@ -932,16 +934,8 @@ async fn clients_that_hold_their_connections_hold_the_shutdown_only_for_the_drai
     tokio::task::block_in_place(|| redis.kill());
     let expected = write_sessions(&http, &node, 10).await;
 
-    let terminated = tokio::task::spawn_blocking(move || {
-        let code = node.terminate();
-        (code, node.log())
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    tokio::task::block_in_place(|| redis.restart());
-    let (code, log) = tokio::time::timeout(Duration::from_secs(30), terminated)
-        .await
-        .expect("terminate() did not return")
-        .expect("the terminating thread panicked");
+    let (code, log) =
+        terminate_then_bring_redis_back(node, &mut redis, Duration::from_secs(2)).await;
     stuck.abort();
     drop(stalled);
     assert_eq!(code, Some(0), "not a clean exit; log:\n{log}");
@@ -951,11 +945,5 @@ async fn clients_that_hold_their_connections_hold_the_shutdown_only_for_the_drai
             "{what} were not cut by the drain timeout; log:\n{log}"
         );
     }
-    let fresh = node_on(&http, &redis.url(), &[]).await;
-    for (id, (version, data)) in &expected {
-        let reply = get(&http, &fresh, id).await;
-        assert_eq!(reply.status, 200, "{id} lost; node log:\n{log}");
-        let session = reply.session();
-        assert_eq!((session.version, &session.data), (*version, data), "{id}");
-    }
+    assert_all_in_redis(&http, &redis.url(), &expected, &log).await;
 }

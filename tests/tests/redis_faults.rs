@@ -632,30 +632,15 @@ async fn async_mode_full_queue_refuses_writes_with_503() {
 async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
     let mut redis = RedisServer::start_with_aof();
     let http = http();
-    let mut node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
     let mut expected = write_sessions(&http, &node, 10).await;
     tokio::task::block_in_place(|| redis.kill());
     expected.extend(write_sessions(&http, &node, 30).await);
 
-    let terminated = tokio::task::spawn_blocking(move || {
-        let code = node.terminate();
-        (code, node.log())
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::block_in_place(|| redis.restart());
-    let (code, log) = tokio::time::timeout(Duration::from_secs(30), terminated)
-        .await
-        .expect("terminate() did not return")
-        .expect("the terminating thread panicked");
+    let (code, log) =
+        terminate_then_bring_redis_back(node, &mut redis, Duration::from_secs(1)).await;
     assert_eq!(code, Some(0), "unclean exit; log:\n{}", log);
-
-    let fresh = node_on(&http, &redis.url(), &[]).await;
-    for (id, (version, data)) in &expected {
-        let reply = get(&http, &fresh, id).await;
-        assert_eq!(reply.status, 200, "{id} lost; node log:\n{}", log);
-        let session = reply.session();
-        assert_eq!((session.version, &session.data), (*version, data), "{id}");
-    }
+    assert_all_in_redis(&http, &redis.url(), &expected, &log).await;
 }
 
 /// Sets Redis's `maxmemory` (0: no limit); 1 byte makes it full at once.
