@@ -138,9 +138,6 @@ impl Pool {
         if count == 0 {
             return Pick::Nothing;
         }
-        if panic {
-            metrics::counter!("sessiond_balance_panic_picks_total").increment(1);
-        }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         // First pass: slow-starting upstreams keep their turn by chance;
         // second pass (all passed or full): any upstream with room.
@@ -156,6 +153,9 @@ impl Pool {
                     }
                 }
                 if let Some(slot) = upstream.try_start(self.max_conns) {
+                    if panic {
+                        metrics::counter!("sessiond_balance_panic_picks_total").increment(1);
+                    }
                     return Pick::Chosen(slot);
                 }
             }
