@@ -96,8 +96,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
 
 /// Serves the API on `listener` within `limits` until `shutdown` fires,
 /// then lets in-flight requests finish (for at most `drain_timeout`).
-/// Meanwhile the node's metrics are
-/// sampled once a second for its status page.
+/// Meanwhile the node's metrics are sampled once a second for its status
+/// page.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
