@@ -369,16 +369,22 @@ fn full_store_evicts_least_recently_used_sessions() {
     assert_eq!(stats.evictions, 10);
     assert_eq!(stats.sessions, 100);
     assert!(stats.bytes_used <= stats.bytes_limit.unwrap());
-    let old_alive = old.iter().filter(|id| store.peek(id).is_some()).count();
-    assert_eq!(
-        old_alive, 40,
-        "the evicted sessions are the least recently used"
-    );
+    // Sampled LRU (16 random sessions per eviction, as Redis samples):
+    // an eviction misses every old session (41 to 50 of the 100 held)
+    // with a chance of at most (59/100)^16, about 1 in 5,000, so one miss
+    // in ten evictions happens about once in 1,000 runs (it did, in a
+    // clean CI run), two about once in a million. Evicting at random
+    // would take about 4.5 old sessions of 10.
+    let evicted_old = old.iter().filter(|id| store.peek(id).is_none()).count();
+    let evicted_newer = recent
+        .iter()
+        .chain(&newest)
+        .filter(|id| store.peek(id).is_none())
+        .count();
+    assert_eq!(evicted_old + evicted_newer, 10);
     assert!(
-        recent
-            .iter()
-            .chain(&newest)
-            .all(|id| store.peek(id).is_some())
+        evicted_old >= 9,
+        "the evicted sessions are the least recently used: {evicted_old} of 10 were"
     );
 }
 
