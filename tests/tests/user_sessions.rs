@@ -736,19 +736,17 @@ async fn a_login_prunes_the_users_dead_index_entries_and_keeps_the_live_ones() {
     for _ in 0..3 {
         logged_in(&http, &node, "pruned", 1).await;
     }
-    let index = "sessiond:user:pruned";
-    let entries = |admin: &mut redis::aio::MultiplexedConnection| {
-        let mut range = redis::cmd("ZRANGE");
-        range.arg(index).arg(0).arg(-1);
-        let admin = admin.clone();
-        async move {
-            let mut admin = admin;
-            redis_query::<Vec<String>>(&mut admin, &mut range).await
-        }
+    let index = || {
+        redis::cmd("ZRANGE")
+            .arg("sessiond:user:pruned")
+            .arg(0)
+            .arg(-1)
+            .clone()
     };
-    assert_eq!(entries(&mut admin).await.len(), 4);
+    let entries: Vec<String> = redis_query(&mut admin, &mut index()).await;
+    assert_eq!(entries.len(), 4);
     tokio::time::sleep(Duration::from_millis(11_500)).await;
     let latest = logged_in(&http, &node, "pruned", 600).await;
-    let left: BTreeSet<String> = entries(&mut admin).await.into_iter().collect();
+    let left: BTreeSet<String> = redis_query(&mut admin, &mut index()).await;
     assert_eq!(left, BTreeSet::from([live, latest]));
 }
