@@ -781,6 +781,34 @@ async fn sliding_expiry_reaches_redis() {
     assert_eq!(read.version(), 1);
 }
 
+/// A read's slide of the expiry that is still within the drift allowance
+/// (an eighth of the TTL, at most a minute: not pushed yet) reaches Redis
+/// when the node stops gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_pushes_the_expiries_reads_slid() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut node = node_on(&http, &redis.url(), &[]).await;
+    let session = create(&http, &node, &json!({ "n": 1 }), Some(3_600))
+        .await
+        .session();
+    let mut conn = redis_conn(&redis.url()).await;
+    let key = format!("sessiond:{}", session.id);
+    let created_expiry: i64 = redis_query(&mut conn, redis::cmd("PEXPIRETIME").arg(&key)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let read = get(&http, &node, &session.id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    let slid = rfc3339_ms(&read.session().expires_at) as i64;
+    assert!(slid >= created_expiry + 1_400, "{slid} vs {created_expiry}");
+    let held: i64 = redis_query(&mut conn, redis::cmd("PEXPIRETIME").arg(&key)).await;
+    assert_eq!(held, created_expiry, "pushed before the drift allowance");
+
+    let code = tokio::task::block_in_place(|| node.terminate());
+    assert_eq!(code, Some(0), "{}", node.log());
+    let held: i64 = redis_query(&mut conn, redis::cmd("PEXPIRETIME").arg(&key)).await;
+    assert_eq!(held, slid, "the slid expiry in Redis after the shutdown");
+}
+
 /// Counts, over `rounds`, how often a node keeps serving an older state of
 /// a session after it acknowledged a newer one itself: each round node B
 /// writes the session (so node A's copy is invalidated), then node A gets a

@@ -36,7 +36,8 @@ impl AnyBackend {
 
     /// Sessions in Redis as `config` says, with `store` as this node's
     /// memory; its background tasks run on `tasks` until `shutdown` (the
-    /// write-behind queue is flushed once `drained` fires). Also returns
+    /// write-behind queue and the slid expiries are flushed once `drained`
+    /// fires). Also returns
     /// the link and the invalidation subscription, for readiness and the
     /// status page.
     pub fn redis(
@@ -48,7 +49,7 @@ impl AnyBackend {
         drained: &CancellationToken,
     ) -> Result<(Self, Arc<RedisLink>, Arc<Invalidations>), ReplicationError> {
         let (mode, capacity) = (config.mode, config.queue_capacity);
-        let redis = Redis::connect(config, store, max_lifetime_ms, tasks, shutdown)?;
+        let redis = Redis::connect(config, store, max_lifetime_ms, tasks, shutdown, drained)?;
         let link = redis.link().clone();
         let invalidations = redis.invalidations().clone();
         let backend = match mode {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use super::event_log::count_logged;
+use super::link::SHUTDOWN_FLUSH_DEADLINE;
 use super::queued::{Latest, QueuedIds};
 use super::scripts::{Deleted, hex, session_args, tombstone};
 use super::shared::Redis;
@@ -28,8 +29,6 @@ use crate::store::Session;
 const BATCH: usize = 256;
 /// How long writes keep failing before the worker warns (and how often).
 const FAILING_WARN_EVERY: Duration = Duration::from_secs(5);
-/// How long the worker keeps retrying on shutdown before giving up.
-const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One replicated change.
 #[derive(Debug, Clone)]

@@ -28,7 +28,7 @@ use sessiond_proto::SessionId;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
-use super::link::RedisLink;
+use super::link::{RedisLink, SHUTDOWN_FLUSH_DEADLINE};
 use super::scripts::{REFRESH, key};
 
 /// How often coalesced expiry refreshes are flushed to Redis.
@@ -204,27 +204,50 @@ impl ExpiryRefresher {
         Ok(())
     }
 
-    /// Flushes every `FLUSH_INTERVAL` until `shutdown`, then once more,
-    /// pushing the lagging expiries that come near every
-    /// [`DEADLINE_SCAN_FLUSHES`] flushes (and at shutdown, all of them);
+    /// Flushes every `FLUSH_INTERVAL` until `drained` (after the node's
+    /// last request), pushing the lagging expiries that come near every
+    /// [`DEADLINE_SCAN_FLUSHES`] flushes; then [`Self::flush_at_shutdown`].
     /// `now_ms` reads the sessions' clock.
-    pub async fn run(self: Arc<Self>, now_ms: impl Fn() -> u64, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, now_ms: impl Fn() -> u64, drained: CancellationToken) {
         let mut flushes = 0u32;
         loop {
-            let stop = tokio::select! {
-                () = shutdown.cancelled() => true,
-                () = tokio::time::sleep(FLUSH_INTERVAL) => false,
-            };
+            tokio::select! {
+                () = drained.cancelled() => break,
+                () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+            }
             flushes = flushes.wrapping_add(1);
-            if stop {
-                self.queue_deadlines(u64::MAX);
-            } else if flushes.is_multiple_of(DEADLINE_SCAN_FLUSHES) {
+            if flushes.is_multiple_of(DEADLINE_SCAN_FLUSHES) {
                 self.queue_deadlines(now_ms());
             }
             self.flush().await;
-            if stop {
-                return;
+        }
+        self.flush_at_shutdown().await;
+    }
+
+    /// Pushes every expiry this node slid past Redis's, retrying failures
+    /// for at most [`SHUTDOWN_FLUSH_DEADLINE`], and stops as soon as Redis
+    /// is unreachable: these are reads' slides, not acknowledged writes,
+    /// and what is not pushed leaves a session's Redis expiry short by at
+    /// most its drift allowance, as a node killed before its flush does.
+    async fn flush_at_shutdown(&self) {
+        self.queue_deadlines(u64::MAX);
+        let pushed = tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, async {
+            while self.link.is_up() {
+                self.flush().await;
+                if self.failed.lock().refreshes.is_empty() {
+                    return true;
+                }
+                tokio::time::sleep(FLUSH_INTERVAL).await;
             }
+            false
+        })
+        .await;
+        if pushed != Ok(true) {
+            tracing::warn!(
+                left = self.ahead.lock().len(),
+                "Redis unreachable at shutdown; slid expiries not pushed (a session's \
+                 Redis expiry may be short by up to an eighth of its TTL, at most a minute)"
+            );
         }
     }
 

@@ -123,15 +123,16 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Connects (in the background) and starts the link's health check,
-    /// the invalidation subscription and the expiry refresher on `tasks`,
-    /// until `shutdown`.
+    /// Connects (in the background) and starts the link's health check
+    /// and the invalidation subscription on `tasks`, until `shutdown`, and
+    /// the expiry refresher, until `drained` (after the last request).
     pub fn connect(
         config: RedisConfig,
         store: Arc<Store>,
         max_lifetime_ms: Option<u64>,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
+        drained: &CancellationToken,
     ) -> Result<Arc<Self>, ReplicationError> {
         let link = RedisLink::new(config.target.clone())?;
         let scripts = Arc::new(Scripts::default());
@@ -170,7 +171,7 @@ impl Redis {
                 let store = store.clone();
                 move || store.now_ms()
             },
-            shutdown.clone(),
+            drained.clone(),
         ));
         let cacher = match config.consistency {
             Consistency::Cached => hex(node_id),
