@@ -231,15 +231,28 @@ impl ExpiryRefresher {
     /// most its drift allowance, as a node killed before its flush does.
     async fn flush_at_shutdown(&self) {
         self.queue_deadlines(u64::MAX);
-        let pushed = tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, async {
-            while self.link.is_up() {
+        let pushing = async {
+            loop {
                 self.flush().await;
                 if self.failed.lock().refreshes.is_empty() {
                     return true;
                 }
                 tokio::time::sleep(FLUSH_INTERVAL).await;
             }
+        };
+        // A frozen Redis answers nothing: each try would wait out its
+        // response timeout.
+        let unreachable = async {
+            while self.link.is_up() {
+                tokio::time::sleep(FLUSH_INTERVAL).await;
+            }
             false
+        };
+        let pushed = tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, async {
+            tokio::select! {
+                pushed = pushing => pushed,
+                pushed = unreachable => pushed,
+            }
         })
         .await;
         if pushed != Ok(true) {
