@@ -12,8 +12,19 @@ bench_setup() {
     }
     work=$(mktemp -d)
     pids=()
-    trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    trap 'stop_all; rm -rf "$work"' EXIT
     ticks=$(getconf CLK_TCK)
+}
+
+# Stops the servers started through these helpers, newest first, each
+# before the next: a node stops while its Redis still answers, so it
+# exits with nothing left to flush.
+stop_all() {
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
 }
 
 # Starts a redis-server without persistence on port $1; its pid goes to
