@@ -1,7 +1,6 @@
 //! The Redis event log's keys and settings, shared by every script that
 //! appends to it, and the count of what this node appended.
 
-use redis::ScriptInvocation;
 use sessiond_proto::EventKind;
 
 use crate::store::{EventCounters, EventLogConfig};
@@ -33,11 +32,6 @@ impl RedisEvents {
             config,
             counters: EventCounters::register(),
         }
-    }
-
-    /// Adds the log's keys (stream, expiry index) to a script invocation.
-    pub fn keys(&self, invocation: &mut ScriptInvocation<'_>) {
-        invocation.key(&self.stream).key(&self.expiries);
     }
 }
 

@@ -18,6 +18,7 @@ use sessiond_proto::{Event, EventKind, EventPage, SessionId};
 use tokio_util::sync::CancellationToken;
 
 use super::event_log::RedisEvents;
+use super::script_call::ScriptCall;
 use super::shared::Redis;
 use crate::backend::api::{BackendError, EventsError};
 
@@ -260,11 +261,8 @@ impl Redis {
         limit: usize,
     ) -> Result<(Option<StreamShape>, Vec<Entry>), BackendError> {
         let mut conn = self.link.conn()?;
-        let page = self
-            .scripts
-            .events_page
-            .key(&events.stream)
-            .key(&events.emptied)
+        let keys = [events.stream.as_str(), events.emptied.as_str()];
+        let page = ScriptCall::new(&self.scripts.events_page, keys, 64)
             .arg(format!("({}", cursor_text(at)))
             .arg(limit)
             .invoke_async::<(Option<Value>, Vec<Entry>, Option<String>)>(&mut conn)
@@ -313,12 +311,12 @@ impl Redis {
         let Ok(mut conn) = self.link.conn() else {
             return;
         };
-        let reaped = self
-            .scripts
-            .reap
-            .key(&events.expiries)
-            .key(&events.stream)
-            .key(&events.emptied)
+        let keys = [
+            events.expiries.as_str(),
+            events.stream.as_str(),
+            events.emptied.as_str(),
+        ];
+        let reaped = ScriptCall::new(&self.scripts.reap, keys, 64)
             .arg(&self.config.prefix)
             .arg(REAP_BATCH)
             .arg(events.config.retention)

@@ -55,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::{RedisLink, redacted};
 use super::queued::QueuedIds;
+use super::script_call::ScriptCall;
 use crate::store::Store;
 
 /// A subscribed node beats this often: it refreshes its heartbeat key and
@@ -250,9 +251,7 @@ impl Invalidations {
         // Taken before the script runs: the trust counts from no later
         // than the moment Redis publishes the beat.
         let message = self.beat_message(self.clock.elapsed());
-        let beat = self
-            .beat_script
-            .key(self.heartbeat_key(self.node_id))
+        let beat = ScriptCall::new(&self.beat_script, [&*self.heartbeat_key(self.node_id)], 64)
             .arg(HEARTBEAT_TTL.as_millis() as u64)
             .arg(&self.channel)
             .arg(message)

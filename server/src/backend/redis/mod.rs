@@ -20,6 +20,7 @@ mod link;
 mod queue;
 mod queued;
 mod refresher;
+mod script_call;
 mod scripts;
 mod shared;
 mod sync;

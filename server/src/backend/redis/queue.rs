@@ -456,11 +456,13 @@ async fn ship(
                     let session = &with_slid_expiry(redis, written);
                     let key = redis.key(&session.id);
                     let cacher = hex(invalidations.node_id);
-                    let mut invocation = session_args(&scripts.store_any, &key, session, &cacher);
-                    invocation.key(tombstone(&key));
-                    redis.event_keys(&mut invocation);
-                    invocation
-                        .arg(&invalidations.channel)
+                    let mut call = redis.call_with_events(
+                        &scripts.store_any,
+                        &[&key, &tombstone(&key)],
+                        256 + session.data.len(),
+                    );
+                    session_args(&mut call, session, &cacher);
+                    call.arg(&invalidations.channel)
                         .arg(invalidations.broadcast(&session.id))
                         .arg("1")
                         .arg(EventKind::Created.as_str())
@@ -471,9 +473,9 @@ async fn ship(
                             ""
                         });
                     if queued.resent {
-                        invocation.arg(session.version);
+                        call.arg(session.version);
                     }
-                    let stored = invocation.invoke_async::<i64>(&mut conn).await;
+                    let stored = call.invoke_async::<i64>(&mut conn).await;
                     stored.map(|stored| match stored {
                         0 => Sent::Refused {
                             version: session.version,
@@ -492,10 +494,8 @@ async fn ship(
                 }
                 Change::Delete(id) => {
                     let key = redis.key(id);
-                    let mut invocation = scripts.delete.key(&key);
-                    invocation.key(tombstone(&key));
-                    redis.event_keys(&mut invocation);
-                    invocation
+                    redis
+                        .call_with_events(&scripts.delete, &[&key, &tombstone(&key)], 128)
                         .arg(&invalidations.channel)
                         .arg(invalidations.broadcast(id))
                         .arg("")

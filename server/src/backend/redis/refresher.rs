@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use super::link::{RedisLink, SHUTDOWN_FLUSH_DEADLINE};
+use super::script_call::ScriptCall;
 use super::scripts::{REFRESH, key};
 
 /// How often coalesced expiry refreshes are flushed to Redis.
@@ -191,11 +192,9 @@ impl ExpiryRefresher {
         expires_at_ms: u64,
     ) -> Result<(), ReplicationError> {
         let mut conn = self.link.conn()?;
-        let mut invocation = self.script.key(key(&self.prefix, id));
-        if let Some(index) = &self.expiry_index {
-            invocation.key(index);
-        }
-        let result = invocation
+        let key = key(&self.prefix, id);
+        let keys = std::iter::once(key.as_str()).chain(self.expiry_index.as_deref());
+        let result = ScriptCall::new(&self.script, keys, 32)
             .arg(expires_at_ms)
             .invoke_async::<i64>(&mut conn)
             .await;

@@ -19,6 +19,7 @@ use redis::{FromRedisValue, ParsingError, Script, Value};
 use sessiond_proto::{SessionId, UserName};
 
 use super::invalidation::HEARTBEAT_TRUST;
+use super::script_call::ScriptCall;
 use crate::store::{Session, WRITE_LOG_LEN, WriteLog};
 
 /// A session's key in Redis.
@@ -774,17 +775,11 @@ fn user_name(text: &str) -> Option<UserName> {
 /// the scripts write it (`u` is the time it was last updated).
 pub const USER_FIELD: &str = "p";
 
-/// The arguments that store a whole session: v, d, c, u, t, expires_at,
-/// w, h, `cacher` (the node recorded as holding a copy), p and f.
-pub fn session_args<'a>(
-    script: &'a Script,
-    key: &str,
-    session: &Session,
-    cacher: &str,
-) -> redis::ScriptInvocation<'a> {
-    let mut invocation = script.key(key);
-    invocation
-        .arg(session.version)
+/// Adds the arguments that store a whole session to `call`: v, d, c, u,
+/// t, expires_at, w, h, `cacher` (the node recorded as holding a copy), p
+/// and f.
+pub fn session_args(call: &mut ScriptCall<'_>, session: &Session, cacher: &str) {
+    call.arg(session.version)
         .arg(session.data.as_ref())
         .arg(session.created_at_ms)
         .arg(session.updated_at_ms)
@@ -795,7 +790,6 @@ pub fn session_args<'a>(
         .arg(cacher)
         .arg(session.user.as_ref().map_or("", UserName::as_str))
         .arg(session.writes.fence_ms());
-    invocation
 }
 
 #[cfg(test)]

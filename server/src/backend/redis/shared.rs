@@ -15,6 +15,7 @@ use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::queued::QueuedIds;
 use super::refresher::{ExpiryRefresher, Held};
+use super::script_call::ScriptCall;
 use super::scripts::{Deleted, Scripts, StoredSession, hex, key, node_ids, tombstone};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::{CLAIM_TTL, ClaimedBy};
@@ -205,11 +206,21 @@ impl Redis {
         Ok(redis)
     }
 
-    /// Adds the event log's keys to a write script, if the log is on.
-    pub(super) fn event_keys(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        if let Some(events) = &self.events {
-            events.keys(invocation);
-        }
+    /// A call of `script` on `keys` and, if the log is on, the event log's
+    /// keys (stream, expiry index), with room for `arg_bytes` bytes of
+    /// arguments.
+    pub(super) fn call_with_events<'s>(
+        &self,
+        script: &'s redis::Script,
+        keys: &[&str],
+        arg_bytes: usize,
+    ) -> ScriptCall<'s> {
+        let events = self
+            .events
+            .as_ref()
+            .map(|events| [events.stream.as_str(), events.expiries.as_str()]);
+        let keys = keys.iter().copied().chain(events.into_iter().flatten());
+        ScriptCall::new(script, keys, arg_bytes)
     }
 
     /// The event log's retention as the scripts take it ('' when off).
@@ -302,19 +313,14 @@ impl Redis {
     ) -> Result<Option<(Session, bool)>, ReplicationError> {
         let mut conn = self.link.conn()?;
         let cacher = if cache { self.cacher.as_str() } else { "" };
-        let mut result = self
-            .scripts
-            .read
-            .key(self.key(id))
+        let key = self.key(id);
+        let mut result = ScriptCall::new(&self.scripts.read, [key.as_str()], 64)
             .arg(cacher)
             .arg(&self.pruning_prefix)
             .invoke_async::<Option<StoredSession>>(&mut conn)
             .await;
         if matches!(&result, Ok(Some(stored)) if stored.lapsed_cachers) {
-            let pruned = self
-                .scripts
-                .read_pruning
-                .key(self.key(id))
+            let pruned = ScriptCall::new(&self.scripts.read_pruning, [key.as_str()], 128)
                 .arg(cacher)
                 .arg(&self.pruning_prefix)
                 .arg(&self.invalidations.channel)
@@ -485,11 +491,7 @@ impl Redis {
         let mut conn = self.link.conn()?;
         let announcement = self.invalidations.announce(id);
         let key = self.key(id);
-        let result = self
-            .scripts
-            .recall
-            .key(&key)
-            .key(tombstone(&key))
+        let result = ScriptCall::new(&self.scripts.recall, [&*key, &tombstone(&key)], 128)
             .arg(&self.invalidations.channel)
             .arg(&announcement.message)
             .invoke_async::<String>(&mut conn)
@@ -513,9 +515,6 @@ impl Redis {
         let mut conn = redis.link.conn()?;
         let announcement = redis.invalidations.announce(id);
         let key = redis.key(id);
-        let mut invocation = redis.scripts.delete.key(&key);
-        invocation.key(tombstone(&key));
-        redis.event_keys(&mut invocation);
         let (kind, moved_to, user) = match why {
             Gone::Deleted => (EventKind::Deleted, String::new(), String::new()),
             Gone::Revoked => (EventKind::Revoked, String::new(), String::new()),
@@ -526,7 +525,8 @@ impl Redis {
                 user.map(ToString::to_string).unwrap_or_default(),
             ),
         };
-        let result = invocation
+        let result = redis
+            .call_with_events(&redis.scripts.delete, &[&key, &tombstone(&key)], 128)
             .arg(&redis.invalidations.channel)
             .arg(&announcement.message)
             .arg(only_at.map(|v| v.to_string()).unwrap_or_default())

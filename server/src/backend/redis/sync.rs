@@ -55,12 +55,13 @@ impl SyncBackend {
         let optional = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
         let announcement = redis.invalidations.announce(id);
         let tag = write.tag.filter(|tag| tag.id != 0);
-        let mut invocation = redis.scripts.write.key(redis.key(id));
-        redis.event_keys(&mut invocation);
+        let data = write.data.map_or(&b""[..], |data| data.as_ref());
+        let mut call =
+            redis.call_with_events(&redis.scripts.write, &[&redis.key(id)], 256 + data.len());
         let started = Instant::now();
-        let result = invocation
+        let result = call
             .arg(optional(write.expected))
-            .arg(write.data.map_or(&b""[..], |data| data.as_ref()))
+            .arg(data)
             .arg(redis.now())
             .arg(optional(write.ttl_ms))
             .arg(optional(redis.max_lifetime_ms))
@@ -163,10 +164,13 @@ impl SyncBackend {
         let epoch = redis.invalidations.epoch();
         let mut conn = redis.link.conn()?;
         let key = redis.key(&id);
-        let mut invocation = session_args(&redis.scripts.store_new, &key, &session, &redis.cacher);
-        invocation.key(tombstone(&key));
-        redis.event_keys(&mut invocation);
-        let result = invocation
+        let mut call = redis.call_with_events(
+            &redis.scripts.store_new,
+            &[&key, &tombstone(&key)],
+            256 + session.data.len(),
+        );
+        session_args(&mut call, &session, &redis.cacher);
+        let result = call
             .arg(redis.retention())
             .invoke_async::<i64>(&mut conn)
             .await;
@@ -238,9 +242,12 @@ impl SyncBackend {
             let epoch = redis.invalidations.epoch();
             let mut conn = redis.link.conn()?;
             let key = redis.key(&new_id);
-            let mut copy = session_args(&redis.scripts.store_any, &key, &moved, &redis.cacher);
-            copy.key(tombstone(&key));
-            redis.event_keys(&mut copy);
+            let mut copy = redis.call_with_events(
+                &redis.scripts.store_any,
+                &[&key, &tombstone(&key)],
+                256 + moved.data.len(),
+            );
+            session_args(&mut copy, &moved, &redis.cacher);
             // No announcement, no tombstone check, no event: the rotation's
             // delete of the old id logs `rotated`. Never over a later
             // version's copy (another attempt of this rotation read the
@@ -289,9 +296,10 @@ impl SyncBackend {
     async fn retract(&self, new_id: &SessionId) -> Result<(), BackendError> {
         let redis = &self.redis;
         let mut conn = redis.link.conn()?;
-        let mut invocation = redis.scripts.retract.key(redis.key(new_id));
-        redis.event_keys(&mut invocation);
-        let retracted = invocation.invoke_async::<i64>(&mut conn).await;
+        let retracted = redis
+            .call_with_events(&redis.scripts.retract, &[&redis.key(new_id)], 0)
+            .invoke_async::<i64>(&mut conn)
+            .await;
         redis.link.observe(retracted).map_err(write_error)?;
         Ok(())
     }

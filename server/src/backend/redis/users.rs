@@ -22,6 +22,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use sessiond_proto::{SessionId, UserName};
 
 use super::error::{ReplicationError, write_error};
+use super::script_call::ScriptCall;
 use super::scripts::USER_FIELD;
 use super::shared::{Gone, Redis};
 use crate::backend::api::{BackendError, Unavailable};
@@ -97,8 +98,7 @@ impl Redis {
             never = self.keep_locked(&key, &token) => match never {},
         };
         let mut conn = self.link.conn()?;
-        let released = redis::Script::new(UNLOCK)
-            .key(&key)
+        let released = ScriptCall::new(&redis::Script::new(UNLOCK), [key.as_str()], 64)
             .arg(&token)
             .invoke_async::<i64>(&mut conn)
             .await;
@@ -117,10 +117,12 @@ impl Redis {
             tokio::time::sleep(LOCK_RENEWAL).await;
             let renewed = match self.link.conn() {
                 Ok(mut conn) => {
-                    let mut invocation = script.key(key);
-                    invocation.arg(token).arg(LOCK_TTL.as_millis() as u64);
-                    self.link
-                        .observe(invocation.invoke_async::<i64>(&mut conn).await)
+                    let renewal = ScriptCall::new(&script, [key], 64)
+                        .arg(token)
+                        .arg(LOCK_TTL.as_millis() as u64)
+                        .invoke_async::<i64>(&mut conn)
+                        .await;
+                    self.link.observe(renewal)
                 }
                 Err(err) => Err(err),
             };
