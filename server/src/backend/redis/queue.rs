@@ -20,7 +20,7 @@ use super::error::ReplicationError;
 use super::event_log::count_logged;
 use super::link::SHUTDOWN_FLUSH_DEADLINE;
 use super::queued::{Latest, QueuedIds};
-use super::scripts::{Deleted, hex, session_args, tombstone};
+use super::scripts::{Deleted, hex, tombstone};
 use super::shared::Redis;
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::Session;
@@ -454,14 +454,8 @@ async fn ship(
             let sent = match change {
                 Change::Upsert(written) => {
                     let session = &with_slid_expiry(redis, written);
-                    let key = redis.key(&session.id);
                     let cacher = hex(invalidations.node_id);
-                    let mut call = redis.call_with_events(
-                        &scripts.store_any,
-                        &[&key, &tombstone(&key)],
-                        256 + session.data.len(),
-                    );
-                    session_args(&mut call, session, &cacher);
+                    let mut call = redis.store_call(&scripts.store_any, session, &cacher);
                     call.arg(&invalidations.channel)
                         .arg(invalidations.broadcast(&session.id))
                         .arg("1")

@@ -16,7 +16,9 @@ use super::link::{RedisLink, RedisTarget};
 use super::queued::QueuedIds;
 use super::refresher::{ExpiryRefresher, Held};
 use super::script_call::ScriptCall;
-use super::scripts::{Deleted, Scripts, StoredSession, hex, key, node_ids, tombstone};
+use super::scripts::{
+    Deleted, Scripts, StoredSession, hex, key, node_ids, session_args, tombstone,
+};
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::{CLAIM_TTL, ClaimedBy};
 use crate::store::{EventLogConfig, Session, Store};
@@ -221,6 +223,22 @@ impl Redis {
             .map(|events| [events.stream.as_str(), events.expiries.as_str()]);
         let keys = keys.iter().copied().chain(events.into_iter().flatten());
         ScriptCall::new(script, keys, arg_bytes)
+    }
+
+    /// A call of a script that stores `session` whole (STORE_NEW,
+    /// STORE_ANY): on its key, its tombstone and the event log's keys, with
+    /// its fields ([`session_args`]) and `cacher` recorded as holding a copy.
+    pub(super) fn store_call<'s>(
+        &self,
+        script: &'s redis::Script,
+        session: &Session,
+        cacher: &str,
+    ) -> ScriptCall<'s> {
+        let key = self.key(&session.id);
+        let arg_bytes = 256 + session.data.len();
+        let mut call = self.call_with_events(script, &[&key, &tombstone(&key)], arg_bytes);
+        session_args(&mut call, session, cacher);
+        call
     }
 
     /// The event log's retention as the scripts take it ('' when off).

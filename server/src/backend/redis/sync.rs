@@ -11,7 +11,7 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
 use super::error::write_error;
 use super::event_log::count_logged;
-use super::scripts::{WriteOutcome, hex, rotated_to, session_args, tombstone};
+use super::scripts::{WriteOutcome, hex, rotated_to, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::backend::claims::ClaimedBy;
@@ -163,14 +163,8 @@ impl SyncBackend {
         let id = session.id;
         let epoch = redis.invalidations.epoch();
         let mut conn = redis.link.conn()?;
-        let key = redis.key(&id);
-        let mut call = redis.call_with_events(
-            &redis.scripts.store_new,
-            &[&key, &tombstone(&key)],
-            256 + session.data.len(),
-        );
-        session_args(&mut call, &session, &redis.cacher);
-        let result = call
+        let result = redis
+            .store_call(&redis.scripts.store_new, &session, &redis.cacher)
             .arg(redis.retention())
             .invoke_async::<i64>(&mut conn)
             .await;
@@ -241,13 +235,7 @@ impl SyncBackend {
             };
             let epoch = redis.invalidations.epoch();
             let mut conn = redis.link.conn()?;
-            let key = redis.key(&new_id);
-            let mut copy = redis.call_with_events(
-                &redis.scripts.store_any,
-                &[&key, &tombstone(&key)],
-                256 + moved.data.len(),
-            );
-            session_args(&mut copy, &moved, &redis.cacher);
+            let mut copy = redis.store_call(&redis.scripts.store_any, &moved, &redis.cacher);
             // No announcement, no tombstone check, no event: the rotation's
             // delete of the old id logs `rotated`. Never over a later
             // version's copy (another attempt of this rotation read the
