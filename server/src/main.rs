@@ -2,6 +2,7 @@
 //! metrics, and runs the chosen subcommand until SIGINT or SIGTERM.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,9 +10,22 @@ use sessiond::config::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// How long the process waits at exit for blocking work left behind (a
+/// write stuck on an access-log pipe nobody reads).
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(Cli::parse()));
+    // Dropping the runtime would wait for blocking tasks without a limit.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // The operator's command line prints its own results; only warnings go
     // to its log.
     let level = if matches!(cli.command, Command::Ctl(_)) {

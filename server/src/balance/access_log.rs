@@ -181,7 +181,8 @@ impl AccessLog {
     }
 
     /// Writes the buffered lines out every second, and sooner when 64 KiB
-    /// are waiting, on a blocking thread, until `stop` fires.
+    /// are waiting, on a blocking thread, until `stop` fires (also while a
+    /// write is stuck on a sink nobody reads: that one is left behind).
     pub async fn write_until(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
@@ -190,7 +191,10 @@ impl AccessLog {
                 () = self.full.notified() => {}
             }
             let log = self.clone();
-            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tokio::task::spawn_blocking(move || log.flush()) => {}
+            }
         }
     }
 }

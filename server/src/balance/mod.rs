@@ -70,6 +70,9 @@ use proxy::ProxyLimits;
 use serve::Front;
 use tls::Certificate;
 
+/// The longest the access log's last write may take at shutdown.
+const FINAL_LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// Everything the balancer needs, checked.
 #[derive(Debug, Clone)]
 pub struct BalanceConfig {
@@ -272,13 +275,25 @@ pub async fn run(
         None => None,
     };
     background.spawn({
-        let shutdown = shutdown.clone();
+        let (shutdown, drain_timeout) = (shutdown.clone(), config.drain_timeout);
         async move {
-            let served = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
-            if let Err(err) = served {
-                tracing::error!(%err, "admin listener failed");
+            let serving = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            // A graceful shutdown waits for every admin connection, and
+            // one that never finishes its request would hold the process.
+            let cut_off = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(drain_timeout).await;
+            };
+            tokio::select! {
+                served = serving => {
+                    if let Err(err) = served {
+                        tracing::error!(%err, "admin listener failed");
+                    }
+                }
+                () = cut_off => tracing::warn!(
+                    "admin connections still open after the drain timeout ({drain_timeout:?}); closing them"
+                ),
             }
         }
     });
@@ -347,7 +362,17 @@ pub async fn run(
     logging.cancel();
     background.wait().await;
     if let Some(log) = access_log {
-        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+        // Bounded: a sink nobody reads (a stalled pipe) never takes it.
+        let flushed = tokio::task::spawn_blocking(move || log.flush());
+        if tokio::time::timeout(FINAL_LOG_FLUSH, flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the access log's last lines could not be written within {FINAL_LOG_FLUSH:?}; \
+                 its sink is not read"
+            );
+        }
     }
     Ok(())
 }

@@ -60,6 +60,9 @@ use crate::store::Store;
 
 /// A subscribed node beats this often: it refreshes its heartbeat key and
 /// publishes a beat on the channel (one script)...
+/// How long connecting the subscriber, and its `SUBSCRIBE`, may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 /// ...trusts its cached copies only while a beat it sent this recently has
 /// come back through its subscription, and a writer waits this long after
@@ -416,13 +419,11 @@ impl Invalidations {
         shutdown: &CancellationToken,
     ) -> redis::RedisResult<()> {
         let client = redis::Client::open(url)?;
-        let connect = client.get_async_pubsub();
-        let mut pubsub = tokio::time::timeout(Duration::from_secs(1), connect)
-            .await
-            .map_err(|_| {
-                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-            })??;
-        pubsub.subscribe(&self.channel).await?;
+        // Neither step has a timeout of its own: a Redis (or a path to it)
+        // gone silent would hold this task, and the node's shutdown with
+        // it, for good.
+        let mut pubsub = within(SUBSCRIBE_TIMEOUT, client.get_async_pubsub()).await?;
+        within(SUBSCRIBE_TIMEOUT, pubsub.subscribe(&self.channel)).await?;
         // Writers wait for this node's acks only while its heartbeat is
         // alive: beat before any copy can be cached.
         self.clone().beat().await;
@@ -477,6 +478,16 @@ async fn publish(link: Arc<RedisLink>, channel: String, message: Vec<u8>) {
     if let Err(err) = sent {
         tracing::debug!(%err, "could not publish an invalidation ack");
     }
+}
+
+/// `step`'s result, or a timeout error once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    step: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
 }
 
 #[cfg(test)]
