@@ -8,6 +8,22 @@ use sessiond_e2e::{Balancer, RedisServer, Sessiond, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Runs `terminate` (SIGTERM, then a wait of at most 15 s) off the
+/// runtime's threads and asserts a clean exit.
+async fn stops_cleanly(
+    terminate: impl FnOnce() -> (Option<i32>, String) + Send + 'static,
+    drain_secs: u64,
+) {
+    let (code, log) = tokio::task::spawn_blocking(terminate)
+        .await
+        .expect("the terminating thread panicked");
+    assert_eq!(
+        code,
+        Some(0),
+        "not a clean exit within 15 s (drain timeout {drain_secs} s); log:\n{log}"
+    );
+}
+
 /// A client that opened a connection to the balancer's admin listener and
 /// sent only part of a request head (a stalled scraper, a half-open
 /// connection) does not hold the balancer past its `--drain-timeout`:
@@ -25,15 +41,8 @@ async fn a_stalled_admin_request_does_not_hold_the_balancer_at_shutdown() {
         .expect("send part of a request head");
     // Let the balancer read what was sent.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, log) = tokio::task::spawn_blocking(move || (balancer.terminate(), balancer.log()))
-        .await
-        .expect("the terminating thread panicked");
+    stops_cleanly(move || (balancer.terminate(), balancer.log()), 2).await;
     drop(stalled);
-    assert_eq!(
-        code,
-        Some(0),
-        "not a clean exit within 15 s (drain timeout 2 s); log:\n{log}"
-    );
 }
 
 /// A loopback proxy to Redis whose connections stop carrying Redis's
@@ -105,14 +114,7 @@ async fn a_node_whose_subscribe_goes_unanswered_still_stops() {
     // waits for its confirmation.
     wait_ready(&http, &node).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (code, log) = tokio::task::spawn_blocking(move || (node.terminate(), node.log()))
-        .await
-        .expect("the terminating thread panicked");
-    assert_eq!(
-        code,
-        Some(0),
-        "not a clean exit within 15 s (drain timeout 1 s); log:\n{log}"
-    );
+    stops_cleanly(move || (node.terminate(), node.log()), 1).await;
 }
 
 /// A balancer whose access log is a pipe nobody reads any more (a stalled
@@ -153,12 +155,5 @@ async fn a_stalled_access_log_pipe_does_not_hold_the_balancer_at_shutdown() {
     }
     // Several ticks of the log's writer: it has filled the pipe by now.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let (code, log) = tokio::task::spawn_blocking(move || (balancer.terminate(), balancer.log()))
-        .await
-        .expect("the terminating thread panicked");
-    assert_eq!(
-        code,
-        Some(0),
-        "not a clean exit within 15 s (drain timeout 2 s); log:\n{log}"
-    );
+    stops_cleanly(move || (balancer.terminate(), balancer.log()), 2).await;
 }
