@@ -58,11 +58,10 @@ use super::queued::QueuedIds;
 use super::script_call::ScriptCall;
 use crate::store::Store;
 
-/// A subscribed node beats this often: it refreshes its heartbeat key and
-/// publishes a beat on the channel (one script)...
 /// How long connecting the subscriber, and its `SUBSCRIBE`, may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
-
+/// A subscribed node beats this often: it refreshes its heartbeat key and
+/// publishes a beat on the channel (one script)...
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 /// ...trusts its cached copies only while a beat it sent this recently has
 /// come back through its subscription, and a writer waits this long after
