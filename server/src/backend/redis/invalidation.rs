@@ -53,7 +53,7 @@ use sessiond_proto::SessionId;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{RedisLink, redacted};
+use super::link::{RedisLink, redacted, within};
 use super::queued::QueuedIds;
 use super::script_call::ScriptCall;
 use crate::store::Store;
@@ -421,8 +421,13 @@ impl Invalidations {
         // Neither step has a timeout of its own: a Redis (or a path to it)
         // gone silent would hold this task, and the node's shutdown with
         // it, for good.
-        let mut pubsub = within(SUBSCRIBE_TIMEOUT, client.get_async_pubsub()).await?;
-        within(SUBSCRIBE_TIMEOUT, pubsub.subscribe(&self.channel)).await?;
+        let mut pubsub = within(SUBSCRIBE_TIMEOUT, "connect", client.get_async_pubsub()).await?;
+        within(
+            SUBSCRIBE_TIMEOUT,
+            "SUBSCRIBE",
+            pubsub.subscribe(&self.channel),
+        )
+        .await?;
         // Writers wait for this node's acks only while its heartbeat is
         // alive: beat before any copy can be cached.
         self.clone().beat().await;
@@ -477,16 +482,6 @@ async fn publish(link: Arc<RedisLink>, channel: String, message: Vec<u8>) {
     if let Err(err) = sent {
         tracing::debug!(%err, "could not publish an invalidation ack");
     }
-}
-
-/// `step`'s result, or a timeout error once `limit` has passed.
-async fn within<T>(
-    limit: Duration,
-    step: impl Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    tokio::time::timeout(limit, step)
-        .await
-        .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
 }
 
 #[cfg(test)]

@@ -418,19 +418,32 @@ fn single_connection(client: &redis::Client) -> RedisResult<ConnectionManager> {
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
+/// `step`'s result, or a timeout error naming `what` once `limit` has
+/// passed (for the steps the `redis` crate sets no timeout on).
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    step: impl Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(limit, step).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: no answer within {limit:?}"),
+        )
+    })?
+}
+
 /// PINGs one server through `conn`, allowed as long as any command (a
 /// timeout error after that).
 async fn ping_single(mut conn: RedisConn) -> RedisResult<()> {
     let ping = redis::cmd("PING");
-    let pong = ping.query_async::<String>(&mut conn);
-    match tokio::time::timeout(RESPONSE_TIMEOUT, pong).await {
-        Ok(answer) => answer.map(drop),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("PING: no answer within {RESPONSE_TIMEOUT:?}"),
-        )
-        .into()),
-    }
+    within(
+        RESPONSE_TIMEOUT,
+        "PING",
+        ping.query_async::<String>(&mut conn),
+    )
+    .await
+    .map(drop)
 }
 
 /// PINGs one node of the cluster through `conn`, bounded in time.
