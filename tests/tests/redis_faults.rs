@@ -655,7 +655,7 @@ async fn a_node_whose_redis_is_gone_at_shutdown_exits_without_pushing_slid_expir
     const SESSIONS: usize = 1_500;
     let mut redis = RedisServer::start();
     let http = http();
-    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut node = node_on(&http, &redis.url(), &[]).await;
     let client = Arc::new(client_of(&[&node], Duration::from_secs(5)).await);
     let created = futures_util::stream::iter(0..SESSIONS)
         .map(|n| {
@@ -681,7 +681,6 @@ async fn a_node_whose_redis_is_gone_at_shutdown_exits_without_pushing_slid_expir
     assert_eq!(read, SESSIONS);
 
     tokio::task::block_in_place(|| redis.kill());
-    let mut node = node;
     let (code, log) = tokio::task::spawn_blocking(move || (node.terminate(), node.log()))
         .await
         .expect("the terminating thread panicked");

@@ -37,9 +37,8 @@ impl AnyBackend {
     /// Sessions in Redis as `config` says, with `store` as this node's
     /// memory; its background tasks run on `tasks` until `shutdown` (the
     /// write-behind queue and the slid expiries are flushed once `drained`
-    /// fires). Also returns
-    /// the link and the invalidation subscription, for readiness and the
-    /// status page.
+    /// fires). Also returns the link and the invalidation subscription, for
+    /// readiness and the status page.
     pub fn redis(
         config: RedisConfig,
         store: Arc<Store>,

@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -43,17 +44,26 @@ const PRUNE_ON_ADD: isize = 4;
 /// Sessions of a listing read from Redis at once.
 const READS_IN_FLIGHT: usize = 32;
 
-/// Releases a lock only if it is still ours.
-const UNLOCK: &str = r"
+/// Releases a lock only if it is still ours (its SHA1 hashed once, not
+/// per login).
+static UNLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-";
+",
+    )
+});
 
 /// Renews a lock for ARGV[2] ms only if it is still ours (ARGV[1]).
-const RENEW: &str = r"
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
-";
+",
+    )
+});
 
 impl Redis {
     fn index_key(&self, user: &UserName) -> String {
@@ -98,7 +108,7 @@ impl Redis {
             never = self.keep_locked(&key, &token) => match never {},
         };
         let mut conn = self.link.conn()?;
-        let released = ScriptCall::new(&redis::Script::new(UNLOCK), [key.as_str()], 64)
+        let released = ScriptCall::new(&UNLOCK, [key.as_str()], 64)
             .arg(&token)
             .invoke_async::<i64>(&mut conn)
             .await;
@@ -112,12 +122,11 @@ impl Redis {
     /// for as long as it is polled; once the lock turns out lost (its
     /// holder stalled past `LOCK_TTL`), only says so in the log.
     async fn keep_locked(&self, key: &str, token: &str) -> Infallible {
-        let script = redis::Script::new(RENEW);
         loop {
             tokio::time::sleep(LOCK_RENEWAL).await;
             let renewed = match self.link.conn() {
                 Ok(mut conn) => {
-                    let renewal = ScriptCall::new(&script, [key], 64)
+                    let renewal = ScriptCall::new(&RENEW, [key], 64)
                         .arg(token)
                         .arg(LOCK_TTL.as_millis() as u64)
                         .invoke_async::<i64>(&mut conn)
