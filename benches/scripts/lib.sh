@@ -27,12 +27,16 @@ stop_all() {
     done
 }
 
-# Starts a redis-server without persistence on port $1; its pid goes to
+# Starts a redis-server without persistence on port $1 (settings of its
+# own after it, as redis-server takes them); its pid goes to
 # $work/redis$1.pid.
-start_redis() { # port
-    redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null 2>&1 &
+start_redis() { # port extra-args...
+    local port=$1
+    shift
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" "$@" \
+        >/dev/null 2>&1 &
     pids+=($!)
-    echo $! >"$work/redis$1.pid"
+    echo $! >"$work/redis$port.pid"
     sleep 0.5
 }
 

@@ -148,6 +148,10 @@ fn the_expected_services_exist_and_all_have_a_healthcheck() {
         );
     }
     assert_eq!(services["redis"]["image"].as_str(), Some("redis:7-alpine"));
+    // Durable, and sessions kept in Redis's compact hash encoding.
+    let redis = command(&services["redis"]);
+    assert_eq!(flag(&redis, "--appendonly"), "yes");
+    assert_eq!(flag(&redis, "--hash-max-listpack-value"), "8192");
 }
 
 #[test]

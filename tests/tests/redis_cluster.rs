@@ -22,6 +22,14 @@ async fn sessions_spread_over_the_cluster_and_every_node_reads_them() {
     let http = http();
     let first = ready_node(&http, &["--redis-cluster", &urls]).await;
     let client = client_of(&[&first], Duration::from_secs(2)).await;
+    // The masters run at Redis's default hash-max-listpack-value: one of
+    // them says so through the cluster connection.
+    wait_for_log(
+        &first,
+        "`CONFIG SET hash-max-listpack-value 8192`",
+        Duration::from_secs(10),
+    )
+    .await;
 
     let mut written: HashMap<String, Value> = HashMap::new();
     for n in 0..SESSIONS {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sessiond_client::SessionId;
 use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::process::{freeze, signal};
+use sessiond_e2e::redis::raw_command;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
 
@@ -952,4 +953,40 @@ async fn sync_writes_are_timed_in_the_redis_write_histogram() {
         .value("sessiond_redis_write_duration_seconds_sum", &[])
         .expect("the histogram's sum");
     assert!(waited > 0.0, "{metrics}");
+}
+
+/// The encoding Redis keeps session `id`'s hash in (`OBJECT ENCODING`).
+fn encoding_in_redis(redis: &RedisServer, id: &str) -> String {
+    let reply = raw_command(redis.port, &format!("OBJECT ENCODING sessiond:{id}"))
+        .expect("OBJECT ENCODING");
+    reply.lines().last().unwrap_or_default().to_owned()
+}
+
+/// At Redis's default `hash-max-listpack-value` (64 bytes) a session is
+/// kept in the large hash encoding: the node's log warns and gives the
+/// fix; once the limit is raised, a node logs it without a warning and
+/// the session is kept compact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_when_redis_keeps_sessions_in_its_large_hash_encoding() {
+    let redis = RedisServer::start();
+    let http = http();
+    let data = json!({ "cart": "x".repeat(512) });
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let advice = "`CONFIG SET hash-max-listpack-value 8192` on the Redis server";
+    wait_for_log(&node, advice, Duration::from_secs(10)).await;
+    let large = create(&http, &node, &data, None).await.session();
+    assert_eq!(encoding_in_redis(&redis, &large.id), "hashtable");
+
+    let set = raw_command(redis.port, "CONFIG SET hash-max-listpack-value 8192");
+    assert_eq!(set.expect("CONFIG SET"), "+OK\r\n");
+    let tuned = node_on(&http, &redis.url(), &[]).await;
+    wait_for_log(
+        &tuned,
+        "Redis keeps sessions of up to 8192 bytes in its compact hash encoding",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!tuned.log().contains(advice), "{}", tuned.log());
+    let compact = create(&http, &tuned, &data, None).await.session();
+    assert_eq!(encoding_in_redis(&redis, &compact.id), "listpack");
 }

@@ -276,6 +276,23 @@ impl RedisLink {
         }
     }
 
+    /// Runs a keyless command (`what`, for its timeout error) on the
+    /// server, or on any one reachable node of the cluster, bounded in
+    /// time like a health check's PING.
+    pub async fn on_any_server(&self, what: &str, cmd: Cmd) -> RedisResult<Value> {
+        let conn = self.conn().map_err(|err| {
+            std::io::Error::new(std::io::ErrorKind::NotConnected, err.to_string())
+        })?;
+        match conn {
+            RedisConn::Single(mut conn) => {
+                within(PING_TIMEOUT, what, cmd.query_async::<Value>(&mut conn)).await
+            }
+            RedisConn::Cluster(conn) => {
+                within(PING_TIMEOUT, what, on_any_node(&conn.inner, cmd)).await
+            }
+        }
+    }
+
     /// Whether new data should go under `key`: `false` when it lives on a
     /// cluster master that failed lately.
     pub fn serves(&self, key: &str) -> bool {

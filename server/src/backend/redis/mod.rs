@@ -22,6 +22,7 @@ mod queued;
 mod refresher;
 mod script_call;
 mod scripts;
+mod settings;
 mod shared;
 mod sync;
 mod users;

@@ -10,9 +10,10 @@
 //! copy), `p` (the user it belongs to, empty for none) and `a` (the
 //! latest announcement of a change to other cachers, `<ms>:<nodes>`:
 //! Redis's clock and the hex ids told; absent: none yet); the key's
-//! PEXPIREAT is the session's expiry. Small hashes are stored compactly by
-//! Redis (listpack), and the fields stay readable by the scripts that check
-//! versions.
+//! PEXPIREAT is the session's expiry. The fields stay readable by the
+//! scripts that check versions; Redis stores the hash compactly (one
+//! listpack) only while each field fits its `hash-max-listpack-value`,
+//! which the data outgrows at Redis's default (see `settings`).
 
 use bytes::Bytes;
 use redis::{FromRedisValue, ParsingError, Script, Value};

@@ -19,6 +19,7 @@ use super::script_call::ScriptCall;
 use super::scripts::{
     Deleted, Scripts, StoredSession, hex, key, node_ids, session_args, tombstone,
 };
+use super::settings;
 use crate::backend::api::{BackendError, Unavailable};
 use crate::backend::claims::{CLAIM_TTL, ClaimedBy};
 use crate::store::{EventLogConfig, Session, Store};
@@ -164,6 +165,10 @@ impl Redis {
             expiry_index,
         ));
         tasks.spawn(link.clone().watch(shutdown.clone()));
+        tasks.spawn(settings::advise_on_hash_encoding(
+            link.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(
             invalidations
                 .clone()
