@@ -267,8 +267,13 @@ impl Process {
     /// exit code, or `None` (after a SIGKILL) if it did not exit in time or
     /// died of a signal. Blocks the calling thread.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.terminate_within(Duration::from_secs(15))
+    }
+
+    /// [`terminate`](Self::terminate), waiting at most `limit`.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<i32> {
         signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();

@@ -276,6 +276,11 @@ impl RedisServer {
         }
     }
 
+    /// Its process id (to freeze it, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server with SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -13,7 +13,9 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::metrics::{Metrics, scrape};
+use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::proxy::SilencingProxy;
+use sessiond_e2e::redis::raw_command;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
 
@@ -641,6 +643,82 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
     let (code, log) =
         terminate_then_bring_redis_back(node, &mut redis, Duration::from_secs(1)).await;
     assert_eq!(code, Some(0), "unclean exit; log:\n{}", log);
+    assert_all_in_redis(&http, &redis.url(), &expected, &log).await;
+}
+
+/// Stalls Redis for `secs` seconds (`DEBUG SLEEP`); returns when it ends.
+fn stall(port: u16, secs: f64) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to Redis");
+    stream
+        .set_read_timeout(Some(Duration::from_secs_f64(secs + 5.0)))
+        .expect("read timeout");
+    stream
+        .write_all(format!("DEBUG SLEEP {secs}\r\n").as_bytes())
+        .expect("DEBUG SLEEP");
+    let mut reply = [0u8; 16];
+    let read = stream.read(&mut reply).expect("DEBUG SLEEP's answer");
+    assert_eq!(&reply[..read], b"+OK\r\n");
+}
+
+/// Async mode: the shutdown flush gives up only once Redis has failed for
+/// the whole deadline (10 s) without a round of writes getting through. A
+/// Redis that fails at SIGTERM and again 10 s later, having taken writes
+/// in between, loses no acknowledged write. The deadline used to run from
+/// the first failure after SIGTERM and never start again, so the second
+/// failure dropped the rest of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_shutdown_flush_that_redis_interrupts_twice_loses_nothing() {
+    const SESSIONS: u64 = 6_000;
+    let redis = RedisServer::start_with_debug();
+    let http = http();
+    let mut node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    freeze(redis.pid());
+    let created: Vec<(u64, Reply)> = futures_util::stream::iter(0..SESSIONS)
+        .map(|n| {
+            let (http, node) = (&http, &node);
+            async move { (n, create(http, node, &json!({ "n": n }), None).await) }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut expected = Expected::new();
+    for (n, reply) in created {
+        assert_eq!(reply.status, 201, "create {n}: {}", reply.text);
+        expected.insert(reply.session().id, (1, json!({ "n": n })));
+    }
+
+    let terminated = tokio::task::spawn_blocking(move || {
+        let code = node.terminate_within(Duration::from_secs(60));
+        (code, node.log())
+    });
+    // The flush fails against the frozen Redis (a try times out after 2
+    // s): its deadline runs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(redis.pid(), "CONT");
+    let port = redis.port;
+    tokio::task::spawn_blocking(move || {
+        // Redis takes writes again, slowly: it holds every command for
+        // half a second at a time (reading them meanwhile), so the flush
+        // gets a round or two through per pause, and the node's health
+        // checks answer within their timeout.
+        let slow_until = Instant::now() + Duration::from_secs(9);
+        while Instant::now() < slow_until {
+            let paused = raw_command(port, "CLIENT PAUSE 500 ALL").expect("CLIENT PAUSE");
+            assert_eq!(paused, "+OK\r\n");
+            std::thread::sleep(Duration::from_millis(550));
+        }
+        // Then fails for a moment, more than 10 s after the first failure.
+        stall(port, 3.0);
+    })
+    .await
+    .expect("the stalling thread");
+    let (code, log) = tokio::time::timeout(Duration::from_secs(60), terminated)
+        .await
+        .expect("terminate_within did not return")
+        .expect("the terminating thread");
+    assert_eq!(code, Some(0), "unclean exit; log:\n{log}");
+    assert!(!log.contains("queued writes lost"), "{log}");
     assert_all_in_redis(&http, &redis.url(), &expected, &log).await;
 }
 

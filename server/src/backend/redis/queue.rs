@@ -279,6 +279,11 @@ impl Worker {
                     tracing::debug!(held, %err, "write-behind writes failed; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            } else {
+                // A whole round got through: the shutdown deadline runs
+                // again from the next failure (it bounds an outage, not
+                // the flush of a long queue).
+                closing_since = None;
             }
             metrics::gauge!("sessiond_redis_queue_depth")
                 .set(self.depth.load(Ordering::Relaxed) as f64);
