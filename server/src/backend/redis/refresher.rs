@@ -254,13 +254,16 @@ impl ExpiryRefresher {
             }
         })
         .await;
-        if pushed != Ok(true) {
-            tracing::warn!(
-                left = self.ahead.lock().len(),
-                "Redis unreachable at shutdown; slid expiries not pushed (a session's \
-                 Redis expiry may be short by up to an eighth of its TTL, at most a minute)"
-            );
-        }
+        let why = match pushed {
+            Ok(true) => return,
+            Ok(false) => "Redis unreachable at shutdown",
+            Err(_) => "the shutdown's flush deadline passed",
+        };
+        tracing::warn!(
+            left = self.ahead.lock().len(),
+            "{why}; slid expiries not pushed (a session's Redis expiry may be short \
+             by up to an eighth of its TTL, at most a minute)"
+        );
     }
 
     async fn flush(&self) {
