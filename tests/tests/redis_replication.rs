@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sessiond_client::SessionId;
@@ -989,4 +990,64 @@ async fn the_log_says_when_redis_keeps_sessions_in_its_large_hash_encoding() {
     assert!(!tuned.log().contains(advice), "{}", tuned.log());
     let compact = create(&http, &tuned, &data, None).await.session();
     assert_eq!(encoding_in_redis(&redis, &compact.id), "listpack");
+}
+
+/// Async mode: a write-behind write is announced on the invalidation
+/// channel only when it makes a new key (nobody can tell who held the one
+/// before) or another node may hold a copy. One node writing its own
+/// session 20 times announces nothing; once a second node has read the
+/// session through (it is listed as a cacher), the next write is
+/// announced and that node serves it. (Every write-behind write used to
+/// be announced, a message per write that every node received.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_announces_a_write_only_where_another_node_may_hold_a_copy() {
+    let redis = RedisServer::start();
+    let http = http();
+    let async_mode = ["--redis-mode", "async"];
+    let writer = node_on(&http, &redis.url(), &async_mode).await;
+    let mut pubsub = redis::Client::open(redis.url())
+        .expect("the Redis URL")
+        .get_async_pubsub()
+        .await
+        .expect("a subscriber");
+    pubsub
+        .subscribe("sessiond:invalidations")
+        .await
+        .expect("SUBSCRIBE");
+    let mut messages = pubsub.into_on_message();
+    let admin = redis_conn(&redis.url()).await;
+
+    let id = create(&http, &writer, &json!({ "n": 0 }), None)
+        .await
+        .session()
+        .id;
+    for n in 1..=20 {
+        let reply = put(&http, &writer, &id, &json!({ "n": n }), None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    wait_for_version_in_redis(&admin, &id, 21).await;
+    let cacher = node_on(&http, &redis.url(), &async_mode).await;
+    let read = get(&http, &cacher, &id).await;
+    assert_eq!(read.session().data, json!({ "n": 20 }));
+    let last = json!({ "n": "last" });
+    assert_eq!(put(&http, &writer, &id, &last, None).await.status, 200);
+    wait_for_version_in_redis(&admin, &id, 22).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&http, &cacher, &id).await.session().data != last {
+        assert!(Instant::now() < deadline, "the cacher kept the older copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // What the channel carried (the nodes' beats go on meanwhile).
+    let mut invalidations = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, messages.next()).await {
+        if message.get_payload_bytes().first() == Some(&b'I') {
+            invalidations += 1;
+        }
+    }
+    assert_eq!(
+        invalidations, 2,
+        "one for the new key, one for the write the cacher had to hear of"
+    );
 }

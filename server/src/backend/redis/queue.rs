@@ -450,7 +450,7 @@ async fn ship(
     let (scripts, invalidations) = (&redis.scripts, &redis.invalidations);
     let events = redis.events.as_ref();
     let conn = redis.link.conn()?;
-    let retention = &redis.retention();
+    let retention = redis.retention();
     let logs_updates = redis.logs_updates();
     let sends = latest_per_session(batch).into_iter().map(|queued| {
         let mut conn = conn.clone();

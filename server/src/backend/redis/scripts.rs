@@ -223,9 +223,14 @@ return 1
 
 /// Stores a whole session unconditionally: the copy a rotation makes under
 /// the new id, or a write-behind write. KEYS: session, its tombstone, and
-/// with the event log the stream and the expiry index.
+/// with the event log the stream and the expiry index (written as
+/// [`WRITE`] writes it: only when it lacks the session or holds a later
+/// expiry).
 /// ARGV: v, d, c, u, t, expires_at, w, h, o, p, f; 12 channel and 13
-/// message to announce the write to every node ('' for none); 14 '1' to
+/// message to announce the write on ('' for none), published when nodes
+/// other than the writer (ARGV 9) may hold a copy, as [`WRITE`] finds them
+/// (the cacher list, and the nodes a recent announcement told), or when
+/// the key is new (a list that went with it is unknown); 14 '1' to
 /// store nothing (0) when the session was deleted lately (its tombstone is
 /// there); 15 the event to append if the key is new ('' for none);
 /// 16 retention; 17 the event to append if the key held an older version
@@ -239,16 +244,23 @@ return 1
 const STORE_ANY: &str = r"
 if ARGV[14] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if tonumber(ARGV[6]) <= now_ms() then return 5 end
-local before = redis.call('HGET', KEYS[1], 'v')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'o', 'a')
+local before = cur[1]
 local resent = ARGV[18]
 if resent and resent ~= '' and before and tonumber(before) > tonumber(resent) then return 4 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10], 'f', ARGV[11])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[12], ARGV[13]) end
+if ARGV[12] ~= '' and (not before or #cachers(cur[2], cur[3], ARGV[9]) > 0) then
+  redis.call('PUBLISH', ARGV[12], ARGV[13])
+end
 if KEYS[3] then
   local id = string.sub(KEYS[1], -22)
-  redis.call('ZADD', KEYS[4], ARGV[6], id .. ':' .. ARGV[10])
+  local member = id .. ':' .. ARGV[10]
+  local indexed = before and redis.call('ZSCORE', KEYS[4], member)
+  if not indexed or tonumber(indexed) > tonumber(ARGV[6]) then
+    redis.call('ZADD', KEYS[4], ARGV[6], member)
+  end
   if not before and ARGV[15] ~= '' then
     emit(KEYS[3], ARGV[16], ARGV[15], id, ARGV[10])
     return 2

@@ -106,6 +106,8 @@ pub struct Redis {
     pub(super) config: RedisConfig,
     /// The event log, if it is on.
     pub(super) events: Option<RedisEvents>,
+    /// Its retention as the scripts take it ('' when off), formatted once.
+    retention: String,
     /// The newest event log entry seen, watched by the readers waiting on
     /// this node (kept current only while there are some).
     pub(super) newest_event: tokio::sync::watch::Sender<String>,
@@ -201,6 +203,10 @@ impl Redis {
             invalidations,
             refresher,
             config,
+            retention: events
+                .as_ref()
+                .map(|events| events.config.retention.to_string())
+                .unwrap_or_default(),
             events,
             newest_event: tokio::sync::watch::Sender::new(String::new()),
             cacher,
@@ -247,11 +253,8 @@ impl Redis {
     }
 
     /// The event log's retention as the scripts take it ('' when off).
-    pub(super) fn retention(&self) -> String {
-        self.events
-            .as_ref()
-            .map(|events| events.config.retention.to_string())
-            .unwrap_or_default()
+    pub(super) fn retention(&self) -> &str {
+        &self.retention
     }
 
     /// Whether data writes are logged as `updated`.
