@@ -23,8 +23,9 @@ mod cluster;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one Redis command may take.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a node keeps sending Redis what it owes it at shutdown
-/// (queued writes, slid expiries) while Redis fails, before giving up.
+/// How long a node keeps sending Redis what it owes it at shutdown while
+/// Redis fails, before giving up: queued writes while no round of them
+/// gets through, slid expiries in all.
 pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the link checks that Redis answers.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
