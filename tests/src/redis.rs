@@ -46,10 +46,16 @@ fn free_port(with_bus: bool) -> u16 {
     panic!("no free port pair found");
 }
 
-/// Sends one inline command and returns the raw reply.
+/// Sends one inline command and returns the raw reply (waiting for it at
+/// most 2 s).
 pub fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
+    raw_command_within(port, command, Duration::from_secs(2))
+}
+
+/// [`raw_command`], waiting for the reply at most `limit`.
+pub fn raw_command_within(port: u16, command: &str, limit: Duration) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_read_timeout(Some(limit))?;
     stream.write_all(format!("{command}\r\n").as_bytes())?;
     let mut buffer = vec![0u8; 64 * 1024];
     let read = stream.read(&mut buffer)?;

@@ -15,7 +15,7 @@ use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::metrics::{Metrics, scrape};
 use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::proxy::SilencingProxy;
-use sessiond_e2e::redis::raw_command;
+use sessiond_e2e::redis::{raw_command, raw_command_within};
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
 
@@ -648,17 +648,9 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
 
 /// Stalls Redis for `secs` seconds (`DEBUG SLEEP`); returns when it ends.
 fn stall(port: u16, secs: f64) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to Redis");
-    stream
-        .set_read_timeout(Some(Duration::from_secs_f64(secs + 5.0)))
-        .expect("read timeout");
-    stream
-        .write_all(format!("DEBUG SLEEP {secs}\r\n").as_bytes())
-        .expect("DEBUG SLEEP");
-    let mut reply = [0u8; 16];
-    let read = stream.read(&mut reply).expect("DEBUG SLEEP's answer");
-    assert_eq!(&reply[..read], b"+OK\r\n");
+    let limit = Duration::from_secs_f64(secs + 5.0);
+    let reply = raw_command_within(port, &format!("DEBUG SLEEP {secs}"), limit);
+    assert_eq!(reply.expect("DEBUG SLEEP"), "+OK\r\n");
 }
 
 /// Async mode: the shutdown flush gives up only once Redis has failed for

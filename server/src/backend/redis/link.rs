@@ -466,13 +466,11 @@ async fn ping_single(mut conn: RedisConn) -> RedisResult<()> {
 
 /// PINGs one node of the cluster through `conn`, bounded in time.
 async fn ping(conn: &ClusterConnection) -> Result<(), String> {
-    match tokio::time::timeout(PING_TIMEOUT, on_any_node(conn, redis::cmd("PING"))).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!(
-            "PING through the cluster connection: no answer within {PING_TIMEOUT:?}"
-        )),
-    }
+    let ping = on_any_node(conn, redis::cmd("PING"));
+    within(PING_TIMEOUT, "PING through the cluster connection", ping)
+        .await
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 /// A new cluster connection that has answered a PING, bounded in time.
