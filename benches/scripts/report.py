@@ -22,6 +22,12 @@ def micros(result, key):
     return "-" if value is None else f"{value:.2f}"
 
 
+def together(result):
+    """The server's and the load tool's CPU per operation: on a machine
+    whose cores they share, the throughput is about the cores over this."""
+    return result["server_cpu_us_per_op"] + result["loader_cpu_us_per_op"]
+
+
 def line(section, round_, label):
     result = json.load(sys.stdin)
     result.update(section=section, round=int(round_), label=label)
@@ -60,6 +66,7 @@ def table(path):
                     f"cpu {row['server_cpu_us_per_op']:.2f} "
                     f"({row['server_cpu_us_per_op'] / base['server_cpu_us_per_op']:.2f}x; "
                     f"kernel {micros(row, 'server_system_us_per_op')}) "
+                    f"with loader {together(row):.2f} ({together(row) / together(base):.2f}x) "
                     f"depth {depth(row)}"
                     + (f" errors {row['errors']}" if row["errors"] else "")
                 )
