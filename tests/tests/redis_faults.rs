@@ -1870,6 +1870,67 @@ async fn async_mode_a_listing_waits_for_a_queued_logout_of_a_session_made_elsewh
     assert_eq!(listed, [ids[1].clone()], "answered after {took:?}");
 }
 
+/// Write-behind mode: a listing waits for a queued write of the user's
+/// session that keeps failing, also once a later write of the session took
+/// its place in the retry. The later write's place was kept and the
+/// earlier one's counted as shipped, so a listing that began between the
+/// two went ahead and showed version 1 while versions 2 and 3, both
+/// acknowledged, were still on their way to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_listing_waits_for_a_failing_write_that_a_later_one_replaced() {
+    let AclWriter {
+        redis: _redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
+    let logged_in = login(&http, &writer, "alice", 600).await;
+    assert_eq!(logged_in.status, 201, "{}", logged_in.text);
+    let id = logged_in.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let second = put(
+        &http,
+        &writer,
+        &id,
+        &json!({ "written": "second" }),
+        Some(1),
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+
+    let listing = tokio::spawn({
+        let (http, url) = (http.clone(), writer.url());
+        async move {
+            let path = format!("{url}/v1/users/alice/sessions");
+            let started = Instant::now();
+            (send(http.get(path)).await, started.elapsed())
+        }
+    });
+    // The second write fails a few rounds, then the third joins it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = put(&http, &writer, &id, &json!({ "written": "third" }), Some(2)).await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if listing.is_finished() {
+        let (reply, took) = listing.await.expect("the listing");
+        panic!(
+            "the listing answered {} after {took:?}, the writes unshipped: {}",
+            reply.status, reply.text
+        );
+    }
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    let (reply, took) = listing.await.expect("the listing");
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let sessions = reply.json()["sessions"].clone();
+    assert_eq!(sessions[0]["id"], json!(id), "{sessions} after {took:?}");
+    assert_eq!(
+        sessions[0]["version"],
+        json!(3),
+        "{sessions} after {took:?}"
+    );
+}
+
 /// Write-behind mode: a revocation and a rotation wait for the changes
 /// this node queued before them, not for the ones queued meanwhile. Here
 /// the user's session is written without a pause while she is revoked

@@ -321,6 +321,7 @@ impl Worker {
         let mut kept: Vec<Queued> = Vec::new();
         let mut places = HashMap::new();
         let mut done = Vec::new();
+        let mut merged = Vec::new();
         for queued in std::mem::take(batch) {
             let id = queued.change.id();
             if !failed.contains(&id) {
@@ -338,15 +339,17 @@ impl Worker {
                 Entry::Occupied(place) => {
                     // A later change of the session: it takes the place.
                     kept[*place.get()].change = queued.change;
-                    done.push(id);
+                    merged.push(id);
                 }
             }
         }
         *batch = kept;
         let count = done.len() as u64;
-        self.depth.fetch_sub(count, Ordering::Relaxed);
+        self.depth
+            .fetch_sub(count + merged.len() as u64, Ordering::Relaxed);
         // Before the waiters wake: they look at the ids.
         self.ids.shipped(done);
+        self.ids.merged(merged);
         if count > 0 {
             self.shipped.send_modify(|ships| *ships += 1);
         }

@@ -68,9 +68,8 @@ impl QueuedIds {
         }
     }
 
-    /// Changes of `ids` (one per entry) reached Redis. When a later change
-    /// took a failed one's place, the later one stays counted: it is the
-    /// one still to ship.
+    /// Changes of `ids` (one per entry) reached Redis, the oldest of each
+    /// session's first.
     pub fn shipped(&self, ids: impl IntoIterator<Item = SessionId>) {
         let mut inner = self.inner.lock();
         let Inner { entries, by_user } = &mut *inner;
@@ -85,6 +84,22 @@ impl QueuedIds {
                 }) = entries.remove(&id)
             {
                 forget(by_user, &user, &id);
+            }
+        }
+    }
+
+    /// A later change of each of `ids` (one per entry) took the place of
+    /// the session's oldest unshipped change, which failed to ship: the
+    /// later one's number is retired and the oldest one's stays, since
+    /// the change to ship now carries both (a wait for changes queued
+    /// before the later one still waits for it).
+    pub fn merged(&self, ids: impl IntoIterator<Item = SessionId>) {
+        let mut inner = self.inner.lock();
+        for id in ids {
+            if let Some(pending) = inner.entries.get_mut(&id)
+                && pending.seqs.len() > 1
+            {
+                pending.seqs.remove(1);
             }
         }
     }
@@ -247,6 +262,23 @@ mod tests {
         assert!(!queued.holds_user_before(&alice, u64::MAX));
         assert!(queued.holds_user_before(&bob, 2));
         assert!(queued.holds_before(&unknown, 3));
+    }
+
+    /// A failed change that a later one replaced in the retry is still
+    /// waited for: the place kept is the oldest change's.
+    #[test]
+    fn a_merged_change_keeps_the_oldest_place() {
+        let queued = QueuedIds::default();
+        let id = SessionId::random();
+        queued.queued(id, 0, written(id, 2), None);
+        queued.queued(id, 1, written(id, 3), None);
+        queued.merged([id]);
+        assert!(
+            queued.holds_before(&id, 1),
+            "the write queued first is unshipped"
+        );
+        queued.shipped([id]);
+        assert!(!queued.contains(&id));
     }
 
     /// The per-user index follows a session to its new user and forgets
