@@ -3,8 +3,10 @@
 //! The encoding lives here and nowhere else, so it can be swapped (bincode is
 //! unmaintained upstream) without touching the rest. Decoding never panics
 //! and never allocates more than the frame carries: the length is checked
-//! against the maximum before any buffer grows, and bincode runs with a
-//! limit.
+//! against the maximum before any buffer grows, bincode runs with a limit,
+//! and a string or bytes field is read as a slice of the frame before it
+//! is copied (`copied`), so a length it claims past the frame's end is
+//! refused without a buffer of that size.
 
 use std::marker::PhantomData;
 

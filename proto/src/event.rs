@@ -60,12 +60,14 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Where the log stands after this event: resume after it.
+    #[serde(deserialize_with = "crate::copied::string")]
     pub cursor: String,
     /// What happened.
     pub kind: EventKind,
     /// The session.
     pub id: SessionId,
     /// The user the session belonged to.
+    #[serde(deserialize_with = "crate::copied::optional_string")]
     pub user: Option<String>,
     /// When it happened, ms since the Unix epoch.
     pub at_ms: u64,
@@ -80,6 +82,7 @@ pub struct EventPage {
     pub events: Vec<Event>,
     /// The cursor to resume after (the last event's, or the one asked for
     /// when there were none).
+    #[serde(deserialize_with = "crate::copied::string")]
     pub next: String,
 }
 

@@ -12,6 +12,7 @@
 //! depend on it and on nothing of each other.
 
 pub mod codec;
+mod copied;
 pub mod error;
 pub mod event;
 pub mod http;

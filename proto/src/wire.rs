@@ -41,6 +41,7 @@ pub struct Hello {
     /// The protocol version the client speaks ([`PROTOCOL_VERSION`]).
     pub protocol: u32,
     /// The bearer token, when the server needs one.
+    #[serde(deserialize_with = "crate::copied::optional_string")]
     pub auth_token: Option<String>,
     /// Where sessions created or rotated on this connection must live, for
     /// clients that spread sessions over several nodes.
@@ -63,6 +64,7 @@ pub struct Welcome {
     /// The protocol version the server speaks.
     pub protocol: u32,
     /// The server's software version.
+    #[serde(deserialize_with = "crate::copied::string")]
     pub server_version: String,
     /// The largest frame the server accepts.
     pub max_frame_bytes: u64,
@@ -120,10 +122,12 @@ pub enum Op {
     /// Create a session (`POST /v1/sessions`).
     Create {
         /// JSON text.
+        #[serde(deserialize_with = "crate::copied::bytes")]
         data: Bytes,
         /// Idle TTL; the server's default when `None`.
         ttl_secs: Option<u64>,
         /// The user the session belongs to (1 to 256 bytes).
+        #[serde(deserialize_with = "crate::copied::optional_string")]
         user: Option<String>,
     },
     /// Read a session, refreshing its expiry.
@@ -136,6 +140,7 @@ pub enum Op {
         /// The session.
         id: SessionId,
         /// JSON text.
+        #[serde(deserialize_with = "crate::copied::bytes")]
         data: Bytes,
         /// A new idle TTL.
         ttl_secs: Option<u64>,
@@ -147,6 +152,7 @@ pub enum Op {
         /// The session.
         id: SessionId,
         /// JSON text of the merge patch.
+        #[serde(deserialize_with = "crate::copied::bytes")]
         patch: Bytes,
         /// A new idle TTL.
         ttl_secs: Option<u64>,
@@ -171,16 +177,19 @@ pub enum Op {
         id: SessionId,
         /// Bind the session to this user in the same step (a login); the
         /// session keeps its user when `None`.
+        #[serde(deserialize_with = "crate::copied::optional_string")]
         user: Option<String>,
     },
     /// The live sessions of a user, oldest first.
     ListUser {
         /// The user.
+        #[serde(deserialize_with = "crate::copied::string")]
         user: String,
     },
     /// Deletes every session of a user, but `except`.
     RevokeUser {
         /// The user.
+        #[serde(deserialize_with = "crate::copied::string")]
         user: String,
         /// A session to keep ("sign out other devices").
         except: Option<SessionId>,
@@ -189,6 +198,7 @@ pub enum Op {
     /// `None`; `"now"` is the end), waiting up to `wait_ms` for one.
     Events {
         /// The cursor to resume after.
+        #[serde(deserialize_with = "crate::copied::optional_string")]
         after: Option<String>,
         /// Most events in the answer (1 to 1000).
         limit: u32,
@@ -293,6 +303,7 @@ pub struct SessionRecord {
     /// 1 on create, +1 on every write.
     pub version: u64,
     /// JSON text.
+    #[serde(deserialize_with = "crate::copied::bytes")]
     pub data: Bytes,
     /// Creation time, ms since the Unix epoch.
     pub created_at_ms: u64,
@@ -303,6 +314,7 @@ pub struct SessionRecord {
     /// Idle TTL in seconds.
     pub ttl_secs: u64,
     /// The user the session belongs to.
+    #[serde(deserialize_with = "crate::copied::optional_string")]
     pub user: Option<String>,
 }
 
@@ -333,10 +345,12 @@ pub struct WireError {
     /// Stable machine-readable code.
     pub code: ErrorCode,
     /// A sentence for people.
+    #[serde(deserialize_with = "crate::copied::string")]
     pub message: String,
     /// The session's current version, on `version_mismatch`.
     pub current_version: Option<u64>,
     /// The oldest cursor still retained, on `cursor_expired`.
+    #[serde(deserialize_with = "crate::copied::optional_string")]
     pub oldest: Option<String>,
 }
 

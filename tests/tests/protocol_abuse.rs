@@ -207,6 +207,66 @@ async fn a_huge_length_prefix_is_refused_before_reading_it() {
     still_serves(&node).await;
 }
 
+/// A frame of `fields` (a message's encoding up to a string or bytes
+/// field) and then the field's length alone, claiming `claim` bytes that
+/// never come (bincode's varint: 0xfd, then a little-endian u64).
+fn claiming(fields: &[u8], claim: u64) -> Vec<u8> {
+    let mut payload = fields.to_vec();
+    payload.push(0xfd);
+    payload.extend_from_slice(&claim.to_le_bytes());
+    let mut framed = (payload.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&payload);
+    framed
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line");
+    kib * 1024
+}
+
+/// A string or bytes field that claims more than its frame carries costs
+/// the node nothing: the frame is refused without a buffer of the claimed
+/// length. The decoder made (and zeroed) a buffer of the claimed size,
+/// up to 64 MiB for a 16-byte frame, before it found the frame short, so
+/// these frames, before or after the handshake, grew the node's memory by
+/// tens of MiB and cost it a millisecond of CPU each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_claiming_more_than_its_frame_carries_allocates_nothing() {
+    const CLAIM: u64 = 30 << 20;
+    const FRAMES: usize = 24;
+    let node = Sessiond::start(&[]);
+    still_serves(&node).await;
+    let before = rss_bytes(node.pid());
+    // A Hello (variant 0, protocol 3) whose token (Some) claims 30 MiB.
+    let hello = claiming(&[0, PROTOCOL_VERSION as u8, 1], CLAIM);
+    // A Create (Request variant 1, id 1, op variant 0) whose data does.
+    let create = claiming(&[1, 1, 0], CLAIM);
+    for round in 0..FRAMES {
+        let mut stream = if round % 2 == 0 {
+            connect(node.tcp).await
+        } else {
+            handshaken(node.tcp).await
+        };
+        let frame = if round % 2 == 0 { &hello } else { &create };
+        stream.write_all(frame).await.unwrap();
+        let error = expect_fatal(&mut stream).await;
+        assert_eq!(error.code, ErrorCode::ProtocolError, "{error:?}");
+    }
+    let grown = rss_bytes(node.pid()).saturating_sub(before);
+    assert!(
+        grown < 8 << 20,
+        "{FRAMES} frames of 16 bytes grew the node by {} KiB",
+        grown >> 10
+    );
+    still_serves(&node).await;
+}
+
 /// A client that has not sent its Hello yet cannot make the node buffer a
 /// frame of a session's size: a Hello is at most 64 KiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
