@@ -72,6 +72,10 @@ enum Reply {
     Answered(Outcome),
     /// The deadline passed before the request could be written.
     Unsent,
+    /// The request was never started: the node, shutting down, said so
+    /// of every request it left unanswered, or the connection ended
+    /// before the request was written.
+    NotStarted(Error),
 }
 
 /// A request and where its answer goes.
@@ -221,6 +225,7 @@ impl Connection {
         match answered.await {
             Ok(Reply::Answered(outcome)) => Ok(outcome),
             Ok(Reply::Unsent) => Err(CallError::Stalled(backed_up())),
+            Ok(Reply::NotStarted(err)) => Err(CallError::NotSent(err)),
             Err(_) if Instant::now() >= deadline => Err(CallError::Lost(Error::Timeout(timeout))),
             Err(_) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
@@ -323,6 +328,10 @@ async fn drive(
         }
     }
     closed.cancel();
+    for call in held {
+        let unsent = Error::Unavailable("the connection closed before the request was sent".into());
+        let _ = call.answer.send(Reply::NotStarted(unsent));
+    }
 }
 
 /// Ends the wait of the callers whose deadline has come (an answer that
@@ -393,6 +402,16 @@ fn answer(codec: &mut Codec, input: &mut BytesMut, waiting: &mut WaitingCalls) -
                 if let Some(caller) = waiting.remove(&response.id) {
                     let _ = caller.answer.send(Reply::Answered(response.outcome));
                 }
+            }
+            Ok(Some(ServerFrame::Fatal(error))) if error.code == ErrorCode::Unavailable => {
+                // A node's farewell at shutdown, after answering every
+                // request it started.
+                tracing::debug!("server closed the connection: {}", error.message);
+                for (_, call) in waiting.drain() {
+                    let refused = Error::Unavailable(error.message.clone());
+                    let _ = call.answer.send(Reply::NotStarted(refused));
+                }
+                return false;
             }
             Ok(Some(ServerFrame::Fatal(error))) => {
                 tracing::warn!(code = %error.code, "server closed the connection: {}", error.message);

@@ -1141,3 +1141,36 @@ async fn a_frame_over_the_limit_with_its_user_name_is_too_large_not_sent() {
         .expect("the connection still serves");
     assert_eq!(made.version, 1);
 }
+
+/// A write a node read but had not started when it shut down is known not
+/// to be applied: the node's farewell says so, and the client reports the
+/// node unavailable rather than a write of unknown fate. Here the node
+/// runs one request at a time and an event long-poll holds it; the write
+/// waits behind it. Before the farewell the client saw the connection
+/// close with the write unanswered and ended `Indeterminate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_a_shutting_down_node_never_started_is_not_indeterminate() {
+    let node = Sessiond::start(&["--max-in-flight", "1"]);
+    let client = client_for(&[&node]).await;
+    let id = client
+        .create(&json!({ "n": 0 }), None)
+        .await
+        .expect("create")
+        .id;
+    let mut events = Box::pin(client.events(Some("now".into())));
+    let follower = tokio::spawn(async move { events.next().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let write = tokio::spawn({
+        let client = client.clone();
+        async move { client.put(&id, &json!({ "n": 1 }), Some(1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!write.is_finished(), "the write waits behind the long-poll");
+    signal(node.pid(), "TERM");
+    let written = tokio::time::timeout(Duration::from_secs(20), write)
+        .await
+        .expect("the write ends")
+        .expect("the write's task");
+    assert!(matches!(written, Err(Error::Unavailable(_))), "{written:?}");
+    follower.abort();
+}

@@ -947,6 +947,44 @@ async fn an_answer_too_large_for_a_frame_fails_only_its_request() {
     );
 }
 
+/// At shutdown a node answers the requests it started and says that the
+/// rest were not: a `Fatal` of code `unavailable` after the last answer.
+/// Here one request in flight at most: an event long-poll holds the slot
+/// and a ping waits behind it, read but not started. The node answered the
+/// long-poll and closed, and the client could not tell the ping (or a
+/// write) from one whose answer was lost after it was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_says_which_requests_it_never_started() {
+    let node = Sessiond::start(&["--max-in-flight", "1"]);
+    let mut stream = handshaken(node.tcp).await;
+    let mut batch = frame(&request(
+        1,
+        Op::Events {
+            after: Some("now".into()),
+            limit: 10,
+            wait_ms: 10_000,
+        },
+    ));
+    batch.extend(frame(&request(2, Op::Ping)));
+    stream.write_all(&batch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sessiond_e2e::process::signal(node.pid(), "TERM");
+    match next(&mut stream).await {
+        Next::Frame(ServerFrame::Response(Response {
+            id: 1,
+            outcome: Outcome::Events(_),
+        })) => {}
+        other => panic!("expected the long-poll's answer, got {other:?}"),
+    }
+    let farewell = expect_fatal(&mut stream).await;
+    assert_eq!(farewell.code, ErrorCode::Unavailable, "{farewell:?}");
+    assert!(
+        farewell.message.contains("not started"),
+        "{}",
+        farewell.message
+    );
+}
+
 /// Clients that hold their connections open (a binary-protocol client that
 /// pipelined 20 MiB of answers and reads none, an HTTP upload stalled
 /// mid-body) hold a graceful shutdown for at most `--drain-timeout`

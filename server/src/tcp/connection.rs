@@ -54,6 +54,10 @@ const HELLO_FRAME_BYTES: usize = 64 * 1024;
 /// A buffer grown past this (for a large frame) is given back once empty.
 const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
 
+/// Longest wait, at shutdown, for a client to close its side after the
+/// node's last frame.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Most nodes a client's placement ring may list.
 const MAX_RING_NODES: usize = 1024;
 
@@ -97,13 +101,42 @@ pub async fn run(
     }
     .serve(&shutdown)
     .await;
-    if let Err(error) = served {
-        tracing::debug!(%peer, code = %error.code, "closing connection: {}", error.message);
-        metrics::counter!("sessiond_tcp_protocol_errors_total", "code" => error.code.as_str())
-            .increment(1);
-        close_with(&mut wire, ctx, error).await;
+    match served {
+        Err(error) => {
+            tracing::debug!(%peer, code = %error.code, "closing connection: {}", error.message);
+            metrics::counter!("sessiond_tcp_protocol_errors_total", "code" => error.code.as_str())
+                .increment(1);
+            close_with(&mut wire, ctx, error).await;
+        }
+        Ok(()) if shutdown.is_cancelled() => say_goodbye(&mut wire, ctx).await,
+        Ok(()) => {}
     }
     metrics::gauge!("sessiond_tcp_connections").decrement(1.0);
+}
+
+/// At shutdown, once every request started has its answer: tells the
+/// client that the requests it has no answer for were never started (a
+/// `Fatal` of code `unavailable`, which it may send to another node
+/// whatever they are), then closes without a reset: the write side first,
+/// then what the client still sends is read and dropped until it closes
+/// too, for at most [`LINGER`]. Closing with unread bytes would send a
+/// reset, which can throw away answers still on their way.
+async fn say_goodbye(wire: &mut Wire, ctx: &TcpContext) {
+    let farewell = WireError::new(
+        ErrorCode::Unavailable,
+        "the node is shutting down: the requests without an answer were not started",
+    );
+    if send(wire, ctx, ServerFrame::Fatal(farewell)).await.is_err() {
+        return;
+    }
+    let _ = wire.stream.shutdown().await;
+    let _ = tokio::time::timeout(LINGER, async {
+        wire.input.clear();
+        while let Ok(true) = wire.fill().await {
+            wire.input.clear();
+        }
+    })
+    .await;
 }
 
 /// The socket with its buffers: requests are decoded from `input`, answers
@@ -364,7 +397,8 @@ struct Requests<'a> {
 impl Requests<'_> {
     /// Serves requests until the client closes (after answering what it
     /// sent), breaks the protocol or idles out, or `shutdown` fires (after
-    /// answering the requests already started).
+    /// answering the requests already started; the complete ones read but
+    /// not started are left unanswered, as the farewell then says).
     async fn serve(self, shutdown: &CancellationToken) -> Result<(), WireError> {
         let Self {
             wire,
