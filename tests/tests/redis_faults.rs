@@ -1429,6 +1429,50 @@ async fn async_mode_a_failing_write_holds_up_no_other_sessions_write() {
     wait_for_version_in_redis(&admin, failing, 6).await;
 }
 
+/// Write-behind mode: `sessiond_redis_queue_depth` is the queue as it is
+/// when scraped. Writes to ids that do not exist (404) hold a place while
+/// they look, and give it back; the gauge was set only by the queue's
+/// worker after each round, so a round that counted those places left it
+/// above 0 for as long as nothing more shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_the_queue_depth_is_zero_once_the_queue_is_empty() {
+    let redis = RedisServer::start();
+    let http = http();
+    let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let created = create(&http, &writer, &json!({ "n": 0 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let missing = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(2);
+    let lookups: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, missing) = (http.clone(), writer.url(), missing.clone());
+            tokio::spawn(async move {
+                // The lookups go on a little after the last real write.
+                while Instant::now() < until + Duration::from_millis(300) {
+                    let id = SessionId::random();
+                    let path = format!("{url}/v1/sessions/{id}");
+                    let reply = send(http.put(path).json(&json!({ "data": 1 }))).await;
+                    assert_eq!(reply.status, 404, "{}", reply.text);
+                    missing.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut version = 1;
+    while Instant::now() < until {
+        let written = put(&http, &writer, &id, &json!({ "n": version }), Some(version)).await;
+        assert_eq!(written.status, 200, "{}", written.text);
+        version += 1;
+    }
+    for lookup in lookups {
+        lookup.await.expect("a lookup task");
+    }
+    assert!(missing.load(Ordering::Relaxed) > 32, "the lookups ran");
+    wait_for_version_in_redis(&redis_conn(&redis.url()).await, &id, version).await;
+    wait_for_metric(&writer, "sessiond_redis_queue_depth", 0.0).await;
+}
+
 /// Write-behind mode: a write sent again after a failed send never
 /// overwrites a later version. (A send that timed out may have stored it,
 /// and another node may have written on it since; here the first sends

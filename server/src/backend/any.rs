@@ -170,4 +170,8 @@ impl Backend for AnyBackend {
     fn stats(&self) -> StoreStats {
         dispatch!(self, backend => backend.stats())
     }
+
+    fn replication_queue_depth(&self) -> Option<u64> {
+        dispatch!(self, backend => backend.replication_queue_depth())
+    }
 }

@@ -111,6 +111,13 @@ pub trait Backend: Send + Sync {
 
     /// The counters of this node's memory.
     fn stats(&self) -> StoreStats;
+
+    /// Places taken in a write-behind queue now: the writes acknowledged
+    /// and not yet in Redis, and the places writes still in progress hold
+    /// (`None` without a queue).
+    fn replication_queue_depth(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why a backend operation did not happen.

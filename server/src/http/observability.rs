@@ -112,6 +112,9 @@ pub fn publish_stats(state: &AppState) {
     metrics::gauge!("sessiond_user_index_users").set(stats.user_index_users as f64);
     metrics::gauge!("sessiond_user_index_entries").set(stats.user_index_entries as f64);
     metrics::counter!("sessiond_user_revocations_total").increment(0);
+    if let Some(depth) = state.service.replication_queue_depth() {
+        metrics::gauge!("sessiond_redis_queue_depth").set(depth as f64);
+    }
     if let Some(up) = state.readiness.redis_up() {
         metrics::gauge!("sessiond_redis_up").set(if up { 1.0 } else { 0.0 });
     }

@@ -446,6 +446,11 @@ impl SessionService {
     pub fn stats(&self) -> StoreStats {
         self.backend.stats()
     }
+
+    /// Places taken in the write-behind queue (`None` without one).
+    pub fn replication_queue_depth(&self) -> Option<u64> {
+        self.backend.replication_queue_depth()
+    }
 }
 
 /// Most ids drawn for one placed id, per node of the ring: a ring of n

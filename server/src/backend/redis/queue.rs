@@ -183,6 +183,12 @@ impl WriteBehind {
         }
     }
 
+    /// Places taken now: changes queued or held for a retry, and places
+    /// reserved by writes still in progress.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
     /// A place in the queue, or [`Unavailable::QueueFull`] (the changes
     /// the worker holds for a retry count too, and so do places reserved
     /// by writes still in progress: concurrent writes never take more
@@ -229,7 +235,6 @@ impl Worker {
         let mut held = 0;
         let mut closing_since: Option<Instant> = None;
         let mut last_warned: Option<Instant> = None;
-        metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
         metrics::gauge!("sessiond_redis_replication_lag_seconds").set(0.0);
         loop {
             if batch.is_empty() {
@@ -285,10 +290,7 @@ impl Worker {
                 // the flush of a long queue).
                 closing_since = None;
             }
-            metrics::gauge!("sessiond_redis_queue_depth")
-                .set(self.depth.load(Ordering::Relaxed) as f64);
         }
-        metrics::gauge!("sessiond_redis_queue_depth").set(0.0);
     }
 
     /// Takes the changes of the sessions whose send succeeded out of

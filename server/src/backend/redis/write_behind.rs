@@ -382,4 +382,8 @@ impl Backend for WriteBehindBackend {
     fn stats(&self) -> StoreStats {
         self.redis.store.stats()
     }
+
+    fn replication_queue_depth(&self) -> Option<u64> {
+        Some(self.queue.depth())
+    }
 }
