@@ -334,6 +334,12 @@ impl Client {
                             maybe_applied_since.get_or_insert(sent_at);
                             last_error = Some(Error::from(error));
                         }
+                        // Refused before it was judged, by a node with a
+                        // lower limit than the one an earlier attempt may
+                        // have been applied on: that one settles it.
+                        ErrorCode::PayloadTooLarge if maybe_applied_since.is_some() => {
+                            last_error = Some(Error::from(error));
+                        }
                         _ => return Err(Error::from(error)),
                     }
                 }
@@ -341,7 +347,11 @@ impl Client {
                     node.answered();
                     return Ok(outcome);
                 }
-                Err(CallError::NotSent(err @ Error::TooLarge(_))) => return Err(err),
+                Err(CallError::NotSent(err @ Error::TooLarge(_)))
+                    if maybe_applied_since.is_none() =>
+                {
+                    return Err(err);
+                }
                 Err(CallError::NotSent(err)) => {
                     // The connection closed before the request left: as
                     // with a lost answer, the next attempt opens a new one.

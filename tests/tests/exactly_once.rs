@@ -24,6 +24,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::process::{freeze, signal};
+use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::{
     Reply, bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
 };
@@ -770,4 +771,41 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
             assert_eq!(read.json()["data"]["n"], n, "{name}, {id}");
         }
     }
+}
+
+/// A write whose answer was lost on one node, and that the other node
+/// refuses as too large (the nodes' `--max-session-bytes` differ, as
+/// during a rolling change of it), is settled on the first node. The
+/// client reported it `TooLarge`, which says "not applied", of a write the
+/// first node had applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lost_on_one_node_and_too_large_for_the_other_is_settled_where_it_fit() {
+    let redis = RedisServer::start();
+    let http = http();
+    let roomy = node_on(&http, &redis.url(), &["--max-session-bytes", "2MiB"]).await;
+    let small = node_on(&http, &redis.url(), &[]).await;
+    let proxy = SilencingProxy::start(roomy.tcp.port()).await;
+    let via_proxy = format!("127.0.0.1:{}", proxy.port());
+    let client = build(Client::builder().nodes([via_proxy.clone(), small.tcp.to_string()])).await;
+    let mut id = None;
+    for _ in 0..32 {
+        let made = client.create(&json!({"n": 0}), None).await.expect("create");
+        if client.owner_of(&made.id) == via_proxy {
+            id = Some(made.id);
+            break;
+        }
+    }
+    let id = id.expect("a session whose writes go to the roomy node first");
+    proxy.cut_open_connections_at_next_answer();
+    let data = json!({ "pad": "x".repeat(1_500_000) });
+    let put = bounded("the large put", client.put(&id, &data, Some(1))).await;
+    let put = put.expect("settled on the node that took it");
+    assert_eq!(put.version, 2, "applied once");
+    // Within the small node's frames, over its sessions' limit: refused
+    // by that node itself.
+    proxy.cut_open_connections_at_next_answer();
+    let data = json!({ "pad": "x".repeat(1_080_000) });
+    let put = bounded("the second put", client.put(&id, &data, Some(2))).await;
+    let put = put.expect("settled on the node that took it");
+    assert_eq!(put.version, 3, "applied once");
 }
