@@ -1473,6 +1473,35 @@ async fn async_mode_the_queue_depth_is_zero_once_the_queue_is_empty() {
     wait_for_metric(&writer, "sessiond_redis_queue_depth", 0.0).await;
 }
 
+/// Write-behind mode: `sessiond_redis_replication_lag_seconds` is how long
+/// the oldest change of the last round waited until it reached Redis. It
+/// was measured over the changes a round left unsent, so it read 0
+/// whenever every send got through, however long they had waited (here,
+/// behind a Redis busy for most of a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_the_replication_lag_counts_a_wait_that_ended_in_redis() {
+    let redis = RedisServer::start_with_debug();
+    let http = http();
+    let admin = redis_conn(&redis.url()).await;
+    let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let id = created_in_redis(&http, &writer, &admin, &json!({ "n": 0 })).await;
+    let port = redis.port;
+    let busy = tokio::task::spawn_blocking(move || stall(port, 0.8));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let written = put(&http, &writer, &id, &json!({ "n": 1 }), Some(1)).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    busy.await.expect("the stall");
+    wait_for_version_in_redis(&admin, &id, 2).await;
+    let metrics = scrape(&writer.url()).await;
+    let lag = metrics
+        .value("sessiond_redis_replication_lag_seconds", &[])
+        .expect("the lag gauge");
+    assert!(
+        lag >= 0.4,
+        "the write waited most of 0.8 s; the lag says {lag} s"
+    );
+}
+
 /// Write-behind mode: a write sent again after a failed send never
 /// overwrites a later version. (A send that timed out may have stored it,
 /// and another node may have written on it since; here the first sends

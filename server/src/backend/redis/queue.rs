@@ -258,12 +258,14 @@ impl Worker {
                     batch.push(queued);
                 }
             }
+            // The lag: how long the round's oldest change has waited, until
+            // it reached Redis or, when its send failed, so far.
+            let oldest = batch.iter().map(|queued| queued.enqueued).min();
             let failed = match ship(&batch, &redis).await {
                 Ok(outcomes) => self.settle(&mut batch, outcomes, &redis).await,
                 Err(err) => Some(err),
             };
             held = batch.len();
-            let oldest = batch.iter().map(|queued| queued.enqueued).min();
             let lag = oldest.map_or(0.0, |oldest| oldest.elapsed().as_secs_f64());
             metrics::gauge!("sessiond_redis_replication_lag_seconds").set(lag);
             if let Some(err) = failed {
