@@ -783,6 +783,87 @@ async fn sliding_expiry_reaches_redis() {
     assert_eq!(read.version(), 1);
 }
 
+/// The key of `id` in Redis: its PTTL in ms (-2 when gone).
+async fn pttl_of(conn: &mut redis::aio::MultiplexedConnection, id: &str) -> i64 {
+    redis_query(conn, redis::cmd("PTTL").arg(format!("sessiond:{id}"))).await
+}
+
+/// Shortens the idle TTL of `id` to `ttl_secs` through `node`.
+async fn touch_with_ttl(http: &reqwest::Client, node: &Sessiond, id: &str, ttl_secs: u64) {
+    let path = format!("{}/v1/sessions/{id}/touch", node.url());
+    let reply = send(http.post(path).json(&json!({ "ttl_secs": ttl_secs }))).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// A session whose TTL a write shortened on the node that reads it stays
+/// in Redis while that node's reads keep it in use, in both replication
+/// modes. The node's refresher kept what its reads had slid before the
+/// write (a ten-minute expiry it took Redis to hold), so it never pushed
+/// the short one: Redis expired the key while the node went on serving
+/// the session from memory, and other nodes answered 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortened_ttl_is_kept_alive_in_redis_by_the_reads_that_use_it() {
+    for mode in ["sync", "async"] {
+        let redis = RedisServer::start();
+        let http = http();
+        let node = node_on(&http, &redis.url(), &["--redis-mode", mode]).await;
+        let id = create(&http, &node, &json!({ "n": 1 }), Some(600))
+            .await
+            .session()
+            .id;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(get(&http, &node, &id).await.status, 200);
+        touch_with_ttl(&http, &node, &id, 3).await;
+        for half_second in 1..=10 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let reply = get(&http, &node, &id).await;
+            assert_eq!(
+                reply.status, 200,
+                "{mode}: read at {half_second}: {}",
+                reply.text
+            );
+        }
+        let mut conn = redis_conn(&redis.url()).await;
+        let pttl = pttl_of(&mut conn, &id).await;
+        assert!(
+            (1..=3_000).contains(&pttl),
+            "{mode}: the session read every half second has PTTL {pttl} in Redis"
+        );
+        let other = node_on(&http, &redis.url(), &["--redis-mode", mode]).await;
+        assert_eq!(get(&http, &other, &id).await.status, 200, "{mode}");
+    }
+}
+
+/// A TTL another node shortened is not undone by this node's reads: it
+/// had slid the expiry of its older copy (ten minutes), and the first read
+/// after the other node's write, from Redis, queued that old expiry for
+/// Redis, which pushed the key back to ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_shortened_on_another_node_is_not_pushed_back_by_old_reads() {
+    let redis = RedisServer::start();
+    let http = http();
+    let reader = node_on(&http, &redis.url(), &[]).await;
+    let writer = node_on(&http, &redis.url(), &[]).await;
+    let id = create(&http, &reader, &json!({ "n": 1 }), Some(600))
+        .await
+        .session()
+        .id;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(&http, &reader, &id).await.status, 200);
+    touch_with_ttl(&http, &writer, &id, 3).await;
+    // The reader's copy was dropped (the write waited for its ack): this
+    // read is from Redis.
+    assert_eq!(get(&http, &reader, &id).await.status, 200);
+    // Past the refresher's next flush.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let pttl = pttl_of(&mut conn, &id).await;
+    assert!(
+        (1..=3_000).contains(&pttl),
+        "the key's PTTL is {pttl} ms after its TTL was shortened to 3 s"
+    );
+}
+
 /// A read's slide of the expiry that is still within the drift allowance
 /// (an eighth of the TTL, at most a minute: not pushed yet) reaches Redis
 /// when the node stops gracefully.

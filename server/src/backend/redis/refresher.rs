@@ -139,10 +139,18 @@ impl ExpiryRefresher {
             },
             wanted,
         });
-        if let Held::Read(expiry) = held {
-            entry.redis = expiry;
+        match held {
+            // The session as Redis holds it now: what this node wanted
+            // before came from an older copy (whose TTL may since have been
+            // shortened by another node's write).
+            Held::Read(expiry) => {
+                *entry = Ahead {
+                    redis: expiry,
+                    wanted,
+                }
+            }
+            Held::Assumed(_) => entry.wanted = entry.wanted.max(wanted),
         }
-        entry.wanted = entry.wanted.max(wanted);
         let Ahead { redis, wanted } = *entry;
         if wanted <= redis {
             ahead.remove(&id);
@@ -156,6 +164,17 @@ impl ExpiryRefresher {
             self.note(id, wanted);
         }
         false
+    }
+
+    /// Forgets what reads slid of `id`: this node has just written the
+    /// session, setting the expiry Redis holds (or will hold, once a
+    /// write-behind write ships) to that of its copy. A refresh still
+    /// queued would push an expiry from before the write, which may have
+    /// shortened the TTL.
+    pub fn forget(&self, id: &SessionId) {
+        self.ahead.lock().remove(id);
+        self.pending.lock().remove(id);
+        self.failed.lock().refreshes.remove(id);
     }
 
     /// Records that Redis holds `expires_at_ms` for `id` (a refresh

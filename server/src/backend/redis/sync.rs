@@ -149,6 +149,7 @@ impl SyncBackend {
                     writes,
                     user,
                 };
+                redis.refresher.forget(id);
                 redis.cache(&session, epoch);
                 Ok(session)
             }

@@ -197,6 +197,7 @@ impl WriteBehindBackend {
                 // Another node's invalidation dropped the copy in between.
                 Err(Failed::Backend(BackendError::NotFound)) => continue,
                 Ok(session) => {
+                    self.redis.refresher.forget(id);
                     slot.upsert(session.clone());
                     return Ok(session);
                 }
