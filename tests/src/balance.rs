@@ -33,6 +33,11 @@ impl Balancer {
         Self::start_with_admin("127.0.0.1:0", args)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// [`start`](Self::start) over `upstreams` (comma separated in one
     /// `--upstream`), plus `args`.
     pub fn over(upstreams: &[crate::TestUpstream], args: &[&str]) -> Self {

@@ -174,6 +174,17 @@ impl std::ops::DerefMut for Sessiond {
     }
 }
 
+/// The resident memory of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line");
+    kib * 1024
+}
+
 /// Sends a signal with the `kill` command (no unsafe code needed).
 pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")

@@ -24,6 +24,7 @@ use serde_json::Value;
 use sessiond_e2e::balance::{
     NO_CHECKS, RawResponse, raw_exchange, read_response, read_until_closed,
 };
+use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::upstream::echoed_header;
 use sessiond_e2e::{Balancer, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -477,4 +478,40 @@ async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() 
         assert_eq!(balancer.stats().await["healthy"], 1, "{path} path");
     }
     task.abort();
+}
+
+/// An upload over `--max-body-bytes` is answered 413 and read to its end
+/// (so the client sees the answer, not a reset) without being kept: the
+/// drain collected the body, so every byte sent after the 413, up to
+/// 256 MiB an upload, was held in the balancer's memory until the upload
+/// ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_the_limit_is_drained_without_being_kept() {
+    const MIB: usize = 1 << 20;
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &["--max-body-bytes", "1KiB"]);
+    let before = rss_bytes(balancer.pid());
+    let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+    let head = format!(
+        "POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        200 * MIB
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let chunk = vec![b'x'; MIB];
+    for _ in 0..150 {
+        stream.write_all(&chunk).await.expect("the upload");
+    }
+    // Time to read what the socket holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss_bytes(balancer.pid()).saturating_sub(before);
+    for _ in 0..50 {
+        stream.write_all(&chunk).await.expect("the upload's end");
+    }
+    let response = read_response(&mut stream).await;
+    assert_error(&response, 413, "payload_too_large");
+    assert!(
+        grown < 32 * MIB as u64,
+        "150 MiB of a refused upload grew the balancer by {} MiB",
+        grown >> 20
+    );
 }

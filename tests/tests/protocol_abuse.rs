@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::raw::{frame, read_message};
 use sessiond_e2e::raw_http::send;
 use sessiond_e2e::redis_support::{
@@ -217,17 +218,6 @@ fn claiming(fields: &[u8], claim: u64) -> Vec<u8> {
     let mut framed = (payload.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(&payload);
     framed
-}
-
-/// The resident memory of process `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line");
-    kib * 1024
 }
 
 /// A string or bytes field that claims more than its frame carries costs
