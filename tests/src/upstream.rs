@@ -10,6 +10,7 @@
 //! | `/healthz`        | 200 `ok` (503 after [`TestUpstream::set_healthy`]`(false)`)   |
 //! | `/headers`        | the request as JSON: method, path, version, header pairs      |
 //! | `/echo`           | the request body, streamed back as it arrives                 |
+//! | `/early`          | 200 `early` at once, then reads the body to its end           |
 //! | `/sink`           | reads the whole body, answers `{"bytes": n}`                  |
 //! | `/big/{mb}`       | `mb` MiB of [`pattern`] bytes, streamed in 64 KiB chunks      |
 //! | `/slow/{ms}`      | waits `ms` milliseconds, then `slow <name>`                   |
@@ -360,6 +361,15 @@ async fn handle(
                 response.headers_mut().insert("x-upstream", name);
             }
             response
+        }
+        // Answers at once and reads the upload after (a check that fails
+        // on the head, or an app that answers before it has the body).
+        ["early"] => {
+            let body = request.into_body();
+            tracker.spawn(async move {
+                let _ = body.collect().await;
+            });
+            full(StatusCode::OK, "early", name)
         }
         ["sink"] => match request.into_body().collect().await {
             Ok(body) => {

@@ -515,3 +515,44 @@ async fn an_upload_over_the_limit_is_drained_without_being_kept() {
         grown >> 20
     );
 }
+
+/// A pooled upstream connection whose last request's upload is still
+/// going (the app answered before it had the body) is not lent to the next
+/// request: that one waited, with no timeout, until the other client's
+/// upload was through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_does_not_wait_behind_another_clients_upload_on_a_pooled_connection() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &["--workers", "1"]);
+    let mut uploader = TcpStream::connect(balancer.listen).await.expect("connect");
+    uploader
+        .write_all(b"POST /early HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .expect("send");
+    uploader.write_all(&[b'x'; 2_000]).await.expect("send");
+    let response = read_response(&mut uploader).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    // The rest of the upload trickles on, 2 KB every 100 ms (50 s in all).
+    let trickle = tokio::spawn(async move {
+        for _ in 0..499 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if uploader.write_all(&[b'x'; 2_000]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    let answer = http
+        .post(format!("{}/echo", balancer.url()))
+        .body("abc")
+        .send()
+        .await
+        .expect("an answer while the other upload goes on");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.expect("the body"), "abc");
+    assert!(!trickle.is_finished(), "the other upload was still going");
+    trickle.abort();
+}

@@ -29,6 +29,10 @@ type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Stale connections tried before opening a new one.
 const STALE_TRIES: usize = 4;
+/// Longest wait for a pooled connection to take a request: one given back
+/// as its answer ended is ready as soon as its task has seen the end; one
+/// still sending its last request's upload is passed over.
+const READY_WAIT: Duration = Duration::from_millis(20);
 
 thread_local! {
     static IDLE: RefCell<Idle<Sender>> = RefCell::new(Idle::default());
@@ -163,7 +167,12 @@ impl Connections {
             let Some(mut sender) = self.take_idle(key) else {
                 break;
             };
-            if sender.ready().await.is_err() {
+            // Not ready soon: closed, or still sending the upload of a
+            // request whose answer came first (waiting would hold this
+            // request for as long as another client takes to send it).
+            // Dropped, it closes once that exchange is through.
+            let ready = tokio::time::timeout(READY_WAIT, sender.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
                 continue;
             }
             match sender.try_send_request(request).await {
