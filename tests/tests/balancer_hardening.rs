@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sessiond_e2e::balance::{
-    NO_CHECKS, RawResponse, raw_exchange, read_response, read_until_closed,
+    NO_CHECKS, RawResponse, raw_exchange, read_head, read_response, read_until_closed,
 };
 use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::upstream::echoed_header;
@@ -555,4 +555,29 @@ async fn a_request_does_not_wait_behind_another_clients_upload_on_a_pooled_conne
     assert_eq!(answer.text().await.expect("the body"), "abc");
     assert!(!trickle.is_finished(), "the other upload was still going");
     trickle.abort();
+}
+
+/// An upload the client stops sending while the app streams its answer
+/// (here `/echo`, which sends the body back as it arrives) is the client's
+/// fault: the balancer cuts it at `--body-timeout`, and the answer's
+/// broken end does not take the upstream out of rotation. The upstream was
+/// ejected for "breaking off a response body" that the balancer itself had
+/// cut, so one client could eject the upstreams one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_client_stalls_under_a_streamed_answer_ejects_no_upstream() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &["--body-timeout", "500ms"]);
+    let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .expect("send");
+    let (status, _, _) = read_head(&mut stream).await;
+    assert_eq!(status, 200);
+    // The client sends nothing more; the balancer gives up on the upload
+    // and the answer ends short.
+    let _ = read_until_closed(&mut stream).await;
+    assert_all_up(&balancer, 1).await;
+    let entry = balancer.upstream_stats(&upstreams[0].url()).await;
+    assert_eq!(entry["errors"], 0, "{entry}");
 }

@@ -23,7 +23,7 @@ use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
 use super::pool::{Pick, Pool};
 use super::replay::UpstreamBody;
-use super::replay::{Replayable, UploadStalled};
+use super::replay::{Replayable, Sent, UploadStalled};
 use super::response::ClientBody;
 use super::upstream::{InFlight, Upstream, UpstreamUrl};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};
@@ -188,7 +188,7 @@ impl Proxy {
                 .map(str::to_owned);
         }
         let body = Replayable::new(body, self.limits.body);
-        let (mut response, slot, lent) = self.forward(&parts, conn, &body).await?;
+        let (mut response, slot, lent, upload) = self.forward(&parts, conn, &body).await?;
         if let Some(pending) = noted {
             pending.upstream = Some(slot.upstream().url.authority.to_string());
         }
@@ -204,6 +204,7 @@ impl Proxy {
                 body,
                 slot: None,
                 lent: None,
+                upload: None,
             }));
         }
         // Framed both ways, the chunked framing wins (hyper reads it so)
@@ -220,6 +221,7 @@ impl Proxy {
             body,
             slot: Some(slot),
             lent: (!framed_both_ways).then_some(lent),
+            upload: Some(upload),
         }))
     }
 
@@ -331,7 +333,7 @@ impl Proxy {
         parts: &request::Parts,
         conn: &ClientConn,
         body: &Replayable,
-    ) -> Result<(Response<Incoming>, InFlight, Lent), Failure> {
+    ) -> Result<(Response<Incoming>, InFlight, Lent, Sent), Failure> {
         let mut attempts = Attempts::new(parts.method.is_idempotent());
         let mut headers = Some(forwarded_headers(parts, conn));
         loop {
@@ -368,7 +370,7 @@ impl Proxy {
             let err = match result {
                 Ok(Ok((response, lent))) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
-                    return Ok((response, slot, lent));
+                    return Ok((response, slot, lent, uploaded));
                 }
                 Err(Ok(())) => return Err(self.timed_out(&upstream)),
                 Err(Err(UploadStalled)) => return Err(self.upload_stalled(&upstream)),

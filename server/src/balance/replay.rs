@@ -36,6 +36,9 @@ enum Progress {
     Handed(Instant),
     /// Sent whole.
     Sent,
+    /// The client's body failed (too slow, too large, cut short): nothing
+    /// more will be sent.
+    Failed,
 }
 
 /// The upstream stopped taking the request body.
@@ -44,7 +47,7 @@ pub struct UploadStalled;
 
 /// Follows an attempt's upload until its body has been sent whole (or
 /// dropped).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Sent(Option<watch::Receiver<Progress>>);
 
 impl Sent {
@@ -54,6 +57,14 @@ impl Sent {
         self.0
             .as_ref()
             .is_none_or(|receiver| *receiver.borrow() == Progress::Sent)
+    }
+
+    /// Whether the client's body failed on its way (its fault: an answer
+    /// the upstream could not finish after that is not the upstream's).
+    pub fn failed(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|receiver| *receiver.borrow() == Progress::Failed)
     }
 
     /// Waits until the body is sent, or until the upstream has left a piece
@@ -68,7 +79,7 @@ impl Sent {
             // A closed channel means the body was dropped: nothing more
             // will be sent.
             let changed = match progress {
-                Progress::Sent => return Ok(()),
+                Progress::Sent | Progress::Failed => return Ok(()),
                 Progress::Reading => receiver.changed().await,
                 Progress::Handed(at) => tokio::select! {
                     changed = receiver.changed() => changed,
@@ -170,7 +181,8 @@ impl Body for TakeOnPoll {
         let progress = match &frame {
             Poll::Pending => Progress::Reading,
             Poll::Ready(Some(Ok(_))) => Progress::Handed(Instant::now()),
-            Poll::Ready(None | Some(Err(_))) => Progress::Sent,
+            Poll::Ready(None) => Progress::Sent,
+            Poll::Ready(Some(Err(_))) => Progress::Failed,
         };
         this.sent.send_if_modified(|now| {
             let changed = *now != progress;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::replay::Sent;
 use super::upstream::InFlight;
 use super::upstream_conns::Lent;
 
@@ -23,6 +24,9 @@ pub enum ClientBody {
         slot: Option<InFlight>,
         /// The upstream connection, pooled again once the body is read.
         lent: Option<Lent>,
+        /// The request's upload: when it failed (the client's fault), a
+        /// body cut short after it is not held against the upstream.
+        upload: Option<Sent>,
     },
     /// An answer of the balancer's own.
     Own(Full<Bytes>),
@@ -50,7 +54,12 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Upstream { body, slot, lent } => {
+            Self::Upstream {
+                body,
+                slot,
+                lent,
+                upload,
+            } => {
                 let frame = Pin::new(body).poll_frame(cx);
                 match &frame {
                     Poll::Ready(None) => {
@@ -60,7 +69,10 @@ impl Body for ClientBody {
                         }
                     }
                     Poll::Ready(Some(Err(err))) => {
-                        if let Some(slot) = slot.take() {
+                        let clients_fault = upload.as_ref().is_some_and(Sent::failed);
+                        if let Some(slot) = slot.take()
+                            && !clients_fault
+                        {
                             slot.upstream().broke_mid_body(&err.to_string());
                         }
                         lent.take();
