@@ -581,3 +581,21 @@ async fn an_upload_the_client_stalls_under_a_streamed_answer_ejects_no_upstream(
     let entry = balancer.upstream_stats(&upstreams[0].url()).await;
     assert_eq!(entry["errors"], 0, "{entry}");
 }
+
+/// A GET whose body comes chunked (a search API that takes a JSON body)
+/// reaches the app with its body. The framing header is hop-by-hop and
+/// was dropped, and without a length the upstream connection sent a GET
+/// with no body at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_get_body_reaches_the_upstream() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &[]);
+    let response = raw_exchange(
+        balancer.listen,
+        b"GET /sink HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["bytes"], 11, "{response:?}");
+}

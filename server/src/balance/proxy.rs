@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Request, Response, StatusCode, Uri, Version, request};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -624,6 +624,17 @@ fn upstream_request(
         && let Ok(host) = HeaderValue::from_str(upstream.authority.as_str())
     {
         headers.insert(header::HOST, host);
+    }
+    // A body of unknown length goes chunked whatever the method: left to
+    // choose, the connection sends a GET or HEAD without it.
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+    {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
     let target = parts
         .uri
