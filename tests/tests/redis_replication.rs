@@ -864,6 +864,53 @@ async fn a_ttl_shortened_on_another_node_is_not_pushed_back_by_old_reads() {
     );
 }
 
+/// A login (a rotation that binds the session to a user) whose HTTP
+/// client hangs up midway runs to its end: the user's lock is released and
+/// the session is under its new id, indexed for the user. The request's
+/// future was dropped with the client, mid-change: here while Redis held
+/// back its writes (`CLIENT PAUSE ... WRITE`), so the lock it was taking
+/// was left to expire (five seconds of logins and revocations of the user
+/// failing on every node), and a drop after the copy left the session
+/// under two ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_client_hangs_up_midway_runs_to_its_end() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let id = create(&http, &node, &json!({ "cart": [] }), None)
+        .await
+        .session()
+        .id;
+    let mut admin = redis_conn(&redis.url()).await;
+    let _: () = redis_query(
+        &mut admin,
+        redis::cmd("CLIENT").arg("PAUSE").arg(1_000).arg("WRITE"),
+    )
+    .await;
+    let body = r#"{"user": "alice"}"#;
+    let request = format!(
+        "POST /v1/sessions/{id}/rotate HTTP/1.1\r\nHost: h\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut client = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes())
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    // The pause ends at 1 s; the change's steps follow.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let lock: i64 = redis_query(&mut admin, redis::cmd("PTTL").arg("sessiond:ulock:alice")).await;
+    assert_eq!(lock, -2, "the user's lock is still held");
+    let listed = listed(&http, &node, "alice").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_ne!(listed[0], id, "the session moved to a new id");
+    assert_eq!(get(&http, &node, &id).await.status, 404);
+}
+
 /// A read's slide of the expiry that is still within the drift allowance
 /// (an eighth of the TTL, at most a minute: not pushed yet) reaches Redis
 /// when the node stops gracefully.

@@ -324,16 +324,20 @@ impl Backend for SyncBackend {
             // gone before making way for it (STORE_NEW would refuse it).
             return Err(BackendError::NotFound);
         }
-        redis
-            .locked_user(&owner.user, async {
-                // A repeat of a create that made its session (the id is
-                // claimed) must not count it, or evict another for it.
-                let made = tag.map(|_| id);
-                redis.make_way(&owner, made.as_slice()).await?;
-                redis.index_add(&owner.user, &id).await?;
-                self.store_new(session, tag).await
-            })
-            .await
+        self.to_the_end(move |backend| async move {
+            let redis = &backend.redis;
+            redis
+                .locked_user(&owner.user, async {
+                    // A repeat of a create that made its session (the id
+                    // is claimed) must not count it, or evict another.
+                    let made = tag.map(|_| id);
+                    redis.make_way(&owner, made.as_slice()).await?;
+                    redis.index_add(&owner.user, &id).await?;
+                    backend.store_new(session, tag).await
+                })
+                .await
+        })
+        .await
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
@@ -479,6 +483,77 @@ impl Backend for SyncBackend {
         tag: Option<u64>,
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
+        let id = *id;
+        self.to_the_end(
+            move |backend| async move { backend.rotate_now(&id, new_id, tag, rebind).await },
+        )
+        .await
+    }
+
+    async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
+        self.redis.user_sessions(user).await
+    }
+
+    async fn events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<EventPage, BackendError> {
+        self.redis.read_events(after, limit, wait).await
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &UserName,
+        except: Option<SessionId>,
+    ) -> Result<u64, BackendError> {
+        let user = user.clone();
+        self.to_the_end(move |backend| async move {
+            let redis = &backend.redis;
+            redis.locked_user(&user, redis.revoke(&user, except)).await
+        })
+        .await
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.redis.store.stats()
+    }
+}
+
+impl SyncBackend {
+    /// Runs `change` on a task of its own, to its end even when the caller
+    /// stops waiting (an HTTP client that hangs up drops its request's
+    /// future): a change of a user's sessions stopped midway would leave
+    /// the user's lock held until it expires and, for a rotation, the
+    /// session under two ids.
+    async fn to_the_end<T, F>(
+        &self,
+        change: impl FnOnce(SyncBackend) -> F,
+    ) -> Result<T, BackendError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        match tokio::spawn(change(self.clone())).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Only when the runtime shuts down, midway perhaps.
+            Err(_) => Err(Indeterminate::RedisNoAnswer {
+                reason: "the node shut down during the change".into(),
+            }
+            .into()),
+        }
+    }
+
+    /// [`Backend::rotate`], run to its end.
+    async fn rotate_now(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        tag: Option<u64>,
+        rebind: Option<Owner>,
+    ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let new_id = redis.usable_id(new_id);
         let new_id = match tag {
@@ -511,31 +586,5 @@ impl Backend for SyncBackend {
                 self.move_session(id, new_id, tag, rebound).await
             })
             .await
-    }
-
-    async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
-        self.redis.user_sessions(user).await
-    }
-
-    async fn events(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        wait: std::time::Duration,
-    ) -> Result<EventPage, BackendError> {
-        self.redis.read_events(after, limit, wait).await
-    }
-
-    async fn revoke_user(
-        &self,
-        user: &UserName,
-        except: Option<SessionId>,
-    ) -> Result<u64, BackendError> {
-        let redis = &self.redis;
-        redis.locked_user(user, redis.revoke(user, except)).await
-    }
-
-    fn stats(&self) -> StoreStats {
-        self.redis.store.stats()
     }
 }
