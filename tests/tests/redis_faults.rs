@@ -1897,6 +1897,21 @@ async fn async_mode_a_listing_waits_for_its_users_queued_logout() {
     assert_eq!(listed(&http, &writer, "alice").await, [ids[1].clone()]);
 }
 
+/// Lists `user`'s sessions through `node` on a task of its own: the answer
+/// and how long it took.
+fn spawn_listing(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    user: &str,
+) -> tokio::task::JoinHandle<(Reply, Duration)> {
+    let path = format!("{}/v1/users/{user}/sessions", node.url());
+    let http = http.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        (send(http.get(path)).await, started.elapsed())
+    })
+}
+
 /// Write-behind mode: a logout on a node that does not hold the session
 /// (logged in on another node) is waited for by the user's listing on that
 /// node too: the node reads the session's user from Redis before queueing
@@ -1922,14 +1937,7 @@ async fn async_mode_a_listing_waits_for_a_queued_logout_of_a_session_made_elsewh
     let logged_out = delete(&http, &writer, &ids[0]).await;
     assert_eq!(logged_out.status, 204, "{}", logged_out.text);
 
-    let listing = tokio::spawn({
-        let (http, url) = (http.clone(), writer.url());
-        async move {
-            let path = format!("{url}/v1/users/alice/sessions");
-            let started = Instant::now();
-            (send(http.get(path)).await, started.elapsed())
-        }
-    });
+    let listing = spawn_listing(&http, &writer, "alice");
     tokio::time::sleep(Duration::from_millis(300)).await;
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
     let (reply, took) = listing.await.expect("the listing");
@@ -1972,14 +1980,7 @@ async fn async_mode_a_listing_waits_for_a_failing_write_that_a_later_one_replace
     .await;
     assert_eq!(second.status, 200, "{}", second.text);
 
-    let listing = tokio::spawn({
-        let (http, url) = (http.clone(), writer.url());
-        async move {
-            let path = format!("{url}/v1/users/alice/sessions");
-            let started = Instant::now();
-            (send(http.get(path)).await, started.elapsed())
-        }
-    });
+    let listing = spawn_listing(&http, &writer, "alice");
     // The second write fails a few rounds, then the third joins it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let third = put(&http, &writer, &id, &json!({ "written": "third" }), Some(2)).await;
