@@ -864,6 +864,42 @@ async fn a_ttl_shortened_on_another_node_is_not_pushed_back_by_old_reads() {
     );
 }
 
+/// A slide this node queued for Redis just before another node shortened
+/// the session's TTL does not push the key back to the old, longer expiry
+/// when the queue is flushed (up to 100 ms later): Redis's expiry moved
+/// later only, whatever TTL the session had by then. Several sessions, so
+/// that some write lands before the flush that carries their slide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slide_queued_before_another_nodes_ttl_shortening_does_not_undo_it() {
+    const SESSIONS: usize = 6;
+    let redis = RedisServer::start();
+    let http = http();
+    let reader = node_on(&http, &redis.url(), &[]).await;
+    let writer = node_on(&http, &redis.url(), &[]).await;
+    let mut ids = Vec::new();
+    for n in 0..SESSIONS {
+        let created = create(&http, &reader, &json!({ "n": n }), Some(8)).await;
+        ids.push(created.session().id);
+    }
+    // Past the drift allowance of an 8 s TTL (an eighth): each read queues
+    // its slide for the refresher's next flush.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    for id in &ids {
+        assert_eq!(get(&http, &reader, id).await.status, 200);
+        touch_with_ttl(&http, &writer, id, 3).await;
+    }
+    // Past the refresher's next flushes.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    for id in &ids {
+        let pttl = pttl_of(&mut conn, id).await;
+        assert!(
+            (1..=3_000).contains(&pttl),
+            "the key's PTTL is {pttl} ms after its TTL was shortened to 3 s"
+        );
+    }
+}
+
 /// A login (a rotation that binds the session to a user) whose HTTP
 /// client hangs up midway runs to its end: the user's lock is released and
 /// the session is under its new id, indexed for the user. The request's

@@ -31,7 +31,10 @@ use super::error::ReplicationError;
 use super::link::{RedisLink, SHUTDOWN_FLUSH_DEADLINE};
 use super::script_call::ScriptCall;
 use super::scripts::{REFRESH, key};
+use crate::store::Session;
 
+/// What [`REFRESH`] answers when the session has another TTL in Redis.
+const OTHER_TTL: i64 = -1;
 /// How often coalesced expiry refreshes are flushed to Redis.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A read of a session whose Redis expiry is closer than this refreshes
@@ -76,12 +79,34 @@ struct Ahead {
     redis: u64,
     /// The expiry this node wants.
     wanted: u64,
+    /// The idle TTL the session had when it was slid.
+    ttl_ms: u64,
+}
+
+/// An expiry to push to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Push {
+    /// The session's expiry, as this node slid it.
+    pub expires_at_ms: u64,
+    /// The idle TTL it was slid by: Redis pushes nothing once a write gave
+    /// the session another.
+    pub ttl_ms: u64,
+}
+
+impl Push {
+    /// The expiry of `session` as it is now.
+    pub fn of(session: &Session) -> Self {
+        Self {
+            expires_at_ms: session.expires_at_ms,
+            ttl_ms: session.ttl_ms,
+        }
+    }
 }
 
 /// Refreshes that failed, and when they are tried again.
 #[derive(Debug)]
 struct Failed {
-    refreshes: HashMap<SessionId, u64>,
+    refreshes: HashMap<SessionId, Push>,
     attempts: u32,
     due: Instant,
 }
@@ -97,7 +122,7 @@ pub struct ExpiryRefresher {
     /// Sessions whose wanted expiry is later than Redis's.
     ahead: Mutex<HashMap<SessionId, Ahead>>,
     /// Refreshes due at the next flush.
-    pending: Mutex<HashMap<SessionId, u64>>,
+    pending: Mutex<HashMap<SessionId, Push>>,
     failed: Mutex<Failed>,
 }
 
@@ -120,10 +145,10 @@ impl ExpiryRefresher {
         }
     }
 
-    /// Records that `id` now expires at `expires_at_ms` and queues that
-    /// for the next flush (a refresh that could not be made now).
-    pub fn note(&self, id: SessionId, expires_at_ms: u64) {
-        self.pending.lock().insert(id, expires_at_ms);
+    /// Queues `push` of `id`'s expiry for the next flush (a refresh that
+    /// could not be made now).
+    pub fn note(&self, id: SessionId, push: Push) {
+        self.pending.lock().insert(id, push);
     }
 
     /// Records that a read at `now_ms` slid `id`'s expiry to `wanted` (its
@@ -138,6 +163,7 @@ impl ExpiryRefresher {
                 Held::Read(expiry) | Held::Assumed(expiry) => expiry,
             },
             wanted,
+            ttl_ms,
         });
         match held {
             // The session as Redis holds it now: what this node wanted
@@ -147,11 +173,19 @@ impl ExpiryRefresher {
                 *entry = Ahead {
                     redis: expiry,
                     wanted,
+                    ttl_ms,
                 }
             }
-            Held::Assumed(_) => entry.wanted = entry.wanted.max(wanted),
+            Held::Assumed(_) => {
+                entry.wanted = entry.wanted.max(wanted);
+                entry.ttl_ms = ttl_ms;
+            }
         }
-        let Ahead { redis, wanted } = *entry;
+        let Ahead {
+            redis,
+            wanted,
+            ttl_ms,
+        } = *entry;
         if wanted <= redis {
             ahead.remove(&id);
             return false;
@@ -161,7 +195,11 @@ impl ExpiryRefresher {
         }
         if wanted - redis >= drift_ms(ttl_ms) {
             drop(ahead);
-            self.note(id, wanted);
+            let push = Push {
+                expires_at_ms: wanted,
+                ttl_ms,
+            };
+            self.note(id, push);
         }
         false
     }
@@ -192,33 +230,42 @@ impl ExpiryRefresher {
     /// Queues the wanted expiry of every session whose Redis expiry comes
     /// within [`DEADLINE_MARGIN_MS`] of `now_ms`.
     fn queue_deadlines(&self, now_ms: u64) {
-        let due: Vec<(SessionId, u64)> = self
+        let due: Vec<(SessionId, Push)> = self
             .ahead
             .lock()
             .iter()
             .filter(|(_, entry)| entry.redis.saturating_sub(now_ms) < DEADLINE_MARGIN_MS)
-            .map(|(id, entry)| (*id, entry.wanted))
+            .map(|(id, entry)| {
+                let push = Push {
+                    expires_at_ms: entry.wanted,
+                    ttl_ms: entry.ttl_ms,
+                };
+                (*id, push)
+            })
             .collect();
         if !due.is_empty() {
             self.pending.lock().extend(due);
         }
     }
 
-    /// Refreshes one session's expiry in Redis now.
-    pub async fn refresh_now(
-        &self,
-        id: &SessionId,
-        expires_at_ms: u64,
-    ) -> Result<(), ReplicationError> {
+    /// Refreshes one session's expiry in Redis now; Redis leaves it as it
+    /// is if the session has another TTL by now (a write changed it since
+    /// the slide, and set the expiry), and this node then forgets its
+    /// slides.
+    pub async fn refresh_now(&self, id: &SessionId, push: Push) -> Result<(), ReplicationError> {
         let mut conn = self.link.conn()?;
         let key = key(&self.prefix, id);
         let keys = std::iter::once(key.as_str()).chain(self.expiry_index.as_deref());
-        let result = ScriptCall::new(&self.script, keys, 32)
-            .arg(expires_at_ms)
+        let result = ScriptCall::new(&self.script, keys, 48)
+            .arg(push.expires_at_ms)
+            .arg(push.ttl_ms)
             .invoke_async::<i64>(&mut conn)
             .await;
-        self.link.observe(result)?;
-        self.synced(id, expires_at_ms);
+        if self.link.observe(result)? == OTHER_TTL {
+            self.ahead.lock().remove(id);
+        } else {
+            self.synced(id, push.expires_at_ms);
+        }
         Ok(())
     }
 
@@ -291,18 +338,18 @@ impl ExpiryRefresher {
             let mut failed = self.failed.lock();
             if Instant::now() >= failed.due {
                 // Newer notes win.
-                for (id, expires_at) in std::mem::take(&mut failed.refreshes) {
-                    batch.entry(id).or_insert(expires_at);
+                for (id, push) in std::mem::take(&mut failed.refreshes) {
+                    batch.entry(id).or_insert(push);
                 }
             }
         }
         if batch.is_empty() {
             return;
         }
-        let failures: Vec<(SessionId, u64)> = futures_util::stream::iter(batch)
-            .map(|(id, expires_at)| async move {
-                let result = self.refresh_now(&id, expires_at).await;
-                result.is_err().then_some((id, expires_at))
+        let failures: Vec<(SessionId, Push)> = futures_util::stream::iter(batch)
+            .map(|(id, push)| async move {
+                let result = self.refresh_now(&id, push).await;
+                result.is_err().then_some((id, push))
             })
             .buffer_unordered(MAX_CONCURRENT)
             .filter_map(std::future::ready)
@@ -323,8 +370,8 @@ impl ExpiryRefresher {
             retry_in = ?delay.min(MAX_RETRY_DELAY),
             "expiry refreshes failed; retrying later"
         );
-        for (id, expires_at) in failures {
-            failed.refreshes.entry(id).or_insert(expires_at);
+        for (id, push) in failures {
+            failed.refreshes.entry(id).or_insert(push);
         }
     }
 }
@@ -344,8 +391,13 @@ mod tests {
         ExpiryRefresher::new("p:".into(), link, None)
     }
 
+    /// The expiries queued, by session.
     fn queued(refresher: &ExpiryRefresher) -> HashMap<SessionId, u64> {
-        refresher.pending.lock().clone()
+        let pending = refresher.pending.lock();
+        pending
+            .iter()
+            .map(|(id, push)| (*id, push.expires_at_ms))
+            .collect()
     }
 
     #[tokio::test]

@@ -452,8 +452,12 @@ return recall(redis.call('HGET', KEYS[1], 'a') or redis.call('GET', KEYS[2]), AR
 ";
 
 /// Pushes a session's expiry later (never earlier) and, with the event log
-/// (KEYS[2], the expiry index), its place in the index. ARGV: expires_at.
+/// (KEYS[2], the expiry index), its place in the index. ARGV: expires_at,
+/// the idle TTL it was slid by. Returns -1, pushing nothing, when the
+/// session has another TTL by now (a write changed it, perhaps shortened
+/// it, after the slide) or is gone; otherwise whether the expiry moved.
 pub const REFRESH: &str = r"
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[2] then return -1 end
 local pushed = redis.call('PEXPIREAT', KEYS[1], ARGV[1], 'GT')
 if pushed == 1 and KEYS[2] then
   local user = redis.call('HGET', KEYS[1], 'p') or ''

@@ -14,7 +14,7 @@ use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
 use super::link::{RedisLink, RedisTarget};
 use super::queued::QueuedIds;
-use super::refresher::{ExpiryRefresher, Held};
+use super::refresher::{ExpiryRefresher, Held, Push};
 use super::script_call::ScriptCall;
 use super::scripts::{
     Deleted, Scripts, StoredSession, hex, key, node_ids, session_args, tombstone,
@@ -389,13 +389,15 @@ impl Redis {
     /// holding `held`; refreshes Redis before the read answers when its
     /// key would expire soon (otherwise the refresher pushes it later).
     pub(super) async fn slide(&self, session: &Session, held: Held) {
-        let (id, wanted) = (&session.id, session.expires_at_ms);
+        let (id, push) = (&session.id, Push::of(session));
         let now = self.now();
-        if self.refresher.slid(*id, held, wanted, session.ttl_ms, now)
-            && let Err(err) = self.refresher.refresh_now(id, wanted).await
+        if self
+            .refresher
+            .slid(*id, held, push.expires_at_ms, push.ttl_ms, now)
+            && let Err(err) = self.refresher.refresh_now(id, push).await
         {
             tracing::debug!(%err, "expiry refresh failed; queued for the next flush");
-            self.refresher.note(*id, wanted);
+            self.refresher.note(*id, push);
         }
     }
 
@@ -504,7 +506,7 @@ impl Redis {
         if self.link.is_up() {
             self.slide(&session, Held::Assumed(previous)).await;
         } else {
-            self.refresher.note(*id, session.expires_at_ms);
+            self.refresher.note(*id, Push::of(&session));
         }
         Some(session)
     }

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::queue::WriteBehind;
 use super::queued::Latest;
+use super::refresher::Push;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
@@ -273,7 +274,7 @@ impl Backend for WriteBehindBackend {
         redis
             .queued
             .slide(id, session.version, session.expires_at_ms);
-        redis.refresher.note(*id, session.expires_at_ms);
+        redis.refresher.note(*id, Push::of(&session));
         Ok(session)
     }
 
