@@ -375,6 +375,36 @@ async fn a_stream_opened_after_now_tells_its_place_before_any_event() {
     );
 }
 
+/// A stream its client reads lasts past `--http-idle-timeout`: that
+/// timeout is for connections idle between requests and clients that stop
+/// reading. The connection's clock counted the stream as idle once its
+/// response began, and cut it at the idle timeout (75 s by default), so
+/// every consumer had to reconnect, and simple ones just ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_the_http_idle_timeout() {
+    let node = Sessiond::start(&["--http-idle-timeout", "1s"]);
+    let http = http();
+    let response = bounded(
+        "open the stream",
+        http.get(format!("{}/v1/events/stream?after=now", node.url()))
+            .send(),
+    )
+    .await
+    .expect("the stream");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let place = first_message(&mut body).await;
+    assert!(!place.contains("data:"), "{place}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let made = create(&http, &node, json!({})).await;
+    let text = first_message(&mut body).await;
+    assert!(text.contains(&made), "{text}");
+    let timeouts = scrape(&node.url())
+        .await
+        .value("sessiond_http_timeouts_total", &[("phase", "idle")]);
+    assert_eq!(timeouts.unwrap_or(0.0), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_sent_event_stream_resumes_from_its_last_event_id() {
     let node = Sessiond::start(&[]);

@@ -120,6 +120,48 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     );
 }
 
+/// A client that stops reading its responses is closed once no write has
+/// gone through for `--http-idle-timeout` (and counted as a `send`
+/// timeout), while a response it takes has no deadline at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_responses_is_closed_at_the_idle_timeout() {
+    const REQUESTS: usize = 32;
+    let node = Sessiond::start(&["--http-idle-timeout", "2s"]);
+    let http = http_client(Duration::from_secs(5));
+    let data = "x".repeat(900 << 10);
+    let created = http
+        .post(format!("{}/v1/sessions", node.url()))
+        .json(&serde_json::json!({ "data": { "blob": data } }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    // Pipelined reads of ~900 KiB each, far more than socket buffers hold.
+    let request = format!("GET /v1/sessions/{id} HTTP/1.1\r\nHost: sessiond\r\n\r\n");
+    let mut stream = send(node.http, request.repeat(REQUESTS).as_bytes()).await;
+    let sends = || async {
+        scrape(&node.url())
+            .await
+            .value("sessiond_http_timeouts_total", &[("phase", "send")])
+    };
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while sends().await != Some(1.0) {
+        assert!(Instant::now() < deadline, "no send timeout was counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let received = read_until_close(&mut stream, CLOSE_WAIT).await;
+    assert_closed("a client that stopped reading", &received, CLOSE_WAIT);
+    assert!(
+        received.bytes.len() < REQUESTS * data.len(),
+        "every response went out: {} bytes",
+        received.bytes.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_get_408_at_the_body_timeout() {
     let node = Sessiond::start(&["--http-body-timeout", "1s"]);

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::deadline::{Deadline, Watched};
+use super::deadline::{Deadline, UntilSent, Watched};
 use super::error::ApiError;
 use super::limits::{HttpLimits, RESERVE_HEAD_TIMEOUT};
 
@@ -68,8 +68,9 @@ pub async fn serve(
                         Err(never) => match never {},
                     }
                 };
-                deadline.response_ready();
-                Ok::<Response, Infallible>(response)
+                deadline.response_started();
+                let response = response.map(|body| UntilSent::new(body, deadline));
+                Ok::<_, Infallible>(response)
             }
         })
     };

@@ -2,15 +2,21 @@
 //! in and until when it may stay there. hyper's own `header_read_timeout`
 //! also runs while a kept-alive connection waits for its next request, so
 //! it cannot give a short head timeout and a longer idle timeout at once;
-//! this clock does, like nginx's `client_header_timeout` and
-//! `keepalive_timeout`.
+//! this clock does, like nginx's `client_header_timeout`,
+//! `keepalive_timeout` and `send_timeout`. A response body has no deadline
+//! while the client takes what is written (an event stream lasts as long
+//! as its client reads it); a client that stops reading is closed when no
+//! write has gone through for the idle timeout.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -25,6 +31,16 @@ enum Phase {
     /// A request is being served; its body has its own deadline (the
     /// handlers read it with `--http-body-timeout`).
     Busy,
+    /// The response's body is being written, and the client takes it.
+    Sending,
+    /// A write of a response is waiting for the client to read; closed at
+    /// `at` unless a write goes through first.
+    Stalled {
+        at: Instant,
+        /// Whether the response's body has ended (what is stuck is its
+        /// last bytes): the connection then idles once they go through.
+        body_ended: bool,
+    },
 }
 
 /// Which deadline closed a connection.
@@ -34,6 +50,8 @@ pub enum Expired {
     Head,
     /// The connection idled between requests for too long.
     Idle,
+    /// The client did not read its response for too long.
+    Send,
 }
 
 impl Expired {
@@ -42,6 +60,7 @@ impl Expired {
         match self {
             Self::Head => "head",
             Self::Idle => "idle",
+            Self::Send => "send",
         }
     }
 }
@@ -51,6 +70,9 @@ impl Expired {
 #[derive(Debug)]
 pub struct Deadline {
     phase: watch::Sender<Phase>,
+    /// Whether the phase is [`Phase::Stalled`]: a write that goes through
+    /// looks at the phase only then.
+    stalled: AtomicBool,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -61,6 +83,7 @@ impl Deadline {
     pub fn start(header_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             phase: watch::Sender::new(Phase::Head(Instant::now() + header_timeout)),
+            stalled: AtomicBool::new(false),
             header_timeout,
             idle_timeout,
         })
@@ -73,7 +96,43 @@ impl Deadline {
                 *phase = Phase::Head(Instant::now() + self.header_timeout);
                 true
             }
-            Phase::Head(_) | Phase::Busy => false,
+            Phase::Head(_) | Phase::Busy | Phase::Sending | Phase::Stalled { .. } => false,
+        });
+    }
+
+    /// A write waits for the client to read: a response's body, or the
+    /// end of one (after its body ended, in what looked like idling).
+    fn write_blocked(&self) {
+        self.phase.send_if_modified(|phase| {
+            let body_ended = match phase {
+                Phase::Sending => false,
+                Phase::Idle(_) => true,
+                Phase::Head(_) | Phase::Busy | Phase::Stalled { .. } => return false,
+            };
+            *phase = Phase::Stalled {
+                at: Instant::now() + self.idle_timeout,
+                body_ended,
+            };
+            self.stalled.store(true, Ordering::Relaxed);
+            true
+        });
+    }
+
+    /// A write went through: the client reads.
+    fn write_progressed(&self) {
+        if !self.stalled.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        self.phase.send_if_modified(|phase| match *phase {
+            Phase::Stalled { body_ended, .. } => {
+                *phase = if body_ended {
+                    Phase::Idle(Instant::now() + self.idle_timeout)
+                } else {
+                    Phase::Sending
+                };
+                true
+            }
+            Phase::Head(_) | Phase::Idle(_) | Phase::Busy | Phase::Sending => false,
         });
     }
 
@@ -82,12 +141,23 @@ impl Deadline {
         self.phase.send_replace(Phase::Busy);
     }
 
-    /// The response is ready: the connection idles until the next request.
-    /// (A client that does not read its response is also closed at the
-    /// idle deadline.)
-    pub fn response_ready(&self) {
-        self.phase
-            .send_replace(Phase::Idle(Instant::now() + self.idle_timeout));
+    /// The response is ready: its body is written next.
+    pub fn response_started(&self) {
+        self.phase.send_replace(Phase::Sending);
+    }
+
+    /// The response's body has ended: the connection idles until the next
+    /// request (or, if a write of it waits for the client, until that goes
+    /// through).
+    pub fn response_sent(&self) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Sending => {
+                *phase = Phase::Idle(Instant::now() + self.idle_timeout);
+                true
+            }
+            Phase::Stalled { body_ended, .. } => !std::mem::replace(body_ended, true),
+            Phase::Head(_) | Phase::Idle(_) | Phase::Busy => false,
+        });
     }
 
     /// Resolves when the connection overstays its current phase.
@@ -98,7 +168,8 @@ impl Deadline {
             let (at, which) = match current {
                 Phase::Head(at) => (at, Expired::Head),
                 Phase::Idle(at) => (at, Expired::Idle),
-                Phase::Busy => {
+                Phase::Stalled { at, .. } => (at, Expired::Send),
+                Phase::Busy | Phase::Sending => {
                     // The sender lives as long as `self`: no error here.
                     let _ = phase.changed().await;
                     continue;
@@ -112,7 +183,49 @@ impl Deadline {
     }
 }
 
-/// A connection's socket that tells its [`Deadline`] when bytes arrive.
+/// A response body that tells its connection's [`Deadline`] when it is
+/// done (hyper drops it once its end is written, or the exchange ends).
+#[derive(Debug)]
+pub struct UntilSent {
+    body: Body,
+    deadline: Arc<Deadline>,
+}
+
+impl UntilSent {
+    /// `body`, whose end ends the response phase of `deadline`.
+    pub fn new(body: Body, deadline: Arc<Deadline>) -> Self {
+        Self { body, deadline }
+    }
+}
+
+impl Drop for UntilSent {
+    fn drop(&mut self) {
+        self.deadline.response_sent();
+    }
+}
+
+impl hyper::body::Body for UntilSent {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's socket that tells its [`Deadline`] when bytes arrive
+/// and whether the client takes what is written.
 #[derive(Debug)]
 pub struct Watched<T> {
     io: T,
@@ -141,13 +254,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
+impl<T> Watched<T> {
+    /// Tells the deadline how a write went.
+    fn wrote(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Pending => self.deadline.write_blocked(),
+            Poll::Ready(Ok(written)) if written > 0 => self.deadline.write_progressed(),
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -155,7 +281,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -189,16 +316,51 @@ mod tests {
             "a busy connection has no connection deadline"
         );
 
-        deadline.response_ready();
+        deadline.response_started();
+        let sending = tokio::time::timeout(Duration::from_secs(3600), deadline.expired()).await;
+        assert!(
+            sending.is_err(),
+            "a response the client takes has no deadline"
+        );
+
+        deadline.response_sent();
         let idle_from = Instant::now();
         assert_eq!(deadline.expired().await, Expired::Idle);
         assert_eq!(idle_from.elapsed(), Duration::from_secs(75));
 
-        deadline.response_ready();
+        deadline.request_started();
+        deadline.response_started();
+        deadline.response_sent();
         tokio::time::sleep(Duration::from_secs(70)).await;
         deadline.bytes_arrived();
         let head_from = Instant::now();
         assert_eq!(deadline.expired().await, Expired::Head);
         assert_eq!(head_from.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_stops_taking_is_closed_at_the_idle_timeout() {
+        let deadline = Deadline::start(Duration::from_secs(10), Duration::from_secs(75));
+        deadline.request_started();
+        deadline.response_started();
+        deadline.write_blocked();
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        // A write went through: the client still reads.
+        deadline.write_progressed();
+        deadline.write_blocked();
+        let blocked_from = Instant::now();
+        assert_eq!(deadline.expired().await, Expired::Send);
+        assert_eq!(blocked_from.elapsed(), Duration::from_secs(75));
+        // The body ended but its last bytes wait for the client: once they
+        // go through, the connection idles.
+        deadline.request_started();
+        deadline.response_started();
+        deadline.response_sent();
+        deadline.write_blocked();
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        deadline.write_progressed();
+        let idle_from = Instant::now();
+        assert_eq!(deadline.expired().await, Expired::Idle);
+        assert_eq!(idle_from.elapsed(), Duration::from_secs(75));
     }
 }
