@@ -478,6 +478,15 @@ async fn a_cursor_older_than_the_retention_is_gone_with_the_oldest() {
             (bad.status, bad.error_code().as_str()),
             (400, "invalid_cursor")
         );
+        // No cursor: from the oldest event kept, whatever was dropped.
+        let from_oldest = page(&http, &node, "limit=1000").await;
+        assert_eq!(from_oldest.status, 200, "{}", from_oldest.text);
+        assert_eq!(
+            from_oldest.json()["events"],
+            resumed.json()["events"],
+            "redis: {}",
+            redis.is_some()
+        );
     }
 }
 
@@ -523,6 +532,11 @@ async fn a_log_trimmed_to_nothing_still_tells_stale_now_and_foreign_cursors() {
     assert_eq!(
         oldest, now,
         "the oldest cursor of an emptied log is its newest id"
+    );
+    assert_eq!(
+        next_cursor(&http, &node, "").await,
+        now,
+        "a read from the oldest event kept goes on after the newest id"
     );
     let made = create(&http, &node, json!({})).await;
     let after_now = page(&http, &node, &format!("after={now}")).await;

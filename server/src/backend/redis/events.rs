@@ -211,6 +211,16 @@ impl Redis {
             // wakes this reader.
             let mut appended = self.newest_event.subscribe();
             let (shape, entries) = self.events_page(events, at, limit).await?;
+            if after.is_none() && at == (0, 0) {
+                // From the oldest event kept, whatever trimming dropped
+                // before it: the page read starts there, and so does the
+                // cursor an empty one hands out.
+                at = shape
+                    .as_ref()
+                    .filter(|shape| shape.trimmed())
+                    .and_then(StreamShape::oldest_cursor)
+                    .unwrap_or(at);
+            }
             judge(shape.as_ref(), at)?;
             if let Some((last, _)) = entries.last() {
                 at = entry_id(last).unwrap_or(at);
