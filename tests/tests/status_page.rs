@@ -45,9 +45,11 @@ fn p99(metrics: &Metrics) -> f64 {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for sample in metrics.samples() {
         let session_operation = match sample.name.as_str() {
-            "sessiond_http_request_duration_seconds_bucket" => sample
-                .label("route")
-                .is_some_and(|route| route.starts_with("/v1/") && route != "/v1/openapi.json"),
+            "sessiond_http_request_duration_seconds_bucket" => {
+                sample.label("route").is_some_and(|route| {
+                    route.starts_with("/v1/sessions") || route.starts_with("/v1/users/")
+                })
+            }
             "sessiond_tcp_request_duration_seconds_bucket" => sample
                 .label("op")
                 .is_some_and(|op| OPERATIONS.iter().any(|(name, _, _)| *name == op)),

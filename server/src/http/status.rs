@@ -100,6 +100,9 @@ fn http_operation(route: &str, method: &str) -> Option<&'static str> {
     })
 }
 
+/// The beginnings of the HTTP routes of session operations.
+const SESSION_ROUTES: &[&str] = &["/v1/sessions", "/v1/users/"];
+
 /// Reads a [`Sample`] from the Prometheus text of the node's metrics.
 fn read(text: &str) -> Sample {
     let mut sample = Sample::default();
@@ -128,7 +131,9 @@ fn read(text: &str) -> Sample {
             "sessiond_http_request_duration_seconds_bucket"
             | "sessiond_tcp_request_duration_seconds_bucket" => {
                 let session_operation = match label("route") {
-                    Some(route) => route.starts_with("/v1/") && route != "/v1/openapi.json",
+                    // Not the event log's reads, which wait for events
+                    // (up to 30 s), nor the API document.
+                    Some(route) => SESSION_ROUTES.iter().any(|known| route.starts_with(known)),
                     None => label("op").and_then(index_of).is_some(),
                 };
                 let bound = label("le").and_then(|le| {
@@ -337,6 +342,10 @@ sessiond_tcp_requests_total{op="ping",outcome="ok"} 7
 sessiond_http_request_duration_seconds_bucket{route="/v1/sessions",le="0.001"} 3
 sessiond_http_request_duration_seconds_bucket{route="/v1/sessions",le="+Inf"} 4
 sessiond_http_request_duration_seconds_bucket{route="/metrics",le="+Inf"} 9
+sessiond_http_request_duration_seconds_bucket{route="/v1/events",le="+Inf"} 2
+sessiond_http_request_duration_seconds_bucket{route="/v1/events/stream",le="+Inf"} 1
+sessiond_http_request_duration_seconds_bucket{route="/v1/users/{user}/sessions",le="0.001"} 1
+sessiond_http_request_duration_seconds_bucket{route="/v1/users/{user}/sessions",le="+Inf"} 1
 sessiond_tcp_request_duration_seconds_bucket{op="get",le="0.001"} 5
 sessiond_tcp_request_duration_seconds_bucket{op="get",le="+Inf"} 5
 sessiond_expirations_total 11
@@ -345,7 +354,11 @@ sessiond_evictions_total 3
         let sample = read(text);
         assert_eq!(sample.requests[0], 4, "create");
         assert_eq!(sample.requests[1], 7, "get: 2 over HTTP, 5 binary");
-        assert_eq!(sample.latency, vec![(0.001, 8), (f64::INFINITY, 9)]);
+        assert_eq!(
+            sample.latency,
+            vec![(0.001, 9), (f64::INFINITY, 10)],
+            "session operations only: not the event log's long polls"
+        );
         assert_eq!((sample.expirations, sample.evictions), (11, 3));
         assert_eq!(sample.queue_depth, None);
         assert_eq!(p99(&[], &sample.latency), Some(f64::INFINITY));
