@@ -65,7 +65,8 @@ errors!(
 
 errors!(
     /// Failures of a revocation.
-    RevokeErrors: InvalidUser, InvalidId, InvalidRequest, Unauthorized, Unavailable
+    RevokeErrors: InvalidUser, InvalidId, InvalidRequest, Unauthorized, Indeterminate,
+        Unavailable
 );
 
 /// `GET /v1/users/{user}/sessions`: the user's live sessions, oldest first.
@@ -134,4 +135,19 @@ pub async fn revoke(
         })?;
     let revoked = state.service.revoke_user(&user, except).await?;
     Ok(Json(RevokedBody { revoked }))
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::IntoResponses;
+
+    use super::*;
+
+    #[test]
+    fn a_revocation_documents_its_indeterminate_answer() {
+        // With Redis, a deletion whose command got no answer ends the
+        // revocation with 409 `indeterminate`.
+        let responses = RevokeErrors::responses();
+        assert!(responses.contains_key("409"), "{:?}", responses.keys());
+    }
 }
