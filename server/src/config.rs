@@ -559,11 +559,26 @@ pub enum ConfigError {
          (like `{{app}}:`) splits a session's keys over slots"
     )]
     ClusterPrefix(String),
+    /// `--auth-token` (or `SESSIOND_AUTH_TOKEN`) is set but blank: most
+    /// likely a secret that was not filled in, which must not turn the
+    /// token check off.
+    #[error(
+        "--auth-token (SESSIOND_AUTH_TOKEN) is set but blank: give a token, or leave it unset \
+         to serve without one"
+    )]
+    BlankAuthToken,
 }
 
 impl ServeArgs {
     /// Checks the flags and turns them into a node configuration.
     pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
+        if self
+            .auth_token
+            .as_deref()
+            .is_some_and(|token| token.trim().is_empty())
+        {
+            return Err(ConfigError::BlankAuthToken);
+        }
         let default_ttl_secs = self.default_ttl.as_secs();
         let max_ttl_secs = self.max_ttl.as_secs();
         if max_ttl_secs == 0 {
@@ -600,11 +615,7 @@ impl ServeArgs {
                 handshake_timeout: self.handshake_timeout.max(Duration::from_millis(10)),
             },
             http_limits: self.http_limits()?,
-            auth_token: self
-                .auth_token
-                .clone()
-                .filter(|token| !token.is_empty())
-                .map(Secret::new),
+            auth_token: self.auth_token.clone().map(Secret::new),
             store: StoreConfig {
                 shards: usize::from(self.shards),
                 max_memory: Some(self.max_memory),
@@ -794,6 +805,19 @@ mod tests {
             small_head.to_string(),
             "--http-max-head-bytes must be between 1024 and 1048576 bytes, got 10"
         );
+    }
+
+    #[test]
+    fn a_blank_auth_token_is_refused_rather_than_turning_the_check_off() {
+        for blank in ["", "  "] {
+            assert!(matches!(
+                serve(&["--auth-token", blank]),
+                Err(ConfigError::BlankAuthToken)
+            ));
+        }
+        let config = serve(&["--auth-token", "s3cret"]).unwrap();
+        assert!(config.auth_token.is_some());
+        assert!(serve(&[]).unwrap().auth_token.is_none());
     }
 
     #[test]
