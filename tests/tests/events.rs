@@ -340,6 +340,22 @@ async fn resumed(http: &reqwest::Client, node: &Sessiond, last_id: &str) -> (Val
     (data, text)
 }
 
+/// The body of the event stream opened `after=now`.
+async fn stream_after_now(
+    http: &reqwest::Client,
+    node: &Sessiond,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin {
+    let response = bounded(
+        "open the stream",
+        http.get(format!("{}/v1/events/stream?after=now", node.url()))
+            .send(),
+    )
+    .await
+    .expect("the stream");
+    assert_eq!(response.status(), 200);
+    response.bytes_stream()
+}
+
 /// A stream opened `after=now` sends its place at once, as an id without
 /// data: a client that loses it before the first event resumes from there
 /// and misses nothing. It sent nothing but keep-alive comments until the
@@ -349,15 +365,7 @@ async fn a_stream_opened_after_now_tells_its_place_before_any_event() {
     let node = Sessiond::start(&[]);
     let http = http();
     create(&http, &node, json!({})).await;
-    let response = bounded(
-        "open the stream",
-        http.get(format!("{}/v1/events/stream?after=now", node.url()))
-            .send(),
-    )
-    .await
-    .expect("the stream");
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
+    let mut body = stream_after_now(&http, &node).await;
     let text = first_message(&mut body).await;
     drop(body);
     let place = text
@@ -384,15 +392,7 @@ async fn a_stream_opened_after_now_tells_its_place_before_any_event() {
 async fn a_stream_outlives_the_http_idle_timeout() {
     let node = Sessiond::start(&["--http-idle-timeout", "1s"]);
     let http = http();
-    let response = bounded(
-        "open the stream",
-        http.get(format!("{}/v1/events/stream?after=now", node.url()))
-            .send(),
-    )
-    .await
-    .expect("the stream");
-    assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
+    let mut body = stream_after_now(&http, &node).await;
     let place = first_message(&mut body).await;
     assert!(!place.contains("data:"), "{place}");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
