@@ -750,3 +750,63 @@ async fn a_login_prunes_the_users_dead_index_entries_and_keeps_the_live_ones() {
     let left: BTreeSet<String> = redis_query(&mut admin, &mut index()).await;
     assert_eq!(left, BTreeSet::from([live, latest]));
 }
+
+/// A listing prunes a dead index entry only if it was not added again
+/// while the listing read: a retried create or login re-adds its id (with
+/// a new time) before it writes the session's key, and the listing, which
+/// had found no session under the id, removed the entry anyway, leaving a
+/// live session out of the user's listings and revocations. Thousands of
+/// dead entries make the listing long enough to re-add one in the middle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_keeps_a_dead_entry_added_again_while_it_read() {
+    const DEAD: usize = 20_000;
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let index = "sessiond:user:dora";
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_millis() as u64
+    };
+    let retried = sessiond_proto::SessionId::random().to_string();
+    let long_ago = now_ms() - 60_000;
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("ZADD").arg(index).arg(long_ago).arg(&retried),
+    )
+    .await;
+    for _ in 0..DEAD / 1_000 {
+        let mut add = redis::cmd("ZADD");
+        add.arg(index);
+        for _ in 0..1_000 {
+            add.arg(long_ago + 1)
+                .arg(sessiond_proto::SessionId::random().to_string());
+        }
+        redis_query::<()>(&mut admin, &mut add).await;
+    }
+    let listing = tokio::spawn(send(
+        http.get(format!("{}/v1/users/dora/sessions", node.url())),
+    ));
+    // The listing read the retried id first (the oldest) and found nothing.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let added_again = now_ms();
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("ZADD").arg(index).arg(added_again).arg(&retried),
+    )
+    .await;
+    assert!(
+        !listing.is_finished(),
+        "the listing ended before the id was added again: no race was staged"
+    );
+    let listed = listing.await.expect("the listing");
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let score: Option<u64> =
+        redis_query(&mut admin, redis::cmd("ZSCORE").arg(index).arg(&retried)).await;
+    assert_eq!(score, Some(added_again), "the entry added again was pruned");
+    let left: usize = redis_query(&mut admin, redis::cmd("ZCARD").arg(index)).await;
+    assert_eq!(left, 1, "the dead entries are pruned");
+}

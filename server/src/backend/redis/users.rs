@@ -55,6 +55,23 @@ return 0
     )
 });
 
+/// Removes from a user's index (KEYS[1]) each entry ARGV[2i-1] still
+/// added at ARGV[2i]: one added again since (a retried create or login
+/// re-adds its id before it writes the key) is kept.
+static PRUNE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local pruned = 0
+for i = 1, #ARGV, 2 do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == tonumber(ARGV[i + 1]) then
+    pruned = pruned + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return pruned
+",
+    )
+});
+
 /// Renews a lock for ARGV[2] ms only if it is still ours (ARGV[1]).
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -239,7 +256,7 @@ impl Redis {
 
     /// Removes from `user`'s index the `entries` (id, time added) past the
     /// grace that are no session of the user (`owned`, in their order:
-    /// whether each one is).
+    /// whether each one is), unless added again since they were read.
     async fn prune(
         &self,
         user: &UserName,
@@ -247,21 +264,22 @@ impl Redis {
         owned: impl Iterator<Item = bool>,
     ) -> Result<(), ReplicationError> {
         let now = self.now();
-        let dead: Vec<&str> = entries
+        let dead: Vec<&(String, u64)> = entries
             .iter()
             .zip(owned)
             .filter(|((_, added), owned)| !owned && added + GRACE_MS < now)
-            .map(|((text, _), _)| text.as_str())
+            .map(|(entry, _)| entry)
             .collect();
         if dead.is_empty() {
             return Ok(());
         }
         let mut conn = self.link.conn()?;
-        let pruned = redis::cmd("ZREM")
-            .arg(self.index_key(user))
-            .arg(&dead)
-            .query_async::<i64>(&mut conn)
-            .await;
+        let key = self.index_key(user);
+        let mut prune = ScriptCall::new(&PRUNE, [key.as_str()], dead.len() * 40);
+        for (text, added) in dead {
+            prune.arg(text).arg(added);
+        }
+        let pruned = prune.invoke_async::<i64>(&mut conn).await;
         self.link.observe(pruned)?;
         Ok(())
     }
