@@ -20,6 +20,7 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{HeaderValue, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -27,6 +28,7 @@ use sessiond_proto::ErrorCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -69,7 +71,8 @@ fn app(state: AppState, history: Arc<status::History>) -> Router {
 
 /// Every route with its description: `/v1` behind the bearer token (but
 /// the document), the operational routes open. A route registered any
-/// other way would be missing from the document.
+/// other way would be missing from the document. No cache may keep a
+/// `/v1` answer: a session is a user's credentials and state.
 fn api(state: &AppState) -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::default()
         .routes(routes!(sessions::create))
@@ -84,7 +87,11 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(users::list, users::revoke))
         .routes(routes!(events::page))
         .routes(routes!(events::stream))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
+        .route_layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     OpenApiRouter::with_openapi(openapi::base())
         .merge(v1)
         .routes(routes!(openapi::serve))

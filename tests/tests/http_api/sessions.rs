@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::json;
 use sessiond_e2e::Sessiond;
-use sessiond_e2e::api::{Api, MERGE_PATCH, session_path};
+use sessiond_e2e::api::{Api, MERGE_PATCH, session_path, unknown_id};
 use sessiond_e2e::http::{EXCHANGE_TIMEOUT, call, http_client};
 use sessiond_e2e::time::now_ms;
 
@@ -156,4 +157,39 @@ async fn concurrent_conditional_writes_lose_no_update() {
         let present = writes.iter().filter(|w| *w == writer).count() as u64;
         assert_eq!(present, *successes, "writer {writer}");
     }
+}
+
+#[tokio::test]
+async fn no_cache_may_keep_a_v1_answer() {
+    let server = Sessiond::start(&[]);
+    let api = Api::remote(&server.url());
+    let created = api
+        .create(&json!({"data": {"user": "alice"}, "user": "alice"}))
+        .await;
+    created.assert_session(201);
+    let id = created.id();
+    let answers = [
+        ("create", created),
+        ("read", api.get(&id).await),
+        (
+            "failed write",
+            api.put(&id, &json!({"data": {}}), Some("\"9\"")).await,
+        ),
+        (
+            "user listing",
+            api.request(Method::GET, "/v1/users/alice/sessions", &[], "")
+                .await,
+        ),
+        ("unknown session", api.get(&unknown_id()).await),
+    ];
+    for (what, answer) in &answers {
+        assert_eq!(
+            answer.header("cache-control"),
+            Some("no-store"),
+            "{what} answered {}",
+            answer.status
+        );
+    }
+    assert_eq!(answers[2].1.status, 412);
+    assert_eq!(answers[3].1.status, 200);
 }
