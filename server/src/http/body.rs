@@ -2,7 +2,7 @@
 //! envelopes and [`MergePatch`] for RFC 7386 patches. Both refuse a declared
 //! `Content-Length` over the limit without keeping any of the body, give up
 //! on a body that does not arrive within `--http-body-timeout`, and check
-//! the media type.
+//! the media type and that the body is not compressed.
 
 use std::time::Duration;
 
@@ -84,20 +84,18 @@ impl<T: Envelope> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = read(request, state, T::CARRIES_DATA).await?;
-        // No body, or `null` (how the OpenAPI document spells an optional
-        // body), means the defaults where the envelope is optional.
-        if (bytes.is_empty() || bytes.trim_ascii() == b"null")
+        // No body means the defaults where the envelope is optional, whatever
+        // the `Content-Type` (`curl -d ''` sends a form's).
+        if bytes.is_empty() {
+            return T::when_empty().map(JsonBody).ok_or_else(body_required);
+        }
+        check_media_type(&headers, "application/json")?;
+        // `null` is how the OpenAPI document spells an optional body.
+        if bytes.trim_ascii() == b"null"
             && let Some(defaults) = T::when_empty()
         {
             return Ok(JsonBody(defaults));
         }
-        if bytes.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidJson,
-                "the request body is empty; a JSON body is required",
-            ));
-        }
-        check_media_type(&headers, "application/json")?;
         // Request envelopes are objects; serde would also take an array for a struct.
         if bytes.trim_ascii_start().first() != Some(&b'{') {
             return Err(ApiError::new(
@@ -120,10 +118,7 @@ impl FromRequest<AppState> for MergePatch {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = read(request, state, true).await?;
         if bytes.is_empty() {
-            return Err(ApiError::new(
-                ErrorCode::InvalidJson,
-                "the request body is empty; a JSON body is required",
-            ));
+            return Err(body_required());
         }
         check_media_type(&headers, "application/merge-patch+json")?;
         parse(&bytes).map(MergePatch)
@@ -177,7 +172,15 @@ async fn read(
                 format!("the request body could not be read (badly framed, or cut short): {err}"),
             )
         })?;
+    check_not_encoded(&parts.headers)?;
     Ok((parts.headers, bytes))
+}
+
+fn body_required() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidJson,
+        "the request body is empty; a JSON body is required",
+    )
 }
 
 /// Reads and drops a body, for at most `timeout`, giving up when it
@@ -208,6 +211,25 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Refuses a body sent with a `Content-Encoding` (gzip, ...): the node reads
+/// bodies as they are, so it would take compressed bytes for bad JSON.
+fn check_not_encoded(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(encoding) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(());
+    };
+    let text = encoding.to_str().unwrap_or("").trim();
+    if text.eq_ignore_ascii_case("identity") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::UnsupportedMediaType,
+        format!(
+            "Content-Encoding {} is not supported; send the body uncompressed",
+            if text.is_empty() { "(not text)" } else { text }
+        ),
+    ))
 }
 
 /// Accepts a `Content-Type` whose essence is `essence` (any case, any

@@ -89,6 +89,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .strip_prefix('"')
         .and_then(|rest| rest.strip_suffix('"'))
         .unwrap_or(text);
+    // `u64`'s parser would also take a sign: `+3`.
+    if unquoted.is_empty() || !unquoted.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(malformed());
+    }
     unquoted.parse().map(Some).map_err(|_| malformed())
 }
 
@@ -175,6 +179,8 @@ mod tests {
         assert_eq!(if_match(&with_if_match("*")).ok(), Some(None));
         assert!(if_match(&with_if_match("W/\"7\"")).is_err());
         assert!(if_match(&with_if_match("\"seven\"")).is_err());
+        assert!(if_match(&with_if_match("+7")).is_err());
+        assert!(if_match(&with_if_match("\"\"")).is_err());
         assert!(if_match(&with_if_match("\"1\", \"2\"")).is_err());
     }
 

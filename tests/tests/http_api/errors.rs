@@ -2,6 +2,7 @@
 //! heads over the cap and bytes that are not HTTP. Each gets a 4xx, none a
 //! 5xx, and the node keeps serving.
 
+use reqwest::Method;
 use reqwest::header::HeaderValue;
 use serde_json::json;
 use sessiond_e2e::Sessiond;
@@ -123,4 +124,55 @@ async fn garbage_requests_get_4xx_and_the_server_keeps_serving() {
         statuses.iter().all(|status| !status.starts_with('5')),
         "a 5xx was answered: {statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn bodies_the_node_would_misread_are_refused_by_their_headers() {
+    let server = Sessiond::start(&[]);
+    let api = Api::remote(&server.url());
+    let (id, _) = api.create_session(json!({"a": 1})).await;
+    let put = session_path(&id, "");
+    let touch = session_path(&id, "/touch");
+    let refused = [
+        // Compressed bytes the node would take for bad (or, as here, any) JSON.
+        (
+            Method::PUT,
+            put.as_str(),
+            [
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            r#"{"data": {"b": 2}}"#,
+            415,
+            "unsupported_media_type",
+        ),
+        // `null` is JSON, so it needs JSON's media type like any JSON body.
+        (
+            Method::POST,
+            touch.as_str(),
+            [("content-type", "text/plain"), ("x-note", "null body")],
+            "null",
+            415,
+            "unsupported_media_type",
+        ),
+        // A sign is no version.
+        (
+            Method::PUT,
+            put.as_str(),
+            [("content-type", "application/json"), ("if-match", "+1")],
+            r#"{"data": {"b": 2}}"#,
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (method, path, headers, body, status, code) in refused {
+        let answer = api.request(method, path, &headers, body).await;
+        answer.assert_error(status, code);
+    }
+    // No body at all means the defaults, whatever type a tool labels it.
+    let empty_form = [("content-type", "application/x-www-form-urlencoded")];
+    api.request(Method::POST, &touch, &empty_form, "")
+        .await
+        .assert_session(200);
+    api.assert_stored(&id, json!({"a": 1}), 1).await;
 }
