@@ -127,7 +127,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SESSIOND_DEFAULT_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     pub default_ttl: Duration,
 
-    /// Largest idle TTL a client may ask for.
+    /// Largest idle TTL a client may ask for (1s to 100 years).
     #[arg(long, env = "SESSIOND_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub max_ttl: Duration,
 
@@ -514,9 +514,15 @@ impl BalanceArgs {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--max-ttl` is zero.
-    #[error("--max-ttl must be at least 1s")]
-    MaxTtlZero,
+    /// `--max-ttl` or `--max-lifetime` is zero or longer than
+    /// [`LONGEST_DURATION_SECS`] (a session's times must be dates).
+    #[error("{flag} must be between 1s and {LONGEST_DURATION_SECS}s (100 years), got {got_secs}s")]
+    Duration {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        got_secs: u64,
+    },
     /// `--default-ttl` is zero or above `--max-ttl`.
     #[error(
         "--default-ttl must be between 1s and --max-ttl ({max_ttl_secs}s), got {default_ttl_secs}s"
@@ -569,6 +575,20 @@ pub enum ConfigError {
     BlankAuthToken,
 }
 
+/// The longest `--max-ttl` or `--max-lifetime`: 100 years, so that every
+/// expiry is a date an RFC 3339 answer can spell.
+pub const LONGEST_DURATION_SECS: u64 = 36_525 * 86_400;
+
+/// `duration` in whole seconds, when it is 1s to [`LONGEST_DURATION_SECS`].
+fn checked_duration(flag: &'static str, duration: Duration) -> Result<u64, ConfigError> {
+    let got_secs = duration.as_secs();
+    if (1..=LONGEST_DURATION_SECS).contains(&got_secs) {
+        Ok(got_secs)
+    } else {
+        Err(ConfigError::Duration { flag, got_secs })
+    }
+}
+
 impl ServeArgs {
     /// Checks the flags and turns them into a node configuration.
     pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
@@ -580,10 +600,11 @@ impl ServeArgs {
             return Err(ConfigError::BlankAuthToken);
         }
         let default_ttl_secs = self.default_ttl.as_secs();
-        let max_ttl_secs = self.max_ttl.as_secs();
-        if max_ttl_secs == 0 {
-            return Err(ConfigError::MaxTtlZero);
-        }
+        let max_ttl_secs = checked_duration("--max-ttl", self.max_ttl)?;
+        let max_lifetime_ms = match self.max_lifetime {
+            Some(cap) => Some(checked_duration("--max-lifetime", cap)? * 1000),
+            None => None,
+        };
         if default_ttl_secs == 0 || default_ttl_secs > max_ttl_secs {
             return Err(ConfigError::DefaultTtl {
                 default_ttl_secs,
@@ -591,6 +612,14 @@ impl ServeArgs {
             });
         }
         let max_session_bytes = usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX);
+        if max_session_bytes > MAX_FRAME_BYTES_CAP {
+            return Err(ConfigError::Size {
+                flag: "--max-session-bytes",
+                min: 0,
+                max: MAX_FRAME_BYTES_CAP as u64,
+                got: self.max_session_bytes,
+            });
+        }
         let max_frame_bytes = self
             .max_frame_bytes
             .map_or(max_session_bytes.saturating_add(64 << 10), |bytes| {
@@ -623,7 +652,7 @@ impl ServeArgs {
                     WhenFullPolicy::Reject => WhenFull::Reject,
                     WhenFullPolicy::EvictLru => WhenFull::EvictLru,
                 },
-                max_lifetime_ms: self.max_lifetime.map(|cap| cap.as_millis() as u64),
+                max_lifetime_ms,
                 // With Redis the log lives in Redis.
                 events: self
                     .events_config()
@@ -790,8 +819,38 @@ mod tests {
         ));
         assert!(matches!(
             serve(&["--max-ttl", "0s"]),
-            Err(ConfigError::MaxTtlZero)
+            Err(ConfigError::Duration {
+                flag: "--max-ttl",
+                got_secs: 0
+            })
         ));
+        assert!(matches!(
+            serve(&["--max-ttl", "200years"]),
+            Err(ConfigError::Duration {
+                flag: "--max-ttl",
+                got_secs: 6_311_520_000
+            })
+        ));
+        assert!(matches!(
+            serve(&["--max-lifetime", "99999999999999999s"]),
+            Err(ConfigError::Duration {
+                flag: "--max-lifetime",
+                got_secs: 99_999_999_999_999_999
+            })
+        ));
+        assert!(matches!(
+            serve(&["--max-session-bytes", "16EiB", "--max-frame-bytes", "1MiB"]),
+            Err(ConfigError::Size {
+                flag: "--max-session-bytes",
+                ..
+            })
+        ));
+        assert_eq!(
+            serve(&["--max-ttl", "100y", "--max-lifetime", "1y"])
+                .map(|config| (config.service.max_ttl_secs, config.store.max_lifetime_ms))
+                .ok(),
+            Some((3_155_760_000, Some(31_557_600_000)))
+        );
         let small_head = serve(&["--http-max-head-bytes", "10"]).unwrap_err();
         assert!(matches!(
             small_head,
