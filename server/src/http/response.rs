@@ -139,7 +139,25 @@ fn body_json(session: &Session) -> Result<Vec<u8>, serde_json::Error> {
     Ok(json)
 }
 
-/// RFC 3339 UTC with milliseconds.
+/// The last millisecond RFC 3339 can spell: 9999-12-31T23:59:59.999Z.
+const LAST_SPELLED_MS: u64 = 253_402_300_799_999;
+
+/// RFC 3339 UTC with milliseconds; a later time (a session another node
+/// wrote to Redis with a longer TTL than this one allows) as the last
+/// time it can spell, rather than a formatter's panic.
 pub fn rfc3339(unix_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+    let spelled = unix_ms.min(LAST_SPELLED_MS);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(spelled)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_time_is_spelled_without_a_panic() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(LAST_SPELLED_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 }
