@@ -83,6 +83,16 @@ struct Ahead {
     ttl_ms: u64,
 }
 
+impl Ahead {
+    /// The expiry this node wants, to push.
+    fn push(&self) -> Push {
+        Push {
+            expires_at_ms: self.wanted,
+            ttl_ms: self.ttl_ms,
+        }
+    }
+}
+
 /// An expiry to push to Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Push {
@@ -181,25 +191,17 @@ impl ExpiryRefresher {
                 entry.ttl_ms = ttl_ms;
             }
         }
-        let Ahead {
-            redis,
-            wanted,
-            ttl_ms,
-        } = *entry;
-        if wanted <= redis {
+        let entry = *entry;
+        if entry.wanted <= entry.redis {
             ahead.remove(&id);
             return false;
         }
-        if redis.saturating_sub(now_ms) < SYNC_MARGIN_MS {
+        if entry.redis.saturating_sub(now_ms) < SYNC_MARGIN_MS {
             return true;
         }
-        if wanted - redis >= drift_ms(ttl_ms) {
+        if entry.wanted - entry.redis >= drift_ms(entry.ttl_ms) {
             drop(ahead);
-            let push = Push {
-                expires_at_ms: wanted,
-                ttl_ms,
-            };
-            self.note(id, push);
+            self.note(id, entry.push());
         }
         false
     }
@@ -235,13 +237,7 @@ impl ExpiryRefresher {
             .lock()
             .iter()
             .filter(|(_, entry)| entry.redis.saturating_sub(now_ms) < DEADLINE_MARGIN_MS)
-            .map(|(id, entry)| {
-                let push = Push {
-                    expires_at_ms: entry.wanted,
-                    ttl_ms: entry.ttl_ms,
-                };
-                (*id, push)
-            })
+            .map(|(id, entry)| (*id, entry.push()))
             .collect();
         if !due.is_empty() {
             self.pending.lock().extend(due);
