@@ -99,7 +99,10 @@ impl ClientBuilder {
     }
 
     /// The largest frame the client reads (default: the protocol's 64 MiB
-    /// ceiling; what it sends is bounded by the server's limit).
+    /// ceiling; what it sends is bounded by the server's limit). A larger
+    /// answer is dropped unread and fails its own call alone with
+    /// [`Error::TooLarge`](crate::Error::TooLarge) (a write it answers was
+    /// applied); the other calls on the connection go on.
     pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
         self.max_frame_bytes = bytes;
         self

@@ -14,10 +14,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use sessiond_proto::ErrorCode;
-use sessiond_proto::codec::FrameCodec;
+use sessiond_proto::codec::{
+    CodecError, FrameCodec, LENGTH_PREFIX_BYTES, RESPONSE_HEAD_BYTES, answered_request,
+};
 use sessiond_proto::wire::{
     ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, ServerFrame, WireError,
     WriteTag,
@@ -252,10 +254,14 @@ async fn drive(
 ) {
     let FramedParts {
         io: mut stream,
-        codec: mut decoder,
+        codec: decoder,
         read_buf: mut input,
         ..
     } = parts;
+    let mut answers = Answers {
+        decoder,
+        skipping: 0,
+    };
     let (mut reader, mut writer) = stream.split();
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut waiting = WaitingCalls::new();
@@ -308,7 +314,7 @@ async fn drive(
                 }
             }
             read = reader.read_buf(&mut input) => {
-                if !matches!(read, Ok(n) if n > 0) || !answer(&mut decoder, &mut input, &mut waiting) {
+                if !matches!(read, Ok(n) if n > 0) || !answers.hand_out(&mut input, &mut waiting) {
                     break;
                 }
             }
@@ -392,32 +398,75 @@ fn queue(call: Call, encoder: &mut Codec, output: &mut BytesMut, waiting: &mut W
     }
 }
 
-/// Hands every complete answer in `input` to its caller; `false` when the
-/// server broke the protocol or closed the connection with an error.
-fn answer(codec: &mut Codec, input: &mut BytesMut, waiting: &mut WaitingCalls) -> bool {
-    loop {
-        match codec.decode(input) {
-            Ok(None) => return true,
-            Ok(Some(ServerFrame::Response(response))) => {
-                if let Some(caller) = waiting.remove(&response.id) {
-                    let _ = caller.answer.send(Reply::Answered(response.outcome));
+/// The reading side of a connection: decodes answers and hands each to
+/// its caller.
+struct Answers {
+    decoder: Codec,
+    /// Bytes of an answer too large for this client's `max_frame_bytes`
+    /// still to be dropped as they arrive.
+    skipping: usize,
+}
+
+impl Answers {
+    /// Hands every complete answer in `input` to its caller; `false` when
+    /// the server broke the protocol or closed the connection with an
+    /// error. An answer over the client's frame limit fails its own call
+    /// (as `payload_too_large`) and is dropped unread, so the other calls
+    /// on the connection go on.
+    fn hand_out(&mut self, input: &mut BytesMut, waiting: &mut WaitingCalls) -> bool {
+        loop {
+            if self.skipping > 0 {
+                let dropped = self.skipping.min(input.len());
+                input.advance(dropped);
+                self.skipping -= dropped;
+                if self.skipping > 0 {
+                    return true;
                 }
             }
-            Ok(Some(ServerFrame::Fatal(error))) if error.code == ErrorCode::Unavailable => {
-                // A node's farewell at shutdown, after answering every
-                // request it started.
-                tracing::debug!("server closed the connection: {}", error.message);
-                for (_, call) in waiting.drain() {
-                    let refused = Error::Unavailable(error.message.clone());
-                    let _ = call.answer.send(Reply::NotStarted(refused));
+            match self.decoder.decode(input) {
+                Ok(None) => return true,
+                Ok(Some(ServerFrame::Response(response))) => {
+                    if let Some(caller) = waiting.remove(&response.id) {
+                        let _ = caller.answer.send(Reply::Answered(response.outcome));
+                    }
                 }
-                return false;
+                Ok(Some(ServerFrame::Fatal(error))) if error.code == ErrorCode::Unavailable => {
+                    // A node's farewell at shutdown, after answering every
+                    // request it started.
+                    tracing::debug!("server closed the connection: {}", error.message);
+                    for (_, call) in waiting.drain() {
+                        let refused = Error::Unavailable(error.message.clone());
+                        let _ = call.answer.send(Reply::NotStarted(refused));
+                    }
+                    return false;
+                }
+                Ok(Some(ServerFrame::Fatal(error))) => {
+                    tracing::warn!(code = %error.code, "server closed the connection: {}", error.message);
+                    return false;
+                }
+                Err(CodecError::TooLarge { announced, max }) => {
+                    let head = LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + RESPONSE_HEAD_BYTES;
+                    let Some(head) = input.get(head) else {
+                        return true;
+                    };
+                    let Some(id) = answered_request(head) else {
+                        return false;
+                    };
+                    if let Some(caller) = waiting.remove(&id) {
+                        let refused = WireError::new(
+                            ErrorCode::PayloadTooLarge,
+                            format!(
+                                "the answer is {announced} bytes, over this client's \
+                                 {max}-byte max_frame_bytes; the node carried the request \
+                                 out (a write is applied: read the session to see it)"
+                            ),
+                        );
+                        let _ = caller.answer.send(Reply::Answered(Outcome::Error(refused)));
+                    }
+                    self.skipping = LENGTH_PREFIX_BYTES + announced;
+                }
+                Ok(Some(ServerFrame::Welcome(_))) | Err(_) => return false,
             }
-            Ok(Some(ServerFrame::Fatal(error))) => {
-                tracing::warn!(code = %error.code, "server closed the connection: {}", error.message);
-                return false;
-            }
-            Ok(Some(ServerFrame::Welcome(_))) | Err(_) => return false,
         }
     }
 }

@@ -65,6 +65,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(message)
 }
 
+/// Payload bytes that always hold the request id of a
+/// [`ServerFrame::Response`](crate::wire::ServerFrame::Response): its
+/// variant (one byte) and the id (a varint of at most 9 bytes).
+pub const RESPONSE_HEAD_BYTES: usize = 10;
+
+/// The request id a frame answers, read from the first
+/// [`RESPONSE_HEAD_BYTES`] of its payload (after the length prefix), for
+/// a frame too large to read whole; `None` when the frame is no
+/// [`ServerFrame::Response`](crate::wire::ServerFrame::Response).
+pub fn answered_request(payload_head: &[u8]) -> Option<u64> {
+    /// `ServerFrame::Response`'s variant index.
+    const RESPONSE_VARIANT: u32 = 1;
+    let ((variant, id), _): ((u32, u64), usize) =
+        bincode::serde::decode_from_slice(payload_head, config()).ok()?;
+    (variant == RESPONSE_VARIANT).then_some(id)
+}
+
 /// A tokio codec that reads frames of `In` and writes frames of `Out`.
 ///
 /// Stateless: a frame stays in the buffer, prefix included, until all of it

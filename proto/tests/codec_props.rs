@@ -260,6 +260,18 @@ proptest! {
     }
 
     #[test]
+    fn the_head_of_a_frame_names_the_request_it_answers(frame in server_frame()) {
+        let mut bytes = codec::encode(&frame).unwrap();
+        // An oversized frame is read no further than its head.
+        bytes.resize(bytes.len().max(codec::RESPONSE_HEAD_BYTES), 0);
+        let answered = codec::answered_request(&bytes[..codec::RESPONSE_HEAD_BYTES]);
+        match frame {
+            ServerFrame::Response(response) => prop_assert_eq!(answered, Some(response.id)),
+            _ => prop_assert_eq!(answered, None),
+        }
+    }
+
+    #[test]
     fn framed_round_trip_through_the_codec(frames in proptest::collection::vec(client_frame(), 1..8)) {
         let mut encoder = FrameCodec::<ServerFrame, ClientFrame>::new(1 << 20);
         let mut wire = BytesMut::new();

@@ -1174,3 +1174,44 @@ async fn a_write_a_shutting_down_node_never_started_is_not_indeterminate() {
     assert!(matches!(written, Err(Error::Unavailable(_))), "{written:?}");
     follower.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_clients_frame_limit_fails_its_call_alone() {
+    let node = Sessiond::start(&[]);
+    let (proxy, accepted) = counting_proxy(node.tcp).await;
+    let writer = client_for(&[&node]).await;
+    let big = bounded(writer.create(&json!({"blob": "x".repeat(64 << 10)}), None))
+        .await
+        .unwrap()
+        .id;
+    let small = bounded(writer.create(&json!({"n": 0}), None))
+        .await
+        .unwrap()
+        .id;
+    let client = build(Client::builder().nodes([proxy]).max_frame_bytes(16 << 10)).await;
+
+    // The oversized answer comes in the middle of others on the one
+    // shared connection.
+    let calls = (0..40).map(|n| {
+        let (client, id) = (&client, if n == 20 { big } else { small });
+        async move { (n, client.get::<Value>(&id).await) }
+    });
+    let answers = bounded(futures_util::future::join_all(calls)).await;
+    for (n, answer) in answers {
+        match (n, answer) {
+            (20, Err(Error::TooLarge(message))) => {
+                assert!(message.contains("max_frame_bytes"), "{message}");
+            }
+            (20, other) => panic!("the oversized answer gave {other:?}"),
+            (_, Ok(session)) => assert_eq!(session.data, json!({"n": 0})),
+            (n, Err(err)) => panic!("call {n} failed: {err:?}"),
+        }
+    }
+    let updated = bounded(client.put(&small, &json!({"n": 1}), None)).await;
+    assert_eq!(updated.unwrap().version, 2);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection was opened again"
+    );
+}
