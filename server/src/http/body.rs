@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -18,6 +19,11 @@ use sessiond_proto::http::{CreateRequest, PutRequest, RotateRequest, TouchReques
 
 use super::error::ApiError;
 use super::state::AppState;
+
+/// The media type of an RFC 7386 merge patch.
+const MERGE_PATCH: &str = "application/merge-patch+json";
+/// RFC 5789's header naming the patch types a resource takes.
+const ACCEPT_PATCH: HeaderName = HeaderName::from_static("accept-patch");
 
 /// Room for the JSON envelope around the session data in a request body.
 const ENVELOPE_BYTES: usize = 4096;
@@ -113,15 +119,23 @@ impl<T: Envelope> FromRequest<AppState> for JsonBody<T> {
 pub struct MergePatch(pub Box<RawValue>);
 
 impl FromRequest<AppState> for MergePatch {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (headers, bytes) = read(request, state, true).await?;
+        let (headers, bytes) = read(request, state, true)
+            .await
+            .map_err(IntoResponse::into_response)?;
         if bytes.is_empty() {
-            return Err(body_required());
+            return Err(body_required().into_response());
         }
-        check_media_type(&headers, "application/merge-patch+json")?;
-        parse(&bytes).map(MergePatch)
+        // RFC 5789: a patch of a type the route does not take is answered
+        // with the one it does.
+        check_media_type(&headers, MERGE_PATCH).map_err(|err| {
+            ([(ACCEPT_PATCH, HeaderValue::from_static(MERGE_PATCH))], err).into_response()
+        })?;
+        parse(&bytes)
+            .map(MergePatch)
+            .map_err(IntoResponse::into_response)
     }
 }
 

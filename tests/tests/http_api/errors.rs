@@ -169,6 +169,21 @@ async fn bodies_the_node_would_misread_are_refused_by_their_headers() {
         let answer = api.request(method, path, &headers, body).await;
         answer.assert_error(status, code);
     }
+    // A patch of another type is told the one the route takes (RFC 5789).
+    let json_patch = api
+        .request(
+            Method::PATCH,
+            &put,
+            &[("content-type", "application/json")],
+            r#"{"b": 2}"#,
+        )
+        .await;
+    json_patch.assert_error(415, "unsupported_media_type");
+    assert_eq!(
+        json_patch.header("accept-patch"),
+        Some(MERGE_PATCH),
+        "{json_patch:?}"
+    );
     // No body at all means the defaults, whatever type a tool labels it.
     let empty_form = [("content-type", "application/x-www-form-urlencoded")];
     api.request(Method::POST, &touch, &empty_form, "")
