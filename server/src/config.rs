@@ -579,11 +579,12 @@ pub enum ConfigError {
 /// expiry is a date an RFC 3339 answer can spell.
 pub const LONGEST_DURATION_SECS: u64 = 36_525 * 86_400;
 
-/// `duration` in whole seconds, when it is 1s to [`LONGEST_DURATION_SECS`].
-fn checked_duration(flag: &'static str, duration: Duration) -> Result<u64, ConfigError> {
+/// `duration` itself, when it is 1s to [`LONGEST_DURATION_SECS`]; the caller
+/// keeps whatever precision it needs (whole seconds or milliseconds).
+fn checked_duration(flag: &'static str, duration: Duration) -> Result<Duration, ConfigError> {
     let got_secs = duration.as_secs();
     if (1..=LONGEST_DURATION_SECS).contains(&got_secs) {
-        Ok(got_secs)
+        Ok(duration)
     } else {
         Err(ConfigError::Duration { flag, got_secs })
     }
@@ -600,9 +601,10 @@ impl ServeArgs {
             return Err(ConfigError::BlankAuthToken);
         }
         let default_ttl_secs = self.default_ttl.as_secs();
-        let max_ttl_secs = checked_duration("--max-ttl", self.max_ttl)?;
+        let max_ttl_secs = checked_duration("--max-ttl", self.max_ttl)?.as_secs();
         let max_lifetime_ms = match self.max_lifetime {
-            Some(cap) => Some(checked_duration("--max-lifetime", cap)? * 1000),
+            // At most 100 years of milliseconds, so the cast cannot truncate.
+            Some(cap) => Some(checked_duration("--max-lifetime", cap)?.as_millis() as u64),
             None => None,
         };
         if default_ttl_secs == 0 || default_ttl_secs > max_ttl_secs {
@@ -850,6 +852,13 @@ mod tests {
                 .map(|config| (config.service.max_ttl_secs, config.store.max_lifetime_ms))
                 .ok(),
             Some((3_155_760_000, Some(31_557_600_000)))
+        );
+        assert_eq!(
+            serve(&["--max-lifetime", "1500ms"])
+                .map(|config| config.store.max_lifetime_ms)
+                .ok(),
+            Some(Some(1_500)),
+            "a cap keeps its milliseconds"
         );
         let small_head = serve(&["--http-max-head-bytes", "10"]).unwrap_err();
         assert!(matches!(
