@@ -355,6 +355,12 @@ impl Client {
                 {
                     return Err(err);
                 }
+                Err(CallError::AnswerTooLarge(err)) => {
+                    // Judged and carried out: re-sending would be answered
+                    // the same, by this node or another.
+                    node.answered();
+                    return Err(err);
+                }
                 Err(CallError::NotSent(err)) => {
                     // The connection closed before the request left: as
                     // with a lost answer, the next attempt opens a new one.

@@ -57,6 +57,10 @@ pub(crate) enum CallError {
     Stalled(Error),
     /// The request may have been applied, the answer was lost.
     Lost(Error),
+    /// The node carried the request out, but its answer was over this
+    /// client's `max_frame_bytes` and was dropped unread: final, never
+    /// re-sent (a write it answers was applied).
+    AnswerTooLarge(Error),
 }
 
 /// What a connection needs to open.
@@ -78,6 +82,8 @@ enum Reply {
     /// of every request it left unanswered, or the connection ended
     /// before the request was written.
     NotStarted(Error),
+    /// The node's answer was over this client's frame limit.
+    AnswerTooLarge(Error),
 }
 
 /// A request and where its answer goes.
@@ -228,6 +234,7 @@ impl Connection {
             Ok(Reply::Answered(outcome)) => Ok(outcome),
             Ok(Reply::Unsent) => Err(CallError::Stalled(backed_up())),
             Ok(Reply::NotStarted(err)) => Err(CallError::NotSent(err)),
+            Ok(Reply::AnswerTooLarge(err)) => Err(CallError::AnswerTooLarge(err)),
             Err(_) if Instant::now() >= deadline => Err(CallError::Lost(Error::Timeout(timeout))),
             Err(_) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
@@ -453,15 +460,12 @@ impl Answers {
                         return false;
                     };
                     if let Some(caller) = waiting.remove(&id) {
-                        let refused = WireError::new(
-                            ErrorCode::PayloadTooLarge,
-                            format!(
-                                "the answer is {announced} bytes, over this client's \
-                                 {max}-byte max_frame_bytes; the node carried the request \
-                                 out (a write is applied: read the session to see it)"
-                            ),
-                        );
-                        let _ = caller.answer.send(Reply::Answered(Outcome::Error(refused)));
+                        let dropped = Error::TooLarge(format!(
+                            "the answer is {announced} bytes, over this client's \
+                             {max}-byte max_frame_bytes; the node carried the request \
+                             out (a write is applied: read the session to see it)"
+                        ));
+                        let _ = caller.answer.send(Reply::AnswerTooLarge(dropped));
                     }
                     self.skipping = LENGTH_PREFIX_BYTES + announced;
                 }

@@ -809,3 +809,43 @@ async fn a_write_lost_on_one_node_and_too_large_for_the_other_is_settled_where_i
     let put = put.expect("settled on the node that took it");
     assert_eq!(put.version, 3, "applied once");
 }
+
+/// A patch whose answer was lost, re-sent and judged applied, when the
+/// answer (the whole session) is over the client's `max_frame_bytes`: the
+/// call ends `TooLarge` at once, saying the write was applied. The client
+/// took its own "answer too large" for a node's refusal, sent the write
+/// round every node again and ended `Indeterminate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_write_whose_answer_is_over_the_clients_limit_is_not_indeterminate() {
+    let redis = RedisServer::start();
+    let http = http();
+    let first = node_on(&http, &redis.url(), &[]).await;
+    let other = node_on(&http, &redis.url(), &[]).await;
+    let proxy = SilencingProxy::start(first.tcp.port()).await;
+    let via_proxy = format!("127.0.0.1:{}", proxy.port());
+    let nodes = [via_proxy.clone(), other.tcp.to_string()];
+    let writer = build(Client::builder().nodes(nodes.clone())).await;
+    let small = build(Client::builder().nodes(nodes).max_frame_bytes(16 << 10)).await;
+    let big = json!({ "pad": "x".repeat(64 << 10) });
+    let mut id = None;
+    for _ in 0..32 {
+        let made = bounded("create", writer.create(&big, None)).await;
+        let made = made.expect("create");
+        if small.owner_of(&made.id) == via_proxy {
+            id = Some(made.id);
+            break;
+        }
+    }
+    let id = id.expect("a session whose writes go to the proxied node first");
+    proxy.cut_open_connections_at_next_answer();
+    let patched = bounded("the patch", small.patch(&id, &json!({ "n": 1 }), Some(1))).await;
+    match patched {
+        Err(Error::TooLarge(message)) => assert!(message.contains("applied"), "{message}"),
+        other => panic!("the patch ended {other:?}"),
+    }
+    let session = bounded("read", writer.get::<Value>(&id))
+        .await
+        .expect("read");
+    assert_eq!(session.version(), 2, "applied once");
+    assert_eq!(session.data["n"], 1);
+}
