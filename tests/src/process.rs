@@ -34,6 +34,15 @@ pub fn binary(target: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut command = Command::new(cargo);
         command.args(["build", "--quiet", "-p", package, kind, name]);
+        // What cargo set for this test process only: some build scripts
+        // (ring's) track e.g. CARGO_MANIFEST_DIR, and inheriting it made
+        // every such build (and the next plain `cargo build`) rebuild
+        // ring, rustls, redis and sessiond, some 20 s each time.
+        for (variable, _) in std::env::vars_os() {
+            if variable.to_str().is_some_and(set_for_the_test_only) {
+                command.env_remove(variable);
+            }
+        }
         if profile_dir.ends_with("release") {
             command.arg("--release");
         }
@@ -53,6 +62,20 @@ pub fn binary(target: &str) -> PathBuf {
     };
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// Whether `variable` is one cargo sets for the test process itself (its
+/// package's manifest and metadata), not for the build.
+fn set_for_the_test_only(variable: &str) -> bool {
+    [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_",
+        "CARGO_PRIMARY_PACKAGE",
+    ]
+    .iter()
+    .any(|prefix| variable.starts_with(prefix))
+        || variable == "CARGO_TARGET_TMPDIR"
 }
 
 /// `target/debug` or `target/release`: where this test executable lives.
