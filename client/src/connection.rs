@@ -281,6 +281,8 @@ async fn drive(
     let mut expiry_armed = false;
     // Requests in the batch being written, and in the last one written.
     let (mut batch, mut last_batch) = (0usize, 0usize);
+    // The node's farewell, if it closed the connection at its shutdown.
+    let mut goodbye = None;
     loop {
         input.reserve(READ_CHUNK);
         tokio::select! {
@@ -321,7 +323,11 @@ async fn drive(
                 }
             }
             read = reader.read_buf(&mut input) => {
-                if !matches!(read, Ok(n) if n > 0) || !answers.hand_out(&mut input, &mut waiting) {
+                if !matches!(read, Ok(n) if n > 0) {
+                    break;
+                }
+                if let Err(ended) = answers.hand_out(&mut input, &mut waiting) {
+                    goodbye = ended.goodbye;
                     break;
                 }
             }
@@ -340,11 +346,30 @@ async fn drive(
             }
         }
     }
+    // Closed before any caller learns of it, so none sends again on this
+    // connection (a request queued here now would be dropped unsent and
+    // taken for a lost answer).
     closed.cancel();
-    for call in held {
+    calls.close();
+    if let Some(message) = goodbye {
+        // The node answered every request it started before saying so.
+        for (_, call) in waiting.drain() {
+            let refused = Error::Unavailable(format!("the node is shutting down: {message}"));
+            let _ = call.answer.send(Reply::NotStarted(refused));
+        }
+    }
+    let queued = std::iter::from_fn(|| calls.try_recv().ok());
+    for call in held.into_iter().chain(queued) {
         let unsent = Error::Unavailable("the connection closed before the request was sent".into());
         let _ = call.answer.send(Reply::NotStarted(unsent));
     }
+}
+
+/// Why a connection's reading side stopped.
+struct Ended {
+    /// The node's farewell at its shutdown; `None` when the node broke the
+    /// protocol or closed the connection with an error.
+    goodbye: Option<String>,
 }
 
 /// Ends the wait of the callers whose deadline has come (an answer that
@@ -415,23 +440,23 @@ struct Answers {
 }
 
 impl Answers {
-    /// Hands every complete answer in `input` to its caller; `false` when
-    /// the server broke the protocol or closed the connection with an
-    /// error. An answer over the client's frame limit fails its own call
+    /// Hands every complete answer in `input` to its caller, until the
+    /// server breaks the protocol or closes the connection. An answer over the client's frame limit fails its own call
     /// (as `payload_too_large`) and is dropped unread, so the other calls
     /// on the connection go on.
-    fn hand_out(&mut self, input: &mut BytesMut, waiting: &mut WaitingCalls) -> bool {
+    fn hand_out(&mut self, input: &mut BytesMut, waiting: &mut WaitingCalls) -> Result<(), Ended> {
+        let broken = Err(Ended { goodbye: None });
         loop {
             if self.skipping > 0 {
                 let dropped = self.skipping.min(input.len());
                 input.advance(dropped);
                 self.skipping -= dropped;
                 if self.skipping > 0 {
-                    return true;
+                    return Ok(());
                 }
             }
             match self.decoder.decode(input) {
-                Ok(None) => return true,
+                Ok(None) => return Ok(()),
                 Ok(Some(ServerFrame::Response(response))) => {
                     if let Some(caller) = waiting.remove(&response.id) {
                         let _ = caller.answer.send(Reply::Answered(response.outcome));
@@ -441,23 +466,21 @@ impl Answers {
                     // A node's farewell at shutdown, after answering every
                     // request it started.
                     tracing::debug!("server closed the connection: {}", error.message);
-                    for (_, call) in waiting.drain() {
-                        let refused = Error::Unavailable(error.message.clone());
-                        let _ = call.answer.send(Reply::NotStarted(refused));
-                    }
-                    return false;
+                    return Err(Ended {
+                        goodbye: Some(error.message),
+                    });
                 }
                 Ok(Some(ServerFrame::Fatal(error))) => {
                     tracing::warn!(code = %error.code, "server closed the connection: {}", error.message);
-                    return false;
+                    return broken;
                 }
                 Err(CodecError::TooLarge { announced, max }) => {
                     let head = LENGTH_PREFIX_BYTES..LENGTH_PREFIX_BYTES + RESPONSE_HEAD_BYTES;
                     let Some(head) = input.get(head) else {
-                        return true;
+                        return Ok(());
                     };
                     let Some(id) = answered_request(head) else {
-                        return false;
+                        return broken;
                     };
                     if let Some(caller) = waiting.remove(&id) {
                         let dropped = Error::TooLarge(format!(
@@ -469,7 +492,7 @@ impl Answers {
                     }
                     self.skipping = LENGTH_PREFIX_BYTES + announced;
                 }
-                Ok(Some(ServerFrame::Welcome(_))) | Err(_) => return false,
+                Ok(Some(ServerFrame::Welcome(_))) | Err(_) => return broken,
             }
         }
     }

@@ -1175,6 +1175,39 @@ async fn a_write_a_shutting_down_node_never_started_is_not_indeterminate() {
     follower.abort();
 }
 
+/// Many writes waiting on one connection when the node says goodbye: none
+/// ends `Indeterminate`. The client woke its callers before it marked the
+/// connection closed, so a woken caller could send again into the dying
+/// connection, where its write was dropped unsent and taken for a lost
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_when_a_node_says_goodbye_all_end_unavailable() {
+    let node = Sessiond::start(&["--max-in-flight", "1"]);
+    let client = client_for(&[&node]).await;
+    let mut ids = Vec::new();
+    for n in 0..256 {
+        let made = bounded(client.create(&json!({ "n": n }), None)).await;
+        ids.push(made.expect("create").id);
+    }
+    let mut events = Box::pin(client.events(Some("now".into())));
+    let follower = tokio::spawn(async move { events.next().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let client = client.clone();
+            tokio::spawn(async move { client.put(&id, &json!({ "n": -1 }), Some(1)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(node.pid(), "TERM");
+    for write in writes {
+        let written = bounded(write).await.expect("the write's task");
+        assert!(matches!(written, Err(Error::Unavailable(_))), "{written:?}");
+    }
+    follower.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_over_the_clients_frame_limit_fails_its_call_alone() {
     let node = Sessiond::start(&[]);
