@@ -48,7 +48,7 @@ const EVICTION_SAMPLES: usize = 16;
 const MAX_ROOM_ATTEMPTS: usize = 8;
 /// Sessions per shard a write refused for room examines for expired ones.
 const SWEEP_FOR_ROOM_PER_SHARD: usize = 256;
-/// Least time between two such sweeps.
+/// Least time after such a sweep that freed nothing before the next.
 const SWEEP_FOR_ROOM_EVERY_MS: u64 = 10;
 
 /// What the store does when a write does not fit in `max_memory`.
@@ -224,9 +224,9 @@ pub struct Store {
     counters: Counters,
     users: UserIndex,
     events: Option<EventLog>,
-    /// When a write refused for room last swept the expired sessions out
-    /// (ms since the Unix epoch).
-    last_sweep_for_room_ms: AtomicU64,
+    /// When a sweep for room last found nothing to free (ms since the Unix
+    /// epoch); held while such a sweep runs, so one runs at a time.
+    fruitless_sweep_for_room_ms: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -319,7 +319,7 @@ impl Store {
             events,
             config,
             counters: Counters::default(),
-            last_sweep_for_room_ms: AtomicU64::new(0),
+            fruitless_sweep_for_room_ms: Mutex::new(None),
             users: UserIndex::default(),
         }
     }
@@ -1068,9 +1068,7 @@ impl Store {
 
     /// Applies the when-full policy for a write that needs `needed` bytes.
     /// Under reject, the expired sessions the sweeper has not reached yet
-    /// are freed first (at most one such sweep per
-    /// [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes costs
-    /// little): a store full of dead sessions is not full.
+    /// are freed first: a store full of dead sessions is not full.
     fn make_room(&self, needed: u64, protect: Option<SessionId>) -> Result<(), StoreError> {
         let limit = self.budget.limit().unwrap_or(u64::MAX);
         if needed > limit {
@@ -1078,8 +1076,7 @@ impl Store {
         }
         let has_room = || limit - self.budget.used().min(limit) >= needed;
         if self.config.when_full == WhenFull::Reject {
-            // Room swept out by this write, or by another's sweep since.
-            if self.sweep_for_room() > 0 || has_room() {
+            if self.sweep_for_room(has_room) {
                 return Ok(());
             }
             return Err(self.full(needed));
@@ -1092,21 +1089,25 @@ impl Store {
         Ok(())
     }
 
-    /// Sweeps out expired sessions for a write that found no room, unless
-    /// one did within the last [`SWEEP_FOR_ROOM_EVERY_MS`]; how many went.
-    fn sweep_for_room(&self) -> u64 {
-        let now = self.now_ms();
-        let last = self.last_sweep_for_room_ms.load(Ordering::Relaxed);
-        let due = now >= last.saturating_add(SWEEP_FOR_ROOM_EVERY_MS);
-        if !due
-            || self
-                .last_sweep_for_room_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return 0;
+    /// Sweeps out expired sessions for a write that found no room; whether
+    /// there may be room now. One such sweep runs at a time, and a write
+    /// that waited for another's finds the room it made. After a sweep that
+    /// freed nothing, none runs for [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood
+    /// of refused writes costs little; after one that freed sessions, the
+    /// next write short of room sweeps again (more may have expired than
+    /// one sweep examines).
+    fn sweep_for_room(&self, has_room: impl Fn() -> bool) -> bool {
+        let mut fruitless_at = self.fruitless_sweep_for_room_ms.lock();
+        if has_room() {
+            return true;
         }
-        self.sweep(SWEEP_FOR_ROOM_PER_SHARD)
+        let now = self.now_ms();
+        if fruitless_at.is_some_and(|at| now < at.saturating_add(SWEEP_FOR_ROOM_EVERY_MS)) {
+            return false;
+        }
+        let freed = self.sweep(SWEEP_FOR_ROOM_PER_SHARD);
+        *fruitless_at = (freed == 0).then_some(now);
+        freed > 0 || has_room()
     }
 
     /// A write refused for room, counted in `rejections`.

@@ -311,6 +311,36 @@ fn a_rejecting_store_full_of_expired_sessions_takes_writes() {
     assert_eq!(stats.bytes_used, charge_of(2));
 }
 
+/// More expired sessions than one sweep for room examines: the writes
+/// short of room sweep again as long as sweeps free sessions. A second
+/// sweep within 10 ms never ran, so the 2,049th create was refused while
+/// 2,048 expired sessions were left.
+#[test]
+fn a_rejecting_store_sweeps_for_room_again_while_sweeps_free_sessions() {
+    let (store, clock) = bounded(4_096, 2, WhenFull::Reject);
+    for _ in 0..4_096 {
+        created(&store, "{}", SECOND);
+    }
+    clock.advance(Duration::from_secs(2));
+    let refused = (0..4_096)
+        .filter(|_| {
+            store
+                .create(SessionId::random(), json("{}"), 60 * SECOND, None, None)
+                .is_err()
+        })
+        .count();
+    assert_eq!(refused, 0);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.sessions, stats.expirations, stats.rejections),
+        (4_096, 4_096, 0)
+    );
+    // Full of live sessions: refused, and counted.
+    let more = store.create(SessionId::random(), json("{}"), 60 * SECOND, None, None);
+    assert!(matches!(more, Err(StoreError::Full { .. })), "{more:?}");
+    assert_eq!(store.stats().rejections, 1);
+}
+
 /// A create sent again (its session made by the first attempt) on a full
 /// evicting store answers that session and evicts nobody for it.
 #[test]
