@@ -937,26 +937,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let mut balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
     let url = format!("{}/slow/2500", balancer.url());
     let in_flight = tokio::spawn(async move { send(http().get(url)).await });
-
-    // Wait until the request is at an upstream.
-    let deadline = Instant::now() + HEALTH_WAIT;
-    loop {
-        let stats = balancer.stats().await;
-        let busy: u64 = stats["upstreams"]
-            .as_array()
-            .expect("upstreams")
-            .iter()
-            .map(|u| u["in_flight"].as_u64().expect("in_flight"))
-            .sum();
-        if busy == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the request never started: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_one_request_is_at_an_upstream(&balancer).await;
 
     let (balancer, code) = tokio::task::spawn_blocking(move || {
         let code = balancer.terminate();
@@ -975,6 +956,63 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         "{}",
         balancer.log()
     );
+}
+
+/// New connections during a drain are refused at once. The balancer kept
+/// a copy of its listening socket open through the drain, so the kernel
+/// took them into a backlog nobody accepted: they hung until the process
+/// exited, then were reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_balancer_refuses_new_connections_at_once() {
+    let upstreams = three_upstreams().await;
+    let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
+    let url = format!("{}/slow/2500", balancer.url());
+    let in_flight = tokio::spawn(async move { send(http().get(url)).await });
+    wait_until_one_request_is_at_an_upstream(&balancer).await;
+    sessiond_e2e::process::signal(balancer.pid(), "TERM");
+    let deadline = Instant::now() + HEALTH_WAIT;
+    while !balancer
+        .log()
+        .contains("balancer draining in-flight requests")
+    {
+        assert!(Instant::now() < deadline, "no drain: {}", balancer.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The workers stop accepting as the drain starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let connected =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(balancer.listen))
+            .await
+            .expect("a connect answered at once");
+    assert!(
+        matches!(&connected, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{connected:?}"
+    );
+    let answer = in_flight.await.expect("the in-flight request");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+/// Waits (bounded) until the balancer's upstreams have one request in
+/// flight between them.
+async fn wait_until_one_request_is_at_an_upstream(balancer: &Balancer) {
+    let deadline = Instant::now() + HEALTH_WAIT;
+    loop {
+        let stats = balancer.stats().await;
+        let busy: u64 = stats["upstreams"]
+            .as_array()
+            .expect("upstreams")
+            .iter()
+            .map(|u| u["in_flight"].as_u64().expect("in_flight"))
+            .sum();
+        if busy == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request never started: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Runs `sessiond balance <args>` (bounded to 10 s): exit code, stdout,

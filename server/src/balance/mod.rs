@@ -332,17 +332,22 @@ pub async fn run(
         drain_timeout: config.drain_timeout,
         access_log: access_log.clone(),
     });
-    let listen_std = listener.try_clone().map_err(BalanceError::Workers)?;
+    // A copy of the listening socket only for a handover: kept through a
+    // drain, it would let the kernel take new connections into a backlog
+    // nobody accepts (they would hang, then be reset at exit).
+    let handover = match (&config.handover_socket, admin_std) {
+        (Some(path), Some(admin)) => {
+            let listen = listener.try_clone().map_err(BalanceError::Workers)?;
+            Some((path, handover::Sockets { listen, admin }))
+        }
+        _ => None,
+    };
     let workers = serve::start_workers(listener, &front, config.workers, &shutdown)
         .map_err(BalanceError::Workers)?;
     if let Some(taken) = taken {
         taken.ready();
     }
-    if let (Some(path), Some(admin)) = (&config.handover_socket, admin_std) {
-        let sockets = handover::Sockets {
-            listen: listen_std,
-            admin,
-        };
+    if let Some((path, sockets)) = handover {
         handover::offer(path.clone(), sockets, shutdown.clone()).map_err(|source| {
             BalanceError::Handover {
                 path: path.clone(),
