@@ -958,14 +958,23 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     );
 }
 
-/// New connections during a drain are refused at once. The balancer kept
-/// a copy of its listening socket open through the drain, so the kernel
-/// took them into a backlog nobody accepted: they hung until the process
-/// exited, then were reset.
+/// New connections during a drain are refused at once, with or without
+/// a handover socket. The balancer kept a copy of its listening socket
+/// open through the drain, so the kernel took them into a backlog nobody
+/// accepted: they hung until the process exited, then were reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_balancer_refuses_new_connections_at_once() {
     let upstreams = three_upstreams().await;
-    let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("handover.sock");
+    let handover = ["--handover-socket", socket.to_str().expect("a UTF-8 path")];
+    for extra in [&[][..], &handover[..]] {
+        refuses_new_connections_while_draining(&upstreams, extra).await;
+    }
+}
+
+async fn refuses_new_connections_while_draining(upstreams: &[TestUpstream], extra: &[&str]) {
+    let balancer = balancer_over(upstreams, STEADY_HEALTH, extra);
     let url = format!("{}/slow/2500", balancer.url());
     let in_flight = tokio::spawn(async move { send(http().get(url)).await });
     wait_until_one_request_is_at_an_upstream(&balancer).await;
@@ -986,7 +995,7 @@ async fn a_draining_balancer_refuses_new_connections_at_once() {
             .expect("a connect answered at once");
     assert!(
         matches!(&connected, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused),
-        "{connected:?}"
+        "with {extra:?}: {connected:?}"
     );
     let answer = in_flight.await.expect("the in-flight request");
     assert_eq!(answer.status, 200, "{}", answer.text());

@@ -15,7 +15,10 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -96,7 +99,9 @@ pub fn take(path: &Path) -> std::io::Result<Option<(Sockets, Taken)>> {
 
 /// Listens at `path` (replacing whatever socket file is there) for the
 /// next balancer, on a thread of its own; hands `sockets` to it and then
-/// cancels `drain`.
+/// cancels `drain`. Once `drain` is cancelled (by a handover or a signal)
+/// the sockets are let go: a copy kept through the drain would let the
+/// kernel take connections nobody accepts.
 pub fn offer(path: PathBuf, sockets: Sockets, drain: CancellationToken) -> std::io::Result<()> {
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -104,11 +109,24 @@ pub fn offer(path: PathBuf, sockets: Sockets, drain: CancellationToken) -> std::
         Err(err) => return Err(err),
     }
     let listener = UnixListener::bind(&path)?;
+    let held = Arc::new(Mutex::new(Some(sockets)));
+    tokio::spawn({
+        let (held, drain) = (held.clone(), drain.clone());
+        async move {
+            drain.cancelled().await;
+            // The lock may be held through a handover's exchange.
+            let _ = tokio::task::spawn_blocking(move || held.lock().take()).await;
+        }
+    });
     std::thread::Builder::new()
         .name("handover".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let handed = stream.and_then(|stream| hand_over(stream, &sockets));
+                let held = held.lock();
+                let Some(sockets) = held.as_ref() else {
+                    return;
+                };
+                let handed = stream.and_then(|stream| hand_over(stream, sockets));
                 match handed {
                     Ok(()) => {
                         tracing::info!("a new balancer took over the listening sockets; draining");
