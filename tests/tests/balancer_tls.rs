@@ -281,14 +281,7 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
 
     // A real HTTP/2 client: a request that outlasts several idle periods
     // is answered; once idle, the connection ends.
-    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .expect("HTTP/2 handshake");
-    let driver = tokio::spawn(connection);
+    let (mut sender, driver) = http2_to(&balancer, ca.cert()).await;
     let request = hyper::Request::get("https://localhost/slow/1500")
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");
@@ -309,4 +302,50 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         .expect("the idle HTTP/2 connection was never closed")
         .expect("the connection task")
         .expect("a clean close (GOAWAY)");
+}
+
+/// An HTTP/2 client's cookies, sent as several fields (as browsers do),
+/// reach the HTTP/1.1 upstream as one `Cookie` header joined by "; ". They
+/// were forwarded as several `Cookie` headers, of which many frameworks
+/// read only the first: the session cookie could be missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookie_fields_reach_the_upstream_as_one_header() {
+    let upstream = TestUpstream::start("app").await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("one");
+    let balancer = tls_balancer(&upstream, &cert, &key);
+    let (mut sender, driver) = http2_to(&balancer, ca.cert()).await;
+    let request = hyper::Request::get("https://localhost/headers")
+        .header("cookie", "theme=dark")
+        .header("cookie", "sid=abc")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("body");
+    let echo: Value = serde_json::from_slice(&body.to_bytes()).expect("a JSON echo");
+    assert_eq!(echoed_header(&echo, "cookie"), ["theme=dark; sid=abc"]);
+    driver.abort();
+}
+
+/// An HTTP/2 connection over TLS to `balancer`, trusting `ca`: its sender,
+/// and the task driving it.
+async fn http2_to(
+    balancer: &Balancer,
+    ca: &Path,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tls = connect_with(balancer, ca, b"h2").await;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    (sender, tokio::spawn(connection))
 }

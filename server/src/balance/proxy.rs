@@ -577,6 +577,7 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
     strip_hop_by_hop(&mut headers);
+    join_cookies(&mut headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -607,6 +608,25 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
         headers.insert(header::HOST, host);
     }
     headers
+}
+
+/// Joins the cookie fields of a request into one `Cookie` header, with
+/// "; " between them: an HTTP/2 client may split its cookies over several
+/// fields (RFC 9113 8.2.3, as browsers do), and an HTTP/1.1 upstream
+/// expects one header (RFC 6265 5.4): many read only the first, and would
+/// miss the session cookie.
+fn join_cookies(headers: &mut HeaderMap) {
+    let cookies: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if cookies.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&cookies.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
+    }
 }
 
 /// The request as the upstream gets it: same method, the path and query
