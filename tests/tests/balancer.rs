@@ -810,6 +810,29 @@ fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .map(|(_, value)| value)
 }
 
+/// An upstream's 5xx is an error alike on the status page and in
+/// Prometheus: `sessiond_balance_upstream_errors_total` left 5xx out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_5xx_counts_as_an_error_in_stats_and_metrics_alike() {
+    let upstreams = [TestUpstream::start("a").await];
+    let no_checks = ["--health-interval", "1h", "--rise", "1", "--fall", "9"];
+    let balancer = balancer_over(&upstreams, no_checks, &[]);
+    upstreams[0].set_healthy(false);
+    let http = http();
+    let answer = send(http.get(format!("{}/healthz", balancer.url()))).await;
+    assert_eq!(answer.status, 503);
+    let stats = balancer.stats().await;
+    assert_eq!(stats["upstreams"][0]["errors"], 1, "{stats}");
+    let metrics = send(http.get(format!("{}/metrics", balancer.admin_url()))).await;
+    let url = upstreams[0].url();
+    let errors = sample(
+        &metrics.text(),
+        "sessiond_balance_upstream_errors_total",
+        &[("upstream", &url)],
+    );
+    assert_eq!(errors, Some(1.0), "{}", metrics.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_shows_every_upstream_with_its_state_and_counts() {
     let mut upstreams = three_upstreams().await;

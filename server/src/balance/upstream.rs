@@ -333,6 +333,7 @@ impl Upstream {
         self.meters.by_class[class].increment(1);
         if status >= 500 {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            self.meters.errors.increment(1);
         }
     }
 
