@@ -1002,14 +1002,7 @@ async fn refuses_new_connections_while_draining(upstreams: &[TestUpstream], extr
     let in_flight = tokio::spawn(async move { send(http().get(url)).await });
     wait_until_one_request_is_at_an_upstream(&balancer).await;
     sessiond_e2e::process::signal(balancer.pid(), "TERM");
-    let deadline = Instant::now() + HEALTH_WAIT;
-    while !balancer
-        .log()
-        .contains("balancer draining in-flight requests")
-    {
-        assert!(Instant::now() < deadline, "no drain: {}", balancer.log());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_drain(&balancer).await;
     // The workers stop accepting as the drain starts.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let connected =
@@ -1022,6 +1015,54 @@ async fn refuses_new_connections_while_draining(upstreams: &[TestUpstream], extr
     );
     let answer = in_flight.await.expect("the in-flight request");
     assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+/// A protocol switch asked for during a drain keeps its `Connection:
+/// upgrade`. The drain's `Connection: close` replaced it on the 101, which
+/// told the client the switch had not happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_answered_during_a_drain_keeps_its_connection_upgrade() {
+    let upstreams = three_upstreams().await;
+    let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
+    let url = format!("{}/slow/2500", balancer.url());
+    let in_flight = tokio::spawn(async move { send(http().get(url)).await });
+    wait_until_one_request_is_at_an_upstream(&balancer).await;
+    // Half a head before the drain, the rest during it.
+    let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+    let head = b"GET /upgrade HTTP/1.1\r\nHost: h\r\n";
+    stream.write_all(head).await.expect("write");
+    sessiond_e2e::process::signal(balancer.pid(), "TERM");
+    wait_for_drain(&balancer).await;
+    let rest = b"Connection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    stream.write_all(rest).await.expect("write");
+    let (status, headers, _) = tokio::time::timeout(STEP, read_head(&mut stream))
+        .await
+        .expect("an answer in time");
+    assert_eq!(status, 101, "{headers:?}");
+    let connection = headers.iter().find(|(name, _)| name == "connection");
+    let connection = connection.map(|(_, value)| value.to_ascii_lowercase());
+    assert_eq!(connection.as_deref(), Some("upgrade"), "{headers:?}");
+    stream.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    tokio::time::timeout(STEP, stream.read_exact(&mut back))
+        .await
+        .expect("the echo in time")
+        .expect("the echo");
+    assert_eq!(&back, b"ping");
+    let answer = in_flight.await.expect("the in-flight request");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+/// Waits (bounded) until the balancer says it drains.
+async fn wait_for_drain(balancer: &Balancer) {
+    let deadline = Instant::now() + HEALTH_WAIT;
+    while !balancer
+        .log()
+        .contains("balancer draining in-flight requests")
+    {
+        assert!(Instant::now() < deadline, "no drain: {}", balancer.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits (bounded) until the balancer's upstreams have one request in

@@ -138,7 +138,11 @@ impl Proxy {
             Ok(response) => response,
             Err(failure) => failure.into_response(),
         };
-        if self.draining.is_cancelled() && version < Version::HTTP_2 {
+        // Not on a 101: its `Connection: upgrade` is the switch itself.
+        if self.draining.is_cancelled()
+            && version < Version::HTTP_2
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
