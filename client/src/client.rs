@@ -68,8 +68,11 @@ impl ClientBuilder {
 
     /// How long one attempt waits for its node's answer (default 2 s). A
     /// call that fails over makes one attempt per node; a write whose
-    /// answer was lost, up to two per node (the crate's "Write guarantees"),
-    /// so it may take up to twice the nodes times this.
+    /// answer was lost, up to two per node (the crate's "Write guarantees";
+    /// without Redis a create asks its first node twice in each round), so
+    /// it may take up to twice the nodes (plus one) times this, plus the
+    /// [`connect_timeout`](Self::connect_timeout) of each connection it
+    /// opens on the way.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
