@@ -1,5 +1,6 @@
 //! The client: nodes on a rendezvous ring, typed operations, failover.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,8 @@ impl ClientBuilder {
     /// How long one attempt waits for its node's answer (default 2 s). A
     /// call that fails over makes one attempt per node; a write whose
     /// answer was lost, up to two per node (the crate's "Write guarantees";
-    /// without Redis a create asks its first node twice in each round), so
-    /// it may take up to twice the nodes (plus one) times this, plus the
+    /// without Redis, the node that lost it is asked again at once), so it
+    /// may take up to twice the nodes (plus one) times this, plus the
     /// [`connect_timeout`](Self::connect_timeout) of each connection it
     /// opens on the way.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -294,9 +295,16 @@ impl Client {
         } else {
             1
         };
-        let nodes = order.len();
-        for (attempt, index) in order.into_iter().cycle().take(nodes * rounds).enumerate() {
-            if attempt == nodes && maybe_applied_since.is_none() {
+        // Each attempt: its node, and whether it is of a later round.
+        let mut plan: VecDeque<(usize, bool)> = (0..rounds)
+            .flat_map(|round| order.iter().map(move |&index| (index, round > 0)))
+            .collect();
+        // Without shared sessions only the node that may have applied a
+        // write can judge it: once per call, it is asked again at once.
+        let ask_again = tag.is_some() && !self.shares_sessions();
+        let mut asked_again = Vec::new();
+        while let Some((index, later_round)) = plan.pop_front() {
+            if later_round && maybe_applied_since.is_none() {
                 // Another round only settles a write whose fate is unknown.
                 break;
             }
@@ -313,7 +321,7 @@ impl Client {
                     break;
                 }
                 // Once per node: the second round revisits the same ones.
-                if let Some(last) = last_node.filter(|&last| last != index && attempt < nodes) {
+                if let Some(last) = last_node.filter(|&last| last != index && !later_round) {
                     self.warn_of_orphan(&op, last);
                 }
             }
@@ -382,6 +390,11 @@ impl Client {
                     }
                     if tag.is_some() {
                         maybe_applied_since.get_or_insert(sent_at);
+                    }
+                    let next = plan.front().map(|&(next, _)| next);
+                    if ask_again && next != Some(index) && !asked_again.contains(&index) {
+                        asked_again.push(index);
+                        plan.push_front((index, later_round));
                     }
                     last_error = Some(err);
                 }
@@ -474,13 +487,9 @@ impl Client {
             user,
         };
         // Spread new sessions: a random key picks the first node to try.
-        let mut order =
-            ring::preference(&self.inner.seeds, &SessionId::from_u128(fastrand::u128(..)));
-        if !self.shares_sessions() {
-            // Nodes without Redis cannot see each other's creates: a create
-            // whose answer was lost goes to the same node again first.
-            order.insert(1, order[0]);
-        }
+        // (Nodes without Redis cannot see each other's creates: a create
+        // whose answer was lost is asked of the same node again first.)
+        let order = ring::preference(&self.inner.seeds, &SessionId::from_u128(fastrand::u128(..)));
         let record = expect_session(self.call(order, op).await?)?;
         Ok(SessionInfo::from(&record))
     }

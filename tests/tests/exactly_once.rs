@@ -849,3 +849,37 @@ async fn a_resent_write_whose_answer_is_over_the_clients_limit_is_not_indetermin
     assert_eq!(session.version(), 2, "applied once");
     assert_eq!(session.data["n"], 1);
 }
+
+/// Without Redis, a create whose answer was lost on a node it failed over
+/// to (the first node down) is asked of that node again, which answers the
+/// session it made. It went on to the next node instead, which made a
+/// second session and left the first an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_on_a_failover_node_is_asked_of_that_node_again() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let down = down.local_addr().expect("its address").to_string();
+    let (proxied, direct) = (Sessiond::start(&[]), Sessiond::start(&[]));
+    let proxy = SilencingProxy::start(proxied.tcp.port()).await;
+    let via_proxy = format!("127.0.0.1:{}", proxy.port());
+    let nodes = [down, via_proxy.clone(), direct.tcp.to_string()];
+    let client = build(Client::builder().nodes(nodes)).await;
+    let (mut made, mut cut) = (0u64, 0);
+    while cut < 6 && made < 200 {
+        let accepted = proxy.accepted();
+        proxy.cut_open_connections_at_next_answer();
+        bounded("create", client.create(&json!({ "n": made }), None))
+            .await
+            .expect("create");
+        made += 1;
+        if proxy.accepted() > accepted {
+            cut += 1;
+        }
+    }
+    assert!(cut >= 6, "only {cut} answers cut in {made} creates");
+    let mut held = 0;
+    for node in [&via_proxy, &direct.tcp.to_string()] {
+        let stats = bounded("stats", client.stats(node)).await.expect("stats");
+        held += stats.sessions;
+    }
+    assert_eq!(held, made, "one session per create, no orphan");
+}
