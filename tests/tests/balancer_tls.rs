@@ -285,17 +285,8 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
     let request = hyper::Request::get("https://localhost/slow/1500")
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    assert_eq!(response.status(), 200);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = answer_of(&mut sender, request).await;
+    assert_eq!(status, 200);
     assert_eq!(&body[..], b"slow app");
     tokio::time::timeout(WAIT, driver)
         .await
@@ -320,13 +311,9 @@ async fn http2_cookie_fields_reach_the_upstream_as_one_header() {
         .header("cookie", "sid=abc")
         .body(Empty::<bytes::Bytes>::new())
         .expect("request");
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    assert_eq!(response.status(), 200);
-    let body = response.into_body().collect().await.expect("body");
-    let echo: Value = serde_json::from_slice(&body.to_bytes()).expect("a JSON echo");
+    let (status, body) = answer_of(&mut sender, request).await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_slice(&body).expect("a JSON echo");
     assert_eq!(echoed_header(&echo, "cookie"), ["theme=dark; sid=abc"]);
     driver.abort();
 }
@@ -348,4 +335,21 @@ async fn http2_to(
     .await
     .expect("HTTP/2 handshake");
     (sender, tokio::spawn(connection))
+}
+
+/// The status and whole body of `request`'s answer on an HTTP/2
+/// connection (bounded).
+async fn answer_of(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>,
+    request: hyper::Request<Empty<bytes::Bytes>>,
+) -> (u16, bytes::Bytes) {
+    let answered = async {
+        let response = sender.send_request(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body");
+        (status, body.to_bytes())
+    };
+    tokio::time::timeout(WAIT, answered)
+        .await
+        .expect("an answer in time")
 }
