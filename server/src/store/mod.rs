@@ -458,6 +458,12 @@ impl Store {
             if let Some(refused) = owner.and_then(|owner| self.cap_refuses(owner)) {
                 return Err(refused);
             }
+            let fits = self.budget.limit().is_some_and(|limit| charge <= limit);
+            if let Some(owner) =
+                owner.filter(|_| fits && self.config.when_full == WhenFull::EvictLru)
+            {
+                self.cap_ahead(owner);
+            }
             self.reserve(charge, None)?;
         }
         let session = self.new_session(id, data, ttl_ms, tag, user);
@@ -506,6 +512,22 @@ impl Store {
         self.counters.sessions.fetch_add(1, Ordering::Relaxed);
         self.log_event(EventKind::Created, id, session.user.as_ref(), None);
         Ok(Admitted::Stored(session))
+    }
+
+    /// Applies `owner`'s cap ahead of a create that found no room, under
+    /// `--when-full evict-lru` (where a create that fits the bound is
+    /// never refused for room): the user's own oldest sessions, which the
+    /// cap evicts anyway, make the room before another user's is evicted
+    /// for it. [`Self::admit`] applies the cap again in the create's step.
+    fn cap_ahead(&self, owner: &Owner) {
+        if owner.limit.max_sessions == 0 || owner.limit.when_full != WhenUserFull::EvictOldest {
+            return;
+        }
+        let now = self.now_ms();
+        let (owned, mut locked) =
+            self.lock_with_users_sessions(&[], Some(&owner.user), Some(owner));
+        // Evicting never fails: only a rejecting cap refuses.
+        let _ = self.make_way(&mut locked, owner, &owned, None, now);
     }
 
     /// The refusal of one more session by `owner`'s cap under `reject`, if

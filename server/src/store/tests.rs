@@ -1314,3 +1314,34 @@ fn a_listing_under_a_storm_of_its_users_logins_still_answers() {
     }
     assert_eq!(missed, 0, "listings without the user's steady session");
 }
+
+/// A capped login on a full `--when-full evict-lru` store takes its room
+/// from the user's own oldest session, which the cap evicts anyway. The
+/// least recently used session of the whole store (another user's) was
+/// evicted for the room first, and then the user's oldest for the cap.
+#[test]
+fn a_capped_login_on_a_full_evicting_store_evicts_only_the_users_own_session() {
+    let per_session = |user: &str| charge_of(2) + owner_charge(user.len());
+    let (store, clock) = store_with(StoreConfig {
+        shards: 8,
+        max_memory: Some(2 * per_session("bob") + per_session("alice")),
+        when_full: WhenFull::EvictLru,
+        max_lifetime_ms: None,
+        events: None,
+    });
+    let bob = owner("bob", 0, WhenUserFull::EvictOldest);
+    let alice = owner("alice", 1, WhenUserFull::EvictOldest);
+    let mut bobs = Vec::new();
+    for _ in 0..2 {
+        bobs.push(login(&store, &bob, 60 * SECOND).unwrap().id);
+        clock.advance(Duration::from_millis(1));
+    }
+    login(&store, &alice, 60 * SECOND).unwrap();
+    clock.advance(Duration::from_millis(1));
+    let again = login(&store, &alice, 60 * SECOND).unwrap().id;
+    assert_eq!(listed(&store, &alice), vec![again]);
+    assert_eq!(listed(&store, &bob), bobs);
+    let stats = store.stats();
+    assert_eq!((stats.sessions, stats.evictions), (3, 1));
+    assert_eq!(stats.bytes_used, stats.bytes_limit.unwrap());
+}
