@@ -354,7 +354,7 @@ async fn drive(
     if let Some(message) = goodbye {
         // The node answered every request it started before saying so.
         for (_, call) in waiting.drain() {
-            let refused = Error::Unavailable(format!("the node is shutting down: {message}"));
+            let refused = Error::Unavailable(message.clone());
             let _ = call.answer.send(Reply::NotStarted(refused));
         }
     }
