@@ -15,7 +15,9 @@ pub enum Error {
         /// The session's version now.
         current_version: u64,
     },
-    /// The session data (or a frame) is over the server's size limit.
+    /// The session data (or a frame) is over the server's size limit; or
+    /// the node's answer was over this client's `max_frame_bytes` (then the
+    /// request was carried out, and its message says so).
     #[error("too large: {0}")]
     TooLarge(String),
     /// The server refused the auth token.
