@@ -70,8 +70,8 @@ impl ClientBuilder {
     /// How long one attempt waits for its node's answer (default 2 s). A
     /// call that fails over makes one attempt per node; a write whose
     /// answer was lost, up to two per node (the crate's "Write guarantees";
-    /// without Redis, the node that lost it is asked again at once), so it
-    /// may take up to twice the nodes (plus one) times this, plus the
+    /// without Redis, a node that lost it is asked again at once), so it
+    /// may take up to three times the nodes times this, plus the
     /// [`connect_timeout`](Self::connect_timeout) of each connection it
     /// opens on the way.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -300,7 +300,8 @@ impl Client {
             .flat_map(|round| order.iter().map(move |&index| (index, round > 0)))
             .collect();
         // Without shared sessions only the node that may have applied a
-        // write can judge it: once per call, it is asked again at once.
+        // write can judge it: once per node and call, it is asked again
+        // at once.
         let ask_again = tag.is_some() && !self.shares_sessions();
         let mut asked_again = Vec::new();
         while let Some((index, later_round)) = plan.pop_front() {
@@ -391,10 +392,14 @@ impl Client {
                     if tag.is_some() {
                         maybe_applied_since.get_or_insert(sent_at);
                     }
-                    let next = plan.front().map(|&(next, _)| next);
-                    if ask_again && next != Some(index) && !asked_again.contains(&index) {
+                    // (Not past the plan's end, and not when it goes to
+                    // this node next anyway: that is its asking again.)
+                    if ask_again && !asked_again.contains(&index) {
                         asked_again.push(index);
-                        plan.push_front((index, later_round));
+                        let next = plan.front().map(|&(next, _)| next);
+                        if next.is_some_and(|next| next != index) {
+                            plan.push_front((index, later_round));
+                        }
                     }
                     last_error = Some(err);
                 }

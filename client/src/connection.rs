@@ -230,13 +230,18 @@ impl Connection {
         }
         // The connection's task answers or drops the caller's sender by its
         // deadline, and drops every caller's when it ends.
-        match answered.await {
-            Ok(Reply::Answered(outcome)) => Ok(outcome),
-            Ok(Reply::Unsent) => Err(CallError::Stalled(backed_up())),
-            Ok(Reply::NotStarted(err)) => Err(CallError::NotSent(err)),
-            Ok(Reply::AnswerTooLarge(err)) => Err(CallError::AnswerTooLarge(err)),
-            Err(_) if Instant::now() >= deadline => Err(CallError::Lost(Error::Timeout(timeout))),
-            Err(_) => Err(CallError::Lost(Error::Unavailable(
+        // Bounded by the deadline too: a request that slipped into the
+        // queue as the connection's task ended is never answered.
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(Reply::Answered(outcome))) => Ok(outcome),
+            Ok(Ok(Reply::Unsent)) => Err(CallError::Stalled(backed_up())),
+            Ok(Ok(Reply::NotStarted(err))) => Err(CallError::NotSent(err)),
+            Ok(Ok(Reply::AnswerTooLarge(err))) => Err(CallError::AnswerTooLarge(err)),
+            Err(_) => Err(CallError::Lost(Error::Timeout(timeout))),
+            Ok(Err(_)) if Instant::now() >= deadline => {
+                Err(CallError::Lost(Error::Timeout(timeout)))
+            }
+            Ok(Err(_)) => Err(CallError::Lost(Error::Unavailable(
                 "connection lost before the answer".into(),
             ))),
         }
@@ -441,8 +446,9 @@ struct Answers {
 
 impl Answers {
     /// Hands every complete answer in `input` to its caller, until the
-    /// server breaks the protocol or closes the connection. An answer over the client's frame limit fails its own call
-    /// (as `payload_too_large`) and is dropped unread, so the other calls
+    /// server breaks the protocol or closes the connection. An answer over
+    /// the client's frame limit fails its own call (as
+    /// [`Reply::AnswerTooLarge`]) and is dropped unread, so the other calls
     /// on the connection go on.
     fn hand_out(&mut self, input: &mut BytesMut, waiting: &mut WaitingCalls) -> Result<(), Ended> {
         let broken = Err(Ended { goodbye: None });
