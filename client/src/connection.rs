@@ -35,6 +35,10 @@ use crate::Error;
 
 type Codec = FrameCodec<ServerFrame, ClientFrame>;
 
+/// How long after its deadline a caller stops waiting for its connection's
+/// task to say what became of its request.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
 /// Requests queued for the connection's task before callers wait.
 const QUEUE_DEPTH: usize = 4096;
 /// Room for a request's fields around its data in a frame.
@@ -230,9 +234,12 @@ impl Connection {
         }
         // The connection's task answers or drops the caller's sender by its
         // deadline, and drops every caller's when it ends.
-        // Bounded by the deadline too: a request that slipped into the
-        // queue as the connection's task ended is never answered.
-        match tokio::time::timeout_at(deadline, answered).await {
+        // Bounded by the deadline too (a request that slipped into the
+        // queue as the connection's task ended is never answered), with a
+        // margin so that the task's own verdict at the deadline (a request
+        // it never wrote is `Unsent`) comes first.
+        let backstop = deadline.checked_add(ANSWER_MARGIN).unwrap_or(deadline);
+        match tokio::time::timeout_at(backstop, answered).await {
             Ok(Ok(Reply::Answered(outcome))) => Ok(outcome),
             Ok(Ok(Reply::Unsent)) => Err(CallError::Stalled(backed_up())),
             Ok(Ok(Reply::NotStarted(err))) => Err(CallError::NotSent(err)),
