@@ -300,8 +300,8 @@ impl Client {
             .flat_map(|round| order.iter().map(move |&index| (index, round > 0)))
             .collect();
         // Without shared sessions only the node that may have applied a
-        // write can judge it: once per node and call, it is asked again
-        // at once.
+        // write can judge it (nodes without Redis cannot see each other's
+        // creates): once per node and call, it is asked again at once.
         let ask_again = tag.is_some() && !self.shares_sessions();
         let mut asked_again = Vec::new();
         while let Some((index, later_round)) = plan.pop_front() {
@@ -492,8 +492,6 @@ impl Client {
             user,
         };
         // Spread new sessions: a random key picks the first node to try.
-        // (Nodes without Redis cannot see each other's creates: a create
-        // whose answer was lost is asked of the same node again first.)
         let order = ring::preference(&self.inner.seeds, &SessionId::from_u128(fastrand::u128(..)));
         let record = expect_session(self.call(order, op).await?)?;
         Ok(SessionInfo::from(&record))
