@@ -4,7 +4,7 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue};
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{ErrorCode, SessionId};
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -72,7 +72,7 @@ impl IntoParams for IfMatch {
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
+    let Some(value) = single_header(headers, "If-Match")? else {
         return Ok(None);
     };
     let malformed = || {
@@ -96,8 +96,24 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     unquoted.parse().map(Some).map_err(|_| malformed())
 }
 
-/// The header that makes a retried HTTP write apply at most once.
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The one value of header `name`, if any: two field lines are a list
+/// (RFC 9110, 5.3), which these headers do not take, so they are refused
+/// as a list on one line is, whether or not a proxy joined them.
+fn single_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{name} must be sent once: a request has more than one {name} header"),
+        ));
+    }
+    Ok(first)
+}
+
 /// The longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -129,7 +145,7 @@ impl IntoParams for IdempotencyKey {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<WriteTag>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+    let Some(value) = single_header(headers, "Idempotency-Key")? else {
         return Ok(None);
     };
     let key = value.as_bytes();
@@ -161,7 +177,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::header;
 
     use super::*;
 
@@ -182,13 +198,16 @@ mod tests {
         assert!(if_match(&with_if_match("+7")).is_err());
         assert!(if_match(&with_if_match("\"\"")).is_err());
         assert!(if_match(&with_if_match("\"1\", \"2\"")).is_err());
+        let mut twice = with_if_match("\"2\"");
+        twice.append(header::IF_MATCH, HeaderValue::from_static("\"7\""));
+        assert!(if_match(&twice).is_err());
     }
 
     #[test]
     fn idempotency_keys_map_to_stable_tags() {
         let with_key = |key: &'static str| {
             let mut headers = HeaderMap::new();
-            headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static(key));
+            headers.insert("idempotency-key", HeaderValue::from_static(key));
             idempotency_key(&headers).ok().flatten().map(|tag| tag.id)
         };
         assert_eq!(with_key("order-1"), with_key("order-1"));
@@ -196,7 +215,11 @@ mod tests {
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(idempotency_key(&HeaderMap::new()).ok(), Some(None));
         let mut spaced = HeaderMap::new();
-        spaced.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("has space"));
+        spaced.insert("idempotency-key", HeaderValue::from_static("has space"));
         assert!(idempotency_key(&spaced).is_err());
+        let mut twice = HeaderMap::new();
+        twice.append("idempotency-key", HeaderValue::from_static("a"));
+        twice.append("idempotency-key", HeaderValue::from_static("b"));
+        assert!(idempotency_key(&twice).is_err());
     }
 }

@@ -191,3 +191,38 @@ async fn bodies_the_node_would_misread_are_refused_by_their_headers() {
         .assert_session(200);
     api.assert_stored(&id, json!({"a": 1}), 1).await;
 }
+
+#[tokio::test]
+async fn a_condition_or_key_sent_on_two_lines_is_refused_as_a_list_is() {
+    let server = Sessiond::start(&[]);
+    let api = Api::remote(&server.url());
+    let (id, _) = api.create_session(json!({"a": 1})).await;
+    let put = session_path(&id, "");
+    // Two lines are one list (RFC 9110, 5.3): the first alone would match.
+    let two_conditions = [
+        ("content-type", "application/json"),
+        ("if-match", "\"1\""),
+        ("if-match", "\"7\""),
+    ];
+    let two_keys = [
+        ("content-type", "application/json"),
+        ("idempotency-key", "order-1"),
+        ("idempotency-key", "order-2"),
+    ];
+    let answers = [
+        api.request(Method::PUT, &put, &two_conditions, r#"{"data": {"b": 2}}"#)
+            .await,
+        api.request(Method::PUT, &put, &two_keys, r#"{"data": {"b": 3}}"#)
+            .await,
+        api.request(Method::POST, "/v1/sessions", &two_keys, r#"{"data": {}}"#)
+            .await,
+    ];
+    for answer in &answers {
+        answer.assert_error(400, "invalid_request");
+        assert!(
+            answer.text.contains("more than one"),
+            "the message names the fault: {answer:?}"
+        );
+    }
+    api.assert_stored(&id, json!({"a": 1}), 1).await;
+}
