@@ -22,7 +22,7 @@ use crate::service::{JsonData, ServiceError};
 errors!(
     /// Failures of a create.
     CreateErrors: InvalidJson, InvalidTtl, InvalidUser, InvalidRequest, Unauthorized,
-    NotFound, RequestTimeout, TooManySessions, Indeterminate, PayloadTooLarge,
+    NotFound, RequestTimeout, TooManySessions, Indeterminate, KeyReused, PayloadTooLarge,
     UnsupportedMediaType, Unavailable, StoreFull
 );
 
@@ -162,8 +162,8 @@ pub async fn delete(
 
 errors!(
     /// Failures of a touch.
-    TouchErrors: InvalidJson, InvalidId, InvalidTtl, Unauthorized, NotFound, RequestTimeout,
-    PayloadTooLarge, UnsupportedMediaType, Unavailable
+    TouchErrors: InvalidJson, InvalidId, InvalidTtl, InvalidRequest, Unauthorized, NotFound,
+    RequestTimeout, PayloadTooLarge, UnsupportedMediaType, Unavailable
 );
 
 /// `POST /v1/sessions/{id}/touch`: pushes the expiry without a write (the
