@@ -624,6 +624,41 @@ async fn an_empty_cursor_is_none_and_the_stream_takes_only_after() {
     );
 }
 
+/// A cursor the log never handed out is 400 `invalid_cursor` in every
+/// spelling: a sign or a leading zero before a real cursor was read as
+/// that cursor (200), and `+5` was taken for a cursor older than the log
+/// (410 `cursor_expired`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_spelled_otherwise_than_the_log_hands_out_is_invalid() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    create(&http, &node, json!({})).await;
+    let real = next_cursor(&http, &node, "").await;
+    assert_eq!(
+        page(&http, &node, &format!("after={real}")).await.status,
+        200
+    );
+    for foreign in [format!("%2B{real}"), format!("0{real}"), "%2B5".to_owned()] {
+        let refused = page(&http, &node, &format!("after={foreign}")).await;
+        assert_eq!(
+            (refused.status, refused.error_code().as_str()),
+            (400, "invalid_cursor"),
+            "{foreign}: {}",
+            refused.text
+        );
+    }
+    let stream = http
+        .get(format!("{}/v1/events/stream", node.url()))
+        .header("last-event-id", format!("+{real}"));
+    let refused = send(stream).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (400, "invalid_cursor"),
+        "{}",
+        refused.text
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
     let mut node = Sessiond::start(&[]);

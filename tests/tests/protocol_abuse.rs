@@ -1035,3 +1035,55 @@ async fn clients_that_hold_their_connections_hold_the_shutdown_only_for_the_drai
     }
     assert_all_in_redis(&http, &redis.url(), &expected, &log).await;
 }
+
+/// An events read over the binary protocol follows its own field and the
+/// HTTP API's rules: `wait_ms` is milliseconds (a 100 ms wait was rounded
+/// up to a whole second, so an event logged 700 ms in came back in it), an
+/// empty `after` is none (it was an invalid cursor), and a wait too long
+/// is refused in the field's own terms (the message named `wait_secs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_events_read_waits_its_milliseconds_and_takes_an_empty_cursor() {
+    let node = Sessiond::start(&[]);
+    let mut reader = handshaken(node.tcp).await;
+    let mut writer = handshaken(node.tcp).await;
+    let events = |after: &str, wait_ms: u32| Op::Events {
+        after: Some(after.to_owned()),
+        limit: 10,
+        wait_ms,
+    };
+    let create = Op::Create {
+        data: Bytes::from_static(b"{}"),
+        ttl_secs: None,
+        user: None,
+    };
+    let first = call(&mut writer, 1, create.clone()).await;
+    assert!(matches!(first, Outcome::Session(_)), "{first:?}");
+    match call(&mut reader, 1, events("", 0)).await {
+        Outcome::Events(page) => assert_eq!(page.events.len(), 1, "{page:?}"),
+        other => panic!("an empty cursor reads from the oldest event: {other:?}"),
+    }
+    reader
+        .write_all(&frame(&request(2, events("now", 100))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = call(&mut writer, 2, create).await;
+    assert!(matches!(later, Outcome::Session(_)), "{later:?}");
+    match next(&mut reader).await {
+        Next::Frame(ServerFrame::Response(Response {
+            id: 2,
+            outcome: Outcome::Events(page),
+        })) => assert!(
+            page.events.is_empty(),
+            "a 100 ms wait ended before the create 700 ms in: {page:?}"
+        ),
+        other => panic!("expected the wait's answer, got {other:?}"),
+    }
+    match call(&mut reader, 3, events("now", 30_001)).await {
+        Outcome::Error(error) => {
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{error:?}");
+            assert!(error.message.contains("wait_ms"), "{}", error.message);
+        }
+        other => panic!("a wait over 30 s is refused: {other:?}"),
+    }
+}

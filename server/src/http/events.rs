@@ -26,7 +26,7 @@ use crate::service::SessionService;
 /// How often an idle event stream sends a comment, so proxies keep it.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How long one read of a stream waits for events.
-const STREAM_WAIT_SECS: u64 = 15;
+const STREAM_WAIT: Duration = Duration::from_secs(15);
 /// Events one read of a stream takes at most.
 const STREAM_BATCH: u64 = 100;
 
@@ -134,7 +134,7 @@ pub async fn page(
     let _waiting = Consumer::start();
     let page = state
         .service
-        .events(cursor(after).as_deref(), limit, wait_secs)
+        .events(after.as_deref(), limit, wait_secs.map(Duration::from_secs))
         .await?;
     Ok(Json(EventsBody {
         events: page.events.into_iter().map(json).collect(),
@@ -176,7 +176,7 @@ pub async fn stream(
     // empty stream.
     let first = state
         .service
-        .events(resume.as_deref(), Some(STREAM_BATCH), Some(0))
+        .events(resume.as_deref(), Some(STREAM_BATCH), None)
         .await?;
     let follow = Follow {
         service: state.service.clone(),
@@ -254,11 +254,7 @@ impl Follow {
             }
             let page = self
                 .service
-                .events(
-                    Some(&self.cursor),
-                    Some(STREAM_BATCH),
-                    Some(STREAM_WAIT_SECS),
-                )
+                .events(Some(&self.cursor), Some(STREAM_BATCH), Some(STREAM_WAIT))
                 .await
                 .ok()?;
             self.cursor = page.next;

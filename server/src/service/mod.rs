@@ -16,6 +16,7 @@ use crate::backend::{
 use crate::store::{Owner, Session, StoreStats, UserLimit};
 use merge::MergeError;
 
+mod cursor;
 mod json_check;
 mod merge;
 
@@ -126,7 +127,10 @@ pub enum ServiceError {
     #[error(transparent)]
     Events(EventsError),
     /// An events read asked for too many events or too long a wait.
-    #[error("limit must be 1 to {MAX_EVENTS} and wait_secs at most {MAX_WAIT_SECS}")]
+    #[error(
+        "limit must be 1 to {MAX_EVENTS} and the wait at most {MAX_WAIT_SECS} s \
+         (wait_secs over HTTP, wait_ms on the binary protocol)"
+    )]
     InvalidEventQuery,
     /// A merge patch could not be applied.
     #[error("the merge patch is not valid JSON: {0}")]
@@ -391,21 +395,30 @@ impl SessionService {
     }
 
     /// Up to `limit` (default 100, at most [`MAX_EVENTS`]) events of the
-    /// log after `after` (the oldest kept when `None`, only later ones for
-    /// `"now"`), waiting up to `wait_secs` (at most [`MAX_WAIT_SECS`]) for
-    /// one when there is none yet (a wait ends when the node shuts down).
+    /// log after `after` (the oldest kept when `None` or empty, only later
+    /// ones for `"now"`), waiting up to `wait` (at most [`MAX_WAIT_SECS`])
+    /// for one when there is none yet (a wait ends when the node shuts
+    /// down).
     pub async fn events(
         &self,
         after: Option<&str>,
         limit: Option<u64>,
-        wait_secs: Option<u64>,
+        wait: Option<std::time::Duration>,
     ) -> Result<EventPage, ServiceError> {
         let limit = limit.unwrap_or(DEFAULT_EVENTS);
-        let wait_secs = wait_secs.unwrap_or(0);
-        if !(1..=MAX_EVENTS).contains(&limit) || wait_secs > MAX_WAIT_SECS {
+        let wait = wait.unwrap_or_default();
+        if !(1..=MAX_EVENTS).contains(&limit)
+            || wait > std::time::Duration::from_secs(MAX_WAIT_SECS)
+        {
             return Err(ServiceError::InvalidEventQuery);
         }
-        let (limit, wait) = (limit as usize, std::time::Duration::from_secs(wait_secs));
+        let after = after.filter(|text| !text.is_empty());
+        if let Some(text) = after.filter(|&text| text != "now" && !cursor::is_canonical(text)) {
+            return Err(ServiceError::Events(EventsError::InvalidCursor {
+                cursor: text.to_owned(),
+            }));
+        }
+        let limit = limit as usize;
         let at_once = std::time::Duration::ZERO;
         if wait.is_zero() {
             return Ok(self.backend.events(after, limit, at_once).await?);

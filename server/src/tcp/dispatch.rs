@@ -1,6 +1,7 @@
 //! One binary-protocol operation, carried out through the service layer.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sessiond_proto::UserName;
@@ -95,10 +96,9 @@ async fn run(
             limit,
             wait_ms,
         } => {
-            let wait_secs = u64::from(wait_ms).div_ceil(1000);
+            let wait = Duration::from_millis(u64::from(wait_ms));
             let page =
-                cold(service.events(after.as_deref(), Some(u64::from(limit)), Some(wait_secs)))
-                    .await?;
+                cold(service.events(after.as_deref(), Some(u64::from(limit)), Some(wait))).await?;
             Outcome::Events(page)
         }
         Op::Ping => Outcome::Pong,
