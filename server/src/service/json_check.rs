@@ -71,8 +71,13 @@ impl<'de> Visitor<'de> for CheckedVisitor {
         match members.next_key_seed(ClassifyKey)? {
             None => {}
             Some(FirstKey::RawValue) => {
-                // The parser refuses a member after this one, as for `Value`.
-                members.next_value_seed(EmbeddedJson)?;
+                // `Value` refuses any other member after this one.
+                members
+                    .next_value_seed(EmbeddedJson)
+                    .map_err(|_| reserved_key())?;
+                if members.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(reserved_key());
+                }
             }
             Some(FirstKey::Plain) => {
                 members.next_value::<Checked>()?;
@@ -81,6 +86,15 @@ impl<'de> Visitor<'de> for CheckedVisitor {
         }
         Ok(Checked)
     }
+}
+
+/// Why an object led by [`RAW_VALUE_TOKEN`] is refused, in the client's
+/// terms (serde_json's own message names a raw value or a trailing comma).
+fn reserved_key<E: de::Error>() -> E {
+    E::custom(format!(
+        "the key {RAW_VALUE_TOKEN:?} is reserved: as an object's first key it must \
+         hold a string of JSON text and be the object's only member"
+    ))
 }
 
 /// What an object's first key says the object is.
@@ -212,5 +226,9 @@ mod tests {
             }
         }
         assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+        for text in [texts[0], texts[3]] {
+            let refused = check(text.as_bytes()).expect_err(text).to_string();
+            assert!(refused.contains("is reserved"), "{text}: {refused}");
+        }
     }
 }
