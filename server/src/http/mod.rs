@@ -35,7 +35,7 @@ use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use limits::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES, RESERVE_CONNECTIONS};
-pub use state::{AppState, NodeFacts};
+pub use state::{AppParts, AppState, NodeFacts};
 
 /// The whole HTTP API, its routes and its OpenAPI document built together
 /// (served at `/v1/openapi.json`), with a status page that nothing samples

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::AnyBackend;
 use crate::backend::redis::{RedisConfig, ReplicationError};
 use crate::descriptors::{self, Caps};
-use crate::http::{self, AppState, HttpLimits, NodeFacts, RESERVE_CONNECTIONS};
+use crate::http::{self, AppParts, AppState, HttpLimits, NodeFacts, RESERVE_CONNECTIONS};
 use crate::net::{NetError, bind};
 use crate::readiness::Readiness;
 use crate::secret::Secret;
@@ -146,7 +146,7 @@ pub async fn run(
     });
     tasks.close();
 
-    let state = AppState {
+    let state = AppState::new(AppParts {
         service,
         auth_token,
         metrics,
@@ -156,7 +156,7 @@ pub async fn run(
             when_full: config.store.when_full,
             replication: config.redis.as_ref().map(|redis| redis.mode),
         },
-    };
+    });
     http::serve(
         http_listener,
         state,

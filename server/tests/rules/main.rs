@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::{Body, to_bytes};
 use axum::http::Request;
 use sessiond::backend::AnyBackend;
-use sessiond::http::{AppState, NodeFacts, router};
+use sessiond::http::{AppParts, AppState, NodeFacts, router};
 use sessiond::readiness::Readiness;
 use sessiond::service::{ServiceConfig, SessionService};
 use sessiond::store::{ManualClock, Store, StoreConfig};
@@ -96,14 +96,14 @@ impl Node {
         let store = Arc::new(Store::new(store, clock.clone()));
         let service =
             SessionService::new(AnyBackend::memory(store), service, CancellationToken::new());
-        let state = AppState {
+        let state = AppState::new(AppParts {
             service: service.clone(),
             auth_token: token.map(Arc::from),
             metrics: None,
             readiness: Readiness::default(),
             body_timeout: BODY_TIMEOUT,
             facts: NodeFacts::default(),
-        };
+        });
         let router = InProcess(router(state));
         Self {
             api: Api::new(router.clone()),
