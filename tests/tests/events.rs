@@ -65,6 +65,16 @@ fn oldest_after_expiry(gone: Reply) -> String {
         .to_owned()
 }
 
+/// Asserts that `reply` is 400 `invalid_cursor` (`what` names the case).
+fn assert_invalid_cursor(reply: &Reply, what: &str) {
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (400, "invalid_cursor"),
+        "{what}: {}",
+        reply.text
+    );
+}
+
 fn kinds(events: &[Value]) -> Vec<(String, String)> {
     events
         .iter()
@@ -473,10 +483,9 @@ async fn a_cursor_older_than_the_retention_is_gone_with_the_oldest() {
                 .expect("events")
                 .is_empty()
         );
-        let bad = page(&http, &node, "after=not-a-cursor").await;
-        assert_eq!(
-            (bad.status, bad.error_code().as_str()),
-            (400, "invalid_cursor")
+        assert_invalid_cursor(
+            &page(&http, &node, "after=not-a-cursor").await,
+            "not-a-cursor",
         );
         // No cursor: from the oldest event kept, whatever was dropped.
         let from_oldest = page(&http, &node, "limit=1000").await;
@@ -547,12 +556,9 @@ async fn a_log_trimmed_to_nothing_still_tells_stale_now_and_foreign_cursors() {
     );
     let largest = format!("{}-{}", u64::MAX, u64::MAX);
     for foreign in ["99999999999999-0", largest.as_str()] {
-        let refused = page(&http, &node, &format!("after={foreign}")).await;
-        assert_eq!(
-            (refused.status, refused.error_code().as_str()),
-            (400, "invalid_cursor"),
-            "{foreign}: {}",
-            refused.text
+        assert_invalid_cursor(
+            &page(&http, &node, &format!("after={foreign}")).await,
+            foreign,
         );
     }
 }
@@ -639,24 +645,15 @@ async fn a_cursor_spelled_otherwise_than_the_log_hands_out_is_invalid() {
         200
     );
     for foreign in [format!("%2B{real}"), format!("0{real}"), "%2B5".to_owned()] {
-        let refused = page(&http, &node, &format!("after={foreign}")).await;
-        assert_eq!(
-            (refused.status, refused.error_code().as_str()),
-            (400, "invalid_cursor"),
-            "{foreign}: {}",
-            refused.text
+        assert_invalid_cursor(
+            &page(&http, &node, &format!("after={foreign}")).await,
+            &foreign,
         );
     }
     let stream = http
         .get(format!("{}/v1/events/stream", node.url()))
         .header("last-event-id", format!("+{real}"));
-    let refused = send(stream).await;
-    assert_eq!(
-        (refused.status, refused.error_code().as_str()),
-        (400, "invalid_cursor"),
-        "{}",
-        refused.text
-    );
+    assert_invalid_cursor(&send(stream).await, "Last-Event-ID");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,10 +683,9 @@ async fn a_memory_node_restarted_refuses_the_cursor_of_the_log_it_lost() {
     );
     // A cursor this log never handed out is refused.
     let foreign = format!("{}", u64::MAX);
-    let unknown = page(&http, &node, &format!("after={foreign}")).await;
-    assert_eq!(
-        (unknown.status, unknown.error_code().as_str()),
-        (400, "invalid_cursor")
+    assert_invalid_cursor(
+        &page(&http, &node, &format!("after={foreign}")).await,
+        &foreign,
     );
 }
 
