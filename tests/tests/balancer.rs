@@ -623,6 +623,30 @@ async fn a_client_still_sending_an_over_limit_body_gets_the_413() {
     );
 }
 
+/// `Connection` may not name the request id away: the app gets the id the
+/// access log records (it got none, while the log showed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_named_in_connection_still_reaches_the_app() {
+    let upstreams = three_upstreams().await;
+    let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
+    let heads: [&[u8]; 2] = [
+        b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: x-request-id\r\n\
+          X-Request-Id: client-id-7\r\n\r\n",
+        b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: X-Request-Id\r\n\r\n",
+    ];
+    for (head, expected) in heads.into_iter().zip([Some("client-id-7"), None]) {
+        let response = raw_exchange(balancer.listen, head).await;
+        assert_eq!(response.status, 200);
+        let echo: Value = serde_json::from_slice(&response.body).expect("JSON");
+        let seen = seen_headers(&echo);
+        let ids = values_of(&seen, "x-request-id");
+        assert_eq!(ids.len(), 1, "{seen:?}");
+        if let Some(expected) = expected {
+            assert_eq!(ids[0], expected, "{seen:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_added_host_is_kept_and_hop_by_hop_headers_are_dropped() {
     let upstreams = three_upstreams().await;

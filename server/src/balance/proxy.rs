@@ -580,7 +580,13 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
     let upgrade = is_upgrade(&headers)
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
+    // The id the access log records reaches the app even if `Connection`
+    // names it (as a hop-by-hop header it would be dropped).
+    let request_id = headers.get(REQUEST_ID).cloned();
     strip_hop_by_hop(&mut headers);
+    if let Some(id) = request_id {
+        headers.insert(REQUEST_ID, id);
+    }
     join_cookies(&mut headers);
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
