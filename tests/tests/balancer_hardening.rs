@@ -384,8 +384,12 @@ async fn past_the_client_connection_cap_a_connection_is_refused_with_503() {
 /// keep-alive and closes the connection (`reset`: with a reset, as an app
 /// with `SO_LINGER` 0 does), unanswered, when the second one arrives: an
 /// upstream's keep-alive timeout firing just as a pooled connection is
-/// reused.
-async fn closing_upstream(reset: bool) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// reused. Each first answer waits `delay` (so that concurrent requests
+/// open connections of their own).
+async fn closing_upstream(
+    reset: bool,
+    delay: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
@@ -408,6 +412,7 @@ async fn closing_upstream(reset: bool) -> (std::net::SocketAddr, tokio::task::Jo
                     }
                     let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
                     seen.drain(..end + 4);
+                    tokio::time::sleep(delay).await;
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                     if stream.write_all(answer).await.is_err() {
                         return;
@@ -421,7 +426,7 @@ async fn closing_upstream(reset: bool) -> (std::net::SocketAddr, tokio::task::Jo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault() {
-    let (upstream, task) = closing_upstream(false).await;
+    let (upstream, task) = closing_upstream(false, Duration::ZERO).await;
     let url = format!("http://{upstream}");
     let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
     args.extend(NO_CHECKS);
@@ -458,7 +463,7 @@ async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault()
 /// and the upstream stays in. On hyper's path a reset ejected it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() {
-    let (upstream, task) = closing_upstream(true).await;
+    let (upstream, task) = closing_upstream(true, Duration::ZERO).await;
     let url = format!("http://{upstream}");
     let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
     args.extend(NO_CHECKS);
@@ -477,6 +482,37 @@ async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() 
         }
         assert_eq!(balancer.stats().await["healthy"], 1, "{path} path");
     }
+    task.abort();
+}
+
+/// Connections pooled after one burst reach the app's keep-alive timeout
+/// together: a GET that finds one closed goes again on a new connection,
+/// not on the next pooled one (which was closed too: 502 from a healthy
+/// upstream), on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_after_a_stale_pooled_connection_opens_a_new_one() {
+    let (upstream, task) = closing_upstream(false, Duration::from_millis(300)).await;
+    let url = format!("http://{upstream}");
+    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
+    args.extend(NO_CHECKS);
+    let balancer = Balancer::start(&args);
+    let fast = &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..];
+    let hyper =
+        &b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n"[..];
+    for (path, get) in [("fast", fast), ("hyper", hyper)] {
+        // A burst: three connections, each answered once and pooled.
+        let burst = (0..3).map(|_| raw_exchange(balancer.listen, get));
+        for response in futures_util::future::join_all(burst).await {
+            assert_eq!(response.status, 200, "{path} path, the burst");
+        }
+        let response = raw_exchange(balancer.listen, get).await;
+        assert_eq!(
+            (response.status, response.body.as_slice()),
+            (200, &b"ok"[..]),
+            "{path} path, after the burst"
+        );
+    }
+    assert_eq!(balancer.stats().await["healthy"], 1);
     task.abort();
 }
 

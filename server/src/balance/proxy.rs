@@ -363,9 +363,12 @@ impl Proxy {
                 }
                 stalled
             };
-            let exchange = self
-                .connections
-                .send(&conn.owner, upstream.id, &upstream.url, outgoing);
+            let exchange = self.connections.send(
+                &conn.owner,
+                (upstream.id, &upstream.url),
+                outgoing,
+                attempts.needs_fresh_connection(),
+            );
             let result = tokio::select! {
                 biased;
                 result = exchange => Ok(result),
@@ -425,6 +428,10 @@ pub struct Attempts {
     idempotent: bool,
     tried: Vec<u64>,
     replayed: bool,
+    /// A pooled connection was found closed under a request: connections
+    /// pooled with it (after the same burst) reach the app's keep-alive
+    /// timeout together, so the replay opens a new one.
+    fresh_connection: bool,
     last_failure: Option<Failure>,
 }
 
@@ -436,8 +443,15 @@ impl Attempts {
             idempotent,
             tried: Vec::new(),
             replayed: false,
+            fresh_connection: false,
             last_failure: None,
         }
+    }
+
+    /// Whether the next attempt must open a new connection rather than
+    /// take an idle one (after the keep-alive race).
+    pub fn needs_fresh_connection(&self) -> bool {
+        self.fresh_connection
     }
 
     /// A slot at an upstream not tried yet, or the answer.
@@ -473,6 +487,7 @@ impl Attempts {
             upstream.eject(detail);
             self.tried.push(upstream.id);
         }
+        self.fresh_connection |= how == Failed::KeepAliveRace;
         let connect = how == Failed::Connect;
         self.last_failure = Some(if connect {
             Failure::new(

@@ -152,18 +152,20 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Sends `request` to `upstream` (`upstream_id`) for `owner` on an idle
-    /// connection, or a new one when none is usable; the response and the
-    /// connection, to give back once the response body is read.
+    /// Sends `request` to `upstream` (its id and URL) for `owner` on an
+    /// idle connection, or a new one when none is usable or `fresh` says
+    /// not to take one; the response and the connection, to give back once
+    /// the response body is read.
     pub async fn send(
         &self,
         owner: &Owner,
-        upstream_id: u64,
-        upstream: &UpstreamUrl,
+        (upstream_id, upstream): (u64, &UpstreamUrl),
         mut request: Request<UpstreamBody>,
+        fresh: bool,
     ) -> Result<(Response<Incoming>, Lent), SendError> {
         let key = owner.key(upstream_id);
-        for _ in 0..STALE_TRIES {
+        let idle_tries = if fresh { 0 } else { STALE_TRIES };
+        for _ in 0..idle_tries {
             let Some(mut sender) = self.take_idle(key) else {
                 break;
             };

@@ -170,7 +170,12 @@ impl Exchange<'_> {
             };
             let upstream = slot.upstream().clone();
             let key = conn.owner.key(upstream.id);
-            let (mut raw, reused) = match raw_conns::take(key, connections.idle_timeout) {
+            let pooled = if attempts.needs_fresh_connection() {
+                None
+            } else {
+                raw_conns::take(key, connections.idle_timeout)
+            };
+            let (mut raw, reused) = match pooled {
                 Some(raw) => (raw, true),
                 None => {
                     let open = RawConn::open(
