@@ -424,13 +424,31 @@ async fn closing_upstream(
     (addr, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault() {
-    let (upstream, task) = closing_upstream(false, Duration::ZERO).await;
+/// A balancer (one worker, no health checks) over a [`closing_upstream`].
+async fn balancing_a_closing_upstream(
+    reset: bool,
+    delay: Duration,
+) -> (Balancer, tokio::task::JoinHandle<()>) {
+    let (upstream, task) = closing_upstream(reset, delay).await;
     let url = format!("http://{upstream}");
     let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
     args.extend(NO_CHECKS);
-    let balancer = Balancer::start(&args);
+    (Balancer::start(&args), task)
+}
+
+/// A plain GET, which the fast path serves, and one whose `Connection`
+/// header names a header, which goes to hyper's path.
+const GET_ON_BOTH_PATHS: [(&str, &[u8]); 2] = [
+    ("fast", b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+    (
+        "hyper",
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault() {
+    let (balancer, task) = balancing_a_closing_upstream(false, Duration::ZERO).await;
     let get = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
     for round in 0..3 {
         // The first request opens a connection that goes back to the pool;
@@ -463,15 +481,8 @@ async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault()
 /// and the upstream stays in. On hyper's path a reset ejected it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() {
-    let (upstream, task) = closing_upstream(true, Duration::ZERO).await;
-    let url = format!("http://{upstream}");
-    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
-    args.extend(NO_CHECKS);
-    let balancer = Balancer::start(&args);
-    let fast = &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..];
-    let hyper =
-        &b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n"[..];
-    for (path, get) in [("fast", fast), ("hyper", hyper)] {
+    let (balancer, task) = balancing_a_closing_upstream(true, Duration::ZERO).await;
+    for (path, get) in GET_ON_BOTH_PATHS {
         for request in 0..4 {
             let response = raw_exchange(balancer.listen, get).await;
             assert_eq!(
@@ -491,15 +502,8 @@ async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() 
 /// upstream), on both paths.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_after_a_stale_pooled_connection_opens_a_new_one() {
-    let (upstream, task) = closing_upstream(false, Duration::from_millis(300)).await;
-    let url = format!("http://{upstream}");
-    let mut args = vec!["--upstream", url.as_str(), "--workers", "1"];
-    args.extend(NO_CHECKS);
-    let balancer = Balancer::start(&args);
-    let fast = &b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"[..];
-    let hyper =
-        &b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\n"[..];
-    for (path, get) in [("fast", fast), ("hyper", hyper)] {
+    let (balancer, task) = balancing_a_closing_upstream(false, Duration::from_millis(300)).await;
+    for (path, get) in GET_ON_BOTH_PATHS {
         // A burst: three connections, each answered once and pooled.
         let burst = (0..3).map(|_| raw_exchange(balancer.listen, get));
         for response in futures_util::future::join_all(burst).await {
