@@ -748,6 +748,10 @@ impl Store {
             let data = compute(record.data())?;
             let owner = owner_charge(record.user_len());
             let (old, new) = (charge(record), charge_of(data.len()) + owner);
+            if self.budget.limit().is_some_and(|limit| new > limit) {
+                // Evicting every other session would not make it fit.
+                return Err(self.full(new - old).into());
+            }
             if new > old && !self.budget.try_reserve(new - old) {
                 drop(shard);
                 needed = new - old;

@@ -432,6 +432,26 @@ fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
     assert_eq!(store.stats().sessions, 1, "nothing was evicted in vain");
 }
 
+/// A write whose session would outgrow the bound alone is refused before
+/// any eviction: its growth fitted, so every other session was evicted
+/// and the write refused all the same.
+#[test]
+fn a_write_that_cannot_fit_is_refused_without_evicting_anything() {
+    let (store, _) = bounded(4, 100, WhenFull::EvictLru);
+    let limit = 4 * charge_of(100);
+    let grown = created(&store, &format!("\"{}\"", "z".repeat(150)), 60 * SECOND);
+    for _ in 0..2 {
+        created(&store, "1", 60 * SECOND);
+    }
+    let too_big = json(&format!("\"{}\"", "z".repeat(limit as usize)));
+    assert!(matches!(
+        store.put(&grown, too_big, None, None, None),
+        Err(StoreError::Full { .. })
+    ));
+    assert_eq!(store.stats().evictions, 0, "nothing was evicted in vain");
+    assert_eq!(store.stats().sessions, 3);
+}
+
 #[test]
 fn update_applies_a_function_atomically_under_contention() {
     let (store, _) = store();
