@@ -761,6 +761,11 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
         let rotated = rotate(&third.id, second_key.clone()).await;
         assert_eq!(rotated.status, 201, "{name}: {}", rotated.text);
         let rotated = rotated.session();
+        // On the id it made, too: it kept its id and rebound nothing new.
+        refused(
+            "a rotation reusing its key on the id it made",
+            &rotate(&rotated.id, second_key.clone()).await,
+        );
         refused(
             "a create reusing a rotation's key",
             &create(4, Some(second_key)).await,

@@ -115,6 +115,11 @@ impl Backend for MemoryBackend {
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
         let moved_to = self.claimed(tag, new_id)?;
+        if moved_to == *id {
+            // The key already moved a session to this id: this is another
+            // write reusing it (on the id it made), never a repeat.
+            return Err(BackendError::KeyReused);
+        }
         match self.store.rotate(id, moved_to, rebind.as_ref()) {
             // Another attempt of this rotation may have moved it already
             // (the new id is claimed by this write alone).

@@ -560,6 +560,11 @@ impl SyncBackend {
             Some(tag) => redis.claim(tag, new_id, ClaimedBy::Rotation).await?,
             None => new_id,
         };
+        if new_id == *id {
+            // The key already moved a session to this id: this is another
+            // write reusing it (on the id it made), never a repeat.
+            return Err(BackendError::KeyReused);
+        }
         let user = match &rebind {
             Some(owner) => Some(owner.user.clone()),
             None => redis
