@@ -4,10 +4,11 @@
 //! (half-open); connections made after that are forwarded again. Open
 //! connections can also be cut at their next answer: the server's bytes
 //! are dropped and the client's side closed, the way a reset after the
-//! request went through looks.
+//! request went through looks; or only the connection that carries a
+//! request holding some marker (a session id, say), at the answer after it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +24,8 @@ pub struct SilencingProxy {
     silenced_below: Arc<AtomicU64>,
     /// Connections numbered below this are cut at their next answer.
     cut_below: Arc<AtomicU64>,
+    /// The first request holding these bytes has its connection cut.
+    marker: Arc<Mutex<Option<Vec<u8>>>>,
     accept: JoinHandle<()>,
 }
 
@@ -36,9 +39,10 @@ impl SilencingProxy {
         let accepted = Arc::new(AtomicU64::new(0));
         let silenced_below = Arc::new(AtomicU64::new(0));
         let cut_below = Arc::new(AtomicU64::new(0));
+        let marker = Arc::new(Mutex::new(None));
         let accept = tokio::spawn({
             let (accepted, silenced_below) = (accepted.clone(), silenced_below.clone());
-            let cut_below = cut_below.clone();
+            let (cut_below, marker) = (cut_below.clone(), marker.clone());
             async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -54,6 +58,8 @@ impl SilencingProxy {
                         number,
                         silenced_below: silenced_below.clone(),
                         cut_below: None,
+                        marker: marker.clone(),
+                        marked: Arc::new(AtomicBool::new(false)),
                     };
                     tokio::spawn(forward(client_read, server_write, silenced.clone()));
                     let answers = Cut {
@@ -69,6 +75,7 @@ impl SilencingProxy {
             accepted,
             silenced_below,
             cut_below,
+            marker,
             accept,
         }
     }
@@ -88,6 +95,19 @@ impl SilencingProxy {
     pub fn cut_open_connections_at_next_answer(&self) {
         let accepted = self.accepted.load(Ordering::SeqCst);
         self.cut_below.store(accepted, Ordering::SeqCst);
+    }
+
+    /// Cuts the connection that carries the next request holding `marker`
+    /// at the first answer after that request went through: the request
+    /// runs, its answer is lost (and with it any other answer in flight).
+    pub fn cut_answer_to_next_request_holding(&self, marker: &[u8]) {
+        *self.marker.lock().expect("the proxy's marker") = Some(marker.to_vec());
+    }
+
+    /// Whether the request armed by
+    /// [`Self::cut_answer_to_next_request_holding`] has gone through.
+    pub fn marked_request_went_through(&self) -> bool {
+        self.marker.lock().expect("the proxy's marker").is_none()
     }
 
     /// How many connections the proxy has accepted so far.
@@ -110,6 +130,26 @@ struct Cut {
     /// For the server's direction: connections below this end, their
     /// bytes dropped, at the next they send.
     cut_below: Option<Arc<AtomicU64>>,
+    /// The marker a request is looked for (taken by the first that holds it).
+    marker: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Set once a request holding the marker went this connection's way:
+    /// its next answer ends it.
+    marked: Arc<AtomicBool>,
+}
+
+impl Cut {
+    /// Whether `bytes` (sent by the client) hold the marker: then the
+    /// marker is used up and this connection is cut at its next answer.
+    fn mark_if_holding(&self, bytes: &[u8]) {
+        let mut marker = self.marker.lock().expect("the proxy's marker");
+        let holds = marker
+            .as_deref()
+            .is_some_and(|marker| bytes.windows(marker.len()).any(|window| window == marker));
+        if holds {
+            *marker = None;
+            self.marked.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Copies `from` to `to` until either closes, dropping the bytes instead
@@ -126,8 +166,15 @@ async fn forward(
             Ok(read) => read,
         };
         let below = |limit: &AtomicU64| cut.number < limit.load(Ordering::SeqCst);
+        let answering = cut.cut_below.is_some();
+        if answering && cut.marked.load(Ordering::SeqCst) {
+            return;
+        }
         if cut.cut_below.as_deref().is_some_and(below) {
             return;
+        }
+        if !answering {
+            cut.mark_if_holding(&buffer[..read]);
         }
         if below(&cut.silenced_below) {
             continue;

@@ -566,7 +566,11 @@ impl Redis {
             .invoke_async::<Deleted>(&mut conn)
             .await;
         let answered = Instant::now();
-        let deleted = redis.link.observe(result)?;
+        let deleted = redis.link.observe(result).inspect_err(|_| {
+            // The delete may have run though its answer was lost: the copy
+            // from before is not served.
+            redis.store.delete(id);
+        })?;
         if deleted.deleted {
             count_logged(redis.events.as_ref(), kind);
         }

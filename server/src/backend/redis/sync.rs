@@ -82,11 +82,18 @@ impl SyncBackend {
         // machine mostly Redis's wait for a CPU, not the script's work.
         metrics::histogram!("sessiond_redis_write_duration_seconds").record(started.elapsed());
         // A data write whose command got no answer may have run: the
-        // caller learns that (a touch is simply retried).
+        // caller learns that (a touch is simply retried). Either may have
+        // changed what Redis holds, so the copy from before is not served.
         let outcome = match redis.link.observe(result) {
             Ok(outcome) => outcome,
-            Err(err) if write.data.is_some() => return Err(write_error(err)),
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                redis.store.delete(id);
+                return Err(if write.data.is_some() {
+                    write_error(err)
+                } else {
+                    err.into()
+                });
+            }
         };
         match &outcome {
             WriteOutcome::Done { others, .. } => {
