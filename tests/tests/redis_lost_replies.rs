@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sessiond_e2e::proxy::SilencingProxy;
+use sessiond_e2e::proxy::{AnswerFault, SilencingProxy};
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
 
@@ -35,7 +35,7 @@ async fn proxied_node() -> (RedisServer, SilencingProxy, Sessiond) {
 /// Arms the proxy to lose the answer to the next command that holds
 /// `marker` (a session id, say).
 fn lose_next_answer_about(proxy: &SilencingProxy, marker: &str) {
-    proxy.cut_answer_to_next_request_holding(marker.as_bytes());
+    proxy.lose_answer_to_next_request_holding(marker.as_bytes(), AnswerFault::Cut);
 }
 
 /// Reads `id` through `node` until it answers something other than 503

@@ -22,6 +22,13 @@ pub enum ReplicationError {
     Config(String),
 }
 
+impl ReplicationError {
+    /// Whether the command may have run in Redis all the same.
+    pub fn may_have_run(&self) -> bool {
+        matches!(self, Self::Uncertain(_))
+    }
+}
+
 impl From<ReplicationError> for BackendError {
     fn from(err: ReplicationError) -> Self {
         match err {

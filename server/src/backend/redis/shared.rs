@@ -566,10 +566,12 @@ impl Redis {
             .invoke_async::<Deleted>(&mut conn)
             .await;
         let answered = Instant::now();
-        let deleted = redis.link.observe(result).inspect_err(|_| {
+        let deleted = redis.link.observe(result).inspect_err(|err| {
             // The delete may have run though its answer was lost: the copy
             // from before is not served.
-            redis.store.delete(id);
+            if err.may_have_run() {
+                redis.store.delete(id);
+            }
         })?;
         if deleted.deleted {
             count_logged(redis.events.as_ref(), kind);

@@ -87,7 +87,9 @@ impl SyncBackend {
         let outcome = match redis.link.observe(result) {
             Ok(outcome) => outcome,
             Err(err) => {
-                redis.store.delete(id);
+                if err.may_have_run() {
+                    redis.store.delete(id);
+                }
                 return Err(if write.data.is_some() {
                     write_error(err)
                 } else {
