@@ -291,7 +291,10 @@ return 1
 /// 12 writer node, 13 '1' to log data writes as `updated`, 14 retention,
 /// 15 when the first attempt was sent (client's clock, ms; '0' = unknown;
 /// when unknown or further ahead of now than the skew, now less ARGV 10,
-/// or now for a first attempt, stands in).
+/// or now for a first attempt, stands in), 16 '1' when the tag is the
+/// node's own for a write the client sent untagged: it only finds the same
+/// command run before (re-sent by the Redis client after its connection
+/// dropped), it judges nothing else.
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v, nodes}
 /// (already applied, at version v; the `recall` of the latest
@@ -329,7 +332,8 @@ if ARGV[9] ~= '' then
       covered = horizon < math.min(sent, resent) - tonumber(ARGV[11])
     end
     if not covered then return {-4} end
-  elseif ARGV[1] == '' and fence >= sent and horizon + tonumber(ARGV[11]) >= sent then
+  elseif ARGV[1] == '' and ARGV[16] ~= '1' and fence >= sent
+      and horizon + tonumber(ARGV[11]) >= sent then
     return {-4}
   end
 end

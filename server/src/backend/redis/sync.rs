@@ -54,7 +54,18 @@ impl SyncBackend {
         let mut conn = redis.link.conn()?;
         let optional = |value: Option<u64>| value.map(|v| v.to_string()).unwrap_or_default();
         let announcement = redis.invalidations.announce(id);
-        let tag = write.tag.filter(|tag| tag.id != 0);
+        // An untagged data write gets a tag of the node's own: a Redis
+        // Cluster client re-sends a command whose connection dropped, and
+        // the write, if it ran, must then find itself in the write log
+        // instead of a version it does not expect.
+        let own_tag = write.data.is_some() && write.tag.is_none_or(|tag| tag.id == 0);
+        let tag = write.tag.filter(|tag| tag.id != 0).or_else(|| {
+            own_tag.then(|| WriteTag {
+                id: fastrand::u64(1..),
+                resent_after_ms: None,
+                sent_at_ms: 0,
+            })
+        });
         let data = write.data.map_or(&b""[..], |data| data.as_ref());
         let mut call =
             redis.call_with_events(&redis.scripts.write, &[&redis.key(id)], 256 + data.len());
@@ -75,6 +86,7 @@ impl SyncBackend {
             .arg(if redis.logs_updates() { "1" } else { "" })
             .arg(redis.retention())
             .arg(tag.map_or(0, |tag| tag.sent_at_ms))
+            .arg(if own_tag { "1" } else { "" })
             .invoke_async::<WriteOutcome>(&mut conn)
             .await;
         let answered = Instant::now();
@@ -184,10 +196,14 @@ impl SyncBackend {
             return Err(BackendError::NotFound);
         }
         if stored == 0 {
-            if tag.is_some() {
-                // Another attempt of the same create made it (the id is
-                // claimed by this write alone): answer what it made.
-                return redis.load(&id).await;
+            // The id is this create's alone (claimed by its tag, or drawn
+            // fresh): the session under it is another attempt's of the
+            // same create, or this command's own, run once already and
+            // re-sent by a Redis Cluster client after its connection
+            // dropped. Answer what it made, unless it is not this one's.
+            let made = redis.load(&id).await?;
+            if tag.is_some() || made.created_at_ms == session.created_at_ms {
+                return Ok(made);
             }
             return Err(Unavailable::IdTaken.into());
         }
@@ -216,10 +232,12 @@ impl SyncBackend {
             let Some(current) = redis.read_redis(id, false).await? else {
                 redis.store.delete(id);
                 // Only a rotation to `new_id` says another attempt of this
-                // one finished (the new id is claimed by this write alone);
-                // a copy under it may be an unfinished attempt's, of a
-                // session deleted since.
-                if tag.is_some() && self.rotated_to(id, &new_id).await? {
+                // one finished (the new id is this rotation's alone: claimed
+                // by its tag, or drawn fresh, its delete re-sent by a Redis
+                // Cluster client after its connection dropped); a copy
+                // under it may be an unfinished attempt's, of a session
+                // deleted since.
+                if copied && self.rotated_to(id, &new_id).await? {
                     redis.settle_replay(id).await?;
                     // The new id's lock may be this one's stripe.
                     drop(ordered);
