@@ -35,6 +35,17 @@ const MAX_CLAIMS: usize = 200_000;
 /// Independently locked shards (tags are random, so they spread evenly).
 const SHARDS: usize = 16;
 
+/// The id a rotation of `id` moves the session to: `claimed` (the fresh id,
+/// or the one its tag claimed first), unless that is `id` itself: the key
+/// already moved a session to this id, and this is another write reusing
+/// it (on the id it made), never a repeat.
+pub fn rotation_target(id: &SessionId, claimed: SessionId) -> Result<SessionId, BackendError> {
+    if claimed == *id {
+        return Err(BackendError::KeyReused);
+    }
+    Ok(claimed)
+}
+
 /// Recent tagged creates and rotations of this node.
 #[derive(Debug, Clone)]
 pub struct Claims {

@@ -14,7 +14,7 @@ use super::event_log::count_logged;
 use super::scripts::{WriteOutcome, hex, rotated_to, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
-use crate::backend::claims::ClaimedBy;
+use crate::backend::claims::{ClaimedBy, rotation_target};
 use crate::store::{CLOCK_SKEW_MS, Owner, Session, StoreStats, Verdict};
 
 /// The write-through, read-through Redis backend.
@@ -583,15 +583,11 @@ impl SyncBackend {
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let new_id = redis.usable_id(new_id);
-        let new_id = match tag {
+        let claimed = match tag {
             Some(tag) => redis.claim(tag, new_id, ClaimedBy::Rotation).await?,
             None => new_id,
         };
-        if new_id == *id {
-            // The key already moved a session to this id: this is another
-            // write reusing it (on the id it made), never a repeat.
-            return Err(BackendError::KeyReused);
-        }
+        let new_id = rotation_target(id, claimed)?;
         let user = match &rebind {
             Some(owner) => Some(owner.user.clone()),
             None => redis
