@@ -251,11 +251,12 @@ pub fn charge_of(data_len: usize) -> u64 {
 }
 
 /// What belonging to a user whose name has `user_len` bytes (0: to none)
-/// adds to a session's charge: its place in the user index and the name.
+/// adds to a session's charge: its place in the user index and the name
+/// twice (in the session's record and as the index's key).
 fn owner_charge(user_len: usize) -> u64 {
     match user_len {
         0 => 0,
-        len => INDEX_ENTRY_BYTES + len as u64,
+        len => INDEX_ENTRY_BYTES + 2 * len as u64,
     }
 }
 

@@ -744,7 +744,7 @@ fn a_users_sessions_are_charged_to_the_memory_bound() {
     let session = login(&store, &grace, 60 * SECOND).unwrap();
     assert_eq!(
         store.stats().bytes_used,
-        charge_of(2) + user_index::INDEX_ENTRY_BYTES + "grace".len() as u64
+        charge_of(2) + owner_charge("grace".len())
     );
     store.delete(&session.id);
     assert_eq!(store.stats().bytes_used, 0);
@@ -873,10 +873,7 @@ fn every_removal_returns_the_budget_and_the_index_to_zero() {
     };
     // Delete, after writes that grow and shrink the data.
     let s = login(&store, &accented, 60 * SECOND).unwrap();
-    assert_eq!(
-        store.stats().bytes_used,
-        charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256
-    );
+    assert_eq!(store.stats().bytes_used, charge_of(2) + owner_charge(256));
     store
         .put(&s.id, json(&"9".repeat(5000)), None, None, None)
         .unwrap();
@@ -925,10 +922,7 @@ fn every_removal_returns_the_budget_and_the_index_to_zero() {
         .rotate(&r4.id, SessionId::random(), Some(&emoji))
         .unwrap();
     assert_eq!(r5.user, Some(emoji.user.clone()));
-    assert_eq!(
-        store.stats().bytes_used,
-        charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256
-    );
+    assert_eq!(store.stats().bytes_used, charge_of(2) + owner_charge(256));
     assert_eq!(listed(&store, &emoji), [r5.id]);
     assert!(store.delete(&r5.id));
     zero(&store, "rotations");
@@ -955,10 +949,7 @@ fn every_removal_returns_the_budget_and_the_index_to_zero() {
     copy.data = json(&"3".repeat(300));
     copy.version = 9;
     store.insert_copy(copy.clone()).unwrap();
-    assert_eq!(
-        store.stats().bytes_used,
-        charge_of(300) + user_index::INDEX_ENTRY_BYTES + 256
-    );
+    assert_eq!(store.stats().bytes_used, charge_of(300) + owner_charge(256));
     copy.user = None;
     store.insert_copy(copy.clone()).unwrap();
     assert_eq!(store.stats().bytes_used, charge_of(300));
@@ -1041,11 +1032,13 @@ fn a_login_the_user_cap_refuses_on_a_full_evicting_store_evicts_nobody() {
 /// never the one logging in.
 #[test]
 fn a_login_by_rotation_on_a_full_evicting_store_makes_room() {
-    let (store, clock) = bounded(4, 2, WhenFull::EvictLru);
+    // Sessions larger than an index entry: one eviction makes room.
+    let data = format!("\"{}\"", "x".repeat(198));
+    let (store, clock) = bounded(4, data.len(), WhenFull::EvictLru);
     let ids: Vec<SessionId> = (0..4)
         .map(|_| {
             clock.advance(Duration::from_millis(1));
-            created(&store, "{}", 60 * SECOND)
+            created(&store, &data, 60 * SECOND)
         })
         .collect();
     let alice = owner("alice", 0, WhenUserFull::EvictOldest);
@@ -1087,7 +1080,7 @@ fn a_refused_login_by_rotation_counts_one_rejection() {
 fn evictions_return_their_bytes_and_log_id_and_user() {
     let (store, _) = store_with(StoreConfig {
         shards: 2,
-        max_memory: Some(3 * (charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256)),
+        max_memory: Some(3 * (charge_of(2) + owner_charge(256))),
         when_full: WhenFull::EvictLru,
         max_lifetime_ms: None,
         events: Some(every_event()),
@@ -1101,10 +1094,7 @@ fn evictions_return_their_bytes_and_log_id_and_user() {
         (stats.sessions, stats.evictions, stats.user_index_entries),
         (3, 7, 3)
     );
-    assert_eq!(
-        stats.bytes_used,
-        3 * (charge_of(2) + user_index::INDEX_ENTRY_BYTES + 256)
-    );
+    assert_eq!(stats.bytes_used, 3 * (charge_of(2) + owner_charge(256)));
     let evicted: Vec<_> = logged_events(&store)
         .into_iter()
         .filter(|event| event.0 == EventKind::Evicted)

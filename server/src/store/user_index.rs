@@ -17,10 +17,14 @@ use sessiond_proto::{SessionId, UserName};
 /// Independently locked parts of the index.
 const INDEX_SHARDS: usize = 16;
 
-/// Bytes charged to the memory budget for a session's place in the index
-/// (its id in the user's list, the list's share of the map entry); the
-/// user's name is charged on top.
-pub const INDEX_ENTRY_BYTES: u64 = 48;
+/// Bytes charged to the memory budget for a session's place in the index,
+/// as one user of one session takes them (the map's slot at its usual
+/// load, the list of one id, the key's allocation less the name); the
+/// user's name is charged on top. A user's further sessions take less
+/// (an id each in the list): the charge errs on the side of the bound.
+/// Measured: 300,000 sessions of 512 bytes, each of its own user, grew a
+/// node's RSS 169 bytes a session more than as many without a user.
+pub const INDEX_ENTRY_BYTES: u64 = 144;
 
 /// One independently locked part of the index: users and their sessions.
 type IndexShard = Mutex<HashMap<UserName, Vec<SessionId>>>;
@@ -63,7 +67,9 @@ impl UserIndex {
         let mut shard = self.shard(user).lock();
         let ids = shard.entry(user.clone()).or_insert_with(|| {
             self.users.fetch_add(1, Ordering::Relaxed);
-            Vec::new()
+            // Most users have one session: room for one, not the four a
+            // first push would make.
+            Vec::with_capacity(1)
         });
         match old.and_then(|old| ids.iter_mut().find(|known| **known == *old)) {
             Some(known) => *known = new,
