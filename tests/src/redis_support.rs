@@ -230,6 +230,22 @@ pub async fn wait_for_answer(
     }
 }
 
+/// `GET /v1/sessions/{id}`, polled while it answers 503 (a node still
+/// reconnecting to Redis, or holding a Redis Cluster master for down a
+/// moment), at most 10 s; returns the first other answer.
+pub async fn get_once_reachable(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
+    let path = format!("/v1/sessions/{id}");
+    wait_for_answer(
+        http,
+        node,
+        &path,
+        "answer other than 503",
+        Duration::from_secs(10),
+        |reply| reply.status != 503,
+    )
+    .await
+}
+
 /// Waits (bounded) until the node's Redis link is up (`/readyz` 200).
 pub async fn wait_ready(http: &reqwest::Client, node: &Sessiond) {
     wait_for_status(http, node, "/readyz", 200, Duration::from_secs(15)).await;

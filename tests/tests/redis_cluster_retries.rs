@@ -98,19 +98,6 @@ impl ProxiedCluster {
 /// in time (else the node answers `indeterminate`), so a test tries a few.
 const ROUNDS: u64 = 4;
 
-/// Reads `id` through `node` until it answers something other than 503
-/// (after a cut the node takes the master for down a moment), at most 10 s.
-async fn read_once_reachable(http: &reqwest::Client, node: &Sessiond, id: &str) -> Reply {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let read = get(http, node, id).await;
-        if read.status != 503 || tokio::time::Instant::now() > deadline {
-            return read;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The answer of a change whose Redis answer was lost: the change's own
 /// (`true`, the cluster client re-sent it) or `indeterminate` (`false`, it
 /// gave up); never another.
@@ -154,7 +141,7 @@ async fn a_resent_conditional_write_is_answered_as_written() {
             resends += 1;
             assert_eq!(written.session().version, version + 1);
         }
-        let read = read_once_reachable(&http, node, &id).await;
+        let read = get_once_reachable(&http, node, &id).await;
         assert_eq!(
             (read.session().version, read.session().data),
             (version + 1, data)
@@ -201,11 +188,11 @@ async fn a_rotation_whose_delete_is_resent_keeps_the_session() {
         if resent(&rotated, 201, "a rotation whose delete ran") {
             resends += 1;
             let new_id = rotated.session().id;
-            let read = read_once_reachable(&http, node, &new_id).await;
+            let read = get_once_reachable(&http, node, &new_id).await;
             assert_eq!(read.status, 200, "the rotated session: {}", read.text);
             assert_eq!(read.session().data, json!({ "round": round }));
         }
-        let old = read_once_reachable(&http, node, &id).await;
+        let old = get_once_reachable(&http, node, &id).await;
         assert_eq!(old.status, 404, "the old id: {}", old.text);
     }
     eprintln!("{resends} of {ROUNDS} deletes were re-sent by the cluster client");
@@ -232,7 +219,7 @@ async fn a_resent_create_is_answered_as_created() {
             resends += 1;
             let id = created.session().id;
             assert_eq!(stack.version_in_redis(&id).await, Some(1));
-            let read = read_once_reachable(&http, node, &id).await;
+            let read = get_once_reachable(&http, node, &id).await;
             assert_eq!(read.status, 200, "{}", read.text);
             assert_eq!(read.session().data, json!({ "who": marker }));
         }
