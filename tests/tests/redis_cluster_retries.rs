@@ -99,10 +99,18 @@ impl ProxiedCluster {
 const ROUNDS: u64 = 4;
 
 /// The answer of a change whose Redis answer was lost: the change's own
-/// (`true`, the cluster client re-sent it) or `indeterminate` (`false`, it
-/// gave up); never another.
+/// (`true`, the cluster client re-sent it), or `false` when the client
+/// gave up: `indeterminate`, or `unavailable` when its last re-send found
+/// no connection (the node knows only the client's last error); never a
+/// conflict, a loss or a refusal of what ran.
 fn resent(reply: &Reply, done: u16, what: &str) -> bool {
-    if reply.status == 409 && reply.error_code() == "indeterminate" {
+    let redis_down = reply.error_message().starts_with("Redis is unreachable");
+    let gave_up = match (reply.status, reply.error_code().as_str()) {
+        (409, "indeterminate") => true,
+        (503, "unavailable") => redis_down,
+        _ => false,
+    };
+    if gave_up {
         return false;
     }
     assert_eq!(reply.status, done, "{what}: {}", reply.text);
