@@ -7,6 +7,7 @@
 //! every master through a proxy that can cut the connection carrying the
 //! next command that holds a marker, at the answer after it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde_json::json;
@@ -61,10 +62,7 @@ impl ProxiedCluster {
     /// Arms every proxy to cut the connection carrying the next command
     /// holding `marker` (only the master that gets it sees it) at the
     /// answer after it.
-    /// A round after a cut waits out the node's memory of the master as
-    /// down (1 s).
     async fn lose_next_answer_about(&self, marker: &str) {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
         let fault = AnswerFault::Cut;
         for proxy in &self.proxies {
             proxy.lose_answer_to_next_request_holding(marker.as_bytes(), fault);
@@ -76,6 +74,24 @@ impl ProxiedCluster {
         self.proxies
             .iter()
             .any(SilencingProxy::marked_request_went_through)
+    }
+
+    /// Sends `request` until the marked command went through, at most 50
+    /// times: right after a cut the node may take a master for down a
+    /// moment and refuse a change (503) before sending it.
+    async fn until_marked_went_through<F: Future<Output = Reply>>(
+        &self,
+        mut request: impl FnMut() -> F,
+    ) -> Reply {
+        for _ in 0..50 {
+            let reply = request().await;
+            if self.marked_request_went_through() {
+                return reply;
+            }
+            assert_eq!(reply.status, 503, "refused before it went: {}", reply.text);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the marked command never went through");
     }
 
     /// The version of session `id` its master holds.
@@ -134,11 +150,9 @@ async fn a_resent_conditional_write_is_answered_as_written() {
     for version in 2..2 + ROUNDS {
         stack.lose_next_answer_about(&id).await;
         let data = json!({ "n": version + 1 });
-        let written = put(&http, node, &id, &data, Some(version)).await;
-        assert!(
-            stack.marked_request_went_through(),
-            "the write reached Redis"
-        );
+        let written = stack
+            .until_marked_went_through(|| put(&http, node, &id, &data, Some(version)))
+            .await;
         let what = format!("the write to version {}, which ran", version + 1);
         assert_eq!(
             stack.version_in_redis(&id).await,
@@ -187,11 +201,9 @@ async fn a_rotation_whose_delete_is_resent_keeps_the_session() {
         // The rotation's delete of the old id names the event kind.
         stack.lose_next_answer_about("rotated").await;
         let path = format!("{}/v1/sessions/{id}/rotate", node.url());
-        let rotated = send(http.post(path)).await;
-        assert!(
-            stack.marked_request_went_through(),
-            "the delete reached Redis"
-        );
+        let rotated = stack
+            .until_marked_went_through(|| send(http.post(&path)))
+            .await;
         assert_eq!(stack.version_in_redis(&id).await, None, "the delete ran");
         if resent(&rotated, 201, "a rotation whose delete ran") {
             resends += 1;
@@ -218,11 +230,10 @@ async fn a_resent_create_is_answered_as_created() {
     for round in 0..ROUNDS {
         let marker = format!("the-marked-create-{round}");
         stack.lose_next_answer_about(&marker).await;
-        let created = create(&http, node, &json!({ "who": marker }), None).await;
-        assert!(
-            stack.marked_request_went_through(),
-            "the create reached Redis"
-        );
+        let data = json!({ "who": marker });
+        let created = stack
+            .until_marked_went_through(|| create(&http, node, &data, None))
+            .await;
         if resent(&created, 201, "a create that ran") {
             resends += 1;
             let id = created.session().id;
