@@ -349,6 +349,12 @@ impl Client {
                             maybe_applied_since.get_or_insert(sent_at);
                             last_error = Some(Error::from(error));
                         }
+                        // A call safe to repeat (untagged: a revocation
+                        // whose Redis command got no answer, say) is asked
+                        // again, as after a refusal.
+                        ErrorCode::Indeterminate => {
+                            last_error = Some(Error::Unavailable(error.message));
+                        }
                         // Refused before it was judged, by a node with a
                         // lower limit than the one an earlier attempt may
                         // have been applied on: that one settles it.

@@ -146,3 +146,41 @@ async fn a_revocation_whose_answer_was_lost_leaves_no_copy_of_the_session() {
         read.text
     );
 }
+
+/// The Rust client treats a revocation whose node could not tell how far
+/// it got (its Redis answer was lost: `indeterminate`) as it would a
+/// refusal: it asks again, and what it cannot finish ends as a retryable
+/// error (a revocation is safe to repeat), never as `Indeterminate`, which
+/// tells an app not to repeat the call: "sign out everywhere" must not
+/// stop halfway with a session still live. The app here repeats a
+/// retryable error, as the client's docs say it may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_repeats_a_revocation_whose_answer_was_lost() {
+    let stack = ProxiedNode::start().await;
+    let (http, node) = (&stack.http, &stack.node);
+    for _ in 0..2 {
+        let logged_in = login(http, node, "mallory", 600).await;
+        assert_eq!(logged_in.status, 201, "{}", logged_in.text);
+    }
+    let client = client_of(&[node], std::time::Duration::from_secs(5)).await;
+
+    let fault = AnswerFault::Cut;
+    let proxy = &stack.proxy;
+    proxy.lose_answer_to_next_request_holding(b"revoked", fault);
+    let revoke = || bounded("revoke", client.revoke_user_sessions("mallory", None));
+    let mut revoked = revoke().await;
+    let went = proxy.marked_request_went_through();
+    assert!(went, "a delete's answer was lost");
+    for _ in 0..50 {
+        match &revoked {
+            Err(err) if err.is_retryable() => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                revoked = revoke().await;
+            }
+            _ => break,
+        }
+    }
+    let revoked = revoked.expect("the revocation, repeated while retryable");
+    assert!(revoked >= 1, "the repeat revoked what was left: {revoked}");
+    assert_eq!(listed(http, node, "mallory").await, Vec::<String>::new());
+}
