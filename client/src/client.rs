@@ -268,7 +268,9 @@ impl Client {
         } else {
             vec![0]
         };
-        self.call_within(order, op, self.inner.timeout + wait).await
+        // A timeout of `Duration::MAX` (no limit) stays that.
+        let timeout = self.inner.timeout.saturating_add(wait);
+        self.call_within(order, op, timeout).await
     }
 
     /// [`call`](Self::call) with its own per-attempt timeout.
@@ -721,7 +723,8 @@ impl Client {
 
 /// Seconds for the wire, rounded up so a sub-second TTL is not zero.
 fn ttl_secs(ttl: Duration) -> u64 {
-    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
+    ttl.as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0))
 }
 
 fn expect_session(outcome: Outcome) -> Result<SessionRecord, Error> {

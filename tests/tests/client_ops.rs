@@ -1248,3 +1248,28 @@ async fn an_answer_over_the_clients_frame_limit_fails_its_call_alone() {
         "the connection was opened again"
     );
 }
+
+/// A client with no time limit (`Duration::MAX`) follows events and takes
+/// a TTL of `Duration::MAX`: the limit plus an events read's wait, and a
+/// TTL's seconds rounded up, used to overflow (a panic in the caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_time_limit_follows_events_and_takes_any_ttl() {
+    let node = Sessiond::start(&[]);
+    let client = build(builder_for(&[&node]).timeout(Duration::MAX)).await;
+    let created = client
+        .create(&json!({ "n": 1 }), None)
+        .await
+        .expect("create");
+    let mut events = Box::pin(client.events(None));
+    let first = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream goes on")
+        .expect("an event");
+    assert_eq!(first.id, created.id, "{first:?}");
+    let endless = client.create(&json!({ "n": 2 }), Some(Duration::MAX)).await;
+    assert!(
+        matches!(&endless, Err(Error::Invalid { .. })),
+        "a TTL past the server's limit is refused as invalid: {endless:?}"
+    );
+}
