@@ -1087,3 +1087,23 @@ async fn a_binary_events_read_waits_its_milliseconds_and_takes_an_empty_cursor()
         other => panic!("a wait over 30 s is refused: {other:?}"),
     }
 }
+
+/// A connection waiting on a long request is not idle: a request sent
+/// right after an events read that waited longer than `--idle-timeout` is
+/// answered, not met with "idle; closing" (the idle time counted from the
+/// last request started, not from the last answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_a_wait_longer_than_the_idle_timeout_is_answered() {
+    let node = Sessiond::start(&["--idle-timeout", "1s"]);
+    let mut stream = handshaken(node.tcp).await;
+    let waited = Op::Events {
+        after: Some("now".into()),
+        limit: 10,
+        wait_ms: 1_500,
+    };
+    assert!(
+        matches!(call(&mut stream, 1, waited).await, Outcome::Events(_)),
+        "the events read"
+    );
+    assert_eq!(call(&mut stream, 2, Op::Ping).await, Outcome::Pong);
+}

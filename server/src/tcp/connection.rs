@@ -412,8 +412,10 @@ impl Requests<'_> {
         // Answers that completed while a write was under way.
         let mut held = Vec::new();
         let mut spare = None;
-        let mut last_request = Instant::now();
-        let mut idle = pin!(tokio::time::sleep_until(last_request + limits.idle_timeout));
+        // When a request last started or an answer last completed: a
+        // connection waiting on a long request (an events read) is not idle.
+        let mut last_activity = Instant::now();
+        let mut idle = pin!(tokio::time::sleep_until(last_activity + limits.idle_timeout));
         // `reading`: the socket may bring more; `accepting`: requests read
         // are started (not after shutdown).
         let (mut reading, mut accepting) = (true, true);
@@ -443,11 +445,13 @@ impl Requests<'_> {
                     }
                 }
                 if started {
-                    last_request = Instant::now();
+                    last_activity = Instant::now();
                 }
             }
+            let mut answered = false;
             while let Some(Some(response)) = pending.next().now_or_never() {
                 wire.answer(response)?;
+                answered = true;
             }
             if wire
                 .flush_while(limits.idle_timeout, &mut pending, &mut held)
@@ -457,6 +461,10 @@ impl Requests<'_> {
             }
             for response in held.drain(..) {
                 wire.answer(response)?;
+                answered = true;
+            }
+            if answered {
+                last_activity = Instant::now();
             }
             if more || !wire.output.is_empty() {
                 continue;
@@ -472,6 +480,7 @@ impl Requests<'_> {
             tokio::select! {
                 Some(response) = pending.next(), if !pending.is_empty() => {
                     wire.answer(response)?;
+                    last_activity = Instant::now();
                 }
                 filled = wire.fill(), if reading && pending.len() < limits.max_in_flight => {
                     if filled? {
@@ -481,7 +490,7 @@ impl Requests<'_> {
                     }
                 }
                 () = &mut idle, if pending.is_empty() => {
-                    let deadline = last_request + limits.idle_timeout;
+                    let deadline = last_activity + limits.idle_timeout;
                     if deadline <= Instant::now() {
                         return Err(WireError::new(
                             ErrorCode::ProtocolError,
