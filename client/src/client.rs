@@ -400,12 +400,17 @@ impl Client {
                     if tag.is_some() {
                         maybe_applied_since.get_or_insert(sent_at);
                     }
-                    // (Not past the plan's end, and not when it goes to
-                    // this node next anyway: that is its asking again.)
-                    if ask_again && !asked_again.contains(&index) {
+                    // A call safe to repeat whose connection broke (not
+                    // one that timed out) is asked again too, even past
+                    // the plan's end: the node may be well.
+                    let repeat = tag.is_none() && !matches!(err, Error::Timeout(_));
+                    // (Not past the plan's end for a write, and not when
+                    // it goes to this node next anyway: that is its asking
+                    // again.)
+                    if (ask_again || repeat) && !asked_again.contains(&index) {
                         asked_again.push(index);
                         let next = plan.front().map(|&(next, _)| next);
-                        if next.is_some_and(|next| next != index) {
+                        if next.map_or(repeat, |next| next != index) {
                             plan.push_front((index, later_round));
                         }
                     }

@@ -1273,3 +1273,29 @@ async fn a_client_without_a_time_limit_follows_events_and_takes_any_ttl() {
         "a TTL past the server's limit is refused as invalid: {endless:?}"
     );
 }
+
+/// A read whose connection drops after the request went through is asked
+/// again on a new connection, as a write is: a call safe to repeat, on a
+/// node that is well, does not fail for a broken connection (with a
+/// single node and no Redis it had no other attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_connection_dropped_is_asked_again_on_a_new_one() {
+    let node = Sessiond::start(&[]);
+    let proxy = sessiond_e2e::proxy::SilencingProxy::start(node.tcp.port()).await;
+    let client = build(Client::builder().nodes([format!("127.0.0.1:{}", proxy.port())])).await;
+    let id = client
+        .create(&json!({"n": 0}), None)
+        .await
+        .expect("create")
+        .id;
+    proxy.cut_open_connections_at_next_answer();
+    let read = client
+        .get::<serde_json::Value>(&id)
+        .await
+        .expect("the read, asked again on a new connection");
+    assert_eq!((read.version(), read.data), (1, json!({"n": 0})));
+    assert!(proxy.accepted() >= 2, "a new connection was opened");
+    proxy.cut_open_connections_at_next_answer();
+    let touched = client.touch(&id, None).await;
+    assert!(touched.is_ok(), "the touch, asked again: {touched:?}");
+}

@@ -415,7 +415,9 @@ impl Requests<'_> {
         // When a request last started or an answer last completed: a
         // connection waiting on a long request (an events read) is not idle.
         let mut last_activity = Instant::now();
-        let mut idle = pin!(tokio::time::sleep_until(last_activity + limits.idle_timeout));
+        let mut idle = pin!(tokio::time::sleep_until(
+            last_activity + limits.idle_timeout
+        ));
         // `reading`: the socket may bring more; `accepting`: requests read
         // are started (not after shutdown).
         let (mut reading, mut accepting) = (true, true);
