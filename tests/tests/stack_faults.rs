@@ -34,6 +34,10 @@ struct Seen {
     wrong_carts: Vec<(u64, Value, Value)>,
     /// A request that never succeeded.
     gave_up: Option<String>,
+    /// (step, sid, app): the session cookie the browser was given first,
+    /// and each time an answer set another, with the app that set it; a
+    /// failed run names the browsers that shared one.
+    sids: Vec<(u64, String, Option<String>)>,
 }
 
 /// One browser: visits, and every fifth step adds an item, until `stop`.
@@ -58,6 +62,10 @@ async fn browse(base: String, visitor: usize, stop: Arc<AtomicBool>) -> Seen {
             };
             match send(request.header("x-request-id", &request_id)).await {
                 Ok(reply) if reply.status == 200 => {
+                    let known = seen.sids.last().map(|(_, sid, _)| sid);
+                    if let Some(sid) = reply.sid.filter(|sid| known != Some(sid)) {
+                        seen.sids.push((step, sid, reply.served_by));
+                    }
                     answer = Some(reply.body);
                     break;
                 }
@@ -123,6 +131,7 @@ async fn run_once(run: usize) -> Result<(), String> {
     stop.store(true, Ordering::Relaxed);
     let mut totals = (0, 0);
     let mut wrong = Vec::new();
+    let mut sids = Vec::new();
     for (visitor, browser) in browsers.into_iter().enumerate() {
         let seen = tokio::time::timeout(Duration::from_secs(120), browser)
             .await
@@ -137,9 +146,15 @@ async fn run_once(run: usize) -> Result<(), String> {
         }
         totals.0 += seen.answered;
         totals.1 += seen.retried;
+        sids.extend(
+            seen.sids
+                .into_iter()
+                .map(|(step, sid, _)| (sid, visitor, step)),
+        );
     }
     if !wrong.is_empty() {
         eprintln!("{}", stack.logs());
+        wrong.extend(shared_sessions(&sids));
         return Err(format!(
             "run {run}: {} of {VISITORS} browsers gave up, saw a repeated or skipped visit, \
              lost a cart item or got no answer:\n{}",
@@ -153,6 +168,22 @@ async fn run_once(run: usize) -> Result<(), String> {
         totals.0, totals.1
     );
     Ok(())
+}
+
+/// For a failed run: each session cookie that more than one browser was
+/// given, with the browsers and the step at which each got it (from its
+/// first step: two sessions made as one; later: a cookie delivered to the
+/// wrong browser).
+fn shared_sessions(sids: &[(String, usize, u64)]) -> Vec<String> {
+    let mut by_sid: std::collections::BTreeMap<&str, Vec<(usize, u64)>> = Default::default();
+    for (sid, visitor, step) in sids {
+        by_sid.entry(sid).or_default().push((*visitor, *step));
+    }
+    by_sid
+        .into_iter()
+        .filter(|(_, holders)| holders.len() > 1)
+        .map(|(sid, holders)| format!("sid {sid} given to (visitor, at step): {holders:?}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
