@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId};
 use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::process::{freeze, signal};
+use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::{Sessiond, build, builder_for, client_for};
 use sessiond_proto::ErrorCode;
 use tokio::net::{TcpListener, TcpStream};
@@ -1050,20 +1051,27 @@ async fn calls_failing_at_once_let_other_tasks_run() {
     );
 }
 
-/// A write whose connection drops after the request went through (a reset,
-/// a middlebox) is sent again to its node on a new connection and answered
-/// from the session's write log: applied once, and the node stays in
-/// rotation (a dropped connection is not a dead node).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_connection_dropped_is_sent_again_on_a_new_one() {
+/// A node, a proxy to its binary port, a client of it through the proxy,
+/// and a session `{"n": 0}` made through them.
+async fn proxied_session() -> (Sessiond, SilencingProxy, Client, SessionId) {
     let node = Sessiond::start(&[]);
-    let proxy = sessiond_e2e::proxy::SilencingProxy::start(node.tcp.port()).await;
+    let proxy = SilencingProxy::start(node.tcp.port()).await;
     let client = build(Client::builder().nodes([format!("127.0.0.1:{}", proxy.port())])).await;
     let id = client
         .create(&json!({"n": 0}), None)
         .await
         .expect("create")
         .id;
+    (node, proxy, client, id)
+}
+
+/// A write whose connection drops after the request went through (a reset,
+/// a middlebox) is sent again to its node on a new connection and answered
+/// from the session's write log: applied once, and the node stays in
+/// rotation (a dropped connection is not a dead node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_dropped_is_sent_again_on_a_new_one() {
+    let (_node, proxy, client, id) = proxied_session().await;
     proxy.cut_open_connections_at_next_answer();
     let put = client
         .put(&id, &json!({"n": 1}), None)
@@ -1086,7 +1094,7 @@ async fn a_write_whose_connection_dropped_is_sent_again_on_a_new_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_behind_a_failed_connect_do_not_each_connect_again() {
     let node = Sessiond::start(&["--idle-timeout", "300ms"]);
-    let proxy = sessiond_e2e::proxy::SilencingProxy::start(node.tcp.port()).await;
+    let proxy = SilencingProxy::start(node.tcp.port()).await;
     let client = build(
         Client::builder()
             .nodes([format!("127.0.0.1:{}", proxy.port())])
@@ -1280,14 +1288,7 @@ async fn a_client_without_a_time_limit_follows_events_and_takes_any_ttl() {
 /// single node and no Redis it had no other attempt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_connection_dropped_is_asked_again_on_a_new_one() {
-    let node = Sessiond::start(&[]);
-    let proxy = sessiond_e2e::proxy::SilencingProxy::start(node.tcp.port()).await;
-    let client = build(Client::builder().nodes([format!("127.0.0.1:{}", proxy.port())])).await;
-    let id = client
-        .create(&json!({"n": 0}), None)
-        .await
-        .expect("create")
-        .id;
+    let (_node, proxy, client, id) = proxied_session().await;
     proxy.cut_open_connections_at_next_answer();
     let read = client
         .get::<serde_json::Value>(&id)
