@@ -4,13 +4,12 @@
 //! (half-open); connections made after that are forwarded again. Open
 //! connections can also be cut at their next answer: the server's bytes
 //! are dropped and the client's side closed, the way a reset after the
-//! request went through looks. The connection that carries a request
-//! holding some marker (a session id, say) can be cut, or its answers held
-//! back a while, from the answer after that request on.
+//! request went through looks; or only the connection that carries the
+//! next request holding some marker (a session id, say), at the answer
+//! after it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +25,7 @@ pub struct SilencingProxy {
     silenced_below: Arc<AtomicU64>,
     /// Connections numbered below this are cut at their next answer.
     cut_below: Arc<AtomicU64>,
-    /// The first request holding these bytes has its answer lost so.
+    /// The first request holding these bytes has its connection cut.
     marker: Marker,
     accept: JoinHandle<()>,
 }
@@ -99,11 +98,11 @@ impl SilencingProxy {
         self.cut_below.store(accepted, Ordering::SeqCst);
     }
 
-    /// Loses the answer to the next request holding `marker`, as `fault`
-    /// says, on the connection that carries it: the request runs, its
-    /// answer (and with it any other answer in flight) does not come.
-    pub fn lose_answer_to_next_request_holding(&self, marker: &[u8], fault: AnswerFault) {
-        *self.marker.lock().expect("the proxy's marker") = Some((marker.to_vec(), fault));
+    /// Cuts the connection that carries the next request holding `marker`
+    /// at the first answer after it: the request runs, its answer (and
+    /// with it any other answer in flight) is lost.
+    pub fn lose_answer_to_next_request_holding(&self, marker: &[u8]) {
+        *self.marker.lock().expect("the proxy's marker") = Some(marker.to_vec());
     }
 
     /// Whether the request armed by
@@ -124,20 +123,8 @@ impl Drop for SilencingProxy {
     }
 }
 
-/// How the answer to a marked request is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerFault {
-    /// The connection is cut at the first answer after the request: the
-    /// server's bytes are dropped and the client's side closed.
-    Cut,
-    /// The answers after the request are held back this long, then
-    /// forwarded: longer than the client waits, it gives up on them.
-    Delay(Duration),
-}
-
-/// A marker to look for in requests, and what becomes of the answer to the
-/// first that holds it (taken by that request).
-type Marker = Arc<Mutex<Option<(Vec<u8>, AnswerFault)>>>;
+/// A marker to look for in requests (taken by the first that holds it).
+type Marker = Arc<Mutex<Option<Vec<u8>>>>;
 
 /// What becomes of one direction of connection `number`.
 #[derive(Clone)]
@@ -150,28 +137,22 @@ struct Cut {
     /// The marker requests are looked for.
     marker: Marker,
     /// Set once a request holding the marker went this connection's way:
-    /// what becomes of its next answer.
-    marked: Arc<Mutex<Option<AnswerFault>>>,
+    /// its next answer ends it.
+    marked: Arc<AtomicBool>,
 }
 
 impl Cut {
     /// Whether `bytes` (sent by the client) hold the marker: then the
-    /// marker is used up and this connection's next answer is lost.
+    /// marker is used up and this connection is cut at its next answer.
     fn mark_if_holding(&self, bytes: &[u8]) {
         let mut marker = self.marker.lock().expect("the proxy's marker");
-        let fault = marker.as_ref().and_then(|(marker, fault)| {
-            let holds = bytes.windows(marker.len()).any(|window| window == marker);
-            holds.then_some(*fault)
-        });
-        if fault.is_some() {
+        let holds = marker
+            .as_deref()
+            .is_some_and(|marker| bytes.windows(marker.len()).any(|window| window == marker));
+        if holds {
             *marker = None;
-            *self.marked.lock().expect("the connection's mark") = fault;
+            self.marked.store(true, Ordering::SeqCst);
         }
-    }
-
-    /// What becomes of this connection's answer now (the mark is taken).
-    fn take_mark(&self) -> Option<AnswerFault> {
-        self.marked.lock().expect("the connection's mark").take()
     }
 }
 
@@ -190,11 +171,8 @@ async fn forward(
         };
         let below = |limit: &AtomicU64| cut.number < limit.load(Ordering::SeqCst);
         let answering = cut.cut_below.is_some();
-        let fault = if answering { cut.take_mark() } else { None };
-        match fault {
-            Some(AnswerFault::Cut) => return,
-            Some(AnswerFault::Delay(delay)) => tokio::time::sleep(delay).await,
-            None => {}
+        if answering && cut.marked.load(Ordering::SeqCst) {
+            return;
         }
         if cut.cut_below.as_deref().is_some_and(below) {
             return;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde_json::json;
-use sessiond_e2e::proxy::{AnswerFault, SilencingProxy};
+use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis::raw_command;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisCluster, Sessiond};
@@ -63,9 +63,8 @@ impl ProxiedCluster {
     /// holding `marker` (only the master that gets it sees it) at the
     /// answer after it.
     async fn lose_next_answer_about(&self, marker: &str) {
-        let fault = AnswerFault::Cut;
         for proxy in &self.proxies {
-            proxy.lose_answer_to_next_request_holding(marker.as_bytes(), fault);
+            proxy.lose_answer_to_next_request_holding(marker.as_bytes());
         }
     }
 

@@ -11,7 +11,7 @@ use std::future::Future;
 
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
-use sessiond_e2e::proxy::{AnswerFault, SilencingProxy};
+use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
 
@@ -61,9 +61,8 @@ impl ProxiedNode {
         done: u16,
         (id, held): (&str, Option<u64>),
     ) {
-        let fault = AnswerFault::Cut;
         self.proxy
-            .lose_answer_to_next_request_holding(marker.as_bytes(), fault);
+            .lose_answer_to_next_request_holding(marker.as_bytes());
         let answer = change.await;
         let went = self.proxy.marked_request_went_through();
         assert!(went, "the change reached Redis");
@@ -164,9 +163,8 @@ async fn the_client_repeats_a_revocation_whose_answer_was_lost() {
     }
     let client = client_of(&[node], std::time::Duration::from_secs(5)).await;
 
-    let fault = AnswerFault::Cut;
     let proxy = &stack.proxy;
-    proxy.lose_answer_to_next_request_holding(b"revoked", fault);
+    proxy.lose_answer_to_next_request_holding(b"revoked");
     let revoke = || bounded("revoke", client.revoke_user_sessions("mallory", None));
     let mut revoked = revoke().await;
     let went = proxy.marked_request_went_through();
