@@ -975,6 +975,58 @@ async fn a_shutdown_says_which_requests_it_never_started() {
     );
 }
 
+/// A draining node refuses new connections on both its listeners at once.
+/// It kept its listening sockets open until its drain ended, so the kernel
+/// took new connections into a backlog no one accepted: a client
+/// reconnecting after the node's goodbye waited its whole connect timeout
+/// before trying another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_refuses_new_connections_at_once() {
+    let mut node = Sessiond::start_with_env(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--http-body-timeout", "60s"],
+        &[("SESSIOND_DRAIN_TIMEOUT", "5s")],
+    );
+    // Both listeners' drains held: answers no one reads, an upload
+    // stalled mid-body.
+    let (big, mut reader) = a_large_session_and_a_slow_reader(&node).await;
+    let answers: Vec<u8> = (1..=40)
+        .flat_map(|id| frame(&request(id, Op::Get { id: big })))
+        .collect();
+    let stuck = tokio::spawn(async move {
+        let _ = reader.write_all(&answers).await;
+        reader
+    });
+    let stalled = send(
+        node.http,
+        b"POST /v1/sessions HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"data\":",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sessiond_e2e::process::signal(node.pid(), "TERM");
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    while !node.log().contains("finishing in-flight requests") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", node.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (listener, address) in [("binary", node.tcp), ("HTTP", node.http)] {
+        let connected = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address))
+            .await
+            .expect("a connect answered at once");
+        assert!(
+            matches!(&connected, Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused),
+            "the {listener} listener took a connection during the drain: {connected:?}"
+        );
+    }
+    stuck.abort();
+    drop(stalled);
+    let code = tokio::task::block_in_place(|| node.terminate());
+    assert_eq!(code, Some(0), "{}", node.log());
+}
+
 /// Clients that hold their connections open (a binary-protocol client that
 /// pipelined 20 MiB of answers and reads none, an HTTP upload stalled
 /// mid-body) hold a graceful shutdown for at most `--drain-timeout`

@@ -47,5 +47,8 @@ pub async fn serve(
             drop(permit);
         });
     }
+    // Closed now, not when the drain ends: a new connection is refused at
+    // once instead of waiting in a backlog no one accepts.
+    drop(listener);
     connections.drain(drain_timeout, "HTTP connections").await;
 }

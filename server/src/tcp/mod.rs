@@ -46,6 +46,9 @@ pub async fn serve(
             Err(_) => connections.spawn(refuse(stream, ctx)),
         };
     }
+    // Closed now, not when the drain ends: a client's new connection is
+    // refused at once instead of waiting in a backlog no one accepts.
+    drop(listener);
     connections
         .drain(drain_timeout, "binary-protocol connections")
         .await;
