@@ -58,8 +58,9 @@ impl SyncBackend {
         // Cluster client re-sends a command whose connection dropped, and
         // the write, if it ran, must then find itself in the write log
         // instead of a version it does not expect.
-        let own_tag = write.data.is_some() && write.tag.is_none_or(|tag| tag.id == 0);
-        let tag = write.tag.filter(|tag| tag.id != 0).or_else(|| {
+        let client_tag = write.tag.filter(|tag| tag.id != 0);
+        let own_tag = write.data.is_some() && client_tag.is_none();
+        let tag = client_tag.or_else(|| {
             own_tag.then(|| WriteTag {
                 id: fastrand::u64(1..),
                 resent_after_ms: None,
