@@ -22,6 +22,8 @@ pub struct Stack {
     /// The store nodes.
     pub stores: Vec<Sessiond>,
     _redis: RedisServer,
+    /// Holds the balancer's access log.
+    access_log_dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -43,7 +45,11 @@ impl Stack {
             .map(|app| app.url.clone())
             .collect::<Vec<_>>()
             .join(",");
+        let access_log_dir = tempfile::tempdir().expect("a temp dir for the access log");
+        let access_log = access_log_dir.path().join("access.log");
         let balancer = Balancer::start(&[
+            "--access-log",
+            access_log.to_str().expect("a UTF-8 temp path"),
             "--upstream",
             &upstreams,
             "--health-interval",
@@ -58,6 +64,7 @@ impl Stack {
             apps,
             stores,
             _redis: redis,
+            access_log_dir,
         }
     }
 
@@ -89,9 +96,15 @@ impl Stack {
         owner
     }
 
-    /// Every process's log, for failure messages.
+    /// Every process's log and the balancer's access log, for failure
+    /// messages.
     pub fn logs(&self) -> String {
-        let mut logs = format!("balancer:\n{}\n", self.balancer.log());
+        let access_log = std::fs::read_to_string(self.access_log_dir.path().join("access.log"))
+            .unwrap_or_else(|err| format!("(unreadable: {err})"));
+        let mut logs = format!(
+            "balancer:\n{}\nbalancer's access log:\n{access_log}\n",
+            self.balancer.log()
+        );
         for (index, app) in self.apps.iter().enumerate() {
             logs.push_str(&format!("app-{}:\n{}\n", index + 1, app.log()));
         }
