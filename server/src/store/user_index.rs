@@ -7,7 +7,7 @@
 //! so the index never holds an id its session has already left, and never
 //! misses a live one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,8 +26,89 @@ const INDEX_SHARDS: usize = 16;
 /// node's RSS 169 bytes a session more than as many without a user.
 pub const INDEX_ENTRY_BYTES: u64 = 144;
 
+/// Sessions a user's list holds before it becomes a set.
+const LIST_MAX: usize = 16;
+
 /// One independently locked part of the index: users and their sessions.
-type IndexShard = Mutex<HashMap<UserName, Vec<SessionId>>>;
+type IndexShard = Mutex<HashMap<UserName, UserSessions>>;
+
+/// One user's sessions: a list while they are few (most users have one
+/// or two, and a list of one id takes the least room), a set once they
+/// are many, so that finding or removing one costs as little for a user
+/// of 100,000 sessions as for a user of one (a revocation of all of them
+/// removes each in turn, under the shards' locks).
+#[derive(Debug)]
+enum UserSessions {
+    List(Vec<SessionId>),
+    #[expect(
+        clippy::box_collection,
+        reason = "boxed, the set leaves every user the room of a list"
+    )]
+    Set(Box<HashSet<SessionId>>),
+}
+
+impl UserSessions {
+    /// Puts `new` in place of `old` if listed, or adds it; whether it was
+    /// added.
+    fn replace(&mut self, old: Option<&SessionId>, new: SessionId) -> bool {
+        match self {
+            Self::List(ids) => {
+                if let Some(known) = old.and_then(|old| ids.iter_mut().find(|id| **id == *old)) {
+                    *known = new;
+                    return false;
+                }
+                if ids.len() < LIST_MAX {
+                    ids.push(new);
+                } else {
+                    let mut set: HashSet<SessionId> = ids.drain(..).collect();
+                    set.insert(new);
+                    *self = Self::Set(Box::new(set));
+                }
+                true
+            }
+            Self::Set(ids) => {
+                let replaced = old.is_some_and(|old| ids.remove(old));
+                ids.insert(new) && !replaced
+            }
+        }
+    }
+
+    /// Removes `id`; whether it was there.
+    fn remove(&mut self, id: &SessionId) -> bool {
+        match self {
+            Self::List(ids) => match ids.iter().position(|known| known == id) {
+                Some(position) => {
+                    ids.swap_remove(position);
+                    true
+                }
+                None => false,
+            },
+            Self::Set(ids) => {
+                let removed = ids.remove(id);
+                // Back to a list well below the size that made the set,
+                // so a user's sessions do not switch at every change.
+                if ids.len() <= LIST_MAX / 2 {
+                    *self = Self::List(ids.drain().collect());
+                }
+                removed
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::List(ids) => ids.is_empty(),
+            Self::Set(ids) => ids.is_empty(),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<SessionId> {
+        match self {
+            Self::List(ids) => ids.clone(),
+            Self::Set(ids) => ids.iter().copied().collect(),
+        }
+    }
+}
 
 /// The sessions of every user.
 #[derive(Debug)]
@@ -69,14 +150,10 @@ impl UserIndex {
             self.users.fetch_add(1, Ordering::Relaxed);
             // Most users have one session: room for one, not the four a
             // first push would make.
-            Vec::with_capacity(1)
+            UserSessions::List(Vec::with_capacity(1))
         });
-        match old.and_then(|old| ids.iter_mut().find(|known| **known == *old)) {
-            Some(known) => *known = new,
-            None => {
-                ids.push(new);
-                self.entries.fetch_add(1, Ordering::Relaxed);
-            }
+        if ids.replace(old, new) {
+            self.entries.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -86,8 +163,7 @@ impl UserIndex {
         let Some(ids) = shard.get_mut(user) else {
             return;
         };
-        if let Some(position) = ids.iter().position(|known| known == id) {
-            ids.swap_remove(position);
+        if ids.remove(id) {
             self.entries.fetch_sub(1, Ordering::Relaxed);
         }
         if ids.is_empty() {
@@ -101,7 +177,7 @@ impl UserIndex {
         self.shard(user)
             .lock()
             .get(user)
-            .cloned()
+            .map(UserSessions::to_vec)
             .unwrap_or_default()
     }
 
@@ -142,5 +218,48 @@ mod tests {
         assert!(index.ids(&alice).is_empty());
         index.remove(&bob, &c);
         assert_eq!((index.users(), index.entries()), (0, 0));
+    }
+
+    #[test]
+    fn a_user_of_many_sessions_is_listed_removed_and_rotated_through_the_set() {
+        let index = UserIndex::default();
+        let carol = UserName::parse("carol").unwrap();
+        let mut ids: Vec<SessionId> = (0..LIST_MAX * 4).map(|_| SessionId::random()).collect();
+        for id in &ids {
+            index.add(&carol, *id);
+        }
+        let sorted = |mut ids: Vec<SessionId>| {
+            ids.sort();
+            ids
+        };
+        assert_eq!(sorted(index.ids(&carol)), sorted(ids.clone()));
+        let rotated = SessionId::random();
+        index.replace(&carol, Some(&ids[0]), rotated);
+        ids[0] = rotated;
+        assert_eq!(index.entries(), ids.len() as u64);
+        // Down through the size at which the set becomes a list again.
+        while ids.len() > 3 {
+            let gone = ids.pop().unwrap();
+            index.remove(&carol, &gone);
+            index.remove(&carol, &gone);
+            assert_eq!(index.entries(), ids.len() as u64);
+            assert_eq!(sorted(index.ids(&carol)), sorted(ids.clone()));
+        }
+        let rotated = SessionId::random();
+        index.replace(&carol, Some(&ids[1]), rotated);
+        ids[1] = rotated;
+        assert_eq!(sorted(index.ids(&carol)), sorted(ids.clone()));
+        for id in &ids {
+            index.remove(&carol, id);
+        }
+        assert_eq!((index.users(), index.entries()), (0, 0));
+    }
+
+    #[test]
+    fn a_users_sessions_take_the_room_of_a_list() {
+        assert_eq!(
+            std::mem::size_of::<UserSessions>(),
+            std::mem::size_of::<Vec<SessionId>>()
+        );
     }
 }
