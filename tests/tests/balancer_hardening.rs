@@ -380,6 +380,53 @@ async fn past_the_client_connection_cap_a_connection_is_refused_with_503() {
     assert!(served.is_some(), "no connection served after one closed");
 }
 
+/// An upgraded connection (a WebSocket) keeps its place under the client
+/// connection cap while its tunnel is open. The place was given back as
+/// soon as the switch was answered, so tunnels escaped the cap: six of
+/// them and a plain request went through a cap of two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_count_against_the_client_connection_cap() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &["--max-client-conns", "2"]);
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream
+            .write_all(
+                b"GET /upgrade HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await
+            .expect("send the upgrade request");
+        let (status, headers, _) = read_head(&mut stream).await;
+        assert_eq!(status, 101, "{headers:?}");
+        stream.write_all(b"ping").await.expect("write");
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+            .await
+            .expect("the echo in time")
+            .expect("the echo");
+        assert_eq!(&back, b"ping");
+        tunnels.push(stream);
+    }
+    let refused = raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert_error(&refused, 503, "too_many_connections");
+    // A tunnel closes: its place is free again.
+    drop(tunnels.pop());
+    let mut served = None;
+    for _ in 0..50 {
+        let response = raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+        if response.status == 200 {
+            served = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served.is_some(),
+        "no connection served after a tunnel closed"
+    );
+}
+
 /// An app server that answers the first request of each connection with
 /// keep-alive and closes the connection (`reset`: with a reset, as an app
 /// with `SO_LINGER` 0 does), unanswered, when the second one arrives: an

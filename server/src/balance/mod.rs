@@ -18,6 +18,7 @@ mod answer;
 mod capacity;
 mod checks;
 mod client_body;
+mod client_slots;
 mod connector;
 mod fast;
 mod h2_idle;
@@ -42,7 +43,6 @@ mod upstreams_api;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use crate::prometheus::MetricsHandle;
@@ -62,6 +62,7 @@ use crate::net::{NetError, bind};
 use crate::secret::Secret;
 use access_log::AccessLog;
 use admin_state::ApiAuth;
+use client_slots::ClientSlots;
 use connector::Connector;
 use health::HealthCheck;
 use membership::Membership;
@@ -327,8 +328,7 @@ pub async fn run(
         tls,
         accept_proxy_protocol: config.accept_proxy_protocol,
         send_proxy_protocol: config.send_proxy_protocol,
-        max_client_conns: config.max_client_conns,
-        client_conns: AtomicUsize::new(0),
+        client_slots: ClientSlots::new(config.max_client_conns),
         drain_timeout: config.drain_timeout,
         access_log: access_log.clone(),
     });

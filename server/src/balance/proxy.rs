@@ -21,6 +21,7 @@ use super::access_log::{AccessLog, Logged, Pending};
 use super::answer::{self, Failure, FailureKind};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
+use super::client_slots::ClientSlot;
 use super::pool::{Pick, Pool};
 use super::replay::UpstreamBody;
 use super::replay::{Replayable, Sent, UploadStalled};
@@ -76,6 +77,10 @@ pub struct ClientConn {
     /// Whose upstream connections its requests use: the worker's shared
     /// ones, or its own when they carry a PROXY header naming it.
     pub owner: Owner,
+    /// Its place under `--max-client-conns`, held as long as anything
+    /// serves it: its requests, or the tunnel an upgrade made of it
+    /// (`None` in unit tests).
+    pub _slot: Option<ClientSlot>,
 }
 
 /// The proxy and its upstream connection pool.
@@ -115,7 +120,7 @@ impl Proxy {
     /// Proxies one client request.
     pub async fn handle(
         &self,
-        conn: &ClientConn,
+        conn: &Arc<ClientConn>,
         request: Request<Incoming>,
     ) -> Result<Response<Logged<ClientBody>>, Infallible> {
         let version = request.version();
@@ -162,7 +167,7 @@ impl Proxy {
     /// the app saw and the upstream that answered.
     async fn proxy(
         &self,
-        conn: &ClientConn,
+        conn: &Arc<ClientConn>,
         mut request: Request<Incoming>,
         noted: &mut Option<Box<Pending>>,
     ) -> Result<Response<ClientBody>, Failure> {
@@ -203,6 +208,7 @@ impl Proxy {
                 client_upgrade,
                 hyper::upgrade::on(&mut response),
                 slot,
+                conn.clone(),
             ));
             return Ok(response.map(|body| ClientBody::Upstream {
                 body,
@@ -695,12 +701,14 @@ fn upstream_request(
 }
 
 /// Splices an upgraded client connection to the upgraded upstream one,
-/// holding the upstream's slot while it is open; closed when the upstream
-/// leaves the pool.
+/// holding the upstream's slot and the client connection's place under
+/// `--max-client-conns` while it is open; closed when the upstream leaves
+/// the pool.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     slot: InFlight,
+    conn: Arc<ClientConn>,
 ) {
     let closed = slot.upstream().closed.clone();
     match tokio::try_join!(client, upstream) {
@@ -719,7 +727,7 @@ async fn tunnel(
         }
         Err(err) => tracing::debug!(%err, "upgrade failed"),
     }
-    drop(slot);
+    drop((slot, conn));
 }
 
 #[cfg(test)]
@@ -732,6 +740,7 @@ mod tests {
             peer: "192.0.2.7:5555".parse().unwrap(),
             https: false,
             owner: Owner::shared(),
+            _slot: None,
         }
     }
 

@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -25,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::access_log::AccessLog;
 use super::answer::{Failure, FailureKind};
+use super::client_slots::{ClientSlot, ClientSlots};
 use super::fast;
 use super::h2_idle::{self, Activity, Tracked};
 use super::pool::Pool;
@@ -60,10 +60,8 @@ pub struct Front {
     pub accept_proxy_protocol: bool,
     /// Send a PROXY header first on every upstream connection.
     pub send_proxy_protocol: Option<ProxyVersion>,
-    /// Client connections served at once.
-    pub max_client_conns: usize,
-    /// Client connections open now.
-    pub client_conns: AtomicUsize,
+    /// The cap on client connections open at once.
+    pub client_slots: Arc<ClientSlots>,
     /// Longest wait for in-flight requests at shutdown.
     pub drain_timeout: Duration,
     /// Where each request is logged, if anywhere.
@@ -111,27 +109,6 @@ pub fn start_workers(
         .collect()
 }
 
-/// A client connection counted against `--max-client-conns`.
-struct ConnPermit(Arc<Front>);
-
-impl ConnPermit {
-    fn acquire(front: &Arc<Front>) -> Option<Self> {
-        front
-            .client_conns
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < front.max_client_conns).then_some(open + 1)
-            })
-            .ok()?;
-        Some(Self(front.clone()))
-    }
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.0.client_conns.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// One worker: accepts client connections until `shutdown`, then drains.
 async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
@@ -171,7 +148,7 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
     .closing()
     .write_http1(&mut refusal, false, false);
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
-        let Some(permit) = ConnPermit::acquire(&front) else {
+        let Some(slot) = front.client_slots.acquire() else {
             if front.tls.is_none() {
                 let _ = stream.try_write(&refusal);
             }
@@ -185,7 +162,7 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
             proxy.clone(),
             protocols.clone(),
             shutdown.clone(),
-            permit,
+            slot,
         ));
     }
     drop(listener);
@@ -209,7 +186,7 @@ async fn connection(
     proxy: Arc<Proxy>,
     protocols: Arc<Protocols>,
     shutdown: CancellationToken,
-    _permit: ConnPermit,
+    slot: ClientSlot,
 ) {
     let local = stream.local_addr().unwrap_or(peer);
     if front.accept_proxy_protocol {
@@ -240,6 +217,7 @@ async fn connection(
             peer,
             https,
             owner: owner(),
+            _slot: Some(slot),
         })
     };
     match &front.tls {

@@ -218,6 +218,7 @@ mod tests {
             peer: "192.0.2.7:5555".parse().unwrap(),
             https: false,
             owner: Owner::shared(),
+            _slot: None,
         }
     }
 
