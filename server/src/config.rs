@@ -319,9 +319,15 @@ pub struct BalanceArgs {
     #[arg(long, env = "SESSIOND_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Time an upstream has to send its response headers (then 504).
+    /// Time an upstream has to send its response headers (then 504), and
+    /// longest gap in its response body (then the answer is cut).
     #[arg(long, env = "SESSIOND_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub response_timeout: Duration,
+
+    /// Longest a client may take to accept any of what is written to it
+    /// (then its connection is closed, and the upstream freed).
+    #[arg(long, env = "SESSIOND_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
 
     /// Idle pooled upstream connections are closed after this.
     #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -483,6 +489,7 @@ impl BalanceArgs {
             response_timeout: self.response_timeout.max(Duration::from_millis(1)),
             idle_timeout: self.idle_timeout.max(Duration::from_millis(1)),
             header_timeout: self.header_timeout.max(Duration::from_millis(10)),
+            send_timeout: self.send_timeout.max(Duration::from_millis(10)),
             body: BodyLimits {
                 max_bytes: self.max_body_bytes,
                 timeout: self.body_timeout.max(Duration::from_millis(10)),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sessiond_e2e::balance::{
-    NO_CHECKS, RawResponse, raw_exchange, read_head, read_response, read_until_closed,
+    NO_CHECKS, RawResponse, raw_exchange, raw_upstream, read_head, read_response, read_until_closed,
 };
 use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::upstream::echoed_header;
@@ -425,6 +425,84 @@ async fn upgraded_connections_count_against_the_client_connection_cap() {
         served.is_some(),
         "no connection served after a tunnel closed"
     );
+}
+
+/// The requests of the two paths: the fast one (no body) and hyper's (a
+/// body), each on a connection of its own.
+const BOTH_PATHS: [&[u8]; 2] = [
+    b"GET /big/64 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /big/64 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+];
+
+/// A client that stops reading a large answer is closed once a write to
+/// it has waited `--send-timeout`, and the upstream's slot goes to the
+/// next request. Nothing bounded the wait: with `--max-conns 1` every
+/// other request got 503 for as long as the client stayed connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_frees_its_upstream_after_the_send_timeout() {
+    let upstreams = upstreams(1).await;
+    let args = [
+        "--max-conns",
+        "1",
+        "--send-timeout",
+        "1s",
+        "--queue-timeout",
+        "2s",
+    ];
+    let balancer = balancer(&upstreams, &args);
+    for request in BOTH_PATHS {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let mut stalled = socket.connect(balancer.listen).await.expect("connect");
+        stalled.write_all(request).await.expect("send");
+        let mut begun = [0u8; 100];
+        tokio::time::timeout(Duration::from_secs(10), stalled.read_exact(&mut begun))
+            .await
+            .expect("the answer began in time")
+            .expect("the answer began");
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let response =
+                raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+            statuses.push(response.status);
+            if response.status == 200 {
+                break;
+            }
+        }
+        assert_eq!(
+            statuses.last(),
+            Some(&200),
+            "{}: the stalled client kept the slot: {statuses:?}",
+            String::from_utf8_lossy(request)
+        );
+        drop(stalled);
+    }
+}
+
+/// A response body that stalls is cut once the upstream has sent nothing
+/// for `--response-timeout`, on both paths, and the upstream is blamed.
+/// Only the head had a time limit: the client waited as long as the
+/// upstream held its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_body_is_cut_after_the_response_timeout() {
+    let (upstream, _task) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc", None).await;
+    let url = format!("http://{upstream}");
+    let mut args = NO_CHECKS.to_vec();
+    args.extend(["--upstream", &url, "--response-timeout", "1s"]);
+    let balancer = Balancer::start(&args);
+    for request in BOTH_PATHS {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream.write_all(request).await.expect("send");
+        let received = read_until_closed(&mut stream).await;
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+    }
+    let stats = balancer.upstream_stats(&url).await;
+    assert_eq!(stats["errors"], 2, "{stats}");
 }
 
 /// An app server that answers the first request of each connection with

@@ -20,6 +20,7 @@ mod checks;
 mod client_body;
 mod client_slots;
 mod connector;
+mod cutoffs;
 mod fast;
 mod h2_idle;
 mod handover;
@@ -99,13 +100,16 @@ pub struct BalanceConfig {
     pub fall: u32,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
-    /// Upstream response-header timeout.
+    /// Upstream response-header timeout, and longest gap in a response
+    /// body.
     pub response_timeout: Duration,
     /// Idle pooled upstream connections close after this.
     pub idle_timeout: Duration,
     /// Time for a client's PROXY header, TLS handshake and each request
     /// head (and the keep-alive idle timeout).
     pub header_timeout: Duration,
+    /// Longest a client may take to accept any of its answer.
+    pub send_timeout: Duration,
     /// Request body limits.
     pub body: BodyLimits,
     /// Request head limits.
@@ -323,6 +327,7 @@ pub async fn run(
             queue_timeout: config.queue_timeout,
         },
         header_timeout: config.header_timeout,
+        send_timeout: config.send_timeout,
         connect_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
         tls,

@@ -22,6 +22,7 @@ use super::answer::{self, Failure, FailureKind};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
 use super::client_slots::ClientSlot;
+use super::cutoffs::Cutoffs;
 use super::pool::{Pick, Pool};
 use super::replay::UpstreamBody;
 use super::replay::{Replayable, Sent, UploadStalled};
@@ -215,6 +216,7 @@ impl Proxy {
                 slot: None,
                 lent: None,
                 upload: None,
+                watch: None,
             }));
         }
         // Framed both ways, the chunked framing wins (hyper reads it so)
@@ -227,12 +229,13 @@ impl Proxy {
                 .remove(header::CONTENT_LENGTH)
                 .is_some();
         strip_hop_by_hop(response.headers_mut());
-        Ok(response.map(|body| ClientBody::Upstream {
-            body,
-            slot: Some(slot),
-            lent: (!framed_both_ways).then_some(lent),
-            upload: Some(upload),
-        }))
+        let removed = slot.upstream().closed.clone();
+        let cutoffs = Cutoffs {
+            gap: self.limits.response_timeout,
+            removed: &removed,
+        };
+        let lent = (!framed_both_ways).then_some(lent);
+        Ok(response.map(|body| ClientBody::upstream(body, slot, lent, upload, cutoffs)))
     }
 
     /// The answer to a client whose upload failed: its own fault, so no

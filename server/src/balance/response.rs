@@ -1,6 +1,7 @@
 //! What the balancer answers a client with: the upstream's body streamed
 //! through (holding the upstream's in-flight slot until it ends, so that
-//! `--max-conns` and drains count it), or a small body of its own.
+//! `--max-conns` and drains count it, and cut short by the [`Cutoffs`]),
+//! or a small body of its own.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,7 +10,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::replay::Sent;
+use super::cutoffs::{BodyWatch, Cutoffs};
+use super::replay::{BoxError, Sent};
 use super::upstream::InFlight;
 use super::upstream_conns::Lent;
 
@@ -27,6 +29,9 @@ pub enum ClientBody {
         /// The request's upload: when it failed (the client's fault), a
         /// body cut short after it is not held against the upstream.
         upload: Option<Sent>,
+        /// What cuts the body short (none after a protocol switch: the
+        /// body is empty, the tunnel watches the upstream).
+        watch: Option<BodyWatch>,
     },
     /// An answer of the balancer's own.
     Own(Full<Bytes>),
@@ -45,30 +50,65 @@ impl Drop for ClientBody {
     }
 }
 
+impl ClientBody {
+    /// The upstream's `body`, holding `slot` and `lent` until it ends,
+    /// cut short by `cutoffs`.
+    pub fn upstream(
+        body: Incoming,
+        slot: InFlight,
+        lent: Option<Lent>,
+        upload: Sent,
+        cutoffs: Cutoffs<'_>,
+    ) -> Self {
+        Self::Upstream {
+            body,
+            slot: Some(slot),
+            lent,
+            upload: Some(upload),
+            watch: Some(BodyWatch::new(cutoffs)),
+        }
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Upstream {
                 body,
                 slot,
                 lent,
                 upload,
+                watch,
             } => {
-                let frame = Pin::new(body).poll_frame(cx);
+                let frame = match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => match watch.as_mut().and_then(|watch| watch.poll_cut(cx)) {
+                        Some(cut) => {
+                            if let Some(slot) = slot.take()
+                                && cut.blames_upstream()
+                            {
+                                slot.upstream().broke_mid_body(&cut.to_string());
+                            }
+                            lent.take();
+                            return Poll::Ready(Some(Err(cut.into())));
+                        }
+                        None => return Poll::Pending,
+                    },
+                    Poll::Ready(frame) => frame,
+                };
                 match &frame {
-                    Poll::Ready(None) => {
+                    None => {
                         slot.take();
                         if let Some(lent) = lent.take() {
                             lent.give_back();
                         }
                     }
-                    Poll::Ready(Some(Err(err))) => {
+                    Some(Err(err)) => {
                         let clients_fault = upload.as_ref().is_some_and(Sent::failed);
                         if let Some(slot) = slot.take()
                             && !clients_fault
@@ -77,9 +117,13 @@ impl Body for ClientBody {
                         }
                         lent.take();
                     }
-                    _ => {}
+                    Some(Ok(_)) => {
+                        if let Some(watch) = watch {
+                            watch.progressed();
+                        }
+                    }
                 }
-                frame
+                Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
             }
             Self::Own(full) => Pin::new(full)
                 .poll_frame(cx)

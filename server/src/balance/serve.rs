@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,8 @@ pub struct Front {
     /// Time a client has for its PROXY header, TLS handshake and each
     /// request head (also the keep-alive idle timeout).
     pub header_timeout: Duration,
+    /// Longest a client may take to accept any of what is written to it.
+    pub send_timeout: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Idle pooled upstream connections close after this.
@@ -212,6 +215,12 @@ async fn connection(
         Some(version) => Owner::private(proxy_protocol::encode(version, Some((peer, local)))),
         None => Owner::shared(),
     };
+    // A client that stops reading its answer is closed once a write has
+    // waited `--send-timeout` (nginx's `send_timeout`), under TLS too: it
+    // would otherwise hold its upstream's slot and connection for good.
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(front.send_timeout));
+    let stream = Box::pin(stream);
     let conn = |https| {
         Arc::new(ClientConn {
             peer,

@@ -15,6 +15,7 @@ use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
 use crate::balance::access_log::{CLIENT_GONE, Entry};
 use crate::balance::answer::Failure;
+use crate::balance::cutoffs::Cutoffs;
 use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};
 use crate::balance::raw_conns::{self, READ_CHUNK, RawConn};
 use crate::balance::upstream::Upstream;
@@ -246,18 +247,24 @@ impl Exchange<'_> {
                 }
                 drop(slot);
             };
+            let cutoffs = Cutoffs {
+                gap: proxy.limits().response_timeout,
+                removed: &upstream.closed,
+            };
             let relayed = relay::body(
                 response.framing,
                 raw,
                 client,
                 out,
                 &mut served.bytes,
+                cutoffs,
                 finished,
             )
             .await;
             return match relayed {
                 Ok(()) => response.keep_alive,
                 Err(RelayError::Client) => false,
+                Err(RelayError::Cut(cut)) if !cut.blames_upstream() => false,
                 Err(err) => {
                     upstream.broke_mid_body(&err.to_string());
                     false

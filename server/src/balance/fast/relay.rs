@@ -4,13 +4,15 @@
 //! with the head in one write after that, so a client that reads slowly,
 //! or not at all, holds no upstream. A large body streams a buffer at a
 //! time (the client's pace holds the upstream's), and a client that leaves
-//! meanwhile ends it.
+//! meanwhile ends it, as do a gap in the body longer than the response
+//! timeout and the upstream's removal from the pool.
 
 use tokio::io::AsyncReadExt;
 
 use super::chunked::{self, LAST_CHUNK, Rechunker};
 use super::client::{Client, ClientIo};
 use super::response_head::Framing;
+use crate::balance::cutoffs::{CutShort, Cutoffs};
 use crate::balance::raw_conns::{READ_CHUNK, RawConn};
 
 /// Why a body did not reach the client whole.
@@ -25,20 +27,25 @@ pub enum RelayError {
     /// The client went away.
     #[error("the client went away")]
     Client,
+    /// A limit cut the body short.
+    #[error(transparent)]
+    Cut(#[from] CutShort),
 }
 
 /// Relays the body framed by `framing` from `raw` (whose buffer holds its
 /// first bytes) to `client`, after the head already in `out`, counting the
-/// body bytes handed to the client in `sent`. `finished` is called once
-/// the whole body has been read from the upstream, with its connection
-/// when nothing followed the body (reusable, framing allowing); if the
-/// relay fails first, it is dropped instead.
+/// body bytes handed to the client in `sent`, until `cutoffs` end it.
+/// `finished` is called once the whole body has been read from the
+/// upstream, with its connection when nothing followed the body
+/// (reusable, framing allowing); if the relay fails first, it is dropped
+/// instead.
 pub async fn body<C: ClientIo>(
     framing: Framing,
     raw: RawConn,
     client: &mut Client<'_, C>,
     out: &mut Vec<u8>,
     sent: &mut u64,
+    cutoffs: Cutoffs<'_>,
     finished: impl FnOnce(Option<RawConn>),
 ) -> Result<(), RelayError> {
     let relay = Relay {
@@ -46,6 +53,7 @@ pub async fn body<C: ClientIo>(
         client,
         out,
         sent,
+        cutoffs,
         finished,
     };
     match framing {
@@ -60,13 +68,14 @@ pub async fn body<C: ClientIo>(
 }
 
 /// One body's relay: the upstream connection, the client, the write
-/// buffer, the count of body bytes sent, and what to do once the upstream
-/// side is done.
+/// buffer, the count of body bytes sent, what cuts it short, and what to
+/// do once the upstream side is done.
 struct Relay<'a, 'c, C, F> {
     raw: RawConn,
     client: &'a mut Client<'c, C>,
     out: &'a mut Vec<u8>,
     sent: &'a mut u64,
+    cutoffs: Cutoffs<'a>,
     finished: F,
 }
 
@@ -89,7 +98,7 @@ impl<C: ClientIo, F: FnOnce(Option<RawConn>)> Relay<'_, '_, C, F> {
         }
         send(self.client, self.out).await?;
         while left > 0 {
-            fill(&mut self.raw, self.client).await?;
+            fill(&mut self.raw, self.client, self.cutoffs).await?;
             let take = buffered(left, &self.raw);
             self.client
                 .write(&self.raw.buf[..take])
@@ -116,7 +125,7 @@ impl<C: ClientIo, F: FnOnce(Option<RawConn>)> Relay<'_, '_, C, F> {
             if !self.out.is_empty() {
                 send(self.client, self.out).await?;
             }
-            fill(&mut self.raw, self.client).await?;
+            fill(&mut self.raw, self.client, self.cutoffs).await?;
         }
     }
 
@@ -126,7 +135,7 @@ impl<C: ClientIo, F: FnOnce(Option<RawConn>)> Relay<'_, '_, C, F> {
             *self.sent += self.raw.buf.len() as u64;
             self.raw.buf.clear();
             send(self.client, self.out).await?;
-            match fill(&mut self.raw, self.client).await {
+            match fill(&mut self.raw, self.client, self.cutoffs).await {
                 Ok(()) => {}
                 Err(RelayError::Upstream(err))
                     if err.kind() == std::io::ErrorKind::UnexpectedEof =>
@@ -147,10 +156,11 @@ fn buffered(left: u64, raw: &RawConn) -> usize {
 }
 
 /// Reads more of the body from the upstream (its end here is
-/// `UnexpectedEof`), unless the client leaves first.
+/// `UnexpectedEof`), unless the client leaves or `cutoffs` end it first.
 async fn fill<C: ClientIo>(
     raw: &mut RawConn,
     client: &mut Client<'_, C>,
+    cutoffs: Cutoffs<'_>,
 ) -> Result<(), RelayError> {
     raw.buf.reserve(READ_CHUNK);
     tokio::select! {
@@ -161,6 +171,7 @@ async fn fill<C: ClientIo>(
             Err(err) => Err(RelayError::Upstream(err)),
         },
         () = client.gone() => Err(RelayError::Client),
+        cut = cutoffs.reached() => Err(RelayError::Cut(cut)),
     }
 }
 

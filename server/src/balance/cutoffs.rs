@@ -1,0 +1,94 @@
+//! What cuts a response body short on the upstream's side, on both paths:
+//! a gap longer than `--response-timeout` (nginx's `proxy_read_timeout`),
+//! or the upstream's removal from the pool (removed through the API, or
+//! its drain timed out).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// Why a response body was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CutShort {
+    /// The upstream sent nothing for the response timeout.
+    #[error("the upstream sent none of the body for {0:?} (--response-timeout)")]
+    Stalled(Duration),
+    /// The upstream left the pool.
+    #[error("the upstream was removed mid-body")]
+    Removed,
+}
+
+impl CutShort {
+    /// Whether the upstream is to blame (a removal is the operator's).
+    pub fn blames_upstream(self) -> bool {
+        matches!(self, Self::Stalled(_))
+    }
+}
+
+/// The limits a body is relayed under.
+#[derive(Debug, Clone, Copy)]
+pub struct Cutoffs<'a> {
+    /// Longest wait for the next bytes of the body.
+    pub gap: Duration,
+    /// Cancelled when the upstream leaves the pool.
+    pub removed: &'a CancellationToken,
+}
+
+impl Cutoffs<'_> {
+    /// Resolves when one of the limits ends the wait for the body's next
+    /// bytes, begun now.
+    pub async fn reached(self) -> CutShort {
+        tokio::select! {
+            () = self.removed.cancelled() => CutShort::Removed,
+            () = tokio::time::sleep(self.gap) => CutShort::Stalled(self.gap),
+        }
+    }
+}
+
+/// [`Cutoffs`] watched from a body polled by hyper: the gap is timed
+/// only while hyper asks for more (a client that does not read is the
+/// send timeout's business).
+#[derive(Debug)]
+pub struct BodyWatch {
+    gap: Duration,
+    stall: Pin<Box<Sleep>>,
+    removed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Whether the stall timer runs (from the first wait after bytes).
+    timing: bool,
+}
+
+impl BodyWatch {
+    /// Watches a body under `cutoffs`.
+    pub fn new(cutoffs: Cutoffs<'_>) -> Self {
+        Self {
+            gap: cutoffs.gap,
+            stall: Box::pin(tokio::time::sleep(cutoffs.gap)),
+            removed: Box::pin(cutoffs.removed.clone().cancelled_owned()),
+            timing: false,
+        }
+    }
+
+    /// The body gave bytes: the next wait starts a new gap.
+    pub fn progressed(&mut self) {
+        self.timing = false;
+    }
+
+    /// The body has nothing yet: whether a limit cuts it now (else the
+    /// limits wake `cx`).
+    pub fn poll_cut(&mut self, cx: &mut Context<'_>) -> Option<CutShort> {
+        if self.removed.as_mut().poll(cx).is_ready() {
+            return Some(CutShort::Removed);
+        }
+        if !self.timing {
+            self.stall.as_mut().reset(Instant::now() + self.gap);
+            self.timing = true;
+        }
+        match self.stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Some(CutShort::Stalled(self.gap)),
+            Poll::Pending => None,
+        }
+    }
+}
