@@ -177,6 +177,18 @@ async fn requests_without_one_valid_host_and_connect_are_refused() {
             "bad_host",
         ),
         (b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400, "bad_host"),
+        // The target's host goes to the app in place of Host: the same
+        // rules (it went through unchecked).
+        (
+            b"GET http://user:pw@evil.example/x HTTP/1.1\r\nHost: good.example\r\n\r\n",
+            400,
+            "bad_host",
+        ),
+        (
+            b"GET http://evil.example:99999/x HTTP/1.1\r\nHost: good.example\r\n\r\n",
+            400,
+            "bad_host",
+        ),
         (
             b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
             405,
@@ -200,6 +212,29 @@ async fn requests_without_one_valid_host_and_connect_are_refused() {
     let echo: Value = absolute.json();
     let hosts = echoed_header(&echo, "host");
     assert_eq!(hosts, ["shop.example"], "{echo}");
+}
+
+/// A header whose name holds an underscore is dropped on both paths, as
+/// nginx does: CGI-style apps read `X_Forwarded_For` as the
+/// `X-Forwarded-For` the balancer sets, so a client could name its own
+/// address to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_with_an_underscore_do_not_reach_the_app() {
+    let upstreams = upstreams(1).await;
+    let balancer = balancer(&upstreams, &[]);
+    for request in [
+        &b"GET /headers HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n"[..],
+        b"POST /headers HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\n\
+          Content-Length: 1\r\n\r\nx",
+    ] {
+        let echo: Value = raw_exchange(balancer.listen, request).await.json();
+        assert!(echoed_header(&echo, "x_forwarded_for").is_empty(), "{echo}");
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-for"),
+            ["127.0.0.1"],
+            "{echo}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,6 +540,49 @@ async fn a_stalled_response_body_is_cut_after_the_response_timeout() {
     assert_eq!(stats["errors"], 2, "{stats}");
 }
 
+/// A request body is timed from when the balancer asks for it, not while
+/// the request waits for an upstream's slot: a client that expects `100
+/// Continue` is invited once the request has an upstream, and sends then.
+/// The clock ran from the request head, so such a client got 408
+/// `body_timeout` while its request was still queued, never invited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_timed_from_when_the_balancer_asks_for_it() {
+    let upstreams = upstreams(1).await;
+    let args = [
+        "--max-conns",
+        "1",
+        "--queue-timeout",
+        "10s",
+        "--body-timeout",
+        "1s",
+    ];
+    let balancer = balancer(&upstreams, &args);
+    let listen = balancer.listen;
+    let busy = tokio::spawn(async move {
+        raw_exchange(listen, b"GET /slow/3000 HTTP/1.1\r\nHost: h\r\n\r\n").await
+    });
+    balancer
+        .wait_for_stats("the slot taken", Duration::from_secs(10), |stats| {
+            stats["upstreams"][0]["in_flight"] == 1
+        })
+        .await;
+    let mut stream = TcpStream::connect(listen).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("send the head");
+    let (status, headers, _) = read_head(&mut stream).await;
+    assert_eq!(status, 100, "{headers:?}");
+    stream.write_all(b"hello").await.expect("send the body");
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["bytes"], 5, "{response:?}");
+    assert_eq!(busy.await.expect("the slow request").status, 200);
+}
+
 /// An app server that answers the first request of each connection with
 /// keep-alive and closes the connection (`reset`: with a reset, as an app
 /// with `SO_LINGER` 0 does), unanswered, when the second one arrives: an
@@ -603,7 +681,8 @@ async fn a_pooled_connection_closed_under_a_request_is_not_the_upstreams_fault()
 /// The same race with the pooled connection reset rather than closed, on
 /// both paths (a plain GET on the fast path; one whose `Connection` header
 /// names a header, on hyper's): the GET goes again on a new connection
-/// and the upstream stays in. On hyper's path a reset ejected it.
+/// and the upstream stays in, its error count untouched. On hyper's path
+/// a reset ejected it; on both, each race counted as an upstream error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() {
     let (balancer, task) = balancing_a_closing_upstream(true, Duration::ZERO).await;
@@ -616,7 +695,10 @@ async fn a_pooled_connection_reset_under_a_request_is_not_the_upstreams_fault() 
                 "{path} path, request {request}"
             );
         }
-        assert_eq!(balancer.stats().await["healthy"], 1, "{path} path");
+        let stats = balancer.stats().await;
+        assert_eq!(stats["healthy"], 1, "{path} path");
+        // Nor counted as its error: every request was answered 200.
+        assert_eq!(stats["upstreams"][0]["errors"], 0, "{path} path: {stats}");
     }
     task.abort();
 }

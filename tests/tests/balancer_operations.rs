@@ -80,6 +80,65 @@ fn authority(upstream: &TestUpstream) -> String {
     upstream.addr.to_string()
 }
 
+/// A draining upstream is out of rotation, and `/stats.json` and the
+/// status page say so. Both counted it in ("1/1 up" while every request
+/// got 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_upstream_is_not_counted_in_rotation() {
+    let ups = upstreams(&["a", "b"]).await;
+    let both = list(&ups);
+    let mut args = vec![
+        "--upstream",
+        both.as_str(),
+        "--admin-token",
+        "s3cret",
+        "--drain-timeout",
+        "10s",
+    ];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    balancer.wait_until_healthy(2, WAIT).await;
+    // One slow request at each upstream: the drain has one to wait for.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = format!("{}/slow/3000", balancer.url());
+            tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    balancer
+        .wait_for_stats("both upstreams busy", WAIT, |stats| {
+            stats["upstreams"]
+                .as_array()
+                .is_some_and(|all| all.iter().all(|u| u["in_flight"] == 1))
+        })
+        .await;
+    let path = format!("/upstreams/{}", authority(&ups[0]));
+    let (status, body) = admin(
+        &balancer,
+        reqwest::Method::DELETE,
+        &path,
+        Some("s3cret"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let stats = balancer.stats().await;
+    assert_eq!(stats["healthy"], 1, "{stats}");
+    let page = http()
+        .get(format!("{}/", balancer.admin_url()))
+        .send()
+        .await
+        .expect("the status page")
+        .text()
+        .await
+        .expect("its text");
+    assert!(page.contains("1 of 2 upstreams in rotation"), "{page}");
+    for request in slow {
+        let status = request.await.expect("the slow request").expect("an answer");
+        assert_eq!(status, 200);
+    }
+}
+
 /// Removing an upstream cuts the answers it still streams once
 /// `--drain-timeout` has passed, on both paths, as the README says. The
 /// log said so, but a streamed body went on to its end (ten more seconds

@@ -33,7 +33,7 @@ pub struct AdminState {
 /// The balancer's state as `/stats.json` shows it.
 #[derive(Debug, Serialize)]
 pub struct Stats {
-    /// Upstreams passing their health checks.
+    /// Upstreams in rotation: passing their health checks, not draining.
     pub healthy: usize,
     /// Requests waiting for a slot (every upstream at `--max-conns`).
     pub queued: usize,
@@ -43,9 +43,10 @@ pub struct Stats {
 
 /// The pool's state now.
 pub fn stats(pool: &Pool) -> Stats {
-    let upstreams: Vec<UpstreamStats> = pool.upstreams().iter().map(|u| u.stats()).collect();
+    let all = pool.upstreams();
+    let upstreams: Vec<UpstreamStats> = all.iter().map(|u| u.stats()).collect();
     Stats {
-        healthy: upstreams.iter().filter(|u| u.up).count(),
+        healthy: all.iter().filter(|u| u.is_routable()).count(),
         queued: pool.capacity().queued(),
         upstreams,
     }

@@ -37,10 +37,15 @@ impl HeadLimits {
 
 /// Whether a `Host` value is a host and optional port, with no userinfo.
 pub fn is_valid_host(value: &[u8]) -> bool {
-    matches!(
-        Authority::try_from(value),
-        Ok(authority) if !authority.as_str().contains('@')
-    )
+    Authority::try_from(value).is_ok_and(|authority| is_host_and_port(&authority))
+}
+
+/// Whether `authority` has no userinfo, and a port (if any) in range.
+fn is_host_and_port(authority: &Authority) -> bool {
+    let text = authority.as_str();
+    // Past the host: nothing, a bare `:`, or `:` and the port.
+    let port = text.get(authority.host().len()..).unwrap_or_default();
+    !text.contains('@') && (port.len() <= 1 || authority.port_u16().is_some())
 }
 
 /// Checks `request`'s head; the failure closes the connection.
@@ -83,6 +88,13 @@ fn check_head<B>(request: &Request<B>, limits: HeadLimits) -> Result<(), Failure
             FailureKind::HeaderTooLarge,
             format!("the request head is over {} bytes", limits.max_total),
         ));
+    }
+    // An absolute-form target (or HTTP/2's `:authority`) names the host
+    // the upstream gets, in place of the Host header: the same rules.
+    if let Some(authority) = request.uri().authority()
+        && !is_host_and_port(authority)
+    {
+        return Err(bad_host("the request target's host is not a host[:port]"));
     }
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next();
@@ -134,6 +146,25 @@ mod tests {
         assert_eq!(code(bad), Some((400, "bad_host")));
         let old = get().version(Version::HTTP_10).body(()).unwrap();
         assert_eq!(code(old), None);
+        for (host, expected) in [
+            ("a:8080", None),
+            ("[::1]:80", None),
+            ("a:", None),
+            ("a:99999", Some((400, "bad_host"))),
+            ("u@a", Some((400, "bad_host"))),
+        ] {
+            let request = get().header("host", host).body(()).unwrap();
+            assert_eq!(code(request), expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_names_a_host_by_the_same_rules() {
+        let absolute = |target: &str| get().uri(target).header("host", "good").body(()).unwrap();
+        assert_eq!(code(absolute("http://a:8080/x")), None);
+        for target in ["http://user:pw@evil/x", "http://evil:99999/x"] {
+            assert_eq!(code(absolute(target)), Some((400, "bad_host")), "{target}");
+        }
     }
 
     #[test]

@@ -58,33 +58,37 @@ pub struct Upload {
     inner: Incoming,
     limits: BodyLimits,
     read: u64,
-    started: Instant,
+    /// When the body was first asked for: the clock starts then, not while
+    /// the request waits for an upstream (hyper invites a client that
+    /// expects `100 Continue` to send its body only at the first read).
+    started: Option<Instant>,
     last: Instant,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Upload {
-    /// Wraps `inner`; the clock starts now.
+    /// Wraps `inner`; the clock starts at the first read.
     pub fn new(inner: Incoming, limits: BodyLimits) -> Self {
         Self {
             inner,
             limits,
             read: 0,
-            started: Instant::now(),
+            started: None,
             last: Instant::now(),
             timer: None,
         }
     }
 
     /// When the client must have sent more: `timeout` after the last piece,
-    /// and for a minimum rate, the time by which `read + 1` bytes are due.
-    fn deadline(&self) -> Instant {
+    /// and for a minimum rate, the time by which `read + 1` bytes are due,
+    /// for a body first asked for at `started`.
+    fn deadline(&self, started: Instant) -> Instant {
         let gap = self.last + self.limits.timeout;
         if self.limits.min_rate == 0 {
             return gap;
         }
         let due = Duration::from_secs_f64((self.read + 1) as f64 / self.limits.min_rate as f64);
-        gap.min(self.started + self.limits.timeout + due)
+        gap.min(started + self.limits.timeout + due)
     }
 }
 
@@ -97,6 +101,10 @@ impl Body for Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
+        let started = *this.started.get_or_insert_with(|| {
+            this.last = Instant::now();
+            this.last
+        });
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -111,7 +119,7 @@ impl Body for Upload {
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(ClientBodyError::Broken))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let deadline = this.deadline();
+                let deadline = this.deadline(started);
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

@@ -488,11 +488,15 @@ impl Attempts {
         detail: &str,
         how: Failed,
     ) -> Result<(), Failure> {
-        tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
-        upstream.record_failure(detail);
         // A pooled connection closed under the request is no sign of a
-        // sick upstream: a replay may go to it again, on a new connection.
-        if !matches!(how, Failed::KeepAliveRace | Failed::UploadCut) {
+        // sick upstream (a replay may go to it again, on a new connection),
+        // nor is an upload the client cut short: neither is counted as the
+        // upstream's error.
+        if matches!(how, Failed::KeepAliveRace | Failed::UploadCut) {
+            tracing::debug!(upstream = %upstream.url, error = %detail, "upstream request failed, not the upstream's fault");
+        } else {
+            tracing::warn!(upstream = %upstream.url, error = %detail, "upstream request failed");
+            upstream.record_failure(detail);
             upstream.eject(detail);
             self.tried.push(upstream.id);
         }
@@ -608,6 +612,7 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
     // names it (as a hop-by-hop header it would be dropped).
     let request_id = headers.get(REQUEST_ID).cloned();
     strip_hop_by_hop(&mut headers);
+    strip_underscored(&mut headers);
     if let Some(id) = request_id {
         headers.insert(REQUEST_ID, id);
     }
@@ -642,6 +647,21 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
         headers.insert(header::HOST, host);
     }
     headers
+}
+
+/// Drops the headers whose name holds an underscore, as nginx does by
+/// default: CGI-style apps (PHP, WSGI, Rack) read `X_Forwarded_For` as
+/// the `X-Forwarded-For` the balancer sets, so a client could name its
+/// own address.
+fn strip_underscored(headers: &mut HeaderMap) {
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
 }
 
 /// Joins the cookie fields of a request into one `Cookie` header, with
@@ -802,11 +822,13 @@ mod tests {
             .uri("/cart?x=1")
             .header(header::HOST, "shop.example")
             .header("x-forwarded-for", "10.0.0.1")
+            .header("x_forwarded_for", "6.6.6.6")
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
         let conn = client();
         let headers = forwarded_headers(&parts, &conn);
+        assert!(!headers.contains_key("x_forwarded_for"), "{headers:?}");
         let upstream = UpstreamUrl::parse("http://127.0.0.1:3000").unwrap();
         let outgoing = upstream_request(&parts, headers, &upstream, UpstreamBody::Empty);
         assert_eq!(outgoing.uri(), "/cart?x=1");

@@ -99,6 +99,11 @@ pub fn parse(buf: &[u8], limits: HeadLimits, conn: &ClientConn, out: &mut Vec<u8
             return Parsed::Elsewhere;
         }
         total += line;
+        if name.contains('_') {
+            // Dropped, as nginx does: CGI-style apps read `X_Forwarded_For`
+            // as the `X-Forwarded-For` the balancer sets.
+            continue;
+        }
         let is = |known: &str| name.eq_ignore_ascii_case(known);
         if is("host") {
             if host.replace(value).is_some() {
@@ -232,7 +237,8 @@ mod tests {
     fn a_plain_get_is_taken_and_forwarded_with_the_proxy_headers() {
         let head = "GET /cart?x=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive\r\n\
                     X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\
-                    X-Forwarded-For: 10.0.0.2\r\nX-Request-Id: r-1\r\n\r\nGET /next";
+                    X-Forwarded-For: 10.0.0.2\r\nX-Request-Id: r-1\r\nX_Forwarded_For: 6.6.6.6\r\n\
+                    \r\nGET /next";
         let (parsed, out) = parsed(head);
         let Parsed::Ready(request) = parsed else {
             panic!("not taken: {parsed:?}");
