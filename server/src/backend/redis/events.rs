@@ -8,8 +8,12 @@
 //!
 //! Cursors are the stream's entry ids (`<ms>-<seq>`). A cursor from before
 //! what the stream still holds (trimmed by count or age, down to nothing
-//! after a quiet spell) is refused with the oldest cursor to resume from;
-//! one past the newest id the stream generated was never handed out.
+//! after a quiet spell) is refused with the oldest cursor to resume from,
+//! and so is one the stream never handed out, before its first entry or
+//! past the newest id it generated: a cursor of a stream Redis lost
+//! (`FLUSHALL`, a restart without persistence, a failover to a replica
+//! behind), which would otherwise skip, once the new stream's ids pass
+//! it, what the new stream logged before.
 
 use std::time::Duration;
 
@@ -156,31 +160,38 @@ impl StreamShape {
     }
 }
 
-/// A cursor this log never hands out.
-fn invalid(cursor: &str) -> EventsError {
-    EventsError::InvalidCursor {
-        cursor: cursor.to_owned(),
-    }
+/// The cursor a read resumes after to lose nothing the stream of this
+/// `shape` holds (`None`: it does not exist): `0-0` while it dropped
+/// nothing, else [`StreamShape::oldest_cursor`].
+fn resume_point(shape: Option<&StreamShape>) -> (u64, u64) {
+    shape
+        .filter(|shape| shape.trimmed())
+        .and_then(StreamShape::oldest_cursor)
+        .unwrap_or((0, 0))
 }
 
 /// Whether a read after the cursor `at` of the stream of this `shape`
-/// (`None`: it does not exist) is sound: refused when the stream never
-/// generated the id (past its newest), or when trimming dropped entries
-/// after it (it is before [`StreamShape::oldest_cursor`]: Redis does not
-/// record the last entry trimmed).
+/// (`None`: it does not exist) is sound: only from its
+/// [`resume_point`] or from its first entry kept up to the newest id it
+/// generated. Any other cursor is expired, with the resume point: one
+/// before it was dropped by trimming (Redis does not record the last
+/// entry trimmed); one before the first entry of a stream that dropped
+/// nothing, or past the newest id, was never handed out by this stream
+/// (Redis lost the one that did, or it is another log's).
 fn judge(shape: Option<&StreamShape>, at: (u64, u64)) -> Result<(), EventsError> {
-    let newest = shape.and_then(|shape| shape.newest).unwrap_or((0, 0));
-    if at > newest {
-        return Err(invalid(&cursor_text(at)));
-    }
-    match shape
-        .filter(|shape| shape.trimmed())
-        .and_then(StreamShape::oldest_cursor)
-    {
-        Some(oldest) if at < oldest => Err(EventsError::CursorExpired {
+    let oldest = resume_point(shape);
+    let kept = shape.is_some_and(|shape| {
+        let newest = shape.newest.unwrap_or((0, 0));
+        shape
+            .first
+            .is_some_and(|first| (first..=newest).contains(&at))
+    });
+    if at == oldest || kept {
+        Ok(())
+    } else {
+        Err(EventsError::CursorExpired {
             oldest: cursor_text(oldest),
-        }),
-        _ => Ok(()),
+        })
     }
 }
 
@@ -201,7 +212,12 @@ impl Redis {
             // Nothing can follow the largest id: Redis refuses to read after it.
             Some(cursor) => match entry_id(cursor) {
                 Some(at) if at != (u64::MAX, u64::MAX) => at,
-                _ => return Err(invalid(cursor).into()),
+                _ => {
+                    return Err(EventsError::InvalidCursor {
+                        cursor: cursor.to_owned(),
+                    }
+                    .into());
+                }
             },
             None => (0, 0),
         };
@@ -215,11 +231,7 @@ impl Redis {
                 // From the oldest event kept, whatever trimming dropped
                 // before it: the page read starts there, and so does the
                 // cursor an empty one hands out.
-                at = shape
-                    .as_ref()
-                    .filter(|shape| shape.trimmed())
-                    .and_then(StreamShape::oldest_cursor)
-                    .unwrap_or(at);
+                at = resume_point(shape.as_ref());
             }
             judge(shape.as_ref(), at)?;
             if let Some((last, _)) = entries.last() {
@@ -418,11 +430,28 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_past_the_newest_id_was_never_handed_out() {
-        let empty = emptied("40-1", 9);
-        assert_eq!(judge(Some(&empty), (40, 2)), Err(invalid("40-2")));
+    fn a_cursor_this_stream_never_handed_out_is_expired_with_its_resume_point() {
+        let expired = |oldest: &str| {
+            Err(EventsError::CursorExpired {
+                oldest: oldest.to_owned(),
+            })
+        };
+        // Past the newest id: of a stream Redis lost, or another log's.
+        assert_eq!(judge(Some(&emptied("40-1", 9)), (40, 2)), expired("40-1"));
         assert_eq!(judge(None, (0, 0)), Ok(()));
-        assert_eq!(judge(None, (1, 0)), Err(invalid("1-0")));
+        assert_eq!(judge(None, (1, 0)), expired("0-0"));
+        // A new stream that dropped nothing: from 0-0 or its entries only.
+        let mut new = shape("50-0", 2, 2);
+        new.newest = Some((50, 1));
+        assert_eq!(judge(Some(&new), (0, 0)), Ok(()));
+        assert_eq!(judge(Some(&new), (40, 1)), expired("0-0"));
+        assert_eq!(judge(Some(&new), (50, 0)), Ok(()));
+        assert_eq!(judge(Some(&new), (50, 1)), Ok(()));
+        assert_eq!(judge(Some(&new), (60, 0)), expired("0-0"));
+        // After an emptying: from the last entry dropped, not after it.
+        let mut refilled = shape("50-0", 1, 10).with_emptied(Some("40-1 9"));
+        refilled.newest = Some((50, 0));
+        assert_eq!(judge(Some(&refilled), (45, 0)), expired("40-1"));
     }
 
     #[test]
