@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sessiond_e2e::metrics::scrape;
+use sessiond_e2e::raw_http;
 use sessiond_e2e::redis_support::{
     Reply, bounded, client_of, http, node_on, redis_conn, redis_query, send,
 };
@@ -688,6 +689,38 @@ async fn a_cursor_spelled_otherwise_than_the_log_hands_out_is_invalid() {
         .get(format!("{}/v1/events/stream", node.url()))
         .header("last-event-id", format!("+{real}"));
     assert_invalid_cursor(&send(stream).await, "Last-Event-ID");
+}
+
+/// A `Last-Event-ID` that is not text is 400 `invalid_cursor`, as
+/// `?after=%FF` is, and one sent on two lines is 400 `invalid_request`, as
+/// `If-Match` is: the first was taken for none and the stream replayed the
+/// whole log, the second line was ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_not_text_or_sent_twice_is_refused() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    create(&http, &node, json!({})).await;
+    let real = next_cursor(&http, &node, "").await;
+    // The answer (an open stream is read for at most 5 s).
+    let stream = async |last_event_id: &[u8]| {
+        let mut request = b"GET /v1/events/stream HTTP/1.1\r\nHost: sessiond\r\n".to_vec();
+        request.extend_from_slice(last_event_id);
+        request.extend_from_slice(b"Connection: close\r\n\r\n");
+        let mut connection = raw_http::send(node.http, &request).await;
+        raw_http::read_until_close(&mut connection, Duration::from_secs(5))
+            .await
+            .response()
+            .expect("a response")
+    };
+    let twice = format!("Last-Event-ID: {real}\r\nLast-Event-ID: {real}\r\n");
+    for (last_event_id, code) in [
+        (&b"Last-Event-ID: \xff\xfe\r\n"[..], "invalid_cursor"),
+        (twice.as_bytes(), "invalid_request"),
+    ] {
+        let refused = stream(last_event_id).await;
+        assert_eq!(refused.status, 400, "{code}: {}", refused.text());
+        assert_eq!(refused.error_code(), code, "{}", refused.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

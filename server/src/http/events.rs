@@ -18,6 +18,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use super::error::ApiError;
+use super::extract::single_header;
 use super::openapi::errors;
 use super::response::rfc3339;
 use super::state::AppState;
@@ -167,10 +168,10 @@ pub async fn stream(
     stream_query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let StreamQuery { after } = query(stream_query)?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
+    // Bytes that are not text are no cursor: kept (as U+FFFD) for the
+    // check of every cursor to refuse, as `?after=%FF` is, not dropped.
+    let last_event_id = single_header(&headers, "Last-Event-ID")?
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let resume = cursor(last_event_id).or(cursor(after));
     // The first read answers a bad or expired cursor with an error, not an
     // empty stream.

@@ -1,5 +1,6 @@
 //! Extractors of a request's path and headers: the session id, `If-Match`
-//! and `Idempotency-Key`, each refused with the API's own error.
+//! and `Idempotency-Key`, each refused with the API's own error, and the
+//! rule that a header these take is sent once.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path};
@@ -99,7 +100,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// The one value of header `name`, if any: two field lines are a list
 /// (RFC 9110, 5.3), which these headers do not take, so they are refused
 /// as a list on one line is, whether or not a proxy joined them.
-fn single_header<'h>(
+pub(super) fn single_header<'h>(
     headers: &'h HeaderMap,
     name: &str,
 ) -> Result<Option<&'h HeaderValue>, ApiError> {
