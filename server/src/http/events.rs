@@ -5,20 +5,19 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
+use sessiond_proto::Event;
 use sessiond_proto::http::{EventJson, EventsBody};
-use sessiond_proto::{ErrorCode, Event};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use super::error::ApiError;
-use super::extract::single_header;
+use super::extract::{ApiQuery, single_header};
 use super::openapi::errors;
 use super::response::rfc3339;
 use super::state::AppState;
@@ -85,12 +84,6 @@ impl Drop for Consumer {
     }
 }
 
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    query
-        .map(|Query(query)| query)
-        .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))
-}
-
 /// A cursor given as text: an empty one is none.
 fn cursor(text: Option<String>) -> Option<String> {
     text.filter(|cursor| !cursor.is_empty())
@@ -125,13 +118,12 @@ fn json(event: Event) -> EventJson {
 )]
 pub async fn page(
     State(state): State<AppState>,
-    events_query: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<EventsBody>, ApiError> {
-    let EventsQuery {
+    ApiQuery(EventsQuery {
         after,
         limit,
         wait_secs,
-    } = query(events_query)?;
+    }): ApiQuery<EventsQuery>,
+) -> Result<Json<EventsBody>, ApiError> {
     let _waiting = Consumer::start();
     let page = state
         .service
@@ -164,10 +156,9 @@ pub async fn page(
 )]
 pub async fn stream(
     State(state): State<AppState>,
+    ApiQuery(StreamQuery { after }): ApiQuery<StreamQuery>,
     headers: HeaderMap,
-    stream_query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let StreamQuery { after } = query(stream_query)?;
     // Bytes that are not text are no cursor: kept (as U+FFFD) for the
     // check of every cursor to refuse, as `?after=%FF` is, not dropped.
     let last_event_id = single_header(&headers, "Last-Event-ID")?

@@ -1,11 +1,13 @@
-//! Extractors of a request's path and headers: the session id, `If-Match`
-//! and `Idempotency-Key`, each refused with the API's own error, and the
-//! rule that a header these take is sent once.
+//! Extractors of a request's path, query and headers: the session id, the
+//! query parameters, `If-Match` and `Idempotency-Key`, each refused with
+//! the API's own error, and the rule that a header these take is sent once.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{ErrorCode, SessionId};
 use utoipa::openapi::path::{Parameter, ParameterIn};
@@ -44,6 +46,33 @@ impl IntoParams for IdParam {
         )]
     }
 }
+
+/// A route's query parameters, `T` (a type that denies unknown fields):
+/// one unknown, malformed or of the wrong type is 400 `invalid_request`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(query) = Query::<T>::from_request_parts(parts, state).await.map_err(
+            |rejection: QueryRejection| {
+                ApiError::new(ErrorCode::InvalidRequest, rejection.body_text())
+            },
+        )?;
+        Ok(Self(query))
+    }
+}
+
+/// The query of an API route that takes no parameter: any is refused
+/// (`?bogus=1` is 400 `invalid_request`), not silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// The query extractor of an API route that takes no parameter.
+pub type NoQuery = ApiQuery<NoParams>;
 
 /// The version an `If-Match` header demands: `"3"` (or `3`) is version 3,
 /// `*` or no header is any version (`None`).

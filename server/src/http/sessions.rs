@@ -1,7 +1,8 @@
 //! Handlers of `/v1/sessions`.
 //!
 //! Extractors run in argument order, so a request is checked in a fixed
-//! order: the id, then `If-Match`, then the body. A write's
+//! order: the id, then the query (which none of these routes takes), then
+//! `If-Match`, then the body. A write's
 //! `Idempotency-Key` is taken as a `Result` and checked after the body (and
 //! the data in it), so that a request with several faults keeps getting the
 //! code it always got.
@@ -13,7 +14,7 @@ use sessiond_proto::http::{CreateRequest, PutRequest, RotateRequest, TouchReques
 
 use super::body::{JsonBody, MergePatch};
 use super::error::ApiError;
-use super::extract::{IdParam, IdempotencyKey, IfMatch};
+use super::extract::{IdParam, IdempotencyKey, IfMatch, NoQuery};
 use super::openapi::errors;
 use super::response::{SessionCreated, SessionOk, SessionResponse};
 use super::state::AppState;
@@ -39,6 +40,7 @@ errors!(
 )]
 pub async fn create(
     State(state): State<AppState>,
+    _: NoQuery,
     key: Result<IdempotencyKey, ApiError>,
     JsonBody(request): JsonBody<CreateRequest>,
 ) -> Result<SessionResponse, ApiError> {
@@ -56,7 +58,7 @@ pub async fn create(
 
 errors!(
     /// Failures of a read.
-    GetErrors: InvalidId, Unauthorized, NotFound, Unavailable
+    GetErrors: InvalidId, InvalidRequest, Unauthorized, NotFound, Unavailable
 );
 
 /// `GET /v1/sessions/{id}`: the session; the read pushes its expiry.
@@ -71,6 +73,7 @@ errors!(
 pub async fn get(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    _: NoQuery,
 ) -> Result<SessionResponse, ApiError> {
     Ok(SessionResponse::ok(state.service.get(&id).await?))
 }
@@ -96,6 +99,7 @@ errors!(
 pub async fn put(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    _: NoQuery,
     IfMatch(expected): IfMatch,
     key: Result<IdempotencyKey, ApiError>,
     JsonBody(request): JsonBody<PutRequest>,
@@ -124,6 +128,7 @@ pub async fn put(
 pub async fn patch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    _: NoQuery,
     IfMatch(expected): IfMatch,
     key: Result<IdempotencyKey, ApiError>,
     MergePatch(patch): MergePatch,
@@ -137,7 +142,7 @@ pub async fn patch(
 
 errors!(
     /// Failures of a delete.
-    DeleteErrors: InvalidId, Unauthorized, Unavailable
+    DeleteErrors: InvalidId, InvalidRequest, Unauthorized, Unavailable
 );
 
 /// `DELETE /v1/sessions/{id}`: idempotent.
@@ -155,6 +160,7 @@ errors!(
 pub async fn delete(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    _: NoQuery,
 ) -> Result<StatusCode, ApiError> {
     state.service.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -181,6 +187,7 @@ errors!(
 pub async fn touch(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    _: NoQuery,
     JsonBody(request): JsonBody<TouchRequest>,
 ) -> Result<SessionResponse, ApiError> {
     let session = state.service.touch(&id, request.ttl_secs).await?;
@@ -210,6 +217,7 @@ errors!(
 pub async fn rotate(
     State(state): State<AppState>,
     IdParam(id): IdParam,
+    _: NoQuery,
     key: Result<IdempotencyKey, ApiError>,
     JsonBody(request): JsonBody<RotateRequest>,
 ) -> Result<SessionResponse, ApiError> {

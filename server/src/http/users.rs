@@ -2,8 +2,8 @@
 //! revoked.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use serde::Deserialize;
 use sessiond_proto::http::{RevokedBody, SessionSummary, UserSessionsBody};
@@ -12,6 +12,7 @@ use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa::{IntoParams, PartialSchema};
 
 use super::error::ApiError;
+use super::extract::{ApiQuery, NoQuery};
 use super::openapi::{errors, parameter};
 use super::response::rfc3339;
 use super::state::AppState;
@@ -60,7 +61,7 @@ pub struct RevokeQuery {
 
 errors!(
     /// Failures of a listing.
-    ListErrors: InvalidUser, Unauthorized, Unavailable
+    ListErrors: InvalidUser, InvalidRequest, Unauthorized, Unavailable
 );
 
 errors!(
@@ -85,6 +86,7 @@ errors!(
 pub async fn list(
     State(state): State<AppState>,
     UserParam(user): UserParam,
+    _: NoQuery,
 ) -> Result<Json<UserSessionsBody>, ApiError> {
     let sessions = state.service.user_sessions(&user).await?;
     Ok(Json(UserSessionsBody {
@@ -119,10 +121,8 @@ pub async fn list(
 pub async fn revoke(
     State(state): State<AppState>,
     UserParam(user): UserParam,
-    query: Result<Query<RevokeQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<RevokeQuery>,
 ) -> Result<Json<RevokedBody>, ApiError> {
-    let Query(query) = query
-        .map_err(|rejection| ApiError::new(ErrorCode::InvalidRequest, rejection.body_text()))?;
     let except = query
         .except
         .map(|text| text.parse::<SessionId>())

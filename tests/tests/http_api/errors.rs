@@ -226,3 +226,46 @@ async fn a_condition_or_key_sent_on_two_lines_is_refused_as_a_list_is() {
     }
     api.assert_stored(&id, json!({"a": 1}), 1).await;
 }
+
+/// Every API route that takes no query parameter refuses one with 400
+/// `invalid_request` naming it, as the routes with parameters refuse an
+/// unknown one (they ignored it: a listing answered 200, a write was
+/// applied); the operational routes still ignore a query.
+#[tokio::test]
+async fn a_query_parameter_no_api_route_takes_is_refused() {
+    let server = Sessiond::start(&[]);
+    let api = Api::remote(&server.url());
+    let (id, _) = api.create_session(json!({"a": 1})).await;
+    let json_body = [("content-type", "application/json")];
+    let patch_body = [("content-type", MERGE_PATCH)];
+    let session = session_path(&id, "?bogus=1");
+    let touch = session_path(&id, "/touch?bogus=1");
+    let rotate = session_path(&id, "/rotate?bogus=1");
+    let routes = [
+        (Method::GET, "/v1/users/bob/sessions?bogus=1", &[][..], ""),
+        (Method::POST, "/v1/sessions?bogus=1", &json_body[..], "{}"),
+        (Method::GET, &session, &[][..], ""),
+        (
+            Method::PUT,
+            &session,
+            &json_body[..],
+            r#"{"data": {"b": 2}}"#,
+        ),
+        (Method::PATCH, &session, &patch_body[..], r#"{"b": 2}"#),
+        (Method::POST, &touch, &json_body[..], "{}"),
+        (Method::POST, &rotate, &json_body[..], "{}"),
+        (Method::DELETE, &session, &[][..], ""),
+    ];
+    for (method, path, headers, body) in routes {
+        let answer = api.request(method.clone(), path, headers, body).await;
+        assert_eq!(answer.status, 400, "{method} {path}: {}", answer.text);
+        answer.assert_error(400, "invalid_request");
+        assert!(
+            answer.text.contains("bogus"),
+            "{method} {path}: the message names the parameter: {answer:?}"
+        );
+    }
+    api.assert_stored(&id, json!({"a": 1}), 1).await;
+    let health = http_client(EXCHANGE_TIMEOUT).get(format!("{}/healthz?probe=1", server.url()));
+    assert_eq!(call(health).await.status, 200);
+}
