@@ -45,8 +45,15 @@ impl PartialSchema for UserName {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
+            // JSON Schema has no byte length, and a pattern bounding the
+            // bytes of UTF-8 would be a regex of hundreds of states: the
+            // character count bounds it (256 bytes are at most 256
+            // characters) and the description says the rest.
             .description(Some(
-                "Who a session belongs to: 1 to 256 bytes of UTF-8 without control characters.",
+                "Who a session belongs to: 1 to 256 bytes of UTF-8 without control characters. \
+                 The limit is in bytes, which `maxLength` (a count of characters) only bounds: \
+                 a name of 256 characters or fewer is still refused (400 `invalid_user`) when \
+                 it is over 256 bytes, as 86 times `€` (3 bytes each) is.",
             ))
             .min_length(Some(1))
             .max_length(Some(MAX_USER_BYTES))

@@ -321,6 +321,37 @@ async fn churn_leaves_the_index_and_memory_as_they_were() {
     );
 }
 
+/// The document's `UserName` says its limit is bytes, which its
+/// `maxLength` (characters) only bounds, and the node counts bytes: 86
+/// times `€` is within `maxLength` and refused, 85 times is taken (the
+/// description said bytes without saying that `maxLength` does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_user_name_limit_is_the_bytes_the_node_counts() {
+    let node = Sessiond::start(&[]);
+    let http = http();
+    let document = send(http.get(format!("{}/v1/openapi.json", node.url()))).await;
+    assert_eq!(document.status, 200, "{}", document.text);
+    let schema = &document.json()["components"]["schemas"]["UserName"];
+    assert_eq!(schema["maxLength"], 256, "{schema}");
+    let description = schema["description"].as_str().expect("a description");
+    for told in [
+        "256 bytes",
+        "`maxLength` (a count of characters)",
+        "400 `invalid_user`",
+    ] {
+        assert!(description.contains(told), "{told:?} in {description:?}");
+    }
+    let over = "€".repeat(86);
+    let reply = login(&http, &node, &over, 60).await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (400, "invalid_user"),
+        "{}",
+        reply.text
+    );
+    logged_in(&http, &node, &"€".repeat(85), 60).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_user_names_are_invalid_user() {
     let node = Sessiond::start(&[]);
