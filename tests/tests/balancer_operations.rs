@@ -80,6 +80,21 @@ fn authority(upstream: &TestUpstream) -> String {
     upstream.addr.to_string()
 }
 
+/// Removes the upstream at `authority` through the API (token `s3cret`):
+/// 202, it drains.
+async fn remove(balancer: &Balancer, authority: &str) {
+    let path = format!("/upstreams/{authority}");
+    let (status, body) = admin(
+        balancer,
+        reqwest::Method::DELETE,
+        &path,
+        Some("s3cret"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+}
+
 /// A draining upstream is out of rotation, and `/stats.json` and the
 /// status page say so. Both counted it in ("1/1 up" while every request
 /// got 503).
@@ -112,16 +127,7 @@ async fn a_draining_upstream_is_not_counted_in_rotation() {
                 .is_some_and(|all| all.iter().all(|u| u["in_flight"] == 1))
         })
         .await;
-    let path = format!("/upstreams/{}", authority(&ups[0]));
-    let (status, body) = admin(
-        &balancer,
-        reqwest::Method::DELETE,
-        &path,
-        Some("s3cret"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    remove(&balancer, &authority(&ups[0])).await;
     let stats = balancer.stats().await;
     assert_eq!(stats["healthy"], 1, "{stats}");
     let page = http()
@@ -169,16 +175,7 @@ async fn removing_an_upstream_cuts_its_streamed_answers_at_the_drain_timeout() {
         assert_eq!(status, 200, "{headers:?}");
         streams.push(stream);
     }
-    let path = format!("/upstreams/{upstream}");
-    let (status, body) = admin(
-        &balancer,
-        reqwest::Method::DELETE,
-        &path,
-        Some("s3cret"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    remove(&balancer, &upstream.to_string()).await;
     for mut stream in streams {
         // Bounded: the upstream streams for a minute.
         let rest = read_until_closed(&mut stream).await;

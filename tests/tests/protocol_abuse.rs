@@ -975,22 +975,13 @@ async fn a_shutdown_says_which_requests_it_never_started() {
     );
 }
 
-/// A draining node refuses new connections on both its listeners at once.
-/// It kept its listening sockets open until its drain ended, so the kernel
-/// took new connections into a backlog no one accepted: a client
-/// reconnecting after the node's goodbye waited its whole connect timeout
-/// before trying another node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_node_refuses_new_connections_at_once() {
-    let mut node = Sessiond::start_with_env(
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &["--http-body-timeout", "60s"],
-        &[("SESSIOND_DRAIN_TIMEOUT", "5s")],
-    );
-    // Both listeners' drains held: answers no one reads, an upload
-    // stalled mid-body.
-    let (big, mut reader) = a_large_session_and_a_slow_reader(&node).await;
+/// Connections that hold both of `node`'s listeners' drains: a binary
+/// client that pipelined 20 MiB of answers and reads none (its task), and
+/// an HTTP upload stalled mid-body.
+async fn connections_that_hold_a_drain(
+    node: &Sessiond,
+) -> (tokio::task::JoinHandle<TcpStream>, TcpStream) {
+    let (big, mut reader) = a_large_session_and_a_slow_reader(node).await;
     let answers: Vec<u8> = (1..=40)
         .flat_map(|id| frame(&request(id, Op::Get { id: big })))
         .collect();
@@ -1004,6 +995,23 @@ async fn a_draining_node_refuses_new_connections_at_once() {
           Content-Length: 100\r\n\r\n{\"data\":",
     )
     .await;
+    (stuck, stalled)
+}
+
+/// A draining node refuses new connections on both its listeners at once.
+/// It kept its listening sockets open until its drain ended, so the kernel
+/// took new connections into a backlog no one accepted: a client
+/// reconnecting after the node's goodbye waited its whole connect timeout
+/// before trying another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_refuses_new_connections_at_once() {
+    let mut node = Sessiond::start_with_env(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--http-body-timeout", "60s"],
+        &[("SESSIOND_DRAIN_TIMEOUT", "5s")],
+    );
+    let (stuck, stalled) = connections_that_hold_a_drain(&node).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     sessiond_e2e::process::signal(node.pid(), "TERM");
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
@@ -1057,20 +1065,7 @@ async fn clients_that_hold_their_connections_hold_the_shutdown_only_for_the_drai
         &[("SESSIOND_DRAIN_TIMEOUT", "1s")],
     );
     wait_ready(&http, &node).await;
-    let (big, mut reader) = a_large_session_and_a_slow_reader(&node).await;
-    let answers: Vec<u8> = (1..=40)
-        .flat_map(|id| frame(&request(id, Op::Get { id: big })))
-        .collect();
-    let stuck = tokio::spawn(async move {
-        let _ = reader.write_all(&answers).await;
-        reader
-    });
-    let stalled = send(
-        node.http,
-        b"POST /v1/sessions HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n\
-          Content-Length: 100\r\n\r\n{\"data\":",
-    )
-    .await;
+    let (stuck, stalled) = connections_that_hold_a_drain(&node).await;
     tokio::task::block_in_place(|| redis.kill());
     let expected = write_sessions(&http, &node, 10).await;
 
