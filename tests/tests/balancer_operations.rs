@@ -95,6 +95,56 @@ async fn remove(balancer: &Balancer, authority: &str) {
     assert_eq!(status, 202, "{body}");
 }
 
+/// A request queued while every upstream is at `--max-conns` goes to an
+/// upstream added meanwhile. Only a freed slot woke the queue: it waited
+/// for its timeout (503) beside an upstream with room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_goes_to_an_upstream_added_meanwhile() {
+    let ups = upstreams(&["a", "b"]).await;
+    let first = ups[0].url();
+    let mut args = vec![
+        "--upstream",
+        first.as_str(),
+        "--admin-token",
+        "s3cret",
+        "--max-conns",
+        "1",
+        "--queue-timeout",
+        "4s",
+    ];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    balancer.wait_until_healthy(1, WAIT).await;
+    let url = balancer.url();
+    let busy = tokio::spawn(async move { http().get(format!("{url}/slow/8000")).send().await });
+    balancer
+        .wait_for_stats("the slot taken", WAIT, |stats| {
+            stats["upstreams"][0]["in_flight"] == 1
+        })
+        .await;
+    let url = balancer.url();
+    let queued = tokio::spawn(async move { http().get(format!("{url}/")).send().await });
+    balancer
+        .wait_for_stats("one request queued", WAIT, |stats| stats["queued"] == 1)
+        .await;
+    let (status, body) = admin(
+        &balancer,
+        reqwest::Method::POST,
+        "/upstreams",
+        Some("s3cret"),
+        Some(json!({ "url": ups[1].url() })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let answer = queued
+        .await
+        .expect("the queued request")
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.expect("its body"), "b");
+    busy.abort();
+}
+
 /// A draining upstream is out of rotation, and `/stats.json` and the
 /// status page say so. Both counted it in ("1/1 up" while every request
 /// got 503).

@@ -26,6 +26,14 @@ impl Capacity {
         }
     }
 
+    /// An upstream joined or came back: wakes every waiter (each looks for
+    /// room again; those that find none wait on).
+    pub fn room_made(&self) {
+        if self.queued() > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
     /// Joins the queue unless `max` requests wait already; the place is
     /// given up when the returned guard drops.
     pub fn join(&self, max: usize) -> Option<QueuePlace<'_>> {

@@ -92,6 +92,7 @@ impl Pool {
         let mut members = Vec::clone(&self.members.load());
         members.push(upstream.clone());
         self.members.store(Arc::new(members));
+        self.capacity.room_made();
         Some(upstream)
     }
 

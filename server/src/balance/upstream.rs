@@ -259,6 +259,7 @@ impl Upstream {
             if up {
                 self.start_ramp();
                 tracing::info!(upstream = %self.url, "upstream back in rotation");
+                self.capacity.room_made();
             } else {
                 tracing::warn!(upstream = %self.url, error = ?self.last_error.lock(), "upstream out of rotation");
             }
