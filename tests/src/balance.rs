@@ -309,10 +309,11 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 }
 
 /// An app server on a raw socket: to every request it answers `answer`
-/// (a head and the body's first bytes), then, with `trickle`, a chunk of
-/// a chunked body (`1\r\nx\r\n`) every `trickle` (for a minute at
-/// most), or without, nothing more, holding the connection open: a body
-/// that stalls.
+/// (a head and maybe the body's first bytes), then, with `trickle`, a
+/// chunk of a chunked body (`1\r\nx\r\n`) every `trickle` (for a
+/// minute at most), or without, nothing more: the connection stays open
+/// (a body that stalls, if `answer` holds only part of it) and the next
+/// request on it is answered the same.
 pub async fn raw_upstream(
     answer: &'static [u8],
     trickle: Option<Duration>,
@@ -326,26 +327,25 @@ pub async fn raw_upstream(
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => head.extend_from_slice(&chunk[..read]),
-                    }
-                }
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-                match trickle {
-                    Some(every) => {
-                        for _ in 0..Duration::from_secs(60).as_millis() / every.as_millis().max(1) {
-                            tokio::time::sleep(every).await;
-                            if stream.write_all(b"1\r\nx\r\n").await.is_err() {
-                                return;
-                            }
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => head.extend_from_slice(&chunk[..read]),
                         }
                     }
-                    // Until the balancer closes the connection.
-                    None => while matches!(stream.read(&mut chunk).await, Ok(read) if read > 0) {},
+                    head.clear();
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    let Some(every) = trickle else { continue };
+                    for _ in 0..Duration::from_secs(60).as_millis() / every.as_millis().max(1) {
+                        tokio::time::sleep(every).await;
+                        if stream.write_all(b"1\r\nx\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
                 }
             });
         }

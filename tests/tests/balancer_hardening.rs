@@ -581,6 +581,35 @@ async fn a_body_is_timed_from_when_the_balancer_asks_for_it() {
     assert_eq!(busy.await.expect("the slow request").status, 200);
 }
 
+/// A health path that redirects (3xx) passes, as with nginx's and
+/// HAProxy's checks: an app whose `/healthz` sends to a login page is up.
+/// Only 2xx passed, so such an app was out of rotation for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_answered_with_a_redirect_passes() {
+    let redirect = b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n";
+    let (upstream, _task) = raw_upstream(redirect, None).await;
+    let url = format!("http://{upstream}");
+    let args = [
+        "--upstream",
+        &url,
+        "--health-interval",
+        "50ms",
+        "--rise",
+        "1",
+        "--fall",
+        "1",
+    ];
+    let balancer = Balancer::start(&args);
+    balancer
+        .wait_for_stats("three checks", Duration::from_secs(10), |stats| {
+            stats["upstreams"][0]["checks"].as_u64() >= Some(3)
+        })
+        .await;
+    let stats = balancer.upstream_stats(&url).await;
+    assert_eq!(stats["up"], true, "{stats}");
+    assert_eq!(stats["last_error"], Value::Null, "{stats}");
+}
+
 /// An app server that answers the first request of each connection with
 /// keep-alive and closes the connection (`reset`: with a reset, as an app
 /// with `SO_LINGER` 0 does), unanswered, when the second one arrives: an

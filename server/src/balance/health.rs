@@ -67,7 +67,9 @@ async fn probe(
     let status = response.status();
     // Drain the body so the connection goes back to the pool.
     let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
-    if status.is_success() {
+    // 2xx and 3xx pass, as with nginx's and HAProxy's checks: a health
+    // path that redirects (to a login page, say) is an app that answers.
+    if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
         Err(format!("health check answered {status}"))
