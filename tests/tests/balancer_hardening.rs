@@ -15,6 +15,8 @@
 //! | no byte, or half a head, or half an `h2` preface | closed after `--header-timeout` (10 s) | closed after `client_header_timeout` (60 s) |
 //! | a body that stalls, or trickles at 1 byte/s | 408 `body_timeout` after `--body-timeout` / under `--min-body-rate` | 408 after a 60 s gap (`client_body_timeout`); a trickle is never cut |
 //! | past the client connection cap | 503 `too_many_connections`, closed | no answer at `worker_connections` (503 with `limit_conn`) |
+//! | a client that stops reading its answer | closed after `--send-timeout` (60 s) of a write waiting | closed after `send_timeout` (60 s) |
+//! | an app whose response body stalls | cut after `--response-timeout` (30 s) without a byte | cut after `proxy_read_timeout` (60 s) |
 //! | error bodies | generic message and code; details in the log | nginx's generic HTML pages |
 //! | a pooled upstream connection closed (or reset) as a request goes out | a GET is sent again on a new connection; no upstream blamed | the same (a failure on a cached connection is not counted) |
 
