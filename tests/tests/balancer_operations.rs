@@ -145,6 +145,127 @@ async fn a_queued_request_goes_to_an_upstream_added_meanwhile() {
     busy.abort();
 }
 
+/// A request queued while every upstream is full goes to a draining
+/// upstream taken back meanwhile, which has room. Taking it back did not
+/// wake the queue (joining and coming back did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_goes_to_a_draining_upstream_taken_back() {
+    let ups = upstreams(&["a", "b"]).await;
+    let both = list(&ups);
+    let mut args = vec![
+        "--upstream",
+        both.as_str(),
+        "--admin-token",
+        "s3cret",
+        "--max-conns",
+        "2",
+        "--queue-timeout",
+        "4s",
+    ];
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    balancer.wait_until_healthy(2, WAIT).await;
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let url = format!("{}/slow/8000", balancer.url());
+            tokio::spawn(async move { http().get(url).send().await })
+        })
+        .collect();
+    balancer
+        .wait_for_stats("three in flight", WAIT, |stats| {
+            stats["upstreams"].as_array().is_some_and(|all| {
+                all.iter()
+                    .filter_map(|u| u["in_flight"].as_u64())
+                    .sum::<u64>()
+                    == 3
+            })
+        })
+        .await;
+    // The one with a request and room drains: the other is full.
+    let stats = balancer.stats().await;
+    let roomy = (0..2)
+        .find(|&i| stats["upstreams"][i]["in_flight"] == 1)
+        .expect("one upstream with one request");
+    remove(&balancer, &authority(&ups[roomy])).await;
+    let url = balancer.url();
+    let queued = tokio::spawn(async move { http().get(format!("{url}/")).send().await });
+    balancer
+        .wait_for_stats("one request queued", WAIT, |stats| stats["queued"] == 1)
+        .await;
+    let (status, body) = admin(
+        &balancer,
+        reqwest::Method::POST,
+        "/upstreams",
+        Some("s3cret"),
+        Some(json!({ "url": ups[roomy].url() })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let answer = queued
+        .await
+        .expect("the queued request")
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    let name = if roomy == 0 { "a" } else { "b" };
+    assert_eq!(answer.text().await.expect("its body"), name);
+    for request in slow {
+        request.abort();
+    }
+}
+
+/// Removing an upstream also cuts an answer whose bytes are always ready
+/// (a large download to a slow client): the removal was looked for only
+/// while the balancer waited for the upstream, which such a body never
+/// makes it do, so the download ran to its end past `--drain-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_upstream_cuts_a_download_a_slow_client_holds() {
+    let ups = upstreams(&["a"]).await;
+    let url = ups[0].url();
+    let mut args = NO_CHECKS.to_vec();
+    args.extend([
+        "--upstream",
+        &url,
+        "--admin-token",
+        "s3cret",
+        "--drain-timeout",
+        "1s",
+    ]);
+    let balancer = Balancer::start(&args);
+    let mut streams = Vec::new();
+    for request in [
+        &b"GET /big/64 HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        b"POST /big/64 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+    ] {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let mut stream = socket.connect(balancer.listen).await.expect("connect");
+        stream.write_all(request).await.expect("send");
+        streams.push(stream);
+    }
+    remove(&balancer, &authority(&ups[0])).await;
+    // 4 KiB every 2 ms at most: the 64 MiB would take over half a minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (index, mut stream) in streams.into_iter().enumerate() {
+        let mut received = 0usize;
+        let mut chunk = [0u8; 4096];
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "download {index} still running after {received} bytes"
+            );
+            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(read)) => received += read,
+                Err(_) => panic!("download {index}: no byte and no close for 5 s"),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(received < 64 << 20, "download {index} ran to its end");
+    }
+}
+
 /// A draining upstream is out of rotation, and `/stats.json` and the
 /// status page say so. Both counted it in ("1/1 up" while every request
 /// got 503).

@@ -43,9 +43,16 @@ pub fn is_valid_host(value: &[u8]) -> bool {
 /// Whether `authority` has no userinfo, and a port (if any) in range.
 fn is_host_and_port(authority: &Authority) -> bool {
     let text = authority.as_str();
-    // Past the host: nothing, a bare `:`, or `:` and the port.
+    // Past the host: nothing, a bare `:`, or `:` and the port's digits.
     let port = text.get(authority.host().len()..).unwrap_or_default();
-    !text.contains('@') && (port.len() <= 1 || authority.port_u16().is_some())
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some("") => true,
+        Some(digits) => {
+            digits.bytes().all(|b| b.is_ascii_digit()) && authority.port_u16().is_some()
+        }
+    };
+    !text.contains('@') && port_ok
 }
 
 /// Checks `request`'s head; the failure closes the connection.
@@ -151,6 +158,9 @@ mod tests {
             ("[::1]:80", None),
             ("a:", None),
             ("a:99999", Some((400, "bad_host"))),
+            ("a:+80", Some((400, "bad_host"))),
+            ("[::1]x", Some((400, "bad_host"))),
+            ("[::1]5", Some((400, "bad_host"))),
             ("u@a", Some((400, "bad_host"))),
         ] {
             let request = get().header("host", host).body(()).unwrap();

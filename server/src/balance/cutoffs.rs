@@ -4,11 +4,14 @@
 //! its drain timed out).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::upstream::Upstream;
 
 /// Why a response body was cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,16 +36,23 @@ impl CutShort {
 pub struct Cutoffs<'a> {
     /// Longest wait for the next bytes of the body.
     pub gap: Duration,
-    /// Cancelled when the upstream leaves the pool.
-    pub removed: &'a CancellationToken,
+    /// The upstream sending it.
+    pub upstream: &'a Arc<Upstream>,
 }
 
 impl Cutoffs<'_> {
+    /// The upstream's removal, checked before each read: a body that
+    /// always has bytes ready (a fast upstream, a slow client) never waits,
+    /// so [`reached`](Self::reached) alone would never see it.
+    pub fn removed(self) -> Option<CutShort> {
+        self.upstream.has_left().then_some(CutShort::Removed)
+    }
+
     /// Resolves when one of the limits ends the wait for the body's next
     /// bytes, begun now.
     pub async fn reached(self) -> CutShort {
         tokio::select! {
-            () = self.removed.cancelled() => CutShort::Removed,
+            () = self.upstream.closed.cancelled() => CutShort::Removed,
             () = tokio::time::sleep(self.gap) => CutShort::Stalled(self.gap),
         }
     }
@@ -54,6 +64,7 @@ impl Cutoffs<'_> {
 #[derive(Debug)]
 pub struct BodyWatch {
     gap: Duration,
+    upstream: Arc<Upstream>,
     stall: Pin<Box<Sleep>>,
     removed: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Whether the stall timer runs (from the first wait after bytes).
@@ -65,10 +76,17 @@ impl BodyWatch {
     pub fn new(cutoffs: Cutoffs<'_>) -> Self {
         Self {
             gap: cutoffs.gap,
+            upstream: cutoffs.upstream.clone(),
             stall: Box::pin(tokio::time::sleep(cutoffs.gap)),
-            removed: Box::pin(cutoffs.removed.clone().cancelled_owned()),
+            removed: Box::pin(cutoffs.upstream.closed.clone().cancelled_owned()),
             timing: false,
         }
+    }
+
+    /// Whether the upstream has left the pool: checked before each poll of
+    /// the body, which may always have bytes ready.
+    pub fn removed(&self) -> Option<CutShort> {
+        self.upstream.has_left().then_some(CutShort::Removed)
     }
 
     /// The body gave bytes: the next wait starts a new gap.

@@ -110,7 +110,7 @@ impl Pool {
             .cloned()
             .collect();
         self.members.store(Arc::new(kept));
-        upstream.closed.cancel();
+        upstream.leave();
         true
     }
 

@@ -229,10 +229,10 @@ impl Proxy {
                 .remove(header::CONTENT_LENGTH)
                 .is_some();
         strip_hop_by_hop(response.headers_mut());
-        let removed = slot.upstream().closed.clone();
+        let upstream = slot.upstream().clone();
         let cutoffs = Cutoffs {
             gap: self.limits.response_timeout,
-            removed: &removed,
+            upstream: &upstream,
         };
         let lent = (!framed_both_ways).then_some(lent);
         Ok(response.map(|body| ClientBody::upstream(body, slot, lent, upload, cutoffs)))

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::cutoffs::{BodyWatch, Cutoffs};
+use super::cutoffs::{BodyWatch, CutShort, Cutoffs};
 use super::replay::{BoxError, Sent};
 use super::upstream::InFlight;
 use super::upstream_conns::Lent;
@@ -70,6 +70,22 @@ impl ClientBody {
     }
 }
 
+/// Ends an upstream's body cut short by `cut`, blaming the upstream if
+/// it is to blame; its connection is not reused.
+fn cut_short(
+    cut: CutShort,
+    slot: &mut Option<InFlight>,
+    lent: &mut Option<Lent>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if let Some(slot) = slot.take()
+        && cut.blames_upstream()
+    {
+        slot.upstream().broke_mid_body(&cut.to_string());
+    }
+    lent.take();
+    Poll::Ready(Some(Err(cut.into())))
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -86,20 +102,19 @@ impl Body for ClientBody {
                 upload,
                 watch,
             } => {
-                let frame = match Pin::new(body).poll_frame(cx) {
-                    Poll::Pending => match watch.as_mut().and_then(|watch| watch.poll_cut(cx)) {
-                        Some(cut) => {
-                            if let Some(slot) = slot.take()
-                                && cut.blames_upstream()
-                            {
-                                slot.upstream().broke_mid_body(&cut.to_string());
-                            }
-                            lent.take();
-                            return Poll::Ready(Some(Err(cut.into())));
+                let polled = match watch.as_ref().and_then(BodyWatch::removed) {
+                    Some(cut) => Err(cut),
+                    None => Ok(Pin::new(body).poll_frame(cx)),
+                };
+                let frame = match polled {
+                    Ok(Poll::Ready(frame)) => frame,
+                    Ok(Poll::Pending) => {
+                        match watch.as_mut().and_then(|watch| watch.poll_cut(cx)) {
+                            Some(cut) => return cut_short(cut, slot, lent),
+                            None => return Poll::Pending,
                         }
-                        None => return Poll::Pending,
-                    },
-                    Poll::Ready(frame) => frame,
+                    }
+                    Err(cut) => return cut_short(cut, slot, lent),
                 };
                 match &frame {
                     None => {

@@ -154,6 +154,9 @@ pub struct Upstream {
     /// Cancelled when it leaves the pool: its health checks stop and its
     /// upgraded connections close.
     pub closed: CancellationToken,
+    /// Set as it leaves the pool, for checks on busy paths (the token's
+    /// own check takes a lock).
+    left: AtomicBool,
     capacity: Arc<Capacity>,
     slow_start: Duration,
     ramp_start_ms: AtomicU64,
@@ -187,6 +190,7 @@ impl Upstream {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             url,
             closed: CancellationToken::new(),
+            left: AtomicBool::new(false),
             capacity,
             slow_start,
             ramp_start_ms: AtomicU64::new(if ramp && !slow_start.is_zero() {
@@ -224,11 +228,24 @@ impl Upstream {
     }
 
     /// Starts (`true`) or cancels (`false`) a drain: a draining upstream
-    /// gets no new requests. Cancelling restarts its slow start.
+    /// gets no new requests. Cancelling restarts its slow start and wakes
+    /// the queue (it has room again).
     pub fn set_draining(&self, draining: bool) {
         if self.draining.swap(draining, Ordering::AcqRel) && !draining {
             self.start_ramp();
+            self.capacity.room_made();
         }
+    }
+
+    /// It leaves the pool: [`closed`](Self::closed) is cancelled.
+    pub fn leave(&self) {
+        self.left.store(true, Ordering::Release);
+        self.closed.cancel();
+    }
+
+    /// Whether it has left the pool (without the token's lock).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
     }
 
     fn start_ramp(&self) {

@@ -249,7 +249,7 @@ impl Exchange<'_> {
             };
             let cutoffs = Cutoffs {
                 gap: proxy.limits().response_timeout,
-                removed: &upstream.closed,
+                upstream: &upstream,
             };
             let relayed = relay::body(
                 response.framing,

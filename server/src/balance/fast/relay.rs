@@ -162,6 +162,9 @@ async fn fill<C: ClientIo>(
     client: &mut Client<'_, C>,
     cutoffs: Cutoffs<'_>,
 ) -> Result<(), RelayError> {
+    if let Some(cut) = cutoffs.removed() {
+        return Err(RelayError::Cut(cut));
+    }
     raw.buf.reserve(READ_CHUNK);
     tokio::select! {
         biased;
