@@ -80,6 +80,30 @@ fn authority(upstream: &TestUpstream) -> String {
     upstream.addr.to_string()
 }
 
+/// A balancer over the upstream `url` without health checks, whose
+/// upstreams API takes the token `s3cret` and whose drains last 1 s.
+fn removable_balancer_over(url: &str) -> Balancer {
+    let mut args = NO_CHECKS.to_vec();
+    args.extend([
+        "--upstream",
+        url,
+        "--admin-token",
+        "s3cret",
+        "--drain-timeout",
+        "1s",
+    ]);
+    Balancer::start(&args)
+}
+
+/// A request for `path` on each of the balancer's paths: a GET (the fast
+/// path) and a POST with a one-byte body (hyper's).
+fn on_both_paths(path: &str) -> [Vec<u8>; 2] {
+    [
+        format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes(),
+        format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx").into_bytes(),
+    ]
+}
+
 /// Removes the upstream at `authority` through the API (token `s3cret`):
 /// 202, it drains.
 async fn remove(balancer: &Balancer, authority: &str) {
@@ -93,6 +117,35 @@ async fn remove(balancer: &Balancer, authority: &str) {
     )
     .await;
     assert_eq!(status, 202, "{body}");
+}
+
+/// Queues a request (every upstream full), adds `upstream` (named `name`)
+/// through the API, and checks that the request is answered by it.
+async fn queued_request_goes_to_one_added(
+    balancer: &Balancer,
+    upstream: &TestUpstream,
+    name: &str,
+) {
+    let url = balancer.url();
+    let queued = tokio::spawn(async move { http().get(format!("{url}/")).send().await });
+    balancer
+        .wait_for_stats("one request queued", WAIT, |stats| stats["queued"] == 1)
+        .await;
+    let (status, body) = admin(
+        balancer,
+        reqwest::Method::POST,
+        "/upstreams",
+        Some("s3cret"),
+        Some(json!({ "url": upstream.url() })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let answer = queued
+        .await
+        .expect("the queued request")
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.expect("its body"), name);
 }
 
 /// A request queued while every upstream is at `--max-conns` goes to an
@@ -122,26 +175,7 @@ async fn a_queued_request_goes_to_an_upstream_added_meanwhile() {
             stats["upstreams"][0]["in_flight"] == 1
         })
         .await;
-    let url = balancer.url();
-    let queued = tokio::spawn(async move { http().get(format!("{url}/")).send().await });
-    balancer
-        .wait_for_stats("one request queued", WAIT, |stats| stats["queued"] == 1)
-        .await;
-    let (status, body) = admin(
-        &balancer,
-        reqwest::Method::POST,
-        "/upstreams",
-        Some("s3cret"),
-        Some(json!({ "url": ups[1].url() })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let answer = queued
-        .await
-        .expect("the queued request")
-        .expect("an answer");
-    assert_eq!(answer.status(), 200);
-    assert_eq!(answer.text().await.expect("its body"), "b");
+    queued_request_goes_to_one_added(&balancer, &ups[1], "b").await;
     busy.abort();
 }
 
@@ -187,27 +221,8 @@ async fn a_queued_request_goes_to_a_draining_upstream_taken_back() {
         .find(|&i| stats["upstreams"][i]["in_flight"] == 1)
         .expect("one upstream with one request");
     remove(&balancer, &authority(&ups[roomy])).await;
-    let url = balancer.url();
-    let queued = tokio::spawn(async move { http().get(format!("{url}/")).send().await });
-    balancer
-        .wait_for_stats("one request queued", WAIT, |stats| stats["queued"] == 1)
-        .await;
-    let (status, body) = admin(
-        &balancer,
-        reqwest::Method::POST,
-        "/upstreams",
-        Some("s3cret"),
-        Some(json!({ "url": ups[roomy].url() })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let answer = queued
-        .await
-        .expect("the queued request")
-        .expect("an answer");
-    assert_eq!(answer.status(), 200);
     let name = if roomy == 0 { "a" } else { "b" };
-    assert_eq!(answer.text().await.expect("its body"), name);
+    queued_request_goes_to_one_added(&balancer, &ups[roomy], name).await;
     for request in slow {
         request.abort();
     }
@@ -221,48 +236,33 @@ async fn a_queued_request_goes_to_a_draining_upstream_taken_back() {
 async fn removing_an_upstream_cuts_a_download_a_slow_client_holds() {
     let ups = upstreams(&["a"]).await;
     let url = ups[0].url();
-    let mut args = NO_CHECKS.to_vec();
-    args.extend([
-        "--upstream",
-        &url,
-        "--admin-token",
-        "s3cret",
-        "--drain-timeout",
-        "1s",
-    ]);
-    let balancer = Balancer::start(&args);
+    let balancer = removable_balancer_over(&url);
     let mut streams = Vec::new();
-    for request in [
-        &b"GET /big/64 HTTP/1.1\r\nHost: h\r\n\r\n"[..],
-        b"POST /big/64 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
-    ] {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .set_recv_buffer_size(4096)
-            .expect("a small receive buffer");
-        let mut stream = socket.connect(balancer.listen).await.expect("connect");
-        stream.write_all(request).await.expect("send");
+    for request in on_both_paths("/big/256") {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream.write_all(&request).await.expect("send");
+        // Under way before the removal.
+        let (status, headers, _) = read_head(&mut stream).await;
+        assert_eq!(status, 200, "{headers:?}");
         streams.push(stream);
     }
     remove(&balancer, &authority(&ups[0])).await;
-    // 4 KiB every 2 ms at most: the 64 MiB would take over half a minute.
+    // 64 KiB every 5 ms at most: the 256 MiB would take 20 s. (A small
+    // receive buffer would stall the connection on loopback's 64 KiB
+    // segments: zero-window probes, backing off for seconds.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for (index, mut stream) in streams.into_iter().enumerate() {
         let mut received = 0usize;
-        let mut chunk = [0u8; 4096];
+        let mut chunk = vec![0u8; 64 << 10];
         loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "download {index} still running after {received} bytes"
-            );
-            match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
                 Ok(Ok(0) | Err(_)) => break,
                 Ok(Ok(read)) => received += read,
-                Err(_) => panic!("download {index}: no byte and no close for 5 s"),
+                Err(_) => panic!("download {index} still running after {received} bytes"),
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(received < 64 << 20, "download {index} ran to its end");
+        assert!(received < 256 << 20, "download {index} ran to its end");
     }
 }
 
@@ -325,23 +325,11 @@ async fn removing_an_upstream_cuts_its_streamed_answers_at_the_drain_timeout() {
     let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
     let (upstream, _task) = raw_upstream(chunked, Some(Duration::from_millis(100))).await;
     let url = format!("http://{upstream}");
-    let mut args = NO_CHECKS.to_vec();
-    args.extend([
-        "--upstream",
-        &url,
-        "--admin-token",
-        "s3cret",
-        "--drain-timeout",
-        "1s",
-    ]);
-    let balancer = Balancer::start(&args);
+    let balancer = removable_balancer_over(&url);
     let mut streams = Vec::new();
-    for request in [
-        &b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n"[..],
-        b"POST /stream HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
-    ] {
+    for request in on_both_paths("/stream") {
         let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
-        stream.write_all(request).await.expect("send");
+        stream.write_all(&request).await.expect("send");
         let (status, headers, _) = read_head(&mut stream).await;
         assert_eq!(status, 200, "{headers:?}");
         streams.push(stream);
