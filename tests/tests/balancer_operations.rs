@@ -119,6 +119,34 @@ async fn remove(balancer: &Balancer, authority: &str) {
     assert_eq!(status, 202, "{body}");
 }
 
+/// A balancer over `upstreams` with steady health checks, whose upstreams
+/// API takes the token `s3cret`, plus `extra`; every upstream in rotation.
+async fn managed_balancer_over(upstreams: &[TestUpstream], extra: &[&str]) -> Balancer {
+    let all = list(upstreams);
+    let mut args = vec!["--upstream", all.as_str(), "--admin-token", "s3cret"];
+    args.extend(extra);
+    args.extend(STEADY);
+    let balancer = Balancer::start(&args);
+    balancer
+        .wait_until_healthy(upstreams.len() as u64, WAIT)
+        .await;
+    balancer
+}
+
+/// `count` requests to `/slow/{ms}` through `balancer`, each in its task.
+fn slow_requests(
+    balancer: &Balancer,
+    count: usize,
+    ms: u64,
+) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>> {
+    (0..count)
+        .map(|_| {
+            let url = format!("{}/slow/{ms}", balancer.url());
+            tokio::spawn(async move { http().get(url).send().await })
+        })
+        .collect()
+}
+
 /// Queues a request (every upstream full), adds `upstream` (named `name`)
 /// through the API, and checks that the request is answered by it.
 async fn queued_request_goes_to_one_added(
@@ -154,29 +182,18 @@ async fn queued_request_goes_to_one_added(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_goes_to_an_upstream_added_meanwhile() {
     let ups = upstreams(&["a", "b"]).await;
-    let first = ups[0].url();
-    let mut args = vec![
-        "--upstream",
-        first.as_str(),
-        "--admin-token",
-        "s3cret",
-        "--max-conns",
-        "1",
-        "--queue-timeout",
-        "4s",
-    ];
-    args.extend(STEADY);
-    let balancer = Balancer::start(&args);
-    balancer.wait_until_healthy(1, WAIT).await;
-    let url = balancer.url();
-    let busy = tokio::spawn(async move { http().get(format!("{url}/slow/8000")).send().await });
+    let extra = ["--max-conns", "1", "--queue-timeout", "4s"];
+    let balancer = managed_balancer_over(&ups[..1], &extra).await;
+    let busy = slow_requests(&balancer, 1, 8000);
     balancer
         .wait_for_stats("the slot taken", WAIT, |stats| {
             stats["upstreams"][0]["in_flight"] == 1
         })
         .await;
     queued_request_goes_to_one_added(&balancer, &ups[1], "b").await;
-    busy.abort();
+    for request in busy {
+        request.abort();
+    }
 }
 
 /// A request queued while every upstream is full goes to a draining
@@ -185,26 +202,9 @@ async fn a_queued_request_goes_to_an_upstream_added_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_goes_to_a_draining_upstream_taken_back() {
     let ups = upstreams(&["a", "b"]).await;
-    let both = list(&ups);
-    let mut args = vec![
-        "--upstream",
-        both.as_str(),
-        "--admin-token",
-        "s3cret",
-        "--max-conns",
-        "2",
-        "--queue-timeout",
-        "4s",
-    ];
-    args.extend(STEADY);
-    let balancer = Balancer::start(&args);
-    balancer.wait_until_healthy(2, WAIT).await;
-    let slow: Vec<_> = (0..3)
-        .map(|_| {
-            let url = format!("{}/slow/8000", balancer.url());
-            tokio::spawn(async move { http().get(url).send().await })
-        })
-        .collect();
+    let extra = ["--max-conns", "2", "--queue-timeout", "4s"];
+    let balancer = managed_balancer_over(&ups, &extra).await;
+    let slow = slow_requests(&balancer, 3, 8000);
     balancer
         .wait_for_stats("three in flight", WAIT, |stats| {
             stats["upstreams"].as_array().is_some_and(|all| {
@@ -272,25 +272,9 @@ async fn removing_an_upstream_cuts_a_download_a_slow_client_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_upstream_is_not_counted_in_rotation() {
     let ups = upstreams(&["a", "b"]).await;
-    let both = list(&ups);
-    let mut args = vec![
-        "--upstream",
-        both.as_str(),
-        "--admin-token",
-        "s3cret",
-        "--drain-timeout",
-        "10s",
-    ];
-    args.extend(STEADY);
-    let balancer = Balancer::start(&args);
-    balancer.wait_until_healthy(2, WAIT).await;
+    let balancer = managed_balancer_over(&ups, &["--drain-timeout", "10s"]).await;
     // One slow request at each upstream: the drain has one to wait for.
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let url = format!("{}/slow/3000", balancer.url());
-            tokio::spawn(async move { http().get(url).send().await.map(|r| r.status()) })
-        })
-        .collect();
+    let slow = slow_requests(&balancer, 2, 3000);
     balancer
         .wait_for_stats("both upstreams busy", WAIT, |stats| {
             stats["upstreams"]
@@ -311,8 +295,8 @@ async fn a_draining_upstream_is_not_counted_in_rotation() {
         .expect("its text");
     assert!(page.contains("1 of 2 upstreams in rotation"), "{page}");
     for request in slow {
-        let status = request.await.expect("the slow request").expect("an answer");
-        assert_eq!(status, 200);
+        let answer = request.await.expect("the slow request").expect("an answer");
+        assert_eq!(answer.status(), 200);
     }
 }
 
