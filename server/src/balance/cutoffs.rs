@@ -29,6 +29,14 @@ impl CutShort {
     pub fn blames_upstream(self) -> bool {
         matches!(self, Self::Stalled(_))
     }
+
+    /// [`Removed`](Self::Removed) if `upstream` has left the pool, checked
+    /// before each read: a body that always has bytes ready (a fast
+    /// upstream, a slow client) never waits, so a removal looked for only
+    /// while waiting would never be seen.
+    fn if_left(upstream: &Upstream) -> Option<Self> {
+        upstream.has_left().then_some(Self::Removed)
+    }
 }
 
 /// The limits a body is relayed under.
@@ -41,11 +49,10 @@ pub struct Cutoffs<'a> {
 }
 
 impl Cutoffs<'_> {
-    /// The upstream's removal, checked before each read: a body that
-    /// always has bytes ready (a fast upstream, a slow client) never waits,
-    /// so [`reached`](Self::reached) alone would never see it.
+    /// The upstream's removal, checked before each read
+    /// ([`CutShort::if_left`]).
     pub fn removed(self) -> Option<CutShort> {
-        self.upstream.has_left().then_some(CutShort::Removed)
+        CutShort::if_left(self.upstream)
     }
 
     /// Resolves when one of the limits ends the wait for the body's next
@@ -83,10 +90,10 @@ impl BodyWatch {
         }
     }
 
-    /// Whether the upstream has left the pool: checked before each poll of
-    /// the body, which may always have bytes ready.
+    /// The upstream's removal, checked before each poll of the body
+    /// ([`CutShort::if_left`]).
     pub fn removed(&self) -> Option<CutShort> {
-        self.upstream.has_left().then_some(CutShort::Removed)
+        CutShort::if_left(&self.upstream)
     }
 
     /// The body gave bytes: the next wait starts a new gap.

@@ -22,7 +22,6 @@ use super::answer::{self, Failure, FailureKind};
 use super::checks::{self, HeadLimits};
 use super::client_body::{BodyLimits, ClientBodyError};
 use super::client_slots::ClientSlot;
-use super::cutoffs::Cutoffs;
 use super::pool::{Pick, Pool};
 use super::replay::UpstreamBody;
 use super::replay::{Replayable, Sent, UploadStalled};
@@ -229,13 +228,9 @@ impl Proxy {
                 .remove(header::CONTENT_LENGTH)
                 .is_some();
         strip_hop_by_hop(response.headers_mut());
-        let upstream = slot.upstream().clone();
-        let cutoffs = Cutoffs {
-            gap: self.limits.response_timeout,
-            upstream: &upstream,
-        };
         let lent = (!framed_both_ways).then_some(lent);
-        Ok(response.map(|body| ClientBody::upstream(body, slot, lent, upload, cutoffs)))
+        let gap = self.limits.response_timeout;
+        Ok(response.map(|body| ClientBody::upstream(body, slot, lent, upload, gap)))
     }
 
     /// The answer to a client whose upload failed: its own fault, so no

@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -52,20 +53,24 @@ impl Drop for ClientBody {
 
 impl ClientBody {
     /// The upstream's `body`, holding `slot` and `lent` until it ends,
-    /// cut short by `cutoffs`.
+    /// cut short by a `gap` in it or by the slot's upstream leaving.
     pub fn upstream(
         body: Incoming,
         slot: InFlight,
         lent: Option<Lent>,
         upload: Sent,
-        cutoffs: Cutoffs<'_>,
+        gap: Duration,
     ) -> Self {
+        let watch = BodyWatch::new(Cutoffs {
+            gap,
+            upstream: slot.upstream(),
+        });
         Self::Upstream {
             body,
             slot: Some(slot),
             lent,
             upload: Some(upload),
-            watch: Some(BodyWatch::new(cutoffs)),
+            watch: Some(watch),
         }
     }
 }
