@@ -95,13 +95,22 @@ fn removable_balancer_over(url: &str) -> Balancer {
     Balancer::start(&args)
 }
 
-/// A request for `path` on each of the balancer's paths: a GET (the fast
-/// path) and a POST with a one-byte body (hyper's).
-fn on_both_paths(path: &str) -> [Vec<u8>; 2] {
-    [
-        format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes(),
-        format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx").into_bytes(),
-    ]
+/// A request for `path` on each of the balancer's paths, a GET (the fast
+/// path) and a POST with a one-byte body (hyper's), each on a connection
+/// of its own, once its answer's head (200) is in.
+async fn answers_under_way(balancer: &Balancer, path: &str) -> Vec<TcpStream> {
+    let mut streams = Vec::new();
+    for request in [
+        format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n"),
+        format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx"),
+    ] {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let (status, headers, _) = read_head(&mut stream).await;
+        assert_eq!(status, 200, "{headers:?}");
+        streams.push(stream);
+    }
+    streams
 }
 
 /// Removes the upstream at `authority` through the API (token `s3cret`):
@@ -237,15 +246,7 @@ async fn removing_an_upstream_cuts_a_download_a_slow_client_holds() {
     let ups = upstreams(&["a"]).await;
     let url = ups[0].url();
     let balancer = removable_balancer_over(&url);
-    let mut streams = Vec::new();
-    for request in on_both_paths("/big/256") {
-        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
-        stream.write_all(&request).await.expect("send");
-        // Under way before the removal.
-        let (status, headers, _) = read_head(&mut stream).await;
-        assert_eq!(status, 200, "{headers:?}");
-        streams.push(stream);
-    }
+    let streams = answers_under_way(&balancer, "/big/256").await;
     remove(&balancer, &authority(&ups[0])).await;
     // 64 KiB every 5 ms at most: the 256 MiB would take 20 s. (A small
     // receive buffer would stall the connection on loopback's 64 KiB
@@ -310,14 +311,7 @@ async fn removing_an_upstream_cuts_its_streamed_answers_at_the_drain_timeout() {
     let (upstream, _task) = raw_upstream(chunked, Some(Duration::from_millis(100))).await;
     let url = format!("http://{upstream}");
     let balancer = removable_balancer_over(&url);
-    let mut streams = Vec::new();
-    for request in on_both_paths("/stream") {
-        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
-        stream.write_all(&request).await.expect("send");
-        let (status, headers, _) = read_head(&mut stream).await;
-        assert_eq!(status, 200, "{headers:?}");
-        streams.push(stream);
-    }
+    let streams = answers_under_way(&balancer, "/stream").await;
     remove(&balancer, &upstream.to_string()).await;
     for mut stream in streams {
         // Bounded: the upstream streams for a minute.
