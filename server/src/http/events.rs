@@ -38,10 +38,11 @@ pub struct EventsQuery {
     /// Start after this cursor (`now`: only what happens from now on;
     /// without it, from the oldest event kept).
     // The pattern is the cursors the logs write (a number in memory, a
-    // stream entry id `<ms>-<seq>` in Redis), `now`, or empty (as none);
+    // stream entry id and the stream's epoch `<ms>-<seq>-<epoch>` in
+    // Redis, `<ms>-<seq>` from before epochs), `now`, or empty (as none);
     // a well-formed cursor this log never wrote is still refused (400
     // `invalid_cursor`), as a well-formed id names no session.
-    #[param(pattern = "^(now|[0-9]{1,20}(-[0-9]{1,20})?)?$")]
+    #[param(pattern = "^(now|[0-9]{1,20}(-[0-9]{1,20}){0,2})?$")]
     after: Option<String>,
     /// Most events in the page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -59,7 +60,7 @@ pub struct EventsQuery {
 pub struct StreamQuery {
     /// Start after this cursor (`now`: only what happens from now on;
     /// without it, from the oldest event kept); `Last-Event-ID` wins.
-    #[param(pattern = "^(now|[0-9]{1,20}(-[0-9]{1,20})?)?$")]
+    #[param(pattern = "^(now|[0-9]{1,20}(-[0-9]{1,20}){0,2})?$")]
     after: Option<String>,
 }
 

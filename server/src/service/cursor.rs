@@ -1,7 +1,8 @@
 //! Which event cursors a log can have handed out.
 
 /// Whether `text` has the shape of a cursor some log hands out: `<n>` (a
-/// memory node's log) or `<ms>-<seq>` (a Redis stream's entry id), each
+/// memory node's log), `<ms>-<seq>-<epoch>` (a Redis stream's entry id and
+/// the stream's epoch) or `<ms>-<seq>` (the same from before epochs), each
 /// number in decimal without a sign or a leading zero. Anything else
 /// (`+5`, `05`, `5-`) was never handed out, though a number parser would
 /// take some of it for a cursor.
@@ -11,10 +12,8 @@ pub(super) fn is_canonical(text: &str) -> bool {
             && part.bytes().all(|byte| byte.is_ascii_digit())
             && (part == "0" || !part.starts_with('0'))
     };
-    match text.split_once('-') {
-        Some((ms, seq)) => number(ms) && number(seq),
-        None => number(text),
-    }
+    let parts = text.split('-');
+    (1..=3).contains(&parts.clone().count()) && parts.into_iter().all(number)
 }
 
 #[cfg(test)]
@@ -23,11 +22,18 @@ mod tests {
 
     #[test]
     fn only_decimal_numbers_without_sign_or_leading_zero() {
-        for cursor in ["0", "7", "1883740190225203200", "0-0", "1700000000000-12"] {
+        for cursor in [
+            "0",
+            "7",
+            "1883740190225203200",
+            "0-0",
+            "1700000000000-12",
+            "1700000000000-12-9",
+        ] {
             assert!(is_canonical(cursor), "{cursor}");
         }
         for cursor in [
-            "", "+5", "05", "-5", "5-", "-", "5-+1", "5-01", "5-1-2", "x", " 5",
+            "", "+5", "05", "-5", "5-", "-", "5-+1", "5-01", "5-1-02", "5-1-2-3", "x", " 5",
         ] {
             assert!(!is_canonical(cursor), "{cursor:?}");
         }

@@ -15,6 +15,11 @@ pub struct RedisEvents {
     /// Where the reaper notes the stream's newest id when trimming by age
     /// leaves it empty (see `events`).
     pub emptied: String,
+    /// The stream's epoch: a random number set by the first read of a
+    /// stream that has none and written into every cursor, so a cursor of
+    /// a stream Redis lost (with this key) is told apart from the new
+    /// stream's whatever their ids.
+    pub epoch: String,
     /// How the log keeps its events.
     pub config: EventLogConfig,
     /// What this node appended, by kind.
@@ -28,6 +33,7 @@ impl RedisEvents {
         Self {
             expiries: format!("{stream}:expiries"),
             emptied: format!("{stream}:emptied"),
+            epoch: format!("{stream}:epoch"),
             stream,
             config,
             counters: EventCounters::register(),

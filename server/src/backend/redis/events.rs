@@ -6,7 +6,13 @@
 //! each one `expired` exactly once, whichever node (or nodes) reap it and
 //! whether or not any node ever held it.
 //!
-//! Cursors are the stream's entry ids (`<ms>-<seq>`). A cursor from before
+//! Cursors are the stream's entry ids and its epoch (`<ms>-<seq>-<epoch>`;
+//! `<ms>-<seq>`, without an epoch, from versions before epochs, is still
+//! read). A cursor of another epoch is of a stream Redis lost (with its
+//! epoch key), and refused with the new stream's resume point, whatever
+//! its id: a new stream's ids can be at or below it (a new Redis whose
+//! clock is behind, or a loss and new events within one millisecond). A
+//! cursor from before
 //! what the stream still holds (trimmed by count or age, down to nothing
 //! after a quiet spell) is refused with the oldest cursor to resume from,
 //! and so is one the stream never handed out, before its first entry or
@@ -41,16 +47,30 @@ fn entry_id(text: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
+/// A cursor a reader sends: an entry id, and the epoch of the stream that
+/// handed it out (`None`: a cursor of a version before epochs).
+fn parse_cursor(text: &str) -> Option<((u64, u64), Option<u64>)> {
+    match text.rsplit_once('-') {
+        Some((id, epoch)) if id.contains('-') => Some((entry_id(id)?, Some(epoch.parse().ok()?))),
+        _ => Some((entry_id(text)?, None)),
+    }
+}
+
 /// A stream entry as `XRANGE` gives it: its id and fields.
 type Entry = (String, Vec<(String, String)>);
 
 /// `<ms>-<seq>`.
-fn cursor_text((ms, seq): (u64, u64)) -> String {
+fn id_text((ms, seq): (u64, u64)) -> String {
     format!("{ms}-{seq}")
 }
 
-/// One stream entry as an event.
-fn event(id: String, fields: Vec<(String, String)>) -> Option<Event> {
+/// The cursor of the entry `id` of the stream of `epoch`.
+fn cursor_text(id: (u64, u64), epoch: u64) -> String {
+    format!("{}-{epoch}", id_text(id))
+}
+
+/// One stream entry of the stream of `epoch` as an event.
+fn event(id: &str, epoch: u64, fields: Vec<(String, String)>) -> Option<Event> {
     let field = |name: &str| {
         fields
             .iter()
@@ -65,7 +85,7 @@ fn event(id: String, fields: Vec<(String, String)>) -> Option<Event> {
             .map(str::to_owned),
         at_ms: field("t")?.parse().ok()?,
         old_id: field("o").and_then(|old| old.parse::<SessionId>().ok()),
-        cursor: id,
+        cursor: format!("{id}-{epoch}"),
     })
 }
 
@@ -173,12 +193,12 @@ fn resume_point(shape: Option<&StreamShape>) -> (u64, u64) {
 /// Whether a read after the cursor `at` of the stream of this `shape`
 /// (`None`: it does not exist) is sound: only from its
 /// [`resume_point`] or from its first entry kept up to the newest id it
-/// generated. Any other cursor is expired, with the resume point: one
-/// before it was dropped by trimming (Redis does not record the last
-/// entry trimmed); one before the first entry of a stream that dropped
-/// nothing, or past the newest id, was never handed out by this stream
-/// (Redis lost the one that did, or it is another log's).
-fn judge(shape: Option<&StreamShape>, at: (u64, u64)) -> Result<(), EventsError> {
+/// generated. Any other cursor is expired, with the resume point (the
+/// error): one before it was dropped by trimming (Redis does not record
+/// the last entry trimmed); one before the first entry of a stream that
+/// dropped nothing, or past the newest id, was never handed out by this
+/// stream (Redis lost the one that did, or it is another log's).
+fn judge(shape: Option<&StreamShape>, at: (u64, u64)) -> Result<(), (u64, u64)> {
     let oldest = resume_point(shape);
     let kept = shape.is_some_and(|shape| {
         let newest = shape.newest.unwrap_or((0, 0));
@@ -189,10 +209,18 @@ fn judge(shape: Option<&StreamShape>, at: (u64, u64)) -> Result<(), EventsError>
     if at == oldest || kept {
         Ok(())
     } else {
-        Err(EventsError::CursorExpired {
-            oldest: cursor_text(oldest),
-        })
+        Err(oldest)
     }
+}
+
+/// What one read of the stream found.
+struct StreamPage {
+    /// The stream's epoch.
+    epoch: u64,
+    /// What `XINFO STREAM` says of it (`None`: it does not exist).
+    shape: Option<StreamShape>,
+    /// The entries read.
+    entries: Vec<Entry>,
 }
 
 impl Redis {
@@ -204,14 +232,16 @@ impl Redis {
         wait: Duration,
     ) -> Result<EventPage, BackendError> {
         let events = self.events.as_ref().ok_or(EventsError::Off)?;
-        let mut at = match after {
+        // The epoch of the stream `at` is a cursor of (`None`: any).
+        let (mut at, mut of_epoch) = match after {
             Some("now") => {
-                let (shape, _) = self.events_page(events, (0, 0), 0).await?;
-                shape.and_then(|shape| shape.newest).unwrap_or((0, 0))
+                let page = self.events_page(events, (0, 0), 0).await?;
+                let newest = page.shape.and_then(|shape| shape.newest);
+                (newest.unwrap_or((0, 0)), Some(page.epoch))
             }
             // Nothing can follow the largest id: Redis refuses to read after it.
-            Some(cursor) => match entry_id(cursor) {
-                Some(at) if at != (u64::MAX, u64::MAX) => at,
+            Some(cursor) => match parse_cursor(cursor) {
+                Some((at, epoch)) if at != (u64::MAX, u64::MAX) => (at, epoch),
                 _ => {
                     return Err(EventsError::InvalidCursor {
                         cursor: cursor.to_owned(),
@@ -219,33 +249,45 @@ impl Redis {
                     .into());
                 }
             },
-            None => (0, 0),
+            None => ((0, 0), None),
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Subscribed before the read, so an entry appended after it
             // wakes this reader.
             let mut appended = self.newest_event.subscribe();
-            let (shape, entries) = self.events_page(events, at, limit).await?;
+            let StreamPage {
+                epoch,
+                shape,
+                entries,
+            } = self.events_page(events, at, limit).await?;
             if after.is_none() && at == (0, 0) {
                 // From the oldest event kept, whatever trimming dropped
                 // before it: the page read starts there, and so does the
                 // cursor an empty one hands out.
                 at = resume_point(shape.as_ref());
             }
-            judge(shape.as_ref(), at)?;
+            let expired = |oldest| EventsError::CursorExpired {
+                oldest: cursor_text(oldest, epoch),
+            };
+            if of_epoch.is_some_and(|of_epoch| of_epoch != epoch) {
+                // Of a stream Redis lost, also while this reader waited.
+                return Err(expired(resume_point(shape.as_ref())).into());
+            }
+            judge(shape.as_ref(), at).map_err(expired)?;
+            of_epoch = Some(epoch);
             if let Some((last, _)) = entries.last() {
                 at = entry_id(last).unwrap_or(at);
             }
             let found: Vec<Event> = entries
                 .into_iter()
-                .filter_map(|(id, fields)| event(id, fields))
+                .filter_map(|(id, fields)| event(&id, epoch, fields))
                 .collect();
             let now = tokio::time::Instant::now();
             if !found.is_empty() || now >= deadline {
                 return Ok(EventPage {
                     events: found,
-                    next: cursor_text(at),
+                    next: cursor_text(at, epoch),
                 });
             }
             let wake = deadline.min(now + MAX_QUIET);
@@ -274,24 +316,35 @@ impl Redis {
             .map(|(id, _)| id))
     }
 
-    /// Up to `limit` entries after `at` and the stream's shape, read in
-    /// one step (`None`: the stream does not exist).
+    /// Up to `limit` entries after `at`, the stream's shape and its epoch,
+    /// read in one step.
     async fn events_page(
         &self,
         events: &RedisEvents,
         at: (u64, u64),
         limit: usize,
-    ) -> Result<(Option<StreamShape>, Vec<Entry>), BackendError> {
+    ) -> Result<StreamPage, BackendError> {
         let mut conn = self.link.conn()?;
-        let keys = [events.stream.as_str(), events.emptied.as_str()];
-        let page = ScriptCall::new(&self.scripts.events_page, keys, 64)
-            .arg(format!("({}", cursor_text(at)))
+        let keys = [
+            events.stream.as_str(),
+            events.emptied.as_str(),
+            events.epoch.as_str(),
+        ];
+        let page = ScriptCall::new(&self.scripts.events_page, keys, 96)
+            .arg(format!("({}", id_text(at)))
             .arg(limit)
-            .invoke_async::<(Option<Value>, Vec<Entry>, Option<String>)>(&mut conn)
+            // A new one each time: one this node set before may be the
+            // one Redis lost.
+            .arg(fastrand::u64(1..))
+            .invoke_async::<(Option<Value>, Vec<Entry>, Option<String>, u64)>(&mut conn)
             .await;
-        let (info, entries, emptied) = self.link.observe(page)?;
+        let (info, entries, emptied, epoch) = self.link.observe(page)?;
         let shape = info.map(|info| StreamShape::of(&info).with_emptied(emptied.as_deref()));
-        Ok((shape, entries))
+        Ok(StreamPage {
+            epoch,
+            shape,
+            entries,
+        })
     }
 
     /// Keeps the log until `shutdown`: reaps the expiry index every
@@ -394,11 +447,7 @@ mod tests {
 
     #[test]
     fn a_cursor_before_what_the_stream_kept_is_expired_even_when_it_kept_nothing() {
-        let expired = |oldest: &str| {
-            Err(EventsError::CursorExpired {
-                oldest: oldest.to_owned(),
-            })
-        };
+        let expired = |oldest: &str| Err(entry_id(oldest).expect("an id"));
         let empty = emptied("40-1", 9);
         assert_eq!(judge(Some(&empty), (17, 3)), expired("40-1"));
         assert_eq!(judge(Some(&empty), (40, 1)), Ok(()));
@@ -431,11 +480,7 @@ mod tests {
 
     #[test]
     fn a_cursor_this_stream_never_handed_out_is_expired_with_its_resume_point() {
-        let expired = |oldest: &str| {
-            Err(EventsError::CursorExpired {
-                oldest: oldest.to_owned(),
-            })
-        };
+        let expired = |oldest: &str| Err(entry_id(oldest).expect("an id"));
         // Past the newest id: of a stream Redis lost, or another log's.
         assert_eq!(judge(Some(&emptied("40-1", 9)), (40, 2)), expired("40-1"));
         assert_eq!(judge(None, (0, 0)), Ok(()));
@@ -452,6 +497,19 @@ mod tests {
         let mut refilled = shape("50-0", 1, 10).with_emptied(Some("40-1 9"));
         refilled.newest = Some((50, 0));
         assert_eq!(judge(Some(&refilled), (45, 0)), expired("40-1"));
+    }
+
+    #[test]
+    fn a_cursor_carries_its_streams_epoch_or_none_from_before_epochs() {
+        assert_eq!(parse_cursor("17-3-99"), Some(((17, 3), Some(99))));
+        assert_eq!(parse_cursor("17-3"), Some(((17, 3), None)));
+        assert_eq!(
+            parse_cursor(&cursor_text((17, 3), 99)),
+            Some(((17, 3), Some(99)))
+        );
+        for text in ["17", "17-x", "17-3-x", "17-3-", "-3-99"] {
+            assert_eq!(parse_cursor(text), None, "{text}");
+        }
     }
 
     #[test]

@@ -514,13 +514,19 @@ return {reaped, length}
 /// of it, in one step (a trim between the two would drop entries after the
 /// cursor unseen): up to ARGV[2] entries from ARGV[1] (an exclusive start,
 /// `(<id>`; none when ARGV[2] is '0'), and the note of the stream's last
-/// emptying, KEYS[2] (see [`REAP`]). Returns {info, entries, note}, or
-/// {nil, {}, nil} when the stream does not exist.
+/// emptying, KEYS[2] (see [`REAP`]), and the stream's epoch, KEYS[3], set
+/// to ARGV[3] when there is none. Returns {info, entries, note, epoch}, or
+/// {nil, {}, nil, epoch} when the stream does not exist.
 const EVENTS_PAGE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {false, {}, false} end
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[3], epoch)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, {}, false, epoch} end
 local entries = {}
 if ARGV[2] ~= '0' then entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]) end
-return {redis.call('XINFO', 'STREAM', KEYS[1]), entries, redis.call('GET', KEYS[2])}
+return {redis.call('XINFO', 'STREAM', KEYS[1]), entries, redis.call('GET', KEYS[2]), epoch}
 ";
 
 /// The scripts, loaded once (Redis caches them by SHA).
