@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connector::UpstreamClient;
 use super::health::{self, HealthCheck};
-use super::pool::Pool;
+use super::pool::{Joined, Pool};
 use super::upstream::{Upstream, UpstreamUrl, UpstreamUrlError};
 
 /// How often a drain looks whether its upstream is idle.
@@ -133,21 +133,17 @@ impl Membership {
 
     /// Adds `url` (slow-starting), or takes it back if it is draining.
     pub fn add(&self, url: &UpstreamUrl) -> Change {
-        if let Some(existing) = self.pool.find(url) {
-            if existing.is_draining() {
-                existing.set_draining(false);
-                tracing::info!(upstream = %url, "upstream taken back from draining");
-                return Change::Added;
-            }
-            return Change::Present;
-        }
         match self.pool.add(url) {
-            Some(upstream) => {
+            Joined::New(upstream) => {
                 self.watch(&upstream);
                 tracing::info!(upstream = %url, "upstream added");
                 Change::Added
             }
-            None => Change::Present,
+            Joined::TakenBack => {
+                tracing::info!(upstream = %url, "upstream taken back from draining");
+                Change::Added
+            }
+            Joined::Present => Change::Present,
         }
     }
 
@@ -178,7 +174,7 @@ impl Membership {
                 }
                 tokio::time::sleep(DRAIN_POLL).await;
             }
-            if pool.remove(&upstream) {
+            if pool.remove_drained(&upstream) {
                 tracing::info!(upstream = %upstream.url, "upstream removed");
             }
         });

@@ -24,6 +24,17 @@ pub enum Pick {
     Nothing,
 }
 
+/// What [`Pool::add`] did.
+#[derive(Debug)]
+pub enum Joined {
+    /// A new member, slow-starting.
+    New(Arc<Upstream>),
+    /// A draining member, taken back.
+    TakenBack,
+    /// A member already, not draining.
+    Present,
+}
+
 /// The upstreams and the rotation counter.
 #[derive(Debug)]
 pub struct Pool {
@@ -76,12 +87,18 @@ impl Pool {
         self.members.load().iter().find(|u| u.url == *url).cloned()
     }
 
-    /// Adds `url` at the end of the rotation, slow-starting; `None` when it
-    /// is a member already.
-    pub fn add(&self, url: &UpstreamUrl) -> Option<Arc<Upstream>> {
+    /// Adds `url` at the end of the rotation, slow-starting, or takes it
+    /// back if it is draining: under the edits' lock, so a drain that ends
+    /// meanwhile either removed it first (it joins anew) or finds it taken
+    /// back ([`remove_drained`](Self::remove_drained)).
+    pub fn add(&self, url: &UpstreamUrl) -> Joined {
         let _edit = self.edits.lock();
-        if self.find(url).is_some() {
-            return None;
+        if let Some(existing) = self.find(url) {
+            if !existing.is_draining() {
+                return Joined::Present;
+            }
+            existing.set_draining(false);
+            return Joined::TakenBack;
         }
         let upstream = Arc::new(Upstream::new(
             url.clone(),
@@ -93,15 +110,16 @@ impl Pool {
         members.push(upstream.clone());
         self.members.store(Arc::new(members));
         self.capacity.room_made();
-        Some(upstream)
+        Joined::New(upstream)
     }
 
-    /// Removes `upstream` from the membership (its in-flight requests go
-    /// on); `false` when it was not a member.
-    pub fn remove(&self, upstream: &Arc<Upstream>) -> bool {
+    /// Removes `upstream` from the membership at the end of its drain (its
+    /// in-flight requests go on); `false` when it was not a member or has
+    /// been taken back.
+    pub fn remove_drained(&self, upstream: &Arc<Upstream>) -> bool {
         let _edit = self.edits.lock();
         let members = self.members.load();
-        if !members.iter().any(|u| Arc::ptr_eq(u, upstream)) {
+        if !upstream.is_draining() || !members.iter().any(|u| Arc::ptr_eq(u, upstream)) {
             return false;
         }
         let kept = members
@@ -183,6 +201,24 @@ mod tests {
         }
     }
 
+    /// A drain that ends as the upstream is taken back leaves it a member
+    /// (the API answered that it was added).
+    #[test]
+    fn an_upstream_taken_back_is_not_removed_by_its_drains_end() {
+        let pool = pool(2, None);
+        let upstream = pool.upstreams()[1].clone();
+        upstream.set_draining(true);
+        assert!(matches!(pool.add(&upstream.url), Joined::TakenBack));
+        assert!(!pool.remove_drained(&upstream));
+        assert!(!upstream.has_left());
+        assert!(matches!(pool.add(&upstream.url), Joined::Present));
+        upstream.set_draining(true);
+        assert!(pool.remove_drained(&upstream));
+        assert!(upstream.has_left());
+        assert!(pool.find(&upstream.url).is_none());
+        assert!(matches!(pool.add(&upstream.url), Joined::New(_)));
+    }
+
     #[test]
     fn rotation_is_exact_and_skips_down_upstreams() {
         let pool = pool(3, None);
@@ -214,8 +250,11 @@ mod tests {
     fn an_added_upstream_starts_with_almost_no_share_and_a_cap_fills() {
         let pool = pool(2, Some(1));
         let added = UpstreamUrl::parse("http://127.0.0.1:9").unwrap();
-        assert!(pool.add(&added).is_some());
-        assert!(pool.add(&added).is_none(), "a member is not added twice");
+        assert!(matches!(pool.add(&added), Joined::New(_)));
+        assert!(
+            matches!(pool.add(&added), Joined::Present),
+            "a member is not added twice"
+        );
         let mut slots = Vec::new();
         for _ in 0..2 {
             match pool.pick(&[]) {
@@ -236,7 +275,8 @@ mod tests {
         assert!(matches!(pool.pick(&[]), Pick::Full));
         drop(last);
         let newcomer = pool.find(&added).unwrap();
-        assert!(pool.remove(&newcomer));
+        newcomer.set_draining(true);
+        assert!(pool.remove_drained(&newcomer));
         assert!(newcomer.closed.is_cancelled());
         assert_eq!(pool.upstreams().len(), 2);
     }
