@@ -22,6 +22,10 @@ use crate::service::ServiceConfig;
 use crate::store::{EventLogConfig, StoreConfig, UserLimit, WhenFull, WhenUserFull};
 use crate::tcp::TcpLimits;
 
+/// Room a binary frame needs beside a session's data: its id, user, tag
+/// and metadata, with margin.
+const FRAME_ENVELOPE_BYTES: usize = 64 << 10;
+
 /// sessiond: a session store that lets web backends be stateless.
 #[derive(Debug, Parser)]
 #[command(name = "sessiond", version, about, long_about = None)]
@@ -629,15 +633,16 @@ impl ServeArgs {
                 got: self.max_session_bytes,
             });
         }
-        let max_frame_bytes = self
-            .max_frame_bytes
-            .map_or(max_session_bytes.saturating_add(64 << 10), |bytes| {
-                usize::try_from(bytes).unwrap_or(usize::MAX)
-            });
-        if max_frame_bytes > MAX_FRAME_BYTES_CAP {
+        // A write's answer carries the session it made: a frame too small
+        // for it would report an applied write as refused.
+        let least_frame_bytes = max_session_bytes.saturating_add(FRAME_ENVELOPE_BYTES);
+        let max_frame_bytes = self.max_frame_bytes.map_or(least_frame_bytes, |bytes| {
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        });
+        if !(least_frame_bytes..=MAX_FRAME_BYTES_CAP).contains(&max_frame_bytes) {
             return Err(ConfigError::Size {
-                flag: "--max-frame-bytes (or --max-session-bytes + 64KiB)",
-                min: 1,
+                flag: "--max-frame-bytes (at least --max-session-bytes + 64KiB, so a session's answer fits)",
+                min: least_frame_bytes as u64,
                 max: MAX_FRAME_BYTES_CAP as u64,
                 got: max_frame_bytes as u64,
             });
@@ -854,6 +859,24 @@ mod tests {
                 ..
             })
         ));
+        assert_eq!(
+            serve(&["--max-session-bytes", "1MiB", "--max-frame-bytes", "64KiB"])
+                .unwrap_err()
+                .to_string(),
+            "--max-frame-bytes (at least --max-session-bytes + 64KiB, so a session's answer fits) \
+             must be between 1114112 and 67108864 bytes, got 65536"
+        );
+        assert_eq!(
+            serve(&[
+                "--max-session-bytes",
+                "1MiB",
+                "--max-frame-bytes",
+                "1088KiB"
+            ])
+            .map(|config| config.tcp_limits.max_frame_bytes)
+            .ok(),
+            Some(1088 << 10)
+        );
         assert_eq!(
             serve(&["--max-ttl", "100y", "--max-lifetime", "1y"])
                 .map(|config| (config.service.max_ttl_secs, config.store.max_lifetime_ms))
