@@ -465,6 +465,32 @@ async fn write_behind_nodes_list_and_revoke_through_redis() {
     }
 }
 
+/// A write-behind node's delete (a logout) takes the session's entry out
+/// of the user's index in Redis, as a sync node's does: it was left there
+/// (pruned only by that user's next listing, revocation or login, so a
+/// user who never came back left the key in Redis for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_behind_logout_takes_the_session_out_of_the_users_index() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let id = logged_in(&http, &node, "leaver", 600).await;
+    let mut entries = redis::cmd("ZCARD");
+    entries.arg("sessiond:user:leaver");
+    assert_eq!(redis_query::<u64>(&mut admin, &mut entries).await, 1);
+    let deleted = send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis_query::<u64>(&mut admin, &mut entries).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the user's index still lists the deleted session 5 s after its delete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Stands in for other nodes while a rotation of the session under `key`
 /// runs: bumps its version (a write elsewhere: the rotation's delete of the
 /// old id fails and it copies again) until a new session key appears (the

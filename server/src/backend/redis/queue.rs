@@ -500,7 +500,7 @@ async fn ship(
                 }
                 Change::Delete(id) => {
                     let key = redis.key(id);
-                    redis
+                    let deleted = redis
                         .call_with_events(&scripts.delete, &[&key, &tombstone(&key)], 128)
                         .arg(&invalidations.channel)
                         .arg(invalidations.broadcast(id))
@@ -511,13 +511,18 @@ async fn ship(
                         .arg(retention)
                         .arg("")
                         .invoke_async::<Deleted>(&mut conn)
-                        .await
-                        .map(|deleted| {
-                            if deleted.deleted {
-                                count_logged(events, EventKind::Deleted);
-                            }
-                            Sent::Stored
-                        })
+                        .await;
+                    if let Ok(deleted) = &deleted {
+                        if deleted.deleted {
+                            count_logged(events, EventKind::Deleted);
+                        }
+                        // As a sync delete does: the key is gone, so is its
+                        // entry in the user's index.
+                        if let Some(user) = &deleted.user {
+                            redis.index_remove(user, id).await;
+                        }
+                    }
+                    deleted.map(|_| Sent::Stored)
                 }
             };
             (change.id(), redis.link.observe(sent))
