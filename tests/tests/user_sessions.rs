@@ -491,6 +491,36 @@ async fn a_write_behind_logout_takes_the_session_out_of_the_users_index() {
     }
 }
 
+/// A session that expires in Redis leaves its user's index with the
+/// reaper's `expired`: the index key of a user who never comes back was
+/// left in Redis for good (only that user's next listing, revocation or
+/// login pruned it). The session logged in later stays listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_leaves_its_users_index_in_redis() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    logged_in(&http, &node, "gone", 1).await;
+    let stays = logged_in(&http, &node, "stays", 600).await;
+    let mut exists = redis::cmd("EXISTS");
+    exists.arg("sessiond:user:gone");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while redis_query::<u64>(&mut admin, &mut exists).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the index of a user whose only session expired is still in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut left = redis::cmd("ZRANGE");
+    left.arg("sessiond:user:stays").arg(0).arg(-1);
+    assert_eq!(
+        redis_query::<Vec<String>>(&mut admin, &mut left).await,
+        [stays]
+    );
+}
+
 /// Stands in for other nodes while a rotation of the session under `key`
 /// runs: bumps its version (a write elsewhere: the rotation's delete of the
 /// old id fails and it copies again) until a new session key appears (the

@@ -472,8 +472,10 @@ return pushed
 
 /// Finds sessions whose time has come in the expiry index (KEYS[1]) and,
 /// for each whose key is gone or past its expiry, deletes the key, removes
-/// the entry and appends `expired` to the stream (KEYS[2]), all in one
-/// step: two nodes reaping at once never both report one session. Also
+/// the entry and its user's index entry (`<prefix>user:<user>`, unless
+/// added after the expiry) and appends `expired` to the stream (KEYS[2]),
+/// all in one step: two nodes reaping at once never both report one
+/// session, and a user who never comes back leaves no index behind. Also
 /// trims the stream by age; when that leaves it empty, notes in KEYS[3]
 /// its newest id and the entries ever added (`<id> <added>`): the last
 /// entry dropped, which no entry kept tells once others follow.
@@ -481,9 +483,10 @@ return pushed
 /// Returns {sessions reported, events the stream holds}.
 const REAP: &str = r"
 local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 local reaped = 0
-for _, member in ipairs(due) do
+for i = 1, #due, 2 do
+  local member = due[i]
   local id = string.sub(member, 1, 22)
   local user = string.sub(member, 24)
   local key = ARGV[1] .. id
@@ -491,6 +494,13 @@ for _, member in ipairs(due) do
   if expires == -2 or (expires >= 0 and expires <= now) then
     if expires ~= -2 then redis.call('DEL', key) end
     redis.call('ZREM', KEYS[1], member)
+    if user ~= '' then
+      -- Out of its user's index too (an id added again since it expired,
+      -- by a retried create, stays).
+      local index = ARGV[1] .. 'user:' .. user
+      local added = redis.call('ZSCORE', index, id)
+      if added and tonumber(added) <= tonumber(due[i + 1]) then redis.call('ZREM', index, id) end
+    end
     emit(KEYS[2], ARGV[3], 'expired', id, user)
     reaped = reaped + 1
   elseif expires == -1 then
