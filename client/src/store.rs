@@ -33,13 +33,17 @@ const BIND_USER: &str = "__sessiond_user";
 ///   server-issued id. The cookie's text is the sessiond id's text, so an
 ///   operator can take a cookie and `curl /v1/sessions/<cookie>`.
 /// - **Saves send only what changed.** A request's `save` sends a merge
-///   patch of the top-level keys it changed since it loaded the session
-///   (removed keys as `null`), applied atomically on the server. Two
-///   requests of one user that change different keys at once both land;
-///   two that change the same key: the later save wins for that key (use
-///   [`Client::update`] for a value that must not lose increments). A key
-///   set to JSON `null` is removed. After `Session::clear`, the save
-///   replaces the whole data.
+///   patch of what it changed since it loaded the session, applied
+///   atomically on the server: changed and new keys, removed keys as
+///   `null`, and within a key whose value is an object before and after,
+///   only the members that changed (at any depth; members removed as
+///   `null`), so an object that lost a member loses it in the store too.
+///   Two requests of one user that change different keys (or members) at
+///   once both land; two that change the same one: the later save wins
+///   for it (use [`Client::update`] for a value that must not lose
+///   increments). A key or object member set to JSON `null` is removed (a
+///   merge patch cannot store a `null` there; `null`s inside arrays are
+///   kept). After `Session::clear`, the save replaces the whole data.
 /// - **A save never brings a session back.** If the session was deleted
 ///   (logout elsewhere) or rotated away after this request loaded it, the
 ///   save changes nothing and the cookie is dead.
@@ -143,13 +147,22 @@ fn app_data(record: &Record) -> Map<String, Value> {
 }
 
 /// The merge patch from `loaded` to `now`: changed and new keys with their
-/// values, removed keys as `null`.
+/// values, removed keys as `null`; a key whose value is an object in both,
+/// as the patch of its members (a merge patch merges an object into the
+/// one stored, so the whole new object would keep the members it lost).
 fn changes(loaded: &Map<String, Value>, now: &Map<String, Value>) -> Map<String, Value> {
-    let mut patch: Map<String, Value> = now
-        .iter()
-        .filter(|(key, value)| loaded.get(*key) != Some(*value))
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
+    let mut patch = Map::new();
+    for (key, value) in now {
+        match (loaded.get(key), value) {
+            (Some(before), _) if before == value => {}
+            (Some(Value::Object(before)), Value::Object(after)) => {
+                patch.insert(key.clone(), Value::Object(changes(before, after)));
+            }
+            _ => {
+                patch.insert(key.clone(), value.clone());
+            }
+        }
+    }
     for key in loaded.keys().filter(|key| !now.contains_key(*key)) {
         patch.insert(key.clone(), Value::Null);
     }
@@ -254,5 +267,16 @@ mod tests {
             json!({"b": [1, 2], "c": null, "d": true})
         );
         assert!(changes(&loaded, &loaded).is_empty());
+    }
+
+    #[test]
+    fn an_object_changed_in_place_is_patched_member_by_member() {
+        let as_map = |value: Value| value.as_object().cloned().unwrap_or_default();
+        let loaded = as_map(json!({"cart": {"apple": 2, "pear": 1, "box": {"size": 3}}, "n": {}}));
+        let now = as_map(json!({"cart": {"apple": 3, "box": {}}, "n": [1]}));
+        assert_eq!(
+            Value::Object(changes(&loaded, &now)),
+            json!({"cart": {"apple": 3, "pear": null, "box": {"size": null}}, "n": [1]})
+        );
     }
 }

@@ -31,6 +31,7 @@ fn app(client: Client) -> Router {
         .route("/get/{key}", get(read))
         .route("/slow/{key}", get(slow_set))
         .route("/logout", post(logout))
+        .route("/prefs/{which}", get(set_prefs))
         .layer(SessionManagerLayer::new(SessiondStore::new(client)))
 }
 
@@ -53,6 +54,18 @@ async fn slow_set(Path(key): Path<String>, session: Session) -> StatusCode {
     let _ = session.get::<Value>("seen").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     match session.insert(&key, true).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Sets `prefs` to an object: all of it, or with a member dropped.
+async fn set_prefs(Path(which): Path<String>, session: Session) -> StatusCode {
+    let prefs = match which.as_str() {
+        "all" => json!({"theme": "dark", "lang": "en", "font": {"size": 12, "face": "serif"}}),
+        _ => json!({"theme": "dark", "font": {"size": 12}}),
+    };
+    match session.insert("prefs", prefs).await {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -196,4 +209,24 @@ async fn a_save_after_a_logout_elsewhere_does_not_bring_the_session_back() {
     // The old cookie is dead: the app sees an empty session.
     let (_, _, body) = call(&apps[0], "GET", "/get/a", Some(&cookie)).await;
     assert_eq!(body, "null");
+}
+
+/// An object value that loses members in a request loses them in the
+/// store: the save's merge patch sent the new object whole, which the
+/// server merged into the stored one, keeping the members dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_dropped_from_an_object_are_dropped_from_the_store() {
+    let node = Sessiond::start(&[]);
+    let app = app(client_for(&[&node]).await);
+    let (status, cookie, _) = call(&app, "GET", "/prefs/all", None).await;
+    assert_eq!(status, 200);
+    let cookie = cookie.expect("a session cookie");
+    let (status, _, _) = call(&app, "GET", "/prefs/fewer", Some(&cookie)).await;
+    assert_eq!(status, 200);
+    let stored = http_get(&http(), &node, &cookie).await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    assert_eq!(
+        stored.session().data,
+        json!({"prefs": {"theme": "dark", "font": {"size": 12}}})
+    );
 }
