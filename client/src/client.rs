@@ -658,13 +658,27 @@ impl Client {
         }
     }
 
-    /// The live sessions of `user`, oldest first (without their data).
+    /// `op` of `user` on each node that knows some of the user's sessions,
+    /// all at once: one answer per node (see `user_orders`), every node
+    /// asked even when one fails.
+    async fn on_user_nodes(&self, user: &str, op: impl Fn() -> Op) -> Vec<Result<Outcome, Error>> {
+        let calls = self
+            .user_orders(user)
+            .into_iter()
+            .map(|order| self.call(order, op()));
+        futures_util::future::join_all(calls).await
+    }
+
+    /// The live sessions of `user`, oldest first (without their data). An
+    /// error when a node that may hold some of them does not answer.
     pub async fn list_user_sessions(&self, user: &str) -> Result<Vec<SessionInfo>, Error> {
         let user = checked_user(user)?;
         let mut sessions = Vec::new();
-        for order in self.user_orders(&user) {
-            let op = Op::ListUser { user: user.clone() };
-            match self.call(order, op).await? {
+        let listings = self
+            .on_user_nodes(&user, || Op::ListUser { user: user.clone() })
+            .await;
+        for listing in listings {
+            match listing? {
                 Outcome::UserSessions(records) => {
                     sessions.extend(records.iter().map(SessionInfo::from));
                 }
@@ -677,25 +691,32 @@ impl Client {
 
     /// Deletes every session of `user` but `except` ("sign out everywhere"
     /// or, with the current session as `except`, "sign out other
-    /// devices"); returns how many were deleted.
+    /// devices"); returns how many were deleted. Without Redis every node
+    /// is asked, also when one fails, so a node that is down holds up only
+    /// its own sessions; the error (the first) then comes after the others
+    /// revoked theirs: call it again once that node is back.
     pub async fn revoke_user_sessions(
         &self,
         user: &str,
         except: Option<&SessionId>,
     ) -> Result<u64, Error> {
         let user = checked_user(user)?;
-        let mut revoked = 0;
-        for order in self.user_orders(&user) {
-            let op = Op::RevokeUser {
+        let revocations = self
+            .on_user_nodes(&user, || Op::RevokeUser {
                 user: user.clone(),
                 except: except.copied(),
-            };
-            match self.call(order, op).await? {
-                Outcome::Revoked(count) => revoked += count,
-                other => return Err(unexpected(&other)),
+            })
+            .await;
+        let mut revoked = 0;
+        let mut failed = None;
+        for revocation in revocations {
+            match revocation {
+                Ok(Outcome::Revoked(count)) => revoked += count,
+                Ok(other) => failed = failed.or(Some(unexpected(&other))),
+                Err(err) => failed = failed.or(Some(err)),
             }
         }
-        Ok(revoked)
+        failed.map_or(Ok(revoked), Err)
     }
 
     /// Pings every node; returns each node's address and whether it answered.

@@ -369,3 +369,51 @@ async fn a_slow_owner_is_not_reported_as_session_not_found() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Without Redis each node holds its own share of a user's sessions: a
+/// revocation ("sign out everywhere") with one node down revokes the
+/// sessions on the others and then reports the node it could not reach
+/// (it stopped at the first node it asked, so with that node down the
+/// sessions on the live nodes stayed valid). A listing with that node down
+/// is an error (it cannot be whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_with_a_node_down_revokes_on_every_other_node() {
+    let mut nodes = start_cluster();
+    let client = client_of(&nodes).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let made = bounded(client.create_for_user(&json!({}), None, "ann")).await;
+        ids.push(made.expect("create").id);
+    }
+    // The node every user-wide call asks first.
+    let first = client.nodes()[0].clone();
+    let elsewhere: Vec<SessionId> = ids
+        .iter()
+        .copied()
+        .filter(|id| client.owner_of(id) != first)
+        .collect();
+    assert!(elsewhere.len() >= 10, "{} of 30", elsewhere.len());
+    nodes
+        .iter_mut()
+        .find(|node| node.tcp.to_string() == first)
+        .expect("the first node")
+        .kill();
+    let revoked = bounded(client.revoke_user_sessions("ann", None)).await;
+    assert!(revoked.is_err(), "{revoked:?}");
+    let listed = bounded(client.list_user_sessions("ann")).await;
+    assert!(listed.is_err(), "{listed:?}");
+    let mut valid = 0;
+    for id in &elsewhere {
+        match bounded(client.get::<Value>(id)).await {
+            Err(Error::NotFound) => {}
+            other => {
+                valid += 1;
+                eprintln!("{id}: {other:?}");
+            }
+        }
+    }
+    assert_eq!(
+        valid, 0,
+        "sessions on the live nodes still valid after the revocation"
+    );
+}
