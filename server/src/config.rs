@@ -19,8 +19,12 @@ use crate::http::{HttpLimits, MAX_HEAD_BYTES, MIN_HEAD_BYTES};
 use crate::node::NodeConfig;
 use crate::secret::Secret;
 use crate::service::ServiceConfig;
-use crate::store::{EventLogConfig, StoreConfig, UserLimit, WhenFull, WhenUserFull};
+use crate::store::{EventLogConfig, StoreConfig, UserLimit, WhenFull, WhenUserFull, charge_of};
 use crate::tcp::TcpLimits;
+
+/// Most events a log may keep: ten million, some gigabytes of memory (the
+/// log is outside `--max-memory`).
+const MAX_EVENTS_RETENTION: usize = 10_000_000;
 
 /// Room a binary frame needs beside a session's data: its id, user, tag
 /// and metadata, with margin.
@@ -544,6 +548,18 @@ pub enum ConfigError {
         /// The bound.
         max_ttl_secs: u64,
     },
+    /// A count flag is outside what it may be.
+    #[error("{flag} must be between {min} and {max}, got {got}")]
+    Count {
+        /// The flag.
+        flag: &'static str,
+        /// The least it may be.
+        min: u64,
+        /// The most it may be.
+        max: u64,
+        /// What was given.
+        got: u64,
+    },
     /// A size flag is outside what it may be.
     #[error("{flag} must be between {min} and {max} bytes, got {got}")]
     Size {
@@ -625,10 +641,11 @@ impl ServeArgs {
             });
         }
         let max_session_bytes = usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX);
-        if max_session_bytes > MAX_FRAME_BYTES_CAP {
+        // The smallest session's data, `{}`, must fit.
+        if !(2..=MAX_FRAME_BYTES_CAP).contains(&max_session_bytes) {
             return Err(ConfigError::Size {
                 flag: "--max-session-bytes",
-                min: 0,
+                min: 2,
                 max: MAX_FRAME_BYTES_CAP as u64,
                 got: self.max_session_bytes,
             });
@@ -646,6 +663,23 @@ impl ServeArgs {
                 max: MAX_FRAME_BYTES_CAP as u64,
                 got: max_frame_bytes as u64,
             });
+        }
+        let least_memory = charge_of(2);
+        if self.max_memory < least_memory {
+            return Err(ConfigError::Size {
+                flag: "--max-memory (room for one session at least)",
+                min: least_memory,
+                max: u64::MAX,
+                got: self.max_memory,
+            });
+        }
+        if self.max_memory < charge_of(max_session_bytes) {
+            tracing::warn!(
+                max_memory = self.max_memory,
+                max_session_bytes,
+                "a session of --max-session-bytes does not fit in --max-memory: such sessions \
+                 are refused as the store being full"
+            );
         }
         Ok(NodeConfig {
             http: self.http,
@@ -669,7 +703,7 @@ impl ServeArgs {
                 max_lifetime_ms,
                 // With Redis the log lives in Redis.
                 events: self
-                    .events_config()
+                    .events_config()?
                     .filter(|_| self.redis.is_none() && self.redis_cluster.is_empty()),
             },
             service: ServiceConfig {
@@ -735,16 +769,29 @@ impl ServeArgs {
             },
             prefix: self.redis_prefix.clone(),
             queue_capacity: self.redis_queue.max(1),
-            events: self.events_config(),
+            events: self.events_config()?,
         }))
     }
 
-    fn events_config(&self) -> Option<EventLogConfig> {
-        (self.events == Toggle::On).then(|| EventLogConfig {
-            retention: self.events_retention.max(1),
-            max_age_ms: self.events_max_age.as_millis() as u64,
+    fn events_config(&self) -> Result<Option<EventLogConfig>, ConfigError> {
+        if self.events == Toggle::Off {
+            return Ok(None);
+        }
+        if !(1..=MAX_EVENTS_RETENTION).contains(&self.events_retention) {
+            return Err(ConfigError::Count {
+                flag: "--events-retention",
+                min: 1,
+                max: MAX_EVENTS_RETENTION as u64,
+                got: self.events_retention as u64,
+            });
+        }
+        // Under a second, every sweep would drop every event.
+        let max_age = checked_duration("--events-max-age", self.events_max_age)?;
+        Ok(Some(EventLogConfig {
+            retention: self.events_retention,
+            max_age_ms: max_age.as_millis() as u64,
             include_updates: self.events_include_updates,
-        })
+        }))
     }
 }
 
@@ -890,6 +937,35 @@ mod tests {
             Some(Some(1_500)),
             "a cap keeps its milliseconds"
         );
+        assert_eq!(
+            serve(&["--events-max-age", "500ms"])
+                .unwrap_err()
+                .to_string(),
+            "--events-max-age must be between 1s and 3155760000s (100 years), got 0s"
+        );
+        assert!(serve(&["--events", "off", "--events-max-age", "0s"]).is_ok());
+        for retention in ["0", "10000001"] {
+            assert!(matches!(
+                serve(&["--events-retention", retention]),
+                Err(ConfigError::Count {
+                    flag: "--events-retention",
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            serve(&["--max-session-bytes", "1"]),
+            Err(ConfigError::Size {
+                flag: "--max-session-bytes",
+                min: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            serve(&["--max-memory", "0"]),
+            Err(ConfigError::Size { got: 0, .. })
+        ));
+        assert!(serve(&["--max-memory", "4KiB"]).is_ok());
         let small_head = serve(&["--http-max-head-bytes", "10"]).unwrap_err();
         assert!(matches!(
             small_head,
