@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::raw::{frame, read_message};
 use sessiond_e2e::raw_http::send;
@@ -465,6 +466,29 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let mut stream = handshaken(node.tcp).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(call(&mut stream, 1, Op::Ping).await, Outcome::Pong);
+}
+
+/// A connection idle for `--idle-timeout` after its handshake is closed
+/// with the farewell a shutdown sends (`unavailable`: nothing it sent
+/// without an answer was started, so a client may send it again on a new
+/// connection), not as a protocol error (which it was: the Rust client
+/// logged a warning for every pooled connection that idled out, and took a
+/// request that crossed the close for one whose answer was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_with_the_not_started_farewell() {
+    let node = Sessiond::start(&["--idle-timeout", "300ms"]);
+    let mut stream = handshaken(node.tcp).await;
+    assert_eq!(call(&mut stream, 1, Op::Ping).await, Outcome::Pong);
+    let farewell = expect_fatal(&mut stream).await;
+    assert_eq!(farewell.code, ErrorCode::Unavailable, "{farewell:?}");
+    assert!(farewell.message.contains("not started"), "{farewell:?}");
+    let metrics = scrape(&node.url()).await;
+    let errors = metrics.sum("sessiond_tcp_protocol_errors_total", &[]);
+    assert_eq!(
+        errors.unwrap_or(0.0),
+        0.0,
+        "an idle close is no protocol error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

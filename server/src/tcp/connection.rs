@@ -108,24 +108,42 @@ pub async fn run(
                 .increment(1);
             close_with(&mut wire, ctx, error).await;
         }
-        Ok(()) if shutdown.is_cancelled() => say_goodbye(&mut wire, ctx).await,
-        Ok(()) => {}
+        Ok(Ended::Idle) => {
+            let farewell = format!(
+                "idle for {:?}; closing: the requests without an answer were not started",
+                ctx.limits.idle_timeout
+            );
+            say_goodbye(&mut wire, ctx, farewell).await;
+        }
+        Ok(Ended::Done) if shutdown.is_cancelled() => {
+            let farewell =
+                "the node is shutting down: the requests without an answer were not started";
+            say_goodbye(&mut wire, ctx, farewell.to_owned()).await;
+        }
+        Ok(Ended::Done) => {}
     }
     metrics::gauge!("sessiond_tcp_connections").decrement(1.0);
 }
 
-/// At shutdown, once every request started has its answer: tells the
-/// client that the requests it has no answer for were never started (a
-/// `Fatal` of code `unavailable`, which it may send to another node
-/// whatever they are), then closes without a reset: the write side first,
+/// How a connection's requests ended without a protocol error.
+enum Ended {
+    /// The client closed, or the server shut down, once every request it
+    /// started was answered.
+    Done,
+    /// Nothing in flight for the idle timeout.
+    Idle,
+}
+
+/// At shutdown or an idle close, once every request started has its
+/// answer: tells the client that the requests it has no answer for were
+/// never started (a `Fatal` of code `unavailable` saying `farewell`, which
+/// it may send to another node whatever they are, or again on a new
+/// connection), then closes without a reset: the write side first,
 /// then what the client still sends is read and dropped until it closes
 /// too, for at most [`LINGER`]. Closing with unread bytes would send a
 /// reset, which can throw away answers still on their way.
-async fn say_goodbye(wire: &mut Wire, ctx: &TcpContext) {
-    let farewell = WireError::new(
-        ErrorCode::Unavailable,
-        "the node is shutting down: the requests without an answer were not started",
-    );
+async fn say_goodbye(wire: &mut Wire, ctx: &TcpContext, farewell: String) {
+    let farewell = WireError::new(ErrorCode::Unavailable, farewell);
     if send(wire, ctx, ServerFrame::Fatal(farewell)).await.is_err() {
         return;
     }
@@ -399,7 +417,7 @@ impl Requests<'_> {
     /// sent), breaks the protocol or idles out, or `shutdown` fires (after
     /// answering the requests already started; the complete ones read but
     /// not started are left unanswered, as the farewell then says).
-    async fn serve(self, shutdown: &CancellationToken) -> Result<(), WireError> {
+    async fn serve(self, shutdown: &CancellationToken) -> Result<Ended, WireError> {
         let Self {
             wire,
             ctx,
@@ -477,7 +495,7 @@ impl Requests<'_> {
                 if accepting && !wire.input.is_empty() {
                     return Err(truncated());
                 }
-                return Ok(());
+                return Ok(Ended::Done);
             }
             tokio::select! {
                 Some(response) = pending.next(), if !pending.is_empty() => {
@@ -494,10 +512,7 @@ impl Requests<'_> {
                 () = &mut idle, if pending.is_empty() => {
                     let deadline = last_activity + limits.idle_timeout;
                     if deadline <= Instant::now() {
-                        return Err(WireError::new(
-                            ErrorCode::ProtocolError,
-                            format!("idle for {:?}; closing", limits.idle_timeout),
-                        ));
+                        return Ok(Ended::Idle);
                     }
                     idle.as_mut().reset(deadline);
                 }
