@@ -1116,13 +1116,14 @@ impl Store {
         Ok(())
     }
 
-    /// Sweeps out expired sessions for a write that found no room; whether
-    /// there may be room now. One such sweep runs at a time, and a write
-    /// that waited for another's finds the room it made. After a sweep that
-    /// freed nothing, none runs for [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood
-    /// of refused writes costs little; after one that freed sessions, the
-    /// next write short of room sweeps again (more may have expired than
-    /// one sweep examines).
+    /// Sweeps out expired sessions for a write that found no room, pass
+    /// after pass while passes free some and there is still no room (a
+    /// store full of dead sessions takes the write, whatever its number of
+    /// shards); whether there is room now. One such sweep runs at a time,
+    /// and a write that waited for another's finds the room it made. After
+    /// a pass that freed nothing, none runs for
+    /// [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes costs
+    /// little.
     fn sweep_for_room(&self, has_room: impl Fn() -> bool) -> bool {
         let mut fruitless_at = self.fruitless_sweep_for_room_ms.lock();
         if has_room() {
@@ -1132,9 +1133,16 @@ impl Store {
         if fruitless_at.is_some_and(|at| now < at.saturating_add(SWEEP_FOR_ROOM_EVERY_MS)) {
             return false;
         }
-        let freed = self.sweep(SWEEP_FOR_ROOM_PER_SHARD);
-        *fruitless_at = (freed == 0).then_some(now);
-        freed > 0 || has_room()
+        loop {
+            if self.sweep(SWEEP_FOR_ROOM_PER_SHARD) == 0 {
+                *fruitless_at = Some(now);
+                return has_room();
+            }
+            if has_room() {
+                *fruitless_at = None;
+                return true;
+            }
+        }
     }
 
     /// A write refused for room, counted in `rejections`.

@@ -341,6 +341,39 @@ fn a_rejecting_store_sweeps_for_room_again_while_sweeps_free_sessions() {
     assert_eq!(store.stats().rejections, 1);
 }
 
+/// One large write into a one-shard store full of small expired sessions,
+/// more than eight sweeps for room examine: it sweeps until it has room
+/// (it gave up after eight passes of 256 sessions and was refused with
+/// thousands of dead sessions left).
+#[test]
+fn one_large_write_into_a_few_shards_full_of_dead_sessions_is_taken() {
+    let small = 10_000;
+    let large = json(&format!("\"{}\"", "x".repeat(small as usize * 100)));
+    let (store, clock) = store_with(StoreConfig {
+        shards: 1,
+        max_memory: Some(charge_of(large.len())),
+        when_full: WhenFull::Reject,
+        max_lifetime_ms: None,
+        events: None,
+    });
+    let mut made = 0;
+    while store
+        .create(SessionId::random(), json("{}"), SECOND, None, None)
+        .is_ok()
+    {
+        made += 1;
+    }
+    assert!(made > 4_000, "{made} small sessions fill the store");
+    clock.advance(Duration::from_secs(2));
+    let taken = store.create(SessionId::random(), large, 60 * SECOND, None, None);
+    assert!(
+        taken.is_ok(),
+        "{taken:?} with {} sessions left",
+        store.stats().sessions
+    );
+    assert_eq!(store.stats().sessions, 1);
+}
+
 /// A create sent again (its session made by the first attempt) on a full
 /// evicting store answers that session and evicts nobody for it.
 #[test]
