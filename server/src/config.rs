@@ -681,6 +681,7 @@ impl ServeArgs {
                  are refused as the store being full"
             );
         }
+        let memory_only = self.redis.is_none() && self.redis_cluster.is_empty();
         Ok(NodeConfig {
             http: self.http,
             tcp: self.tcp,
@@ -701,10 +702,9 @@ impl ServeArgs {
                     WhenFullPolicy::EvictLru => WhenFull::EvictLru,
                 },
                 max_lifetime_ms,
-                // With Redis the log lives in Redis.
-                events: self
-                    .events_config()?
-                    .filter(|_| self.redis.is_none() && self.redis_cluster.is_empty()),
+                // With Redis the log and the user index live in Redis.
+                events: self.events_config()?.filter(|_| memory_only),
+                user_index: memory_only,
             },
             service: ServiceConfig {
                 user_limit: UserLimit {

@@ -105,6 +105,10 @@ pub struct StoreConfig {
     /// The event log this store keeps (memory-only nodes; with Redis the
     /// log lives in Redis).
     pub events: Option<EventLogConfig>,
+    /// Whether it indexes its sessions' users (memory-only nodes; with
+    /// Redis the index lives in Redis, and a session's user costs the
+    /// store only its name).
+    pub user_index: bool,
 }
 
 impl Default for StoreConfig {
@@ -114,6 +118,7 @@ impl Default for StoreConfig {
             max_memory: None,
             when_full: WhenFull::Reject,
             max_lifetime_ms: None,
+            user_index: true,
             events: None,
         }
     }
@@ -251,8 +256,9 @@ pub fn charge_of(data_len: usize) -> u64 {
 }
 
 /// What belonging to a user whose name has `user_len` bytes (0: to none)
-/// adds to a session's charge: its place in the user index and the name
-/// twice (in the session's record and as the index's key).
+/// adds to a session's charge in a store that indexes users: its place in
+/// the user index and the name twice (in the session's record and as the
+/// index's key).
 fn owner_charge(user_len: usize) -> u64 {
     match user_len {
         0 => 0,
@@ -263,10 +269,6 @@ fn owner_charge(user_len: usize) -> u64 {
 /// The length of `user`'s name (0: no user).
 fn name_len(user: Option<&UserName>) -> usize {
     user.map_or(0, |user| user.as_str().len())
-}
-
-fn charge(record: &Record) -> u64 {
-    charge_of(record.data().len()) + owner_charge(record.user_len())
 }
 
 /// How many times a user-index step retries after the user's sessions
@@ -448,7 +450,7 @@ impl Store {
         owner: Option<&Owner>,
     ) -> Result<Session, StoreError> {
         let user = owner.map(|owner| owner.user.clone());
-        let charge = charge_of(data.len()) + owner_charge(name_len(user.as_ref()));
+        let charge = charge_of(data.len()) + self.owner_charge(name_len(user.as_ref()));
         if !self.budget.try_reserve(charge) {
             // Room is made only for a create that stores: one sent again
             // answers what its first attempt made, one its user's cap
@@ -593,16 +595,33 @@ impl Store {
         Ok(())
     }
 
+    /// What belonging to a user whose name has `user_len` bytes adds to a
+    /// session's charge here: [`owner_charge`] in a store that indexes
+    /// users, else the name once (in the session's record).
+    fn owner_charge(&self, user_len: usize) -> u64 {
+        if self.config.user_index {
+            owner_charge(user_len)
+        } else {
+            user_len as u64
+        }
+    }
+
+    /// What `record` is charged.
+    fn charge(&self, record: &Record) -> u64 {
+        charge_of(record.data().len()) + self.owner_charge(record.user_len())
+    }
+
     /// Holds a copy of a session that Redis or another node has (same id,
     /// version and times), replacing this store's older copy. For a cache:
     /// fails with [`StoreError::Full`] when there is no room.
     pub fn insert_copy(&self, session: Session) -> Result<(), StoreError> {
-        let bytes = charge_of(session.data.len()) + owner_charge(name_len(session.user.as_ref()));
+        let bytes =
+            charge_of(session.data.len()) + self.owner_charge(name_len(session.user.as_ref()));
         self.reserve(bytes, Some(session.id))?;
         let record = Record::new(&session, self.now_ms());
         let previous = self.shard(&session.id).lock().sessions.replace(record);
         match previous {
-            Ok(Some(old)) => self.budget.release(charge(&old)),
+            Ok(Some(old)) => self.budget.release(self.charge(&old)),
             Ok(None) => {
                 self.counters.sessions.fetch_add(1, Ordering::Relaxed);
             }
@@ -634,7 +653,7 @@ impl Store {
                     let _ = shard.sessions.replace(record);
                     continue;
                 }
-                self.budget.release(charge(&record));
+                self.budget.release(self.charge(&record));
                 if let Some(user) = record.user() {
                     self.users.remove(&user, &id);
                 }
@@ -747,8 +766,8 @@ impl Store {
                 return Err(StoreError::VersionMismatch { expected, current }.into());
             }
             let data = compute(record.data())?;
-            let owner = owner_charge(record.user_len());
-            let (old, new) = (charge(record), charge_of(data.len()) + owner);
+            let owner = self.owner_charge(record.user_len());
+            let (old, new) = (self.charge(record), charge_of(data.len()) + owner);
             if self.budget.limit().is_some_and(|limit| new > limit) {
                 // Evicting every other session would not make it fit.
                 return Err(self.full(new - old).into());
@@ -908,8 +927,8 @@ impl Store {
     /// `user_len` bytes from now on (only what fits without making room:
     /// the caller holds shard locks).
     fn recharge(&self, record: &Record, user_len: usize) -> Result<(), StoreError> {
-        let old = charge(record);
-        let new = charge_of(record.data().len()) + owner_charge(user_len);
+        let old = self.charge(record);
+        let new = charge_of(record.data().len()) + self.owner_charge(user_len);
         if new > old && !self.budget.try_reserve(new - old) {
             return Err(self.short_of_room(new - old));
         }
@@ -964,7 +983,7 @@ impl Store {
         for shard in self.shards.iter() {
             let swept = shard.lock().sweep(now, per_shard, |record| {
                 self.unlink(record, Removal::Expired);
-                charge(record)
+                self.charge(record)
             });
             if swept.sessions > 0 {
                 self.budget.release(swept.bytes);
@@ -1052,7 +1071,7 @@ impl Store {
     /// the event log.
     fn forget(&self, record: &Record, why: Removal) {
         self.unlink(record, why);
-        self.budget.release(charge(record));
+        self.budget.release(self.charge(record));
         self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
         let counter = match why {
             Removal::Deleted | Removal::Revoked => return,

@@ -255,6 +255,7 @@ fn bounded(sessions: u64, data_len: usize, when_full: WhenFull) -> (Store, Arc<M
         when_full,
         max_lifetime_ms: None,
         events: None,
+        user_index: true,
     })
 }
 
@@ -355,6 +356,7 @@ fn one_large_write_into_a_few_shards_full_of_dead_sessions_is_taken() {
         when_full: WhenFull::Reject,
         max_lifetime_ms: None,
         events: None,
+        user_index: true,
     });
     let mut made = 0;
     while store
@@ -853,6 +855,7 @@ fn eviction_prefers_the_idle_session_when_the_ttl_exceeds_the_lifetime_cap() {
         when_full: WhenFull::EvictLru,
         max_lifetime_ms: Some(3600 * SECOND),
         events: None,
+        user_index: true,
     });
     let ttl = 86_400 * SECOND;
     let busy = store
@@ -998,6 +1001,40 @@ fn every_removal_returns_the_budget_and_the_index_to_zero() {
     zero(&store, "copies and clear");
 }
 
+/// A store that keeps no user index (a Redis node's cache: the index
+/// lives in Redis) charges a copy's user for the name it holds, not for an
+/// index entry it never made (it did, overstating the memory used by about
+/// 144 bytes a session with a user).
+#[test]
+fn a_cache_without_a_user_index_charges_a_copys_user_for_its_name_only() {
+    let (store, _) = store_with(StoreConfig {
+        user_index: false,
+        ..StoreConfig::default()
+    });
+    let mut copy = store.new_session(
+        SessionId::random(),
+        json("{}"),
+        60 * SECOND,
+        None,
+        Some(owner("grace", 0, WhenUserFull::EvictOldest).user),
+    );
+    store.insert_copy(copy.clone()).unwrap();
+    assert_eq!(
+        store.stats().bytes_used,
+        charge_of(2) + "grace".len() as u64
+    );
+    assert_eq!(store.stats().user_index_entries, 0);
+    copy.version += 1;
+    copy.data = json("[1]");
+    store.insert_copy(copy.clone()).unwrap();
+    assert_eq!(
+        store.stats().bytes_used,
+        charge_of(3) + "grace".len() as u64
+    );
+    assert!(store.delete(&copy.id));
+    assert_eq!(store.stats().bytes_used, 0);
+}
+
 /// A rebind refused for lack of room puts the session back as it was.
 #[test]
 fn a_rebind_refused_for_room_changes_nothing() {
@@ -1117,6 +1154,7 @@ fn evictions_return_their_bytes_and_log_id_and_user() {
         when_full: WhenFull::EvictLru,
         max_lifetime_ms: None,
         events: Some(every_event()),
+        user_index: true,
     });
     let emoji = owner(&"😀".repeat(64), 0, WhenUserFull::EvictOldest);
     let ids: Vec<_> = (0..10)
@@ -1371,6 +1409,7 @@ fn a_capped_login_on_a_full_evicting_store_evicts_only_the_users_own_session() {
         when_full: WhenFull::EvictLru,
         max_lifetime_ms: None,
         events: None,
+        user_index: true,
     });
     let bob = owner("bob", 0, WhenUserFull::EvictOldest);
     let alice = owner("alice", 1, WhenUserFull::EvictOldest);
