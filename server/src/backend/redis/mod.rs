@@ -16,6 +16,7 @@ mod error;
 mod event_log;
 mod events;
 mod invalidation;
+mod lagging;
 mod link;
 mod queue;
 mod queued;

@@ -28,6 +28,7 @@ use sessiond_proto::SessionId;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
+use super::lagging::{Ahead, Lagging};
 use super::link::{RedisLink, SHUTDOWN_FLUSH_DEADLINE};
 use super::script_call::ScriptCall;
 use super::scripts::{REFRESH, key};
@@ -70,17 +71,6 @@ pub enum Held {
     /// unless this node slid it since without pushing it (the refresher
     /// then knows better).
     Assumed(u64),
-}
-
-/// A session whose expiry this node slid further than Redis's.
-#[derive(Debug, Clone, Copy)]
-struct Ahead {
-    /// The expiry Redis holds, as far as this node knows.
-    redis: u64,
-    /// The expiry this node wants.
-    wanted: u64,
-    /// The idle TTL the session had when it was slid.
-    ttl_ms: u64,
 }
 
 impl Ahead {
@@ -130,7 +120,7 @@ pub struct ExpiryRefresher {
     expiry_index: Option<String>,
     script: redis::Script,
     /// Sessions whose wanted expiry is later than Redis's.
-    ahead: Mutex<HashMap<SessionId, Ahead>>,
+    ahead: Mutex<Lagging>,
     /// Refreshes due at the next flush.
     pending: Mutex<HashMap<SessionId, Push>>,
     failed: Mutex<Failed>,
@@ -145,7 +135,7 @@ impl ExpiryRefresher {
             link,
             expiry_index,
             script: redis::Script::new(REFRESH),
-            ahead: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(Lagging::default()),
             pending: Mutex::new(HashMap::new()),
             failed: Mutex::new(Failed {
                 refreshes: HashMap::new(),
@@ -168,34 +158,26 @@ impl ExpiryRefresher {
     /// when the drift allowance is used up, or left for a deadline scan.
     pub fn slid(&self, id: SessionId, held: Held, wanted: u64, ttl_ms: u64, now_ms: u64) -> bool {
         let mut ahead = self.ahead.lock();
-        let entry = ahead.entry(id).or_insert(Ahead {
-            redis: match held {
-                Held::Read(expiry) | Held::Assumed(expiry) => expiry,
-            },
-            wanted,
-            ttl_ms,
-        });
-        match held {
+        let entry = match (held, ahead.get(&id)) {
             // The session as Redis holds it now: what this node wanted
             // before came from an older copy (whose TTL may since have been
             // shortened by another node's write).
-            Held::Read(expiry) => {
-                *entry = Ahead {
-                    redis: expiry,
-                    wanted,
-                    ttl_ms,
-                }
-            }
-            Held::Assumed(_) => {
-                entry.wanted = entry.wanted.max(wanted);
-                entry.ttl_ms = ttl_ms;
-            }
-        }
-        let entry = *entry;
+            (Held::Read(expiry), _) | (Held::Assumed(expiry), None) => Ahead {
+                redis: expiry,
+                wanted,
+                ttl_ms,
+            },
+            (Held::Assumed(_), Some(known)) => Ahead {
+                wanted: known.wanted.max(wanted),
+                ttl_ms,
+                ..known
+            },
+        };
         if entry.wanted <= entry.redis {
             ahead.remove(&id);
             return false;
         }
+        ahead.set(id, entry);
         if entry.redis.saturating_sub(now_ms) < SYNC_MARGIN_MS {
             return true;
         }
@@ -221,25 +203,26 @@ impl ExpiryRefresher {
     /// pushed it).
     fn synced(&self, id: &SessionId, expires_at_ms: u64) {
         let mut ahead = self.ahead.lock();
-        if let Some(entry) = ahead.get_mut(id) {
+        if let Some(mut entry) = ahead.get(id) {
             entry.redis = entry.redis.max(expires_at_ms);
             if entry.wanted <= entry.redis {
                 ahead.remove(id);
+            } else {
+                ahead.set(*id, entry);
             }
         }
     }
 
     /// Queues the wanted expiry of every session whose Redis expiry comes
-    /// within [`DEADLINE_MARGIN_MS`] of `now_ms`.
+    /// within [`DEADLINE_MARGIN_MS`] of `now_ms` (up to a second more),
+    /// once per expiry it was noted with.
     fn queue_deadlines(&self, now_ms: u64) {
-        let due: Vec<(SessionId, Push)> = self
+        let due = self
             .ahead
             .lock()
-            .iter()
-            .filter(|(_, entry)| entry.redis.saturating_sub(now_ms) < DEADLINE_MARGIN_MS)
-            .map(|(id, entry)| (*id, entry.push()))
-            .collect();
+            .due_by(now_ms.saturating_add(DEADLINE_MARGIN_MS));
         if !due.is_empty() {
+            let due = due.into_iter().map(|(id, entry)| (id, entry.push()));
             self.pending.lock().extend(due);
         }
     }
@@ -447,7 +430,7 @@ mod tests {
         refresher.slid(id, Held::Assumed(now + TTL), now + TTL + 1_000, TTL, now);
         // Another node pushed the key far ahead: nothing is left to do.
         refresher.slid(id, Held::Read(now + 2 * TTL), now + TTL + 2_000, TTL, now);
-        assert!(refresher.ahead.lock().is_empty());
+        assert_eq!(refresher.ahead.lock().len(), 0);
         assert!(queued(&refresher).is_empty());
     }
 }
