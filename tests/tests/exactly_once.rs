@@ -710,12 +710,14 @@ async fn a_create_repeated_after_its_session_ended_does_not_bring_it_back() {
 }
 
 /// One `Idempotency-Key` sent with a create and then with a rotation of
-/// another session, or the other way round (a client's mistake), is
-/// refused 409 `key_reused` on a memory-only node and with Redis in both
-/// modes, and every session stays as it was. With Redis, the rotation used
-/// to move its session over the created one, and a create reusing a
-/// rotation's key answered the rotated session (another client's) as its
-/// own; in memory, the second of these too.
+/// another session, or the other way round, or with rotations of two
+/// sessions (a client's mistake), is refused 409 `key_reused` on a
+/// memory-only node and with Redis in both modes, and every session stays
+/// as it was. With Redis, the rotation used to move its session over the
+/// created one, and a create reusing a rotation's key answered the rotated
+/// session (another client's) as its own; in memory, the second of these
+/// too. With Redis, the second rotation moved its session over the first
+/// one's (the first session's cookie then carried the other's data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
     let http = http();
@@ -774,9 +776,19 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
         );
         refused(
             "a create reusing a rotation's key",
-            &create(4, Some(second_key)).await,
+            &create(4, Some(second_key.clone())).await,
         );
-        for (id, n) in [(&made.id, 1), (&other.id, 2), (&rotated.id, 3)] {
+        let fifth = create(5, None).await.session();
+        refused(
+            "a rotation of another session reusing a rotation's key",
+            &rotate(&fifth.id, second_key).await,
+        );
+        for (id, n) in [
+            (&made.id, 1),
+            (&other.id, 2),
+            (&rotated.id, 3),
+            (&fifth.id, 5),
+        ] {
             let read = send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await;
             assert_eq!(read.status, 200, "{name}, {id}: {}", read.text);
             assert_eq!(read.json()["data"]["n"], n, "{name}, {id}");

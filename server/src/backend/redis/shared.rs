@@ -454,20 +454,27 @@ impl Redis {
     }
 
     /// The id the tagged create or rotation `tag` (a write of the kind
-    /// `by`) is to use: `fresh`, or the one another attempt of the same
-    /// write claimed first. A write of the other kind that claimed the tag
-    /// reused its key: refused. (The claim is `c:<id>` or `r:<id>`; a bare
-    /// id, claimed by a node from before the kinds, is taken as a repeat.)
+    /// `by`; a rotation of the session `origin`) is to use: `fresh`, or the
+    /// one another attempt of the same write claimed first. A write of the
+    /// other kind that claimed the tag, or a rotation of another session,
+    /// reused its key: refused. (The claim is `c:<id>`, or `r:<id>:<origin>`;
+    /// a bare id, or a rotation's without its origin, claimed by a node
+    /// from before them, is taken as a repeat.)
     pub(super) async fn claim(
         &self,
         tag: u64,
         fresh: SessionId,
         by: ClaimedBy,
+        origin: Option<&SessionId>,
     ) -> Result<SessionId, BackendError> {
         let mut conn = self.link.conn()?;
+        let mut claim = format!("{}:{fresh}", claim_letter(by));
+        if let Some(origin) = origin {
+            claim.push_str(&format!(":{origin}"));
+        }
         let claimed = redis::cmd("SET")
             .arg(claim_key(&self.config.prefix, tag))
-            .arg(format!("{}:{fresh}", claim_letter(by)))
+            .arg(claim)
             .arg("NX")
             .arg("GET")
             .arg("PX")
@@ -477,8 +484,15 @@ impl Redis {
         let Some(text) = self.link.observe(claimed).map_err(write_error)? else {
             return Ok(fresh);
         };
-        let (letter, id) = text.split_once(':').unwrap_or(("", &text));
-        if !letter.is_empty() && letter != claim_letter(by) {
+        let mut parts = text.split(':');
+        let (letter, id, claimed_origin) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(letter), Some(id), origin) => (letter, id, origin),
+            _ => ("", text.as_str(), None),
+        };
+        let other_origin = origin
+            .zip(claimed_origin)
+            .is_some_and(|(origin, claimed)| claimed != origin.to_string());
+        if (!letter.is_empty() && letter != claim_letter(by)) || other_origin {
             return Err(BackendError::KeyReused);
         }
         id.parse().map_err(|_| {

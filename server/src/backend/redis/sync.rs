@@ -339,7 +339,7 @@ impl Backend for SyncBackend {
         let id = redis.usable_id(id);
         let fresh = id;
         let id = match tag {
-            Some(tag) => redis.claim(tag, id, ClaimedBy::Create).await?,
+            Some(tag) => redis.claim(tag, id, ClaimedBy::Create, None).await?,
             None => id,
         };
         let user = owner.as_ref().map(|owner| owner.user.clone());
@@ -585,7 +585,11 @@ impl SyncBackend {
         let redis = &self.redis;
         let new_id = redis.usable_id(new_id);
         let claimed = match tag {
-            Some(tag) => redis.claim(tag, new_id, ClaimedBy::Rotation).await?,
+            Some(tag) => {
+                redis
+                    .claim(tag, new_id, ClaimedBy::Rotation, Some(id))
+                    .await?
+            }
             None => new_id,
         };
         let new_id = rotation_target(id, claimed)?;
