@@ -704,8 +704,27 @@ async fn forwarded_headers_are_added_host_is_kept_and_hop_by_hop_headers_are_dro
     .await;
     let echo: Value = serde_json::from_slice(&plain.body).expect("JSON");
     assert_eq!(
+        values_of(&seen_headers(&echo), "x-forwarded-host"),
+        ["127.0.0.1"]
+    );
+    assert_eq!(
         values_of(&seen_headers(&echo), "x-forwarded-for"),
         ["127.0.0.1"]
+    );
+
+    // A request that names no host (HTTP/1.0 without Host) cannot pass
+    // its own X-Forwarded-Host off as the balancer's (it reached the app,
+    // which builds links from it).
+    let hostless = raw_exchange(
+        balancer.listen,
+        b"GET /headers HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(hostless.status, 200);
+    let echo: Value = serde_json::from_slice(&hostless.body).expect("JSON");
+    assert_eq!(
+        values_of(&seen_headers(&echo), "x-forwarded-host"),
+        Vec::<&str>::new()
     );
 
     // Hop-by-hop headers of the response are dropped too (the upstream

@@ -637,6 +637,9 @@ fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
+    // Only the balancer's: a request that names no host (HTTP/1.0
+    // without Host) forwards none.
+    headers.remove(X_FORWARDED_HOST);
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
         headers.insert(header::HOST, host);
