@@ -205,6 +205,58 @@ async fn a_queued_request_goes_to_an_upstream_added_meanwhile() {
     }
 }
 
+/// A request queued behind the last upstream in rotation goes to an
+/// upstream that is out of rotation but has room once that last one goes
+/// out too (with none up, the balancer tries the ones out of rotation,
+/// nginx's panic mode). Going out did not wake the queue: it waited for its
+/// timeout (503) while new requests went to the free upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_goes_to_a_free_upstream_when_the_last_one_goes_out() {
+    let ups = upstreams(&["a", "b"]).await;
+    let all = list(&ups);
+    let balancer = Balancer::start(&[
+        "--upstream",
+        all.as_str(),
+        "--max-conns",
+        "1",
+        "--queue-timeout",
+        "6s",
+        "--health-interval",
+        "200ms",
+        "--rise",
+        "1",
+        "--fall",
+        "1",
+    ]);
+    balancer.wait_until_healthy(2, WAIT).await;
+    ups[1].set_healthy(false);
+    balancer
+        .wait_for_stats("b out of rotation", WAIT, |stats| stats["healthy"] == 1)
+        .await;
+    let busy = slow_requests(&balancer, 1, 10_000);
+    balancer
+        .wait_for_stats("a's slot taken", WAIT, |stats| {
+            stats["upstreams"][0]["in_flight"] == 1
+        })
+        .await;
+    let url = balancer.url();
+    let queued = tokio::spawn(async move { http().get(format!("{url}/")).send().await });
+    balancer
+        .wait_for_stats("one request queued", WAIT, |stats| stats["queued"] == 1)
+        .await;
+    ups[0].set_healthy(false);
+    let answer = tokio::time::timeout(Duration::from_secs(4), queued)
+        .await
+        .expect("the queued request was not answered within 4 s of a going out")
+        .expect("the queued request")
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.expect("its body"), "b");
+    for request in busy {
+        request.abort();
+    }
+}
+
 /// A request queued while every upstream is full goes to a draining
 /// upstream taken back meanwhile, which has room. Taking it back did not
 /// wake the queue (joining and coming back did).

@@ -276,10 +276,13 @@ impl Upstream {
             if up {
                 self.start_ramp();
                 tracing::info!(upstream = %self.url, "upstream back in rotation");
-                self.capacity.room_made();
             } else {
                 tracing::warn!(upstream = %self.url, error = ?self.last_error.lock(), "upstream out of rotation");
             }
+            // Either way the queue may move: one back has room, and the
+            // last one out turns every upstream out of rotation into a
+            // candidate (`Pool::pick`'s panic mode), some with room.
+            self.capacity.room_made();
         }
     }
 
