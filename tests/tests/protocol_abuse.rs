@@ -175,6 +175,11 @@ async fn garbage_gets_a_protocol_error() {
     );
 
     still_serves(&node).await;
+    // Each connection ended by a Fatal frame is counted, those refused in
+    // the handshake too (only the one after a handshake was).
+    let metrics = scrape(&node.url()).await;
+    let errors = metrics.sum("sessiond_tcp_protocol_errors_total", &[]);
+    assert_eq!(errors, Some(5.0), "{}", metrics.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

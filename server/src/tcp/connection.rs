@@ -78,6 +78,7 @@ pub async fn run(
         }
         Err(error) => {
             tracing::debug!(%peer, code = %error.code, "handshake refused: {}", error.message);
+            count_fatal(&error);
             close_with(&mut wire, ctx, error).await;
             return;
         }
@@ -104,8 +105,7 @@ pub async fn run(
     match served {
         Err(error) => {
             tracing::debug!(%peer, code = %error.code, "closing connection: {}", error.message);
-            metrics::counter!("sessiond_tcp_protocol_errors_total", "code" => error.code.as_str())
-                .increment(1);
+            count_fatal(&error);
             close_with(&mut wire, ctx, error).await;
         }
         Ok(Ended::Idle) => {
@@ -123,6 +123,12 @@ pub async fn run(
         Ok(Ended::Done) => {}
     }
     metrics::gauge!("sessiond_tcp_connections").decrement(1.0);
+}
+
+/// Counts a connection ended by `error`'s `Fatal` frame.
+fn count_fatal(error: &WireError) {
+    metrics::counter!("sessiond_tcp_protocol_errors_total", "code" => error.code.as_str())
+        .increment(1);
 }
 
 /// How a connection's requests ended without a protocol error.
