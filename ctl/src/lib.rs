@@ -14,6 +14,7 @@ mod output;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use serde_json::value::RawValue;
 use sessiond_client::{Client, Error, SessionId};
 
 pub use output::Format;
@@ -137,7 +138,9 @@ async fn execute(args: &CtlArgs, token: Option<String>, format: Format) -> Resul
     }
     let client = builder.build().await.map_err(failed)?;
     match &args.command {
-        CtlCommand::Get { id } => match client.get::<serde_json::Value>(&session_id(id)?).await {
+        // The data as stored, byte for byte: a `Value` would reorder its keys
+        // and round its numbers.
+        CtlCommand::Get { id } => match client.get::<Box<RawValue>>(&session_id(id)?).await {
             Ok(session) => {
                 format.session(&session);
                 Ok(Found::Yes)
@@ -149,7 +152,7 @@ async fn execute(args: &CtlArgs, token: Option<String>, format: Format) -> Resul
             let id_parsed = session_id(id)?;
             // Deletes are idempotent on the wire; a read first tells the
             // operator whether there was anything to delete.
-            let existed = match client.get::<serde_json::Value>(&id_parsed).await {
+            let existed = match client.get::<Box<RawValue>>(&id_parsed).await {
                 Ok(_) => true,
                 Err(Error::NotFound) => false,
                 Err(err) => return Err(failed(err)),

@@ -172,3 +172,36 @@ async fn ctl_errors_exit_2_with_a_reason() {
         stderr(&unreachable)
     );
 }
+
+/// `ctl get` shows the data as stored, byte for byte, as the HTTP API and
+/// the binary protocol return it: it printed it through a JSON value,
+/// which sorted its keys, rounded a large number and wrote `-0` as `-0.0`.
+#[tokio::test]
+async fn ctl_get_shows_the_data_as_stored() {
+    let node = Sessiond::start(&["--auth-token", TOKEN]);
+    let data = r#"{"z": 1, "a": 12345678901234567890123, "m": -0, "f": 1.0}"#;
+    let created = sessiond_e2e::http_client(std::time::Duration::from_secs(10))
+        .post(format!("{}/v1/sessions", node.url()))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"data": {data}}}"#))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let (code, text) = run(&node, &["get", &id]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&format!("data:        {data}\n")), "{text}");
+    let (code, json) = run(&node, &["--json", "get", &id]);
+    assert_eq!(code, 0, "{json}");
+    assert!(
+        json.trim_end().ends_with(&format!(r#""data":{data}}}"#)),
+        "{json}"
+    );
+    let parsed: Value = serde_json::from_str(&json).expect("one JSON document");
+    assert_eq!(parsed["id"], id.as_str());
+}
