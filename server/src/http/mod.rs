@@ -54,11 +54,13 @@ fn app(state: AppState, history: Arc<status::History>) -> Router {
         },
     );
     // The 405 answers of the routes are set before the metrics layer, so
-    // that it counts them too (as `method="other"` for unknown methods).
+    // that it counts them too (as `method="other"` for unknown methods),
+    // and so are the answers of no route.
     router
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(from_fn(observability::track))
-        .fallback(unknown_route)
+        // Counted too, as `route="unmatched"`.
+        .fallback_service(axum::routing::any(unknown_route).layer(from_fn(observability::track)))
         .layer(Extension(document))
         .layer(Extension(history))
         .layer(CatchPanicLayer::custom(panic_response))

@@ -32,6 +32,10 @@ async fn metrics_count_requests_by_route_and_status_and_show_sessions_memory_and
     api.create_session(json!({"b": 2})).await;
     assert_eq!(api.get(&id).await.status, 200);
     assert_eq!(api.get(&unknown_id()).await.status, 404);
+    for path in ["/v1/nope", "/nonexistent"] {
+        let unknown = call(http_client(EXCHANGE_TIMEOUT).get(format!("{url}{path}"))).await;
+        assert_eq!(unknown.status, 404, "{path}");
+    }
 
     let answer = call(http_client(EXCHANGE_TIMEOUT).get(format!("{url}/metrics"))).await;
     assert_eq!(answer.status, 200);
@@ -60,6 +64,8 @@ async fn metrics_count_requests_by_route_and_status_and_show_sessions_memory_and
         Some(1.0),
         "{metrics}"
     );
+    // Requests no route takes count too, under one label.
+    assert_eq!(requests("unmatched", "GET", "404"), Some(2.0), "{metrics}");
     assert_eq!(
         metrics.value("sessiond_sessions", &[]),
         Some(2.0),
