@@ -295,6 +295,64 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         .expect("a clean close (GOAWAY)");
 }
 
+/// An HTTP/2 client that grants no flow-control window takes no response
+/// data (the socket never blocks, so the socket's send timeout never
+/// fires): its connection is dropped once a body has waited
+/// `--send-timeout` to be asked for, which frees the upstream's only slot.
+/// It held the slot for as long as the client stayed, so with
+/// `--max-conns 1` every other client got 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_takes_no_data_frees_its_upstream_after_the_send_timeout() {
+    let upstream = TestUpstream::start("app").await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("one");
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let url = upstream.url();
+    let balancer = Balancer::start(&[
+        "--upstream",
+        url.as_str(),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--max-conns",
+        "1",
+        "--send-timeout",
+        "1s",
+        "--header-timeout",
+        "500ms",
+        "--health-interval",
+        "1h",
+    ]);
+    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get("https://localhost/headers")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("the head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    balancer
+        .wait_for_stats("the stalled stream's slot freed", WAIT, |stats| {
+            stats["upstreams"][0]["in_flight"] == 0
+        })
+        .await;
+    tokio::time::timeout(WAIT, driver)
+        .await
+        .expect("the stalled connection was never closed")
+        .expect("the connection task")
+        .ok();
+    drop(response);
+}
+
 /// An HTTP/2 client's cookies, sent as several fields (as browsers do),
 /// reach the HTTP/1.1 upstream as one `Cookie` header joined by "; ". They
 /// were forwarded as several `Cookie` headers, of which many frameworks

@@ -142,6 +142,7 @@ async fn serve(listener: TcpListener, front: Arc<Front>, shutdown: CancellationT
         h1,
         h2,
         idle: front.header_timeout,
+        send_timeout: front.send_timeout,
     });
     let mut refusal = Vec::new();
     Failure::new(
@@ -179,6 +180,9 @@ struct Protocols {
     h2: http2::Builder<TokioExecutor>,
     /// An HTTP/2 connection idle this long is closed.
     idle: Duration,
+    /// An HTTP/2 connection whose client takes no response data this long
+    /// is dropped.
+    send_timeout: Duration,
 }
 
 /// A client connection from accept to close.
@@ -294,7 +298,7 @@ async fn serve_http<I>(
         h2_idle::drive(
             connection,
             &activity,
-            protocols.idle,
+            (protocols.idle, protocols.send_timeout),
             drained(&shutdown),
             |c| c.graceful_shutdown(),
         )
