@@ -4,7 +4,7 @@
 //! the last TTL, under the lock every read takes, held up reads for
 //! milliseconds on a busy node).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use sessiond_proto::SessionId;
 
@@ -19,24 +19,23 @@ pub struct Ahead {
     pub ttl_ms: u64,
 }
 
-/// Width of a deadline bucket.
-const BUCKET_MS: u64 = 1_000;
-
-/// A session ahead, and the second of the deadline index it is filed
-/// under (`None`: taken out as due, not filed again since).
+/// A session ahead, and the second of Redis's expiry it is filed under in
+/// the deadline index (`None`: taken out as due, not filed again since).
 #[derive(Debug, Clone, Copy)]
 struct Filed {
     ahead: Ahead,
     second: Option<u64>,
 }
 
+/// Width of the deadline index's steps.
+const SECOND_MS: u64 = 1_000;
+
 /// The sessions ahead of Redis.
 #[derive(Debug, Default)]
 pub struct Lagging {
     by_id: HashMap<SessionId, Filed>,
-    /// Ids by the second of Redis's expiry; an id filed under another
-    /// second since is dropped from this one when its second is taken.
-    by_deadline: BTreeMap<u64, Vec<SessionId>>,
+    /// Each filed session once, by the second of its Redis expiry.
+    by_deadline: BTreeSet<(u64, SessionId)>,
 }
 
 impl Lagging {
@@ -46,23 +45,31 @@ impl Lagging {
     }
 
     /// Records `ahead` for `id`, filed under the second of its Redis expiry
-    /// unless it is filed there already.
+    /// (and no longer under the one before).
     pub fn set(&mut self, id: SessionId, ahead: Ahead) {
-        let second = ahead.redis / BUCKET_MS;
+        let second = ahead.redis / SECOND_MS;
         let filed = self.by_id.entry(id).or_insert(Filed {
             ahead,
             second: None,
         });
         filed.ahead = ahead;
         if filed.second != Some(second) {
-            filed.second = Some(second);
-            self.by_deadline.entry(second).or_default().push(id);
+            if let Some(before) = filed.second.replace(second) {
+                self.by_deadline.remove(&(before, id));
+            }
+            self.by_deadline.insert((second, id));
         }
     }
 
-    /// Forgets `id` (its deadline entries go when their second is taken).
+    /// Forgets `id`.
     pub fn remove(&mut self, id: &SessionId) {
-        self.by_id.remove(id);
+        if let Some(Filed {
+            second: Some(second),
+            ..
+        }) = self.by_id.remove(id)
+        {
+            self.by_deadline.remove(&(second, *id));
+        }
     }
 
     /// How many sessions are ahead.
@@ -72,26 +79,28 @@ impl Lagging {
 
     /// Takes out of the deadline index every session whose Redis expiry is
     /// in a second up to `horizon_ms`'s (so up to a second past it) and
-    /// returns them, each once; they stay known until removed, and are
-    /// filed again when set again.
+    /// returns them; they stay known until removed, and are filed again
+    /// when set again.
     pub fn due_by(&mut self, horizon_ms: u64) -> Vec<(SessionId, Ahead)> {
+        let last = horizon_ms / SECOND_MS;
         let mut due = Vec::new();
-        while let Some(bucket) = self.by_deadline.first_entry() {
-            let second = *bucket.key();
-            if second > horizon_ms / BUCKET_MS {
+        while let Some(&(second, id)) = self.by_deadline.first() {
+            if second > last {
                 break;
             }
-            for id in bucket.remove() {
-                // Filed under another second since: found there.
-                if let Some(filed) = self.by_id.get_mut(&id)
-                    && filed.second == Some(second)
-                {
-                    filed.second = None;
-                    due.push((id, filed.ahead));
-                }
+            self.by_deadline.pop_first();
+            if let Some(filed) = self.by_id.get_mut(&id) {
+                filed.second = None;
+                due.push((id, filed.ahead));
             }
         }
         due
+    }
+
+    /// Entries in the deadline index (one per filed session).
+    #[cfg(test)]
+    fn filed(&self) -> usize {
+        self.by_deadline.len()
     }
 }
 
@@ -133,5 +142,20 @@ mod tests {
         assert!(lagging.due_by(40_000).is_empty(), "c was forgotten");
         assert_eq!(lagging.due_by(u64::MAX), [(b, ahead(50_000, 60_000))]);
         assert_eq!(lagging.len(), 2);
+    }
+
+    /// A session pushed again and again (its Redis expiry moving each
+    /// time) is filed once: each move left an entry behind, a whole TTL
+    /// long, so a node's index grew with every push of every session.
+    #[test]
+    fn a_session_whose_expiry_moves_is_filed_once() {
+        let mut lagging = Lagging::default();
+        let id = SessionId::random();
+        for push in 0..1_000 {
+            lagging.set(id, ahead(100_000 + push * 60_000, u64::MAX));
+        }
+        assert_eq!(lagging.filed(), 1);
+        lagging.remove(&id);
+        assert_eq!((lagging.len(), lagging.filed()), (0, 0));
     }
 }
