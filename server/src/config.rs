@@ -642,11 +642,13 @@ impl ServeArgs {
         }
         let max_session_bytes = usize::try_from(self.max_session_bytes).unwrap_or(usize::MAX);
         // The smallest session's data, `{}`, must fit.
-        if !(2..=MAX_FRAME_BYTES_CAP).contains(&max_session_bytes) {
+        // Its answer must fit the largest frame.
+        let most_session_bytes = MAX_FRAME_BYTES_CAP - FRAME_ENVELOPE_BYTES;
+        if !(2..=most_session_bytes).contains(&max_session_bytes) {
             return Err(ConfigError::Size {
                 flag: "--max-session-bytes",
                 min: 2,
-                max: MAX_FRAME_BYTES_CAP as u64,
+                max: most_session_bytes as u64,
                 got: self.max_session_bytes,
             });
         }
@@ -953,6 +955,12 @@ mod tests {
                 })
             ));
         }
+        assert_eq!(
+            serve(&["--max-session-bytes", "64MiB"])
+                .unwrap_err()
+                .to_string(),
+            "--max-session-bytes must be between 2 and 67043328 bytes, got 67108864"
+        );
         assert!(matches!(
             serve(&["--max-session-bytes", "1"]),
             Err(ConfigError::Size {

@@ -1136,9 +1136,11 @@ impl Store {
     }
 
     /// Sweeps out expired sessions for a write that found no room, pass
-    /// after pass while passes free some and there is still no room (a
-    /// store full of dead sessions takes the write, whatever its number of
-    /// shards); whether there is room now. One such sweep runs at a time,
+    /// after pass while passes free some and there is still no room, up to
+    /// one look at every session (a store full of dead sessions takes the
+    /// write, whatever its number of shards; a busy store whose sessions
+    /// keep expiring does not hold the write longer); whether there is
+    /// room now. One such sweep runs at a time,
     /// and a write that waited for another's finds the room it made. After
     /// a pass that freed nothing, none runs for
     /// [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes costs
@@ -1152,7 +1154,9 @@ impl Store {
         if fruitless_at.is_some_and(|at| now < at.saturating_add(SWEEP_FOR_ROOM_EVERY_MS)) {
             return false;
         }
-        loop {
+        let per_pass = SWEEP_FOR_ROOM_PER_SHARD * self.shards.len();
+        let sessions = self.counters.sessions.load(Ordering::Relaxed) as usize;
+        for _ in 0..sessions.div_ceil(per_pass).max(1) {
             if self.sweep(SWEEP_FOR_ROOM_PER_SHARD) == 0 {
                 *fruitless_at = Some(now);
                 return has_room();
@@ -1162,6 +1166,7 @@ impl Store {
                 return true;
             }
         }
+        has_room()
     }
 
     /// A write refused for room, counted in `rejections`.
