@@ -230,3 +230,40 @@ async fn members_dropped_from_an_object_are_dropped_from_the_store() {
         json!({"prefs": {"theme": "dark", "font": {"size": 12}}})
     );
 }
+
+/// One request removes an object value while another, which loaded the
+/// session before, changes a member of it and saves after: the later save
+/// wins for the key, whole. Sent as a patch of the changed members, it made
+/// the key hold only that member, an object neither request wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_removed_by_one_request_and_changed_by_another_holds_the_later_whole() {
+    use tower_sessions::SessionStore;
+    let node = Sessiond::start(&[]);
+    let client = client_for(&[&node]).await;
+    let store = SessiondStore::new(client.clone());
+    let prefs = json!({"theme": "light", "lang": "en"});
+    let made = bounded("create", client.create(&json!({ "prefs": prefs }), None))
+        .await
+        .expect("create");
+    let id: tower_sessions::session::Id = made.id.to_string().parse().expect("an id");
+    let load = || async {
+        bounded("load", store.load(&id))
+            .await
+            .expect("load")
+            .expect("the session")
+    };
+    let (mut first, mut second) = (load().await, load().await);
+    first.data.remove("prefs");
+    bounded("save", store.save(&first)).await.expect("save");
+    second
+        .data
+        .insert("prefs".into(), json!({"theme": "dark", "lang": "en"}));
+    bounded("save", store.save(&second)).await.expect("save");
+    let stored = bounded("get", client.get::<Value>(&made.id))
+        .await
+        .expect("get");
+    assert_eq!(
+        stored.data,
+        json!({"prefs": {"theme": "dark", "lang": "en"}})
+    );
+}
