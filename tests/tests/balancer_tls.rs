@@ -25,6 +25,11 @@ const STEADY: [&str; 6] = ["--health-interval", "1s", "--rise", "1", "--fall", "
 const WAIT: Duration = Duration::from_secs(15);
 
 fn tls_balancer(upstream: &TestUpstream, cert: &Path, key: &Path) -> Balancer {
+    tls_balancer_with(upstream, cert, key, &STEADY)
+}
+
+/// A TLS balancer over `upstream` with `cert` and `key`, plus `extra`.
+fn tls_balancer_with(upstream: &TestUpstream, cert: &Path, key: &Path, extra: &[&str]) -> Balancer {
     let url = upstream.url();
     let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
     let mut args = vec![
@@ -35,7 +40,7 @@ fn tls_balancer(upstream: &TestUpstream, cert: &Path, key: &Path) -> Balancer {
         "--tls-key",
         &key,
     ];
-    args.extend(STEADY);
+    args.extend(extra);
     Balancer::start(&args)
 }
 
@@ -246,22 +251,9 @@ fn the_compose_tls_override_makes_a_valid_tls_configuration() {
 async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
     let upstream = TestUpstream::start("app").await;
     let ca = TestCa::new();
+    let extra = ["--header-timeout", "300ms", "--health-interval", "1h"];
     let (cert, key) = ca.issue("one");
-    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
-    let url = upstream.url();
-    let args = [
-        "--upstream",
-        url.as_str(),
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--header-timeout",
-        "300ms",
-        "--health-interval",
-        "1h",
-    ];
-    let balancer = Balancer::start(&args);
+    let balancer = tls_balancer_with(&upstream, &cert, &key, &extra);
 
     // TLS with h2 agreed, then not a byte of the HTTP/2 preface.
     let mut silent = connect_with(&balancer, ca.cert(), b"h2").await;
@@ -305,16 +297,7 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
 async fn an_http2_client_that_takes_no_data_frees_its_upstream_after_the_send_timeout() {
     let upstream = TestUpstream::start("app").await;
     let ca = TestCa::new();
-    let (cert, key) = ca.issue("one");
-    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
-    let url = upstream.url();
-    let balancer = Balancer::start(&[
-        "--upstream",
-        url.as_str(),
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
+    let extra = [
         "--max-conns",
         "1",
         "--send-timeout",
@@ -323,7 +306,9 @@ async fn an_http2_client_that_takes_no_data_frees_its_upstream_after_the_send_ti
         "500ms",
         "--health-interval",
         "1h",
-    ]);
+    ];
+    let (cert, key) = ca.issue("one");
+    let balancer = tls_balancer_with(&upstream, &cert, &key, &extra);
     let tls = connect_with(&balancer, ca.cert(), b"h2").await;
     let (mut sender, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
