@@ -289,9 +289,9 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
 
 /// An HTTP/2 client that grants no flow-control window takes no response
 /// data (the socket never blocks, so the socket's send timeout never
-/// fires): its connection is dropped once a body has waited
-/// `--send-timeout` to be asked for, which frees the upstream's only slot.
-/// It held the slot for as long as the client stayed, so with
+/// fires): its stream is ended once its body has waited `--send-timeout`
+/// to be asked for, which frees the upstream's only slot for another
+/// client. It held the slot for as long as the client stayed, so with
 /// `--max-conns 1` every other client got 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_that_takes_no_data_frees_its_upstream_after_the_send_timeout() {
@@ -330,12 +330,69 @@ async fn an_http2_client_that_takes_no_data_frees_its_upstream_after_the_send_ti
             stats["upstreams"][0]["in_flight"] == 0
         })
         .await;
-    tokio::time::timeout(WAIT, driver)
-        .await
-        .expect("the stalled connection was never closed")
-        .expect("the connection task")
-        .ok();
+    // The slot serves another client.
+    let (body, _) = curl(ca.cert(), balancer.listen.port(), "--http1.1", "/").await;
+    assert_eq!(body, b"app");
     drop(response);
+    driver.abort();
+}
+
+/// An HTTP/2 client that reads a large answer slowly but steadily (16 KiB
+/// a second, the protocol's default 64 KiB windows) is not taken for one
+/// that reads nothing: its body goes to hyper 16 KiB at a time, so hyper
+/// asks for more as soon as the client took that much. With the body
+/// handed over in the upstream's 64 KiB chunks, hyper asked again only
+/// after the client took most of a chunk past its window, and the stream
+/// was ended after --send-timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_http2_reader_is_not_cut_by_the_send_timeout() {
+    use http_body_util::BodyExt;
+    let upstream = TestUpstream::start("app").await;
+    let ca = TestCa::new();
+    let extra = [
+        "--send-timeout",
+        "2s",
+        "--header-timeout",
+        "500ms",
+        "--health-interval",
+        "1h",
+    ];
+    let (cert, key) = ca.issue("one");
+    let balancer = tls_balancer_with(&upstream, &cert, &key, &extra);
+    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get("https://localhost/big/1")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("the head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut read = 0usize;
+    let reading = std::time::Instant::now();
+    while reading.elapsed() < Duration::from_secs(10) {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("a frame in time")
+            .expect("more of the body")
+            .unwrap_or_else(|err| panic!("cut after {read} bytes: {err}"));
+        if let Ok(data) = frame.into_data() {
+            read += data.len();
+        }
+        // About 16 KiB a second: HTTP/2 frames carry 16 KiB at most.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(read >= 64 * 1024, "{read} bytes in 10 s");
+    driver.abort();
 }
 
 /// An HTTP/2 client's cookies, sent as several fields (as browsers do),

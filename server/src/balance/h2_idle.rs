@@ -4,15 +4,20 @@
 //! no request in flight (a response body still streaming counts) and none
 //! started since the last look gets a GOAWAY; one still open and idle at
 //! the next look (a client that never sent its preface) is dropped. A
-//! connection with a response body whose data hyper has not asked to
-//! follow for `--send-timeout` (the client grants no flow-control window:
-//! the socket never blocks, so the socket's timeout never fires) is
-//! dropped at the next look, which frees the upstreams its streams held.
+//! response body whose data hyper has not asked to follow for
+//! `--send-timeout` (the client takes none of it: its flow-control window
+//! stays shut, and the socket, which never blocks, never times out) is
+//! ended at the next look: dropped, which frees its upstream's slot and
+//! connection, and its stream reset when hyper asks for it again; the
+//! connection's other streams go on. Bodies are handed to hyper
+//! [`CHUNK_BYTES`] at a time, so hyper asks again as soon as the client
+//! has taken that much: a client that reads slowly but steadily is not
+//! taken for one that reads nothing.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,9 +38,16 @@ pub struct Activity {
     started: AtomicBool,
     next_stream: AtomicU64,
     /// The response bodies waiting for hyper to ask for more, by stream:
-    /// since when.
-    unasked: Mutex<HashMap<u64, Instant>>,
+    /// since when, and the body.
+    unasked: Mutex<HashMap<u64, (Instant, Weak<SharedBody>)>>,
 }
+
+/// A response body its stream and the stall watch share (`None` once the
+/// watch ended it).
+type SharedBody = Mutex<Option<Logged<ClientBody>>>;
+
+/// Most of a body handed to hyper at once (see the module's doc).
+const CHUNK_BYTES: usize = 16 * 1024;
 
 impl Activity {
     /// A request starts; it ends when the guard (kept by its response
@@ -53,10 +65,26 @@ impl Activity {
         !started && self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    /// How long the body hyper has left unasked longest has waited.
-    fn longest_unasked(&self) -> Option<Duration> {
-        let oldest = self.unasked.lock().values().min().copied()?;
-        Some(oldest.elapsed())
+    /// Ends the response bodies hyper has left unasked for `send_timeout`
+    /// (see the module's doc); how many.
+    fn end_stalled(&self, send_timeout: Duration) -> usize {
+        let stalled: Vec<_> = {
+            let mut unasked = self.unasked.lock();
+            let due: Vec<u64> = unasked
+                .iter()
+                .filter(|(_, (since, _))| since.elapsed() >= send_timeout)
+                .map(|(stream, _)| *stream)
+                .collect();
+            due.iter()
+                .filter_map(|stream| unasked.remove(stream))
+                .collect()
+        };
+        for (_, body) in &stalled {
+            // Dropped outside the locks: it gives its upstream back.
+            let ended = body.upgrade().and_then(|body| body.lock().take());
+            drop(ended);
+        }
+        stalled.len()
     }
 }
 
@@ -65,10 +93,11 @@ impl Activity {
 pub struct Busy(Arc<Activity>, u64);
 
 impl Busy {
-    /// Its body has data out (or its head): hyper asks for more once the
+    /// Its `body` has data out (or its head): hyper asks for more once the
     /// client's window has room.
-    fn gave(&self) {
-        self.0.unasked.lock().insert(self.1, Instant::now());
+    fn gave(&self, body: &Arc<SharedBody>) {
+        let since = (Instant::now(), Arc::downgrade(body));
+        self.0.unasked.lock().insert(self.1, since);
     }
 
     /// Hyper asks for more of its body.
@@ -84,11 +113,14 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request counted until it is sent, and
-/// tells how long hyper leaves it unasked.
+/// A response body that keeps its request counted until it is sent, is
+/// handed to hyper [`CHUNK_BYTES`] at a time, and tells how long hyper
+/// leaves it unasked.
 #[derive(Debug)]
 pub struct Tracked {
-    body: Logged<ClientBody>,
+    body: Arc<SharedBody>,
+    /// What is left of the last data frame.
+    rest: Bytes,
     busy: Busy,
 }
 
@@ -96,8 +128,19 @@ impl Tracked {
     /// `body`, counted as `busy` until it is dropped (from now on, hyper
     /// sends its head and is to ask for the body).
     pub fn new(body: Logged<ClientBody>, busy: Busy) -> Self {
-        busy.gave();
-        Self { body, busy }
+        let body = Arc::new(Mutex::new(Some(body)));
+        busy.gave(&body);
+        Self {
+            body,
+            rest: Bytes::new(),
+            busy,
+        }
+    }
+
+    /// The next chunk of what is left of the last data frame.
+    fn next_chunk(&mut self) -> Frame<Bytes> {
+        let take = self.rest.len().min(CHUNK_BYTES);
+        Frame::data(self.rest.split_to(take))
     }
 }
 
@@ -109,27 +152,63 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.busy.asked();
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
-            self.busy.gave();
+        let this = &mut *self;
+        this.busy.asked();
+        if !this.rest.is_empty() {
+            this.busy.gave(&this.body);
+            return Poll::Ready(Some(Ok(this.next_chunk())));
         }
-        polled
+        let polled = match this.body.lock().as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => {
+                let ended = "the client took none of the response for --send-timeout";
+                return Poll::Ready(Some(Err(ended.into())));
+            }
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.busy.gave(&this.body);
+                match frame.into_data() {
+                    Ok(data) => {
+                        this.rest = data;
+                        Poll::Ready(Some(Ok(this.next_chunk())))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                }
+            }
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty()
+            && self
+                .body
+                .lock()
+                .as_ref()
+                .is_none_or(|body| body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let rest = self.rest.len() as u64;
+        let inner = self
+            .body
+            .lock()
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint());
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 
 /// Drives an HTTP/2 `connection` to its end: `graceful` (a GOAWAY) once
 /// `drained` resolves or once it has been idle for a `period`; dropped if
-/// it is still open and idle one `period` after that, or at a look that
-/// finds a response body hyper has not asked to follow for `send_timeout`.
+/// it is still open and idle one `period` after that. Each look ends the
+/// response bodies hyper has not asked to follow for `send_timeout`.
 pub async fn drive<C, F>(
     connection: C,
     activity: &Activity,
@@ -154,12 +233,13 @@ where
                 graceful(connection.as_mut());
             }
             _ = ticker.tick() => {
-                if activity.longest_unasked().is_some_and(|waited| waited >= send_timeout) {
+                let ended = activity.end_stalled(send_timeout);
+                if ended > 0 {
                     tracing::info!(
+                        streams = ended,
                         ?send_timeout,
-                        "HTTP/2 client took no response data for --send-timeout; connection dropped"
+                        "HTTP/2 client took none of a response for --send-timeout; its stream ended"
                     );
-                    return Ok(());
                 }
                 if activity.idle_since_last_look() {
                     if closing {
