@@ -72,7 +72,10 @@ pub async fn run(
 ) {
     let mut wire = Wire::new(stream, ctx.limits.max_frame_bytes.min(HELLO_FRAME_BYTES));
     let hello = match handshake(&mut wire, ctx).await {
-        Ok(hello) => {
+        // Connected and closed (a TCP health probe, a port scan): nothing
+        // to say, and no protocol error.
+        Ok(None) => return,
+        Ok(Some(hello)) => {
             wire.codec = Codec::new(ctx.limits.max_frame_bytes);
             hello
         }
@@ -324,7 +327,9 @@ fn truncated() -> WireError {
     )
 }
 
-async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Hello, WireError> {
+/// Reads and checks the client's Hello (`None`: it closed before sending
+/// a byte).
+async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Option<Hello>, WireError> {
     let first = tokio::time::timeout(ctx.limits.handshake_timeout, wire.next())
         .await
         .map_err(|_| {
@@ -350,12 +355,7 @@ async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Hello, WireError
                 "the first frame must be Hello",
             ));
         }
-        None => {
-            return Err(WireError::new(
-                ErrorCode::ProtocolError,
-                "closed before Hello",
-            ));
-        }
+        None => return Ok(None),
     };
     if hello.protocol != PROTOCOL_VERSION {
         return Err(WireError::new(
@@ -380,7 +380,7 @@ async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Hello, WireError
     if let Some(placement) = &hello.placement {
         check_placement(placement)?;
     }
-    Ok(hello)
+    Ok(Some(hello))
 }
 
 /// A placement ring the server can draw ids for: 1 to [`MAX_RING_NODES`]
