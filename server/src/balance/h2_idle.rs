@@ -154,17 +154,18 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         this.busy.asked();
+        let mut body = this.body.lock();
+        let Some(inner) = body.as_mut() else {
+            let ended = "the client took none of the response for --send-timeout";
+            return Poll::Ready(Some(Err(ended.into())));
+        };
         if !this.rest.is_empty() {
+            drop(body);
             this.busy.gave(&this.body);
             return Poll::Ready(Some(Ok(this.next_chunk())));
         }
-        let polled = match this.body.lock().as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => {
-                let ended = "the client took none of the response for --send-timeout";
-                return Poll::Ready(Some(Err(ended.into())));
-            }
-        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        drop(body);
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.busy.gave(&this.body);
@@ -181,12 +182,14 @@ impl Body for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
+        // A body the watch ended is not at its end: hyper is to ask for
+        // it and reset the stream, not end it as if it were whole.
         self.rest.is_empty()
             && self
                 .body
                 .lock()
                 .as_ref()
-                .is_none_or(|body| body.is_end_stream())
+                .is_some_and(|body| body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -195,7 +198,7 @@ impl Body for Tracked {
             .body
             .lock()
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint());
+            .map_or_else(SizeHint::new, |body| body.size_hint());
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + rest);
         if let Some(upper) = inner.upper() {
