@@ -133,18 +133,24 @@ pub async fn serve(
     }
 }
 
-async fn unknown_route() -> ApiError {
-    ApiError::new(
+/// No cache may keep any answer to a `/v1` path, the ones no route takes
+/// too.
+const NO_STORE: [(header::HeaderName, &str); 1] = [(header::CACHE_CONTROL, "no-store")];
+
+async fn unknown_route() -> impl IntoResponse {
+    let error = ApiError::new(
         ErrorCode::UnknownRoute,
         "no such route; the API lives under /v1/sessions",
-    )
+    );
+    (NO_STORE, error)
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+async fn method_not_allowed() -> impl IntoResponse {
+    let error = ApiError::new(
         ErrorCode::MethodNotAllowed,
         "this route does not accept this method",
-    )
+    );
+    (NO_STORE, error)
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

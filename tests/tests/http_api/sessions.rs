@@ -181,6 +181,14 @@ async fn no_cache_may_keep_a_v1_answer() {
                 .await,
         ),
         ("unknown session", api.get(&unknown_id()).await),
+        (
+            "unknown route",
+            api.request(Method::GET, "/v1/nope", &[], "").await,
+        ),
+        (
+            "method not allowed",
+            api.request(Method::PUT, "/v1/sessions", &[], "").await,
+        ),
     ];
     for (what, answer) in &answers {
         assert_eq!(
@@ -192,4 +200,5 @@ async fn no_cache_may_keep_a_v1_answer() {
     }
     assert_eq!(answers[2].1.status, 412);
     assert_eq!(answers[3].1.status, 200);
+    assert_eq!((answers[5].1.status, answers[6].1.status), (404, 405));
 }
