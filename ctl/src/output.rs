@@ -6,6 +6,15 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sessiond_client::{NodeStats, Session, SessionInfo};
 
+/// Prints a line to stdout; a reader that went away (`sessiond ctl ... |
+/// head`) is not an error (`println!` panics on it).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -32,7 +41,7 @@ fn info_json(info: &SessionInfo) -> Value {
 
 fn lines(rows: &[(&str, String)]) {
     for (name, value) in rows {
-        println!("{:<13}{value}", format!("{name}:"));
+        say!("{:<13}{value}", format!("{name}:"));
     }
 }
 
@@ -48,7 +57,7 @@ impl Format {
                 // its closing brace).
                 let head = body.to_string();
                 let head = head.strip_suffix('}').unwrap_or(&head);
-                println!("{head},\"data\":{}}}", session.data.get());
+                say!("{head},\"data\":{}}}", session.data.get());
             }
             Self::Text => lines(&[
                 ("id", info.id.to_string()),
@@ -66,7 +75,7 @@ impl Format {
     /// A session that is not there (stdout stays empty in text).
     pub fn not_found(self, id: &str) {
         match self {
-            Self::Json => println!("{}", json!({"id": id, "found": false})),
+            Self::Json => say!("{}", json!({"id": id, "found": false})),
             Self::Text => eprintln!("no live session has the id {id}"),
         }
     }
@@ -74,8 +83,8 @@ impl Format {
     /// A session deleted.
     pub fn deleted(self, id: &str) {
         match self {
-            Self::Json => println!("{}", json!({"id": id, "deleted": true})),
-            Self::Text => println!("deleted {id}"),
+            Self::Json => say!("{}", json!({"id": id, "deleted": true})),
+            Self::Text => say!("deleted {id}"),
         }
     }
 
@@ -85,7 +94,7 @@ impl Format {
             Self::Json => {
                 let mut body = json!(stats);
                 body["node"] = json!(node);
-                println!("{body}");
+                say!("{body}");
             }
             Self::Text => {
                 let memory = match stats.bytes_limit {
@@ -121,13 +130,13 @@ impl Format {
         match self {
             Self::Json => {
                 let sessions: Vec<Value> = sessions.iter().map(info_json).collect();
-                println!("{}", json!({"user": user, "sessions": sessions}));
+                say!("{}", json!({"user": user, "sessions": sessions}));
             }
             Self::Text if sessions.is_empty() => eprintln!("{user} has no live sessions"),
             Self::Text => {
-                println!("{:<24}{:>8}  {:<26}EXPIRES", "ID", "VERSION", "CREATED");
+                say!("{:<24}{:>8}  {:<26}EXPIRES", "ID", "VERSION", "CREATED");
                 for session in sessions {
-                    println!(
+                    say!(
                         "{:<24}{:>8}  {:<26}{}",
                         session.id.to_string(),
                         session.version,
@@ -142,8 +151,8 @@ impl Format {
     /// A revocation.
     pub fn revoked(self, user: &str, revoked: u64) {
         match self {
-            Self::Json => println!("{}", json!({"user": user, "revoked": revoked})),
-            Self::Text => println!("revoked {revoked} session(s) of {user}"),
+            Self::Json => say!("{}", json!({"user": user, "revoked": revoked})),
+            Self::Text => say!("revoked {revoked} session(s) of {user}"),
         }
     }
 }

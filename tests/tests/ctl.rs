@@ -205,3 +205,26 @@ async fn ctl_get_shows_the_data_as_stored() {
     let parsed: Value = serde_json::from_str(&json).expect("one JSON document");
     assert_eq!(parsed["id"], id.as_str());
 }
+
+/// Output cut short by its reader (`sessiond ctl stats | head -1`) ends
+/// `ctl` with its usual exit code and no panic (it panicked on the broken
+/// pipe, exit code 101, with a backtrace).
+#[tokio::test]
+async fn a_reader_that_goes_away_is_no_error() {
+    let node = Sessiond::start(&["--auth-token", TOKEN]);
+    let mut child = Command::new(binary("sessiond:sessiond"))
+        .arg("ctl")
+        .args(["--node", &node.tcp.to_string(), "--timeout", "5s", "stats"])
+        .env("SESSIOND_AUTH_TOKEN", TOKEN)
+        .env_remove("SESSIOND_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run sessiond ctl");
+    // The reader goes away before a line is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("ctl exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
