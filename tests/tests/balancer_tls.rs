@@ -287,6 +287,45 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         .expect("a clean close (GOAWAY)");
 }
 
+/// A TLS balancer over `upstream` (with `extra` flags, a look every
+/// 500 ms), and the head (a 200) of a `GET path` through it from an HTTP/2
+/// client whose stream window is `window` bytes, with the task driving
+/// that client's connection.
+async fn windowed_http2_get(
+    upstream: &TestUpstream,
+    ca: &TestCa,
+    extra: &[&str],
+    window: u32,
+    path: &str,
+) -> (
+    Balancer,
+    hyper::Response<hyper::body::Incoming>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let mut args = vec!["--header-timeout", "500ms", "--health-interval", "1h"];
+    args.extend(extra);
+    let (cert, key) = ca.issue("one");
+    let balancer = tls_balancer_with(upstream, &cert, &key, &args);
+    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window.max(65_535))
+            .handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("https://localhost{path}"))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("the head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    (balancer, response, driver)
+}
+
 /// An HTTP/2 client that grants no flow-control window takes no response
 /// data (the socket never blocks, so the socket's send timeout never
 /// fires): its stream is ended once its body has waited `--send-timeout`
@@ -297,34 +336,14 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
 async fn an_http2_client_that_takes_no_data_frees_its_upstream_after_the_send_timeout() {
     let upstream = TestUpstream::start("app").await;
     let ca = TestCa::new();
-    let extra = [
-        "--max-conns",
-        "1",
-        "--send-timeout",
-        "1s",
-        "--header-timeout",
-        "500ms",
-        "--health-interval",
-        "1h",
-    ];
-    let (cert, key) = ca.issue("one");
-    let balancer = tls_balancer_with(&upstream, &cert, &key, &extra);
-    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake(TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    let driver = tokio::spawn(connection);
-    let request = hyper::Request::get("https://localhost/headers")
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("the head in time")
-        .expect("a response");
-    assert_eq!(response.status(), 200);
+    let (balancer, response, driver) = windowed_http2_get(
+        &upstream,
+        &ca,
+        &["--max-conns", "1", "--send-timeout", "1s"],
+        0,
+        "/headers",
+    )
+    .await;
     balancer
         .wait_for_stats("the stalled stream's slot freed", WAIT, |stats| {
             stats["upstreams"][0]["in_flight"] == 0
@@ -349,33 +368,9 @@ async fn a_slow_but_steady_http2_reader_is_not_cut_by_the_send_timeout() {
     use http_body_util::BodyExt;
     let upstream = TestUpstream::start("app").await;
     let ca = TestCa::new();
-    let extra = [
-        "--send-timeout",
-        "2s",
-        "--header-timeout",
-        "500ms",
-        "--health-interval",
-        "1h",
-    ];
-    let (cert, key) = ca.issue("one");
-    let balancer = tls_balancer_with(&upstream, &cert, &key, &extra);
-    let tls = connect_with(&balancer, ca.cert(), b"h2").await;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .handshake(TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    let driver = tokio::spawn(connection);
-    let request = hyper::Request::get("https://localhost/big/1")
-        .body(Empty::<bytes::Bytes>::new())
-        .expect("request");
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("the head in time")
-        .expect("a response");
-    assert_eq!(response.status(), 200);
+    let extra = ["--send-timeout", "2s"];
+    let (_balancer, response, driver) =
+        windowed_http2_get(&upstream, &ca, &extra, 65_535, "/big/1").await;
     let mut body = response.into_body();
     let mut read = 0usize;
     let reading = std::time::Instant::now();
