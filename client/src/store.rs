@@ -118,9 +118,7 @@ impl SessiondStore {
             _ => left,
         }
     }
-}
 
-impl SessiondStore {
     /// Writes `changes` (keys with their new values, `null` to remove)
     /// into the session as it is now, each key replaced whole: a read and
     /// a write conditional on its version, again on a conflict.

@@ -68,18 +68,15 @@ impl Activity {
     /// Ends the response bodies hyper has left unasked for `send_timeout`
     /// (see the module's doc); how many.
     fn end_stalled(&self, send_timeout: Duration) -> usize {
-        let stalled: Vec<_> = {
-            let mut unasked = self.unasked.lock();
-            let due: Vec<u64> = unasked
-                .iter()
-                .filter(|(_, (since, _))| since.elapsed() >= send_timeout)
-                .map(|(stream, _)| *stream)
-                .collect();
-            due.iter()
-                .filter_map(|stream| unasked.remove(stream))
-                .collect()
-        };
-        for (_, body) in &stalled {
+        let mut stalled = Vec::new();
+        self.unasked.lock().retain(|_, (since, body)| {
+            let due = since.elapsed() >= send_timeout;
+            if due {
+                stalled.push(body.clone());
+            }
+            !due
+        });
+        for body in &stalled {
             // Dropped outside the locks: it gives its upstream back.
             let ended = body.upgrade().and_then(|body| body.lock().take());
             drop(ended);

@@ -468,10 +468,11 @@ impl Redis {
         origin: Option<&SessionId>,
     ) -> Result<SessionId, BackendError> {
         let mut conn = self.link.conn()?;
-        let mut claim = format!("{}:{fresh}", claim_letter(by));
-        if let Some(origin) = origin {
-            claim.push_str(&format!(":{origin}"));
-        }
+        let kind = claim_letter(by);
+        let claim = match origin {
+            Some(origin) => format!("{kind}:{fresh}:{origin}"),
+            None => format!("{kind}:{fresh}"),
+        };
         let claimed = redis::cmd("SET")
             .arg(claim_key(&self.config.prefix, tag))
             .arg(claim)
@@ -492,7 +493,7 @@ impl Redis {
         let other_origin = origin
             .zip(claimed_origin)
             .is_some_and(|(origin, claimed)| claimed != origin.to_string());
-        if (!letter.is_empty() && letter != claim_letter(by)) || other_origin {
+        if (!letter.is_empty() && letter != kind) || other_origin {
             return Err(BackendError::KeyReused);
         }
         id.parse().map_err(|_| {
