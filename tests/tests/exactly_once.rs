@@ -763,7 +763,7 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
         let other = create(2, None).await.session();
         refused(
             "a rotation reusing a create's key",
-            &rotate(&other.id, first_key).await,
+            &rotate(&other.id, first_key.clone()).await,
         );
         let third = create(3, None).await.session();
         let rotated = rotate(&third.id, second_key.clone()).await;
@@ -781,7 +781,25 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
         let fifth = create(5, None).await.session();
         refused(
             "a rotation of another session reusing a rotation's key",
-            &rotate(&fifth.id, second_key).await,
+            &rotate(&fifth.id, second_key.clone()).await,
+        );
+        // A change of a session sent with the key of the create that made
+        // it is another write, never a repeat of the create.
+        let session_url = format!("{}/v1/sessions/{}", node.url(), made.id);
+        let put = http
+            .put(&session_url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", &first_key)
+            .body(r#"{"data":{"n":9}}"#);
+        refused("a put reusing its session's create's key", &send(put).await);
+        let patch = http
+            .patch(&session_url)
+            .header("content-type", "application/merge-patch+json")
+            .header("idempotency-key", &first_key)
+            .body(r#"{"n":9}"#);
+        refused(
+            "a patch reusing its session's create's key",
+            &send(patch).await,
         );
         for (id, n) in [
             (&made.id, 1),
@@ -792,7 +810,22 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
             let read = send(http.get(format!("{}/v1/sessions/{id}", node.url()))).await;
             assert_eq!(read.status, 200, "{name}, {id}: {}", read.text);
             assert_eq!(read.json()["data"]["n"], n, "{name}, {id}");
+            assert_eq!(read.json()["version"], 1, "{name}, {id}");
         }
+        // The first rotation's session ended (a logout): its key still
+        // names that rotation, and never moves another session onto its id.
+        let logout = send(http.delete(format!("{}/v1/sessions/{}", node.url(), rotated.id))).await;
+        assert_eq!(logout.status, 204, "{name}: {}", logout.text);
+        refused(
+            "a rotation of another session reusing the key of a rotation whose session ended",
+            &rotate(&fifth.id, second_key).await,
+        );
+        let gone = send(http.get(format!("{}/v1/sessions/{}", node.url(), rotated.id))).await;
+        assert_eq!(
+            gone.status, 404,
+            "{name}: the logged-out id came back: {}",
+            gone.text
+        );
     }
 }
 

@@ -160,12 +160,14 @@ pub enum BackendError {
     #[error(transparent)]
     Indeterminate(#[from] Indeterminate),
     /// The write's tag (an HTTP `Idempotency-Key`) is one another write
-    /// used: a create's with a rotation or the other way round, or a
-    /// rotation's whose new id holds another session. A client's mistake;
-    /// nothing was changed.
+    /// used: a create's with a rotation or the other way round, a
+    /// rotation's with a rotation of another session, a create's with a
+    /// change of the session it made, or a rotation's whose new id holds
+    /// another session. A client's mistake; nothing was changed.
     #[error(
-        "this write's Idempotency-Key was sent with another write (a create and a rotation \
-         cannot share one); nothing was changed (send each write with a key of its own)"
+        "this write's Idempotency-Key was sent with another write (a create, a rotation and \
+         a change of a session cannot share one); nothing was changed (send each write with \
+         a key of its own)"
     )]
     KeyReused,
 }
@@ -304,7 +306,7 @@ impl From<StoreError> for BackendError {
             StoreError::Full { needed, limit } => Self::StoreFull { needed, limit },
             StoreError::TooManySessions { max } => Self::TooManySessions { max },
             StoreError::ShardFull { max } => Self::Unavailable(Unavailable::ShardFull { max }),
-            StoreError::IdTaken => Self::KeyReused,
+            StoreError::IdTaken | StoreError::KeyReused => Self::KeyReused,
         }
     }
 }

@@ -60,12 +60,19 @@ struct Generations {
     current_since: Instant,
 }
 
-/// One claim: the id, the kind of write, and whether it made its session.
-#[derive(Debug, Clone, Copy)]
-struct Claimed {
-    id: SessionId,
-    by: ClaimedBy,
-    made: bool,
+/// One claim: a create's id and whether it made its session, or a
+/// rotation's (boxed: rotations are few, and a create's claim stays small).
+#[derive(Debug)]
+enum Claimed {
+    Create { id: SessionId, made: bool },
+    Rotation(Box<Moved>),
+}
+
+/// What a rotation's claim names: the session it moves, and where to.
+#[derive(Debug)]
+struct Moved {
+    origin: SessionId,
+    to: SessionId,
 }
 
 /// The kind of write that claims an id for its tag.
@@ -73,8 +80,34 @@ struct Claimed {
 pub enum ClaimedBy {
     /// A create: the id of the session it makes.
     Create,
-    /// A rotation: the id it moves the session to.
-    Rotation,
+    /// A rotation of the session `origin`: the id it moves it to.
+    Rotation {
+        /// The session the rotation moves.
+        origin: SessionId,
+    },
+}
+
+impl Claimed {
+    fn new(by: ClaimedBy, id: SessionId) -> Self {
+        match by {
+            ClaimedBy::Create => Self::Create { id, made: false },
+            ClaimedBy::Rotation { origin } => Self::Rotation(Box::new(Moved { origin, to: id })),
+        }
+    }
+
+    /// What an attempt of the write `by` finds in this claim.
+    fn found_by(&self, by: ClaimedBy) -> Claim {
+        match (self, by) {
+            (&Self::Create { id, made }, ClaimedBy::Create) => Claim::Earlier { id, made },
+            (Self::Rotation(moved), ClaimedBy::Rotation { origin }) if moved.origin == origin => {
+                Claim::Earlier {
+                    id: moved.to,
+                    made: false,
+                }
+            }
+            _ => Claim::Reused,
+        }
+    }
 }
 
 /// What [`Claims::claim`] found.
@@ -89,7 +122,8 @@ pub enum Claim {
         /// An attempt made the session (see [`Claims::made`]).
         made: bool,
     },
-    /// A write of the other kind claimed the tag: its key was reused.
+    /// A write of the other kind, or a rotation of another session,
+    /// claimed the tag: its key was reused.
     Reused,
 }
 
@@ -126,13 +160,7 @@ impl Claims {
     pub fn claim(&self, tag: u64, fresh: SessionId, by: ClaimedBy) -> Claim {
         let mut shard = self.shards[tag as usize % SHARDS].lock();
         if let Some(earlier) = shard.current.get(&tag).or_else(|| shard.previous.get(&tag)) {
-            if earlier.by != by {
-                return Claim::Reused;
-            }
-            return Claim::Earlier {
-                id: earlier.id,
-                made: earlier.made,
-            };
+            return earlier.found_by(by);
         }
         let now = Instant::now();
         if now.duration_since(shard.current_since) >= CLAIM_TTL
@@ -141,14 +169,7 @@ impl Claims {
             shard.previous = std::mem::take(&mut shard.current);
             shard.current_since = now;
         }
-        shard.current.insert(
-            tag,
-            Claimed {
-                id: fresh,
-                by,
-                made: false,
-            },
-        );
+        shard.current.insert(tag, Claimed::new(by, fresh));
         Claim::Fresh(fresh)
     }
 
@@ -158,8 +179,10 @@ impl Claims {
         let Generations {
             current, previous, ..
         } = &mut *shard;
-        if let Some(claimed) = current.get_mut(&tag).or_else(|| previous.get_mut(&tag)) {
-            claimed.made = true;
+        if let Some(Claimed::Create { made, .. }) =
+            current.get_mut(&tag).or_else(|| previous.get_mut(&tag))
+        {
+            *made = true;
         }
     }
 }
@@ -191,11 +214,38 @@ mod tests {
     fn a_tag_claimed_by_one_kind_of_write_is_reused_by_the_other() {
         let claims = Claims::default();
         let (a, b) = (SessionId::random(), SessionId::random());
+        let rotation = ClaimedBy::Rotation {
+            origin: SessionId::random(),
+        };
         assert_eq!(claims.claim(7, a, CREATE), Claim::Fresh(a));
-        assert_eq!(claims.claim(7, b, ClaimedBy::Rotation), Claim::Reused);
-        assert_eq!(claims.claim(8, b, ClaimedBy::Rotation), Claim::Fresh(b));
+        assert_eq!(claims.claim(7, b, rotation), Claim::Reused);
+        assert_eq!(claims.claim(8, b, rotation), Claim::Fresh(b));
         assert_eq!(claims.claim(8, a, CREATE), Claim::Reused);
         assert!(matches!(Claim::Reused.id(), Err(BackendError::KeyReused)));
+    }
+
+    #[test]
+    fn a_rotations_tag_is_reused_by_a_rotation_of_another_session() {
+        let claims = Claims::default();
+        let (origin, other, to) = (
+            SessionId::random(),
+            SessionId::random(),
+            SessionId::random(),
+        );
+        let of = |origin| ClaimedBy::Rotation { origin };
+        assert_eq!(claims.claim(9, to, of(origin)), Claim::Fresh(to));
+        let again = claims.claim(9, SessionId::random(), of(origin));
+        assert_eq!(
+            again,
+            Claim::Earlier {
+                id: to,
+                made: false
+            }
+        );
+        assert_eq!(
+            claims.claim(9, SessionId::random(), of(other)),
+            Claim::Reused
+        );
     }
 
     #[test]

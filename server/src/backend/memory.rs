@@ -28,11 +28,17 @@ impl MemoryBackend {
         }
     }
 
-    /// The id a tagged rotation is to use: `fresh`, or the one an attempt
-    /// of the same rotation claimed first.
-    fn claimed(&self, tag: Option<u64>, fresh: SessionId) -> Result<SessionId, BackendError> {
+    /// The id a tagged rotation of `origin` is to use: `fresh`, or the one
+    /// an attempt of the same rotation claimed first.
+    fn claimed(
+        &self,
+        tag: Option<u64>,
+        fresh: SessionId,
+        origin: SessionId,
+    ) -> Result<SessionId, BackendError> {
         tag.map_or(Ok(fresh), |tag| {
-            self.claims.claim(tag, fresh, ClaimedBy::Rotation).id()
+            let by = ClaimedBy::Rotation { origin };
+            self.claims.claim(tag, fresh, by).id()
         })
     }
 }
@@ -114,7 +120,7 @@ impl Backend for MemoryBackend {
         tag: Option<u64>,
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        let moved_to = rotation_target(id, self.claimed(tag, new_id)?)?;
+        let moved_to = rotation_target(id, self.claimed(tag, new_id, *id)?)?;
         match self.store.rotate(id, moved_to, rebind.as_ref()) {
             // Another attempt of this rotation may have moved it already
             // (the new id is claimed by this write alone).

@@ -162,6 +162,9 @@ pub enum StoreError {
     /// The id a session was to move to holds another live session.
     #[error("the id this rotation was to move the session to holds another session")]
     IdTaken,
+    /// A change of a session sent with the tag of the create that made it.
+    #[error("this write's tag is the one that created the session")]
+    KeyReused,
     /// The write does not fit in the memory bound.
     #[error("the store is full: {needed} more bytes do not fit in the {limit}-byte memory bound")]
     Full {
@@ -761,6 +764,7 @@ impl Store {
                     });
                 }
                 Verdict::Indeterminate => return Err(StoreError::Indeterminate.into()),
+                Verdict::Reused => return Err(StoreError::KeyReused.into()),
             }
             if let Some(expected) = expected.filter(|&v| v != current) {
                 return Err(StoreError::VersionMismatch { expected, current }.into());

@@ -60,6 +60,10 @@ pub enum Verdict {
     /// Re-sent, and the log no longer reaches back far enough to tell
     /// whether the first attempt was applied.
     Indeterminate,
+    /// The tag is the one that created the session (only a create makes
+    /// version 1): a change of the session sent with the create's key is
+    /// another write reusing it, never a repeat.
+    Reused,
 }
 
 impl WriteLog {
@@ -131,8 +135,10 @@ impl WriteLog {
         let Some(write) = write.filter(|write| write.id != 0) else {
             return Verdict::Apply;
         };
-        if let Some(produced) = self.find(write.id, version) {
-            return Verdict::Replay { version: produced };
+        match self.find(write.id, version) {
+            Some(1) => return Verdict::Reused,
+            Some(produced) => return Verdict::Replay { version: produced },
+            None => {}
         }
         let Some(after_ms) = write.resent_after_ms else {
             return self.judge_first_attempt(write, expected, now_ms);
@@ -235,11 +241,15 @@ mod tests {
             log.judge(3, resent(2, 10), Some(1), 5_000),
             Verdict::Replay { version: 2 }
         );
-        assert_eq!(
-            log.judge(3, resent(1, 10), None, 5_000),
-            Verdict::Replay { version: 1 }
-        );
         assert_eq!(log.judge(3, first(9), None, 5_000), Verdict::Apply);
+    }
+
+    #[test]
+    fn the_creates_tag_on_a_change_of_its_session_is_reused() {
+        let log = log_through(3);
+        // Version 1 is only ever a create's.
+        assert_eq!(log.judge(3, resent(1, 10), None, 5_000), Verdict::Reused);
+        assert_eq!(log.judge(3, first(1), Some(3), 5_000), Verdict::Reused);
     }
 
     #[test]

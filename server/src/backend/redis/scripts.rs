@@ -298,7 +298,8 @@ return 1
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
 /// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v, nodes}
 /// (already applied, at version v; the `recall` of the latest
-/// announcement), {-4} (cannot tell whether it was applied), or
+/// announcement), {-4} (cannot tell whether it was applied), {-5} (the tag
+/// created the session: a reused key, as `store::Verdict::Reused`), or
 /// {v, c, u, t, expires_at, w, h, f, other cachers, user}, with the data
 /// appended for a touch.
 const WRITE: &str = r"
@@ -319,6 +320,7 @@ if ARGV[9] ~= '' then
   for tag in string.gmatch(log, '[^,]+') do
     if age >= v then break end
     if tag == ARGV[9] then
+      if v - age == 1 then return {-5} end
       return {-3, v - age, recall(cur[10], ARGV[6], ARGV[7])}
     end
     age = age + 1
@@ -630,6 +632,8 @@ pub enum WriteOutcome {
     },
     /// A re-sent write whose first attempt may or may not have landed.
     Indeterminate,
+    /// The write's tag created the session: a reused key.
+    Reused,
     /// Written.
     Done {
         /// New (or, for a touch, unchanged) version.
@@ -673,6 +677,7 @@ impl FromRedisValue for WriteOutcome {
                 told: node_ids(&String::from_redis_value(fields.next())?),
             },
             -4 => Self::Indeterminate,
+            -5 => Self::Reused,
             version => {
                 let (created_at_ms, updated_at_ms) = (fields.unsigned()?, fields.unsigned()?);
                 let (ttl_ms, expires_at_ms) = (fields.unsigned()?, fields.unsigned()?);

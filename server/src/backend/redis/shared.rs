@@ -78,7 +78,7 @@ fn claim_key(prefix: &str, tag: u64) -> String {
 fn claim_letter(by: ClaimedBy) -> &'static str {
     match by {
         ClaimedBy::Create => "c",
-        ClaimedBy::Rotation => "r",
+        ClaimedBy::Rotation { .. } => "r",
     }
 }
 
@@ -454,7 +454,7 @@ impl Redis {
     }
 
     /// The id the tagged create or rotation `tag` (a write of the kind
-    /// `by`; a rotation of the session `origin`) is to use: `fresh`, or the
+    /// `by`) is to use: `fresh`, or the
     /// one another attempt of the same write claimed first. A write of the
     /// other kind that claimed the tag, or a rotation of another session,
     /// reused its key: refused. (The claim is `c:<id>`, or `r:<id>:<origin>`;
@@ -465,10 +465,13 @@ impl Redis {
         tag: u64,
         fresh: SessionId,
         by: ClaimedBy,
-        origin: Option<&SessionId>,
     ) -> Result<SessionId, BackendError> {
         let mut conn = self.link.conn()?;
         let kind = claim_letter(by);
+        let origin = match by {
+            ClaimedBy::Rotation { origin } => Some(origin),
+            ClaimedBy::Create => None,
+        };
         let claim = match origin {
             Some(origin) => format!("{kind}:{fresh}:{origin}"),
             None => format!("{kind}:{fresh}"),

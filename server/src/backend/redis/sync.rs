@@ -145,6 +145,7 @@ impl SyncBackend {
                 Err(BackendError::VersionMismatch { expected, current })
             }
             WriteOutcome::Indeterminate => Err(Indeterminate::Resent.into()),
+            WriteOutcome::Reused => Err(BackendError::KeyReused),
             WriteOutcome::Replayed { version, .. } => {
                 let current = redis.load_locked(id).await?;
                 Ok(Session { version, ..current })
@@ -339,7 +340,7 @@ impl Backend for SyncBackend {
         let id = redis.usable_id(id);
         let fresh = id;
         let id = match tag {
-            Some(tag) => redis.claim(tag, id, ClaimedBy::Create, None).await?,
+            Some(tag) => redis.claim(tag, id, ClaimedBy::Create).await?,
             None => id,
         };
         let user = owner.as_ref().map(|owner| owner.user.clone());
@@ -438,6 +439,7 @@ impl Backend for SyncBackend {
                 Verdict::Indeterminate => {
                     return Err(BackendError::from(Indeterminate::Resent).into());
                 }
+                Verdict::Reused => return Err(BackendError::KeyReused.into()),
             }
             if let Some(expected) = expected
                 && expected != current.version
@@ -587,7 +589,7 @@ impl SyncBackend {
         let claimed = match tag {
             Some(tag) => {
                 redis
-                    .claim(tag, new_id, ClaimedBy::Rotation, Some(id))
+                    .claim(tag, new_id, ClaimedBy::Rotation { origin: *id })
                     .await?
             }
             None => new_id,

@@ -126,7 +126,7 @@ impl WriteBehindBackend {
         let Some(tag) = tag else {
             return Ok(fresh);
         };
-        match self.redis.claim(tag, fresh, ClaimedBy::Create, None).await {
+        match self.redis.claim(tag, fresh, ClaimedBy::Create).await {
             Err(BackendError::KeyReused) => Err(BackendError::KeyReused),
             Err(err) => {
                 tracing::debug!(%err, "claiming a create's id in Redis failed; claimed here");
