@@ -47,6 +47,9 @@ const ENVELOPE_BYTES: usize = 256;
 const READ_CHUNK: usize = 16 * 1024;
 /// Requests encoded past this many bytes wait for the buffer to drain.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// A buffer grown past this (for a large frame) is given back once empty,
+/// so one large session does not keep its size in every pooled connection.
+const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
 /// How far off a deadline too large to represent is put.
 const FAR_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -297,6 +300,10 @@ async fn drive(
     let mut goodbye = None;
     loop {
         input.reserve(READ_CHUNK);
+        // Measured before a read or a write: taking a frame out of a
+        // buffer hides the room kept behind it.
+        let input_grown = input.capacity() > KEEP_BUFFER_BYTES;
+        let output_grown = output.capacity() > KEEP_BUFFER_BYTES;
         tokio::select! {
             biased;
             () = closed.cancelled() => break,
@@ -342,6 +349,7 @@ async fn drive(
                     goodbye = ended.goodbye;
                     break;
                 }
+                give_back_if_grown(&mut input, input_grown);
             }
             written = writer.write_buf(&mut output), if !output.is_empty() => {
                 if written.is_err() {
@@ -350,6 +358,7 @@ async fn drive(
                 if output.is_empty() {
                     (last_batch, batch) = (batch, 0);
                 }
+                give_back_if_grown(&mut output, output_grown);
                 while output.len() < WRITE_BATCH_BYTES {
                     let Some(call) = held.pop_front() else { break };
                     queue(call, &mut encoder, &mut output, &mut waiting);
@@ -374,6 +383,14 @@ async fn drive(
     for call in held.into_iter().chain(queued) {
         let unsent = Error::Unavailable("the connection closed before the request was sent".into());
         let _ = call.answer.send(Reply::NotStarted(unsent));
+    }
+}
+
+/// Swaps an emptied buffer that had `grown` past [`KEEP_BUFFER_BYTES`] for
+/// a small one, giving its memory back.
+fn give_back_if_grown(buffer: &mut BytesMut, grown: bool) {
+    if grown && buffer.is_empty() {
+        *buffer = BytesMut::with_capacity(READ_CHUNK);
     }
 }
 
