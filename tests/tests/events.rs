@@ -15,6 +15,7 @@ use sessiond_e2e::raw_http;
 use sessiond_e2e::redis_support::{
     Reply, bounded, client_of, http, node_on, redis_conn, redis_query, send,
 };
+use sessiond_e2e::time::rfc3339_ms;
 use sessiond_e2e::{RedisServer, Sessiond};
 
 /// `GET /v1/events` with the given query.
@@ -561,6 +562,39 @@ async fn a_log_trimmed_to_nothing_still_tells_stale_now_and_foreign_cursors() {
     assert_invalid_cursor(
         &page(&http, &node, &format!("after={largest}")).await,
         &largest,
+    );
+}
+
+/// Redis: events older than `--events-max-age` are gone while newer ones
+/// keep coming (the trim was approximate, `MINID ~`: Redis kept a whole
+/// node of the stream, up to ~100 events, until its newest entry was too
+/// old, so a log written slowly kept events far past the age).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_past_the_max_age_are_dropped_while_new_ones_come() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &["--events-max-age", "1s"]).await;
+    for _ in 0..12 {
+        create(&http, &node, json!({})).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let reply = page(&http, &node, "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let stamps: Vec<u64> = reply.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|event| rfc3339_ms(event["at"].as_str().expect("at")))
+        .collect();
+    let (Some(oldest), Some(newest)) = (stamps.iter().min(), stamps.iter().max()) else {
+        panic!("no event in the last second: {}", reply.text);
+    };
+    // One second of age, the reaper's quarter second and ample slack.
+    assert!(
+        newest - oldest <= 2_500,
+        "the log kept events {} ms older than its newest ({} events of 12)",
+        newest - oldest,
+        stamps.len()
     );
 }
 

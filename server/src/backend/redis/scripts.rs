@@ -511,7 +511,7 @@ for i = 1, #due, 2 do
     redis.call('ZADD', KEYS[1], expires, member)
   end
 end
-local trimmed = redis.call('XTRIM', KEYS[2], 'MINID', '~', (now - tonumber(ARGV[4])) .. '-0')
+local trimmed = redis.call('XTRIM', KEYS[2], 'MINID', (now - tonumber(ARGV[4])) .. '-0')
 local length = redis.call('XLEN', KEYS[2])
 if trimmed > 0 and length == 0 then
   local info = redis.call('XINFO', 'STREAM', KEYS[2])
