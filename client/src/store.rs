@@ -83,7 +83,8 @@ impl SessiondStore {
 
     /// Binds the session to `user` when it is next created: call it after
     /// `session.cycle_id()` at a login (the record is then created anew,
-    /// under a fresh id, belonging to the user).
+    /// under a fresh id, belonging to the user). A session loaded from the
+    /// store stays its user's through a later `cycle_id()`.
     pub async fn bind_user(
         session: &tower_sessions_core::Session,
         user: &str,
@@ -252,6 +253,11 @@ impl SessionStore for SessiondStore {
                 let mut data = session.data;
                 let snapshot = data.clone().into_iter().collect::<Map<_, _>>();
                 data.insert(LOADED.to_owned(), Value::Object(snapshot));
+                // A later `cycle_id()` creates the record anew: it stays
+                // the user's (a new binding in this request replaces it).
+                if let Some(user) = session.user {
+                    data.insert(BIND_USER.to_owned(), Value::String(user));
+                }
                 Ok(Some(Record {
                     id: *id,
                     data,

@@ -32,6 +32,8 @@ fn app(client: Client) -> Router {
         .route("/slow/{key}", get(slow_set))
         .route("/logout", post(logout))
         .route("/prefs/{which}", get(set_prefs))
+        .route("/login/{user}", post(login))
+        .route("/cycle", post(cycle))
         .layer(SessionManagerLayer::new(SessiondStore::new(client)))
 }
 
@@ -66,6 +68,27 @@ async fn set_prefs(Path(which): Path<String>, session: Session) -> StatusCode {
         _ => json!({"theme": "dark", "font": {"size": 12}}),
     };
     match session.insert("prefs", prefs).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A login: a fresh id, bound to `user`.
+async fn login(Path(user): Path<String>, session: Session) -> StatusCode {
+    let bound = async {
+        session.cycle_id().await?;
+        SessiondStore::bind_user(&session, &user).await
+    };
+    match bound.await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A fresh id for the session, as at a change of privilege.
+async fn cycle(session: Session) -> StatusCode {
+    let _ = session.get::<Value>("seen").await;
+    match session.cycle_id().await {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -265,5 +288,43 @@ async fn a_key_removed_by_one_request_and_changed_by_another_holds_the_later_who
     assert_eq!(
         stored.data,
         json!({"prefs": {"theme": "dark", "lang": "en"}})
+    );
+}
+
+/// A session bound to its user at a login keeps that user when a later
+/// request cycles its id (it was created anew without one: gone from the
+/// user's listing, out of reach of "sign out everywhere").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_cycle_of_the_id_keeps_the_sessions_user() {
+    let node = Sessiond::start(&[]);
+    let client = client_for(&[&node]).await;
+    let app = app(client.clone());
+    let (status, cookie, _) = call(&app, "GET", "/set/cart", None).await;
+    assert_eq!(status, 200);
+    let (status, logged_in, _) = call(&app, "POST", "/login/alice", cookie.as_deref()).await;
+    assert_eq!(status, 200);
+    let logged_in = logged_in.expect("a cookie at the login");
+    let (status, cycled, _) = call(&app, "POST", "/cycle", Some(&logged_in)).await;
+    assert_eq!(status, 200);
+    let cycled = cycled.expect("a cookie at the cycle");
+    assert_ne!(cycled, logged_in, "the id changed");
+    let listed: Vec<String> = bounded("the listing", client.list_user_sessions("alice"))
+        .await
+        .expect("list alice's sessions")
+        .iter()
+        .map(|info| info.id.to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&cycled),
+        "alice's sessions after the cycle"
+    );
+    let stored = http_get(&http(), &node, &cycled).await;
+    assert_eq!(stored.json()["user"], "alice", "{}", stored.text);
+    assert_eq!(
+        stored.json()["data"],
+        json!({"cart": true}),
+        "{}",
+        stored.text
     );
 }
