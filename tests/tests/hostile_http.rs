@@ -345,6 +345,12 @@ async fn past_the_connection_cap_only_health_checks_are_served() {
     let received = read_until_close(&mut api, CLOSE_WAIT).await;
     assert_eq!(received.status(), Some(503), "{received:?}");
     assert_eq!(received.error_code(), "overloaded");
+    let response = received.response().expect("a whole answer");
+    assert_eq!(
+        response.header("cache-control"),
+        Some("no-store"),
+        "as every answer to a /v1 path: {response:?}"
+    );
 
     // The reserve is small and its slots are held for 2 s at most: 16 more
     // slowloris connections fill it, the next is closed at once. (A machine

@@ -106,13 +106,13 @@ pub async fn serve(
 }
 
 fn over_capacity(max_connections: usize) -> Response {
-    ApiError::new(
+    let error = ApiError::new(
         ErrorCode::Overloaded,
         format!(
             "the node serves at most {max_connections} HTTP connections \
              (--max-http-connections); past it only {} are answered",
             OPERATIONAL_ROUTES.join(", ")
         ),
-    )
-    .into_response()
+    );
+    (super::NO_STORE, error).into_response()
 }
