@@ -214,7 +214,8 @@ pub struct EventJson {
 
 /// A `ttl_secs` as JSON may write a whole number: `1800`, or `1800.0` (as
 /// Python's `json` writes a float, and as JSON Schema's `integer` allows);
-/// `null` is none. A fraction, a negative number or one past `u64` is
+/// `null` is none. One past `u64` (however written) is taken as
+/// `u64::MAX`, past any `--max-ttl`; a fraction or a negative number is
 /// refused.
 fn whole_seconds<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
@@ -225,7 +226,8 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(
     let whole = number.as_u64().or_else(|| {
         number
             .as_f64()
-            .filter(|secs| secs.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(secs))
+            .filter(|secs| secs.fract() == 0.0 && *secs >= 0.0)
+            // `as` saturates: a whole number past `u64` is its largest.
             .map(|secs| secs as u64)
     });
     whole.map(Some).ok_or_else(|| {
@@ -252,7 +254,9 @@ mod tests {
         assert_eq!(ttl("{}"), Ok(None));
         assert!(ttl(r#"{"ttl_secs": 1.5}"#).is_err());
         assert!(ttl(r#"{"ttl_secs": -1}"#).is_err());
-        assert!(ttl(r#"{"ttl_secs": 1e300}"#).is_err());
+        assert_eq!(ttl(r#"{"ttl_secs": 1e300}"#), Ok(Some(u64::MAX)));
+        let past_u64 = r#"{"ttl_secs": 99999999999999999999}"#;
+        assert_eq!(ttl(past_u64), Ok(Some(u64::MAX)));
         assert!(ttl(r#"{"ttl_secs": "60"}"#).is_err());
     }
 }

@@ -202,3 +202,30 @@ async fn no_cache_may_keep_a_v1_answer() {
     assert_eq!(answers[3].1.status, 200);
     assert_eq!((answers[5].1.status, answers[6].1.status), (404, 405));
 }
+
+/// A TTL too long is `invalid_ttl` however its number is written (past
+/// `u64` it was `invalid_json`, so the answer hung on the spelling); a
+/// fraction or a negative one is no whole number of seconds.
+#[tokio::test]
+async fn a_ttl_too_long_is_invalid_ttl_however_it_is_written() {
+    let server = Sessiond::start(&[]);
+    let api = Api::remote(&server.url());
+    let json = [("content-type", "application/json")];
+    for (ttl, code) in [
+        ("86401", "invalid_ttl"),
+        ("18446744073709551616", "invalid_ttl"),
+        ("99999999999999999999", "invalid_ttl"),
+        ("1e20", "invalid_ttl"),
+        ("1.5", "invalid_json"),
+        ("-1", "invalid_json"),
+    ] {
+        let body = format!(r#"{{"data":{{}},"ttl_secs":{ttl}}}"#);
+        let answer = api.request(Method::POST, "/v1/sessions", &json, body).await;
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (400, code),
+            "ttl_secs {ttl}: {:?}",
+            answer.body
+        );
+    }
+}
