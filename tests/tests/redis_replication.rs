@@ -1215,3 +1215,48 @@ async fn async_mode_announces_a_write_only_where_another_node_may_hold_a_copy() 
         "one for the new key, one for the write the cacher had to hear of"
     );
 }
+
+/// Async mode with `--consistency strong` reads Redis on every read, as the
+/// README says of strong consistency (it served its memory copy: a change
+/// made in Redis by another writer stayed unseen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_with_strong_consistency_reads_redis() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(
+        &http,
+        &redis.url(),
+        &["--redis-mode", "async", "--consistency", "strong"],
+    )
+    .await;
+    let created = create(&http, &node, &json!({"v": "one"}), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let key = format!("sessiond:{id}");
+    let mut conn = redis_conn(&redis.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_query::<u64>(&mut conn, redis::cmd("EXISTS").arg(&key)).await == 0 {
+        assert!(Instant::now() < deadline, "the create never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.session().data, json!({"v": "one"}), "{}", read.text);
+    // Another writer's change, straight into Redis.
+    let mut change = redis::cmd("HSET");
+    change
+        .arg(&key)
+        .arg("d")
+        .arg(r#"{"v":"two"}"#)
+        .arg("v")
+        .arg(2);
+    redis_query::<u64>(&mut conn, &mut change).await;
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    let session = read.session();
+    assert_eq!(
+        (session.version, session.data),
+        (2, json!({"v": "two"})),
+        "{}",
+        read.text
+    );
+}

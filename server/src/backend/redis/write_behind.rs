@@ -257,7 +257,12 @@ impl Backend for WriteBehindBackend {
     }
 
     async fn get(&self, id: &SessionId) -> Result<Session, BackendError> {
-        if let Some(session) = self.redis.get_from_memory(id).await {
+        // As in sync mode: memory only while it may be served (`cached`,
+        // with invalidations arriving or Redis out of reach); a write still
+        // queued here is found below.
+        if self.redis.trust_memory()
+            && let Some(session) = self.redis.get_from_memory(id).await
+        {
             return Ok(session);
         }
         // Under the lock a write or delete takes: a read through to Redis
