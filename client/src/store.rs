@@ -1,11 +1,13 @@
 //! A tower-sessions [`SessionStore`] backed by sessiond: add one layer and
 //! an axum app keeps its sessions in sessiond instead of its own memory.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sessiond_proto::SessionId;
 use time::OffsetDateTime;
@@ -122,7 +124,8 @@ impl SessiondStore {
 
     /// Writes `changes` (keys with their new values, `null` to remove)
     /// into the session as it is now, each key replaced whole: a read and
-    /// a write conditional on its version, again on a conflict.
+    /// a write conditional on its version, again on a conflict. The keys
+    /// it does not change go back as the text they were stored as.
     async fn replace_keys(
         &self,
         id: &SessionId,
@@ -131,13 +134,16 @@ impl SessiondStore {
     ) -> Result<(), Error> {
         let attempts = REPLACE_ATTEMPTS;
         for _ in 0..attempts {
-            let current = self.client.get::<Map<String, Value>>(id).await?;
+            let current = self
+                .client
+                .get::<BTreeMap<String, Box<RawValue>>>(id)
+                .await?;
             let version = current.version();
             let mut data = current.data;
             for (key, value) in changes {
                 match value {
                     Value::Null => data.remove(key),
-                    value => data.insert(key.clone(), value.clone()),
+                    value => data.insert(key.clone(), serde_json::value::to_raw_value(value)?),
                 };
             }
             match self

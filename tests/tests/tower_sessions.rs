@@ -328,3 +328,33 @@ async fn a_later_cycle_of_the_id_keeps_the_sessions_user() {
         stored.text
     );
 }
+
+/// A save that replaces an object value writes back the keys it did not
+/// change as they were stored (they went through `serde_json::Value`: a
+/// large integer became a float, `1e2` became `100.0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_save_does_not_change_keep_their_stored_text() {
+    let node = Sessiond::start(&[]);
+    let app = app(client_for(&[&node]).await);
+    let http = http();
+    let created = bounded(
+        "the create",
+        http.post(format!("{}/v1/sessions", node.url()))
+            .header("content-type", "application/json")
+            .body(r#"{"data":{"big":12345678901234567890123,"f":1e2}}"#)
+            .send(),
+    )
+    .await
+    .expect("the create answered");
+    assert_eq!(created.status(), 201);
+    let created: Value = bounded("the body", created.json()).await.expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let (status, _, _) = call(&app, "GET", "/prefs/all", Some(&id)).await;
+    assert_eq!(status, 200);
+    let stored = http_get(&http, &node, &id).await;
+    assert_eq!(stored.status, 200, "{}", stored.text);
+    for kept in [r#""big":12345678901234567890123"#, r#""f":1e2"#] {
+        assert!(stored.text.contains(kept), "{kept} not in {}", stored.text);
+    }
+    assert_eq!(stored.json()["data"]["prefs"]["theme"], "dark");
+}
