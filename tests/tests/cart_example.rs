@@ -214,6 +214,34 @@ async fn a_login_binds_the_user_and_signing_out_everywhere_ends_the_other_device
     assert_eq!(phone_home.body["visits"], 1, "with a fresh session");
 }
 
+/// Without Redis, with one of two nodes down, a login of a visitor without
+/// a session works every time (it cycled the made-up id of a session never
+/// stored, whose delete failed when that id's node was the one down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_without_a_session_works_with_a_node_down() {
+    let up = Sessiond::start(&[]);
+    let mut down = Sessiond::start(&[]);
+    let app = CartApp::start(&[&up, &down], "app-d").await;
+    down.kill();
+    let http = plain_client();
+    for attempt in 0..12 {
+        let login = send(http.post(format!("{}/login/olga", app.url))).await;
+        assert_eq!(
+            login.status,
+            200,
+            "attempt {attempt}: {:?}\n{}",
+            login.body,
+            app.log()
+        );
+        assert!(
+            login.sid().is_some(),
+            "attempt {attempt}: no session cookie"
+        );
+    }
+    let listed = send(http.get(format!("{}/v1/users/olga/sessions", up.url()))).await;
+    assert_eq!(listed.body["sessions"].as_array().map_or(0, Vec::len), 12);
+}
+
 /// How many times the app logged that `session` expired.
 fn expiries_logged(app: &CartApp, session: &str) -> usize {
     app.log_lines()

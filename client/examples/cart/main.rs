@@ -254,7 +254,13 @@ async fn login(
     Path(user): Path<String>,
     session: Session,
 ) -> Response {
-    if let Err(err) = session.cycle_id().await {
+    // A visitor's session from its cookie gets a new id; one without a
+    // cookie gets a fresh id when it is first stored (there is nothing to
+    // fix), and cycling it would delete a made-up id on the node that owns
+    // it, failing the login while that node is down.
+    if session.id().is_some()
+        && let Err(err) = session.cycle_id().await
+    {
         return unavailable(err);
     }
     if let Err(err) = SessiondStore::bind_user(&session, &user).await {
