@@ -32,7 +32,7 @@ pub const CLAIM_TTL: Duration = Duration::from_secs(2 * RESEND_WINDOW.as_secs())
 /// Most claims one generation holds, over all shards; past it the oldest
 /// generation goes early.
 const MAX_CLAIMS: usize = 200_000;
-/// Independently locked shards (tags are random, so they spread evenly).
+/// Independently locked shards (a power of two).
 const SHARDS: usize = 16;
 
 /// The id a rotation of `id` moves the session to: `claimed` (the fresh id,
@@ -155,10 +155,17 @@ impl Default for Claims {
 }
 
 impl Claims {
+    /// The shard of `tag`, by its top bits: an HTTP key's tag is its FNV-1a
+    /// hash, whose low bits depend only on the low bits of the key's bytes
+    /// (keys differing in the others would share one shard).
+    fn shard(&self, tag: u64) -> &Mutex<Generations> {
+        &self.shards[(tag >> (u64::BITS - SHARDS.ilog2())) as usize]
+    }
+
     /// The id the write `tag` (a write of the kind `by`) is to use:
     /// `fresh`, unless an attempt of the same write claimed one before.
     pub fn claim(&self, tag: u64, fresh: SessionId, by: ClaimedBy) -> Claim {
-        let mut shard = self.shards[tag as usize % SHARDS].lock();
+        let mut shard = self.shard(tag).lock();
         if let Some(earlier) = shard.current.get(&tag).or_else(|| shard.previous.get(&tag)) {
             return earlier.found_by(by);
         }
@@ -175,7 +182,7 @@ impl Claims {
 
     /// Records that the write `tag` made the session it claimed an id for.
     pub fn made(&self, tag: u64) {
-        let mut shard = self.shards[tag as usize % SHARDS].lock();
+        let mut shard = self.shard(tag).lock();
         let Generations {
             current, previous, ..
         } = &mut *shard;
@@ -249,12 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn tags_alike_in_their_low_bits_spread_over_the_shards() {
+        let claims = Claims::default();
+        let shards: std::collections::HashSet<*const Mutex<Generations>> = (0..SHARDS as u64)
+            .map(|n| claims.shard(n << 60 | 5) as *const _)
+            .collect();
+        assert_eq!(shards.len(), SHARDS);
+    }
+
+    #[test]
     fn a_claim_outlives_one_full_generation_and_not_two() {
         let claims = Claims::default();
         let first = SessionId::random();
         let per_generation = (MAX_CLAIMS / SHARDS) as u64;
-        // Tags of shard 0 only: 0, 16, 32, ...
-        let tag = |n: u64| n * SHARDS as u64;
+        // Tags of shard 0 only: the top bits clear.
+        let tag = |n: u64| n;
         assert_eq!(claims.claim(tag(0), first, CREATE), Claim::Fresh(first));
         for n in 1..per_generation {
             claims.claim(tag(n), SessionId::random(), CREATE);
