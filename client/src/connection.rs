@@ -298,12 +298,14 @@ async fn drive(
     let (mut batch, mut last_batch) = (0usize, 0usize);
     // The node's farewell, if it closed the connection at its shutdown.
     let mut goodbye = None;
+    // Whether a buffer has grown past `KEEP_BUFFER_BYTES` since it was last
+    // given back: noted before each read or write, as taking bytes out of
+    // a buffer hides the room kept behind them.
+    let (mut input_grown, mut output_grown) = (false, false);
     loop {
         input.reserve(READ_CHUNK);
-        // Measured before a read or a write: taking a frame out of a
-        // buffer hides the room kept behind it.
-        let input_grown = input.capacity() > KEEP_BUFFER_BYTES;
-        let output_grown = output.capacity() > KEEP_BUFFER_BYTES;
+        input_grown |= input.capacity() > KEEP_BUFFER_BYTES;
+        output_grown |= output.capacity() > KEEP_BUFFER_BYTES;
         tokio::select! {
             biased;
             () = closed.cancelled() => break,
@@ -349,7 +351,7 @@ async fn drive(
                     goodbye = ended.goodbye;
                     break;
                 }
-                give_back_if_grown(&mut input, input_grown);
+                input_grown = give_back_if_grown(&mut input, input_grown);
             }
             written = writer.write_buf(&mut output), if !output.is_empty() => {
                 if written.is_err() {
@@ -358,7 +360,7 @@ async fn drive(
                 if output.is_empty() {
                     (last_batch, batch) = (batch, 0);
                 }
-                give_back_if_grown(&mut output, output_grown);
+                output_grown = give_back_if_grown(&mut output, output_grown);
                 while output.len() < WRITE_BATCH_BYTES {
                     let Some(call) = held.pop_front() else { break };
                     queue(call, &mut encoder, &mut output, &mut waiting);
@@ -387,11 +389,13 @@ async fn drive(
 }
 
 /// Swaps an emptied buffer that had `grown` past [`KEEP_BUFFER_BYTES`] for
-/// a small one, giving its memory back.
-fn give_back_if_grown(buffer: &mut BytesMut, grown: bool) {
+/// a small one, giving its memory back; whether it is still grown.
+fn give_back_if_grown(buffer: &mut BytesMut, grown: bool) -> bool {
     if grown && buffer.is_empty() {
         *buffer = BytesMut::with_capacity(READ_CHUNK);
+        return false;
     }
+    grown
 }
 
 /// Why a connection's reading side stopped.

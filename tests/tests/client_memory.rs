@@ -11,14 +11,13 @@ const STEP: Duration = Duration::from_secs(60);
 
 /// The test process's resident set size, in bytes.
 fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("statm's second field is the resident page count");
-    // Every Linux target the tests run on uses 4 KiB pages.
-    pages * 4096
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kib: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line in kB");
+    kib * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,8 +81,8 @@ pub async fn get(
 errors!(
     /// Failures of a replacement or a merge patch.
     WriteErrors: InvalidJson, InvalidId, InvalidTtl, InvalidRequest, Unauthorized, NotFound,
-    RequestTimeout, Indeterminate, VersionMismatch, PayloadTooLarge, UnsupportedMediaType,
-    Unavailable, StoreFull
+    RequestTimeout, Indeterminate, VersionMismatch, KeyReused, PayloadTooLarge,
+    UnsupportedMediaType, Unavailable, StoreFull
 );
 
 /// `PUT /v1/sessions/{id}`: replaces the data whole (a compare-and-set with
