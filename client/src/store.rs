@@ -86,7 +86,8 @@ impl SessiondStore {
     /// Binds the session to `user` when it is next created: call it after
     /// `session.cycle_id()` at a login (the record is then created anew,
     /// under a fresh id, belonging to the user). A session loaded from the
-    /// store stays its user's through a later `cycle_id()`.
+    /// store stays its user's through a later `cycle_id()`: sign the user
+    /// out with `session.flush()` (or `delete()`), which ends it.
     pub async fn bind_user(
         session: &tower_sessions_core::Session,
         user: &str,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
+use sessiond_client::SessionId;
 use sessiond_e2e::{CartApp, Sessiond, client_for, http_client, http_client_builder};
 
 /// Bound of any single HTTP exchange.
@@ -215,17 +216,31 @@ async fn a_login_binds_the_user_and_signing_out_everywhere_ends_the_other_device
 }
 
 /// Without Redis, with one of two nodes down, a login of a visitor without
-/// a session works every time (it cycled the made-up id of a session never
-/// stored, whose delete failed when that id's node was the one down).
+/// a stored session (no cookie, or one whose session ended) works every
+/// time (it cycled the made-up id of a session never stored, whose delete
+/// failed when that id's node was the one down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_without_a_session_works_with_a_node_down() {
     let up = Sessiond::start(&[]);
     let mut down = Sessiond::start(&[]);
     let app = CartApp::start(&[&up, &down], "app-d").await;
+    // Cookies of sessions that ended (never stored here), owned by the node
+    // that stays up: a login loads them, finds nothing, and starts afresh.
+    let placement = client_for(&[&up, &down]).await;
+    let stale: Vec<String> = std::iter::repeat_with(SessionId::random)
+        .filter(|id| placement.owner_of(id) == up.tcp.to_string())
+        .take(6)
+        .map(|id| id.to_string())
+        .collect();
     down.kill();
     let http = plain_client();
     for attempt in 0..12 {
-        let login = send(http.post(format!("{}/login/olga", app.url))).await;
+        let mut request = http.post(format!("{}/login/olga", app.url));
+        // Every other login carries a stale cookie.
+        if let Some(id) = (attempt % 2 == 1).then(|| &stale[attempt / 2]) {
+            request = request.header(COOKIE, format!("sid={id}"));
+        }
+        let login = send(request).await;
         assert_eq!(
             login.status,
             200,

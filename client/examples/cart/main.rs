@@ -254,10 +254,14 @@ async fn login(
     Path(user): Path<String>,
     session: Session,
 ) -> Response {
-    // A visitor's session from its cookie gets a new id; one without a
-    // cookie gets a fresh id when it is first stored (there is nothing to
-    // fix), and cycling it would delete a made-up id on the node that owns
-    // it, failing the login while that node is down.
+    // A visitor's stored session gets a new id. One without (no cookie, or
+    // a cookie whose session ended: the load below forgets its id) gets a
+    // fresh id when it is first stored, so there is nothing to fix; cycling
+    // it would delete a made-up id on the node that owns it, failing the
+    // login while that node is down.
+    if let Err(err) = session.get::<String>(USER).await {
+        return unavailable(err);
+    }
     if session.id().is_some()
         && let Err(err) = session.cycle_id().await
     {
