@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::{Sessiond, client_for};
 
 /// Bound of any single step that talks to the server.
@@ -11,13 +12,7 @@ const STEP: Duration = Duration::from_secs(60);
 
 /// The test process's resident set size, in bytes.
 fn resident_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let kib: usize = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line in kB");
-    kib * 1024
+    rss_bytes(std::process::id()) as usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
