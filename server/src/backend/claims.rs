@@ -38,7 +38,9 @@ const SHARDS: usize = 16;
 /// The id a rotation of `id` moves the session to: `claimed` (the fresh id,
 /// or the one its tag claimed first), unless that is `id` itself: the key
 /// already moved a session to this id, and this is another write reusing
-/// it (on the id it made), never a repeat.
+/// it (on the id it made), never a repeat. (Needed for a claim that does
+/// not name the session it moved: one a node from before origins wrote in
+/// Redis.)
 pub fn rotation_target(id: &SessionId, claimed: SessionId) -> Result<SessionId, BackendError> {
     if claimed == *id {
         return Err(BackendError::KeyReused);

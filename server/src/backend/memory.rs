@@ -8,7 +8,7 @@ use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventPage, SessionId, UserName};
 
 use super::api::{Backend, BackendError, EventsError, Failed};
-use super::claims::{Claim, ClaimedBy, Claims, rotation_target};
+use super::claims::{Claim, ClaimedBy, Claims};
 use crate::store::{Owner, Position, ReadError, Session, Store, StoreError, StoreStats};
 
 /// The memory-only backend: the store, and the claims that let a tagged
@@ -120,7 +120,8 @@ impl Backend for MemoryBackend {
         tag: Option<u64>,
         rebind: Option<Owner>,
     ) -> Result<Session, BackendError> {
-        let moved_to = rotation_target(id, self.claimed(tag, new_id, *id)?)?;
+        // A claim names the session it moves: another one's key is refused.
+        let moved_to = self.claimed(tag, new_id, *id)?;
         match self.store.rotate(id, moved_to, rebind.as_ref()) {
             // Another attempt of this rotation may have moved it already
             // (the new id is claimed by this write alone).

@@ -454,12 +454,12 @@ impl Redis {
     }
 
     /// The id the tagged create or rotation `tag` (a write of the kind
-    /// `by`) is to use: `fresh`, or the
-    /// one another attempt of the same write claimed first. A write of the
-    /// other kind that claimed the tag, or a rotation of another session,
-    /// reused its key: refused. (The claim is `c:<id>`, or `r:<id>:<origin>`;
-    /// a bare id, or a rotation's without its origin, claimed by a node
-    /// from before them, is taken as a repeat.)
+    /// `by`) is to use: `fresh`, or the one another attempt of the same
+    /// write claimed first. A write of the other kind that claimed the tag,
+    /// or a rotation of another session, reused its key: refused. (The
+    /// claim is `c:<id>`, or `r:<id>:<origin>`; a bare id, or a rotation's
+    /// without its origin, claimed by a node from before them, is taken as
+    /// a repeat.)
     pub(super) async fn claim(
         &self,
         tag: u64,
@@ -468,13 +468,9 @@ impl Redis {
     ) -> Result<SessionId, BackendError> {
         let mut conn = self.link.conn()?;
         let kind = claim_letter(by);
-        let origin = match by {
-            ClaimedBy::Rotation { origin } => Some(origin),
-            ClaimedBy::Create => None,
-        };
-        let claim = match origin {
-            Some(origin) => format!("{kind}:{fresh}:{origin}"),
-            None => format!("{kind}:{fresh}"),
+        let (claim, origin) = match by {
+            ClaimedBy::Rotation { origin } => (format!("{kind}:{fresh}:{origin}"), Some(origin)),
+            ClaimedBy::Create => (format!("{kind}:{fresh}"), None),
         };
         let claimed = redis::cmd("SET")
             .arg(claim_key(&self.config.prefix, tag))
