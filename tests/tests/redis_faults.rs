@@ -2078,3 +2078,40 @@ async fn async_mode_steady_writes_of_a_users_session_hold_up_no_revocation_or_ro
         writes.load(Ordering::Relaxed)
     );
 }
+
+/// Write-behind mode: a queued write that reaches Redis after another node
+/// slid the session's expiry (a touch, a read pushed to Redis) keeps the
+/// later expiry: the session was in use after the write. The write set its
+/// own, earlier expiry, so a session in use on one node expired in Redis
+/// (for every node) up to the queue's delay early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_queued_write_never_moves_a_later_expiry_back() {
+    let mut acl = AclWriter::start(&[]).await;
+    let id = acl.with_a_queued_write(Some(60)).await;
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer: _writer,
+    } = acl;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let other = node_on(&http, &redis.url(), &[]).await;
+    let touched = send(
+        http.post(format!("{}/v1/sessions/{id}/touch", other.url()))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(touched.status, 200, "{}", touched.text);
+    let touched_until = rfc3339_ms(&touched.session().expires_at);
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    wait_for_version_in_redis(&admin, &id, 2).await;
+    let mut expiry = redis::cmd("PEXPIRETIME");
+    expiry.arg(format!("sessiond:{id}"));
+    let expires_ms: i64 = redis_query(&mut admin, &mut expiry).await;
+    assert!(
+        expires_ms >= touched_until as i64,
+        "the queued write moved the expiry back {} ms, from the touch's {touched_until} to {expires_ms}",
+        touched_until as i64 - expires_ms
+    );
+}

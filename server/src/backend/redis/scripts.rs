@@ -239,18 +239,25 @@ return 1
 /// holds a later one, written on it since. Nothing is stored either (5)
 /// when the expiry has passed by Redis's clock: a write held in a node's
 /// queue past it would end the session, which other nodes may have kept in
-/// use, under older data. Returns 2 when it appended the first event, 3 the
-/// second, else 1.
+/// use, under older data. Over a key of the same idle TTL, the expiry only
+/// moves later (`GT`): another node may have slid it since the write was
+/// made (a read, a touch), and the session was in use then; a write that
+/// sets another TTL sets its expiry. Returns 2 when it appended the first
+/// event, 3 the second, else 1.
 const STORE_ANY: &str = r"
 if ARGV[14] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if tonumber(ARGV[6]) <= now_ms() then return 5 end
-local cur = redis.call('HMGET', KEYS[1], 'v', 'o', 'a')
+local cur = redis.call('HMGET', KEYS[1], 'v', 'o', 'a', 't')
 local before = cur[1]
 local resent = ARGV[18]
 if resent and resent ~= '' and before and tonumber(before) > tonumber(resent) then return 4 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
   'w', ARGV[7], 'h', ARGV[8], 'o', ARGV[9], 'p', ARGV[10], 'f', ARGV[11])
-redis.call('PEXPIREAT', KEYS[1], ARGV[6])
+if before and cur[4] == ARGV[5] then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[6], 'GT')
+else
+  redis.call('PEXPIREAT', KEYS[1], ARGV[6])
+end
 if ARGV[12] ~= '' and (not before or #cachers(cur[2], cur[3], ARGV[9]) > 0) then
   redis.call('PUBLISH', ARGV[12], ARGV[13])
 end
