@@ -103,7 +103,8 @@ pub const RESEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(60
 /// attempt landed, it answers [`ErrorCode::Indeterminate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteTag {
-    /// Random and non-zero, chosen once per logical write.
+    /// Random and non-zero, chosen once per logical write (a node refuses
+    /// 0 as `invalid_request`).
     pub id: u64,
     /// `None` on the first attempt; on a re-send, milliseconds since the
     /// first attempt was sent (how far back the node must be able to see).

@@ -20,7 +20,7 @@ use sessiond_e2e::{RedisServer, Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
 use sessiond_proto::wire::{
     ClientFrame, Hello, Op, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
-    WireError,
+    WireError, WriteTag,
 };
 use sessiond_proto::{ErrorCode, SessionId, ring};
 use tokio::io::AsyncWriteExt;
@@ -1187,4 +1187,87 @@ async fn a_request_right_after_a_wait_longer_than_the_idle_timeout_is_answered()
         "the events read"
     );
     assert_eq!(call(&mut stream, 2, Op::Ping).await, Outcome::Pong);
+}
+
+/// Sends one request tagged as write `tag` and returns its outcome.
+async fn call_tagged(stream: &mut TcpStream, id: u64, op: Op, tag: u64) -> Outcome {
+    let write = Some(WriteTag {
+        id: tag,
+        resent_after_ms: None,
+        sent_at_ms: 0,
+    });
+    let request = ClientFrame::Request(Request { id, op, write });
+    stream.write_all(&frame(&request)).await.unwrap();
+    match next(stream).await {
+        Next::Frame(ServerFrame::Response(response)) => {
+            assert_eq!(response.id, id, "the response carries the request's id");
+            response.outcome
+        }
+        other => panic!("expected a Response, got {other:?}"),
+    }
+}
+
+/// A write tagged 0 is refused as `invalid_request` and changes nothing.
+/// It was taken as a tag like any other: a create tagged 0 on a second
+/// connection was answered with the first one's session (another user's
+/// data), and a rotation tagged 0 was refused as `key_reused` ever after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_tagged_zero_is_refused_and_changes_nothing() {
+    let node = Sessiond::start(&[]);
+    let (mut alice, mut bob) = (handshaken(node.tcp).await, handshaken(node.tcp).await);
+    let create = |data: &str| Op::Create {
+        data: Bytes::from(data.to_owned()),
+        ttl_secs: None,
+        user: None,
+    };
+    let refused = |outcome: Outcome, what: &str| match outcome {
+        Outcome::Error(error) => {
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{what}: {error:?}");
+            assert!(error.message.contains("non-zero"), "{what}: {error:?}");
+        }
+        other => panic!("{what} tagged 0 was answered {other:?}"),
+    };
+    refused(
+        call_tagged(&mut alice, 1, create(r#"{"cart":"alice's"}"#), 0).await,
+        "alice's create",
+    );
+    refused(
+        call_tagged(&mut bob, 1, create(r#"{"visitor":"bob"}"#), 0).await,
+        "bob's create",
+    );
+
+    let Outcome::Session(made) = call(&mut alice, 2, create(r#"{"n":1}"#)).await else {
+        panic!("an untagged create failed");
+    };
+    let id = made.id;
+    let writes = [
+        (
+            "a put",
+            Op::Put {
+                id,
+                data: Bytes::from_static(b"{\"n\":2}"),
+                ttl_secs: None,
+                expected_version: None,
+            },
+        ),
+        (
+            "a patch",
+            Op::Patch {
+                id,
+                patch: Bytes::from_static(b"{\"n\":3}"),
+                ttl_secs: None,
+                expected_version: None,
+            },
+        ),
+        ("a rotation", Op::Rotate { id, user: None }),
+    ];
+    for (number, (what, op)) in (3..).zip(writes) {
+        refused(call_tagged(&mut bob, number, op, 0).await, what);
+    }
+    let Outcome::Session(read) = call(&mut bob, 9, Op::Get { id }).await else {
+        panic!("the session is gone after writes that were refused");
+    };
+    assert_eq!((read.id, read.version), (id, 1));
+    assert_eq!(read.data.as_ref(), br#"{"n":1}"#);
+    still_serves(&node).await;
 }

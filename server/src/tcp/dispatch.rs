@@ -4,20 +4,28 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use sessiond_proto::UserName;
 use sessiond_proto::wire::{Op, Outcome, Placement, SessionRecord, WireError, WriteTag};
+use sessiond_proto::{ErrorCode, UserName};
 
 use crate::service::{JsonData, ServiceError, SessionService};
 use crate::store::Session;
 
 /// Runs `op` (a write identified by `write`) and turns its result into the
-/// outcome the client gets.
+/// outcome the client gets. A tag whose id is 0 is refused: it is no
+/// write's own (every client that sent it would share the first one's
+/// outcome, another client's session).
 pub async fn execute(
     service: &SessionService,
     op: Op,
     write: Option<WriteTag>,
     placement: Option<&Placement>,
 ) -> Outcome {
+    if write.is_some_and(|write| write.id == 0) {
+        return Outcome::Error(WireError::new(
+            ErrorCode::InvalidRequest,
+            "a write tag's id must be a random non-zero number of the write's own",
+        ));
+    }
     run(service, op, write, placement)
         .await
         .unwrap_or_else(|err| {
