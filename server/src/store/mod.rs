@@ -529,9 +529,9 @@ impl Store {
         if owner.limit.max_sessions == 0 || owner.limit.when_full != WhenUserFull::EvictOldest {
             return;
         }
-        let now = self.now_ms();
         let (owned, mut locked) =
             self.lock_with_users_sessions(&[], Some(&owner.user), Some(owner));
+        let now = self.now_ms();
         // Evicting never fails: only a rejecting cap refuses.
         let _ = self.make_way(&mut locked, owner, &owned, None, now);
     }
@@ -675,8 +675,8 @@ impl Store {
     /// Reads a session and refreshes its sliding expiry; also returns the
     /// expiry it had before this read.
     pub fn get_refreshing(&self, id: &SessionId) -> Result<(Session, u64), StoreError> {
-        let now = self.now_ms();
         let mut shard = self.shard(id).lock();
+        let now = self.now_ms();
         let record = self.live_record(&mut shard, id, now)?;
         let previous = record.expires_at_ms();
         self.slide(record, now);
@@ -703,8 +703,8 @@ impl Store {
     /// `read` of the live record of `id`, if memory holds one; its expiry
     /// and recency stay as they are.
     fn with_live<T>(&self, id: &SessionId, read: impl FnOnce(&Record) -> T) -> Option<T> {
-        let now = self.now_ms();
         let shard = self.shard(id).lock();
+        let now = self.now_ms();
         shard
             .sessions
             .get(id)
@@ -751,8 +751,8 @@ impl Store {
     ) -> Result<Session, E> {
         let mut needed = 0;
         for _ in 0..MAX_ROOM_ATTEMPTS {
-            let now = self.now_ms();
             let mut shard = self.shard(id).lock();
+            let now = self.now_ms();
             let record = self.live_record(&mut shard, id, now)?;
             let current = record.version();
             match record.writes().judge(current, write, expected, now) {
@@ -805,8 +805,8 @@ impl Store {
     /// Extends a session's expiry (optionally with a new idle TTL) without
     /// changing its data or version.
     pub fn touch(&self, id: &SessionId, ttl_ms: Option<u64>) -> Result<Session, StoreError> {
-        let now = self.now_ms();
         let mut shard = self.shard(id).lock();
+        let now = self.now_ms();
         let record = self.live_record(&mut shard, id, now)?;
         if let Some(ttl) = ttl_ms {
             record.set_ttl_ms(ttl);
@@ -817,8 +817,8 @@ impl Store {
 
     /// Removes a session; returns whether a live one was there.
     pub fn delete(&self, id: &SessionId) -> bool {
-        let now = self.now_ms();
         let mut shard = self.shard(id).lock();
+        let now = self.now_ms();
         match shard.sessions.swap_take(id) {
             Some(record) if record.is_expired(now) => {
                 self.forget(&record, Removal::Expired);
@@ -867,10 +867,10 @@ impl Store {
         new_id: SessionId,
         rebind: Option<&Owner>,
     ) -> Result<Session, StoreError> {
-        let now = self.now_ms();
         let capped = rebind.filter(|owner| owner.limit.max_sessions > 0);
         let user = capped.map(|owner| &owner.user);
         let (owned, mut locked) = self.lock_with_users_sessions(&[id, &new_id], user, capped);
+        let now = self.now_ms();
         if locked
             .locked_shard(self.shard_index(&new_id))
             .sessions
@@ -946,8 +946,8 @@ impl Store {
     /// listing shows none, and copying it out under the shards' locks
     /// would hold up every other request to them).
     pub fn user_sessions(&self, user: &UserName) -> Vec<Session> {
-        let now = self.now_ms();
         let (owned, mut locked) = self.lock_with_users_sessions(&[], Some(user), None);
+        let now = self.now_ms();
         let mut sessions: Vec<Session> = owned
             .iter()
             .filter_map(|id| {
@@ -962,8 +962,8 @@ impl Store {
     /// Deletes every live session of `user` but `except`, in one step;
     /// returns the ids deleted.
     pub fn revoke_user(&self, user: &UserName, except: Option<SessionId>) -> Vec<SessionId> {
-        let now = self.now_ms();
         let (owned, mut locked) = self.lock_with_users_sessions(&[], Some(user), None);
+        let now = self.now_ms();
         let mut revoked = Vec::new();
         for id in owned.iter().filter(|id| Some(**id) != except) {
             let shard = locked.locked_shard(self.shard_index(id));
