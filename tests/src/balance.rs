@@ -49,9 +49,15 @@ impl Balancer {
 
     /// [`start`](Self::start) with the admin listener on `admin`.
     pub fn start_with_admin(admin: &str, args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", admin, args)
+    }
+
+    /// [`start`](Self::start) with the client listener on `listen` and the
+    /// admin listener on `admin`.
+    pub fn start_on(listen: &str, admin: &str, args: &[&str]) -> Self {
         let mut command = Command::new(binary("sessiond:sessiond"));
         command
-            .args(["balance", "--listen", "127.0.0.1:0", "--admin", admin])
+            .args(["balance", "--listen", listen, "--admin", admin])
             .args(args)
             .env("SESSIOND_LOG", "info")
             .env_remove("SESSIOND_UPSTREAMS")

@@ -765,6 +765,44 @@ async fn every_incoming_x_forwarded_for_line_is_kept() {
     );
 }
 
+/// On a dual-stack listener (`[::]`) an IPv4 client is named by its IPv4
+/// address to the app, with or without a request body (both of the
+/// balancer's paths): it was `::ffff:127.0.0.1`, which allow-lists and rate
+/// limits keyed on `X-Forwarded-For` do not match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_client_of_a_dual_stack_listener_is_forwarded_as_ipv4() {
+    if let Err(err) = std::net::TcpListener::bind("[::]:0") {
+        eprintln!("skipped: this machine has no IPv6 listener ({err})");
+        return;
+    }
+    let upstreams = three_upstreams().await;
+    let list = sessiond_e2e::upstream::url_list(&upstreams);
+    let mut args = vec!["--upstream", list.as_str()];
+    args.extend(STEADY_HEALTH);
+    let balancer = Balancer::start_on("[::]:0", "127.0.0.1:0", &args);
+    let over_ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], balancer.listen.port()));
+    let requests: [&[u8]; 2] = [
+        b"GET /headers HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"POST /headers HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody",
+    ];
+    for request in requests {
+        let response = raw_exchange(over_ipv4, request).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
+        let echo: Value = serde_json::from_slice(&response.body).expect("JSON");
+        assert_eq!(
+            values_of(&seen_headers(&echo), "x-forwarded-for"),
+            ["127.0.0.1"],
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_connection_tunnels_bytes_both_ways() {
     let upstreams = three_upstreams().await;

@@ -185,6 +185,11 @@ struct Protocols {
     send_timeout: Duration,
 }
 
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it maps.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// A client connection from accept to close.
 async fn connection(
     mut stream: TcpStream,
@@ -195,7 +200,11 @@ async fn connection(
     shutdown: CancellationToken,
     slot: ClientSlot,
 ) {
-    let local = stream.local_addr().unwrap_or(peer);
+    // On a dual-stack listener an IPv4 client shows as `::ffff:a.b.c.d`:
+    // the app (`X-Forwarded-For`), the access log and a PROXY header get
+    // the IPv4 address it is.
+    peer = canonical(peer);
+    let local = canonical(stream.local_addr().unwrap_or(peer));
     if front.accept_proxy_protocol {
         match tokio::time::timeout(
             front.header_timeout,
