@@ -403,18 +403,23 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
     .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body, json!({"url": ups[2].url(), "state": "active"}));
-    let (status, body) = admin(
-        &balancer,
-        Method::POST,
-        "/upstreams",
-        Some("s3cret"),
-        Some(add(ups[2].url())),
-    )
-    .await;
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (409, &json!("already_present"))
-    );
+    // The same address written another way is the same upstream.
+    let alias = ups[2].url().replace("127.0.0.1:", "127.0.0.1:00");
+    for again in [ups[2].url(), alias] {
+        let (status, body) = admin(
+            &balancer,
+            Method::POST,
+            "/upstreams",
+            Some("s3cret"),
+            Some(add(again.clone())),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (409, &json!("already_present")),
+            "{again}"
+        );
+    }
     for bad in [json!({"url": "https://x:1"}), json!({"nope": 1})] {
         let (status, body) = admin(
             &balancer,
@@ -425,6 +430,27 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
         )
         .await;
         assert_eq!(status, 400, "{body}");
+    }
+    // No host, port 0, a password (it would be shown on the status page).
+    for bad in [
+        "http://:9",
+        "http://127.0.0.1:0",
+        "http://user:pw@127.0.0.1:9",
+    ] {
+        let (status, body) = admin(
+            &balancer,
+            Method::POST,
+            "/upstreams",
+            Some("s3cret"),
+            Some(add(bad.to_owned())),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("bad_upstream")),
+            "{bad}: {body}"
+        );
+        assert!(!body.to_string().contains("pw"), "{body}");
     }
     let (status, body) = admin(
         &balancer,

@@ -38,12 +38,22 @@ pub enum UpstreamUrlError {
         /// Why it does not parse.
         source: axum::http::uri::InvalidUri,
     },
-    /// No port.
-    #[error("upstream {text:?} needs a port")]
+    /// No port, or port 0.
+    #[error("upstream {text:?} needs a port from 1 to 65535")]
     NoPort {
         /// What was given.
         text: String,
     },
+    /// No host (`http://:80`).
+    #[error("upstream {text:?} names no host")]
+    NoHost {
+        /// What was given.
+        text: String,
+    },
+    /// A user name or password: the balancer sends no credentials, and the
+    /// address is shown on the status page, `/stats.json` and metrics.
+    #[error("an upstream must be http://host:port, without a user or password")]
+    HasUserinfo,
 }
 
 /// An upstream's address, checked: `http://host:port`.
@@ -54,7 +64,9 @@ pub struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
-    /// Parses `http://host:port` (a trailing `/` is allowed, a path is not).
+    /// Parses `http://host:port` (a trailing `/` is allowed, a path is not),
+    /// written one way for each address (the host in lower case, the port
+    /// without leading zeros): one upstream is never two.
     pub fn parse(text: &str) -> Result<Self, UpstreamUrlError> {
         let given = || text.to_owned();
         let rest = text
@@ -70,9 +82,22 @@ impl UpstreamUrl {
                     text: given(),
                     source,
                 })?;
-        if authority.port_u16().is_none() {
-            return Err(UpstreamUrlError::NoPort { text: given() });
+        if authority.as_str().contains('@') {
+            return Err(UpstreamUrlError::HasUserinfo);
         }
+        if authority.host().is_empty() {
+            return Err(UpstreamUrlError::NoHost { text: given() });
+        }
+        let port = authority
+            .port_u16()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| UpstreamUrlError::NoPort { text: given() })?;
+        let canonical = format!("{}:{port}", authority.host().to_ascii_lowercase());
+        let authority =
+            Authority::try_from(canonical).map_err(|source| UpstreamUrlError::NotHostPort {
+                text: given(),
+                source,
+            })?;
         Ok(Self { authority })
     }
 }
@@ -440,6 +465,29 @@ mod tests {
             UpstreamUrl::parse("http://app:3000/x"),
             Err(UpstreamUrlError::HasPath { .. })
         ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://:9"),
+            Err(UpstreamUrlError::NoHost { .. })
+        ));
+        assert!(matches!(
+            UpstreamUrl::parse("http://127.0.0.1:0"),
+            Err(UpstreamUrlError::NoPort { .. })
+        ));
+        let with_password = UpstreamUrl::parse("http://user:pw@127.0.0.1:9");
+        assert!(matches!(with_password, Err(UpstreamUrlError::HasUserinfo)));
+        assert!(!with_password.unwrap_err().to_string().contains("pw"));
+    }
+
+    #[test]
+    fn one_address_is_written_one_way() {
+        let written = |text: &str| UpstreamUrl::parse(text).unwrap().to_string();
+        assert_eq!(written("http://127.0.0.1:009"), "http://127.0.0.1:9");
+        assert_eq!(written("http://App.Example:80/"), "http://app.example:80");
+        assert_eq!(written("http://[::1]:0080"), "http://[::1]:80");
+        assert_eq!(
+            UpstreamUrl::parse("http://127.0.0.1:009").unwrap(),
+            UpstreamUrl::parse("http://127.0.0.1:9").unwrap()
+        );
     }
 
     #[test]
