@@ -372,6 +372,36 @@ async fn removing_an_upstream_cuts_its_streamed_answers_at_the_drain_timeout() {
     }
 }
 
+/// Removing an upstream answers the requests still waiting for its answer
+/// once `--drain-timeout` has passed (502), on both paths: they waited on
+/// for the response timeout, their slots shown nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_upstream_answers_the_requests_it_has_not_answered() {
+    let ups = upstreams(&["a"]).await;
+    let balancer = removable_balancer_over(&ups[0].url());
+    let mut waiting = Vec::new();
+    for request in [
+        "GET /slow/60000 HTTP/1.1\r\nHost: h\r\n\r\n",
+        "POST /slow/60000 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx",
+    ] {
+        let mut stream = TcpStream::connect(balancer.listen).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        waiting.push(stream);
+    }
+    balancer
+        .wait_for_stats("both requests at the upstream", WAIT, |stats| {
+            stats["upstreams"][0]["in_flight"] == 2
+        })
+        .await;
+    remove(&balancer, &authority(&ups[0])).await;
+    for (index, mut stream) in waiting.into_iter().enumerate() {
+        let answered = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream)).await;
+        let (status, headers, _) =
+            answered.unwrap_or_else(|_| panic!("request {index} unanswered 5 s after removal"));
+        assert_eq!(status, 502, "request {index}: {headers:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
     let ups = upstreams(&["a", "b", "c"]).await;

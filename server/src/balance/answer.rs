@@ -168,6 +168,15 @@ pub fn no_upstream() -> Failure {
     )
 }
 
+/// 502 `bad_gateway`: the upstream was removed (its drain ran past
+/// `--drain-timeout`) while the request waited for its answer.
+pub fn upstream_removed() -> Failure {
+    Failure::new(
+        FailureKind::BadGateway,
+        "the app server was removed (drained past --drain-timeout) before it answered",
+    )
+}
+
 /// 502 `bad_gateway`: the upstream failed mid-way.
 pub fn bad_gateway() -> Failure {
     Failure::new(

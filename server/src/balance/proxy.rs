@@ -376,15 +376,19 @@ impl Proxy {
             let result = tokio::select! {
                 biased;
                 result = exchange => Ok(result),
-                stalled = response_deadline => Err(stalled),
+                stalled = response_deadline => Err(Unanswered::Deadline(stalled)),
+                () = upstream.closed.cancelled() => Err(Unanswered::Removed),
             };
             let err = match result {
                 Ok(Ok((response, lent))) => {
                     upstream.record_response(response.status().as_u16(), started.elapsed());
                     return Ok((response, slot, lent, uploaded));
                 }
-                Err(Ok(())) => return Err(self.timed_out(&upstream)),
-                Err(Err(UploadStalled)) => return Err(self.upload_stalled(&upstream)),
+                Err(Unanswered::Deadline(Ok(()))) => return Err(self.timed_out(&upstream)),
+                Err(Unanswered::Deadline(Err(UploadStalled))) => {
+                    return Err(self.upload_stalled(&upstream));
+                }
+                Err(Unanswered::Removed) => return Err(answer::upstream_removed()),
                 Ok(Err(err)) => err,
             };
             let (detail, failed) = match &err {
@@ -407,6 +411,15 @@ impl Proxy {
             attempts.failed(&upstream, &detail, failed)?;
         }
     }
+}
+
+/// Why an attempt at an upstream ended with no answer.
+enum Unanswered {
+    /// The response timeout: the upstream answered nothing in time once
+    /// the body was sent (`Ok`), or stopped taking the body (`Err`).
+    Deadline(Result<(), UploadStalled>),
+    /// The upstream was removed (drained past `--drain-timeout`).
+    Removed,
 }
 
 /// How an attempt at an upstream failed.

@@ -14,7 +14,7 @@ use super::relay::{self, RelayError};
 use super::request_head::RequestHead;
 use super::response_head::{self, Parsed, ResponseHead};
 use crate::balance::access_log::{CLIENT_GONE, Entry};
-use crate::balance::answer::Failure;
+use crate::balance::answer::{Failure, upstream_removed};
 use crate::balance::cutoffs::Cutoffs;
 use crate::balance::proxy::{Attempts, ClientConn, Failed, Proxy, describe};
 use crate::balance::raw_conns::{self, READ_CHUNK, RawConn};
@@ -217,6 +217,9 @@ impl Exchange<'_> {
                     // with a request in flight, is closed.
                     served.status = CLIENT_GONE;
                     return false;
+                }
+                () = upstream.closed.cancelled() => {
+                    return self.answer(&upstream_removed(), client, out, served).await;
                 }
             };
             let response = match exchanged {
