@@ -646,6 +646,33 @@ async fn async_mode_graceful_shutdown_flushes_a_backlog_once_redis_returns() {
     assert_all_in_redis(&http, &redis.url(), &expected, &log).await;
 }
 
+/// Async mode: acknowledged writes that Redis, gone through the whole
+/// shutdown flush, never took are lost, and the exit status says so (1,
+/// with the count in the message), not only the log: the process exited 0,
+/// a clean stop to systemd or compose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_shutdown_that_loses_queued_writes_exits_non_zero() {
+    let mut redis = RedisServer::start();
+    let http = http();
+    let mut node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    tokio::task::block_in_place(|| redis.kill());
+    for n in 0..5 {
+        let created = create(&http, &node, &json!({ "n": n }), None).await;
+        assert_eq!(created.status, 201, "{}", created.text);
+    }
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        let code = node.terminate_within(Duration::from_secs(40));
+        (code, node.log())
+    })
+    .await
+    .expect("the terminating thread panicked");
+    assert_eq!(code, Some(1), "log:\n{log}");
+    assert!(
+        log.contains("5 acknowledged writes never reached Redis"),
+        "{log}"
+    );
+}
+
 /// Stalls Redis for `secs` seconds (`DEBUG SLEEP`); returns when it ends.
 fn stall(port: u16, secs: f64) {
     let limit = Duration::from_secs_f64(secs + 5.0);

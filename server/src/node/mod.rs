@@ -31,6 +31,15 @@ pub enum NodeError {
     /// The Redis settings are unusable.
     #[error(transparent)]
     Redis(ReplicationError),
+    /// Write-behind writes that were acknowledged never reached Redis:
+    /// it stayed unreachable through the shutdown's flush.
+    #[error(
+        "{lost} acknowledged writes never reached Redis (unreachable at shutdown): they are lost"
+    )]
+    WritesLost {
+        /// How many.
+        lost: u64,
+    },
 }
 
 /// Everything a store node needs, checked.
@@ -146,6 +155,7 @@ pub async fn run(
     });
     tasks.close();
 
+    let queue = service.clone();
     let state = AppState::new(AppParts {
         service,
         auth_token,
@@ -174,5 +184,10 @@ pub async fn run(
     }
     drained.cancel();
     tasks.wait().await;
-    Ok(())
+    // What the write-behind queue could not flush is lost: say so in the
+    // exit status too, not only in the log.
+    match queue.replication_queue_depth() {
+        Some(lost) if lost > 0 => Err(NodeError::WritesLost { lost }),
+        _ => Ok(()),
+    }
 }
