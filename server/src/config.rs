@@ -132,11 +132,11 @@ pub struct ServeArgs {
     pub max_session_bytes: u64,
 
     /// Idle TTL of sessions created without one (30m, 1h, 90s).
-    #[arg(long, env = "SESSIOND_DEFAULT_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_DEFAULT_TTL", default_value = "30m", value_parser = parse_duration)]
     pub default_ttl: Duration,
 
     /// Largest idle TTL a client may ask for (1s to 100 years).
-    #[arg(long, env = "SESSIOND_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_MAX_TTL", default_value = "24h", value_parser = parse_duration)]
     pub max_ttl: Duration,
 
     /// Most live sessions one user may have (0: no cap).
@@ -149,7 +149,7 @@ pub struct ServeArgs {
 
     /// Absolute lifetime cap from creation, however often a session is used
     /// (unset: sessions live as long as they are used).
-    #[arg(long, env = "SESSIOND_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_MAX_LIFETIME", value_parser = parse_duration)]
     pub max_lifetime: Option<Duration>,
 
     /// Number of independently locked shards of the keyspace (rounded up to
@@ -159,7 +159,7 @@ pub struct ServeArgs {
     pub shards: u16,
 
     /// How often the sweeper frees expired sessions.
-    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
     /// Sessions the sweeper examines per shard and pass (bounds its work).
@@ -180,17 +180,17 @@ pub struct ServeArgs {
     pub max_in_flight: usize,
 
     /// A binary-protocol connection without requests for this long is closed.
-    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Longest wait at shutdown for open connections (HTTP and binary) to
     /// finish their requests; then they are closed and the write-behind
     /// queue is flushed.
-    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Time a new binary-protocol connection has to send its Hello.
-    #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
     /// HTTP connections served at once; past it a few more are accepted for
@@ -202,17 +202,17 @@ pub struct ServeArgs {
     /// Time an HTTP client has to send a whole request head: from the
     /// connection's start, or from the first byte of a kept-alive
     /// connection's next request.
-    #[arg(long, env = "SESSIOND_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_header_timeout: Duration,
 
     /// Time an HTTP client has to send a whole request body once its head
     /// is in (then 408).
-    #[arg(long, env = "SESSIOND_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub http_body_timeout: Duration,
 
     /// A kept-alive HTTP connection without a new request for this long is
     /// closed.
-    #[arg(long, env = "SESSIOND_HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HTTP_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub http_idle_timeout: Duration,
 
     /// Largest HTTP request head (request line and headers); past it 431
@@ -237,9 +237,10 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SESSIOND_REDIS_CLUSTER_MAX_IN_FLIGHT",
-        default_value_t = 24
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT)
     )]
-    pub redis_cluster_max_in_flight: usize,
+    pub redis_cluster_max_in_flight: u32,
 
     /// When a write is acknowledged: `sync` after Redis has it, `async`
     /// from memory with Redis following from a bounded queue.
@@ -266,7 +267,7 @@ pub struct ServeArgs {
     pub events_retention: usize,
 
     /// Oldest event the log keeps.
-    #[arg(long, env = "SESSIOND_EVENTS_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_EVENTS_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
     pub events_max_age: Duration,
 
     /// Log data writes too, as `updated` events.
@@ -274,8 +275,9 @@ pub struct ServeArgs {
     pub events_include_updates: bool,
 
     /// Writes the async replication queue holds before refusing more (503).
-    #[arg(long, env = "SESSIOND_REDIS_QUEUE", default_value_t = 100_000)]
-    pub redis_queue: usize,
+    #[arg(long, env = "SESSIOND_REDIS_QUEUE", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
+    pub redis_queue: u32,
 
     /// Check the configuration, print it and exit without serving.
     #[arg(long)]
@@ -308,11 +310,11 @@ pub struct BalanceArgs {
     pub health_path: String,
 
     /// How often each upstream is health-checked.
-    #[arg(long, env = "SESSIOND_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
 
     /// How long one health check may take before it counts as failed.
-    #[arg(long, env = "SESSIOND_HEALTH_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HEALTH_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub health_timeout: Duration,
 
     /// Consecutive good checks that bring a down upstream back.
@@ -324,32 +326,32 @@ pub struct BalanceArgs {
     pub fall: u32,
 
     /// Time to open a connection to an upstream.
-    #[arg(long, env = "SESSIOND_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
     /// Time an upstream has to send its response headers (then 504), and
     /// longest gap in its response body (then the answer is cut).
-    #[arg(long, env = "SESSIOND_RESPONSE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_RESPONSE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub response_timeout: Duration,
 
     /// Longest a client may take to accept any of what is written to it
     /// (then its connection is closed, and the upstream freed).
-    #[arg(long, env = "SESSIOND_SEND_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub send_timeout: Duration,
 
     /// Idle pooled upstream connections are closed after this.
-    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Time a client has for each request head, counted from when the
     /// balancer waits for one (after connecting and after each answer, so
     /// it is also the keep-alive idle timeout), and for its PROXY header
     /// and TLS handshake; an HTTP/2 connection idle this long is closed.
-    #[arg(long, env = "SESSIOND_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
     /// Longest wait for the next piece of a request body (then 408).
-    #[arg(long, env = "SESSIOND_BODY_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_BODY_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
     /// Slowest average upload accepted once --body-timeout has passed, in
@@ -385,17 +387,17 @@ pub struct BalanceArgs {
     pub queue: usize,
 
     /// Longest wait in that queue (then 503 `overloaded`).
-    #[arg(long, env = "SESSIOND_QUEUE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
 
     /// Ramp a new or recovered upstream's share of requests linearly from
     /// 0 to full over this time (0s: at once).
-    #[arg(long, env = "SESSIOND_SLOW_START", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_SLOW_START", default_value = "0s", value_parser = parse_duration)]
     pub slow_start: Duration,
 
     /// Longest wait for the in-flight requests (and upgraded connections)
     /// of a draining upstream, and of the balancer at shutdown.
-    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Bearer token of the upstreams API on the admin listener (without
@@ -448,6 +450,7 @@ impl BalanceArgs {
     /// Checks the flags (and reads the upstreams file) into a balancer
     /// configuration.
     pub fn balance_config(&self) -> Result<BalanceConfig, ConfigError> {
+        refuse_blank(&self.admin_token, "--admin-token", "SESSIOND_ADMIN_TOKEN")?;
         let flags = self
             .upstreams
             .iter()
@@ -483,11 +486,7 @@ impl BalanceArgs {
             admin: self.admin,
             upstreams,
             sources,
-            admin_token: self
-                .admin_token
-                .clone()
-                .filter(|token| !token.is_empty())
-                .map(Secret::new),
+            admin_token: self.admin_token.clone().map(Secret::new),
             health_path: self.health_path.clone(),
             health_interval: self.health_interval.max(Duration::from_millis(10)),
             health_timeout: self.health_timeout.max(Duration::from_millis(1)),
@@ -592,19 +591,36 @@ pub enum ConfigError {
          (like `{{app}}:`) splits a session's keys over slots"
     )]
     ClusterPrefix(String),
-    /// `--auth-token` (or `SESSIOND_AUTH_TOKEN`) is set but blank: most
-    /// likely a secret that was not filled in, which must not turn the
-    /// token check off.
+    /// `--auth-token` or `--admin-token` (or its environment variable) is
+    /// set but blank: most likely a secret that was not filled in, which
+    /// must not turn the token check off.
     #[error(
-        "--auth-token (SESSIOND_AUTH_TOKEN) is set but blank: give a token, or leave it unset \
-         to serve without one"
+        "{flag} ({env}) is set but blank: give a token, or leave it unset to serve without one"
     )]
-    BlankAuthToken,
+    BlankToken {
+        /// The flag.
+        flag: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+    },
 }
 
 /// The longest `--max-ttl` or `--max-lifetime`: 100 years, so that every
 /// expiry is a date an RFC 3339 answer can spell.
 pub const LONGEST_DURATION_SECS: u64 = 36_525 * 86_400;
+
+/// A token that is set but blank is most likely a secret that was not
+/// filled in: it must not turn the token check off.
+fn refuse_blank(
+    token: &Option<String>,
+    flag: &'static str,
+    env: &'static str,
+) -> Result<(), ConfigError> {
+    match token {
+        Some(token) if token.trim().is_empty() => Err(ConfigError::BlankToken { flag, env }),
+        _ => Ok(()),
+    }
+}
 
 /// `duration` itself, when it is 1s to [`LONGEST_DURATION_SECS`]; the caller
 /// keeps whatever precision it needs (whole seconds or milliseconds).
@@ -620,13 +636,7 @@ fn checked_duration(flag: &'static str, duration: Duration) -> Result<Duration, 
 impl ServeArgs {
     /// Checks the flags and turns them into a node configuration.
     pub fn node_config(&self) -> Result<NodeConfig, ConfigError> {
-        if self
-            .auth_token
-            .as_deref()
-            .is_some_and(|token| token.trim().is_empty())
-        {
-            return Err(ConfigError::BlankAuthToken);
-        }
+        refuse_blank(&self.auth_token, "--auth-token", "SESSIOND_AUTH_TOKEN")?;
         let default_ttl_secs = self.default_ttl.as_secs();
         let max_ttl_secs = checked_duration("--max-ttl", self.max_ttl)?.as_secs();
         let max_lifetime_ms = match self.max_lifetime {
@@ -755,7 +765,7 @@ impl ServeArgs {
             }
             (None, false) => RedisTarget::Cluster {
                 urls: self.redis_cluster.clone(),
-                max_in_flight: self.redis_cluster_max_in_flight.max(1),
+                max_in_flight: self.redis_cluster_max_in_flight as usize,
             },
             (None, true) => return Ok(None),
         };
@@ -770,7 +780,7 @@ impl ServeArgs {
                 ConsistencyArg::Strong => Consistency::Strong,
             },
             prefix: self.redis_prefix.clone(),
-            queue_capacity: self.redis_queue.max(1),
+            queue_capacity: self.redis_queue as usize,
             events: self.events_config()?,
         }))
     }
@@ -798,6 +808,19 @@ impl ServeArgs {
 }
 
 /// Parses a byte size with optional human units (`512MiB`, `1GB`, `4096`).
+/// The largest `--redis-queue` and `--redis-cluster-max-in-flight`.
+const MAX_COUNT: i64 = 100_000_000;
+
+/// A duration like `30s` or `5m`, of at most [`LONGEST_DURATION_SECS`] (100
+/// years): a timer past that overflows the clock.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if duration.as_secs() > LONGEST_DURATION_SECS {
+        return Err("a duration of at most 100 years".to_owned());
+    }
+    Ok(duration)
+}
+
 fn parse_bytes(text: &str) -> Result<u64, String> {
     text.trim()
         .parse::<bytesize::ByteSize>()
@@ -885,20 +908,6 @@ mod tests {
             Err(ConfigError::Duration {
                 flag: "--max-ttl",
                 got_secs: 0
-            })
-        ));
-        assert!(matches!(
-            serve(&["--max-ttl", "200years"]),
-            Err(ConfigError::Duration {
-                flag: "--max-ttl",
-                got_secs: 6_311_520_000
-            })
-        ));
-        assert!(matches!(
-            serve(&["--max-lifetime", "99999999999999999s"]),
-            Err(ConfigError::Duration {
-                flag: "--max-lifetime",
-                got_secs: 99_999_999_999_999_999
             })
         ));
         assert!(matches!(
@@ -994,12 +1003,76 @@ mod tests {
         for blank in ["", "  "] {
             assert!(matches!(
                 serve(&["--auth-token", blank]),
-                Err(ConfigError::BlankAuthToken)
+                Err(ConfigError::BlankToken { .. })
             ));
         }
         let config = serve(&["--auth-token", "s3cret"]).unwrap();
         assert!(config.auth_token.is_some());
         assert!(serve(&[]).unwrap().auth_token.is_none());
+        // The balancer's admin token too: blank, it opened the upstreams
+        // API to anyone on a loopback admin address.
+        let balance = |token: &str| {
+            let cli = Cli::try_parse_from([
+                "sessiond",
+                "balance",
+                "--upstream",
+                "http://a:1",
+                "--admin-token",
+                token,
+            ])
+            .unwrap();
+            let Command::Balance(args) = cli.command else {
+                panic!("expected balance");
+            };
+            args.balance_config()
+        };
+        let blank = balance(" ").unwrap_err();
+        assert_eq!(
+            blank.to_string(),
+            "--admin-token (SESSIOND_ADMIN_TOKEN) is set but blank: give a token, or leave it \
+             unset to serve without one"
+        );
+        assert!(balance("s3cret").unwrap().admin_token.is_some());
+    }
+
+    #[test]
+    fn durations_past_100_years_and_huge_counts_are_refused_when_parsed() {
+        let huge = "10000000000000000000s";
+        for args in [
+            &["sessiond", "serve", "--http-idle-timeout", huge][..],
+            &["sessiond", "serve", "--idle-timeout", huge],
+            &["sessiond", "serve", "--max-ttl", "200years"],
+            &["sessiond", "serve", "--max-lifetime", "99999999999999999s"],
+            &[
+                "sessiond",
+                "balance",
+                "--upstream",
+                "http://a:1",
+                "--header-timeout",
+                huge,
+            ],
+            &[
+                "sessiond",
+                "balance",
+                "--upstream",
+                "http://a:1",
+                "--response-timeout",
+                "101y",
+            ],
+            &["sessiond", "serve", "--redis-queue", "18446744073709551615"],
+            &["sessiond", "serve", "--redis-cluster-max-in-flight", "0"],
+        ] {
+            let refused = Cli::try_parse_from(args).map(drop).unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
+        assert_eq!(
+            parse_duration("100y"),
+            Ok(Duration::from_secs(100 * 31_557_600))
+        );
     }
 
     #[test]
