@@ -71,17 +71,28 @@ impl std::fmt::Debug for RedisTarget {
     }
 }
 
-/// `url` with its password, if it has one, shown as `***` (for the log).
+/// `url` with its password, if it has one, shown as `***` (for the log):
+/// the URL's own, or a Unix socket URL's `pass` query parameter
+/// (`redis+unix:///run/redis.sock?pass=...`).
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // A URL with a password has a host, so it takes another one.
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "(a URL that does not parse)".to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(a URL that does not parse)".to_owned();
+    };
+    if parsed.password().is_some() {
+        // A URL with a password has a host, so it takes another one.
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query_pairs().any(|(key, _)| key == "pass") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "pass" { "***".into() } else { value };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// A Redis connection of either kind; cheap to clone.
@@ -504,6 +515,14 @@ mod tests {
         assert_eq!(redacted("rediss://:pa55@cache"), "rediss://:***@cache");
         assert_eq!(redacted("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
         assert!(!redacted("redis://node:pa55@[::1:6379").contains("pa55"));
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=2&pass=hunter2"),
+            "redis+unix:///run/redis.sock?db=2&pass=***"
+        );
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=2"),
+            "redis+unix:///run/redis.sock?db=2"
+        );
         let cluster = RedisTarget::Cluster {
             urls: vec!["redis://a:pa55@h1:7000".into(), "redis://h2:7000".into()],
             max_in_flight: 24,
