@@ -178,9 +178,9 @@ pub struct ErrorDetail {
 /// `GET /v1/events`.
 #[derive(Debug, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(example = json!({
-    "events": [{"cursor": "1796123541327-0", "kind": "expired", "id": "pB0x4b2ygQn7a8lrt5m1Xw",
+    "events": [{"cursor": "1796529528416-0-2406849938060285720", "kind": "expired", "id": "pB0x4b2ygQn7a8lrt5m1Xw",
         "user": "alice", "at": "2026-12-01T11:12:21.327Z"}],
-    "next": "1796123541327-0"
+    "next": "1796529528416-0-2406849938060285720"
 })))]
 pub struct EventsBody {
     /// The events, in commit order.

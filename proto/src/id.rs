@@ -25,7 +25,10 @@ pub enum ParseIdError {
     #[error("a session id has exactly {ID_TEXT_LEN} characters, this one has {0}")]
     Length(usize),
     /// The text is not canonical base64url without padding.
-    #[error("a session id is base64url text (A-Z, a-z, 0-9, '-', '_')")]
+    #[error(
+        "a session id is base64url text (A-Z, a-z, 0-9, '-', '_') ending in A, Q, g or w \
+         (16 bytes, nothing in the last character's spare bits)"
+    )]
     Alphabet,
 }
 

@@ -530,12 +530,12 @@ impl BalanceArgs {
 pub enum ConfigError {
     /// `--max-ttl` or `--max-lifetime` is zero or longer than
     /// [`LONGEST_DURATION_SECS`] (a session's times must be dates).
-    #[error("{flag} must be between 1s and {LONGEST_DURATION_SECS}s (100 years), got {got_secs}s")]
+    #[error("{flag} must be between 1s and {LONGEST_DURATION_SECS}s (100 years), got {got:?}")]
     Duration {
         /// The flag.
         flag: &'static str,
         /// What was given.
-        got_secs: u64,
+        got: Duration,
     },
     /// `--default-ttl` is zero or above `--max-ttl`.
     #[error(
@@ -625,11 +625,13 @@ fn refuse_blank(
 /// `duration` itself, when it is 1s to [`LONGEST_DURATION_SECS`]; the caller
 /// keeps whatever precision it needs (whole seconds or milliseconds).
 fn checked_duration(flag: &'static str, duration: Duration) -> Result<Duration, ConfigError> {
-    let got_secs = duration.as_secs();
-    if (1..=LONGEST_DURATION_SECS).contains(&got_secs) {
+    if (1..=LONGEST_DURATION_SECS).contains(&duration.as_secs()) {
         Ok(duration)
     } else {
-        Err(ConfigError::Duration { flag, got_secs })
+        Err(ConfigError::Duration {
+            flag,
+            got: duration,
+        })
     }
 }
 
@@ -907,9 +909,14 @@ mod tests {
             serve(&["--max-ttl", "0s"]),
             Err(ConfigError::Duration {
                 flag: "--max-ttl",
-                got_secs: 0
+                got: Duration::ZERO
             })
         ));
+        let short = serve(&["--max-lifetime", "500ms"]).unwrap_err();
+        assert_eq!(
+            short.to_string(),
+            "--max-lifetime must be between 1s and 3155760000s (100 years), got 500ms"
+        );
         assert!(matches!(
             serve(&["--max-session-bytes", "16EiB", "--max-frame-bytes", "1MiB"]),
             Err(ConfigError::Size {
@@ -952,7 +959,7 @@ mod tests {
             serve(&["--events-max-age", "500ms"])
                 .unwrap_err()
                 .to_string(),
-            "--events-max-age must be between 1s and 3155760000s (100 years), got 0s"
+            "--events-max-age must be between 1s and 3155760000s (100 years), got 500ms"
         );
         assert!(serve(&["--events", "off", "--events-max-age", "0s"]).is_ok());
         for retention in ["0", "10000001"] {

@@ -107,6 +107,7 @@ fn json(event: Event) -> EventJson {
 #[utoipa::path(
     get,
     path = "/v1/events",
+    operation_id = "events_page",
     tag = "events",
     params(EventsQuery),
     responses(
@@ -188,7 +189,8 @@ pub async fn stream(
 
 /// One Server-Sent Event of `GET /v1/events/stream`, described as its
 /// fields (OpenAPI 3.2's `itemSchema` way): `id` is the event's cursor,
-/// `data` its JSON.
+/// `data` its JSON; a stream with nothing to send yet first sends its
+/// place as an `id` alone.
 pub struct StreamedEvent;
 
 impl PartialSchema for StreamedEvent {
@@ -204,12 +206,14 @@ impl PartialSchema for StreamedEvent {
             .property(
                 "data",
                 text()
-                    .description(Some("The event as JSON."))
+                    .description(Some(
+                        "The event as JSON (absent from the first message of a stream \
+                         with no event to send yet: it only names the stream's place).",
+                    ))
                     .content_media_type("application/json")
                     .content_schema(Some(EventJson::schema())),
             )
             .required("id")
-            .required("data")
             .into()
     }
 }

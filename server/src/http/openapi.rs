@@ -196,7 +196,7 @@ pub fn error_responses(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<Response>>
                     detail["current_version"] = json!(2);
                 }
                 if code == ErrorCode::CursorExpired {
-                    detail["oldest"] = json!("1796123541327-0");
+                    detail["oldest"] = json!("1796529528416-0-2406849938060285720");
                 }
                 (
                     code.as_str(),
@@ -296,7 +296,7 @@ fn example_message(code: ErrorCode) -> &'static str {
         ErrorCode::Overloaded => "the node serves at most 1024 HTTP connections",
         ErrorCode::StoreFull => "the store is full",
         ErrorCode::CursorExpired => {
-            "events after this cursor are no longer kept; resume after the oldest cursor, 1796123541327-0"
+            "events after this cursor are no longer kept; resume after the oldest cursor, 1796529528416-0-2406849938060285720"
         }
         ErrorCode::InvalidCursor => "not an event cursor of this log: \"x\"",
         ErrorCode::EventsOff => "the event log is off (--events off, or Redis Cluster)",

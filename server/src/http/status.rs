@@ -223,6 +223,7 @@ fn p99(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<f64> {
 #[utoipa::path(
     get,
     path = "/status",
+    operation_id = "status_page",
     tag = "operations",
     responses((status = 200, description = "The node's status page: one HTML document, no \
         external assets, refreshing itself every 2 s.", body = String, content_type = "text/html")),

@@ -48,6 +48,28 @@ fn operations(doc: &Value) -> Vec<(String, Vec<Method>)> {
         .collect()
 }
 
+/// Operation ids are unique, as OpenAPI requires: client generators name
+/// their functions after them (the events page and the status page were
+/// both `page`).
+#[tokio::test]
+async fn every_operation_has_an_id_of_its_own() {
+    let node = Node::new();
+    let doc = document(&node).await;
+    let mut ids = Vec::new();
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for operation in item.as_object().expect("a path item").values() {
+            if let Some(id) = operation.get("operationId").and_then(Value::as_str) {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate operation ids among {ids:?}");
+    assert!(count >= 9, "{ids:?}");
+}
+
 #[tokio::test]
 async fn every_documented_operation_is_routed_and_no_other_method_is() {
     let node = Node::new();
