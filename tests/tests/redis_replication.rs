@@ -1260,3 +1260,29 @@ async fn async_mode_with_strong_consistency_reads_redis() {
         read.text
     );
 }
+
+/// A node never serves a session past its own `--max-lifetime`, though
+/// Redis keeps it longer (another node without the cap, or with a longer
+/// one, slid it there): it answered 200 with an `expires_at` already past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_the_nodes_max_lifetime_is_not_served_though_redis_keeps_it() {
+    let redis = RedisServer::start();
+    let http = http();
+    let capped = node_on(&http, &redis.url(), &["--max-lifetime", "2s"]).await;
+    let created = create(&http, &capped, &json!({"n": 1}), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    // What a node without the cap does when a read slides the session.
+    let mut conn = redis_conn(&redis.url()).await;
+    let kept: u64 = redis_query(
+        &mut conn,
+        redis::cmd("PEXPIRE")
+            .arg(format!("sessiond:{id}"))
+            .arg(60_000),
+    )
+    .await;
+    assert_eq!(kept, 1);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let read = get(&http, &capped, &id).await;
+    assert_eq!(read.status, 404, "{}", read.text);
+}

@@ -366,7 +366,19 @@ impl Redis {
                 let recorded = stored.recorded;
                 stored.into_session(*id).map(|session| (session, recorded))
             })
+            .map(|(session, recorded)| (self.within_lifetime(session), recorded))
             .filter(|(session, _)| session.expires_at_ms > now))
+    }
+
+    /// `session` expiring no later than this node's `--max-lifetime` after
+    /// its creation: another node without the cap (or with a longer one)
+    /// may have slid it past that in Redis.
+    fn within_lifetime(&self, mut session: Session) -> Session {
+        if let Some(cap) = self.max_lifetime_ms {
+            let end = session.created_at_ms.saturating_add(cap);
+            session.expires_at_ms = session.expires_at_ms.min(end);
+        }
+        session
     }
 
     /// Keeps a copy in memory unless an invalidation arrived since `epoch`
