@@ -711,7 +711,11 @@ impl ServeArgs {
             store: StoreConfig {
                 shards: usize::from(self.shards),
                 max_memory: Some(self.max_memory),
+                // With Redis, memory is a cache of what Redis (or the
+                // write-behind queue) holds: a full one drops the least
+                // recently used copies, it never refuses a write.
                 when_full: match self.when_full {
+                    _ if !memory_only => WhenFull::EvictLru,
                     WhenFullPolicy::Reject => WhenFull::Reject,
                     WhenFullPolicy::EvictLru => WhenFull::EvictLru,
                 },

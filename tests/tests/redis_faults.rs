@@ -1029,6 +1029,44 @@ async fn push_out_older_sessions(http: &reqwest::Client, node: &Sessiond) {
     assert!(evictions >= 40.0, "only {evictions} sessions were evicted");
 }
 
+/// With Redis, a node's full memory drops its least recently used copies
+/// rather than refuse a write, in async mode as in sync mode, whatever
+/// `--when-full` says (it applies to memory-only nodes): an async node
+/// answered 507 `store_full` once its memory was full, though Redis or its
+/// queue held every session. Every session stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_memory_evicts_copies_in_both_redis_modes() {
+    let redis = RedisServer::start();
+    let http = http();
+    for mode in ["sync", "async"] {
+        let node = node_on(
+            &http,
+            &redis.url(),
+            &[
+                "--redis-mode",
+                mode,
+                "--max-memory",
+                "64KiB",
+                "--when-full",
+                "reject",
+            ],
+        )
+        .await;
+        let filler = "x".repeat(4096);
+        let mut made = Vec::new();
+        for n in 0..40 {
+            let created = create(&http, &node, &json!({ "n": n, "filler": filler }), None).await;
+            assert_eq!(created.status, 201, "{mode}, create {n}: {}", created.text);
+            made.push((n, created.session().id));
+        }
+        for (n, id) in made {
+            let read = get(&http, &node, &id).await;
+            assert_eq!(read.status, 200, "{mode}, read {n}: {}", read.text);
+            assert_eq!(read.session().data["n"], json!(n), "{mode}");
+        }
+    }
+}
+
 /// Write-behind mode under memory pressure: a session evicted from memory
 /// while its acknowledged write is still queued is answered as written,
 /// not as the older copy Redis holds (which the node used to keep: the
