@@ -591,6 +591,15 @@ pub enum ConfigError {
          (like `{{app}}:`) splits a session's keys over slots"
     )]
     ClusterPrefix(String),
+    /// A `--redis` or `--redis-cluster` URL that is no Redis URL (the
+    /// URL itself is not repeated: it may hold a password).
+    #[error("{flag}: not a Redis URL (redis://, rediss:// or redis+unix://): {reason}")]
+    RedisUrl {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// `--auth-token` or `--admin-token` (or its environment variable) is
     /// set but blank: most likely a secret that was not filled in, which
     /// must not turn the token check off.
@@ -764,6 +773,17 @@ impl ServeArgs {
     }
 
     fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
+        let urls = self.redis.iter().map(|url| ("--redis", url));
+        let cluster = self
+            .redis_cluster
+            .iter()
+            .map(|url| ("--redis-cluster", url));
+        for (flag, url) in urls.chain(cluster) {
+            redis::Client::open(url.as_str()).map_err(|err| ConfigError::RedisUrl {
+                flag,
+                reason: err.to_string(),
+            })?;
+        }
         let target = match (&self.redis, self.redis_cluster.is_empty()) {
             (Some(url), _) => RedisTarget::Single(url.clone()),
             (None, false) if !prefix_keeps_tombstones_in_slot(&self.redis_prefix) => {
@@ -1084,6 +1104,24 @@ mod tests {
             parse_duration("100y"),
             Ok(Duration::from_secs(100 * 31_557_600))
         );
+    }
+
+    #[test]
+    fn a_redis_url_that_does_not_parse_is_refused_without_repeating_it() {
+        for args in [
+            &["--redis", "http://localhost:6379"][..],
+            &["--redis", ""],
+            &["--redis-cluster", "redis://127.0.0.1:7000,ftp://x:pw@y"],
+        ] {
+            let refused = serve(args).unwrap_err();
+            assert!(
+                matches!(refused, ConfigError::RedisUrl { .. }),
+                "{args:?}: {refused}"
+            );
+            assert!(!refused.to_string().contains("pw@"), "{refused}");
+        }
+        assert!(serve(&["--redis", "redis://:pw@127.0.0.1:6379/2"]).is_ok());
+        assert!(serve(&["--redis", "redis+unix:///run/redis.sock?pass=x"]).is_ok());
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Balance(args) => {
             let config = args.balance_config()?;
             if args.check_config {
+                sessiond::balance::check_files(&config)?;
                 println!("configuration ok: {config:#?}");
                 return Ok(());
             }

@@ -448,3 +448,46 @@ async fn answer_of(
         .await
         .expect("an answer in time")
 }
+
+/// `--check-config` reads the certificate and key as the real start does:
+/// a missing or mismatched file fails the check (it said "configuration
+/// ok", and the start then failed), a good pair passes.
+#[test]
+fn check_config_reads_the_certificate_and_key() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("localhost");
+    let (other, _) = ca.issue("other");
+    let check = |cert: &Path, key: &Path| {
+        let output = Command::new(sessiond_e2e::binary("sessiond:sessiond"))
+            .args([
+                "balance",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--check-config",
+            ])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .env_remove("SESSIOND_UPSTREAMS")
+            .env_remove("SESSIOND_UPSTREAMS_FILE")
+            .output()
+            .expect("run sessiond balance --check-config");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), text)
+    };
+    let (code, text) = check(&cert, &key);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("configuration ok"), "{text}");
+    let missing = Path::new("/nonexistent/cert.pem");
+    for (cert, key, what) in [
+        (missing, key.as_path(), "cannot read"),
+        (other.as_path(), key.as_path(), "does not fit"),
+    ] {
+        let (code, text) = check(cert, key);
+        assert_ne!(code, Some(0), "{cert:?}: {text}");
+        assert!(!text.contains("configuration ok"), "{text}");
+        assert!(text.contains(what), "{cert:?}: expected {what:?} in {text}");
+    }
+}

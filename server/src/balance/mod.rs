@@ -206,17 +206,15 @@ async fn listeners(
     Ok((listener, admin, None))
 }
 
-/// Runs the balancer until `shutdown` (or until a new balancer takes its
-/// sockets over), then stops accepting, lets in-flight requests finish
-/// (bounded) and returns.
-pub async fn run(
-    config: BalanceConfig,
-    metrics: Option<MetricsHandle>,
-    shutdown: CancellationToken,
-) -> Result<(), BalanceError> {
-    // Before the listeners: once they are up, SIGHUP reloads, never kills.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(BalanceError::Signal)?;
+/// What the balancer reads before it serves.
+struct Files {
+    certificate: Option<Arc<Certificate>>,
+    /// The TLS settings made of the certificate.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+fn open_files(config: &BalanceConfig) -> Result<Files, BalanceError> {
     let certificate = config.tls.clone().map(Certificate::load).transpose()?;
     let tls = certificate
         .as_ref()
@@ -233,6 +231,36 @@ pub async fn run(
         })
         .transpose()?
         .map(Arc::new);
+    Ok(Files {
+        certificate,
+        tls,
+        access_log,
+    })
+}
+
+/// Reads what the balancer reads before it serves (the certificate and
+/// key, the access log, which it creates if missing): `--check-config`'s
+/// check beyond the flags.
+pub fn check_files(config: &BalanceConfig) -> Result<(), BalanceError> {
+    open_files(config).map(drop)
+}
+
+/// Runs the balancer until `shutdown` (or until a new balancer takes its
+/// sockets over), then stops accepting, lets in-flight requests finish
+/// (bounded) and returns.
+pub async fn run(
+    config: BalanceConfig,
+    metrics: Option<MetricsHandle>,
+    shutdown: CancellationToken,
+) -> Result<(), BalanceError> {
+    // Before the listeners: once they are up, SIGHUP reloads, never kills.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(BalanceError::Signal)?;
+    let Files {
+        certificate,
+        tls,
+        access_log,
+    } = open_files(&config)?;
     let (listener, admin_listener, taken) = listeners(&config).await?;
     let admin_loopback = admin_listener
         .local_addr()
