@@ -163,7 +163,7 @@ pub struct ServeArgs {
     pub sweep_interval: Duration,
 
     /// Sessions the sweeper examines per shard and pass (bounds its work).
-    #[arg(long, env = "SESSIOND_SWEEP_BATCH", default_value_t = 256)]
+    #[arg(long, env = "SESSIOND_SWEEP_BATCH", default_value_t = 256, value_parser = at_least_one)]
     pub sweep_batch: usize,
 
     /// Largest binary-protocol frame (default: --max-session-bytes + 64KiB).
@@ -171,12 +171,12 @@ pub struct ServeArgs {
     pub max_frame_bytes: Option<u64>,
 
     /// Binary-protocol connections served at once; more get an error frame.
-    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "SESSIOND_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least_one)]
     pub max_connections: usize,
 
     /// Requests one binary-protocol connection may have in flight; past it
     /// the server reads no more from that connection until it answers.
-    #[arg(long, env = "SESSIOND_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(long, env = "SESSIOND_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = at_least_one)]
     pub max_in_flight: usize,
 
     /// A binary-protocol connection without requests for this long is closed.
@@ -318,11 +318,13 @@ pub struct BalanceArgs {
     pub health_timeout: Duration,
 
     /// Consecutive good checks that bring a down upstream back.
-    #[arg(long, env = "SESSIOND_HEALTH_RISE", default_value_t = 2)]
+    #[arg(long, env = "SESSIOND_HEALTH_RISE", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub rise: u32,
 
     /// Consecutive failed checks that take an upstream out.
-    #[arg(long, env = "SESSIOND_HEALTH_FALL", default_value_t = 2)]
+    #[arg(long, env = "SESSIOND_HEALTH_FALL", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub fall: u32,
 
     /// Time to open a connection to an upstream.
@@ -373,7 +375,7 @@ pub struct BalanceArgs {
 
     /// Client connections served at once; more are answered 503
     /// `too_many_connections` and closed.
-    #[arg(long, env = "SESSIOND_MAX_CLIENT_CONNS", default_value_t = 10_000)]
+    #[arg(long, env = "SESSIOND_MAX_CLIENT_CONNS", default_value_t = 10_000, value_parser = at_least_one)]
     pub max_client_conns: usize,
 
     /// Requests in flight per upstream (upgraded connections count);
@@ -490,8 +492,8 @@ impl BalanceArgs {
             health_path: self.health_path.clone(),
             health_interval: self.health_interval.max(Duration::from_millis(10)),
             health_timeout: self.health_timeout.max(Duration::from_millis(1)),
-            rise: self.rise.max(1),
-            fall: self.fall.max(1),
+            rise: self.rise,
+            fall: self.fall,
             connect_timeout: self.connect_timeout.max(Duration::from_millis(1)),
             response_timeout: self.response_timeout.max(Duration::from_millis(1)),
             idle_timeout: self.idle_timeout.max(Duration::from_millis(1)),
@@ -503,7 +505,7 @@ impl BalanceArgs {
                 min_rate: self.min_body_rate,
             },
             head,
-            max_client_conns: self.max_client_conns.max(1),
+            max_client_conns: self.max_client_conns,
             max_conns: self.max_conns,
             queue: self.queue,
             queue_timeout: self.queue_timeout,
@@ -710,8 +712,8 @@ impl ServeArgs {
             tcp: self.tcp,
             tcp_limits: TcpLimits {
                 max_frame_bytes,
-                max_connections: self.max_connections.max(1),
-                max_in_flight: self.max_in_flight.max(1),
+                max_connections: self.max_connections,
+                max_in_flight: self.max_in_flight,
                 idle_timeout: self.idle_timeout.max(Duration::from_millis(10)),
                 handshake_timeout: self.handshake_timeout.max(Duration::from_millis(10)),
             },
@@ -747,7 +749,7 @@ impl ServeArgs {
             },
             drain_timeout: self.drain_timeout,
             sweep_interval: self.sweep_interval.max(Duration::from_millis(1)),
-            sweep_batch: self.sweep_batch.max(1),
+            sweep_batch: self.sweep_batch,
             redis: self.redis_config()?,
         })
     }
@@ -834,6 +836,15 @@ impl ServeArgs {
 }
 
 /// Parses a byte size with optional human units (`512MiB`, `1GB`, `4096`).
+/// A count of at least 1 (0 would serve nothing, or sweep nothing).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("0 is not allowed: at least 1".to_owned()),
+        Ok(count) => Ok(count),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 /// The largest `--redis-queue` and `--redis-cluster-max-in-flight`.
 const MAX_COUNT: i64 = 100_000_000;
 
@@ -1067,7 +1078,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_past_100_years_and_huge_counts_are_refused_when_parsed() {
+    fn durations_past_100_years_and_counts_out_of_range_are_refused_when_parsed() {
         let huge = "10000000000000000000s";
         for args in [
             &["sessiond", "serve", "--http-idle-timeout", huge][..],
@@ -1104,6 +1115,33 @@ mod tests {
             parse_duration("100y"),
             Ok(Duration::from_secs(100 * 31_557_600))
         );
+        for args in [
+            &["sessiond", "serve", "--sweep-batch", "0"][..],
+            &["sessiond", "serve", "--max-in-flight", "0"],
+            &[
+                "sessiond",
+                "balance",
+                "--upstream",
+                "http://a:1",
+                "--rise",
+                "0",
+            ],
+            &[
+                "sessiond",
+                "balance",
+                "--upstream",
+                "http://a:1",
+                "--max-client-conns",
+                "0",
+            ],
+        ] {
+            let refused = Cli::try_parse_from(args).map(drop).unwrap_err();
+            assert_eq!(
+                refused.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
