@@ -342,7 +342,7 @@ pub struct BalanceArgs {
     pub send_timeout: Duration,
 
     /// Idle pooled upstream connections are closed after this.
-    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SESSIOND_UPSTREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Time a client has for each request head, counted from when the
@@ -399,7 +399,7 @@ pub struct BalanceArgs {
 
     /// Longest wait for the in-flight requests (and upgraded connections)
     /// of a draining upstream, and of the balancer at shutdown.
-    #[arg(long, env = "SESSIOND_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SESSIOND_BALANCE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
     /// Bearer token of the upstreams API on the admin listener (without
@@ -1142,6 +1142,27 @@ mod tests {
                 "{args:?}"
             );
         }
+    }
+
+    /// One environment shared by a node and a balancer sets each only its
+    /// own flags: `SESSIOND_IDLE_TIMEOUT` and `SESSIOND_DRAIN_TIMEOUT`
+    /// were read by both, with other meanings.
+    #[test]
+    fn serve_and_balance_read_no_environment_variable_in_common() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let envs = |name: &str| -> std::collections::BTreeSet<String> {
+            let command = cli.find_subcommand(name).expect("the subcommand");
+            command
+                .get_arguments()
+                .filter_map(|arg| arg.get_env())
+                .map(|env| env.to_string_lossy().into_owned())
+                .collect()
+        };
+        let (serve, balance) = (envs("serve"), envs("balance"));
+        assert!(serve.len() > 20 && balance.len() > 20);
+        let shared: Vec<_> = serve.intersection(&balance).collect();
+        assert!(shared.is_empty(), "read by both: {shared:?}");
     }
 
     #[test]
