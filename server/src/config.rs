@@ -237,7 +237,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SESSIOND_REDIS_CLUSTER_MAX_IN_FLIGHT",
-        default_value_t = 24,
+        default_value_t = DEFAULT_CLUSTER_MAX_IN_FLIGHT,
         value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT)
     )]
     pub redis_cluster_max_in_flight: u32,
@@ -249,7 +249,7 @@ pub struct ServeArgs {
 
     /// Prefix of every Redis key (and of the invalidation channel). With
     /// `--redis-cluster`, a `}` in it must close a hash tag (`{app}:`).
-    #[arg(long, env = "SESSIOND_REDIS_PREFIX", default_value = "sessiond:")]
+    #[arg(long, env = "SESSIOND_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
 
     /// What reads return with Redis: `cached` (memory, kept coherent by
@@ -275,7 +275,7 @@ pub struct ServeArgs {
     pub events_include_updates: bool,
 
     /// Writes the async replication queue holds before refusing more (503).
-    #[arg(long, env = "SESSIOND_REDIS_QUEUE", default_value_t = 100_000,
+    #[arg(long, env = "SESSIOND_REDIS_QUEUE", default_value_t = DEFAULT_REDIS_QUEUE,
           value_parser = clap::value_parser!(u32).range(1..=MAX_COUNT))]
     pub redis_queue: u32,
 
@@ -707,6 +707,13 @@ impl ServeArgs {
             );
         }
         let memory_only = self.redis.is_none() && self.redis_cluster.is_empty();
+        let ignored = self.ignored_without_redis();
+        if memory_only && !ignored.is_empty() {
+            tracing::warn!(
+                flags = ?ignored,
+                "these flags have no effect without --redis or --redis-cluster"
+            );
+        }
         Ok(NodeConfig {
             http: self.http,
             tcp: self.tcp,
@@ -772,6 +779,24 @@ impl ServeArgs {
             idle_timeout: self.http_idle_timeout.max(least),
             max_head_bytes,
         })
+    }
+
+    /// The Redis flags set to other than their defaults (they act only
+    /// with `--redis` or `--redis-cluster`).
+    fn ignored_without_redis(&self) -> Vec<&'static str> {
+        [
+            ("--redis-mode", self.redis_mode != RedisModeArg::Sync),
+            ("--consistency", self.consistency != ConsistencyArg::Cached),
+            ("--redis-prefix", self.redis_prefix != DEFAULT_REDIS_PREFIX),
+            ("--redis-queue", self.redis_queue != DEFAULT_REDIS_QUEUE),
+            (
+                "--redis-cluster-max-in-flight",
+                self.redis_cluster_max_in_flight != DEFAULT_CLUSTER_MAX_IN_FLIGHT,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect()
     }
 
     fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
@@ -844,6 +869,13 @@ fn at_least_one(text: &str) -> Result<usize, String> {
         Err(err) => Err(err.to_string()),
     }
 }
+
+/// `--redis-queue`'s default.
+const DEFAULT_REDIS_QUEUE: u32 = 100_000;
+/// `--redis-cluster-max-in-flight`'s default.
+const DEFAULT_CLUSTER_MAX_IN_FLIGHT: u32 = 24;
+/// `--redis-prefix`'s default.
+const DEFAULT_REDIS_PREFIX: &str = "sessiond:";
 
 /// The largest `--redis-queue` and `--redis-cluster-max-in-flight`.
 const MAX_COUNT: i64 = 100_000_000;
@@ -1163,6 +1195,22 @@ mod tests {
         assert!(serve.len() > 20 && balance.len() > 20);
         let shared: Vec<_> = serve.intersection(&balance).collect();
         assert!(shared.is_empty(), "read by both: {shared:?}");
+    }
+
+    #[test]
+    fn redis_flags_set_without_redis_are_named() {
+        let args = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["sessiond", "serve"], args].concat()).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("expected serve");
+            };
+            args
+        };
+        assert!(args(&[]).ignored_without_redis().is_empty());
+        assert_eq!(
+            args(&["--redis-mode", "async", "--redis-queue", "5"]).ignored_without_redis(),
+            ["--redis-mode", "--redis-queue"]
+        );
     }
 
     #[test]
