@@ -19,7 +19,11 @@
 //! which version), applies it if it was not, or says it cannot tell. The
 //! nodes are asked twice round before the call gives up: then it ends with
 //! [`Error::Indeterminate`]: the write may or
-//! may not have landed; read the session before acting again. A write never
+//! may not have landed; read the session before acting again. An attempt
+//! held up in a stalled node can still land after the call gave up: an
+//! unconditional write then replaces what was written since, one with an
+//! expected version ([`Client::update`] sends one) changes nothing. Send
+//! the writes a late landing must not replace with an expected version. A write never
 //! ends with [`Error::Timeout`], and [`Error::is_retryable`] is false for
 //! `Indeterminate`. [`Client::update`] never applies its change twice.
 //!

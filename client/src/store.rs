@@ -57,7 +57,12 @@ const BIND_USER: &str = "__sessiond_user";
 /// - **Expiry**: the session's idle TTL follows tower-sessions' expiry,
 ///   capped at the server's `--max-ttl` (tower-sessions defaults to two
 ///   weeks, sessiond to 24 h), with a warning logged once when the cap
-///   applies.
+///   applies. Every load slides it, as any sessiond read does:
+///   `Expiry::OnInactivity` sessions live while they are used, and an
+///   `Expiry::AtDateTime` date only sets the idle TTL of each save (a
+///   session used within each TTL outlives the date; the browser drops the
+///   cookie at the date, a replayed cookie keeps it alive). For an
+///   absolute end, run the nodes with `--max-lifetime`.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), sessiond_client::Error> {
