@@ -1285,4 +1285,19 @@ async fn a_session_past_the_nodes_max_lifetime_is_not_served_though_redis_keeps_
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let read = get(&http, &capped, &id).await;
     assert_eq!(read.status, 404, "{}", read.text);
+
+    // Still a session for a node without the cap: a revocation of its
+    // user from the capped node ends it too (the capped node took it for
+    // no longer the user's, and left it alive on the other node).
+    let uncapped = node_on(&http, &redis.url(), &[]).await;
+    let login = login(&http, &uncapped, "alice", 600).await;
+    assert_eq!(login.status, 201, "{}", login.text);
+    let alices = login.session().id;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let url = format!("{}/v1/users/alice/sessions", capped.url());
+    let revoked = send(http.delete(url)).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert_eq!(revoked.json()["revoked"], json!(1), "{}", revoked.text);
+    let read = get(&http, &uncapped, &alices).await;
+    assert_eq!(read.status, 404, "{}", read.text);
 }

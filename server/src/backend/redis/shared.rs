@@ -366,19 +366,17 @@ impl Redis {
                 let recorded = stored.recorded;
                 stored.into_session(*id).map(|session| (session, recorded))
             })
-            .map(|(session, recorded)| (self.within_lifetime(session), recorded))
             .filter(|(session, _)| session.expires_at_ms > now))
     }
 
-    /// `session` expiring no later than this node's `--max-lifetime` after
-    /// its creation: another node without the cap (or with a longer one)
-    /// may have slid it past that in Redis.
-    fn within_lifetime(&self, mut session: Session) -> Session {
-        if let Some(cap) = self.max_lifetime_ms {
-            let end = session.created_at_ms.saturating_add(cap);
-            session.expires_at_ms = session.expires_at_ms.min(end);
-        }
-        session
+    /// Whether `session`, read from Redis, is past this node's
+    /// `--max-lifetime`: another node without the cap (or with a longer
+    /// one) may have kept it alive there, but this node does not serve it.
+    /// (Listings, revocations and the user cap go by Redis's expiry: the
+    /// session is still there for the other nodes.)
+    pub(super) fn past_lifetime(&self, session: &Session) -> bool {
+        self.max_lifetime_ms
+            .is_some_and(|cap| session.created_at_ms.saturating_add(cap) <= self.now())
     }
 
     /// Keeps a copy in memory unless an invalidation arrived since `epoch`
@@ -447,7 +445,11 @@ impl Redis {
     /// holds the session's lock.
     pub(super) async fn load_locked(&self, id: &SessionId) -> Result<Session, BackendError> {
         let epoch = self.invalidations.epoch();
-        let Some((mut session, recorded)) = self.read_stored(id, true).await? else {
+        let Some((mut session, recorded)) = self
+            .read_stored(id, true)
+            .await?
+            .filter(|(session, _)| !self.past_lifetime(session))
+        else {
             self.store.delete(id);
             return Err(BackendError::NotFound);
         };

@@ -76,6 +76,7 @@ impl WriteBehindBackend {
             None => redis
                 .read_redis(id, true)
                 .await?
+                .filter(|session| !redis.past_lifetime(session))
                 .ok_or(BackendError::NotFound)?,
         };
         redis.store.insert_copy(session)?;
