@@ -860,7 +860,6 @@ impl ServeArgs {
     }
 }
 
-/// Parses a byte size with optional human units (`512MiB`, `1GB`, `4096`).
 /// A count of at least 1 (0 would serve nothing, or sweep nothing).
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -890,6 +889,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a byte size with optional human units (`512MiB`, `1GB`, `4096`).
 fn parse_bytes(text: &str) -> Result<u64, String> {
     text.trim()
         .parse::<bytesize::ByteSize>()
