@@ -595,7 +595,7 @@ pub enum ConfigError {
     ClusterPrefix(String),
     /// A `--redis` or `--redis-cluster` URL that is no Redis URL (the
     /// URL itself is not repeated: it may hold a password).
-    #[error("{flag}: not a Redis URL (redis://, rediss:// or redis+unix://): {reason}")]
+    #[error("{flag}: not a Redis URL it can use: {reason}")]
     RedisUrl {
         /// The flag.
         flag: &'static str,
@@ -800,16 +800,20 @@ impl ServeArgs {
     }
 
     fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
-        let urls = self.redis.iter().map(|url| ("--redis", url));
-        let cluster = self
-            .redis_cluster
-            .iter()
-            .map(|url| ("--redis-cluster", url));
-        for (flag, url) in urls.chain(cluster) {
-            redis::Client::open(url.as_str()).map_err(|err| ConfigError::RedisUrl {
+        // Parsed as the start parses them (one client, or one cluster
+        // client over every URL: it wants one scheme, password and
+        // database), without connecting.
+        let refused = |flag| {
+            move |err: redis::RedisError| ConfigError::RedisUrl {
                 flag,
                 reason: err.to_string(),
-            })?;
+            }
+        };
+        if let Some(url) = &self.redis {
+            redis::Client::open(url.as_str()).map_err(refused("--redis"))?;
+        } else if !self.redis_cluster.is_empty() {
+            redis::cluster::ClusterClient::new(self.redis_cluster.iter().map(String::as_str))
+                .map_err(refused("--redis-cluster"))?;
         }
         let target = match (&self.redis, self.redis_cluster.is_empty()) {
             (Some(url), _) => RedisTarget::Single(url.clone()),
@@ -1219,6 +1223,11 @@ mod tests {
             &["--redis", "http://localhost:6379"][..],
             &["--redis", ""],
             &["--redis-cluster", "redis://127.0.0.1:7000,ftp://x:pw@y"],
+            &["--redis-cluster", "redis+unix:///run/redis.sock"],
+            &[
+                "--redis-cluster",
+                "redis://:pw@a:7000,redis://:other@b:7000",
+            ],
         ] {
             let refused = serve(args).unwrap_err();
             assert!(
