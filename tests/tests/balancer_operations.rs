@@ -962,6 +962,12 @@ async fn proxy_headers_from_an_l4_balancer_feed_x_forwarded_for() {
             b"PROXY TCP6 2001:db8::9 2001:db8::1 51234 80\r\n".to_vec(),
             "2001:db8::9",
         ),
+        // An IPv4 client named in its IPv6 form (what a balancer in front
+        // sends when its two sides differ in family) is its IPv4 address.
+        (
+            b"PROXY TCP6 ::ffff:203.0.113.7 2001:db8::1 51234 80\r\n".to_vec(),
+            "203.0.113.7",
+        ),
         (v2, "198.51.100.4"),
         (b"PROXY UNKNOWN\r\n".to_vec(), "127.0.0.1"),
         (v2_local, "127.0.0.1"),
@@ -990,5 +996,5 @@ async fn proxy_headers_from_an_l4_balancer_feed_x_forwarded_for() {
         stream.write_all(bytes).await.expect("send");
         assert!(read_until_closed(&mut stream).await.is_empty());
     }
-    assert_eq!(ups[0].hits("/headers"), 5);
+    assert_eq!(ups[0].hits("/headers"), 6);
 }

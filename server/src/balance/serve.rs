@@ -212,7 +212,7 @@ async fn connection(
         )
         .await
         {
-            Ok(Ok(Some(source))) => peer = source,
+            Ok(Ok(Some(source))) => peer = canonical(source),
             Ok(Ok(None)) => {}
             Ok(Err(err)) => {
                 tracing::debug!(%peer, %err, "client connection refused");
