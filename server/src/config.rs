@@ -532,7 +532,10 @@ impl BalanceArgs {
 pub enum ConfigError {
     /// `--max-ttl` or `--max-lifetime` is zero or longer than
     /// [`LONGEST_DURATION_SECS`] (a session's times must be dates).
-    #[error("{flag} must be between 1s and {LONGEST_DURATION_SECS}s (100 years), got {got:?}")]
+    #[error(
+        "{flag} must be between 1s and {LONGEST_DURATION_SECS}s (100 years), got {}",
+        humantime::format_duration(*.got)
+    )]
     Duration {
         /// The flag.
         flag: &'static str,
@@ -976,13 +979,15 @@ mod tests {
                 max_ttl_secs: 3600
             })
         ));
+        let zero = serve(&["--max-ttl", "0s"]).unwrap_err();
         assert!(matches!(
-            serve(&["--max-ttl", "0s"]),
-            Err(ConfigError::Duration {
+            zero,
+            ConfigError::Duration {
                 flag: "--max-ttl",
                 got: Duration::ZERO
-            })
+            }
         ));
+        assert!(zero.to_string().ends_with("got 0s"), "{zero}");
         let short = serve(&["--max-lifetime", "500ms"]).unwrap_err();
         assert_eq!(
             short.to_string(),

@@ -668,7 +668,7 @@ async fn async_mode_a_shutdown_that_loses_queued_writes_exits_non_zero() {
     .expect("the terminating thread panicked");
     assert_eq!(code, Some(1), "log:\n{log}");
     assert!(
-        log.contains("5 acknowledged writes never reached Redis"),
+        log.contains("5 acknowledged writes could not be confirmed in Redis"),
         "{log}"
     );
 }

@@ -31,10 +31,12 @@ pub enum NodeError {
     /// The Redis settings are unusable.
     #[error(transparent)]
     Redis(ReplicationError),
-    /// Write-behind writes that were acknowledged never reached Redis:
-    /// it stayed unreachable through the shutdown's flush.
+    /// Write-behind writes that were acknowledged could not be confirmed in
+    /// Redis before the shutdown's flush gave up (Redis unreachable, or
+    /// refusing them, for its whole deadline).
     #[error(
-        "{lost} acknowledged writes never reached Redis (unreachable at shutdown): they are lost"
+        "{lost} acknowledged writes could not be confirmed in Redis before the shutdown's flush \
+         gave up: they may be lost"
     )]
     WritesLost {
         /// How many.

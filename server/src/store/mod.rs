@@ -490,12 +490,14 @@ impl Store {
     /// live one has its id.
     fn admit(&self, session: Session, owner: Option<&Owner>) -> Result<Admitted, StoreError> {
         let id = session.id;
-        let now = session.created_at_ms;
         // Without a cap there is nothing to count: only the new session's
         // shard is locked.
         let capped = owner.filter(|owner| owner.limit.max_sessions > 0);
         let user = capped.map(|owner| &owner.user);
         let (owned, mut locked) = self.lock_with_users_sessions(&[&id], user, capped);
+        // Liveness is judged when the locks are held, not when the session
+        // was made before waiting for them.
+        let now = self.now_ms().max(session.created_at_ms);
         let shard = locked.locked_shard(self.shard_index(&id));
         if let Ok(existing) = self.live_record(shard, &id, now) {
             return Ok(Admitted::Existing(existing.session()));
