@@ -30,7 +30,7 @@ pub async fn follow(client: Client, cursor_file: Option<PathBuf>) {
                     report(&event);
                     cursor = Some(event.cursor.clone());
                     if let Some(path) = &cursor_file {
-                        save(path, &event.cursor);
+                        save(path, &event.cursor).await;
                     }
                 }
                 Err(Error::CursorExpired { oldest }) => {
@@ -57,17 +57,21 @@ fn report(event: &Event) {
         EventKind::Expired => "signed out due to inactivity",
         EventKind::Deleted => "signed out",
         EventKind::Revoked => "signed out from another device",
-        EventKind::Evicted => "dropped by the store (memory full)",
+        EventKind::Evicted => "dropped by the store (memory full, or the user's session cap)",
         _ => return,
     };
     tracing::info!(session = %event.id, user, kind = event.kind.as_str(), "session ended: {why}");
 }
 
 /// Writes the cursor next to the file and renames it over, so a crash
-/// leaves the old cursor or the new one, never half of one.
-fn save(path: &PathBuf, cursor: &str) {
+/// leaves the old cursor or the new one, never half of one (off the
+/// runtime's threads: a slow disk does not hold up the app's requests).
+async fn save(path: &PathBuf, cursor: &str) {
     let partial = path.with_extension("partial");
-    let written = std::fs::write(&partial, cursor).and_then(|()| std::fs::rename(&partial, path));
+    let written = match tokio::fs::write(&partial, cursor).await {
+        Ok(()) => tokio::fs::rename(&partial, path).await,
+        Err(err) => Err(err),
+    };
     if let Err(err) = written {
         tracing::warn!(%err, path = %path.display(), "cannot keep the events cursor");
     }
