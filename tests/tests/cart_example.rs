@@ -172,6 +172,33 @@ async fn the_cart_app_keeps_its_sessions_in_sessiond() {
     );
 }
 
+/// An add to the cart sent again with its `X-Request-Id` adds nothing, also
+/// after later adds (a browser's retry of a request whose answer it lost):
+/// only the last request was remembered, so such a retry added the item
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_retried_after_later_adds_is_counted_once() {
+    let node = Sessiond::start(&[]);
+    let app = CartApp::start(&[&node], "app-x").await;
+    let browser = cookie_client();
+    let add = |item: &str, request: &str| {
+        browser
+            .post(format!("{}/cart/{item}", app.url))
+            .header("x-request-id", request)
+    };
+    assert_eq!(
+        send(add("apple", "r1")).await.body["cart"],
+        json!(["apple"])
+    );
+    assert_eq!(
+        send(add("pear", "r2")).await.body["cart"],
+        json!(["apple", "pear"])
+    );
+    let retried = send(add("apple", "r1")).await;
+    assert_eq!(retried.status, 200, "{}", app.log());
+    assert_eq!(retried.body["cart"], json!(["apple", "pear"]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_binds_the_user_and_signing_out_everywhere_ends_the_other_devices() {
     let node = Sessiond::start(&[]);

@@ -83,8 +83,11 @@ const CART: &str = "cart";
 const USER: &str = "user";
 /// The last request that counted a visit, and the count it gave.
 const LAST_VISIT: &str = "last_visit";
-/// The last request that added a cart item.
-const LAST_ADD: &str = "last_add";
+/// The latest requests that added a cart item (at most [`RECENT_ADDS`]).
+const ADDED_BY: &str = "added_by";
+/// Requests remembered in [`ADDED_BY`]: a retry of one of them, even
+/// after later requests, adds nothing.
+const RECENT_ADDS: usize = 16;
 
 /// A request that changed the session, remembered so a retry of it does
 /// not change it again.
@@ -231,16 +234,27 @@ async fn add_to_cart(
         Err(err) => return unavailable(err),
     };
     let request = request_id(&headers);
-    let last: Option<String> = session.get(LAST_ADD).await.ok().flatten();
-    if request.is_none() || last != request {
+    let mut added_by: Vec<String> = session
+        .get(ADDED_BY)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if request
+        .as_ref()
+        .is_none_or(|request| !added_by.contains(request))
+    {
         cart.push(item);
         if let Err(err) = session.insert(CART, &cart).await {
             return unavailable(err);
         }
-        if let Some(request) = request
-            && let Err(err) = session.insert(LAST_ADD, request).await
-        {
-            return unavailable(err);
+        if let Some(request) = request {
+            added_by.push(request);
+            let dropped = added_by.len().saturating_sub(RECENT_ADDS);
+            added_by.drain(..dropped);
+            if let Err(err) = session.insert(ADDED_BY, added_by).await {
+                return unavailable(err);
+            }
         }
     }
     served_by(&instance, json!({"instance": &*instance.0, "cart": cart}))
