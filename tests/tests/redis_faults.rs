@@ -1219,6 +1219,34 @@ async fn refused_and_gone(
     );
 }
 
+/// Write-behind mode: a user's session whose key Redis no longer holds
+/// (expired while the node could not push its slid expiry, or lost with
+/// Redis's data) is not brought back by a queued write: the write is
+/// refused and the node drops its copy. It was recreated without its
+/// user-index entry, so a revocation of the user missed it (`revoked: 0`,
+/// the session still 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_queued_write_never_brings_back_a_users_session_redis_lost() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let login = login(&http, &node, "dave", 600).await;
+    assert_eq!(login.status, 201, "{}", login.text);
+    let id = login.session().id;
+    wait_for_version_in_redis(&admin, &id, 1).await;
+    let _: () = redis_query(&mut admin, &mut redis::cmd("FLUSHALL")).await;
+    let written = put(&http, &node, &id, &json!({"after": "flush"}), None).await;
+    assert_eq!(written.status, 200, "{}", written.text);
+    wait_for_metric(&node, "sessiond_redis_refused_writes_total", 1.0).await;
+    assert_eq!(version_in_redis(&admin, &id).await, None, "brought back");
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 404, "{}", read.text);
+    let url = format!("{}/v1/users/dave/sessions", node.url());
+    let revoked = send(http.delete(url)).await;
+    assert_eq!(revoked.json()["revoked"], json!(0), "{}", revoked.text);
+}
+
 /// Write-behind mode, a session written on one node and then deleted (a
 /// logout, a revocation) on another: the writer answers `not_found` at
 /// once, though its write is still queued; Redis refuses the write when it

@@ -232,7 +232,11 @@ return 1
 /// (the cacher list, and the nodes a recent announcement told), or when
 /// the key is new (a list that went with it is unknown); 14 '1' to
 /// store nothing (0) when the session was deleted lately (its tombstone is
-/// there); 15 the event to append if the key is new ('' for none);
+/// there), nor when it belongs to a user and its key is gone (expired, or
+/// lost with Redis's data: a user's session is created in Redis with its
+/// index entry, never by a queued write, which would bring it back
+/// unindexed, out of reach of a revocation); 15 the event to append if the
+/// key is new ('' for none);
 /// 16 retention; 17 the event to append if the key held an older version
 /// ('' for none); 18 (optional) for a write sent again after a failure
 /// that may have stored it, its version: nothing is stored (4) when the key
@@ -249,6 +253,7 @@ if ARGV[14] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if tonumber(ARGV[6]) <= now_ms() then return 5 end
 local cur = redis.call('HMGET', KEYS[1], 'v', 'o', 'a', 't')
 local before = cur[1]
+if not before and ARGV[14] == '1' and ARGV[10] ~= '' then return 0 end
 local resent = ARGV[18]
 if resent and resent ~= '' and before and tonumber(before) > tonumber(resent) then return 4 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'c', ARGV[3], 'u', ARGV[4], 't', ARGV[5],
