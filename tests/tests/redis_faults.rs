@@ -1580,7 +1580,14 @@ async fn async_mode_the_replication_lag_counts_a_wait_that_ended_in_redis() {
     let id = created_in_redis(&http, &writer, &admin, &json!({ "n": 0 })).await;
     let port = redis.port;
     let busy = tokio::task::spawn_blocking(move || stall(port, 0.8));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Written once Redis is busy (a PING gets no answer within 50 ms): on
+    // a loaded machine the stall can start late, after the write shipped.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while raw_command_within(port, "PING", Duration::from_millis(50)).is_ok() {
+            assert!(Instant::now() < deadline, "Redis never got busy");
+        }
+    });
     let written = put(&http, &writer, &id, &json!({ "n": 1 }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);
     busy.await.expect("the stall");
