@@ -423,27 +423,26 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
     assert_eq!(member_urls(&body).len(), 2);
 
     let add = |url: String| json!({ "url": url });
-    let (status, body) = admin(
-        &balancer,
-        Method::POST,
-        "/upstreams",
-        Some("s3cret"),
-        Some(add(ups[2].url())),
-    )
-    .await;
+    let post = |body: Value| {
+        let balancer = &balancer;
+        async move {
+            admin(
+                balancer,
+                Method::POST,
+                "/upstreams",
+                Some("s3cret"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, body) = post(add(ups[2].url())).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body, json!({"url": ups[2].url(), "state": "active"}));
     // The same address written another way is the same upstream.
     let alias = ups[2].url().replace("127.0.0.1:", "127.0.0.1:00");
     for again in [ups[2].url(), alias] {
-        let (status, body) = admin(
-            &balancer,
-            Method::POST,
-            "/upstreams",
-            Some("s3cret"),
-            Some(add(again.clone())),
-        )
-        .await;
+        let (status, body) = post(add(again.clone())).await;
         assert_eq!(
             (status, &body["error"]["code"]),
             (409, &json!("already_present")),
@@ -451,14 +450,7 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
         );
     }
     for bad in [json!({"url": "https://x:1"}), json!({"nope": 1})] {
-        let (status, body) = admin(
-            &balancer,
-            Method::POST,
-            "/upstreams",
-            Some("s3cret"),
-            Some(bad),
-        )
-        .await;
+        let (status, body) = post(bad).await;
         assert_eq!(status, 400, "{body}");
     }
     // No host, port 0, a password (it would be shown on the status page).
@@ -467,14 +459,7 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
         "http://127.0.0.1:0",
         "http://user:pw@127.0.0.1:9",
     ] {
-        let (status, body) = admin(
-            &balancer,
-            Method::POST,
-            "/upstreams",
-            Some("s3cret"),
-            Some(add(bad.to_owned())),
-        )
-        .await;
+        let (status, body) = post(add(bad.to_owned())).await;
         assert_eq!(
             (status, &body["error"]["code"]),
             (400, &json!("bad_upstream")),
