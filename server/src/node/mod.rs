@@ -186,8 +186,8 @@ pub async fn run(
     }
     drained.cancel();
     tasks.wait().await;
-    // What the write-behind queue could not flush is lost: say so in the
-    // exit status too, not only in the log.
+    // What the write-behind queue could not flush may be lost: say so in
+    // the exit status too, not only in the log.
     match queue.replication_queue_depth() {
         Some(lost) if lost > 0 => Err(NodeError::WritesLost { lost }),
         _ => Ok(()),
