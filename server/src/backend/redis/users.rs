@@ -98,16 +98,22 @@ impl Redis {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
             let mut conn = self.link.conn()?;
-            let taken = redis::cmd("SET")
+            // GET: the holder's token when the lock was held, so a SET the
+            // cluster client sent again after its answer was lost finds
+            // its own first run (else it waited out its own lock).
+            let held = redis::cmd("SET")
                 .arg(&key)
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(LOCK_TTL.as_millis() as u64)
+                .arg("GET")
                 .query_async::<Option<String>>(&mut conn)
                 .await;
-            if self.link.observe(taken)?.is_some() {
-                break;
+            match self.link.observe(held)? {
+                None => break,
+                Some(holder) if holder == token => break,
+                Some(_) => {}
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Unavailable::Contention {
