@@ -234,6 +234,53 @@ async fn a_declared_content_length_over_the_limit_is_refused_before_the_body() {
     }
 }
 
+/// An answer given before the request's body was read (a wrong token, a
+/// malformed id, an unknown route) says the connection closes, as it does:
+/// the unread body is left on it. Without the header a client sent its
+/// next request on the connection and got a broken pipe. An answer after
+/// the whole body was read keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_was_read_says_the_connection_closes() {
+    let node = Sessiond::start(&["--auth-token", "s3cret"]);
+    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(100 << 10));
+    let request = |target: &str, token: &str| {
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: s\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let id = "AAAAAAAAAAAAAAAAAAAAAA";
+    for (what, target, token, status) in [
+        ("a wrong token", format!("/v1/sessions/{id}"), "wrong", 401),
+        (
+            "a malformed id",
+            "/v1/sessions/bad".to_owned(),
+            "s3cret",
+            400,
+        ),
+        ("an unknown route", "/v1/nowhere".to_owned(), "s3cret", 404),
+    ] {
+        let mut stream = send(node.http, request(&target, token).as_bytes()).await;
+        let answer = read_response(&mut stream, CLOSE_WAIT).await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.text());
+        assert_eq!(
+            answer.header("connection"),
+            Some("close"),
+            "{what}: {answer:?}"
+        );
+    }
+    // Read whole (a session that is not there): the connection stays.
+    let mut stream = send(
+        node.http,
+        request(&format!("/v1/sessions/{id}"), "s3cret").as_bytes(),
+    )
+    .await;
+    let answer = read_response(&mut stream, CLOSE_WAIT).await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert_eq!(answer.header("connection"), None, "{answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_sends_its_whole_over_long_body_before_reading_gets_the_413() {
     let node = Sessiond::start(&["--max-session-bytes", "1KiB"]);

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::pin::pin;
 
 use axum::Router;
-use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use hyper::Request;
 use hyper::body::Incoming;
@@ -19,6 +18,7 @@ use tower::ServiceExt;
 use super::deadline::{Deadline, UntilSent, Watched};
 use super::error::ApiError;
 use super::limits::{HttpLimits, RESERVE_HEAD_TIMEOUT};
+use super::read_whole;
 
 /// Largest read buffer of a connection (hyper's default is about 400 KiB):
 /// bodies stream through it to the handler.
@@ -58,16 +58,18 @@ pub async fn serve(
             deadline.request_started();
             let (router, deadline) = (router.clone(), deadline.clone());
             async move {
-                let response = if slot == Slot::Reserve
+                let (request, read) = read_whole::watch(request);
+                let mut response = if slot == Slot::Reserve
                     && !OPERATIONAL_ROUTES.contains(&request.uri().path())
                 {
                     over_capacity(max_connections)
                 } else {
-                    match router.oneshot(request.map(Body::new)).await {
+                    match router.oneshot(request).await {
                         Ok(response) => response,
                         Err(never) => match never {},
                     }
                 };
+                read_whole::close_unless_read(&mut response, read.as_deref());
                 deadline.response_started();
                 let response = response.map(|body| UntilSent::new(body, deadline));
                 Ok::<_, Infallible>(response)

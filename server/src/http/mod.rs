@@ -11,6 +11,7 @@ mod limits;
 mod listener;
 mod observability;
 mod openapi;
+mod read_whole;
 mod response;
 mod sessions;
 mod state;
