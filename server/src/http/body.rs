@@ -230,25 +230,43 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// Refuses a body sent with a `Content-Encoding` (gzip, ...): the node reads
 /// bodies as they are, so it would take compressed bytes for bad JSON.
 fn check_not_encoded(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(encoding) = headers.get(header::CONTENT_ENCODING) else {
-        return Ok(());
+    let refused = |coding: &str| {
+        ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Encoding {coding} is not supported; send the body uncompressed"),
+        )
     };
-    let text = encoding.to_str().unwrap_or("").trim();
-    if text.eq_ignore_ascii_case("identity") {
-        return Ok(());
+    // Every line and every coding listed on it: a second line (or a list)
+    // names a coding as much as the first does.
+    for line in headers.get_all(header::CONTENT_ENCODING) {
+        let Ok(text) = line.to_str() else {
+            return Err(refused("(not text)"));
+        };
+        let coded = text
+            .split(',')
+            .map(str::trim)
+            .find(|coding| !coding.eq_ignore_ascii_case("identity"));
+        if let Some(coding) = coded {
+            return Err(refused(if coding.is_empty() { "(empty)" } else { coding }));
+        }
     }
-    Err(ApiError::new(
-        ErrorCode::UnsupportedMediaType,
-        format!(
-            "Content-Encoding {} is not supported; send the body uncompressed",
-            if text.is_empty() { "(not text)" } else { text }
-        ),
-    ))
+    Ok(())
 }
 
 /// Accepts a `Content-Type` whose essence is `essence` (any case, any
 /// parameters).
 fn check_media_type(headers: &HeaderMap, essence: &str) -> Result<(), ApiError> {
+    if headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type is sent on two lines; send one, {essence}"),
+        ));
+    }
     let given = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

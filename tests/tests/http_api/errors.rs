@@ -169,6 +169,25 @@ async fn bodies_the_node_would_misread_are_refused_by_their_headers() {
         let answer = api.request(method, path, &headers, body).await;
         answer.assert_error(status, code);
     }
+    // A coding or a media type on a second line counts as much as the
+    // first (only the first was read: gzip after identity passed).
+    for headers in [
+        [
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+            ("content-encoding", "gzip"),
+        ],
+        [
+            ("content-type", "application/json"),
+            ("content-type", "text/plain"),
+            ("x-note", "two types"),
+        ],
+    ] {
+        let answer = api
+            .request(Method::PUT, &put, &headers, r#"{"data": {"b": 2}}"#)
+            .await;
+        answer.assert_error(415, "unsupported_media_type");
+    }
     // A patch of another type is told the one the route takes (RFC 5789).
     let json_patch = api
         .request(
