@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use super::admin_state::{AdminState, stats};
 use super::membership::Change;
 use super::upstream::UpstreamUrl;
+use crate::secret::tokens_match;
 
 /// The `/upstreams` routes, behind the token check.
 pub fn routes(state: AdminState) -> Router<AdminState> {
@@ -47,7 +47,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            if !tokens_match(given, token) {
                 return error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

@@ -5,10 +5,10 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use sessiond_proto::ErrorCode;
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::secret::tokens_match;
 
 /// Lets the request through when no token is configured or when it carries
 /// `Authorization: Bearer <token>` with the right token.
@@ -33,7 +33,7 @@ pub async fn require_token(
                 "this server needs an Authorization: Bearer <token> header",
             )
         })?;
-    if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+    if tokens_match(presented, expected) {
         Ok(next.run(request).await)
     } else {
         Err(ApiError::new(

@@ -25,7 +25,6 @@ use sessiond_proto::wire::{
     ClientFrame, Hello, Outcome, PROTOCOL_VERSION, Placement, Request, Response, ServerFrame,
     Welcome, WireError,
 };
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -35,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::TcpContext;
 use super::dispatch;
 use super::telemetry::TcpMetrics;
+use crate::secret::tokens_match;
 
 type Codec = FrameCodec<ClientFrame, ServerFrame>;
 
@@ -368,7 +368,7 @@ async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Option<Hello>, W
     }
     if let Some(expected) = ctx.auth_token.as_deref() {
         let presented = hello.auth_token.as_deref().unwrap_or("");
-        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+        if !tokens_match(presented, expected) {
             let message = if hello.auth_token.is_none() {
                 "this server needs an auth token in Hello"
             } else {
