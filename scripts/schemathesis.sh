@@ -37,22 +37,38 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# Prints two distinct free loopback ports: both sockets are held open
+# together, so the kernel cannot hand out the same port twice.
+two_free_ports() {
+    python3 -c '
+import socket
+held = [socket.socket() for _ in range(2)]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in held))'
 }
 
-# Starts a node with the extra flags given, waits until it answers.
+# Starts a node with the extra flags given on two free ports, waits until it
+# answers. A port taken by another process between the pick and the node's
+# bind ("Address already in use") is retried on fresh ports.
 start_node() {
-    local http tcp
-    http="$(free_port)"
-    tcp="$(free_port)"
-    "$binary" serve --http "127.0.0.1:$http" --tcp "127.0.0.1:$tcp" "$@" \
-        >"$work/node.log" 2>&1 &
-    pid=$!
-    base="http://127.0.0.1:$http"
-    for _ in $(seq 100); do
-        curl -fs "$base/healthz" >/dev/null 2>&1 && return 0
-        sleep 0.1
+    local http tcp attempt
+    for attempt in 1 2 3 4 5; do
+        read -r http tcp < <(two_free_ports)
+        "$binary" serve --http "127.0.0.1:$http" --tcp "127.0.0.1:$tcp" "$@" \
+            >"$work/node.log" 2>&1 &
+        pid=$!
+        base="http://127.0.0.1:$http"
+        for _ in $(seq 100); do
+            curl -fs "$base/healthz" >/dev/null 2>&1 && return 0
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=""
+        grep -q "Address already in use" "$work/node.log" || break
+        echo "port taken (attempt $attempt), retrying on fresh ports" >&2
     done
     echo "sessiond did not start:" >&2
     cat "$work/node.log" >&2
