@@ -182,3 +182,58 @@ async fn the_client_repeats_a_revocation_whose_answer_was_lost() {
     assert!(revoked >= 1, "the repeat revoked what was left: {revoked}");
     assert_eq!(listed(http, node, "mallory").await, Vec::<String>::new());
 }
+
+/// A client that hangs up while its write waits for Redis does not stop
+/// the write (Redis has the command), and the node must then not go on
+/// serving the copy it held from before: the next read answers the
+/// written version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_hung_up_leaves_no_stale_copy_behind() {
+    let redis = RedisServer::start_with_debug();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let admin = redis_conn(&redis.url()).await;
+    let created = create(&http, &node, &json!({ "n": 1 }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    // A write script's first run is sent twice (by hash, then whole): this
+    // one makes Redis know it, so the write below is one command.
+    let warm = put(&http, &node, &id, &json!({ "n": 1 }), Some(1)).await;
+    assert_eq!(warm.session().version, 2, "{}", warm.text);
+
+    let mut stall = admin.clone();
+    let sleep = async move {
+        let _ = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.5")
+            .exec_async(&mut stall)
+            .await;
+    };
+    let impatient = sessiond_e2e::http_client(std::time::Duration::from_millis(200));
+    let hung_up = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        impatient
+            .put(format!("{}/v1/sessions/{id}", node.url()))
+            .json(&json!({ "data": { "n": 2 } }))
+            .header("if-match", "\"2\"")
+            .send()
+            .await
+    };
+    let ((), hung_up) = tokio::join!(sleep, hung_up);
+    assert!(
+        hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client hung up before Redis answered: {hung_up:?}"
+    );
+    assert_eq!(
+        version_in_redis(&admin, &id).await,
+        Some(3),
+        "the write reached Redis"
+    );
+    let read = get(&http, &node, &id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(
+        (read.session().version, read.session().data),
+        (3, json!({ "n": 2 })),
+        "the write ran in Redis; the node served its copy from before"
+    );
+}

@@ -12,6 +12,7 @@
 //! - [`WriteBehindBackend`] (`--redis-mode async`): a write is acknowledged
 //!   from memory and queued for Redis; a SIGKILL loses what is still queued.
 
+mod copy_in_doubt;
 mod error;
 mod event_log;
 mod events;

@@ -9,6 +9,7 @@ use sessiond_proto::{EventKind, SessionId, UserName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::copy_in_doubt::CopyInDoubt;
 use super::error::{ReplicationError, write_error};
 use super::event_log::{RedisEvents, count_logged};
 use super::invalidation::Invalidations;
@@ -560,7 +561,9 @@ impl Redis {
 
     /// DELETE script (only at version `only_at`, if given): whether the key
     /// was deleted. Waits until the other nodes that may hold a copy
-    /// dropped it, and takes the id out of its user's index.
+    /// dropped it, and takes the id out of its user's index. Drops this
+    /// node's copy unless the delete surely did not run (even when the
+    /// caller stops waiting midway).
     pub(super) async fn delete_in_redis(
         &self,
         id: &SessionId,
@@ -571,6 +574,7 @@ impl Redis {
         let mut conn = redis.link.conn()?;
         let announcement = redis.invalidations.announce(id);
         let key = redis.key(id);
+        let copy = CopyInDoubt::new(&redis.store, id);
         let (kind, moved_to, user) = match why {
             Gone::Deleted => (EventKind::Deleted, String::new(), String::new()),
             Gone::Revoked => (EventKind::Revoked, String::new(), String::new()),
@@ -594,13 +598,16 @@ impl Redis {
             .invoke_async::<Deleted>(&mut conn)
             .await;
         let answered = Instant::now();
-        let deleted = redis.link.observe(result).inspect_err(|err| {
-            // The delete may have run though its answer was lost: the copy
-            // from before is not served.
-            if err.may_have_run() {
-                redis.store.delete(id);
+        // A delete whose answer was lost may have run: the copy from before
+        // is not served.
+        let deleted = match redis.link.observe(result) {
+            Ok(deleted) => deleted,
+            Err(err) if err.may_have_run() => return Err(err),
+            Err(err) => {
+                copy.settle();
+                return Err(err);
             }
-        })?;
+        };
         if deleted.deleted {
             count_logged(redis.events.as_ref(), kind);
         }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use sessiond_proto::wire::WriteTag;
 use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 
+use super::copy_in_doubt::CopyInDoubt;
 use super::error::write_error;
 use super::event_log::count_logged;
 use super::scripts::{WriteOutcome, hex, rotated_to, tombstone};
@@ -70,6 +71,7 @@ impl SyncBackend {
         let data = write.data.map_or(&b""[..], |data| data.as_ref());
         let mut call =
             redis.call_with_events(&redis.scripts.write, &[&redis.key(id)], 256 + data.len());
+        let copy = CopyInDoubt::new(&redis.store, id);
         let started = Instant::now();
         let result = call
             .arg(optional(write.expected))
@@ -100,8 +102,8 @@ impl SyncBackend {
         let outcome = match redis.link.observe(result) {
             Ok(outcome) => outcome,
             Err(err) => {
-                if err.may_have_run() {
-                    redis.store.delete(id);
+                if !err.may_have_run() {
+                    copy.settle();
                 }
                 return Err(if write.data.is_some() {
                     write_error(err)
@@ -122,6 +124,8 @@ impl SyncBackend {
             WriteOutcome::Replayed { told, .. } => announcement.acked_by(told, answered).await,
             _ => {}
         }
+        // The caller turns the outcome into the copy without waiting.
+        copy.settle();
         Ok(outcome)
     }
 
@@ -286,7 +290,6 @@ impl SyncBackend {
             let gone = Gone::RotatedTo(&new_id, moved.user.as_ref());
             let deleted = redis.delete_in_redis(id, Some(current.version), gone).await;
             if deleted.map_err(write_error)? {
-                redis.store.delete(id);
                 redis.cache(&moved, epoch);
                 return Ok(moved);
             }
@@ -498,7 +501,6 @@ impl Backend for SyncBackend {
         let redis = &self.redis;
         let _ordered = redis.lock(id).await;
         redis.delete_in_redis(id, None, Gone::Deleted).await?;
-        redis.store.delete(id);
         Ok(())
     }
 

@@ -374,7 +374,6 @@ impl Redis {
             self.delete_in_redis(&victim.id, None, Gone::Evicted)
                 .await
                 .map_err(write_error)?;
-            self.store.delete(&victim.id);
         }
         Ok(())
     }
@@ -395,7 +394,6 @@ impl Redis {
                 .delete_in_redis(&session.id, None, Gone::Revoked)
                 .await
                 .map_err(write_error)?;
-            self.store.delete(&session.id);
             revoked += u64::from(deleted);
         }
         Ok(revoked)
