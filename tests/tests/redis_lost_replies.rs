@@ -8,6 +8,7 @@
 //! the next command that names the session, at the answer after it.
 
 use std::future::Future;
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
@@ -183,57 +184,109 @@ async fn the_client_repeats_a_revocation_whose_answer_was_lost() {
     assert_eq!(listed(http, node, "mallory").await, Vec::<String>::new());
 }
 
+/// A node whose Redis the test can stall, and a session on it at version 2
+/// (the node has written and deleted, so Redis knows those scripts and a
+/// change is one command).
+struct StallableNode {
+    _redis: RedisServer,
+    node: Sessiond,
+    admin: MultiplexedConnection,
+    http: reqwest::Client,
+    id: String,
+}
+
+impl StallableNode {
+    async fn start() -> Self {
+        let redis = RedisServer::start_with_debug();
+        let http = http();
+        let node = node_on(&http, &redis.url(), &[]).await;
+        let admin = redis_conn(&redis.url()).await;
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let created = create(&http, &node, &json!({ "n": 1 }), None).await;
+            assert_eq!(created.status, 201, "{}", created.text);
+            ids.push(created.session().id);
+        }
+        assert_eq!(delete(&http, &node, &ids[1]).await.status, 204);
+        let id = ids.swap_remove(0);
+        let warm = put(&http, &node, &id, &json!({ "n": 1 }), Some(1)).await;
+        assert_eq!(warm.session().version, 2, "{}", warm.text);
+        Self {
+            _redis: redis,
+            node,
+            admin,
+            http,
+            id,
+        }
+    }
+
+    /// Sends the request `change` makes while Redis sleeps 0.5 s, and
+    /// hangs up after 0.2 s, before Redis answered.
+    async fn hang_up_during(
+        &self,
+        change: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    ) {
+        let mut stall = self.admin.clone();
+        let sleep = async move {
+            let _ = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("0.5")
+                .exec_async(&mut stall)
+                .await;
+        };
+        let impatient = sessiond_e2e::http_client(Duration::from_millis(200));
+        let url = format!("{}/v1/sessions/{}", self.node.url(), self.id);
+        let hung_up = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            change(&impatient, url).send().await
+        };
+        let ((), hung_up) = tokio::join!(sleep, hung_up);
+        assert!(
+            hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+            "the client hung up before Redis answered: {hung_up:?}"
+        );
+    }
+}
+
 /// A client that hangs up while its write waits for Redis does not stop
 /// the write (Redis has the command), and the node must then not go on
 /// serving the copy it held from before: the next read answers the
 /// written version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_client_hung_up_leaves_no_stale_copy_behind() {
-    let redis = RedisServer::start_with_debug();
-    let http = http();
-    let node = node_on(&http, &redis.url(), &[]).await;
-    let admin = redis_conn(&redis.url()).await;
-    let created = create(&http, &node, &json!({ "n": 1 }), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    // A write script's first run is sent twice (by hash, then whole): this
-    // one makes Redis know it, so the write below is one command.
-    let warm = put(&http, &node, &id, &json!({ "n": 1 }), Some(1)).await;
-    assert_eq!(warm.session().version, 2, "{}", warm.text);
-
-    let mut stall = admin.clone();
-    let sleep = async move {
-        let _ = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.5")
-            .exec_async(&mut stall)
-            .await;
-    };
-    let impatient = sessiond_e2e::http_client(std::time::Duration::from_millis(200));
-    let hung_up = async {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        impatient
-            .put(format!("{}/v1/sessions/{id}", node.url()))
-            .json(&json!({ "data": { "n": 2 } }))
-            .header("if-match", "\"2\"")
-            .send()
-            .await
-    };
-    let ((), hung_up) = tokio::join!(sleep, hung_up);
-    assert!(
-        hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "the client hung up before Redis answered: {hung_up:?}"
-    );
-    assert_eq!(
-        version_in_redis(&admin, &id).await,
-        Some(3),
-        "the write reached Redis"
-    );
-    let read = get(&http, &node, &id).await;
+    let stack = StallableNode::start().await;
+    stack
+        .hang_up_during(|http, url| {
+            http.put(url)
+                .json(&json!({ "data": { "n": 2 } }))
+                .header("if-match", "\"2\"")
+        })
+        .await;
+    let id = &stack.id;
+    let in_redis = version_in_redis(&stack.admin, id).await;
+    assert_eq!(in_redis, Some(3), "the write reached Redis");
+    let read = get(&stack.http, &stack.node, id).await;
     assert_eq!(read.status, 200, "{}", read.text);
     assert_eq!(
         (read.session().version, read.session().data),
         (3, json!({ "n": 2 })),
         "the write ran in Redis; the node served its copy from before"
+    );
+}
+
+/// A delete (a logout) whose client hung up ran in Redis: the node must
+/// not go on serving the deleted session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_client_hung_up_leaves_no_copy_of_the_session() {
+    let stack = StallableNode::start().await;
+    stack.hang_up_during(|http, url| http.delete(url)).await;
+    let id = &stack.id;
+    let in_redis = version_in_redis(&stack.admin, id).await;
+    assert_eq!(in_redis, None, "the delete reached Redis");
+    let read = get(&stack.http, &stack.node, id).await;
+    assert_eq!(
+        read.status, 404,
+        "the delete ran in Redis; the node served its copy: {}",
+        read.text
     );
 }
