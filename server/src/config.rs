@@ -530,8 +530,9 @@ impl BalanceArgs {
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// `--max-ttl` or `--max-lifetime` is zero or longer than
-    /// [`LONGEST_DURATION_SECS`] (a session's times must be dates).
+    /// `--max-ttl`, `--max-lifetime` or `--events-max-age` is under a
+    /// second (the longest, [`LONGEST_DURATION_SECS`], is refused when
+    /// parsed: a session's times must be dates).
     #[error(
         "{flag} must be between 1s and {LONGEST_DURATION_SECS}s (100 years), got {}",
         humantime::format_duration(*.got)
@@ -636,10 +637,11 @@ fn refuse_blank(
     }
 }
 
-/// `duration` itself, when it is 1s to [`LONGEST_DURATION_SECS`]; the caller
-/// keeps whatever precision it needs (whole seconds or milliseconds).
+/// `duration` itself, when it is at least 1s (a duration flag is at most
+/// [`LONGEST_DURATION_SECS`] once parsed); the caller keeps whatever
+/// precision it needs (whole seconds or milliseconds).
 fn checked_duration(flag: &'static str, duration: Duration) -> Result<Duration, ConfigError> {
-    if (1..=LONGEST_DURATION_SECS).contains(&duration.as_secs()) {
+    if duration.as_secs() >= 1 {
         Ok(duration)
     } else {
         Err(ConfigError::Duration {
@@ -935,24 +937,12 @@ mod tests {
 
     #[test]
     fn balance_needs_http_upstreams() {
-        let parse = |args: &[&str]| {
-            let cli = Cli::try_parse_from(args).unwrap();
-            let Command::Balance(args) = cli.command else {
-                panic!("expected balance");
-            };
-            args.balance_config()
-        };
+        assert!(matches!(balance(&[]), Err(ConfigError::NoUpstreams)));
         assert!(matches!(
-            parse(&["sessiond", "balance"]),
-            Err(ConfigError::NoUpstreams)
-        ));
-        assert!(matches!(
-            parse(&["sessiond", "balance", "--upstream", "https://a:1"]),
+            balance(&["--upstream", "https://a:1"]),
             Err(ConfigError::Upstream(UpstreamUrlError::NotHttp { .. }))
         ));
-        let config = parse(&[
-            "sessiond",
-            "balance",
+        let config = balance(&[
             "--upstream",
             "http://a:1,http://b:2",
             "--upstream",
@@ -962,12 +952,25 @@ mod tests {
         assert_eq!(config.upstreams.len(), 3);
     }
 
-    fn serve(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+    /// `sessiond serve` with `args`, parsed.
+    fn serve_args(args: &[&str]) -> ServeArgs {
         let cli = Cli::try_parse_from([&["sessiond", "serve"], args].concat()).unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("expected serve");
         };
-        args.node_config()
+        args
+    }
+
+    fn serve(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        serve_args(args).node_config()
+    }
+
+    fn balance(args: &[&str]) -> Result<BalanceConfig, ConfigError> {
+        let cli = Cli::try_parse_from([&["sessiond", "balance"], args].concat()).unwrap();
+        let Command::Balance(args) = cli.command else {
+            panic!("expected balance");
+        };
+        args.balance_config()
     }
 
     #[test]
@@ -1094,28 +1097,15 @@ mod tests {
         assert!(serve(&[]).unwrap().auth_token.is_none());
         // The balancer's admin token too: blank, it opened the upstreams
         // API to anyone on a loopback admin address.
-        let balance = |token: &str| {
-            let cli = Cli::try_parse_from([
-                "sessiond",
-                "balance",
-                "--upstream",
-                "http://a:1",
-                "--admin-token",
-                token,
-            ])
-            .unwrap();
-            let Command::Balance(args) = cli.command else {
-                panic!("expected balance");
-            };
-            args.balance_config()
-        };
-        let blank = balance(" ").unwrap_err();
+        let with_token =
+            |token: &str| balance(&["--upstream", "http://a:1", "--admin-token", token]);
+        let blank = with_token(" ").unwrap_err();
         assert_eq!(
             blank.to_string(),
             "--admin-token (SESSIOND_ADMIN_TOKEN) is set but blank: give a token, or leave it \
              unset to serve without one"
         );
-        assert!(balance("s3cret").unwrap().admin_token.is_some());
+        assert!(with_token("s3cret").unwrap().admin_token.is_some());
     }
 
     #[test]
@@ -1208,16 +1198,9 @@ mod tests {
 
     #[test]
     fn redis_flags_set_without_redis_are_named() {
-        let args = |args: &[&str]| {
-            let cli = Cli::try_parse_from([&["sessiond", "serve"], args].concat()).unwrap();
-            let Command::Serve(args) = cli.command else {
-                panic!("expected serve");
-            };
-            args
-        };
-        assert!(args(&[]).ignored_without_redis().is_empty());
+        assert!(serve_args(&[]).ignored_without_redis().is_empty());
         assert_eq!(
-            args(&["--redis-mode", "async", "--redis-queue", "5"]).ignored_without_redis(),
+            serve_args(&["--redis-mode", "async", "--redis-queue", "5"]).ignored_without_redis(),
             ["--redis-mode", "--redis-queue"]
         );
     }
