@@ -56,6 +56,8 @@ pub struct Reply {
     pub status: u16,
     /// The body as text.
     pub text: String,
+    /// Its `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -93,14 +95,23 @@ pub async fn send(request: reqwest::RequestBuilder) -> Reply {
     let exchange = async {
         let response = request.send().await?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
         let text = response.text().await?;
-        Ok::<_, reqwest::Error>(Reply { status, text })
+        Ok::<_, reqwest::Error>(Reply {
+            status,
+            text,
+            retry_after,
+        })
     };
     match bounded("HTTP exchange", exchange).await {
         Ok(reply) => reply,
         Err(err) => Reply {
             status: 0,
             text: err.to_string(),
+            retry_after: None,
         },
     }
 }

@@ -399,6 +399,7 @@ async fn no_upstream_up_gives_503_with_a_json_error() {
             "{:?}",
             answer.headers
         );
+        assert_eq!(answer.headers["retry-after"], "1", "{:?}", answer.headers);
         assert_eq!(
             answer.json(),
             json!({"error": {

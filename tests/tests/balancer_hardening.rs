@@ -155,6 +155,7 @@ async fn error_bodies_name_no_upstream_and_no_os_error() {
     }
     let refused = raw_exchange(balancer.listen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_error(&refused, 503, "no_upstream");
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
     check(&refused);
     // The admin listener keeps the detail, and so does the log.
     let entry = balancer.upstream_stats(&upstreams[0].url()).await;

@@ -393,6 +393,7 @@ async fn past_the_connection_cap_only_health_checks_are_served() {
     assert_eq!(received.status(), Some(503), "{received:?}");
     assert_eq!(received.error_code(), "overloaded");
     let response = received.response().expect("a whole answer");
+    assert_eq!(response.header("retry-after"), Some("1"), "{response:?}");
     assert_eq!(
         response.header("cache-control"),
         Some("no-store"),

@@ -379,6 +379,7 @@ async fn redis_outage_answers_503_and_recovers_on_its_own() {
     let unavailable = |what: &str, reply: &Reply| {
         assert_eq!(reply.status, 503, "{what}: {}", reply.text);
         assert_eq!(reply.error_code(), "unavailable", "{what}: {}", reply.text);
+        assert_eq!(reply.retry_after.as_deref(), Some("1"), "{what}");
         assert!(
             reply.error_message().to_lowercase().contains("redis"),
             "{what}: the message does not mention Redis: {}",

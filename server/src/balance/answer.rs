@@ -111,6 +111,12 @@ impl Failure {
         self
     }
 
+    /// `Retry-After` seconds on a 503: an app server coming back, or a
+    /// free connection slot, is a matter of seconds.
+    fn retry_after(&self) -> Option<&'static str> {
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some("1")
+    }
+
     /// The JSON body `{"error": {"code", "message"}}`.
     pub fn body(&self) -> String {
         serde_json::json!({"error": {"code": self.kind.code(), "message": self.message}})
@@ -129,6 +135,9 @@ impl Failure {
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
         response
     }
 
@@ -146,11 +155,15 @@ impl Failure {
         // Writing to a Vec cannot fail.
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}",
             self.status().as_u16(),
             self.status().canonical_reason().unwrap_or(""),
             body.len()
         );
+        if let Some(seconds) = self.retry_after() {
+            let _ = write!(out, "retry-after: {seconds}\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
         if head_only {
             return 0;
         }

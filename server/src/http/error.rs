@@ -7,6 +7,10 @@ use sessiond_proto::http::{ErrorBody, ErrorDetail};
 
 use crate::service::ServiceError;
 
+/// `Retry-After` on a 503: what stops the request (Redis unreachable, a
+/// full queue, too many connections) is expected to pass in seconds.
+const RETRY_AFTER_SECS: HeaderValue = HeaderValue::from_static("1");
+
 /// An error answer of the HTTP API.
 #[derive(Debug)]
 pub struct ApiError {
@@ -60,6 +64,9 @@ impl IntoResponse for ApiError {
         }
         if self.code == ErrorCode::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, RETRY_AFTER_SECS);
         }
         response
     }
