@@ -897,3 +897,67 @@ async fn a_listing_keeps_a_dead_entry_added_again_while_it_read() {
     let left: usize = redis_query(&mut admin, redis::cmd("ZCARD").arg(index)).await;
     assert_eq!(left, 1, "the dead entries are pruned");
 }
+
+/// A login by rotation (a change of a user's sessions) runs to its end even
+/// when its client hung up and the node is told to stop meanwhile: the
+/// node waits for it before it exits, rather than dropping it wherever it
+/// was (the session then under two ids, or the user's lock held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_client_hung_up_finishes_before_the_node_exits() {
+    let redis = RedisServer::start();
+    let http = http();
+    let mut node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let id = anonymous_session(&http, &node).await;
+    // Another node's change of alice's sessions holds her lock 1.5 s: the
+    // login waits for it.
+    redis_query::<()>(
+        &mut admin,
+        redis::cmd("SET")
+            .arg("sessiond:ulock:alice")
+            .arg("another node")
+            .arg("PX")
+            .arg(1500),
+    )
+    .await;
+    let impatient = sessiond_e2e::http_client(Duration::from_millis(200));
+    let hung_up = impatient
+        .post(format!("{}/v1/sessions/{id}/rotate", node.url()))
+        .json(&json!({ "user": "alice" }))
+        .send()
+        .await;
+    assert!(
+        hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client hung up while the login waited: {hung_up:?}"
+    );
+    let code = tokio::task::block_in_place(|| node.terminate());
+    assert_eq!(code, Some(0), "{}", node.log());
+    let indexed: Vec<String> = redis_query(
+        &mut admin,
+        redis::cmd("ZRANGE")
+            .arg("sessiond:user:alice")
+            .arg(0)
+            .arg(-1),
+    )
+    .await;
+    assert_eq!(
+        indexed.len(),
+        1,
+        "alice's index after the login: {indexed:?}"
+    );
+    assert_ne!(indexed[0], id, "the login rotated the session");
+    let old: bool = redis_query(
+        &mut admin,
+        redis::cmd("EXISTS").arg(format!("sessiond:{id}")),
+    )
+    .await;
+    let new: bool = redis_query(
+        &mut admin,
+        redis::cmd("EXISTS").arg(format!("sessiond:{}", indexed[0])),
+    )
+    .await;
+    assert_eq!((old, new), (false, true), "the session moved whole");
+    let lock: bool =
+        redis_query(&mut admin, redis::cmd("EXISTS").arg("sessiond:ulock:alice")).await;
+    assert!(!lock, "the login released alice's lock");
+}

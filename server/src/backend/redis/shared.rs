@@ -127,6 +127,9 @@ pub struct Redis {
     /// a delete, or a rotation) this node has just acknowledged. Other
     /// nodes' writes are ordered by the invalidation epoch instead.
     stripes: Box<[tokio::sync::Mutex<()>]>,
+    /// Where changes that must run to their end are spawned: the node
+    /// waits for them before it exits.
+    pub(super) changes: TaskTracker,
 }
 
 impl Redis {
@@ -215,6 +218,7 @@ impl Redis {
             queued,
             max_lifetime_ms,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            changes: tasks.clone(),
         });
         tasks.spawn(redis.clone().keep_log(shutdown.clone()));
         Ok(redis)

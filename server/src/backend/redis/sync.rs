@@ -556,9 +556,10 @@ impl Backend for SyncBackend {
 impl SyncBackend {
     /// Runs `change` on a task of its own, to its end even when the caller
     /// stops waiting (an HTTP client that hangs up drops its request's
-    /// future): a change of a user's sessions stopped midway would leave
-    /// the user's lock held until it expires and, for a rotation, the
-    /// session under two ids.
+    /// future) and the node is shutting down (it waits for the task): a
+    /// change of a user's sessions stopped midway would leave the user's
+    /// lock held until it expires and, for a rotation, the session under
+    /// two ids.
     async fn to_the_end<T, F>(
         &self,
         change: impl FnOnce(SyncBackend) -> F,
@@ -567,10 +568,10 @@ impl SyncBackend {
         T: Send + 'static,
         F: Future<Output = Result<T, BackendError>> + Send + 'static,
     {
-        match tokio::spawn(change(self.clone())).await {
+        match self.redis.changes.spawn(change(self.clone())).await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            // Only when the runtime shuts down, midway perhaps.
+            // Only if the runtime shut down before the node's end.
             Err(_) => Err(Indeterminate::RedisNoAnswer {
                 reason: "the node shut down during the change".into(),
             }
