@@ -371,9 +371,7 @@ impl Redis {
         };
         live.sort_by_key(last_use);
         for victim in &live[..=live.len() - max] {
-            self.delete_in_redis(&victim.id, None, Gone::Evicted)
-                .await
-                .map_err(write_error)?;
+            self.delete_of_user(&victim.id, Gone::Evicted).await?;
         }
         Ok(())
     }
@@ -390,13 +388,20 @@ impl Redis {
             if Some(session.id) == except {
                 continue;
             }
-            let deleted = self
-                .delete_in_redis(&session.id, None, Gone::Revoked)
-                .await
-                .map_err(write_error)?;
+            let deleted = self.delete_of_user(&session.id, Gone::Revoked).await?;
             revoked += u64::from(deleted);
         }
         Ok(revoked)
+    }
+
+    /// Deletes a session of a user's (evicted or revoked) under the lock a
+    /// read through of it takes, so a read whose answer from Redis predates
+    /// the delete cannot put its copy back after it: whether it was there.
+    async fn delete_of_user(&self, id: &SessionId, why: Gone<'_>) -> Result<bool, BackendError> {
+        let _ordered = self.lock(id).await;
+        self.delete_in_redis(id, None, why)
+            .await
+            .map_err(write_error)
     }
 }
 
