@@ -1191,21 +1191,27 @@ impl Store {
     }
 
     /// Evicts the least recently used of a random sample of sessions
-    /// (expired ones first). Returns false when nothing can be evicted.
+    /// (expired ones first): [`EVICTION_SAMPLES`] of them, taken from the
+    /// shards in turn from a random one, so a sparse store (a few large
+    /// sessions over many shards) samples every session it holds. Returns
+    /// false when nothing can be evicted.
     fn evict_one(&self, protect: Option<SessionId>) -> bool {
         let now = self.now_ms();
-        let sample_of = |index: usize| {
-            self.shards[index]
-                .lock()
-                .sample(protect, now)
-                .map(|(id, priority)| (index, id, priority))
-        };
-        let mut oldest = (0..EVICTION_SAMPLES)
-            .filter_map(|_| sample_of(fastrand::usize(..self.shards.len())))
-            .min_by_key(|&(_, _, priority)| priority);
-        if oldest.is_none() {
-            // A sparse store: the random picks all hit empty shards.
-            oldest = (0..self.shards.len()).find_map(sample_of);
+        let shards = self.shards.len();
+        let first = fastrand::usize(..shards);
+        let mut oldest: Option<(usize, SessionId, u64)> = None;
+        let mut sampled = 0;
+        for index in (first..shards).chain(0..first) {
+            let shard = self.shards[index].lock();
+            for (id, priority) in shard.sample(protect, now, EVICTION_SAMPLES - sampled) {
+                sampled += 1;
+                if oldest.is_none_or(|(_, _, least)| priority < least) {
+                    oldest = Some((index, id, priority));
+                }
+            }
+            if sampled >= EVICTION_SAMPLES {
+                break;
+            }
         }
         let Some((index, id, _)) = oldest else {
             return false;

@@ -22,19 +22,29 @@ pub(super) struct Shard {
 }
 
 impl Shard {
-    /// A random session of this shard other than `protect`, with its
-    /// eviction priority (expired sessions first, then least recently used).
-    pub fn sample(&self, protect: Option<SessionId>, now_ms: u64) -> Option<(SessionId, u64)> {
+    /// Up to `want` sessions of this shard other than `protect`, with their
+    /// eviction priority (expired sessions first, then least recently
+    /// used): every one when the shard holds at most `want`, else `want`
+    /// picked at random.
+    pub fn sample(
+        &self,
+        protect: Option<SessionId>,
+        now_ms: u64,
+        want: usize,
+    ) -> impl Iterator<Item = (SessionId, u64)> + '_ {
         let len = self.sessions.len();
-        if len == 0 {
-            return None;
-        }
-        let start = fastrand::usize(..len);
-        (0..len.min(2))
-            .map(|step| (start + step) % len)
+        let every_one = len <= want;
+        (0..len.min(want))
+            .map(move |step| {
+                if every_one {
+                    step
+                } else {
+                    fastrand::usize(..len)
+                }
+            })
             .filter_map(|index| self.sessions.get_index(index))
-            .find(|record| Some(record.id()) != protect)
-            .map(|record| {
+            .filter(move |record| Some(record.id()) != protect)
+            .map(move |record| {
                 let priority = if record.is_expired(now_ms) {
                     0
                 } else {

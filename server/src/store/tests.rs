@@ -453,6 +453,39 @@ fn full_store_evicts_least_recently_used_sessions() {
     );
 }
 
+/// A sparse store (a few large sessions over many shards) evicts its
+/// least recently used session, not whichever the first non-empty shard
+/// held: every session it holds is in the sample.
+#[test]
+fn a_sparse_store_evicts_its_least_recently_used_session() {
+    let data = json(&format!("\"{}\"", "y".repeat(98)));
+    for round in 0..200 {
+        let (store, clock) = store_with(StoreConfig {
+            shards: 64,
+            max_memory: Some(2 * charge_of(data.len())),
+            when_full: WhenFull::EvictLru,
+            max_lifetime_ms: None,
+            events: None,
+            user_index: true,
+        });
+        let create = || {
+            store
+                .create(SessionId::random(), data.clone(), 600 * SECOND, None, None)
+                .unwrap()
+                .id
+        };
+        let (used, idle) = (create(), create());
+        clock.advance(Duration::from_secs(1));
+        store.get(&used).unwrap();
+        let newest = create();
+        assert!(
+            store.peek(&idle).is_none() && store.peek(&used).is_some(),
+            "round {round}: the session read a second ago was evicted, the idle one kept"
+        );
+        assert!(store.peek(&newest).is_some());
+    }
+}
+
 #[test]
 fn a_session_larger_than_the_bound_is_refused_even_when_evicting() {
     let (store, _) = bounded(2, 10, WhenFull::EvictLru);
