@@ -1220,6 +1220,32 @@ async fn refused_and_gone(
     );
 }
 
+/// Write-behind mode: a session deleted on another node while its create
+/// is still queued stays deleted. The delete of a key Redis does not hold
+/// yet leaves a tombstone, which refuses the create when it ships (the
+/// create shipped and brought the logged-out session back on every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_a_delete_elsewhere_of_a_session_whose_create_is_queued_holds() {
+    let AclWriter {
+        redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&[]).await;
+    let deleter = node_on(&http, &redis.url(), &[]).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let created = create(&http, &writer, &json!({ "cart": "alice's" }), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    let deleted = delete(&http, &deleter, &id).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    refused_and_gone(&http, &admin, &writer, &id).await;
+    let read = get(&http, &deleter, &id).await;
+    assert_eq!(read.status, 404, "the logout was undone: {}", read.text);
+}
+
 /// Write-behind mode: a user's session whose key Redis no longer holds
 /// (expired while the node could not push its slid expiry, or lost with
 /// Redis's data) is not brought back by a queued write: the write is

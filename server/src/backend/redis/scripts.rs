@@ -415,13 +415,19 @@ return answer
 /// and the id it moved to (see [`rotated_to`]), for the session's idle TTL
 /// (at least [`TOMBSTONE_MS`]). Returns {1, other cachers,
 /// user} when deleted; when not there, {0, nodes, ''}, the `recall` of its
-/// deletion's announcement; at another version {0, '', ''}. With
+/// deletion's announcement, leaving a tombstone ('0') if there was none
+/// (a write-behind node's create of it may still be queued: the tombstone
+/// refuses it when it comes); at another version {0, '', ''}. With
 /// the event log (KEYS[3] stream, KEYS[4] expiry index) appends ARGV[5]
 /// (`deleted`, `revoked`, `evicted`, or `rotated` with the new id in
 /// ARGV[6] and its user in ARGV[8]); ARGV[7] is the retention.
 const DELETE: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'v', 'o', 'p', 'a', 't')
-if not r[1] then return {0, recall(redis.call('GET', KEYS[2]), ARGV[1], ARGV[2]), ''} end
+if not r[1] then
+  local gone = redis.call('GET', KEYS[2])
+  if not gone and ARGV[3] == '' then redis.call('SET', KEYS[2], '0', 'PX', TOMBSTONE_MS) end
+  return {0, recall(gone, ARGV[1], ARGV[2]), ''}
+end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return {0, '', ''} end
 local others = cachers(r[2], r[4], ARGV[4])
 redis.call('DEL', KEYS[1])
