@@ -231,6 +231,13 @@ impl SyncBackend {
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let ordered = redis.lock(id).await;
+        // A write-behind write of the session queued after the caller
+        // waited for this node's queue (none can come under this lock)
+        // would ship to the id this move deletes, and be refused: the
+        // caller waits for it and moves the session again.
+        if redis.queued.contains(id) {
+            return Err(Unavailable::QueueBehind.into());
+        }
         // Whether a copy may be under the new id: this call made one, or an
         // earlier attempt of the same tagged rotation may have.
         let mut copied = tag.is_some();

@@ -30,6 +30,11 @@ use crate::store::{Owner, Session, StoreStats};
 /// queued writes to be shipped.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
+/// How many times a rotation waits for the session's queued writes before
+/// it answers [`Unavailable::QueueBehind`]: each wait is for the writes
+/// made during the one before.
+const ROTATION_CATCH_UPS: usize = 4;
+
 /// The write-behind Redis backend.
 #[derive(Debug)]
 pub struct WriteBehindBackend {
@@ -352,14 +357,22 @@ impl Backend for WriteBehindBackend {
         // its user index and the event log): this node's queued writes of
         // it go first, so it moves the session as this node last wrote it;
         // a login (a rotation to a user) waits for the user's queued
-        // changes too, as a login by create does.
-        self.queue.caught_up_with(id, CATCH_UP).await?;
-        if let Some(owner) = &rebind {
-            self.queue
-                .caught_up_with_user(&owner.user, CATCH_UP)
-                .await?;
+        // changes too, as a login by create does. A write queued after
+        // that wait makes the move refuse (`QueueBehind`) before it
+        // changes anything: it waits again and moves the session then.
+        for _ in 0..ROTATION_CATCH_UPS {
+            self.queue.caught_up_with(id, CATCH_UP).await?;
+            if let Some(owner) = &rebind {
+                self.queue
+                    .caught_up_with_user(&owner.user, CATCH_UP)
+                    .await?;
+            }
+            match self.sync.rotate(id, new_id, tag, rebind.clone()).await {
+                Err(BackendError::Unavailable(Unavailable::QueueBehind)) => continue,
+                moved => return moved,
+            }
         }
-        self.sync.rotate(id, new_id, tag, rebind).await
+        Err(Unavailable::QueueBehind.into())
     }
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
