@@ -262,7 +262,7 @@ impl Worker {
             // it reached Redis or, when its send failed, so far.
             let oldest = batch.iter().map(|queued| queued.enqueued).min();
             let failed = match ship(&batch, &redis).await {
-                Ok(outcomes) => self.settle(&mut batch, outcomes, &redis).await,
+                Ok(outcomes) => self.settle(&mut batch, outcomes, &redis),
                 Err(err) => Some(err),
             };
             held = batch.len();
@@ -301,21 +301,31 @@ impl Worker {
     /// (the latest, in the earliest one's place), so a retry never sends
     /// again a write that landed (it would undo another node's write made
     /// since) and a session that keeps failing holds one place. Returns the
-    /// error of a send that failed, if any.
-    async fn settle(
+    /// error of a send that failed, if any. A copy to drop is dropped on a
+    /// task of its own, once the session's lock is free: the worker never
+    /// waits for a lock whose holder may be waiting for the worker (a
+    /// rotation waits for the session's queued writes under it).
+    fn settle(
         &self,
         batch: &mut Vec<Queued>,
         outcomes: Vec<(SessionId, Result<Sent, ReplicationError>)>,
-        redis: &Redis,
+        redis: &Arc<Redis>,
     ) -> Option<ReplicationError> {
         let mut failed = HashSet::new();
         let mut error = None;
         for (id, outcome) in outcomes {
+            let changes = &redis.changes;
             match outcome {
                 Ok(Sent::Stored) => {}
-                Ok(Sent::Refused { version }) => forget_refused(redis, &id, version).await,
-                Ok(Sent::Superseded) => forget(redis, &id).await,
-                Ok(Sent::Expired) => forget_expired(redis, &id).await,
+                Ok(Sent::Refused { version }) => {
+                    changes.spawn(forget_refused(redis.clone(), id, version));
+                }
+                Ok(Sent::Superseded) => {
+                    changes.spawn(forget(redis.clone(), id));
+                }
+                Ok(Sent::Expired) => {
+                    changes.spawn(forget_expired(redis.clone(), id));
+                }
                 Err(err) => {
                     failed.insert(id);
                     error = Some(err);
@@ -390,7 +400,7 @@ impl Change {
 /// A write Redis refused because another node deleted the session lately:
 /// this node's copy goes too (it may have missed the delete's invalidation
 /// while its subscription was down).
-async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
+async fn forget_refused(redis: Arc<Redis>, id: SessionId, version: u64) {
     forget(redis, id).await;
     metrics::counter!("sessiond_redis_refused_writes_total").increment(1);
     tracing::debug!(%id, version, "a queued write of a session deleted elsewhere was dropped");
@@ -399,16 +409,16 @@ async fn forget_refused(redis: &Redis, id: &SessionId, version: u64) {
 /// A write Redis did not store because its session's expiry had passed
 /// (it was held in the queue that long): this node's copy goes too, so
 /// it never serves what Redis does not hold.
-async fn forget_expired(redis: &Redis, id: &SessionId) {
+async fn forget_expired(redis: Arc<Redis>, id: SessionId) {
     forget(redis, id).await;
     metrics::counter!("sessiond_redis_expired_writes_total").increment(1);
     tracing::debug!(%id, "a queued write of a session that had expired was not shipped");
 }
 
 /// Drops this node's copy of `id`, under the session's lock.
-async fn forget(redis: &Redis, id: &SessionId) {
-    let _ordered = redis.lock(id).await;
-    redis.store.delete(id);
+async fn forget(redis: Arc<Redis>, id: SessionId) {
+    let _ordered = redis.lock(&id).await;
+    redis.store.delete(&id);
 }
 
 /// `written` with the expiry reads have slid it to since (of the copy in

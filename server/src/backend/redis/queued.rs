@@ -6,9 +6,11 @@
 //! Redis.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use sessiond_proto::{SessionId, UserName};
+use tokio::sync::Notify;
 
 use crate::store::Session;
 
@@ -31,11 +33,17 @@ struct Pending {
     user: Option<UserName>,
 }
 
+/// How long a step that goes to Redis directly waits for this node's
+/// queued writes to be shipped.
+pub const CATCH_UP: Duration = Duration::from_secs(2);
+
 /// Session ids with their changes queued and not yet shipped, and the
 /// latest of them.
 #[derive(Debug, Default)]
 pub struct QueuedIds {
     inner: Mutex<Inner>,
+    /// Told each time changes shipped.
+    shipped: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +94,26 @@ impl QueuedIds {
                 forget(by_user, &user, &id);
             }
         }
+        drop(inner);
+        self.shipped.notify_waiters();
+    }
+
+    /// Waits (at most [`CATCH_UP`]) until no change of `id` is queued;
+    /// whether none is. The caller holds the session's lock, so none can
+    /// be queued meanwhile.
+    pub async fn shipped_all_of(&self, id: &SessionId) -> bool {
+        let wait = async {
+            loop {
+                let shipped = self.shipped.notified();
+                tokio::pin!(shipped);
+                shipped.as_mut().enable();
+                if !self.contains(id) {
+                    return;
+                }
+                shipped.await;
+            }
+        };
+        tokio::time::timeout(CATCH_UP, wait).await.is_ok()
     }
 
     /// A later change of each of `ids` (one per entry) took the place of

@@ -231,11 +231,10 @@ impl SyncBackend {
     ) -> Result<Session, BackendError> {
         let redis = &self.redis;
         let ordered = redis.lock(id).await;
-        // A write-behind write of the session queued after the caller
-        // waited for this node's queue (none can come under this lock)
-        // would ship to the id this move deletes, and be refused: the
-        // caller waits for it and moves the session again.
-        if redis.queued.contains(id) {
+        // This node's write-behind writes of the session go to Redis first
+        // (none can be queued under this lock): the move would take an
+        // older version, and they would ship to the id it deletes.
+        if !redis.queued.shipped_all_of(id).await {
             return Err(Unavailable::QueueBehind.into());
         }
         // Whether a copy may be under the new id: this call made one, or an

@@ -18,22 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::queue::WriteBehind;
-use super::queued::Latest;
+use super::queued::{CATCH_UP, Latest};
 use super::refresher::Push;
 use super::shared::{MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use super::sync::SyncBackend;
 use crate::backend::api::{Backend, BackendError, Failed, Unavailable};
 use crate::backend::claims::{ClaimedBy, Claims};
 use crate::store::{Owner, Session, StoreStats};
-
-/// How long a step that goes to Redis directly waits for this node's
-/// queued writes to be shipped.
-const CATCH_UP: Duration = Duration::from_secs(2);
-
-/// How many times a rotation waits for the session's queued writes before
-/// it answers [`Unavailable::QueueBehind`]: each wait is for the writes
-/// made during the one before.
-const ROTATION_CATCH_UPS: usize = 4;
 
 /// The write-behind Redis backend.
 #[derive(Debug)]
@@ -355,24 +346,17 @@ impl Backend for WriteBehindBackend {
     ) -> Result<Session, BackendError> {
         // A rotation goes to Redis directly (it moves the session in Redis,
         // its user index and the event log): this node's queued writes of
-        // it go first, so it moves the session as this node last wrote it;
-        // a login (a rotation to a user) waits for the user's queued
-        // changes too, as a login by create does. A write queued after
-        // that wait makes the move refuse (`QueueBehind`) before it
-        // changes anything: it waits again and moves the session then.
-        for _ in 0..ROTATION_CATCH_UPS {
-            self.queue.caught_up_with(id, CATCH_UP).await?;
-            if let Some(owner) = &rebind {
-                self.queue
-                    .caught_up_with_user(&owner.user, CATCH_UP)
-                    .await?;
-            }
-            match self.sync.rotate(id, new_id, tag, rebind.clone()).await {
-                Err(BackendError::Unavailable(Unavailable::QueueBehind)) => continue,
-                moved => return moved,
-            }
+        // it go first, so it moves the session as this node last wrote it
+        // (the move waits again, under the session's lock, for any queued
+        // since); a login (a rotation to a user) waits for the user's
+        // queued changes too, as a login by create does.
+        self.queue.caught_up_with(id, CATCH_UP).await?;
+        if let Some(owner) = &rebind {
+            self.queue
+                .caught_up_with_user(&owner.user, CATCH_UP)
+                .await?;
         }
-        Err(Unavailable::QueueBehind.into())
+        self.sync.rotate(id, new_id, tag, rebind).await
     }
 
     async fn user_sessions(&self, user: &UserName) -> Result<Vec<Session>, BackendError> {
