@@ -1015,19 +1015,30 @@ async fn async_mode_a_queued_write_outlives_the_cache_clear_of_a_new_subscriptio
 /// recently used sessions.
 const BOUNDED_MEMORY: [&str; 4] = ["--max-memory", "64KiB", "--when-full", "evict-lru"];
 
-/// Creates 60 sessions of 4 KiB on `node` (started with [`BOUNDED_MEMORY`]):
-/// at least 40 sessions are evicted, the older ones first.
+/// Creates small sessions on `node` (started with [`BOUNDED_MEMORY`]) until
+/// at least 40 sessions were evicted, the older ones first. Small: a node
+/// whose queue cannot ship holds their writes, and the queue holds no more
+/// bytes of data than `--max-memory`, while memory counts each session's
+/// overhead too.
 async fn push_out_older_sessions(http: &reqwest::Client, node: &Sessiond) {
-    let filler = json!({ "filler": "x".repeat(4096) });
-    for n in 0..60 {
-        let made = create(http, node, &filler, None).await;
-        assert_eq!(made.status, 201, "filler {n}: {}", made.text);
+    for round in 0..40 {
+        for n in 0..50 {
+            let made = create(http, node, &json!({}), None).await;
+            assert_eq!(
+                made.status, 201,
+                "filler {n} of round {round}: {}",
+                made.text
+            );
+        }
+        let evictions = scrape(&node.url())
+            .await
+            .value("sessiond_evictions_total", &[])
+            .unwrap_or(0.0);
+        if evictions >= 40.0 {
+            return;
+        }
     }
-    let evictions = scrape(&node.url())
-        .await
-        .value("sessiond_evictions_total", &[])
-        .unwrap_or(0.0);
-    assert!(evictions >= 40.0, "only {evictions} sessions were evicted");
+    panic!("2,000 small sessions evicted fewer than 40 under a bound of 64 KiB");
 }
 
 /// With Redis, a node's full memory drops its least recently used copies
@@ -1218,6 +1229,66 @@ async fn refused_and_gone(
         "the writer serves a session deleted everywhere else: {}",
         read.text
     );
+}
+
+/// Write-behind mode: while Redis takes no write, the queue holds at most
+/// `--max-memory` of session data, then writes are refused (503 naming the
+/// bound) rather than grow the node past its memory bound (400 creates of
+/// 256 KiB took 278 MB of RSS under a bound of 16 MiB); once Redis takes
+/// writes again, every acknowledged one is in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_mode_the_queue_holds_no_more_data_than_the_memory_bound() {
+    const DATA: usize = 100 * 1024;
+    let AclWriter {
+        redis: _redis,
+        http,
+        mut admin,
+        writer,
+    } = AclWriter::start(&["--max-memory", "2MiB", "--max-session-bytes", "128KiB"]).await;
+    set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for n in 0..100 {
+        let data = json!({ "n": n, "pad": "x".repeat(DATA) });
+        let reply = create(&http, &writer, &data, None).await;
+        match reply.status {
+            201 => acknowledged.push(reply.session().id),
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("create {n} answered {other}: {}", reply.text),
+        }
+    }
+    let refused = refused.expect("100 creates of 100 KiB queued under a bound of 2 MiB");
+    assert_eq!(refused.error_code(), "unavailable", "{}", refused.text);
+    assert!(
+        refused.error_message().contains("--max-memory"),
+        "{}",
+        refused.text
+    );
+    // 2 MiB of 100 KiB writes: 20, and the one that took the last place.
+    assert!(
+        (15..=21).contains(&acknowledged.len()),
+        "{} creates of 100 KiB queued under a bound of 2 MiB",
+        acknowledged.len()
+    );
+
+    set_node_user(&mut admin, &["resetkeys", "~*"]).await;
+    for id in &acknowledged {
+        wait_for_version_in_redis(&admin, id, 1).await;
+    }
+    // The queue gives its bytes back once the worker settled the round.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = create(&http, &writer, &json!({ "after": true }), None).await;
+        if after.status == 201 {
+            break;
+        }
+        assert_eq!(after.status, 503, "{}", after.text);
+        assert!(Instant::now() < deadline, "still refused: {}", after.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Write-behind mode: a write made on the node while a rotation of the

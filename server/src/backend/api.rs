@@ -229,6 +229,16 @@ pub enum Unavailable {
         /// The queue's capacity (`--redis-queue`).
         capacity: usize,
     },
+    /// The write-behind queue holds as many bytes of session data as the
+    /// node's memory bound.
+    #[error(
+        "the Redis replication queue holds {limit} bytes of writes waiting for Redis, \
+         the node's --max-memory; try again"
+    )]
+    QueueMemoryFull {
+        /// The bound (`--max-memory`).
+        limit: u64,
+    },
     /// Other writers changed the session under every attempt.
     #[error("the session changed under every attempt to {operation} it; try again")]
     Contention {

@@ -42,10 +42,26 @@ enum Change {
 #[derive(Debug)]
 struct Queued {
     change: Change,
+    /// The bytes of its data, counted while it is queued or held.
+    charge: Charge,
     enqueued: Instant,
     /// Whether a send of this session's change failed before (and may
     /// have stored it).
     resent: bool,
+}
+
+/// The bytes of a queued change's data, counted in the queue's total until
+/// the change is dropped (shipped, or replaced by a later one).
+#[derive(Debug)]
+struct Charge {
+    total: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// The sending side of the queue.
@@ -56,6 +72,12 @@ pub struct WriteBehind {
     /// Changes queued or held for a retry, and places reserved by writes
     /// in progress.
     depth: Arc<AtomicU64>,
+    /// The bytes of session data the queued and held changes hold (the
+    /// only copy of a session whose memory copy was evicted).
+    bytes: Arc<AtomicU64>,
+    /// The most `bytes` may reach before writes are refused: the node's
+    /// memory bound.
+    max_bytes: Option<u64>,
     /// Changes ever queued (the next one's number in [`QueuedIds`]); held
     /// while one is put in the channel, so the channel holds them in order.
     sent: Mutex<u64>,
@@ -72,6 +94,7 @@ pub struct WriteBehind {
 pub struct Slot<'a> {
     permit: Option<mpsc::Permit<'a, Queued>>,
     depth: &'a AtomicU64,
+    bytes: &'a Arc<AtomicU64>,
     sent: &'a Mutex<u64>,
     ids: &'a QueuedIds,
 }
@@ -105,10 +128,20 @@ impl Slot<'_> {
         let Some(permit) = self.permit.take() else {
             return;
         };
+        let bytes = match &change {
+            Change::Upsert(session) => session.data.len() as u64,
+            Change::Delete(_) => 0,
+        };
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let charge = Charge {
+            total: self.bytes.clone(),
+            bytes,
+        };
         let mut sent = self.sent.lock();
         self.ids.queued(change.id(), *sent, latest, user);
         permit.send(Queued {
             change,
+            charge,
             enqueued: Instant::now(),
             resent: false,
         });
@@ -117,9 +150,10 @@ impl Slot<'_> {
 }
 
 impl WriteBehind {
-    /// A queue of `capacity` writes and its worker's receiving end; `ids`
-    /// follows which sessions have changes in it.
-    pub fn new(capacity: usize, ids: Arc<QueuedIds>) -> (Self, Worker) {
+    /// A queue of `capacity` writes holding at most about `max_bytes` of
+    /// session data, and its worker's receiving end; `ids` follows which
+    /// sessions have changes in it.
+    pub fn new(capacity: usize, max_bytes: Option<u64>, ids: Arc<QueuedIds>) -> (Self, Worker) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let depth = Arc::new(AtomicU64::new(0));
         let (shipped, watched) = watch::channel(0);
@@ -127,6 +161,8 @@ impl WriteBehind {
             sender,
             capacity,
             depth: depth.clone(),
+            bytes: Arc::default(),
+            max_bytes,
             sent: Mutex::new(0),
             shipped: watched,
             ids: ids.clone(),
@@ -192,8 +228,15 @@ impl WriteBehind {
     /// A place in the queue, or [`Unavailable::QueueFull`] (the changes
     /// the worker holds for a retry count too, and so do places reserved
     /// by writes still in progress: concurrent writes never take more
-    /// than the capacity).
+    /// than the capacity), or [`Unavailable::QueueMemoryFull`] once the
+    /// queued changes hold `max_bytes` of data (the write taking the last
+    /// place may pass it by its own size).
     pub fn reserve(&self) -> Result<Slot<'_>, BackendError> {
+        if let Some(limit) = self.max_bytes
+            && self.bytes.load(Ordering::Relaxed) >= limit
+        {
+            return Err(Unavailable::QueueMemoryFull { limit }.into());
+        }
         let capacity = self.capacity;
         let full = || BackendError::from(Unavailable::QueueFull { capacity });
         self.depth
@@ -208,6 +251,7 @@ impl WriteBehind {
         Ok(Slot {
             permit: Some(permit),
             depth: &self.depth,
+            bytes: &self.bytes,
             sent: &self.sent,
             ids: &self.ids,
         })
@@ -352,7 +396,9 @@ impl Worker {
                 }
                 Entry::Occupied(place) => {
                     // A later change of the session: it takes the place.
-                    kept[*place.get()].change = queued.change;
+                    let held = &mut kept[*place.get()];
+                    held.change = queued.change;
+                    held.charge = queued.charge;
                     merged.push(id);
                 }
             }
@@ -556,7 +602,7 @@ mod tests {
 
     #[test]
     fn reserved_places_count_until_sent_or_given_back() {
-        let (queue, _worker) = WriteBehind::new(2, Arc::default());
+        let (queue, _worker) = WriteBehind::new(2, None, Arc::default());
         let first = queue.reserve().expect("a place");
         let second = queue.reserve().expect("a place");
         assert!(is_full(queue.reserve()), "a third place in a queue of 2");

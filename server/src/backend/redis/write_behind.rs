@@ -47,7 +47,8 @@ impl WriteBehindBackend {
         tasks: &TaskTracker,
         drained: &CancellationToken,
     ) -> Self {
-        let (queue, worker) = WriteBehind::new(capacity, redis.queued.clone());
+        let max_bytes = redis.store.stats().bytes_limit;
+        let (queue, worker) = WriteBehind::new(capacity, max_bytes, redis.queued.clone());
         tasks.spawn(worker.run(redis.clone(), drained.clone()));
         let sync = SyncBackend::new(redis.clone());
         Self {
