@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
+use sessiond_e2e::metrics::scrape;
 use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::*;
 use sessiond_e2e::{RedisServer, Sessiond};
@@ -220,31 +221,39 @@ impl StallableNode {
         }
     }
 
-    /// Sends the request `change` makes while Redis sleeps 0.5 s, and
-    /// hangs up after 0.2 s, before Redis answered.
-    async fn hang_up_during(
+    /// Sends the request `change` makes while Redis sleeps 0.5 s and hangs
+    /// up after 0.2 s, until a try whose client hung up ran in Redis (`ran`,
+    /// given the session's version there before and after): on a loaded
+    /// machine the node may not have sent its command before the hang-up,
+    /// or Redis may start its sleep late.
+    async fn hang_up_until_it_ran(
         &self,
-        change: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+        change: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+        ran: impl Fn(Option<u64>, Option<u64>) -> bool,
     ) {
-        let mut stall = self.admin.clone();
-        let sleep = async move {
-            let _ = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg("0.5")
-                .exec_async(&mut stall)
-                .await;
-        };
         let impatient = sessiond_e2e::http_client(Duration::from_millis(200));
         let url = format!("{}/v1/sessions/{}", self.node.url(), self.id);
-        let hung_up = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            change(&impatient, url).send().await
-        };
-        let ((), hung_up) = tokio::join!(sleep, hung_up);
-        assert!(
-            hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
-            "the client hung up before Redis answered: {hung_up:?}"
-        );
+        for _ in 0..5 {
+            let before = version_in_redis(&self.admin, &self.id).await;
+            let mut stall = self.admin.clone();
+            let sleep = async move {
+                let _ = redis::cmd("DEBUG")
+                    .arg("SLEEP")
+                    .arg("0.5")
+                    .exec_async(&mut stall)
+                    .await;
+            };
+            let hung_up = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                change(&impatient, url.clone()).send().await
+            };
+            let ((), hung_up) = tokio::join!(sleep, hung_up);
+            let after = version_in_redis(&self.admin, &self.id).await;
+            if hung_up.is_err_and(|err| err.is_timeout()) && ran(before, after) {
+                return;
+            }
+        }
+        panic!("no try of five hung up after its change reached Redis");
     }
 }
 
@@ -256,21 +265,30 @@ impl StallableNode {
 async fn a_write_whose_client_hung_up_leaves_no_stale_copy_behind() {
     let stack = StallableNode::start().await;
     stack
-        .hang_up_during(|http, url| {
-            http.put(url)
-                .json(&json!({ "data": { "n": 2 } }))
-                .header("if-match", "\"2\"")
-        })
+        .hang_up_until_it_ran(
+            |http, url| http.put(url).json(&json!({ "data": { "n": 2 } })),
+            |before, after| after > before,
+        )
         .await;
     let id = &stack.id;
     let in_redis = version_in_redis(&stack.admin, id).await;
-    assert_eq!(in_redis, Some(3), "the write reached Redis");
     let read = get(&stack.http, &stack.node, id).await;
     assert_eq!(read.status, 200, "{}", read.text);
     assert_eq!(
-        (read.session().version, read.session().data),
-        (3, json!({ "n": 2 })),
+        (Some(read.session().version), read.session().data),
+        (in_redis, json!({ "n": 2 })),
         "the write ran in Redis; the node served its copy from before"
+    );
+    let metrics = scrape(&stack.node.url()).await;
+    let labels = [
+        ("route", "/v1/sessions/{id}"),
+        ("method", "PUT"),
+        ("status", "499"),
+    ];
+    let hung_up = metrics.value("sessiond_http_requests_total", &labels);
+    assert!(
+        hung_up.is_some_and(|count| count >= 1.0),
+        "the request whose client hung up is counted as 499: {hung_up:?}"
     );
 }
 
@@ -279,10 +297,10 @@ async fn a_write_whose_client_hung_up_leaves_no_stale_copy_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_whose_client_hung_up_leaves_no_copy_of_the_session() {
     let stack = StallableNode::start().await;
-    stack.hang_up_during(|http, url| http.delete(url)).await;
+    stack
+        .hang_up_until_it_ran(|http, url| http.delete(url), |_, after| after.is_none())
+        .await;
     let id = &stack.id;
-    let in_redis = version_in_redis(&stack.admin, id).await;
-    assert_eq!(in_redis, None, "the delete reached Redis");
     let read = get(&stack.http, &stack.node, id).await;
     assert_eq!(
         read.status, 404,

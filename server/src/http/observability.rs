@@ -27,26 +27,57 @@ const KNOWN_METHODS: &[Method] = &[
 /// its latency. Every label comes from a closed set (route templates,
 /// [`KNOWN_METHODS`] or `other`, statuses the server sends), so no client
 /// can add series.
+/// A request whose client hung up before its answer (the server drops its
+/// future) is counted too, with status `499`, as nginx logs it.
 pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = method_label(request.method());
+    let mut tracked = Tracked {
+        route: Some(route),
+        method: method_label(request.method()),
+        started: Instant::now(),
+    };
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!("sessiond_http_request_duration_seconds", "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(
-        "sessiond_http_requests_total",
-        "route" => route,
-        "method" => method,
-        "status" => status
-    )
-    .increment(1);
+    tracked.record(response.status().as_u16());
     response
 }
+
+/// A request being answered, recorded once: with its answer's status, or
+/// `499` when it is dropped unanswered.
+struct Tracked {
+    /// Taken when recorded.
+    route: Option<String>,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Tracked {
+    fn record(&mut self, status: u16) {
+        let Some(route) = self.route.take() else {
+            return;
+        };
+        metrics::histogram!("sessiond_http_request_duration_seconds", "route" => route.clone())
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!(
+            "sessiond_http_requests_total",
+            "route" => route,
+            "method" => self.method,
+            "status" => status.to_string()
+        )
+        .increment(1);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.record(CLIENT_CLOSED);
+    }
+}
+
+/// nginx's status for a request whose client closed the connection first.
+const CLIENT_CLOSED: u16 = 499;
 
 fn method_label(method: &Method) -> &'static str {
     KNOWN_METHODS
