@@ -3,9 +3,11 @@
 //! a real app would free what it keeps per session or write an audit line.
 //!
 //! The follower resumes where it stopped: its cursor is kept in a file
-//! (when `--events-cursor-file` is given), so an app restarted after a
-//! crash sees each event once, including those that happened while it was
-//! down. Without a file it starts with what happens from now on.
+//! (when `--events-cursor-file` is given), so a restarted app sees each
+//! event once, including those that happened while it was down; an event
+//! reported just before a crash that left no time to save the cursor past
+//! it is reported again (at least once: a report and a file cannot change
+//! in one step). Without a file it starts with what happens from now on.
 
 use std::path::PathBuf;
 
@@ -60,7 +62,13 @@ fn report(event: &Event) {
         EventKind::Evicted => "dropped by the store (memory full, or the user's session cap)",
         _ => return,
     };
-    tracing::info!(session = %event.id, user, kind = event.kind.as_str(), "session ended: {why}");
+    tracing::info!(
+        session = %event.id,
+        user,
+        kind = event.kind.as_str(),
+        cursor = %event.cursor,
+        "session ended: {why}"
+    );
 }
 
 /// Writes the cursor next to the file and renames it over, so a crash
