@@ -290,6 +290,73 @@ async fn a_cacher_frozen_past_the_ack_wait_never_answers_the_older_copy() {
     );
 }
 
+/// A caching node frozen longer than a Redis command may take, with a
+/// command in flight, must not answer its older copy once it runs again.
+/// The command timed out the moment the node was thawed, which marked
+/// Redis unreachable, and a node that cannot reach Redis serves its memory
+/// (availability first): B answered the version A's acknowledged write had
+/// replaced (helper-86's chaos run: also a rotated-away id, a deleted
+/// session). A timeout across a stall of the node's own runtime says
+/// nothing about Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacher_frozen_past_a_commands_timeout_never_answers_the_older_copy() {
+    const ROUNDS: u64 = 4;
+    let _alone = exclusive().await;
+    let redis = RedisServer::start_with_debug();
+    let http = http();
+    let (nodes, id) = nodes_with_a_session(&http, &redis, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let admin = redis_conn(&redis.url()).await;
+    let mut stale = Vec::new();
+    for round in 1..=ROUNDS {
+        for _ in 0..2 {
+            let read = get(&http, b, &id).await;
+            assert_eq!(
+                read.session().version,
+                round,
+                "round {round}: {}",
+                read.text
+            );
+        }
+        // Redis sleeps: B's beat, sent every 50 ms, waits for it when B
+        // is frozen.
+        let mut stall = admin.clone();
+        let sleep = tokio::spawn(async move {
+            let _ = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("0.3")
+                .exec_async(&mut stall)
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let frozen_at = Instant::now();
+        tokio::task::block_in_place(|| freeze(b.pid()));
+        let written = put(&http, a, &id, &json!({ "round": round }), None).await;
+        assert_eq!(written.status, 200, "round {round}: {}", written.text);
+        sleep.await.expect("the stall");
+        // Frozen past the command's 2 s timeout.
+        tokio::time::sleep(
+            (frozen_at + Duration::from_millis(2500)).saturating_duration_since(Instant::now()),
+        )
+        .await;
+        let read = tokio::spawn({
+            let (http, url) = (http.clone(), format!("{}/v1/sessions/{id}", b.url()));
+            async move { send(http.get(url)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        signal(b.pid(), "CONT");
+        let read = bounded("the read through the thawed cacher", read)
+            .await
+            .expect("the read task panicked");
+        stale.extend(older_than_written(&read, round));
+    }
+    assert_eq!(
+        stale,
+        [],
+        "(round, version, data) B answered after A acknowledged version round + 1"
+    );
+}
+
 /// Every node that keeps a copy must be waited for by the next write: a
 /// session is recorded as cached by at most 8 nodes (Redis's `o` field),
 /// and a node read through beyond them must not keep a copy no writer

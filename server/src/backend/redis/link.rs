@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use cluster::{ClusterConn, Masters, on_any_node};
+use stalls::Stalls;
 
 mod cluster;
+mod stalls;
 
 /// How long connecting to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -143,6 +145,9 @@ pub struct RedisLink {
     last_error: Mutex<String>,
     /// Cluster only: slot map and failing masters.
     masters: Arc<Masters>,
+    /// Whether this node's runtime stalled lately: a timeout across a
+    /// stall is no verdict on Redis.
+    stalls: Stalls,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -201,6 +206,7 @@ impl RedisLink {
             up: AtomicBool::new(false),
             last_error: Mutex::new("not connected yet".to_owned()),
             masters: Arc::default(),
+            stalls: Stalls::default(),
         }))
     }
 
@@ -239,7 +245,14 @@ impl RedisLink {
                 Ok(value)
             }
             Err(err) => {
-                if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+                // A command that timed out across a stall of this node's
+                // own runtime (frozen, starved of CPU) may have its answer
+                // unread in the socket: no verdict on Redis.
+                let stalled =
+                    err.is_timeout() && self.stalls.within(RESPONSE_TIMEOUT + HEALTH_INTERVAL);
+                if (err.is_io_error() || err.is_timeout() || err.is_connection_dropped())
+                    && !stalled
+                {
                     if self.cluster.is_none() {
                         self.mark_down(&err.to_string());
                     } else if self.note_error(&err.to_string()) {
@@ -324,18 +337,28 @@ impl RedisLink {
     }
 
     /// Keeps the link connected and its health current until `shutdown`.
+    /// Also takes the runtime's pulse, for [`Stalls`].
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut slot_map_read: Option<std::time::Instant> = None;
-        loop {
-            match &self.cluster {
-                Some(setup) => self.check_cluster(setup, &mut slot_map_read).await,
-                None => self.check_single().await,
+        let checks = async {
+            let mut slot_map_read: Option<std::time::Instant> = None;
+            loop {
+                match &self.cluster {
+                    Some(setup) => self.check_cluster(setup, &mut slot_map_read).await,
+                    None => self.check_single().await,
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            }
-        }
+        };
+        tokio::join!(checks, self.stalls.run(shutdown.clone()));
+    }
+
+    /// Whether a health check's PING that timed out may have done so for
+    /// a stall of this node's runtime alone: the next check decides.
+    fn ping_stalled(&self) -> bool {
+        self.stalls.within(PING_TIMEOUT + HEALTH_INTERVAL)
     }
 
     /// PINGs Redis. A connection that stops answering without failing
@@ -349,6 +372,7 @@ impl RedisLink {
         let why = match ping_single(conn).await {
             Ok(()) => return self.mark_up(),
             Err(err) if !err.is_timeout() => return self.mark_down(&err.to_string()),
+            Err(_) if self.ping_stalled() => return,
             Err(err) => err.to_string(),
         };
         let Some(client) = &self.single else {
@@ -395,6 +419,7 @@ impl RedisLink {
                     }
                     return;
                 }
+                Err(_) if self.ping_stalled() => return,
                 Err(why) => Some(why),
             },
             None => None,
