@@ -56,9 +56,11 @@ fn app(state: AppState, history: Arc<status::History>) -> Router {
     );
     // The 405 answers of the routes are set before the metrics layer, so
     // that it counts them too (as `method="other"` for unknown methods),
-    // and so are the answers of no route.
+    // and so are the answers of no route; a handler's panic is answered
+    // inside it, so it counts the 500 (not a request dropped unanswered).
     router
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(CatchPanicLayer::custom(panic_response))
         .route_layer(from_fn(observability::track))
         // Counted too, as `route="unmatched"`.
         .fallback_service(axum::routing::any(unknown_route).layer(from_fn(observability::track)))
