@@ -128,9 +128,13 @@ impl Slot<'_> {
         let Some(permit) = self.permit.take() else {
             return;
         };
+        // Data a queued change of the session holds already (a touch's, or
+        // a write's that changed no byte) is counted once.
         let bytes = match &change {
-            Change::Upsert(session) => session.data.len() as u64,
-            Change::Delete(_) => 0,
+            Change::Upsert(session) if !self.ids.holds_data_of(session) => {
+                session.data.len() as u64
+            }
+            Change::Upsert(_) | Change::Delete(_) => 0,
         };
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         let charge = Charge {
@@ -225,18 +229,25 @@ impl WriteBehind {
         self.depth.load(Ordering::Relaxed)
     }
 
-    /// A place in the queue, or [`Unavailable::QueueFull`] (the changes
-    /// the worker holds for a retry count too, and so do places reserved
-    /// by writes still in progress: concurrent writes never take more
-    /// than the capacity), or [`Unavailable::QueueMemoryFull`] once the
-    /// queued changes hold `max_bytes` of data (the write taking the last
-    /// place may pass it by its own size).
+    /// A place in the queue for a write, or [`Unavailable::QueueMemoryFull`]
+    /// once the queued changes hold `max_bytes` of data (the writes in
+    /// progress when it is reached may pass it by their own sizes), or
+    /// what [`Self::reserve_for_delete`] refuses.
     pub fn reserve(&self) -> Result<Slot<'_>, BackendError> {
         if let Some(limit) = self.max_bytes
             && self.bytes.load(Ordering::Relaxed) >= limit
         {
             return Err(Unavailable::QueueMemoryFull { limit }.into());
         }
+        self.reserve_for_delete()
+    }
+
+    /// A place in the queue for a delete (which holds no data: a logout is
+    /// taken while writes are refused for their bytes), or
+    /// [`Unavailable::QueueFull`] (the changes the worker holds for a retry
+    /// count too, and so do places reserved by writes still in progress:
+    /// concurrent writes never take more than the capacity).
+    pub fn reserve_for_delete(&self) -> Result<Slot<'_>, BackendError> {
         let capacity = self.capacity;
         let full = || BackendError::from(Unavailable::QueueFull { capacity });
         self.depth
@@ -357,8 +368,8 @@ impl Worker {
     ) -> Option<ReplicationError> {
         let mut failed = HashSet::new();
         let mut error = None;
+        let changes = &redis.changes;
         for (id, outcome) in outcomes {
-            let changes = &redis.changes;
             match outcome {
                 Ok(Sent::Stored) => {}
                 Ok(Sent::Refused { version }) => {
@@ -598,6 +609,45 @@ mod tests {
                 capacity: 2
             }))
         )
+    }
+
+    /// A session touched again and again while its writes are queued
+    /// holds one copy of its data: it is counted once, and a delete is
+    /// taken at the byte bound.
+    #[test]
+    fn the_same_data_queued_again_is_counted_once() {
+        let (queue, _worker) = WriteBehind::new(10, Some(1000), Arc::default());
+        let session = crate::store::Session {
+            id: SessionId::random(),
+            data: bytes::Bytes::from(vec![b'x'; 400]),
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            ttl_ms: 1000,
+            expires_at_ms: 1000,
+            writes: crate::store::WriteLog::default(),
+            user: None,
+        };
+        for _ in 0..3 {
+            queue.reserve().expect("a place").upsert(session.clone());
+        }
+        assert_eq!(queue.bytes.load(Ordering::Relaxed), 400);
+        let other = Session {
+            id: SessionId::random(),
+            data: bytes::Bytes::from(vec![b'y'; 600]),
+            ..session
+        };
+        queue.reserve().expect("a place").upsert(other);
+        assert!(matches!(
+            queue.reserve(),
+            Err(BackendError::Unavailable(Unavailable::QueueMemoryFull {
+                limit: 1000
+            }))
+        ));
+        queue
+            .reserve_for_delete()
+            .expect("a delete holds no data")
+            .delete(SessionId::random(), None);
     }
 
     #[test]

@@ -194,6 +194,20 @@ impl QueuedIds {
         })
     }
 
+    /// Whether the latest queued change of `session`'s id holds the very
+    /// data `session` holds (the same buffer).
+    pub fn holds_data_of(&self, session: &Session) -> bool {
+        self.inner
+            .lock()
+            .entries
+            .get(&session.id)
+            .is_some_and(|pending| {
+                matches!(&pending.latest, Latest::Written(queued)
+                if queued.data.as_ptr() == session.data.as_ptr()
+                    && queued.data.len() == session.data.len())
+            })
+    }
+
     /// The latest change of `id` still queued, if any.
     pub fn latest(&self, id: &SessionId) -> Option<Latest> {
         self.inner

@@ -321,7 +321,7 @@ impl Backend for WriteBehindBackend {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), BackendError> {
-        let slot = self.queue.reserve()?;
+        let slot = self.queue.reserve_for_delete()?;
         let redis = &self.redis;
         let _ordered = redis.lock(id).await;
         // A session this node neither holds nor has a change of queued
