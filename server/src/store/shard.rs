@@ -25,7 +25,8 @@ impl Shard {
     /// Up to `want` sessions of this shard other than `protect`, with their
     /// eviction priority (expired sessions first, then least recently
     /// used): every one when the shard holds at most `want`, else `want`
-    /// picked at random.
+    /// distinct ones spread evenly over the shard from a random start (its
+    /// order roughly follows when sessions came, so every age is sampled).
     pub fn sample(
         &self,
         protect: Option<SessionId>,
@@ -33,15 +34,10 @@ impl Shard {
         want: usize,
     ) -> impl Iterator<Item = (SessionId, u64)> + '_ {
         let len = self.sessions.len();
-        let every_one = len <= want;
-        (0..len.min(want))
-            .map(move |step| {
-                if every_one {
-                    step
-                } else {
-                    fastrand::usize(..len)
-                }
-            })
+        let taken = len.min(want);
+        let start = fastrand::usize(..len.max(1));
+        (0..taken)
+            .map(move |step| (start + step * len / taken) % len)
             .filter_map(|index| self.sessions.get_index(index))
             .filter(move |record| Some(record.id()) != protect)
             .map(move |record| {
