@@ -124,7 +124,9 @@ impl SyncBackend {
             WriteOutcome::Replayed { told, .. } => announcement.acked_by(told, answered).await,
             _ => {}
         }
-        // The caller turns the outcome into the copy without waiting.
+        // The caller turns a `Done` into the copy without waiting; a replay
+        // finds what an earlier run did, whose own copy in doubt (if it ran
+        // here) was dropped when it was.
         copy.settle();
         Ok(outcome)
     }
@@ -232,7 +234,7 @@ impl SyncBackend {
         let redis = &self.redis;
         let ordered = redis.lock(id).await;
         // This node's write-behind writes of the session go to Redis first
-        // (none can be queued under this lock): the move would take an
+        // (no write of it can be queued under this lock): the move would take an
         // older version, and they would ship to the id it deletes.
         if !redis.queued.shipped_all_of(id).await {
             return Err(Unavailable::QueueBehind.into());

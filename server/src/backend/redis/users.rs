@@ -396,7 +396,8 @@ impl Redis {
 
     /// Deletes a session of a user's (evicted or revoked) under the lock a
     /// read through of it takes, so a read whose answer from Redis predates
-    /// the delete cannot put its copy back after it: whether it was there.
+    /// the delete cannot put its copy back after it. Returns whether the
+    /// session was there.
     async fn delete_of_user(&self, id: &SessionId, why: Gone<'_>) -> Result<bool, BackendError> {
         let _ordered = self.lock(id).await;
         self.delete_in_redis(id, None, why)
