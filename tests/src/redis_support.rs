@@ -302,6 +302,24 @@ pub async fn client_of(nodes: &[&Sessiond], timeout: Duration) -> Client {
     build(builder_for(nodes).timeout(timeout).connect_timeout(timeout)).await
 }
 
+/// Makes the Redis behind `admin` (started with the DEBUG command on)
+/// sleep `seconds`, answering nothing meanwhile; done when it woke (the
+/// command's own answer may be lost to the connection's timeout: no
+/// matter).
+pub fn sleep_redis(
+    admin: &MultiplexedConnection,
+    seconds: f64,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut admin = admin.clone();
+    async move {
+        let _ = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(seconds)
+            .exec_async(&mut admin)
+            .await;
+    }
+}
+
 /// A plain (non-cluster) connection to the Redis server at `url`.
 pub async fn redis_conn(url: &str) -> MultiplexedConnection {
     let client = redis::Client::open(url).expect("bad Redis URL");

@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use sessiond_client::{Client, Error, SessionId, SessionInfo};
 use sessiond_e2e::process::{freeze, signal};
 use sessiond_e2e::proxy::SilencingProxy;
 use sessiond_e2e::redis_support::{
     Reply, bounded, client_of, exclusive, http, node_on, redis_conn, send, session_keys,
+    sleep_redis,
 };
 use sessiond_e2e::{RedisServer, Sessiond, build, builder_for};
 use sessiond_proto::ring;
@@ -46,15 +46,9 @@ async fn nodes_on(redis: &RedisServer, count: usize) -> Vec<Sessiond> {
     nodes
 }
 
-/// Makes Redis sleep 0.6 s, longer than the tests' client timeout (0.4 s).
-/// The stalled connection may give up on its own answer: no matter.
-async fn stall_redis(conn: &mut MultiplexedConnection) {
-    let _ = redis::cmd("DEBUG")
-        .arg("SLEEP")
-        .arg("0.6")
-        .exec_async(conn)
-        .await;
-}
+/// How long the tests make Redis sleep: longer than their client's
+/// timeout (0.4 s).
+const STALL_SECS: f64 = 0.6;
 
 /// `n` of a counter session, read over `client`.
 async fn counter(client: &Client, id: &SessionId) -> (u64, u64) {
@@ -72,14 +66,14 @@ async fn a_write_whose_answer_was_lost_while_redis_stalled_is_applied_once() {
     let nodes = nodes_on(&redis, 3).await;
     let refs: Vec<&Sessiond> = nodes.iter().collect();
     let client = client_of(&refs, Duration::from_millis(400)).await;
-    let mut stall = redis_conn(&redis.url()).await;
+    let stall = redis_conn(&redis.url()).await;
     let mut outcomes = Vec::new();
     for round in 0..ROUNDS {
         let put_target = client.create(&json!({"n": 0}), None).await.expect("create");
         let update_target = client.create(&json!({"n": 0}), None).await.expect("create");
         // Redis sleeps 0.6 s: the first attempts time out (0.4 s) and are
         // sent again to the next node, which waits for Redis too.
-        let sleep = stall_redis(&mut stall);
+        let sleep = sleep_redis(&stall, STALL_SECS);
         let one = json!({"n": 1});
         let writes = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,10 +116,10 @@ async fn a_single_node_is_asked_again_when_a_stall_outlasts_one_timeout() {
     let redis = RedisServer::start_with_debug();
     let nodes = nodes_on(&redis, 1).await;
     let client = client_of(&[&nodes[0]], Duration::from_millis(400)).await;
-    let mut stall = redis_conn(&redis.url()).await;
+    let stall = redis_conn(&redis.url()).await;
     for round in 0..5 {
         let target = client.create(&json!({"n": 0}), None).await.expect("create");
-        let sleep = stall_redis(&mut stall);
+        let sleep = sleep_redis(&stall, STALL_SECS);
         let one = json!({"n": 1});
         let put = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,7 +140,7 @@ async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
     let nodes = nodes_on(&redis, 3).await;
     let refs: Vec<&Sessiond> = nodes.iter().collect();
     let client = client_of(&refs, Duration::from_millis(400)).await;
-    let mut stall = redis_conn(&redis.url()).await;
+    let stall = redis_conn(&redis.url()).await;
     let mut live = Vec::new();
     for round in 0..ROUNDS {
         let rotating = client
@@ -154,7 +148,7 @@ async fn a_create_or_rotate_whose_answer_was_lost_makes_one_session() {
             .await
             .expect("create")
             .id;
-        let sleep = stall_redis(&mut stall);
+        let sleep = sleep_redis(&stall, STALL_SECS);
         let data = json!({"made": round});
         let writes = async {
             tokio::time::sleep(Duration::from_millis(50)).await;

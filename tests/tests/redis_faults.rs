@@ -539,6 +539,38 @@ async fn acknowledged_sync_writes_survive_a_redis_sigkill_with_aof() {
     );
 }
 
+/// Creates sessions of `data(n)` on `node`, n = 0, 1, ..., until one is
+/// refused with 503 `unavailable` whose message names `why`, at most
+/// `most`: the ones acknowledged before (id and data). Any other answer,
+/// or none refused, fails the test.
+async fn creates_until_refused(
+    http: &reqwest::Client,
+    node: &Sessiond,
+    most: usize,
+    data: impl Fn(usize) -> Value,
+    why: &str,
+) -> Vec<(String, Value)> {
+    let mut acknowledged = Vec::new();
+    for n in 0..most {
+        let data = data(n);
+        let reply = create(http, node, &data, None).await;
+        match reply.status {
+            201 => acknowledged.push((reply.session().id, data)),
+            503 => {
+                assert_eq!(reply.error_code(), "unavailable", "{}", reply.text);
+                assert!(
+                    reply.error_message().contains(why),
+                    "the refusal does not name {why}: {}",
+                    reply.text
+                );
+                return acknowledged;
+            }
+            other => panic!("create {n} answered {other}: {}", reply.text),
+        }
+    }
+    panic!("{most} creates were all acknowledged");
+}
+
 /// Async mode with a queue of 2 and Redis away: writes are acknowledged
 /// until the queue is full, then refused with 503 `unavailable` naming the
 /// queue; the node stays up, and once Redis is back the queue drains and the
@@ -557,30 +589,8 @@ async fn async_mode_full_queue_refuses_writes_with_503() {
     assert_eq!(first.status, 201, "{}", first.text);
 
     tokio::task::block_in_place(|| redis.kill());
-    let mut acknowledged: Vec<(String, Value)> = Vec::new();
-    let mut refused = None;
-    for n in 0..50 {
-        let data = json!({ "during": "outage", "n": n });
-        let reply = create(&http, &node, &data, None).await;
-        match reply.status {
-            201 => acknowledged.push((reply.session().id, data)),
-            503 => {
-                refused = Some(reply);
-                break;
-            }
-            other => panic!(
-                "write {n} during the outage answered {other}: {}",
-                reply.text
-            ),
-        }
-    }
-    let refused = refused.expect("50 writes with Redis down and a queue of 2 were all accepted");
-    assert_eq!(refused.error_code(), "unavailable", "{}", refused.text);
-    assert!(
-        refused.error_message().contains("queue"),
-        "the refusal does not mention the queue: {}",
-        refused.text
-    );
+    let during = |n| json!({ "during": "outage", "n": n });
+    let acknowledged = creates_until_refused(&http, &node, 50, during, "queue").await;
     eprintln!(
         "async queue of 2: {} writes acknowledged with Redis down before a 503",
         acknowledged.len()
@@ -1246,27 +1256,8 @@ async fn async_mode_the_queue_holds_no_more_data_than_the_memory_bound() {
         writer,
     } = AclWriter::start(&["--max-memory", "2MiB", "--max-session-bytes", "128KiB"]).await;
     set_node_user(&mut admin, &QUEUE_CANNOT_SHIP).await;
-    let mut acknowledged = Vec::new();
-    let mut refused = None;
-    for n in 0..100 {
-        let data = json!({ "n": n, "pad": "x".repeat(DATA) });
-        let reply = create(&http, &writer, &data, None).await;
-        match reply.status {
-            201 => acknowledged.push(reply.session().id),
-            503 => {
-                refused = Some(reply);
-                break;
-            }
-            other => panic!("create {n} answered {other}: {}", reply.text),
-        }
-    }
-    let refused = refused.expect("100 creates of 100 KiB queued under a bound of 2 MiB");
-    assert_eq!(refused.error_code(), "unavailable", "{}", refused.text);
-    assert!(
-        refused.error_message().contains("--max-memory"),
-        "{}",
-        refused.text
-    );
+    let padded = |n| json!({ "n": n, "pad": "x".repeat(DATA) });
+    let acknowledged = creates_until_refused(&http, &writer, 100, padded, "--max-memory").await;
     // 2 MiB of 100 KiB writes: 20, and the one that took the last place.
     assert!(
         (15..=21).contains(&acknowledged.len()),
@@ -1275,7 +1266,7 @@ async fn async_mode_the_queue_holds_no_more_data_than_the_memory_bound() {
     );
 
     set_node_user(&mut admin, &["resetkeys", "~*"]).await;
-    for id in &acknowledged {
+    for (id, _) in &acknowledged {
         wait_for_version_in_redis(&admin, id, 1).await;
     }
     // The queue gives its bytes back once the worker settled the round.
@@ -1325,14 +1316,7 @@ async fn async_mode_a_write_made_while_a_rotation_waits_is_in_the_rotated_sessio
         // Redis sleeps: the read holds the lock, the rotation's read of
         // the session's user waits behind it, and the write queues for the
         // lock before the rotation does.
-        let mut stall = admin.clone();
-        let sleep = async move {
-            let _ = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg("0.5")
-                .exec_async(&mut stall)
-                .await;
-        };
+        let sleep = sleep_redis(&admin, 0.5);
         let after = |ms| tokio::time::sleep(Duration::from_millis(ms));
         let read = async {
             after(50).await;

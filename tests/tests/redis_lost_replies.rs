@@ -235,14 +235,7 @@ impl StallableNode {
         let url = format!("{}/v1/sessions/{}", self.node.url(), self.id);
         for _ in 0..5 {
             let before = version_in_redis(&self.admin, &self.id).await;
-            let mut stall = self.admin.clone();
-            let sleep = async move {
-                let _ = redis::cmd("DEBUG")
-                    .arg("SLEEP")
-                    .arg("0.5")
-                    .exec_async(&mut stall)
-                    .await;
-            };
+            let sleep = sleep_redis(&self.admin, 0.5);
             let hung_up = async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 change(&impatient, url.clone()).send().await

@@ -320,14 +320,7 @@ async fn a_cacher_frozen_past_a_commands_timeout_never_answers_the_older_copy() 
         }
         // Redis sleeps: B's beat, sent every 50 ms, waits for it when B
         // is frozen.
-        let mut stall = admin.clone();
-        let sleep = tokio::spawn(async move {
-            let _ = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg("0.3")
-                .exec_async(&mut stall)
-                .await;
-        });
+        let sleep = tokio::spawn(sleep_redis(&admin, 0.3));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let frozen_at = Instant::now();
         tokio::task::block_in_place(|| freeze(b.pid()));
