@@ -27,6 +27,7 @@ const KNOWN_METHODS: &[Method] = &[
 /// its latency. Every label comes from a closed set (route templates,
 /// [`KNOWN_METHODS`] or `other`, statuses the server sends), so no client
 /// can add series.
+///
 /// A request whose client hung up before its answer (the server drops its
 /// future) is counted too, with status `499`, as nginx logs it.
 pub async fn track(request: Request, next: Next) -> Response {
