@@ -128,12 +128,12 @@ impl Slot<'_> {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        // Data a queued change of the session holds already (a touch's, or
-        // a write's that changed no byte) is counted once.
+        let mut sent = self.sent.lock();
+        let held_already = self.ids.queued(change.id(), *sent, latest, user);
+        // Data a queued change of the session holds already (a touch's) is
+        // counted once.
         let bytes = match &change {
-            Change::Upsert(session) if !self.ids.holds_data_of(session) => {
-                session.data.len() as u64
-            }
+            Change::Upsert(session) if !held_already => session.data.len() as u64,
             Change::Upsert(_) | Change::Delete(_) => 0,
         };
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -141,8 +141,6 @@ impl Slot<'_> {
             total: self.bytes.clone(),
             bytes,
         };
-        let mut sent = self.sent.lock();
-        self.ids.queued(change.id(), *sent, latest, user);
         permit.send(Queued {
             change,
             charge,

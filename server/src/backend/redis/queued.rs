@@ -57,8 +57,10 @@ struct Inner {
 impl QueuedIds {
     /// The change of `id` queued as number `seq` (higher than every one
     /// before); `latest` is what it leaves, `user` the session's user
-    /// (kept from an earlier change when `None`).
-    pub fn queued(&self, id: SessionId, seq: u64, latest: Latest, user: Option<UserName>) {
+    /// (kept from an earlier change when `None`). Returns whether the
+    /// change queued before it holds the very data it holds (the same
+    /// buffer: a touch's), which is then not held twice.
+    pub fn queued(&self, id: SessionId, seq: u64, latest: Latest, user: Option<UserName>) -> bool {
         let mut inner = self.inner.lock();
         let Inner { entries, by_user } = &mut *inner;
         let pending = entries.entry(id).or_insert_with(|| Pending {
@@ -67,6 +69,9 @@ impl QueuedIds {
             user: None,
         });
         pending.seqs.push_back(seq);
+        let same_data = matches!((&pending.latest, &latest),
+            (Latest::Written(before), Latest::Written(now))
+                if before.data.as_ptr() == now.data.as_ptr() && before.data.len() == now.data.len());
         pending.latest = latest;
         if let Some(user) = user.filter(|user| pending.user.as_ref() != Some(user)) {
             if let Some(before) = pending.user.replace(user.clone()) {
@@ -74,6 +79,7 @@ impl QueuedIds {
             }
             by_user.entry(user).or_default().insert(id);
         }
+        same_data
     }
 
     /// Changes of `ids` (one per entry) reached Redis, the oldest of each
@@ -192,20 +198,6 @@ impl QueuedIds {
                     .is_some_and(|pending| pending.is_before(seq))
             })
         })
-    }
-
-    /// Whether the latest queued change of `session`'s id holds the very
-    /// data `session` holds (the same buffer).
-    pub fn holds_data_of(&self, session: &Session) -> bool {
-        self.inner
-            .lock()
-            .entries
-            .get(&session.id)
-            .is_some_and(|pending| {
-                matches!(&pending.latest, Latest::Written(queued)
-                if queued.data.as_ptr() == session.data.as_ptr()
-                    && queued.data.len() == session.data.len())
-            })
     }
 
     /// The latest change of `id` still queued, if any.
