@@ -1395,11 +1395,18 @@ async fn async_mode_a_queued_write_never_brings_back_a_users_session_redis_lost(
     let login = login(&http, &node, "dave", 600).await;
     assert_eq!(login.status, 201, "{}", login.text);
     let id = login.session().id;
-    wait_for_version_in_redis(&admin, &id, 1).await;
+    let before = put(&http, &node, &id, &json!({"before": "flush"}), None).await;
+    assert_eq!(before.status, 200, "{}", before.text);
+    wait_for_version_in_redis(&admin, &id, 2).await;
     let _: () = redis_query(&mut admin, &mut redis::cmd("FLUSHALL")).await;
     let written = put(&http, &node, &id, &json!({"after": "flush"}), None).await;
     assert_eq!(written.status, 200, "{}", written.text);
-    wait_for_metric(&node, "sessiond_redis_refused_writes_total", 1.0).await;
+    let metrics = wait_for_metric(&node, "sessiond_redis_refused_writes_total", 1.0).await;
+    assert_eq!(
+        metrics.value("sessiond_redis_replicated_total", &[]),
+        Some(1.0),
+        "the write before the flush replicated, the refused one not: {metrics}"
+    );
     assert_eq!(version_in_redis(&admin, &id).await, None, "brought back");
     let read = get(&http, &node, &id).await;
     assert_eq!(read.status, 404, "{}", read.text);

@@ -365,18 +365,22 @@ impl Worker {
         redis: &Arc<Redis>,
     ) -> Option<ReplicationError> {
         let mut failed = HashSet::new();
+        let mut not_stored = HashSet::new();
         let mut error = None;
         let changes = &redis.changes;
         for (id, outcome) in outcomes {
             match outcome {
                 Ok(Sent::Stored) => {}
                 Ok(Sent::Refused { version }) => {
+                    not_stored.insert(id);
                     changes.spawn(forget_refused(redis.clone(), id, version));
                 }
+                // Stored, by the first send.
                 Ok(Sent::Superseded) => {
                     changes.spawn(forget(redis.clone(), id));
                 }
                 Ok(Sent::Expired) => {
+                    not_stored.insert(id);
                     changes.spawn(forget_expired(redis.clone(), id));
                 }
                 Err(err) => {
@@ -414,6 +418,7 @@ impl Worker {
         }
         *batch = kept;
         let count = done.len() as u64;
+        let replicated = done.iter().filter(|id| !not_stored.contains(id)).count();
         self.depth
             .fetch_sub(count + merged.len() as u64, Ordering::Relaxed);
         // Before the waiters wake: they look at the ids.
@@ -422,7 +427,7 @@ impl Worker {
         if count > 0 {
             self.shipped.send_modify(|ships| *ships += 1);
         }
-        metrics::counter!("sessiond_redis_replicated_total").increment(count);
+        metrics::counter!("sessiond_redis_replicated_total").increment(replicated as u64);
         error
     }
 }
