@@ -48,7 +48,7 @@ const EVICTION_SAMPLES: usize = 16;
 const MAX_ROOM_ATTEMPTS: usize = 8;
 /// Sessions per shard a write refused for room examines for expired ones.
 const SWEEP_FOR_ROOM_PER_SHARD: usize = 256;
-/// Least time after such a sweep that freed nothing before the next.
+/// Least pause after such a sweep that freed nothing before the next.
 const SWEEP_FOR_ROOM_EVERY_MS: u64 = 10;
 
 /// What the store does when a write does not fit in `max_memory`.
@@ -232,9 +232,10 @@ pub struct Store {
     counters: Counters,
     users: UserIndex,
     events: Option<EventLog>,
-    /// When a sweep for room last found nothing to free (ms since the Unix
-    /// epoch); held while such a sweep runs, so one runs at a time.
-    fruitless_sweep_for_room_ms: Mutex<Option<u64>>,
+    /// Until when no sweep for room runs, after one found nothing to free
+    /// (ms since the Unix epoch); held while such a sweep runs, so one runs
+    /// at a time.
+    no_sweep_for_room_until_ms: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -325,7 +326,7 @@ impl Store {
             events,
             config,
             counters: Counters::default(),
-            fruitless_sweep_for_room_ms: Mutex::new(None),
+            no_sweep_for_room_until_ms: Mutex::new(None),
             users: UserIndex::default(),
         }
     }
@@ -1142,35 +1143,39 @@ impl Store {
     }
 
     /// Sweeps out expired sessions for a write that found no room, pass
-    /// after pass while passes free some and there is still no room, up to
-    /// one look at every session (a store full of dead sessions takes the
-    /// write, whatever its number of shards; a busy store whose sessions
-    /// keep expiring does not hold the write longer); whether there is
-    /// room now. One such sweep runs at a time,
-    /// and a write that waited for another's finds the room it made. After
-    /// a pass that freed nothing, none runs for
-    /// [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes costs
-    /// little.
+    /// after pass while there is still no room, up to one look at every
+    /// session (a store full of dead sessions takes the write, whatever its
+    /// number of shards and wherever its dead sessions sit; a busy store
+    /// whose sessions keep expiring does not hold the write longer);
+    /// whether there is room now. One such sweep runs at a time, and a
+    /// write that waited for another's finds the room it made. After a look
+    /// that freed nothing, none runs for ten times as long as it took, and
+    /// at least [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes
+    /// into a large store full of live sessions costs little.
     fn sweep_for_room(&self, has_room: impl Fn() -> bool) -> bool {
-        let mut fruitless_at = self.fruitless_sweep_for_room_ms.lock();
+        let mut no_sweep_until = self.no_sweep_for_room_until_ms.lock();
         if has_room() {
             return true;
         }
         let now = self.now_ms();
-        if fruitless_at.is_some_and(|at| now < at.saturating_add(SWEEP_FOR_ROOM_EVERY_MS)) {
+        if no_sweep_until.is_some_and(|until| now < until) {
             return false;
         }
+        let started = std::time::Instant::now();
         let per_pass = SWEEP_FOR_ROOM_PER_SHARD * self.shards.len();
         let sessions = self.counters.sessions.load(Ordering::Relaxed) as usize;
+        let mut freed = 0;
         for _ in 0..sessions.div_ceil(per_pass).max(1) {
-            if self.sweep(SWEEP_FOR_ROOM_PER_SHARD) == 0 {
-                *fruitless_at = Some(now);
-                return has_room();
-            }
+            freed += self.sweep(SWEEP_FOR_ROOM_PER_SHARD);
             if has_room() {
-                *fruitless_at = None;
+                *no_sweep_until = None;
                 return true;
             }
+        }
+        if freed == 0 {
+            let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let pause = took_ms.saturating_mul(10).max(SWEEP_FOR_ROOM_EVERY_MS);
+            *no_sweep_until = Some(now.saturating_add(pause));
         }
         has_room()
     }

@@ -376,6 +376,36 @@ fn one_large_write_into_a_few_shards_full_of_dead_sessions_is_taken() {
     assert_eq!(store.stats().sessions, 1);
 }
 
+/// A rejecting store whose first sessions in sweep order live and whose
+/// later ones expired: a sweep for room goes on past passes that freed
+/// nothing, up to one look at every session (it stopped after the first
+/// pass, over 256 live sessions, and refused the write with 744 dead ones
+/// left).
+#[test]
+fn a_sweep_for_room_looks_past_live_sessions_for_dead_ones() {
+    let (store, clock) = store_with(StoreConfig {
+        shards: 1,
+        max_memory: Some(1_000 * charge_of(2)),
+        when_full: WhenFull::Reject,
+        max_lifetime_ms: None,
+        events: None,
+        user_index: true,
+    });
+    for _ in 0..256 {
+        created(&store, "{}", 60 * SECOND);
+    }
+    for _ in 256..1_000 {
+        created(&store, "{}", SECOND);
+    }
+    clock.advance(Duration::from_secs(2));
+    let taken = store.create(SessionId::random(), json("{}"), 60 * SECOND, None, None);
+    assert!(taken.is_ok(), "{taken:?}: {:?}", store.stats());
+    let stats = store.stats();
+    assert_eq!(stats.rejections, 0);
+    assert_eq!(stats.sessions + stats.expirations, 1_001);
+    assert!(stats.expirations > 0, "{stats:?}");
+}
+
 /// A create sent again (its session made by the first attempt) on a full
 /// evicting store answers that session and evicts nobody for it.
 #[test]
