@@ -1,7 +1,7 @@
 //! Secrets that never show in logs or `--check-config`, and the one way a
 //! presented token is compared with the expected one.
 
-use ring::digest::{SHA256, digest};
+use ring::digest::{Digest, SHA256, digest};
 use subtle::ConstantTimeEq;
 
 /// A secret that `Debug` (and so `--check-config` and logs) never shows.
@@ -26,16 +26,31 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Whether `presented` is `expected`, in a time that tells nothing of
-/// `expected`, its length included: their SHA-256 digests are compared in
-/// constant time (comparing the tokens themselves returns at once when the
-/// lengths differ).
-pub fn tokens_match(presented: &str, expected: &str) -> bool {
-    let (presented, expected) = (
-        digest(&SHA256, presented.as_bytes()),
-        digest(&SHA256, expected.as_bytes()),
-    );
-    bool::from(presented.as_ref().ct_eq(expected.as_ref()))
+/// The token a server expects, kept as its SHA-256 digest (taken once, at
+/// start-up): [`ExpectedToken::matches`] tells whether a presented token is
+/// it in a time that tells nothing of it, its length included (comparing
+/// the tokens themselves returns at once when the lengths differ).
+#[derive(Clone, Copy)]
+pub struct ExpectedToken(Digest);
+
+impl ExpectedToken {
+    /// The token `secret` holds.
+    pub fn new(secret: &Secret) -> Self {
+        Self(digest(&SHA256, secret.expose().as_bytes()))
+    }
+
+    /// Whether `presented` is the expected token: the digests compared in
+    /// constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented = digest(&SHA256, presented.as_bytes());
+        bool::from(presented.as_ref().ct_eq(self.0.as_ref()))
+    }
+}
+
+impl std::fmt::Debug for ExpectedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 #[cfg(test)]
@@ -44,9 +59,11 @@ mod tests {
 
     #[test]
     fn only_the_same_token_matches() {
-        assert!(tokens_match("s3cret", "s3cret"));
+        let expected = ExpectedToken::new(&Secret::new("s3cret".to_owned()));
+        assert!(expected.matches("s3cret"));
         for other in ["", "s3cre", "s3cret ", "S3cret", "s3cret-and-more"] {
-            assert!(!tokens_match(other, "s3cret"), "{other:?}");
+            assert!(!expected.matches(other), "{other:?}");
         }
+        assert_eq!(format!("{expected:?}"), "\"<redacted>\"");
     }
 }

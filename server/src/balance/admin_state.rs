@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::prometheus::MetricsHandle;
+use crate::secret::ExpectedToken;
 use serde::Serialize;
 
 use super::membership::Membership;
@@ -14,7 +15,7 @@ use super::upstream::UpstreamStats;
 #[derive(Debug)]
 pub struct ApiAuth {
     /// The bearer token, if one is configured.
-    pub token: Option<String>,
+    pub token: Option<ExpectedToken>,
     /// Whether the admin listener is on a loopback address.
     pub loopback: bool,
 }

@@ -60,7 +60,7 @@ pub use tls::TlsFiles;
 pub use upstream::{UpstreamUrl, UpstreamUrlError};
 
 use crate::net::{NetError, bind};
-use crate::secret::Secret;
+use crate::secret::{ExpectedToken, Secret};
 use access_log::AccessLog;
 use admin_state::ApiAuth;
 use client_slots::ClientSlots;
@@ -299,7 +299,7 @@ pub async fn run(
         membership: membership.clone(),
         metrics,
         auth: Arc::new(ApiAuth {
-            token: config.admin_token.as_ref().map(|t| t.expose().to_owned()),
+            token: config.admin_token.as_ref().map(ExpectedToken::new),
             loopback: admin_loopback,
         }),
     });

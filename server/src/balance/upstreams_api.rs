@@ -22,7 +22,6 @@ use serde_json::json;
 use super::admin_state::{AdminState, stats};
 use super::membership::Change;
 use super::upstream::UpstreamUrl;
-use crate::secret::tokens_match;
 
 /// The `/upstreams` routes, behind the token check.
 pub fn routes(state: AdminState) -> Router<AdminState> {
@@ -47,7 +46,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if !tokens_match(given, token) {
+            if !token.matches(given) {
                 return error(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

@@ -8,7 +8,6 @@ use sessiond_proto::ErrorCode;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::secret::tokens_match;
 
 /// Lets the request through when no token is configured or when it carries
 /// `Authorization: Bearer <token>` with the right token.
@@ -17,7 +16,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = state.auth_token.as_deref() else {
+    let Some(expected) = &state.auth_token else {
         return Ok(next.run(request).await);
     };
     let presented = request
@@ -33,7 +32,7 @@ pub async fn require_token(
                 "this server needs an Authorization: Bearer <token> header",
             )
         })?;
-    if tokens_match(presented, expected) {
+    if expected.matches(presented) {
         Ok(next.run(request).await)
     } else {
         Err(ApiError::new(

@@ -8,6 +8,7 @@ use crate::prometheus::MetricsHandle;
 
 use crate::backend::redis::ReplicationMode;
 use crate::readiness::Readiness;
+use crate::secret::ExpectedToken;
 use crate::service::SessionService;
 use crate::store::WhenFull;
 
@@ -38,7 +39,7 @@ pub struct AppParts {
     /// The session operations.
     pub service: SessionService,
     /// The bearer token `/v1` requires, if any.
-    pub auth_token: Option<Arc<str>>,
+    pub auth_token: Option<ExpectedToken>,
     /// Renders `/metrics`; `None` when no recorder is installed.
     pub metrics: Option<MetricsHandle>,
     /// Answers `/readyz`.

@@ -17,7 +17,7 @@ use crate::descriptors::{self, Caps};
 use crate::http::{self, AppParts, AppState, HttpLimits, NodeFacts, RESERVE_CONNECTIONS};
 use crate::net::{NetError, bind};
 use crate::readiness::Readiness;
-use crate::secret::Secret;
+use crate::secret::{ExpectedToken, Secret};
 use crate::service::{ServiceConfig, SessionService};
 use crate::store::{Clock, Store, StoreConfig};
 use crate::tcp::{self, TcpContext, TcpLimits};
@@ -107,10 +107,7 @@ pub async fn run(
     let store = Arc::new(Store::new(config.store.clone(), clock));
     let http_listener = bind("HTTP API", config.http).await?;
     let tcp_listener = bind("binary protocol", config.tcp).await?;
-    let auth_token: Option<Arc<str>> = config
-        .auth_token
-        .as_ref()
-        .map(|token| Arc::from(token.expose()));
+    let auth_token = config.auth_token.as_ref().map(ExpectedToken::new);
 
     let tasks = TaskTracker::new();
     let drained = CancellationToken::new();
@@ -141,7 +138,7 @@ pub async fn run(
         tcp_listener,
         Arc::new(TcpContext {
             service: service.clone(),
-            auth_token: auth_token.clone(),
+            auth_token,
             limits: config.tcp_limits.clone(),
         }),
         shutdown.clone(),

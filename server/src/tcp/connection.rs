@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 use super::context::TcpContext;
 use super::dispatch;
 use super::telemetry::TcpMetrics;
-use crate::secret::tokens_match;
 
 type Codec = FrameCodec<ClientFrame, ServerFrame>;
 
@@ -366,9 +365,9 @@ async fn handshake(wire: &mut Wire, ctx: &TcpContext) -> Result<Option<Hello>, W
             ),
         ));
     }
-    if let Some(expected) = ctx.auth_token.as_deref() {
+    if let Some(expected) = &ctx.auth_token {
         let presented = hello.auth_token.as_deref().unwrap_or("");
-        if !tokens_match(presented, expected) {
+        if !expected.matches(presented) {
             let message = if hello.auth_token.is_none() {
                 "this server needs an auth token in Hello"
             } else {

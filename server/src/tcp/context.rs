@@ -1,9 +1,9 @@
 //! What the binary protocol's connections share: the service, the token
 //! and the limits.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::secret::ExpectedToken;
 use crate::service::SessionService;
 
 /// Limits that keep one client from exhausting the node.
@@ -28,7 +28,7 @@ pub struct TcpContext {
     /// The session operations.
     pub service: SessionService,
     /// The token clients must present in Hello, if any.
-    pub auth_token: Option<Arc<str>>,
+    pub auth_token: Option<ExpectedToken>,
     /// Connection limits.
     pub limits: TcpLimits,
 }

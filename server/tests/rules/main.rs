@@ -22,6 +22,7 @@ use axum::http::Request;
 use sessiond::backend::AnyBackend;
 use sessiond::http::{AppParts, AppState, NodeFacts, router};
 use sessiond::readiness::Readiness;
+use sessiond::secret::{ExpectedToken, Secret};
 use sessiond::service::{ServiceConfig, SessionService};
 use sessiond::store::{ManualClock, Store, StoreConfig};
 use sessiond_e2e::api::{Api, Transport};
@@ -98,7 +99,7 @@ impl Node {
             SessionService::new(AnyBackend::memory(store), service, CancellationToken::new());
         let state = AppState::new(AppParts {
             service: service.clone(),
-            auth_token: token.map(Arc::from),
+            auth_token: token.map(|token| ExpectedToken::new(&Secret::new(token.to_owned()))),
             metrics: None,
             readiness: Readiness::default(),
             body_timeout: BODY_TIMEOUT,
