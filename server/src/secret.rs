@@ -1,6 +1,7 @@
 //! Secrets that never show in logs or `--check-config`, and the one way a
 //! presented token is compared with the expected one.
 
+use axum::http::{HeaderMap, header};
 use ring::digest::{Digest, SHA256, digest};
 use subtle::ConstantTimeEq;
 
@@ -45,6 +46,17 @@ impl ExpectedToken {
         let presented = digest(&SHA256, presented.as_bytes());
         bool::from(presented.as_ref().ct_eq(self.0.as_ref()))
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in
+/// any case, as RFC 9110 has it), or `None` without one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
 }
 
 impl std::fmt::Debug for ExpectedToken {

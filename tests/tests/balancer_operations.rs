@@ -421,6 +421,14 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
     let (status, body) = admin(&balancer, Method::GET, "/upstreams", Some("s3cret"), None).await;
     assert_eq!(status, 200);
     assert_eq!(member_urls(&body).len(), 2);
+    // The scheme is case-insensitive (RFC 9110), as on a node's /v1.
+    let lower = http()
+        .get(format!("{}/upstreams", balancer.admin_url()))
+        .header("authorization", "bearer s3cret")
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(lower.status(), 200);
 
     let add = |url: String| json!({ "url": url });
     let post = |body: Value| {

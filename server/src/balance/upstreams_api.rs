@@ -12,7 +12,7 @@
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get};
@@ -22,6 +22,7 @@ use serde_json::json;
 use super::admin_state::{AdminState, stats};
 use super::membership::Change;
 use super::upstream::UpstreamUrl;
+use crate::secret::bearer_token;
 
 /// The `/upstreams` routes, behind the token check.
 pub fn routes(state: AdminState) -> Router<AdminState> {
@@ -40,12 +41,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     let auth = &state.auth;
     match &auth.token {
         Some(token) => {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .unwrap_or("");
+            let given = bearer_token(request.headers()).unwrap_or("");
             if !token.matches(given) {
                 return error(
                     StatusCode::UNAUTHORIZED,

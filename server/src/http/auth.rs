@@ -1,13 +1,13 @@
 //! Bearer-token authentication of `/v1`, compared in constant time.
 
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use sessiond_proto::ErrorCode;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::secret::bearer_token;
 
 /// Lets the request through when no token is configured or when it carries
 /// `Authorization: Bearer <token>` with the right token.
@@ -19,19 +19,12 @@ pub async fn require_token(
     let Some(expected) = &state.auth_token else {
         return Ok(next.run(request).await);
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "this server needs an Authorization: Bearer <token> header",
-            )
-        })?;
+    let presented = bearer_token(request.headers()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "this server needs an Authorization: Bearer <token> header",
+        )
+    })?;
     if expected.matches(presented) {
         Ok(next.run(request).await)
     } else {
