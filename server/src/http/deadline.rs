@@ -7,6 +7,11 @@
 //! while the client takes what is written (an event stream lasts as long
 //! as its client reads it); a client that stops reading is closed when no
 //! write has gone through for the idle timeout.
+//!
+//! A phase change wakes nobody (a request would wake the watchdog four
+//! times): the watchdog looks at the phase when its deadline comes, and at
+//! least once per the shorter timeout, so a deadline set meanwhile is
+//! never overstayed.
 
 use std::io;
 use std::pin::Pin;
@@ -17,8 +22,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Where a connection is in its request cycle.
@@ -69,7 +74,7 @@ impl Expired {
 /// watchdog.
 #[derive(Debug)]
 pub struct Deadline {
-    phase: watch::Sender<Phase>,
+    phase: Mutex<Phase>,
     /// Whether the phase is [`Phase::Stalled`]: a write that goes through
     /// looks at the phase only then.
     stalled: AtomicBool,
@@ -82,7 +87,7 @@ impl Deadline {
     /// `header_timeout`.
     pub fn start(header_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            phase: watch::Sender::new(Phase::Head(Instant::now() + header_timeout)),
+            phase: Mutex::new(Phase::Head(Instant::now() + header_timeout)),
             stalled: AtomicBool::new(false),
             header_timeout,
             idle_timeout,
@@ -91,31 +96,26 @@ impl Deadline {
 
     /// Bytes arrived: an idle connection starts reading a request head.
     fn bytes_arrived(&self) {
-        self.phase.send_if_modified(|phase| match phase {
-            Phase::Idle(_) => {
-                *phase = Phase::Head(Instant::now() + self.header_timeout);
-                true
-            }
-            Phase::Head(_) | Phase::Busy | Phase::Sending | Phase::Stalled { .. } => false,
-        });
+        let mut phase = self.phase.lock();
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::Head(Instant::now() + self.header_timeout);
+        }
     }
 
     /// A write waits for the client to read: a response's body, or the
     /// end of one (after its body ended, in what looked like idling).
     fn write_blocked(&self) {
-        self.phase.send_if_modified(|phase| {
-            let body_ended = match phase {
-                Phase::Sending => false,
-                Phase::Idle(_) => true,
-                Phase::Head(_) | Phase::Busy | Phase::Stalled { .. } => return false,
-            };
-            *phase = Phase::Stalled {
-                at: Instant::now() + self.idle_timeout,
-                body_ended,
-            };
-            self.stalled.store(true, Ordering::Relaxed);
-            true
-        });
+        let mut phase = self.phase.lock();
+        let body_ended = match *phase {
+            Phase::Sending => false,
+            Phase::Idle(_) => true,
+            Phase::Head(_) | Phase::Busy | Phase::Stalled { .. } => return,
+        };
+        *phase = Phase::Stalled {
+            at: Instant::now() + self.idle_timeout,
+            body_ended,
+        };
+        self.stalled.store(true, Ordering::Relaxed);
     }
 
     /// A write went through: the client reads.
@@ -123,62 +123,66 @@ impl Deadline {
         if !self.stalled.swap(false, Ordering::Relaxed) {
             return;
         }
-        self.phase.send_if_modified(|phase| match *phase {
-            Phase::Stalled { body_ended, .. } => {
-                *phase = if body_ended {
-                    Phase::Idle(Instant::now() + self.idle_timeout)
-                } else {
-                    Phase::Sending
-                };
-                true
-            }
-            Phase::Head(_) | Phase::Idle(_) | Phase::Busy | Phase::Sending => false,
-        });
+        let mut phase = self.phase.lock();
+        if let Phase::Stalled { body_ended, .. } = *phase {
+            *phase = if body_ended {
+                Phase::Idle(Instant::now() + self.idle_timeout)
+            } else {
+                Phase::Sending
+            };
+        }
     }
 
     /// A request head is complete: its handler runs.
     pub fn request_started(&self) {
-        self.phase.send_replace(Phase::Busy);
+        *self.phase.lock() = Phase::Busy;
     }
 
     /// The response is ready: its body is written next.
     pub fn response_started(&self) {
-        self.phase.send_replace(Phase::Sending);
+        *self.phase.lock() = Phase::Sending;
     }
 
     /// The response's body has ended: the connection idles until the next
     /// request (or, if a write of it waits for the client, until that goes
     /// through).
     pub fn response_sent(&self) {
-        self.phase.send_if_modified(|phase| match phase {
-            Phase::Sending => {
-                *phase = Phase::Idle(Instant::now() + self.idle_timeout);
-                true
-            }
-            Phase::Stalled { body_ended, .. } => !std::mem::replace(body_ended, true),
-            Phase::Head(_) | Phase::Idle(_) | Phase::Busy => false,
-        });
+        let mut phase = self.phase.lock();
+        match &mut *phase {
+            Phase::Sending => *phase = Phase::Idle(Instant::now() + self.idle_timeout),
+            Phase::Stalled { body_ended, .. } => *body_ended = true,
+            Phase::Head(_) | Phase::Idle(_) | Phase::Busy => {}
+        }
     }
 
-    /// Resolves when the connection overstays its current phase.
+    /// The current phase's deadline and what overstaying it is, if it has
+    /// one.
+    fn due(&self) -> Option<(Instant, Expired)> {
+        match *self.phase.lock() {
+            Phase::Head(at) => Some((at, Expired::Head)),
+            Phase::Idle(at) => Some((at, Expired::Idle)),
+            Phase::Stalled { at, .. } => Some((at, Expired::Send)),
+            Phase::Busy | Phase::Sending => None,
+        }
+    }
+
+    /// Resolves when the connection overstays its current phase. It looks
+    /// at the phase at its deadline and at least once per the shorter
+    /// timeout: a phase set since the last look has a deadline at least
+    /// that far from when it was set, so it is looked at in time.
     pub async fn expired(&self) -> Expired {
-        let mut phase = self.phase.subscribe();
+        let look_every = (self.header_timeout.min(self.idle_timeout)).max(Duration::from_millis(1));
         loop {
-            let current = *phase.borrow_and_update();
-            let (at, which) = match current {
-                Phase::Head(at) => (at, Expired::Head),
-                Phase::Idle(at) => (at, Expired::Idle),
-                Phase::Stalled { at, .. } => (at, Expired::Send),
-                Phase::Busy | Phase::Sending => {
-                    // The sender lives as long as `self`: no error here.
-                    let _ = phase.changed().await;
-                    continue;
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(at) => return which,
-                _ = phase.changed() => {}
+            let now = Instant::now();
+            let due = self.due();
+            if let Some((at, which)) = due
+                && at <= now
+            {
+                return which;
             }
+            let next_look = now + look_every;
+            let wake = due.map_or(next_look, |(at, _)| at.min(next_look));
+            tokio::time::sleep_until(wake).await;
         }
     }
 }
@@ -336,6 +340,39 @@ mod tests {
         let head_from = Instant::now();
         assert_eq!(deadline.expired().await, Expired::Head);
         assert_eq!(head_from.elapsed(), Duration::from_secs(10));
+    }
+
+    /// Phases set while the watchdog waits for another's deadline (or for
+    /// none) are held to their own deadlines, an earlier one included.
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_set_while_the_watchdog_waits_keeps_its_deadline() {
+        let deadline = Deadline::start(Duration::from_secs(10), Duration::from_secs(2));
+        let started = Instant::now();
+        let watchdog = tokio::spawn({
+            let deadline = deadline.clone();
+            async move { deadline.expired().await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        deadline.request_started();
+        deadline.response_started();
+        deadline.response_sent();
+        assert_eq!(watchdog.await.ok(), Some(Expired::Idle));
+        assert_eq!(started.elapsed(), Duration::from_millis(2_500));
+
+        deadline.bytes_arrived();
+        deadline.request_started();
+        let watchdog = tokio::spawn({
+            let deadline = deadline.clone();
+            async move { deadline.expired().await }
+        });
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        assert!(!watchdog.is_finished(), "a busy connection has no deadline");
+        deadline.response_started();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let blocked_from = Instant::now();
+        deadline.write_blocked();
+        assert_eq!(watchdog.await.ok(), Some(Expired::Send));
+        assert_eq!(blocked_from.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
