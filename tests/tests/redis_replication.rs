@@ -1321,6 +1321,29 @@ async fn async_mode_with_strong_consistency_reads_redis() {
     );
 }
 
+/// A rotation on a node past whose `--max-lifetime` the session is (a node
+/// without the cap kept it alive in Redis) finds it gone there, as a read
+/// does, and leaves it to the other nodes: it answered 201 with an id that
+/// was never stored (Redis refused the copy, past its expiry) and deleted
+/// the old one, so the session was lost on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_past_the_nodes_max_lifetime_loses_nothing() {
+    let redis = RedisServer::start();
+    let http = http();
+    let uncapped = node_on(&http, &redis.url(), &[]).await;
+    let capped = node_on(&http, &redis.url(), &["--max-lifetime", "1s"]).await;
+    let created = create(&http, &uncapped, &json!({"n": 1}), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let url = format!("{}/v1/sessions/{id}/rotate", capped.url());
+    let rotated = send(http.post(url)).await;
+    assert_eq!(rotated.status, 404, "{}", rotated.text);
+    let read = get(&http, &uncapped, &id).await;
+    assert_eq!(read.status, 200, "the session was lost: {}", read.text);
+    assert_eq!(read.session().data, json!({"n": 1}));
+}
+
 /// A node never serves a session past its own `--max-lifetime`, though
 /// Redis keeps it longer (another node without the cap, or with a longer
 /// one, slid it there): it answered 200 with an `expires_at` already past.

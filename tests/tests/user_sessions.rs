@@ -961,3 +961,57 @@ async fn a_login_whose_client_hung_up_finishes_before_the_node_exits() {
         redis_query(&mut admin, redis::cmd("EXISTS").arg("sessiond:ulock:alice")).await;
     assert!(!lock, "the login released alice's lock");
 }
+
+/// The entries of `user`'s index in Redis, as stored (a listing verifies
+/// them; this does not).
+async fn indexed(admin: &mut redis::aio::MultiplexedConnection, user: &str) -> Vec<String> {
+    let key = format!("sessiond:user:{user}");
+    redis_query(admin, redis::cmd("ZRANGE").arg(key).arg(0).arg(-1)).await
+}
+
+/// A rotation (plain, and a login) whose session is logged out while it
+/// waits for the user's lock answers 404 and leaves no entry for the new
+/// id in the user's index: it had added one before it found the session
+/// gone, with no session and no expiry behind it, so nothing reaped it and
+/// the index key stayed in Redis for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_that_finds_its_session_gone_leaves_no_index_entry() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    for login in [false, true] {
+        let id = logged_in(&http, &node, "carol", 600).await;
+        // Another node's change of carol's sessions holds her lock.
+        redis_query::<()>(
+            &mut admin,
+            redis::cmd("SET")
+                .arg("sessiond:ulock:carol")
+                .arg("another node")
+                .arg("PX")
+                .arg(1000),
+        )
+        .await;
+        let rotation = tokio::spawn({
+            let (http, url, id) = (http.clone(), node.url(), id.clone());
+            async move {
+                let request = http.post(format!("{url}/v1/sessions/{id}/rotate"));
+                let request = match login {
+                    true => request.json(&json!({ "user": "carol" })),
+                    false => request,
+                };
+                send(request).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let logout = send(http.delete(format!("{}/v1/sessions/{id}", node.url()))).await;
+        assert_eq!(logout.status, 204, "{}", logout.text);
+        let rotated = rotation.await.expect("the rotation");
+        assert_eq!(rotated.status, 404, "login {login}: {}", rotated.text);
+        assert_eq!(
+            indexed(&mut admin, "carol").await,
+            Vec::<String>::new(),
+            "login {login}: carol's index"
+        );
+    }
+}

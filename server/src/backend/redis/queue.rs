@@ -20,7 +20,7 @@ use super::error::ReplicationError;
 use super::event_log::count_logged;
 use super::link::SHUTDOWN_FLUSH_DEADLINE;
 use super::queued::{Latest, QueuedIds};
-use super::scripts::{Deleted, hex, tombstone};
+use super::scripts::{Deleted, STORE_ANY_EXPIRED, STORE_ANY_SUPERSEDED, hex, tombstone};
 use super::shared::Redis;
 use crate::backend::api::{BackendError, Unavailable};
 use crate::store::Session;
@@ -556,8 +556,8 @@ async fn ship(
                         0 => Sent::Refused {
                             version: session.version,
                         },
-                        4 => Sent::Superseded,
-                        5 => Sent::Expired,
+                        STORE_ANY_SUPERSEDED => Sent::Superseded,
+                        STORE_ANY_EXPIRED => Sent::Expired,
                         logged => {
                             match logged {
                                 2 => count_logged(events, EventKind::Created),

@@ -138,6 +138,13 @@ const DROP_LAPSED: &str = r"
 /// write waits for each one's ack); further nodes read it through.
 pub const MAX_CACHERS: usize = 8;
 
+/// What [`STORE_ANY`] answers when the key held a later version than the
+/// write sent again: nothing stored.
+pub const STORE_ANY_SUPERSEDED: i64 = 4;
+/// What [`STORE_ANY`] answers when the expiry has passed by Redis's clock:
+/// nothing stored.
+pub const STORE_ANY_EXPIRED: i64 = 5;
+
 /// Lua helpers of the scripts that write (and of the read that drops
 /// cachers): `now_ms()` (Redis's clock);
 /// `announcement(nodes)`, the record of an invalidation sent to `nodes`

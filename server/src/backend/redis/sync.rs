@@ -12,7 +12,7 @@ use sessiond_proto::{EventKind, EventPage, SessionId, UserName};
 use super::copy_in_doubt::CopyInDoubt;
 use super::error::write_error;
 use super::event_log::count_logged;
-use super::scripts::{WriteOutcome, hex, rotated_to, tombstone};
+use super::scripts::{STORE_ANY_EXPIRED, WriteOutcome, hex, rotated_to, tombstone};
 use super::shared::{Gone, MAX_OPTIMISTIC_ATTEMPTS, Redis};
 use crate::backend::api::{Backend, BackendError, Failed, Indeterminate, Unavailable};
 use crate::backend::claims::{ClaimedBy, rotation_target};
@@ -243,7 +243,10 @@ impl SyncBackend {
         // earlier attempt of the same tagged rotation may have.
         let mut copied = tag.is_some();
         for attempt in 0..=MAX_OPTIMISTIC_ATTEMPTS {
-            let Some(current) = redis.read_redis(id, false).await? else {
+            // Past this node's `--max-lifetime` the session is gone here,
+            // as for a read: it stays for the nodes that keep it.
+            let read = redis.read_redis(id, false).await?;
+            let Some(current) = read.filter(|session| !redis.past_lifetime(session)) else {
                 redis.store.delete(id);
                 // Only a rotation to `new_id` says another attempt of this
                 // one finished (the new id is this rotation's alone: claimed
@@ -293,8 +296,14 @@ impl SyncBackend {
                 .arg(current.version)
                 .invoke_async::<i64>(&mut conn)
                 .await;
-            redis.link.observe(copy_made).map_err(write_error)?;
+            let copy_made = redis.link.observe(copy_made).map_err(write_error)?;
             copied = true;
+            if copy_made == STORE_ANY_EXPIRED {
+                // Its expiry passed by Redis's clock (this node's is
+                // behind): nothing was stored, so nothing is moved.
+                self.retract(&new_id).await?;
+                return Err(BackendError::NotFound);
+            }
             let gone = Gone::RotatedTo(&new_id, moved.user.as_ref());
             let deleted = redis.delete_in_redis(id, Some(current.version), gone).await;
             if deleted.map_err(write_error)? {
@@ -373,7 +382,9 @@ impl Backend for SyncBackend {
                     let made = tag.map(|_| id);
                     redis.make_way(&owner, made.as_slice()).await?;
                     redis.index_add(&owner.user, &id).await?;
-                    backend.store_new(session, tag).await
+                    let stored = backend.store_new(session, tag).await;
+                    redis.unindex_if_gone(&owner.user, &id, &stored).await;
+                    stored
                 })
                 .await
         })
@@ -629,7 +640,9 @@ impl SyncBackend {
                 }
                 redis.index_add(&user, &new_id).await?;
                 let rebound = rebind.as_ref().map(|owner| owner.user.clone());
-                self.move_session(id, new_id, tag, rebound).await
+                let moved = self.move_session(id, new_id, tag, rebound).await;
+                redis.unindex_if_gone(&user, &new_id, &moved).await;
+                moved
             })
             .await
     }

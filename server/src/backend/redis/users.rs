@@ -210,6 +210,20 @@ impl Redis {
         Ok(())
     }
 
+    /// Takes `id` out of `user`'s index again when the write that added
+    /// it found no session to make (`NotFound`): no key and no expiry are
+    /// behind the entry, so nothing else would ever remove it.
+    pub(super) async fn unindex_if_gone(
+        &self,
+        user: &UserName,
+        id: &SessionId,
+        written: &Result<Session, BackendError>,
+    ) {
+        if matches!(written, Err(BackendError::NotFound)) {
+            self.index_remove(user, id).await;
+        }
+    }
+
     /// Removes `id` from `user`'s index (after its key is gone).
     pub(super) async fn index_remove(&self, user: &UserName, id: &SessionId) {
         let removed = match self.link.conn() {
