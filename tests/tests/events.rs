@@ -598,6 +598,39 @@ async fn events_past_the_max_age_are_dropped_while_new_ones_come() {
     );
 }
 
+/// Redis: a max age longer than the time since 1970 (`--events-max-age`
+/// takes up to 100 years) keeps every event and the reaper still counts
+/// what it logs: the trim asked Redis for a negative stream id, the
+/// reaper's script failed every round, `expired` went uncounted and the
+/// retained gauge was never set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_age_longer_than_the_epoch_keeps_the_reaper_counting() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &["--events-max-age", "60y"]).await;
+    let made = send(
+        http.post(format!("{}/v1/sessions", node.url()))
+            .json(&json!({ "data": {}, "ttl_secs": 1 })),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(&node.url()).await;
+        let expired = metrics.value("sessiond_events_total", &[("kind", "expired")]);
+        let retained = metrics.value("sessiond_events_retained", &[]);
+        if (expired, retained) == (Some(1.0), Some(2.0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired {expired:?}, retained {retained:?}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Redis: a consumer's cursor of a stream Redis lost (`FLUSHALL` here; a
 /// restart without persistence is the same) is 410 with the cursor to
 /// resume after, whether the new stream is still empty (it was 400

@@ -536,7 +536,13 @@ for i = 1, #due, 2 do
     redis.call('ZADD', KEYS[1], expires, member)
   end
 end
-local trimmed = redis.call('XTRIM', KEYS[2], 'MINID', (now - tonumber(ARGV[4])) .. '-0')
+-- A max age longer than the time since 1970 trims nothing (a stream id
+-- is never negative).
+local oldest_kept = now - tonumber(ARGV[4])
+local trimmed = 0
+if oldest_kept > 0 then
+  trimmed = redis.call('XTRIM', KEYS[2], 'MINID', oldest_kept .. '-0')
+end
 local length = redis.call('XLEN', KEYS[2])
 if trimmed > 0 and length == 0 then
   local info = redis.call('XINFO', 'STREAM', KEYS[2])
