@@ -1015,3 +1015,41 @@ async fn a_rotation_that_finds_its_session_gone_leaves_no_index_entry() {
         );
     }
 }
+
+/// Bytes Redis has sent its clients so far.
+async fn redis_output_bytes(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis_query(admin, redis::cmd("INFO").arg("stats")).await;
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
+/// A listing of a user's sessions reads from Redis what a summary holds,
+/// not each session's data: listing ten sessions of 64 KiB made Redis send
+/// the node all 640 KiB (a copy of every session's data in the node's
+/// memory, outside `--max-memory`, for each listing, revocation and
+/// capped login at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_reads_no_sessions_data_from_redis() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let data = "x".repeat(64 * 1024);
+    for _ in 0..10 {
+        let made = send(
+            http.post(format!("{}/v1/sessions", node.url()))
+                .json(&json!({ "data": { "blob": data }, "user": "big" })),
+        )
+        .await;
+        assert_eq!(made.status, 201, "{}", made.text);
+    }
+    let before = redis_output_bytes(&mut admin).await;
+    assert_eq!(listed(&http, &node, "big").await.len(), 10);
+    let sent = redis_output_bytes(&mut admin).await - before;
+    assert!(
+        sent < 16 * 1024,
+        "Redis sent {sent} bytes for one listing of ten sessions"
+    );
+}

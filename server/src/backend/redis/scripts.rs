@@ -73,8 +73,10 @@ const TOMBSTONE_MS: u64 = 120_000;
 /// Returns nil, or `[v, d, c, u, t, pexpiretime, w, h, p, f, recorded]`
 /// (`recorded`: 1 when ARGV[1] is listed; 2 when it is not, but the list
 /// holds nodes without a heartbeat key, which the other read would drop).
+/// `DATA` is the field of the data: `'d'`, or a field no session has for a
+/// read of the rest alone (`d` then ''), a listing's.
 const READ: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f', 'a')
+local r = redis.call('HMGET', KEYS[1], 'v', DATA, 'c', 'u', 't', 'w', 'h', 'o', 'p', 'f', 'a')
 if not r[1] then return false end
 local recorded = 0
 if ARGV[1] ~= '' then
@@ -94,7 +96,7 @@ if ARGV[1] ~= '' then
     end
   end
 end
-return {r[1], r[2], r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
+return {r[1], r[2] or '', r[3], r[4], r[5], redis.call('PEXPIRETIME', KEYS[1]), r[6] or '', r[7] or '0',
   r[9] or '', r[10] or '0', recorded}
 ";
 
@@ -577,6 +579,8 @@ return {redis.call('XINFO', 'STREAM', KEYS[1]), entries, redis.call('GET', KEYS[
 pub struct Scripts {
     pub read: Script,
     pub read_pruning: Script,
+    /// [`READ`] without the data (ARGV[1] must be '': nothing recorded).
+    pub read_summary: Script,
     pub store_new: Script,
     pub store_any: Script,
     pub write: Script,
@@ -595,13 +599,15 @@ impl Default for Scripts {
         let write = WRITE.replace("LOG_LEN", &WRITE_LOG_LEN.to_string());
         let delete = DELETE.replace("TOMBSTONE_MS", &TOMBSTONE_MS.to_string());
         let max_cachers = MAX_CACHERS.to_string();
-        let read = |when_full: &str| {
+        let read = |when_full: &str, data: &str| {
             READ.replace("WHEN_FULL", when_full)
                 .replace("MAX_CACHERS", &max_cachers)
+                .replace("DATA", data)
         };
         Self {
-            read: Script::new(&read(FIND_LAPSED)),
-            read_pruning: Script::new(&with_events(&read(DROP_LAPSED))),
+            read: Script::new(&read(FIND_LAPSED, "'d'")),
+            read_pruning: Script::new(&with_events(&read(DROP_LAPSED, "'d'"))),
+            read_summary: Script::new(&read(FIND_LAPSED, "'-'")),
             store_new: Script::new(&with_events(STORE_NEW)),
             store_any: Script::new(&with_events(STORE_ANY)),
             write: Script::new(&with_events(&write)),

@@ -363,15 +363,38 @@ impl Redis {
                 result = pruned;
             }
         }
-        let now = self.now();
+        Ok(self.live(self.link.observe(result)?, id))
+    }
+
+    /// The session in Redis without its data (empty here), if it is there
+    /// and live: what a listing, a revocation or a user's cap needs, not a
+    /// copy of every session's data in this node's memory.
+    pub(super) async fn read_summary(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<Session>, ReplicationError> {
+        let mut conn = self.link.conn()?;
+        let key = self.key(id);
+        let read = ScriptCall::new(&self.scripts.read_summary, [key.as_str()], 64)
+            .arg("")
+            .arg("")
+            .invoke_async::<Option<StoredSession>>(&mut conn)
+            .await;
         Ok(self
-            .link
-            .observe(result)?
+            .live(self.link.observe(read)?, id)
+            .map(|(session, _)| session))
+    }
+
+    /// The session a read found, if it is live, and whether this node was
+    /// recorded among its cachers.
+    fn live(&self, stored: Option<StoredSession>, id: &SessionId) -> Option<(Session, bool)> {
+        let now = self.now();
+        stored
             .and_then(|stored| {
                 let recorded = stored.recorded;
                 stored.into_session(*id).map(|session| (session, recorded))
             })
-            .filter(|(session, _)| session.expires_at_ms > now))
+            .filter(|(session, _)| session.expires_at_ms > now)
     }
 
     /// Whether `session`, read from Redis, is past this node's

@@ -304,11 +304,11 @@ impl Redis {
         Ok(())
     }
 
-    /// The session of an index entry's id (`None` for an entry that is no
-    /// id).
+    /// The session of an index entry's id, without its data (`None` for
+    /// an entry that is no id).
     async fn read_entry(&self, id: Option<SessionId>) -> Result<Option<Session>, ReplicationError> {
         match id {
-            Some(id) => self.read_redis(&id, false).await,
+            Some(id) => self.read_summary(&id).await,
             None => Ok(None),
         }
     }
