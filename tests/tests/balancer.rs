@@ -648,6 +648,43 @@ async fn a_request_id_named_in_connection_still_reaches_the_app() {
     }
 }
 
+/// What the balancer answers itself stays with it: an `Expect:
+/// 100-continue` (the balancer sends the client its `100 Continue` and the
+/// body at once; an upstream told to expect would take that body, sent
+/// unasked, for its next request, a request the balancer never saw) and
+/// an `h2c` upgrade (a tunnel of unparsed bytes to the upstream) reach the
+/// upstream as plain requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expectation_and_an_h2c_upgrade_stop_at_the_balancer() {
+    let upstreams = three_upstreams().await;
+    let balancer = balancer_over(&upstreams, STEADY_HEALTH, &[]);
+    let expecting = http()
+        .post(format!("http://{}/headers", balancer.listen))
+        .header("expect", "100-continue")
+        .body("hi")
+        .send()
+        .await
+        .expect("the POST");
+    assert_eq!(expecting.status(), 200);
+    let echo: Value = expecting.json().await.expect("JSON");
+    assert_eq!(echo["method"], "POST");
+    let seen = seen_headers(&echo);
+    assert_eq!(values_of(&seen, "expect"), Vec::<&str>::new(), "{seen:?}");
+
+    let h2c = raw_exchange(
+        balancer.listen,
+        b"GET /headers HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(h2c.status, 200);
+    let echo: Value = serde_json::from_slice(&h2c.body).expect("JSON");
+    let seen = seen_headers(&echo);
+    for dropped in ["upgrade", "connection", "http2-settings"] {
+        assert_eq!(values_of(&seen, dropped), Vec::<&str>::new(), "{seen:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_added_host_is_kept_and_hop_by_hop_headers_are_dropped() {
     let upstreams = three_upstreams().await;

@@ -65,6 +65,12 @@ fn scripted(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b".to_vec(),
             true,
         ),
+        // A list of one length, which a recipient may take (RFC 9110,
+        // 8.6) but must not pass on.
+        "/listed-length" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec(),
+            false,
+        ),
         // Both framings: the chunked one wins (RFC 9112, 6.3); the
         // connection closes after it.
         "/both-lengths" => (
@@ -374,6 +380,33 @@ async fn an_answer_framed_both_ways_reaches_the_client_whole_on_both_paths() {
             b"0123456789",
             "{case}"
         );
+    }
+}
+
+/// An upstream's `Content-Length: 3, 3` reaches the client as `3` on both
+/// paths: hyper's passed the list on, which RFC 9110 forbids (a client
+/// that refuses it may read the body to the close of a kept-alive
+/// connection, the next answer with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_length_reaches_the_client_as_one_on_both_paths() {
+    let (balancer, _, _) = client_of_a_balancer(&[]).await;
+    let requests = [
+        get("/listed-length"),
+        b"POST /listed-length HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
+    ];
+    for request in requests {
+        let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+        client.write_all(&request).await.expect("send");
+        let (status, headers, rest) = read_head(&mut client).await;
+        let case = String::from_utf8_lossy(&request[..4]).into_owned();
+        assert_eq!(status, 200, "{case}");
+        let lengths: Vec<&str> = headers
+            .iter()
+            .filter(|(name, _)| name == "content-length")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(lengths, ["3"], "{case}: {headers:?}");
+        assert_eq!(rest, b"abc", "{case}");
     }
 }
 

@@ -29,8 +29,10 @@ use super::response::ClientBody;
 use super::upstream::{InFlight, Upstream, UpstreamUrl};
 use super::upstream_conns::{Connections, Lent, Owner, SendError};
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop and are never forwarded (RFC 9110 7.6.1;
+/// `HTTP2-Settings`, RFC 7540 3.2.1, goes only with an `h2c` upgrade, which
+/// is not forwarded either).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -39,6 +41,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Largest over-limit body read and dropped so the client sees its 413.
@@ -227,6 +230,7 @@ impl Proxy {
                 .headers_mut()
                 .remove(header::CONTENT_LENGTH)
                 .is_some();
+        single_content_length(response.headers_mut());
         strip_hop_by_hop(response.headers_mut());
         let lent = (!framed_both_ways).then_some(lent);
         let gap = self.limits.response_timeout;
@@ -575,6 +579,28 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// An upstream's `Content-Length: 3, 3` (a list of one length, which hyper
+/// takes, refusing lists of different ones) goes on as `3`: RFC 9110 8.6
+/// forbids passing the list on.
+fn single_content_length(headers: &mut HeaderMap) {
+    let single = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.split_once(','))
+        .and_then(|(first, _)| HeaderValue::from_str(first.trim()).ok());
+    if let Some(single) = single {
+        headers.insert(header::CONTENT_LENGTH, single);
+    }
+}
+
+/// Whether the `Upgrade` value `protocols` names HTTP/2 over cleartext.
+fn names_h2c(protocols: &HeaderValue) -> bool {
+    protocols.to_str().map_or(true, |text| {
+        text.split(',')
+            .any(|protocol| protocol.trim().eq_ignore_ascii_case("h2c"))
+    })
+}
+
 /// Whether `name` is a hop-by-hop header (any case).
 pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP
@@ -613,9 +639,18 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// absolute-form target). Made once per request, whatever the retries.
 fn forwarded_headers(parts: &request::Parts, conn: &ClientConn) -> HeaderMap {
     let mut headers = parts.headers.clone();
+    // An `h2c` upgrade is not forwarded (the request goes on as a plain
+    // one): a tunnel to an upstream that takes it would carry requests the
+    // balancer never saw.
     let upgrade = is_upgrade(&headers)
         .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
+        .flatten()
+        .filter(|protocol| !names_h2c(protocol));
+    // The balancer answers the expectation itself (hyper sends the client
+    // `100 Continue` as the body is first read, and the body goes on at
+    // once): an upstream told to expect may answer before reading the
+    // body, and then take it, sent unasked, for a request of its own.
+    headers.remove(header::EXPECT);
     // The id the access log records reaches the app even if `Connection`
     // names it (as a hop-by-hop header it would be dropped).
     let request_id = headers.get(REQUEST_ID).cloned();
