@@ -305,6 +305,12 @@ impl Client {
         // write can judge it (nodes without Redis cannot see each other's
         // creates): once per node and call, it is asked again at once.
         let ask_again = tag.is_some() && !self.shares_sessions();
+        // With write-behind nodes only the node that may have applied a
+        // write can judge it (it may still be in its queue, which no other
+        // node sees: another would judge it against an older copy and may
+        // apply it again): once it may have been applied, the call stays
+        // on that node.
+        let stay_where_applied = tag.is_some() && self.writes_behind();
         let mut asked_again = Vec::new();
         while let Some((index, later_round)) = plan.pop_front() {
             if later_round && maybe_applied_since.is_none() {
@@ -349,6 +355,9 @@ impl Client {
                         // attempt (or its own Redis command) landed.
                         ErrorCode::Indeterminate if tag.is_some() => {
                             maybe_applied_since.get_or_insert(sent_at);
+                            if stay_where_applied {
+                                plan.retain(|&(next, _)| next == index);
+                            }
                             last_error = Some(Error::from(error));
                         }
                         // A call safe to repeat (untagged: a revocation
@@ -358,9 +367,12 @@ impl Client {
                             last_error = Some(Error::Unavailable(error.message));
                         }
                         // Refused before it was judged, by a node with a
-                        // lower limit than the one an earlier attempt may
-                        // have been applied on: that one settles it.
-                        ErrorCode::PayloadTooLarge if maybe_applied_since.is_some() => {
+                        // lower limit (`--max-session-bytes`, `--max-ttl`)
+                        // than the one an earlier attempt may have been
+                        // applied on: that one settles it.
+                        ErrorCode::PayloadTooLarge | ErrorCode::InvalidTtl
+                            if maybe_applied_since.is_some() =>
+                        {
                             last_error = Some(Error::from(error));
                         }
                         _ => return Err(Error::from(error)),
@@ -399,6 +411,9 @@ impl Client {
                     }
                     if tag.is_some() {
                         maybe_applied_since.get_or_insert(sent_at);
+                    }
+                    if stay_where_applied {
+                        plan.retain(|&(next, _)| next == index);
                     }
                     // A call safe to repeat whose connection broke (not
                     // one that timed out) is asked again too, even past
@@ -462,6 +477,16 @@ impl Client {
             .nodes
             .iter()
             .find_map(|node| node.shares_sessions())
+            .unwrap_or(false)
+    }
+
+    /// Whether the nodes said they write behind to Redis (any node that
+    /// answered).
+    fn writes_behind(&self) -> bool {
+        self.inner
+            .nodes
+            .iter()
+            .find_map(|node| node.writes_behind())
             .unwrap_or(false)
     }
 

@@ -121,6 +121,9 @@ pub(crate) struct Connection {
     pub shared_sessions: bool,
     /// The largest idle TTL the server accepts, in seconds.
     pub max_ttl_secs: u64,
+    /// Whether the server writes behind to Redis (its acknowledged writes
+    /// may be in its queue, seen by no other node).
+    pub write_behind: bool,
     closed: CancellationToken,
     _stop_tasks: DropGuard,
 }
@@ -177,6 +180,7 @@ impl Connection {
             max_frame_bytes,
             shared_sessions: welcome.shared_sessions,
             max_ttl_secs: welcome.max_ttl_secs,
+            write_behind: welcome.write_behind,
             _stop_tasks: closed.clone().drop_guard(),
             closed,
         })

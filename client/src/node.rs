@@ -96,6 +96,15 @@ impl Node {
             .map(|connection| connection.shared_sessions)
     }
 
+    /// Whether the node said it writes behind to Redis (`None` until it
+    /// has been reached).
+    pub fn writes_behind(&self) -> Option<bool> {
+        self.current
+            .lock()
+            .as_ref()
+            .map(|connection| connection.write_behind)
+    }
+
     /// Whether the node is believed up.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)

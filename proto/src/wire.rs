@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ErrorCode, SessionId};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Hard ceiling on the largest frame, whatever the configuration says.
 pub const MAX_FRAME_BYTES_CAP: usize = 64 << 20;
@@ -74,6 +74,11 @@ pub struct Welcome {
     pub shared_sessions: bool,
     /// The largest idle TTL the server accepts (`--max-ttl`), in seconds.
     pub max_ttl_secs: u64,
+    /// Whether the server writes behind to Redis (`--redis-mode async`):
+    /// a write it acknowledged may still be in its queue, which no other
+    /// node sees, so only it can judge a re-send of a write it may have
+    /// applied.
+    pub write_behind: bool,
 }
 
 /// One operation with the id its response will carry.

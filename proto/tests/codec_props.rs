@@ -209,16 +209,25 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             ".{0,20}",
             any::<u64>(),
             any::<bool>(),
-            any::<u64>()
+            any::<u64>(),
+            any::<bool>()
         )
             .prop_map(
-                |(protocol, server_version, max_frame_bytes, shared_sessions, max_ttl_secs)| {
+                |(
+                    protocol,
+                    server_version,
+                    max_frame_bytes,
+                    shared_sessions,
+                    max_ttl_secs,
+                    write_behind,
+                )| {
                     ServerFrame::Welcome(Welcome {
                         protocol,
                         server_version,
                         max_frame_bytes,
                         shared_sessions,
                         max_ttl_secs,
+                        write_behind,
                     })
                 }
             ),

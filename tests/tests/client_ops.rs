@@ -873,6 +873,7 @@ async fn client_reassembles_a_response_split_across_reads() {
             shared_sessions: false,
             max_frame_bytes: 1 << 20,
             max_ttl_secs: 86_400,
+            write_behind: false,
         });
         stream.write_all(&frame(&welcome)).await.unwrap();
         let Some(ClientFrame::Request(request)) = read_message(&mut stream, STEP).await else {

@@ -460,6 +460,12 @@ impl SessionService {
         self.backend.stats()
     }
 
+    /// Whether this node writes behind to Redis (it has a write-behind
+    /// queue).
+    pub fn writes_behind(&self) -> bool {
+        self.replication_queue_depth().is_some()
+    }
+
     /// Places taken in the write-behind queue (`None` without one).
     pub fn replication_queue_depth(&self) -> Option<u64> {
         self.backend.replication_queue_depth()

@@ -91,6 +91,7 @@ pub async fn run(
         max_frame_bytes: ctx.limits.max_frame_bytes as u64,
         shared_sessions: ctx.service.shares_sessions(),
         max_ttl_secs: ctx.service.config().max_ttl_secs,
+        write_behind: ctx.service.writes_behind(),
     });
     if send(&mut wire, ctx, welcome).await.is_err() {
         return;
