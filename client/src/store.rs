@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sessiond_proto::SessionId;
-use time::OffsetDateTime;
+use time::{OffsetDateTime, PrimitiveDateTime};
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, SessionStore};
 
@@ -273,7 +273,7 @@ impl SessionStore for SessiondStore {
                 Ok(Some(Record {
                     id: *id,
                     data,
-                    expiry_date: OffsetDateTime::from(session.info.expires_at),
+                    expiry_date: expiry_date(session.info.expires_at),
                 }))
             }
             Err(Error::NotFound) => Ok(None),
@@ -284,6 +284,18 @@ impl SessionStore for SessiondStore {
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         self.client.delete(&session_id(id)).await.map_err(backend)
     }
+}
+
+/// `at` as a date: the latest the `time` crate can spell for a later one
+/// (`OffsetDateTime::from` panics past year 9999, on a node's answer).
+fn expiry_date(at: SystemTime) -> OffsetDateTime {
+    let nanos = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    i128::try_from(nanos)
+        .ok()
+        .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+        .unwrap_or(PrimitiveDateTime::MAX.assume_utc())
 }
 
 #[cfg(test)]
@@ -300,6 +312,14 @@ mod tests {
             assert_eq!(record.to_string(), id.to_string());
             assert_eq!(session_id(&record), id);
         }
+    }
+
+    #[test]
+    fn an_expiry_past_what_a_date_spells_is_the_last_date() {
+        let soon = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(expiry_date(soon), OffsetDateTime::from(soon));
+        let far = UNIX_EPOCH + Duration::from_millis(u64::MAX);
+        assert_eq!(expiry_date(far), PrimitiveDateTime::MAX.assume_utc());
     }
 
     #[test]
