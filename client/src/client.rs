@@ -474,20 +474,22 @@ impl Client {
 
     /// Whether the nodes said they share sessions (any node that answered).
     fn shares_sessions(&self) -> bool {
-        self.inner
-            .nodes
-            .iter()
-            .find_map(|node| node.shares_sessions())
-            .unwrap_or(false)
+        self.nodes_said(Node::shares_sessions)
     }
 
     /// Whether the nodes said they write behind to Redis (any node that
     /// answered).
     fn writes_behind(&self) -> bool {
+        self.nodes_said(Node::writes_behind)
+    }
+
+    /// What the first node that answered said of the deployment in its
+    /// `Welcome` (`false` before any did).
+    fn nodes_said(&self, said: impl Fn(&Node) -> Option<bool>) -> bool {
         self.inner
             .nodes
             .iter()
-            .find_map(|node| node.writes_behind())
+            .find_map(|node| said(node))
             .unwrap_or(false)
     }
 

@@ -212,25 +212,14 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             any::<u64>(),
             any::<bool>()
         )
-            .prop_map(
-                |(
-                    protocol,
-                    server_version,
-                    max_frame_bytes,
-                    shared_sessions,
-                    max_ttl_secs,
-                    write_behind,
-                )| {
-                    ServerFrame::Welcome(Welcome {
-                        protocol,
-                        server_version,
-                        max_frame_bytes,
-                        shared_sessions,
-                        max_ttl_secs,
-                        write_behind,
-                    })
-                }
-            ),
+            .prop_map(|fields| ServerFrame::Welcome(Welcome {
+                protocol: fields.0,
+                server_version: fields.1,
+                max_frame_bytes: fields.2,
+                shared_sessions: fields.3,
+                max_ttl_secs: fields.4,
+                write_behind: fields.5,
+            })),
         (any::<u64>(), outcome())
             .prop_map(|(id, outcome)| ServerFrame::Response(Response { id, outcome })),
         wire_error().prop_map(ServerFrame::Fatal),

@@ -352,6 +352,30 @@ async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact()
     assert!(all.is_empty(), "more bytes: {all:?}");
 }
 
+/// A head answered for `path` on each of the balancer's paths (a GET on
+/// the fast path, a POST with a body on hyper's), each on a connection of
+/// its own: the path's name, the status and headers, the bytes read after
+/// the head and the connection.
+type Answered = (String, u16, Vec<(String, String)>, Vec<u8>, TcpStream);
+
+async fn on_both_paths(balancer: &Balancer, path: &str) -> Vec<Answered> {
+    let requests = [
+        ("fast", get(path)),
+        (
+            "hyper",
+            format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi").into_bytes(),
+        ),
+    ];
+    let mut answered = Vec::new();
+    for (case, request) in requests {
+        let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
+        client.write_all(&request).await.expect("send");
+        let (status, headers, rest) = read_head(&mut client).await;
+        answered.push((case.to_owned(), status, headers, rest, client));
+    }
+    answered
+}
+
 /// An answer with both a `Content-Length` and a chunked body reaches the
 /// client whole on both paths (a GET on the fast path, a POST with a body
 /// on hyper's): the chunked framing wins and the length is not passed on.
@@ -359,15 +383,8 @@ async fn an_upload_in_a_pipeline_hands_the_connection_to_the_full_proxy_intact()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_framed_both_ways_reaches_the_client_whole_on_both_paths() {
     let (balancer, _, _) = client_of_a_balancer(&[]).await;
-    let requests = [
-        get("/both-lengths"),
-        b"POST /both-lengths HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
-    ];
-    for request in requests {
-        let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
-        client.write_all(&request).await.expect("send");
-        let (status, headers, rest) = read_head(&mut client).await;
-        let case = String::from_utf8_lossy(&request[..4]).into_owned();
+    for (case, status, headers, rest, mut client) in on_both_paths(&balancer, "/both-lengths").await
+    {
         assert_eq!(status, 200, "{case}");
         let chunked = headers.contains(&("transfer-encoding".into(), "chunked".into()));
         assert!(chunked, "{case}: {headers:?}");
@@ -390,15 +407,7 @@ async fn an_answer_framed_both_ways_reaches_the_client_whole_on_both_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_length_reaches_the_client_as_one_on_both_paths() {
     let (balancer, _, _) = client_of_a_balancer(&[]).await;
-    let requests = [
-        get("/listed-length"),
-        b"POST /listed-length HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
-    ];
-    for request in requests {
-        let mut client = TcpStream::connect(balancer.listen).await.expect("connect");
-        client.write_all(&request).await.expect("send");
-        let (status, headers, rest) = read_head(&mut client).await;
-        let case = String::from_utf8_lossy(&request[..4]).into_owned();
+    for (case, status, headers, rest, _) in on_both_paths(&balancer, "/listed-length").await {
         assert_eq!(status, 200, "{case}");
         let lengths: Vec<&str> = headers
             .iter()

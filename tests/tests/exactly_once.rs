@@ -823,6 +823,41 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
     }
 }
 
+/// Two nodes on `redis` (started with `first` and `second`), the first
+/// behind a proxy that can lose its answers; a client of both, and a
+/// session whose writes go to the proxied node first.
+struct ProxiedPair {
+    /// Kept running for the test's length.
+    _proxied: Sessiond,
+    other: Sessiond,
+    proxy: SilencingProxy,
+    client: Client,
+    id: SessionId,
+}
+
+async fn proxied_pair(redis: &RedisServer, first: &[&str], second: &[&str]) -> ProxiedPair {
+    let http = http();
+    let proxied = node_on(&http, &redis.url(), first).await;
+    let other = node_on(&http, &redis.url(), second).await;
+    let proxy = SilencingProxy::start(proxied.tcp.port()).await;
+    let via_proxy = format!("127.0.0.1:{}", proxy.port());
+    let client = build(Client::builder().nodes([via_proxy.clone(), other.tcp.to_string()])).await;
+    for _ in 0..32 {
+        let made = bounded("create", client.create(&json!({ "n": 0 }), None)).await;
+        let made = made.expect("create");
+        if client.owner_of(&made.id) == via_proxy {
+            return ProxiedPair {
+                _proxied: proxied,
+                other,
+                proxy,
+                client,
+                id: made.id,
+            };
+        }
+    }
+    panic!("no session of 32 owned by the proxied node");
+}
+
 /// A write whose answer was lost on one node, and that the other node
 /// refuses as too large (the nodes' `--max-session-bytes` differ, as
 /// during a rolling change of it), is settled on the first node. The
@@ -831,21 +866,8 @@ async fn a_key_reused_between_a_create_and_a_rotation_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lost_on_one_node_and_too_large_for_the_other_is_settled_where_it_fit() {
     let redis = RedisServer::start();
-    let http = http();
-    let roomy = node_on(&http, &redis.url(), &["--max-session-bytes", "2MiB"]).await;
-    let small = node_on(&http, &redis.url(), &[]).await;
-    let proxy = SilencingProxy::start(roomy.tcp.port()).await;
-    let via_proxy = format!("127.0.0.1:{}", proxy.port());
-    let client = build(Client::builder().nodes([via_proxy.clone(), small.tcp.to_string()])).await;
-    let mut id = None;
-    for _ in 0..32 {
-        let made = client.create(&json!({"n": 0}), None).await.expect("create");
-        if client.owner_of(&made.id) == via_proxy {
-            id = Some(made.id);
-            break;
-        }
-    }
-    let id = id.expect("a session whose writes go to the roomy node first");
+    let pair = proxied_pair(&redis, &["--max-session-bytes", "2MiB"], &[]).await;
+    let (proxy, client, id) = (&pair.proxy, &pair.client, pair.id);
     proxy.cut_open_connections_at_next_answer();
     let data = json!({ "pad": "x".repeat(1_500_000) });
     let put = bounded("the large put", client.put(&id, &data, Some(1))).await;
@@ -868,21 +890,8 @@ async fn a_write_lost_on_one_node_and_too_large_for_the_other_is_settled_where_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lost_on_one_node_whose_ttl_the_other_refuses_is_settled_where_it_fit() {
     let redis = RedisServer::start();
-    let http = http();
-    let roomy = node_on(&http, &redis.url(), &["--max-ttl", "48h"]).await;
-    let strict = node_on(&http, &redis.url(), &[]).await;
-    let proxy = SilencingProxy::start(roomy.tcp.port()).await;
-    let via_proxy = format!("127.0.0.1:{}", proxy.port());
-    let client = build(Client::builder().nodes([via_proxy.clone(), strict.tcp.to_string()])).await;
-    let mut id = None;
-    for _ in 0..32 {
-        let made = client.create(&json!({"n": 0}), None).await.expect("create");
-        if client.owner_of(&made.id) == via_proxy {
-            id = Some(made.id);
-            break;
-        }
-    }
-    let id = id.expect("a session whose writes go to the roomy node first");
+    let pair = proxied_pair(&redis, &["--max-ttl", "48h"], &[]).await;
+    let (proxy, client, id) = (&pair.proxy, &pair.client, pair.id);
     proxy.cut_open_connections_at_next_answer();
     let ttl = Some(Duration::from_secs(30 * 3600));
     let put = bounded(
@@ -977,22 +986,10 @@ async fn a_create_lost_on_a_failover_node_is_asked_of_that_node_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_behind_a_lost_answer_is_judged_by_the_node_that_may_have_applied_it() {
     let redis = RedisServer::start_with_debug();
+    let async_mode = ["--redis-mode", "async"];
+    let pair = proxied_pair(&redis, &async_mode, &async_mode).await;
+    let (proxy, client, id, other) = (&pair.proxy, &pair.client, pair.id, &pair.other);
     let http = http();
-    let owner = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
-    let other = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
-    let proxy = SilencingProxy::start(owner.tcp.port()).await;
-    let via_proxy = format!("127.0.0.1:{}", proxy.port());
-    let client = build(Client::builder().nodes([via_proxy.clone(), other.tcp.to_string()])).await;
-    let mut id = None;
-    for _ in 0..32 {
-        let made = bounded("create", client.create(&json!({ "n": 0 }), None)).await;
-        let made = made.expect("create");
-        if client.owner_of(&made.id) == via_proxy {
-            id = Some(made.id);
-            break;
-        }
-    }
-    let id = id.expect("a session owned by the proxied node");
     // The other node reads the session (version 1) once it is in Redis.
     let path = format!("{}/v1/sessions/{id}", other.url());
     let mut read = send(http.get(&path)).await;
