@@ -48,8 +48,11 @@ const EVICTION_SAMPLES: usize = 16;
 const MAX_ROOM_ATTEMPTS: usize = 8;
 /// Sessions per shard a write refused for room examines for expired ones.
 const SWEEP_FOR_ROOM_PER_SHARD: usize = 256;
-/// Least pause after such a sweep that freed nothing before the next.
+/// Least pause after such a sweep that found no room before the next.
 const SWEEP_FOR_ROOM_EVERY_MS: u64 = 10;
+/// Longest one such sweep runs (the writes that need room wait for it):
+/// the next one goes on from where it stopped.
+const SWEEP_FOR_ROOM_MAX: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the store does when a write does not fit in `max_memory`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1147,11 +1150,12 @@ impl Store {
     /// session (a store full of dead sessions takes the write, whatever its
     /// number of shards and wherever its dead sessions sit; a busy store
     /// whose sessions keep expiring does not hold the write longer);
-    /// whether there is room now. One such sweep runs at a time, and a
-    /// write that waited for another's finds the room it made. After a look
-    /// that freed nothing, none runs for ten times as long as it took, and
-    /// at least [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes
-    /// into a large store full of live sessions costs little.
+    /// whether there is room now. One such sweep runs at a time, for at
+    /// most [`SWEEP_FOR_ROOM_MAX`] (the next goes on where it stopped), and
+    /// a write that waited for another's finds the room it made. After a
+    /// sweep that found no room, none runs for ten times as long as it
+    /// took, and at least [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of
+    /// refused writes into a large full store costs little.
     fn sweep_for_room(&self, has_room: impl Fn() -> bool) -> bool {
         let mut no_sweep_until = self.no_sweep_for_room_until_ms.lock();
         if has_room() {
@@ -1164,19 +1168,20 @@ impl Store {
         let started = std::time::Instant::now();
         let per_pass = SWEEP_FOR_ROOM_PER_SHARD * self.shards.len();
         let sessions = self.counters.sessions.load(Ordering::Relaxed) as usize;
-        let mut freed = 0;
         for _ in 0..sessions.div_ceil(per_pass).max(1) {
-            freed += self.sweep(SWEEP_FOR_ROOM_PER_SHARD);
+            self.sweep(SWEEP_FOR_ROOM_PER_SHARD);
             if has_room() {
                 *no_sweep_until = None;
                 return true;
             }
+            if started.elapsed() >= SWEEP_FOR_ROOM_MAX {
+                break;
+            }
         }
-        if freed == 0 {
-            let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let pause = took_ms.saturating_mul(10).max(SWEEP_FOR_ROOM_EVERY_MS);
-            *no_sweep_until = Some(now.saturating_add(pause));
-        }
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let pause = took_ms.saturating_mul(10).max(SWEEP_FOR_ROOM_EVERY_MS);
+        *no_sweep_until = Some(now.saturating_add(pause));
+        // Room others made meanwhile (a delete) counts.
         has_room()
     }
 

@@ -406,6 +406,37 @@ fn a_sweep_for_room_looks_past_live_sessions_for_dead_ones() {
     assert!(stats.expirations > 0, "{stats:?}");
 }
 
+/// A sweep for room that freed some sessions but not room enough pauses
+/// the next one too (it ran again at once: a flood of large writes into a
+/// full store of small sessions expiring now and then scanned the store
+/// back to back, the writes that need room waiting on it).
+#[test]
+fn a_sweep_for_room_that_found_no_room_pauses_the_next() {
+    let (store, clock) = store_with(StoreConfig {
+        shards: 1,
+        max_memory: Some(3 * charge_of(2)),
+        when_full: WhenFull::Reject,
+        max_lifetime_ms: None,
+        events: None,
+        user_index: true,
+    });
+    created(&store, "{}", 1_000);
+    created(&store, "{}", 1_004);
+    created(&store, "{}", 60 * SECOND);
+    // Two sessions' room: more than the first expiry frees.
+    let large = json(&format!("\"{}\"", "x".repeat(charge_of(2) as usize)));
+    clock.advance(Duration::from_millis(1_001));
+    let write = || store.create(SessionId::random(), large.clone(), 60 * SECOND, None, None);
+    assert!(write().is_err());
+    assert_eq!(store.stats().expirations, 1);
+    clock.advance(Duration::from_millis(4));
+    assert!(write().is_err(), "swept again within the pause");
+    assert_eq!(store.stats().expirations, 1);
+    clock.advance(Duration::from_millis(10));
+    assert!(write().is_ok());
+    assert_eq!(store.stats().expirations, 2);
+}
+
 /// A create sent again (its session made by the first attempt) on a full
 /// evicting store answers that session and evicts nobody for it.
 #[test]
