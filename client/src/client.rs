@@ -69,12 +69,12 @@ impl ClientBuilder {
 
     /// How long one attempt waits for its node's answer (default 2 s). A
     /// call that fails over makes one attempt per node; a write whose
-    /// answer was lost, up to two per node (the crate's "Write guarantees"),
-    /// and without Redis up to four to its one node (asked again at once,
-    /// each of two rounds), so it may take up to twice the nodes times this
-    /// (four times this without Redis), plus the
-    /// [`connect_timeout`](Self::connect_timeout) of each connection it
-    /// opens on the way.
+    /// answer was lost, up to two per node (the crate's "Write guarantees";
+    /// without Redis, a node that lost it is asked again at once: up to
+    /// three per node, and four for a write to its session's one node), so
+    /// it may take up to three times the nodes times this (at least four
+    /// times this), plus the [`connect_timeout`](Self::connect_timeout) of
+    /// each connection it opens on the way.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -244,7 +244,7 @@ async fn a_field_claiming_more_than_its_frame_carries_allocates_nothing() {
     let node = Sessiond::start(&[]);
     still_serves(&node).await;
     let before = rss_bytes(node.pid());
-    // A Hello (variant 0, protocol 3) whose token (Some) claims 30 MiB.
+    // A Hello (variant 0, this protocol) whose token (Some) claims 30 MiB.
     let hello = claiming(&[0, PROTOCOL_VERSION as u8, 1], CLAIM);
     // A Create (Request variant 1, id 1, op variant 0) whose data does.
     let create = claiming(&[1, 1, 0], CLAIM);

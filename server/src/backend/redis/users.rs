@@ -211,15 +211,18 @@ impl Redis {
     }
 
     /// Takes `id` out of `user`'s index again when the write that added
-    /// it found no session to make (`NotFound`): no key and no expiry are
-    /// behind the entry, so nothing else would ever remove it.
+    /// it found no session to make (`NotFound`) and Redis holds no key
+    /// under it: no key and no expiry are behind the entry, so nothing else
+    /// would ever remove it. (A session past this node's `--max-lifetime`
+    /// is not found here but lives on for other nodes: it keeps its entry.)
     pub(super) async fn unindex_if_gone(
         &self,
         user: &UserName,
         id: &SessionId,
         written: &Result<Session, BackendError>,
     ) {
-        if matches!(written, Err(BackendError::NotFound)) {
+        if matches!(written, Err(BackendError::NotFound)) && !self.stored(id).await.unwrap_or(true)
+        {
             self.index_remove(user, id).await;
         }
     }
