@@ -50,9 +50,9 @@ const MAX_ROOM_ATTEMPTS: usize = 8;
 const SWEEP_FOR_ROOM_PER_SHARD: usize = 256;
 /// Least pause after such a sweep that found no room before the next.
 const SWEEP_FOR_ROOM_EVERY_MS: u64 = 10;
-/// Longest one such sweep runs (the writes that need room wait for it):
-/// the next one goes on from where it stopped.
-const SWEEP_FOR_ROOM_MAX: std::time::Duration = std::time::Duration::from_millis(10);
+/// Most sessions one such sweep examines (the writes that need room wait
+/// for it; a few milliseconds): the next one goes on from where it stopped.
+const SWEEP_FOR_ROOM_MAX_SESSIONS: usize = 65_536;
 
 /// What the store does when a write does not fit in `max_memory`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1147,15 +1147,15 @@ impl Store {
 
     /// Sweeps out expired sessions for a write that found no room, pass
     /// after pass while there is still no room, up to one look at every
-    /// session (a store full of dead sessions takes the write, whatever its
-    /// number of shards and wherever its dead sessions sit; a busy store
-    /// whose sessions keep expiring does not hold the write longer);
-    /// whether there is room now. One such sweep runs at a time, for at
-    /// most [`SWEEP_FOR_ROOM_MAX`] (the next goes on where it stopped), and
-    /// a write that waited for another's finds the room it made. After a
-    /// sweep that found no room, none runs for ten times as long as it
-    /// took, and at least [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of
-    /// refused writes into a large full store costs little.
+    /// session or [`SWEEP_FOR_ROOM_MAX_SESSIONS`] of them, whichever is
+    /// fewer (a store full of dead sessions takes the write, whatever its
+    /// number of shards and wherever its dead sessions sit; the next sweep
+    /// goes on where one stopped); whether there is room now. One such
+    /// sweep runs at a time, and a write that waited for another's finds
+    /// the room it made. After a sweep that found no room, none runs for
+    /// ten times as long as it took, and at least
+    /// [`SWEEP_FOR_ROOM_EVERY_MS`], so a flood of refused writes into a
+    /// large full store costs little.
     fn sweep_for_room(&self, has_room: impl Fn() -> bool) -> bool {
         let mut no_sweep_until = self.no_sweep_for_room_until_ms.lock();
         if has_room() {
@@ -1168,14 +1168,12 @@ impl Store {
         let started = std::time::Instant::now();
         let per_pass = SWEEP_FOR_ROOM_PER_SHARD * self.shards.len();
         let sessions = self.counters.sessions.load(Ordering::Relaxed) as usize;
-        for _ in 0..sessions.div_ceil(per_pass).max(1) {
+        let examined = sessions.min(SWEEP_FOR_ROOM_MAX_SESSIONS);
+        for _ in 0..examined.div_ceil(per_pass).max(1) {
             self.sweep(SWEEP_FOR_ROOM_PER_SHARD);
             if has_room() {
                 *no_sweep_until = None;
                 return true;
-            }
-            if started.elapsed() >= SWEEP_FOR_ROOM_MAX {
-                break;
             }
         }
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
