@@ -2,8 +2,8 @@
 //! query parameters, `If-Match` and `Idempotency-Key`, each refused with
 //! the API's own error, and the rule that a header these take is sent once.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path, Query};
+use axum::extract::rejection::{QueryRejection, RawPathParamsRejection};
+use axum::extract::{FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use serde::Deserialize;
@@ -24,11 +24,13 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(text) = Path::<String>::from_request_parts(parts, state)
+        // The route's one parameter, percent-decoded, parsed where it lies.
+        let params = RawPathParams::from_request_parts(parts, state)
             .await
-            .map_err(|rejection: PathRejection| {
+            .map_err(|rejection: RawPathParamsRejection| {
                 ApiError::new(ErrorCode::InvalidId, rejection.body_text())
             })?;
+        let text = params.iter().next().map_or("", |(_, value)| value);
         text.parse().map(IdParam).map_err(|err| {
             ApiError::new(ErrorCode::InvalidId, format!("malformed session id: {err}"))
         })
@@ -65,14 +67,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The query of an API route that takes no parameter: any is refused
-/// (`?bogus=1` is 400 `invalid_request`), not silently ignored.
+/// The query of an API route that takes no parameter.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoParams {}
+struct NoParams {}
 
-/// The query extractor of an API route that takes no parameter.
-pub type NoQuery = ApiQuery<NoParams>;
+/// The query extractor of an API route that takes no parameter: any is
+/// refused (`?bogus=1` is 400 `invalid_request`), not silently ignored. A
+/// request without a query, nearly every one, skips the query parser.
+#[derive(Debug)]
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(|query| !query.is_empty()) {
+            ApiQuery::<NoParams>::from_request_parts(parts, state).await?;
+        }
+        Ok(Self)
+    }
+}
 
 /// The version an `If-Match` header demands: `"3"` (or `3`) is version 3,
 /// `*` or no header is any version (`None`).
