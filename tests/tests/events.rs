@@ -631,6 +631,57 @@ async fn a_max_age_longer_than_the_epoch_keeps_the_reaper_counting() {
     }
 }
 
+/// Redis: a command Redis refuses, not for an outage but for good (here the
+/// event reaper's: another program wrote the expiry index as a string, so
+/// its script fails with `WRONGTYPE` every round), is counted in
+/// `sessiond_redis_command_errors_total` and logged once as a warning. It
+/// was logged at debug level only: a reaper failing every round, as the
+/// one fixed in `bcd785c` did, showed nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_redis_refuses_is_counted_and_logged_once() {
+    let redis = RedisServer::start();
+    let http = http();
+    let node = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let before = scrape(&node.url()).await;
+    assert_eq!(
+        before.value("sessiond_redis_command_errors_total", &[]),
+        Some(0.0)
+    );
+    let mut overwrite = redis::cmd("SET");
+    overwrite
+        .arg("{sessiond:events}:expiries")
+        .arg("another program's");
+    let () = overwrite
+        .query_async(&mut admin)
+        .await
+        .expect("SET the expiry index");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(&node.url()).await;
+        let refused = metrics
+            .value("sessiond_redis_command_errors_total", &[])
+            .unwrap_or_default();
+        // The reaper runs four times a second.
+        if refused >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused {refused}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = node.log();
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("Redis refused a command"))
+        .collect::<Vec<_>>();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WRONGTYPE"), "{}", warnings[0]);
+}
+
 /// Redis: a consumer's cursor of a stream Redis lost (`FLUSHALL` here; a
 /// restart without persistence is the same) is 410 with the cursor to
 /// resume after, whether the new stream is still empty (it was 400

@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::ReplicationError;
 use cluster::{ClusterConn, Masters, on_any_node};
+use refusals::Refusals;
 use stalls::Stalls;
 
 mod cluster;
+mod refusals;
 mod stalls;
 
 /// How long connecting to Redis may take.
@@ -148,6 +150,8 @@ pub struct RedisLink {
     /// Whether this node's runtime stalled lately: a timeout across a
     /// stall is no verdict on Redis.
     stalls: Stalls,
+    /// Commands Redis refused: counted, and logged once a kind.
+    refusals: Refusals,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -207,6 +211,7 @@ impl RedisLink {
             last_error: Mutex::new("not connected yet".to_owned()),
             masters: Arc::default(),
             stalls: Stalls::default(),
+            refusals: Refusals::default(),
         }))
     }
 
@@ -265,6 +270,7 @@ impl RedisLink {
                     // when no connection could be made).
                     return Err(ReplicationError::Uncertain(err.to_string()));
                 }
+                self.refusals.note(&err);
                 if err.code() == Some("OOM") {
                     return Err(ReplicationError::OutOfMemory(err.to_string()));
                 }
