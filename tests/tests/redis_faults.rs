@@ -855,6 +855,13 @@ async fn a_full_redis_refuses_writes_as_out_of_memory_and_takes_them_with_room()
     );
     assert_eq!(version_in_redis(&admin, &doomed).await, None);
 
+    let metrics = scrape(&node.url()).await;
+    assert_eq!(
+        metrics.value("sessiond_redis_command_errors_total", &[]),
+        Some(0.0),
+        "a full Redis is told apart from one that refuses a command"
+    );
+
     set_maxmemory(&mut admin, 0).await;
     let written = put(&http, &node, &id, &json!({ "n": 2 }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);

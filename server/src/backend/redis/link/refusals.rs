@@ -54,9 +54,10 @@ fn is_refusal(err: &RedisError) -> bool {
                 | ServerErrorKind::CrossSlot
                 | ServerErrorKind::NoPerm
         ),
+        // `OOM` (Redis's memory, reported apart) and `BUSY` (a script
+        // running past Redis's busy threshold) come as extensions.
         ErrorKind::Extension | ErrorKind::UnexpectedReturnType | ErrorKind::Parse => {
-            // `OOM` comes as an extension; Redis's memory is reported apart.
-            err.code() != Some("OOM")
+            !matches!(err.code(), Some("OOM" | "BUSY"))
         }
         _ => false,
     }
