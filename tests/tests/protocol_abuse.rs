@@ -1009,6 +1009,45 @@ async fn a_shutdown_says_which_requests_it_never_started() {
     );
 }
 
+/// Requests read while every slot was taken start as soon as slots free
+/// up. With `--max-in-flight 4`: four event long-polls of 1.5 s, a fifth of
+/// 20 s and a ping, sent together. The four answers freed three slots, but
+/// the connection then waited on the requests in flight (the 20 s poll) or
+/// the socket, and the ping, already read, was answered after the fifth
+/// poll (20 s late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_read_while_the_slots_were_taken_start_when_they_free_up() {
+    let node = Sessiond::start(&["--max-in-flight", "4"]);
+    let mut stream = handshaken(node.tcp).await;
+    let poll = |id, wait_ms| {
+        frame(&request(
+            id,
+            Op::Events {
+                after: Some("now".into()),
+                limit: 10,
+                wait_ms,
+            },
+        ))
+    };
+    let mut batch: Vec<u8> = (1..=4).flat_map(|id| poll(id, 1_500)).collect();
+    batch.extend(poll(5, 20_000));
+    batch.extend(frame(&request(6, Op::Ping)));
+    stream.write_all(&batch).await.unwrap();
+    let mut order = Vec::new();
+    while order.len() < 5 {
+        match next(&mut stream).await {
+            Next::Frame(ServerFrame::Response(Response { id, .. })) => order.push(id),
+            other => panic!("expected an answer, got {other:?} after {order:?}"),
+        }
+    }
+    order[..4].sort_unstable();
+    assert_eq!(
+        order,
+        [1, 2, 3, 4, 6],
+        "the ping waited behind the 20 s poll"
+    );
+}
+
 /// Connections that hold both of `node`'s listeners' drains: a binary
 /// client that pipelined 20 MiB of answers and reads none (its task), and
 /// an HTTP upload stalled mid-body.

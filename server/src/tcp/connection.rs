@@ -492,7 +492,9 @@ impl Requests<'_> {
             if answered {
                 last_activity = Instant::now();
             }
-            if more || !wire.output.is_empty() {
+            // An answer freed a slot: requests already read start now, not
+            // once another answer or more of the socket comes.
+            if more || answered || !wire.output.is_empty() {
                 continue;
             }
             if !reading && pending.is_empty() {
