@@ -57,6 +57,15 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, N
     Ok(listener)
 }
 
+/// The most answer bytes an accepted connection's socket holds unsent:
+/// past it the socket takes no more until the client reads. So a write
+/// moves as the client reads (without it the kernel says there is room
+/// again only once a third of a send buffer of megabytes is free, which a
+/// slow but steady reader can take longer than the idle timeout to read,
+/// and was cut off as not reading), and a client that stops reading leaves
+/// its answers in the node's buffers, not in the kernel's.
+const NOT_SENT_LOW_WATER: u32 = 128 * 1024;
+
 /// The next connection of `listener`, or `None` once `shutdown` fires.
 /// Accept errors (out of file descriptors and the like) are logged and
 /// retried after a short pause: the listener keeps serving.
@@ -72,6 +81,7 @@ pub async fn accept(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOT_SENT_LOW_WATER);
                 return Some((stream, peer));
             }
             Err(err) => {

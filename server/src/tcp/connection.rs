@@ -259,7 +259,9 @@ impl Wire {
     }
 
     /// Writes every queued frame, unless the client stops reading them for
-    /// `timeout`; `false` when nothing was queued.
+    /// `timeout` (each write that moves some bytes starts that time again:
+    /// a client that reads slowly but steadily is not cut off); `false`
+    /// when nothing was queued.
     async fn flush(&mut self, timeout: Duration) -> Result<bool, WireError> {
         self.flush_while(timeout, &mut futures_util::stream::empty(), &mut Vec::new())
             .await
@@ -284,18 +286,31 @@ impl Wire {
         if self.stalled {
             return Err(not_reading());
         }
-        // Measured before the write: `write_all_buf` advances past what it
+        // Measured before the write: `write_buf` advances past what it
         // wrote, which hides the room kept behind it.
         let grown = self.output.capacity() > KEEP_BUFFER_BYTES;
-        // `write_all_buf` takes what it wrote out of `output`, so a write
-        // cut short leaves exactly the rest.
-        let write = tokio::time::timeout(timeout, self.stream.write_all_buf(&mut self.output));
-        let mut write = pin!(write);
-        let written = loop {
-            tokio::select! {
-                written = &mut write => break written,
-                Some(response) = pending.next(), if !pending.is_terminated() => {
-                    held.push(response);
+        // `write_buf` takes what it wrote out of `output`, so a write cut
+        // short leaves exactly the rest.
+        let written = {
+            let (stream, output) = (&mut self.stream, &mut self.output);
+            let write = async move {
+                while !output.is_empty() {
+                    match tokio::time::timeout(timeout, stream.write_buf(output)).await {
+                        Ok(Ok(0)) => return Ok(Err(std::io::ErrorKind::WriteZero.into())),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(err)) => return Ok(Err(err)),
+                        Err(elapsed) => return Err(elapsed),
+                    }
+                }
+                Ok(Ok(()))
+            };
+            let mut write = pin!(write);
+            loop {
+                tokio::select! {
+                    written = &mut write => break written,
+                    Some(response) = pending.next(), if !pending.is_terminated() => {
+                        held.push(response);
+                    }
                 }
             }
         };
