@@ -852,14 +852,14 @@ async fn a_slow_but_steady_reader_gets_every_answer() {
             .expect("the node neither sent nor closed in time")
             .expect("a read");
         received.extend_from_slice(&chunk[..read]);
-        if read == 0 || whole_frames(&received) == READS {
+        // The answers, and maybe the farewell of a connection idle since.
+        if read == 0 || whole_frames(&received) >= READS {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(
-        whole_frames(&received),
-        READS,
+    assert!(
+        whole_frames(&received) >= READS,
         "the node closed the connection after {} bytes of answers",
         received.len()
     );
