@@ -499,6 +499,8 @@ impl Requests<'_> {
                 .await?
             {
                 metrics.writes.increment(1);
+                // A client reading its answers is not idle.
+                last_activity = Instant::now();
             }
             for response in held.drain(..) {
                 wire.answer(response)?;

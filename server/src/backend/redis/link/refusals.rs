@@ -54,10 +54,12 @@ fn is_refusal(err: &RedisError) -> bool {
                 | ServerErrorKind::CrossSlot
                 | ServerErrorKind::NoPerm
         ),
-        // `OOM` (Redis's memory, reported apart) and `BUSY` (a script
-        // running past Redis's busy threshold) come as extensions.
+        // `OOM` (Redis's memory, reported apart), `BUSY` (a script
+        // running past Redis's busy threshold), `NOREPLICAS` (too few
+        // replicas for now) and `MISCONF` (snapshots failing) come as
+        // extensions and pass.
         ErrorKind::Extension | ErrorKind::UnexpectedReturnType | ErrorKind::Parse => {
-            !matches!(err.code(), Some("OOM" | "BUSY"))
+            !matches!(err.code(), Some("OOM" | "BUSY" | "NOREPLICAS" | "MISCONF"))
         }
         _ => false,
     }
