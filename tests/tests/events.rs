@@ -682,6 +682,56 @@ async fn a_command_redis_refuses_is_counted_and_logged_once() {
     assert!(warnings[0].contains("WRONGTYPE"), "{}", warnings[0]);
 }
 
+/// Redis: refusals of one kind whose texts differ, taking turns (the event
+/// reaper's `WRONGTYPE` on the expiry index, a read's on a session key
+/// another program overwrote), are logged once a kind, not at every turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_taking_turns_are_logged_once_a_kind() {
+    let redis = RedisServer::start();
+    let http = http();
+    let writer = node_on(&http, &redis.url(), &[]).await;
+    let id = create(&http, &writer, json!({})).await;
+    // A node of its own reads from Redis: nothing cached.
+    let reader = node_on(&http, &redis.url(), &[]).await;
+    let mut admin = redis_conn(&redis.url()).await;
+    let mut overwrite = redis::pipe();
+    overwrite
+        .cmd("SET")
+        .arg("{sessiond:events}:expiries")
+        .arg("another program's")
+        .ignore()
+        .cmd("DEL")
+        .arg(format!("sessiond:{id}"))
+        .ignore()
+        .cmd("RPUSH")
+        .arg(format!("sessiond:{id}"))
+        .arg("another program's")
+        .ignore();
+    let () = overwrite
+        .query_async(&mut admin)
+        .await
+        .expect("overwrite the expiry index and the session");
+    let url = format!("{}/v1/sessions/{id}", reader.url());
+    for _ in 0..6 {
+        let reply = send(http.get(&url)).await;
+        assert_ne!(reply.status, 200, "{}", reply.text);
+        // The reaper runs four times a second: its refusal comes between.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let refused = scrape(&reader.url())
+        .await
+        .value("sessiond_redis_command_errors_total", &[])
+        .unwrap_or_default();
+    assert!(refused >= 10.0, "refused {refused}\n{}", reader.log());
+    let log = reader.log();
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("Redis refused a command"))
+        .collect::<Vec<_>>();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WRONGTYPE"), "{}", warnings[0]);
+}
+
 /// Redis: a consumer's cursor of a stream Redis lost (`FLUSHALL` here; a
 /// restart without persistence is the same) is 410 with the cursor to
 /// resume after, whether the new stream is still empty (it was 400

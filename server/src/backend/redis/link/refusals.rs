@@ -6,39 +6,51 @@
 //! kind is logged as a warning: a background task's failure (the event
 //! reaper's, the write-behind queue's) shows without a debug log.
 
+use std::collections::HashSet;
+
 use parking_lot::Mutex;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-/// The refusals seen, and the last one logged.
+/// How many kinds of refusal are remembered as logged: Redis's error codes
+/// are a short list, and a longer one is not worth a line each.
+const KINDS_REMEMBERED: usize = 64;
+
+/// The kinds of refusal seen and logged.
 #[derive(Debug)]
 pub struct Refusals {
-    last_logged: Mutex<String>,
+    /// Each logged refusal's kind and code (`WRONGTYPE`, `NOPERM`, ...):
+    /// its text names values and keys, which differ from one to the next.
+    logged: Mutex<HashSet<String>>,
 }
 
 impl Default for Refusals {
     fn default() -> Self {
         metrics::counter!("sessiond_redis_command_errors_total").absolute(0);
         Self {
-            last_logged: Mutex::default(),
+            logged: Mutex::default(),
         }
     }
 }
 
 impl Refusals {
     /// Counts `err` when it is a refusal (see the module's doc), and logs
-    /// it when it differs from the last one logged (a refusal repeated on
-    /// every round is one line, not one a round).
+    /// it when it is the first of its kind (a refusal repeated on every
+    /// round, or two taking turns, is a line each, not one a round).
     pub fn note(&self, err: &RedisError) {
         if !is_refusal(err) {
             return;
         }
         metrics::counter!("sessiond_redis_command_errors_total").increment(1);
-        let text = err.to_string();
-        let mut last = self.last_logged.lock();
-        if *last != text {
-            tracing::warn!(error = %text, "Redis refused a command (a misconfiguration or a bug; retrying will not mend it)");
-            *last = text;
+        if self.first_of_kind(err) {
+            tracing::warn!(error = %err, "Redis refused a command (a misconfiguration or a bug; retrying will not mend it)");
         }
+    }
+
+    /// Whether `err` is the first refusal of its kind and code.
+    fn first_of_kind(&self, err: &RedisError) -> bool {
+        let mut logged = self.logged.lock();
+        let kind = format!("{:?} {}", err.kind(), err.code().unwrap_or_default());
+        logged.len() < KINDS_REMEMBERED && logged.insert(kind)
     }
 }
 
@@ -94,5 +106,23 @@ mod tests {
         }
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(!is_refusal(&RedisError::from(io)));
+    }
+
+    #[test]
+    fn a_refusal_is_logged_once_a_kind_whatever_its_text() {
+        let refusals = Refusals::default();
+        let parse = |value: &str| {
+            RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "not a version",
+                value.to_owned(),
+            ))
+        };
+        let denied = server(ServerErrorKind::NoPerm);
+        let logged = [parse("a"), denied.clone(), parse("b"), denied, parse("c")]
+            .iter()
+            .filter(|err| refusals.first_of_kind(err))
+            .count();
+        assert_eq!(logged, 2);
     }
 }
