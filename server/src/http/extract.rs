@@ -24,13 +24,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdParam {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        // The route's one parameter, percent-decoded, parsed where it lies.
+        // The route's `id`, percent-decoded, parsed where it lies.
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|rejection: RawPathParamsRejection| {
                 ApiError::new(ErrorCode::InvalidId, rejection.body_text())
             })?;
-        let text = params.iter().next().map_or("", |(_, value)| value);
+        let text = params
+            .iter()
+            .find_map(|(name, value)| (name == "id").then_some(value))
+            .unwrap_or("");
         text.parse().map(IdParam).map_err(|err| {
             ApiError::new(ErrorCode::InvalidId, format!("malformed session id: {err}"))
         })
