@@ -1,36 +1,41 @@
-//! Bearer-token authentication of `/v1`, compared in constant time.
+//! Bearer-token authentication of `/v1`, compared in constant time: a
+//! check of the request's head before its route runs (no future of its
+//! own, no clone of the route).
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use axum::response::IntoResponse;
 use sessiond_proto::ErrorCode;
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use super::error::ApiError;
-use super::state::AppState;
-use crate::secret::bearer_token;
+use crate::secret::{ExpectedToken, bearer_token};
 
-/// Lets the request through when no token is configured or when it carries
-/// `Authorization: Bearer <token>` with the right token.
-pub async fn require_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(expected) = &state.auth_token else {
-        return Ok(next.run(request).await);
-    };
-    let presented = bearer_token(request.headers()).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "this server needs an Authorization: Bearer <token> header",
-        )
-    })?;
-    if expected.matches(presented) {
-        Ok(next.run(request).await)
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the bearer token is wrong",
-        ))
+/// Lets a request through when no token is configured or when it carries
+/// `Authorization: Bearer <token>` with the right token; answers 401
+/// `unauthorized` otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct RequireToken(Option<ExpectedToken>);
+
+impl RequireToken {
+    /// The layer that checks every request of the routes it wraps.
+    pub fn layer(expected: Option<ExpectedToken>) -> ValidateRequestHeaderLayer<Self> {
+        ValidateRequestHeaderLayer::custom(Self(expected))
+    }
+}
+
+impl<B> ValidateRequest<B> for RequireToken {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response<Body>> {
+        let Some(expected) = &self.0 else {
+            return Ok(());
+        };
+        let refusal = match bearer_token(request.headers()) {
+            Some(presented) if expected.matches(presented) => return Ok(()),
+            Some(_) => "the bearer token is wrong",
+            None => "this server needs an Authorization: Bearer <token> header",
+        };
+        Err(ApiError::new(ErrorCode::Unauthorized, refusal).into_response())
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, header};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use sessiond_proto::ErrorCode;
@@ -92,7 +92,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(users::list, users::revoke))
         .routes(routes!(events::page))
         .routes(routes!(events::stream))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
+        .route_layer(auth::RequireToken::layer(state.auth_token))
         .route_layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
