@@ -14,7 +14,8 @@ use sessiond_e2e::process::rss_bytes;
 use sessiond_e2e::raw::{frame, read_message};
 use sessiond_e2e::raw_http::send;
 use sessiond_e2e::redis_support::{
-    assert_all_in_redis, http, node_on, terminate_then_bring_redis_back, wait_ready, write_sessions,
+    assert_all_in_redis, http, node_on, redis_conn, session_keys, sleep_redis,
+    terminate_then_bring_redis_back, wait_ready, write_sessions,
 };
 use sessiond_e2e::{RedisServer, Sessiond, client_for};
 use sessiond_proto::codec::{LENGTH_PREFIX_BYTES, encode};
@@ -1385,4 +1386,93 @@ async fn a_write_tagged_zero_is_refused_and_changes_nothing() {
     assert_eq!((read.id, read.version), (id, 1));
     assert_eq!(read.data.as_ref(), br#"{"n":1}"#);
     still_serves(&node).await;
+}
+
+/// A frame that breaks the protocol ends the connection only after the
+/// requests already started are answered: a sync create under way in Redis
+/// was dropped with its answer, so the client never heard of sessions that
+/// were stored (one oversized request on a shared connection left every
+/// other caller's writes in doubt). Here 300 creates, and an empty frame
+/// once they flow, Redis stalled so that some wait on it: every session in
+/// Redis was answered, and the `Fatal` comes last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_frame_ends_the_connection_after_the_started_requests_answers() {
+    let redis = RedisServer::start_with_debug();
+    let admin = redis_conn(&redis.url()).await;
+    let node = node_on(&http(), &redis.url(), &[]).await;
+    let mut stream = handshaken(node.tcp).await;
+    let batch: Vec<u8> = (1..=300)
+        .flat_map(|id| {
+            frame(&request(
+                id,
+                Op::Create {
+                    data: Bytes::from_static(b"{}"),
+                    ttl_secs: None,
+                    user: None,
+                },
+            ))
+        })
+        .collect();
+    stream.write_all(&batch).await.unwrap();
+    let mut answered = Vec::new();
+    let fatal = loop {
+        if answered.len() == 1 {
+            // The broken frame comes while creates wait on Redis.
+            tokio::spawn(sleep_redis(&admin, 0.5));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stream.write_all(&0u32.to_be_bytes()).await.unwrap();
+        }
+        match next(&mut stream).await {
+            Next::Frame(ServerFrame::Response(Response {
+                outcome: Outcome::Session(record),
+                ..
+            })) => answered.push(record.id),
+            Next::Frame(ServerFrame::Fatal(error)) => break error,
+            other => panic!("after {} answers: {other:?}", answered.len()),
+        }
+    };
+    assert_eq!(fatal.code, ErrorCode::ProtocolError, "{fatal:?}");
+    assert!(matches!(next(&mut stream).await, Next::Closed));
+    // A write sent to Redis before its request was dropped lands once
+    // Redis wakes.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stored = session_keys(&redis.url(), "sessiond:").await;
+    assert_eq!(
+        stored.len(),
+        answered.len(),
+        "sessions in Redis against answers (of 300 creates)"
+    );
+}
+
+/// A client that sends a large request slowly but steadily is not idle:
+/// the bytes it sends count as activity. Here a 100 KiB create in 2.5 KiB
+/// pieces 100 ms apart (4 s), against an idle timeout of 1 s; it was cut
+/// off as idle mid-frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_uploaded_slowly_but_steadily_is_not_cut_as_idle() {
+    let node = Sessiond::start(&["--idle-timeout", "1s"]);
+    let mut stream = handshaken(node.tcp).await;
+    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(100 * 1024));
+    let create = frame(&request(
+        1,
+        Op::Create {
+            data: Bytes::from(data),
+            ttl_secs: None,
+            user: None,
+        },
+    ));
+    for piece in create.chunks(2_500) {
+        stream
+            .write_all(piece)
+            .await
+            .expect("the node cut the upload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match next(&mut stream).await {
+        Next::Frame(ServerFrame::Response(Response {
+            id: 1,
+            outcome: Outcome::Session(record),
+        })) => assert_eq!(record.version, 1),
+        other => panic!("expected the create's answer, got {other:?}"),
+    }
 }

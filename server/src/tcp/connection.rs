@@ -435,9 +435,10 @@ struct Requests<'a> {
 
 impl Requests<'_> {
     /// Serves requests until the client closes (after answering what it
-    /// sent), breaks the protocol or idles out, or `shutdown` fires (after
-    /// answering the requests already started; the complete ones read but
-    /// not started are left unanswered, as the farewell then says).
+    /// sent), breaks the protocol (after answering the requests started
+    /// before) or idles out, or `shutdown` fires (after answering the
+    /// requests already started; the complete ones read but not started
+    /// are left unanswered, as the farewell then says).
     async fn serve(self, shutdown: &CancellationToken) -> Result<Ended, WireError> {
         let Self {
             wire,
@@ -451,15 +452,19 @@ impl Requests<'_> {
         // Answers that completed while a write was under way.
         let mut held = Vec::new();
         let mut spare = None;
-        // When a request last started or an answer last completed: a
-        // connection waiting on a long request (an events read) is not idle.
+        // When a request last started, an answer last completed, a write
+        // went through or bytes arrived: a connection waiting on a long
+        // request (an events read) is not idle.
         let mut last_activity = Instant::now();
         let mut idle = pin!(tokio::time::sleep_until(
             last_activity + limits.idle_timeout
         ));
         // `reading`: the socket may bring more; `accepting`: requests read
-        // are started (not after shutdown).
+        // are started (not after shutdown, nor after a frame that broke
+        // the protocol: `broken`, sent once the requests started before it
+        // are answered).
         let (mut reading, mut accepting) = (true, true);
+        let mut broken = None;
         loop {
             let mut more = false;
             if accepting {
@@ -469,15 +474,20 @@ impl Requests<'_> {
                         more = true;
                         break;
                     }
-                    let request = match wire.buffered()? {
-                        Some(ClientFrame::Request(request)) => request,
-                        Some(ClientFrame::Hello(_)) => {
-                            return Err(WireError::new(
+                    let request = match wire.buffered() {
+                        Ok(Some(ClientFrame::Request(request))) => request,
+                        Ok(Some(ClientFrame::Hello(_))) => {
+                            broken = Some(WireError::new(
                                 ErrorCode::ProtocolError,
                                 "Hello may only be sent once",
                             ));
+                            break;
                         }
-                        None => break,
+                        Ok(None) => break,
+                        Err(err) => {
+                            broken = Some(err);
+                            break;
+                        }
                     };
                     started = true;
                     match start(&mut spare, answer(ctx, metrics, request, placement)) {
@@ -487,6 +497,9 @@ impl Requests<'_> {
                 }
                 if started {
                     last_activity = Instant::now();
+                }
+                if broken.is_some() {
+                    (reading, accepting) = (false, false);
                 }
             }
             let mut answered = false;
@@ -515,6 +528,9 @@ impl Requests<'_> {
                 continue;
             }
             if !reading && pending.is_empty() {
+                if let Some(err) = broken {
+                    return Err(err);
+                }
                 // Every complete frame was answered; what is left is the
                 // start of one the client never finished.
                 if accepting && !wire.input.is_empty() {
@@ -530,6 +546,9 @@ impl Requests<'_> {
                 filled = wire.fill(), if reading && pending.len() < limits.max_in_flight => {
                     if filled? {
                         metrics.reads.increment(1);
+                        // A client sending a request, however slowly, is
+                        // not idle.
+                        last_activity = Instant::now();
                     } else {
                         reading = false;
                     }
