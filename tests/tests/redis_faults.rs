@@ -1745,27 +1745,22 @@ async fn async_mode_the_queue_depth_is_zero_once_the_queue_is_empty() {
 /// the oldest change of the last round waited until it reached Redis. It
 /// was measured over the changes a round left unsent, so it read 0
 /// whenever every send got through, however long they had waited (here,
-/// behind a Redis busy for most of a second).
+/// behind a Redis whose clients' writes are paused for 0.8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_the_replication_lag_counts_a_wait_that_ended_in_redis() {
-    let redis = RedisServer::start_with_debug();
+    let redis = RedisServer::start();
     let http = http();
-    let admin = redis_conn(&redis.url()).await;
+    let mut admin = redis_conn(&redis.url()).await;
     let writer = node_on(&http, &redis.url(), &["--redis-mode", "async"]).await;
     let id = created_in_redis(&http, &writer, &admin, &json!({ "n": 0 })).await;
-    let port = redis.port;
-    let busy = tokio::task::spawn_blocking(move || stall(port, 0.8));
-    // Written once Redis is busy (a PING gets no answer within 50 ms): on
-    // a loaded machine the stall can start late, after the write shipped.
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while raw_command_within(port, "PING", Duration::from_millis(50)).is_ok() {
-            assert!(Instant::now() < deadline, "Redis never got busy");
-        }
-    });
+    // Paused once Redis answers (a `DEBUG SLEEP` detected by a PING's
+    // silence started late, or not at all, on a loaded machine); reads,
+    // this test's own, go on.
+    let mut pause = redis::cmd("CLIENT");
+    pause.arg("PAUSE").arg(800).arg("WRITE");
+    redis_query::<()>(&mut admin, &mut pause).await;
     let written = put(&http, &writer, &id, &json!({ "n": 1 }), Some(1)).await;
     assert_eq!(written.status, 200, "{}", written.text);
-    busy.await.expect("the stall");
     wait_for_version_in_redis(&admin, &id, 2).await;
     let metrics = scrape(&writer.url()).await;
     let lag = metrics
