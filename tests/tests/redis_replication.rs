@@ -1344,6 +1344,37 @@ async fn a_rotation_past_the_nodes_max_lifetime_loses_nothing() {
     assert_eq!(read.session().data, json!({"n": 1}));
 }
 
+/// A write on a node past whose `--max-lifetime` the session is finds it
+/// gone, as a read or a rotation does, and leaves it to the nodes without
+/// the cap: it deleted the key in Redis without telling the nodes that
+/// cache the session, so one of them went on serving it while the others
+/// answered 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_the_nodes_max_lifetime_leaves_the_session_to_the_others() {
+    let redis = RedisServer::start();
+    let http = http();
+    let uncapped = node_on(&http, &redis.url(), &[]).await;
+    let capped = node_on(&http, &redis.url(), &["--max-lifetime", "1s"]).await;
+    let created = create(&http, &uncapped, &json!({"n": 1}), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The uncapped node caches the session.
+    assert_eq!(get(&http, &uncapped, &id).await.status, 200);
+    let url = format!("{}/v1/sessions/{id}", capped.url());
+    let written = send(http.put(url).json(&json!({"data": {"n": 2}}))).await;
+    assert_eq!(written.status, 404, "{}", written.text);
+    // Another node without the cap reads it from Redis: the same session
+    // as the one cached.
+    let other = node_on(&http, &redis.url(), &[]).await;
+    for node in [&uncapped, &other] {
+        let read = get(&http, node, &id).await;
+        assert_eq!(read.status, 200, "{}: {}", node.url(), read.text);
+        let session = read.session();
+        assert_eq!((session.version, session.data), (1, json!({"n": 1})));
+    }
+}
+
 /// A node never serves a session past its own `--max-lifetime`, though
 /// Redis keeps it longer (another node without the cap, or with a longer
 /// one, slid it there): it answered 200 with an `expires_at` already past.

@@ -317,7 +317,9 @@ return 1
 /// command run before (re-sent by the Redis client after its connection
 /// dropped), it judges nothing else.
 /// With the event log, KEYS[2] is the stream and KEYS[3] the expiry index.
-/// Returns {-1} (missing), {-2, v} (version mismatch), {-3, v, nodes}
+/// Returns {-1} (missing, or past the writer's max lifetime: the key is
+/// left to the nodes without that cap, as a read leaves it), {-2, v}
+/// (version mismatch), {-3, v, nodes}
 /// (already applied, at version v; the `recall` of the latest
 /// announcement), {-4} (cannot tell whether it was applied), {-5} (the tag
 /// created the session: a reused key, as `store::Verdict::Reused`), or
@@ -366,10 +368,7 @@ local ttl = tonumber(cur[3])
 if ARGV[4] ~= '' then ttl = tonumber(ARGV[4]) end
 local exp = now + ttl
 if ARGV[5] ~= '' then exp = math.min(exp, created + tonumber(ARGV[5])) end
-if exp <= now then
-  redis.call('DEL', KEYS[1])
-  return {-1}
-end
+if exp <= now then return {-1} end
 local updated = tonumber(cur[4])
 local ttl_text = ARGV[4] ~= '' and ARGV[4] or cur[3]
 if ARGV[8] == 'w' then
