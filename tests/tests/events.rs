@@ -673,13 +673,7 @@ async fn a_command_redis_refuses_is_counted_and_logged_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = node.log();
-    let warnings = log
-        .lines()
-        .filter(|line| line.contains("WARN") && line.contains("Redis refused a command"))
-        .collect::<Vec<_>>();
-    assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains("WRONGTYPE"), "{}", warnings[0]);
+    assert_one_wrongtype_warning(&node.log());
 }
 
 /// Redis: refusals of one kind whose texts differ, taking turns (the event
@@ -723,7 +717,11 @@ async fn refusals_taking_turns_are_logged_once_a_kind() {
         .value("sessiond_redis_command_errors_total", &[])
         .unwrap_or_default();
     assert!(refused >= 10.0, "refused {refused}\n{}", reader.log());
-    let log = reader.log();
+    assert_one_wrongtype_warning(&reader.log());
+}
+
+/// Asserts that `log` warns of a refused command once, a `WRONGTYPE`.
+fn assert_one_wrongtype_warning(log: &str) {
     let warnings = log
         .lines()
         .filter(|line| line.contains("WARN") && line.contains("Redis refused a command"))

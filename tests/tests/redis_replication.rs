@@ -1321,6 +1321,21 @@ async fn async_mode_with_strong_consistency_reads_redis() {
     );
 }
 
+/// A node without a cap and one with `--max-lifetime 1s` on `redis`, and a
+/// session `{"n": 1}` the uncapped one made, now past the other's cap.
+async fn past_the_capped_nodes_max_lifetime(
+    http: &reqwest::Client,
+    redis: &RedisServer,
+) -> (Sessiond, Sessiond, String) {
+    let uncapped = node_on(http, &redis.url(), &[]).await;
+    let capped = node_on(http, &redis.url(), &["--max-lifetime", "1s"]).await;
+    let created = create(http, &uncapped, &json!({"n": 1}), None).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.session().id;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    (uncapped, capped, id)
+}
+
 /// A rotation on a node past whose `--max-lifetime` the session is (a node
 /// without the cap kept it alive in Redis) finds it gone there, as a read
 /// does, and leaves it to the other nodes: it answered 201 with an id that
@@ -1330,12 +1345,7 @@ async fn async_mode_with_strong_consistency_reads_redis() {
 async fn a_rotation_past_the_nodes_max_lifetime_loses_nothing() {
     let redis = RedisServer::start();
     let http = http();
-    let uncapped = node_on(&http, &redis.url(), &[]).await;
-    let capped = node_on(&http, &redis.url(), &["--max-lifetime", "1s"]).await;
-    let created = create(&http, &uncapped, &json!({"n": 1}), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (uncapped, capped, id) = past_the_capped_nodes_max_lifetime(&http, &redis).await;
     let url = format!("{}/v1/sessions/{id}/rotate", capped.url());
     let rotated = send(http.post(url)).await;
     assert_eq!(rotated.status, 404, "{}", rotated.text);
@@ -1353,12 +1363,7 @@ async fn a_rotation_past_the_nodes_max_lifetime_loses_nothing() {
 async fn a_write_past_the_nodes_max_lifetime_leaves_the_session_to_the_others() {
     let redis = RedisServer::start();
     let http = http();
-    let uncapped = node_on(&http, &redis.url(), &[]).await;
-    let capped = node_on(&http, &redis.url(), &["--max-lifetime", "1s"]).await;
-    let created = create(&http, &uncapped, &json!({"n": 1}), None).await;
-    assert_eq!(created.status, 201, "{}", created.text);
-    let id = created.session().id;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (uncapped, capped, id) = past_the_capped_nodes_max_lifetime(&http, &redis).await;
     // The uncapped node caches the session.
     assert_eq!(get(&http, &uncapped, &id).await.status, 200);
     let url = format!("{}/v1/sessions/{id}", capped.url());
