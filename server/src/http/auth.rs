@@ -9,11 +9,14 @@ use sessiond_proto::ErrorCode;
 use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use super::error::ApiError;
+use super::extract::single_header;
 use crate::secret::{ExpectedToken, bearer_token};
 
 /// Lets a request through when no token is configured or when it carries
-/// `Authorization: Bearer <token>` with the right token; answers 401
-/// `unauthorized` otherwise.
+/// `Authorization: Bearer <token>` with the right token, once; answers 401
+/// `unauthorized` otherwise (400 `invalid_request` for two `Authorization`
+/// lines: the first one deciding would let a proxy's added line be
+/// overridden, or the other way round).
 #[derive(Debug, Clone, Copy)]
 pub struct RequireToken(Option<ExpectedToken>);
 
@@ -31,6 +34,9 @@ impl<B> ValidateRequest<B> for RequireToken {
         let Some(expected) = &self.0 else {
             return Ok(());
         };
+        if let Err(twice) = single_header(request.headers(), "Authorization") {
+            return Err(twice.into_response());
+        }
         let refusal = match bearer_token(request.headers()) {
             Some(presented) if expected.matches(presented) => return Ok(()),
             Some(_) => "the bearer token is wrong",

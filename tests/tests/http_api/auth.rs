@@ -77,3 +77,33 @@ async fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(answer.status, 201, "scheme {scheme:?}: {}", answer.text);
     }
 }
+
+/// Two `Authorization` lines are refused as a list, which the header is
+/// not: the first one decided, so a right token before a wrong one passed
+/// and the same two the other way round did not.
+#[tokio::test]
+async fn two_authorization_lines_are_refused_whatever_their_order() {
+    let server = Sessiond::start(&["--auth-token", "s3cret-token"]);
+    let client = http_client(EXCHANGE_TIMEOUT);
+    for lines in [
+        ["Bearer s3cret-token", "Bearer wrong"],
+        ["Bearer wrong", "Bearer s3cret-token"],
+        ["Bearer s3cret-token", "Bearer s3cret-token"],
+    ] {
+        let answer = call(
+            client
+                .post(format!("{}/v1/sessions", server.url()))
+                .header("authorization", lines[0])
+                .header("authorization", lines[1])
+                .json(&json!({})),
+        )
+        .await;
+        answer.assert_error(400, "invalid_request");
+        assert!(
+            answer.text.contains("Authorization must be sent once"),
+            "{lines:?}: {}",
+            answer.text
+        );
+    }
+    assert_sessions_held(&server.url(), 0.0, "refused requests store nothing").await;
+}
