@@ -227,25 +227,33 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Refuses a body sent with a `Content-Encoding` (gzip, ...): the node reads
-/// bodies as they are, so it would take compressed bytes for bad JSON.
+/// Refuses a body sent with a `Content-Encoding` (gzip, ...) or a transfer
+/// coding other than `chunked` (`Transfer-Encoding: gzip, chunked`, which
+/// hyper takes, undoing only the chunking): the node reads bodies as they
+/// are, so it would take compressed bytes for bad JSON.
 fn check_not_encoded(headers: &HeaderMap) -> Result<(), ApiError> {
+    check_codings(headers, "Content-Encoding", "identity")?;
+    check_codings(headers, "Transfer-Encoding", "chunked")
+}
+
+/// Refuses any coding but `plain` listed in a `name` header.
+fn check_codings(headers: &HeaderMap, name: &str, plain: &str) -> Result<(), ApiError> {
     let refused = |coding: &str| {
         ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            format!("Content-Encoding {coding} is not supported; send the body uncompressed"),
+            format!("{name} {coding} is not supported; send the body uncompressed"),
         )
     };
     // Every line and every coding listed on it: a second line (or a list)
     // names a coding as much as the first does.
-    for line in headers.get_all(header::CONTENT_ENCODING) {
+    for line in headers.get_all(name) {
         let Ok(text) = line.to_str() else {
             return Err(refused("(not text)"));
         };
         let coded = text
             .split(',')
             .map(str::trim)
-            .find(|coding| !coding.eq_ignore_ascii_case("identity"));
+            .find(|coding| !coding.eq_ignore_ascii_case(plain));
         if let Some(coding) = coded {
             return Err(refused(if coding.is_empty() { "(empty)" } else { coding }));
         }
@@ -269,8 +277,8 @@ fn check_media_type(headers: &HeaderMap, essence: &str) -> Result<(), ApiError> 
     }
     let given = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("");
+        .map_or(Some(""), |value| value.to_str().ok())
+        .unwrap_or("(not text)");
     let given_essence = given.split(';').next().unwrap_or("").trim();
     if given_essence.eq_ignore_ascii_case(essence) {
         Ok(())

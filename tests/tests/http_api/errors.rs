@@ -288,3 +288,33 @@ async fn a_query_parameter_no_api_route_takes_is_refused() {
     let health = http_client(EXCHANGE_TIMEOUT).get(format!("{}/healthz?probe=1", server.url()));
     assert_eq!(call(health).await.status, 200);
 }
+
+/// A body in a transfer coding besides `chunked` (`gzip, chunked`: hyper
+/// undoes only the chunking) is refused by its header, as a
+/// `Content-Encoding` is: the compressed bytes were read as JSON and
+/// refused as `invalid_json`.
+#[tokio::test]
+async fn a_body_in_a_transfer_coding_besides_chunked_is_refused_by_its_header() {
+    let server = Sessiond::start(&[]);
+    let chunk = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03";
+    let mut request = format!(
+        "POST /v1/sessions HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(chunk);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = exchange(server.http, &request).await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (415, "unsupported_media_type".to_owned()),
+        "{}",
+        answer.text()
+    );
+    assert!(
+        answer.text().contains("Transfer-Encoding gzip"),
+        "{}",
+        answer.text()
+    );
+}
