@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use indexmap::IndexMap;
 use serde_json::value::RawValue;
 
+use super::json_check;
+
 /// Why a merge could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
@@ -26,10 +28,10 @@ type Members<'a> = IndexMap<String, Cow<'a, str>>;
 
 /// `target` with `patch` merged into it, as JSON text.
 pub fn merge_patch(target: &[u8], patch: &RawValue) -> Result<String, MergeError> {
-    // The patch's raw text was only scanned; parse it once for real so that
-    // its nesting and escapes are held to the same rules as stored data.
-    serde_json::from_str::<serde_json::Value>(patch.get())
-        .map_err(|err| MergeError::Patch(err.to_string()))?;
+    // The patch's raw text was only scanned; check it once for real so that
+    // its nesting, escapes, numbers and reserved key are held to the same
+    // rules (and told with the same messages) as stored data.
+    json_check::check(patch.get().as_bytes()).map_err(|err| MergeError::Patch(err.to_string()))?;
     let target = std::str::from_utf8(target).map_err(|err| MergeError::Target(err.to_string()))?;
     merge_value(Some(target), patch.get())
 }
@@ -86,6 +88,18 @@ fn object(text: &str) -> Result<Option<Members<'_>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_patch_led_by_the_reserved_key_is_told_so() {
+        for patch in [
+            r#"{"$serde_json::private::RawValue":"1","b":2}"#,
+            r#"{"$serde_json::private::RawValue":"x"}"#,
+        ] {
+            let patch: Box<RawValue> = serde_json::from_str(patch).unwrap();
+            let refused = merge_patch(b"{}", &patch).unwrap_err().to_string();
+            assert!(refused.contains("is reserved"), "{patch}: {refused}");
+        }
+    }
 
     fn merged(target: &str, patch: &str) -> String {
         let patch: Box<RawValue> = serde_json::from_str(patch).unwrap();
