@@ -3,6 +3,7 @@
 //! own, no clone of the route).
 
 use axum::body::Body;
+use axum::http::header::AUTHORIZATION;
 use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use sessiond_proto::ErrorCode;
@@ -40,6 +41,9 @@ impl<B> ValidateRequest<B> for RequireToken {
         let refusal = match bearer_token(request.headers()) {
             Some(presented) if expected.matches(presented) => return Ok(()),
             Some(_) => "the bearer token is wrong",
+            None if request.headers().contains_key(AUTHORIZATION) => {
+                "the Authorization header must be Bearer <token>"
+            }
             None => "this server needs an Authorization: Bearer <token> header",
         };
         Err(ApiError::new(ErrorCode::Unauthorized, refusal).into_response())

@@ -250,12 +250,13 @@ fn check_codings(headers: &HeaderMap, name: &str, plain: &str) -> Result<(), Api
         let Ok(text) = line.to_str() else {
             return Err(refused("(not text)"));
         };
+        // An empty element of the list names nothing (RFC 9110, 5.6.1).
         let coded = text
             .split(',')
             .map(str::trim)
-            .find(|coding| !coding.eq_ignore_ascii_case(plain));
+            .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(plain));
         if let Some(coding) = coded {
-            return Err(refused(if coding.is_empty() { "(empty)" } else { coding }));
+            return Err(refused(coding));
         }
     }
     Ok(())

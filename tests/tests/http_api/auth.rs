@@ -34,6 +34,13 @@ async fn a_bearer_token_guards_v1_but_not_health_or_metrics() {
         .await;
         answer.assert_error(401, "unauthorized");
         assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+        // One that is not a bearer token is told so, not that none came.
+        let told = if wrong.starts_with("Bearer") {
+            "the bearer token is wrong"
+        } else {
+            "must be Bearer <token>"
+        };
+        assert!(answer.text.contains(told), "{wrong}: {}", answer.text);
     }
 
     let created = call(

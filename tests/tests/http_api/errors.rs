@@ -188,6 +188,18 @@ async fn bodies_the_node_would_misread_are_refused_by_their_headers() {
             .await;
         answer.assert_error(415, "unsupported_media_type");
     }
+    // A list's empty elements name no coding (RFC 9110, 5.6.1): an empty
+    // header was 415 "Content-Encoding (empty)".
+    for coding in ["", " , identity ,"] {
+        let headers = [
+            ("content-type", "application/json"),
+            ("content-encoding", coding),
+        ];
+        let answer = api
+            .request(Method::PUT, &put, &headers, r#"{"data": {"b": 3}}"#)
+            .await;
+        assert_eq!(answer.status, 200, "{coding:?}: {}", answer.text);
+    }
     // A patch of another type is told the one the route takes (RFC 5789).
     let json_patch = api
         .request(
@@ -208,7 +220,7 @@ async fn bodies_the_node_would_misread_are_refused_by_their_headers() {
     api.request(Method::POST, &touch, &empty_form, "")
         .await
         .assert_session(200);
-    api.assert_stored(&id, json!({"a": 1}), 1).await;
+    api.assert_stored(&id, json!({"b": 3}), 3).await;
 }
 
 #[tokio::test]
