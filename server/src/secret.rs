@@ -49,11 +49,13 @@ impl ExpectedToken {
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in
-/// any case, as RFC 9110 has it), or `None` without one.
+/// any case, as RFC 9110 has it), or `None` without one, or with two
+/// `Authorization` lines (a list, which the header is not: whichever line
+/// was read first would decide).
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
+    let mut lines = headers.get_all(header::AUTHORIZATION).iter();
+    let line = lines.next().filter(|_| lines.next().is_none());
+    line.and_then(|value| value.to_str().ok())
         .and_then(|value| value.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())

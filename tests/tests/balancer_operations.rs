@@ -429,6 +429,20 @@ async fn the_upstreams_api_adds_drains_and_lists_behind_its_token() {
         .await
         .expect("admin request");
     assert_eq!(lower.status(), 200);
+    // Two lines are refused whatever their order: the first one decided.
+    for lines in [
+        ["Bearer s3cret", "Bearer wrong"],
+        ["Bearer wrong", "Bearer s3cret"],
+    ] {
+        let twice = http()
+            .get(format!("{}/upstreams", balancer.admin_url()))
+            .header("authorization", lines[0])
+            .header("authorization", lines[1])
+            .send()
+            .await
+            .expect("admin request");
+        assert_eq!(twice.status(), 401, "{lines:?}");
+    }
 
     let add = |url: String| json!({ "url": url });
     let post = |body: Value| {
